@@ -1,0 +1,168 @@
+//! Map keys and values shared by the BPF programs and userspace.
+//!
+//! Layout rules: `#[repr(C)]`, no `bool`/`Option`, padding written out, sizes
+//! asserted below so both sides agree with the BTF the kernel sees.
+
+use crate::{Prefix4, Prefix6};
+
+/// Most tunnels one gateway can spray over.
+pub const MAX_TUNNELS: usize = 64;
+/// Slots in a schedule: the resolution of the weights.
+pub const SCHEDULE_SLOTS: usize = 256;
+/// Schedules kept in `SCHEDULES`: one live, one being written.
+pub const SCHEDULE_BUFFERS: u32 = 2;
+/// Entries in each LPM map (remote prefixes, our translation prefixes).
+pub const MAX_PREFIXES: u32 = 1024;
+
+/// Map names as they appear in the object, in bpffs and in `bpftool map`.
+pub mod names {
+    pub const SITE: &str = "SITE";
+    pub const TUNNELS: &str = "TUNNELS";
+    pub const TUNNEL_BY_IF: &str = "TUNNEL_BY_IF";
+    pub const REMOTE_V4: &str = "REMOTE_V4";
+    pub const REMOTE_V6: &str = "REMOTE_V6";
+    pub const OUR_XLAT_V4: &str = "OUR_XLAT_V4";
+    pub const OUR_XLAT_V6: &str = "OUR_XLAT_V6";
+    pub const SCHEDULES: &str = "SCHEDULES";
+    pub const ACTIVE_SCHED: &str = "ACTIVE_SCHED";
+    pub const SPRAY_CURSOR: &str = "SPRAY_CURSOR";
+    pub const TUNNEL_STATS: &str = "TUNNEL_STATS";
+    pub const REASON_STATS: &str = "REASON_STATS";
+
+    pub const ALL: &[&str] = &[
+        SITE,
+        TUNNELS,
+        TUNNEL_BY_IF,
+        REMOTE_V4,
+        REMOTE_V6,
+        OUR_XLAT_V4,
+        OUR_XLAT_V6,
+        SCHEDULES,
+        ACTIVE_SCHED,
+        SPRAY_CURSOR,
+        TUNNEL_STATS,
+        REASON_STATS,
+    ];
+}
+
+/// Program names in the object.
+pub mod programs {
+    pub const LAN_INGRESS: &str = "lan_ingress";
+    pub const TUNNEL_INGRESS: &str = "tunnel_ingress";
+}
+
+/// `families` bits in [`SiteConfig`] and [`TunnelConfig`].
+pub mod family {
+    pub const V4: u32 = 1 << 0;
+    pub const V6: u32 = 1 << 1;
+    /// Tunnel only: the peer translates its IPv4 sources on this tunnel.
+    pub const PEER_V4: u32 = 1 << 2;
+    /// Tunnel only: the peer translates its IPv6 sources on this tunnel.
+    pub const PEER_V6: u32 = 1 << 3;
+}
+
+/// How the LAN program picks a tunnel.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Every packet takes the next slot: one flow uses every tunnel.
+    #[default]
+    Packet = 0,
+    /// A 5-tuple hash picks the slot: one flow stays on one tunnel.
+    Flow = 1,
+}
+
+/// The gateway's own side: single entry of `SITE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteConfig {
+    pub lan_v4: Prefix4,
+    pub lan_v6: Prefix6,
+    /// `family::V4` / `family::V6`: which LAN prefixes are set.
+    pub families: u32,
+    /// A [`Mode`] value.
+    pub mode: u32,
+}
+
+/// One tunnel, indexed by tunnel id in `TUNNELS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Device to redirect into; 0 while the device is missing.
+    pub ifindex: u32,
+    /// `family::*` bits saying which prefixes below are set.
+    pub families: u32,
+    /// Our LAN sources become this prefix on this tunnel.
+    pub xlat_v4: Prefix4,
+    /// Sources the peer translated for this tunnel...
+    pub peer_xlat_v4: Prefix4,
+    /// ...are restored into this prefix (the peer's LAN).
+    pub peer_real_v4: Prefix4,
+    pub xlat_v6: Prefix6,
+    pub peer_xlat_v6: Prefix6,
+    pub peer_real_v6: Prefix6,
+}
+
+/// Traffic through one tunnel, per CPU, in `TUNNEL_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelStats {
+    /// Packets sprayed into the tunnel.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Packets that arrived from the tunnel.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+/// Packets and bytes per [`crate::Reason`], per CPU, in `REASON_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasonStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Tunnel ids laid out by smooth weighted round-robin; `len` 0 means no healthy
+/// tunnel. Two live in `SCHEDULES`; `ACTIVE_SCHED` says which one packets use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub len: u32,
+    pub slots: [u8; SCHEDULE_SLOTS],
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            slots: [0; SCHEDULE_SLOTS],
+        }
+    }
+}
+
+/// Value of `REMOTE_V4` / `REMOTE_V6`: what to do with a destination.
+pub mod route {
+    /// Leave to the kernel (the gateway's own addresses inside a remote prefix).
+    pub const EXCLUDE: u32 = 0;
+    /// Spray through the tunnels.
+    pub const SPRAY: u32 = 1;
+}
+
+const _: () = assert!(size_of::<SiteConfig>() == 48);
+const _: () = assert!(size_of::<TunnelConfig>() == 128);
+const _: () = assert!(size_of::<TunnelStats>() == 32);
+const _: () = assert!(size_of::<ReasonStats>() == 16);
+const _: () = assert!(size_of::<Schedule>() == 4 + SCHEDULE_SLOTS);
+const _: () = assert!(MAX_TUNNELS <= u8::MAX as usize + 1);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C) with integer fields and no implicit padding
+    // (the size assertions above would catch any).
+    unsafe impl aya::Pod for super::SiteConfig {}
+    unsafe impl aya::Pod for super::TunnelConfig {}
+    unsafe impl aya::Pod for super::TunnelStats {}
+    unsafe impl aya::Pod for super::ReasonStats {}
+    unsafe impl aya::Pod for super::Schedule {}
+}

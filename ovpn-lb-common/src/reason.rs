@@ -1,0 +1,84 @@
+//! Why the datapath did what it did to a packet. Every packet either program
+//! sees is counted under exactly one reason; the names double as metric labels.
+
+macro_rules! reasons {
+    ($($variant:ident = $value:literal, $name:literal, $kind:ident, $doc:literal;)*) => {
+        /// Per-packet outcome, indexing the `REASON_STATS` map.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $(#[doc = $doc] $variant = $value,)*
+        }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// Stable snake_case name, used as the `reason` label.
+            #[must_use]
+            pub const fn name(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            /// What happened to the packet: forwarded, passed to the kernel, or dropped.
+            #[must_use]
+            pub const fn outcome(self) -> Outcome {
+                match self { $(Reason::$variant => Outcome::$kind,)* }
+            }
+
+            #[must_use]
+            pub const fn description(self) -> &'static str {
+                match self { $(Reason::$variant => $doc,)* }
+            }
+        }
+    };
+}
+
+/// The three things that can happen to a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Rewritten and sent on by ovpn-lb.
+    Forwarded,
+    /// Left untouched and handed to the kernel stack.
+    Passed,
+    /// Dropped by ovpn-lb.
+    Dropped,
+}
+
+reasons! {
+    Sprayed = 0, "sprayed", Forwarded, "LAN packet translated and redirected into a tunnel";
+    Restored = 1, "restored", Forwarded, "tunnel packet whose addresses were restored";
+    NotIp = 2, "not_ip", Passed, "not IPv4 or IPv6 (ARP, LLDP, ...)";
+    NotRemote = 3, "not_remote", Passed, "destination outside the remote prefixes, or excluded";
+    NotLan = 4, "not_lan", Passed, "source outside the LAN prefix";
+    OverMtu = 5, "over_mtu", Passed, "larger than the chosen tunnel's MTU: the kernel fragments it or answers ICMP";
+    TtlExpired = 6, "ttl_expired", Passed, "TTL or hop limit would expire: the kernel answers ICMP time exceeded";
+    NothingToRestore = 7, "nothing_to_restore", Passed, "tunnel packet with no translated address";
+    UnknownTunnel = 8, "unknown_tunnel", Passed, "arrived on a device that is not a configured tunnel";
+    NoTunnel = 9, "no_tunnel", Dropped, "no healthy tunnel in the schedule";
+    TunnelGone = 10, "tunnel_gone", Dropped, "the scheduled tunnel has no device (being replaced)";
+    TruncatedEthernet = 11, "truncated_ethernet", Dropped, "frame shorter than an Ethernet header";
+    TruncatedIp = 12, "truncated_ip", Dropped, "frame ends inside the IP header";
+    BadIpHeader = 13, "bad_ip_header", Dropped, "IP version does not match the protocol, or IPv4 IHL < 5";
+    BadIpLength = 14, "bad_ip_length", Dropped, "IP length field disagrees with the frame";
+    TruncatedL4 = 15, "truncated_l4", Dropped, "frame ends inside the TCP, UDP or ICMP header";
+    Ipv6ExtChain = 16, "ipv6_ext_chain", Dropped, "IPv6 extension header chain too long or truncated";
+    RewriteFailed = 17, "rewrite_failed", Dropped, "a kernel helper refused the rewrite";
+}
+
+/// Number of reasons, the size of the `REASON_STATS` map.
+pub const REASON_COUNT: usize = Reason::ALL.len();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_dense_and_names_unique() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} is out of order");
+            for other in &Reason::ALL[i + 1..] {
+                assert_ne!(r.name(), other.name());
+            }
+        }
+    }
+}

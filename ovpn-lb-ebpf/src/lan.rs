@@ -1,0 +1,123 @@
+//! LAN ingress pipeline: parse -> classify -> schedule -> MTU -> translate -> redirect.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use ovpn_lb_common::{
+    Reason, SiteConfig, TunnelConfig,
+    flow::FlowHasher,
+    maps::{family, route},
+    reason::Outcome,
+};
+
+use crate::{
+    maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS},
+    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Packet},
+    parse, redirect, schedule, stats, translate,
+};
+
+pub fn handle(ctx: &TcContext) -> i32 {
+    let pkt = Packet::new(ctx);
+    let len = pkt.len();
+    let (reason, action) = match try_spray(&pkt) {
+        Ok(ifindex) => (Reason::Sprayed, redirect::into(ifindex)),
+        Err(reason) => (reason, verdict(reason)),
+    };
+    stats::reason(reason, len);
+    action
+}
+
+#[inline(always)]
+fn verdict(reason: Reason) -> i32 {
+    match reason.outcome() {
+        Outcome::Dropped => TC_ACT_SHOT,
+        Outcome::Passed | Outcome::Forwarded => TC_ACT_OK,
+    }
+}
+
+/// Returns the ifindex to redirect to once the packet has been rewritten.
+#[inline(always)]
+fn try_spray(pkt: &Packet) -> Result<u32, Reason> {
+    let eth: *const EthHdr = pkt.ptr(0).ok_or(Reason::TruncatedEthernet)?;
+    let proto = u16::from_be(unsafe { (*eth).proto });
+    if proto != ETH_P_IP && proto != ETH_P_IPV6 {
+        return Err(Reason::NotIp);
+    }
+    let site = SITE.get(0).ok_or(Reason::NotLan)?;
+    if proto == ETH_P_IP {
+        spray_v4(pkt, site)
+    } else {
+        spray_v6(pkt, site)
+    }
+}
+
+#[inline(always)]
+fn spray_v4(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
+    let (hdr, ip) = parse::ipv4(pkt, ETH_HLEN)?;
+    let (src, dst, ttl) = unsafe { ((*hdr).saddr, (*hdr).daddr, (*hdr).ttl) };
+    if site.families & family::V4 == 0 || !site.lan_v4.contains(src) {
+        return Err(Reason::NotLan);
+    }
+    if REMOTE_V4.get(&Key::new(32, dst.to_ne_bytes())) != Some(&route::SPRAY) {
+        return Err(Reason::NotRemote);
+    }
+    if ttl <= 1 {
+        return Err(Reason::TtlExpired);
+    }
+    let l4 = parse::l4_checksum(pkt, &ip)?;
+    let id = schedule::pick(site.mode, || {
+        FlowHasher::new()
+            .word(src)
+            .word(dst)
+            .word(parse::ports(pkt, &ip))
+            .word(u32::from(ip.proto))
+            .finish()
+    })?;
+    let tunnel = ready_tunnel(id, family::V4)?;
+    redirect::fits(pkt, tunnel.ifindex, ip.len as u32)?;
+    translate::ipv4(pkt, hdr, tunnel.xlat_v4.translate(src), dst, true, l4)?;
+    stats::tunnel_tx(id, ip.len as u32);
+    Ok(tunnel.ifindex)
+}
+
+#[inline(always)]
+fn spray_v6(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
+    let (hdr, ip) = parse::ipv6(pkt, ETH_HLEN)?;
+    let (src, dst, hop_limit) = unsafe { ((*hdr).saddr, (*hdr).daddr, (*hdr).hop_limit) };
+    if site.families & family::V6 == 0 || !site.lan_v6.contains(&src) {
+        return Err(Reason::NotLan);
+    }
+    let key = Key::new(128, unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(dst) });
+    if REMOTE_V6.get(&key) != Some(&route::SPRAY) {
+        return Err(Reason::NotRemote);
+    }
+    if hop_limit <= 1 {
+        return Err(Reason::TtlExpired);
+    }
+    let l4 = parse::l4_checksum(pkt, &ip)?;
+    let id = schedule::pick(site.mode, || {
+        FlowHasher::new()
+            .word(src[0] ^ src[1] ^ src[2] ^ src[3])
+            .word(dst[0] ^ dst[1] ^ dst[2] ^ dst[3])
+            .word(parse::ports(pkt, &ip))
+            .word(u32::from(ip.proto))
+            .finish()
+    })?;
+    let tunnel = ready_tunnel(id, family::V6)?;
+    redirect::fits(pkt, tunnel.ifindex, ip.len as u32)?;
+    translate::ipv6(pkt, hdr, &tunnel.xlat_v6.translate(&src), &dst, true, l4)?;
+    stats::tunnel_tx(id, ip.len as u32);
+    Ok(tunnel.ifindex)
+}
+
+/// The scheduled tunnel, if it has a device and a translation for `family_bit`.
+#[inline(always)]
+fn ready_tunnel(id: u32, family_bit: u32) -> Result<&'static TunnelConfig, Reason> {
+    let tunnel = TUNNELS.get(id).ok_or(Reason::TunnelGone)?;
+    if tunnel.ifindex == 0 || tunnel.families & family_bit == 0 {
+        return Err(Reason::TunnelGone);
+    }
+    Ok(tunnel)
+}

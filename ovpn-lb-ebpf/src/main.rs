@@ -1,0 +1,37 @@
+//! ovpn-lb BPF programs. Entry points only; each stage lives in its own module.
+#![no_std]
+#![no_main]
+
+mod lan;
+mod maps;
+mod packet;
+mod parse;
+mod redirect;
+mod schedule;
+mod stats;
+mod translate;
+mod tunnel;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// tc ingress on the LAN device: spray remote-bound packets over the tunnels.
+#[classifier]
+pub fn lan_ingress(ctx: TcContext) -> i32 {
+    lan::handle(&ctx)
+}
+
+/// tc ingress on every tunnel device: undo the translations.
+#[classifier]
+pub fn tunnel_ingress(ctx: TcContext) -> i32 {
+    tunnel::handle(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
