@@ -1,0 +1,230 @@
+//! The loaded BPF object and typed writes to its maps: the only place userspace
+//! touches the datapath's state.
+
+use std::{
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+    programs::SchedClassifier,
+};
+use ovpn_lb_common::{
+    Prefix4, Prefix6, Reason, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
+    maps::{MAX_TUNNELS, SCHEDULE_BUFFERS, names, programs},
+};
+
+/// The BPF object, embedded at build time by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ovpn-lb-ebpf.o"));
+
+/// A packet that read the active index just before a flip may still be walking
+/// the old buffer; it finishes within microseconds (programs run under RCU), so
+/// waiting this long before overwriting that buffer is ample.
+const SCHEDULE_GRACE: Duration = Duration::from_millis(10);
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    last_flip: Option<Instant>,
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("the BPF object has no map named {name}"))
+}
+
+impl Datapath {
+    /// Loads the embedded object into the kernel: maps are created, programs are
+    /// verified and loaded, nothing is attached.
+    ///
+    /// # Errors
+    /// If the object was not built, or the kernel refuses a map or program.
+    pub fn load() -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("the BPF object was not built into this binary: build with `cargo xtask build`");
+        }
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the BPF object")?;
+        for name in [programs::LAN_INGRESS, programs::TUNNEL_INGRESS] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("loading BPF program {name}"))?;
+        }
+        Ok(Self {
+            ebpf,
+            last_flip: None,
+        })
+    }
+
+    /// A loaded program, by name (see `ovpn_lb_common::maps::programs`).
+    ///
+    /// # Errors
+    /// If there is no such program.
+    pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?)
+    }
+
+    /// # Errors
+    /// If the kernel refuses the update.
+    pub fn set_site(&mut self, site: &SiteConfig) -> Result<()> {
+        let mut m: Array<_, SiteConfig> = map(&mut self.ebpf, names::SITE)?.try_into()?;
+        m.set(0, site, 0).context("writing SITE")?;
+        Ok(())
+    }
+
+    /// Writes tunnel `id` and indexes its device for the tunnel ingress program.
+    /// `previous_ifindex` is dropped from the index (a recreated device).
+    ///
+    /// # Errors
+    /// If `id` is out of range or the kernel refuses the update.
+    pub fn set_tunnel(
+        &mut self,
+        id: u32,
+        tunnel: &TunnelConfig,
+        previous_ifindex: Option<u32>,
+    ) -> Result<()> {
+        if id as usize >= MAX_TUNNELS {
+            bail!("tunnel id {id} is beyond the datapath's {MAX_TUNNELS} tunnels");
+        }
+        let mut by_if: HashMap<_, u32, u32> =
+            map(&mut self.ebpf, names::TUNNEL_BY_IF)?.try_into()?;
+        if let Some(old) = previous_ifindex.filter(|&old| old != tunnel.ifindex && old != 0) {
+            // Absent already is fine.
+            let _ = by_if.remove(&old);
+        }
+        if tunnel.ifindex != 0 {
+            by_if
+                .insert(tunnel.ifindex, id, 0)
+                .context("writing TUNNEL_BY_IF")?;
+        }
+        let mut tunnels: Array<_, TunnelConfig> =
+            map(&mut self.ebpf, names::TUNNELS)?.try_into()?;
+        tunnels.set(id, tunnel, 0).context("writing TUNNELS")?;
+        Ok(())
+    }
+
+    /// Marks destinations in `prefix` as sprayed (`route::SPRAY`) or left to the
+    /// kernel (`route::EXCLUDE`).
+    ///
+    /// # Errors
+    /// If the kernel refuses the update.
+    pub fn set_remote_v4(&mut self, prefix: Prefix4, action: u32) -> Result<()> {
+        let mut m: LpmTrie<_, [u8; 4], u32> =
+            map(&mut self.ebpf, names::REMOTE_V4)?.try_into()?;
+        m.insert(&Key::new(prefix.len().into(), prefix.octets()), action, 0)
+            .context("writing REMOTE_V4")?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// If the kernel refuses the update.
+    pub fn set_remote_v6(&mut self, prefix: Prefix6, action: u32) -> Result<()> {
+        let mut m: LpmTrie<_, [u8; 16], u32> =
+            map(&mut self.ebpf, names::REMOTE_V6)?.try_into()?;
+        m.insert(&Key::new(prefix.len().into(), prefix.octets()), action, 0)
+            .context("writing REMOTE_V6")?;
+        Ok(())
+    }
+
+    /// Registers one of our translation prefixes, so replies to it are restored.
+    ///
+    /// # Errors
+    /// If the kernel refuses the update.
+    pub fn set_our_xlat_v4(&mut self, prefix: Prefix4, tunnel: u32) -> Result<()> {
+        let mut m: LpmTrie<_, [u8; 4], u32> =
+            map(&mut self.ebpf, names::OUR_XLAT_V4)?.try_into()?;
+        m.insert(&Key::new(prefix.len().into(), prefix.octets()), tunnel, 0)
+            .context("writing OUR_XLAT_V4")?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// If the kernel refuses the update.
+    pub fn set_our_xlat_v6(&mut self, prefix: Prefix6, tunnel: u32) -> Result<()> {
+        let mut m: LpmTrie<_, [u8; 16], u32> =
+            map(&mut self.ebpf, names::OUR_XLAT_V6)?.try_into()?;
+        m.insert(&Key::new(prefix.len().into(), prefix.octets()), tunnel, 0)
+            .context("writing OUR_XLAT_V6")?;
+        Ok(())
+    }
+
+    /// Makes `schedule` live without any packet seeing a half-written one: it is
+    /// written into the buffer packets are not reading, then the active index
+    /// (one aligned 32-bit word) is flipped.
+    ///
+    /// # Errors
+    /// If the kernel refuses an update.
+    pub fn publish_schedule(&mut self, schedule: &Schedule) -> Result<()> {
+        if let Some(since) = self.last_flip.map(|t| t.elapsed())
+            && since < SCHEDULE_GRACE
+        {
+            thread::sleep(SCHEDULE_GRACE - since);
+        }
+        let active: Array<_, u32> = map(&mut self.ebpf, names::ACTIVE_SCHED)?.try_into()?;
+        let next = (active.get(&0, 0)? + 1) % SCHEDULE_BUFFERS;
+        let mut buffers: Array<_, Schedule> = map(&mut self.ebpf, names::SCHEDULES)?.try_into()?;
+        buffers.set(next, schedule, 0).context("writing SCHEDULES")?;
+        let mut active: Array<_, u32> = map(&mut self.ebpf, names::ACTIVE_SCHED)?.try_into()?;
+        active.set(0, next, 0).context("flipping ACTIVE_SCHED")?;
+        self.last_flip = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Counters of tunnel `id`, summed over CPUs.
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn tunnel_stats(&self, id: u32) -> Result<TunnelStats> {
+        let m: PerCpuArray<_, TunnelStats> = self.map_ref(names::TUNNEL_STATS)?.try_into()?;
+        Ok(m.get(&id, 0)?.iter().fold(TunnelStats::default(), |a, s| TunnelStats {
+            tx_packets: a.tx_packets + s.tx_packets,
+            tx_bytes: a.tx_bytes + s.tx_bytes,
+            rx_packets: a.rx_packets + s.rx_packets,
+            rx_bytes: a.rx_bytes + s.rx_bytes,
+        }))
+    }
+
+    /// Counters of one reason, summed over CPUs.
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn reason_stats(&self, reason: Reason) -> Result<ReasonStats> {
+        let m: PerCpuArray<_, ReasonStats> = self.map_ref(names::REASON_STATS)?.try_into()?;
+        Ok(m.get(&(reason as u32), 0)?
+            .iter()
+            .fold(ReasonStats::default(), |a, s| ReasonStats {
+                packets: a.packets + s.packets,
+                bytes: a.bytes + s.bytes,
+            }))
+    }
+
+    /// Pins every map under `dir` (which must be on a bpffs), by map name.
+    ///
+    /// # Errors
+    /// If a pin cannot be created.
+    pub fn pin_maps(&mut self, dir: &Path) -> Result<()> {
+        for &name in names::ALL {
+            let path = dir.join(name);
+            map(&mut self.ebpf, name)?
+                .pin(&path)
+                .with_context(|| format!("pinning {name} at {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn map_ref(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the BPF object has no map named {name}"))
+    }
+}
