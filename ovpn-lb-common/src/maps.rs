@@ -49,6 +49,8 @@ pub mod names {
 pub mod programs {
     pub const LAN_INGRESS: &str = "lan_ingress";
     pub const TUNNEL_INGRESS: &str = "tunnel_ingress";
+    pub const TUNNEL_INGRESS_ETH: &str = "tunnel_ingress_eth";
+    pub const ALL: &[&str] = &[LAN_INGRESS, TUNNEL_INGRESS, TUNNEL_INGRESS_ETH];
 }
 
 /// `families` bits in [`SiteConfig`] and [`TunnelConfig`].

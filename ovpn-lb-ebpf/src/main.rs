@@ -20,10 +20,17 @@ pub fn lan_ingress(ctx: TcContext) -> i32 {
     lan::handle(&ctx)
 }
 
-/// tc ingress on every tunnel device: undo the translations.
+/// tc ingress on every tun (L3) tunnel device: undo the translations.
 #[classifier]
 pub fn tunnel_ingress(ctx: TcContext) -> i32 {
-    tunnel::handle(&ctx)
+    tunnel::handle::<0>(&ctx)
+}
+
+/// The same on tunnel devices with Ethernet framing (TAP). `BPF_PROG_TEST_RUN`
+/// always hands tc programs an Ethernet frame, so the fixtures drive this one.
+#[classifier]
+pub fn tunnel_ingress_eth(ctx: TcContext) -> i32 {
+    tunnel::handle::<{ packet::ETH_HLEN }>(&ctx)
 }
 
 #[cfg(not(test))]

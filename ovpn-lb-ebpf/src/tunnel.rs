@@ -14,13 +14,12 @@ use crate::{
     parse, stats, translate,
 };
 
-/// Tun devices carry bare IP packets.
-const L3_OFFSET: usize = 0;
-
-pub fn handle(ctx: &TcContext) -> i32 {
+/// `L3` is where the IP header starts: 0 on a tun device, which carries bare IP
+/// packets; `ETH_HLEN` on a device with Ethernet framing (TAP).
+pub fn handle<const L3: usize>(ctx: &TcContext) -> i32 {
     let pkt = Packet::new(ctx);
     let len = pkt.len();
-    let reason = match try_restore(&pkt, len) {
+    let reason = match try_restore::<L3>(&pkt, len) {
         Ok(()) => Reason::Restored,
         Err(reason) => reason,
     };
@@ -32,23 +31,28 @@ pub fn handle(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_restore(pkt: &Packet, len: u32) -> Result<(), Reason> {
+fn try_restore<const L3: usize>(pkt: &Packet, len: u32) -> Result<(), Reason> {
     let ifindex = unsafe { (*pkt.ctx.skb.skb).ifindex };
     let id = TUNNEL_BY_IF.get_ptr(ifindex).ok_or(Reason::UnknownTunnel)?;
     let id = unsafe { *id };
-    stats::tunnel_rx(id, len);
+    stats::tunnel_rx(id, len.saturating_sub(L3 as u32));
     let tunnel = TUNNELS.get(id).ok_or(Reason::UnknownTunnel)?;
     let site = SITE.get(0).ok_or(Reason::UnknownTunnel)?;
     match u16::from_be(pkt.ctx.skb.protocol() as u16) {
-        ETH_P_IP => restore_v4(pkt, site, tunnel),
-        ETH_P_IPV6 => restore_v6(pkt, site, tunnel),
+        ETH_P_IP => restore_v4(pkt, L3, site, tunnel),
+        ETH_P_IPV6 => restore_v6(pkt, L3, site, tunnel),
         _ => Err(Reason::NotIp),
     }
 }
 
 #[inline(always)]
-fn restore_v4(pkt: &Packet, site: &SiteConfig, tunnel: &TunnelConfig) -> Result<(), Reason> {
-    let (hdr, ip) = parse::ipv4(pkt, L3_OFFSET)?;
+fn restore_v4(
+    pkt: &Packet,
+    l3: usize,
+    site: &SiteConfig,
+    tunnel: &TunnelConfig,
+) -> Result<(), Reason> {
+    let (hdr, ip) = parse::ipv4(pkt, l3)?;
     let (mut src, mut dst) = unsafe { ((*hdr).saddr, (*hdr).daddr) };
     let peer = tunnel.families & family::PEER_V4 != 0 && tunnel.peer_xlat_v4.contains(src);
     let ours = site.families & family::V4 != 0
@@ -67,8 +71,13 @@ fn restore_v4(pkt: &Packet, site: &SiteConfig, tunnel: &TunnelConfig) -> Result<
 }
 
 #[inline(always)]
-fn restore_v6(pkt: &Packet, site: &SiteConfig, tunnel: &TunnelConfig) -> Result<(), Reason> {
-    let (hdr, ip) = parse::ipv6(pkt, L3_OFFSET)?;
+fn restore_v6(
+    pkt: &Packet,
+    l3: usize,
+    site: &SiteConfig,
+    tunnel: &TunnelConfig,
+) -> Result<(), Reason> {
+    let (hdr, ip) = parse::ipv6(pkt, l3)?;
     let (mut src, mut dst) = unsafe { ((*hdr).saddr, (*hdr).daddr) };
     let peer = tunnel.families & family::PEER_V6 != 0 && tunnel.peer_xlat_v6.contains(&src);
     let key = Key::new(128, unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(dst) });

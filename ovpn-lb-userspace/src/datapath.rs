@@ -47,7 +47,7 @@ impl Datapath {
             bail!("the BPF object was not built into this binary: build with `cargo xtask build`");
         }
         let mut ebpf = Ebpf::load(OBJECT).context("loading the BPF object")?;
-        for name in [programs::LAN_INGRESS, programs::TUNNEL_INGRESS] {
+        for &name in programs::ALL {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?

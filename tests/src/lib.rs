@@ -1,1 +1,21 @@
+//! Shared test support: privilege checks, network-namespace guards, packet
+//! builders with independent checksum validation, and the BPF fixture harness.
 
+pub mod fixture;
+pub mod netns;
+pub mod packets;
+
+/// True when the test may run. Without root it skips with a message, except
+/// under `CI=true`, where a skip is a failure.
+#[must_use]
+pub fn require_root(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root (CAP_BPF, CAP_NET_ADMIN) and CI=true forbids skipping it"
+    );
+    eprintln!("SKIPPED {test}: needs root (CAP_BPF, CAP_NET_ADMIN); run `cargo xtask test` as root");
+    false
+}

@@ -1,0 +1,212 @@
+//! The BPF fixture harness: the real object loaded through the production
+//! `Datapath` API, run packet by packet with `BPF_PROG_TEST_RUN` inside a
+//! namespace that holds the tunnel devices (their MTUs are read by the program).
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use ovpn_lb::datapath::Datapath;
+use ovpn_lb_common::{
+    MAX_TUNNELS, Prefix4, Prefix6, Reason, ReasonStats, SiteConfig, TunnelConfig, TunnelStats,
+    maps::{Mode, family, programs, route},
+    schedule,
+};
+
+use crate::netns::Netns;
+
+/// Tunnel devices in the fixture namespace: tunnels 0..3 have one each.
+pub const TUNNEL_DEVICES: [&str; 3] = ["ovt0", "ovt1", "ovt2"];
+/// MTU of every fixture tunnel device.
+pub const TUNNEL_MTU: usize = 1400;
+/// Tunnel 3 is configured but its device is missing (ifindex 0).
+pub const TUNNEL_WITHOUT_DEVICE: u32 = 3;
+pub const TUNNELS: u32 = 4;
+
+fn v4(s: &str, len: u8) -> Prefix4 {
+    Prefix4::new(s.parse::<std::net::Ipv4Addr>().unwrap().octets(), len)
+}
+
+fn v6(s: &str, len: u8) -> Prefix6 {
+    Prefix6::new(s.parse::<std::net::Ipv6Addr>().unwrap().octets(), len)
+}
+
+/// The gateway's configuration used by every fixture row.
+#[must_use]
+pub fn site(mode: Mode) -> SiteConfig {
+    SiteConfig {
+        lan_v4: v4("192.168.10.0", 24),
+        lan_v6: v6("fd00:10::", 64),
+        families: family::V4 | family::V6,
+        mode: mode as u32,
+    }
+}
+
+/// Tunnel `k`: our sources become 100.64.k.x / fd00:64:k::x; the peer's
+/// 100.65.k.x / fd00:65:k::x are restored into 10.20.30.x / fd00:20:0:30::x.
+#[must_use]
+pub fn tunnel(k: u32, ifindex: u32) -> TunnelConfig {
+    let k8 = u8::try_from(k).unwrap();
+    TunnelConfig {
+        ifindex,
+        families: family::V4 | family::V6 | family::PEER_V4 | family::PEER_V6,
+        xlat_v4: Prefix4::new([100, 64, k8, 0], 24),
+        peer_xlat_v4: Prefix4::new([100, 65, k8, 0], 24),
+        peer_real_v4: v4("10.20.30.0", 24),
+        xlat_v6: v6(&format!("fd00:64:{k:x}::"), 64),
+        peer_xlat_v6: v6(&format!("fd00:65:{k:x}::"), 64),
+        peer_real_v6: v6("fd00:20:0:30::", 64),
+    }
+}
+
+/// Which program a row runs through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Lan,
+    /// Tunnel ingress, arriving on tunnel `k`'s device.
+    Tunnel(u32),
+    /// Tunnel ingress on a device that is not a tunnel (loopback).
+    NotATunnel,
+}
+
+pub struct Run {
+    pub verdict: i32,
+    pub output: Vec<u8>,
+}
+
+/// Summed counters, for before/after deltas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    pub reasons: Vec<ReasonStats>,
+    pub tunnels: Vec<TunnelStats>,
+}
+
+pub struct Lab {
+    pub datapath: Datapath,
+    pub ifindex: [u32; 3],
+}
+
+/// Builds the fixture namespace and runs `f` inside it with a loaded datapath.
+/// The calling thread is pinned to one CPU so per-CPU cursors behave as one.
+///
+/// # Panics
+/// If the namespace, devices or datapath cannot be set up.
+pub fn with_lab<R: Send>(f: impl FnOnce(&mut Lab) -> R + Send) -> R {
+    let ns = Netns::new("fixture");
+    for dev in TUNNEL_DEVICES {
+        ns.ip(&["tuntap", "add", "dev", dev, "mode", "tun"]);
+        ns.ip(&["link", "set", dev, "mtu", &TUNNEL_MTU.to_string()]);
+    }
+    ns.enter(|| {
+        pin_to_cpu0();
+        let mut lab = Lab::new();
+        f(&mut lab)
+    })
+}
+
+fn pin_to_cpu0() {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set), 0);
+    }
+}
+
+fn ifindex(dev: &str) -> u32 {
+    let name = std::ffi::CString::new(dev).unwrap();
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "no device {dev} in the fixture namespace");
+    index
+}
+
+impl Lab {
+    fn new() -> Self {
+        let mut datapath = Datapath::load().expect("load the datapath");
+        let ifindex = TUNNEL_DEVICES.map(ifindex);
+        datapath.set_site(&site(Mode::Packet)).unwrap();
+        datapath.set_remote_v4(v4("10.20.0.0", 16), route::SPRAY).unwrap();
+        datapath.set_remote_v4(v4("10.20.0.1", 32), route::EXCLUDE).unwrap();
+        datapath.set_remote_v6(v6("fd00:20::", 48), route::SPRAY).unwrap();
+        datapath.set_remote_v6(v6("fd00:20::1", 128), route::EXCLUDE).unwrap();
+        for k in 0..TUNNELS {
+            let dev = ifindex.get(k as usize).copied().unwrap_or(0);
+            let t = tunnel(k, dev);
+            datapath.set_tunnel(k, &t, None).unwrap();
+            datapath.set_our_xlat_v4(t.xlat_v4, k).unwrap();
+            datapath.set_our_xlat_v6(t.xlat_v6, k).unwrap();
+        }
+        let mut lab = Self { datapath, ifindex };
+        lab.set_weights(&[1, 1, 1]);
+        lab
+    }
+
+    /// Publishes a schedule built from `weights` (0 = down) for tunnels 0.. .
+    ///
+    /// # Panics
+    /// If the schedule cannot be built or written.
+    pub fn set_weights(&mut self, weights: &[u32]) {
+        let s = schedule::build(weights).unwrap();
+        self.datapath.publish_schedule(&s).unwrap();
+    }
+
+    /// # Panics
+    /// If the site cannot be written.
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.datapath.set_site(&site(mode)).unwrap();
+    }
+
+    /// Runs one packet. `frame` starts with an Ethernet header, as
+    /// `BPF_PROG_TEST_RUN` requires for tc programs.
+    ///
+    /// # Panics
+    /// If the kernel refuses the run.
+    pub fn run(&mut self, program: Program, frame: &[u8], gso_size: u32) -> Run {
+        let (name, dev) = match program {
+            Program::Lan => (programs::LAN_INGRESS, 0),
+            Program::Tunnel(k) => (programs::TUNNEL_INGRESS_ETH, self.ifindex[k as usize]),
+            Program::NotATunnel => (programs::TUNNEL_INGRESS_ETH, 1),
+        };
+        let ctx = skb_ctx(dev, gso_size, frame.len());
+        let mut out = vec![0u8; 65536];
+        let prog = self.datapath.program(name).unwrap();
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"));
+        out.truncate(result.data_size_out as usize);
+        Run { verdict: i32::try_from(result.return_value).unwrap(), output: out }
+    }
+
+    /// # Panics
+    /// If a map cannot be read.
+    #[must_use]
+    pub fn counters(&self) -> Counters {
+        Counters {
+            reasons: Reason::ALL
+                .iter()
+                .map(|&r| self.datapath.reason_stats(r).unwrap())
+                .collect(),
+            tunnels: (0..u32::try_from(MAX_TUNNELS).unwrap())
+                .map(|k| self.datapath.tunnel_stats(k).unwrap())
+                .collect(),
+        }
+    }
+}
+
+/// A `struct __sk_buff` for `ctx_in`: only the fields the kernel lets a test set.
+fn skb_ctx(ifindex: u32, gso_size: u32, len: usize) -> Vec<u8> {
+    const IFINDEX: usize = 40;
+    const WIRE_LEN: usize = 160;
+    const GSO_SEGS: usize = 164;
+    const GSO_SIZE: usize = 176;
+    let mut ctx = vec![0u8; 192];
+    ctx[IFINDEX..IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[WIRE_LEN..WIRE_LEN + 4].copy_from_slice(&u32::try_from(len).unwrap().to_ne_bytes());
+    if gso_size != 0 {
+        let segs = u32::try_from(len).unwrap().div_ceil(gso_size);
+        ctx[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&segs.to_ne_bytes());
+        ctx[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
+    }
+    ctx
+}
