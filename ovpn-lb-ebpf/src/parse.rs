@@ -203,3 +203,18 @@ pub fn ports(pkt: &Packet, ip: &Ip) -> u32 {
         None => 0,
     }
 }
+
+/// IP length of each segment a GSO packet will be cut into: headers plus
+/// `gso_size` bytes of payload.
+#[inline(always)]
+pub fn segment_len(pkt: &Packet, ip: &Ip, gso_size: u32) -> u32 {
+    let l4_header = match ip.proto {
+        IPPROTO_TCP => match pkt.ptr::<[u8; 20]>(ip.l4) {
+            Some(tcp) => u32::from(unsafe { (*tcp)[12] } >> 4) * 4,
+            None => 20,
+        },
+        IPPROTO_UDP => 8,
+        _ => 0,
+    };
+    (ip.l4 - ip.l3) as u32 + l4_header + gso_size
+}

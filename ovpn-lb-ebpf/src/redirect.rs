@@ -1,36 +1,52 @@
 //! Stage 4: make sure the packet fits the tunnel, then hand it to the tunnel device.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS},
-    helpers::{bpf_check_mtu, bpf_redirect},
+    bindings::TC_ACT_REDIRECT,
+    helpers::{bpf_check_mtu, bpf_redirect, bpf_skb_change_tail},
 };
 use ovpn_lb_common::Reason;
 
-use crate::packet::Packet;
+use crate::{
+    packet::Packet,
+    parse::{self, Ip},
+};
 
-/// Checks the IP datagram (`ip_len` bytes) against the MTU of `ifindex`. A GSO
-/// super-packet is judged by the segments it will be cut into.
+/// Checks the packet against the MTU of `ifindex`. A GSO super-packet is judged
+/// by the segments it will be cut into.
 #[inline(always)]
-pub fn fits(pkt: &Packet, ifindex: u32, ip_len: u32) -> Result<(), Reason> {
+pub fn fits(pkt: &Packet, ifindex: u32, ip: &Ip) -> Result<(), Reason> {
     let skb = pkt.ctx.skb.skb;
     let gso_size = unsafe { (*skb).gso_size };
-    let ret = unsafe {
-        if gso_size != 0 {
-            let mut mtu = 0u32;
-            bpf_check_mtu(skb.cast(), ifindex, &raw mut mtu, 0, u64::from(BPF_MTU_CHK_SEGS))
-        } else {
-            // Non-zero input length: compare the L3 length, not skb->len, which
-            // still counts the Ethernet header here.
-            let mut mtu = ip_len;
-            bpf_check_mtu(skb.cast(), ifindex, &raw mut mtu, 0, 0)
-        }
+    let l3_len = if gso_size == 0 {
+        ip.len as u32
+    } else {
+        parse::segment_len(pkt, ip, gso_size)
     };
-    match ret {
-        0 => Ok(()),
-        r if r > 0 => Err(Reason::OverMtu),
+    // With a non-zero length the helper only compares it and reports the MTU;
+    // the comparison is ours because for GSO skbs it would pass anything unless
+    // asked to look at the segments, which needs a transport header offset the
+    // skb may not have.
+    let mut mtu = 1u32;
+    let ret = unsafe { bpf_check_mtu(skb.cast(), ifindex, &raw mut mtu, 0, 0) };
+    if ret < 0 {
         // -ENODEV: the device went away since userspace last looked.
-        _ => Err(Reason::TunnelGone),
+        return Err(Reason::TunnelGone);
     }
+    if l3_len > mtu {
+        return Err(Reason::OverMtu);
+    }
+    Ok(())
+}
+
+/// Drops Ethernet padding after the datagram (minimum-size frames), as the
+/// kernel's IP input would, so the tunnel carries only the datagram.
+#[inline(always)]
+pub fn trim_padding(pkt: &Packet, frame_len: usize) -> Result<(), Reason> {
+    if pkt.len() as usize <= frame_len {
+        return Ok(());
+    }
+    let ret = unsafe { bpf_skb_change_tail(pkt.ctx.skb.skb, frame_len as u32, 0) };
+    if ret == 0 { Ok(()) } else { Err(Reason::RewriteFailed) }
 }
 
 /// Redirects to the egress of `ifindex`; for an L3 tunnel the kernel strips the

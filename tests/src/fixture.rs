@@ -202,7 +202,7 @@ fn skb_ctx(ifindex: u32, gso_size: u32, len: usize) -> Vec<u8> {
     const GSO_SIZE: usize = 176;
     let mut ctx = vec![0u8; 192];
     ctx[IFINDEX..IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx[WIRE_LEN..WIRE_LEN + 4].copy_from_slice(&u32::try_from(len).unwrap().to_ne_bytes());
+    let _ = WIRE_LEN;
     if gso_size != 0 {
         let segs = u32::try_from(len).unwrap().div_ceil(gso_size);
         ctx[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&segs.to_ne_bytes());

@@ -171,6 +171,7 @@ impl V4 {
         h.more_fragments = more;
         h.fragment_offset = IpFragOffset::try_new(offset_units).unwrap();
         h.options = self.options.as_slice().try_into().unwrap();
+        h.set_payload_len(payload_len).unwrap();
         h.header_checksum = h.calc_header_checksum();
         h.to_bytes().to_vec()
     }
