@@ -1,6 +1,7 @@
 //! Shared test support: privilege checks, network-namespace guards, packet
 //! builders with independent checksum validation, and the BPF fixture harness.
 
+pub mod bpffs;
 pub mod fixture;
 pub mod netns;
 pub mod packets;

@@ -1,0 +1,75 @@
+//! Building the BPF object (nightly, BTF) and the userspace binaries.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::setup::{self, NIGHTLY};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+/// A command run from the workspace root.
+pub fn cmd(program: &str) -> Command {
+    let mut c = Command::new(program);
+    c.current_dir(workspace_root());
+    c
+}
+
+/// Runs `c`, failing with its command line if it exits non-zero.
+pub fn exec(c: &mut Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("starting {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The BPF object: nightly, `build-std=core`, BTF for `bpftool`'s field names.
+pub fn ebpf() -> Result<()> {
+    let mut path = OsString::from(setup::tools_bin());
+    path.push(":");
+    path.push(env::var_os("PATH").unwrap_or_default());
+    let mut c = cmd("rustup");
+    c.args(["run", NIGHTLY, "cargo", "build", "--package", "ovpn-lb-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env("PATH", path)
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
+    // The outer (stable) cargo's settings must not leak into the nightly build.
+    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO", "RUSTFLAGS"] {
+        c.env_remove(var);
+    }
+    exec(&mut c)
+}
+
+pub fn userspace() -> Result<()> {
+    exec(cmd("cargo").args(["build", "--workspace", "--release", "--bins"]))
+}
+
+pub fn all() -> Result<()> {
+    ebpf()?;
+    userspace()
+}
+
+pub fn run_loader(args: &[String]) -> Result<()> {
+    setup::run()?;
+    all()?;
+    let binary = workspace_root().join("target/release/ovpn-lb");
+    let mut c = if setup::is_root() {
+        Command::new(&binary)
+    } else {
+        let mut s = Command::new("sudo");
+        s.arg(&binary);
+        s
+    };
+    exec(c.args(args))
+}

@@ -1,0 +1,137 @@
+//! Prerequisites, each checked before it is installed so a second run is quick:
+//! Debian packages, `rust-src` for the nightly toolchain, and a `bpf-linker`
+//! built against that nightly's own LLVM.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::build::{cmd, exec};
+
+/// Debian packages the tests use.
+pub const DEBIAN_PACKAGES: &[&str] = &["bpftool", "iproute2"];
+
+/// The nightly toolchain that builds the BPF crate.
+pub const NIGHTLY: &str = "nightly";
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Where set-up keeps what it builds: `$XDG_CACHE_HOME/ovpn-lb` or `~/.cache/ovpn-lb`.
+pub fn cache_dir() -> PathBuf {
+    env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("ovpn-lb")
+}
+
+/// Directory holding our `bpf-linker`, to put first on `PATH` for BPF builds.
+pub fn tools_bin() -> PathBuf {
+    cache_dir().join("tools/bin")
+}
+
+pub fn run() -> Result<()> {
+    debian_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    if !is_root() {
+        bail!("Debian packages {} are missing and installing them needs root", missing.join(" "));
+    }
+    exec(cmd("apt-get").arg("update").arg("-q"))?;
+    exec(cmd("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .context("running rustup: is rustup installed?")?;
+    if !out.status.success() {
+        bail!(
+            "the `{NIGHTLY}` toolchain is not installed; install it with `rustup toolchain install {NIGHTLY}`"
+        );
+    }
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the {NIGHTLY} toolchain");
+    exec(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// The nightly's `libLLVM.so.<major>.<minor>-rust-...` and its major version.
+fn nightly_llvm() -> Result<(PathBuf, String)> {
+    let out = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
+        .output()
+        .context("running rustc +nightly")?;
+    let lib = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("lib");
+    for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(version) = name.strip_prefix("libLLVM.so.") {
+            let major = version.split('.').next().unwrap_or_default().to_owned();
+            return Ok((lib.join(&name), major));
+        }
+    }
+    bail!("no libLLVM.so.* in {}: the nightly toolchain looks incomplete", lib.display())
+}
+
+fn bpf_linker() -> Result<()> {
+    let (libllvm, major) = nightly_llvm()?;
+    let prefix = cache_dir().join(format!("llvm-{major}"));
+    let link = prefix.join("lib/libLLVM.so");
+    let binary = tools_bin().join("bpf-linker");
+    let linked_to = fs::read_link(&link).ok();
+    if binary.exists() && linked_to.as_deref() == Some(libllvm.as_path()) && works(&binary) {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the {NIGHTLY} LLVM {major} (a few minutes, once)");
+    fs::create_dir_all(link.parent().expect("has a parent"))?;
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    exec(cmd("cargo")
+        .args(["install", "--locked", "--force", "--root"])
+        .arg(cache_dir().join("tools"))
+        .args(["bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+        .args(["--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn works(binary: &Path) -> bool {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

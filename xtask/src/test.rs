@@ -1,0 +1,21 @@
+//! `cargo xtask test`: set-up, the BPF object, then every test in the workspace.
+
+use anyhow::Result;
+
+use crate::{
+    build::{self, cmd, exec},
+    setup,
+};
+
+pub fn run_all(extra: &[String]) -> Result<()> {
+    exec(cmd("cargo").args(["test", "--workspace"]).args(extra))
+}
+
+pub fn run(extra: &[String]) -> Result<()> {
+    setup::run()?;
+    build::ebpf()?;
+    if !setup::is_root() {
+        eprintln!("xtask test: not root: BPF and namespace tests will be skipped (CI=true makes that a failure)");
+    }
+    run_all(extra)
+}
