@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
-    programs::SchedClassifier,
+    programs::{SchedClassifier, TcAttachType},
 };
 use ovpn_lb_common::{
     Prefix4, Prefix6, Reason, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
@@ -72,6 +72,18 @@ impl Datapath {
             .program_mut(name)
             .ok_or_else(|| anyhow!("no program {name}"))?
             .try_into()?)
+    }
+
+    /// Attaches program `name` to the ingress of `iface` (tcx where the kernel
+    /// has it). The link lives as long as this `Datapath`.
+    ///
+    /// # Errors
+    /// If there is no such program or interface, or the kernel refuses.
+    pub fn attach_ingress(&mut self, name: &str, iface: &str) -> Result<()> {
+        self.program(name)?
+            .attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {name} to {iface} ingress"))?;
+        Ok(())
     }
 
     /// # Errors

@@ -5,6 +5,7 @@ pub mod bpffs;
 pub mod fixture;
 pub mod netns;
 pub mod packets;
+pub mod tun;
 
 /// True when the test may run. Without root it skips with a message, except
 /// under `CI=true`, where a skip is a failure.

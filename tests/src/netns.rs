@@ -68,6 +68,26 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Like [`Netns::enter`], but on a detached thread, for work that must run
+    /// while the caller does something in another namespace.
+    ///
+    /// # Panics
+    /// The returned handle's `join` reports a failure to enter or a panic in `f`.
+    pub fn spawn<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> thread::JoinHandle<R> {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let out = Command::new("ip").args(["netns", "del", &self.name]).output();
