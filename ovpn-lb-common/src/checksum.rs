@@ -7,6 +7,10 @@
 /// Folds a 32-bit ones' complement accumulator into 16 bits.
 #[inline(always)]
 #[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "folding leaves 16 significant bits"
+)]
 pub const fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
@@ -40,6 +44,10 @@ pub const fn replace2(check: u16, from: u16, to: u16) -> u16 {
 /// (same as `bpf_csum_diff(from, 16, to, 16, 0)`).
 #[inline(always)]
 #[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "two end-around folds leave 32 significant bits"
+)]
 pub const fn diff16(from: &[u32; 4], to: &[u32; 4]) -> u32 {
     let mut sum: u64 = 0;
     let mut i = 0;
@@ -140,7 +148,7 @@ mod tests {
     /// for `bpf_l4_csum_replace` with size 0 on a non-offloaded packet.
     fn apply_diff(check: u16, diff: u32) -> u16 {
         let sum = u64::from(diff) + u64::from(!check);
-        !fold(((sum & 0xffff_ffff) + (sum >> 32)) as u32)
+        !fold(u32::try_from((sum & 0xffff_ffff) + (sum >> 32)).unwrap())
     }
 
     #[test]
@@ -156,7 +164,12 @@ mod tests {
         let mut seed = 7_u32;
         for _ in 0..5_000 {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            let (os, od, ns, nd) = (seed, seed.rotate_left(7), seed ^ 0xdead_beef, seed.rotate_right(3));
+            let (os, od, ns, nd) = (
+                seed,
+                seed.rotate_left(7),
+                seed ^ 0xdead_beef,
+                seed.rotate_right(3),
+            );
             let old = u16::from_ne_bytes(compute(&block(os, od)));
             let diff = add(diff4(os, ns), diff4(od, nd));
             assert_eq!(apply_diff(old, diff).to_ne_bytes(), compute(&block(ns, nd)));

@@ -17,8 +17,16 @@ impl FlowHasher {
     #[inline(always)]
     #[must_use]
     pub const fn word(self, w: u32) -> Self {
-        let k = w.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-        Self((self.0 ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64))
+        let k = w
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+        Self(
+            (self.0 ^ k)
+                .rotate_left(13)
+                .wrapping_mul(5)
+                .wrapping_add(0xe654_6b64),
+        )
     }
 
     #[inline(always)]
@@ -44,7 +52,12 @@ mod tests {
     use super::*;
 
     fn tuple(src: u32, dst: u32, ports: u32, proto: u32) -> u32 {
-        FlowHasher::new().word(src).word(dst).word(ports).word(proto).finish()
+        FlowHasher::new()
+            .word(src)
+            .word(dst)
+            .word(ports)
+            .word(proto)
+            .finish()
     }
 
     #[test]
@@ -58,7 +71,7 @@ mod tests {
     fn spreads_source_ports_evenly_over_six_slots() {
         let mut buckets = [0u32; 6];
         for port in 0..60_000u32 {
-            buckets[(tuple(0x0a00_0001, 0x0a01_0002, port << 16 | 443, 6) % 6) as usize] += 1;
+            buckets[(tuple(0x0a00_0001, 0x0a01_0002, port << 16 | 0x01bb, 6) % 6) as usize] += 1;
         }
         for (i, &b) in buckets.iter().enumerate() {
             assert!((9_500..10_500).contains(&b), "bucket {i} got {b} of 60000");

@@ -3,6 +3,10 @@
 //! Everything here is `no_std` so the BPF crate can use it; everything with logic
 //! in it is unit tested on the host.
 #![no_std]
+#![expect(
+    clippy::inline_always,
+    reason = "the BPF side needs these inlined into one program body"
+)]
 
 #[cfg(test)]
 extern crate std;

@@ -24,16 +24,27 @@ const _: () = assert!(size_of::<Prefix4>() == 8);
 const _: () = assert!(size_of::<Prefix6>() == 32);
 
 /// Wire-order mask word for the bits of `len` that fall into the 32-bit word `word`.
-const fn mask_word(len: u8, word: u32) -> u32 {
-    let start = word * 32;
-    let bits = if (len as u32) <= start {
+const fn mask_word(len: u8, word: usize) -> u32 {
+    let len = len as u32;
+    let start = match word {
+        0 => 0,
+        1 => 32,
+        2 => 64,
+        3 => 96,
+        _ => 128,
+    };
+    let bits = if len <= start {
         0
-    } else if (len as u32) >= start + 32 {
+    } else if len >= start + 32 {
         32
     } else {
-        len as u32 - start
+        len - start
     };
-    let host = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    let host = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
     u32::from_ne_bytes(host.to_be_bytes())
 }
 
@@ -50,7 +61,11 @@ impl Prefix4 {
     }
 
     #[must_use]
-    pub const fn len(&self) -> u8 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a mask has at most 128 bits set"
+    )]
+    pub const fn prefix_len(&self) -> u8 {
         u32::from_be_bytes(self.mask.to_ne_bytes()).count_ones() as u8
     }
 
@@ -83,7 +98,7 @@ impl Prefix6 {
         let mut mask = [0u32; 4];
         let mut i = 0;
         while i < 4 {
-            mask[i] = mask_word(len, i as u32);
+            mask[i] = mask_word(len, i);
             addr[i] = words[i] & mask[i];
             i += 1;
         }
@@ -91,7 +106,11 @@ impl Prefix6 {
     }
 
     #[must_use]
-    pub const fn len(&self) -> u8 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a mask has at most 128 bits set"
+    )]
+    pub const fn prefix_len(&self) -> u8 {
         let mut bits = 0;
         let mut i = 0;
         while i < 4 {
@@ -171,7 +190,10 @@ mod tests {
     fn v4_translation_keeps_host_bits() {
         let to = Prefix4::new([100, 64, 1, 0], 24);
         let out = to.translate(v4("192.168.1.77"));
-        assert_eq!(Ipv4Addr::from(out.to_ne_bytes()), Ipv4Addr::new(100, 64, 1, 77));
+        assert_eq!(
+            Ipv4Addr::from(out.to_ne_bytes()),
+            Ipv4Addr::new(100, 64, 1, 77)
+        );
         assert!(to.contains(out));
     }
 
@@ -179,17 +201,23 @@ mod tests {
     fn v4_odd_length_prefix() {
         let lan = Prefix4::new([10, 0, 0, 0], 20);
         let to = Prefix4::new([10, 99, 16, 0], 20);
-        assert_eq!(lan.len(), 20);
+        assert_eq!(lan.prefix_len(), 20);
         let out = to.translate(v4("10.0.13.200"));
-        assert_eq!(Ipv4Addr::from(out.to_ne_bytes()), Ipv4Addr::new(10, 99, 29, 200));
+        assert_eq!(
+            Ipv4Addr::from(out.to_ne_bytes()),
+            Ipv4Addr::new(10, 99, 29, 200)
+        );
         assert!(lan.contains(v4("10.0.15.255")));
         assert!(!lan.contains(v4("10.0.16.0")));
     }
 
     #[test]
     fn v4_new_clears_host_bits_and_clamps() {
-        assert_eq!(Prefix4::new([10, 1, 2, 3], 8), Prefix4::new([10, 0, 0, 0], 8));
-        assert_eq!(Prefix4::new([10, 1, 2, 3], 99).len(), 32);
+        assert_eq!(
+            Prefix4::new([10, 1, 2, 3], 8),
+            Prefix4::new([10, 0, 0, 0], 8)
+        );
+        assert_eq!(Prefix4::new([10, 1, 2, 3], 99).prefix_len(), 32);
         let all = Prefix4::new([1, 2, 3, 4], 0);
         assert!(all.contains(v4("203.0.113.9")));
     }
@@ -198,7 +226,7 @@ mod tests {
     fn v6_translation_across_word_boundary() {
         let lan = Prefix6::new("fd00:a::".parse::<Ipv6Addr>().unwrap().octets(), 36);
         let to = Prefix6::new("fd00:b:1000::".parse::<Ipv6Addr>().unwrap().octets(), 36);
-        assert_eq!(lan.len(), 36);
+        assert_eq!(lan.prefix_len(), 36);
         let host = v6("fd00:a:0abc::1234");
         assert!(lan.contains(&host));
         let out = to.translate(&host);

@@ -13,7 +13,7 @@ macro_rules! reasons {
         impl Reason {
             pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
 
-            /// Stable snake_case name, used as the `reason` label.
+            /// Stable `snake_case` name, used as the `reason` label.
             #[must_use]
             pub const fn name(self) -> &'static str {
                 match self { $(Reason::$variant => $name,)* }

@@ -9,6 +9,11 @@
 
 use crate::maps::{MAX_TUNNELS, SCHEDULE_SLOTS, Schedule};
 
+/// [`SCHEDULE_SLOTS`] as the slot counter's type.
+#[expect(clippy::cast_possible_truncation, reason = "256 fits; asserted below")]
+const SLOTS: u32 = SCHEDULE_SLOTS as u32;
+const _: () = assert!(SLOTS as usize == SCHEDULE_SLOTS);
+
 /// Why a schedule could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScheduleError {
@@ -51,7 +56,7 @@ fn apportion(weights: &[u32], shares: &mut [u32; MAX_TUNNELS]) -> u32 {
         used += share;
     }
     // Hand out what floor() left over, biggest remainder first...
-    while used < SCHEDULE_SLOTS as u32 {
+    while used < SLOTS {
         let k = (0..weights.len())
             .filter(|&k| weights[k] != 0)
             .max_by_key(|&k| (remainders[k], weights[k]))
@@ -61,7 +66,7 @@ fn apportion(weights: &[u32], shares: &mut [u32; MAX_TUNNELS]) -> u32 {
         used += 1;
     }
     // ...and take back what the one-slot minimum overspent, from the biggest.
-    while used > SCHEDULE_SLOTS as u32 {
+    while used > SLOTS {
         let k = (0..weights.len())
             .max_by_key(|&k| shares[k])
             .expect("some tunnel has slots");
@@ -72,6 +77,9 @@ fn apportion(weights: &[u32], shares: &mut [u32; MAX_TUNNELS]) -> u32 {
 }
 
 /// Builds the schedule for tunnels `0..weights.len()`.
+///
+/// # Panics
+/// Never: tunnel ids are checked to fit a slot before any is written.
 ///
 /// # Errors
 /// [`ScheduleError::TooManyTunnels`] for more than [`MAX_TUNNELS`] weights.
@@ -148,7 +156,11 @@ mod tests {
         let s = build(&[1, 2, 3]).unwrap();
         // Tunnel 2 never runs more than twice in a row, even across the wrap.
         let seq: Vec<u8> = s.slots[..6].iter().chain(&s.slots[..6]).copied().collect();
-        assert!(seq.windows(3).all(|w| !(w[0] == 2 && w[1] == 2 && w[2] == 2)), "{seq:?}");
+        assert!(
+            seq.windows(3)
+                .all(|w| !(w[0] == 2 && w[1] == 2 && w[2] == 2)),
+            "{seq:?}"
+        );
     }
 
     #[test]

@@ -90,7 +90,9 @@ fn spray_v6(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
     if site.families & family::V6 == 0 || !site.lan_v6.contains(&src) {
         return Err(Reason::NotLan);
     }
-    let key = Key::new(128, unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(dst) });
+    let key = Key::new(128, unsafe {
+        core::mem::transmute::<[u32; 4], [u8; 16]>(dst)
+    });
     if REMOTE_V6.get(&key) != Some(&route::SPRAY) {
         return Err(Reason::NotRemote);
     }

@@ -1,6 +1,18 @@
 //! ovpn-lb BPF programs. Entry points only; each stage lives in its own module.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "each program is one verified body; helpers must not become calls"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "the classifier macro hands each entry point its context by value"
+)]
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "packet offsets and lengths stay below 64 KiB"
+)]
 
 mod lan;
 mod maps;

@@ -19,7 +19,11 @@ impl<'a> Packet<'a> {
     #[inline(always)]
     pub fn new(ctx: &'a TcContext) -> Self {
         let len = ctx.len();
-        let want = if len < MAX_HEADER_BYTES { len } else { MAX_HEADER_BYTES };
+        let want = if len < MAX_HEADER_BYTES {
+            len
+        } else {
+            MAX_HEADER_BYTES
+        };
         if ((ctx.data_end() - ctx.data()) as u32) < want {
             // Failure leaves the skb as it was; the bounds checks below then
             // report the headers as truncated.

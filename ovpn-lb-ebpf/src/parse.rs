@@ -64,7 +64,8 @@ pub fn ipv4(pkt: &Packet, l3: usize) -> Result<(*mut Ipv4Hdr, Ip), Reason> {
         return Err(Reason::BadIpLength);
     }
     // Options must be in the linear area too.
-    pkt.ptr::<[u8; 1]>(l3 + ihl - 1).ok_or(Reason::TruncatedIp)?;
+    pkt.ptr::<[u8; 1]>(l3 + ihl - 1)
+        .ok_or(Reason::TruncatedIp)?;
     let ip = Ip {
         l3,
         len: tot_len,
@@ -157,7 +158,7 @@ pub fn ipv6(pkt: &Packet, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
 
 /// Where the L4 checksum that covers the addresses lives, if anywhere, after
 /// checking the L4 header is whole. `None` for non-first fragments and protocols
-/// without a pseudo-header checksum (ICMPv4, unknown).
+/// without a pseudo-header checksum (`ICMPv4`, unknown).
 #[inline(always)]
 pub fn l4_checksum(pkt: &Packet, ip: &Ip) -> Result<Option<L4Checksum>, Reason> {
     if !ip.has_l4 {

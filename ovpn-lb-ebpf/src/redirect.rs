@@ -46,7 +46,11 @@ pub fn trim_padding(pkt: &Packet, frame_len: usize) -> Result<(), Reason> {
         return Ok(());
     }
     let ret = unsafe { bpf_skb_change_tail(pkt.ctx.skb.skb, frame_len as u32, 0) };
-    if ret == 0 { Ok(()) } else { Err(Reason::RewriteFailed) }
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(Reason::RewriteFailed)
+    }
 }
 
 /// Redirects to the egress of `ifindex`; for an L3 tunnel the kernel strips the
@@ -55,8 +59,8 @@ pub fn trim_padding(pkt: &Packet, frame_len: usize) -> Result<(), Reason> {
 pub fn into(ifindex: u32) -> i32 {
     let ret = unsafe { bpf_redirect(ifindex, 0) };
     if ret == i64::from(TC_ACT_REDIRECT) {
-        TC_ACT_REDIRECT as i32
+        TC_ACT_REDIRECT
     } else {
-        aya_ebpf::bindings::TC_ACT_SHOT as i32
+        aya_ebpf::bindings::TC_ACT_SHOT
     }
 }

@@ -86,5 +86,9 @@ fn l4_replace(pkt: &Packet, l4: Option<L4Checksum>, diff: u32) -> Result<(), Rea
     let ret = unsafe {
         bpf_l4_csum_replace(pkt.ctx.skb.skb, l4.offset as u32, 0, u64::from(diff), flags)
     };
-    if ret == 0 { Ok(()) } else { Err(Reason::RewriteFailed) }
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(Reason::RewriteFailed)
+    }
 }

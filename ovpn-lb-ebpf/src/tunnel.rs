@@ -80,7 +80,9 @@ fn restore_v6(
     let (hdr, ip) = parse::ipv6(pkt, l3)?;
     let (mut src, mut dst) = unsafe { ((*hdr).saddr, (*hdr).daddr) };
     let peer = tunnel.families & family::PEER_V6 != 0 && tunnel.peer_xlat_v6.contains(&src);
-    let key = Key::new(128, unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(dst) });
+    let key = Key::new(128, unsafe {
+        core::mem::transmute::<[u32; 4], [u8; 16]>(dst)
+    });
     let ours = site.families & family::V6 != 0 && OUR_XLAT_V6.get(&key).is_some();
     if !peer && !ours {
         return Err(Reason::NothingToRestore);

@@ -131,20 +131,26 @@ impl Datapath {
     /// # Errors
     /// If the kernel refuses the update.
     pub fn set_remote_v4(&mut self, prefix: Prefix4, action: u32) -> Result<()> {
-        let mut m: LpmTrie<_, [u8; 4], u32> =
-            map(&mut self.ebpf, names::REMOTE_V4)?.try_into()?;
-        m.insert(&Key::new(prefix.len().into(), prefix.octets()), action, 0)
-            .context("writing REMOTE_V4")?;
+        let mut m: LpmTrie<_, [u8; 4], u32> = map(&mut self.ebpf, names::REMOTE_V4)?.try_into()?;
+        m.insert(
+            &Key::new(prefix.prefix_len().into(), prefix.octets()),
+            action,
+            0,
+        )
+        .context("writing REMOTE_V4")?;
         Ok(())
     }
 
     /// # Errors
     /// If the kernel refuses the update.
     pub fn set_remote_v6(&mut self, prefix: Prefix6, action: u32) -> Result<()> {
-        let mut m: LpmTrie<_, [u8; 16], u32> =
-            map(&mut self.ebpf, names::REMOTE_V6)?.try_into()?;
-        m.insert(&Key::new(prefix.len().into(), prefix.octets()), action, 0)
-            .context("writing REMOTE_V6")?;
+        let mut m: LpmTrie<_, [u8; 16], u32> = map(&mut self.ebpf, names::REMOTE_V6)?.try_into()?;
+        m.insert(
+            &Key::new(prefix.prefix_len().into(), prefix.octets()),
+            action,
+            0,
+        )
+        .context("writing REMOTE_V6")?;
         Ok(())
     }
 
@@ -155,8 +161,12 @@ impl Datapath {
     pub fn set_our_xlat_v4(&mut self, prefix: Prefix4, tunnel: u32) -> Result<()> {
         let mut m: LpmTrie<_, [u8; 4], u32> =
             map(&mut self.ebpf, names::OUR_XLAT_V4)?.try_into()?;
-        m.insert(&Key::new(prefix.len().into(), prefix.octets()), tunnel, 0)
-            .context("writing OUR_XLAT_V4")?;
+        m.insert(
+            &Key::new(prefix.prefix_len().into(), prefix.octets()),
+            tunnel,
+            0,
+        )
+        .context("writing OUR_XLAT_V4")?;
         Ok(())
     }
 
@@ -165,8 +175,12 @@ impl Datapath {
     pub fn set_our_xlat_v6(&mut self, prefix: Prefix6, tunnel: u32) -> Result<()> {
         let mut m: LpmTrie<_, [u8; 16], u32> =
             map(&mut self.ebpf, names::OUR_XLAT_V6)?.try_into()?;
-        m.insert(&Key::new(prefix.len().into(), prefix.octets()), tunnel, 0)
-            .context("writing OUR_XLAT_V6")?;
+        m.insert(
+            &Key::new(prefix.prefix_len().into(), prefix.octets()),
+            tunnel,
+            0,
+        )
+        .context("writing OUR_XLAT_V6")?;
         Ok(())
     }
 
@@ -180,12 +194,14 @@ impl Datapath {
         if let Some(since) = self.last_flip.map(|t| t.elapsed())
             && since < SCHEDULE_GRACE
         {
-            thread::sleep(SCHEDULE_GRACE - since);
+            thread::sleep(SCHEDULE_GRACE.saturating_sub(since));
         }
         let active: Array<_, u32> = map(&mut self.ebpf, names::ACTIVE_SCHED)?.try_into()?;
         let next = (active.get(&0, 0)? + 1) % SCHEDULE_BUFFERS;
         let mut buffers: Array<_, Schedule> = map(&mut self.ebpf, names::SCHEDULES)?.try_into()?;
-        buffers.set(next, schedule, 0).context("writing SCHEDULES")?;
+        buffers
+            .set(next, schedule, 0)
+            .context("writing SCHEDULES")?;
         let mut active: Array<_, u32> = map(&mut self.ebpf, names::ACTIVE_SCHED)?.try_into()?;
         active.set(0, next, 0).context("flipping ACTIVE_SCHED")?;
         self.last_flip = Some(Instant::now());
@@ -198,12 +214,14 @@ impl Datapath {
     /// If the map cannot be read.
     pub fn tunnel_stats(&self, id: u32) -> Result<TunnelStats> {
         let m: PerCpuArray<_, TunnelStats> = self.map_ref(names::TUNNEL_STATS)?.try_into()?;
-        Ok(m.get(&id, 0)?.iter().fold(TunnelStats::default(), |a, s| TunnelStats {
-            tx_packets: a.tx_packets + s.tx_packets,
-            tx_bytes: a.tx_bytes + s.tx_bytes,
-            rx_packets: a.rx_packets + s.rx_packets,
-            rx_bytes: a.rx_bytes + s.rx_bytes,
-        }))
+        Ok(m.get(&id, 0)?
+            .iter()
+            .fold(TunnelStats::default(), |a, s| TunnelStats {
+                tx_packets: a.tx_packets + s.tx_packets,
+                tx_bytes: a.tx_bytes + s.tx_bytes,
+                rx_packets: a.rx_packets + s.rx_packets,
+                rx_bytes: a.rx_bytes + s.rx_bytes,
+            }))
     }
 
     /// Counters of one reason, summed over CPUs.

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-/// Packet-level load balancer for N OpenVPN tunnels.
+/// Packet-level load balancer for N `OpenVPN` tunnels.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {}

@@ -39,8 +39,8 @@ pub fn site(mode: Mode) -> SiteConfig {
     }
 }
 
-/// Tunnel `k`: our sources become 100.64.k.x / fd00:64:k::x; the peer's
-/// 100.65.k.x / fd00:65:k::x are restored into 10.20.30.x / fd00:20:0:30::x.
+/// Tunnel `k`: our sources become 100.64.k.x / `fd00:64:k::x`; the peer's
+/// 100.65.k.x / `fd00:65:k::x` are restored into 10.20.30.x / `fd00:20:0:30::x`.
 #[must_use]
 pub fn tunnel(k: u32, ifindex: u32) -> TunnelConfig {
     let k8 = u8::try_from(k).unwrap();
@@ -105,7 +105,10 @@ fn pin_to_cpu0() {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set), 0);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
+            0
+        );
     }
 }
 
@@ -121,10 +124,18 @@ impl Lab {
         let mut datapath = Datapath::load().expect("load the datapath");
         let ifindex = TUNNEL_DEVICES.map(ifindex);
         datapath.set_site(&site(Mode::Packet)).unwrap();
-        datapath.set_remote_v4(v4("10.20.0.0", 16), route::SPRAY).unwrap();
-        datapath.set_remote_v4(v4("10.20.0.1", 32), route::EXCLUDE).unwrap();
-        datapath.set_remote_v6(v6("fd00:20::", 48), route::SPRAY).unwrap();
-        datapath.set_remote_v6(v6("fd00:20::1", 128), route::EXCLUDE).unwrap();
+        datapath
+            .set_remote_v4(v4("10.20.0.0", 16), route::SPRAY)
+            .unwrap();
+        datapath
+            .set_remote_v4(v4("10.20.0.1", 32), route::EXCLUDE)
+            .unwrap();
+        datapath
+            .set_remote_v6(v6("fd00:20::", 48), route::SPRAY)
+            .unwrap();
+        datapath
+            .set_remote_v6(v6("fd00:20::1", 128), route::EXCLUDE)
+            .unwrap();
         for k in 0..TUNNELS {
             let dev = ifindex.get(k as usize).copied().unwrap_or(0);
             let t = tunnel(k, dev);
@@ -175,7 +186,10 @@ impl Lab {
             })
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"));
         out.truncate(result.data_size_out as usize);
-        Run { verdict: i32::try_from(result.return_value).unwrap(), output: out }
+        Run {
+            verdict: i32::try_from(result.return_value).unwrap(),
+            output: out,
+        }
     }
 
     /// # Panics

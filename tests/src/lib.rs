@@ -1,5 +1,9 @@
 //! Shared test support: privilege checks, network-namespace guards, packet
 //! builders with independent checksum validation, and the BPF fixture harness.
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "test support: every failure is a panic with context, by design"
+)]
 
 pub mod bpffs;
 pub mod fixture;
@@ -18,6 +22,8 @@ pub fn require_root(test: &str) -> bool {
         std::env::var("CI").as_deref() != Ok("true"),
         "{test} needs root (CAP_BPF, CAP_NET_ADMIN) and CI=true forbids skipping it"
     );
-    eprintln!("SKIPPED {test}: needs root (CAP_BPF, CAP_NET_ADMIN); run `cargo xtask test` as root");
+    eprintln!(
+        "SKIPPED {test}: needs root (CAP_BPF, CAP_NET_ADMIN); run `cargo xtask test` as root"
+    );
     false
 }

@@ -42,6 +42,10 @@ impl Netns {
     ///
     /// # Panics
     /// If the command fails.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "most callers run it for its effect"
+    )]
     pub fn ip(&self, args: &[&str]) -> String {
         let mut full = vec!["-n", &self.name];
         full.extend_from_slice(args);
@@ -90,7 +94,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let out = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
         if let Ok(out) = out
             && !out.status.success()
         {
@@ -107,6 +113,10 @@ impl Drop for Netns {
 ///
 /// # Panics
 /// If the command cannot start or exits non-zero.
+#[expect(
+    clippy::must_use_candidate,
+    reason = "most callers run it for its effect"
+)]
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)

@@ -19,28 +19,57 @@ pub const ETH_P_ARP: u16 = 0x0806;
 /// What rides on top of IP.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, payload: Vec<u8> },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        payload: Vec<u8>,
+    },
     /// `checksum: false` sends IPv4 UDP with checksum 0 ("none").
-    Udp { sport: u16, dport: u16, payload: Vec<u8>, checksum: bool },
-    /// ICMP or ICMPv6 echo request, by IP version.
-    Echo { id: u16, seq: u16, payload: Vec<u8> },
-    Raw { proto: u8, bytes: Vec<u8> },
+    Udp {
+        sport: u16,
+        dport: u16,
+        payload: Vec<u8>,
+        checksum: bool,
+    },
+    /// ICMP or `ICMPv6` echo request, by IP version.
+    Echo {
+        id: u16,
+        seq: u16,
+        payload: Vec<u8>,
+    },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 impl L4 {
     #[must_use]
     pub fn tcp(len: usize) -> Self {
-        Self::Tcp { sport: 40000, dport: 443, payload: payload(len) }
+        Self::Tcp {
+            sport: 40000,
+            dport: 443,
+            payload: payload(len),
+        }
     }
 
     #[must_use]
     pub fn udp(len: usize) -> Self {
-        Self::Udp { sport: 5353, dport: 53, payload: payload(len), checksum: true }
+        Self::Udp {
+            sport: 5353,
+            dport: 53,
+            payload: payload(len),
+            checksum: true,
+        }
     }
 
     #[must_use]
     pub fn echo(len: usize) -> Self {
-        Self::Echo { id: 7, seq: 1, payload: payload(len) }
+        Self::Echo {
+            id: 7,
+            seq: 1,
+            payload: payload(len),
+        }
     }
 
     fn proto(&self, v6: bool) -> u8 {
@@ -55,12 +84,21 @@ impl L4 {
 
     fn bytes_v4(&self, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
         match self {
-            Self::Tcp { sport, dport, payload } => {
+            Self::Tcp {
+                sport,
+                dport,
+                payload,
+            } => {
                 let mut h = tcp_header(*sport, *dport);
                 h.checksum = h.calc_checksum_ipv4_raw(src, dst, payload).unwrap();
                 [h.to_bytes().as_slice(), payload].concat()
             }
-            Self::Udp { sport, dport, payload, checksum } => {
+            Self::Udp {
+                sport,
+                dport,
+                payload,
+                checksum,
+            } => {
                 let mut h = udp_header(*sport, *dport, payload.len());
                 if *checksum {
                     h.checksum = h.calc_checksum_ipv4_raw(src, dst, payload).unwrap();
@@ -69,7 +107,13 @@ impl L4 {
             }
             Self::Echo { id, seq, payload } => {
                 let t = Icmpv4Type::EchoRequest(IcmpEchoHeader { id: *id, seq: *seq });
-                [Icmpv4Header::with_checksum(t, payload).to_bytes().as_slice(), payload].concat()
+                [
+                    Icmpv4Header::with_checksum(t, payload)
+                        .to_bytes()
+                        .as_slice(),
+                    payload,
+                ]
+                .concat()
             }
             Self::Raw { bytes, .. } => bytes.clone(),
         }
@@ -77,12 +121,21 @@ impl L4 {
 
     fn bytes_v6(&self, src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
         match self {
-            Self::Tcp { sport, dport, payload } => {
+            Self::Tcp {
+                sport,
+                dport,
+                payload,
+            } => {
                 let mut h = tcp_header(*sport, *dport);
                 h.checksum = h.calc_checksum_ipv6_raw(src, dst, payload).unwrap();
                 [h.to_bytes().as_slice(), payload].concat()
             }
-            Self::Udp { sport, dport, payload, .. } => {
+            Self::Udp {
+                sport,
+                dport,
+                payload,
+                ..
+            } => {
                 let mut h = udp_header(*sport, *dport, payload.len());
                 h.checksum = h.calc_checksum_ipv6_raw(src, dst, payload).unwrap();
                 [h.to_bytes().as_slice(), payload].concat()
@@ -117,7 +170,9 @@ fn udp_header(sport: u16, dport: u16, payload_len: usize) -> UdpHeader {
 /// Deterministic, non-trivial payload bytes.
 #[must_use]
 pub fn payload(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + 3) as u8).collect()
+    (0..len)
+        .map(|i| u8::try_from((i * 7 + 3) % 256).unwrap())
+        .collect()
 }
 
 /// An IPv4 datagram description.
@@ -135,22 +190,37 @@ impl V4 {
     /// On a malformed address literal.
     #[must_use]
     pub fn new(src: &str, dst: &str, l4: L4) -> Self {
-        Self { src: src.parse().unwrap(), dst: dst.parse().unwrap(), ttl: 64, options: vec![], l4 }
+        Self {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            ttl: 64,
+            options: vec![],
+            l4,
+        }
     }
 
     #[must_use]
     pub fn with_src(&self, src: &str) -> Self {
-        Self { src: src.parse().unwrap(), ..self.clone() }
+        Self {
+            src: src.parse().unwrap(),
+            ..self.clone()
+        }
     }
 
     #[must_use]
     pub fn with_dst(&self, dst: &str) -> Self {
-        Self { dst: dst.parse().unwrap(), ..self.clone() }
+        Self {
+            dst: dst.parse().unwrap(),
+            ..self.clone()
+        }
     }
 
     #[must_use]
     pub fn with_ttl(&self, ttl: u8) -> Self {
-        Self { ttl, ..self.clone() }
+        Self {
+            ttl,
+            ..self.clone()
+        }
     }
 
     fn l4_bytes(&self) -> Vec<u8> {
@@ -191,8 +261,11 @@ impl V4 {
         let (a, b) = l4.split_at(first);
         [
             [self.header(a.len(), true, 0, false), a.to_vec()].concat(),
-            [self.header(b.len(), false, u16::try_from(first / 8).unwrap(), false), b.to_vec()]
-                .concat(),
+            [
+                self.header(b.len(), false, u16::try_from(first / 8).unwrap(), false),
+                b.to_vec(),
+            ]
+            .concat(),
         ]
     }
 }
@@ -213,27 +286,45 @@ impl V6 {
     /// On a malformed address literal.
     #[must_use]
     pub fn new(src: &str, dst: &str, l4: L4) -> Self {
-        Self { src: src.parse().unwrap(), dst: dst.parse().unwrap(), hop_limit: 64, ext: vec![], l4 }
+        Self {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            hop_limit: 64,
+            ext: vec![],
+            l4,
+        }
     }
 
     #[must_use]
     pub fn with_src(&self, src: &str) -> Self {
-        Self { src: src.parse().unwrap(), ..self.clone() }
+        Self {
+            src: src.parse().unwrap(),
+            ..self.clone()
+        }
     }
 
     #[must_use]
     pub fn with_dst(&self, dst: &str) -> Self {
-        Self { dst: dst.parse().unwrap(), ..self.clone() }
+        Self {
+            dst: dst.parse().unwrap(),
+            ..self.clone()
+        }
     }
 
     #[must_use]
     pub fn with_hop_limit(&self, hop_limit: u8) -> Self {
-        Self { hop_limit, ..self.clone() }
+        Self {
+            hop_limit,
+            ..self.clone()
+        }
     }
 
     #[must_use]
     pub fn with_ext(&self, ext: &[u8]) -> Self {
-        Self { ext: ext.to_vec(), ..self.clone() }
+        Self {
+            ext: ext.to_vec(),
+            ..self.clone()
+        }
     }
 
     fn l4_bytes(&self) -> Vec<u8> {
@@ -279,7 +370,12 @@ impl V6 {
         };
         [
             [self.headers(a.len() + 8, 44), frag(0, true), a.to_vec()].concat(),
-            [self.headers(b.len() + 8, 44), frag(first, false), b.to_vec()].concat(),
+            [
+                self.headers(b.len() + 8, 44),
+                frag(first, false),
+                b.to_vec(),
+            ]
+            .concat(),
         ]
     }
 }
@@ -287,7 +383,13 @@ impl V6 {
 /// An Ethernet frame from the LAN host to the gateway.
 #[must_use]
 pub fn eth(ethertype: u16, l3: &[u8]) -> Vec<u8> {
-    [&GATEWAY_MAC[..], &LAN_HOST_MAC[..], &ethertype.to_be_bytes(), l3].concat()
+    [
+        &GATEWAY_MAC[..],
+        &LAN_HOST_MAC[..],
+        &ethertype.to_be_bytes(),
+        l3,
+    ]
+    .concat()
 }
 
 #[must_use]
@@ -301,7 +403,7 @@ pub fn eth6(l3: &[u8]) -> Vec<u8> {
 }
 
 /// Checks every checksum in an Ethernet frame with etherparse: IPv4 header,
-/// and TCP, UDP (unless 0 over IPv4), ICMP and ICMPv6 unless the packet is a
+/// and TCP, UDP (unless 0 over IPv4), ICMP and `ICMPv6` unless the packet is a
 /// fragment (whose L4 checksum spans other fragments).
 ///
 /// # Errors
@@ -319,7 +421,10 @@ pub fn validate_checksums(frame: &[u8]) -> Result<(), String> {
 fn validate_v4(l3: &[u8]) -> Result<(), String> {
     let (ip, _) = Ipv4Header::from_slice(l3).map_err(|e| format!("IPv4 header: {e}"))?;
     if ip.header_checksum != ip.calc_header_checksum() {
-        return Err(format!("IPv4 header checksum {:#06x} is wrong", ip.header_checksum));
+        return Err(format!(
+            "IPv4 header checksum {:#06x} is wrong",
+            ip.header_checksum
+        ));
     }
     if ip.more_fragments || ip.fragment_offset.value() != 0 {
         return Ok(());
@@ -329,7 +434,9 @@ fn validate_v4(l3: &[u8]) -> Result<(), String> {
     match ip.protocol.0 {
         6 => {
             let (h, payload) = TcpHeader::from_slice(body).map_err(|e| e.to_string())?;
-            let want = h.calc_checksum_ipv4_raw(src, dst, payload).map_err(|e| e.to_string())?;
+            let want = h
+                .calc_checksum_ipv4_raw(src, dst, payload)
+                .map_err(|e| e.to_string())?;
             check("TCP", h.checksum, want)
         }
         17 => {
@@ -337,12 +444,18 @@ fn validate_v4(l3: &[u8]) -> Result<(), String> {
             if h.checksum == 0 {
                 return Ok(());
             }
-            let want = h.calc_checksum_ipv4_raw(src, dst, payload).map_err(|e| e.to_string())?;
+            let want = h
+                .calc_checksum_ipv4_raw(src, dst, payload)
+                .map_err(|e| e.to_string())?;
             check("UDP", h.checksum, want)
         }
         1 => {
             let (h, payload) = Icmpv4Header::from_slice(body).map_err(|e| e.to_string())?;
-            check("ICMP", h.checksum, Icmpv4Header::with_checksum(h.icmp_type, payload).checksum)
+            check(
+                "ICMP",
+                h.checksum,
+                Icmpv4Header::with_checksum(h.icmp_type, payload).checksum,
+            )
         }
         _ => Ok(()),
     }
@@ -368,17 +481,24 @@ fn validate_v6(l3: &[u8]) -> Result<(), String> {
     match next {
         6 => {
             let (h, payload) = TcpHeader::from_slice(body).map_err(|e| e.to_string())?;
-            let want = h.calc_checksum_ipv6_raw(src, dst, payload).map_err(|e| e.to_string())?;
+            let want = h
+                .calc_checksum_ipv6_raw(src, dst, payload)
+                .map_err(|e| e.to_string())?;
             check("TCP", h.checksum, want)
         }
         17 => {
             let (h, payload) = UdpHeader::from_slice(body).map_err(|e| e.to_string())?;
-            let want = h.calc_checksum_ipv6_raw(src, dst, payload).map_err(|e| e.to_string())?;
+            let want = h
+                .calc_checksum_ipv6_raw(src, dst, payload)
+                .map_err(|e| e.to_string())?;
             check("UDP", h.checksum, want)
         }
         58 => {
             let (h, payload) = Icmpv6Header::from_slice(body).map_err(|e| e.to_string())?;
-            let want = h.icmp_type.calc_checksum(src, dst, payload).map_err(|e| e.to_string())?;
+            let want = h
+                .icmp_type
+                .calc_checksum(src, dst, payload)
+                .map_err(|e| e.to_string())?;
             check("ICMPv6", h.checksum, want)
         }
         _ => Ok(()),
@@ -389,6 +509,8 @@ fn check(what: &str, got: u16, want: u16) -> Result<(), String> {
     if got == want {
         Ok(())
     } else {
-        Err(format!("{what} checksum {got:#06x}, etherparse computes {want:#06x}"))
+        Err(format!(
+            "{what} checksum {got:#06x}, etherparse computes {want:#06x}"
+        ))
     }
 }

@@ -38,11 +38,23 @@ impl Tun {
             .write(true)
             .open("/dev/net/tun")
             .expect("open /dev/net/tun");
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TUN | IFF_NO_PI,
+            _pad: [0; 22],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &raw mut req) };
-        assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
-        Self { file, backlog: Vec::new() }
+        assert_eq!(
+            rc,
+            0,
+            "TUNSETIFF {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        Self {
+            file,
+            backlog: Vec::new(),
+        }
     }
 
     /// Next IP packet the kernel sends into the tunnel that `want` accepts,
@@ -58,8 +70,15 @@ impl Tun {
         let mut buf = vec![0u8; 65536];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no matching packet came out of the tunnel within {timeout:?}");
-            let mut pfd = libc::pollfd { fd: self.file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            assert!(
+                !left.is_zero(),
+                "no matching packet came out of the tunnel within {timeout:?}"
+            );
+            let mut pfd = libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
             if unsafe { libc::poll(&raw mut pfd, 1, ms) } <= 0 {
                 continue;

@@ -16,7 +16,10 @@ fn dump(dir: &PinDir, map: &str) -> (String, Value) {
     let path = path.to_str().unwrap();
     let text = run("bpftool", &["map", "dump", "pinned", path]);
     let json = run("bpftool", &["-j", "map", "dump", "pinned", path]);
-    (text, serde_json::from_str(&json).unwrap_or_else(|e| panic!("bpftool -j output for {map}: {e}")))
+    (
+        text,
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("bpftool -j output for {map}: {e}")),
+    )
 }
 
 #[test]
@@ -34,16 +37,34 @@ fn bpftool_prints_field_names_and_our_counts() {
         }
 
         let expected_fields: &[(&str, &[&str])] = &[
-            (names::TUNNEL_STATS, &["tx_packets", "tx_bytes", "rx_packets", "rx_bytes"]),
+            (
+                names::TUNNEL_STATS,
+                &["tx_packets", "tx_bytes", "rx_packets", "rx_bytes"],
+            ),
             (names::REASON_STATS, &["packets", "bytes"]),
-            (names::SITE, &["lan_v4", "lan_v6", "families", "mode", "addr", "mask"]),
-            (names::TUNNELS, &["ifindex", "xlat_v4", "peer_xlat_v4", "peer_real_v4", "xlat_v6"]),
+            (
+                names::SITE,
+                &["lan_v4", "lan_v6", "families", "mode", "addr", "mask"],
+            ),
+            (
+                names::TUNNELS,
+                &[
+                    "ifindex",
+                    "xlat_v4",
+                    "peer_xlat_v4",
+                    "peer_real_v4",
+                    "xlat_v6",
+                ],
+            ),
             (names::SCHEDULES, &["len", "slots"]),
         ];
         for (map, fields) in expected_fields {
             let (text, _) = dump(&dir, map);
             for field in *fields {
-                assert!(text.contains(&format!("\"{field}\"")), "bpftool dump of {map} lacks field {field}:\n{text}");
+                assert!(
+                    text.contains(&format!("\"{field}\"")),
+                    "bpftool dump of {map} lacks field {field}:\n{text}"
+                );
             }
         }
 
@@ -57,7 +78,12 @@ fn bpftool_prints_field_names_and_our_counts() {
             .find(|e| e["key"] == 1)
             .unwrap_or_else(|| panic!("tunnel 1 not in the dump: {json:#}"));
         let sum = |field: &str| -> u64 {
-            entry["values"].as_array().unwrap().iter().map(|v| v["value"][field].as_u64().unwrap()).sum()
+            entry["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["value"][field].as_u64().unwrap())
+                .sum()
         };
         let api = lab.datapath.tunnel_stats(1).unwrap();
         assert_eq!(sum("tx_packets"), 3);

@@ -1,4 +1,4 @@
-//! Packet fixtures through BPF_PROG_TEST_RUN: every row states the input, the
+//! Packet fixtures through `BPF_PROG_TEST_RUN`: every row states the input, the
 //! schedule, the verdict, the output bytes and the counter deltas it expects.
 //! Expected packets are built by etherparse, and every forwarded packet's
 //! checksums are re-verified by etherparse, never by our own code.
@@ -131,12 +131,16 @@ impl Row {
 /// A LAN packet and the bytes it must leave as on tunnel `k`.
 fn spray_v4(name: &'static str, k: u32, p: &V4) -> Row {
     let out = p.with_src(&lan_host_on(k)).with_ttl(p.ttl - 1);
-    lan(name, eth4(&p.datagram())).only(k).sprayed(k, eth4(&out.datagram()))
+    lan(name, eth4(&p.datagram()))
+        .only(k)
+        .sprayed(k, eth4(&out.datagram()))
 }
 
 fn spray_v6(name: &'static str, k: u32, p: &V6) -> Row {
     let out = p.with_src(&lan_host6_on(k)).with_hop_limit(p.hop_limit - 1);
-    lan(name, eth6(&p.datagram())).only(k).sprayed(k, eth6(&out.datagram()))
+    lan(name, eth6(&p.datagram()))
+        .only(k)
+        .sprayed(k, eth6(&out.datagram()))
 }
 
 fn corrupt(mut l3: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -162,18 +166,38 @@ fn rows() -> Vec<Row> {
     let udp4_nocsum = V4::new(
         LAN_HOST,
         FAR_HOST,
-        L4::Udp { sport: 9, dport: 9, payload: vec![1, 2, 3, 4, 5], checksum: false },
+        L4::Udp {
+            sport: 9,
+            dport: 9,
+            payload: vec![1, 2, 3, 4, 5],
+            checksum: false,
+        },
     );
     let mut with_options = tcp4.clone();
     with_options.options = vec![1, 1, 1, 0];
     let big_udp4 = V4::new(LAN_HOST, FAR_HOST, L4::udp(200));
     let big_udp6 = V6::new(LAN_HOST6, FAR_HOST6, L4::udp(200));
     let frag4 = big_udp4.fragments(64);
-    let frag4_out = big_udp4.with_src(&lan_host_on(1)).with_ttl(63).fragments(64);
+    let frag4_out = big_udp4
+        .with_src(&lan_host_on(1))
+        .with_ttl(63)
+        .fragments(64);
     let frag6 = big_udp6.fragments(64);
-    let frag6_out = big_udp6.with_src(&lan_host6_on(2)).with_hop_limit(63).fragments(64);
+    let frag6_out = big_udp6
+        .with_src(&lan_host6_on(2))
+        .with_hop_limit(63)
+        .fragments(64);
     // Minimum-size Ethernet frame: 28 bytes of IP padded to 46.
-    let tiny = V4::new(LAN_HOST, FAR_HOST, L4::Udp { sport: 1, dport: 2, payload: vec![], checksum: true });
+    let tiny = V4::new(
+        LAN_HOST,
+        FAR_HOST,
+        L4::Udp {
+            sport: 1,
+            dport: 2,
+            payload: vec![],
+            checksum: true,
+        },
+    );
     let pad = |mut f: Vec<u8>| {
         f.resize(60, 0);
         f
@@ -192,58 +216,171 @@ fn rows() -> Vec<Row> {
         spray_v4("v4 TCP to tunnel 2", 2, &tcp4),
         spray_v4("v4 UDP", 1, &udp4),
         spray_v4("v4 UDP with checksum 0 keeps 0", 1, &udp4_nocsum),
-        spray_v4("v4 ICMP echo (no pseudo-header)", 0, &V4::new(LAN_HOST, FAR_HOST, L4::echo(56))),
+        spray_v4(
+            "v4 ICMP echo (no pseudo-header)",
+            0,
+            &V4::new(LAN_HOST, FAR_HOST, L4::echo(56)),
+        ),
         spray_v4("v4 with options (IHL 6)", 2, &with_options),
-        spray_v4("v4 GRE: IP header only", 0, &V4::new(LAN_HOST, FAR_HOST, L4::Raw { proto: 47, bytes: vec![0; 24] })),
-        lan("v4 first fragment: L4 checksum patched", eth4(&frag4[0])).only(1).sprayed(1, eth4(&frag4_out[0])),
-        lan("v4 non-first fragment: IP header only", eth4(&frag4[1])).only(1).sprayed(1, eth4(&frag4_out[1])),
-        lan("v4 minimum frame: Ethernet padding trimmed", pad(eth4(&tiny.datagram())))
-            .only(0)
-            .sprayed(0, eth4(&tiny.with_src(&lan_host_on(0)).with_ttl(63).datagram())),
+        spray_v4(
+            "v4 GRE: IP header only",
+            0,
+            &V4::new(
+                LAN_HOST,
+                FAR_HOST,
+                L4::Raw {
+                    proto: 47,
+                    bytes: vec![0; 24],
+                },
+            ),
+        ),
+        lan("v4 first fragment: L4 checksum patched", eth4(&frag4[0]))
+            .only(1)
+            .sprayed(1, eth4(&frag4_out[0])),
+        lan("v4 non-first fragment: IP header only", eth4(&frag4[1]))
+            .only(1)
+            .sprayed(1, eth4(&frag4_out[1])),
+        lan(
+            "v4 minimum frame: Ethernet padding trimmed",
+            pad(eth4(&tiny.datagram())),
+        )
+        .only(0)
+        .sprayed(
+            0,
+            eth4(&tiny.with_src(&lan_host_on(0)).with_ttl(63).datagram()),
+        ),
         spray_v6("v6 TCP", 0, &tcp6),
         spray_v6("v6 UDP", 1, &udp6),
-        spray_v6("v6 ICMPv6 echo", 2, &V6::new(LAN_HOST6, FAR_HOST6, L4::echo(56))),
+        spray_v6(
+            "v6 ICMPv6 echo",
+            2,
+            &V6::new(LAN_HOST6, FAR_HOST6, L4::echo(56)),
+        ),
         spray_v6("v6 hop-by-hop then UDP", 0, &udp6.with_ext(&[0])),
         spray_v6("v6 destination options then TCP", 1, &tcp6.with_ext(&[60])),
-        lan("v6 first fragment: L4 checksum patched", eth6(&frag6[0])).only(2).sprayed(2, eth6(&frag6_out[0])),
-        lan("v6 non-first fragment: IP header only", eth6(&frag6[1])).only(2).sprayed(2, eth6(&frag6_out[1])),
+        lan("v6 first fragment: L4 checksum patched", eth6(&frag6[0]))
+            .only(2)
+            .sprayed(2, eth6(&frag6_out[0])),
+        lan("v6 non-first fragment: IP header only", eth6(&frag6[1]))
+            .only(2)
+            .sprayed(2, eth6(&frag6_out[1])),
         spray_v4("v4 exactly at the tunnel MTU", 0, &mtu_tcp4(TUNNEL_MTU)),
         spray_v6("v6 exactly at the tunnel MTU", 0, &mtu_tcp6(TUNNEL_MTU)),
         {
             let p = V4::new(LAN_HOST, FAR_HOST, L4::tcp(2960));
             let out = p.with_src(&lan_host_on(1)).with_ttl(63);
-            lan("v4 GSO packet whose segments fit", eth4(&p.datagram())).only(1).gso(1000).sprayed(1, eth4(&out.datagram()))
+            lan("v4 GSO packet whose segments fit", eth4(&p.datagram()))
+                .only(1)
+                .gso(1000)
+                .sprayed(1, eth4(&out.datagram()))
         },
         // --- LAN ingress: left to the kernel ---
         lan("ARP", eth(ETH_P_ARP, &[0; 28])).passed(Reason::NotIp),
         lan("LLDP", eth(0x88cc, &[0; 40])).passed(Reason::NotIp),
-        lan("v4 destination outside the remote prefixes", eth4(&tcp4.with_dst("10.99.0.7").datagram())).passed(Reason::NotRemote),
-        lan("v4 to the far gateway itself (excluded)", eth4(&tcp4.with_dst("10.20.0.1").datagram())).passed(Reason::NotRemote),
-        lan("v4 source outside the LAN prefix", eth4(&tcp4.with_src("192.168.11.5").datagram())).passed(Reason::NotLan),
-        lan("v6 destination outside the remote prefixes", eth6(&tcp6.with_dst("fd00:99::7").datagram())).passed(Reason::NotRemote),
-        lan("v6 to the far gateway itself (excluded)", eth6(&tcp6.with_dst("fd00:20::1").datagram())).passed(Reason::NotRemote),
-        lan("v6 source outside the LAN prefix", eth6(&tcp6.with_src("fd00:11::5").datagram())).passed(Reason::NotLan),
+        lan(
+            "v4 destination outside the remote prefixes",
+            eth4(&tcp4.with_dst("10.99.0.7").datagram()),
+        )
+        .passed(Reason::NotRemote),
+        lan(
+            "v4 to the far gateway itself (excluded)",
+            eth4(&tcp4.with_dst("10.20.0.1").datagram()),
+        )
+        .passed(Reason::NotRemote),
+        lan(
+            "v4 source outside the LAN prefix",
+            eth4(&tcp4.with_src("192.168.11.5").datagram()),
+        )
+        .passed(Reason::NotLan),
+        lan(
+            "v6 destination outside the remote prefixes",
+            eth6(&tcp6.with_dst("fd00:99::7").datagram()),
+        )
+        .passed(Reason::NotRemote),
+        lan(
+            "v6 to the far gateway itself (excluded)",
+            eth6(&tcp6.with_dst("fd00:20::1").datagram()),
+        )
+        .passed(Reason::NotRemote),
+        lan(
+            "v6 source outside the LAN prefix",
+            eth6(&tcp6.with_src("fd00:11::5").datagram()),
+        )
+        .passed(Reason::NotLan),
         lan("v4 TTL 1", eth4(&tcp4.with_ttl(1).datagram())).passed(Reason::TtlExpired),
         lan("v6 hop limit 1", eth6(&tcp6.with_hop_limit(1).datagram())).passed(Reason::TtlExpired),
-        lan("v4 one byte over the tunnel MTU", eth4(&mtu_tcp4(TUNNEL_MTU + 1).datagram())).passed(Reason::OverMtu),
-        lan("v6 one byte over the tunnel MTU", eth6(&mtu_tcp6(TUNNEL_MTU + 1).datagram())).passed(Reason::OverMtu),
-        lan("v4 GSO packet whose segments exceed the MTU", eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(2960)).datagram()))
-            .gso(1448)
-            .passed(Reason::OverMtu),
+        lan(
+            "v4 one byte over the tunnel MTU",
+            eth4(&mtu_tcp4(TUNNEL_MTU + 1).datagram()),
+        )
+        .passed(Reason::OverMtu),
+        lan(
+            "v6 one byte over the tunnel MTU",
+            eth6(&mtu_tcp6(TUNNEL_MTU + 1).datagram()),
+        )
+        .passed(Reason::OverMtu),
+        lan(
+            "v4 GSO packet whose segments exceed the MTU",
+            eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(2960)).datagram()),
+        )
+        .gso(1448)
+        .passed(Reason::OverMtu),
         // --- LAN ingress: dropped ---
-        lan("no healthy tunnel", eth4(&tcp4.datagram())).weights(&[0, 0, 0]).dropped(Reason::NoTunnel),
-        lan("scheduled tunnel has no device", eth4(&tcp4.datagram())).only(3).dropped(Reason::TunnelGone),
-        lan("v4 IHL 4", eth4(&corrupt(tcp4.datagram(), |d| d[0] = 0x44))).dropped(Reason::BadIpHeader),
-        lan("v4 frame carrying version 6", eth4(&corrupt(tcp4.datagram(), |d| d[0] = 0x65))).dropped(Reason::BadIpHeader),
-        lan("v4 total length beyond the frame", eth4(&corrupt(tcp4.datagram(), |d| d[3] += 8))).dropped(Reason::BadIpLength),
-        lan("v4 total length below the header", eth4(&corrupt(tcp4.datagram(), |d| d[2..4].copy_from_slice(&16u16.to_be_bytes()))))
-            .dropped(Reason::BadIpLength),
-        lan("v4 TCP header cut at 10 bytes", eth4(&v4_cut_l4(L4::tcp(0), 10))).dropped(Reason::TruncatedL4),
-        lan("v4 UDP header cut at 4 bytes", eth4(&v4_cut_l4(L4::udp(0), 4))).dropped(Reason::TruncatedL4),
-        lan("v6 payload length beyond the frame", eth6(&corrupt(tcp6.datagram(), |d| d[5] += 8))).dropped(Reason::BadIpLength),
-        lan("v6 jumbogram (payload length 0)", eth6(&corrupt(tcp6.datagram(), |d| d[4..6].fill(0)))).dropped(Reason::BadIpLength),
-        lan("v6 frame carrying version 4", eth6(&corrupt(tcp6.datagram(), |d| d[0] = 0x45))).dropped(Reason::BadIpHeader),
-        lan("v6 seven extension headers", eth6(&udp6.with_ext(&[60; 7]).datagram())).dropped(Reason::Ipv6ExtChain),
+        lan("no healthy tunnel", eth4(&tcp4.datagram()))
+            .weights(&[0, 0, 0])
+            .dropped(Reason::NoTunnel),
+        lan("scheduled tunnel has no device", eth4(&tcp4.datagram()))
+            .only(3)
+            .dropped(Reason::TunnelGone),
+        lan("v4 IHL 4", eth4(&corrupt(tcp4.datagram(), |d| d[0] = 0x44)))
+            .dropped(Reason::BadIpHeader),
+        lan(
+            "v4 frame carrying version 6",
+            eth4(&corrupt(tcp4.datagram(), |d| d[0] = 0x65)),
+        )
+        .dropped(Reason::BadIpHeader),
+        lan(
+            "v4 total length beyond the frame",
+            eth4(&corrupt(tcp4.datagram(), |d| d[3] += 8)),
+        )
+        .dropped(Reason::BadIpLength),
+        lan(
+            "v4 total length below the header",
+            eth4(&corrupt(tcp4.datagram(), |d| {
+                d[2..4].copy_from_slice(&16u16.to_be_bytes());
+            })),
+        )
+        .dropped(Reason::BadIpLength),
+        lan(
+            "v4 TCP header cut at 10 bytes",
+            eth4(&v4_cut_l4(L4::tcp(0), 10)),
+        )
+        .dropped(Reason::TruncatedL4),
+        lan(
+            "v4 UDP header cut at 4 bytes",
+            eth4(&v4_cut_l4(L4::udp(0), 4)),
+        )
+        .dropped(Reason::TruncatedL4),
+        lan(
+            "v6 payload length beyond the frame",
+            eth6(&corrupt(tcp6.datagram(), |d| d[5] += 8)),
+        )
+        .dropped(Reason::BadIpLength),
+        lan(
+            "v6 jumbogram (payload length 0)",
+            eth6(&corrupt(tcp6.datagram(), |d| d[4..6].fill(0))),
+        )
+        .dropped(Reason::BadIpLength),
+        lan(
+            "v6 frame carrying version 4",
+            eth6(&corrupt(tcp6.datagram(), |d| d[0] = 0x45)),
+        )
+        .dropped(Reason::BadIpHeader),
+        lan(
+            "v6 seven extension headers",
+            eth6(&udp6.with_ext(&[60; 7]).datagram()),
+        )
+        .dropped(Reason::Ipv6ExtChain),
         lan(
             "v6 extension header past the payload",
             eth6(&corrupt(udp6.with_ext(&[60]).datagram(), |d| {
@@ -263,30 +400,76 @@ fn rows() -> Vec<Row> {
         // --- tunnel ingress ---
         from_tunnel("v4 peer source restored", 1, eth4(&restore4.datagram()))
             .restored(eth4(&restore4.with_src(FAR_HOST).datagram())),
-        from_tunnel("v4 reply to our translated address restored (one-sided peer)", 2, eth4(&reply4.datagram()))
-            .restored(eth4(&reply4.with_dst(LAN_HOST).datagram())),
-        from_tunnel("v4 both addresses restored", 1, eth4(&restore4.with_dst(&lan_host_on(1)).datagram()))
-            .restored(eth4(&restore4.with_src(FAR_HOST).with_dst(LAN_HOST).datagram())),
+        from_tunnel(
+            "v4 reply to our translated address restored (one-sided peer)",
+            2,
+            eth4(&reply4.datagram()),
+        )
+        .restored(eth4(&reply4.with_dst(LAN_HOST).datagram())),
+        from_tunnel(
+            "v4 both addresses restored",
+            1,
+            eth4(&restore4.with_dst(&lan_host_on(1)).datagram()),
+        )
+        .restored(eth4(
+            &restore4.with_src(FAR_HOST).with_dst(LAN_HOST).datagram(),
+        )),
         {
-            let p = V4::new(&far_host_on(1), LAN_HOST, L4::Udp { sport: 9, dport: 9, payload: vec![7; 9], checksum: false });
-            from_tunnel("v4 UDP checksum 0 stays 0 on restore", 1, eth4(&p.datagram())).restored(eth4(&p.with_src(FAR_HOST).datagram()))
+            let p = V4::new(
+                &far_host_on(1),
+                LAN_HOST,
+                L4::Udp {
+                    sport: 9,
+                    dport: 9,
+                    payload: vec![7; 9],
+                    checksum: false,
+                },
+            );
+            from_tunnel(
+                "v4 UDP checksum 0 stays 0 on restore",
+                1,
+                eth4(&p.datagram()),
+            )
+            .restored(eth4(&p.with_src(FAR_HOST).datagram()))
         },
         {
             let p = V4::new(&far_host_on(0), LAN_HOST, L4::echo(32));
-            from_tunnel("v4 ICMP restored", 0, eth4(&p.datagram())).restored(eth4(&p.with_src(FAR_HOST).datagram()))
+            from_tunnel("v4 ICMP restored", 0, eth4(&p.datagram()))
+                .restored(eth4(&p.with_src(FAR_HOST).datagram()))
         },
-        from_tunnel("v4 non-first fragment restored", 0, eth4(&frag_back.fragments(64)[1]))
-            .restored(eth4(&frag_back.with_src(FAR_HOST).fragments(64)[1])),
+        from_tunnel(
+            "v4 non-first fragment restored",
+            0,
+            eth4(&frag_back.fragments(64)[1]),
+        )
+        .restored(eth4(&frag_back.with_src(FAR_HOST).fragments(64)[1])),
         from_tunnel("v6 peer source restored", 1, eth6(&restore6.datagram()))
             .restored(eth6(&restore6.with_src(FAR_HOST6).datagram())),
-        from_tunnel("v6 ICMPv6 reply to our translated address restored", 2, eth6(&reply6.datagram()))
-            .restored(eth6(&reply6.with_dst(LAN_HOST6).datagram())),
-        from_tunnel("v4 nothing translated", 1, eth4(&V4::new(FAR_HOST, LAN_HOST, L4::tcp(10)).datagram()))
-            .passed(Reason::NothingToRestore),
-        from_tunnel("v4 another tunnel's peer prefix is not restored", 0, eth4(&restore4.datagram()))
-            .passed(Reason::NothingToRestore),
+        from_tunnel(
+            "v6 ICMPv6 reply to our translated address restored",
+            2,
+            eth6(&reply6.datagram()),
+        )
+        .restored(eth6(&reply6.with_dst(LAN_HOST6).datagram())),
+        from_tunnel(
+            "v4 nothing translated",
+            1,
+            eth4(&V4::new(FAR_HOST, LAN_HOST, L4::tcp(10)).datagram()),
+        )
+        .passed(Reason::NothingToRestore),
+        from_tunnel(
+            "v4 another tunnel's peer prefix is not restored",
+            0,
+            eth4(&restore4.datagram()),
+        )
+        .passed(Reason::NothingToRestore),
         from_tunnel("non-IP on a tunnel", 0, eth(ETH_P_ARP, &[0; 28])).passed(Reason::NotIp),
-        from_tunnel("v4 IHL 4 on a tunnel", 1, eth4(&corrupt(restore4.datagram(), |d| d[0] = 0x44))).dropped(Reason::BadIpHeader),
+        from_tunnel(
+            "v4 IHL 4 on a tunnel",
+            1,
+            eth4(&corrupt(restore4.datagram(), |d| d[0] = 0x44)),
+        )
+        .dropped(Reason::BadIpHeader),
         from_tunnel(
             "v4 truncated TCP on a tunnel",
             1,
@@ -296,8 +479,14 @@ fn rows() -> Vec<Row> {
             })),
         )
         .dropped(Reason::TruncatedL4),
-        Row { program: Program::NotATunnel, ..lan("arrives on a device that is not a tunnel", eth4(&restore4.datagram())) }
-            .passed(Reason::UnknownTunnel),
+        Row {
+            program: Program::NotATunnel,
+            ..lan(
+                "arrives on a device that is not a tunnel",
+                eth4(&restore4.datagram()),
+            )
+        }
+        .passed(Reason::UnknownTunnel),
     ]
 }
 
@@ -313,14 +502,20 @@ fn check_row(lab: &mut Lab, row: &Row) -> Result<(), String> {
             .filter(|(_, (b, a))| a.packets > b.packets)
             .map(|(r, _)| r.name())
             .collect();
-        return Err(format!("verdict {} (want {}), counted as {counted:?}", run.verdict, row.verdict));
+        return Err(format!(
+            "verdict {} (want {}), counted as {counted:?}",
+            run.verdict, row.verdict
+        ));
     }
     let want = match &row.output {
         Output::Unchanged => &row.input,
         Output::Bytes(b) => b,
     };
     if &run.output != want {
-        return Err(format!("output differs\n  got  {:02x?}\n  want {want:02x?}", run.output));
+        return Err(format!(
+            "output differs\n  got  {:02x?}\n  want {want:02x?}",
+            run.output
+        ));
     }
     if matches!(row.output, Output::Bytes(_)) {
         validate_checksums(&run.output)?;
@@ -333,9 +528,16 @@ fn check_counters(row: &Row, before: &Counters, after: &Counters) -> Result<(), 
     for (i, (b, a)) in before.reasons.iter().zip(&after.reasons).enumerate() {
         let reason = Reason::ALL[i];
         let (dp, db) = (a.packets - b.packets, a.bytes - b.bytes);
-        let want = if reason == row.reason { (1, len) } else { (0, 0) };
+        let want = if reason == row.reason {
+            (1, len)
+        } else {
+            (0, 0)
+        };
         if (dp, db) != want {
-            return Err(format!("reason {} grew by {dp} packets/{db} bytes, want {want:?}", reason.name()));
+            return Err(format!(
+                "reason {} grew by {dp} packets/{db} bytes, want {want:?}",
+                reason.name()
+            ));
         }
     }
     // Tunnel counters count the IP bytes that enter or leave the tunnel.
@@ -347,10 +549,20 @@ fn check_counters(row: &Row, before: &Counters, after: &Counters) -> Result<(), 
         let k = u32::try_from(k).unwrap();
         let tx = (a.tx_packets - b.tx_packets, a.tx_bytes - b.tx_bytes);
         let rx = (a.rx_packets - b.rx_packets, a.rx_bytes - b.rx_bytes);
-        let want_tx = if row.tx == Some(k) { (1, ip_len) } else { (0, 0) };
-        let want_rx = if row.rx == Some(k) { (1, ip_len) } else { (0, 0) };
+        let want_tx = if row.tx == Some(k) {
+            (1, ip_len)
+        } else {
+            (0, 0)
+        };
+        let want_rx = if row.rx == Some(k) {
+            (1, ip_len)
+        } else {
+            (0, 0)
+        };
         if tx != want_tx || rx != want_rx {
-            return Err(format!("tunnel {k}: tx {tx:?} rx {rx:?}, want tx {want_tx:?} rx {want_rx:?}"));
+            return Err(format!(
+                "tunnel {k}: tx {tx:?} rx {rx:?}, want tx {want_tx:?} rx {want_rx:?}"
+            ));
         }
     }
     Ok(())
@@ -362,13 +574,27 @@ fn fixture_table() {
         return;
     }
     let rows = rows();
-    assert!(rows.len() >= 40, "the table must keep at least 40 rows, has {}", rows.len());
+    assert!(
+        rows.len() >= 40,
+        "the table must keep at least 40 rows, has {}",
+        rows.len()
+    );
     let failures = with_lab(|lab| {
         rows.iter()
-            .filter_map(|row| check_row(lab, row).err().map(|e| format!("[{}] {e}", row.name)))
+            .filter_map(|row| {
+                check_row(lab, row)
+                    .err()
+                    .map(|e| format!("[{}] {e}", row.name))
+            })
             .collect::<Vec<_>>()
     });
-    assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
     eprintln!("{} fixture rows passed", rows.len());
 }
 
@@ -380,7 +606,13 @@ fn spray_counts(lab: &mut Lab, frame: &[u8], n: usize) -> Vec<u64> {
         assert_eq!(run.verdict, TC_ACT_REDIRECT);
     }
     let after = lab.counters();
-    before.tunnels.iter().zip(&after.tunnels).take(4).map(|(b, a)| a.tx_packets - b.tx_packets).collect()
+    before
+        .tunnels
+        .iter()
+        .zip(&after.tunnels)
+        .take(4)
+        .map(|(b, a)| a.tx_packets - b.tx_packets)
+        .collect()
 }
 
 #[test]
@@ -406,7 +638,18 @@ fn flow_mode_keeps_a_five_tuple_on_one_tunnel() {
         lab.set_mode(Mode::Flow);
         lab.set_weights(&[1, 1, 1]);
         let flow = |sport: u16| {
-            eth4(&V4::new(LAN_HOST, FAR_HOST, L4::Tcp { sport, dport: 443, payload: vec![0; 20] }).datagram())
+            eth4(
+                &V4::new(
+                    LAN_HOST,
+                    FAR_HOST,
+                    L4::Tcp {
+                        sport,
+                        dport: 443,
+                        payload: vec![0; 20],
+                    },
+                )
+                .datagram(),
+            )
         };
         let mut used = [false; 3];
         for sport in 40_000..40_064 {

@@ -1,7 +1,7 @@
 //! The datapath on real devices: a veth LAN and a tun tunnel opened by the test.
-//! This covers what BPF_PROG_TEST_RUN cannot: the L3 tunnel program on a real
+//! This covers what `BPF_PROG_TEST_RUN` cannot: the L3 tunnel program on a real
 //! tun, the redirect that strips the Ethernet header, checksums left partial by
-//! a sending host's offload (CHECKSUM_PARTIAL), and the kernel's handling of a
+//! a sending host's offload (`CHECKSUM_PARTIAL`), and the kernel's handling of a
 //! packet over the tunnel MTU.
 
 use std::{
@@ -31,11 +31,22 @@ struct Topology {
     gw: Netns,
 }
 
-/// LAN host 192.168.10.5 / fd00:10::5 behind gateway 192.168.10.1 / fd00:10::1.
+/// LAN host 192.168.10.5 / `fd00:10::5` behind gateway 192.168.10.1 / `fd00:10::1`.
 fn topology() -> Topology {
     let host = Netns::new("host");
     let gw = Netns::new("gw");
-    host.ip(&["link", "add", "h0", "type", "veth", "peer", "name", "lan0", "netns", gw.name()]);
+    host.ip(&[
+        "link",
+        "add",
+        "h0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lan0",
+        "netns",
+        gw.name(),
+    ]);
     host.ip(&["addr", "add", "192.168.10.5/24", "dev", "h0"]);
     host.ip(&["addr", "add", "fd00:10::5/64", "dev", "h0", "nodad"]);
     host.ip(&["link", "set", "h0", "up"]);
@@ -47,8 +58,15 @@ fn topology() -> Topology {
     run(
         "ip",
         &[
-            "netns", "exec", gw.name(), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0",
+            "netns",
+            "exec",
+            gw.name(),
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.conf.all.rp_filter=0",
         ],
     );
     Topology { host, gw }
@@ -82,7 +100,8 @@ fn gateway(gw: &Netns) -> (Datapath, Tun) {
     dp.set_tunnel(0, &t, None).unwrap();
     dp.set_our_xlat_v4(t.xlat_v4, 0).unwrap();
     dp.set_our_xlat_v6(t.xlat_v6, 0).unwrap();
-    dp.publish_schedule(&schedule::build(&[1]).unwrap()).unwrap();
+    dp.publish_schedule(&schedule::build(&[1]).unwrap())
+        .unwrap();
     dp.attach_ingress(programs::LAN_INGRESS, "lan0").unwrap();
     dp.attach_ingress(programs::TUNNEL_INGRESS, "ovt0").unwrap();
     (dp, tun)
@@ -106,10 +125,17 @@ fn lan_to_tunnel(t: &Topology, tun: &mut Tun) {
         let s6 = UdpSocket::bind("[fd00:10::5]:0").unwrap();
         s6.send_to(b"hello over v6", "[fd00:20:0:30::7]:9").unwrap();
         // A SYN: TCP leaves its checksum partial on veth.
-        let _ = TcpStream::connect_timeout(&"10.20.30.7:80".parse().unwrap(), Duration::from_millis(300));
+        let _ = TcpStream::connect_timeout(
+            &"10.20.30.7:80".parse().unwrap(),
+            Duration::from_millis(300),
+        );
     });
     let udp = tun.read_matching(WAIT, |p| is_v4_to(p, [10, 20, 30, 7], 17));
-    assert_eq!(udp[12..16], [100, 64, 0, 5], "source not translated for tunnel 0");
+    assert_eq!(
+        udp[12..16],
+        [100, 64, 0, 5],
+        "source not translated for tunnel 0"
+    );
     assert_eq!(udp[8], 63, "TTL not decremented");
     assert!(udp.ends_with(b"hello over v4"));
     validate_checksums(&eth4(&udp)).unwrap();
@@ -143,12 +169,29 @@ fn tunnel_to_lan(t: &Topology, tun: &mut Tun) {
         got
     });
     ready.recv().unwrap();
-    let udp = |payload: &[u8]| L4::Udp { sport: 9, dport: 5555, payload: payload.to_vec(), checksum: true };
+    let udp = |payload: &[u8]| L4::Udp {
+        sport: 9,
+        dport: 5555,
+        payload: payload.to_vec(),
+        checksum: true,
+    };
     tun.inject(&V4::new("100.65.0.7", "100.64.0.5", udp(b"back over v4")).datagram());
     tun.inject(&V6::new("fd00:65:0::7", "fd00:64:0::5", udp(b"back over v6")).datagram());
     let got = receiver.join().unwrap();
-    assert_eq!(got[0], (b"back over v4".to_vec(), "10.20.30.7:9".parse::<SocketAddr>().unwrap()));
-    assert_eq!(got[1], (b"back over v6".to_vec(), "[fd00:20:0:30::7]:9".parse::<SocketAddr>().unwrap()));
+    assert_eq!(
+        got[0],
+        (
+            b"back over v4".to_vec(),
+            "10.20.30.7:9".parse::<SocketAddr>().unwrap()
+        )
+    );
+    assert_eq!(
+        got[1],
+        (
+            b"back over v6".to_vec(),
+            "[fd00:20:0:30::7]:9".parse::<SocketAddr>().unwrap()
+        )
+    );
 }
 
 /// A datagram over the tunnel MTU goes to the kernel, which answers
@@ -170,8 +213,14 @@ fn over_mtu_reaches_the_kernel(t: &Topology, dp: &Datapath) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(learned.contains("mtu 1400"), "host did not learn the tunnel MTU: {learned}");
-    assert_eq!(dp.reason_stats(Reason::OverMtu).unwrap().packets, before + 1);
+    assert!(
+        learned.contains("mtu 1400"),
+        "host did not learn the tunnel MTU: {learned}"
+    );
+    assert_eq!(
+        dp.reason_stats(Reason::OverMtu).unwrap().packets,
+        before + 1
+    );
 }
 
 #[test]

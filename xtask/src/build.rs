@@ -34,21 +34,52 @@ pub fn exec(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The BPF object: nightly, `build-std=core`, BTF for `bpftool`'s field names.
-pub fn ebpf() -> Result<()> {
+/// `cargo <subcommand>` for the BPF crate with the nightly toolchain, our
+/// `bpf-linker` first on `PATH`, and BTF for `bpftool`'s field names.
+fn nightly_bpf(subcommand: &str) -> Command {
     let mut path = OsString::from(setup::tools_bin());
     path.push(":");
     path.push(env::var_os("PATH").unwrap_or_default());
     let mut c = cmd("rustup");
-    c.args(["run", NIGHTLY, "cargo", "build", "--package", "ovpn-lb-ebpf", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .env("PATH", path)
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
+    c.args([
+        "run",
+        NIGHTLY,
+        "cargo",
+        subcommand,
+        "--package",
+        "ovpn-lb-ebpf",
+        "--release",
+    ])
+    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+    .env("PATH", path)
+    .env(
+        "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+        "-C debuginfo=2 -C link-arg=--btf",
+    );
     // The outer (stable) cargo's settings must not leak into the nightly build.
-    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO", "RUSTFLAGS"] {
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTFLAGS",
+    ] {
         c.env_remove(var);
     }
-    exec(&mut c)
+    c
+}
+
+/// The BPF object, `target/bpfel-unknown-none/release/ovpn-lb-ebpf`.
+pub fn ebpf() -> Result<()> {
+    exec(&mut nightly_bpf("build"))
+}
+
+/// Formatting and clippy (pedantic, warnings are errors) on every crate.
+pub fn lint() -> Result<()> {
+    exec(cmd("cargo").args(["fmt", "--all", "--check"]))?;
+    exec(cmd("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    exec(nightly_bpf("clippy").args(["--", "-D", "warnings"]))
 }
 
 pub fn userspace() -> Result<()> {

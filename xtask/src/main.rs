@@ -21,7 +21,9 @@ enum Command {
     Setup,
     /// Build the BPF object and the userspace binaries.
     Build,
-    /// Set up, build, then run every test (host unit tests and, as root, the
+    /// Formatting and clippy checks on every crate, the BPF one included.
+    Lint,
+    /// Set up, build, lint, then run every test (host unit tests and, as root, the
     /// BPF and network-namespace tests).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Build => setup::run().and_then(|()| build::all()),
+        Command::Lint => setup::run().and_then(|()| build::lint()),
         Command::Test { args } => test::run(&args),
         Command::Run { args } => build::run_loader(&args),
     };

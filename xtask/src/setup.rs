@@ -57,13 +57,18 @@ fn debian_packages() -> Result<()> {
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     if !is_root() {
-        bail!("Debian packages {} are missing and installing them needs root", missing.join(" "));
+        bail!(
+            "Debian packages {} are missing and installing them needs root",
+            missing.join(" ")
+        );
     }
     exec(cmd("apt-get").arg("update").arg("-q"))?;
-    exec(cmd("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        cmd("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn rust_src() -> Result<()> {
@@ -76,7 +81,10 @@ fn rust_src() -> Result<()> {
             "the `{NIGHTLY}` toolchain is not installed; install it with `rustup toolchain install {NIGHTLY}`"
         );
     }
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     eprintln!("setup: adding rust-src to the {NIGHTLY} toolchain");
@@ -97,7 +105,10 @@ fn nightly_llvm() -> Result<(PathBuf, String)> {
             return Ok((lib.join(&name), major));
         }
     }
-    bail!("no libLLVM.so.* in {}: the nightly toolchain looks incomplete", lib.display())
+    bail!(
+        "no libLLVM.so.* in {}: the nightly toolchain looks incomplete",
+        lib.display()
+    )
 }
 
 fn bpf_linker() -> Result<()> {
@@ -106,27 +117,43 @@ fn bpf_linker() -> Result<()> {
     let link = prefix.join("lib/libLLVM.so");
     let binary = tools_bin().join("bpf-linker");
     let linked_to = fs::read_link(&link).ok();
-    if binary.exists() && linked_to.as_deref() == Some(libllvm.as_path()) && works(&binary) {
+    if linked_to.as_deref() == Some(libllvm.as_path()) && works(&binary) {
         return Ok(());
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the {NIGHTLY} LLVM {major} (a few minutes, once)");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the {NIGHTLY} LLVM {major} (a few minutes, once)"
+    );
+    // The build links against `libLLVM.so`; the binary then loads the soname
+    // through its rpath (this folder), so both names point at the nightly's file.
+    let soname = link.with_file_name(libllvm.file_name().expect("a file"));
     fs::create_dir_all(link.parent().expect("has a parent"))?;
-    let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(&libllvm, &link)
-        .with_context(|| format!("linking {}", link.display()))?;
-    exec(cmd("cargo")
-        .args(["install", "--locked", "--force", "--root"])
-        .arg(cache_dir().join("tools"))
-        .args(["bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
-        .args(["--features", &format!("llvm-{major}")])
-        .env("LLVM_PREFIX", &prefix))
+    for name in [&link, &soname] {
+        let _ = fs::remove_file(name);
+        std::os::unix::fs::symlink(&libllvm, name)
+            .with_context(|| format!("linking {}", name.display()))?;
+    }
+    exec(
+        cmd("cargo")
+            .args(["install", "--locked", "--force", "--root"])
+            .arg(cache_dir().join("tools"))
+            .args([
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+            ])
+            .args(["--features", &format!("llvm-{major}")])
+            .env("LLVM_PREFIX", &prefix),
+    )
 }
 
 fn works(binary: &Path) -> bool {
     Command::new(binary)
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
 }
 
 pub fn is_root() -> bool {

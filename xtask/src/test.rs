@@ -14,8 +14,11 @@ pub fn run_all(extra: &[String]) -> Result<()> {
 pub fn run(extra: &[String]) -> Result<()> {
     setup::run()?;
     build::ebpf()?;
+    build::lint()?;
     if !setup::is_root() {
-        eprintln!("xtask test: not root: BPF and namespace tests will be skipped (CI=true makes that a failure)");
+        eprintln!(
+            "xtask test: not root: BPF and namespace tests will be skipped (CI=true makes that a failure)"
+        );
     }
     run_all(extra)
 }
