@@ -19,7 +19,8 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
 
-/// Fragment offset bits of IPv4 `frag_off` (host order).
+/// More-fragments flag and fragment offset bits of IPv4 `frag_off` (host order).
+const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
 /// A validated IP header.
@@ -34,6 +35,8 @@ pub struct Ip {
     pub proto: u8,
     /// The packet carries the L4 header: not a non-first fragment.
     pub has_l4: bool,
+    /// Any fragment, first or not.
+    pub fragment: bool,
 }
 
 impl Ip {
@@ -72,6 +75,7 @@ pub fn ipv4(pkt: &Packet, l3: usize) -> Result<(*mut Ipv4Hdr, Ip), Reason> {
         l4: l3 + ihl,
         proto,
         has_l4: frag_off & IP_OFFSET == 0,
+        fragment: frag_off & (IP_MF | IP_OFFSET) != 0,
     };
     Ok((hdr, ip))
 }
@@ -97,6 +101,7 @@ pub fn ipv6(pkt: &Packet, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
     let end = l3 + len;
     let mut off = l3 + size_of::<Ipv6Hdr>();
     let mut has_l4 = true;
+    let mut fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
@@ -115,6 +120,7 @@ pub fn ipv6(pkt: &Packet, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
                 let (nh, frag_off) = unsafe { ((*frag).nexthdr, u16::from_be((*frag).frag_off)) };
                 next = nh;
                 off += size_of::<Ipv6FragHdr>();
+                fragment = true;
                 if frag_off & 0xfff8 != 0 {
                     // Later headers travel only in the first fragment.
                     has_l4 = false;
@@ -133,6 +139,7 @@ pub fn ipv6(pkt: &Packet, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
                         l4: off,
                         proto: next,
                         has_l4,
+                        fragment,
                     },
                 ));
             }
@@ -152,6 +159,7 @@ pub fn ipv6(pkt: &Packet, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
             l4: off,
             proto: next,
             has_l4,
+            fragment,
         },
     ))
 }
@@ -193,10 +201,11 @@ pub struct L4Checksum {
     pub zero_means_none: bool,
 }
 
-/// Source and destination ports for the flow hash; 0 where there are none.
+/// Source and destination ports for the flow hash; 0 where there are none, and
+/// for every fragment, so all fragments of a datagram take the same tunnel.
 #[inline(always)]
 pub fn ports(pkt: &Packet, ip: &Ip) -> u32 {
-    if !ip.has_l4 || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
+    if ip.fragment || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
         return 0;
     }
     match pkt.ptr::<crate::packet::Ports>(ip.l4) {

@@ -660,6 +660,16 @@ fn flow_mode_keeps_a_five_tuple_on_one_tunnel() {
             used[busy[0]] = true;
         }
         assert_eq!(used, [true; 3], "64 flows should land on every tunnel");
+        // Both fragments of a datagram take the same tunnel.
+        for host in 1..=16 {
+            let p = V4::new(&format!("192.168.10.{host}"), FAR_HOST, L4::udp(200));
+            let [first, rest] = p.fragments(64);
+            assert_eq!(
+                spray_counts(lab, &eth4(&first), 1),
+                spray_counts(lab, &eth4(&rest), 1),
+                "host .{host}"
+            );
+        }
         // The same host pair in packet mode is sprayed over all tunnels.
         lab.set_mode(Mode::Packet);
         assert_eq!(spray_counts(lab, &flow(40_000), 30), [10, 10, 10, 0]);

@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything the project needs, from a fresh machine on.
 
 mod build;
+mod inspect;
 mod setup;
 mod test;
 
@@ -21,6 +22,8 @@ enum Command {
     Setup,
     /// Build the BPF object and the userspace binaries.
     Build,
+    /// Print each BPF program's instruction counts as the kernel loads them.
+    Inspect,
     /// Formatting and clippy checks on every crate, the BPF one included.
     Lint,
     /// Set up, build, lint, then run every test (host unit tests and, as root, the
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Build => setup::run().and_then(|()| build::all()),
+        Command::Inspect => setup::run().and_then(|()| inspect::run()),
         Command::Lint => setup::run().and_then(|()| build::lint()),
         Command::Test { args } => test::run(&args),
         Command::Run { args } => build::run_loader(&args),
