@@ -223,6 +223,69 @@ fn over_mtu_reaches_the_kernel(t: &Topology, dp: &Datapath) {
     );
 }
 
+/// Sends a raw Ethernet frame out of the host's LAN interface.
+fn send_raw_frame(frame: &[u8]) {
+    let ifindex = i32::try_from(ifindex("h0")).unwrap();
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+        addr.sll_ifindex = ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].fill(0xff);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&raw const addr).cast(),
+            u32::try_from(size_of::<libc::sockaddr_ll>()).unwrap(),
+        );
+        libc::close(fd);
+        assert_eq!(
+            usize::try_from(sent).ok(),
+            Some(frame.len()),
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Frames that end inside the IP header, which `BPF_PROG_TEST_RUN` refuses to
+/// run, are dropped and counted on a real interface.
+fn truncated_ip_headers_are_dropped(t: &Topology, dp: &Datapath) {
+    let before = dp.reason_stats(Reason::TruncatedIp).unwrap().packets;
+    let v4 = V4::new("192.168.10.5", "10.20.30.7", L4::udp(10)).datagram();
+    let v6 = V6::new("fd00:10::5", "fd00:20:0:30::7", L4::udp(10)).datagram();
+    let frames = [eth4(&v4[..10]), eth6(&v6[..30])];
+    t.host
+        .spawn(move || {
+            for f in &frames {
+                send_raw_frame(f);
+            }
+        })
+        .join()
+        .unwrap();
+    let mut after = before;
+    for _ in 0..20 {
+        after = dp.reason_stats(Reason::TruncatedIp).unwrap().packets;
+        if after == before + 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        after,
+        before + 2,
+        "both truncated frames should be counted as truncated_ip"
+    );
+}
+
 #[test]
 fn spray_and_restore_on_real_devices() {
     if !require_root("spray_and_restore_on_real_devices") {
@@ -234,6 +297,7 @@ fn spray_and_restore_on_real_devices() {
         lan_to_tunnel(&t, &mut tun);
         tunnel_to_lan(&t, &mut tun);
         over_mtu_reaches_the_kernel(&t, &dp);
+        truncated_ip_headers_are_dropped(&t, &dp);
         let stats = dp.tunnel_stats(0).unwrap();
         assert!(stats.tx_packets >= 3 && stats.rx_packets == 2, "{stats:?}");
     });
