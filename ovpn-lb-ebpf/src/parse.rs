@@ -102,6 +102,7 @@ pub fn ipv6(pkt: &Packet, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
     let mut off = l3 + size_of::<Ipv6Hdr>();
     let mut has_l4 = true;
     let mut fragment = false;
+    let mut complete = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
@@ -124,44 +125,31 @@ pub fn ipv6(pkt: &Packet, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
                 if frag_off & 0xfff8 != 0 {
                     // Later headers travel only in the first fragment.
                     has_l4 = false;
+                    complete = true;
                     break;
                 }
             }
             _ => {
-                if off > end {
-                    return Err(Reason::Ipv6ExtChain);
-                }
-                return Ok((
-                    hdr,
-                    Ip {
-                        l3,
-                        len,
-                        l4: off,
-                        proto: next,
-                        has_l4,
-                        fragment,
-                    },
-                ));
+                complete = true;
+                break;
             }
         }
         if off > end {
             return Err(Reason::Ipv6ExtChain);
         }
     }
-    if has_l4 {
+    if !complete || off > end {
         return Err(Reason::Ipv6ExtChain);
     }
-    Ok((
-        hdr,
-        Ip {
-            l3,
-            len,
-            l4: off,
-            proto: next,
-            has_l4,
-            fragment,
-        },
-    ))
+    let ip = Ip {
+        l3,
+        len,
+        l4: off,
+        proto: next,
+        has_l4,
+        fragment,
+    };
+    Ok((hdr, ip))
 }
 
 /// Where the L4 checksum that covers the addresses lives, if anywhere, after

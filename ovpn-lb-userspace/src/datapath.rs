@@ -131,27 +131,23 @@ impl Datapath {
     /// # Errors
     /// If the kernel refuses the update.
     pub fn set_remote_v4(&mut self, prefix: Prefix4, action: u32) -> Result<()> {
-        let mut m: LpmTrie<_, [u8; 4], u32> = map(&mut self.ebpf, names::REMOTE_V4)?.try_into()?;
-        m.insert(
-            &Key::new(prefix.prefix_len().into(), prefix.octets()),
+        self.lpm_insert(
+            names::REMOTE_V4,
+            prefix.prefix_len(),
+            prefix.octets(),
             action,
-            0,
         )
-        .context("writing REMOTE_V4")?;
-        Ok(())
     }
 
     /// # Errors
     /// If the kernel refuses the update.
     pub fn set_remote_v6(&mut self, prefix: Prefix6, action: u32) -> Result<()> {
-        let mut m: LpmTrie<_, [u8; 16], u32> = map(&mut self.ebpf, names::REMOTE_V6)?.try_into()?;
-        m.insert(
-            &Key::new(prefix.prefix_len().into(), prefix.octets()),
+        self.lpm_insert(
+            names::REMOTE_V6,
+            prefix.prefix_len(),
+            prefix.octets(),
             action,
-            0,
         )
-        .context("writing REMOTE_V6")?;
-        Ok(())
     }
 
     /// Registers one of our translation prefixes, so replies to it are restored.
@@ -159,28 +155,35 @@ impl Datapath {
     /// # Errors
     /// If the kernel refuses the update.
     pub fn set_our_xlat_v4(&mut self, prefix: Prefix4, tunnel: u32) -> Result<()> {
-        let mut m: LpmTrie<_, [u8; 4], u32> =
-            map(&mut self.ebpf, names::OUR_XLAT_V4)?.try_into()?;
-        m.insert(
-            &Key::new(prefix.prefix_len().into(), prefix.octets()),
+        self.lpm_insert(
+            names::OUR_XLAT_V4,
+            prefix.prefix_len(),
+            prefix.octets(),
             tunnel,
-            0,
         )
-        .context("writing OUR_XLAT_V4")?;
-        Ok(())
     }
 
     /// # Errors
     /// If the kernel refuses the update.
     pub fn set_our_xlat_v6(&mut self, prefix: Prefix6, tunnel: u32) -> Result<()> {
-        let mut m: LpmTrie<_, [u8; 16], u32> =
-            map(&mut self.ebpf, names::OUR_XLAT_V6)?.try_into()?;
-        m.insert(
-            &Key::new(prefix.prefix_len().into(), prefix.octets()),
+        self.lpm_insert(
+            names::OUR_XLAT_V6,
+            prefix.prefix_len(),
+            prefix.octets(),
             tunnel,
-            0,
         )
-        .context("writing OUR_XLAT_V6")?;
+    }
+
+    fn lpm_insert<const N: usize>(
+        &mut self,
+        name: &str,
+        prefix_len: u8,
+        octets: [u8; N],
+        value: u32,
+    ) -> Result<()> {
+        let mut m: LpmTrie<_, [u8; N], u32> = map(&mut self.ebpf, name)?.try_into()?;
+        m.insert(&Key::new(prefix_len.into(), octets), value, 0)
+            .with_context(|| format!("writing {name}"))?;
         Ok(())
     }
 
