@@ -2,20 +2,29 @@
 //! touches the datapath's state.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
-    programs::{SchedClassifier, TcAttachType},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 use ovpn_lb_common::{
     Prefix4, Prefix6, Reason, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
-    maps::{MAX_TUNNELS, SCHEDULE_BUFFERS, names, programs},
+    maps::{MAX_TUNNELS, SCHEDULE_BUFFERS, names, programs, route},
+};
+
+use crate::{
+    config::{Config, Net},
+    pins::{Layout, remove_if_present},
 };
 
 /// The BPF object, embedded at build time by `build.rs`.
@@ -25,6 +34,15 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ov
 /// the old buffer; it finishes within microseconds (programs run under RCU), so
 /// waiting this long before overwriting that buffer is ample.
 const SCHEDULE_GRACE: Duration = Duration::from_millis(10);
+
+/// What [`Datapath::attach_pinned`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A pinned link existed; its program was swapped in place.
+    Replaced,
+    /// A new link was made and pinned.
+    Created,
+}
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -43,10 +61,35 @@ impl Datapath {
     /// # Errors
     /// If the object was not built, or the kernel refuses a map or program.
     pub fn load() -> Result<Self> {
+        Self::load_with(&mut EbpfLoader::new())
+    }
+
+    /// Like [`Datapath::load`], with every map pinned by name under
+    /// `layout.maps()`: maps already pinned there (a previous run) are reused, so
+    /// counters, configuration and schedule carry over.
+    ///
+    /// # Errors
+    /// As [`Datapath::load`]; also if a pinned map does not fit this object.
+    pub fn load_pinned(layout: &Layout) -> Result<Self> {
+        let dir = layout.maps();
+        let paths: Vec<(&str, PathBuf)> = names::ALL.iter().map(|&n| (n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Self::load_with(&mut loader).with_context(|| {
+            format!(
+                "maps pinned under {} do not fit this build; `ovpn-lb detach` removes them",
+                dir.display()
+            )
+        })
+    }
+
+    fn load_with(loader: &mut EbpfLoader) -> Result<Self> {
         if OBJECT.is_empty() {
             bail!("the BPF object was not built into this binary: build with `cargo xtask build`");
         }
-        let mut ebpf = Ebpf::load(OBJECT).context("loading the BPF object")?;
+        let mut ebpf = loader.load(OBJECT).context("loading the BPF object")?;
         for &name in programs::ALL {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -84,6 +127,115 @@ impl Datapath {
             .attach(iface, TcAttachType::Ingress)
             .with_context(|| format!("attaching {name} to {iface} ingress"))?;
         Ok(())
+    }
+
+    /// Attaches `program` to `iface`'s ingress through a tcx link pinned at
+    /// `pin`. If that pin holds a live link, its program is replaced in place
+    /// (one atomic `BPF_LINK_UPDATE`: no packet goes unprocessed).
+    ///
+    /// # Errors
+    /// If the interface is missing or the kernel refuses.
+    pub fn attach_pinned(&mut self, program: &str, iface: &str, pin: &Path) -> Result<Attached> {
+        let prog = self.program(program)?;
+        if let Ok(pinned) = PinnedLink::from_pin(pin) {
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned));
+            if let Ok(link) = link
+                && prog.attach_to_link(link).is_ok()
+            {
+                return Ok(Attached::Replaced);
+            }
+            // The device behind the old link is gone (recreated): start afresh.
+            remove_if_present(pin).with_context(|| format!("removing stale {}", pin.display()))?;
+        }
+        let id = prog
+            .attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {program} to {iface} ingress (tcx, Linux 6.6 or newer)"))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .map_err(|e: LinkError| anyhow!("{program} on {iface} is not a tcx link: {e}"))?;
+        link.pin(pin)
+            .with_context(|| format!("pinning the link at {}", pin.display()))?;
+        Ok(Attached::Created)
+    }
+
+    /// Writes a validated configuration: site, tunnels (device ifindex per
+    /// tunnel, 0 for a missing device), prefixes. New entries go in before stale
+    /// ones come out, so no packet falls between two configurations.
+    ///
+    /// # Errors
+    /// If the kernel refuses an update.
+    pub fn write_config(&mut self, config: &Config, ifindexes: &[u32]) -> Result<()> {
+        self.set_site(&config.site())?;
+        let mut wanted_if = Vec::new();
+        for (k, tunnel) in config.tunnels.iter().enumerate() {
+            let id = u32::try_from(k)?;
+            let ifindex = ifindexes.get(k).copied().unwrap_or(0);
+            self.set_tunnel(id, &tunnel.datapath_config(ifindex), None)?;
+            if ifindex != 0 {
+                wanted_if.push(ifindex);
+            }
+        }
+        let mut tunnels: Array<_, TunnelConfig> = map(&mut self.ebpf, names::TUNNELS)?.try_into()?;
+        for id in config.tunnels.len()..MAX_TUNNELS {
+            tunnels.set(u32::try_from(id)?, TunnelConfig::default(), 0)?;
+        }
+        let mut by_if: HashMap<_, u32, u32> = map(&mut self.ebpf, names::TUNNEL_BY_IF)?.try_into()?;
+        let stale: Vec<u32> = by_if.keys().filter_map(Result::ok).filter(|k| !wanted_if.contains(k)).collect();
+        for k in stale {
+            let _ = by_if.remove(&k);
+        }
+
+        let (mut remote4, mut remote6) = (Vec::new(), Vec::new());
+        for (nets, action) in [(&config.remote, route::SPRAY), (&config.exclude, route::EXCLUDE)] {
+            for net in nets {
+                match net {
+                    Net::V4(p) => remote4.push((p.prefix_len(), p.octets(), action)),
+                    Net::V6(p) => remote6.push((p.prefix_len(), p.octets(), action)),
+                }
+            }
+        }
+        let (mut ours4, mut ours6) = (Vec::new(), Vec::new());
+        for (k, t) in config.tunnels.iter().enumerate() {
+            let id = u32::try_from(k)?;
+            if let Some(p) = t.xlat_v4 {
+                ours4.push((p.prefix_len(), p.octets(), id));
+            }
+            if let Some(p) = t.xlat_v6 {
+                ours6.push((p.prefix_len(), p.octets(), id));
+            }
+        }
+        self.sync_lpm(names::REMOTE_V4, &remote4)?;
+        self.sync_lpm(names::REMOTE_V6, &remote6)?;
+        self.sync_lpm(names::OUR_XLAT_V4, &ours4)?;
+        self.sync_lpm(names::OUR_XLAT_V6, &ours6)
+    }
+
+    fn sync_lpm<const N: usize>(&mut self, name: &str, wanted: &[(u8, [u8; N], u32)]) -> Result<()> {
+        for &(len, octets, value) in wanted {
+            self.lpm_insert(name, len, octets, value)?;
+        }
+        let mut m: LpmTrie<_, [u8; N], u32> = map(&mut self.ebpf, name)?.try_into()?;
+        let stale: Vec<Key<[u8; N]>> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.iter().any(|w| u32::from(w.0) == k.prefix_len() && w.1 == k.data()))
+            .collect();
+        for k in stale {
+            m.remove(&k).with_context(|| format!("removing a stale entry from {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// The live schedule, as packets see it.
+    ///
+    /// # Errors
+    /// If a map cannot be read.
+    pub fn live_schedule(&self) -> Result<Schedule> {
+        let active: Array<_, u32> = self.map_ref(names::ACTIVE_SCHED)?.try_into()?;
+        let index = active.get(&0, 0)?;
+        let buffers: Array<_, Schedule> = self.map_ref(names::SCHEDULES)?.try_into()?;
+        Ok(buffers.get(&index, 0)?)
     }
 
     /// # Errors

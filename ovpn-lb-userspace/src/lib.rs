@@ -2,4 +2,8 @@
 
 pub mod config;
 pub mod datapath;
+pub mod health;
 pub mod interfaces;
+pub mod management;
+pub mod netlink;
+pub mod pins;

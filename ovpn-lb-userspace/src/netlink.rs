@@ -1,0 +1,230 @@
+//! Link events from rtnetlink: devices appearing, going up or down, losing
+//! carrier, disappearing. One socket, subscribed to the link group, in the
+//! network namespace of the thread that opens it.
+
+use std::{io, mem, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
+
+const RTMGRP_LINK: u32 = 1;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_PROG_ID: u16 = 4;
+const NLMSG_HDRLEN: usize = 16;
+const IFINFO_LEN: usize = 16;
+const IFF_UP: u32 = 0x1;
+const IFF_RUNNING: u32 = 0x40;
+
+/// One link's state as netlink reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkEvent {
+    pub name: String,
+    pub ifindex: u32,
+    /// Up with carrier; false for a removed link.
+    pub up: bool,
+    pub removed: bool,
+    /// Id of an XDP program attached to the link, 0 for none.
+    pub xdp_prog_id: u32,
+}
+
+pub struct LinkMonitor {
+    fd: OwnedFd,
+}
+
+impl LinkMonitor {
+    /// Opens a socket subscribed to link events.
+    ///
+    /// # Errors
+    /// If the socket cannot be made or bound.
+    pub fn open() -> io::Result<Self> {
+        // SAFETY: plain socket calls; the fd is owned right away.
+        unsafe {
+            let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_nl = mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            addr.nl_groups = RTMGRP_LINK;
+            let len = u32::try_from(mem::size_of::<libc::sockaddr_nl>()).expect("small");
+            if libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Self { fd })
+        }
+    }
+
+    /// Asks for every link's current state; the answers arrive through [`LinkMonitor::next`].
+    ///
+    /// # Errors
+    /// If the request cannot be sent.
+    pub fn request_dump(&self) -> io::Result<()> {
+        let mut msg = [0u8; NLMSG_HDRLEN + IFINFO_LEN];
+        let len = u32::try_from(msg.len()).expect("small");
+        msg[0..4].copy_from_slice(&len.to_ne_bytes());
+        msg[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+        let flags = u16::try_from(libc::NLM_F_REQUEST | libc::NLM_F_DUMP).expect("fits");
+        msg[6..8].copy_from_slice(&flags.to_ne_bytes());
+        msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        // SAFETY: sending a buffer we own.
+        let sent = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Blocks for the next batch of link events.
+    ///
+    /// # Errors
+    /// If the socket fails (an overrun is reported as `ENOBUFS`: dump again).
+    pub fn next(&self) -> io::Result<Vec<LinkEvent>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: receiving into a buffer we own.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(usize::try_from(n).expect("non-negative"));
+        Ok(parse(&buf))
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Attributes as (type, payload) pairs.
+fn attributes(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while let (Some(len), Some(kind)) = (u16_at(b, 0), u16_at(b, 2)) {
+        let len = usize::from(len);
+        if len < 4 || len > b.len() {
+            break;
+        }
+        // The top bits of the type are flags (nested, byte order).
+        out.push((kind & 0x3fff, &b[4..len]));
+        b = b.get(align4(len)..).unwrap_or_default();
+    }
+    out
+}
+
+/// Parses the link messages in one netlink datagram; other messages are skipped.
+#[must_use]
+pub fn parse(mut b: &[u8]) -> Vec<LinkEvent> {
+    let mut events = Vec::new();
+    while let (Some(len), Some(kind)) = (u32_at(b, 0), u16_at(b, 4)) {
+        let len = usize::try_from(len).unwrap_or(0);
+        if len < NLMSG_HDRLEN || len > b.len() || kind == NLMSG_DONE || kind == NLMSG_ERROR {
+            break;
+        }
+        let body = &b[NLMSG_HDRLEN..len];
+        if (kind == RTM_NEWLINK || kind == RTM_DELLINK) && body.len() >= IFINFO_LEN {
+            let ifindex = u32_at(body, 4).unwrap_or(0);
+            let flags = u32_at(body, 8).unwrap_or(0);
+            let mut name = String::new();
+            let mut xdp_prog_id = 0;
+            for (attr, payload) in attributes(&body[IFINFO_LEN..]) {
+                match attr {
+                    IFLA_IFNAME => {
+                        name = String::from_utf8_lossy(payload).trim_end_matches('\0').to_owned();
+                    }
+                    IFLA_XDP => {
+                        for (inner, p) in attributes(payload) {
+                            if inner == IFLA_XDP_PROG_ID {
+                                xdp_prog_id = u32_at(p, 0).unwrap_or(0);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let removed = kind == RTM_DELLINK;
+            events.push(LinkEvent {
+                name,
+                ifindex,
+                up: !removed && flags & IFF_UP != 0 && flags & IFF_RUNNING != 0,
+                removed,
+                xdp_prog_id,
+            });
+        }
+        b = b.get(align4(len)..).unwrap_or_default();
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(4 + payload.len()).unwrap();
+        let mut a = [len.to_ne_bytes(), kind.to_ne_bytes()].concat();
+        a.extend_from_slice(payload);
+        a.resize(align4(a.len()), 0);
+        a
+    }
+
+    fn link_msg(kind: u16, ifindex: u32, flags: u32, name: &str, extra: &[u8]) -> Vec<u8> {
+        let mut body = vec![0u8; IFINFO_LEN];
+        body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        body[8..12].copy_from_slice(&flags.to_ne_bytes());
+        body.extend(attr(IFLA_IFNAME, format!("{name}\0").as_bytes()));
+        body.extend_from_slice(extra);
+        let len = u32::try_from(NLMSG_HDRLEN + body.len()).unwrap();
+        let mut m = len.to_ne_bytes().to_vec();
+        m.extend(kind.to_ne_bytes());
+        m.extend([0u8; 10]);
+        m.extend(body);
+        m
+    }
+
+    #[test]
+    fn parses_new_and_removed_links() {
+        let xdp = attr(IFLA_XDP | 0x8000, &attr(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes()));
+        let mut datagram = link_msg(RTM_NEWLINK, 7, IFF_UP | IFF_RUNNING, "tun0", &xdp);
+        datagram.extend(link_msg(RTM_NEWLINK, 8, IFF_UP, "tun1", &[]));
+        datagram.extend(link_msg(RTM_DELLINK, 9, IFF_UP | IFF_RUNNING, "tun2", &[]));
+        let events = parse(&datagram);
+        assert_eq!(
+            events,
+            vec![
+                LinkEvent { name: "tun0".into(), ifindex: 7, up: true, removed: false, xdp_prog_id: 77 },
+                LinkEvent { name: "tun1".into(), ifindex: 8, up: false, removed: false, xdp_prog_id: 0 },
+                LinkEvent { name: "tun2".into(), ifindex: 9, up: false, removed: true, xdp_prog_id: 0 },
+            ]
+        );
+    }
+
+    #[test]
+    fn stops_at_done_and_survives_garbage() {
+        let mut datagram = link_msg(RTM_NEWLINK, 1, 0, "lo", &[]);
+        let mut done = vec![0u8; NLMSG_HDRLEN];
+        done[0..4].copy_from_slice(&16u32.to_ne_bytes());
+        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+        datagram.extend(done);
+        assert_eq!(parse(&datagram).len(), 1);
+        assert!(parse(&[0xff; 7]).is_empty());
+        assert!(parse(&[200, 0, 0, 0, 16, 0, 0, 0]).is_empty());
+    }
+
+    #[test]
+    fn sees_loopback_in_a_real_dump() {
+        let m = LinkMonitor::open().unwrap();
+        m.request_dump().unwrap();
+        let events = m.next().unwrap();
+        assert!(events.iter().any(|e| e.name == "lo"), "{events:?}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Where ovpn-lb keeps its state outside the process: pins on bpffs and a small
+//! state file. `detach` removes exactly these.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The bpffs mount point.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Default root for ovpn-lb's pins.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ovpn-lb";
+/// Default directory for the state file `status` reads.
+pub const DEFAULT_RUN_DIR: &str = "/run/ovpn-lb";
+
+/// The paths of one ovpn-lb instance.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub pin_root: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+        }
+    }
+}
+
+impl Layout {
+    #[must_use]
+    pub fn maps(&self) -> PathBuf {
+        self.pin_root.join("maps")
+    }
+
+    #[must_use]
+    pub fn links(&self) -> PathBuf {
+        self.pin_root.join("links")
+    }
+
+    /// Pin of the link attaching a program to `iface`'s ingress.
+    #[must_use]
+    pub fn link(&self, iface: &str) -> PathBuf {
+        self.links().join(format!("{iface}-ingress"))
+    }
+
+    #[must_use]
+    pub fn state_file(&self) -> PathBuf {
+        self.run_dir.join("state.json")
+    }
+
+    #[must_use]
+    pub fn lock_file(&self) -> PathBuf {
+        self.run_dir.join("run.lock")
+    }
+
+    /// Mounts bpffs if missing and creates the pin and run directories.
+    ///
+    /// # Errors
+    /// If bpffs cannot be mounted or a directory created.
+    pub fn prepare(&self) -> Result<()> {
+        ensure_bpffs()?;
+        for dir in [self.maps(), self.links(), self.run_dir.clone()] {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn is_bpffs(path: &str) -> bool {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split_whitespace();
+            let (_, mount, kind) = (f.next(), f.next(), f.next());
+            mount == Some(path) && kind == Some("bpf")
+        })
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` unless it is there already.
+///
+/// # Errors
+/// If `mount` fails.
+pub fn ensure_bpffs() -> Result<()> {
+    if is_bpffs(BPFFS) {
+        return Ok(());
+    }
+    let status = Command::new("mount")
+        .args(["-t", "bpf", "bpf", BPFFS])
+        .status()
+        .context("running mount")?;
+    if !status.success() {
+        bail!("could not mount bpffs on {BPFFS} (mount -t bpf bpf {BPFFS})");
+    }
+    Ok(())
+}
+
+/// Removes a file or an empty directory, treating "not there" as done.
+///
+/// # Errors
+/// Any other failure.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    let result = if path.is_dir() {
+        fs::remove_dir(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
