@@ -100,7 +100,7 @@ pub enum Net {
 
 impl Net {
     #[must_use]
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         match self {
             Net::V4(p) => p.prefix_len(),
             Net::V6(p) => p.prefix_len(),
@@ -367,15 +367,14 @@ impl<'a> Validator<'a> {
         let exclude = self.exclusions(&raw.exclude, &remote);
         let tunnels = self.tunnels(&raw, lan_v4, lan_v6, &remote);
         self.overlaps();
-        let metrics_listen = match raw.metrics.listen.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.errors.push(format!(
-                    "metrics.listen = \"{}\" is not an address:port, e.g. \"{DEFAULT_METRICS_LISTEN}\"",
-                    raw.metrics.listen
-                ));
-                None
-            }
+        let metrics_listen = if let Ok(a) = raw.metrics.listen.parse::<SocketAddr>() {
+            Some(a)
+        } else {
+            self.errors.push(format!(
+                "metrics.listen = \"{}\" is not an address:port, e.g. \"{DEFAULT_METRICS_LISTEN}\"",
+                raw.metrics.listen
+            ));
+            None
         };
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
@@ -424,7 +423,7 @@ impl<'a> Validator<'a> {
         for (i, net) in nets.iter().enumerate() {
             if !remote
                 .iter()
-                .any(|r| r.overlaps(net) && r.len() <= net.len())
+                .any(|r| r.overlaps(net) && r.prefix_len() <= net.prefix_len())
             {
                 self.errors.push(format!(
                     "exclude[{i}] = \"{net}\" is not inside any remote prefix: exclusions carve holes in remote_prefixes"
@@ -485,14 +484,11 @@ impl<'a> Validator<'a> {
                     "{field}.weight = 0: weights start at 1 (remove the tunnel to disable it)"
                 ));
             }
-            let management = t.management.as_ref().and_then(|m| match m.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    self.errors.push(format!(
-                        "{field}.management = \"{m}\" is not an address:port (OpenVPN's --management), e.g. \"127.0.0.1:7505\""
-                    ));
-                    None
-                }
+            let management = t.management.as_ref().and_then(|m| if let Ok(a) = m.parse::<SocketAddr>() { Some(a) } else {
+                self.errors.push(format!(
+                    "{field}.management = \"{m}\" is not an address:port (OpenVPN's --management), e.g. \"127.0.0.1:7505\""
+                ));
+                None
             });
             let mut tunnel = Tunnel {
                 device: t.device.clone(),
@@ -503,75 +499,7 @@ impl<'a> Validator<'a> {
                 peer_v4: None,
                 peer_v6: None,
             };
-            for (i, net) in self
-                .nets(&format!("{field}.translate"), &t.translate)
-                .into_iter()
-                .enumerate()
-            {
-                let f = format!("{field}.translate[{i}]");
-                match net {
-                    Net::V4(p) => match lan_v4 {
-                        Some(lan) if lan.prefix_len() == p.prefix_len() && tunnel.xlat_v4.is_none() => tunnel.xlat_v4 = Some(p),
-                        Some(lan) if lan.prefix_len() != p.prefix_len() => self.errors.push(format!(
-                            "{f} = \"{net}\" is /{} but the LAN prefix is /{}: a translation prefix must have the LAN prefix's length",
-                            p.prefix_len(),
-                            lan.prefix_len()
-                        )),
-                        Some(_) => self.errors.push(format!("{f} = \"{net}\": this tunnel already has an IPv4 translation prefix")),
-                        None => self.errors.push(format!("{f} = \"{net}\": the LAN has no IPv4 prefix to translate")),
-                    },
-                    Net::V6(p) => match lan_v6 {
-                        Some(lan) if lan.prefix_len() == p.prefix_len() && tunnel.xlat_v6.is_none() => tunnel.xlat_v6 = Some(p),
-                        Some(lan) if lan.prefix_len() != p.prefix_len() => self.errors.push(format!(
-                            "{f} = \"{net}\" is /{} but the LAN prefix is /{}: a translation prefix must have the LAN prefix's length",
-                            p.prefix_len(),
-                            lan.prefix_len()
-                        )),
-                        Some(_) => self.errors.push(format!("{f} = \"{net}\": this tunnel already has an IPv6 translation prefix")),
-                        None => self.errors.push(format!("{f} = \"{net}\": the LAN has no IPv6 prefix to translate")),
-                    },
-                }
-            }
-            if lan_v4.is_some()
-                && tunnel.xlat_v4.is_none()
-                && !t.translate.iter().any(|s| s.contains('.'))
-            {
-                self.errors.push(format!("{field}.translate has no IPv4 prefix: the LAN's IPv4 prefix needs one per tunnel"));
-            }
-            if lan_v6.is_some()
-                && tunnel.xlat_v6.is_none()
-                && !t.translate.iter().any(|s| s.contains(':'))
-            {
-                self.errors.push(format!("{field}.translate has no IPv6 prefix: the LAN's IPv6 prefix needs one per tunnel"));
-            }
-            for (i, net) in self
-                .nets(&format!("{field}.peer_translate"), &t.peer_translate)
-                .into_iter()
-                .enumerate()
-            {
-                let f = format!("{field}.peer_translate[{i}]");
-                // The peer's translated sources are restored into the remote
-                // prefix of the same family and length: the peer's LAN.
-                let targets: Vec<&Net> = remote
-                    .iter()
-                    .filter(|r| {
-                        std::mem::discriminant(*r) == std::mem::discriminant(&net)
-                            && r.len() == net.len()
-                    })
-                    .collect();
-                match (targets.as_slice(), net) {
-                    ([Net::V4(real)], Net::V4(p)) => tunnel.peer_v4 = Some((p, *real)),
-                    ([Net::V6(real)], Net::V6(p)) => tunnel.peer_v6 = Some((p, *real)),
-                    ([], _) => self.errors.push(format!(
-                        "{f} = \"{net}\": no remote prefix of length /{} to restore the peer's addresses into; list the peer's LAN in remote_prefixes",
-                        net.len()
-                    )),
-                    _ => self.errors.push(format!(
-                        "{f} = \"{net}\": several remote prefixes have length /{}, so the peer's LAN is ambiguous",
-                        net.len()
-                    )),
-                }
-            }
+            self.translations(&field, t, lan_v4, lan_v6, remote, &mut tunnel);
             out.push(tunnel);
         }
         if let Some((_, first)) = mtus.first()
@@ -587,6 +515,91 @@ impl<'a> Validator<'a> {
             )));
         }
         out
+    }
+
+    /// Our and the peer's translation prefixes of one tunnel.
+    fn translations(
+        &mut self,
+        field: &str,
+        t: &RawTunnel,
+        lan_v4: Option<Prefix4>,
+        lan_v6: Option<Prefix6>,
+        remote: &[Net],
+        tunnel: &mut Tunnel,
+    ) {
+        for (i, net) in self
+            .nets(&format!("{field}.translate"), &t.translate)
+            .into_iter()
+            .enumerate()
+        {
+            let f = format!("{field}.translate[{i}]");
+            match net {
+                Net::V4(p) => match lan_v4 {
+                    Some(lan) if lan.prefix_len() == p.prefix_len() && tunnel.xlat_v4.is_none() => tunnel.xlat_v4 = Some(p),
+                    Some(lan) if lan.prefix_len() != p.prefix_len() => self.errors.push(format!(
+                        "{f} = \"{net}\" is /{} but the LAN prefix is /{}: a translation prefix must have the LAN prefix's length",
+                        p.prefix_len(),
+                        lan.prefix_len()
+                    )),
+                    Some(_) => self.errors.push(format!("{f} = \"{net}\": this tunnel already has an IPv4 translation prefix")),
+                    None => self.errors.push(format!("{f} = \"{net}\": the LAN has no IPv4 prefix to translate")),
+                },
+                Net::V6(p) => match lan_v6 {
+                    Some(lan) if lan.prefix_len() == p.prefix_len() && tunnel.xlat_v6.is_none() => tunnel.xlat_v6 = Some(p),
+                    Some(lan) if lan.prefix_len() != p.prefix_len() => self.errors.push(format!(
+                        "{f} = \"{net}\" is /{} but the LAN prefix is /{}: a translation prefix must have the LAN prefix's length",
+                        p.prefix_len(),
+                        lan.prefix_len()
+                    )),
+                    Some(_) => self.errors.push(format!("{f} = \"{net}\": this tunnel already has an IPv6 translation prefix")),
+                    None => self.errors.push(format!("{f} = \"{net}\": the LAN has no IPv6 prefix to translate")),
+                },
+            }
+        }
+        if lan_v4.is_some()
+            && tunnel.xlat_v4.is_none()
+            && !t.translate.iter().any(|s| s.contains('.'))
+        {
+            self.errors.push(format!(
+                "{field}.translate has no IPv4 prefix: the LAN's IPv4 prefix needs one per tunnel"
+            ));
+        }
+        if lan_v6.is_some()
+            && tunnel.xlat_v6.is_none()
+            && !t.translate.iter().any(|s| s.contains(':'))
+        {
+            self.errors.push(format!(
+                "{field}.translate has no IPv6 prefix: the LAN's IPv6 prefix needs one per tunnel"
+            ));
+        }
+        for (i, net) in self
+            .nets(&format!("{field}.peer_translate"), &t.peer_translate)
+            .into_iter()
+            .enumerate()
+        {
+            let f = format!("{field}.peer_translate[{i}]");
+            // The peer's translated sources are restored into the remote
+            // prefix of the same family and length: the peer's LAN.
+            let targets: Vec<&Net> = remote
+                .iter()
+                .filter(|r| {
+                    std::mem::discriminant(*r) == std::mem::discriminant(&net)
+                        && r.prefix_len() == net.prefix_len()
+                })
+                .collect();
+            match (targets.as_slice(), net) {
+                ([Net::V4(real)], Net::V4(p)) => tunnel.peer_v4 = Some((p, *real)),
+                ([Net::V6(real)], Net::V6(p)) => tunnel.peer_v6 = Some((p, *real)),
+                ([], _) => self.errors.push(format!(
+                    "{f} = \"{net}\": no remote prefix of length /{} to restore the peer's addresses into; list the peer's LAN in remote_prefixes",
+                    net.prefix_len()
+                )),
+                _ => self.errors.push(format!(
+                    "{f} = \"{net}\": several remote prefixes have length /{}, so the peer's LAN is ambiguous",
+                    net.prefix_len()
+                )),
+            }
+        }
     }
 
     fn overlaps(&mut self) {
@@ -605,6 +618,8 @@ impl<'a> Validator<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
     use crate::interfaces::{IfaceInfo, tests::FakeInterfaces};
 
@@ -782,7 +797,12 @@ weight = 3
         expect_error(none, "no [[tunnel]] sections");
         let mut many = none.to_owned();
         for k in 0..65 {
-            many.push_str(&format!("[[tunnel]]\ndevice = \"t{k}\"\ntranslate = [\"100.{}.{}.0/24\", \"fd00:64:{k:x}::/64\"]\n", 64 + k / 200, k % 200));
+            let _ = write!(
+                many,
+                "[[tunnel]]\ndevice = \"t{k}\"\ntranslate = [\"100.{}.{}.0/24\", \"fd00:64:{k:x}::/64\"]\n",
+                64 + k / 200,
+                k % 200
+            );
         }
         expect_error(
             &many,

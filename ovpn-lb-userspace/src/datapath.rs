@@ -147,9 +147,9 @@ impl Datapath {
             // The device behind the old link is gone (recreated): start afresh.
             remove_if_present(pin).with_context(|| format!("removing stale {}", pin.display()))?;
         }
-        let id = prog
-            .attach(iface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {program} to {iface} ingress (tcx, Linux 6.6 or newer)"))?;
+        let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| {
+            format!("attaching {program} to {iface} ingress (tcx, Linux 6.6 or newer)")
+        })?;
         let link: FdLink = prog
             .take_link(id)?
             .try_into()
@@ -176,18 +176,27 @@ impl Datapath {
                 wanted_if.push(ifindex);
             }
         }
-        let mut tunnels: Array<_, TunnelConfig> = map(&mut self.ebpf, names::TUNNELS)?.try_into()?;
+        let mut tunnels: Array<_, TunnelConfig> =
+            map(&mut self.ebpf, names::TUNNELS)?.try_into()?;
         for id in config.tunnels.len()..MAX_TUNNELS {
             tunnels.set(u32::try_from(id)?, TunnelConfig::default(), 0)?;
         }
-        let mut by_if: HashMap<_, u32, u32> = map(&mut self.ebpf, names::TUNNEL_BY_IF)?.try_into()?;
-        let stale: Vec<u32> = by_if.keys().filter_map(Result::ok).filter(|k| !wanted_if.contains(k)).collect();
+        let mut by_if: HashMap<_, u32, u32> =
+            map(&mut self.ebpf, names::TUNNEL_BY_IF)?.try_into()?;
+        let stale: Vec<u32> = by_if
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_if.contains(k))
+            .collect();
         for k in stale {
             let _ = by_if.remove(&k);
         }
 
         let (mut remote4, mut remote6) = (Vec::new(), Vec::new());
-        for (nets, action) in [(&config.remote, route::SPRAY), (&config.exclude, route::EXCLUDE)] {
+        for (nets, action) in [
+            (&config.remote, route::SPRAY),
+            (&config.exclude, route::EXCLUDE),
+        ] {
             for net in nets {
                 match net {
                     Net::V4(p) => remote4.push((p.prefix_len(), p.octets(), action)),
@@ -211,7 +220,11 @@ impl Datapath {
         self.sync_lpm(names::OUR_XLAT_V6, &ours6)
     }
 
-    fn sync_lpm<const N: usize>(&mut self, name: &str, wanted: &[(u8, [u8; N], u32)]) -> Result<()> {
+    fn sync_lpm<const N: usize>(
+        &mut self,
+        name: &str,
+        wanted: &[(u8, [u8; N], u32)],
+    ) -> Result<()> {
         for &(len, octets, value) in wanted {
             self.lpm_insert(name, len, octets, value)?;
         }
@@ -219,10 +232,15 @@ impl Datapath {
         let stale: Vec<Key<[u8; N]>> = m
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !wanted.iter().any(|w| u32::from(w.0) == k.prefix_len() && w.1 == k.data()))
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|w| u32::from(w.0) == k.prefix_len() && w.1 == k.data())
+            })
             .collect();
         for k in stale {
-            m.remove(&k).with_context(|| format!("removing a stale entry from {name}"))?;
+            m.remove(&k)
+                .with_context(|| format!("removing a stale entry from {name}"))?;
         }
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! Tunnel health: which tunnels are in the rotation, from link state and, where
-//! configured, OpenVPN's own state. Pure logic; the inputs come from `netlink`
+//! configured, `OpenVPN`'s own state. Pure logic; the inputs come from `netlink`
 //! and `management`, the output is a weight per tunnel for the schedule.
 
 use std::time::{Duration, Instant};
 
-/// What OpenVPN's management interface last said, if anything.
+/// What `OpenVPN`'s management interface last said, if anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Management {
     /// No management address configured: link state alone decides.
@@ -71,7 +71,11 @@ impl Health {
                 weight,
                 ifindex: 0,
                 link_up: false,
-                management: if has_management { Management::Lost } else { Management::None },
+                management: if has_management {
+                    Management::Lost
+                } else {
+                    Management::None
+                },
                 in_rotation: false,
                 healthy_since: None,
             })
@@ -195,7 +199,10 @@ mod tests {
         assert_eq!(h.weights()[0], 0);
         h.advance(t0 + Duration::from_secs(5));
         assert_eq!(h.weights()[0], 1);
-        assert_eq!(h.tunnels[0].ifindex, 12, "a recreated device's new ifindex is kept");
+        assert_eq!(
+            h.tunnels[0].ifindex, 12,
+            "a recreated device's new ifindex is kept"
+        );
     }
 
     #[test]

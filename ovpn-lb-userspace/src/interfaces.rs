@@ -58,7 +58,7 @@ fn ioctl(name: &str, request: libc::c_ulong) -> io::Result<IfReq> {
         return Err(io::ErrorKind::InvalidInput.into());
     }
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
+        *dst = src.cast_signed();
     }
     // SAFETY: plain socket and ioctl calls on a properly sized ifreq.
     unsafe {
@@ -110,6 +110,7 @@ pub mod tests {
     pub struct FakeInterfaces(HashMap<String, IfaceInfo>);
 
     impl FakeInterfaces {
+        #[must_use]
         pub fn new(list: &[(&str, IfaceInfo)]) -> Self {
             Self(list.iter().map(|(n, i)| ((*n).to_owned(), *i)).collect())
         }

@@ -2,8 +2,11 @@
 
 pub mod config;
 pub mod datapath;
+pub mod detach;
 pub mod health;
 pub mod interfaces;
 pub mod management;
 pub mod netlink;
 pub mod pins;
+pub mod run;
+pub mod status;

@@ -1,4 +1,4 @@
-//! OpenVPN's management interface: a connection per tunnel that reports the
+//! `OpenVPN`'s management interface: a connection per tunnel that reports the
 //! process's state (CONNECTED, RECONNECTING, EXITING, ...). The connection is
 //! held and re-made when it drops; while it is down, health falls back to
 //! link events.
@@ -38,6 +38,9 @@ pub fn parse_state(line: &str) -> Option<String> {
 pub type Report = (usize, Option<String>);
 
 /// Watches tunnel `k`'s management interface on a thread of its own, forever.
+///
+/// # Panics
+/// If the thread cannot be spawned.
 pub fn watch(k: usize, addr: SocketAddr, events: Sender<Report>) {
     thread::Builder::new()
         .name(format!("mgmt-{k}"))
@@ -74,12 +77,22 @@ mod tests {
     #[test]
     fn parses_notifications_and_replies() {
         assert_eq!(
-            parse_state(">STATE:1700000000,CONNECTED,SUCCESS,10.8.0.1,192.0.2.1,1194,,\r\n").as_deref(),
+            parse_state(">STATE:1700000000,CONNECTED,SUCCESS,10.8.0.1,192.0.2.1,1194,,\r\n")
+                .as_deref(),
             Some("CONNECTED")
         );
-        assert_eq!(parse_state("1700000001,RECONNECTING,ping-restart,,,,,").as_deref(), Some("RECONNECTING"));
-        assert_eq!(parse_state(">STATE:1700000002,EXITING,SIGTERM,,,,,").as_deref(), Some("EXITING"));
-        assert_eq!(parse_state(">STATE:1700000003,GET_CONFIG,,,,,,").as_deref(), Some("GET_CONFIG"));
+        assert_eq!(
+            parse_state("1700000001,RECONNECTING,ping-restart,,,,,").as_deref(),
+            Some("RECONNECTING")
+        );
+        assert_eq!(
+            parse_state(">STATE:1700000002,EXITING,SIGTERM,,,,,").as_deref(),
+            Some("EXITING")
+        );
+        assert_eq!(
+            parse_state(">STATE:1700000003,GET_CONFIG,,,,,,").as_deref(),
+            Some("GET_CONFIG")
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! carrier, disappearing. One socket, subscribed to the link group, in the
 //! network namespace of the thread that opens it.
 
-use std::{io, mem, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
+use std::{
+    io, mem,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 const RTMGRP_LINK: u32 = 1;
 const RTM_NEWLINK: u16 = 16;
@@ -37,18 +40,25 @@ pub struct LinkMonitor {
 impl LinkMonitor {
     /// Opens a socket subscribed to link events.
     ///
+    /// # Panics
+    /// Never: the constant conversions fit.
+    ///
     /// # Errors
     /// If the socket cannot be made or bound.
     pub fn open() -> io::Result<Self> {
         // SAFETY: plain socket calls; the fd is owned right away.
         unsafe {
-            let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
             let fd = OwnedFd::from_raw_fd(fd);
             let mut addr: libc::sockaddr_nl = mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
+            addr.nl_family = u16::try_from(libc::AF_NETLINK).expect("fits");
             addr.nl_groups = RTMGRP_LINK;
             let len = u32::try_from(mem::size_of::<libc::sockaddr_nl>()).expect("small");
             if libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) < 0 {
@@ -59,6 +69,9 @@ impl LinkMonitor {
     }
 
     /// Asks for every link's current state; the answers arrive through [`LinkMonitor::next`].
+    ///
+    /// # Panics
+    /// Never: the constant conversions fit.
     ///
     /// # Errors
     /// If the request cannot be sent.
@@ -78,11 +91,14 @@ impl LinkMonitor {
         Ok(())
     }
 
-    /// Blocks for the next batch of link events.
+    /// Blocks for the next batch of link events; `done` marks the end of a dump.
+    ///
+    /// # Panics
+    /// Never: a received length is not negative.
     ///
     /// # Errors
     /// If the socket fails (an overrun is reported as `ENOBUFS`: dump again).
-    pub fn next(&self) -> io::Result<Vec<LinkEvent>> {
+    pub fn next(&self) -> io::Result<Batch> {
         let mut buf = vec![0u8; 64 * 1024];
         // SAFETY: receiving into a buffer we own.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -121,13 +137,26 @@ fn attributes(mut b: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
+/// The link messages of one netlink datagram.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub events: Vec<LinkEvent>,
+    /// The datagram ended a dump (`NLMSG_DONE`) or reported an error.
+    pub done: bool,
+}
+
 /// Parses the link messages in one netlink datagram; other messages are skipped.
 #[must_use]
-pub fn parse(mut b: &[u8]) -> Vec<LinkEvent> {
+pub fn parse(mut b: &[u8]) -> Batch {
     let mut events = Vec::new();
+    let mut done = false;
     while let (Some(len), Some(kind)) = (u32_at(b, 0), u16_at(b, 4)) {
         let len = usize::try_from(len).unwrap_or(0);
-        if len < NLMSG_HDRLEN || len > b.len() || kind == NLMSG_DONE || kind == NLMSG_ERROR {
+        if kind == NLMSG_DONE || kind == NLMSG_ERROR {
+            done = true;
+            break;
+        }
+        if len < NLMSG_HDRLEN || len > b.len() {
             break;
         }
         let body = &b[NLMSG_HDRLEN..len];
@@ -139,7 +168,8 @@ pub fn parse(mut b: &[u8]) -> Vec<LinkEvent> {
             for (attr, payload) in attributes(&body[IFINFO_LEN..]) {
                 match attr {
                     IFLA_IFNAME => {
-                        name = String::from_utf8_lossy(payload).trim_end_matches('\0').to_owned();
+                        name.clear();
+                        name.push_str(String::from_utf8_lossy(payload).trim_end_matches('\0'));
                     }
                     IFLA_XDP => {
                         for (inner, p) in attributes(payload) {
@@ -162,7 +192,7 @@ pub fn parse(mut b: &[u8]) -> Vec<LinkEvent> {
         }
         b = b.get(align4(len)..).unwrap_or_default();
     }
-    events
+    Batch { events, done }
 }
 
 #[cfg(test)]
@@ -193,17 +223,39 @@ mod tests {
 
     #[test]
     fn parses_new_and_removed_links() {
-        let xdp = attr(IFLA_XDP | 0x8000, &attr(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes()));
+        let xdp = attr(
+            IFLA_XDP | 0x8000,
+            &attr(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes()),
+        );
         let mut datagram = link_msg(RTM_NEWLINK, 7, IFF_UP | IFF_RUNNING, "tun0", &xdp);
         datagram.extend(link_msg(RTM_NEWLINK, 8, IFF_UP, "tun1", &[]));
         datagram.extend(link_msg(RTM_DELLINK, 9, IFF_UP | IFF_RUNNING, "tun2", &[]));
-        let events = parse(&datagram);
+        let batch = parse(&datagram);
+        assert!(!batch.done);
         assert_eq!(
-            events,
+            batch.events,
             vec![
-                LinkEvent { name: "tun0".into(), ifindex: 7, up: true, removed: false, xdp_prog_id: 77 },
-                LinkEvent { name: "tun1".into(), ifindex: 8, up: false, removed: false, xdp_prog_id: 0 },
-                LinkEvent { name: "tun2".into(), ifindex: 9, up: false, removed: true, xdp_prog_id: 0 },
+                LinkEvent {
+                    name: "tun0".into(),
+                    ifindex: 7,
+                    up: true,
+                    removed: false,
+                    xdp_prog_id: 77
+                },
+                LinkEvent {
+                    name: "tun1".into(),
+                    ifindex: 8,
+                    up: false,
+                    removed: false,
+                    xdp_prog_id: 0
+                },
+                LinkEvent {
+                    name: "tun2".into(),
+                    ifindex: 9,
+                    up: false,
+                    removed: true,
+                    xdp_prog_id: 0
+                },
             ]
         );
     }
@@ -215,16 +267,17 @@ mod tests {
         done[0..4].copy_from_slice(&16u32.to_ne_bytes());
         done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
         datagram.extend(done);
-        assert_eq!(parse(&datagram).len(), 1);
-        assert!(parse(&[0xff; 7]).is_empty());
-        assert!(parse(&[200, 0, 0, 0, 16, 0, 0, 0]).is_empty());
+        let batch = parse(&datagram);
+        assert_eq!((batch.events.len(), batch.done), (1, true));
+        assert!(parse(&[0xff; 7]).events.is_empty());
+        assert!(parse(&[200, 0, 0, 0, 16, 0, 0, 0]).events.is_empty());
     }
 
     #[test]
     fn sees_loopback_in_a_real_dump() {
         let m = LinkMonitor::open().unwrap();
         m.request_dump().unwrap();
-        let events = m.next().unwrap();
-        assert!(events.iter().any(|e| e.name == "lo"), "{events:?}");
+        let batch = m.next().unwrap();
+        assert!(batch.events.iter().any(|e| e.name == "lo"), "{batch:?}");
     }
 }

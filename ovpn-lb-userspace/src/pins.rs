@@ -59,12 +59,22 @@ impl Layout {
         self.run_dir.join("run.lock")
     }
 
-    /// Mounts bpffs if missing and creates the pin and run directories.
+    /// Makes sure the pin root is on a bpffs, mounting one if missing (on
+    /// `/sys/fs/bpf` for the default root, on the root itself otherwise), and
+    /// creates the pin and run directories.
     ///
     /// # Errors
     /// If bpffs cannot be mounted or a directory created.
     pub fn prepare(&self) -> Result<()> {
-        ensure_bpffs()?;
+        if self.pin_root.starts_with(BPFFS) {
+            ensure_bpffs()?;
+        } else {
+            fs::create_dir_all(&self.pin_root)
+                .with_context(|| format!("creating {}", self.pin_root.display()))?;
+            if !on_bpffs(&self.pin_root) {
+                mount_bpffs(&self.pin_root)?;
+            }
+        }
         for dir in [self.maps(), self.links(), self.run_dir.clone()] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -72,15 +82,50 @@ impl Layout {
     }
 }
 
-fn is_bpffs(path: &str) -> bool {
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+
+/// True when `path` lies on a bpffs.
+#[must_use]
+pub fn on_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct we own.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &raw mut st) == 0 && st.f_type == BPF_FS_MAGIC
+    }
+}
+
+/// True when `path` is itself a mount point of bpffs.
+#[must_use]
+pub fn is_bpffs_mount(path: &Path) -> bool {
+    let target = path.to_string_lossy();
     fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
         .lines()
         .any(|l| {
             let mut f = l.split_whitespace();
             let (_, mount, kind) = (f.next(), f.next(), f.next());
-            mount == Some(path) && kind == Some("bpf")
+            mount == Some(&target) && kind == Some("bpf")
         })
+}
+
+fn mount_bpffs(at: &Path) -> Result<()> {
+    let status = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(at)
+        .status()
+        .context("running mount")?;
+    if !status.success() {
+        bail!(
+            "could not mount bpffs on {} (mount -t bpf bpf {})",
+            at.display(),
+            at.display()
+        );
+    }
+    Ok(())
 }
 
 /// Mounts bpffs on `/sys/fs/bpf` unless it is there already.
@@ -88,17 +133,10 @@ fn is_bpffs(path: &str) -> bool {
 /// # Errors
 /// If `mount` fails.
 pub fn ensure_bpffs() -> Result<()> {
-    if is_bpffs(BPFFS) {
+    if is_bpffs_mount(Path::new(BPFFS)) {
         return Ok(());
     }
-    let status = Command::new("mount")
-        .args(["-t", "bpf", "bpf", BPFFS])
-        .status()
-        .context("running mount")?;
-    if !status.success() {
-        bail!("could not mount bpffs on {BPFFS} (mount -t bpf bpf {BPFFS})");
-    }
-    Ok(())
+    mount_bpffs(Path::new(BPFFS))
 }
 
 /// Removes a file or an empty directory, treating "not there" as done.
