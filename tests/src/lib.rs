@@ -7,6 +7,7 @@
 
 pub mod bpffs;
 pub mod fixture;
+pub mod gateway;
 pub mod netns;
 pub mod packets;
 pub mod tun;

@@ -52,6 +52,17 @@ impl Netns {
         run("ip", &full)
     }
 
+    /// Runs `ip netns exec <ns> ARGS`, panicking with its stderr on failure.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "most callers run it for its effect"
+    )]
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
     /// Runs `f` on a thread that has joined this namespace; panics propagate.
     ///
     /// # Panics

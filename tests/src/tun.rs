@@ -91,6 +91,26 @@ impl Tun {
         }
     }
 
+    /// The next packet sent into the tunnel, if one comes within `timeout`.
+    pub fn try_read(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        if !self.backlog.is_empty() {
+            return Some(self.backlog.remove(0));
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        if unsafe { libc::poll(&raw mut pfd, 1, ms) } <= 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; 65536];
+        let n = self.file.read(&mut buf).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
     /// Injects an IP packet as if it arrived from the tunnel.
     ///
     /// # Panics

@@ -8,6 +8,8 @@ use crate::{
 };
 
 pub fn run_all(extra: &[String]) -> Result<()> {
+    // The loader tests run the real binary.
+    exec(cmd("cargo").args(["build", "--package", "ovpn-lb-userspace", "--bins"]))?;
     exec(cmd("cargo").args(["test", "--workspace"]).args(extra))
 }
 

@@ -1,0 +1,339 @@
+//! The `ovpn-lb` binary on a gateway in namespaces: refusing bad configuration,
+//! attach and detach, restarts without a lost ping, tunnel health from link
+//! events and from OpenVPN's management interface, recreated devices.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use ovpn_lb_tests::{
+    gateway::{GatewayLab, Responder, TUNNEL_COUNT, ping_summary},
+    require_root,
+};
+
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+
+/// Programs attached through tcx at `iface`'s ingress in the gateway namespace.
+fn tcx_programs(lab: &GatewayLab, iface: &'static str) -> Vec<String> {
+    lab.gw.enter(
+        || match SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
+            Ok((_, progs)) => progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                .collect(),
+            Err(e) => panic!("query tcx on {iface}: {e}"),
+        },
+    )
+}
+
+fn all_devices() -> Vec<&'static str> {
+    vec!["lan0", "ovt0", "ovt1", "ovt2"]
+}
+
+fn assert_nothing_attached(lab: &GatewayLab) {
+    for dev in all_devices() {
+        assert!(
+            tcx_programs(lab, dev).is_empty(),
+            "{dev} still has {:?}",
+            tcx_programs(lab, dev)
+        );
+    }
+    assert!(
+        !lab.scratch.pin_root().exists(),
+        "pins left in {}",
+        lab.scratch.pin_root().display()
+    );
+    assert!(
+        !lab.scratch.run_dir().exists(),
+        "files left in {}",
+        lab.scratch.run_dir().display()
+    );
+    let qdiscs = ovpn_lb_tests::netns::run("tc", &["-n", lab.gw.name(), "qdisc", "show"]);
+    assert!(
+        !qdiscs.contains("clsact"),
+        "a clsact qdisc was left: {qdiscs}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_before_anything_is_attached() {
+    if !require_root("bad_configuration_is_refused_before_anything_is_attached") {
+        return;
+    }
+    let lab = GatewayLab::new(200, |_| String::new());
+    let good = std::fs::read_to_string(&lab.config).unwrap();
+    let cases = [
+        (
+            good.replace("\"lan0\"", "\"lan9\""),
+            "lan.interface = \"lan9\": no such network interface",
+        ),
+        (
+            good.replace("\"ovt2\"", "\"lan0\""),
+            "tunnel[2].device = \"lan0\" is the LAN interface",
+        ),
+        (
+            good.replace("\"ovt2\"", "\"lo\""),
+            "tunnel[2].device = \"lo\" is not a layer-3 point-to-point device",
+        ),
+        (
+            good.replace("100.64.1.0/24", "100.64.1.0/25"),
+            "is /25 but the LAN prefix is /24",
+        ),
+        (
+            good.replace("100.64.1.0/24", "100.64.0.0/24"),
+            "duplicates tunnel[0].translate[0]",
+        ),
+        (
+            good.replace("192.168.10.0/24", "192.168.10.0/2x"),
+            "the length must be a number from 0 to 32",
+        ),
+        (
+            good.replace("up_delay_ms = 200", "up_delay_ms = = 200"),
+            "TOML syntax error at line 2",
+        ),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&lab.config, text).unwrap();
+        for command in ["check", "run"] {
+            let out = lab.ovpn_lb(&[command, "--config", lab.config.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+            assert!(
+                stderr.contains(expected),
+                "{command}: want {expected:?} in:\n{stderr}"
+            );
+            assert!(stderr.contains("nothing was attached"));
+            assert_nothing_attached(&lab);
+        }
+    }
+}
+
+#[test]
+fn attach_then_detach_leaves_nothing() {
+    if !require_root("attach_then_detach_leaves_nothing") {
+        return;
+    }
+    let lab = GatewayLab::new(200, |_| String::new());
+    let loader = lab.start_loader(&[]);
+    assert_eq!(tcx_programs(&lab, "lan0"), ["lan_ingress"]);
+    for dev in ["ovt0", "ovt1", "ovt2"] {
+        assert_eq!(tcx_programs(&lab, dev), ["tunnel_ingress"]);
+    }
+    assert_eq!(lab.in_rotation(), [0, 1, 2]);
+    // SIGTERM keeps the datapath (documented), and says so.
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert_eq!(tcx_programs(&lab, "lan0"), ["lan_ingress"]);
+    let status = lab.ovpn_lb(&["status", "--json", "--interval", "0.1"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["running"], false);
+    assert_eq!(json["tunnels"].as_array().unwrap().len(), TUNNEL_COUNT);
+
+    let out = lab.ovpn_lb(&["detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_attached(&lab);
+
+    // --detach-on-exit tears down on the signal instead.
+    let loader = lab.start_loader(&["--detach-on-exit"]);
+    assert_eq!(tcx_programs(&lab, "lan0"), ["lan_ingress"]);
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert_nothing_attached(&lab);
+}
+
+#[test]
+fn restarts_lose_no_pings() {
+    if !require_root("restarts_lose_no_pings") {
+        return;
+    }
+    let lab = GatewayLab::new(200, |_| String::new());
+    let first = lab.start_loader(&[]);
+    // 100 pings per second for 5 seconds.
+    let ping = lab.ping(500, "0.01");
+    thread::sleep(Duration::from_millis(1200));
+    // A second run refuses while the first holds the lock.
+    let clash = lab.ovpn_lb(&["run", "--config", lab.config.to_str().unwrap()]);
+    assert!(!clash.status.success());
+    assert!(String::from_utf8_lossy(&clash.stderr).contains("another `ovpn-lb run`"));
+
+    assert_eq!(first.stop(SIGTERM), Some(0));
+    let second = lab.start_loader(&[]);
+    assert!(
+        second
+            .log_text()
+            .contains("lan_ingress on lan0: replaced in place"),
+        "{}",
+        second.log_text()
+    );
+    thread::sleep(Duration::from_millis(1200));
+    assert_eq!(second.stop(SIGKILL), None, "killed by a signal");
+    let third = lab.start_loader(&[]);
+    assert!(
+        third
+            .log_text()
+            .contains("lan_ingress on lan0: replaced in place"),
+        "{}",
+        third.log_text()
+    );
+
+    let out = ping.wait_with_output().unwrap();
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!((sent, received), (500, 500), "pings lost across restarts");
+    for k in 0..3 {
+        let s = lab.tunnel_stats(k);
+        assert!(
+            s.tx_packets >= 150 && s.rx_packets >= 150,
+            "tunnel {k}: {s:?}"
+        );
+    }
+    assert_eq!(third.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
+#[test]
+fn a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay() {
+    if !require_root("a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay") {
+        return;
+    }
+    let lab = GatewayLab::new(500, |_| String::new());
+    let loader = lab.start_loader(&[]);
+    assert_eq!(lab.in_rotation(), [0, 1, 2]);
+
+    lab.gw.ip(&["link", "set", "ovt1", "down"]);
+    let left = lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
+    assert!(
+        left < Duration::from_millis(100),
+        "tunnel 1 left the rotation after {left:?}"
+    );
+
+    lab.gw.ip(&["link", "set", "ovt1", "up"]);
+    let back = lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    assert!(
+        back >= Duration::from_millis(450) && back < Duration::from_secs(1),
+        "tunnel 1 rejoined after {back:?}, want the 500 ms up-delay"
+    );
+    eprintln!("down -> out of rotation: {left:?}; up -> back in: {back:?}");
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
+#[test]
+fn a_recreated_tunnel_device_is_picked_up() {
+    if !require_root("a_recreated_tunnel_device_is_picked_up") {
+        return;
+    }
+    let mut lab = GatewayLab::new(300, |_| String::new());
+    let loader = lab.start_loader(&[]);
+    // OpenVPN exiting without persist-tun: the device disappears.
+    lab.responders[1] = None;
+    let left = lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
+    assert!(left < Duration::from_millis(100), "{left:?}");
+    // ...and its restart makes a new device with a new ifindex.
+    lab.responders[1] = Some(Responder::start(&lab.gw, "ovt1", 1));
+    lab.gw.ip(&["link", "set", "ovt1", "up"]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    assert!(
+        loader
+            .log_text()
+            .contains("tunnel 1 (ovt1): device is back"),
+        "{}",
+        loader.log_text()
+    );
+
+    // Traffic rides the new device both ways.
+    let before = lab.tunnel_stats(1);
+    let out = lab.ping(30, "0.01").wait_with_output().unwrap();
+    assert_eq!(
+        ping_summary(&String::from_utf8_lossy(&out.stdout)),
+        (30, 30)
+    );
+    let after = lab.tunnel_stats(1);
+    assert_eq!(after.tx_packets - before.tx_packets, 10);
+    assert_eq!(after.rx_packets - before.rx_packets, 10);
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
+/// A stand-in for OpenVPN's management interface: each accepted connection
+/// gets the states sent on the channel, one `>STATE:` line each; `None` closes it.
+fn fake_management(lab: &GatewayLab, port: u16) -> mpsc::Sender<Option<&'static str>> {
+    let (tx, rx) = mpsc::channel::<Option<&'static str>>();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    drop(lab.gw.spawn(move || {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        ready_tx.send(()).unwrap();
+        for (n, conn) in listener.incoming().enumerate() {
+            let mut conn = conn.unwrap();
+            conn.write_all(
+                b">INFO:OpenVPN Management Interface Version 5 -- type 'help' for more info\r\n",
+            )
+            .unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), "state on", "connection {n}");
+            loop {
+                match rx.recv() {
+                    Ok(Some(state)) => {
+                        let _ = write!(conn, ">STATE:1700000000,{state},,10.8.0.1,,,,\r\n");
+                    }
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+        }
+    }));
+    ready_rx.recv().unwrap();
+    tx
+}
+
+#[test]
+fn openvpn_management_state_drives_health() {
+    if !require_root("openvpn_management_state_drives_health") {
+        return;
+    }
+    let lab = GatewayLab::new(300, |k| {
+        if k == 0 {
+            "management = \"127.0.0.1:17505\"".into()
+        } else {
+            String::new()
+        }
+    });
+    let mgmt = fake_management(&lab, 17505);
+    mgmt.send(Some("CONNECTED")).unwrap();
+    let loader = lab.start_loader(&[]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+
+    mgmt.send(Some("RECONNECTING")).unwrap();
+    let left = lab.wait_rotation(Duration::from_secs(2), |r| r == [1, 2]);
+    assert!(left < Duration::from_millis(100), "{left:?}");
+
+    mgmt.send(Some("CONNECTED")).unwrap();
+    let back = lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    assert!(
+        back >= Duration::from_millis(250),
+        "rejoined after {back:?}, before the up-delay"
+    );
+
+    // Losing the management connection falls back to link state (up), and the
+    // loader reconnects: a fresh EXITING then takes the tunnel out.
+    mgmt.send(None).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.in_rotation(), [0, 1, 2]);
+    mgmt.send(Some("EXITING")).unwrap();
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [1, 2]);
+    let status = lab.ovpn_lb(&["status", "--json", "--interval", "0.1"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["tunnels"][0]["openvpn"], "EXITING");
+    assert_eq!(json["tunnels"][0]["state"], "down");
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
