@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread::{self, JoinHandle},
@@ -27,6 +27,18 @@ use crate::{
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Loader tests measure timing (the 100 ms health bound), so they run one at a
+/// time even when the test harness runs threads in parallel.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the loader-test lock for the caller's scope.
+#[must_use]
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The `ovpn-lb` binary: `$OVPN_LB_BIN`, or the workspace's debug build.
 #[must_use]

@@ -12,7 +12,7 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use ovpn_lb_tests::{
-    gateway::{GatewayLab, Responder, TUNNEL_COUNT, ping_summary},
+    gateway::{GatewayLab, Responder, TUNNEL_COUNT, ping_summary, serial},
     require_root,
 };
 
@@ -66,6 +66,7 @@ fn bad_configuration_is_refused_before_anything_is_attached() {
     if !require_root("bad_configuration_is_refused_before_anything_is_attached") {
         return;
     }
+    let _serial = serial();
     let lab = GatewayLab::new(200, |_| String::new());
     let good = std::fs::read_to_string(&lab.config).unwrap();
     let cases = [
@@ -119,6 +120,7 @@ fn attach_then_detach_leaves_nothing() {
     if !require_root("attach_then_detach_leaves_nothing") {
         return;
     }
+    let _serial = serial();
     let lab = GatewayLab::new(200, |_| String::new());
     let loader = lab.start_loader(&[]);
     assert_eq!(tcx_programs(&lab, "lan0"), ["lan_ingress"]);
@@ -154,6 +156,7 @@ fn restarts_lose_no_pings() {
     if !require_root("restarts_lose_no_pings") {
         return;
     }
+    let _serial = serial();
     let lab = GatewayLab::new(200, |_| String::new());
     let first = lab.start_loader(&[]);
     // 100 pings per second for 5 seconds.
@@ -203,6 +206,7 @@ fn a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay() {
     if !require_root("a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay") {
         return;
     }
+    let _serial = serial();
     let lab = GatewayLab::new(500, |_| String::new());
     let loader = lab.start_loader(&[]);
     assert_eq!(lab.in_rotation(), [0, 1, 2]);
@@ -230,6 +234,7 @@ fn a_recreated_tunnel_device_is_picked_up() {
     if !require_root("a_recreated_tunnel_device_is_picked_up") {
         return;
     }
+    let _serial = serial();
     let mut lab = GatewayLab::new(300, |_| String::new());
     let loader = lab.start_loader(&[]);
     // OpenVPN exiting without persist-tun: the device disappears.
@@ -300,6 +305,7 @@ fn openvpn_management_state_drives_health() {
     if !require_root("openvpn_management_state_drives_health") {
         return;
     }
+    let _serial = serial();
     let lab = GatewayLab::new(300, |k| {
         if k == 0 {
             "management = \"127.0.0.1:17505\"".into()
