@@ -117,7 +117,7 @@ impl Responder {
             let mut tun = Tun::open(&name);
             ready_tx.send(()).unwrap();
             while !flag.load(Ordering::Relaxed) {
-                let Some(packet) = tun.try_read(Duration::from_millis(20)) else {
+                let Some(packet) = tun.try_read(Duration::from_millis(5)) else {
                     continue;
                 };
                 if let Some(reply) = echo_reply(&packet, Ipv4Addr::new(100, 65, k, 7)) {
@@ -349,7 +349,16 @@ impl GatewayLab {
 
     /// Waits until `pred(in_rotation)` holds; returns how long that took.
     pub fn wait_rotation(&self, timeout: Duration, pred: impl Fn(&[usize]) -> bool) -> Duration {
-        let start = Instant::now();
+        self.wait_rotation_since(Instant::now(), timeout, pred)
+    }
+
+    /// As [`GatewayLab::wait_rotation`], timed from `start`.
+    pub fn wait_rotation_since(
+        &self,
+        start: Instant,
+        timeout: Duration,
+        pred: impl Fn(&[usize]) -> bool,
+    ) -> Duration {
         loop {
             let now = self.in_rotation();
             if pred(&now) {

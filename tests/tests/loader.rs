@@ -7,7 +7,7 @@ use std::{
     net::TcpListener,
     sync::mpsc,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -211,20 +211,24 @@ fn a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay() {
     let loader = lab.start_loader(&[]);
     assert_eq!(lab.in_rotation(), [0, 1, 2]);
 
+    // Timed from before `ip` starts: the whole path from the command to the
+    // schedule packets read.
+    let start = Instant::now();
     lab.gw.ip(&["link", "set", "ovt1", "down"]);
-    let left = lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
+    let left = lab.wait_rotation_since(start, Duration::from_secs(2), |r| r == [0, 2]);
     assert!(
         left < Duration::from_millis(100),
         "tunnel 1 left the rotation after {left:?}"
     );
 
+    let start = Instant::now();
     lab.gw.ip(&["link", "set", "ovt1", "up"]);
-    let back = lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let back = lab.wait_rotation_since(start, Duration::from_secs(3), |r| r == [0, 1, 2]);
     assert!(
         back >= Duration::from_millis(450) && back < Duration::from_secs(1),
         "tunnel 1 rejoined after {back:?}, want the 500 ms up-delay"
     );
-    eprintln!("down -> out of rotation: {left:?}; up -> back in: {back:?}");
+    eprintln!("link down -> out of rotation: {left:?}; link up -> back in: {back:?}");
     assert_eq!(loader.stop(SIGTERM), Some(0));
     assert!(lab.ovpn_lb(&["detach"]).status.success());
 }
@@ -238,9 +242,11 @@ fn a_recreated_tunnel_device_is_picked_up() {
     let mut lab = GatewayLab::new(300, |_| String::new());
     let loader = lab.start_loader(&[]);
     // OpenVPN exiting without persist-tun: the device disappears.
+    let start = Instant::now();
     lab.responders[1] = None;
-    let left = lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
+    let left = lab.wait_rotation_since(start, Duration::from_secs(2), |r| r == [0, 2]);
     assert!(left < Duration::from_millis(100), "{left:?}");
+    eprintln!("device removed -> out of rotation: {left:?}");
     // ...and its restart makes a new device with a new ifindex.
     lab.responders[1] = Some(Responder::start(&lab.gw, "ovt1", 1));
     lab.gw.ip(&["link", "set", "ovt1", "up"]);
@@ -318,9 +324,11 @@ fn openvpn_management_state_drives_health() {
     let loader = lab.start_loader(&[]);
     lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
 
+    let start = Instant::now();
     mgmt.send(Some("RECONNECTING")).unwrap();
-    let left = lab.wait_rotation(Duration::from_secs(2), |r| r == [1, 2]);
+    let left = lab.wait_rotation_since(start, Duration::from_secs(2), |r| r == [1, 2]);
     assert!(left < Duration::from_millis(100), "{left:?}");
+    eprintln!("RECONNECTING -> out of rotation: {left:?}");
 
     mgmt.send(Some("CONNECTED")).unwrap();
     let back = lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
