@@ -33,7 +33,6 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Holds the loader-test lock for the caller's scope.
-#[must_use]
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
