@@ -1,21 +1,16 @@
 //! LAN ingress pipeline: parse -> classify -> schedule -> MTU -> translate -> redirect.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    btf_maps::lpm_trie::Key,
-    programs::TcContext,
-};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use ovpn_lb_common::{
     Reason, SiteConfig, TunnelConfig,
     flow::FlowHasher,
     maps::{family, route},
-    reason::Outcome,
 };
 
 use crate::{
     maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS},
     packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Packet},
-    parse, redirect, schedule, stats, translate,
+    parse, redirect, schedule, stats, translate, verdict,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -23,18 +18,10 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let len = pkt.len();
     let (reason, action) = match try_spray(&pkt) {
         Ok(ifindex) => (Reason::Sprayed, redirect::into(ifindex)),
-        Err(reason) => (reason, verdict(reason)),
+        Err(reason) => (reason, verdict::of(reason)),
     };
     stats::reason(reason, len);
     action
-}
-
-#[inline(always)]
-fn verdict(reason: Reason) -> i32 {
-    match reason.outcome() {
-        Outcome::Dropped => TC_ACT_SHOT,
-        Outcome::Passed | Outcome::Forwarded => TC_ACT_OK,
-    }
 }
 
 /// Returns the ifindex to redirect to once the packet has been rewritten.

@@ -23,6 +23,7 @@ mod schedule;
 mod stats;
 mod translate;
 mod tunnel;
+mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 

@@ -1,17 +1,13 @@
 //! Tunnel ingress pipeline: parse -> restore the peer's sources and our own
 //! translated destinations -> hand to the kernel, which routes to the LAN.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    btf_maps::lpm_trie::Key,
-    programs::TcContext,
-};
-use ovpn_lb_common::{Reason, SiteConfig, TunnelConfig, maps::family, reason::Outcome};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
+use ovpn_lb_common::{Reason, SiteConfig, TunnelConfig, maps::family};
 
 use crate::{
     maps::{OUR_XLAT_V4, OUR_XLAT_V6, SITE, TUNNEL_BY_IF, TUNNELS},
     packet::{ETH_P_IP, ETH_P_IPV6, Packet},
-    parse, stats, translate,
+    parse, stats, translate, verdict,
 };
 
 /// `L3` is where the IP header starts: 0 on a tun device, which carries bare IP
@@ -24,10 +20,7 @@ pub fn handle<const L3: usize>(ctx: &TcContext) -> i32 {
         Err(reason) => reason,
     };
     stats::reason(reason, len);
-    match reason.outcome() {
-        Outcome::Dropped => TC_ACT_SHOT,
-        Outcome::Passed | Outcome::Forwarded => TC_ACT_OK,
-    }
+    verdict::of(reason)
 }
 
 #[inline(always)]

@@ -12,7 +12,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::{
+    SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+};
 use ovpn_lb_common::{
     maps::{Mode, programs},
     schedule,
@@ -34,9 +37,6 @@ use crate::{
     status::{State, TunnelState},
 };
 
-/// Program names as the kernel reports them (truncated to 15 bytes).
-const OUR_PROGRAMS: [&str; 3] = ["lan_ingress", "tunnel_ingress", "tunnel_ingress_"];
-
 pub struct Options {
     /// Detach everything on SIGINT/SIGTERM instead of leaving the datapath running.
     pub detach_on_exit: bool,
@@ -53,28 +53,54 @@ fn log(message: &str) {
     eprintln!("ovpn-lb: {message}");
 }
 
-/// Holds `run.lock` for the life of the process: one loader per layout.
+/// How long a new `run` waits for the one it takes over from to exit.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn try_lock(file: &File) -> bool {
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Holds `run.lock` for the life of the process: one loader per layout. If a
+/// `run` holds it, that one is asked to stop (SIGTERM, which leaves the
+/// datapath attached) and this one takes over once it has gone.
 fn lock(layout: &Layout) -> Result<File> {
     let path = layout.lock_file();
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let pid = State::read(layout).map_or_else(|_| "?".into(), |s| s.pid.to_string());
+    if try_lock(&file) {
+        return Ok(file);
+    }
+    let Ok(old) = State::read(layout).map(|s| s.pid) else {
         bail!(
-            "another `ovpn-lb run` (pid {pid}) holds {}: stop it first (SIGTERM keeps the datapath attached, so the new run takes over without a gap)",
+            "{} is held but no state names its owner; is another `ovpn-lb run` starting?",
             path.display()
         );
+    };
+    log(&format!("taking over from `ovpn-lb run` pid {old}"));
+    // SAFETY: sending a signal to the pid our own state file names.
+    unsafe { libc::kill(libc::pid_t::try_from(old)?, libc::SIGTERM) };
+    let deadline = Instant::now() + TAKEOVER_TIMEOUT;
+    while !try_lock(&file) {
+        if Instant::now() > deadline {
+            bail!("`ovpn-lb run` pid {old} did not exit within {TAKEOVER_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
     }
     Ok(file)
 }
 
-/// Lists tc (tcx) and XDP programs on `iface` that are not ovpn-lb's.
-fn foreign_programs(iface: &str, xdp_prog_id: u32) -> Vec<String> {
+/// Lists tc (tcx) and XDP programs on `iface` that are not ovpn-lb's: ours
+/// is the one behind our pinned link, if there is one yet.
+fn foreign_programs(iface: &str, pin: &Path, xdp_prog_id: u32) -> Vec<String> {
+    let ours = PinnedLink::from_pin(pin)
+        .ok()
+        .and_then(|l| FdLink::from(l).info().ok())
+        .map(|info| info.program_id());
     let mut found = Vec::new();
     if let Ok((_, progs)) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
         for p in progs {
             let name = p.name_as_str().unwrap_or("?").to_owned();
-            if !OUR_PROGRAMS.contains(&name.as_str()) {
+            if Some(p.id()) != ours {
                 found.push(format!("tcx ingress program {name} (id {})", p.id()));
             }
         }
@@ -305,7 +331,8 @@ fn attach_all(loader: &mut Loader, ifindexes: &[u32], xdp: &HashMap<String, u32>
         }
     }
     for (program, iface) in &attach_points {
-        for foreign in foreign_programs(iface, xdp.get(iface).copied().unwrap_or(0)) {
+        let pin = layout.link(iface);
+        for foreign in foreign_programs(iface, &pin, xdp.get(iface).copied().unwrap_or(0)) {
             log(&format!("{iface} also has {foreign}; left alone"));
         }
         let how = loader

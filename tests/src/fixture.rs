@@ -187,7 +187,7 @@ impl Lab {
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"));
         out.truncate(result.data_size_out as usize);
         Run {
-            verdict: i32::try_from(result.return_value).unwrap(),
+            verdict: result.return_value.cast_signed(),
             output: out,
         }
     }

@@ -91,7 +91,20 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let bpf = self.dir.join("bpf");
-        let _ = Command::new("umount").arg(&bpf).status();
+        // A loader that just exited may still be releasing the mount.
+        let unmounted = (0..20).any(|_| {
+            let ok = Command::new("umount")
+                .arg(&bpf)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                thread::sleep(Duration::from_millis(50));
+            }
+            ok
+        });
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&bpf).status();
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -177,6 +190,23 @@ impl LoaderProcess {
         let pid = i32::try_from(self.child.id()).unwrap();
         unsafe { libc::kill(pid, signal) };
         self.child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Waits for the process to exit by itself.
+    #[must_use]
+    pub fn wait(mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "loader did not exit:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[must_use]

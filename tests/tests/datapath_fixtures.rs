@@ -10,7 +10,8 @@ use ovpn_lb_tests::{
     require_root,
 };
 
-const TC_ACT_OK: i32 = 0;
+/// Handed on to the rest of the tc chain and the kernel.
+const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 
@@ -65,7 +66,7 @@ fn lan(name: &'static str, input: Vec<u8>) -> Row {
         weights: vec![1, 1, 1],
         input,
         gso_size: 0,
-        verdict: TC_ACT_OK,
+        verdict: TC_ACT_UNSPEC,
         output: Output::Unchanged,
         reason: Reason::NotIp,
         tx: None,
@@ -107,14 +108,14 @@ impl Row {
     }
 
     fn restored(mut self, output: Vec<u8>) -> Self {
-        self.verdict = TC_ACT_OK;
+        self.verdict = TC_ACT_UNSPEC;
         self.output = Output::Bytes(output);
         self.reason = Reason::Restored;
         self
     }
 
     fn passed(mut self, reason: Reason) -> Self {
-        self.verdict = TC_ACT_OK;
+        self.verdict = TC_ACT_UNSPEC;
         self.output = Output::Unchanged;
         self.reason = reason;
         self

@@ -11,8 +11,11 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use ovpn_lb::datapath::Datapath;
+use ovpn_lb_common::maps::programs;
 use ovpn_lb_tests::{
     gateway::{GatewayLab, Responder, TUNNEL_COUNT, ping_summary, serial},
+    netns::run,
     require_root,
 };
 
@@ -36,6 +39,34 @@ fn all_devices() -> Vec<&'static str> {
     vec!["lan0", "ovt0", "ovt1", "ovt2"]
 }
 
+/// (link id, program id) of every link the loader pinned, as bpftool reports them.
+fn pinned_links(lab: &GatewayLab) -> Vec<(u64, u64)> {
+    let dir = lab.scratch.pin_root().join("links");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let json = run(
+                "bpftool",
+                &["-j", "link", "show", "pinned", path.to_str().unwrap()],
+            );
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Ids bpftool lists for `bpftool -j <object> show`.
+fn bpftool_ids(object: &str) -> Vec<u64> {
+    let json = run("bpftool", &["-j", object, "show"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .collect()
+}
+
 fn assert_nothing_attached(lab: &GatewayLab) {
     for dev in all_devices() {
         assert!(
@@ -54,7 +85,7 @@ fn assert_nothing_attached(lab: &GatewayLab) {
         "files left in {}",
         lab.scratch.run_dir().display()
     );
-    let qdiscs = ovpn_lb_tests::netns::run("tc", &["-n", lab.gw.name(), "qdisc", "show"]);
+    let qdiscs = run("tc", &["-n", lab.gw.name(), "qdisc", "show"]);
     assert!(
         !qdiscs.contains("clsact"),
         "a clsact qdisc was left: {qdiscs}"
@@ -122,15 +153,46 @@ fn attach_then_detach_leaves_nothing() {
     }
     let _serial = serial();
     let lab = GatewayLab::new(200, |_| String::new());
+    // Someone else's tcx program on the LAN interface, there before us.
+    let (release, keep) = std::sync::mpsc::channel::<()>();
+    let (attached_tx, attached) = std::sync::mpsc::channel();
+    let foreign = lab.gw.spawn(move || {
+        let mut other = Datapath::load().unwrap();
+        other
+            .attach_ingress(programs::TUNNEL_INGRESS_ETH, "lan0")
+            .unwrap();
+        attached_tx.send(()).unwrap();
+        let _ = keep.recv();
+    });
+    attached.recv().unwrap();
+
     let loader = lab.start_loader(&[]);
-    assert_eq!(tcx_programs(&lab, "lan0"), ["lan_ingress"]);
+    assert_eq!(
+        tcx_programs(&lab, "lan0"),
+        ["tunnel_ingress_", "lan_ingress"]
+    );
+    assert!(
+        loader
+            .log_text()
+            .contains("lan0 also has tcx ingress program tunnel_ingress_"),
+        "{}",
+        loader.log_text()
+    );
     for dev in ["ovt0", "ovt1", "ovt2"] {
         assert_eq!(tcx_programs(&lab, dev), ["tunnel_ingress"]);
     }
     assert_eq!(lab.in_rotation(), [0, 1, 2]);
+    // The foreign program hands packets on, so ours still sprays them.
+    let out = lab.ping(9, "0.01").wait_with_output().unwrap();
+    assert_eq!(ping_summary(&String::from_utf8_lossy(&out.stdout)), (9, 9));
+    let ours = pinned_links(&lab);
+    assert_eq!(ours.len(), 4, "{ours:?}");
     // SIGTERM keeps the datapath (documented), and says so.
     assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert_eq!(tcx_programs(&lab, "lan0"), ["lan_ingress"]);
+    assert_eq!(
+        tcx_programs(&lab, "lan0"),
+        ["tunnel_ingress_", "lan_ingress"]
+    );
     let status = lab.ovpn_lb(&["status", "--json", "--interval", "0.1"]);
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(json["running"], false);
@@ -142,6 +204,16 @@ fn attach_then_detach_leaves_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Only the foreign program is left on the LAN interface, and bpftool no
+    // longer lists any of our links or programs.
+    assert_eq!(tcx_programs(&lab, "lan0"), ["tunnel_ingress_"]);
+    let (links, progs) = (bpftool_ids("link"), bpftool_ids("prog"));
+    for (link, prog) in &ours {
+        assert!(!links.contains(link), "bpftool still lists link {link}");
+        assert!(!progs.contains(prog), "bpftool still lists program {prog}");
+    }
+    release.send(()).unwrap();
+    foreign.join().unwrap();
     assert_nothing_attached(&lab);
 
     // --detach-on-exit tears down on the signal instead.
@@ -162,22 +234,19 @@ fn restarts_lose_no_pings() {
     // 100 pings per second for 5 seconds.
     let ping = lab.ping(500, "0.01");
     thread::sleep(Duration::from_millis(1200));
-    // A second run refuses while the first holds the lock.
-    let clash = lab.ovpn_lb(&["run", "--config", lab.config.to_str().unwrap()]);
-    assert!(!clash.status.success());
-    assert!(String::from_utf8_lossy(&clash.stderr).contains("another `ovpn-lb run`"));
-
-    assert_eq!(first.stop(SIGTERM), Some(0));
+    // A second run takes over: the first is told to stop, leaves the datapath
+    // attached, and the second replaces the programs in place.
     let second = lab.start_loader(&[]);
+    assert_eq!(first.wait(Duration::from_secs(5)), Some(0));
+    let log = second.log_text();
+    assert!(log.contains("taking over from `ovpn-lb run` pid"), "{log}");
     assert!(
-        second
-            .log_text()
-            .contains("lan_ingress on lan0: replaced in place"),
-        "{}",
-        second.log_text()
+        log.contains("lan_ingress on lan0: replaced in place"),
+        "{log}"
     );
     thread::sleep(Duration::from_millis(1200));
     assert_eq!(second.stop(SIGKILL), None, "killed by a signal");
+    // After kill -9 the links stay pinned, so the next run replaces in place too.
     let third = lab.start_loader(&[]);
     assert!(
         third
