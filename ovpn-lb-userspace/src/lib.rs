@@ -6,6 +6,7 @@ pub mod detach;
 pub mod health;
 pub mod interfaces;
 pub mod management;
+pub mod metrics;
 pub mod netlink;
 pub mod pins;
 pub mod run;

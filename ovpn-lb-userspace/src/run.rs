@@ -32,6 +32,7 @@ use crate::{
     health::{Health, Management},
     interfaces::{Interfaces, System},
     management,
+    metrics::{self, TunnelView, Tunnels},
     netlink::{LinkEvent, LinkMonitor},
     pins::Layout,
     status::{State, TunnelState},
@@ -118,6 +119,8 @@ struct Loader<'a> {
     datapath: Datapath,
     health: Health,
     published: Option<Vec<u32>>,
+    /// What the metrics endpoint shows besides counters.
+    metrics: Tunnels,
 }
 
 impl Loader<'_> {
@@ -141,6 +144,20 @@ impl Loader<'_> {
             .map(|(c, h)| format!("{}={}", c.device, h.state()))
             .collect();
         log(&format!("rotation: {}", states.join(" ")));
+        if let Ok(mut views) = self.metrics.lock() {
+            *views = self
+                .config
+                .tunnels
+                .iter()
+                .zip(&self.health.tunnels)
+                .zip(&weights)
+                .map(|((c, h), &weight)| TunnelView {
+                    device: c.device.clone(),
+                    up: h.in_rotation,
+                    weight,
+                })
+                .collect();
+        }
         self.published = Some(weights);
         self.write_state(true)
     }
@@ -221,6 +238,8 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
     }
     layout.prepare()?;
     let _lock = lock(layout)?;
+    let views = Tunnels::default();
+    metrics::serve(config.metrics_listen, layout.clone(), views.clone())?;
 
     let monitor = LinkMonitor::open().context("opening an rtnetlink socket")?;
     let mut datapath = Datapath::load_pinned(layout)?;
@@ -243,6 +262,7 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
         datapath,
         health: Health::new(&weights, config.up_delay, &has_mgmt),
         published: None,
+        metrics: views,
     };
 
     // Current link states, then admit what is healthy before attaching.
@@ -269,8 +289,9 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
 
     let rx = event_sources(monitor, &config)?;
     log(&format!(
-        "running with {} tunnels; SIGINT/SIGTERM to stop",
-        config.tunnels.len()
+        "running with {} tunnels; metrics on http://{}/metrics; SIGINT/SIGTERM to stop",
+        config.tunnels.len(),
+        config.metrics_listen
     ));
 
     let signal = loop {

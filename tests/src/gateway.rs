@@ -6,6 +6,7 @@
 use std::{
     fmt::Write as _,
     fs,
+    io::{Read as _, Write as _},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -424,6 +425,27 @@ impl GatewayLab {
             })
     }
 
+    /// `GET /metrics` from the loader's default endpoint inside the gateway.
+    #[must_use]
+    pub fn scrape(&self) -> String {
+        self.gw.enter(|| {
+            let mut conn =
+                std::net::TcpStream::connect("127.0.0.1:9477").expect("metrics endpoint");
+            conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            conn.read_to_string(&mut response).unwrap();
+            assert!(
+                response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+                "{response}"
+            );
+            response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+                .unwrap_or_default()
+        })
+    }
+
     /// Starts `ping` from the LAN host to the far host: `count` echoes at
     /// `interval`. Returns the process to wait for.
     #[must_use]
@@ -447,6 +469,18 @@ impl GatewayLab {
             .spawn()
             .unwrap()
     }
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed).
+#[must_use]
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// (transmitted, received) from ping's summary.

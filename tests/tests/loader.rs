@@ -14,7 +14,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::maps::programs;
 use ovpn_lb_tests::{
-    gateway::{GatewayLab, Responder, TUNNEL_COUNT, ping_summary, serial},
+    gateway::{GatewayLab, Responder, TUNNEL_COUNT, ping_summary, sample, serial},
     netns::run,
     require_root,
 };
@@ -259,12 +259,24 @@ fn restarts_lose_no_pings() {
     let out = ping.wait_with_output().unwrap();
     let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
     assert_eq!((sent, received), (500, 500), "pings lost across restarts");
+    // The exporter reads the same maps: with no traffic between, the values agree.
+    let metrics = lab.scrape();
     for k in 0..3 {
         let s = lab.tunnel_stats(k);
         assert!(
             s.tx_packets >= 150 && s.rx_packets >= 150,
             "tunnel {k}: {s:?}"
         );
+        let series = format!("ovpnlb_tunnel_tx_packets_total{{device=\"ovt{k}\",tunnel=\"{k}\"}}");
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let want = s.tx_packets as f64;
+        assert_eq!(
+            sample(&metrics, &series),
+            Some(want),
+            "{series} in\n{metrics}"
+        );
+        let up = format!("ovpnlb_tunnel_up{{device=\"ovt{k}\",tunnel=\"{k}\"}}");
+        assert_eq!(sample(&metrics, &up), Some(1.0));
     }
     assert_eq!(third.stop(SIGTERM), Some(0));
     assert!(lab.ovpn_lb(&["detach"]).status.success());
