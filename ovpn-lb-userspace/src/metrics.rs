@@ -143,15 +143,14 @@ fn outcome_label(r: Reason) -> &'static str {
     }
 }
 
-/// The metric families for the current values.
-fn families(layout: &Layout, tunnels: &Tunnels) -> Vec<MetricFamily> {
+/// The metric families for the given tunnels and counters (none: the maps
+/// could not be read, and only the build info is exposed).
+fn families(tunnels: &[TunnelView], counters: Option<&Counters>) -> Vec<MetricFamily> {
     let f = Families::new();
     f.build
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
-    let tunnels = tunnels.lock().map(|t| t.clone()).unwrap_or_default();
-    let n = u32::try_from(tunnels.len()).unwrap_or(0);
-    if let Ok(counters) = Counters::read(layout, n) {
+    if let Some(counters) = counters {
         for (k, (view, stats)) in tunnels.iter().zip(&counters.tunnels).enumerate() {
             let id = k.to_string();
             let labels = [id.as_str(), view.device.as_str()];
@@ -177,14 +176,20 @@ fn families(layout: &Layout, tunnels: &Tunnels) -> Vec<MetricFamily> {
     f.collectors().iter().flat_map(|c| c.collect()).collect()
 }
 
+fn encode(families: &[MetricFamily]) -> Result<String> {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(families, &mut out)?;
+    Ok(String::from_utf8(out)?)
+}
+
 /// Renders the exposition text for the current values.
 ///
 /// # Errors
 /// If encoding fails.
 pub fn render(layout: &Layout, tunnels: &Tunnels) -> Result<String> {
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&families(layout, tunnels), &mut out)?;
-    Ok(String::from_utf8(out)?)
+    let tunnels = tunnels.lock().map(|t| t.clone()).unwrap_or_default();
+    let counters = Counters::read(layout, u32::try_from(tunnels.len())?).ok();
+    encode(&families(&tunnels, counters.as_ref()))
 }
 
 /// Binds `listen` now (so a bad address fails before anything is attached) and
@@ -224,4 +229,84 @@ pub fn serve(listen: SocketAddr, layout: Layout, tunnels: Tunnels) -> Result<()>
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ovpn_lb_common::{ReasonStats, TunnelStats};
+
+    use super::*;
+
+    fn sample() -> String {
+        let tunnels = vec![
+            TunnelView {
+                device: "tun0".into(),
+                up: true,
+                weight: 2,
+            },
+            TunnelView {
+                device: "tun1".into(),
+                up: false,
+                weight: 0,
+            },
+        ];
+        let counters = Counters {
+            tunnels: vec![
+                TunnelStats {
+                    tx_packets: 10,
+                    tx_bytes: 1000,
+                    rx_packets: 7,
+                    rx_bytes: 700,
+                },
+                TunnelStats::default(),
+            ],
+            reasons: Reason::ALL
+                .iter()
+                .map(|&r| ReasonStats {
+                    packets: r as u64,
+                    bytes: 0,
+                })
+                .collect(),
+        };
+        encode(&families(&tunnels, Some(&counters))).unwrap()
+    }
+
+    #[test]
+    fn emits_exactly_the_documented_names_with_help_and_type() {
+        let text = sample();
+        let mut typed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        let helped = text.lines().filter(|l| l.starts_with("# HELP ")).count();
+        typed.sort_unstable();
+        let mut want = METRIC_NAMES.to_vec();
+        want.sort_unstable();
+        assert_eq!(typed, want);
+        assert_eq!(helped, METRIC_NAMES.len());
+    }
+
+    #[test]
+    fn values_and_labels() {
+        let text = sample();
+        for line in [
+            "ovpnlb_tunnel_tx_packets_total{device=\"tun0\",tunnel=\"0\"} 10",
+            "ovpnlb_tunnel_rx_bytes_total{device=\"tun0\",tunnel=\"0\"} 700",
+            "ovpnlb_tunnel_up{device=\"tun1\",tunnel=\"1\"} 0",
+            "ovpnlb_tunnel_weight{device=\"tun0\",tunnel=\"0\"} 2",
+            "ovpnlb_packets_total{outcome=\"dropped\",reason=\"no_tunnel\"} 9",
+            "# TYPE ovpnlb_tunnel_tx_packets_total counter",
+            "# TYPE ovpnlb_tunnel_up gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let version = format!(
+            "ovpnlb_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&version));
+    }
 }

@@ -471,6 +471,39 @@ impl GatewayLab {
     }
 }
 
+/// `GET path` over HTTP/1.0 from inside `ns`: (status, body).
+#[must_use]
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    ns.enter(|| {
+        let mut conn =
+            std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+}
+
+/// A child process killed (by its PID) and reaped on drop.
+pub struct Spawned(pub Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The value of the sample `series` (name and labels exactly as exposed).
 #[must_use]
 pub fn sample(exposition: &str, series: &str) -> Option<f64> {
