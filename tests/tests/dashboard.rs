@@ -21,7 +21,7 @@ fn expressions(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// Identifiers in a PromQL expression that name ovpn-lb metrics.
+/// Identifiers in a `PromQL` expression that name ovpn-lb metrics.
 fn metric_names(expr: &str) -> Vec<&str> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("ovpnlb_"))

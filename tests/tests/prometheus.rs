@@ -67,11 +67,13 @@ fn query(lab: &GatewayLab, promql: &str) -> Vec<Value> {
     v["data"]["result"].as_array().cloned().unwrap_or_default()
 }
 
+/// A sample's value; Prometheus sends it as a decimal string.
 fn value(sample: &Value) -> u64 {
-    sample["value"][1].as_str().unwrap().parse::<f64>().unwrap() as u64
+    let text = sample["value"][1].as_str().unwrap();
+    text.parse().unwrap_or_else(|_| panic!("not a whole number: {text}"))
 }
 
-/// tx_packets per tunnel id, summed over CPUs, from `bpftool map dump pinned`.
+/// `tx_packets` per tunnel id, summed over CPUs, from `bpftool map dump pinned`.
 fn bpftool_tx_packets(lab: &GatewayLab) -> Vec<(u64, u64)> {
     let path = lab.scratch.pin_root().join("maps/TUNNEL_STATS");
     let text = run(
