@@ -147,7 +147,8 @@ fn prometheus_scrapes_what_bpftool_shows() {
             from_bpftool,
             "tunnel {tunnel}: Prometheus vs bpftool"
         );
-        assert_eq!(value(s), 30);
+        // Per-CPU cursors: with two CPUs receiving, shares are near, not exactly, a third.
+        assert!((25..=35).contains(&value(s)), "tunnel {tunnel}: {}", value(s));
     }
     for s in query(&lab, "ovpnlb_tunnel_up") {
         assert_eq!(value(&s), 1, "{s}");
