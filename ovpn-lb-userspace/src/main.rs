@@ -13,7 +13,7 @@ use ovpn_lb::{
     status,
 };
 
-/// Spray one LAN's traffic over N `OpenVPN` tunnels, packet by packet, with
+/// Spray one LAN's traffic over N OpenVPN tunnels, packet by packet, with
 /// stateless per-tunnel source translation, in eBPF.
 ///
 /// `run` attaches the datapath and keeps tunnel health current until SIGINT or
@@ -41,6 +41,21 @@ struct Cli {
 enum Command {
     /// Validate the configuration, attach (or replace in place), follow tunnel
     /// health until SIGINT or SIGTERM.
+    ///
+    /// Nothing is touched unless the whole configuration is valid. Programs are
+    /// attached through tcx links pinned under --pin-root; if links are already
+    /// pinned there (a previous run, even one killed with -9), their programs
+    /// are replaced in place, atomically. If another `run` is going on the same
+    /// --run-dir, it is asked to stop and this one takes over.
+    ///
+    /// Tunnel health comes from rtnetlink link events (device present, up, with
+    /// carrier) and, where `management` is set, from OpenVPN's management
+    /// interface (CONNECTED or not). A failed tunnel leaves the rotation at once;
+    /// a recovered one rejoins after `up_delay_ms`.
+    ///
+    /// Metrics are served at http://<metrics.listen>/metrics. On SIGINT or
+    /// SIGTERM the loader exits and the datapath stays attached with its last
+    /// schedule, unless --detach-on-exit is given.
     Run {
         /// The TOML configuration (see ovpn-lb.example.toml).
         #[arg(long, short, value_name = "FILE")]
@@ -57,6 +72,9 @@ enum Command {
     },
     /// Per-tunnel state, weight, counters and rates, and counts per reason, read
     /// from the pinned maps while `run` is going.
+    ///
+    /// Rates come from two samples --interval apart. --json prints a stable
+    /// document (see the README), --watch redraws in place until interrupted.
     Status {
         /// The stable JSON document instead of a table.
         #[arg(long)]
