@@ -70,7 +70,8 @@ fn query(lab: &GatewayLab, promql: &str) -> Vec<Value> {
 /// A sample's value; Prometheus sends it as a decimal string.
 fn value(sample: &Value) -> u64 {
     let text = sample["value"][1].as_str().unwrap();
-    text.parse().unwrap_or_else(|_| panic!("not a whole number: {text}"))
+    text.parse()
+        .unwrap_or_else(|_| panic!("not a whole number: {text}"))
 }
 
 /// `tx_packets` per tunnel id, summed over CPUs, from `bpftool map dump pinned`.
@@ -148,7 +149,11 @@ fn prometheus_scrapes_what_bpftool_shows() {
             "tunnel {tunnel}: Prometheus vs bpftool"
         );
         // Per-CPU cursors: with two CPUs receiving, shares are near, not exactly, a third.
-        assert!((25..=35).contains(&value(s)), "tunnel {tunnel}: {}", value(s));
+        assert!(
+            (25..=35).contains(&value(s)),
+            "tunnel {tunnel}: {}",
+            value(s)
+        );
     }
     for s in query(&lab, "ovpnlb_tunnel_up") {
         assert_eq!(value(&s), 1, "{s}");
