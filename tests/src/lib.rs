@@ -8,8 +8,10 @@
 pub mod bpffs;
 pub mod fixture;
 pub mod gateway;
+pub mod lab;
 pub mod netns;
 pub mod packets;
+pub mod traffic;
 pub mod tun;
 
 /// True when the test may run. Without root it skips with a message, except

@@ -68,19 +68,27 @@ impl Netns {
     /// # Panics
     /// If the namespace cannot be entered, or `f` panics.
     pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let path = format!("/run/netns/{}", self.name);
-        thread::scope(|s| {
-            let handle = s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
-                f()
-            });
-            handle
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        enter_named(&self.name, f)
     }
+}
+
+/// Runs `f` on a thread that has joined the named namespace; panics propagate.
+///
+/// # Panics
+/// If the namespace cannot be entered, or `f` panics.
+pub fn enter_named<R: Send>(name: &str, f: impl FnOnce() -> R + Send) -> R {
+    let path = format!("/run/netns/{name}");
+    thread::scope(|s| {
+        let handle = s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            f()
+        });
+        handle
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 impl Netns {

@@ -1,0 +1,309 @@
+//! End to end through real OpenVPN: the built-in lab, with ovpn-lb on both
+//! gateways (or one gateway against plain routes), and traffic between the
+//! LAN hosts.
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::Duration,
+};
+
+use ovpn_lb_common::TunnelStats;
+use ovpn_lb_tests::{
+    gateway::{loader_bin, serial},
+    lab::{HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Peer, Side},
+    require_root,
+    traffic::{Capture, ping, ping_background, tcp_transfer, udp_exchange},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn lab(options: Options) -> Lab {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ovpnlb-e2e-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    Lab::up(
+        &dir,
+        &format!("oe{}{n}", std::process::id() % 10_000),
+        &loader_bin(),
+        options,
+    )
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// tx packets per tunnel grown between two readings.
+fn tx_delta(before: &[TunnelStats], after: &[TunnelStats]) -> Vec<u64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| a.tx_packets - b.tx_packets)
+        .collect()
+}
+
+/// Each tunnel's share of `counts` is within 5 % of its share of `weights`.
+fn assert_shares(counts: &[u64], weights: &[u32]) {
+    let total: u64 = counts.iter().sum();
+    let wsum: u32 = weights.iter().sum();
+    assert!(total > 0, "no packets counted");
+    for (k, (&c, &w)) in counts.iter().zip(weights).enumerate() {
+        #[expect(clippy::cast_precision_loss, reason = "shares")]
+        let (share, want) = (c as f64 / total as f64, f64::from(w) / f64::from(wsum));
+        assert!(
+            (share - want).abs() <= 0.05 * want,
+            "tunnel {k}: share {share:.4}, weight share {want:.4}; counts {counts:?}"
+        );
+    }
+}
+
+/// No packet on the WAN carries a LAN or translated address in its headers.
+const CLEAR_TEXT: &str = "net 192.168.0.0/16 or net 100.64.0.0/10 or ip6 net fd00::/8";
+
+#[test]
+fn connectivity_v4_v6_with_real_addresses_and_weighted_shares() {
+    if !require_root("connectivity_v4_v6_with_real_addresses_and_weighted_shares") {
+        return;
+    }
+    let _serial = serial();
+    let weights = vec![1, 1, 1, 2];
+    let lab = lab(Options {
+        weights: weights.clone(),
+        ..Options::default()
+    });
+    let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
+    let capture = Capture::start(&lab.gw(Side::A), "wan", &lab.dir.join("wan.pcap"));
+
+    assert_eq!(ping(&ha, HOST_B, 20, "0.01"), (20, 20));
+    assert_eq!(ping(&ha, HOST_B6, 20, "0.01"), (20, 20));
+
+    let before = lab.tunnel_stats(Side::A);
+    for (listen, from) in [(addr(HOST_B, 5001), HOST_A), (addr(HOST_B6, 5002), HOST_A6)] {
+        let t = tcp_transfer(&ha, &hb, listen, 4 << 20, || {});
+        assert_eq!(t.received_sha256, t.sent_sha256);
+        assert_eq!(
+            t.peer.ip().to_string(),
+            from,
+            "the destination must see the real source"
+        );
+    }
+    assert_shares(&tx_delta(&before, &lab.tunnel_stats(Side::A)), &weights);
+
+    for (server, from) in [(addr(HOST_B, 5353), HOST_A), (addr(HOST_B6, 5354), HOST_A6)] {
+        let (echoed, peer) = udp_exchange(&ha, &hb, server, 200);
+        assert_eq!(echoed, 200);
+        assert_eq!(peer.ip().to_string(), from);
+    }
+    // Gateway B sprays the replies: its tunnels carry the same weighted shares.
+    let b = lab.tunnel_stats(Side::B);
+    assert_shares(
+        &b.iter().map(|s| s.tx_packets).collect::<Vec<_>>(),
+        &weights,
+    );
+
+    let capture = capture.stop();
+    let clear = capture.read(CLEAR_TEXT);
+    assert!(
+        clear.is_empty(),
+        "LAN addresses in the clear on the WAN: {:?}",
+        &clear[..clear.len().min(5)]
+    );
+    assert!(
+        capture.read("udp").len() > 1000,
+        "the capture saw too little OpenVPN traffic"
+    );
+}
+
+#[test]
+fn fifty_megabytes_arrive_intact_over_every_tunnel() {
+    if !require_root("fifty_megabytes_arrive_intact_over_every_tunnel") {
+        return;
+    }
+    let _serial = serial();
+    let lab = lab(Options::default());
+    let before = lab.tunnel_stats(Side::A);
+    let t = tcp_transfer(
+        &lab.host(Side::A),
+        &lab.host(Side::B),
+        addr(HOST_B, 5001),
+        50 << 20,
+        || {},
+    );
+    assert_eq!(t.received_bytes, 50 << 20);
+    assert_eq!(t.received_sha256, t.sent_sha256, "SHA-256 differs");
+    let carried = tx_delta(&before, &lab.tunnel_stats(Side::A));
+    assert!(
+        carried.iter().all(|&c| c > 1000),
+        "every tunnel carries part of the one connection: {carried:?}"
+    );
+}
+
+#[test]
+fn transfers_survive_tunnel_and_loader_faults() {
+    if !require_root("transfers_survive_tunnel_and_loader_faults") {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = lab(Options {
+        up_delay_ms: 500,
+        ..Options::default()
+    });
+    let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
+
+    // 1. Kill one OpenVPN process mid-transfer.
+    let lab_ref = &lab;
+    let t = tcp_transfer(&ha, &hb, addr(HOST_B, 5001), 30 << 20, || {
+        thread::sleep(Duration::from_millis(300));
+        lab_ref.kill_openvpn(Side::A, 2);
+    });
+    assert_eq!(t.received_sha256, t.sent_sha256, "after killing OpenVPN A2");
+    let frozen = lab.tunnel_stats(Side::A)[2].tx_packets;
+    let t = tcp_transfer(&ha, &hb, addr(HOST_B, 5002), 5 << 20, || {});
+    assert_eq!(t.received_sha256, t.sent_sha256);
+    assert_eq!(
+        lab.tunnel_stats(Side::A)[2].tx_packets,
+        frozen,
+        "a dead tunnel's counters must stop"
+    );
+    lab.start_openvpn(Side::A, 2);
+    lab.wait_connected(Side::A, 2, Duration::from_secs(20));
+    thread::sleep(Duration::from_millis(1500));
+    let t = tcp_transfer(&ha, &hb, addr(HOST_B, 5003), 5 << 20, || {});
+    assert_eq!(t.received_sha256, t.sent_sha256);
+    assert!(
+        lab.tunnel_stats(Side::A)[2].tx_packets > frozen,
+        "the restarted tunnel must carry traffic again"
+    );
+
+    // 2. `ip link set tunX down`, then up, mid-transfer.
+    let lab_ref = &lab;
+    let t = tcp_transfer(&ha, &hb, addr(HOST_B, 5004), 30 << 20, || {
+        thread::sleep(Duration::from_millis(200));
+        lab_ref.ip(&lab_ref.gw(Side::A), &["link", "set", "tun1", "down"]);
+        thread::sleep(Duration::from_millis(300));
+        lab_ref.ip(&lab_ref.gw(Side::A), &["link", "set", "tun1", "up"]);
+    });
+    assert_eq!(t.received_sha256, t.sent_sha256, "across tun1 down/up");
+
+    // 3. kill -9 of gateway A's loader and a new run, mid-transfer, with 100
+    //    pings a second that must all come back.
+    let pings = ping_background(&ha, HOST_B, 300, "0.01");
+    let t = tcp_transfer(&ha, &hb, addr(HOST_B, 5005), 30 << 20, || {
+        thread::sleep(Duration::from_millis(300));
+        lab.kill_loader(Side::A);
+        lab.start_loader(Side::A);
+    });
+    assert_eq!(
+        t.received_sha256, t.sent_sha256,
+        "across kill -9 and restart of the loader"
+    );
+    let out = pings.wait_with_output().unwrap();
+    let (sent, received) =
+        ovpn_lb_tests::gateway::ping_summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        (sent, received),
+        (300, 300),
+        "pings lost across the loader restart"
+    );
+
+    // 4. All tunnels down: packets are dropped and counted, nothing leaks.
+    let capture = Capture::start(&lab.gw(Side::A), "wan", &lab.dir.join("down.pcap"));
+    for k in 0..4 {
+        lab.ip(
+            &lab.gw(Side::A),
+            &["link", "set", &format!("tun{k}"), "down"],
+        );
+    }
+    thread::sleep(Duration::from_millis(100));
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.gw(Side::A)])
+        .arg(loader_bin())
+        .arg("--pin-root")
+        .arg(lab.layout(Side::A).pin_root)
+        .arg("--run-dir")
+        .arg(lab.layout(Side::A).run_dir)
+        .args(["status", "--json", "--interval", "0.1"])
+        .output()
+        .unwrap();
+    let before: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let dropped_before = before["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "no_tunnel")
+        .unwrap()["packets"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(ping(&ha, HOST_B, 10, "0.01"), (10, 0));
+    let clear = capture.stop().read(CLEAR_TEXT);
+    assert!(
+        clear.is_empty(),
+        "leaked in the clear with all tunnels down: {clear:?}"
+    );
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.gw(Side::A)])
+        .arg(loader_bin())
+        .arg("--pin-root")
+        .arg(lab.layout(Side::A).pin_root)
+        .arg("--run-dir")
+        .arg(lab.layout(Side::A).run_dir)
+        .args(["status", "--json", "--interval", "0.1"])
+        .output()
+        .unwrap();
+    let after: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let dropped_after = after["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "no_tunnel")
+        .unwrap()["packets"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        dropped_after - dropped_before,
+        10,
+        "every ping dropped as no_tunnel"
+    );
+}
+
+#[test]
+fn one_sided_flow_mode_against_plain_openvpn_routes() {
+    if !require_root("one_sided_flow_mode_against_plain_openvpn_routes") {
+        return;
+    }
+    let _serial = serial();
+    let lab = lab(Options {
+        peer: Peer::PlainRoutes,
+        ..Options::default()
+    });
+    let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
+    assert_eq!(ping(&ha, HOST_B, 20, "0.01"), (20, 20));
+    assert_eq!(ping(&ha, HOST_B6, 20, "0.01"), (20, 20));
+    let before = lab.tunnel_stats(Side::A);
+    let t = tcp_transfer(&ha, &hb, addr(HOST_B, 5001), 8 << 20, || {});
+    assert_eq!(t.received_sha256, t.sent_sha256);
+    // The plain far end sees our per-tunnel translated address...
+    let seen = t.peer.ip().to_string();
+    assert!(
+        seen.starts_with("100.64.") && seen.ends_with(".5"),
+        "far host saw {seen}"
+    );
+    // ...and in flow mode the connection stays on one tunnel, whose replies
+    // came back through it and were restored (the transfer completed).
+    let after = lab.tunnel_stats(Side::A);
+    let busy: Vec<usize> = (0..4)
+        .filter(|&k| after[k].tx_packets - before[k].tx_packets > 100)
+        .collect();
+    assert_eq!(
+        busy.len(),
+        1,
+        "flow mode spread one connection: {:?}",
+        tx_delta(&before, &after)
+    );
+    assert!(after[busy[0]].rx_packets - before[busy[0]].rx_packets > 100);
+    let (echoed, peer) = udp_exchange(&ha, &hb, addr(HOST_B, 5353), 50);
+    assert_eq!(echoed, 50);
+    assert!(peer.ip().to_string().starts_with("100.64."));
+}
