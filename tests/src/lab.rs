@@ -197,7 +197,70 @@ impl Lab {
         for ns in [&ha, &ga, &gb, &hb] {
             self.add_ns(ns);
         }
-        // LANs.
+        self.lans();
+        self.wan();
+        let key = self.dir.join("static.key");
+        run("openvpn", &["--genkey", "secret", key.to_str().unwrap()]);
+        for k in 0..self.options.tunnels {
+            for side in [Side::A, Side::B] {
+                self.start_openvpn(side, k);
+            }
+        }
+        self.wait_tunnels_connected();
+        self.routes();
+        if self.options.loaders {
+            let bpf = self.dir.join("bpf");
+            fs::create_dir_all(&bpf).unwrap();
+            self.record.mounts.push(bpf.clone());
+            self.save();
+            run("mount", &["-t", "bpf", "bpf", bpf.to_str().unwrap()]);
+            self.start_loader(Side::A);
+            if self.options.peer == Peer::OvpnLb {
+                self.start_loader(Side::B);
+            }
+        }
+        self.wait_reachable();
+    }
+
+    /// The lab is up once host B answers host A over both address families
+    /// (neighbour discovery and OpenVPN's first exchanges take a moment).
+    fn wait_reachable(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for target in [HOST_B, HOST_B6] {
+            loop {
+                let ok = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &self.host(Side::A),
+                        "ping",
+                        "-n",
+                        "-q",
+                        "-c",
+                        "1",
+                        "-W",
+                        "1",
+                        target,
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "host B ({target}) never answered host A:\n{}",
+                    self.diagnose()
+                );
+            }
+        }
+    }
+
+    /// Each host on its LAN veth behind its gateway; forwarding on.
+    fn lans(&self) {
+        let (ha, ga, gb, hb) = (self.ns("ha"), self.ns("ga"), self.ns("gb"), self.ns("hb"));
         for (host, gw, net4, net6) in [
             (&ha, &ga, "192.168.10", "fd00:a"),
             (&hb, &gb, "192.168.20", "fd00:b"),
@@ -265,6 +328,11 @@ impl Lab {
                 ],
             );
         }
+    }
+
+    /// The veth between the gateways that OpenVPN runs over.
+    fn wan(&self) {
+        let (ga, gb) = (self.ns("ga"), self.ns("gb"));
         // WAN: jumbo MTU so OpenVPN's encapsulated packets are never fragmented.
         self.ip(
             &ga,
@@ -276,26 +344,6 @@ impl Lab {
         self.ip(&gb, &["addr", "add", "172.30.0.2/30", "dev", "wan"]);
         for gw in [&ga, &gb] {
             self.ip(gw, &["link", "set", "wan", "mtu", "9000", "up"]);
-        }
-        let key = self.dir.join("static.key");
-        run("openvpn", &["--genkey", "secret", key.to_str().unwrap()]);
-        for k in 0..self.options.tunnels {
-            for side in [Side::A, Side::B] {
-                self.start_openvpn(side, k);
-            }
-        }
-        self.wait_tunnels_connected();
-        self.routes();
-        if self.options.loaders {
-            let bpf = self.dir.join("bpf");
-            fs::create_dir_all(&bpf).unwrap();
-            self.record.mounts.push(bpf.clone());
-            self.save();
-            run("mount", &["-t", "bpf", "bpf", bpf.to_str().unwrap()]);
-            self.start_loader(Side::A);
-            if self.options.peer == Peer::OvpnLb {
-                self.start_loader(Side::B);
-            }
         }
     }
 
@@ -459,33 +507,25 @@ impl Lab {
         }
     }
 
-    /// Waits until OpenVPN `side`/`k` says CONNECTED.
+    /// Waits until OpenVPN `side`/`k` has completed its initialisation
+    /// (its log, rewritten at each start, says so). The management interface
+    /// takes one client at a time and the loader holds it, so the log it is.
     ///
     /// # Panics
     /// If it does not within `timeout`.
     pub fn wait_connected(&self, side: Side, k: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let addr = format!("127.0.0.1:{}", 7500 + k);
-        let ns = self.gw(side);
+        let log = self.dir.join(format!("openvpn-{}{k}.log", side.letter()));
         loop {
-            let state = crate::netns::enter_named(&ns, || {
-                use std::io::{BufRead as _, BufReader, Write as _};
-                let mut conn = std::net::TcpStream::connect(&addr).ok()?;
-                conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-                conn.write_all(b"state\n").ok()?;
-                BufReader::new(conn)
-                    .lines()
-                    .map_while(Result::ok)
-                    .find_map(|l| ovpn_lb::management::parse_state(&l))
-            });
-            if state.as_deref() == Some("CONNECTED") {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Initialization Sequence Completed") {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "OpenVPN {side:?}{k} is {state:?}, not CONNECTED"
+                "OpenVPN {side:?}{k} did not connect:\n{text}"
             );
-            thread::sleep(Duration::from_millis(200));
+            thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -635,6 +675,42 @@ impl Lab {
             .tunnels
     }
 
+    /// What to print when a check fails: loader logs, counters, routes.
+    #[must_use]
+    pub fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for side in [Side::A, Side::B] {
+            let gw = self.gw(side);
+            let log = fs::read_to_string(self.dir.join(format!("ovpn-lb-{}.log", side.letter())))
+                .unwrap_or_default();
+            let _ = writeln!(out, "--- gateway {side:?} loader log:\n{log}");
+            if let Ok(c) = Counters::read(
+                &self.layout(side),
+                u32::try_from(self.options.tunnels).unwrap_or(0),
+            ) {
+                let _ = writeln!(out, "tunnels: {:?}", c.tunnels);
+                let reasons: Vec<String> = ovpn_lb_common::Reason::ALL
+                    .iter()
+                    .zip(&c.reasons)
+                    .filter(|(_, s)| s.packets > 0)
+                    .map(|(r, s)| format!("{}={}", r.name(), s.packets))
+                    .collect();
+                let _ = writeln!(out, "reasons: {}", reasons.join(" "));
+            }
+            for args in [&["route"][..], &["neigh"], &["-br", "link"]] {
+                let mut full = vec!["-n", gw.as_str()];
+                full.extend_from_slice(args);
+                let o = Command::new("ip")
+                    .args(&full)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let _ = writeln!(out, "ip {args:?}:\n{o}");
+            }
+        }
+        out
+    }
+
     /// Hands the lab to the caller's caller: nothing is torn down on drop.
     pub fn persist(mut self) {
         self.owned = false;
@@ -647,7 +723,7 @@ impl Lab {
         };
         let record: Record = serde_json::from_str(&text).unwrap_or_default();
         teardown(&record);
-        let _ = fs::remove_file(dir.join("lab.json"));
+        let _ = fs::remove_dir_all(dir);
     }
 
     #[must_use]
@@ -691,7 +767,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if self.owned {
             teardown(&self.record);
-            let _ = fs::remove_file(self.dir.join("lab.json"));
+            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }

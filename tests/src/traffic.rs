@@ -130,6 +130,7 @@ pub fn tcp_transfer(
 ///
 /// # Panics
 /// If sockets cannot be made.
+#[must_use]
 pub fn udp_exchange(from: &str, to: &str, server: SocketAddr, count: usize) -> (usize, SocketAddr) {
     let (ready_tx, ready_rx) = mpsc::channel();
     let to = to.to_owned();

@@ -83,7 +83,13 @@ pub fn lint() -> Result<()> {
 }
 
 pub fn userspace() -> Result<()> {
-    exec(cmd("cargo").args(["build", "--workspace", "--release", "--bins"]))
+    exec(cmd("cargo").args([
+        "build",
+        "--package",
+        "ovpn-lb-userspace",
+        "--release",
+        "--bins",
+    ]))
 }
 
 pub fn all() -> Result<()> {

@@ -2,6 +2,7 @@
 
 mod build;
 mod inspect;
+mod lab;
 mod setup;
 mod test;
 
@@ -33,11 +34,31 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, build, then run the `ovpn-lb` loader with ARGS.
+    /// With no ARGS: bring up the built-in lab (N real OpenVPN tunnels in
+    /// network namespaces, ovpn-lb on both gateways), run a traffic demo and
+    /// show live counters until Ctrl-C, which tears it all down. With ARGS:
+    /// build and run the `ovpn-lb` loader with them.
     Run {
+        #[command(flatten)]
+        lab: lab::LabArgs,
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The built-in lab, for manual work.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Bring the lab up and leave it running.
+    Up(lab::LabArgs),
+    /// Tear down everything the lab made.
+    Down,
+    /// What is up, and each gateway's `ovpn-lb status`.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -48,7 +69,17 @@ fn main() -> ExitCode {
         Command::Inspect => setup::run().and_then(|()| inspect::run()),
         Command::Lint => setup::run().and_then(|()| build::lint()),
         Command::Test { args } => test::run(&args),
-        Command::Run { args } => build::run_loader(&args),
+        Command::Run { args, lab } if args.is_empty() => lab::demo(&lab),
+        Command::Run { args, .. } => build::run_loader(&args),
+        Command::Lab {
+            action: LabAction::Up(args),
+        } => lab::up(&args),
+        Command::Lab {
+            action: LabAction::Down,
+        } => lab::down(),
+        Command::Lab {
+            action: LabAction::Status,
+        } => lab::status(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,15 @@ use anyhow::{Context as _, Result, bail};
 use crate::build::{cmd, exec};
 
 /// Debian packages the tests use.
-pub const DEBIAN_PACKAGES: &[&str] = &["bpftool", "iproute2", "iputils-ping", "prometheus"];
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "bpftool",
+    "iproute2",
+    "iputils-ping",
+    "prometheus",
+    "openvpn",
+    "tcpdump",
+    "iperf3",
+];
 
 /// The nightly toolchain that builds the BPF crate.
 pub const NIGHTLY: &str = "nightly";
