@@ -309,7 +309,12 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
             }
             Ok(Event::Management(k, state)) => {
                 let m = state.map_or(Management::Lost, Management::State);
+                let changed = loader.health.tunnels[k].management != m;
                 loader.health.set_management(k, m, Instant::now());
+                if changed {
+                    // `status` shows OpenVPN's state even when the rotation stays.
+                    loader.write_state(true)?;
+                }
             }
             Ok(Event::LinkMonitorFailed(e)) => bail!("link monitor failed: {e}"),
             Ok(Event::Signal(sig)) => break sig,

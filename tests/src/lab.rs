@@ -71,6 +71,8 @@ pub struct Options {
     pub up_delay_ms: u64,
     /// Run the loaders (false: tunnels only, for baselines).
     pub loaders: bool,
+    /// Flow mode on both gateways even when both run ovpn-lb.
+    pub flow_mode: bool,
 }
 
 impl Default for Options {
@@ -82,6 +84,7 @@ impl Default for Options {
             cpu_quota_percent: None,
             up_delay_ms: 1000,
             loaders: true,
+            flow_mode: false,
         }
     }
 }
@@ -550,7 +553,7 @@ impl Lab {
                 "64",
             ),
         };
-        let mode = if self.options.peer == Peer::PlainRoutes {
+        let mode = if self.options.peer == Peer::PlainRoutes || self.options.flow_mode {
             "flow"
         } else {
             "packet"

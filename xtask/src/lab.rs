@@ -40,6 +40,9 @@ pub struct LabArgs {
     /// Gateway B as a plain OpenVPN router and gateway A in flow mode.
     #[arg(long)]
     pub one_sided: bool,
+    /// Flow mode on both gateways (one flow stays on one tunnel).
+    #[arg(long)]
+    pub flow: bool,
     /// Hold each OpenVPN process to this percentage of a CPU.
     #[arg(long, value_name = "PERCENT")]
     pub cpu_quota: Option<u32>,
@@ -55,6 +58,7 @@ impl LabArgs {
                 Peer::OvpnLb
             },
             cpu_quota_percent: self.cpu_quota,
+            flow_mode: self.flow,
             ..Options::default()
         }
     }

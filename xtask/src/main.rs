@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything the project needs, from a fresh machine on.
 
+mod bench;
 mod build;
 mod inspect;
 mod lab;
@@ -44,6 +45,8 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (root): ratios against a baseline in the same run.
+    Bench(bench::BenchArgs),
     /// The built-in lab, for manual work.
     Lab {
         #[command(subcommand)]
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Test { args } => test::run(&args),
         Command::Run { args, lab } if args.is_empty() => lab::demo(&lab),
         Command::Run { args, .. } => build::run_loader(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Lab {
             action: LabAction::Up(args),
         } => lab::up(&args),

@@ -1,0 +1,311 @@
+//! `cargo xtask bench`: figures as ratios against a baseline measured in the
+//! same run, interleaved over rounds, median and spread.
+//!
+//! End to end: the goodput of one TCP flow (iperf3, the kernel's default
+//! congestion control) through OpenVPN processes each held to the same CPU
+//! quota: one tunnel (plain routing), N tunnels sprayed by ovpn-lb, N tunnels
+//! in flow mode. Efficiency = N-tunnel goodput / (N x one-tunnel goodput).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ovpn_lb_tests::lab::{HOST_B, Lab, Options, Side};
+
+use crate::{
+    build::{self, workspace_root},
+    setup,
+};
+
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    /// Tunnels in the N-tunnel variants.
+    #[arg(long, default_value_t = 4)]
+    pub tunnels: usize,
+    /// CPU share of each OpenVPN process, percent.
+    #[arg(long, default_value_t = 15)]
+    pub cpu_quota: u32,
+    /// Rounds; every round runs every variant once, in turn.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u32,
+}
+
+/// One iperf3 run's outcome.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    mbit_per_s: f64,
+    retransmits: u64,
+    /// Sender-side reordering events (nstat TcpExt*Reorder).
+    reorder: u64,
+    /// Segments the receiver queued out of order (nstat TcpExtTCPOFOQueue).
+    ofo: u64,
+}
+
+const REORDER_COUNTERS: &[&str] = &[
+    "TcpExtTCPSACKReorder",
+    "TcpExtTCPTSReorder",
+    "TcpExtTCPRenoReorder",
+    "TcpExtTCPReorder",
+];
+
+fn nstat(ns: &str) -> BTreeMap<String, u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nstat", "-asz", "-j"])
+        .output();
+    let Ok(out) = out else { return BTreeMap::new() };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["kernel"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, names: &[&str]) -> u64 {
+    names
+        .iter()
+        .map(|n| {
+            after
+                .get(*n)
+                .unwrap_or(&0)
+                .saturating_sub(*before.get(*n).unwrap_or(&0))
+        })
+        .sum()
+}
+
+fn iperf(lab: &Lab, seconds: u32) -> Result<Run> {
+    let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &hb, "iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    thread::sleep(Duration::from_millis(300));
+    let (sa, sb) = (nstat(&ha), nstat(&hb));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ha,
+            "iperf3",
+            "-J",
+            "-c",
+            HOST_B,
+            "-t",
+            &seconds.to_string(),
+        ])
+        .output()
+        .context("running iperf3")?;
+    let (ea, eb) = (nstat(&ha), nstat(&hb));
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    Ok(Run {
+        mbit_per_s: v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e6,
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        reorder: delta(&ea, &sa, REORDER_COUNTERS),
+        ofo: delta(&eb, &sb, &["TcpExtTCPOFOQueue"]),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
+fn machine() -> String {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let cores = thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let openvpn = Command::new("openvpn")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let openvpn: String = openvpn
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!("{cores} cores ({cpu}), Linux {}, {openvpn}", kernel.trim())
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if !setup::is_root() {
+        bail!("the benchmark builds network namespaces: run as root");
+    }
+    setup::run()?;
+    build::all()?;
+    let started = Instant::now();
+    let bin = workspace_root().join("target/release/ovpn-lb");
+    let base = workspace_root().join("target/bench");
+    let _ = fs::remove_dir_all(&base);
+    let n = args.tunnels;
+    let quota = Some(args.cpu_quota);
+    println!(
+        "bench: building three labs (OpenVPN held to {}% of a CPU each)",
+        args.cpu_quota
+    );
+    let variants: Vec<(&str, Lab)> = vec![
+        (
+            "1 tunnel, plain routing",
+            Lab::up(
+                &base.join("one"),
+                "obone",
+                &bin,
+                Options {
+                    tunnels: 1,
+                    loaders: false,
+                    cpu_quota_percent: quota,
+                    ..Options::default()
+                },
+            ),
+        ),
+        (
+            "N tunnels, ovpn-lb packet spray",
+            Lab::up(
+                &base.join("spray"),
+                "obspr",
+                &bin,
+                Options {
+                    tunnels: n,
+                    cpu_quota_percent: quota,
+                    ..Options::default()
+                },
+            ),
+        ),
+        (
+            "N tunnels, ovpn-lb flow mode",
+            Lab::up(
+                &base.join("flow"),
+                "obflw",
+                &bin,
+                Options {
+                    tunnels: n,
+                    cpu_quota_percent: quota,
+                    flow_mode: true,
+                    ..Options::default()
+                },
+            ),
+        ),
+    ];
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
+    for round in 0..args.rounds {
+        for (i, (name, lab)) in variants.iter().enumerate() {
+            let r = iperf(lab, args.seconds)?;
+            println!(
+                "bench: round {}/{} {name}: {:.1} Mbit/s, {} retransmits, {} reorder events, {} out-of-order segments",
+                round + 1,
+                args.rounds,
+                r.mbit_per_s,
+                r.retransmits,
+                r.reorder,
+                r.ofo
+            );
+            results[i].push(r);
+        }
+    }
+    drop(variants);
+    let single: Vec<f64> = results[0].iter().map(|r| r.mbit_per_s).collect();
+    let base_mbit = median(single.clone());
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "Machine: {}. One iperf3 TCP flow, default congestion control, {} s per run, {} rounds interleaved, median (min-max). Each OpenVPN process held to {}% of a CPU (cgroup cpu quota, 10 ms period). N = {n}.\n",
+        machine(),
+        args.seconds,
+        args.rounds,
+        args.cpu_quota
+    );
+    let _ = writeln!(
+        table,
+        "| setup | goodput Mbit/s | efficiency vs N x 1 tunnel | retransmits | sender reorder events | receiver out-of-order segments |"
+    );
+    let _ = writeln!(table, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let names = [
+        "1 tunnel, plain routing",
+        &format!("{n} tunnels, ovpn-lb packet spray"),
+        &format!("{n} tunnels, ovpn-lb flow mode"),
+    ];
+    for (i, runs) in results.iter().enumerate() {
+        let mbit: Vec<f64> = runs.iter().map(|r| r.mbit_per_s).collect();
+        let (lo, hi) = spread(&mbit);
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let eff: Vec<f64> = mbit
+            .iter()
+            .map(|m| m / (if i == 0 { 1.0 } else { n as f64 } * base_mbit))
+            .collect();
+        let (elo, ehi) = spread(&eff);
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let med = |f: fn(&Run) -> u64| median(runs.iter().map(|r| f(r) as f64).collect());
+        let _ = writeln!(
+            table,
+            "| {} | {:.1} ({lo:.1}-{hi:.1}) | {} | {:.0} | {:.0} | {:.0} |",
+            names[i],
+            median(mbit.clone()),
+            if i == 0 {
+                "1 (baseline)".to_owned()
+            } else {
+                format!("{:.2} ({elo:.2}-{ehi:.2})", median(eff.clone()))
+            },
+            med(|r| r.retransmits),
+            med(|r| r.reorder),
+            med(|r| r.ofo),
+        );
+    }
+    let _ = writeln!(
+        table,
+        "\nTotal benchmark time: {:.0} s (`cargo xtask bench`).",
+        started.elapsed().as_secs_f64()
+    );
+    let results_dir = workspace_root().join("results");
+    fs::create_dir_all(&results_dir)?;
+    let file = results_dir.join("end-to-end.md");
+    fs::write(&file, &table)?;
+    println!("\n{table}\nwritten to {}", file.display());
+    Ok(())
+}
