@@ -195,6 +195,17 @@ impl Loader<'_> {
         .write(self.layout)
     }
 
+    fn on_management(&mut self, k: usize, state: Option<String>) -> Result<()> {
+        let m = state.map_or(Management::Lost, Management::State);
+        let changed = self.health.tunnels[k].management != m;
+        self.health.set_management(k, m, Instant::now());
+        if changed {
+            // `status` shows OpenVPN's state even when the rotation stays.
+            self.write_state(true)?;
+        }
+        Ok(())
+    }
+
     fn on_link(&mut self, e: &LinkEvent, now: Instant) -> Result<()> {
         let Some(k) = self.tunnel_by_device(&e.name) else {
             return Ok(());
@@ -294,36 +305,7 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
         config.metrics_listen
     ));
 
-    let signal = loop {
-        let now = Instant::now();
-        let wait = loader
-            .health
-            .next_deadline()
-            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
-            .min(Duration::from_secs(1));
-        match rx.recv_timeout(wait) {
-            Ok(Event::Links(events)) => {
-                for e in &events {
-                    loader.on_link(e, Instant::now())?;
-                }
-            }
-            Ok(Event::Management(k, state)) => {
-                let m = state.map_or(Management::Lost, Management::State);
-                let changed = loader.health.tunnels[k].management != m;
-                loader.health.set_management(k, m, Instant::now());
-                if changed {
-                    // `status` shows OpenVPN's state even when the rotation stays.
-                    loader.write_state(true)?;
-                }
-            }
-            Ok(Event::LinkMonitorFailed(e)) => bail!("link monitor failed: {e}"),
-            Ok(Event::Signal(sig)) => break sig,
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => bail!("every event source stopped"),
-        }
-        loader.health.advance(Instant::now());
-        loader.publish()?;
-    };
+    let signal = serve(&mut loader, &rx)?;
 
     let name = if signal == SIGINT {
         "SIGINT"
@@ -343,6 +325,32 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
         ));
     }
     Ok(())
+}
+
+/// Follows events until a signal; returns it.
+fn serve(loader: &mut Loader, rx: &Receiver<Event>) -> Result<i32> {
+    loop {
+        let now = Instant::now();
+        let wait = loader
+            .health
+            .next_deadline()
+            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
+            .min(Duration::from_secs(1));
+        match rx.recv_timeout(wait) {
+            Ok(Event::Links(events)) => {
+                for e in &events {
+                    loader.on_link(e, Instant::now())?;
+                }
+            }
+            Ok(Event::Management(k, state)) => loader.on_management(k, state)?,
+            Ok(Event::LinkMonitorFailed(e)) => bail!("link monitor failed: {e}"),
+            Ok(Event::Signal(sig)) => return Ok(sig),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => bail!("every event source stopped"),
+        }
+        loader.health.advance(Instant::now());
+        loader.publish()?;
+    }
 }
 
 /// Attaches (or replaces in place) the LAN program and the tunnel program on

@@ -44,9 +44,9 @@ pub struct BenchArgs {
 struct Run {
     mbit_per_s: f64,
     retransmits: u64,
-    /// Sender-side reordering events (nstat TcpExt*Reorder).
+    /// Sender-side reordering events (nstat `TcpExt`*Reorder).
     reorder: u64,
-    /// Segments the receiver queued out of order (nstat TcpExtTCPOFOQueue).
+    /// Segments the receiver queued out of order (nstat `TcpExtTCPOFOQueue`).
     ofo: u64,
 }
 
@@ -174,6 +174,63 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), Linux {}, {openvpn}", kernel.trim())
 }
 
+/// The Markdown table of the end-to-end runs; variant 0 is the baseline.
+fn end_to_end_table(args: &BenchArgs, results: &[Vec<Run>], started: Instant) -> String {
+    let n = args.tunnels;
+    let base_mbit = median(results[0].iter().map(|r| r.mbit_per_s).collect());
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "Machine: {}. One iperf3 TCP flow, default congestion control, {} s per run, {} rounds interleaved, median (min-max). Each OpenVPN process held to {}% of a CPU (cgroup cpu quota, 10 ms period). N = {n}.\n",
+        machine(),
+        args.seconds,
+        args.rounds,
+        args.cpu_quota
+    );
+    let _ = writeln!(
+        table,
+        "| setup | goodput Mbit/s | efficiency vs N x 1 tunnel | retransmits | sender reorder events | receiver out-of-order segments |"
+    );
+    let _ = writeln!(table, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let names = [
+        "1 tunnel, plain routing",
+        &format!("{n} tunnels, ovpn-lb packet spray"),
+        &format!("{n} tunnels, ovpn-lb flow mode"),
+    ];
+    for (i, runs) in results.iter().enumerate() {
+        let mbit: Vec<f64> = runs.iter().map(|r| r.mbit_per_s).collect();
+        let (lo, hi) = spread(&mbit);
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let eff: Vec<f64> = mbit
+            .iter()
+            .map(|m| m / (if i == 0 { 1.0 } else { n as f64 } * base_mbit))
+            .collect();
+        let (elo, ehi) = spread(&eff);
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let med = |f: fn(&Run) -> u64| median(runs.iter().map(|r| f(r) as f64).collect());
+        let _ = writeln!(
+            table,
+            "| {} | {:.1} ({lo:.1}-{hi:.1}) | {} | {:.0} | {:.0} | {:.0} |",
+            names[i],
+            median(mbit.clone()),
+            if i == 0 {
+                "1 (baseline)".to_owned()
+            } else {
+                format!("{:.2} ({elo:.2}-{ehi:.2})", median(eff.clone()))
+            },
+            med(|r| r.retransmits),
+            med(|r| r.reorder),
+            med(|r| r.ofo),
+        );
+    }
+    let _ = writeln!(
+        table,
+        "\nTotal benchmark time: {:.0} s (`cargo xtask bench`).",
+        started.elapsed().as_secs_f64()
+    );
+    table
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     if !setup::is_root() {
         bail!("the benchmark builds network namespaces: run as root");
@@ -250,58 +307,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     drop(variants);
-    let single: Vec<f64> = results[0].iter().map(|r| r.mbit_per_s).collect();
-    let base_mbit = median(single.clone());
-    let mut table = String::new();
-    let _ = writeln!(
-        table,
-        "Machine: {}. One iperf3 TCP flow, default congestion control, {} s per run, {} rounds interleaved, median (min-max). Each OpenVPN process held to {}% of a CPU (cgroup cpu quota, 10 ms period). N = {n}.\n",
-        machine(),
-        args.seconds,
-        args.rounds,
-        args.cpu_quota
-    );
-    let _ = writeln!(
-        table,
-        "| setup | goodput Mbit/s | efficiency vs N x 1 tunnel | retransmits | sender reorder events | receiver out-of-order segments |"
-    );
-    let _ = writeln!(table, "| --- | ---: | ---: | ---: | ---: | ---: |");
-    let names = [
-        "1 tunnel, plain routing",
-        &format!("{n} tunnels, ovpn-lb packet spray"),
-        &format!("{n} tunnels, ovpn-lb flow mode"),
-    ];
-    for (i, runs) in results.iter().enumerate() {
-        let mbit: Vec<f64> = runs.iter().map(|r| r.mbit_per_s).collect();
-        let (lo, hi) = spread(&mbit);
-        #[expect(clippy::cast_precision_loss, reason = "small counts")]
-        let eff: Vec<f64> = mbit
-            .iter()
-            .map(|m| m / (if i == 0 { 1.0 } else { n as f64 } * base_mbit))
-            .collect();
-        let (elo, ehi) = spread(&eff);
-        #[expect(clippy::cast_precision_loss, reason = "small counts")]
-        let med = |f: fn(&Run) -> u64| median(runs.iter().map(|r| f(r) as f64).collect());
-        let _ = writeln!(
-            table,
-            "| {} | {:.1} ({lo:.1}-{hi:.1}) | {} | {:.0} | {:.0} | {:.0} |",
-            names[i],
-            median(mbit.clone()),
-            if i == 0 {
-                "1 (baseline)".to_owned()
-            } else {
-                format!("{:.2} ({elo:.2}-{ehi:.2})", median(eff.clone()))
-            },
-            med(|r| r.retransmits),
-            med(|r| r.reorder),
-            med(|r| r.ofo),
-        );
-    }
-    let _ = writeln!(
-        table,
-        "\nTotal benchmark time: {:.0} s (`cargo xtask bench`).",
-        started.elapsed().as_secs_f64()
-    );
+    let table = end_to_end_table(args, &results, started);
     let results_dir = workspace_root().join("results");
     fs::create_dir_all(&results_dir)?;
     let file = results_dir.join("end-to-end.md");
