@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: figures as ratios against a baseline measured in the
 //! same run, interleaved over rounds, median and spread.
 //!
+//! Per packet (`per_packet`): ns/packet of each path against an empty program.
+//!
 //! End to end: the goodput of one TCP flow (iperf3, the kernel's default
 //! congestion control) through OpenVPN processes each held to the same CPU
 //! quota: one tunnel (plain routing), N tunnels sprayed by ovpn-lb, N tunnels
@@ -14,6 +16,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+mod per_packet;
 
 use anyhow::{Context as _, Result, bail};
 use ovpn_lb_tests::lab::{HOST_B, Lab, Options, Side};
@@ -37,6 +41,9 @@ pub struct BenchArgs {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 10)]
     pub seconds: u32,
+    /// Skip the end-to-end OpenVPN runs (the slow part).
+    #[arg(long)]
+    pub no_end_to_end: bool,
 }
 
 /// One iperf3 run's outcome.
@@ -126,7 +133,7 @@ fn iperf(lab: &Lab, seconds: u32) -> Result<Run> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
@@ -138,7 +145,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn spread(v: &[f64]) -> (f64, f64) {
+pub(super) fn spread(v: &[f64]) -> (f64, f64) {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (lo, hi)
@@ -238,6 +245,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     setup::run()?;
     build::all()?;
     let started = Instant::now();
+    let results_dir = workspace_root().join("results");
+    fs::create_dir_all(&results_dir)?;
+    let floor = workspace_root().join("target/bpfel-unknown-none/release/bench-floor");
+    let (per_packet, _ratios) = per_packet::run(&floor, args.rounds.max(3))?;
+    fs::write(results_dir.join("per-packet.md"), &per_packet)?;
+    println!("\n{per_packet}");
+    if args.no_end_to_end {
+        println!(
+            "total benchmark time: {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let bin = workspace_root().join("target/release/ovpn-lb");
     let base = workspace_root().join("target/bench");
     let _ = fs::remove_dir_all(&base);
@@ -308,8 +328,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     drop(variants);
     let table = end_to_end_table(args, &results, started);
-    let results_dir = workspace_root().join("results");
-    fs::create_dir_all(&results_dir)?;
     let file = results_dir.join("end-to-end.md");
     fs::write(&file, &table)?;
     println!("\n{table}\nwritten to {}", file.display());

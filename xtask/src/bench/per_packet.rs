@@ -1,0 +1,346 @@
+//! ns/packet of each datapath path through `BPF_PROG_TEST_RUN`, against an
+//! empty tc program (the floor), and how that scales with tunnels and flows.
+//!
+//! Each measurement is many single runs (`repeat` = 1): the kernel rebuilds the
+//! skb for every call, so a rewriting path sees a fresh packet each time
+//! (with `repeat` > 1 it would rewrite its own output and fall onto another
+//! path). The kernel times the program run itself, not the syscall.
+
+use std::{fmt::Write as _, path::Path, time::Instant};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use ovpn_lb::datapath::Datapath;
+use ovpn_lb_common::{
+    Prefix4, Prefix6,
+    maps::{Mode, programs, route},
+    schedule,
+};
+use ovpn_lb_tests::{
+    fixture::{site, tunnel},
+    netns::Netns,
+    packets::{L4, V4, V6, eth4, eth6},
+};
+
+use super::{median, spread};
+
+/// Tun devices made for the scaling runs.
+const MAX_DEVICES: usize = 64;
+/// Single runs per path per round.
+const RUNS: u32 = 20_000;
+
+struct Bench {
+    datapath: Datapath,
+    floor: Ebpf,
+    ifindex: Vec<u32>,
+}
+
+fn ctx(ifindex: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 192];
+    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    c
+}
+
+fn run_ns(prog: &SchedClassifier, frames: &[Vec<u8>], ifindex: u32) -> Result<f64> {
+    let ctx = ctx(ifindex);
+    let mut out = vec![0u8; 4096];
+    let mut total = 0u128;
+    for i in 0..RUNS as usize {
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&frames[i % frames.len()]),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {e:?}"))?;
+        total += r.duration.as_nanos();
+    }
+    #[expect(clippy::cast_precision_loss, reason = "nanosecond averages")]
+    Ok(total as f64 / f64::from(RUNS))
+}
+
+impl Bench {
+    fn new(floor_object: &Path) -> Result<Self> {
+        let mut datapath = Datapath::load()?;
+        let ifindex: Vec<u32> = (0..MAX_DEVICES)
+            .map(|k| {
+                let name = std::ffi::CString::new(format!("ovb{k}")).expect("no NUL");
+                unsafe { libc::if_nametoindex(name.as_ptr()) }
+            })
+            .collect();
+        datapath.set_remote_v4(Prefix4::new([10, 20, 0, 0], 16), route::SPRAY)?;
+        datapath.set_remote_v6(
+            Prefix6::new([0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 48),
+            route::SPRAY,
+        )?;
+        for (k, &ifx) in ifindex.iter().enumerate() {
+            let id = u32::try_from(k)?;
+            let t = tunnel(id, ifx);
+            datapath.set_tunnel(id, &t, None)?;
+            datapath.set_our_xlat_v4(t.xlat_v4, id)?;
+        }
+        let mut floor = Ebpf::load_file(floor_object).context("loading the floor program")?;
+        let prog: &mut SchedClassifier = floor
+            .program_mut("bench_floor")
+            .ok_or_else(|| anyhow!("no bench_floor"))?
+            .try_into()?;
+        prog.load()?;
+        Ok(Self {
+            datapath,
+            floor,
+            ifindex,
+        })
+    }
+
+    fn configure(&mut self, tunnels: usize, mode: Mode) -> Result<()> {
+        self.datapath.set_site(&site(mode))?;
+        self.datapath
+            .publish_schedule(&schedule::build(&vec![1; tunnels]).map_err(|e| anyhow!("{e:?}"))?)?;
+        Ok(())
+    }
+
+    fn floor(&self) -> Result<&SchedClassifier> {
+        Ok(self
+            .floor
+            .program("bench_floor")
+            .ok_or_else(|| anyhow!("no bench_floor"))?
+            .try_into()?)
+    }
+
+    fn program(&mut self, name: &str) -> Result<&SchedClassifier> {
+        Ok(self.datapath.program(name)?)
+    }
+}
+
+fn tcp4(sport: u16) -> Vec<u8> {
+    eth4(
+        &V4::new(
+            "192.168.10.5",
+            "10.20.30.7",
+            L4::Tcp {
+                sport,
+                dport: 443,
+                payload: vec![0; 64],
+            },
+        )
+        .datagram(),
+    )
+}
+
+/// A measured path: how to set the datapath up, which program, which packets.
+struct Path_ {
+    name: &'static str,
+    program: &'static str,
+    tunnels: usize,
+    mode: Mode,
+    frames: Vec<Vec<u8>>,
+    /// Tunnel device whose ifindex the packet arrives on (tunnel ingress).
+    arrives_on: Option<usize>,
+}
+
+fn tcp4_with(ttl: u8, payload: usize) -> Vec<u8> {
+    let l4 = L4::Tcp {
+        sport: 40000,
+        dport: 443,
+        payload: vec![0; payload],
+    };
+    eth4(
+        &V4::new("192.168.10.5", "10.20.30.7", l4)
+            .with_ttl(ttl)
+            .datagram(),
+    )
+}
+
+fn path(
+    name: &'static str,
+    program: &'static str,
+    tunnels: usize,
+    mode: Mode,
+    frames: Vec<Vec<u8>>,
+) -> Path_ {
+    Path_ {
+        name,
+        program,
+        tunnels,
+        mode,
+        frames,
+        arrives_on: None,
+    }
+}
+
+fn paths() -> (Vec<Path_>, Vec<Path_>) {
+    let l4 = |sport, dport| L4::Tcp {
+        sport,
+        dport,
+        payload: vec![0; 64],
+    };
+    let tcp6 = eth6(&V6::new("fd00:10::5", "fd00:20:0:30::7", l4(40000, 443)).datagram());
+    let restore = eth4(&V4::new("100.65.1.7", "192.168.10.5", l4(443, 40000)).datagram());
+    let other = eth4(&V4::new("192.168.10.5", "10.99.0.7", l4(40000, 443)).datagram());
+    let lan = programs::LAN_INGRESS;
+    let main = vec![
+        path("IPv4 TCP spray", lan, 4, Mode::Packet, vec![tcp4(40000)]),
+        path("IPv6 TCP spray", lan, 4, Mode::Packet, vec![tcp6]),
+        path(
+            "flow mode (IPv4 TCP)",
+            lan,
+            4,
+            Mode::Flow,
+            vec![tcp4(40000)],
+        ),
+        Path_ {
+            arrives_on: Some(1),
+            ..path(
+                "restore on tunnel ingress",
+                programs::TUNNEL_INGRESS_ETH,
+                4,
+                Mode::Packet,
+                vec![restore],
+            )
+        },
+        path(
+            "pass-through (not remote)",
+            lan,
+            4,
+            Mode::Packet,
+            vec![other],
+        ),
+        // Where the spray path's time goes: each row stops one stage later.
+        path(
+            "stage: parse + classify (TTL 1, passed)",
+            lan,
+            4,
+            Mode::Packet,
+            vec![tcp4_with(1, 64)],
+        ),
+        path(
+            "stage: + schedule (no tunnel, dropped)",
+            lan,
+            0,
+            Mode::Packet,
+            vec![tcp4(40000)],
+        ),
+        path(
+            "stage: + MTU check (over MTU, passed)",
+            lan,
+            4,
+            Mode::Packet,
+            vec![tcp4_with(64, 1500)],
+        ),
+    ];
+    // 100,000 distinct 5-tuples: 50,000 source ports on each of two hosts.
+    let many: Vec<Vec<u8>> = (0..100_000u32)
+        .map(|i| {
+            let host = format!("192.168.10.{}", 5 + i / 50_000);
+            let sport = u16::try_from(1024 + i % 50_000).unwrap_or(0);
+            eth4(&V4::new(&host, "10.20.30.7", l4(sport, 443)).datagram())
+        })
+        .collect();
+    let scaling = vec![
+        path("spray, 1 tunnel", lan, 1, Mode::Packet, vec![tcp4(40000)]),
+        path("spray, 4 tunnels", lan, 4, Mode::Packet, vec![tcp4(40000)]),
+        path(
+            "spray, 16 tunnels",
+            lan,
+            16,
+            Mode::Packet,
+            vec![tcp4(40000)],
+        ),
+        path(
+            "spray, 64 tunnels",
+            lan,
+            64,
+            Mode::Packet,
+            vec![tcp4(40000)],
+        ),
+        path("flow mode, 1 flow", lan, 4, Mode::Flow, vec![tcp4(40000)]),
+        path("flow mode, 100,000 flows", lan, 4, Mode::Flow, many),
+    ];
+    (main, scaling)
+}
+
+/// Median ns/packet of each path and of the floor, per round.
+fn measure(
+    bench: &mut Bench,
+    paths: &[Path_],
+    rounds: usize,
+    label: &str,
+) -> Result<(Vec<Vec<f64>>, Vec<f64>)> {
+    let mut per_path = vec![Vec::new(); paths.len()];
+    let mut floor = Vec::new();
+    for round in 0..rounds {
+        let f = run_ns(bench.floor()?, &[tcp4(40000)], 0)?;
+        floor.push(f);
+        for (i, p) in paths.iter().enumerate() {
+            bench.configure(p.tunnels, p.mode)?;
+            let ifindex = p.arrives_on.map_or(0, |k| bench.ifindex[k]);
+            let ns = run_ns(bench.program(p.program)?, &p.frames, ifindex)?;
+            per_path[i].push(ns);
+        }
+        println!(
+            "bench: {label} round {}/{rounds}: floor {f:.1} ns",
+            round + 1
+        );
+    }
+    Ok((per_path, floor))
+}
+
+fn info(bench: &mut Bench, program: &str) -> Result<(u32, u32)> {
+    let i = bench.program(program)?.info()?;
+    Ok((i.size_translated().unwrap_or(0) / 8, i.size_jitted()))
+}
+
+/// Runs both tables; returns Markdown and (path, ratio) pairs for the plot.
+pub fn run(floor_object: &Path, rounds: usize) -> Result<(String, Vec<(String, f64)>)> {
+    let started = Instant::now();
+    let ns = Netns::new("bench");
+    for k in 0..MAX_DEVICES {
+        ns.ip(&["tuntap", "add", "dev", &format!("ovb{k}"), "mode", "tun"]);
+    }
+    let floor_object = floor_object.to_path_buf();
+    ns.enter(move || -> Result<(String, Vec<(String, f64)>)> {
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+        }
+        let mut bench = Bench::new(&floor_object)?;
+        let (main, scaling) = paths();
+        let (main_ns, floor_main) = measure(&mut bench, &main, rounds, "per-packet")?;
+        let (scale_ns, floor_scale) = measure(&mut bench, &scaling, rounds, "scaling")?;
+        let floor = median(floor_main.iter().chain(&floor_scale).copied().collect());
+        let floor_info = {
+            let i = bench.floor()?.info()?;
+            (i.size_translated().unwrap_or(0) / 8, i.size_jitted())
+        };
+        let mut md = String::new();
+        let mut plot = Vec::new();
+        let _ = writeln!(md, "Per packet through `BPF_PROG_TEST_RUN` (tc), {RUNS} single runs per path per round, {rounds} rounds interleaved, median (min-max). Floor: an empty tc program, {floor:.1} ns ({} insns, {} B jited).\n", floor_info.0, floor_info.1);
+        let _ = writeln!(md, "| path | ns/packet | above floor | program / floor | program | xlated insns | jited bytes |");
+        let _ = writeln!(md, "| --- | ---: | ---: | ---: | --- | ---: | ---: |");
+        for (p, samples) in main.iter().zip(&main_ns) {
+            let (lo, hi) = spread(samples);
+            let m = median(samples.clone());
+            let ratios: Vec<f64> = samples.iter().zip(&floor_main).map(|(s, f)| s / f).collect();
+            let (insns, jited) = info(&mut bench, p.program)?;
+            let _ = writeln!(md, "| {} | {m:.1} ({lo:.1}-{hi:.1}) | {:.1} | {:.2} | `{}` | {insns} | {jited} |", p.name, m - floor, median(ratios.clone()), p.program);
+            plot.push((p.name.to_owned(), median(ratios)));
+        }
+        let _ = writeln!(md, "\nScaling (same method): the work per packet should not grow with tunnels or flows.\n");
+        let _ = writeln!(md, "| case | ns/packet | above floor | vs the first row of its group |");
+        let _ = writeln!(md, "| --- | ---: | ---: | ---: |");
+        let spray_base = median(scale_ns[0].clone());
+        let flow_base = median(scale_ns[4].clone());
+        for (i, (p, samples)) in scaling.iter().zip(&scale_ns).enumerate() {
+            let m = median(samples.clone());
+            let base = if i < 4 { spray_base } else { flow_base };
+            let _ = writeln!(md, "| {} | {m:.1} | {:.1} | {:+.1} % |", p.name, m - floor, 100.0 * (m / base - 1.0));
+        }
+        let _ = writeln!(md, "\nPer-packet part: {:.0} s.", started.elapsed().as_secs_f64());
+        Ok((md, plot))
+    })
+}
