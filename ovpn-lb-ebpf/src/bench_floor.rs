@@ -1,10 +1,6 @@
 //! The floor for `cargo xtask bench`: a tc program that hands every packet on.
 #![no_std]
 #![no_main]
-#![expect(
-    clippy::needless_pass_by_value,
-    reason = "the classifier macro hands each entry point its context by value"
-)]
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 
