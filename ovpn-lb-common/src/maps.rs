@@ -103,6 +103,9 @@ pub struct TunnelConfig {
     pub xlat_v6: Prefix6,
     pub peer_xlat_v6: Prefix6,
     pub peer_real_v6: Prefix6,
+    /// The device's MTU as the loader last saw it (it follows link events);
+    /// 0: unknown, the program asks the kernel instead.
+    pub mtu: u32,
 }
 
 /// Traffic through one tunnel, per CPU, in `TUNNEL_STATS`.
@@ -152,7 +155,7 @@ pub mod route {
 }
 
 const _: () = assert!(size_of::<SiteConfig>() == 48);
-const _: () = assert!(size_of::<TunnelConfig>() == 128);
+const _: () = assert!(size_of::<TunnelConfig>() == 132);
 const _: () = assert!(size_of::<TunnelStats>() == 32);
 const _: () = assert!(size_of::<ReasonStats>() == 16);
 const _: () = assert!(size_of::<Schedule>() == 4 + SCHEDULE_SLOTS);

@@ -63,7 +63,7 @@ fn spray_v4(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
             .finish()
     })?;
     let tunnel = ready_tunnel(id, family::V4)?;
-    redirect::fits(pkt, tunnel.ifindex, &ip)?;
+    redirect::fits(pkt, tunnel, &ip)?;
     translate::ipv4(pkt, hdr, tunnel.xlat_v4.translate(src), dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);
@@ -96,7 +96,7 @@ fn spray_v6(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
             .finish()
     })?;
     let tunnel = ready_tunnel(id, family::V6)?;
-    redirect::fits(pkt, tunnel.ifindex, &ip)?;
+    redirect::fits(pkt, tunnel, &ip)?;
     translate::ipv6(pkt, hdr, &tunnel.xlat_v6.translate(&src), &dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);

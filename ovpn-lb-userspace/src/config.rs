@@ -151,11 +151,13 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    /// The datapath's view of this tunnel on device `ifindex` (0: no device).
+    /// The datapath's view of this tunnel on device `ifindex` (0: no device)
+    /// whose MTU is `mtu` (0: unknown).
     #[must_use]
-    pub fn datapath_config(&self, ifindex: u32) -> TunnelConfig {
+    pub fn datapath_config(&self, ifindex: u32, mtu: u32) -> TunnelConfig {
         let mut t = TunnelConfig {
             ifindex,
+            mtu,
             ..TunnelConfig::default()
         };
         if let Some(p) = self.xlat_v4 {
@@ -714,7 +716,8 @@ weight = 3
         assert_eq!(c.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
         assert_eq!(c.tunnels.len(), 2);
         assert_eq!(c.tunnels[1].weight, 3);
-        let t0 = c.tunnels[0].datapath_config(3);
+        let t0 = c.tunnels[0].datapath_config(3, 1500);
+        assert_eq!(t0.mtu, 1500);
         assert_eq!(
             t0.families,
             family::V4 | family::V6 | family::PEER_V4 | family::PEER_V6

@@ -159,19 +159,19 @@ impl Datapath {
         Ok(Attached::Created)
     }
 
-    /// Writes a validated configuration: site, tunnels (device ifindex per
-    /// tunnel, 0 for a missing device), prefixes. New entries go in before stale
-    /// ones come out, so no packet falls between two configurations.
+    /// Writes a validated configuration: site, tunnels (device ifindex and MTU
+    /// per tunnel, 0 for a missing device), prefixes. New entries go in before
+    /// stale ones come out, so no packet falls between two configurations.
     ///
     /// # Errors
     /// If the kernel refuses an update.
-    pub fn write_config(&mut self, config: &Config, ifindexes: &[u32]) -> Result<()> {
+    pub fn write_config(&mut self, config: &Config, devices: &[(u32, u32)]) -> Result<()> {
         self.set_site(&config.site())?;
         let mut wanted_if = Vec::new();
         for (k, tunnel) in config.tunnels.iter().enumerate() {
             let id = u32::try_from(k)?;
-            let ifindex = ifindexes.get(k).copied().unwrap_or(0);
-            self.set_tunnel(id, &tunnel.datapath_config(ifindex), None)?;
+            let (ifindex, mtu) = devices.get(k).copied().unwrap_or((0, 0));
+            self.set_tunnel(id, &tunnel.datapath_config(ifindex, mtu), None)?;
             if ifindex != 0 {
                 wanted_if.push(ifindex);
             }

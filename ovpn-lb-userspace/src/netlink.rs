@@ -14,6 +14,7 @@ const RTM_GETLINK: u16 = 18;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
 const IFLA_XDP: u16 = 43;
 const IFLA_XDP_PROG_ID: u16 = 4;
 const NLMSG_HDRLEN: usize = 16;
@@ -31,6 +32,7 @@ pub struct LinkEvent {
     pub removed: bool,
     /// Id of an XDP program attached to the link, 0 for none.
     pub xdp_prog_id: u32,
+    pub mtu: u32,
 }
 
 pub struct LinkMonitor {
@@ -165,8 +167,10 @@ pub fn parse(mut b: &[u8]) -> Batch {
             let flags = u32_at(body, 8).unwrap_or(0);
             let mut name = String::new();
             let mut xdp_prog_id = 0;
+            let mut mtu = 0;
             for (attr, payload) in attributes(&body[IFINFO_LEN..]) {
                 match attr {
+                    IFLA_MTU => mtu = u32_at(payload, 0).unwrap_or(0),
                     IFLA_IFNAME => {
                         name.clear();
                         name.push_str(String::from_utf8_lossy(payload).trim_end_matches('\0'));
@@ -188,6 +192,7 @@ pub fn parse(mut b: &[u8]) -> Batch {
                 up: !removed && flags & IFF_UP != 0 && flags & IFF_RUNNING != 0,
                 removed,
                 xdp_prog_id,
+                mtu,
             });
         }
         b = b.get(align4(len)..).unwrap_or_default();
@@ -227,7 +232,9 @@ mod tests {
             IFLA_XDP | 0x8000,
             &attr(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes()),
         );
-        let mut datagram = link_msg(RTM_NEWLINK, 7, IFF_UP | IFF_RUNNING, "tun0", &xdp);
+        let mut extra = attr(IFLA_MTU, &1400u32.to_ne_bytes());
+        extra.extend(xdp);
+        let mut datagram = link_msg(RTM_NEWLINK, 7, IFF_UP | IFF_RUNNING, "tun0", &extra);
         datagram.extend(link_msg(RTM_NEWLINK, 8, IFF_UP, "tun1", &[]));
         datagram.extend(link_msg(RTM_DELLINK, 9, IFF_UP | IFF_RUNNING, "tun2", &[]));
         let batch = parse(&datagram);
@@ -240,21 +247,24 @@ mod tests {
                     ifindex: 7,
                     up: true,
                     removed: false,
-                    xdp_prog_id: 77
+                    xdp_prog_id: 77,
+                    mtu: 1400,
                 },
                 LinkEvent {
                     name: "tun1".into(),
                     ifindex: 8,
                     up: false,
                     removed: false,
-                    xdp_prog_id: 0
+                    xdp_prog_id: 0,
+                    mtu: 0,
                 },
                 LinkEvent {
                     name: "tun2".into(),
                     ifindex: 9,
                     up: false,
                     removed: true,
-                    xdp_prog_id: 0
+                    xdp_prog_id: 0,
+                    mtu: 0,
                 },
             ]
         );

@@ -119,6 +119,8 @@ struct Loader<'a> {
     datapath: Datapath,
     health: Health,
     published: Option<Vec<u32>>,
+    /// Each tunnel device's MTU as written to the datapath.
+    mtus: Vec<u32>,
     /// What the metrics endpoint shows besides counters.
     metrics: Tunnels,
 }
@@ -212,14 +214,18 @@ impl Loader<'_> {
         };
         let old = self.health.tunnels[k].ifindex;
         let ifindex = if e.removed { 0 } else { e.ifindex };
+        let mtu = if e.removed { 0 } else { e.mtu };
         self.health.set_link(k, ifindex, e.up, now);
-        if ifindex != old {
+        if ifindex != old || mtu != self.mtus[k] {
             let id = u32::try_from(k)?;
             self.datapath.set_tunnel(
                 id,
-                &self.config.tunnels[k].datapath_config(ifindex),
+                &self.config.tunnels[k].datapath_config(ifindex, mtu),
                 Some(old),
             )?;
+            self.mtus[k] = mtu;
+        }
+        if ifindex != old {
             if ifindex != 0 {
                 self.datapath.attach_pinned(
                     programs::TUNNEL_INGRESS,
@@ -254,12 +260,17 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
 
     let monitor = LinkMonitor::open().context("opening an rtnetlink socket")?;
     let mut datapath = Datapath::load_pinned(layout)?;
-    let ifindexes: Vec<u32> = config
+    let devices: Vec<(u32, u32)> = config
         .tunnels
         .iter()
-        .map(|t| System.lookup(&t.device).map_or(0, |i| i.ifindex))
+        .map(|t| {
+            System
+                .lookup(&t.device)
+                .map_or((0, 0), |i| (i.ifindex, i.mtu))
+        })
         .collect();
-    datapath.write_config(&config, &ifindexes)?;
+    datapath.write_config(&config, &devices)?;
+    let ifindexes: Vec<u32> = devices.iter().map(|d| d.0).collect();
     let weights: Vec<u32> = config.tunnels.iter().map(|t| t.weight).collect();
     let has_mgmt: Vec<bool> = config
         .tunnels
@@ -273,6 +284,7 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
         datapath,
         health: Health::new(&weights, config.up_delay, &has_mgmt),
         published: None,
+        mtus: devices.iter().map(|d| d.1).collect(),
         metrics: views,
     };
 

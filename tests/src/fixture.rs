@@ -41,11 +41,18 @@ pub fn site(mode: Mode) -> SiteConfig {
 
 /// Tunnel `k`: our sources become 100.64.k.x / `fd00:64:k::x`; the peer's
 /// 100.65.k.x / `fd00:65:k::x` are restored into 10.20.30.x / `fd00:20:0:30::x`.
+/// Its MTU is [`TUNNEL_MTU`] as the loader would write it, except tunnel 2's,
+/// left 0 so the program asks the kernel (the slow path stays tested).
 #[must_use]
 pub fn tunnel(k: u32, ifindex: u32) -> TunnelConfig {
     let k8 = u8::try_from(k).unwrap();
     TunnelConfig {
         ifindex,
+        mtu: if ifindex == 0 || k == 2 {
+            0
+        } else {
+            u32::try_from(TUNNEL_MTU).unwrap()
+        },
         families: family::V4 | family::V6 | family::PEER_V4 | family::PEER_V6,
         xlat_v4: Prefix4::new([100, 64, k8, 0], 24),
         peer_xlat_v4: Prefix4::new([100, 65, k8, 0], 24),

@@ -402,6 +402,18 @@ impl GatewayLab {
         }
     }
 
+    /// Tunnel `k`'s entry in the pinned `TUNNELS` map.
+    #[must_use]
+    pub fn tunnel_config(&self, k: u32) -> ovpn_lb_common::TunnelConfig {
+        let path = self.scratch.pin_root().join("maps").join(names::TUNNELS);
+        let map: Array<_, ovpn_lb_common::TunnelConfig> =
+            Map::from_map_data(MapData::from_pin(path).unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
+        map.get(&k, 0).unwrap()
+    }
+
     /// Tunnel counters from the pinned map, summed over CPUs.
     #[must_use]
     pub fn tunnel_stats(&self, k: u32) -> TunnelStats {

@@ -294,6 +294,19 @@ fn a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay() {
 
     // Timed from before `ip` starts: the whole path from the command to the
     // schedule packets read.
+    // The loader keeps each tunnel's MTU in the datapath, following changes.
+    assert_eq!(lab.tunnel_config(2).mtu, 1500);
+    lab.gw.ip(&["link", "set", "ovt2", "mtu", "1300"]);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while lab.tunnel_config(2).mtu != 1300 {
+        assert!(
+            Instant::now() < deadline,
+            "TUNNELS[2].mtu stayed {}",
+            lab.tunnel_config(2).mtu
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+
     let start = Instant::now();
     lab.gw.ip(&["link", "set", "ovt1", "down"]);
     let left = lab.wait_rotation_since(start, Duration::from_secs(2), |r| r == [0, 2]);

@@ -15,7 +15,7 @@ use aya::{
 };
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
-    Prefix4, Prefix6,
+    Prefix4, Prefix6, TunnelConfig,
     maps::{Mode, programs, route},
     schedule,
 };
@@ -79,7 +79,11 @@ impl Bench {
         )?;
         for (k, &ifx) in ifindex.iter().enumerate() {
             let id = u32::try_from(k)?;
-            let t = tunnel(id, ifx);
+            // The MTU as the loader writes it (tun devices start at 1500).
+            let t = TunnelConfig {
+                mtu: 1500,
+                ..tunnel(id, ifx)
+            };
             datapath.set_tunnel(id, &t, None)?;
             datapath.set_our_xlat_v4(t.xlat_v4, id)?;
         }
