@@ -120,12 +120,36 @@ pub struct TunnelStats {
     pub rx_bytes: u64,
 }
 
+impl TunnelStats {
+    /// Field-wise sum: per-CPU values add up to the total.
+    #[must_use]
+    pub const fn plus(self, o: &Self) -> Self {
+        Self {
+            tx_packets: self.tx_packets + o.tx_packets,
+            tx_bytes: self.tx_bytes + o.tx_bytes,
+            rx_packets: self.rx_packets + o.rx_packets,
+            rx_bytes: self.rx_bytes + o.rx_bytes,
+        }
+    }
+}
+
 /// Packets and bytes per [`crate::Reason`], per CPU, in `REASON_STATS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReasonStats {
     pub packets: u64,
     pub bytes: u64,
+}
+
+impl ReasonStats {
+    /// Field-wise sum: per-CPU values add up to the total.
+    #[must_use]
+    pub const fn plus(self, o: &Self) -> Self {
+        Self {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+        }
+    }
 }
 
 /// Tunnel ids laid out by smooth weighted round-robin; `len` 0 means no healthy

@@ -389,12 +389,7 @@ impl Datapath {
         let m: PerCpuArray<_, TunnelStats> = self.map_ref(names::TUNNEL_STATS)?.try_into()?;
         Ok(m.get(&id, 0)?
             .iter()
-            .fold(TunnelStats::default(), |a, s| TunnelStats {
-                tx_packets: a.tx_packets + s.tx_packets,
-                tx_bytes: a.tx_bytes + s.tx_bytes,
-                rx_packets: a.rx_packets + s.rx_packets,
-                rx_bytes: a.rx_bytes + s.rx_bytes,
-            }))
+            .fold(TunnelStats::default(), TunnelStats::plus))
     }
 
     /// Counters of one reason, summed over CPUs.
@@ -405,10 +400,7 @@ impl Datapath {
         let m: PerCpuArray<_, ReasonStats> = self.map_ref(names::REASON_STATS)?.try_into()?;
         Ok(m.get(&(reason as u32), 0)?
             .iter()
-            .fold(ReasonStats::default(), |a, s| ReasonStats {
-                packets: a.packets + s.packets,
-                bytes: a.bytes + s.bytes,
-            }))
+            .fold(ReasonStats::default(), ReasonStats::plus))
     }
 
     /// Pins every map under `dir` (which must be on a bpffs), by map name.

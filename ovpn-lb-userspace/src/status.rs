@@ -89,25 +89,9 @@ impl Counters {
     /// If the pinned maps cannot be read.
     pub fn read(layout: &Layout, tunnels: u32) -> Result<Self> {
         let maps = layout.maps();
-        let tunnels = per_cpu(
-            &maps.join(names::TUNNEL_STATS),
-            tunnels,
-            |a: TunnelStats, s| TunnelStats {
-                tx_packets: a.tx_packets + s.tx_packets,
-                tx_bytes: a.tx_bytes + s.tx_bytes,
-                rx_packets: a.rx_packets + s.rx_packets,
-                rx_bytes: a.rx_bytes + s.rx_bytes,
-            },
-        )?;
+        let tunnels = per_cpu(&maps.join(names::TUNNEL_STATS), tunnels, TunnelStats::plus)?;
         let count = u32::try_from(Reason::ALL.len())?;
-        let reasons = per_cpu(
-            &maps.join(names::REASON_STATS),
-            count,
-            |a: ReasonStats, s| ReasonStats {
-                packets: a.packets + s.packets,
-                bytes: a.bytes + s.bytes,
-            },
-        )?;
+        let reasons = per_cpu(&maps.join(names::REASON_STATS), count, ReasonStats::plus)?;
         Ok(Self { tunnels, reasons })
     }
 }

@@ -429,12 +429,7 @@ impl GatewayLab {
         map.get(&k, 0)
             .unwrap()
             .iter()
-            .fold(TunnelStats::default(), |a, s| TunnelStats {
-                tx_packets: a.tx_packets + s.tx_packets,
-                tx_bytes: a.tx_bytes + s.tx_bytes,
-                rx_packets: a.rx_packets + s.rx_packets,
-                rx_bytes: a.rx_bytes + s.rx_bytes,
-            })
+            .fold(TunnelStats::default(), TunnelStats::plus)
     }
 
     /// `GET /metrics` from the loader's default endpoint inside the gateway.

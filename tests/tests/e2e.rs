@@ -228,6 +228,30 @@ fn fault_kill_loader(lab: &mut Lab, ha: &str, hb: &str) {
     );
 }
 
+/// Gateway A's `no_tunnel` count, as `ovpn-lb status --json` reports it.
+fn no_tunnel_drops(lab: &Lab) -> u64 {
+    let layout = lab.layout(Side::A);
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.gw(Side::A)])
+        .arg(loader_bin())
+        .arg("--pin-root")
+        .arg(layout.pin_root)
+        .arg("--run-dir")
+        .arg(layout.run_dir)
+        .args(["status", "--json", "--interval", "0.1"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    report["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "no_tunnel")
+        .unwrap()["packets"]
+        .as_u64()
+        .unwrap()
+}
+
 /// All tunnels down: packets are dropped and counted, nothing leaks.
 fn fault_all_tunnels_down(lab: &Lab, ha: &str) {
     // 4. All tunnels down: packets are dropped and counted, nothing leaks.
@@ -239,50 +263,14 @@ fn fault_all_tunnels_down(lab: &Lab, ha: &str) {
         );
     }
     thread::sleep(Duration::from_millis(100));
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.gw(Side::A)])
-        .arg(loader_bin())
-        .arg("--pin-root")
-        .arg(lab.layout(Side::A).pin_root)
-        .arg("--run-dir")
-        .arg(lab.layout(Side::A).run_dir)
-        .args(["status", "--json", "--interval", "0.1"])
-        .output()
-        .unwrap();
-    let before: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let dropped_before = before["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["reason"] == "no_tunnel")
-        .unwrap()["packets"]
-        .as_u64()
-        .unwrap();
+    let dropped_before = no_tunnel_drops(lab);
     assert_eq!(ping(ha, HOST_B, 10, "0.01"), (10, 0));
     let clear = capture.stop().read(CLEAR_TEXT);
     assert!(
         clear.is_empty(),
         "leaked in the clear with all tunnels down: {clear:?}"
     );
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.gw(Side::A)])
-        .arg(loader_bin())
-        .arg("--pin-root")
-        .arg(lab.layout(Side::A).pin_root)
-        .arg("--run-dir")
-        .arg(lab.layout(Side::A).run_dir)
-        .args(["status", "--json", "--interval", "0.1"])
-        .output()
-        .unwrap();
-    let after: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let dropped_after = after["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["reason"] == "no_tunnel")
-        .unwrap()["packets"]
-        .as_u64()
-        .unwrap();
+    let dropped_after = no_tunnel_drops(lab);
     assert_eq!(
         dropped_after - dropped_before,
         10,
