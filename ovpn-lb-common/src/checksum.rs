@@ -75,6 +75,42 @@ pub const fn diff4(from: u32, to: u32) -> u32 {
     add(!from, to)
 }
 
+/// New checksum after fields covered by it changed by the 32-bit difference
+/// `diff` (see [`diff4`], [`diff16`]). With `udp`, a result of 0 is stored as
+/// 0xffff, since 0 means "no checksum" there.
+#[inline(always)]
+#[must_use]
+pub const fn apply(check: u16, diff: u32, udp: bool) -> u16 {
+    let new = !fold(add(!check as u32, diff));
+    if udp && new == 0 { 0xffff } else { new }
+}
+
+/// Folded, uncomplemented sum of the IPv4 pseudo-header: what a sender that
+/// leaves the L4 checksum to the NIC (`CHECKSUM_PARTIAL`) stores in the field.
+#[inline(always)]
+#[must_use]
+pub const fn pseudo_v4(src: u32, dst: u32, proto: u8, l4_len: u16) -> u16 {
+    let sum = add_word(add_word(0, src), dst)
+        + u16::from_ne_bytes([0, proto]) as u32
+        + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
+    fold(sum)
+}
+
+/// The same for IPv6.
+#[inline(always)]
+#[must_use]
+pub const fn pseudo_v6(src: &[u32; 4], dst: &[u32; 4], proto: u8, l4_len: u16) -> u16 {
+    let mut sum =
+        u16::from_ne_bytes([0, proto]) as u32 + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
+    let mut i = 0;
+    while i < 4 {
+        sum = add_word(add_word(sum, src[i]), dst[i]);
+        sum = (sum & 0xffff) + (sum >> 16);
+        i += 1;
+    }
+    fold(sum)
+}
+
 /// Full checksum of `data` as it would be stored (wire-order bytes).
 /// Used by userspace and tests; the packet path only does incremental updates.
 #[must_use]
@@ -95,6 +131,60 @@ pub fn compute(data: &[u8]) -> [u8; 2] {
 mod tests {
     use super::*;
     use std::vec::Vec;
+
+    #[test]
+    fn apply_matches_field_replacement() {
+        for (check, from, to) in [
+            (0x1234u16, 0x0a00_0001u32, 0x6440_0001u32),
+            (0xffff, 0, 0xffff_ffff),
+            (0x0001, 0xdead_beef, 0x0102_0304),
+        ] {
+            assert_eq!(
+                apply(check, diff4(from, to), false),
+                replace4(check, from, to)
+            );
+        }
+        // A UDP result of 0 is sent as 0xffff.
+        let zero = apply(0xffff, 0, true);
+        assert_eq!(zero, 0xffff);
+    }
+
+    #[test]
+    fn pseudo_header_sums_complete_a_partial_checksum() {
+        // A UDP datagram 10.0.0.1:1000 -> 10.0.0.2:2000, payload "hi!".
+        let src = [10, 0, 0, 1];
+        let dst = [10, 0, 0, 2];
+        let mut udp = [0x03, 0xe8, 0x07, 0xd0, 0, 11, 0, 0, b'h', b'i', b'!'];
+        let field = pseudo_v4(u32::from_ne_bytes(src), u32::from_ne_bytes(dst), 17, 11);
+        udp[6..8].copy_from_slice(&field.to_ne_bytes());
+        // Completing = summing the L4 bytes with the pseudo sum in the field.
+        let done = compute(&udp);
+        udp[6..8].copy_from_slice(&done);
+        let mut whole = Vec::new();
+        whole.extend_from_slice(&src);
+        whole.extend_from_slice(&dst);
+        whole.extend_from_slice(&[0, 17, 0, 11]);
+        whole.extend_from_slice(&udp);
+        assert_eq!(compute(&whole), [0, 0], "completed checksum verifies");
+
+        let v6 = |last: u8| {
+            let mut w = [0u32; 4];
+            w[0] = u32::from_ne_bytes([0xfd, 0, 0, 0x10]);
+            w[3] = u32::from_ne_bytes([0, 0, 0, last]);
+            w
+        };
+        let mut six = Vec::new();
+        for w in v6(1).iter().chain(v6(2).iter()) {
+            six.extend_from_slice(&w.to_ne_bytes());
+        }
+        six.extend_from_slice(&[0, 0, 0, 11, 0, 0, 0, 17]);
+        let p = pseudo_v6(&v6(1), &v6(2), 17, 11);
+        assert_eq!(
+            !u16::from_be_bytes(compute(&six)),
+            u16::from_be_bytes(p.to_ne_bytes()),
+            "IPv6 pseudo-header sum"
+        );
+    }
 
     /// An IPv4 header from a real capture (checksum 0xb861).
     const HEADER: [u8; 20] = [

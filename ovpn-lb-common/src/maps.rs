@@ -50,7 +50,12 @@ pub mod programs {
     pub const LAN_INGRESS: &str = "lan_ingress";
     pub const TUNNEL_INGRESS: &str = "tunnel_ingress";
     pub const TUNNEL_INGRESS_ETH: &str = "tunnel_ingress_eth";
-    pub const ALL: &[&str] = &[LAN_INGRESS, TUNNEL_INGRESS, TUNNEL_INGRESS_ETH];
+    pub const LAN_INGRESS_XDP: &str = "lan_ingress_xdp";
+    pub const TUNNEL_INGRESS_XDP: &str = "tunnel_ingress_xdp";
+    /// tc (`sched_cls`) programs.
+    pub const TC: &[&str] = &[LAN_INGRESS, TUNNEL_INGRESS, TUNNEL_INGRESS_ETH];
+    /// Native XDP programs, for TAP tunnels.
+    pub const XDP: &[&str] = &[LAN_INGRESS_XDP, TUNNEL_INGRESS_XDP];
 }
 
 /// `families` bits in [`SiteConfig`] and [`TunnelConfig`].
@@ -84,6 +89,27 @@ pub struct SiteConfig {
     pub families: u32,
     /// A [`Mode`] value.
     pub mode: u32,
+    /// The LAN device: where the XDP restore program sends packets it
+    /// forwards itself.
+    pub lan_ifindex: u32,
+    /// `site_flags::*` bits.
+    pub flags: u32,
+}
+
+/// `flags` bits in [`SiteConfig`].
+pub mod site_flags {
+    /// The LAN driver transmits frames redirected by XDP programs
+    /// (`NETDEV_XDP_ACT_NDO_XMIT`): the XDP restore program may forward
+    /// straight to it instead of passing to the kernel.
+    pub const LAN_XDP_XMIT: u32 = 1 << 0;
+}
+
+/// What a tunnel device carries, in [`TunnelConfig::framing`].
+pub mod framing {
+    /// Bare IP packets (`dev tun`): the kernel strips the LAN's Ethernet header.
+    pub const TUN: u32 = 0;
+    /// Ethernet frames (`dev tap`): we address each frame to the tunnel's peer.
+    pub const TAP: u32 = 1;
 }
 
 /// One tunnel, indexed by tunnel id in `TUNNELS`.
@@ -106,6 +132,13 @@ pub struct TunnelConfig {
     /// The device's MTU as the loader last saw it (it follows link events);
     /// 0: unknown, the program asks the kernel instead.
     pub mtu: u32,
+    /// A `framing::*` value.
+    pub framing: u32,
+    /// TAP only: the device's own MAC, the source of frames sent into it.
+    pub mac: [u8; 6],
+    /// TAP only: the MAC of the tunnel's far end (its next hop), learnt from
+    /// the neighbour table; all zero while unknown.
+    pub peer_mac: [u8; 6],
 }
 
 /// Traffic through one tunnel, per CPU, in `TUNNEL_STATS`.
@@ -178,8 +211,8 @@ pub mod route {
     pub const SPRAY: u32 = 1;
 }
 
-const _: () = assert!(size_of::<SiteConfig>() == 48);
-const _: () = assert!(size_of::<TunnelConfig>() == 132);
+const _: () = assert!(size_of::<SiteConfig>() == 56);
+const _: () = assert!(size_of::<TunnelConfig>() == 148);
 const _: () = assert!(size_of::<TunnelStats>() == 32);
 const _: () = assert!(size_of::<ReasonStats>() == 16);
 const _: () = assert!(size_of::<Schedule>() == 4 + SCHEDULE_SLOTS);

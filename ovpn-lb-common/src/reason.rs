@@ -63,6 +63,7 @@ reasons! {
     TruncatedL4 = 15, "truncated_l4", Dropped, "frame ends inside the TCP, UDP or ICMP header";
     Ipv6ExtChain = 16, "ipv6_ext_chain", Dropped, "IPv6 extension header chain too long or truncated";
     RewriteFailed = 17, "rewrite_failed", Dropped, "a kernel helper refused the rewrite";
+    NoNextHop = 18, "no_next_hop", Dropped, "the scheduled TAP tunnel's far-end MAC is not known yet";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

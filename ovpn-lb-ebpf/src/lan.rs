@@ -1,24 +1,29 @@
-//! LAN ingress pipeline: parse -> classify -> schedule -> MTU -> translate -> redirect.
+//! LAN ingress pipeline: parse -> classify -> schedule -> MTU -> address ->
+//! (XDP: complete offloaded checksums) -> translate -> redirect.
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use ovpn_lb_common::{
-    Reason, SiteConfig, TunnelConfig,
+    Reason, SiteConfig, TunnelConfig, checksum,
     flow::FlowHasher,
     maps::{family, route},
 };
 
 use crate::{
+    hook::Hook,
     maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS},
+    offload,
     packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Packet},
     parse, redirect, schedule, stats, translate, verdict,
 };
 
-pub fn handle(ctx: &TcContext) -> i32 {
+/// The same pipeline under tc and XDP: `C` is the hook's context.
+#[inline(always)]
+pub fn handle<C: Hook>(ctx: &C) -> i32 {
     let pkt = Packet::new(ctx);
     let len = pkt.len();
     let (reason, action) = match try_spray(&pkt) {
-        Ok(ifindex) => (Reason::Sprayed, redirect::into(ifindex)),
-        Err(reason) => (reason, verdict::of(reason)),
+        Ok(ifindex) => (Reason::Sprayed, ctx.redirect(ifindex)),
+        Err(reason) => (reason, verdict::of(ctx, reason)),
     };
     stats::reason(reason, len);
     action
@@ -26,7 +31,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 /// Returns the ifindex to redirect to once the packet has been rewritten.
 #[inline(always)]
-fn try_spray(pkt: &Packet) -> Result<u32, Reason> {
+fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
     let eth: *const EthHdr = pkt.ptr(0).ok_or(Reason::TruncatedEthernet)?;
     let proto = u16::from_be(unsafe { (*eth).proto });
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
@@ -41,7 +46,7 @@ fn try_spray(pkt: &Packet) -> Result<u32, Reason> {
 }
 
 #[inline(always)]
-fn spray_v4(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
+fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> {
     let (hdr, ip) = parse::ipv4(pkt, ETH_HLEN)?;
     let (src, dst, ttl) = unsafe { ((*hdr).saddr, (*hdr).daddr, (*hdr).ttl) };
     if site.families & family::V4 == 0 || !site.lan_v4.contains(src) {
@@ -64,6 +69,16 @@ fn spray_v4(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
     })?;
     let tunnel = ready_tunnel(id, family::V4)?;
     redirect::fits(pkt, tunnel, &ip)?;
+    redirect::address(pkt, tunnel)?;
+    if let Some(l4) = &l4 {
+        let l4_len = (ip.len - (ip.l4 - ip.l3)) as u16;
+        offload::complete(
+            pkt,
+            &ip,
+            l4,
+            checksum::pseudo_v4(src, dst, ip.proto, l4_len),
+        )?;
+    }
     translate::ipv4(pkt, hdr, tunnel.xlat_v4.translate(src), dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);
@@ -71,7 +86,7 @@ fn spray_v4(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
 }
 
 #[inline(always)]
-fn spray_v6(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
+fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> {
     let (hdr, ip) = parse::ipv6(pkt, ETH_HLEN)?;
     let (src, dst, hop_limit) = unsafe { ((*hdr).saddr, (*hdr).daddr, (*hdr).hop_limit) };
     if site.families & family::V6 == 0 || !site.lan_v6.contains(&src) {
@@ -97,6 +112,16 @@ fn spray_v6(pkt: &Packet, site: &SiteConfig) -> Result<u32, Reason> {
     })?;
     let tunnel = ready_tunnel(id, family::V6)?;
     redirect::fits(pkt, tunnel, &ip)?;
+    redirect::address(pkt, tunnel)?;
+    if let Some(l4) = &l4 {
+        let l4_len = (ip.len - (ip.l4 - ip.l3)) as u16;
+        offload::complete(
+            pkt,
+            &ip,
+            l4,
+            checksum::pseudo_v6(&src, &dst, ip.proto, l4_len),
+        )?;
+    }
     translate::ipv6(pkt, hdr, &tunnel.xlat_v6.translate(&src), &dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);

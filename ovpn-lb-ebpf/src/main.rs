@@ -14,8 +14,11 @@
     reason = "packet offsets and lengths stay below 64 KiB"
 )]
 
+mod forward;
+mod hook;
 mod lan;
 mod maps;
+mod offload;
 mod packet;
 mod parse;
 mod redirect;
@@ -25,7 +28,13 @@ mod translate;
 mod tunnel;
 mod verdict;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use ovpn_lb_common::Reason;
+
+use crate::{packet::Packet, tunnel::Restored};
 
 /// tc ingress on the LAN device: spray remote-bound packets over the tunnels.
 #[classifier]
@@ -33,17 +42,49 @@ pub fn lan_ingress(ctx: TcContext) -> i32 {
     lan::handle(&ctx)
 }
 
+/// The same as native XDP on the LAN device, for TAP tunnels.
+#[xdp]
+pub fn lan_ingress_xdp(ctx: XdpContext) -> u32 {
+    lan::handle(&ctx) as u32
+}
+
 /// tc ingress on every tun (L3) tunnel device: undo the translations.
 #[classifier]
 pub fn tunnel_ingress(ctx: TcContext) -> i32 {
-    tunnel::handle::<0>(&ctx)
+    restore_tc::<0>(&ctx)
 }
 
 /// The same on tunnel devices with Ethernet framing (TAP). `BPF_PROG_TEST_RUN`
 /// always hands tc programs an Ethernet frame, so the fixtures drive this one.
 #[classifier]
 pub fn tunnel_ingress_eth(ctx: TcContext) -> i32 {
-    tunnel::handle::<{ packet::ETH_HLEN }>(&ctx)
+    restore_tc::<{ packet::ETH_HLEN }>(&ctx)
+}
+
+/// The same as native XDP on TAP tunnel devices; restored packets go straight
+/// to the LAN device where its driver can take them.
+#[xdp]
+pub fn tunnel_ingress_xdp(ctx: XdpContext) -> u32 {
+    let pkt = Packet::new(&ctx);
+    let len = pkt.len();
+    let (reason, code) = match tunnel::restore::<_, { packet::ETH_HLEN }>(&pkt) {
+        Ok(restored) => (Reason::Restored, forward::to_lan(&pkt, &restored)),
+        Err(reason) => (reason, verdict::of(&ctx, reason)),
+    };
+    stats::reason(reason, len);
+    code as u32
+}
+
+#[inline(always)]
+fn restore_tc<const L3: usize>(ctx: &TcContext) -> i32 {
+    let pkt = Packet::new(ctx);
+    let len = pkt.len();
+    let reason = match tunnel::restore::<_, L3>(&pkt) {
+        Ok(Restored::V4 | Restored::V6) => Reason::Restored,
+        Err(reason) => reason,
+    };
+    stats::reason(reason, len);
+    verdict::of(ctx, reason)
 }
 
 #[cfg(not(test))]

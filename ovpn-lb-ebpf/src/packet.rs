@@ -3,21 +3,21 @@
 //! Headers are read in place (direct packet access): every pointer handed out has
 //! been checked against `data_end`, the form the verifier tracks.
 
-use aya_ebpf::programs::TcContext;
+use crate::hook::Hook;
 
 /// Headers we may need in the linear area: Ethernet, IPv6 with a few extension
 /// headers, and a TCP header.
 const MAX_HEADER_BYTES: u32 = 256;
 
-pub struct Packet<'a> {
-    pub ctx: &'a TcContext,
+pub struct Packet<'a, C: Hook> {
+    pub ctx: &'a C,
 }
 
-impl<'a> Packet<'a> {
+impl<'a, C: Hook> Packet<'a, C> {
     /// Wraps the context, pulling headers into the linear area if the sender
     /// left them in fragments (rare; GRO'd and locally built skbs usually do not).
     #[inline(always)]
-    pub fn new(ctx: &'a TcContext) -> Self {
+    pub fn new(ctx: &'a C) -> Self {
         let len = ctx.len();
         let want = if len < MAX_HEADER_BYTES {
             len
@@ -25,9 +25,7 @@ impl<'a> Packet<'a> {
             MAX_HEADER_BYTES
         };
         if ((ctx.data_end() - ctx.data()) as u32) < want {
-            // Failure leaves the skb as it was; the bounds checks below then
-            // report the headers as truncated.
-            let _ = ctx.pull_data(want);
+            ctx.pull(want);
         }
         Self { ctx }
     }

@@ -5,6 +5,7 @@
 
 use ovpn_lb_common::Reason;
 
+use crate::hook::Hook;
 use crate::packet::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ipv6ExtHdr, Ipv6FragHdr,
     Ipv6Hdr, Packet,
@@ -48,7 +49,7 @@ impl Ip {
 }
 
 #[inline(always)]
-pub fn ipv4(pkt: &Packet, l3: usize) -> Result<(*mut Ipv4Hdr, Ip), Reason> {
+pub fn ipv4<C: Hook>(pkt: &Packet<C>, l3: usize) -> Result<(*mut Ipv4Hdr, Ip), Reason> {
     let hdr: *mut Ipv4Hdr = pkt.ptr(l3).ok_or(Reason::TruncatedIp)?;
     let (version_ihl, tot_len, frag_off, proto) = unsafe {
         (
@@ -81,7 +82,7 @@ pub fn ipv4(pkt: &Packet, l3: usize) -> Result<(*mut Ipv4Hdr, Ip), Reason> {
 }
 
 #[inline(always)]
-pub fn ipv6(pkt: &Packet, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
+pub fn ipv6<C: Hook>(pkt: &Packet<C>, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
     let hdr: *mut Ipv6Hdr = pkt.ptr(l3).ok_or(Reason::TruncatedIp)?;
     let (version, payload_len, mut next) = unsafe {
         (
@@ -156,7 +157,7 @@ pub fn ipv6(pkt: &Packet, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
 /// checking the L4 header is whole. `None` for non-first fragments and protocols
 /// without a pseudo-header checksum (`ICMPv4`, unknown).
 #[inline(always)]
-pub fn l4_checksum(pkt: &Packet, ip: &Ip) -> Result<Option<L4Checksum>, Reason> {
+pub fn l4_checksum<C: Hook>(pkt: &Packet<C>, ip: &Ip) -> Result<Option<L4Checksum>, Reason> {
     if !ip.has_l4 {
         return Ok(None);
     }
@@ -179,20 +180,23 @@ pub fn l4_checksum(pkt: &Packet, ip: &Ip) -> Result<Option<L4Checksum>, Reason> 
     Ok(Some(L4Checksum {
         offset: ip.l4 + offset,
         zero_means_none,
+        offloadable: ip.proto != IPPROTO_ICMPV6,
     }))
 }
 
 /// An L4 checksum that covers the IP pseudo-header.
 pub struct L4Checksum {
     pub offset: usize,
-    /// UDP over IPv4: 0 means "no checksum" and must stay 0.
+    /// UDP: 0 means "no checksum" (IPv4) and a computed 0 is sent as 0xffff.
     pub zero_means_none: bool,
+    /// TCP or UDP: a sender may have left this checksum to the NIC.
+    pub offloadable: bool,
 }
 
 /// Source and destination ports for the flow hash; 0 where there are none, and
 /// for every fragment, so all fragments of a datagram take the same tunnel.
 #[inline(always)]
-pub fn ports(pkt: &Packet, ip: &Ip) -> u32 {
+pub fn ports<C: Hook>(pkt: &Packet<C>, ip: &Ip) -> u32 {
     if ip.fragment || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
         return 0;
     }
@@ -205,7 +209,7 @@ pub fn ports(pkt: &Packet, ip: &Ip) -> u32 {
 /// IP length of each segment a GSO packet will be cut into: headers plus
 /// `gso_size` bytes of payload.
 #[inline(always)]
-pub fn segment_len(pkt: &Packet, ip: &Ip, gso_size: u32) -> u32 {
+pub fn segment_len<C: Hook>(pkt: &Packet<C>, ip: &Ip, gso_size: u32) -> u32 {
     let l4_header = match ip.proto {
         IPPROTO_TCP => match pkt.ptr::<[u8; 20]>(ip.l4) {
             Some(tcp) => u32::from(unsafe { (*tcp)[12] } >> 4) * 4,

@@ -1,31 +1,23 @@
-//! Stage 4: make sure the packet fits the tunnel, then hand it to the tunnel device.
+//! Stage 4: make sure the packet fits the tunnel, address it to the tunnel's
+//! far end if the tunnel carries Ethernet frames, and hand it to the device.
 
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_check_mtu, bpf_redirect, bpf_skb_change_tail},
-};
-use ovpn_lb_common::{Reason, TunnelConfig};
+use ovpn_lb_common::{Reason, TunnelConfig, maps::framing};
 
 use crate::{
-    packet::Packet,
-    parse::{self, Ip},
+    hook::Hook,
+    packet::{EthHdr, Packet},
+    parse::Ip,
 };
 
 /// Checks the packet against the tunnel's MTU. A GSO super-packet is judged
 /// by the segments it will be cut into.
 #[inline(always)]
-pub fn fits(pkt: &Packet, tunnel: &TunnelConfig, ip: &Ip) -> Result<(), Reason> {
-    let skb = pkt.ctx.skb.skb;
-    let gso_size = unsafe { (*skb).gso_size };
-    let l3_len = if gso_size == 0 {
-        ip.len as u32
-    } else {
-        parse::segment_len(pkt, ip, gso_size)
-    };
+pub fn fits<C: Hook>(pkt: &Packet<C>, tunnel: &TunnelConfig, ip: &Ip) -> Result<(), Reason> {
+    let l3_len = pkt.ctx.wire_ip_len(pkt, ip);
     let mtu = if tunnel.mtu != 0 {
         tunnel.mtu
     } else {
-        device_mtu(pkt, tunnel.ifindex)?
+        pkt.ctx.device_mtu(tunnel.ifindex)?
     };
     if l3_len > mtu {
         return Err(Reason::OverMtu);
@@ -33,46 +25,31 @@ pub fn fits(pkt: &Packet, tunnel: &TunnelConfig, ip: &Ip) -> Result<(), Reason> 
     Ok(())
 }
 
-/// The MTU of `ifindex`, from the kernel: the slow path, for a tunnel whose
-/// MTU userspace has not filled in.
+/// On a TAP tunnel, addresses the frame from the device to the tunnel's far
+/// end, as the kernel's neighbour output would. A tun tunnel takes bare IP:
+/// the Ethernet header is dropped on the way.
 #[inline(always)]
-fn device_mtu(pkt: &Packet, ifindex: u32) -> Result<u32, Reason> {
-    // With a non-zero length the helper only compares it and reports the MTU;
-    // the comparison is ours because for GSO skbs it would pass anything unless
-    // asked to look at the segments, which needs a transport header offset the
-    // skb may not have.
-    let mut mtu = 1u32;
-    let ret = unsafe { bpf_check_mtu(pkt.ctx.skb.skb.cast(), ifindex, &raw mut mtu, 0, 0) };
-    if ret < 0 {
-        // -ENODEV: the device went away since userspace last looked.
-        return Err(Reason::TunnelGone);
+pub fn address<C: Hook>(pkt: &Packet<C>, tunnel: &TunnelConfig) -> Result<(), Reason> {
+    if tunnel.framing != framing::TAP {
+        return Ok(());
     }
-    Ok(mtu)
+    if tunnel.peer_mac == [0; 6] {
+        return Err(Reason::NoNextHop);
+    }
+    let eth: *mut EthHdr = pkt.ptr(0).ok_or(Reason::TruncatedEthernet)?;
+    unsafe {
+        (*eth).dst = tunnel.peer_mac;
+        (*eth).src = tunnel.mac;
+    }
+    Ok(())
 }
 
 /// Drops Ethernet padding after the datagram (minimum-size frames), as the
 /// kernel's IP input would, so the tunnel carries only the datagram.
 #[inline(always)]
-pub fn trim_padding(pkt: &Packet, frame_len: usize) -> Result<(), Reason> {
+pub fn trim_padding<C: Hook>(pkt: &Packet<C>, frame_len: usize) -> Result<(), Reason> {
     if pkt.len() as usize <= frame_len {
         return Ok(());
     }
-    let ret = unsafe { bpf_skb_change_tail(pkt.ctx.skb.skb, frame_len as u32, 0) };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(Reason::RewriteFailed)
-    }
-}
-
-/// Redirects to the egress of `ifindex`; for an L3 tunnel the kernel strips the
-/// Ethernet header on the way.
-#[inline(always)]
-pub fn into(ifindex: u32) -> i32 {
-    let ret = unsafe { bpf_redirect(ifindex, 0) };
-    if ret == i64::from(TC_ACT_REDIRECT) {
-        TC_ACT_REDIRECT
-    } else {
-        aya_ebpf::bindings::TC_ACT_SHOT
-    }
+    pkt.ctx.truncate(frame_len as u32)
 }

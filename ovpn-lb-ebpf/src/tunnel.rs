@@ -1,46 +1,50 @@
 //! Tunnel ingress pipeline: parse -> restore the peer's sources and our own
 //! translated destinations -> hand to the kernel, which routes to the LAN.
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use ovpn_lb_common::{Reason, SiteConfig, TunnelConfig, maps::family};
 
 use crate::{
+    hook::Hook,
     maps::{OUR_XLAT_V4, OUR_XLAT_V6, SITE, TUNNEL_BY_IF, TUNNELS},
-    packet::{ETH_P_IP, ETH_P_IPV6, Packet},
-    parse, stats, translate, verdict,
+    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Packet},
+    parse, stats, translate,
 };
 
-/// `L3` is where the IP header starts: 0 on a tun device, which carries bare IP
-/// packets; `ETH_HLEN` on a device with Ethernet framing (TAP).
-pub fn handle<const L3: usize>(ctx: &TcContext) -> i32 {
-    let pkt = Packet::new(ctx);
-    let len = pkt.len();
-    let reason = match try_restore::<L3>(&pkt, len) {
-        Ok(()) => Reason::Restored,
-        Err(reason) => reason,
-    };
-    stats::reason(reason, len);
-    verdict::of(reason)
+/// Outcome of a restore: the packet's family, for whoever delivers it.
+pub enum Restored {
+    V4,
+    V6,
 }
 
+/// Restores one packet; the caller counts the reason and picks the verdict.
+/// `L3` is where the IP header starts: 0 on a tun device, which carries bare
+/// IP packets (tc only); `ETH_HLEN` on a device with Ethernet framing (TAP).
 #[inline(always)]
-fn try_restore<const L3: usize>(pkt: &Packet, len: u32) -> Result<(), Reason> {
-    let ifindex = unsafe { (*pkt.ctx.skb.skb).ifindex };
-    let id = TUNNEL_BY_IF.get_ptr(ifindex).ok_or(Reason::UnknownTunnel)?;
+pub fn restore<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Restored, Reason> {
+    let id = TUNNEL_BY_IF
+        .get_ptr(pkt.ctx.ingress_ifindex())
+        .ok_or(Reason::UnknownTunnel)?;
     let id = unsafe { *id };
-    stats::tunnel_rx(id, len.saturating_sub(L3 as u32));
+    stats::tunnel_rx(id, pkt.len().saturating_sub(L3 as u32));
     let tunnel = TUNNELS.get(id).ok_or(Reason::UnknownTunnel)?;
     let site = SITE.get(0).ok_or(Reason::UnknownTunnel)?;
-    match u16::from_be(pkt.ctx.skb.protocol() as u16) {
-        ETH_P_IP => restore_v4(pkt, L3, site, tunnel),
-        ETH_P_IPV6 => restore_v6(pkt, L3, site, tunnel),
+    let proto = if L3 == ETH_HLEN {
+        let eth: *const EthHdr = pkt.ptr(0).ok_or(Reason::TruncatedEthernet)?;
+        u16::from_be(unsafe { (*eth).proto })
+    } else {
+        pkt.ctx.l3_protocol()
+    };
+    match proto {
+        ETH_P_IP => restore_v4(pkt, L3, site, tunnel).map(|()| Restored::V4),
+        ETH_P_IPV6 => restore_v6(pkt, L3, site, tunnel).map(|()| Restored::V6),
         _ => Err(Reason::NotIp),
     }
 }
 
 #[inline(always)]
-fn restore_v4(
-    pkt: &Packet,
+fn restore_v4<C: Hook>(
+    pkt: &Packet<C>,
     l3: usize,
     site: &SiteConfig,
     tunnel: &TunnelConfig,
@@ -64,8 +68,8 @@ fn restore_v4(
 }
 
 #[inline(always)]
-fn restore_v6(
-    pkt: &Packet,
+fn restore_v6<C: Hook>(
+    pkt: &Packet<C>,
     l3: usize,
     site: &SiteConfig,
     tunnel: &TunnelConfig,

@@ -1,16 +1,15 @@
-//! What each outcome tells tc. Only drops and redirects end the tc chain; a
-//! packet ovpn-lb passes or restores is handed on (`TC_ACT_UNSPEC`, tcx's
-//! "next"), so programs attached after ours still see it, and at the end of the
-//! chain the kernel takes it as usual.
+//! What each outcome tells the hook: drops end the packet, passes and
+//! restores hand it on (see each hook's `pass_code`).
 
-use aya_ebpf::bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC};
 use ovpn_lb_common::{Reason, reason::Outcome};
 
-/// The tc return code for a packet that was not redirected.
+use crate::hook::Hook;
+
+/// The return code for a packet that was not redirected.
 #[inline(always)]
-pub fn of(reason: Reason) -> i32 {
+pub fn of<C: Hook>(ctx: &C, reason: Reason) -> i32 {
     match reason.outcome() {
-        Outcome::Dropped => TC_ACT_SHOT,
-        Outcome::Passed | Outcome::Forwarded => TC_ACT_UNSPEC,
+        Outcome::Dropped => ctx.drop_code(),
+        Outcome::Passed | Outcome::Forwarded => ctx.pass_code(),
     }
 }

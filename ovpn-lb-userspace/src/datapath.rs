@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
     programs::{
-        SchedClassifier, TcAttachType,
+        SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
     },
@@ -90,8 +90,17 @@ impl Datapath {
             bail!("the BPF object was not built into this binary: build with `cargo xtask build`");
         }
         let mut ebpf = loader.load(OBJECT).context("loading the BPF object")?;
-        for &name in programs::ALL {
+        for &name in programs::TC {
             let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("loading BPF program {name}"))?;
+        }
+        for &name in programs::XDP {
+            let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
                 .try_into()?;

@@ -36,6 +36,7 @@ pub fn site(mode: Mode) -> SiteConfig {
         lan_v6: v6("fd00:10::", 64),
         families: family::V4 | family::V6,
         mode: mode as u32,
+        ..SiteConfig::default()
     }
 }
 
@@ -60,6 +61,7 @@ pub fn tunnel(k: u32, ifindex: u32) -> TunnelConfig {
         xlat_v6: v6(&format!("fd00:64:{k:x}::"), 64),
         peer_xlat_v6: v6(&format!("fd00:65:{k:x}::"), 64),
         peer_real_v6: v6("fd00:20:0:30::", 64),
+        ..TunnelConfig::default()
     }
 }
 

@@ -1,0 +1,50 @@
+//! The context abstraction: what the shared pipelines need from the hook they
+//! run under. tc hands us a socket buffer, XDP a bare frame; parse, schedule,
+//! translate and count are written once against [`Hook`].
+
+mod tc;
+mod xdp;
+
+use ovpn_lb_common::Reason;
+
+use crate::parse::Ip;
+
+/// One packet's context under some hook.
+pub trait Hook {
+    /// True where the kernel keeps checksum-offload state with the packet (an
+    /// skb). XDP frames lose it on redirect, so partial checksums must be
+    /// completed before they leave.
+    const KEEPS_CHECKSUM_STATE: bool;
+
+    /// Start of the (linear) packet data.
+    fn data(&self) -> usize;
+    /// End of the linear data.
+    fn data_end(&self) -> usize;
+    /// Whole packet length, including any non-linear part.
+    fn len(&self) -> u32;
+    /// Makes sure the first `bytes` bytes are linear, where the hook allows it.
+    fn pull(&self, bytes: u32);
+    /// Network-layer protocol (host order) of a packet without an Ethernet
+    /// header; only tc sees those (tun devices take no XDP).
+    fn l3_protocol(&self) -> u16;
+    /// Device the packet arrived on.
+    fn ingress_ifindex(&self) -> u32;
+    /// IP length of the packets that will leave: the segments of a GSO packet.
+    fn wire_ip_len(&self, pkt: &crate::packet::Packet<Self>, ip: &Ip) -> u32
+    where
+        Self: Sized;
+    /// Adds the 32-bit difference `diff` to the L4 checksum at `offset`.
+    fn l4_checksum_add(&self, offset: usize, diff: u32, udp: bool) -> Result<(), Reason>;
+    /// Copies `len` bytes at `offset` into `to`; false if they are not there.
+    fn load_bytes(&self, offset: usize, to: *mut u8, len: u32) -> bool;
+    /// Cuts the packet to `frame_len` bytes (drops Ethernet padding).
+    fn truncate(&self, frame_len: u32) -> Result<(), Reason>;
+    /// MTU of `ifindex` from the kernel, for a tunnel whose MTU we do not know.
+    fn device_mtu(&self, ifindex: u32) -> Result<u32, Reason>;
+    /// Return code that sends the packet out of `ifindex`.
+    fn redirect(&self, ifindex: u32) -> i32;
+    /// Return code for a packet we drop.
+    fn drop_code(&self) -> i32;
+    /// Return code for a packet we hand on to the kernel (or the next program).
+    fn pass_code(&self) -> i32;
+}
