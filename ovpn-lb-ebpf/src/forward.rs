@@ -21,6 +21,9 @@ use crate::{
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+/// `sizeof(struct bpf_fib_lookup)`.
+const FIB_PARAMS_LEN: i32 = 64;
+const _: () = assert!(size_of::<bpf_fib_lookup>() == FIB_PARAMS_LEN as usize);
 
 /// The return code: a redirect into the LAN device, or a pass to the kernel.
 #[inline(always)]
@@ -89,13 +92,6 @@ fn try_to_lan(pkt: &Packet<XdpContext>, restored: &Restored) -> Option<u32> {
 /// Route and neighbour lookup; `Some` only for a resolved next hop on the LAN.
 #[inline(always)]
 fn lookup(pkt: &Packet<XdpContext>, params: &mut bpf_fib_lookup, lan: u32) -> Option<()> {
-    let ret = unsafe {
-        fib_lookup(
-            pkt.ctx.ctx.cast(),
-            params,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let ret = unsafe { fib_lookup(pkt.ctx.ctx.cast(), params, FIB_PARAMS_LEN, 0) };
     (ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && params.ifindex == lan).then_some(())
 }

@@ -45,7 +45,7 @@ pub fn lan_ingress(ctx: TcContext) -> i32 {
 /// The same as native XDP on the LAN device, for TAP tunnels.
 #[xdp]
 pub fn lan_ingress_xdp(ctx: XdpContext) -> u32 {
-    lan::handle(&ctx) as u32
+    lan::handle(&ctx).cast_unsigned()
 }
 
 /// tc ingress on every tun (L3) tunnel device: undo the translations.
@@ -72,7 +72,7 @@ pub fn tunnel_ingress_xdp(ctx: XdpContext) -> u32 {
         Err(reason) => (reason, verdict::of(&ctx, reason)),
     };
     stats::reason(reason, len);
-    code as u32
+    code.cast_unsigned()
 }
 
 #[inline(always)]

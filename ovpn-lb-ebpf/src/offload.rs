@@ -69,10 +69,8 @@ pub fn complete<C: Hook>(
                 sum,
             )
         };
-        if ret < 0 {
-            return Err(Reason::RewriteFailed);
-        }
-        sum = ret as u32;
+        // The helper's 32-bit sum, or a negative error.
+        sum = u32::try_from(ret).map_err(|_| Reason::RewriteFailed)?;
         at += n;
     }
     // Whole words are done (the segment is at most MAX_L4_BYTES long).

@@ -126,6 +126,18 @@ impl Datapath {
             .try_into()?)
     }
 
+    /// A loaded XDP program, by name.
+    ///
+    /// # Errors
+    /// If there is no such program.
+    pub fn xdp_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?)
+    }
+
     /// Attaches program `name` to the ingress of `iface` (tcx where the kernel
     /// has it). The link lives as long as this `Datapath`.
     ///

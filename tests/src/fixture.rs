@@ -6,19 +6,42 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     MAX_TUNNELS, Prefix4, Prefix6, Reason, ReasonStats, SiteConfig, TunnelConfig, TunnelStats,
-    maps::{Mode, family, programs, route},
+    maps::{Mode, family, framing, programs, route},
     schedule,
 };
 
 use crate::netns::Netns;
 
-/// Tunnel devices in the fixture namespace: tunnels 0..3 have one each.
+/// tun devices in the fixture namespace: tunnels 0..3 have one each.
 pub const TUNNEL_DEVICES: [&str; 3] = ["ovt0", "ovt1", "ovt2"];
 /// MTU of every fixture tunnel device.
 pub const TUNNEL_MTU: usize = 1400;
 /// Tunnel 3 is configured but its device is missing (ifindex 0).
 pub const TUNNEL_WITHOUT_DEVICE: u32 = 3;
-pub const TUNNELS: u32 = 4;
+/// TAP tunnels: tunnel 4 knows its far end's MAC, tunnel 5 does not yet.
+pub const TAP_DEVICES: [&str; 2] = ["ovtap4", "ovtap5"];
+pub const TAP_TUNNEL: u32 = 4;
+pub const TAP_TUNNEL_UNRESOLVED: u32 = 5;
+pub const TUNNELS: u32 = 6;
+
+/// MAC of TAP tunnel `k`'s device (set when the fixture makes it).
+#[must_use]
+pub fn tap_mac(k: u32) -> [u8; 6] {
+    [0x02, 0, 0, 0, u8::try_from(k).unwrap(), 0x01]
+}
+
+/// MAC of TAP tunnel `k`'s far end.
+#[must_use]
+pub fn tap_peer_mac(k: u32) -> [u8; 6] {
+    [0x02, 0, 0, 0, u8::try_from(k).unwrap(), 0x02]
+}
+
+/// The hook a fixture run goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Tc,
+    Xdp,
+}
 
 fn v4(s: &str, len: u8) -> Prefix4 {
     Prefix4::new(s.parse::<std::net::Ipv4Addr>().unwrap().octets(), len)
@@ -65,6 +88,17 @@ pub fn tunnel(k: u32, ifindex: u32) -> TunnelConfig {
     }
 }
 
+/// [`tunnel`] on a TAP device, with its far end's MAC known or not.
+#[must_use]
+pub fn tap_tunnel(k: u32, ifindex: u32, peer_known: bool) -> TunnelConfig {
+    TunnelConfig {
+        framing: framing::TAP,
+        mac: tap_mac(k),
+        peer_mac: if peer_known { tap_peer_mac(k) } else { [0; 6] },
+        ..tunnel(k, ifindex)
+    }
+}
+
 /// Which program a row runs through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Program {
@@ -89,7 +123,8 @@ pub struct Counters {
 
 pub struct Lab {
     pub datapath: Datapath,
-    pub ifindex: [u32; 3],
+    /// Device of each tunnel id, 0 for none.
+    pub ifindex: Vec<u32>,
 }
 
 /// Builds the fixture namespace and runs `f` inside it with a loaded datapath.
@@ -102,6 +137,12 @@ pub fn with_lab<R: Send>(f: impl FnOnce(&mut Lab) -> R + Send) -> R {
     for dev in TUNNEL_DEVICES {
         ns.ip(&["tuntap", "add", "dev", dev, "mode", "tun"]);
         ns.ip(&["link", "set", dev, "mtu", &TUNNEL_MTU.to_string()]);
+    }
+    for (dev, k) in TAP_DEVICES.iter().zip(TAP_TUNNEL..) {
+        let mac = tap_mac(k).map(|b| format!("{b:02x}")).join(":");
+        ns.ip(&["tuntap", "add", "dev", dev, "mode", "tap"]);
+        ns.ip(&["link", "set", dev, "mtu", &TUNNEL_MTU.to_string()]);
+        ns.ip(&["link", "set", dev, "address", &mac]);
     }
     ns.enter(|| {
         pin_to_cpu0();
@@ -131,7 +172,12 @@ fn ifindex(dev: &str) -> u32 {
 impl Lab {
     fn new() -> Self {
         let mut datapath = Datapath::load().expect("load the datapath");
-        let ifindex = TUNNEL_DEVICES.map(ifindex);
+        let ifindex: Vec<u32> = TUNNEL_DEVICES
+            .iter()
+            .map(|d| ifindex(d))
+            .chain([0])
+            .chain(TAP_DEVICES.iter().map(|d| ifindex(d)))
+            .collect();
         datapath.set_site(&site(Mode::Packet)).unwrap();
         datapath
             .set_remote_v4(v4("10.20.0.0", 16), route::SPRAY)
@@ -147,7 +193,11 @@ impl Lab {
             .unwrap();
         for k in 0..TUNNELS {
             let dev = ifindex.get(k as usize).copied().unwrap_or(0);
-            let t = tunnel(k, dev);
+            let t = match k {
+                TAP_TUNNEL => tap_tunnel(k, dev, true),
+                TAP_TUNNEL_UNRESOLVED => tap_tunnel(k, dev, false),
+                _ => tunnel(k, dev),
+            };
             datapath.set_tunnel(k, &t, None).unwrap();
             datapath.set_our_xlat_v4(t.xlat_v4, k).unwrap();
             datapath.set_our_xlat_v6(t.xlat_v6, k).unwrap();
@@ -172,28 +222,52 @@ impl Lab {
         self.datapath.set_site(&site(mode)).unwrap();
     }
 
-    /// Runs one packet. `frame` starts with an Ethernet header, as
-    /// `BPF_PROG_TEST_RUN` requires for tc programs.
+    /// Runs one packet through the tc programs. `frame` starts with an
+    /// Ethernet header, as `BPF_PROG_TEST_RUN` requires for tc programs.
     ///
     /// # Panics
     /// If the kernel refuses the run.
     pub fn run(&mut self, program: Program, frame: &[u8], gso_size: u32) -> Run {
-        let (name, dev) = match program {
-            Program::Lan => (programs::LAN_INGRESS, 0),
-            Program::Tunnel(k) => (programs::TUNNEL_INGRESS_ETH, self.ifindex[k as usize]),
-            Program::NotATunnel => (programs::TUNNEL_INGRESS_ETH, 1),
+        self.run_on(Hook::Tc, program, frame, gso_size)
+    }
+
+    /// Runs one packet through the programs of `hook`. XDP has no GSO:
+    /// `gso_size` must be 0 there.
+    ///
+    /// # Panics
+    /// If the kernel refuses the run.
+    pub fn run_on(&mut self, hook: Hook, program: Program, frame: &[u8], gso_size: u32) -> Run {
+        let dev = match program {
+            Program::Lan => 0,
+            Program::Tunnel(k) => self.ifindex[k as usize],
+            Program::NotATunnel => 1,
         };
-        let ctx = skb_ctx(dev, gso_size, frame.len());
+        let (name, ctx) = match (hook, program) {
+            (Hook::Tc, Program::Lan) => {
+                (programs::LAN_INGRESS, skb_ctx(dev, gso_size, frame.len()))
+            }
+            (Hook::Tc, _) => (
+                programs::TUNNEL_INGRESS_ETH,
+                skb_ctx(dev, gso_size, frame.len()),
+            ),
+            // The LAN run needs a real ingress device for the frame's rxq:
+            // loopback stands in (the program does not look at it).
+            (Hook::Xdp, Program::Lan) => (programs::LAN_INGRESS_XDP, xdp_ctx(1, frame.len())),
+            (Hook::Xdp, _) => (programs::TUNNEL_INGRESS_XDP, xdp_ctx(dev, frame.len())),
+        };
+        assert!(hook == Hook::Tc || gso_size == 0, "XDP frames carry no GSO");
         let mut out = vec![0u8; 65536];
-        let prog = self.datapath.program(name).unwrap();
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"));
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        };
+        let result = match hook {
+            Hook::Tc => self.datapath.program(name).unwrap().test_run(opts),
+            Hook::Xdp => self.datapath.xdp_program(name).unwrap().test_run(opts),
+        }
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"));
         out.truncate(result.data_size_out as usize);
         Run {
             verdict: result.return_value.cast_signed(),
@@ -215,6 +289,12 @@ impl Lab {
                 .collect(),
         }
     }
+}
+
+/// A `struct xdp_md` for `ctx_in`: data offsets and the ingress device.
+fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
+    let fields = [0, u32::try_from(len).unwrap(), 0, ifindex, 0, 0];
+    fields.iter().flat_map(|f| f.to_ne_bytes()).collect()
 }
 
 /// A `struct __sk_buff` for `ctx_in`: only the fields the kernel lets a test set.

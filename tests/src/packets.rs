@@ -392,6 +392,56 @@ pub fn eth(ethertype: u16, l3: &[u8]) -> Vec<u8> {
     .concat()
 }
 
+/// An Ethernet frame with the given addresses.
+#[must_use]
+pub fn eth_between(dst: [u8; 6], src: [u8; 6], ethertype: u16, l3: &[u8]) -> Vec<u8> {
+    [&dst[..], &src[..], &ethertype.to_be_bytes(), l3].concat()
+}
+
+/// `l3` (an IPv4 or IPv6 TCP/UDP datagram without extension headers) as a
+/// host with transmit checksum offload sends it: the L4 checksum field holds
+/// only the folded pseudo-header sum, for the NIC to finish.
+///
+/// # Panics
+/// If `l3` is not such a datagram.
+#[must_use]
+pub fn with_partial_checksum(l3: &[u8]) -> Vec<u8> {
+    let (l4, proto, pseudo): (usize, u8, Vec<u8>) = match l3[0] >> 4 {
+        4 => {
+            let l4 = usize::from(l3[0] & 0x0f) * 4;
+            let len = u16::try_from(l3.len() - l4).unwrap();
+            let mut p = l3[12..20].to_vec();
+            p.extend_from_slice(&[0, l3[9]]);
+            p.extend_from_slice(&len.to_be_bytes());
+            (l4, l3[9], p)
+        }
+        6 => {
+            let len = u32::try_from(l3.len() - 40).unwrap();
+            let mut p = l3[8..40].to_vec();
+            p.extend_from_slice(&len.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, l3[6]]);
+            (40, l3[6], p)
+        }
+        v => panic!("IP version {v}"),
+    };
+    let field = l4
+        + match proto {
+            6 => 16,
+            17 => 6,
+            p => panic!("protocol {p} has no offloadable checksum"),
+        };
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut out = l3.to_vec();
+    out[field..field + 2].copy_from_slice(&u16::try_from(sum).unwrap().to_be_bytes());
+    out
+}
+
 #[must_use]
 pub fn eth4(l3: &[u8]) -> Vec<u8> {
     eth(ETH_P_IP, l3)

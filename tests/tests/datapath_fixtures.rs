@@ -5,8 +5,14 @@
 
 use ovpn_lb_common::{Reason, maps::Mode};
 use ovpn_lb_tests::{
-    fixture::{Counters, Lab, Program, TUNNEL_MTU, with_lab},
-    packets::{ETH_P_ARP, L4, V4, V6, eth, eth4, eth6, validate_checksums},
+    fixture::{
+        Counters, Hook, Lab, Program, TAP_TUNNEL, TAP_TUNNEL_UNRESOLVED, TUNNEL_MTU, TUNNELS,
+        tap_mac, tap_peer_mac, with_lab,
+    },
+    packets::{
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L4, V4, V6, eth, eth_between, eth4, eth6,
+        validate_checksums, with_partial_checksum,
+    },
     require_root,
 };
 
@@ -14,6 +20,28 @@ use ovpn_lb_tests::{
 const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
+const XDP_DROP: i32 = 1;
+const XDP_PASS: i32 = 2;
+const XDP_REDIRECT: i32 = 4;
+
+/// The XDP program's answer where the tc program gives `tc`.
+fn xdp_verdict(tc: i32) -> i32 {
+    match tc {
+        TC_ACT_SHOT => XDP_DROP,
+        TC_ACT_REDIRECT => XDP_REDIRECT,
+        _ => XDP_PASS,
+    }
+}
+
+/// Which programs a row runs through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hooks {
+    Both,
+    /// GSO exists only for socket buffers.
+    TcOnly,
+    /// A partial checksum cannot be expressed in a `BPF_PROG_TEST_RUN` skb.
+    XdpOnly,
+}
 
 const LAN_HOST: &str = "192.168.10.5";
 const FAR_HOST: &str = "10.20.30.7";
@@ -57,6 +85,7 @@ struct Row {
     tx: Option<u32>,
     /// Tunnel whose rx counters grow by this packet.
     rx: Option<u32>,
+    hooks: Hooks,
 }
 
 fn lan(name: &'static str, input: Vec<u8>) -> Row {
@@ -71,6 +100,7 @@ fn lan(name: &'static str, input: Vec<u8>) -> Row {
         reason: Reason::NotIp,
         tx: None,
         rx: None,
+        hooks: Hooks::Both,
     }
 }
 
@@ -85,7 +115,7 @@ fn from_tunnel(name: &'static str, k: u32, input: Vec<u8>) -> Row {
 impl Row {
     /// Only tunnel `k` is up, so the spray must pick it.
     fn only(mut self, k: u32) -> Self {
-        self.weights = (0..4).map(|i| u32::from(i == k)).collect();
+        self.weights = (0..TUNNELS).map(|i| u32::from(i == k)).collect();
         self
     }
 
@@ -96,7 +126,21 @@ impl Row {
 
     fn gso(mut self, size: u32) -> Self {
         self.gso_size = size;
+        self.hooks = Hooks::TcOnly;
         self
+    }
+
+    fn xdp_only(mut self) -> Self {
+        self.hooks = Hooks::XdpOnly;
+        self
+    }
+
+    fn runs_on(&self, hook: Hook) -> bool {
+        match self.hooks {
+            Hooks::Both => true,
+            Hooks::TcOnly => hook == Hook::Tc,
+            Hooks::XdpOnly => hook == Hook::Xdp,
+        }
     }
 
     fn sprayed(mut self, k: u32, output: Vec<u8>) -> Self {
@@ -127,6 +171,11 @@ impl Row {
         self.reason = reason;
         self
     }
+}
+
+/// A datagram as it leaves into the TAP tunnel: from the device to its far end.
+fn tap_frame(ethertype: u16, l3: &[u8]) -> Vec<u8> {
+    eth_between(tap_peer_mac(TAP_TUNNEL), tap_mac(TAP_TUNNEL), ethertype, l3)
 }
 
 /// A LAN packet and the bytes it must leave as on tunnel `k`.
@@ -326,6 +375,88 @@ fn rows() -> Vec<Row> {
         )
         .gso(1448)
         .passed(Reason::OverMtu),
+        // --- LAN ingress: TAP tunnels ---
+        lan(
+            "v4 sprayed into a TAP tunnel, addressed to its far end",
+            eth4(&tcp4.datagram()),
+        )
+        .only(TAP_TUNNEL)
+        .sprayed(
+            TAP_TUNNEL,
+            tap_frame(
+                ETH_P_IP,
+                &tcp4
+                    .with_src(&lan_host_on(TAP_TUNNEL))
+                    .with_ttl(63)
+                    .datagram(),
+            ),
+        ),
+        lan(
+            "v6 sprayed into a TAP tunnel, addressed to its far end",
+            eth6(&udp6.datagram()),
+        )
+        .only(TAP_TUNNEL)
+        .sprayed(
+            TAP_TUNNEL,
+            tap_frame(
+                ETH_P_IPV6,
+                &udp6
+                    .with_src(&lan_host6_on(TAP_TUNNEL))
+                    .with_hop_limit(63)
+                    .datagram(),
+            ),
+        ),
+        lan(
+            "TAP tunnel whose far end's MAC is unknown",
+            eth4(&tcp4.datagram()),
+        )
+        .only(TAP_TUNNEL_UNRESOLVED)
+        .dropped(Reason::NoNextHop),
+        // --- LAN ingress, XDP: checksums the LAN host left to its NIC ---
+        {
+            let p = V4::new(LAN_HOST, FAR_HOST, L4::tcp(1001));
+            let out = p.with_src(&lan_host_on(TAP_TUNNEL)).with_ttl(63);
+            lan(
+                "v4 TCP with an offloaded checksum is completed",
+                eth4(&with_partial_checksum(&p.datagram())),
+            )
+            .only(TAP_TUNNEL)
+            .sprayed(TAP_TUNNEL, tap_frame(ETH_P_IP, &out.datagram()))
+            .xdp_only()
+        },
+        {
+            let p = V4::new(LAN_HOST, FAR_HOST, L4::udp(13));
+            let out = p.with_src(&lan_host_on(TAP_TUNNEL)).with_ttl(63);
+            lan(
+                "v4 UDP, odd length, offloaded checksum completed",
+                eth4(&with_partial_checksum(&p.datagram())),
+            )
+            .only(TAP_TUNNEL)
+            .sprayed(TAP_TUNNEL, tap_frame(ETH_P_IP, &out.datagram()))
+            .xdp_only()
+        },
+        {
+            let p = V6::new(LAN_HOST6, FAR_HOST6, L4::tcp(1300));
+            let out = p.with_src(&lan_host6_on(TAP_TUNNEL)).with_hop_limit(63);
+            lan(
+                "v6 TCP with an offloaded checksum is completed",
+                eth6(&with_partial_checksum(&p.datagram())),
+            )
+            .only(TAP_TUNNEL)
+            .sprayed(TAP_TUNNEL, tap_frame(ETH_P_IPV6, &out.datagram()))
+            .xdp_only()
+        },
+        {
+            let p = V6::new(LAN_HOST6, FAR_HOST6, L4::udp(3));
+            let out = p.with_src(&lan_host6_on(TAP_TUNNEL)).with_hop_limit(63);
+            lan(
+                "v6 UDP, tiny, offloaded checksum completed",
+                eth6(&with_partial_checksum(&p.datagram())),
+            )
+            .only(TAP_TUNNEL)
+            .sprayed(TAP_TUNNEL, tap_frame(ETH_P_IPV6, &out.datagram()))
+            .xdp_only()
+        },
         // --- LAN ingress: dropped ---
         lan("no healthy tunnel", eth4(&tcp4.datagram()))
             .weights(&[0, 0, 0])
@@ -491,12 +622,16 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-fn check_row(lab: &mut Lab, row: &Row) -> Result<(), String> {
+fn check_row(lab: &mut Lab, hook: Hook, row: &Row) -> Result<(), String> {
     lab.set_weights(&row.weights);
     let before = lab.counters();
-    let run = lab.run(row.program, &row.input, row.gso_size);
+    let run = lab.run_on(hook, row.program, &row.input, row.gso_size);
     let after = lab.counters();
-    if run.verdict != row.verdict {
+    let verdict = match hook {
+        Hook::Tc => row.verdict,
+        Hook::Xdp => xdp_verdict(row.verdict),
+    };
+    if run.verdict != verdict {
         let counted: Vec<&str> = Reason::ALL
             .iter()
             .zip(before.reasons.iter().zip(&after.reasons))
@@ -504,8 +639,8 @@ fn check_row(lab: &mut Lab, row: &Row) -> Result<(), String> {
             .map(|(r, _)| r.name())
             .collect();
         return Err(format!(
-            "verdict {} (want {}), counted as {counted:?}",
-            run.verdict, row.verdict
+            "verdict {} (want {verdict}), counted as {counted:?}",
+            run.verdict
         ));
     }
     let want = match &row.output {
@@ -580,23 +715,29 @@ fn fixture_table() {
         "the table must keep at least 40 rows, has {}",
         rows.len()
     );
+    let mut runs = 0;
     let failures = with_lab(|lab| {
-        rows.iter()
-            .filter_map(|row| {
-                check_row(lab, row)
-                    .err()
-                    .map(|e| format!("[{}] {e}", row.name))
-            })
-            .collect::<Vec<_>>()
+        let mut failures = Vec::new();
+        for hook in [Hook::Tc, Hook::Xdp] {
+            for row in rows.iter().filter(|r| r.runs_on(hook)) {
+                runs += 1;
+                if let Err(e) = check_row(lab, hook, row) {
+                    failures.push(format!("[{hook:?}: {}] {e}", row.name));
+                }
+            }
+        }
+        failures
     });
     assert!(
         failures.is_empty(),
-        "{} of {} rows failed:\n{}",
+        "{} of {runs} runs failed:\n{}",
         failures.len(),
-        rows.len(),
         failures.join("\n")
     );
-    eprintln!("{} fixture rows passed", rows.len());
+    eprintln!(
+        "{} fixture rows, {runs} runs (tc and XDP) passed",
+        rows.len()
+    );
 }
 
 /// Sends `n` copies of `frame` and returns each tunnel's tx packet delta.

@@ -49,7 +49,12 @@ impl Hook for TcContext {
         u16::from_be(self.skb.protocol() as u16)
     }
 
+    /// At tc ingress the skb's device is the one it arrived on.
     #[inline(always)]
+    #[expect(
+        clippy::misnamed_getters,
+        reason = "skb->ifindex is the arrival device at ingress"
+    )]
     fn ingress_ifindex(&self) -> u32 {
         unsafe { (*self.skb.skb).ifindex }
     }

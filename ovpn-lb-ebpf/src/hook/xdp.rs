@@ -79,7 +79,7 @@ impl Hook for XdpContext {
         // Opaque to the compiler, which would otherwise fold the subtraction
         // into arithmetic on the packet-end pointer, which the verifier refuses.
         let len = core::hint::black_box(self.len());
-        let delta = frame_len as i32 - len as i32;
+        let delta = frame_len.cast_signed() - len.cast_signed();
         if unsafe { bpf_xdp_adjust_tail(self.ctx, delta) } == 0 {
             Ok(())
         } else {
@@ -100,19 +100,19 @@ impl Hook for XdpContext {
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> i32 {
         if unsafe { bpf_redirect(ifindex, 0) } == i64::from(XDP_REDIRECT) {
-            XDP_REDIRECT as i32
+            XDP_REDIRECT.cast_signed()
         } else {
-            XDP_ABORTED as i32
+            XDP_ABORTED.cast_signed()
         }
     }
 
     #[inline(always)]
     fn drop_code(&self) -> i32 {
-        XDP_DROP as i32
+        XDP_DROP.cast_signed()
     }
 
     #[inline(always)]
     fn pass_code(&self) -> i32 {
-        XDP_PASS as i32
+        XDP_PASS.cast_signed()
     }
 }
