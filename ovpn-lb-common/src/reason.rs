@@ -64,6 +64,7 @@ reasons! {
     Ipv6ExtChain = 16, "ipv6_ext_chain", Dropped, "IPv6 extension header chain too long or truncated";
     RewriteFailed = 17, "rewrite_failed", Dropped, "a kernel helper refused the rewrite";
     NoNextHop = 18, "no_next_hop", Dropped, "the scheduled TAP tunnel's far-end MAC is not known yet";
+    RestoredToLan = 19, "restored_to_lan", Forwarded, "tunnel packet restored and sent straight to the LAN device by XDP";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

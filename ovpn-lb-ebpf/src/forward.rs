@@ -25,13 +25,11 @@ const AF_INET6: u8 = 10;
 const FIB_PARAMS_LEN: i32 = 64;
 const _: () = assert!(size_of::<bpf_fib_lookup>() == FIB_PARAMS_LEN as usize);
 
-/// The return code: a redirect into the LAN device, or a pass to the kernel.
+/// The return code of a redirect into the LAN device, or `None`: pass it to
+/// the kernel.
 #[inline(always)]
-pub fn to_lan(pkt: &Packet<XdpContext>, restored: &Restored) -> i32 {
-    match try_to_lan(pkt, restored) {
-        Some(lan) => pkt.ctx.redirect(lan),
-        None => pkt.ctx.pass_code(),
-    }
+pub fn to_lan(pkt: &Packet<XdpContext>, restored: &Restored) -> Option<i32> {
+    try_to_lan(pkt, restored).map(|lan| pkt.ctx.redirect(lan))
 }
 
 #[inline(always)]

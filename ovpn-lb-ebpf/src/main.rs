@@ -34,7 +34,7 @@ use aya_ebpf::{
 };
 use ovpn_lb_common::Reason;
 
-use crate::{packet::Packet, tunnel::Restored};
+use crate::{hook::Hook, packet::Packet, tunnel::Restored};
 
 /// tc ingress on the LAN device: spray remote-bound packets over the tunnels.
 #[classifier]
@@ -68,7 +68,10 @@ pub fn tunnel_ingress_xdp(ctx: XdpContext) -> u32 {
     let pkt = Packet::new(&ctx);
     let len = pkt.len();
     let (reason, code) = match tunnel::restore::<_, { packet::ETH_HLEN }>(&pkt) {
-        Ok(restored) => (Reason::Restored, forward::to_lan(&pkt, &restored)),
+        Ok(restored) => match forward::to_lan(&pkt, &restored) {
+            Some(code) => (Reason::RestoredToLan, code),
+            None => (Reason::Restored, ctx.pass_code()),
+        },
         Err(reason) => (reason, verdict::of(&ctx, reason)),
     };
     stats::reason(reason, len);

@@ -10,11 +10,15 @@ use std::{
 };
 
 use ovpn_lb_common::{
-    MAX_TUNNELS, Prefix4, Prefix6, SiteConfig, TunnelConfig, maps::Mode, maps::family,
+    MAX_TUNNELS, Prefix4, Prefix6, SiteConfig, TunnelConfig,
+    maps::{Mode, family, framing},
 };
 use serde::Deserialize;
 
-use crate::interfaces::{IfaceKind, Interfaces};
+use crate::{
+    hook::{self, Hook, TunnelKind},
+    interfaces::{IfaceKind, Interfaces},
+};
 
 /// Where metrics are served unless the file says otherwise: loopback only.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
@@ -28,7 +32,9 @@ struct RawConfig {
     #[serde(default)]
     exclude: Vec<String>,
     #[serde(default)]
-    mode: RawMode,
+    spray: RawSpray,
+    /// The hook; read as text so a pre-`spray` file gets a helpful error.
+    mode: Option<String>,
     #[serde(default = "default_up_delay")]
     up_delay_ms: u64,
     #[serde(default)]
@@ -50,10 +56,18 @@ struct RawLan {
 
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
-enum RawMode {
+enum RawSpray {
     #[default]
     Packet,
     Flow,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawKind {
+    #[default]
+    Tun,
+    Tap,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +99,9 @@ struct RawTunnel {
     #[serde(default = "default_weight")]
     weight: u32,
     management: Option<String>,
+    #[serde(default)]
+    kind: RawKind,
+    next_hop: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -141,6 +158,9 @@ impl fmt::Display for Net {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tunnel {
     pub device: String,
+    pub kind: TunnelKind,
+    /// TAP only: the far end's address on the TAP link, whose MAC frames go to.
+    pub next_hop: Option<IpAddr>,
     pub weight: u32,
     pub management: Option<SocketAddr>,
     pub xlat_v4: Option<Prefix4>,
@@ -151,15 +171,19 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    /// The datapath's view of this tunnel on device `ifindex` (0: no device)
-    /// whose MTU is `mtu` (0: unknown).
+    /// The datapath's view of this tunnel on `device`.
     #[must_use]
-    pub fn datapath_config(&self, ifindex: u32, mtu: u32) -> TunnelConfig {
+    pub fn datapath_config(&self, device: &Device) -> TunnelConfig {
         let mut t = TunnelConfig {
-            ifindex,
-            mtu,
+            ifindex: device.ifindex,
+            mtu: device.mtu,
             ..TunnelConfig::default()
         };
+        if self.kind == TunnelKind::Tap {
+            t.framing = framing::TAP;
+            t.mac = device.mac;
+            t.peer_mac = device.peer_mac;
+        }
         if let Some(p) = self.xlat_v4 {
             t.families |= family::V4;
             t.xlat_v4 = p;
@@ -182,6 +206,18 @@ impl Tunnel {
     }
 }
 
+/// What the loader knows of a tunnel's device now; all zero while it is missing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Device {
+    pub ifindex: u32,
+    /// 0: unknown, the program asks the kernel.
+    pub mtu: u32,
+    /// TAP: the device's MAC.
+    pub mac: [u8; 6],
+    /// TAP: the next hop's MAC from the neighbour table, zero until resolved.
+    pub peer_mac: [u8; 6],
+}
+
 /// A configuration that has passed validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -190,7 +226,10 @@ pub struct Config {
     pub lan_v6: Option<Prefix6>,
     pub remote: Vec<Net>,
     pub exclude: Vec<Net>,
-    pub mode: Mode,
+    pub spray: Mode,
+    /// The hook programs attach with, and why (one line for the log).
+    pub hook: Hook,
+    pub hook_reason: String,
     pub up_delay: Duration,
     pub metrics_listen: SocketAddr,
     pub tunnels: Vec<Tunnel>,
@@ -201,7 +240,7 @@ impl Config {
     #[must_use]
     pub fn site(&self) -> SiteConfig {
         let mut site = SiteConfig {
-            mode: self.mode as u32,
+            mode: self.spray as u32,
             ..SiteConfig::default()
         };
         if let Some(p) = self.lan_v4 {
@@ -369,6 +408,7 @@ impl<'a> Validator<'a> {
         let exclude = self.exclusions(&raw.exclude, &remote);
         let tunnels = self.tunnels(&raw, lan_v4, lan_v6, &remote);
         self.overlaps();
+        let hook = self.hook(raw.mode.as_deref(), &raw.lan.interface, lan_iface, &tunnels);
         let metrics_listen = if let Ok(a) = raw.metrics.listen.parse::<SocketAddr>() {
             Some(a)
         } else {
@@ -387,10 +427,12 @@ impl<'a> Validator<'a> {
             lan_v6,
             remote,
             exclude,
-            mode: match raw.mode {
-                RawMode::Packet => Mode::Packet,
-                RawMode::Flow => Mode::Flow,
+            spray: match raw.spray {
+                RawSpray::Packet => Mode::Packet,
+                RawSpray::Flow => Mode::Flow,
             },
+            hook: hook.as_ref().map_or(Hook::Tc, |h| h.hook),
+            hook_reason: hook.map(|h| h.reason).unwrap_or_default(),
             up_delay: Duration::from_millis(raw.up_delay_ms),
             metrics_listen: metrics_listen.expect("no errors"),
             tunnels,
@@ -474,8 +516,12 @@ impl<'a> Validator<'a> {
                         "{field}.device = \"{}\": no such network interface; start its OpenVPN first or fix the name",
                         t.device
                     )),
-                    Some(info) if info.kind != IfaceKind::L3PointToPoint => self.errors.push(format!(
-                        "{field}.device = \"{}\" is not a layer-3 point-to-point device ({}): use the tun device OpenVPN creates with `dev tun`",
+                    Some(info) if matches!(t.kind, RawKind::Tun) && info.kind != IfaceKind::L3PointToPoint => self.errors.push(format!(
+                        "{field}.device = \"{}\" is not a layer-3 point-to-point device ({}): use the tun device OpenVPN creates with `dev tun`, or set kind = \"tap\" for a TAP device",
+                        t.device, info.kind
+                    )),
+                    Some(info) if matches!(t.kind, RawKind::Tap) && info.kind != IfaceKind::Ethernet => self.errors.push(format!(
+                        "{field}.device = \"{}\" is not an Ethernet (TAP) device ({}): kind = \"tap\" needs the device OpenVPN creates with `dev tap`",
                         t.device, info.kind
                     )),
                     Some(info) => mtus.push((t.device.clone(), info.mtu)),
@@ -492,8 +538,15 @@ impl<'a> Validator<'a> {
                 ));
                 None
             });
+            let kind = match t.kind {
+                RawKind::Tun => TunnelKind::Tun,
+                RawKind::Tap => TunnelKind::Tap,
+            };
+            let next_hop = self.next_hop(&field, kind, t.next_hop.as_deref());
             let mut tunnel = Tunnel {
                 device: t.device.clone(),
+                kind,
+                next_hop,
                 weight: t.weight,
                 management,
                 xlat_v4: None,
@@ -517,6 +570,79 @@ impl<'a> Validator<'a> {
             )));
         }
         out
+    }
+
+    fn next_hop(&mut self, field: &str, kind: TunnelKind, text: Option<&str>) -> Option<IpAddr> {
+        match (kind, text) {
+            (TunnelKind::Tun, None) => None,
+            (TunnelKind::Tun, Some(t)) => {
+                self.errors.push(format!(
+                    "{field}.next_hop = \"{t}\": a tun tunnel has no next hop (it carries bare IP); remove it, or set kind = \"tap\""
+                ));
+                None
+            }
+            (TunnelKind::Tap, None) => {
+                self.errors.push(format!(
+                    "{field}.next_hop is missing: a TAP tunnel needs the far end's address on the TAP link (its OpenVPN --ifconfig address), e.g. next_hop = \"10.99.0.2\""
+                ));
+                None
+            }
+            (TunnelKind::Tap, Some(t)) => {
+                let parsed = t.parse::<IpAddr>().ok();
+                if parsed.is_none() {
+                    self.errors.push(format!(
+                        "{field}.next_hop = \"{t}\" is not an IPv4 or IPv6 address"
+                    ));
+                }
+                parsed
+            }
+        }
+    }
+
+    /// The hook, from `mode` and what the drivers can do.
+    fn hook(
+        &mut self,
+        mode: Option<&str>,
+        lan: &str,
+        lan_info: Option<crate::interfaces::IfaceInfo>,
+        tunnels: &[Tunnel],
+    ) -> Option<hook::Choice> {
+        let requested = match mode.unwrap_or("auto") {
+            "auto" => hook::Requested::Auto,
+            "tc" => hook::Requested::Tc,
+            "xdp" => hook::Requested::Xdp,
+            m @ ("packet" | "flow") => {
+                self.errors.push(format!(
+                    "mode = \"{m}\": `mode` now picks the hook (\"auto\", \"tc\" or \"xdp\"); the spray mode is spray = \"{m}\""
+                ));
+                return None;
+            }
+            m => {
+                self.errors.push(format!(
+                    "mode = \"{m}\": use \"auto\" (native XDP where it works, tc elsewhere), \"tc\" or \"xdp\""
+                ));
+                return None;
+            }
+        };
+        let devices: Vec<hook::TunnelDevice> = tunnels
+            .iter()
+            .map(|t| hook::TunnelDevice {
+                name: t.device.clone(),
+                kind: t.kind,
+                xdp_features: self
+                    .interfaces
+                    .lookup(&t.device)
+                    .and_then(|i| i.xdp_features),
+            })
+            .collect();
+        let lan_features = lan_info.and_then(|i| i.xdp_features);
+        match hook::choose(requested, lan, lan_features, &devices) {
+            Ok(choice) => Some(choice),
+            Err(e) => {
+                self.errors.push(e);
+                None
+            }
+        }
     }
 
     /// Our and the peer's translation prefixes of one tunnel.
@@ -623,7 +749,10 @@ mod tests {
     use std::fmt::Write as _;
 
     use super::*;
-    use crate::interfaces::{IfaceInfo, tests::FakeInterfaces};
+    use crate::{
+        hook::{Hook, TunnelKind},
+        interfaces::{IfaceInfo, tests::FakeInterfaces},
+    };
 
     fn fake() -> FakeInterfaces {
         FakeInterfaces::new(&[
@@ -633,6 +762,11 @@ mod tests {
                     ifindex: 2,
                     kind: IfaceKind::Ethernet,
                     mtu: 1500,
+                    xdp_features: Some(
+                        crate::xdp_features::BASIC
+                            | crate::xdp_features::REDIRECT
+                            | crate::xdp_features::NDO_XMIT,
+                    ),
                 },
             ),
             (
@@ -641,6 +775,11 @@ mod tests {
                     ifindex: 3,
                     kind: IfaceKind::L3PointToPoint,
                     mtu: 1500,
+                    xdp_features: Some(
+                        crate::xdp_features::BASIC
+                            | crate::xdp_features::REDIRECT
+                            | crate::xdp_features::NDO_XMIT,
+                    ),
                 },
             ),
             (
@@ -649,6 +788,11 @@ mod tests {
                     ifindex: 4,
                     kind: IfaceKind::L3PointToPoint,
                     mtu: 1500,
+                    xdp_features: Some(
+                        crate::xdp_features::BASIC
+                            | crate::xdp_features::REDIRECT
+                            | crate::xdp_features::NDO_XMIT,
+                    ),
                 },
             ),
             (
@@ -657,6 +801,11 @@ mod tests {
                     ifindex: 5,
                     kind: IfaceKind::L3PointToPoint,
                     mtu: 1400,
+                    xdp_features: Some(
+                        crate::xdp_features::BASIC
+                            | crate::xdp_features::REDIRECT
+                            | crate::xdp_features::NDO_XMIT,
+                    ),
                 },
             ),
             (
@@ -665,6 +814,11 @@ mod tests {
                     ifindex: 6,
                     kind: IfaceKind::Ethernet,
                     mtu: 1500,
+                    xdp_features: Some(
+                        crate::xdp_features::BASIC
+                            | crate::xdp_features::REDIRECT
+                            | crate::xdp_features::NDO_XMIT,
+                    ),
                 },
             ),
         ])
@@ -673,7 +827,7 @@ mod tests {
     const GOOD: &str = r#"
 remote_prefixes = ["10.20.30.0/24", "fd00:20::/64"]
 exclude = ["10.20.30.1/32"]
-mode = "flow"
+spray = "flow"
 up_delay_ms = 500
 
 [lan]
@@ -711,12 +865,16 @@ weight = 3
     fn good_config_parses() {
         let (c, warnings) = parse(GOOD, &fake()).unwrap();
         assert!(warnings.is_empty());
-        assert_eq!(c.mode, Mode::Flow);
+        assert_eq!(c.spray, Mode::Flow);
         assert_eq!(c.up_delay, Duration::from_millis(500));
         assert_eq!(c.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
         assert_eq!(c.tunnels.len(), 2);
         assert_eq!(c.tunnels[1].weight, 3);
-        let t0 = c.tunnels[0].datapath_config(3, 1500);
+        let t0 = c.tunnels[0].datapath_config(&Device {
+            ifindex: 3,
+            mtu: 1500,
+            ..Device::default()
+        });
         assert_eq!(t0.mtu, 1500);
         assert_eq!(
             t0.families,
@@ -740,8 +898,8 @@ weight = 3
     #[test]
     fn unknown_field_is_refused() {
         expect_error(
-            &GOOD.replace("mode = ", "modes = "),
-            "unknown field `modes`",
+            &GOOD.replace("spray = ", "sprays = "),
+            "unknown field `sprays`",
         );
     }
 
@@ -762,6 +920,84 @@ weight = 3
         expect_error(
             &GOOD.replace("\"tun1\"", "\"tap0\""),
             "tunnel[1].device = \"tap0\" is not a layer-3 point-to-point device",
+        );
+    }
+
+    const TAP_TUNNELS: &str = r#"
+remote_prefixes = ["10.20.30.0/24"]
+mode = "xdp"
+
+[lan]
+interface = "eth1"
+prefixes = ["192.168.10.0/24"]
+
+[[tunnel]]
+device = "tap0"
+kind = "tap"
+next_hop = "10.99.0.2"
+translate = ["100.64.0.0/24"]
+"#;
+
+    #[test]
+    fn tap_tunnels_take_xdp_and_carry_their_framing() {
+        let (c, _) = parse(TAP_TUNNELS, &fake()).unwrap();
+        assert_eq!(c.hook, Hook::Xdp);
+        assert_eq!(c.tunnels[0].kind, TunnelKind::Tap);
+        let t = c.tunnels[0].datapath_config(&Device {
+            ifindex: 6,
+            mtu: 1500,
+            mac: [2, 0, 0, 0, 0, 1],
+            peer_mac: [2, 0, 0, 0, 0, 2],
+        });
+        assert_eq!(t.framing, framing::TAP);
+        assert_eq!(
+            (t.mac, t.peer_mac),
+            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        );
+        let (auto, _) = parse(&TAP_TUNNELS.replace("\"xdp\"", "\"auto\""), &fake()).unwrap();
+        assert_eq!(auto.hook, Hook::Xdp, "{}", auto.hook_reason);
+        let (tc, _) = parse(
+            &GOOD.replace("spray = \"flow\"", "mode = \"auto\""),
+            &fake(),
+        )
+        .unwrap();
+        assert_eq!(tc.hook, Hook::Tc);
+        assert!(
+            tc.hook_reason.contains("tun0 is a tun device"),
+            "{}",
+            tc.hook_reason
+        );
+    }
+
+    #[test]
+    fn tap_and_tun_are_checked_against_the_device() {
+        expect_error(
+            &TAP_TUNNELS.replace("\"tap0\"", "\"tun0\""),
+            "tunnel[0].device = \"tun0\" is not an Ethernet (TAP) device",
+        );
+        expect_error(
+            &TAP_TUNNELS.replace("next_hop = \"10.99.0.2\"\n", ""),
+            "tunnel[0].next_hop is missing",
+        );
+        expect_error(
+            &TAP_TUNNELS.replace("10.99.0.2", "10.99.0"),
+            "tunnel[0].next_hop = \"10.99.0\" is not an IPv4 or IPv6 address",
+        );
+        expect_error(
+            &GOOD.replace("weight = 3", "weight = 3\nnext_hop = \"10.99.0.2\""),
+            "tunnel[1].next_hop = \"10.99.0.2\": a tun tunnel has no next hop",
+        );
+    }
+
+    #[test]
+    fn xdp_with_tun_tunnels_is_refused_with_the_reason() {
+        expect_error(
+            &GOOD.replace("spray = \"flow\"", "mode = \"xdp\""),
+            "mode = \"xdp\": tun0 is a tun device: Linux refuses native XDP",
+        );
+        expect_error(
+            &GOOD.replace("spray = \"flow\"", "mode = \"flow\""),
+            "mode = \"flow\": `mode` now picks the hook",
         );
     }
 

@@ -15,6 +15,7 @@ use aya::{
         SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
+        xdp::{XdpLink, XdpMode},
     },
 };
 use ovpn_lb_common::{
@@ -23,7 +24,7 @@ use ovpn_lb_common::{
 };
 
 use crate::{
-    config::{Config, Net},
+    config::{Config, Device, Net},
     pins::{Layout, remove_if_present},
 };
 
@@ -180,21 +181,60 @@ impl Datapath {
         Ok(Attached::Created)
     }
 
-    /// Writes a validated configuration: site, tunnels (device ifindex and MTU
-    /// per tunnel, 0 for a missing device), prefixes. New entries go in before
-    /// stale ones come out, so no packet falls between two configurations.
+    /// Attaches XDP `program` to `iface` in native (driver) mode through a
+    /// link pinned at `pin`, replacing the program of a live pinned link in
+    /// place. Generic XDP is never used: it loses offloaded checksums.
+    ///
+    /// # Errors
+    /// If the interface is missing or its driver refuses native XDP.
+    pub fn attach_xdp_pinned(
+        &mut self,
+        program: &str,
+        iface: &str,
+        pin: &Path,
+    ) -> Result<Attached> {
+        let prog = self.xdp_program(program)?;
+        if let Ok(pinned) = PinnedLink::from_pin(pin) {
+            if let Ok(link) = XdpLink::try_from(FdLink::from(pinned))
+                && prog.attach_to_link(link).is_ok()
+            {
+                return Ok(Attached::Replaced);
+            }
+            remove_if_present(pin).with_context(|| format!("removing stale {}", pin.display()))?;
+        }
+        let id = prog
+            .attach(iface, XdpMode::Driver)
+            .with_context(|| format!("attaching {program} to {iface} as native XDP"))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .map_err(|e: LinkError| anyhow!("{program} on {iface} is not a bpf_link: {e}"))?;
+        link.pin(pin)
+            .with_context(|| format!("pinning the link at {}", pin.display()))?;
+        Ok(Attached::Created)
+    }
+
+    /// Writes a validated configuration: `site` (from `Config::site` plus
+    /// what the loader knows of the LAN device), tunnels (one [`Device`] per
+    /// tunnel), prefixes. New entries go in before stale ones come out, so no
+    /// packet falls between two configurations.
     ///
     /// # Errors
     /// If the kernel refuses an update.
-    pub fn write_config(&mut self, config: &Config, devices: &[(u32, u32)]) -> Result<()> {
-        self.set_site(&config.site())?;
+    pub fn write_config(
+        &mut self,
+        config: &Config,
+        site: &SiteConfig,
+        devices: &[Device],
+    ) -> Result<()> {
+        self.set_site(site)?;
         let mut wanted_if = Vec::new();
         for (k, tunnel) in config.tunnels.iter().enumerate() {
             let id = u32::try_from(k)?;
-            let (ifindex, mtu) = devices.get(k).copied().unwrap_or((0, 0));
-            self.set_tunnel(id, &tunnel.datapath_config(ifindex, mtu), None)?;
-            if ifindex != 0 {
-                wanted_if.push(ifindex);
+            let device = devices.get(k).copied().unwrap_or_default();
+            self.set_tunnel(id, &tunnel.datapath_config(&device), None)?;
+            if device.ifindex != 0 {
+                wanted_if.push(device.ifindex);
             }
         }
         let mut tunnels: Array<_, TunnelConfig> =

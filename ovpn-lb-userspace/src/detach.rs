@@ -3,10 +3,13 @@
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
-use aya::programs::links::PinnedLink;
 use ovpn_lb_common::maps::names;
 
-use crate::pins::{BPFFS, Layout, is_bpffs_mount, remove_if_present};
+use crate::{
+    neighbours,
+    pins::{BPFFS, Layout, drop_link, is_bpffs_mount, remove_if_present},
+    status::State,
+};
 
 /// Detaches and unpins everything; returns one line per thing removed.
 ///
@@ -14,18 +17,18 @@ use crate::pins::{BPFFS, Layout, is_bpffs_mount, remove_if_present};
 /// If a pin or file exists but cannot be removed.
 pub fn all(layout: &Layout) -> Result<Vec<String>> {
     let mut removed = Vec::new();
+    if let Ok(state) = State::read(layout) {
+        for n in &state.neighbours {
+            if neighbours::forget(&n.device, n.addr) {
+                removed.push(format!("managed neighbour {} on {}", n.addr, n.device));
+            }
+        }
+    }
     if let Ok(entries) = fs::read_dir(layout.links()) {
         for entry in entries.flatten() {
             let path = entry.path();
-            // Dropping the last reference to a tcx link detaches it.
-            match PinnedLink::from_pin(&path) {
-                Ok(link) => drop(
-                    link.unpin()
-                        .with_context(|| format!("unpinning {}", path.display()))?,
-                ),
-                Err(_) => remove_if_present(&path)
-                    .with_context(|| format!("removing {}", path.display()))?,
-            }
+            // Dropping the last reference to a tcx or XDP link detaches it.
+            drop_link(&path)?;
             removed.push(format!("link {}", path.display()));
         }
     }

@@ -25,6 +25,16 @@ impl Management {
     }
 }
 
+/// Whether frames into the tunnel can be addressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextHop {
+    /// A tun tunnel carries bare IP.
+    NotNeeded,
+    /// A TAP tunnel whose far end's MAC is not known (yet).
+    Unknown,
+    Known,
+}
+
 #[derive(Clone, Debug)]
 pub struct Tunnel {
     pub weight: u32,
@@ -33,6 +43,7 @@ pub struct Tunnel {
     /// Administratively up with carrier (`IFF_UP` and `IFF_RUNNING`).
     pub link_up: bool,
     pub management: Management,
+    pub next_hop: NextHop,
     pub in_rotation: bool,
     /// When the tunnel last became healthy, for the up-delay.
     healthy_since: Option<Instant>,
@@ -41,7 +52,10 @@ pub struct Tunnel {
 impl Tunnel {
     #[must_use]
     pub fn healthy(&self) -> bool {
-        self.ifindex != 0 && self.link_up && self.management.verdict().unwrap_or(true)
+        self.ifindex != 0
+            && self.link_up
+            && self.next_hop != NextHop::Unknown
+            && self.management.verdict().unwrap_or(true)
     }
 
     /// Short state for `status` and metrics.
@@ -61,13 +75,20 @@ pub struct Health {
 }
 
 impl Health {
-    /// Starts with every tunnel down and no device.
+    /// Starts with every tunnel down and no device. `needs_next_hop`: the
+    /// tunnel is TAP and must know its far end's MAC to be healthy.
     #[must_use]
-    pub fn new(weights: &[u32], up_delay: Duration, management: &[bool]) -> Self {
+    pub fn new(
+        weights: &[u32],
+        up_delay: Duration,
+        management: &[bool],
+        needs_next_hop: &[bool],
+    ) -> Self {
         let tunnels = weights
             .iter()
             .zip(management)
-            .map(|(&weight, &has_management)| Tunnel {
+            .zip(needs_next_hop)
+            .map(|((&weight, &has_management), &needs_next_hop)| Tunnel {
                 weight,
                 ifindex: 0,
                 link_up: false,
@@ -75,6 +96,11 @@ impl Health {
                     Management::Lost
                 } else {
                     Management::None
+                },
+                next_hop: if needs_next_hop {
+                    NextHop::Unknown
+                } else {
+                    NextHop::NotNeeded
                 },
                 in_rotation: false,
                 healthy_since: None,
@@ -95,6 +121,18 @@ impl Health {
         let t = &mut self.tunnels[k];
         t.ifindex = ifindex;
         t.link_up = link_up;
+        Self::note(t, now);
+    }
+
+    pub fn set_next_hop(&mut self, k: usize, known: bool, now: Instant) {
+        let t = &mut self.tunnels[k];
+        if t.next_hop != NextHop::NotNeeded {
+            t.next_hop = if known {
+                NextHop::Known
+            } else {
+                NextHop::Unknown
+            };
+        }
         Self::note(t, now);
     }
 
@@ -152,7 +190,7 @@ mod tests {
     const DELAY: Duration = Duration::from_secs(2);
 
     fn two(now: Instant) -> Health {
-        let mut h = Health::new(&[1, 3], DELAY, &[false, true]);
+        let mut h = Health::new(&[1, 3], DELAY, &[false, true], &[false, false]);
         h.set_link(0, 10, true, now);
         h.set_link(1, 11, true, now);
         h
@@ -225,9 +263,23 @@ mod tests {
     #[test]
     fn missing_device_is_down() {
         let t0 = Instant::now();
-        let mut h = Health::new(&[1], DELAY, &[false]);
+        let mut h = Health::new(&[1], DELAY, &[false], &[false]);
         h.set_link(0, 0, true, t0);
         h.admit_healthy_now();
         assert_eq!(h.weights(), [0]);
+    }
+
+    #[test]
+    fn tap_tunnel_waits_for_its_next_hop() {
+        let t0 = Instant::now();
+        let mut h = Health::new(&[1], DELAY, &[false], &[true]);
+        h.set_link(0, 7, true, t0);
+        h.admit_healthy_now();
+        assert_eq!(h.weights(), [0], "no far-end MAC yet");
+        h.set_next_hop(0, true, t0);
+        h.advance(t0 + DELAY);
+        assert_eq!(h.weights(), [1]);
+        h.set_next_hop(0, false, t0 + DELAY);
+        assert_eq!(h.weights(), [0], "neighbour failed: out at once");
     }
 }

@@ -29,6 +29,9 @@ pub struct IfaceInfo {
     pub ifindex: u32,
     pub kind: IfaceKind,
     pub mtu: u32,
+    /// `NETDEV_XDP_ACT_*` bits (see `xdp_features`); `None` if the kernel
+    /// does not say (before Linux 6.3).
+    pub xdp_features: Option<u64>,
 }
 
 /// Looks interfaces up by name.
@@ -96,6 +99,7 @@ impl Interfaces for System {
             ifindex,
             kind,
             mtu: u32::from_ne_bytes([mtu.data[0], mtu.data[1], mtu.data[2], mtu.data[3]]),
+            xdp_features: crate::xdp_features::of(ifindex).ok(),
         })
     }
 }

@@ -1,6 +1,7 @@
-//! Link events from rtnetlink: devices appearing, going up or down, losing
-//! carrier, disappearing. One socket, subscribed to the link group, in the
-//! network namespace of the thread that opens it.
+//! Link and neighbour events from rtnetlink: devices appearing, going up or
+//! down, losing carrier, disappearing; neighbour entries resolving or going
+//! away (the MACs of TAP tunnels' far ends). One socket, subscribed to both
+//! groups, in the network namespace of the thread that opens it.
 
 use std::{
     io, mem,
@@ -8,6 +9,16 @@ use std::{
 };
 
 const RTMGRP_LINK: u32 = 1;
+const RTMGRP_NEIGH: u32 = 4;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+const RTM_GETNEIGH: u16 = 30;
+const NDMSG_LEN: usize = 12;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+/// Neighbour states with a usable link-layer address.
+const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
+const IFLA_ADDRESS: u16 = 1;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
@@ -33,6 +44,16 @@ pub struct LinkEvent {
     /// Id of an XDP program attached to the link, 0 for none.
     pub xdp_prog_id: u32,
     pub mtu: u32,
+    /// The link-layer address, zero unless it is a 6-byte (Ethernet) one.
+    pub mac: [u8; 6],
+}
+
+/// A neighbour entry's state: `mac` is `None` while unresolved or once gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeighbourEvent {
+    pub ifindex: u32,
+    pub addr: std::net::IpAddr,
+    pub mac: Option<[u8; 6]>,
 }
 
 pub struct LinkMonitor {
@@ -61,7 +82,7 @@ impl LinkMonitor {
             let fd = OwnedFd::from_raw_fd(fd);
             let mut addr: libc::sockaddr_nl = mem::zeroed();
             addr.nl_family = u16::try_from(libc::AF_NETLINK).expect("fits");
-            addr.nl_groups = RTMGRP_LINK;
+            addr.nl_groups = RTMGRP_LINK | RTMGRP_NEIGH;
             let len = u32::try_from(mem::size_of::<libc::sockaddr_nl>()).expect("small");
             if libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) < 0 {
                 return Err(io::Error::last_os_error());
@@ -78,10 +99,22 @@ impl LinkMonitor {
     /// # Errors
     /// If the request cannot be sent.
     pub fn request_dump(&self) -> io::Result<()> {
-        let mut msg = [0u8; NLMSG_HDRLEN + IFINFO_LEN];
+        self.dump(RTM_GETLINK, IFINFO_LEN)
+    }
+
+    /// Asks for every neighbour entry; answers arrive through [`LinkMonitor::next`].
+    ///
+    /// # Errors
+    /// If the request cannot be sent.
+    pub fn request_neighbour_dump(&self) -> io::Result<()> {
+        self.dump(RTM_GETNEIGH, NDMSG_LEN)
+    }
+
+    fn dump(&self, kind: u16, body: usize) -> io::Result<()> {
+        let mut msg = vec![0u8; NLMSG_HDRLEN + body];
         let len = u32::try_from(msg.len()).expect("small");
         msg[0..4].copy_from_slice(&len.to_ne_bytes());
-        msg[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+        msg[4..6].copy_from_slice(&kind.to_ne_bytes());
         let flags = u16::try_from(libc::NLM_F_REQUEST | libc::NLM_F_DUMP).expect("fits");
         msg[6..8].copy_from_slice(&flags.to_ne_bytes());
         msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
@@ -139,10 +172,11 @@ fn attributes(mut b: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-/// The link messages of one netlink datagram.
+/// The link and neighbour messages of one netlink datagram.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     pub events: Vec<LinkEvent>,
+    pub neighbours: Vec<NeighbourEvent>,
     /// The datagram ended a dump (`NLMSG_DONE`) or reported an error.
     pub done: bool,
 }
@@ -151,6 +185,7 @@ pub struct Batch {
 #[must_use]
 pub fn parse(mut b: &[u8]) -> Batch {
     let mut events = Vec::new();
+    let mut neighbours = Vec::new();
     let mut done = false;
     while let (Some(len), Some(kind)) = (u32_at(b, 0), u16_at(b, 4)) {
         let len = usize::try_from(len).unwrap_or(0);
@@ -168,8 +203,10 @@ pub fn parse(mut b: &[u8]) -> Batch {
             let mut name = String::new();
             let mut xdp_prog_id = 0;
             let mut mtu = 0;
+            let mut mac = [0; 6];
             for (attr, payload) in attributes(&body[IFINFO_LEN..]) {
                 match attr {
+                    IFLA_ADDRESS => mac = payload.try_into().unwrap_or_default(),
                     IFLA_MTU => mtu = u32_at(payload, 0).unwrap_or(0),
                     IFLA_IFNAME => {
                         name.clear();
@@ -193,11 +230,44 @@ pub fn parse(mut b: &[u8]) -> Batch {
                 removed,
                 xdp_prog_id,
                 mtu,
+                mac,
             });
+        }
+        if (kind == RTM_NEWNEIGH || kind == RTM_DELNEIGH)
+            && let Some(n) = neighbour(kind, body)
+        {
+            neighbours.push(n);
         }
         b = b.get(align4(len)..).unwrap_or_default();
     }
-    Batch { events, done }
+    Batch {
+        events,
+        neighbours,
+        done,
+    }
+}
+
+fn neighbour(kind: u16, body: &[u8]) -> Option<NeighbourEvent> {
+    let ifindex = u32_at(body, 4)?;
+    let state = u16_at(body, 8)?;
+    let mut addr = None;
+    let mut lladdr = None;
+    for (attr, payload) in attributes(body.get(NDMSG_LEN..)?) {
+        match (attr, payload.len()) {
+            (NDA_DST, 4) => addr = Some(std::net::IpAddr::from(<[u8; 4]>::try_from(payload).ok()?)),
+            (NDA_DST, 16) => {
+                addr = Some(std::net::IpAddr::from(<[u8; 16]>::try_from(payload).ok()?));
+            }
+            (NDA_LLADDR, 6) => lladdr = <[u8; 6]>::try_from(payload).ok(),
+            _ => {}
+        }
+    }
+    let usable = kind == RTM_NEWNEIGH && state & NUD_VALID != 0;
+    Some(NeighbourEvent {
+        ifindex,
+        addr: addr?,
+        mac: lladdr.filter(|_| usable),
+    })
 }
 
 #[cfg(test)]
@@ -234,6 +304,7 @@ mod tests {
         );
         let mut extra = attr(IFLA_MTU, &1400u32.to_ne_bytes());
         extra.extend(xdp);
+        extra.extend(attr(IFLA_ADDRESS, &[2, 0, 0, 0, 0, 7]));
         let mut datagram = link_msg(RTM_NEWLINK, 7, IFF_UP | IFF_RUNNING, "tun0", &extra);
         datagram.extend(link_msg(RTM_NEWLINK, 8, IFF_UP, "tun1", &[]));
         datagram.extend(link_msg(RTM_DELLINK, 9, IFF_UP | IFF_RUNNING, "tun2", &[]));
@@ -249,6 +320,7 @@ mod tests {
                     removed: false,
                     xdp_prog_id: 77,
                     mtu: 1400,
+                    mac: [2, 0, 0, 0, 0, 7],
                 },
                 LinkEvent {
                     name: "tun1".into(),
@@ -257,6 +329,7 @@ mod tests {
                     removed: false,
                     xdp_prog_id: 0,
                     mtu: 0,
+                    mac: [0; 6],
                 },
                 LinkEvent {
                     name: "tun2".into(),
@@ -265,6 +338,67 @@ mod tests {
                     removed: true,
                     xdp_prog_id: 0,
                     mtu: 0,
+                    mac: [0; 6],
+                },
+            ]
+        );
+    }
+
+    fn neigh_msg(
+        kind: u16,
+        ifindex: u32,
+        state: u16,
+        dst: &[u8],
+        lladdr: Option<&[u8]>,
+    ) -> Vec<u8> {
+        let mut body = vec![0u8; NDMSG_LEN];
+        body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        body[8..10].copy_from_slice(&state.to_ne_bytes());
+        body.extend(attr(NDA_DST, dst));
+        if let Some(l) = lladdr {
+            body.extend(attr(NDA_LLADDR, l));
+        }
+        let len = u32::try_from(NLMSG_HDRLEN + body.len()).unwrap();
+        let mut m = len.to_ne_bytes().to_vec();
+        m.extend(kind.to_ne_bytes());
+        m.extend([0u8; 10]);
+        m.extend(body);
+        m
+    }
+
+    #[test]
+    fn parses_neighbours_resolved_unresolved_and_gone() {
+        const REACHABLE: u16 = 0x02;
+        const INCOMPLETE: u16 = 0x01;
+        let mac = [2, 0, 0, 0, 9, 9];
+        let mut datagram = neigh_msg(RTM_NEWNEIGH, 5, REACHABLE, &[10, 99, 0, 2], Some(&mac));
+        datagram.extend(neigh_msg(
+            RTM_NEWNEIGH,
+            5,
+            INCOMPLETE,
+            &[10, 99, 1, 2],
+            None,
+        ));
+        let v6: [u8; 16] = "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        datagram.extend(neigh_msg(RTM_DELNEIGH, 6, REACHABLE, &v6, Some(&mac)));
+        let batch = parse(&datagram);
+        assert_eq!(
+            batch.neighbours,
+            vec![
+                NeighbourEvent {
+                    ifindex: 5,
+                    addr: "10.99.0.2".parse().unwrap(),
+                    mac: Some(mac),
+                },
+                NeighbourEvent {
+                    ifindex: 5,
+                    addr: "10.99.1.2".parse().unwrap(),
+                    mac: None,
+                },
+                NeighbourEvent {
+                    ifindex: 6,
+                    addr: "fd00::2".parse().unwrap(),
+                    mac: None,
                 },
             ]
         );

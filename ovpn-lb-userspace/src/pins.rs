@@ -43,10 +43,16 @@ impl Layout {
         self.pin_root.join("links")
     }
 
-    /// Pin of the link attaching a program to `iface`'s ingress.
+    /// Pin of the tcx link attaching a program to `iface`'s ingress.
     #[must_use]
     pub fn link(&self, iface: &str) -> PathBuf {
         self.links().join(format!("{iface}-ingress"))
+    }
+
+    /// Pin of the native XDP link on `iface`.
+    #[must_use]
+    pub fn xdp_link(&self, iface: &str) -> PathBuf {
+        self.links().join(format!("{iface}-xdp"))
     }
 
     #[must_use]
@@ -153,4 +159,25 @@ pub fn remove_if_present(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
+}
+
+/// Unpins the link pinned at `path`, which detaches it unless someone else
+/// holds it; a pin that is not a link is just removed. Absent is fine.
+///
+/// # Errors
+/// If the pin exists but cannot be removed.
+pub fn drop_link(path: &Path) -> Result<bool> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    match aya::programs::links::PinnedLink::from_pin(path) {
+        Ok(link) => drop(
+            link.unpin()
+                .with_context(|| format!("unpinning {}", path.display()))?,
+        ),
+        Err(_) => {
+            remove_if_present(path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(true)
 }

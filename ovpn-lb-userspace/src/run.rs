@@ -17,7 +17,8 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
 };
 use ovpn_lb_common::{
-    maps::{Mode, programs},
+    SiteConfig,
+    maps::{Mode, programs, site_flags},
     schedule,
 };
 use signal_hook::{
@@ -26,16 +27,19 @@ use signal_hook::{
 };
 
 use crate::{
-    config::{self, Config},
+    config::{self, Config, Device},
     datapath::{Attached, Datapath},
     detach,
     health::{Health, Management},
+    hook::{Hook, TunnelKind},
     interfaces::{Interfaces, System},
     management,
     metrics::{self, TunnelView, Tunnels},
-    netlink::{LinkEvent, LinkMonitor},
-    pins::Layout,
-    status::{State, TunnelState},
+    neighbours,
+    netlink::{LinkEvent, LinkMonitor, NeighbourEvent},
+    pins::{Layout, drop_link},
+    status::{ManagedNeighbour, State, TunnelState},
+    xdp_features,
 };
 
 pub struct Options {
@@ -45,6 +49,7 @@ pub struct Options {
 
 enum Event {
     Links(Vec<LinkEvent>),
+    Neighbours(Vec<NeighbourEvent>),
     LinkMonitorFailed(String),
     Management(usize, Option<String>),
     Signal(i32),
@@ -90,13 +95,18 @@ fn lock(layout: &Layout) -> Result<File> {
     Ok(file)
 }
 
-/// Lists tc (tcx) and XDP programs on `iface` that are not ovpn-lb's: ours
-/// is the one behind our pinned link, if there is one yet.
-fn foreign_programs(iface: &str, pin: &Path, xdp_prog_id: u32) -> Vec<String> {
-    let ours = PinnedLink::from_pin(pin)
+/// The program id behind the link pinned at `pin`, if any.
+fn pinned_program(pin: &Path) -> Option<u32> {
+    PinnedLink::from_pin(pin)
         .ok()
         .and_then(|l| FdLink::from(l).info().ok())
-        .map(|info| info.program_id());
+        .map(|info| info.program_id())
+}
+
+/// Lists tc (tcx) and XDP programs on `iface` that are not ovpn-lb's: ours
+/// are the ones behind our pinned links, if there are any yet.
+fn foreign_programs(iface: &str, layout: &Layout, xdp_prog_id: u32) -> Vec<String> {
+    let ours = pinned_program(&layout.link(iface));
     let mut found = Vec::new();
     if let Ok((_, progs)) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
         for p in progs {
@@ -106,10 +116,37 @@ fn foreign_programs(iface: &str, pin: &Path, xdp_prog_id: u32) -> Vec<String> {
             }
         }
     }
-    if xdp_prog_id != 0 {
+    if xdp_prog_id != 0 && Some(xdp_prog_id) != pinned_program(&layout.xdp_link(iface)) {
         found.push(format!("XDP program id {xdp_prog_id}"));
     }
     found
+}
+
+/// The program for `iface` under `hook`: (program, is XDP).
+fn tunnel_program(kind: TunnelKind, hook: Hook) -> (&'static str, bool) {
+    match (kind, hook) {
+        (TunnelKind::Tun, _) => (programs::TUNNEL_INGRESS, false),
+        (TunnelKind::Tap, Hook::Tc) => (programs::TUNNEL_INGRESS_ETH, false),
+        (TunnelKind::Tap, Hook::Xdp) => (programs::TUNNEL_INGRESS_XDP, true),
+    }
+}
+
+/// Attaches `program` to `iface` with its hook, dropping a link of the other
+/// hook that an earlier run (with another `mode`) left there.
+fn attach(
+    datapath: &mut Datapath,
+    layout: &Layout,
+    program: &str,
+    xdp: bool,
+    iface: &str,
+) -> Result<Attached> {
+    if xdp {
+        drop_link(&layout.link(iface))?;
+        datapath.attach_xdp_pinned(program, iface, &layout.xdp_link(iface))
+    } else {
+        drop_link(&layout.xdp_link(iface))?;
+        datapath.attach_pinned(program, iface, &layout.link(iface))
+    }
 }
 
 struct Loader<'a> {
@@ -119,8 +156,10 @@ struct Loader<'a> {
     datapath: Datapath,
     health: Health,
     published: Option<Vec<u32>>,
-    /// Each tunnel device's MTU as written to the datapath.
-    mtus: Vec<u32>,
+    /// Each tunnel's device as written to the datapath.
+    devices: Vec<Device>,
+    /// Managed neighbour entries made for TAP tunnels.
+    neighbours: Vec<ManagedNeighbour>,
     /// What the metrics endpoint shows besides counters.
     metrics: Tunnels,
 }
@@ -169,10 +208,12 @@ impl Loader<'_> {
             pid: std::process::id(),
             running,
             config: self.config_path.display().to_string(),
-            mode: match self.config.mode {
+            mode: match self.config.spray {
                 Mode::Packet => "packet".into(),
                 Mode::Flow => "flow".into(),
             },
+            hook: self.config.hook.name().into(),
+            neighbours: self.neighbours.clone(),
             lan_interface: self.config.lan_interface.clone(),
             tunnels: self
                 .config
@@ -212,29 +253,33 @@ impl Loader<'_> {
         let Some(k) = self.tunnel_by_device(&e.name) else {
             return Ok(());
         };
-        let old = self.health.tunnels[k].ifindex;
-        let ifindex = if e.removed { 0 } else { e.ifindex };
-        let mtu = if e.removed { 0 } else { e.mtu };
-        self.health.set_link(k, ifindex, e.up, now);
-        if ifindex != old || mtu != self.mtus[k] {
-            let id = u32::try_from(k)?;
-            self.datapath.set_tunnel(
-                id,
-                &self.config.tunnels[k].datapath_config(ifindex, mtu),
-                Some(old),
-            )?;
-            self.mtus[k] = mtu;
+        let old = self.devices[k];
+        let device = if e.removed {
+            Device::default()
+        } else {
+            Device {
+                ifindex: e.ifindex,
+                mtu: e.mtu,
+                mac: e.mac,
+                // A new device has a new neighbour table: learn it again.
+                peer_mac: if e.ifindex == old.ifindex {
+                    old.peer_mac
+                } else {
+                    [0; 6]
+                },
+            }
+        };
+        self.health.set_link(k, device.ifindex, e.up, now);
+        if device != old {
+            self.set_device(k, device, old.ifindex)?;
         }
-        if ifindex != old {
-            if ifindex != 0 {
-                self.datapath.attach_pinned(
-                    programs::TUNNEL_INGRESS,
-                    &e.name,
-                    &self.layout.link(&e.name),
-                )?;
+        if device.ifindex != old.ifindex {
+            self.health.set_next_hop(k, false, now);
+            if device.ifindex != 0 {
+                self.attach_tunnel(k)?;
                 log(&format!(
-                    "tunnel {k} ({}): device is back as ifindex {ifindex}; attached",
-                    e.name
+                    "tunnel {k} ({}): device is back as ifindex {}; attached",
+                    e.name, device.ifindex
                 ));
             } else {
                 log(&format!("tunnel {k} ({}): device removed", e.name));
@@ -242,6 +287,69 @@ impl Loader<'_> {
         }
         Ok(())
     }
+
+    fn set_device(&mut self, k: usize, device: Device, old_ifindex: u32) -> Result<()> {
+        let id = u32::try_from(k)?;
+        self.datapath.set_tunnel(
+            id,
+            &self.config.tunnels[k].datapath_config(&device),
+            Some(old_ifindex),
+        )?;
+        self.devices[k] = device;
+        Ok(())
+    }
+
+    /// A TAP tunnel's far end resolved, changed MAC, or became unreachable.
+    fn on_neighbour(&mut self, n: &NeighbourEvent, now: Instant) -> Result<()> {
+        let Some(k) = self.config.tunnels.iter().enumerate().position(|(k, t)| {
+            t.next_hop == Some(n.addr) && self.devices[k].ifindex == n.ifindex && n.ifindex != 0
+        }) else {
+            return Ok(());
+        };
+        let peer_mac = n.mac.unwrap_or_default();
+        let device = self.devices[k];
+        if device.peer_mac != peer_mac {
+            self.set_device(k, Device { peer_mac, ..device }, device.ifindex)?;
+            log(&format!(
+                "tunnel {k} ({}): next hop {} {}",
+                self.config.tunnels[k].device,
+                n.addr,
+                n.mac.map_or("unresolved".to_owned(), |m| format!(
+                    "is at {}",
+                    mac_text(m)
+                ))
+            ));
+        }
+        self.health.set_next_hop(k, n.mac.is_some(), now);
+        Ok(())
+    }
+
+    /// Attaches tunnel `k`'s program; a TAP tunnel's far end gets a managed
+    /// neighbour entry so its MAC is learnt and kept fresh.
+    fn attach_tunnel(&mut self, k: usize) -> Result<Attached> {
+        let t = &self.config.tunnels[k];
+        let (program, xdp) = tunnel_program(t.kind, self.config.hook);
+        let how = attach(&mut self.datapath, self.layout, program, xdp, &t.device)?;
+        if let Some(addr) = t.next_hop {
+            // Without the entry the tunnel waits for the kernel to resolve the
+            // far end some other way; say so, but keep the others running.
+            if let Err(e) = neighbours::manage(&t.device, addr) {
+                log(&format!("tunnel {k} ({}): {e:#}", t.device));
+            }
+            let n = ManagedNeighbour {
+                device: t.device.clone(),
+                addr,
+            };
+            if !self.neighbours.contains(&n) {
+                self.neighbours.push(n);
+            }
+        }
+        Ok(how)
+    }
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -258,56 +366,66 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
     let views = Tunnels::default();
     metrics::serve(config.metrics_listen, layout.clone(), views.clone())?;
 
+    log(&format!("hook: {}", config.hook_reason));
     let monitor = LinkMonitor::open().context("opening an rtnetlink socket")?;
     let mut datapath = Datapath::load_pinned(layout)?;
-    let devices: Vec<(u32, u32)> = config
+    let site = site(&config);
+    // Devices as the kernel reports them; MACs and far ends come from the dumps below.
+    let devices: Vec<Device> = config
         .tunnels
         .iter()
         .map(|t| {
             System
                 .lookup(&t.device)
-                .map_or((0, 0), |i| (i.ifindex, i.mtu))
+                .map_or(Device::default(), |i| Device {
+                    ifindex: i.ifindex,
+                    mtu: i.mtu,
+                    ..Device::default()
+                })
         })
         .collect();
-    datapath.write_config(&config, &devices)?;
-    let ifindexes: Vec<u32> = devices.iter().map(|d| d.0).collect();
+    datapath.write_config(&config, &site, &devices)?;
     let weights: Vec<u32> = config.tunnels.iter().map(|t| t.weight).collect();
     let has_mgmt: Vec<bool> = config
         .tunnels
         .iter()
         .map(|t| t.management.is_some())
         .collect();
+    let needs_next_hop: Vec<bool> = config
+        .tunnels
+        .iter()
+        .map(|t| t.kind == TunnelKind::Tap)
+        .collect();
     let mut loader = Loader {
         config: &config,
         config_path,
         layout,
         datapath,
-        health: Health::new(&weights, config.up_delay, &has_mgmt),
+        health: Health::new(&weights, config.up_delay, &has_mgmt, &needs_next_hop),
         published: None,
-        mtus: devices.iter().map(|d| d.1).collect(),
+        devices,
+        neighbours: Vec::new(),
         metrics: views,
     };
 
-    // Current link states, then admit what is healthy before attaching.
+    // Current link states and far-end MACs, then admit what is healthy
+    // before attaching.
     monitor.request_dump()?;
     let mut xdp = HashMap::new();
     let now = Instant::now();
-    loop {
-        let batch = monitor.next()?;
-        for e in &batch.events {
+    drain_dump(
+        &monitor,
+        |e| {
             xdp.insert(e.name.clone(), e.xdp_prog_id);
-            if let Some(k) = loader.tunnel_by_device(&e.name) {
-                loader.health.set_link(k, e.ifindex, e.up, now);
-            }
-        }
-        if batch.done {
-            break;
-        }
-    }
+            loader.on_link(e, now)
+        },
+        |_| Ok(()),
+    )?;
+    attach_all(&mut loader, &xdp)?;
+    monitor.request_neighbour_dump()?;
+    drain_dump(&monitor, |_| Ok(()), |n| loader.on_neighbour(n, now))?;
     loader.health.admit_healthy_now();
     loader.publish()?;
-
-    attach_all(&mut loader, &ifindexes, &xdp)?;
     loader.write_state(true)?;
 
     let rx = event_sources(monitor, &config)?;
@@ -354,6 +472,11 @@ fn serve(loader: &mut Loader, rx: &Receiver<Event>) -> Result<i32> {
                     loader.on_link(e, Instant::now())?;
                 }
             }
+            Ok(Event::Neighbours(events)) => {
+                for n in &events {
+                    loader.on_neighbour(n, Instant::now())?;
+                }
+            }
             Ok(Event::Management(k, state)) => loader.on_management(k, state)?,
             Ok(Event::LinkMonitorFailed(e)) => bail!("link monitor failed: {e}"),
             Ok(Event::Signal(sig)) => return Ok(sig),
@@ -365,34 +488,100 @@ fn serve(loader: &mut Loader, rx: &Receiver<Event>) -> Result<i32> {
     }
 }
 
+/// Reads one dump to its end, handing over link and neighbour entries.
+fn drain_dump(
+    monitor: &LinkMonitor,
+    mut on_link: impl FnMut(&LinkEvent) -> Result<()>,
+    mut on_neighbour: impl FnMut(&NeighbourEvent) -> Result<()>,
+) -> Result<()> {
+    loop {
+        let batch = monitor.next()?;
+        for e in &batch.events {
+            on_link(e)?;
+        }
+        for n in &batch.neighbours {
+            on_neighbour(n)?;
+        }
+        if batch.done {
+            return Ok(());
+        }
+    }
+}
+
+/// The `SITE` entry: the configuration plus what the LAN device can do.
+fn site(config: &Config) -> SiteConfig {
+    let mut site = config.site();
+    if let Some(lan) = System.lookup(&config.lan_interface) {
+        site.lan_ifindex = lan.ifindex;
+        let xmit = lan.xdp_features.unwrap_or(0) & xdp_features::NDO_XMIT != 0;
+        if config.hook == Hook::Xdp {
+            if xmit {
+                site.flags |= site_flags::LAN_XDP_XMIT;
+                log(&format!(
+                    "{} takes XDP frames: restored packets go straight to it from the TAP devices",
+                    config.lan_interface
+                ));
+            } else {
+                log(&format!(
+                    "{} does not take XDP frames (no ndo-xmit): restored packets go through the kernel",
+                    config.lan_interface
+                ));
+            }
+        }
+    }
+    site
+}
+
 /// Attaches (or replaces in place) the LAN program and the tunnel program on
 /// every tunnel device that exists, reporting programs of others left alone.
-fn attach_all(loader: &mut Loader, ifindexes: &[u32], xdp: &HashMap<String, u32>) -> Result<()> {
+fn attach_all(loader: &mut Loader, xdp: &HashMap<String, u32>) -> Result<()> {
     let config = loader.config;
     let layout = loader.layout;
-    let mut attach_points = vec![(programs::LAN_INGRESS, config.lan_interface.clone())];
-    for (k, t) in config.tunnels.iter().enumerate() {
-        if ifindexes[k] != 0 {
-            attach_points.push((programs::TUNNEL_INGRESS, t.device.clone()));
-        }
-    }
-    for (program, iface) in &attach_points {
-        let pin = layout.link(iface);
-        for foreign in foreign_programs(iface, &pin, xdp.get(iface).copied().unwrap_or(0)) {
+    let lan = &config.lan_interface;
+    let mut ifaces = vec![lan.clone()];
+    ifaces.extend(
+        config
+            .tunnels
+            .iter()
+            .zip(&loader.devices)
+            .filter(|(_, d)| d.ifindex != 0)
+            .map(|(t, _)| t.device.clone()),
+    );
+    for iface in &ifaces {
+        for foreign in foreign_programs(iface, layout, xdp.get(iface).copied().unwrap_or(0)) {
             log(&format!("{iface} also has {foreign}; left alone"));
         }
-        let how = loader
-            .datapath
-            .attach_pinned(program, iface, &layout.link(iface))?;
-        log(&format!(
-            "{program} on {iface}: {}",
-            match how {
-                Attached::Replaced => "replaced in place",
-                Attached::Created => "attached",
-            }
-        ));
+    }
+    let lan_program = match config.hook {
+        Hook::Tc => programs::LAN_INGRESS,
+        Hook::Xdp => programs::LAN_INGRESS_XDP,
+    };
+    let how = attach(
+        &mut loader.datapath,
+        layout,
+        lan_program,
+        config.hook == Hook::Xdp,
+        lan,
+    )?;
+    report(lan_program, lan, how);
+    for k in 0..config.tunnels.len() {
+        if loader.devices[k].ifindex != 0 {
+            let how = loader.attach_tunnel(k)?;
+            let t = &config.tunnels[k];
+            report(tunnel_program(t.kind, config.hook).0, &t.device, how);
+        }
     }
     Ok(())
+}
+
+fn report(program: &str, iface: &str, how: Attached) {
+    log(&format!(
+        "{program} on {iface}: {}",
+        match how {
+            Attached::Replaced => "replaced in place",
+            Attached::Created => "attached",
+        }
+    ));
 }
 
 /// Link events, OpenVPN states and signals, on one channel.
@@ -427,9 +616,13 @@ fn spawn_link_thread(monitor: LinkMonitor, tx: Sender<Event>) {
     thread::spawn(move || {
         loop {
             match monitor.next() {
-                Ok(batch) if batch.events.is_empty() => {}
                 Ok(batch) => {
-                    if tx.send(Event::Links(batch.events)).is_err() {
+                    if !batch.events.is_empty() && tx.send(Event::Links(batch.events)).is_err() {
+                        return;
+                    }
+                    if !batch.neighbours.is_empty()
+                        && tx.send(Event::Neighbours(batch.neighbours)).is_err()
+                    {
                         return;
                     }
                 }

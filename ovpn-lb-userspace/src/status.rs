@@ -19,8 +19,20 @@ pub struct State {
     pub running: bool,
     pub config: String,
     pub mode: String,
+    /// "tc" or "xdp".
+    #[serde(default)]
+    pub hook: String,
     pub lan_interface: String,
     pub tunnels: Vec<TunnelState>,
+    /// Managed neighbour entries `run` made for TAP tunnels; `detach` removes them.
+    #[serde(default)]
+    pub neighbours: Vec<ManagedNeighbour>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManagedNeighbour {
+    pub device: String,
+    pub addr: std::net::IpAddr,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
