@@ -1,12 +1,22 @@
-//! The floor for `cargo xtask bench`: a tc program that hands every packet on.
+//! The floors for `cargo xtask bench`: a tc and an XDP program that hand
+//! every packet on.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[classifier]
 pub fn bench_floor(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
+}
+
+#[xdp]
+pub fn bench_floor_xdp(_ctx: XdpContext) -> u32 {
+    XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -11,18 +11,18 @@ use std::{fmt::Write as _, path::Path, time::Instant};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     Prefix4, Prefix6, TunnelConfig,
-    maps::{Mode, programs, route},
+    maps::{Mode, framing, programs, route},
     schedule,
 };
 use ovpn_lb_tests::{
-    fixture::{site, tunnel},
+    fixture::{site, tap_mac, tap_peer_mac, tunnel},
     netns::Netns,
-    packets::{L4, V4, V6, eth4, eth6},
+    packets::{L4, V4, V6, eth4, eth6, with_partial_checksum},
 };
 
 use super::{median, spread};
@@ -38,25 +38,46 @@ struct Bench {
     ifindex: Vec<u32>,
 }
 
-fn ctx(ifindex: u32) -> Vec<u8> {
-    let mut c = vec![0u8; 192];
-    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    c
+/// A program under either hook.
+#[derive(Clone, Copy)]
+enum Prog<'a> {
+    Tc(&'a SchedClassifier),
+    Xdp(&'a Xdp),
 }
 
-fn run_ns(prog: &SchedClassifier, frames: &[Vec<u8>], ifindex: u32) -> Result<f64> {
-    let ctx = ctx(ifindex);
+impl Prog<'_> {
+    fn test_run(self, frame: &[u8], out: &mut [u8], ifindex: u32) -> Result<TestRunResult> {
+        let ctx = match self {
+            Prog::Tc(_) => {
+                let mut c = vec![0u8; 192];
+                c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+                c
+            }
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
+            Prog::Xdp(_) => [0, u32::try_from(frame.len())?, 0, ifindex.max(1), 0, 0]
+                .iter()
+                .flat_map(|f| f.to_ne_bytes())
+                .collect(),
+        };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        };
+        match self {
+            Prog::Tc(p) => p.test_run(opts),
+            Prog::Xdp(p) => p.test_run(opts),
+        }
+        .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {e:?}"))
+    }
+}
+
+fn run_ns(prog: Prog, frames: &[Vec<u8>], ifindex: u32) -> Result<f64> {
     let mut out = vec![0u8; 4096];
     let mut total = 0u128;
     for i in 0..RUNS as usize {
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&frames[i % frames.len()]),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {e:?}"))?;
+        let r = prog.test_run(&frames[i % frames.len()], &mut out, ifindex)?;
         total += r.duration.as_nanos();
     }
     #[expect(clippy::cast_precision_loss, reason = "nanosecond averages")]
@@ -93,6 +114,11 @@ impl Bench {
             .ok_or_else(|| anyhow!("no bench_floor"))?
             .try_into()?;
         prog.load()?;
+        let prog: &mut Xdp = floor
+            .program_mut("bench_floor_xdp")
+            .ok_or_else(|| anyhow!("no bench_floor_xdp"))?
+            .try_into()?;
+        prog.load()?;
         Ok(Self {
             datapath,
             floor,
@@ -100,8 +126,22 @@ impl Bench {
         })
     }
 
-    fn configure(&mut self, tunnels: usize, mode: Mode) -> Result<()> {
+    /// Site mode, the first `tunnels` in the schedule, with `framing`.
+    fn configure(&mut self, tunnels: usize, mode: Mode, framing_kind: u32) -> Result<()> {
         self.datapath.set_site(&site(mode))?;
+        for k in 0..tunnels.max(1) {
+            let id = u32::try_from(k)?;
+            let mut t = TunnelConfig {
+                mtu: 1500,
+                ..tunnel(id, self.ifindex[k])
+            };
+            if framing_kind == framing::TAP {
+                t.framing = framing::TAP;
+                t.mac = tap_mac(id);
+                t.peer_mac = tap_peer_mac(id);
+            }
+            self.datapath.set_tunnel(id, &t, None)?;
+        }
         self.datapath
             .publish_schedule(&schedule::build(&vec![1; tunnels]).map_err(|e| anyhow!("{e:?}"))?)?;
         Ok(())
@@ -115,8 +155,32 @@ impl Bench {
             .try_into()?)
     }
 
+    fn floor_xdp(&self) -> Result<&Xdp> {
+        Ok(self
+            .floor
+            .program("bench_floor_xdp")
+            .ok_or_else(|| anyhow!("no bench_floor_xdp"))?
+            .try_into()?)
+    }
+
     fn program(&mut self, name: &str) -> Result<&SchedClassifier> {
         Ok(self.datapath.program(name)?)
+    }
+
+    fn prog(&mut self, name: &str) -> Result<Prog<'_>> {
+        if programs::XDP.contains(&name) {
+            Ok(Prog::Xdp(self.datapath.xdp_program(name)?))
+        } else {
+            Ok(Prog::Tc(self.datapath.program(name)?))
+        }
+    }
+
+    fn info(&mut self, name: &str) -> Result<(u32, u32)> {
+        let i = match self.prog(name)? {
+            Prog::Tc(p) => p.info()?,
+            Prog::Xdp(p) => p.info()?,
+        };
+        Ok((i.size_translated().unwrap_or(0) / 8, i.size_jitted()))
     }
 }
 
@@ -144,6 +208,8 @@ struct Path_ {
     frames: Vec<Vec<u8>>,
     /// Tunnel device whose ifindex the packet arrives on (tunnel ingress).
     arrives_on: Option<usize>,
+    /// `framing::TUN` or `framing::TAP` for the scheduled tunnels.
+    framing: u32,
 }
 
 fn tcp4_with(ttl: u8, payload: usize) -> Vec<u8> {
@@ -173,7 +239,89 @@ fn path(
         mode,
         frames,
         arrives_on: None,
+        framing: framing::TUN,
     }
+}
+
+/// The same path onto TAP tunnels.
+fn on_tap(p: Path_) -> Path_ {
+    Path_ {
+        framing: framing::TAP,
+        ..p
+    }
+}
+
+/// tc on tun, tc on TAP, XDP on TAP: the choice `mode` makes.
+fn hook_paths() -> Vec<Path_> {
+    let restore = eth4(
+        &V4::new(
+            "100.65.1.7",
+            "192.168.10.5",
+            L4::Tcp {
+                sport: 443,
+                dport: 40000,
+                payload: vec![0; 64],
+            },
+        )
+        .datagram(),
+    );
+    let offloaded = eth4(&with_partial_checksum(
+        &V4::new(
+            "192.168.10.5",
+            "10.20.30.7",
+            L4::Tcp {
+                sport: 40000,
+                dport: 443,
+                payload: vec![0; 1400],
+            },
+        )
+        .datagram(),
+    ));
+    let (lan, lan_xdp) = (programs::LAN_INGRESS, programs::LAN_INGRESS_XDP);
+    vec![
+        path("spray, tc on tun", lan, 4, Mode::Packet, vec![tcp4(40000)]),
+        on_tap(path(
+            "spray, tc on TAP",
+            lan,
+            4,
+            Mode::Packet,
+            vec![tcp4(40000)],
+        )),
+        on_tap(path(
+            "spray, XDP on TAP",
+            lan_xdp,
+            4,
+            Mode::Packet,
+            vec![tcp4(40000)],
+        )),
+        on_tap(path(
+            "spray, XDP on TAP, 1400 B offloaded checksum completed",
+            lan_xdp,
+            4,
+            Mode::Packet,
+            vec![offloaded],
+        )),
+        Path_ {
+            arrives_on: Some(1),
+            ..on_tap(path(
+                "restore, tc on TAP",
+                programs::TUNNEL_INGRESS_ETH,
+                4,
+                Mode::Packet,
+                vec![restore.clone()],
+            ))
+        },
+        Path_ {
+            arrives_on: Some(1),
+            ..on_tap(path(
+                "restore, XDP on TAP (to the kernel)",
+                programs::TUNNEL_INGRESS_XDP,
+                4,
+                Mode::Packet,
+                vec![restore],
+            ))
+        },
+    ]
 }
 
 fn paths() -> (Vec<Path_>, Vec<Path_>) {
@@ -274,19 +422,31 @@ fn measure(
     rounds: usize,
     label: &str,
 ) -> Result<(Vec<Vec<f64>>, Vec<f64>)> {
+    let (per_path, floors) = measure_with_floors(bench, paths, rounds, label)?;
+    Ok((per_path, floors.into_iter().map(|f| f.0).collect()))
+}
+
+/// As [`measure`], with both floors per round: (tc, XDP).
+fn measure_with_floors(
+    bench: &mut Bench,
+    paths: &[Path_],
+    rounds: usize,
+    label: &str,
+) -> Result<(Vec<Vec<f64>>, Vec<(f64, f64)>)> {
     let mut per_path = vec![Vec::new(); paths.len()];
     let mut floor = Vec::new();
     for round in 0..rounds {
-        let f = run_ns(bench.floor()?, &[tcp4(40000)], 0)?;
-        floor.push(f);
+        let f = run_ns(Prog::Tc(bench.floor()?), &[tcp4(40000)], 0)?;
+        let fx = run_ns(Prog::Xdp(bench.floor_xdp()?), &[tcp4(40000)], 0)?;
+        floor.push((f, fx));
         for (i, p) in paths.iter().enumerate() {
-            bench.configure(p.tunnels, p.mode)?;
+            bench.configure(p.tunnels, p.mode, p.framing)?;
             let ifindex = p.arrives_on.map_or(0, |k| bench.ifindex[k]);
-            let ns = run_ns(bench.program(p.program)?, &p.frames, ifindex)?;
+            let ns = run_ns(bench.prog(p.program)?, &p.frames, ifindex)?;
             per_path[i].push(ns);
         }
         println!(
-            "bench: {label} round {}/{rounds}: floor {f:.1} ns",
+            "bench: {label} round {}/{rounds}: floors tc {f:.1} ns, XDP {fx:.1} ns",
             round + 1
         );
     }
@@ -294,8 +454,7 @@ fn measure(
 }
 
 fn info(bench: &mut Bench, program: &str) -> Result<(u32, u32)> {
-    let i = bench.program(program)?.info()?;
-    Ok((i.size_translated().unwrap_or(0) / 8, i.size_jitted()))
+    bench.info(program)
 }
 
 /// Runs both tables; returns Markdown and (path, ratio) pairs for the plot.
@@ -343,6 +502,22 @@ pub fn run(floor_object: &Path, rounds: usize) -> Result<(String, Vec<(String, f
             let m = median(samples.clone());
             let base = if i < 4 { spray_base } else { flow_base };
             let _ = writeln!(md, "| {} | {m:.1} | {:.1} | {:+.1} % |", p.name, m - floor, 100.0 * (m / base - 1.0));
+        }
+        let hooks = hook_paths();
+        let (hook_ns, hook_floors) = measure_with_floors(&mut bench, &hooks, rounds, "hooks")?;
+        let tc_floor = median(hook_floors.iter().map(|f| f.0).collect());
+        let xdp_floor = median(hook_floors.iter().map(|f| f.1).collect());
+        let _ = writeln!(md, "\nBy hook (same method; each program against the empty program of its own hook: tc {tc_floor:.1} ns, XDP {xdp_floor:.1} ns). `BPF_PROG_TEST_RUN` times the program only: what XDP saves by not building a socket buffer shows in the forwarding rate, not here.\n");
+        let _ = writeln!(md, "| path | ns/packet | above its floor | program / floor | program | xlated insns | jited bytes |");
+        let _ = writeln!(md, "| --- | ---: | ---: | ---: | --- | ---: | ---: |");
+        for (p, samples) in hooks.iter().zip(&hook_ns) {
+            let xdp = programs::XDP.contains(&p.program);
+            let floors: Vec<f64> = hook_floors.iter().map(|f| if xdp { f.1 } else { f.0 }).collect();
+            let m = median(samples.clone());
+            let (lo, hi) = spread(samples);
+            let ratio = median(samples.iter().zip(&floors).map(|(s, f)| s / f).collect());
+            let (insns, jited) = info(&mut bench, p.program)?;
+            let _ = writeln!(md, "| {} | {m:.1} ({lo:.1}-{hi:.1}) | {:.1} | {ratio:.2} | `{}` | {insns} | {jited} |", p.name, m - median(floors), p.program);
         }
         let _ = writeln!(md, "\nPer-packet part: {:.0} s.", started.elapsed().as_secs_f64());
         Ok((md, plot))
