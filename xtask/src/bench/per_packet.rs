@@ -163,10 +163,6 @@ impl Bench {
             .try_into()?)
     }
 
-    fn program(&mut self, name: &str) -> Result<&SchedClassifier> {
-        Ok(self.datapath.program(name)?)
-    }
-
     fn prog(&mut self, name: &str) -> Result<Prog<'_>> {
         if programs::XDP.contains(&name) {
             Ok(Prog::Xdp(self.datapath.xdp_program(name)?))
@@ -426,13 +422,16 @@ fn measure(
     Ok((per_path, floors.into_iter().map(|f| f.0).collect()))
 }
 
+/// ns/packet per path, one sample per round.
+type Samples = Vec<Vec<f64>>;
+
 /// As [`measure`], with both floors per round: (tc, XDP).
 fn measure_with_floors(
     bench: &mut Bench,
     paths: &[Path_],
     rounds: usize,
     label: &str,
-) -> Result<(Vec<Vec<f64>>, Vec<(f64, f64)>)> {
+) -> Result<(Samples, Vec<(f64, f64)>)> {
     let mut per_path = vec![Vec::new(); paths.len()];
     let mut floor = Vec::new();
     for round in 0..rounds {
