@@ -114,6 +114,8 @@ pub struct Report {
     pub running: bool,
     pub pid: u32,
     pub mode: String,
+    /// "tc" or "xdp".
+    pub hook: String,
     pub lan_interface: String,
     pub interval_seconds: f64,
     pub tunnels: Vec<TunnelReport>,
@@ -199,6 +201,7 @@ pub fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         running: state.running,
         pid: state.pid,
         mode: state.mode,
+        hook: state.hook,
         lan_interface: state.lan_interface,
         interval_seconds: secs,
         tunnels,
@@ -218,8 +221,8 @@ pub fn render(r: &Report) -> String {
     };
     let _ = writeln!(
         out,
-        "ovpn-lb: loader {loader}, mode {}, LAN {}",
-        r.mode, r.lan_interface
+        "ovpn-lb: loader {loader}, spray {}, hook {}, LAN {}",
+        r.mode, r.hook, r.lan_interface
     );
     let _ = writeln!(
         out,
