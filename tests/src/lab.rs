@@ -7,6 +7,11 @@
 //! fd00:a::5                                                                              fd00:b::5
 //! ```
 //!
+//! With `Options::tap` the tunnels are OpenVPN `dev tap` devices `tap0..`
+//! instead, each an Ethernet link `10.99.k.0/24` and `fd99:k::/64` between the
+//! gateways (gateway A .1, gateway B .2), and the configurations name the far
+//! end as each tunnel's `next_hop`.
+//!
 //! Everything the lab makes is written to `lab.json` in its directory before it
 //! is made, so `Lab::drop`, a failed test and `cargo xtask lab down` all tear
 //! down the same list: processes (by PID), namespaces, cgroups, mounts.
@@ -73,6 +78,13 @@ pub struct Options {
     pub loaders: bool,
     /// Flow mode on both gateways even when both run ovpn-lb.
     pub flow_mode: bool,
+    /// OpenVPN TAP tunnels (`dev tapK`, Ethernet framing) instead of tun.
+    pub tap: bool,
+    /// The configuration's hook, `mode = "tc" | "xdp" | "auto"`; `None`
+    /// leaves the loader's default. With TAP tunnels and any hook but tc, GRO
+    /// is turned on at the hosts' ends of the LAN veths, which is what lets a
+    /// veth transmit XDP frames (the XDP restore then forwards to the LAN).
+    pub hook: Option<String>,
 }
 
 impl Default for Options {
@@ -85,6 +97,8 @@ impl Default for Options {
             up_delay_ms: 1000,
             loaders: true,
             flow_mode: false,
+            tap: false,
+            hook: None,
         }
     }
 }
@@ -157,6 +171,55 @@ impl Lab {
     #[must_use]
     pub fn host(&self, side: Side) -> String {
         self.ns(&format!("h{}", side.letter()))
+    }
+
+    /// Tunnel `k`'s device on either gateway: `tunK`, or `tapK` with TAP
+    /// tunnels.
+    #[must_use]
+    pub fn dev(&self, k: usize) -> String {
+        if self.options.tap {
+            format!("tap{k}")
+        } else {
+            format!("tun{k}")
+        }
+    }
+
+    /// Whether the hosts' LAN veth ends get GRO (so the gateways' LAN veths
+    /// can transmit XDP frames): TAP tunnels under a hook that may be XDP.
+    #[must_use]
+    pub fn lan_xdp_transmit(&self) -> bool {
+        self.options.tap && self.options.hook.as_deref() != Some("tc")
+    }
+
+    /// Route arguments that send through tunnel `k` from `side`, per family:
+    /// `dev tunK`, or on a TAP link `via <far end> dev tapK` (the far end's
+    /// `fd99:k::` address for IPv6).
+    fn through(&self, side: Side, k: usize, v6: bool) -> Vec<String> {
+        let dev = self.dev(k);
+        if !self.options.tap {
+            return vec!["dev".into(), dev];
+        }
+        let peer = match side {
+            Side::A => 2,
+            Side::B => 1,
+        };
+        let via = if v6 {
+            format!("fd99:{k:x}::{peer}")
+        } else {
+            format!("10.99.{k}.{peer}")
+        };
+        vec!["via".into(), via, "dev".into(), dev]
+    }
+
+    fn route_through(&self, side: Side, v6: bool, prefix: &str, k: usize) {
+        let mut args: Vec<String> = Vec::new();
+        if v6 {
+            args.push("-6".into());
+        }
+        args.extend(["route".into(), "add".into(), prefix.to_owned()]);
+        args.extend(self.through(side, k, v6));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ip(&self.gw(side), &args);
     }
 
     fn save(&self) {
@@ -290,6 +353,9 @@ impl Lab {
                 ],
             );
             self.ip(host, &["link", "set", "lan", "up"]);
+            if self.lan_xdp_transmit() {
+                self.exec(host, &["ethtool", "-K", "lan", "gro", "on"]);
+            }
             self.ip(
                 host,
                 &["route", "add", "default", "via", &format!("{net4}.1")],
@@ -358,32 +424,17 @@ impl Lab {
     /// used for packets over the MTU); on a plain peer, our translated
     /// prefixes back through their own tunnels.
     fn routes(&self) {
-        let (ga, gb) = (self.gw(Side::A), self.gw(Side::B));
-        self.ip(&ga, &["route", "add", "192.168.20.0/24", "dev", "tun0"]);
-        self.ip(&ga, &["-6", "route", "add", "fd00:b::/64", "dev", "tun0"]);
+        self.route_through(Side::A, false, "192.168.20.0/24", 0);
+        self.route_through(Side::A, true, "fd00:b::/64", 0);
         match self.options.peer {
             Peer::OvpnLb => {
-                self.ip(&gb, &["route", "add", "192.168.10.0/24", "dev", "tun0"]);
-                self.ip(&gb, &["-6", "route", "add", "fd00:a::/64", "dev", "tun0"]);
+                self.route_through(Side::B, false, "192.168.10.0/24", 0);
+                self.route_through(Side::B, true, "fd00:a::/64", 0);
             }
             Peer::PlainRoutes => {
                 for k in 0..self.options.tunnels {
-                    let dev = format!("tun{k}");
-                    self.ip(
-                        &gb,
-                        &["route", "add", &format!("100.64.{k}.0/24"), "dev", &dev],
-                    );
-                    self.ip(
-                        &gb,
-                        &[
-                            "-6",
-                            "route",
-                            "add",
-                            &format!("fd00:64:{k:x}::/64"),
-                            "dev",
-                            &dev,
-                        ],
-                    );
+                    self.route_through(Side::B, false, &format!("100.64.{k}.0/24"), k);
+                    self.route_through(Side::B, true, &format!("fd00:64:{k:x}::/64"), k);
                 }
             }
         }
@@ -412,54 +463,70 @@ impl Lab {
             self.save();
         }
         let _ = fs::remove_file(&pid_file);
+        let dev = self.dev(k);
+        let ifconfig_local = format!("10.99.{k}.{me}");
         let port = (1194 + k).to_string();
         let mgmt = (7500 + k).to_string();
-        self.exec(
-            &self.gw(side),
-            &[
-                "openvpn",
-                "--dev",
-                &format!("tun{k}"),
-                "--dev-type",
-                "tun",
-                "--proto",
-                "udp",
-                "--local",
-                local,
-                "--lport",
-                &port,
-                "--remote",
-                remote,
-                "--rport",
-                &port,
-                "--ifconfig",
-                &format!("10.99.{k}.{me}"),
-                &format!("10.99.{k}.{peer}"),
-                "--secret",
-                self.dir.join("static.key").to_str().unwrap(),
-                "--cipher",
-                "AES-256-CBC",
-                "--auth",
-                "SHA256",
-                "--ping",
-                "1",
-                "--ping-restart",
-                "5",
-                "--management",
-                "127.0.0.1",
-                &mgmt,
-                "--writepid",
-                pid_file.to_str().unwrap(),
-                "--log",
-                self.dir
-                    .join(format!("openvpn-{}{k}.log", side.letter()))
-                    .to_str()
-                    .unwrap(),
-                "--verb",
-                "3",
-                "--daemon",
-            ],
-        );
+        // tun: a p2p link, `--ifconfig local remote`. tap: an Ethernet link,
+        // `--ifconfig local netmask`, plus an IPv6 address for the kernel's
+        // IPv6 route through it.
+        let (dev_type, ifconfig_remote) = if self.options.tap {
+            ("tap", "255.255.255.0".to_owned())
+        } else {
+            ("tun", format!("10.99.{k}.{peer}"))
+        };
+        let ipv6 = [
+            "--ifconfig-ipv6".to_owned(),
+            format!("fd99:{k:x}::{me}/64"),
+            format!("fd99:{k:x}::{peer}"),
+        ];
+        let ipv6: &[String] = if self.options.tap { &ipv6 } else { &[] };
+        let log = self.dir.join(format!("openvpn-{}{k}.log", side.letter()));
+        let key = self.dir.join("static.key");
+        let mut args: Vec<&str> = vec![
+            "openvpn",
+            "--dev",
+            &dev,
+            "--dev-type",
+            dev_type,
+            "--ifconfig",
+            &ifconfig_local,
+            &ifconfig_remote,
+        ];
+        args.extend(ipv6.iter().map(String::as_str));
+        args.extend([
+            "--proto",
+            "udp",
+            "--local",
+            local,
+            "--lport",
+            &port,
+            "--remote",
+            remote,
+            "--rport",
+            &port,
+            "--secret",
+            key.to_str().unwrap(),
+            "--cipher",
+            "AES-256-CBC",
+            "--auth",
+            "SHA256",
+            "--ping",
+            "1",
+            "--ping-restart",
+            "5",
+            "--management",
+            "127.0.0.1",
+            &mgmt,
+            "--writepid",
+            pid_file.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+            "--verb",
+            "3",
+            "--daemon",
+        ]);
+        self.exec(&self.gw(side), &args);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !pid_file.exists() {
             assert!(
@@ -561,16 +628,30 @@ impl Lab {
         let mut t = format!(
             "# ovpn-lb on lab gateway {side:?}, written by the lab.\n\
              remote_prefixes = [\"{remote4}\", \"{remote6}\"]\n\
-             mode = \"{mode}\"\n\
-             up_delay_ms = {}\n\n\
-             [lan]\ninterface = \"lan\"\nprefixes = [\"{lan4}\", \"{lan6}\"]\n",
+             spray = \"{mode}\"\n\
+             up_delay_ms = {}\n",
             self.options.up_delay_ms
+        );
+        if let Some(hook) = &self.options.hook {
+            let _ = writeln!(t, "mode = \"{hook}\"");
+        }
+        let _ = write!(
+            t,
+            "\n[lan]\ninterface = \"lan\"\nprefixes = [\"{lan4}\", \"{lan6}\"]\n"
         );
         for k in 0..self.options.tunnels {
             let _ = write!(
                 t,
-                "\n[[tunnel]]\ndevice = \"tun{k}\"\ntranslate = [\"100.{mine}.{k}.0/24\", \"fd00:{mine}:{k:x}::/64\"]\n"
+                "\n[[tunnel]]\ndevice = \"{}\"\ntranslate = [\"100.{mine}.{k}.0/24\", \"fd00:{mine}:{k:x}::/64\"]\n",
+                self.dev(k)
             );
+            if self.options.tap {
+                let peer = match side {
+                    Side::A => 2,
+                    Side::B => 1,
+                };
+                let _ = writeln!(t, "kind = \"tap\"\nnext_hop = \"10.99.{k}.{peer}\"");
+            }
             if self.options.peer == Peer::OvpnLb {
                 let _ = writeln!(
                     t,
@@ -678,6 +759,17 @@ impl Lab {
             .tunnels
     }
 
+    /// Per-tunnel and per-reason counters of gateway `side`, from its pinned
+    /// maps (reasons indexed by `Reason as usize`).
+    ///
+    /// # Panics
+    /// If the maps cannot be read.
+    #[must_use]
+    pub fn counters(&self, side: Side) -> Counters {
+        let n = u32::try_from(self.options.tunnels).unwrap();
+        Counters::read(&self.layout(side), n).expect("pinned counters")
+    }
+
     /// What to print when a check fails: loader logs, counters, routes.
     #[must_use]
     pub fn diagnose(&self) -> String {
@@ -710,6 +802,12 @@ impl Lab {
                     .unwrap_or_default();
                 let _ = writeln!(out, "ip {args:?}:\n{o}");
             }
+            let o = Command::new("ip")
+                .args(["netns", "exec", &gw, "bpftool", "net", "show"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let _ = writeln!(out, "bpftool net show:\n{o}");
         }
         out
     }

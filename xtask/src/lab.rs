@@ -46,6 +46,13 @@ pub struct LabArgs {
     /// Hold each OpenVPN process to this percentage of a CPU.
     #[arg(long, value_name = "PERCENT")]
     pub cpu_quota: Option<u32>,
+    /// OpenVPN TAP tunnels (`dev tapK`, an Ethernet link each) instead of tun.
+    #[arg(long)]
+    pub tap: bool,
+    /// The gateways' hook (`mode` in their configurations): tc, xdp (TAP
+    /// tunnels only) or auto; the loader's default (auto) when not given.
+    #[arg(long, value_name = "HOOK", value_parser = ["tc", "xdp", "auto"])]
+    pub mode: Option<String>,
 }
 
 impl LabArgs {
@@ -59,6 +66,8 @@ impl LabArgs {
             },
             cpu_quota_percent: self.cpu_quota,
             flow_mode: self.flow,
+            tap: self.tap,
+            hook: self.mode.clone(),
             ..Options::default()
         }
     }
@@ -89,8 +98,11 @@ fn describe(lab: &Lab) {
         lab.host(Side::B)
     );
     println!(
-        "  {} OpenVPN tunnels over the WAN veth, logs in {}",
+        "  {} OpenVPN {} tunnels ({}..) over the WAN veth, hook {}, logs in {}",
         lab.options.tunnels,
+        if lab.options.tap { "tap" } else { "tun" },
+        lab.dev(0),
+        lab.options.hook.as_deref().unwrap_or("auto (default)"),
         lab.dir.display()
     );
     for side in [Side::A, Side::B] {

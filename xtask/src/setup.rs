@@ -21,6 +21,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "openvpn",
     "tcpdump",
     "iperf3",
+    "ethtool",
 ];
 
 /// The nightly toolchain that builds the BPF crate.
