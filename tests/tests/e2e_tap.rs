@@ -226,7 +226,7 @@ fn assert_counters(lab: &Lab, hook: &str, before: &[Counters; 2], after: &[Count
         // Gateway A sprays the data, gateway B the ACKs and echoes: every
         // tunnel carries part each way.
         assert!(
-            d.tx.iter().all(|&n| n > 100) && d.rx.iter().all(|&n| n > 100),
+            d.tx.iter().all(|&n| n > 50) && d.rx.iter().all(|&n| n > 50),
             "gateway {side:?}: every tunnel must carry part: tx {:?} rx {:?}",
             d.tx,
             d.rx
