@@ -50,6 +50,9 @@ pub struct Options {
 enum Event {
     Links(Vec<LinkEvent>),
     Neighbours(Vec<NeighbourEvent>),
+    XdpFeatures(Vec<(u32, u64)>),
+    /// The feature notifications stopped: assume the worst.
+    XdpFeaturesLost(String),
     LinkMonitorFailed(String),
     Management(usize, Option<String>),
     Signal(i32),
@@ -160,6 +163,8 @@ struct Loader<'a> {
     devices: Vec<Device>,
     /// Managed neighbour entries made for TAP tunnels.
     neighbours: Vec<ManagedNeighbour>,
+    /// The `SITE` entry as written.
+    site: SiteConfig,
     /// What the metrics endpoint shows besides counters.
     metrics: Tunnels,
 }
@@ -348,6 +353,23 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// The LAN driver's XDP features changed: restores go straight to it only
+    /// while it can transmit XDP frames.
+    fn on_xdp_features(&mut self, ifindex: u32, features: u64) -> Result<()> {
+        if self.config.hook != Hook::Xdp || ifindex != self.site.lan_ifindex {
+            return Ok(());
+        }
+        let site = with_lan_xmit(self.site, features);
+        if site != self.site {
+            self.datapath.set_site(&site)?;
+            self.site = site;
+            log_lan_xmit(&self.config.lan_interface, site);
+        }
+        Ok(())
+    }
+}
+
 fn mac_text(m: [u8; 6]) -> String {
     m.map(|b| format!("{b:02x}")).join(":")
 }
@@ -369,7 +391,9 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
     log(&format!("hook: {}", config.hook_reason));
     let monitor = LinkMonitor::open().context("opening an rtnetlink socket")?;
     let mut datapath = Datapath::load_pinned(layout)?;
-    let site = site(&config);
+    // Subscribed before the LAN's features are read, so no change falls between.
+    let features = follow_xdp_features(&config);
+    let site = site(&config, features.is_some());
     // Devices as the kernel reports them; MACs and far ends come from the dumps below.
     let devices: Vec<Device> = config
         .tunnels
@@ -405,6 +429,7 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
         published: None,
         devices,
         neighbours: Vec::new(),
+        site,
         metrics: views,
     };
 
@@ -428,7 +453,7 @@ pub fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()>
     loader.publish()?;
     loader.write_state(true)?;
 
-    let rx = event_sources(monitor, &config)?;
+    let rx = event_sources(monitor, features, &config)?;
     log(&format!(
         "running with {} tunnels; metrics on http://{}/metrics; SIGINT/SIGTERM to stop",
         config.tunnels.len(),
@@ -472,6 +497,16 @@ fn serve(loader: &mut Loader, rx: &Receiver<Event>) -> Result<i32> {
                     loader.on_link(e, Instant::now())?;
                 }
             }
+            Ok(Event::XdpFeatures(changes)) => {
+                for (ifindex, features) in changes {
+                    loader.on_xdp_features(ifindex, features)?;
+                }
+            }
+            Ok(Event::XdpFeaturesLost(e)) => {
+                log(&format!("XDP feature notifications failed ({e})"));
+                let lan = loader.site.lan_ifindex;
+                loader.on_xdp_features(lan, 0)?;
+            }
             Ok(Event::Neighbours(events)) => {
                 for n in &events {
                     loader.on_neighbour(n, Instant::now())?;
@@ -508,28 +543,55 @@ fn drain_dump(
     }
 }
 
+/// Under XDP, a subscription to driver feature changes; `None` under tc, or
+/// if the kernel offers none (then restores always go through the kernel).
+fn follow_xdp_features(config: &Config) -> Option<xdp_features::Watcher> {
+    if config.hook != Hook::Xdp {
+        return None;
+    }
+    xdp_features::Watcher::open()
+        .map_err(|e| {
+            log(&format!(
+                "cannot follow XDP feature changes ({e}); restores go through the kernel"
+            ));
+        })
+        .ok()
+}
+
 /// The `SITE` entry: the configuration plus what the LAN device can do.
-fn site(config: &Config) -> SiteConfig {
+/// `followed`: feature changes will be followed, so the XDP restore may
+/// forward straight to the LAN while the driver allows it.
+fn site(config: &Config, followed: bool) -> SiteConfig {
     let mut site = config.site();
     if let Some(lan) = System.lookup(&config.lan_interface) {
         site.lan_ifindex = lan.ifindex;
-        let xmit = lan.xdp_features.unwrap_or(0) & xdp_features::NDO_XMIT != 0;
-        if config.hook == Hook::Xdp {
-            if xmit {
-                site.flags |= site_flags::LAN_XDP_XMIT;
-                log(&format!(
-                    "{} takes XDP frames: restored packets go straight to it from the TAP devices",
-                    config.lan_interface
-                ));
-            } else {
-                log(&format!(
-                    "{} does not take XDP frames (no ndo-xmit): restored packets go through the kernel",
-                    config.lan_interface
-                ));
-            }
+        if config.hook == Hook::Xdp && followed {
+            site = with_lan_xmit(site, lan.xdp_features.unwrap_or(0));
+            log_lan_xmit(&config.lan_interface, site);
         }
     }
     site
+}
+
+fn with_lan_xmit(mut site: SiteConfig, features: u64) -> SiteConfig {
+    if features & xdp_features::NDO_XMIT != 0 {
+        site.flags |= site_flags::LAN_XDP_XMIT;
+    } else {
+        site.flags &= !site_flags::LAN_XDP_XMIT;
+    }
+    site
+}
+
+fn log_lan_xmit(lan: &str, site: SiteConfig) {
+    if site.flags & site_flags::LAN_XDP_XMIT != 0 {
+        log(&format!(
+            "{lan} takes XDP frames: restored packets go straight to it from the TAP devices"
+        ));
+    } else {
+        log(&format!(
+            "{lan} does not take XDP frames (no ndo-xmit): restored packets go through the kernel"
+        ));
+    }
 }
 
 /// Attaches (or replaces in place) the LAN program and the tunnel program on
@@ -585,9 +647,32 @@ fn report(program: &str, iface: &str, how: Attached) {
 }
 
 /// Link events, OpenVPN states and signals, on one channel.
-fn event_sources(monitor: LinkMonitor, config: &Config) -> Result<Receiver<Event>> {
+fn event_sources(
+    monitor: LinkMonitor,
+    features: Option<xdp_features::Watcher>,
+    config: &Config,
+) -> Result<Receiver<Event>> {
     let (tx, rx) = mpsc::channel();
     spawn_link_thread(monitor, tx.clone());
+    if let Some(watcher) = features {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            loop {
+                match watcher.next() {
+                    Ok(changes) if changes.is_empty() => {}
+                    Ok(changes) => {
+                        if tx.send(Event::XdpFeatures(changes)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Event::XdpFeaturesLost(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+    }
     for (k, t) in config.tunnels.iter().enumerate() {
         if let Some(addr) = t.management {
             let tx = tx.clone();

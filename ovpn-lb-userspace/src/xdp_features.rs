@@ -20,6 +20,13 @@ const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 const NETDEV_CMD_DEV_GET: u8 = 1;
 const NETDEV_A_DEV_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
+const CTRL_ATTR_MCAST_GROUPS: u16 = 7;
+const CTRL_ATTR_MCAST_GRP_NAME: u16 = 1;
+const CTRL_ATTR_MCAST_GRP_ID: u16 = 2;
+const NETDEV_CMD_DEV_ADD_NTF: u8 = 2;
+const NETDEV_CMD_DEV_CHANGE_NTF: u8 = 4;
+const SOL_NETLINK: i32 = 270;
+const NETLINK_ADD_MEMBERSHIP: i32 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
@@ -47,6 +54,80 @@ pub fn of(ifindex: u32) -> io::Result<u64> {
     find(&answer, NETDEV_A_DEV_XDP_FEATURES)
         .and_then(|p| Some(u64::from_ne_bytes(p.get(..8)?.try_into().ok()?)))
         .ok_or_else(|| io::Error::other("no xdp-features in the kernel's answer"))
+}
+
+/// Follows changes of devices' XDP features (a veth's `ndo-xmit` comes and
+/// goes with its peer's GRO or XDP program).
+pub struct Watcher(Socket);
+
+impl Watcher {
+    /// Subscribes to the netdev family's notifications.
+    ///
+    /// # Panics
+    /// Never: the constant conversion fits.
+    ///
+    /// # Errors
+    /// If the kernel has no netdev family or refuses the subscription.
+    pub fn open() -> io::Result<Self> {
+        let socket = Socket::open()?;
+        let (_, group) = socket.netdev_family()?;
+        let group = group.ok_or_else(|| io::Error::other("the netdev family has no mgmt group"))?;
+        // SAFETY: setsockopt with a u32 we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.0.as_raw_fd(),
+                SOL_NETLINK,
+                NETLINK_ADD_MEMBERSHIP,
+                (&raw const group).cast(),
+                u32::try_from(mem::size_of::<u32>()).expect("4"),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self(socket))
+    }
+
+    /// Blocks for the next notifications: (ifindex, features) pairs.
+    ///
+    /// # Panics
+    /// Never: a received length is not negative.
+    ///
+    /// # Errors
+    /// If the socket fails.
+    pub fn next(&self) -> io::Result<Vec<(u32, u64)>> {
+        let mut buf = vec![0u8; 16 * 1024];
+        // SAFETY: receiving into a buffer we own.
+        let n = unsafe { libc::recv(self.0.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(usize::try_from(n).expect("non-negative"));
+        Ok(notifications(&buf))
+    }
+}
+
+/// Device notifications in one datagram.
+fn notifications(mut b: &[u8]) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    while b.len() >= NLMSG_HDRLEN + GENL_HDRLEN {
+        let len = usize::try_from(u32::from_ne_bytes(b[0..4].try_into().expect("4"))).unwrap_or(0);
+        if len < NLMSG_HDRLEN + GENL_HDRLEN || len > b.len() {
+            break;
+        }
+        let body = &b[NLMSG_HDRLEN..len];
+        if matches!(body[0], NETDEV_CMD_DEV_ADD_NTF | NETDEV_CMD_DEV_CHANGE_NTF) {
+            let ifindex = find(body, NETDEV_A_DEV_IFINDEX)
+                .and_then(|p| Some(u32::from_ne_bytes(p.get(..4)?.try_into().ok()?)));
+            let features = find(body, NETDEV_A_DEV_XDP_FEATURES)
+                .and_then(|p| Some(u64::from_ne_bytes(p.get(..8)?.try_into().ok()?)));
+            if let (Some(i), Some(f)) = (ifindex, features) {
+                out.push((i, f));
+            }
+        }
+        b = b.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    out
 }
 
 /// Names of the set bits, for log lines.
@@ -93,6 +174,20 @@ fn find(answer: &[u8], kind: u16) -> Option<&[u8]> {
     None
 }
 
+/// Attributes inside a nested attribute, as (type, payload) pairs.
+fn nested(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
+        if len < 4 || len > b.len() {
+            break;
+        }
+        out.push((u16::from_ne_bytes([b[2], b[3]]) & 0x3fff, &b[4..len]));
+        b = b.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    out
+}
+
 struct Socket(OwnedFd);
 
 impl Socket {
@@ -116,6 +211,33 @@ impl Socket {
             }
             Ok(Self(fd))
         }
+    }
+
+    /// The netdev family's id and its "mgmt" notification group.
+    fn netdev_family(&self) -> io::Result<(u16, Option<u32>)> {
+        let answer = self.request(
+            GENL_ID_CTRL,
+            CTRL_CMD_GETFAMILY,
+            &attr(CTRL_ATTR_FAMILY_NAME, b"netdev\0"),
+        )?;
+        let family = find(&answer, CTRL_ATTR_FAMILY_ID)
+            .and_then(|p| Some(u16::from_ne_bytes(p.get(..2)?.try_into().ok()?)))
+            .ok_or_else(|| io::Error::other("the kernel has no netdev netlink family"))?;
+        let group = find(&answer, CTRL_ATTR_MCAST_GROUPS).and_then(|groups| {
+            nested(groups).into_iter().find_map(|(_, g)| {
+                let inner = nested(g);
+                let name = inner
+                    .iter()
+                    .find(|(k, _)| *k == CTRL_ATTR_MCAST_GRP_NAME)?
+                    .1;
+                let id = inner.iter().find(|(k, _)| *k == CTRL_ATTR_MCAST_GRP_ID)?.1;
+                if !name.starts_with(b"mgmt") {
+                    return None;
+                }
+                Some(u32::from_ne_bytes(id.get(..4)?.try_into().ok()?))
+            })
+        });
+        Ok((family, group))
     }
 
     /// Sends one request and returns the answer's generic netlink body.
@@ -170,6 +292,11 @@ mod tests {
             "lo runs no native XDP: {}",
             describe(features)
         );
+    }
+
+    #[test]
+    fn the_notification_group_is_found() {
+        Watcher::open().expect("subscribing to netdev notifications (Linux 6.3+)");
     }
 
     #[test]

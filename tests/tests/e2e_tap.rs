@@ -257,6 +257,48 @@ fn assert_counters(lab: &Lab, hook: &str, before: &[Counters; 2], after: &[Count
     }
 }
 
+/// Host B turns GRO off on its LAN veth, so gateway B's `lan` can no longer
+/// transmit XDP frames: the loader must see the feature change and send
+/// restores through the kernel (no loss), then back straight to the LAN once
+/// GRO is on again.
+fn lan_xmit_follows_the_host_gro(lab: &Lab) {
+    let hb = lab.host(Side::B);
+    let set_gro = |on: &str| {
+        lab.exec(&hb, &["ethtool", "-K", "lan", "gro", on]);
+        // The loader hears of it through a netlink notification.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let restores = |c: &Counters| {
+        let n = |r: Reason| c.reasons[r as usize].packets;
+        (n(Reason::Restored), n(Reason::RestoredToLan))
+    };
+    let ha = lab.host(Side::A);
+    set_gro("off");
+    let before = restores(&lab.counters(Side::B));
+    let (sent, received) = ping(&ha, HOST_B, 20, "0.05");
+    let after = restores(&lab.counters(Side::B));
+    assert_eq!(
+        received,
+        sent,
+        "pings lost with GRO off on host B's veth; gateway B's loader said:\n{}",
+        std::fs::read_to_string(lab.dir.join("ovpn-lb-b.log")).unwrap_or_default()
+    );
+    assert!(
+        after.0 - before.0 >= 20 && after.1 == before.1,
+        "with no ndo-xmit on B's lan, restores must go to the kernel: restored {:?} -> {:?}",
+        before,
+        after
+    );
+    set_gro("on");
+    let (sent, received) = ping(&ha, HOST_B, 20, "0.05");
+    let again = restores(&lab.counters(Side::B));
+    assert_eq!(received, sent, "pings lost after GRO came back on");
+    assert!(
+        again.1 - after.1 >= 20,
+        "restores must go straight to the LAN again: {after:?} -> {again:?}"
+    );
+}
+
 /// Everything one TAP lab checks, under `hook` ("tc" or "xdp").
 fn tap_lab_end_to_end(hook: &str) {
     let started = Instant::now();
@@ -269,6 +311,10 @@ fn tap_lab_end_to_end(hook: &str) {
     exchange_traffic(&lab);
     let after = [lab.counters(Side::A), lab.counters(Side::B)];
     assert_counters(&lab, hook, &before, &after);
+
+    if hook == "xdp" {
+        lan_xmit_follows_the_host_gro(&lab);
+    }
 
     let capture = capture.stop();
     let clear = capture.read(CLEAR_TEXT);
