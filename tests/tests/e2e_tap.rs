@@ -285,9 +285,7 @@ fn lan_xmit_follows_the_host_gro(lab: &Lab) {
     );
     assert!(
         after.0 - before.0 >= 20 && after.1 == before.1,
-        "with no ndo-xmit on B's lan, restores must go to the kernel: restored {:?} -> {:?}",
-        before,
-        after
+        "with no ndo-xmit on B's lan, restores must go to the kernel: restored {before:?} -> {after:?}"
     );
     set_gro("on");
     let (sent, received) = ping(&ha, HOST_B, 20, "0.05");
