@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::build::{cmd, exec};
 
-/// Debian packages the tests use.
+/// Debian packages the tests and the benchmark use.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -22,6 +22,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "iperf3",
     "ethtool",
+    // The benchmark: trafgen, the nftables variants, the plot.
+    "netsniff-ng",
+    "nftables",
+    "gnuplot-nox",
+    "fonts-dejavu-core",
 ];
 
 /// The nightly toolchain that builds the BPF crate.

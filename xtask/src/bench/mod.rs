@@ -3,23 +3,35 @@
 //!
 //! Per packet (`per_packet`): ns/packet of each path against an empty program.
 //!
+//! Forwarding rate (`forwarding`): packets/s and gateway CPU time per packet
+//! through veth namespaces driven by trafgen, for plain routing, nftables and
+//! ovpn-lb, as ratios to plain routing.
+//!
 //! End to end: the goodput of one TCP flow (iperf3, the kernel's default
 //! congestion control) through OpenVPN processes each held to the same CPU
-//! quota: one tunnel (plain routing), N tunnels sprayed by ovpn-lb, N tunnels
-//! in flow mode. Efficiency = N-tunnel goodput / (N x one-tunnel goodput).
+//! quota: one tunnel (plain routing), 1..N tunnels sprayed by ovpn-lb, N
+//! tunnels in flow mode. Efficiency = N-tunnel goodput / (N x one-tunnel goodput).
+//!
+//! The plot (`plot`) draws the ratios and the goodput against N.
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     fs,
     process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
 
+mod forwarding;
 mod per_packet;
+mod plot;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use ovpn_lb_tests::lab::{HOST_B, Lab, Options, Side};
 
 use crate::{
@@ -44,6 +56,16 @@ pub struct BenchArgs {
     /// Skip the end-to-end OpenVPN runs (the slow part).
     #[arg(long)]
     pub no_end_to_end: bool,
+    /// Skip the forwarding-rate part (trafgen through veth namespaces).
+    #[arg(long)]
+    pub no_forwarding: bool,
+    /// Seconds per forwarding-rate window (each after a 0.7 s warm-up).
+    #[arg(long, default_value_t = 2.0)]
+    pub fwd_seconds: f64,
+    /// Tunnel counts for the sprayed goodput against N, comma-separated
+    /// (default: 1 to --tunnels).
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<usize>,
 }
 
 /// One iperf3 run's outcome.
@@ -151,7 +173,7 @@ pub(super) fn spread(v: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
-fn machine() -> String {
+pub(super) fn machine() -> String {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -181,14 +203,63 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), Linux {}, {openvpn}", kernel.trim())
 }
 
-/// The Markdown table of the end-to-end runs; variant 0 is the baseline.
-fn end_to_end_table(args: &BenchArgs, results: &[Vec<Run>], started: Instant) -> String {
+/// One end-to-end setup.
+struct Setup {
+    name: String,
+    tag: String,
+    tunnels: usize,
+    /// ovpn-lb on both gateways (false: plain routing over one tunnel).
+    loaders: bool,
+    flow_mode: bool,
+}
+
+fn setups(args: &BenchArgs) -> Vec<Setup> {
     let n = args.tunnels;
+    let mut sweep: Vec<usize> = if args.sweep.is_empty() {
+        (1..=n).collect()
+    } else {
+        args.sweep.clone()
+    };
+    sweep.push(n);
+    sweep.retain(|&k| k > 0);
+    sweep.sort_unstable();
+    sweep.dedup();
+    let mut v = vec![Setup {
+        name: "1 tunnel, plain routing".into(),
+        tag: "obone".into(),
+        tunnels: 1,
+        loaders: false,
+        flow_mode: false,
+    }];
+    for k in sweep {
+        v.push(Setup {
+            name: format!(
+                "{k} tunnel{}, ovpn-lb packet spray",
+                if k == 1 { "" } else { "s" }
+            ),
+            tag: format!("obs{k}"),
+            tunnels: k,
+            loaders: true,
+            flow_mode: false,
+        });
+    }
+    v.push(Setup {
+        name: format!("{n} tunnels, ovpn-lb flow mode"),
+        tag: "obflw".into(),
+        tunnels: n,
+        loaders: true,
+        flow_mode: true,
+    });
+    v
+}
+
+/// The Markdown table of the end-to-end runs; setup 0 is the baseline.
+fn end_to_end_table(args: &BenchArgs, setups: &[Setup], results: &[Vec<Run>]) -> String {
     let base_mbit = median(results[0].iter().map(|r| r.mbit_per_s).collect());
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "Machine: {}. One iperf3 TCP flow, default congestion control, {} s per run, {} rounds interleaved, median (min-max). Each OpenVPN process held to {}% of a CPU (cgroup cpu quota, 10 ms period). N = {n}.\n",
+        "Machine: {}. One iperf3 TCP flow, default congestion control, {} s per run, {} rounds interleaved, median (min-max). Each OpenVPN process held to {}% of a CPU (cgroup cpu quota, 10 ms period).\n",
         machine(),
         args.seconds,
         args.rounds,
@@ -199,18 +270,13 @@ fn end_to_end_table(args: &BenchArgs, results: &[Vec<Run>], started: Instant) ->
         "| setup | goodput Mbit/s | efficiency vs N x 1 tunnel | retransmits | sender reorder events | receiver out-of-order segments |"
     );
     let _ = writeln!(table, "| --- | ---: | ---: | ---: | ---: | ---: |");
-    let names = [
-        "1 tunnel, plain routing",
-        &format!("{n} tunnels, ovpn-lb packet spray"),
-        &format!("{n} tunnels, ovpn-lb flow mode"),
-    ];
-    for (i, runs) in results.iter().enumerate() {
+    for (i, (setup, runs)) in setups.iter().zip(results).enumerate() {
         let mbit: Vec<f64> = runs.iter().map(|r| r.mbit_per_s).collect();
         let (lo, hi) = spread(&mbit);
         #[expect(clippy::cast_precision_loss, reason = "small counts")]
         let eff: Vec<f64> = mbit
             .iter()
-            .map(|m| m / (if i == 0 { 1.0 } else { n as f64 } * base_mbit))
+            .map(|m| m / (setup.tunnels as f64 * base_mbit))
             .collect();
         let (elo, ehi) = spread(&eff);
         #[expect(clippy::cast_precision_loss, reason = "small counts")]
@@ -218,7 +284,7 @@ fn end_to_end_table(args: &BenchArgs, results: &[Vec<Run>], started: Instant) ->
         let _ = writeln!(
             table,
             "| {} | {:.1} ({lo:.1}-{hi:.1}) | {} | {:.0} | {:.0} | {:.0} |",
-            names[i],
+            setup.name,
             median(mbit.clone()),
             if i == 0 {
                 "1 (baseline)".to_owned()
@@ -230,12 +296,95 @@ fn end_to_end_table(args: &BenchArgs, results: &[Vec<Run>], started: Instant) ->
             med(|r| r.ofo),
         );
     }
+    table
+}
+
+/// Goodput against N for the plot.
+fn goodput_curve(args: &BenchArgs, setups: &[Setup], results: &[Vec<Run>]) -> plot::Goodput {
+    let stats = |runs: &[Run]| {
+        let mbit: Vec<f64> = runs.iter().map(|r| r.mbit_per_s).collect();
+        let (lo, hi) = spread(&mbit);
+        (median(mbit), lo, hi)
+    };
+    let mut curve = plot::Goodput {
+        base: stats(&results[0]).0,
+        sprayed: Vec::new(),
+        flow: None,
+        quota: args.cpu_quota,
+    };
+    for (setup, runs) in setups.iter().zip(results).skip(1) {
+        let (m, lo, hi) = stats(runs);
+        if setup.flow_mode {
+            curve.flow = Some((setup.tunnels, m, lo, hi));
+        } else {
+            curve.sprayed.push((setup.tunnels, m, lo, hi));
+        }
+    }
+    curve
+}
+
+fn end_to_end(args: &BenchArgs, interrupted: &AtomicBool) -> Result<(String, plot::Goodput)> {
+    let started = Instant::now();
+    let bin = workspace_root().join("target/release/ovpn-lb");
+    let base = workspace_root().join("target/bench");
+    let _ = fs::remove_dir_all(&base);
+    let setups = setups(args);
+    println!(
+        "bench: building {} labs (OpenVPN held to {}% of a CPU each): {}",
+        setups.len(),
+        args.cpu_quota,
+        setups
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let mut labs: Vec<Lab> = Vec::new();
+    for s in &setups {
+        if interrupted.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        labs.push(Lab::up(
+            &base.join(&s.tag),
+            &s.tag,
+            &bin,
+            Options {
+                tunnels: s.tunnels,
+                loaders: s.loaders,
+                flow_mode: s.flow_mode,
+                cpu_quota_percent: Some(args.cpu_quota),
+                ..Options::default()
+            },
+        ));
+    }
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); setups.len()];
+    for round in 0..args.rounds {
+        for (i, (setup, lab)) in setups.iter().zip(&labs).enumerate() {
+            if interrupted.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            let r = iperf(lab, args.seconds)?;
+            println!(
+                "bench: round {}/{} {}: {:.1} Mbit/s, {} retransmits, {} reorder events, {} out-of-order segments",
+                round + 1,
+                args.rounds,
+                setup.name,
+                r.mbit_per_s,
+                r.retransmits,
+                r.reorder,
+                r.ofo
+            );
+            results[i].push(r);
+        }
+    }
+    drop(labs);
+    let mut table = end_to_end_table(args, &setups, &results);
     let _ = writeln!(
         table,
-        "\nTotal benchmark time: {:.0} s (`cargo xtask bench`).",
+        "\nEnd-to-end part: {:.0} s.",
         started.elapsed().as_secs_f64()
     );
-    table
+    Ok((table, goodput_curve(args, &setups, &results)))
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -245,91 +394,53 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     setup::run()?;
     build::all()?;
     let started = Instant::now();
+    // Ctrl-C or SIGTERM: finish the step under way, then tear down and stop.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
     let results_dir = workspace_root().join("results");
     fs::create_dir_all(&results_dir)?;
     let floor = workspace_root().join("target/bpfel-unknown-none/release/bench-floor");
-    let (per_packet, _ratios) = per_packet::run(&floor, args.rounds.max(3))?;
+    let (per_packet, ratios) = per_packet::run(&floor, args.rounds.max(3))?;
     fs::write(results_dir.join("per-packet.md"), &per_packet)?;
     println!("\n{per_packet}");
-    if args.no_end_to_end {
-        println!(
-            "total benchmark time: {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-        return Ok(());
-    }
-    let bin = workspace_root().join("target/release/ovpn-lb");
-    let base = workspace_root().join("target/bench");
-    let _ = fs::remove_dir_all(&base);
-    let n = args.tunnels;
-    let quota = Some(args.cpu_quota);
+    let forwarding = if args.no_forwarding {
+        None
+    } else {
+        ensure!(!interrupted.load(Ordering::Relaxed), "interrupted");
+        let (md, summary) = forwarding::run(&forwarding::Options {
+            tunnels: args.tunnels,
+            rounds: args.rounds,
+            seconds: args.fwd_seconds,
+            bin: workspace_root().join("target/release/ovpn-lb"),
+            interrupted: interrupted.clone(),
+        })?;
+        fs::write(results_dir.join("forwarding.md"), &md)?;
+        println!("\n{md}");
+        Some(summary)
+    };
+    let goodput = if args.no_end_to_end {
+        None
+    } else {
+        let (table, curve) = end_to_end(args, &interrupted)?;
+        let file = results_dir.join("end-to-end.md");
+        fs::write(&file, &table)?;
+        println!("\n{table}\nwritten to {}", file.display());
+        Some(curve)
+    };
+    let png = plot::draw(
+        &results_dir,
+        &plot::Data {
+            machine: machine(),
+            per_packet: &ratios,
+            forwarding: forwarding.as_ref(),
+            goodput: goodput.as_ref(),
+        },
+    )?;
+    println!("plot: {}", png.display());
     println!(
-        "bench: building three labs (OpenVPN held to {}% of a CPU each)",
-        args.cpu_quota
+        "total benchmark time: {:.0} s (`cargo xtask bench`)",
+        started.elapsed().as_secs_f64()
     );
-    let variants: Vec<(&str, Lab)> = vec![
-        (
-            "1 tunnel, plain routing",
-            Lab::up(
-                &base.join("one"),
-                "obone",
-                &bin,
-                Options {
-                    tunnels: 1,
-                    loaders: false,
-                    cpu_quota_percent: quota,
-                    ..Options::default()
-                },
-            ),
-        ),
-        (
-            "N tunnels, ovpn-lb packet spray",
-            Lab::up(
-                &base.join("spray"),
-                "obspr",
-                &bin,
-                Options {
-                    tunnels: n,
-                    cpu_quota_percent: quota,
-                    ..Options::default()
-                },
-            ),
-        ),
-        (
-            "N tunnels, ovpn-lb flow mode",
-            Lab::up(
-                &base.join("flow"),
-                "obflw",
-                &bin,
-                Options {
-                    tunnels: n,
-                    cpu_quota_percent: quota,
-                    flow_mode: true,
-                    ..Options::default()
-                },
-            ),
-        ),
-    ];
-    let mut results: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
-    for round in 0..args.rounds {
-        for (i, (name, lab)) in variants.iter().enumerate() {
-            let r = iperf(lab, args.seconds)?;
-            println!(
-                "bench: round {}/{} {name}: {:.1} Mbit/s, {} retransmits, {} reorder events, {} out-of-order segments",
-                round + 1,
-                args.rounds,
-                r.mbit_per_s,
-                r.retransmits,
-                r.reorder,
-                r.ofo
-            );
-            results[i].push(r);
-        }
-    }
-    drop(variants);
-    let table = end_to_end_table(args, &results, started);
-    let file = results_dir.join("end-to-end.md");
-    fs::write(&file, &table)?;
-    println!("\n{table}\nwritten to {}", file.display());
     Ok(())
 }
