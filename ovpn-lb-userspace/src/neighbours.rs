@@ -8,11 +8,19 @@ use std::{net::IpAddr, process::Command};
 
 use anyhow::{Context as _, Result, ensure};
 
-/// Creates (or keeps) a managed entry for `addr` on `device`.
+/// Creates (or keeps) a managed entry for `addr` on `device`; an operator's
+/// permanent entry is left as it is. True if the entry is ours.
 ///
 /// # Errors
 /// If iproute2 is missing or the kernel refuses (older than 5.16).
-pub fn manage(device: &str, addr: IpAddr) -> Result<()> {
+pub fn manage(device: &str, addr: IpAddr) -> Result<bool> {
+    let shown = Command::new("ip")
+        .args(["neigh", "show", &addr.to_string(), "dev", device])
+        .output()
+        .context("running `ip neigh` (iproute2)")?;
+    if String::from_utf8_lossy(&shown.stdout).contains("PERMANENT") {
+        return Ok(false);
+    }
     let out = Command::new("ip")
         .args([
             "neigh",
@@ -29,7 +37,7 @@ pub fn manage(device: &str, addr: IpAddr) -> Result<()> {
         "`ip neigh replace {addr} dev {device} managed` failed (managed neighbour entries need Linux 5.16+): {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    Ok(())
+    Ok(true)
 }
 
 /// Removes the entry for `addr` on `device`; true if there was one.

@@ -338,15 +338,21 @@ impl Loader<'_> {
         if let Some(addr) = t.next_hop {
             // Without the entry the tunnel waits for the kernel to resolve the
             // far end some other way; say so, but keep the others running.
-            if let Err(e) = neighbours::manage(&t.device, addr) {
-                log(&format!("tunnel {k} ({}): {e:#}", t.device));
-            }
-            let n = ManagedNeighbour {
-                device: t.device.clone(),
-                addr,
-            };
-            if !self.neighbours.contains(&n) {
-                self.neighbours.push(n);
+            match neighbours::manage(&t.device, addr) {
+                Ok(true) => {
+                    let n = ManagedNeighbour {
+                        device: t.device.clone(),
+                        addr,
+                    };
+                    if !self.neighbours.contains(&n) {
+                        self.neighbours.push(n);
+                    }
+                }
+                Ok(false) => log(&format!(
+                    "tunnel {k} ({}): {addr} has a permanent neighbour entry; using it",
+                    t.device
+                )),
+                Err(e) => log(&format!("tunnel {k} ({}): {e:#}", t.device)),
             }
         }
         Ok(how)

@@ -207,19 +207,36 @@ pub fn variants(n: usize) -> Vec<Variant> {
             short: "ovpn-lb tc".into(),
             device: DeviceKind::Tun,
             setup: Setup::OvpnLb {
-                config: ovpn_lb_config(DeviceKind::Tun, n),
+                config: ovpn_lb_config(DeviceKind::Tun, "tc", n),
+            },
+        },
+        Variant {
+            name: format!("ovpn-lb tc, {n} tap"),
+            short: "ovpn-lb tc tap".into(),
+            device: DeviceKind::Tap,
+            setup: Setup::OvpnLb {
+                config: ovpn_lb_config(DeviceKind::Tap, "tc", n),
+            },
+        },
+        Variant {
+            name: format!("ovpn-lb native XDP, {n} tap"),
+            short: "ovpn-lb XDP tap".into(),
+            device: DeviceKind::Tap,
+            setup: Setup::OvpnLb {
+                config: ovpn_lb_config(DeviceKind::Tap, "xdp", n),
             },
         },
     ]
 }
 
 /// The ovpn-lb configuration for the topology's `lan0` and devices, as an
-/// operator would write it.
-pub fn ovpn_lb_config(kind: DeviceKind, n: usize) -> String {
+/// operator would write it, with the hook `mode` ("tc", "xdp").
+pub fn ovpn_lb_config(kind: DeviceKind, mode: &str, n: usize) -> String {
     let mut t = format!(
         "# Written by `cargo xtask bench` (forwarding rate).\n\
          remote_prefixes = [\"{REMOTE_V4}\", \"{REMOTE_V6}\"]\n\
-         mode = \"packet\"\n\
+         spray = \"packet\"\n\
+         mode = \"{mode}\"\n\
          up_delay_ms = 0\n\n\
          [lan]\ninterface = \"{LAN_DEV}\"\nprefixes = [\"{LAN_V4}\", \"{LAN_V6}\"]\n"
     );
@@ -231,6 +248,10 @@ pub fn ovpn_lb_config(kind: DeviceKind, n: usize) -> String {
             xlat_v4(k),
             xlat_v6(k)
         );
+        if kind == DeviceKind::Tap {
+            // The topology gives it a permanent neighbour entry.
+            let _ = writeln!(t, "kind = \"tap\"\nnext_hop = \"{}\"", next_hop_v4(k));
+        }
     }
     t
 }
@@ -1573,25 +1594,41 @@ fn raw_tables(md: &mut String, variants: &[Variant], results: &Results) {
     }
 }
 
-/// The issue's targets: ovpn-lb tc >= 1.3x plain routing, >= 1.5x nftables
-/// numgen, on gateway packets per CPU-second and, for reference, on packets/s
-/// with the generator on the same CPU.
+/// The issues' targets: ovpn-lb tc on tun >= 1.3x plain routing and >= 1.5x
+/// nftables numgen; ovpn-lb XDP on TAP >= 2x plain routing; on gateway
+/// packets per CPU-second and, for reference, on packets/s with the
+/// generator on the same CPU.
 fn targets(md: &mut String, variants: &[Variant], results: &Results) {
+    let (_, base) = calibration_and_base(variants);
+    let find = |f: &dyn Fn(&Variant) -> bool| variants.iter().position(f);
+    let ovpn_lb = |v: &Variant| matches!(v.setup, Setup::OvpnLb { .. });
+    let tc_tun = find(&|v| ovpn_lb(v) && v.device == DeviceKind::Tun);
+    let xdp_tap = find(&|v| {
+        ovpn_lb(v)
+            && matches!(&v.setup, Setup::OvpnLb { config } if config.contains("mode = \"xdp\""))
+    });
+    let numgen = find(&|v| matches!(v.setup, Setup::NftNumgen));
+    if let Some(lb) = tc_tun {
+        let mut against = vec![(base, 1.3)];
+        against.extend(numgen.map(|n| (n, 1.5)));
+        target(md, variants, results, lb, &against);
+    }
+    if let Some(lb) = xdp_tap {
+        target(md, variants, results, lb, &[(base, 2.0)]);
+    }
+}
+
+fn target(
+    md: &mut String,
+    variants: &[Variant],
+    results: &Results,
+    lb: usize,
+    against: &[(usize, f64)],
+) {
     let (cal, base) = calibration_and_base(variants);
     let rounds = results[base][0].len();
-    let lb = variants
-        .iter()
-        .position(|v| matches!(v.setup, Setup::OvpnLb { .. }) && v.device == DeviceKind::Tun);
-    let numgen = variants
-        .iter()
-        .position(|v| matches!(v.setup, Setup::NftNumgen));
-    let Some(lb) = lb else { return };
     let _ = writeln!(md, "\nTargets for {}:\n", variants[lb].name);
-    let mut against = vec![(base, 1.3)];
-    if let Some(numgen) = numgen {
-        against.push((numgen, 1.5));
-    }
-    for (other, want) in against {
+    for &(other, want) in against {
         for capacity in [true, false] {
             let mut worst = f64::INFINITY;
             let mut parts = Vec::new();
