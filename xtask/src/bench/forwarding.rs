@@ -175,7 +175,11 @@ pub struct Variant {
 
 /// The variants: the calibration row first, then the baseline (plain
 /// routing). To add one (ovpn-lb XDP or tc on TAP devices, say), push it here
-/// with its device kind and configuration.
+/// with its device kind and configuration. An XDP program on `lan0` puts the
+/// veth into NAPI mode; that still runs on CPU 0 inside trafgen's send, so the
+/// accounting holds, but the receive path changes, so such a variant is best
+/// compared on its raw CPU per packet or against a calibration row that drops
+/// with XDP as well. (The loader refuses TAP tunnel devices today.)
 pub fn variants(n: usize) -> Vec<Variant> {
     vec![
         Variant {
