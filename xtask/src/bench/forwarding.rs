@@ -174,12 +174,12 @@ pub struct Variant {
 }
 
 /// The variants: the calibration row first, then the baseline (plain
-/// routing). To add one (ovpn-lb XDP or tc on TAP devices, say), push it here
-/// with its device kind and configuration. An XDP program on `lan0` puts the
-/// veth into NAPI mode; that still runs on CPU 0 inside trafgen's send, so the
-/// accounting holds, but the receive path changes, so such a variant is best
-/// compared on its raw CPU per packet or against a calibration row that drops
-/// with XDP as well. (The loader refuses TAP tunnel devices today.)
+/// routing); to add one, push it here with its device kind and
+/// configuration. The XDP variant puts `lan0` (a veth) into NAPI mode; that
+/// still runs on CPU 0 inside trafgen's send, so the accounting holds, but a
+/// veth hands its XDP program socket buffers converted to XDP frames (a copy
+/// when the skb's head cannot be reused), which a NIC driver would not: on
+/// veth, native XDP saves no receive work.
 pub fn variants(n: usize) -> Vec<Variant> {
     vec![
         Variant {

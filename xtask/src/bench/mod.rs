@@ -211,6 +211,8 @@ struct Setup {
     /// ovpn-lb on both gateways (false: plain routing over one tunnel).
     loaders: bool,
     flow_mode: bool,
+    /// OpenVPN `dev tap` tunnels, with this hook (`mode`).
+    tap: Option<&'static str>,
 }
 
 fn setups(args: &BenchArgs) -> Vec<Setup> {
@@ -230,6 +232,7 @@ fn setups(args: &BenchArgs) -> Vec<Setup> {
         tunnels: 1,
         loaders: false,
         flow_mode: false,
+        tap: None,
     }];
     for k in sweep {
         v.push(Setup {
@@ -241,6 +244,7 @@ fn setups(args: &BenchArgs) -> Vec<Setup> {
             tunnels: k,
             loaders: true,
             flow_mode: false,
+            tap: None,
         });
     }
     v.push(Setup {
@@ -249,7 +253,27 @@ fn setups(args: &BenchArgs) -> Vec<Setup> {
         tunnels: n,
         loaders: true,
         flow_mode: true,
+        tap: None,
     });
+    // What TAP's extra Ethernet header costs through OpenVPN, and the hooks.
+    v.push(Setup {
+        name: "1 TAP tunnel, plain routing".into(),
+        tag: "obtap1".into(),
+        tunnels: 1,
+        loaders: false,
+        flow_mode: false,
+        tap: Some("tc"),
+    });
+    for hook in ["tc", "xdp"] {
+        v.push(Setup {
+            name: format!("{n} TAP tunnels, ovpn-lb packet spray, {hook}"),
+            tag: format!("obtap{hook}"),
+            tunnels: n,
+            loaders: true,
+            flow_mode: false,
+            tap: Some(hook),
+        });
+    }
     v
 }
 
@@ -313,6 +337,9 @@ fn goodput_curve(args: &BenchArgs, setups: &[Setup], results: &[Vec<Run>]) -> pl
         quota: args.cpu_quota,
     };
     for (setup, runs) in setups.iter().zip(results).skip(1) {
+        if setup.tap.is_some() {
+            continue;
+        }
         let (m, lo, hi) = stats(runs);
         if setup.flow_mode {
             curve.flow = Some((setup.tunnels, m, lo, hi));
@@ -353,6 +380,8 @@ fn end_to_end(args: &BenchArgs, interrupted: &AtomicBool) -> Result<(String, plo
                 loaders: s.loaders,
                 flow_mode: s.flow_mode,
                 cpu_quota_percent: Some(args.cpu_quota),
+                tap: s.tap.is_some(),
+                hook: s.tap.map(str::to_owned),
                 ..Options::default()
             },
         ));
