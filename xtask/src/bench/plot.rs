@@ -113,7 +113,7 @@ fn forwarding_panels(dir: &Path, gp: &mut String, f: &forwarding::Summary) -> Re
     ] {
         let _ = writeln!(
             gp,
-            "reset\n{STYLE}set title \"{title}\"\nset ylabel \"{ylabel}\"\nset style data histogram\nset style histogram errorbars gap 1 lw 1\nset bars front\nset arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lc rgb \"gray40\""
+            "reset\n{STYLE}set title \"{title}\"\nset ylabel \"{ylabel}\"\nset style data histogram\nset style histogram errorbars gap 1 lw 1\nset xtics rotate by 20 right font \",10\"\nset bars front\nset arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lc rgb \"gray40\""
         );
         if panel == 1 {
             let _ = writeln!(
