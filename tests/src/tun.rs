@@ -10,6 +10,7 @@ use std::{
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
+const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 
 #[repr(C)]
@@ -17,6 +18,32 @@ struct IfReq {
     name: [u8; libc::IFNAMSIZ],
     flags: libc::c_short,
     _pad: [u8; 22],
+}
+
+/// Creates tun (or, with `tap`, TAP) device `name` without packet info in the
+/// calling thread's network namespace; it lives as long as the file.
+///
+/// # Errors
+/// If `/dev/net/tun` cannot be opened or the kernel refuses the device.
+pub fn open_device(name: &str, tap: bool) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_NO_PI | if tap { IFF_TAP } else { IFF_TUN },
+        _pad: [0; 22],
+    };
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF on our own descriptor with a properly sized ifreq.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &raw mut req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// An open tun device; it disappears when dropped (unless persistent).
@@ -33,24 +60,7 @@ impl Tun {
     /// If `/dev/net/tun` cannot be opened or the device created.
     #[must_use]
     pub fn open(name: &str) -> Self {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .expect("open /dev/net/tun");
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
-            _pad: [0; 22],
-        };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &raw mut req) };
-        assert_eq!(
-            rc,
-            0,
-            "TUNSETIFF {name}: {}",
-            std::io::Error::last_os_error()
-        );
+        let file = open_device(name, false).unwrap_or_else(|e| panic!("tun device {name}: {e}"));
         Self {
             file,
             backlog: Vec::new(),

@@ -398,43 +398,11 @@ fn pin_thread(cpu: usize) {
     }
 }
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TUN: libc::c_short = 0x0001;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 /// Opens tun/tap device `name` in the calling thread's namespace; it lives as
 /// long as the file.
 fn open_device(kind: DeviceKind, name: &str) -> Result<File> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .context("opening /dev/net/tun")?;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: IFF_NO_PI
-            | match kind {
-                DeviceKind::Tun => IFF_TUN,
-                DeviceKind::Tap => IFF_TAP,
-            },
-        _pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &raw mut req) };
-    ensure!(
-        rc == 0,
-        "TUNSETIFF {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(file)
+    ovpn_lb_tests::tun::open_device(name, kind == DeviceKind::Tap)
+        .with_context(|| format!("opening {} device {name}", kind.name()))
 }
 
 /// What each reader counts.
