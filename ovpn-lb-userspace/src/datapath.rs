@@ -50,6 +50,26 @@ pub struct Datapath {
     last_flip: Option<Instant>,
 }
 
+/// Hands the link pinned at `pin`, if any, to `replace`, which swaps its
+/// program; true if it did. A pin it could not use (its device was
+/// recreated) is removed, so a new link can take its place.
+fn pinned_link(pin: &Path, replace: impl FnOnce(FdLink) -> bool) -> Result<bool> {
+    let Ok(pinned) = PinnedLink::from_pin(pin) else {
+        return Ok(false);
+    };
+    if replace(FdLink::from(pinned)) {
+        return Ok(true);
+    }
+    remove_if_present(pin).with_context(|| format!("removing stale {}", pin.display()))?;
+    Ok(false)
+}
+
+fn pin_link(link: FdLink, pin: &Path) -> Result<Attached> {
+    link.pin(pin)
+        .with_context(|| format!("pinning the link at {}", pin.display()))?;
+    Ok(Attached::Created)
+}
+
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
     ebpf.map_mut(name)
         .ok_or_else(|| anyhow!("the BPF object has no map named {name}"))
@@ -159,15 +179,11 @@ impl Datapath {
     /// If the interface is missing or the kernel refuses.
     pub fn attach_pinned(&mut self, program: &str, iface: &str, pin: &Path) -> Result<Attached> {
         let prog = self.program(program)?;
-        if let Ok(pinned) = PinnedLink::from_pin(pin) {
-            let link = SchedClassifierLink::try_from(FdLink::from(pinned));
-            if let Ok(link) = link
-                && prog.attach_to_link(link).is_ok()
-            {
-                return Ok(Attached::Replaced);
-            }
-            // The device behind the old link is gone (recreated): start afresh.
-            remove_if_present(pin).with_context(|| format!("removing stale {}", pin.display()))?;
+        let replaced = pinned_link(pin, |old| {
+            SchedClassifierLink::try_from(old).is_ok_and(|l| prog.attach_to_link(l).is_ok())
+        })?;
+        if replaced {
+            return Ok(Attached::Replaced);
         }
         let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| {
             format!("attaching {program} to {iface} ingress (tcx, Linux 6.6 or newer)")
@@ -176,9 +192,7 @@ impl Datapath {
             .take_link(id)?
             .try_into()
             .map_err(|e: LinkError| anyhow!("{program} on {iface} is not a tcx link: {e}"))?;
-        link.pin(pin)
-            .with_context(|| format!("pinning the link at {}", pin.display()))?;
-        Ok(Attached::Created)
+        pin_link(link, pin)
     }
 
     /// Attaches XDP `program` to `iface` in native (driver) mode through a
@@ -194,13 +208,11 @@ impl Datapath {
         pin: &Path,
     ) -> Result<Attached> {
         let prog = self.xdp_program(program)?;
-        if let Ok(pinned) = PinnedLink::from_pin(pin) {
-            if let Ok(link) = XdpLink::try_from(FdLink::from(pinned))
-                && prog.attach_to_link(link).is_ok()
-            {
-                return Ok(Attached::Replaced);
-            }
-            remove_if_present(pin).with_context(|| format!("removing stale {}", pin.display()))?;
+        let replaced = pinned_link(pin, |old| {
+            XdpLink::try_from(old).is_ok_and(|l| prog.attach_to_link(l).is_ok())
+        })?;
+        if replaced {
+            return Ok(Attached::Replaced);
         }
         let id = prog
             .attach(iface, XdpMode::Driver)
@@ -209,9 +221,7 @@ impl Datapath {
             .take_link(id)?
             .try_into()
             .map_err(|e: LinkError| anyhow!("{program} on {iface} is not a bpf_link: {e}"))?;
-        link.pin(pin)
-            .with_context(|| format!("pinning the link at {}", pin.display()))?;
-        Ok(Attached::Created)
+        pin_link(link, pin)
     }
 
     /// Writes a validated configuration: `site` (from `Config::site` plus
