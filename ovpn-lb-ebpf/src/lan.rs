@@ -70,15 +70,9 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
     let tunnel = ready_tunnel(id, family::V4)?;
     redirect::fits(pkt, tunnel, &ip)?;
     redirect::address(pkt, tunnel)?;
-    if let Some(l4) = &l4 {
-        let l4_len = (ip.len - (ip.l4 - ip.l3)) as u16;
-        offload::complete(
-            pkt,
-            &ip,
-            l4,
-            checksum::pseudo_v4(src, dst, ip.proto, l4_len),
-        )?;
-    }
+    offload::complete(pkt, &ip, l4.as_ref(), |len| {
+        checksum::pseudo_v4(src, dst, ip.proto, len)
+    })?;
     translate::ipv4(pkt, hdr, tunnel.xlat_v4.translate(src), dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);
@@ -113,15 +107,9 @@ fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
     let tunnel = ready_tunnel(id, family::V6)?;
     redirect::fits(pkt, tunnel, &ip)?;
     redirect::address(pkt, tunnel)?;
-    if let Some(l4) = &l4 {
-        let l4_len = (ip.len - (ip.l4 - ip.l3)) as u16;
-        offload::complete(
-            pkt,
-            &ip,
-            l4,
-            checksum::pseudo_v6(&src, &dst, ip.proto, l4_len),
-        )?;
-    }
+    offload::complete(pkt, &ip, l4.as_ref(), |len| {
+        checksum::pseudo_v6(&src, &dst, ip.proto, len)
+    })?;
     translate::ipv6(pkt, hdr, &tunnel.xlat_v6.translate(&src), &dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);

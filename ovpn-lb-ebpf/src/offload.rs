@@ -21,20 +21,21 @@ const CHUNK: usize = 256;
 /// Largest L4 segment we complete: XDP frames on veth and TAP stay below a page.
 const MAX_L4_BYTES: usize = 4096;
 
-/// Completes the checksum at `l4` if it holds `pseudo`, the pseudo-header sum
-/// for the packet's current addresses.
+/// Completes the checksum at `l4` if it holds the pseudo-header sum for the
+/// packet's current addresses, which `pseudo` computes from the L4 length.
 #[inline(always)]
 pub fn complete<C: Hook>(
     pkt: &Packet<C>,
     ip: &Ip,
-    l4: &L4Checksum,
-    pseudo: u16,
+    l4: Option<&L4Checksum>,
+    pseudo: impl FnOnce(u16) -> u16,
 ) -> Result<(), Reason> {
+    let Some(l4) = l4 else { return Ok(()) };
     if C::KEEPS_CHECKSUM_STATE || !l4.offloadable {
         return Ok(());
     }
     let field: *mut u16 = pkt.ptr(l4.offset).ok_or(Reason::TruncatedL4)?;
-    if unsafe { *field } != pseudo {
+    if unsafe { *field } != pseudo((ip.len - (ip.l4 - ip.l3)) as u16) {
         return Ok(());
     }
     let end = ip.l3 + ip.len;

@@ -5,9 +5,26 @@
 mod tc;
 mod xdp;
 
+use aya_ebpf::helpers::bpf_check_mtu;
 use ovpn_lb_common::Reason;
 
 use crate::parse::Ip;
+
+/// MTU of `ifindex` from the kernel, for either context (`ctx` is the raw
+/// skb or `xdp_md`).
+#[inline(always)]
+fn kernel_mtu(ctx: *mut core::ffi::c_void, ifindex: u32) -> Result<u32, Reason> {
+    // With a non-zero length the helper only compares it and reports the MTU;
+    // the comparison is ours because for GSO skbs it would pass anything unless
+    // asked to look at the segments, which needs a transport header offset the
+    // skb may not have.
+    let mut mtu = 1u32;
+    if unsafe { bpf_check_mtu(ctx, ifindex, &raw mut mtu, 0, 0) } < 0 {
+        // -ENODEV: the device went away since userspace last looked.
+        return Err(Reason::TunnelGone);
+    }
+    Ok(mtu)
+}
 
 /// One packet's context under some hook.
 pub trait Hook {

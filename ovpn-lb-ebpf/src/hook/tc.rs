@@ -3,9 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{
-        bpf_check_mtu, bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
-    },
+    helpers::{bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use ovpn_lb_common::Reason;
@@ -102,17 +100,7 @@ impl Hook for TcContext {
 
     #[inline(always)]
     fn device_mtu(&self, ifindex: u32) -> Result<u32, Reason> {
-        // With a non-zero length the helper only compares it and reports the
-        // MTU; the comparison is ours because for GSO skbs it would pass
-        // anything unless asked to look at the segments, which needs a
-        // transport header offset the skb may not have.
-        let mut mtu = 1u32;
-        let ret = unsafe { bpf_check_mtu(self.skb.skb.cast(), ifindex, &raw mut mtu, 0, 0) };
-        if ret < 0 {
-            // -ENODEV: the device went away since userspace last looked.
-            return Err(Reason::TunnelGone);
-        }
-        Ok(mtu)
+        super::kernel_mtu(self.skb.skb.cast(), ifindex)
     }
 
     /// For an L3 (tun) device the kernel strips the Ethernet header on the way.

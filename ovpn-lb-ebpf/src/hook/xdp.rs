@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT},
-    helpers::{bpf_check_mtu, bpf_redirect, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
+    helpers::{bpf_redirect, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use ovpn_lb_common::{Reason, checksum};
@@ -89,12 +89,7 @@ impl Hook for XdpContext {
 
     #[inline(always)]
     fn device_mtu(&self, ifindex: u32) -> Result<u32, Reason> {
-        let mut mtu = 1u32;
-        let ret = unsafe { bpf_check_mtu(self.ctx.cast(), ifindex, &raw mut mtu, 0, 0) };
-        if ret < 0 {
-            return Err(Reason::TunnelGone);
-        }
-        Ok(mtu)
+        super::kernel_mtu(self.ctx.cast(), ifindex)
     }
 
     #[inline(always)]
