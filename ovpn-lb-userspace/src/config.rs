@@ -358,6 +358,8 @@ pub fn parse_net(field: &str, text: &str) -> Result<Net, String> {
 
 struct Validator<'a> {
     interfaces: &'a dyn Interfaces,
+    /// Each tunnel device's XDP features, as looked up once by `tunnels`.
+    tunnel_xdp_features: Vec<Option<u64>>,
     errors: Vec<String>,
     warnings: Vec<Warning>,
     /// Every prefix seen, with the field that named it, for the overlap check.
@@ -368,6 +370,7 @@ impl<'a> Validator<'a> {
     fn new(interfaces: &'a dyn Interfaces) -> Self {
         Self {
             interfaces,
+            tunnel_xdp_features: Vec::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
             prefixes: Vec::new(),
@@ -510,8 +513,12 @@ impl<'a> Validator<'a> {
                     "{field}.device = \"{}\" is the LAN interface: a tunnel must be the OpenVPN tun device",
                     t.device
                 ));
+                self.tunnel_xdp_features.push(None);
             } else {
-                match self.interfaces.lookup(&t.device) {
+                let info = self.interfaces.lookup(&t.device);
+                self.tunnel_xdp_features
+                    .push(info.and_then(|i| i.xdp_features));
+                match info {
                     None => self.errors.push(format!(
                         "{field}.device = \"{}\": no such network interface; start its OpenVPN first or fix the name",
                         t.device
@@ -626,13 +633,11 @@ impl<'a> Validator<'a> {
         };
         let devices: Vec<hook::TunnelDevice> = tunnels
             .iter()
-            .map(|t| hook::TunnelDevice {
+            .zip(&self.tunnel_xdp_features)
+            .map(|(t, &xdp_features)| hook::TunnelDevice {
                 name: t.device.clone(),
                 kind: t.kind,
-                xdp_features: self
-                    .interfaces
-                    .lookup(&t.device)
-                    .and_then(|i| i.xdp_features),
+                xdp_features,
             })
             .collect();
         let lan_features = lan_info.and_then(|i| i.xdp_features);
