@@ -1,30 +1,67 @@
-//! `ovpn-lb detach`: remove every link, pin and file ovpn-lb made, nothing else.
+//! `ovpn-lb detach`: stop a running loader, then remove every link, pin,
+//! rule, route, neighbour entry and file ovpn-lb made, and nothing else.
 
-use std::{fs, path::Path, process::Command};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
 use ovpn_lb_common::maps::names;
 
 use crate::{
-    neighbours,
-    pins::{BPFFS, Layout, drop_link, is_bpffs_mount, remove_if_present},
+    kernel_path,
+    netlink::Netlink,
+    pins::{Layout, drop_link, is_bpffs_mount, remove_if_present},
+    run::lock,
     status::State,
 };
 
-/// Detaches and unpins everything; returns one line per thing removed.
+/// Stops a running `run` (it would otherwise follow a datapath that is no
+/// longer there), then detaches; returns one line per thing removed.
 ///
 /// # Errors
-/// If a pin or file exists but cannot be removed.
-pub fn all(layout: &Layout) -> Result<Vec<String>> {
+/// If the running loader does not stop, or something ovpn-lb made cannot be
+/// removed.
+pub async fn stop_and_detach(layout: &Layout) -> Result<Vec<String>> {
+    let lock = if layout.run_dir.exists() {
+        Some(lock::acquire(layout, "detach").await?)
+    } else {
+        None
+    };
+    let removed = all(layout).await;
+    drop(lock);
+    removed
+}
+
+/// Detaches and unpins everything; the caller holds the run lock (or is the
+/// loader itself, exiting).
+///
+/// # Errors
+/// If something exists but cannot be removed.
+pub async fn all(layout: &Layout) -> Result<Vec<String>> {
     let mut removed = Vec::new();
-    if let Ok(state) = State::read(layout) {
+    let state = State::read(layout).ok();
+    let netlink = Netlink::requests_only().context("opening rtnetlink")?;
+    if let Some(state) = &state {
         for n in &state.neighbours {
-            if neighbours::forget(&n.device, n.addr) {
+            let Ok(Some(link)) = netlink.link(&n.device).await else {
+                continue;
+            };
+            if netlink
+                .forget_neighbour(link.ifindex, n.addr)
+                .await
+                .unwrap_or(false)
+            {
                 removed.push(format!("managed neighbour {} on {}", n.addr, n.device));
             }
         }
+        if let Some(owned) = &state.kernel_route {
+            removed.extend(
+                kernel_path::remove(&netlink, owned)
+                    .await
+                    .context("removing ovpn-lb's policy rules and routes")?,
+            );
+        }
     }
-    if let Ok(entries) = fs::read_dir(layout.links()) {
+    if let Ok(entries) = std::fs::read_dir(layout.links()) {
         for entry in entries.flatten() {
             let path = entry.path();
             // Dropping the last reference to a tcx or XDP link detaches it.
@@ -42,7 +79,9 @@ pub fn all(layout: &Layout) -> Result<Vec<String>> {
     for dir in [layout.links(), layout.maps()] {
         remove_if_present(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    unmount_own_bpffs(&layout.pin_root)?;
+    if let Some(mount) = state.as_ref().and_then(|s| s.mounted_bpffs.as_deref()) {
+        unmount_own_bpffs(mount, &layout.pin_root)?;
+    }
     remove_if_present(&layout.pin_root)
         .with_context(|| format!("removing {}", layout.pin_root.display()))?;
     for file in [layout.state_file(), layout.lock_file()] {
@@ -56,15 +95,16 @@ pub fn all(layout: &Layout) -> Result<Vec<String>> {
     Ok(removed)
 }
 
-/// A custom pin root that `run` mounted a bpffs on is unmounted again.
-fn unmount_own_bpffs(root: &Path) -> Result<()> {
-    if root.starts_with(BPFFS) || !is_bpffs_mount(root) {
+/// Unmounts the bpffs `run` mounted on a custom pin root; `/sys/fs/bpf`
+/// stays, whoever mounted it, since others pin there too.
+fn unmount_own_bpffs(mount: &Path, root: &Path) -> Result<()> {
+    if mount != root || !is_bpffs_mount(mount) {
         return Ok(());
     }
     let status = Command::new("umount")
-        .arg(root)
+        .arg(mount)
         .status()
         .context("running umount")?;
-    anyhow::ensure!(status.success(), "could not unmount {}", root.display());
+    anyhow::ensure!(status.success(), "could not unmount {}", mount.display());
     Ok(())
 }

@@ -1,13 +1,15 @@
-//! Tunnel health: which tunnels are in the rotation, from link state and, where
-//! configured, `OpenVPN`'s own state. Pure logic; the inputs come from `netlink`
-//! and `management`, the output is a weight per tunnel for the schedule.
+//! One tunnel's health: whether it may carry traffic, from its device's
+//! link state, OpenVPN's own state (where a management interface is
+//! configured), its far end's MAC (TAP), and the in-band probes. Pure logic:
+//! the inputs come from netlink, the management client and the probes; the
+//! output is whether the tunnel is in the rotation, and why not.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-/// What `OpenVPN`'s management interface last said, if anything.
+/// What OpenVPN's management interface last said, if anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Management {
-    /// No management address configured: link state alone decides.
+    /// No management interface configured: link state alone decides.
     None,
     /// Connected to the management interface, which reports this state.
     State(String),
@@ -15,50 +17,102 @@ pub enum Management {
     Lost,
 }
 
-impl Management {
-    /// `Some(healthy)` when the management interface has an opinion.
-    fn verdict(&self) -> Option<bool> {
+/// Why a tunnel is out of the rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The device is missing, down, or without carrier.
+    Link,
+    /// OpenVPN reports a state other than CONNECTED.
+    Openvpn,
+    /// A TAP tunnel's far end has no known MAC.
+    NextHop,
+    /// The far end stopped answering probes, or says it lost the tunnel.
+    Probe,
+}
+
+impl Cause {
+    #[must_use]
+    pub fn name(self) -> &'static str {
         match self {
-            Management::State(s) => Some(s == "CONNECTED"),
-            Management::None | Management::Lost => None,
+            Cause::Link => "link",
+            Cause::Openvpn => "openvpn",
+            Cause::NextHop => "next_hop",
+            Cause::Probe => "probe",
         }
     }
 }
 
-/// Whether frames into the tunnel can be addressed.
+/// A tunnel joining or leaving the rotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NextHop {
-    /// A tun tunnel carries bare IP.
-    NotNeeded,
-    /// A TAP tunnel whose far end's MAC is not known (yet).
-    Unknown,
-    Known,
+pub struct Change {
+    pub at: SystemTime,
+    pub joined: bool,
+    /// Why it left (`None` when it joined).
+    pub cause: Option<Cause>,
 }
 
-#[derive(Clone, Debug)]
-pub struct Tunnel {
-    pub weight: u32,
-    /// Current device ifindex; 0 while the device does not exist.
-    pub ifindex: u32,
-    /// Administratively up with carrier (`IFF_UP` and `IFF_RUNNING`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The device exists, is up and has carrier.
     pub link_up: bool,
     pub management: Management,
-    pub next_hop: NextHop,
+    /// TAP only: whether the far end's MAC is known; `None` for tun.
+    pub next_hop_known: Option<bool>,
+    /// Probes' verdict; `None` while the tunnel is not probed.
+    pub probe_alive: Option<bool>,
     pub in_rotation: bool,
     /// When the tunnel last became healthy, for the up-delay.
     healthy_since: Option<Instant>,
+    pub last_change: Option<Change>,
 }
 
-impl Tunnel {
+impl Health {
+    /// A tunnel with no device yet, out of the rotation.
     #[must_use]
-    pub fn healthy(&self) -> bool {
-        self.ifindex != 0
-            && self.link_up
-            && self.next_hop != NextHop::Unknown
-            && self.management.verdict().unwrap_or(true)
+    pub fn new(has_management: bool, needs_next_hop: bool) -> Self {
+        Self {
+            link_up: false,
+            management: if has_management {
+                Management::Lost
+            } else {
+                Management::None
+            },
+            next_hop_known: needs_next_hop.then_some(false),
+            probe_alive: None,
+            in_rotation: false,
+            healthy_since: None,
+            last_change: None,
+        }
     }
 
-    /// Short state for `status` and metrics.
+    /// The first reason the tunnel cannot carry traffic, if any.
+    #[must_use]
+    pub fn fault(&self) -> Option<Cause> {
+        if !self.link_up {
+            return Some(Cause::Link);
+        }
+        if let Management::State(s) = &self.management
+            && s != "CONNECTED"
+        {
+            return Some(Cause::Openvpn);
+        }
+        if self.next_hop_known == Some(false) {
+            return Some(Cause::NextHop);
+        }
+        if self.probe_alive == Some(false) {
+            return Some(Cause::Probe);
+        }
+        None
+    }
+
+    #[must_use]
+    pub fn healthy(&self) -> bool {
+        self.fault().is_none()
+    }
+
+    /// `up` (in the rotation), `joining` (healthy, waiting out the up-delay)
+    /// or `down`.
     #[must_use]
     pub fn state(&self) -> &'static str {
         match (self.in_rotation, self.healthy()) {
@@ -67,119 +121,83 @@ impl Tunnel {
             (false, false) => "down",
         }
     }
-}
 
-pub struct Health {
-    pub tunnels: Vec<Tunnel>,
-    up_delay: Duration,
-}
-
-impl Health {
-    /// Starts with every tunnel down and no device. `needs_next_hop`: the
-    /// tunnel is TAP and must know its far end's MAC to be healthy.
-    #[must_use]
-    pub fn new(
-        weights: &[u32],
-        up_delay: Duration,
-        management: &[bool],
-        needs_next_hop: &[bool],
-    ) -> Self {
-        let tunnels = weights
-            .iter()
-            .zip(management)
-            .zip(needs_next_hop)
-            .map(|((&weight, &has_management), &needs_next_hop)| Tunnel {
-                weight,
-                ifindex: 0,
-                link_up: false,
-                management: if has_management {
-                    Management::Lost
-                } else {
-                    Management::None
-                },
-                next_hop: if needs_next_hop {
-                    NextHop::Unknown
-                } else {
-                    NextHop::NotNeeded
-                },
-                in_rotation: false,
-                healthy_since: None,
-            })
-            .collect();
-        Self { tunnels, up_delay }
+    pub fn set_link(&mut self, up: bool, now: Instant) {
+        self.link_up = up;
+        self.note(now);
     }
 
-    /// Tunnels healthy at start-up join at once: the up-delay guards against
-    /// flapping, not against a loader restart.
-    pub fn admit_healthy_now(&mut self) {
-        for t in &mut self.tunnels {
-            t.in_rotation = t.healthy();
+    pub fn set_management(&mut self, m: Management, now: Instant) {
+        self.management = m;
+        self.note(now);
+    }
+
+    pub fn set_next_hop(&mut self, known: bool, now: Instant) {
+        if self.next_hop_known.is_some() {
+            self.next_hop_known = Some(known);
         }
+        self.note(now);
     }
 
-    pub fn set_link(&mut self, k: usize, ifindex: u32, link_up: bool, now: Instant) {
-        let t = &mut self.tunnels[k];
-        t.ifindex = ifindex;
-        t.link_up = link_up;
-        Self::note(t, now);
+    pub fn set_probe(&mut self, alive: Option<bool>, now: Instant) {
+        self.probe_alive = alive;
+        self.note(now);
     }
 
-    pub fn set_next_hop(&mut self, k: usize, known: bool, now: Instant) {
-        let t = &mut self.tunnels[k];
-        if t.next_hop != NextHop::NotNeeded {
-            t.next_hop = if known {
-                NextHop::Known
-            } else {
-                NextHop::Unknown
-            };
-        }
-        Self::note(t, now);
-    }
-
-    pub fn set_management(&mut self, k: usize, management: Management, now: Instant) {
-        let t = &mut self.tunnels[k];
-        t.management = management;
-        Self::note(t, now);
-    }
-
-    fn note(t: &mut Tunnel, now: Instant) {
-        if t.healthy() {
-            t.healthy_since.get_or_insert(now);
-        } else {
-            t.healthy_since = None;
-            t.in_rotation = false;
-        }
-    }
-
-    /// Admits tunnels whose up-delay has passed.
-    pub fn advance(&mut self, now: Instant) {
-        for t in &mut self.tunnels {
-            if let Some(since) = t.healthy_since
-                && !t.in_rotation
-                && now.duration_since(since) >= self.up_delay
-            {
-                t.in_rotation = true;
+    /// A failure takes the tunnel out at once; recovery starts the up-delay.
+    fn note(&mut self, now: Instant) {
+        match self.fault() {
+            None => {
+                self.healthy_since.get_or_insert(now);
+            }
+            Some(cause) => {
+                self.healthy_since = None;
+                if self.in_rotation {
+                    self.in_rotation = false;
+                    self.last_change = Some(Change {
+                        at: SystemTime::now(),
+                        joined: false,
+                        cause: Some(cause),
+                    });
+                }
             }
         }
     }
 
-    /// When the next waiting tunnel may join.
-    #[must_use]
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.tunnels
-            .iter()
-            .filter(|t| !t.in_rotation)
-            .filter_map(|t| t.healthy_since.map(|s| s + self.up_delay))
-            .min()
+    /// Healthy at start-up: join at once. The up-delay guards against
+    /// flapping, not against a loader restart.
+    pub fn admit_now(&mut self) {
+        if self.healthy() && !self.in_rotation {
+            self.join();
+        }
     }
 
-    /// Weight per tunnel for the schedule: 0 for tunnels out of the rotation.
+    /// Joins if healthy for `up_delay`; true if it joined.
+    pub fn advance(&mut self, now: Instant, up_delay: Duration) -> bool {
+        match self.healthy_since {
+            Some(since) if !self.in_rotation && now.duration_since(since) >= up_delay => {
+                self.join();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn join(&mut self) {
+        self.in_rotation = true;
+        self.last_change = Some(Change {
+            at: SystemTime::now(),
+            joined: true,
+            cause: None,
+        });
+    }
+
+    /// When this tunnel may join, if it is waiting to.
     #[must_use]
-    pub fn weights(&self) -> Vec<u32> {
-        self.tunnels
-            .iter()
-            .map(|t| if t.in_rotation { t.weight } else { 0 })
-            .collect()
+    pub fn deadline(&self, up_delay: Duration) -> Option<Instant> {
+        self.healthy_since
+            .filter(|_| !self.in_rotation)
+            .map(|s| s + up_delay)
     }
 }
 
@@ -189,97 +207,89 @@ mod tests {
 
     const DELAY: Duration = Duration::from_secs(2);
 
-    fn two(now: Instant) -> Health {
-        let mut h = Health::new(&[1, 3], DELAY, &[false, true], &[false, false]);
-        h.set_link(0, 10, true, now);
-        h.set_link(1, 11, true, now);
+    fn up(now: Instant) -> Health {
+        let mut h = Health::new(false, false);
+        h.set_link(true, now);
+        h.admit_now();
         h
     }
 
     #[test]
-    fn healthy_at_start_join_at_once() {
+    fn healthy_at_start_joins_at_once() {
         let now = Instant::now();
-        let mut h = two(now);
-        h.admit_healthy_now();
-        // Tunnel 1 has a management address not reached yet: link state decides.
-        assert_eq!(h.weights(), [1, 3]);
+        let h = up(now);
+        assert!(h.in_rotation);
+        assert_eq!(h.state(), "up");
+        let mut managed = Health::new(true, false);
+        managed.set_link(true, now);
+        managed.admit_now();
+        assert!(
+            managed.in_rotation,
+            "management not reached yet: link decides"
+        );
     }
 
     #[test]
-    fn down_leaves_at_once_and_rejoins_after_the_delay() {
+    fn down_leaves_at_once_with_its_cause_and_rejoins_after_the_delay() {
         let t0 = Instant::now();
-        let mut h = two(t0);
-        h.admit_healthy_now();
-        h.set_link(0, 10, false, t0);
-        assert_eq!(h.weights(), [0, 3]);
-        assert_eq!(h.tunnels[0].state(), "down");
+        let mut h = up(t0);
+        h.set_link(false, t0);
+        assert!(!h.in_rotation);
+        assert_eq!(h.state(), "down");
+        assert_eq!(h.last_change.unwrap().cause, Some(Cause::Link));
         let t1 = t0 + Duration::from_secs(5);
-        h.set_link(0, 10, true, t1);
-        h.advance(t1);
-        assert_eq!(h.weights(), [0, 3], "must wait for the up-delay");
-        assert_eq!(h.tunnels[0].state(), "joining");
-        assert_eq!(h.next_deadline(), Some(t1 + DELAY));
-        h.advance(t1 + DELAY);
-        assert_eq!(h.weights(), [1, 3]);
-        assert_eq!(h.next_deadline(), None);
+        h.set_link(true, t1);
+        assert!(!h.advance(t1, DELAY), "must wait for the up-delay");
+        assert_eq!(h.state(), "joining");
+        assert_eq!(h.deadline(DELAY), Some(t1 + DELAY));
+        assert!(h.advance(t1 + DELAY, DELAY));
+        assert!(h.in_rotation);
+        assert!(h.last_change.unwrap().joined);
+        assert_eq!(h.deadline(DELAY), None);
     }
 
     #[test]
     fn flapping_restarts_the_delay() {
         let t0 = Instant::now();
-        let mut h = two(t0);
-        h.admit_healthy_now();
-        h.set_link(0, 0, false, t0);
-        h.set_link(0, 12, true, t0 + Duration::from_secs(1));
-        h.set_link(0, 12, false, t0 + Duration::from_secs(2));
-        h.set_link(0, 12, true, t0 + Duration::from_secs(3));
-        h.advance(t0 + Duration::from_millis(4500));
-        assert_eq!(h.weights()[0], 0);
-        h.advance(t0 + Duration::from_secs(5));
-        assert_eq!(h.weights()[0], 1);
-        assert_eq!(
-            h.tunnels[0].ifindex, 12,
-            "a recreated device's new ifindex is kept"
-        );
+        let mut h = up(t0);
+        h.set_link(false, t0);
+        h.set_link(true, t0 + Duration::from_secs(1));
+        h.set_link(false, t0 + Duration::from_secs(2));
+        h.set_link(true, t0 + Duration::from_secs(3));
+        assert!(!h.advance(t0 + Duration::from_millis(4500), DELAY));
+        assert!(h.advance(t0 + Duration::from_secs(5), DELAY));
     }
 
     #[test]
     fn management_state_overrides_a_live_link() {
         let t0 = Instant::now();
-        let mut h = two(t0);
-        h.admit_healthy_now();
-        h.set_management(1, Management::State("RECONNECTING".into()), t0);
-        assert_eq!(h.weights(), [1, 0]);
-        h.set_management(1, Management::State("CONNECTED".into()), t0);
-        h.advance(t0 + DELAY);
-        assert_eq!(h.weights(), [1, 3]);
+        let mut h = Health::new(true, false);
+        h.set_link(true, t0);
+        h.admit_now();
+        h.set_management(Management::State("RECONNECTING".into()), t0);
+        assert_eq!(h.last_change.unwrap().cause, Some(Cause::Openvpn));
+        h.set_management(Management::State("CONNECTED".into()), t0);
+        assert!(h.advance(t0 + DELAY, DELAY));
         // Losing the management connection falls back to the link, which is up.
-        h.set_management(1, Management::Lost, t0 + DELAY);
-        assert_eq!(h.weights(), [1, 3]);
-        h.set_management(1, Management::State("EXITING".into()), t0 + DELAY);
-        assert_eq!(h.weights(), [1, 0]);
+        h.set_management(Management::Lost, t0 + DELAY);
+        assert!(h.in_rotation);
+        h.set_management(Management::State("EXITING".into()), t0 + DELAY);
+        assert!(!h.in_rotation);
     }
 
     #[test]
-    fn missing_device_is_down() {
+    fn tap_tunnel_waits_for_its_next_hop_and_probes_can_veto() {
         let t0 = Instant::now();
-        let mut h = Health::new(&[1], DELAY, &[false], &[false]);
-        h.set_link(0, 0, true, t0);
-        h.admit_healthy_now();
-        assert_eq!(h.weights(), [0]);
-    }
-
-    #[test]
-    fn tap_tunnel_waits_for_its_next_hop() {
-        let t0 = Instant::now();
-        let mut h = Health::new(&[1], DELAY, &[false], &[true]);
-        h.set_link(0, 7, true, t0);
-        h.admit_healthy_now();
-        assert_eq!(h.weights(), [0], "no far-end MAC yet");
-        h.set_next_hop(0, true, t0);
-        h.advance(t0 + DELAY);
-        assert_eq!(h.weights(), [1]);
-        h.set_next_hop(0, false, t0 + DELAY);
-        assert_eq!(h.weights(), [0], "neighbour failed: out at once");
+        let mut h = Health::new(false, true);
+        h.set_link(true, t0);
+        h.admit_now();
+        assert_eq!(h.fault(), Some(Cause::NextHop));
+        h.set_next_hop(true, t0);
+        assert!(h.advance(t0 + DELAY, DELAY));
+        h.set_probe(Some(false), t0 + DELAY);
+        assert_eq!(h.last_change.unwrap().cause, Some(Cause::Probe));
+        h.set_probe(Some(true), t0 + DELAY);
+        h.set_next_hop(false, t0 + DELAY);
+        assert_eq!(h.fault(), Some(Cause::NextHop));
     }
 }

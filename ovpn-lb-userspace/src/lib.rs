@@ -1,16 +1,29 @@
-//! The ovpn-lb loader as a library: the binary and the integration tests share it.
+//! The ovpn-lb loader as a library: the binary and the integration tests
+//! share it. Where things live:
+//!
+//! - `cli`: the command line; `run`: the loader (lock, start, events);
+//!   `status`, `detach`: the other commands;
+//! - `config`: the file (`file`), its meaning (`validate`, `hook`) and its
+//!   encoding for the maps (`encode`);
+//! - `tunnel` and `health`: one runtime record per tunnel;
+//! - `datapath`: the BPF object, its maps and attaching (`attach`);
+//! - `kernel_path`: the policy rules and table for what the kernel forwards;
+//! - `netlink`: everything said to the kernel over netlink; `facts`: a
+//!   snapshot of its devices; `openvpn`: the management client;
+//! - `metrics`: the Prometheus families and their HTTP server.
 
+pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod detach;
+pub mod facts;
 pub mod health;
-pub mod hook;
-pub mod interfaces;
-pub mod management;
+pub mod kernel_path;
+pub mod logging;
 pub mod metrics;
-pub mod neighbours;
 pub mod netlink;
+pub mod openvpn;
 pub mod pins;
 pub mod run;
 pub mod status;
-pub mod xdp_features;
+pub mod tunnel;

@@ -49,6 +49,12 @@ impl Layout {
         self.links().join(format!("{iface}-ingress"))
     }
 
+    /// Pin of the tcx link attaching a program to `iface`'s egress.
+    #[must_use]
+    pub fn egress_link(&self, iface: &str) -> PathBuf {
+        self.links().join(format!("{iface}-egress"))
+    }
+
     /// Pin of the native XDP link on `iface`.
     #[must_use]
     pub fn xdp_link(&self, iface: &str) -> PathBuf {
@@ -67,24 +73,30 @@ impl Layout {
 
     /// Makes sure the pin root is on a bpffs, mounting one if missing (on
     /// `/sys/fs/bpf` for the default root, on the root itself otherwise), and
-    /// creates the pin and run directories.
+    /// creates the pin and run directories. Returns the bpffs it mounted, if
+    /// any, so that `detach` unmounts only what ovpn-lb mounted.
     ///
     /// # Errors
     /// If bpffs cannot be mounted or a directory created.
-    pub fn prepare(&self) -> Result<()> {
+    pub fn prepare(&self) -> Result<Option<PathBuf>> {
+        let mut mounted = None;
         if self.pin_root.starts_with(BPFFS) {
-            ensure_bpffs()?;
+            if !is_bpffs_mount(Path::new(BPFFS)) {
+                mount_bpffs(Path::new(BPFFS))?;
+                mounted = Some(PathBuf::from(BPFFS));
+            }
         } else {
             fs::create_dir_all(&self.pin_root)
                 .with_context(|| format!("creating {}", self.pin_root.display()))?;
             if !on_bpffs(&self.pin_root) {
                 mount_bpffs(&self.pin_root)?;
+                mounted = Some(self.pin_root.clone());
             }
         }
         for dir in [self.maps(), self.links(), self.run_dir.clone()] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        Ok(())
+        Ok(mounted)
     }
 }
 
@@ -132,17 +144,6 @@ fn mount_bpffs(at: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Mounts bpffs on `/sys/fs/bpf` unless it is there already.
-///
-/// # Errors
-/// If `mount` fails.
-pub fn ensure_bpffs() -> Result<()> {
-    if is_bpffs_mount(Path::new(BPFFS)) {
-        return Ok(());
-    }
-    mount_bpffs(Path::new(BPFFS))
 }
 
 /// Removes a file or an empty directory, treating "not there" as done.

@@ -1,24 +1,30 @@
 //! What `run` publishes about itself (a small JSON state file) and what
 //! `status` prints from it and from the pinned counter maps.
 
-use std::{fs, io::Write as _, path::Path, thread, time::Duration};
+use std::{fs, io::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
-use ovpn_lb_common::{Reason, ReasonStats, TunnelStats, maps::names, reason::Outcome};
+use ovpn_lb_common::{Reason, ReasonStats, TunnelStats, maps::names};
 use serde::{Deserialize, Serialize};
 
 use crate::pins::Layout;
 
-/// Written by `run` on every change; read by `status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// Written by `run` on every change; read by `status`, `detach` and the next
+/// `run`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
     /// PID of the `run` that wrote this.
     pub pid: u32,
     /// False once that `run` has exited (the datapath may still be attached).
     pub running: bool,
+    /// Why that `run` exited, when it was not asked to.
+    #[serde(default)]
+    pub exit_error: Option<String>,
     pub config: String,
-    pub mode: String,
+    /// "packet" or "flow".
+    #[serde(default)]
+    pub spray: String,
     /// "tc" or "xdp".
     #[serde(default)]
     pub hook: String,
@@ -27,6 +33,12 @@ pub struct State {
     /// Managed neighbour entries `run` made for TAP tunnels; `detach` removes them.
     #[serde(default)]
     pub neighbours: Vec<ManagedNeighbour>,
+    /// ovpn-lb's policy rules and table; `detach` removes them.
+    #[serde(default)]
+    pub kernel_route: Option<crate::kernel_path::Owned>,
+    /// A bpffs `run` mounted itself; `detach` unmounts it, and no other.
+    #[serde(default)]
+    pub mounted_bpffs: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,7 +47,7 @@ pub struct ManagedNeighbour {
     pub addr: std::net::IpAddr,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TunnelState {
     pub id: u32,
     pub device: String,
@@ -44,6 +56,12 @@ pub struct TunnelState {
     pub weight: u32,
     /// `up` (in the rotation), `joining` (healthy, waiting out the up-delay) or `down`.
     pub state: String,
+    /// Why it is not up: `link`, `openvpn`, `next_hop` or `probe`.
+    #[serde(default)]
+    pub cause: Option<String>,
+    /// Unix time of its last joining or leaving the rotation.
+    #[serde(default)]
+    pub since: Option<f64>,
     /// Last state `OpenVPN`'s management interface reported, if one is configured.
     pub openvpn: Option<String>,
 }
@@ -113,7 +131,10 @@ impl Counters {
 pub struct Report {
     pub running: bool,
     pub pid: u32,
-    pub mode: String,
+    /// Why the loader exited, when it stopped on an error.
+    pub exit_error: Option<String>,
+    /// "packet" or "flow".
+    pub spray: String,
     /// "tc" or "xdp".
     pub hook: String,
     pub lan_interface: String,
@@ -127,6 +148,8 @@ pub struct TunnelReport {
     pub id: u32,
     pub device: String,
     pub state: String,
+    /// Why it is not up: `link`, `openvpn`, `next_hop` or `probe`.
+    pub cause: Option<String>,
     pub weight: u32,
     pub openvpn: Option<String>,
     pub tx_packets: u64,
@@ -156,11 +179,11 @@ fn rate(after: u64, before: u64, seconds: f64) -> f64 {
 ///
 /// # Errors
 /// If the state file or the pinned maps cannot be read.
-pub fn report(layout: &Layout, interval: Duration) -> Result<Report> {
+pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
     let state = State::read(layout)?;
     let n = u32::try_from(state.tunnels.len())?;
     let before = Counters::read(layout, n)?;
-    thread::sleep(interval);
+    tokio::time::sleep(interval).await;
     let after = Counters::read(layout, n)?;
     let secs = interval.as_secs_f64().max(1e-3);
     let tunnels = state
@@ -171,6 +194,7 @@ pub fn report(layout: &Layout, interval: Duration) -> Result<Report> {
             id: t.id,
             device: t.device.clone(),
             state: t.state.clone(),
+            cause: t.cause.clone(),
             weight: t.weight,
             openvpn: t.openvpn.clone(),
             tx_packets: a.tx_packets,
@@ -188,11 +212,7 @@ pub fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         .zip(&after.reasons)
         .map(|(r, s)| ReasonReport {
             reason: r.name(),
-            outcome: match r.outcome() {
-                Outcome::Forwarded => "forwarded",
-                Outcome::Passed => "passed",
-                Outcome::Dropped => "dropped",
-            },
+            outcome: crate::metrics::outcome_name(r.outcome()),
             packets: s.packets,
             bytes: s.bytes,
         })
@@ -200,7 +220,8 @@ pub fn report(layout: &Layout, interval: Duration) -> Result<Report> {
     Ok(Report {
         running: state.running,
         pid: state.pid,
-        mode: state.mode,
+        exit_error: state.exit_error,
+        spray: state.spray,
         hook: state.hook,
         lan_interface: state.lan_interface,
         interval_seconds: secs,
@@ -209,67 +230,128 @@ pub fn report(layout: &Layout, interval: Duration) -> Result<Report> {
     })
 }
 
-/// `status` as a table.
+/// `value` to three significant digits with an SI prefix and a space:
+/// 1234567 -> "1.23 M", 999 -> "999 ".
 #[must_use]
-pub fn render(r: &Report) -> String {
+pub fn si(value: f64) -> String {
+    const PREFIXES: [&str; 6] = ["", "k", "M", "G", "T", "P"];
+    let mut v = value;
+    let mut i = 0;
+    while v.abs() >= 1000.0 && i + 1 < PREFIXES.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    let digits = if i == 0 || v.abs() >= 100.0 {
+        0
+    } else if v.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let mut text = format!("{v:.digits$}");
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_owned();
+    }
+    format!("{text} {}", PREFIXES[i])
+}
+
+#[expect(clippy::cast_precision_loss, reason = "for display")]
+fn bytes(n: u64) -> String {
+    format!("{}B", si(n as f64))
+}
+
+/// `status` as a table. `all`: list every reason, not only those that
+/// counted something.
+#[must_use]
+pub fn render(r: &Report, all: bool) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let loader = if r.running {
-        format!("running (pid {})", r.pid)
-    } else {
-        "stopped (datapath still attached)".to_owned()
+    let loader = match (&r.running, &r.exit_error) {
+        (true, _) => format!("running (pid {})", r.pid),
+        (false, Some(e)) => {
+            format!("EXITED ON AN ERROR ({e}); datapath still attached, health not followed")
+        }
+        (false, None) => "stopped (datapath still attached, health not followed)".to_owned(),
     };
     let _ = writeln!(
         out,
         "ovpn-lb: loader {loader}, spray {}, hook {}, LAN {}",
-        r.mode, r.hook, r.lan_interface
+        r.spray, r.hook, r.lan_interface
     );
     let _ = writeln!(
         out,
-        "{:>3} {:<12} {:<8} {:>6} {:>12} {:>14} {:>10} {:>12} {:>12} {:>14} {:>10} {:>12}  openvpn",
+        "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13}  openvpn",
         "id",
         "device",
         "state",
         "weight",
-        "tx packets",
+        "tx pkts",
         "tx bytes",
-        "tx pkt/s",
-        "tx bit/s",
-        "rx packets",
+        "tx rate",
+        "rx pkts",
         "rx bytes",
-        "rx pkt/s",
-        "rx bit/s"
+        "rx rate"
     );
+    #[expect(clippy::cast_precision_loss, reason = "for display")]
     for t in &r.tunnels {
+        let state = match &t.cause {
+            Some(c) if t.state != "up" => format!("{} ({c})", t.state),
+            _ => t.state.clone(),
+        };
         let _ = writeln!(
             out,
-            "{:>3} {:<12} {:<8} {:>6} {:>12} {:>14} {:>10.0} {:>12.0} {:>12} {:>14} {:>10.0} {:>12.0}  {}",
+            "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13}  {}",
             t.id,
             t.device,
-            t.state,
+            state,
             t.weight,
-            t.tx_packets,
-            t.tx_bytes,
-            t.tx_packets_per_second,
-            t.tx_bits_per_second,
-            t.rx_packets,
-            t.rx_bytes,
-            t.rx_packets_per_second,
-            t.rx_bits_per_second,
+            si(t.tx_packets as f64).trim_end(),
+            bytes(t.tx_bytes),
+            format!("{}bit/s", si(t.tx_bits_per_second)),
+            si(t.rx_packets as f64).trim_end(),
+            bytes(t.rx_bytes),
+            format!("{}bit/s", si(t.rx_bits_per_second)),
             t.openvpn.as_deref().unwrap_or("-")
         );
     }
+    let shown: Vec<&ReasonReport> = r.reasons.iter().filter(|s| all || s.packets > 0).collect();
     let _ = writeln!(
         out,
-        "\n{:<20} {:<10} {:>12} {:>14}",
+        "\n{:<22} {:<10} {:>10} {:>10}",
         "reason", "outcome", "packets", "bytes"
     );
-    for s in &r.reasons {
+    #[expect(clippy::cast_precision_loss, reason = "for display")]
+    for s in &shown {
         let _ = writeln!(
             out,
-            "{:<20} {:<10} {:>12} {:>14}",
-            s.reason, s.outcome, s.packets, s.bytes
+            "{:<22} {:<10} {:>10} {:>10}",
+            s.reason,
+            s.outcome,
+            si(s.packets as f64).trim_end(),
+            bytes(s.bytes)
+        );
+    }
+    if !all && shown.len() < r.reasons.len() {
+        let _ = writeln!(
+            out,
+            "({} reasons at zero not shown; --all lists them)",
+            r.reasons.len() - shown.len()
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn si_prefixes() {
+        assert_eq!(si(0.0), "0 ");
+        assert_eq!(si(999.0), "999 ");
+        assert_eq!(si(1234.0), "1.23 k");
+        assert_eq!(si(12_300_000.0), "12.3 M");
+        assert_eq!(si(950_000_000.0), "950 M");
+        assert_eq!(bytes(2_000_000_000), "2 GB");
+    }
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ovpn_lb::metrics::METRIC_NAMES;
+use ovpn_lb::metrics;
 use ovpn_lb_tests::{
     gateway::{GatewayLab, Spawned, http_get, ping_summary, serial},
     netns::run,
@@ -160,7 +160,7 @@ fn prometheus_scrapes_what_bpftool_shows() {
     }
     assert_eq!(query(&lab, "up").iter().map(value).collect::<Vec<_>>(), [1]);
     // Every exported family reached Prometheus.
-    for name in METRIC_NAMES {
+    for name in metrics::names() {
         assert!(!query(&lab, name).is_empty(), "Prometheus has no {name}");
     }
 

@@ -11,41 +11,15 @@
 //!   that runs XDP natively the whole path can be XDP. Generic XDP is never
 //!   chosen.
 
-use crate::xdp_features::{BASIC, NDO_XMIT, REDIRECT, describe};
+use super::{Hook, TunnelKind};
+use crate::netlink::netdev::{BASIC, NDO_XMIT, REDIRECT, describe};
 
-/// What a tunnel device carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TunnelKind {
-    /// Bare IP packets (`dev tun`).
-    Tun,
-    /// Ethernet frames (`dev tap`).
-    Tap,
-}
-
-/// The configuration's `mode`.
+/// The configuration's `hook`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requested {
     Auto,
     Tc,
     Xdp,
-}
-
-/// The hook in use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Tc,
-    /// Native (driver-mode) XDP on the LAN device and on every TAP tunnel.
-    Xdp,
-}
-
-impl Hook {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::Tc => "tc",
-            Hook::Xdp => "xdp",
-        }
-    }
 }
 
 /// One tunnel device, as `choose` needs it.
@@ -78,10 +52,10 @@ pub fn choose(
     match (requested, blocker) {
         (Requested::Tc, _) => Ok(Choice {
             hook: Hook::Tc,
-            reason: "tc: mode = \"tc\"".to_owned(),
+            reason: "tc: hook = \"tc\"".to_owned(),
         }),
         (Requested::Xdp, Some(why)) => Err(format!(
-            "mode = \"xdp\": {why}; use mode = \"tc\" or \"auto\""
+            "hook = \"xdp\": {why}; use hook = \"tc\" or \"auto\""
         )),
         (Requested::Auto, Some(why)) => Ok(Choice {
             hook: Hook::Tc,
@@ -182,7 +156,7 @@ mod tests {
     fn xdp_where_it_cannot_work_is_an_error() {
         let tun = [dev("tun0", TunnelKind::Tun, 0)];
         let e = choose(Requested::Xdp, "eth1", Some(NATIVE), &tun).unwrap_err();
-        assert!(e.starts_with("mode = \"xdp\": tun0 is a tun device"), "{e}");
+        assert!(e.starts_with("hook = \"xdp\": tun0 is a tun device"), "{e}");
         let taps = [dev("tap0", TunnelKind::Tap, TAP)];
         let e = choose(Requested::Xdp, "eth1", Some(BASIC), &taps).unwrap_err();
         assert!(e.contains("eth1's driver"), "{e}");

@@ -1,387 +1,54 @@
-//! The configuration file: parsing, and validation against the machine's
-//! interfaces. Nothing is attached until a configuration has passed here.
+//! Validation: what a configuration file means on this machine. Every
+//! problem becomes one line naming the field and the fix; all are reported
+//! at once.
 
-use std::{
-    collections::HashSet,
-    fmt,
-    net::{IpAddr, SocketAddr},
-    path::Path,
-    time::Duration,
+use std::{collections::HashSet, net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
+
+use ovpn_lb_common::{MAX_TUNNELS, Prefix4, Prefix6};
+
+use super::{
+    Config, ConfigErrors, KernelRouteSpec, Lan, Management, ManagementTarget, Net, Spray,
+    TunnelKind, TunnelSpec, Warning,
+    file::{self, DEFAULT_METRICS_LISTEN, File},
+    hook::{self, Requested},
 };
-
-use ovpn_lb_common::{
-    MAX_TUNNELS, Prefix4, Prefix6, SiteConfig, TunnelConfig,
-    maps::{Mode, family, framing},
-};
-use serde::Deserialize;
-
 use crate::{
-    hook::{self, Hook, TunnelKind},
-    interfaces::{IfaceKind, Interfaces},
+    facts::Facts,
+    netlink::{LinkKind, netdev},
 };
 
-/// Where metrics are served unless the file says otherwise: loopback only.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
-const DEFAULT_UP_DELAY_MS: u64 = 2000;
+/// What the tun driver's TAP devices can do with XDP; assumed for a TAP
+/// device that does not exist yet.
+const TAP_XDP_FEATURES: u64 = netdev::BASIC | netdev::REDIRECT | netdev::NDO_XMIT;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    lan: RawLan,
-    remote_prefixes: Vec<String>,
-    #[serde(default)]
-    exclude: Vec<String>,
-    #[serde(default)]
-    spray: RawSpray,
-    /// The hook; read as text so a pre-`spray` file gets a helpful error.
-    mode: Option<String>,
-    #[serde(default = "default_up_delay")]
-    up_delay_ms: u64,
-    #[serde(default)]
-    metrics: RawMetrics,
-    #[serde(default, rename = "tunnel")]
-    tunnels: Vec<RawTunnel>,
-}
-
-fn default_up_delay() -> u64 {
-    DEFAULT_UP_DELAY_MS
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLan {
-    interface: String,
-    prefixes: Vec<String>,
-}
-
-#[derive(Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum RawSpray {
-    #[default]
-    Packet,
-    Flow,
-}
-
-#[derive(Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum RawKind {
-    #[default]
-    Tun,
-    Tap,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    #[serde(default = "default_listen")]
-    listen: String,
-}
-
-impl Default for RawMetrics {
-    fn default() -> Self {
-        Self {
-            listen: default_listen(),
-        }
-    }
-}
-
-fn default_listen() -> String {
-    DEFAULT_METRICS_LISTEN.to_owned()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTunnel {
-    device: String,
-    translate: Vec<String>,
-    #[serde(default)]
-    peer_translate: Vec<String>,
-    #[serde(default = "default_weight")]
-    weight: u32,
-    management: Option<String>,
-    #[serde(default)]
-    kind: RawKind,
-    next_hop: Option<String>,
-}
-
-fn default_weight() -> u32 {
-    1
-}
-
-/// A prefix of either family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Net {
-    V4(Prefix4),
-    V6(Prefix6),
-}
-
-impl Net {
-    #[must_use]
-    pub fn prefix_len(&self) -> u8 {
-        match self {
-            Net::V4(p) => p.prefix_len(),
-            Net::V6(p) => p.prefix_len(),
-        }
-    }
-
-    /// True when the two prefixes share any address.
-    #[must_use]
-    pub fn overlaps(&self, other: &Net) -> bool {
-        match (self, other) {
-            (Net::V4(a), Net::V4(b)) => a.contains(b.addr) || b.contains(a.addr),
-            (Net::V6(a), Net::V6(b)) => a.contains(&b.addr) || b.contains(&a.addr),
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Net::V4(p) => write!(
-                f,
-                "{}/{}",
-                std::net::Ipv4Addr::from(p.octets()),
-                p.prefix_len()
-            ),
-            Net::V6(p) => write!(
-                f,
-                "{}/{}",
-                std::net::Ipv6Addr::from(p.octets()),
-                p.prefix_len()
-            ),
-        }
-    }
-}
-
-/// One tunnel, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tunnel {
-    pub device: String,
-    pub kind: TunnelKind,
-    /// TAP only: the far end's address on the TAP link, whose MAC frames go to.
-    pub next_hop: Option<IpAddr>,
-    pub weight: u32,
-    pub management: Option<SocketAddr>,
-    pub xlat_v4: Option<Prefix4>,
-    pub xlat_v6: Option<Prefix6>,
-    /// The peer's translation prefix on this tunnel and the real prefix it is restored into.
-    pub peer_v4: Option<(Prefix4, Prefix4)>,
-    pub peer_v6: Option<(Prefix6, Prefix6)>,
-}
-
-impl Tunnel {
-    /// The datapath's view of this tunnel on `device`.
-    #[must_use]
-    pub fn datapath_config(&self, device: &Device) -> TunnelConfig {
-        let mut t = TunnelConfig {
-            ifindex: device.ifindex,
-            mtu: device.mtu,
-            ..TunnelConfig::default()
-        };
-        if self.kind == TunnelKind::Tap {
-            t.framing = framing::TAP;
-            t.mac = device.mac;
-            t.peer_mac = device.peer_mac;
-        }
-        if let Some(p) = self.xlat_v4 {
-            t.families |= family::V4;
-            t.xlat_v4 = p;
-        }
-        if let Some(p) = self.xlat_v6 {
-            t.families |= family::V6;
-            t.xlat_v6 = p;
-        }
-        if let Some((xlat, real)) = self.peer_v4 {
-            t.families |= family::PEER_V4;
-            t.peer_xlat_v4 = xlat;
-            t.peer_real_v4 = real;
-        }
-        if let Some((xlat, real)) = self.peer_v6 {
-            t.families |= family::PEER_V6;
-            t.peer_xlat_v6 = xlat;
-            t.peer_real_v6 = real;
-        }
-        t
-    }
-}
-
-/// What the loader knows of a tunnel's device now; all zero while it is missing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Device {
-    pub ifindex: u32,
-    /// 0: unknown, the program asks the kernel.
-    pub mtu: u32,
-    /// TAP: the device's MAC.
-    pub mac: [u8; 6],
-    /// TAP: the next hop's MAC from the neighbour table, zero until resolved.
-    pub peer_mac: [u8; 6],
-}
-
-/// A configuration that has passed validation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub lan_interface: String,
-    pub lan_v4: Option<Prefix4>,
-    pub lan_v6: Option<Prefix6>,
-    pub remote: Vec<Net>,
-    pub exclude: Vec<Net>,
-    pub spray: Mode,
-    /// The hook programs attach with, and why (one line for the log).
-    pub hook: Hook,
-    pub hook_reason: String,
-    pub up_delay: Duration,
-    pub metrics_listen: SocketAddr,
-    pub tunnels: Vec<Tunnel>,
-}
-
-impl Config {
-    /// The datapath's `SITE` entry.
-    #[must_use]
-    pub fn site(&self) -> SiteConfig {
-        let mut site = SiteConfig {
-            mode: self.spray as u32,
-            ..SiteConfig::default()
-        };
-        if let Some(p) = self.lan_v4 {
-            site.families |= family::V4;
-            site.lan_v4 = p;
-        }
-        if let Some(p) = self.lan_v6 {
-            site.families |= family::V6;
-            site.lan_v6 = p;
-        }
-        site
-    }
-}
-
-/// Something the operator should know that does not stop the start.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Warning(pub String);
-
-/// Everything wrong with a file, one line each.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Reads and validates `path`.
-///
-/// # Errors
-/// Every problem found, one line each, naming the field and the fix.
-pub fn load(
-    path: &Path,
-    interfaces: &dyn Interfaces,
-) -> Result<(Config, Vec<Warning>), ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![format!(
-            "{}: cannot read the configuration: {e}",
-            path.display()
-        )])
-    })?;
-    parse(&text, interfaces).map_err(|mut e| {
-        for line in &mut e.0 {
-            *line = format!("{}: {line}", path.display());
-        }
-        e
-    })
-}
-
-/// Parses and validates configuration text.
+/// Checks `file` against the machine.
 ///
 /// # Errors
 /// Every problem found, one line each.
-pub fn parse(
-    text: &str,
-    interfaces: &dyn Interfaces,
-) -> Result<(Config, Vec<Warning>), ConfigErrors> {
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(text, &e)]))?;
-    Validator::new(interfaces).run(raw)
-}
-
-/// One line: "line L, column C: message".
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim().to_owned();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("TOML syntax error at line {line}, column {column}: {message}")
-        }
-        None => format!("TOML syntax error: {message}"),
+pub fn validate(file: File, facts: &Facts) -> Result<(Config, Vec<Warning>), ConfigErrors> {
+    Validator {
+        facts,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        prefixes: Vec::new(),
     }
-}
-
-/// Parses "address/length" with host bits clear.
-///
-/// # Errors
-/// A message naming `field`.
-pub fn parse_net(field: &str, text: &str) -> Result<Net, String> {
-    let Some((addr, len)) = text.split_once('/') else {
-        return Err(format!(
-            "{field} = \"{text}\" is not a prefix: write it as address/length, e.g. 192.168.10.0/24"
-        ));
-    };
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{field} = \"{text}\": \"{addr}\" is not an IPv4 or IPv6 address"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len: u8 = len.parse().ok().filter(|&l| l <= max).ok_or_else(|| {
-        format!("{field} = \"{text}\": the length must be a number from 0 to {max}")
-    })?;
-    let net = match addr {
-        IpAddr::V4(a) => Net::V4(Prefix4::new(a.octets(), len)),
-        IpAddr::V6(a) => Net::V6(Prefix6::new(a.octets(), len)),
-    };
-    let canonical = net.to_string();
-    if canonical != format!("{addr}/{len}") {
-        return Err(format!(
-            "{field} = \"{text}\" has host bits set: did you mean \"{canonical}\"?"
-        ));
-    }
-    Ok(net)
+    .run(file)
 }
 
 struct Validator<'a> {
-    interfaces: &'a dyn Interfaces,
-    /// Each tunnel device's XDP features, as looked up once by `tunnels`.
-    tunnel_xdp_features: Vec<Option<u64>>,
+    facts: &'a Facts,
     errors: Vec<String>,
     warnings: Vec<Warning>,
     /// Every prefix seen, with the field that named it, for the overlap check.
     prefixes: Vec<(String, Net)>,
 }
 
-impl<'a> Validator<'a> {
-    fn new(interfaces: &'a dyn Interfaces) -> Self {
-        Self {
-            interfaces,
-            tunnel_xdp_features: Vec::new(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
-            prefixes: Vec::new(),
-        }
-    }
-
+impl Validator<'_> {
     fn nets(&mut self, field: &str, texts: &[String]) -> Vec<Net> {
         let mut out = Vec::new();
         for (i, t) in texts.iter().enumerate() {
             let name = format!("{field}[{i}]");
-            match parse_net(&name, t) {
+            match Net::parse(&name, t) {
                 Ok(net) => {
                     self.prefixes.push((name, net));
                     out.push(net);
@@ -392,52 +59,62 @@ impl<'a> Validator<'a> {
         out
     }
 
-    fn run(mut self, raw: RawConfig) -> Result<(Config, Vec<Warning>), ConfigErrors> {
-        let lan_iface = self.interfaces.lookup(&raw.lan.interface);
-        if lan_iface.is_none() {
+    fn run(mut self, file: File) -> Result<(Config, Vec<Warning>), ConfigErrors> {
+        let lan_link = self.facts.link(&file.lan.interface).cloned();
+        if lan_link.is_none() {
             self.errors.push(format!(
                 "lan.interface = \"{}\": no such network interface; check `ip link`",
-                raw.lan.interface
+                file.lan.interface
             ));
         }
-        let (lan_v4, lan_v6) = self.lan_prefixes(&raw.lan.prefixes);
-        let remote = self.nets("remote_prefixes", &raw.remote_prefixes);
-        if raw.remote_prefixes.is_empty() {
+        let (lan_v4, lan_v6) = self.lan_prefixes(&file.lan.prefixes);
+        let remote = self.nets("remote_prefixes", &file.remote_prefixes);
+        if file.remote_prefixes.is_empty() {
             self.errors.push(
                 "remote_prefixes is empty: list the networks reached through the tunnels"
                     .to_owned(),
             );
         }
-        let exclude = self.exclusions(&raw.exclude, &remote);
-        let tunnels = self.tunnels(&raw, lan_v4, lan_v6, &remote);
+        self.no_loopback(&remote);
+        let exclude = self.exclusions(&file.exclude, &remote);
+        let tunnels = self.tunnels(&file, lan_v4, lan_v6, &remote);
         self.overlaps();
-        let hook = self.hook(raw.mode.as_deref(), &raw.lan.interface, lan_iface, &tunnels);
-        let metrics_listen = if let Ok(a) = raw.metrics.listen.parse::<SocketAddr>() {
+        if let Some(lan) = &lan_link {
+            self.lan_mtu(&file.lan.interface, lan.mtu, &tunnels);
+        }
+        let requested = self.requested_hook(file.hook.as_deref(), file.mode.as_deref());
+        let hook = requested.and_then(|r| self.hook(r, &file.lan.interface, &tunnels));
+        let metrics_listen = if let Ok(a) = file.metrics.listen.parse::<SocketAddr>() {
             Some(a)
         } else {
             self.errors.push(format!(
                 "metrics.listen = \"{}\" is not an address:port, e.g. \"{DEFAULT_METRICS_LISTEN}\"",
-                raw.metrics.listen
+                file.metrics.listen
             ));
             None
         };
+        let kernel_route = self.kernel_route(&file.kernel_route);
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
         }
+        let hook = hook.expect("no errors");
         let config = Config {
-            lan_interface: raw.lan.interface,
-            lan_v4,
-            lan_v6,
+            lan: Lan {
+                interface: file.lan.interface,
+                v4: lan_v4,
+                v6: lan_v6,
+            },
             remote,
             exclude,
-            spray: match raw.spray {
-                RawSpray::Packet => Mode::Packet,
-                RawSpray::Flow => Mode::Flow,
+            spray: match file.spray {
+                file::Spray::Packet => Spray::Packet,
+                file::Spray::Flow => Spray::Flow,
             },
-            hook: hook.as_ref().map_or(Hook::Tc, |h| h.hook),
-            hook_reason: hook.map(|h| h.reason).unwrap_or_default(),
-            up_delay: Duration::from_millis(raw.up_delay_ms),
+            hook: hook.hook,
+            hook_reason: hook.reason,
+            up_delay: Duration::from_millis(file.up_delay_ms),
             metrics_listen: metrics_listen.expect("no errors"),
+            kernel_route,
             tunnels,
         };
         Ok((config, self.warnings))
@@ -461,6 +138,22 @@ impl<'a> Validator<'a> {
         (v4, v6)
     }
 
+    /// Loopback destinations are how probes are told from traffic, and no
+    /// kernel forwards them anyway.
+    fn no_loopback(&mut self, remote: &[Net]) {
+        let loopback = [
+            Net::V4(Prefix4::new([127, 0, 0, 0], 8)),
+            Net::V6(Prefix6::new(std::net::Ipv6Addr::LOCALHOST.octets(), 128)),
+        ];
+        for (i, net) in remote.iter().enumerate() {
+            if loopback.iter().any(|l| l.overlaps(net)) {
+                self.errors.push(format!(
+                    "remote_prefixes[{i}] = \"{net}\" covers loopback addresses, which are never forwarded"
+                ));
+            }
+        }
+    }
+
     fn exclusions(&mut self, texts: &[String], remote: &[Net]) -> Vec<Net> {
         let nets = self.nets("exclude", texts);
         // Exclusions sit inside remote prefixes by design: keep them out of the
@@ -482,75 +175,51 @@ impl<'a> Validator<'a> {
 
     fn tunnels(
         &mut self,
-        raw: &RawConfig,
+        file: &File,
         lan_v4: Option<Prefix4>,
         lan_v6: Option<Prefix6>,
         remote: &[Net],
-    ) -> Vec<Tunnel> {
-        if raw.tunnels.is_empty() {
+    ) -> Vec<TunnelSpec> {
+        if file.tunnels.is_empty() {
             self.errors
                 .push("no [[tunnel]] sections: configure at least one tunnel".to_owned());
         }
-        if raw.tunnels.len() > MAX_TUNNELS {
+        if file.tunnels.len() > MAX_TUNNELS {
             self.errors.push(format!(
                 "{} tunnels configured: the datapath supports at most {MAX_TUNNELS}",
-                raw.tunnels.len()
+                file.tunnels.len()
             ));
         }
         let mut devices = HashSet::new();
-        let mut mtus = Vec::new();
         let mut out = Vec::new();
-        for (k, t) in raw.tunnels.iter().enumerate() {
+        for (k, t) in file.tunnels.iter().enumerate() {
             let field = format!("tunnel[{k}]");
+            let kind = match t.kind {
+                file::Kind::Tun => TunnelKind::Tun,
+                file::Kind::Tap => TunnelKind::Tap,
+            };
             if !devices.insert(t.device.as_str()) {
                 self.errors.push(format!(
                     "{field}.device = \"{}\" is configured twice: each tunnel needs its own device",
                     t.device
                 ));
             }
-            if t.device == raw.lan.interface {
+            if t.device == file.lan.interface {
                 self.errors.push(format!(
                     "{field}.device = \"{}\" is the LAN interface: a tunnel must be the OpenVPN tun device",
                     t.device
                 ));
-                self.tunnel_xdp_features.push(None);
             } else {
-                let info = self.interfaces.lookup(&t.device);
-                self.tunnel_xdp_features
-                    .push(info.and_then(|i| i.xdp_features));
-                match info {
-                    None => self.errors.push(format!(
-                        "{field}.device = \"{}\": no such network interface; start its OpenVPN first or fix the name",
-                        t.device
-                    )),
-                    Some(info) if matches!(t.kind, RawKind::Tun) && info.kind != IfaceKind::L3PointToPoint => self.errors.push(format!(
-                        "{field}.device = \"{}\" is not a layer-3 point-to-point device ({}): use the tun device OpenVPN creates with `dev tun`, or set kind = \"tap\" for a TAP device",
-                        t.device, info.kind
-                    )),
-                    Some(info) if matches!(t.kind, RawKind::Tap) && info.kind != IfaceKind::Ethernet => self.errors.push(format!(
-                        "{field}.device = \"{}\" is not an Ethernet (TAP) device ({}): kind = \"tap\" needs the device OpenVPN creates with `dev tap`",
-                        t.device, info.kind
-                    )),
-                    Some(info) => mtus.push((t.device.clone(), info.mtu)),
-                }
+                self.device(&field, &t.device, kind);
             }
             if t.weight == 0 {
                 self.errors.push(format!(
                     "{field}.weight = 0: weights start at 1 (remove the tunnel to disable it)"
                 ));
             }
-            let management = t.management.as_ref().and_then(|m| if let Ok(a) = m.parse::<SocketAddr>() { Some(a) } else {
-                self.errors.push(format!(
-                    "{field}.management = \"{m}\" is not an address:port (OpenVPN's --management), e.g. \"127.0.0.1:7505\""
-                ));
-                None
-            });
-            let kind = match t.kind {
-                RawKind::Tun => TunnelKind::Tun,
-                RawKind::Tap => TunnelKind::Tap,
-            };
+            let management = self.management(&field, t);
             let next_hop = self.next_hop(&field, kind, t.next_hop.as_deref());
-            let mut tunnel = Tunnel {
+            let mut tunnel = TunnelSpec {
                 device: t.device.clone(),
                 kind,
                 next_hop,
@@ -564,6 +233,64 @@ impl<'a> Validator<'a> {
             self.translations(&field, t, lan_v4, lan_v6, remote, &mut tunnel);
             out.push(tunnel);
         }
+        self.tunnel_mtus(&out);
+        out
+    }
+
+    /// A missing device is not an error: OpenVPN may start after ovpn-lb.
+    /// One that exists must be of the configured kind.
+    fn device(&mut self, field: &str, device: &str, kind: TunnelKind) {
+        match (self.facts.link(device).map(|l| l.kind), kind) {
+            (None, _) => self.warnings.push(Warning(format!(
+                "{field}.device = \"{device}\" does not exist (yet): the tunnel stays out of the rotation until its OpenVPN creates it"
+            ))),
+            (Some(LinkKind::L3PointToPoint), TunnelKind::Tun)
+            | (Some(LinkKind::Ethernet), TunnelKind::Tap) => {}
+            (Some(found), TunnelKind::Tun) => self.errors.push(format!(
+                "{field}.device = \"{device}\" is not a layer-3 point-to-point device ({found}): use the tun device OpenVPN creates with `dev tun`, or set kind = \"tap\" for a TAP device"
+            )),
+            (Some(found), TunnelKind::Tap) => self.errors.push(format!(
+                "{field}.device = \"{device}\" is not an Ethernet (TAP) device ({found}): kind = \"tap\" needs the device OpenVPN creates with `dev tap`"
+            )),
+        }
+    }
+
+    fn management(&mut self, field: &str, t: &file::Tunnel) -> Option<Management> {
+        let password_file = t.management_password_file.as_ref().map(PathBuf::from);
+        if let Some(p) = &password_file {
+            if t.management.is_none() {
+                self.errors.push(format!(
+                    "{field}.management_password_file is set without management: give the management address too"
+                ));
+            } else if std::fs::metadata(p).is_err() {
+                self.errors.push(format!(
+                    "{field}.management_password_file = \"{}\": cannot read it; it must hold the password on its first line",
+                    p.display()
+                ));
+            }
+        }
+        let text = t.management.as_ref()?;
+        let target = if text.starts_with('/') {
+            ManagementTarget::Unix(PathBuf::from(text))
+        } else if let Ok(a) = text.parse::<SocketAddr>() {
+            ManagementTarget::Tcp(a)
+        } else {
+            self.errors.push(format!(
+                "{field}.management = \"{text}\" is not an address:port (OpenVPN's `management 127.0.0.1 7505`) or an absolute unix socket path (`management /run/openvpn/tun0.sock unix`)"
+            ));
+            return None;
+        };
+        Some(Management {
+            target,
+            password_file,
+        })
+    }
+
+    fn tunnel_mtus(&mut self, tunnels: &[TunnelSpec]) {
+        let mtus: Vec<(&str, u32)> = tunnels
+            .iter()
+            .filter_map(|t| Some((t.device.as_str(), self.facts.link(&t.device)?.mtu)))
+            .collect();
         if let Some((_, first)) = mtus.first()
             && mtus.iter().any(|(_, m)| m != first)
         {
@@ -576,7 +303,23 @@ impl<'a> Validator<'a> {
                 smallest.0
             )));
         }
-        out
+    }
+
+    /// Packets above the tunnel MTU take the kernel's slower path (ICMP or
+    /// fragmentation): worth a warning with the usual fix.
+    fn lan_mtu(&mut self, lan: &str, lan_mtu: u32, tunnels: &[TunnelSpec]) {
+        let Some((device, mtu)) = tunnels
+            .iter()
+            .filter_map(|t| Some((t.device.as_str(), self.facts.link(&t.device)?.mtu)))
+            .min_by_key(|(_, m)| *m)
+        else {
+            return;
+        };
+        if lan_mtu > mtu {
+            self.warnings.push(Warning(format!(
+                "{lan}'s MTU {lan_mtu} exceeds the smallest tunnel MTU ({mtu} on {device}): larger packets get ICMP \"fragmentation needed\" or are fragmented by the kernel; clamp TCP's MSS to the tunnel (e.g. nftables `tcp flags syn tcp option maxseg size set rt mtu` on forwarded traffic) or raise the tunnels' MTU"
+            )));
+        }
     }
 
     fn next_hop(&mut self, field: &str, kind: TunnelKind, text: Option<&str>) -> Option<IpAddr> {
@@ -606,42 +349,63 @@ impl<'a> Validator<'a> {
         }
     }
 
-    /// The hook, from `mode` and what the drivers can do.
-    fn hook(
-        &mut self,
-        mode: Option<&str>,
-        lan: &str,
-        lan_info: Option<crate::interfaces::IfaceInfo>,
-        tunnels: &[Tunnel],
-    ) -> Option<hook::Choice> {
-        let requested = match mode.unwrap_or("auto") {
-            "auto" => hook::Requested::Auto,
-            "tc" => hook::Requested::Tc,
-            "xdp" => hook::Requested::Xdp,
-            m @ ("packet" | "flow") => {
+    /// `hook`, or its old name `mode` with a warning.
+    fn requested_hook(&mut self, hook: Option<&str>, mode: Option<&str>) -> Option<Requested> {
+        let (field, text) = match (hook, mode) {
+            (Some(h), None) => ("hook", h),
+            (None, None) => ("hook", "auto"),
+            (Some(_), Some(_)) => {
+                self.errors.push(
+                    "both hook and mode are set: mode is the old name of hook; keep hook only"
+                        .to_owned(),
+                );
+                return None;
+            }
+            (None, Some(m @ ("packet" | "flow"))) => {
                 self.errors.push(format!(
-                    "mode = \"{m}\": `mode` now picks the hook (\"auto\", \"tc\" or \"xdp\"); the spray mode is spray = \"{m}\""
+                    "mode = \"{m}\": the spray mode is spray = \"{m}\" (the hook is hook = \"auto\", \"tc\" or \"xdp\")"
                 ));
                 return None;
             }
-            m => {
-                self.errors.push(format!(
-                    "mode = \"{m}\": use \"auto\" (native XDP where it works, tc elsewhere), \"tc\" or \"xdp\""
-                ));
-                return None;
+            (None, Some(m)) => {
+                self.warnings.push(Warning(format!(
+                    "mode = \"{m}\" is deprecated: the hook setting is now called hook = \"{m}\""
+                )));
+                ("mode", m)
             }
         };
+        match text {
+            "auto" => Some(Requested::Auto),
+            "tc" => Some(Requested::Tc),
+            "xdp" => Some(Requested::Xdp),
+            other => {
+                self.errors.push(format!(
+                    "{field} = \"{other}\": use \"auto\" (native XDP where it works, tc elsewhere), \"tc\" or \"xdp\""
+                ));
+                None
+            }
+        }
+    }
+
+    /// The hook, from the request and what the drivers can do.
+    fn hook(
+        &mut self,
+        requested: Requested,
+        lan: &str,
+        tunnels: &[TunnelSpec],
+    ) -> Option<hook::Choice> {
         let devices: Vec<hook::TunnelDevice> = tunnels
             .iter()
-            .zip(&self.tunnel_xdp_features)
-            .map(|(t, &xdp_features)| hook::TunnelDevice {
+            .map(|t| hook::TunnelDevice {
                 name: t.device.clone(),
                 kind: t.kind,
-                xdp_features,
+                xdp_features: match (self.facts.link(&t.device), t.kind) {
+                    (None, TunnelKind::Tap) => Some(TAP_XDP_FEATURES),
+                    _ => self.facts.xdp_features(&t.device),
+                },
             })
             .collect();
-        let lan_features = lan_info.and_then(|i| i.xdp_features);
-        match hook::choose(requested, lan, lan_features, &devices) {
+        match hook::choose(requested, lan, self.facts.xdp_features(lan), &devices) {
             Ok(choice) => Some(choice),
             Err(e) => {
                 self.errors.push(e);
@@ -650,15 +414,38 @@ impl<'a> Validator<'a> {
         }
     }
 
+    fn kernel_route(&mut self, k: &file::KernelRoute) -> KernelRouteSpec {
+        // 253..=255 are the kernel's default, main and local tables.
+        if k.table == 0 || (253..=255).contains(&k.table) {
+            self.errors.push(format!(
+                "kernel_route.table = {}: pick a table of ovpn-lb's own (not 0, 253, 254 or 255), e.g. {}",
+                k.table,
+                file::DEFAULT_KERNEL_TABLE
+            ));
+        }
+        // Our rules take priority - 1 to priority + 1, all before `main` (32766).
+        if k.priority < 2 || k.priority > 32_764 {
+            self.errors.push(format!(
+                "kernel_route.priority = {}: ovpn-lb's rules must come before the main table's (32766); pick 2 to 32764, e.g. {}",
+                k.priority,
+                file::DEFAULT_KERNEL_PRIORITY
+            ));
+        }
+        KernelRouteSpec {
+            table: k.table,
+            priority: k.priority,
+        }
+    }
+
     /// Our and the peer's translation prefixes of one tunnel.
     fn translations(
         &mut self,
         field: &str,
-        t: &RawTunnel,
+        t: &file::Tunnel,
         lan_v4: Option<Prefix4>,
         lan_v6: Option<Prefix6>,
         remote: &[Net],
-        tunnel: &mut Tunnel,
+        tunnel: &mut TunnelSpec,
     ) {
         for (i, net) in self
             .nets(&format!("{field}.translate"), &t.translate)
@@ -750,83 +537,43 @@ impl<'a> Validator<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::fmt::Write as _;
 
     use super::*;
     use crate::{
-        hook::{Hook, TunnelKind},
-        interfaces::{IfaceInfo, tests::FakeInterfaces},
+        config::{Hook, parse},
+        netlink::LinkFacts,
     };
 
-    fn fake() -> FakeInterfaces {
-        FakeInterfaces::new(&[
-            (
-                "eth1",
-                IfaceInfo {
-                    ifindex: 2,
-                    kind: IfaceKind::Ethernet,
-                    mtu: 1500,
-                    xdp_features: Some(
-                        crate::xdp_features::BASIC
-                            | crate::xdp_features::REDIRECT
-                            | crate::xdp_features::NDO_XMIT,
-                    ),
-                },
-            ),
-            (
-                "tun0",
-                IfaceInfo {
-                    ifindex: 3,
-                    kind: IfaceKind::L3PointToPoint,
-                    mtu: 1500,
-                    xdp_features: Some(
-                        crate::xdp_features::BASIC
-                            | crate::xdp_features::REDIRECT
-                            | crate::xdp_features::NDO_XMIT,
-                    ),
-                },
-            ),
-            (
-                "tun1",
-                IfaceInfo {
-                    ifindex: 4,
-                    kind: IfaceKind::L3PointToPoint,
-                    mtu: 1500,
-                    xdp_features: Some(
-                        crate::xdp_features::BASIC
-                            | crate::xdp_features::REDIRECT
-                            | crate::xdp_features::NDO_XMIT,
-                    ),
-                },
-            ),
-            (
-                "tun2",
-                IfaceInfo {
-                    ifindex: 5,
-                    kind: IfaceKind::L3PointToPoint,
-                    mtu: 1400,
-                    xdp_features: Some(
-                        crate::xdp_features::BASIC
-                            | crate::xdp_features::REDIRECT
-                            | crate::xdp_features::NDO_XMIT,
-                    ),
-                },
-            ),
-            (
-                "tap0",
-                IfaceInfo {
-                    ifindex: 6,
-                    kind: IfaceKind::Ethernet,
-                    mtu: 1500,
-                    xdp_features: Some(
-                        crate::xdp_features::BASIC
-                            | crate::xdp_features::REDIRECT
-                            | crate::xdp_features::NDO_XMIT,
-                    ),
-                },
-            ),
-        ])
+    const ALL_XDP: u64 = netdev::BASIC | netdev::REDIRECT | netdev::NDO_XMIT;
+
+    fn link(name: &str, ifindex: u32, kind: LinkKind, mtu: u32) -> LinkFacts {
+        LinkFacts {
+            ifindex,
+            name: name.to_owned(),
+            kind,
+            mtu,
+            mac: [2, 0, 0, 0, 0, u8::try_from(ifindex).unwrap()],
+            up: true,
+            xdp_prog_id: 0,
+        }
+    }
+
+    /// A made-up machine: LAN eth1, tun0..tun2 (tun2 with MTU 1400), tap0.
+    pub(crate) fn fake() -> Facts {
+        let links = vec![
+            link("eth1", 2, LinkKind::Ethernet, 1500),
+            link("tun0", 3, LinkKind::L3PointToPoint, 1500),
+            link("tun1", 4, LinkKind::L3PointToPoint, 1500),
+            link("tun2", 5, LinkKind::L3PointToPoint, 1400),
+            link("tap0", 6, LinkKind::Ethernet, 1500),
+        ];
+        let xdp_features = links.iter().map(|l| (l.ifindex, ALL_XDP)).collect();
+        Facts {
+            links,
+            xdp_features,
+        }
     }
 
     const GOOD: &str = r#"
@@ -870,23 +617,18 @@ weight = 3
     fn good_config_parses() {
         let (c, warnings) = parse(GOOD, &fake()).unwrap();
         assert!(warnings.is_empty());
-        assert_eq!(c.spray, Mode::Flow);
+        assert_eq!(c.spray, Spray::Flow);
         assert_eq!(c.up_delay, Duration::from_millis(500));
         assert_eq!(c.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
         assert_eq!(c.tunnels.len(), 2);
         assert_eq!(c.tunnels[1].weight, 3);
-        let t0 = c.tunnels[0].datapath_config(&Device {
-            ifindex: 3,
-            mtu: 1500,
-            ..Device::default()
-        });
-        assert_eq!(t0.mtu, 1500);
         assert_eq!(
-            t0.families,
-            family::V4 | family::V6 | family::PEER_V4 | family::PEER_V6
+            c.tunnels[0].peer_v4,
+            Some((
+                Prefix4::new([100, 65, 0, 0], 24),
+                Prefix4::new([10, 20, 30, 0], 24)
+            ))
         );
-        assert_eq!(t0.peer_real_v4, Prefix4::new([10, 20, 30, 0], 24));
-        assert_eq!(c.site().families, family::V4 | family::V6);
         assert_eq!(c.exclude, vec![Net::V4(Prefix4::new([10, 20, 30, 1], 32))]);
     }
 
@@ -914,10 +656,20 @@ weight = 3
             &GOOD.replace("\"eth1\"", "\"eth9\""),
             "lan.interface = \"eth9\": no such network interface",
         );
-        expect_error(
-            &GOOD.replace("\"tun1\"", "\"tun9\""),
-            "tunnel[1].device = \"tun9\": no such network interface",
+    }
+
+    #[test]
+    fn a_missing_tunnel_device_is_a_warning() {
+        let (c, warnings) = parse(&GOOD.replace("\"tun1\"", "\"tun9\""), &fake()).unwrap();
+        assert_eq!(c.tunnels[1].device, "tun9");
+        assert!(
+            warnings.iter().any(|w| w
+                .0
+                .contains("tunnel[1].device = \"tun9\" does not exist (yet)")),
+            "{warnings:?}"
         );
+        let (tap, _) = parse(&TAP_TUNNELS.replace("\"tap0\"", "\"tap9\""), &fake()).unwrap();
+        assert_eq!(tap.hook, Hook::Xdp, "a TAP device yet to come takes XDP");
     }
 
     #[test]
@@ -930,7 +682,7 @@ weight = 3
 
     const TAP_TUNNELS: &str = r#"
 remote_prefixes = ["10.20.30.0/24"]
-mode = "xdp"
+hook = "xdp"
 
 [lan]
 interface = "eth1"
@@ -948,21 +700,10 @@ translate = ["100.64.0.0/24"]
         let (c, _) = parse(TAP_TUNNELS, &fake()).unwrap();
         assert_eq!(c.hook, Hook::Xdp);
         assert_eq!(c.tunnels[0].kind, TunnelKind::Tap);
-        let t = c.tunnels[0].datapath_config(&Device {
-            ifindex: 6,
-            mtu: 1500,
-            mac: [2, 0, 0, 0, 0, 1],
-            peer_mac: [2, 0, 0, 0, 0, 2],
-        });
-        assert_eq!(t.framing, framing::TAP);
-        assert_eq!(
-            (t.mac, t.peer_mac),
-            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        );
         let (auto, _) = parse(&TAP_TUNNELS.replace("\"xdp\"", "\"auto\""), &fake()).unwrap();
         assert_eq!(auto.hook, Hook::Xdp, "{}", auto.hook_reason);
         let (tc, _) = parse(
-            &GOOD.replace("spray = \"flow\"", "mode = \"auto\""),
+            &GOOD.replace("spray = \"flow\"", "hook = \"auto\""),
             &fake(),
         )
         .unwrap();
@@ -997,12 +738,79 @@ translate = ["100.64.0.0/24"]
     #[test]
     fn xdp_with_tun_tunnels_is_refused_with_the_reason() {
         expect_error(
-            &GOOD.replace("spray = \"flow\"", "mode = \"xdp\""),
-            "mode = \"xdp\": tun0 is a tun device: Linux refuses native XDP",
+            &GOOD.replace("spray = \"flow\"", "hook = \"xdp\""),
+            "hook = \"xdp\": tun0 is a tun device: Linux refuses native XDP",
         );
         expect_error(
             &GOOD.replace("spray = \"flow\"", "mode = \"flow\""),
-            "mode = \"flow\": `mode` now picks the hook",
+            "mode = \"flow\": the spray mode is spray = \"flow\"",
+        );
+    }
+
+    #[test]
+    fn mode_is_the_deprecated_name_of_hook() {
+        let (c, warnings) =
+            parse(&GOOD.replace("spray = \"flow\"", "mode = \"tc\""), &fake()).unwrap();
+        assert_eq!(c.hook, Hook::Tc);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.0.contains("mode = \"tc\" is deprecated")),
+            "{warnings:?}"
+        );
+        expect_error(
+            &GOOD.replace("spray = \"flow\"", "mode = \"tc\"\nhook = \"tc\""),
+            "both hook and mode are set",
+        );
+    }
+
+    #[test]
+    fn management_takes_tcp_or_a_unix_socket_and_a_password_file() {
+        let (c, _) = parse(
+            &GOOD.replace("127.0.0.1:7505", "/run/openvpn/tun0.sock"),
+            &fake(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tunnels[0].management.as_ref().unwrap().target,
+            ManagementTarget::Unix("/run/openvpn/tun0.sock".into())
+        );
+        expect_error(
+            &GOOD.replace(
+                "management = \"127.0.0.1:7505\"",
+                "management = \"127.0.0.1:7505\"\nmanagement_password_file = \"/no/such/file\"",
+            ),
+            "tunnel[0].management_password_file = \"/no/such/file\": cannot read it",
+        );
+    }
+
+    #[test]
+    fn lan_mtu_above_the_tunnels_warns_with_mss_clamping() {
+        let (_, warnings) = parse(&GOOD.replace("\"tun1\"", "\"tun2\""), &fake()).unwrap();
+        assert!(
+            warnings.iter().any(|w| w
+                .0
+                .contains("eth1's MTU 1500 exceeds the smallest tunnel MTU (1400 on tun2)")
+                && w.0.contains("MSS")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn kernel_route_table_and_priority_are_checked() {
+        expect_error(
+            &format!("{GOOD}\n[kernel_route]\ntable = 254\n").replace("[[tunnel]]", "[[tunnel]]"),
+            "kernel_route.table = 254",
+        );
+    }
+
+    #[test]
+    fn loopback_cannot_be_remote() {
+        expect_error(
+            &GOOD
+                .replace("10.20.30.0/24\", \"fd00", "127.0.0.0/8\", \"fd00")
+                .replace("10.20.30.1/32", "127.0.0.1/32"),
+            "covers loopback addresses",
         );
     }
 
@@ -1081,11 +889,10 @@ translate = ["100.64.0.0/24"]
     #[test]
     fn differing_mtus_warn() {
         let (_, warnings) = parse(&GOOD.replace("\"tun1\"", "\"tun2\""), &fake()).unwrap();
-        assert_eq!(warnings.len(), 1);
         assert!(
-            warnings[0]
-                .0
-                .contains("the path MTU is the smallest, 1400 on tun2"),
+            warnings
+                .iter()
+                .any(|w| w.0.contains("the path MTU is the smallest, 1400 on tun2")),
             "{warnings:?}"
         );
     }

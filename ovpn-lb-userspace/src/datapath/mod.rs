@@ -1,5 +1,7 @@
 //! The loaded BPF object and typed writes to its maps: the only place userspace
-//! touches the datapath's state.
+//! touches the datapath's state. Attaching programs is in `attach`.
+
+pub mod attach;
 
 use std::{
     path::{Path, PathBuf},
@@ -11,22 +13,14 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
-    programs::{
-        SchedClassifier, TcAttachType, Xdp,
-        links::{FdLink, LinkError, PinnedLink},
-        tc::SchedClassifierLink,
-        xdp::{XdpLink, XdpMode},
-    },
+    programs::{SchedClassifier, TcAttachType, Xdp},
 };
 use ovpn_lb_common::{
     Prefix4, Prefix6, Reason, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
-    maps::{MAX_TUNNELS, SCHEDULE_BUFFERS, names, programs, route},
+    maps::{MAX_TUNNELS, SCHEDULE_BUFFERS, names, programs},
 };
 
-use crate::{
-    config::{Config, Device, Net},
-    pins::{Layout, remove_if_present},
-};
+use crate::{config::LpmEntries, pins::Layout};
 
 /// The BPF object, embedded at build time by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ovpn-lb-ebpf.o"));
@@ -36,38 +30,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ov
 /// waiting this long before overwriting that buffer is ample.
 const SCHEDULE_GRACE: Duration = Duration::from_millis(10);
 
-/// What [`Datapath::attach_pinned`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attached {
-    /// A pinned link existed; its program was swapped in place.
-    Replaced,
-    /// A new link was made and pinned.
-    Created,
-}
-
 pub struct Datapath {
     ebpf: Ebpf,
     last_flip: Option<Instant>,
-}
-
-/// Hands the link pinned at `pin`, if any, to `replace`, which swaps its
-/// program; true if it did. A pin it could not use (its device was
-/// recreated) is removed, so a new link can take its place.
-fn pinned_link(pin: &Path, replace: impl FnOnce(FdLink) -> bool) -> Result<bool> {
-    let Ok(pinned) = PinnedLink::from_pin(pin) else {
-        return Ok(false);
-    };
-    if replace(FdLink::from(pinned)) {
-        return Ok(true);
-    }
-    remove_if_present(pin).with_context(|| format!("removing stale {}", pin.display()))?;
-    Ok(false)
-}
-
-fn pin_link(link: FdLink, pin: &Path) -> Result<Attached> {
-    link.pin(pin)
-        .with_context(|| format!("pinning the link at {}", pin.display()))?;
-    Ok(Attached::Created)
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
@@ -171,85 +136,29 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches `program` to `iface`'s ingress through a tcx link pinned at
-    /// `pin`. If that pin holds a live link, its program is replaced in place
-    /// (one atomic `BPF_LINK_UPDATE`: no packet goes unprocessed).
-    ///
-    /// # Errors
-    /// If the interface is missing or the kernel refuses.
-    pub fn attach_pinned(&mut self, program: &str, iface: &str, pin: &Path) -> Result<Attached> {
-        let prog = self.program(program)?;
-        let replaced = pinned_link(pin, |old| {
-            SchedClassifierLink::try_from(old).is_ok_and(|l| prog.attach_to_link(l).is_ok())
-        })?;
-        if replaced {
-            return Ok(Attached::Replaced);
-        }
-        let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| {
-            format!("attaching {program} to {iface} ingress (tcx, Linux 6.6 or newer)")
-        })?;
-        let link: FdLink = prog
-            .take_link(id)?
-            .try_into()
-            .map_err(|e: LinkError| anyhow!("{program} on {iface} is not a tcx link: {e}"))?;
-        pin_link(link, pin)
-    }
-
-    /// Attaches XDP `program` to `iface` in native (driver) mode through a
-    /// link pinned at `pin`, replacing the program of a live pinned link in
-    /// place. Generic XDP is never used: it loses offloaded checksums.
-    ///
-    /// # Errors
-    /// If the interface is missing or its driver refuses native XDP.
-    pub fn attach_xdp_pinned(
-        &mut self,
-        program: &str,
-        iface: &str,
-        pin: &Path,
-    ) -> Result<Attached> {
-        let prog = self.xdp_program(program)?;
-        let replaced = pinned_link(pin, |old| {
-            XdpLink::try_from(old).is_ok_and(|l| prog.attach_to_link(l).is_ok())
-        })?;
-        if replaced {
-            return Ok(Attached::Replaced);
-        }
-        let id = prog
-            .attach(iface, XdpMode::Driver)
-            .with_context(|| format!("attaching {program} to {iface} as native XDP"))?;
-        let link: FdLink = prog
-            .take_link(id)?
-            .try_into()
-            .map_err(|e: LinkError| anyhow!("{program} on {iface} is not a bpf_link: {e}"))?;
-        pin_link(link, pin)
-    }
-
-    /// Writes a validated configuration: `site` (from `Config::site` plus
-    /// what the loader knows of the LAN device), tunnels (one [`Device`] per
-    /// tunnel), prefixes. New entries go in before stale ones come out, so no
+    /// Makes the LPM maps hold exactly `remote` (`REMOTE_*`) and `ours`
+    /// (`OUR_XLAT_*`). New entries go in before stale ones come out, so no
     /// packet falls between two configurations.
     ///
     /// # Errors
     /// If the kernel refuses an update.
-    pub fn write_config(
-        &mut self,
-        config: &Config,
-        site: &SiteConfig,
-        devices: &[Device],
-    ) -> Result<()> {
-        self.set_site(site)?;
-        let mut wanted_if = Vec::new();
-        for (k, tunnel) in config.tunnels.iter().enumerate() {
-            let id = u32::try_from(k)?;
-            let device = devices.get(k).copied().unwrap_or_default();
-            self.set_tunnel(id, &tunnel.datapath_config(&device), None)?;
-            if device.ifindex != 0 {
-                wanted_if.push(device.ifindex);
-            }
-        }
+    pub fn sync_prefixes(&mut self, remote: &LpmEntries, ours: &LpmEntries) -> Result<()> {
+        self.sync_lpm(names::REMOTE_V4, &remote.v4)?;
+        self.sync_lpm(names::REMOTE_V6, &remote.v6)?;
+        self.sync_lpm(names::OUR_XLAT_V4, &ours.v4)?;
+        self.sync_lpm(names::OUR_XLAT_V6, &ours.v6)
+    }
+
+    /// Clears the entries of tunnel ids from `count` on (a configuration with
+    /// fewer tunnels than the last one), and drops device index entries not
+    /// in `ifindexes`.
+    ///
+    /// # Errors
+    /// If the kernel refuses an update.
+    pub fn retire_tunnels(&mut self, count: usize, ifindexes: &[u32]) -> Result<()> {
         let mut tunnels: Array<_, TunnelConfig> =
             map(&mut self.ebpf, names::TUNNELS)?.try_into()?;
-        for id in config.tunnels.len()..MAX_TUNNELS {
+        for id in count..MAX_TUNNELS {
             tunnels.set(u32::try_from(id)?, TunnelConfig::default(), 0)?;
         }
         let mut by_if: HashMap<_, u32, u32> =
@@ -257,38 +166,21 @@ impl Datapath {
         let stale: Vec<u32> = by_if
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !wanted_if.contains(k))
+            .filter(|k| !ifindexes.contains(k))
             .collect();
         for k in stale {
             let _ = by_if.remove(&k);
         }
+        Ok(())
+    }
 
-        let (mut remote4, mut remote6) = (Vec::new(), Vec::new());
-        for (nets, action) in [
-            (&config.remote, route::SPRAY),
-            (&config.exclude, route::EXCLUDE),
-        ] {
-            for net in nets {
-                match net {
-                    Net::V4(p) => remote4.push((p.prefix_len(), p.octets(), action)),
-                    Net::V6(p) => remote6.push((p.prefix_len(), p.octets(), action)),
-                }
-            }
-        }
-        let (mut ours4, mut ours6) = (Vec::new(), Vec::new());
-        for (k, t) in config.tunnels.iter().enumerate() {
-            let id = u32::try_from(k)?;
-            if let Some(p) = t.xlat_v4 {
-                ours4.push((p.prefix_len(), p.octets(), id));
-            }
-            if let Some(p) = t.xlat_v6 {
-                ours6.push((p.prefix_len(), p.octets(), id));
-            }
-        }
-        self.sync_lpm(names::REMOTE_V4, &remote4)?;
-        self.sync_lpm(names::REMOTE_V6, &remote6)?;
-        self.sync_lpm(names::OUR_XLAT_V4, &ours4)?;
-        self.sync_lpm(names::OUR_XLAT_V6, &ours6)
+    /// The `TUNNELS` entry of `id` as the datapath holds it now.
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn tunnel(&self, id: u32) -> Result<TunnelConfig> {
+        let m: Array<_, TunnelConfig> = self.map_ref(names::TUNNELS)?.try_into()?;
+        Ok(m.get(&id, 0)?)
     }
 
     fn sync_lpm<const N: usize>(
@@ -486,6 +378,11 @@ impl Datapath {
                 .with_context(|| format!("pinning {name} at {}", path.display()))?;
         }
         Ok(())
+    }
+
+    /// The loaded object, for what needs it whole (aya-log).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     fn map_ref(&self, name: &str) -> Result<&Map> {

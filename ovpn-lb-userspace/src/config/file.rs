@@ -1,0 +1,148 @@
+//! The configuration file as written: TOML, read with serde. Only shape is
+//! checked here; meaning is checked by `validate`.
+
+use serde::Deserialize;
+
+/// Where metrics are served unless the file says otherwise: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
+pub const DEFAULT_UP_DELAY_MS: u64 = 2000;
+/// ovpn-lb's routing table for the kernel path, and the priority of its rules.
+pub const DEFAULT_KERNEL_TABLE: u32 = 7600;
+pub const DEFAULT_KERNEL_PRIORITY: u32 = 7600;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub lan: Lan,
+    pub remote_prefixes: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub spray: Spray,
+    /// The hook: "auto", "tc" or "xdp".
+    pub hook: Option<String>,
+    /// Old name of `hook`, read as text so that an old file gets a helpful
+    /// message (and a pre-`spray` one an error).
+    pub mode: Option<String>,
+    #[serde(default = "default_up_delay")]
+    pub up_delay_ms: u64,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub kernel_route: KernelRoute,
+    #[serde(default, rename = "tunnel")]
+    pub tunnels: Vec<Tunnel>,
+}
+
+fn default_up_delay() -> u64 {
+    DEFAULT_UP_DELAY_MS
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lan {
+    pub interface: String,
+    pub prefixes: Vec<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum Spray {
+    #[default]
+    Packet,
+    Flow,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    #[default]
+    Tun,
+    Tap,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    DEFAULT_METRICS_LISTEN.to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRoute {
+    #[serde(default = "default_table")]
+    pub table: u32,
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+}
+
+impl Default for KernelRoute {
+    fn default() -> Self {
+        Self {
+            table: DEFAULT_KERNEL_TABLE,
+            priority: DEFAULT_KERNEL_PRIORITY,
+        }
+    }
+}
+
+fn default_table() -> u32 {
+    DEFAULT_KERNEL_TABLE
+}
+
+fn default_priority() -> u32 {
+    DEFAULT_KERNEL_PRIORITY
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    pub device: String,
+    pub translate: Vec<String>,
+    #[serde(default)]
+    pub peer_translate: Vec<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// OpenVPN's management interface: "address:port" or a unix socket path.
+    pub management: Option<String>,
+    /// File holding the management password (OpenVPN's `management ... pw-file`).
+    pub management_password_file: Option<String>,
+    #[serde(default)]
+    pub kind: Kind,
+    pub next_hop: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Parses the text; a syntax error becomes one line with its position.
+///
+/// # Errors
+/// The message for the operator.
+pub fn parse(text: &str) -> Result<File, String> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_owned();
+        match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("TOML syntax error at line {line}, column {column}: {message}")
+            }
+            None => format!("TOML syntax error: {message}"),
+        }
+    })
+}

@@ -1,0 +1,313 @@
+//! The Prometheus metrics: each family declared once in [`FAMILIES`] (name,
+//! help, type, labels, and how its samples come out of a [`Snapshot`]);
+//! adding a metric is adding one entry. `server` serves them over HTTP.
+//!
+//! Counter values are read from the pinned per-CPU maps and summed when
+//! Prometheus scrapes, so a scrape costs the packet path nothing. Series are
+//! keyed by tunnel id and device name, both stable across device re-creation
+//! and loader restarts (the counter maps stay pinned), so counters only go up.
+
+pub mod server;
+
+use std::{
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+};
+
+use ovpn_lb_common::{Reason, reason::Outcome};
+
+use crate::{pins::Layout, status::Counters};
+
+/// What the exporter knows of each tunnel besides its counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TunnelView {
+    pub device: String,
+    pub up: bool,
+    /// Weight in the live schedule: 0 while out of the rotation.
+    pub weight: u32,
+}
+
+/// Shared between the run loop (writer) and the exporter (reader).
+pub type Views = Arc<Mutex<Vec<TunnelView>>>;
+
+/// Everything one scrape shows.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub tunnels: Vec<TunnelView>,
+    /// `None` when the pinned maps cannot be read.
+    pub counters: Option<Counters>,
+}
+
+impl Snapshot {
+    /// Reads the counters now.
+    #[must_use]
+    pub fn take(layout: &Layout, views: &Views) -> Self {
+        let tunnels = views.lock().map(|t| t.clone()).unwrap_or_default();
+        let counters = u32::try_from(tunnels.len())
+            .ok()
+            .and_then(|n| Counters::read(layout, n).ok());
+        Self { tunnels, counters }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One sample: label values (in the family's label order) and the value.
+pub type Sample = (Vec<String>, f64);
+
+/// One metric family.
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub samples: fn(&Snapshot) -> Vec<Sample>,
+}
+
+const TUNNEL: &[&str] = &["tunnel", "device"];
+const REASON: &[&str] = &["reason", "outcome"];
+
+fn tunnel_labels(k: usize, view: &TunnelView) -> Vec<String> {
+    vec![k.to_string(), view.device.clone()]
+}
+
+/// Samples of a per-tunnel family from its views.
+fn per_tunnel(s: &Snapshot, value: impl Fn(&TunnelView) -> f64) -> Vec<Sample> {
+    s.tunnels
+        .iter()
+        .enumerate()
+        .map(|(k, v)| (tunnel_labels(k, v), value(v)))
+        .collect()
+}
+
+/// Samples of a per-tunnel counter from the pinned maps.
+#[expect(clippy::cast_precision_loss, reason = "Prometheus values are doubles")]
+fn per_tunnel_counter(
+    s: &Snapshot,
+    value: impl Fn(&ovpn_lb_common::TunnelStats) -> u64,
+) -> Vec<Sample> {
+    let Some(c) = &s.counters else {
+        return Vec::new();
+    };
+    s.tunnels
+        .iter()
+        .zip(&c.tunnels)
+        .enumerate()
+        .map(|(k, (v, stats))| (tunnel_labels(k, v), value(stats) as f64))
+        .collect()
+}
+
+#[expect(clippy::cast_precision_loss, reason = "Prometheus values are doubles")]
+fn per_reason(s: &Snapshot, value: impl Fn(&ovpn_lb_common::ReasonStats) -> u64) -> Vec<Sample> {
+    let Some(c) = &s.counters else {
+        return Vec::new();
+    };
+    Reason::ALL
+        .iter()
+        .zip(&c.reasons)
+        .map(|(r, stats)| {
+            (
+                vec![r.name().to_owned(), outcome_name(r.outcome()).to_owned()],
+                value(stats) as f64,
+            )
+        })
+        .collect()
+}
+
+/// The `outcome` label of a reason.
+#[must_use]
+pub fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Forwarded => "forwarded",
+        Outcome::Passed => "passed",
+        Outcome::Dropped => "dropped",
+    }
+}
+
+/// Every family the exporter emits, in order.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "ovpnlb_tunnel_tx_packets_total",
+        help: "Packets sprayed into the tunnel.",
+        kind: Kind::Counter,
+        labels: TUNNEL,
+        samples: |s| per_tunnel_counter(s, |t| t.tx_packets),
+    },
+    Family {
+        name: "ovpnlb_tunnel_tx_bytes_total",
+        help: "IP bytes sprayed into the tunnel.",
+        kind: Kind::Counter,
+        labels: TUNNEL,
+        samples: |s| per_tunnel_counter(s, |t| t.tx_bytes),
+    },
+    Family {
+        name: "ovpnlb_tunnel_rx_packets_total",
+        help: "Packets that arrived from the tunnel.",
+        kind: Kind::Counter,
+        labels: TUNNEL,
+        samples: |s| per_tunnel_counter(s, |t| t.rx_packets),
+    },
+    Family {
+        name: "ovpnlb_tunnel_rx_bytes_total",
+        help: "IP bytes that arrived from the tunnel.",
+        kind: Kind::Counter,
+        labels: TUNNEL,
+        samples: |s| per_tunnel_counter(s, |t| t.rx_bytes),
+    },
+    Family {
+        name: "ovpnlb_tunnel_up",
+        help: "1 while the tunnel is in the rotation, else 0.",
+        kind: Kind::Gauge,
+        labels: TUNNEL,
+        samples: |s| per_tunnel(s, |v| f64::from(u8::from(v.up))),
+    },
+    Family {
+        name: "ovpnlb_tunnel_weight",
+        help: "The tunnel's weight in the live schedule (0 out of rotation).",
+        kind: Kind::Gauge,
+        labels: TUNNEL,
+        samples: |s| per_tunnel(s, |v| f64::from(v.weight)),
+    },
+    Family {
+        name: "ovpnlb_packets_total",
+        help: "Packets the datapath handled, by reason and outcome.",
+        kind: Kind::Counter,
+        labels: REASON,
+        samples: |s| per_reason(s, |r| r.packets),
+    },
+    Family {
+        name: "ovpnlb_bytes_total",
+        help: "Bytes the datapath handled, by reason and outcome.",
+        kind: Kind::Counter,
+        labels: REASON,
+        samples: |s| per_reason(s, |r| r.bytes),
+    },
+    Family {
+        name: "ovpnlb_build_info",
+        help: "Always 1; labels say which build is running.",
+        kind: Kind::Gauge,
+        labels: &["version"],
+        samples: |_| vec![(vec![env!("CARGO_PKG_VERSION").to_owned()], 1.0)],
+    },
+];
+
+/// Every metric name the exporter emits (the dashboard test checks against it).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().map(|f| f.name)
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition format (version 0.0.4) of `snapshot`.
+#[must_use]
+pub fn encode(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    for f in FAMILIES {
+        let kind = match f.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {kind}", f.name);
+        for (values, value) in (f.samples)(snapshot) {
+            let labels: Vec<String> = f
+                .labels
+                .iter()
+                .zip(&values)
+                .map(|(l, v)| format!("{l}=\"{}\"", escape(v)))
+                .collect();
+            let _ = writeln!(out, "{}{{{}}} {value}", f.name, labels.join(","));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use ovpn_lb_common::{ReasonStats, TunnelStats};
+
+    use super::*;
+
+    fn sample() -> String {
+        let tunnels = vec![
+            TunnelView {
+                device: "tun0".into(),
+                up: true,
+                weight: 2,
+            },
+            TunnelView {
+                device: "tu\"n1".into(),
+                up: false,
+                weight: 0,
+            },
+        ];
+        let counters = Counters {
+            tunnels: vec![
+                TunnelStats {
+                    tx_packets: 10,
+                    tx_bytes: 1000,
+                    rx_packets: 7,
+                    rx_bytes: 700,
+                },
+                TunnelStats::default(),
+            ],
+            reasons: Reason::ALL
+                .iter()
+                .map(|&r| ReasonStats {
+                    packets: r as u64,
+                    bytes: 0,
+                })
+                .collect(),
+        };
+        encode(&Snapshot {
+            tunnels,
+            counters: Some(counters),
+        })
+    }
+
+    #[test]
+    fn emits_exactly_the_declared_names_with_help_and_type() {
+        let text = sample();
+        let typed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        let helped = text.lines().filter(|l| l.starts_with("# HELP ")).count();
+        assert_eq!(typed, names().collect::<Vec<_>>());
+        assert_eq!(helped, FAMILIES.len());
+    }
+
+    #[test]
+    fn values_labels_and_escaping() {
+        let text = sample();
+        let no_tunnel = Reason::NoTunnel as u32;
+        for line in [
+            "ovpnlb_tunnel_tx_packets_total{tunnel=\"0\",device=\"tun0\"} 10".to_owned(),
+            "ovpnlb_tunnel_rx_bytes_total{tunnel=\"0\",device=\"tun0\"} 700".to_owned(),
+            "ovpnlb_tunnel_up{tunnel=\"1\",device=\"tu\\\"n1\"} 0".to_owned(),
+            "ovpnlb_tunnel_weight{tunnel=\"0\",device=\"tun0\"} 2".to_owned(),
+            format!("ovpnlb_packets_total{{reason=\"no_tunnel\",outcome=\"dropped\"}} {no_tunnel}"),
+            "# TYPE ovpnlb_tunnel_tx_packets_total counter".to_owned(),
+            "# TYPE ovpnlb_tunnel_up gauge".to_owned(),
+            format!(
+                "ovpnlb_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}

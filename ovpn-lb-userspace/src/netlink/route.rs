@@ -1,0 +1,222 @@
+//! Policy rules and the routes of ovpn-lb's own routing table: the path the
+//! kernel takes for remote-bound LAN traffic the datapath hands to it
+//! (over the tunnel MTU, TTL about to expire), which must only ever lead
+//! into a tunnel (see `kernel_path`).
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    AddressFamily,
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteVia},
+    rule::{RuleAction as NlAction, RuleAttribute, RuleMessage},
+};
+use rtnetlink::{IpVersion, RouteMessageBuilder};
+
+use super::{Netlink, is_absent, is_exists};
+
+/// What a rule does with the packets it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RuleAction {
+    /// Look the destination up in this table.
+    Lookup(u32),
+    /// Answer ICMP "unreachable" and drop.
+    Unreachable,
+}
+
+/// A policy rule `iif IIF to ADDR/LEN ACTION priority PRIORITY`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rule {
+    pub priority: u32,
+    pub iif: String,
+    pub to: IpAddr,
+    pub to_len: u8,
+    pub action: RuleAction,
+}
+
+impl Rule {
+    fn message(&self) -> RuleMessage {
+        let mut m = RuleMessage::default();
+        m.header.family = family(self.to);
+        m.header.dst_len = self.to_len;
+        match self.action {
+            RuleAction::Lookup(table) => {
+                m.header.action = NlAction::ToTable;
+                m.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+                m.attributes.push(RuleAttribute::Table(table));
+            }
+            RuleAction::Unreachable => {
+                m.header.action = NlAction::Unreachable;
+                m.header.table = RouteHeader::RT_TABLE_UNSPEC;
+            }
+        }
+        m.attributes.push(RuleAttribute::Priority(self.priority));
+        m.attributes.push(RuleAttribute::Iifname(self.iif.clone()));
+        m.attributes.push(RuleAttribute::Destination(self.to));
+        m
+    }
+
+    fn of(m: &RuleMessage) -> Option<Self> {
+        let mut priority = 0;
+        let mut iif = None;
+        let mut to = None;
+        let mut table = u32::from(m.header.table);
+        for a in &m.attributes {
+            match a {
+                RuleAttribute::Priority(p) => priority = *p,
+                RuleAttribute::Iifname(n) => iif = Some(n.clone()),
+                RuleAttribute::Destination(d) => to = Some(*d),
+                RuleAttribute::Table(t) => table = *t,
+                _ => {}
+            }
+        }
+        let action = match m.header.action {
+            NlAction::ToTable => RuleAction::Lookup(table),
+            NlAction::Unreachable => RuleAction::Unreachable,
+            _ => return None,
+        };
+        Some(Self {
+            priority,
+            iif: iif?,
+            to: to?,
+            to_len: m.header.dst_len,
+            action,
+        })
+    }
+}
+
+/// Where the default route of ovpn-lb's table leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Out of a point-to-point (tun) device.
+    Device(u32),
+    /// To a next hop on an Ethernet (TAP) device.
+    Via(IpAddr, u32),
+}
+
+/// The default route of one family in ovpn-lb's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub table: u32,
+    pub v6: bool,
+    pub target: RouteTarget,
+}
+
+fn family(addr: IpAddr) -> AddressFamily {
+    match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn default_route(table: u32, v6: bool, target: Option<RouteTarget>) -> RouteMessage {
+    let mut m = if v6 {
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .table_id(table)
+            .build()
+    } else {
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .table_id(table)
+            .build()
+    };
+    match target {
+        Some(RouteTarget::Device(ifindex)) => {
+            m.header.scope = RouteScope::Link;
+            m.attributes.push(RouteAttribute::Oif(ifindex));
+        }
+        Some(RouteTarget::Via(addr, ifindex)) => {
+            m.attributes.push(RouteAttribute::Oif(ifindex));
+            // An IPv6 route through an IPv4 next hop (RFC 5549) names it with
+            // RTA_VIA; a next hop of the route's own family is its gateway.
+            m.attributes.push(match (addr, v6) {
+                (IpAddr::V4(a), false) => RouteAttribute::Gateway(RouteAddress::Inet(a)),
+                (IpAddr::V6(a), true) => RouteAttribute::Gateway(RouteAddress::Inet6(a)),
+                (IpAddr::V4(a), true) => RouteAttribute::Via(RouteVia::Inet(a)),
+                (IpAddr::V6(a), false) => RouteAttribute::Via(RouteVia::Inet6(a)),
+            });
+        }
+        None => {}
+    }
+    m
+}
+
+impl Netlink {
+    /// Rules of one family whose priority lies in `priorities`.
+    ///
+    /// # Errors
+    /// If the dump fails.
+    pub async fn rules(
+        &self,
+        v6: bool,
+        priorities: std::ops::RangeInclusive<u32>,
+    ) -> Result<Vec<Rule>, rtnetlink::Error> {
+        let version = if v6 { IpVersion::V6 } else { IpVersion::V4 };
+        let messages: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(version)
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(messages
+            .iter()
+            .filter_map(Rule::of)
+            .filter(|r| priorities.contains(&r.priority))
+            .collect())
+    }
+
+    /// Adds `rule`; one that exists already is fine.
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub async fn add_rule(&self, rule: &Rule) -> Result<(), rtnetlink::Error> {
+        let mut request = self.handle.rule().add();
+        *request.message_mut() = rule.message();
+        match request.execute().await {
+            Err(e) if is_exists(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Deletes `rule`; one that is gone already is fine.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason.
+    pub async fn delete_rule(&self, rule: &Rule) -> Result<(), rtnetlink::Error> {
+        match self.handle.rule().del(rule.message()).execute().await {
+            Err(e) if is_absent(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Makes `route` the default route of its table and family.
+    ///
+    /// # Errors
+    /// If the kernel refuses (e.g. the device went away meanwhile).
+    pub async fn set_default_route(&self, route: KernelRoute) -> Result<(), rtnetlink::Error> {
+        self.handle
+            .route()
+            .add(default_route(route.table, route.v6, Some(route.target)))
+            .replace()
+            .execute()
+            .await
+    }
+
+    /// Removes the default route of `table` for one family; gone already is
+    /// fine.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason.
+    pub async fn clear_default_route(&self, table: u32, v6: bool) -> Result<(), rtnetlink::Error> {
+        match self
+            .handle
+            .route()
+            .del(default_route(table, v6, None))
+            .execute()
+            .await
+        {
+            Err(e) if is_absent(&e) => Ok(()),
+            other => other,
+        }
+    }
+}

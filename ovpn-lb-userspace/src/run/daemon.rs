@@ -1,0 +1,581 @@
+//! The running loader: one record per tunnel, kept in step with the kernel
+//! (devices, neighbours, OpenVPN's state), and the datapath kept in step with
+//! the records (tunnel entries, schedule, the kernel path's route).
+//!
+//! Every handler's failure is logged and retried: a device that vanishes
+//! between an event and the attach, a map write the kernel refuses once,
+//! nothing of that stops the loader. Events are triggers; the state itself
+//! is always read fresh from the kernel (see `netlink`).
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use ovpn_lb_common::{SiteConfig, maps::site_flags, schedule};
+
+use crate::{
+    config::{Config, Hook, TunnelKind},
+    datapath::{
+        Datapath,
+        attach::{self, Attached, Attachment},
+    },
+    facts::Facts,
+    health::Management,
+    kernel_path::{self, Owned},
+    metrics::{TunnelView, Views},
+    netlink::{self, LinkFacts, Netlink, RouteTarget, netdev},
+    pins::Layout,
+    status::{ManagedNeighbour, State, TunnelState},
+    tunnel::{Tunnel, TunnelId},
+};
+
+/// Pause before a failed step is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Every so often everything is read again, whatever the events said.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Daemon {
+    /// The validated configuration; its tunnels live in `tunnels`.
+    config: Config,
+    config_path: PathBuf,
+    layout: Layout,
+    tunnels: Vec<Tunnel>,
+    datapath: Datapath,
+    netlink: Netlink,
+    lan: Option<LinkFacts>,
+    /// The `SITE` entry as written.
+    site: SiteConfig,
+    /// The LAN driver's XDP features are followed (XDP hook only): the XDP
+    /// restore may then forward straight to the LAN while it can transmit.
+    lan_features_followed: bool,
+    kernel: Owned,
+    routes: Option<(Option<RouteTarget>, Option<RouteTarget>)>,
+    published: Option<Vec<u32>>,
+    views: Views,
+    neighbours: Vec<ManagedNeighbour>,
+    mounted_bpffs: Option<PathBuf>,
+    /// Tunnels to read again from the kernel.
+    dirty: BTreeSet<TunnelId>,
+    /// A step failed: try again then.
+    retry_at: Option<Instant>,
+    next_reconcile: Instant,
+    /// What `status` last saw, to write the state file only on change.
+    written: Option<State>,
+}
+
+fn short(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+impl Daemon {
+    /// Takes the configuration's tunnels into one record each.
+    #[must_use]
+    pub fn new(
+        mut config: Config,
+        config_path: &Path,
+        layout: &Layout,
+        datapath: Datapath,
+        netlink: Netlink,
+        views: Views,
+        mounted_bpffs: Option<PathBuf>,
+    ) -> Self {
+        let tunnels = std::mem::take(&mut config.tunnels)
+            .into_iter()
+            .enumerate()
+            .map(|(k, spec)| Tunnel::new(TunnelId::new(k), spec))
+            .collect();
+        let kernel = Owned::of(&config);
+        Self {
+            config,
+            config_path: config_path.to_path_buf(),
+            layout: layout.clone(),
+            tunnels,
+            datapath,
+            netlink,
+            lan: None,
+            site: SiteConfig::default(),
+            lan_features_followed: false,
+            kernel,
+            routes: None,
+            published: None,
+            views,
+            neighbours: Vec::new(),
+            mounted_bpffs,
+            dirty: BTreeSet::new(),
+            retry_at: None,
+            next_reconcile: Instant::now() + RECONCILE_EVERY,
+            written: None,
+        }
+    }
+
+    #[must_use]
+    pub fn tunnels(&self) -> &[Tunnel] {
+        &self.tunnels
+    }
+
+    /// Writes the site and prefixes, takes every tunnel's device and far end
+    /// from the kernel, installs the kernel path, attaches, admits what is
+    /// healthy and publishes. Nothing here drops traffic on a restart: a
+    /// tunnel's entry keeps its far end's MAC while the device is the same.
+    ///
+    /// # Errors
+    /// If the datapath cannot be configured or the LAN program attached.
+    pub async fn start(&mut self, facts: &Facts, lan_features_followed: bool) -> Result<()> {
+        self.lan = facts.link(&self.config.lan.interface).cloned();
+        self.lan_features_followed = lan_features_followed;
+        let mut site = self.config.site(self.lan.as_ref());
+        if let Some(lan) = &self.lan {
+            site = self.with_lan_xmit(
+                site,
+                facts.xdp_features.get(&lan.ifindex).copied().unwrap_or(0),
+            );
+        }
+        self.datapath.set_site(&site)?;
+        self.site = site;
+        let specs: Vec<_> = self.tunnels.iter().map(|t| t.spec.clone()).collect();
+        self.datapath.sync_prefixes(
+            &self.config.remote_entries(),
+            &crate::config::translation_entries(&specs),
+        )?;
+        let wanted = kernel_path::rules(&self.config);
+        kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
+
+        let lan = self.config.lan.interface.clone();
+        self.report_foreign(&lan, facts);
+        for (a, how) in self
+            .datapath
+            .attach(&self.layout, &lan, &attach::lan(self.config.hook))?
+        {
+            report(&a, &lan, how);
+        }
+        for k in 0..self.tunnels.len() {
+            let link = facts.link(&self.tunnels[k].spec.device).cloned();
+            if let Some(l) = &link {
+                self.report_foreign(&l.name.clone(), facts);
+            }
+            // The entry a previous run left: its far-end MAC stays valid while
+            // the device is the same one, so a restart drops nothing.
+            let previous = self.datapath.tunnel(self.tunnels[k].id.raw()).ok();
+            if let (Some(prev), Some(l)) = (previous, &link)
+                && prev.ifindex == l.ifindex
+            {
+                self.tunnels[k].peer_mac = prev.peer_mac;
+            }
+            if let Err(e) = self.take_device(k, link).await {
+                log::warn!("{}: {}; trying again", self.tunnels[k].label(), short(&e));
+                self.dirty.insert(self.tunnels[k].id);
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
+            }
+        }
+        let ifindexes: Vec<u32> = self.tunnels.iter().map(Tunnel::ifindex).collect();
+        self.datapath
+            .retire_tunnels(self.tunnels.len(), &ifindexes)?;
+        for t in &mut self.tunnels {
+            t.health.admit_now();
+        }
+        self.publish().await;
+        Ok(())
+    }
+
+    fn report_foreign(&self, iface: &str, facts: &Facts) {
+        let xdp = facts.link(iface).map_or(0, |l| l.xdp_prog_id);
+        for foreign in attach::foreign_programs(iface, &self.layout, xdp) {
+            log::info!("{iface} also has {foreign}; left alone");
+        }
+    }
+
+    /// Tunnel `k`'s device is now `link` (`None`: gone, or of the wrong kind):
+    /// attach to a new device, learn its far end, write the entry, update
+    /// health.
+    async fn take_device(&mut self, k: usize, link: Option<LinkFacts>) -> Result<()> {
+        let now = Instant::now();
+        let link = link.filter(|l| {
+            let fits = matches!(
+                (self.tunnels[k].spec.kind, l.kind),
+                (TunnelKind::Tun, netlink::LinkKind::L3PointToPoint)
+                    | (TunnelKind::Tap, netlink::LinkKind::Ethernet)
+            );
+            if !fits {
+                log::warn!(
+                    "{}: {} is a {} device, not what kind = {:?} needs; left out of the rotation",
+                    self.tunnels[k].label(),
+                    l.name,
+                    l.kind,
+                    self.tunnels[k].spec.kind
+                );
+            }
+            fits
+        });
+        let old_ifindex = self.tunnels[k].ifindex();
+        let new_ifindex = link.as_ref().map_or(0, |l| l.ifindex);
+        if new_ifindex != old_ifindex {
+            self.tunnels[k].peer_mac = [0; 6];
+        }
+        let before = self.tunnels[k].entry();
+        self.tunnels[k].link.clone_from(&link);
+        if new_ifindex != old_ifindex && new_ifindex != 0 {
+            let t = &self.tunnels[k];
+            let what = attach::tunnel(t.spec.kind, self.config.hook);
+            let device = t.spec.device.clone();
+            let label = t.label();
+            let done = self.datapath.attach(&self.layout, &device, &what);
+            match done {
+                Ok(done) => {
+                    for (a, how) in done {
+                        report(&a, &device, how);
+                    }
+                }
+                Err(e) => {
+                    // Not attached: keep it out until a retry succeeds.
+                    self.tunnels[k].link = None;
+                    self.write_entry(k, &before, old_ifindex)?;
+                    self.tunnels[k].health.set_link(false, now);
+                    return Err(e.context(format!("{label}: attaching")));
+                }
+            }
+            if old_ifindex != 0 {
+                log::info!("{label}: device is back as ifindex {new_ifindex}; attached");
+            }
+        }
+        if new_ifindex == 0 && old_ifindex != 0 {
+            log::info!("{}: device removed", self.tunnels[k].label());
+        }
+        if let (Some(l), Some(addr)) = (&link, self.tunnels[k].spec.next_hop) {
+            self.manage_neighbour(k, l.ifindex, addr).await;
+            let mac = self
+                .netlink
+                .neighbour(l.ifindex, addr)
+                .await
+                .context("reading the neighbour table")?
+                .and_then(|n| n.mac)
+                .unwrap_or([0; 6]);
+            if mac != self.tunnels[k].peer_mac {
+                log::info!(
+                    "{}: next hop {addr} {}",
+                    self.tunnels[k].label(),
+                    if mac == [0; 6] {
+                        "unresolved".to_owned()
+                    } else {
+                        format!("is at {}", mac_text(mac))
+                    }
+                );
+            }
+            self.tunnels[k].peer_mac = mac;
+        }
+        self.write_entry(k, &before, old_ifindex)?;
+        let t = &mut self.tunnels[k];
+        t.health.set_link(link.as_ref().is_some_and(|l| l.up), now);
+        let known = t.peer_mac != [0; 6];
+        t.health.set_next_hop(known, now);
+        Ok(())
+    }
+
+    fn write_entry(
+        &mut self,
+        k: usize,
+        before: &ovpn_lb_common::TunnelConfig,
+        old_ifindex: u32,
+    ) -> Result<()> {
+        let entry = self.tunnels[k].entry();
+        let current = self.datapath.tunnel(self.tunnels[k].id.raw()).ok();
+        if &entry != before || current.as_ref() != Some(&entry) {
+            self.datapath
+                .set_tunnel(self.tunnels[k].id.raw(), &entry, Some(old_ifindex))
+                .with_context(|| {
+                    format!("{}: writing its datapath entry", self.tunnels[k].label())
+                })?;
+        }
+        Ok(())
+    }
+
+    /// A TAP tunnel's far end gets a managed neighbour entry, which the kernel
+    /// keeps resolved; without it the tunnel waits until the kernel resolves
+    /// the far end some other way.
+    async fn manage_neighbour(&mut self, k: usize, ifindex: u32, addr: std::net::IpAddr) {
+        let device = self.tunnels[k].spec.device.clone();
+        match self.netlink.manage_neighbour(ifindex, addr).await {
+            Ok(true) => {
+                let n = ManagedNeighbour { device, addr };
+                if !self.neighbours.contains(&n) {
+                    self.neighbours.push(n);
+                }
+            }
+            Ok(false) => log::info!(
+                "{}: {addr} has a permanent neighbour entry; using it",
+                self.tunnels[k].label()
+            ),
+            Err(e) => log::warn!(
+                "{}: cannot make a managed neighbour entry for {addr} (Linux 5.16+): {e}",
+                self.tunnels[k].label()
+            ),
+        }
+    }
+
+    /// Reads tunnel `k`'s device (and far end) again from the kernel.
+    async fn reconcile(&mut self, k: usize) -> Result<()> {
+        let link = self
+            .netlink
+            .link(&self.tunnels[k].spec.device)
+            .await
+            .context("reading a link")?;
+        self.take_device(k, link).await
+    }
+
+    /// Handles one notification.
+    pub fn on_netlink(&mut self, event: &netlink::Event) {
+        match event {
+            netlink::Event::Overrun => {
+                log::warn!("netlink notifications were lost; reading every tunnel again");
+                self.mark_all();
+            }
+            netlink::Event::Link { ifindex, name } => {
+                for t in &self.tunnels {
+                    if name.as_deref() == Some(t.spec.device.as_str())
+                        || (*ifindex != 0 && *ifindex == t.ifindex())
+                    {
+                        self.dirty.insert(t.id);
+                    }
+                }
+            }
+            netlink::Event::Neighbour { ifindex } => {
+                for t in &self.tunnels {
+                    if t.spec.kind == TunnelKind::Tap && *ifindex == t.ifindex() {
+                        self.dirty.insert(t.id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_all(&mut self) {
+        self.dirty.extend(self.tunnels.iter().map(|t| t.id));
+    }
+
+    /// OpenVPN's management interface said something (`None`: lost it).
+    pub fn on_management(&mut self, id: TunnelId, state: Option<String>) {
+        let m = state.map_or(Management::Lost, Management::State);
+        self.tunnels[id.index()]
+            .health
+            .set_management(m, Instant::now());
+    }
+
+    /// The LAN driver's XDP features changed: restores go straight to it
+    /// only while it can transmit XDP frames.
+    pub fn on_xdp_features(&mut self, ifindex: u32, features: u64) {
+        if self.config.hook != Hook::Xdp || ifindex != self.site.lan_ifindex {
+            return;
+        }
+        let site = self.with_lan_xmit(self.site, features);
+        if site != self.site {
+            match self.datapath.set_site(&site) {
+                Ok(()) => self.site = site,
+                Err(e) => {
+                    log::warn!("writing SITE: {}; trying again", short(&e));
+                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
+        }
+    }
+
+    fn with_lan_xmit(&self, mut site: SiteConfig, features: u64) -> SiteConfig {
+        let lan = &self.config.lan.interface;
+        let can = self.config.hook == Hook::Xdp
+            && self.lan_features_followed
+            && features & netdev::NDO_XMIT != 0;
+        let had = site.flags & site_flags::LAN_XDP_XMIT != 0;
+        if can {
+            site.flags |= site_flags::LAN_XDP_XMIT;
+        } else {
+            site.flags &= !site_flags::LAN_XDP_XMIT;
+        }
+        if self.config.hook == Hook::Xdp && (can != had || self.written.is_none()) {
+            if can {
+                log::info!(
+                    "{lan} takes XDP frames: restored packets go straight to it from the TAP devices"
+                );
+            } else {
+                log::info!(
+                    "{lan} does not take XDP frames (no ndo-xmit): restored packets go through the kernel"
+                );
+            }
+        }
+        site
+    }
+
+    /// The feature notifications stopped: assume the worst.
+    pub fn on_xdp_features_lost(&mut self, why: &str) {
+        log::warn!("XDP feature notifications failed ({why}); restores go through the kernel");
+        self.lan_features_followed = false;
+        let lan = self.site.lan_ifindex;
+        self.on_xdp_features(lan, 0);
+    }
+
+    /// When the loop must wake up without an event.
+    #[must_use]
+    pub fn next_wakeup(&self) -> Instant {
+        let up_delay = self.config.up_delay;
+        self.tunnels
+            .iter()
+            .filter_map(|t| t.health.deadline(up_delay))
+            .chain(self.retry_at)
+            .chain([self.next_reconcile])
+            .min()
+            .unwrap_or(self.next_reconcile)
+    }
+
+    /// Reads again what is dirty or due, advances health, publishes.
+    pub async fn settle(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_reconcile {
+            self.mark_all();
+            self.next_reconcile = now + RECONCILE_EVERY;
+        }
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+        }
+        if self.retry_at.is_none() {
+            for id in std::mem::take(&mut self.dirty) {
+                if let Err(e) = self.reconcile(id.index()).await {
+                    log::warn!(
+                        "{}: {}; trying again",
+                        self.tunnels[id.index()].label(),
+                        short(&e)
+                    );
+                    self.dirty.insert(id);
+                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
+        }
+        let up_delay = self.config.up_delay;
+        for t in &mut self.tunnels {
+            t.health.advance(Instant::now(), up_delay);
+        }
+        self.publish().await;
+    }
+
+    /// Publishes the schedule, the kernel path's route and the views if the
+    /// rotation changed, and the state file if anything `status` shows did.
+    async fn publish(&mut self) {
+        let weights: Vec<u32> = self.tunnels.iter().map(Tunnel::live_weight).collect();
+        if self.published.as_ref() != Some(&weights) {
+            match schedule::build(&weights)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))
+                .and_then(|s| self.datapath.publish_schedule(&s))
+            {
+                Ok(()) => {
+                    let states: Vec<String> = self
+                        .tunnels
+                        .iter()
+                        .map(|t| match (t.health.state(), t.health.fault()) {
+                            (s @ "down", Some(c)) => format!("{}={s}({})", t.spec.device, c.name()),
+                            (s, _) => format!("{}={s}", t.spec.device),
+                        })
+                        .collect();
+                    log::info!("rotation: {}", states.join(" "));
+                    self.published = Some(weights.clone());
+                }
+                Err(e) => {
+                    log::warn!("publishing the schedule: {}; trying again", short(&e));
+                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
+            if let Ok(mut views) = self.views.lock() {
+                *views = self
+                    .tunnels
+                    .iter()
+                    .zip(&weights)
+                    .map(|(t, &weight)| TunnelView {
+                        device: t.spec.device.clone(),
+                        up: t.health.in_rotation,
+                        weight,
+                    })
+                    .collect();
+            }
+        }
+        let targets = kernel_path::targets(&self.tunnels);
+        if self.routes != Some(targets) {
+            match kernel_path::route(&self.netlink, &self.kernel, targets).await {
+                Ok(()) => self.routes = Some(targets),
+                Err(e) => {
+                    log::warn!("kernel path: {}; trying again", short(&e));
+                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
+        }
+        let state = self.state(true, None);
+        if self.written.as_ref() != Some(&state) {
+            match state.write(&self.layout) {
+                Ok(()) => self.written = Some(state),
+                Err(e) => log::warn!("writing the state file: {}", short(&e)),
+            }
+        }
+    }
+
+    /// What `status` and `detach` read.
+    #[must_use]
+    pub fn state(&self, running: bool, exit_error: Option<String>) -> State {
+        State {
+            pid: std::process::id(),
+            running,
+            exit_error,
+            config: self.config_path.display().to_string(),
+            spray: self.config.spray.name().into(),
+            hook: self.config.hook.name().into(),
+            neighbours: self.neighbours.clone(),
+            lan_interface: self.config.lan.interface.clone(),
+            kernel_route: Some(self.kernel.clone()),
+            mounted_bpffs: self.mounted_bpffs.clone(),
+            tunnels: self
+                .tunnels
+                .iter()
+                .map(|t| TunnelState {
+                    id: t.id.raw(),
+                    device: t.spec.device.clone(),
+                    ifindex: t.ifindex(),
+                    weight: t.spec.weight,
+                    state: t.health.state().into(),
+                    cause: t.health.fault().map(|c| c.name().to_owned()),
+                    since: t
+                        .health
+                        .last_change
+                        .and_then(|c| c.at.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs_f64()),
+                    openvpn: match &t.health.management {
+                        Management::None => None,
+                        Management::Lost => Some("unreachable".into()),
+                        Management::State(s) => Some(s.clone()),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// The datapath, for the logger and the probes.
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
+    }
+
+    #[must_use]
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+fn report(a: &Attachment, iface: &str, how: Attached) {
+    log::info!(
+        "{} on {iface} ({:?}): {}",
+        a.program,
+        a.point,
+        match how {
+            Attached::Replaced => "replaced in place",
+            Attached::Created => "attached",
+        }
+    );
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}

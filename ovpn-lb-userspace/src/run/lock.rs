@@ -1,0 +1,82 @@
+//! One loader per datapath: `run.lock` in the run directory, held (flock)
+//! for the life of the process. A second `run` (or `detach`) takes over: it
+//! asks the holder to stop with SIGTERM, which leaves the datapath attached,
+//! and waits for the lock.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{pins::Layout, status::State};
+
+/// How long a takeover waits for the holder to exit.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn try_lock(file: &File) -> bool {
+    // SAFETY: flock on a descriptor we own; it is released when `file` closes.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// True when `pid` is a live process named `ovpn-lb`: never signal a PID that
+/// a stale state file names and the system has since given to another process.
+fn is_loader(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ovpn-lb")
+}
+
+/// Holds `run.lock` until dropped. If a `run` holds it, that one is asked to
+/// stop and this one takes over once it has gone. `who` names the caller in
+/// messages ("run", "detach").
+///
+/// # Errors
+/// If the holder cannot be identified or does not exit in time.
+pub async fn acquire(layout: &Layout, who: &str) -> Result<File> {
+    let path = layout.lock_file();
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if try_lock(&file) {
+        return Ok(file);
+    }
+    // Signal the running loader our state file names; if none is named (one
+    // is starting and has not written its state yet), wait and look again,
+    // without signalling a PID that may be stale.
+    let deadline = Instant::now() + TAKEOVER_TIMEOUT;
+    let mut signalled = false;
+    let mut said_waiting = false;
+    while !try_lock(&file) {
+        if !signalled {
+            match State::read(layout)
+                .ok()
+                .filter(|s| s.running && is_loader(s.pid))
+            {
+                Some(s) => {
+                    log::info!(
+                        "{who}: stopping `ovpn-lb run` pid {} (SIGTERM) to take over",
+                        s.pid
+                    );
+                    // SAFETY: a signal to the live ovpn-lb our own state file names.
+                    unsafe { libc::kill(libc::pid_t::try_from(s.pid)?, libc::SIGTERM) };
+                    signalled = true;
+                }
+                None if !said_waiting => {
+                    log::info!(
+                        "{who}: {} is held by a loader that is starting; waiting",
+                        path.display()
+                    );
+                    said_waiting = true;
+                }
+                None => {}
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} is still held after {TAKEOVER_TIMEOUT:?}: another `ovpn-lb run` did not stop (check `ovpn-lb status`)",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(file)
+}
