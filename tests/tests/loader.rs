@@ -186,7 +186,11 @@ fn attach_then_detach_leaves_nothing() {
     let out = lab.ping(9, "0.01").wait_with_output().unwrap();
     assert_eq!(ping_summary(&String::from_utf8_lossy(&out.stdout)), (9, 9));
     let ours = pinned_links(&lab);
-    assert_eq!(ours.len(), 4, "{ours:?}");
+    assert_eq!(
+        ours.len(),
+        7,
+        "LAN ingress, and ingress and egress of 3 tunnels: {ours:?}"
+    );
     // SIGTERM keeps the datapath (documented), and says so.
     assert_eq!(loader.stop(SIGTERM), Some(0));
     assert_eq!(
@@ -239,9 +243,9 @@ fn restarts_lose_no_pings() {
     let second = lab.start_loader(&[]);
     assert_eq!(first.wait(Duration::from_secs(5)), Some(0));
     let log = second.log_text();
-    assert!(log.contains("taking over from `ovpn-lb run` pid"), "{log}");
+    assert!(log.contains("run: stopping `ovpn-lb run` pid"), "{log}");
     assert!(
-        log.contains("lan_ingress on lan0: replaced in place"),
+        log.contains("lan_ingress on lan0 (tcx ingress): replaced in place"),
         "{log}"
     );
     thread::sleep(Duration::from_millis(1200));
@@ -251,7 +255,7 @@ fn restarts_lose_no_pings() {
     assert!(
         third
             .log_text()
-            .contains("lan_ingress on lan0: replaced in place"),
+            .contains("lan_ingress on lan0 (tcx ingress): replaced in place"),
         "{}",
         third.log_text()
     );
@@ -348,7 +352,7 @@ fn a_recreated_tunnel_device_is_picked_up() {
     assert!(
         loader
             .log_text()
-            .contains("tunnel 1 (ovt1): device is back"),
+            .contains("tunnel 1 (ovt1): device is ifindex"),
         "{}",
         loader.log_text()
     );

@@ -218,16 +218,16 @@ fn pinned_program(pin: &Path) -> Option<u32> {
 #[must_use]
 pub fn foreign_programs(iface: &str, layout: &Layout, xdp_prog_id: u32) -> Vec<String> {
     let mut found = Vec::new();
-    for (direction, point) in [
-        (TcAttachType::Ingress, Point::Ingress),
-        (TcAttachType::Egress, Point::Egress),
+    for (direction, point, name) in [
+        (TcAttachType::Ingress, Point::Ingress, "ingress"),
+        (TcAttachType::Egress, Point::Egress, "egress"),
     ] {
         let ours = pinned_program(&pin(layout, iface, point));
         if let Ok((_, progs)) = SchedClassifier::query_tcx(iface, direction) {
             for p in progs {
                 if Some(p.id()) != ours {
-                    let name = p.name_as_str().unwrap_or("?").to_owned();
-                    found.push(format!("tcx {direction:?} program {name} (id {})", p.id()));
+                    let prog = p.name_as_str().unwrap_or("?").to_owned();
+                    found.push(format!("tcx {name} program {prog} (id {})", p.id()));
                 }
             }
         }

@@ -220,10 +220,11 @@ pub fn encode(snapshot: &Snapshot) -> String {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {kind}", f.name);
         for (values, value) in (f.samples)(snapshot) {
-            let labels: Vec<String> = f
-                .labels
+            // Sorted by name, as the reference client libraries print them.
+            let mut pairs: Vec<(&str, &String)> = f.labels.iter().copied().zip(&values).collect();
+            pairs.sort_unstable_by_key(|(l, _)| *l);
+            let labels: Vec<String> = pairs
                 .iter()
-                .zip(&values)
                 .map(|(l, v)| format!("{l}=\"{}\"", escape(v)))
                 .collect();
             let _ = writeln!(out, "{}{{{}}} {value}", f.name, labels.join(","));
@@ -292,11 +293,11 @@ mod tests {
         let text = sample();
         let no_tunnel = Reason::NoTunnel as u32;
         for line in [
-            "ovpnlb_tunnel_tx_packets_total{tunnel=\"0\",device=\"tun0\"} 10".to_owned(),
-            "ovpnlb_tunnel_rx_bytes_total{tunnel=\"0\",device=\"tun0\"} 700".to_owned(),
-            "ovpnlb_tunnel_up{tunnel=\"1\",device=\"tu\\\"n1\"} 0".to_owned(),
-            "ovpnlb_tunnel_weight{tunnel=\"0\",device=\"tun0\"} 2".to_owned(),
-            format!("ovpnlb_packets_total{{reason=\"no_tunnel\",outcome=\"dropped\"}} {no_tunnel}"),
+            "ovpnlb_tunnel_tx_packets_total{device=\"tun0\",tunnel=\"0\"} 10".to_owned(),
+            "ovpnlb_tunnel_rx_bytes_total{device=\"tun0\",tunnel=\"0\"} 700".to_owned(),
+            "ovpnlb_tunnel_up{device=\"tu\\\"n1\",tunnel=\"1\"} 0".to_owned(),
+            "ovpnlb_tunnel_weight{device=\"tun0\",tunnel=\"0\"} 2".to_owned(),
+            format!("ovpnlb_packets_total{{outcome=\"dropped\",reason=\"no_tunnel\"}} {no_tunnel}"),
             "# TYPE ovpnlb_tunnel_tx_packets_total counter".to_owned(),
             "# TYPE ovpnlb_tunnel_up gauge".to_owned(),
             format!(

@@ -236,9 +236,7 @@ impl Daemon {
                     return Err(e.context(format!("{label}: attaching")));
                 }
             }
-            if old_ifindex != 0 {
-                log::info!("{label}: device is back as ifindex {new_ifindex}; attached");
-            }
+            log::info!("{label}: device is ifindex {new_ifindex}; programs attached");
         }
         if new_ifindex == 0 && old_ifindex != 0 {
             log::info!("{}: device removed", self.tunnels[k].label());
@@ -565,10 +563,14 @@ impl Daemon {
 }
 
 fn report(a: &Attachment, iface: &str, how: Attached) {
+    let point = match a.point {
+        attach::Point::Ingress => "tcx ingress",
+        attach::Point::Egress => "tcx egress",
+        attach::Point::Xdp => "native XDP",
+    };
     log::info!(
-        "{} on {iface} ({:?}): {}",
+        "{} on {iface} ({point}): {}",
         a.program,
-        a.point,
         match how {
             Attached::Replaced => "replaced in place",
             Attached::Created => "attached",
