@@ -185,6 +185,12 @@ pub struct LoaderProcess {
 }
 
 impl LoaderProcess {
+    /// The loader's PID (`ip netns exec` execs it in place).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` and waits for the exit code (`None`: killed by a signal).
     #[must_use]
     pub fn stop(mut self, signal: i32) -> Option<i32> {

@@ -24,15 +24,23 @@ const SIGKILL: i32 = 9;
 
 /// Programs attached through tcx at `iface`'s ingress in the gateway namespace.
 fn tcx_programs(lab: &GatewayLab, iface: &'static str) -> Vec<String> {
-    lab.gw.enter(
-        || match SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
+    tcx_programs_at(lab, iface, TcAttachType::Ingress)
+}
+
+fn tcx_programs_at(lab: &GatewayLab, iface: &'static str, at: TcAttachType) -> Vec<String> {
+    lab.gw
+        .enter(move || match SchedClassifier::query_tcx(iface, at) {
             Ok((_, progs)) => progs
                 .iter()
                 .map(|p| p.name_as_str().unwrap_or("?").to_owned())
                 .collect(),
             Err(e) => panic!("query tcx on {iface}: {e}"),
-        },
-    )
+        })
+}
+
+/// The gateway's policy rules (IPv4), as `ip rule` prints them.
+fn rules(lab: &GatewayLab) -> String {
+    run("ip", &["-n", lab.gw.name(), "rule", "show"])
 }
 
 fn all_devices() -> Vec<&'static str> {
@@ -69,12 +77,19 @@ fn bpftool_ids(object: &str) -> Vec<u64> {
 
 fn assert_nothing_attached(lab: &GatewayLab) {
     for dev in all_devices() {
-        assert!(
-            tcx_programs(lab, dev).is_empty(),
-            "{dev} still has {:?}",
-            tcx_programs(lab, dev)
-        );
+        for at in [TcAttachType::Ingress, TcAttachType::Egress] {
+            assert!(
+                tcx_programs_at(lab, dev, at).is_empty(),
+                "{dev} still has {:?}",
+                tcx_programs_at(lab, dev, at)
+            );
+        }
     }
+    let rules = rules(lab);
+    assert!(
+        !rules.contains("lookup 7600") && !rules.contains("unreachable"),
+        "ovpn-lb's rules left behind:\n{rules}"
+    );
     assert!(
         !lab.scratch.pin_root().exists(),
         "pins left in {}",
@@ -180,7 +195,24 @@ fn attach_then_detach_leaves_nothing() {
     );
     for dev in ["ovt0", "ovt1", "ovt2"] {
         assert_eq!(tcx_programs(&lab, dev), ["tunnel_ingress"]);
+        assert_eq!(
+            tcx_programs_at(&lab, dev, TcAttachType::Egress),
+            ["tunnel_egress"]
+        );
     }
+    // The kernel path: LAN traffic for the remote prefix is routed by
+    // ovpn-lb's table, with nothing behind it but `unreachable`.
+    let rules = rules(&lab);
+    assert!(
+        rules.contains("7600:\tfrom all to 10.20.30.0/24 iif lan0 lookup 7600")
+            && rules.contains("7601:\tfrom all to 10.20.30.0/24 iif lan0 unreachable"),
+        "{rules}"
+    );
+    let table = run(
+        "ip",
+        &["-n", lab.gw.name(), "route", "show", "table", "7600"],
+    );
+    assert!(table.contains("default dev ovt0"), "{table}");
     assert_eq!(lab.in_rotation(), [0, 1, 2]);
     // The foreign program hands packets on, so ours still sprays them.
     let out = lab.ping(9, "0.01").wait_with_output().unwrap();
@@ -446,6 +478,249 @@ fn openvpn_management_state_drives_health() {
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(json["tunnels"][0]["openvpn"], "EXITING");
     assert_eq!(json["tunnels"][0]["state"], "down");
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
+#[test]
+fn a_missing_tunnel_device_is_a_warning_and_joins_when_it_appears() {
+    if !require_root("a_missing_tunnel_device_is_a_warning_and_joins_when_it_appears") {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = GatewayLab::new(300, |_| String::new());
+    // OpenVPN for tunnel 2 has not started yet.
+    lab.responders[2] = None;
+    let checked = lab.ovpn_lb(&["check", "--config", lab.config.to_str().unwrap()]);
+    assert!(checked.status.success(), "{checked:?}");
+    assert!(
+        String::from_utf8_lossy(&checked.stderr)
+            .contains("tunnel[2].device = \"ovt2\" does not exist (yet)"),
+        "{checked:?}"
+    );
+    let loader = lab.start_loader(&[]);
+    assert_eq!(lab.in_rotation(), [0, 1]);
+    lab.responders[2] = Some(Responder::start(&lab.gw, "ovt2", 2));
+    lab.gw.ip(&["link", "set", "ovt2", "up"]);
+    let joined = lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    eprintln!("device created -> in the rotation after {joined:?} (up-delay 300 ms)");
+    assert_eq!(
+        tcx_programs_at(&lab, "ovt2", TcAttachType::Egress),
+        ["tunnel_egress"]
+    );
+    let out = lab.ping(30, "0.01").wait_with_output().unwrap();
+    assert_eq!(
+        ping_summary(&String::from_utf8_lossy(&out.stdout)),
+        (30, 30)
+    );
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
+#[test]
+fn a_device_of_the_wrong_kind_stays_out_until_replaced() {
+    if !require_root("a_device_of_the_wrong_kind_stays_out_until_replaced") {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = GatewayLab::new(200, |_| String::new());
+    let loader = lab.start_loader(&[]);
+    lab.responders[1] = None;
+    lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
+    // Something else takes the name: an Ethernet device, not a tun.
+    lab.gw.ip(&[
+        "link", "add", "ovt1", "type", "veth", "peer", "name", "ovt1p",
+    ]);
+    lab.gw.ip(&["link", "set", "ovt1", "up"]);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.in_rotation(), [0, 2], "a veth is no tun tunnel");
+    assert!(
+        loader
+            .log_text()
+            .contains("ovt1 (Ethernet) does not fit kind = \"tun\""),
+        "{}",
+        loader.log_text()
+    );
+    assert!(tcx_programs(&lab, "ovt1").is_empty());
+    lab.gw.ip(&["link", "del", "ovt1"]);
+    lab.responders[1] = Some(Responder::start(&lab.gw, "ovt1", 1));
+    lab.gw.ip(&["link", "set", "ovt1", "up"]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
+#[test]
+fn lost_notifications_are_made_up_for() {
+    if !require_root("lost_notifications_are_made_up_for") {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = GatewayLab::new(200, |_| String::new());
+    let loader = lab.start_loader(&[]);
+    // Stop the loader, fill its notification socket with a storm of link
+    // events, then remove a tunnel device: its notification has no room.
+    let pid = libc::pid_t::try_from(loader.pid()).unwrap();
+    // SAFETY: signals to the loader this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let batch = lab.scratch.dir.join("storm.batch");
+    let mut text = String::new();
+    for i in 0..400 {
+        text.push_str(&format!("link add st{i} type veth peer name sp{i}\n"));
+    }
+    std::fs::write(&batch, text).unwrap();
+    run(
+        "ip",
+        &["-n", lab.gw.name(), "-batch", batch.to_str().unwrap()],
+    );
+    lab.responders[1] = None;
+    let start = Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let left = lab.wait_rotation_since(start, Duration::from_secs(5), |r| r == [0, 2]);
+    eprintln!("after an overrun, the removed device left the rotation in {left:?}");
+    assert!(left < Duration::from_secs(2), "{left:?}");
+    assert!(
+        loader.log_text().contains("notifications were lost"),
+        "{}",
+        loader.log_text()
+    );
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
+#[test]
+fn detach_stops_a_running_loader_first() {
+    if !require_root("detach_stops_a_running_loader_first") {
+        return;
+    }
+    let _serial = serial();
+    let lab = GatewayLab::new(200, |_| String::new());
+    let loader = lab.start_loader(&[]);
+    let out = lab.ovpn_lb(&["detach"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("detach: stopping `ovpn-lb run` pid"),
+        "{out:?}"
+    );
+    assert_eq!(
+        loader.wait(Duration::from_secs(5)),
+        Some(0),
+        "the loader exits first"
+    );
+    assert_nothing_attached(&lab);
+}
+
+#[test]
+fn takeover_never_signals_a_stale_pid_and_detach_keeps_a_foreign_bpffs() {
+    if !require_root("takeover_never_signals_a_stale_pid_and_detach_keeps_a_foreign_bpffs") {
+        return;
+    }
+    let _serial = serial();
+    let lab = GatewayLab::new(200, |_| String::new());
+    let run_dir = lab.scratch.run_dir();
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // Someone holds the lock for 2 s, and a stale state (running: false)
+    // names that process: a new run must wait, not signal it.
+    let holder = std::process::Command::new("flock")
+        .arg(run_dir.join("run.lock"))
+        .args(["sleep", "2"])
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        run_dir.join("state.json"),
+        format!(
+            r#"{{"pid": {}, "running": false, "config": "", "lan_interface": "lan0", "tunnels": []}}"#,
+            holder.id()
+        ),
+    )
+    .unwrap();
+    let mut holder = holder;
+    let loader = lab.start_loader(&[]);
+    let status = holder.wait().unwrap();
+    assert!(
+        status.success(),
+        "the lock holder was signalled: {status:?}"
+    );
+    assert!(
+        loader
+            .log_text()
+            .contains("held by a loader that is starting")
+    );
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    // The scratch bpffs was mounted by the test, not by run: detach keeps it.
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let ours = lab.scratch.dir.join("bpf");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == ours.to_str()),
+        "detach unmounted a bpffs it did not mount"
+    );
+}
+
+#[test]
+fn metrics_endpoint_survives_hostile_clients() {
+    if !require_root("metrics_endpoint_survives_hostile_clients") {
+        return;
+    }
+    let _serial = serial();
+    let lab = GatewayLab::new(200, |_| String::new());
+    let loader = lab.start_loader(&[]);
+    // Room for a thousand sockets in this process.
+    // SAFETY: plain rlimit calls on a struct we own.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim);
+        lim.rlim_cur = lim.rlim_max.min(65_536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
+    }
+    let (idle, endless) = lab.gw.enter(|| {
+        let idle: Vec<std::net::TcpStream> = (0..1000)
+            .filter_map(|_| std::net::TcpStream::connect("127.0.0.1:9477").ok())
+            .collect();
+        // A header line that never ends.
+        let mut endless = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
+        endless
+            .write_all(b"GET /metrics HTTP/1.1\r\nX-Endless: ")
+            .unwrap();
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut sent = 0;
+        while sent < 4 << 20 {
+            if endless.write_all(&chunk).is_err() {
+                break; // The server hung up on it: what we want.
+            }
+            sent += chunk.len();
+        }
+        (idle, endless)
+    });
+    assert!(
+        idle.len() >= 900,
+        "only {} connections were accepted",
+        idle.len()
+    );
+    let start = Instant::now();
+    let text = lab.scrape();
+    let took = start.elapsed();
+    eprintln!("scrape with 1000 idle connections and an endless header open: {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(text.contains("ovpnlb_tunnel_up"), "{text}");
+    // Only GET of the two paths.
+    let (status, _) = ovpn_lb_tests::gateway::http_get(&lab.gw, "127.0.0.1:9477", "/nope");
+    assert_eq!(status, 404);
+    let (status, body) = ovpn_lb_tests::gateway::http_get(&lab.gw, "127.0.0.1:9477", "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // The loader stayed small.
+    let statm = std::fs::read_to_string(format!("/proc/{}/status", loader.pid())).unwrap();
+    let rss_kb: u64 = statm
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    eprintln!("loader RSS: {rss_kb} kB");
+    assert!(rss_kb < 64 * 1024, "loader grew to {rss_kb} kB");
+    drop((idle, endless));
     assert_eq!(loader.stop(SIGTERM), Some(0));
     assert!(lab.ovpn_lb(&["detach"]).status.success());
 }

@@ -140,6 +140,17 @@ pub enum TunnelKind {
     Tap,
 }
 
+impl TunnelKind {
+    /// As the configuration writes it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelKind::Tun => "tun",
+            TunnelKind::Tap => "tap",
+        }
+    }
+}
+
 /// Where OpenVPN's management interface listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManagementTarget {

@@ -200,11 +200,11 @@ impl Daemon {
             );
             if !fits {
                 log::warn!(
-                    "{}: {} is a {} device, not what kind = {:?} needs; left out of the rotation",
+                    "{}: {} ({}) does not fit kind = \"{}\"; left out of the rotation",
                     self.tunnels[k].label(),
                     l.name,
                     l.kind,
-                    self.tunnels[k].spec.kind
+                    self.tunnels[k].spec.kind.name()
                 );
             }
             fits
