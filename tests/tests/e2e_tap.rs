@@ -15,7 +15,7 @@ use ovpn_lb_tests::{
     gateway::{loader_bin, serial},
     lab::{HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Side},
     require_root,
-    traffic::{Capture, ping, tcp_transfer, udp_exchange},
+    traffic::{Capture, ping, ping_background, tcp_transfer, udp_exchange},
 };
 
 const TUNNELS: usize = 4;
@@ -300,7 +300,7 @@ fn lan_xmit_follows_the_host_gro(lab: &Lab) {
 /// Everything one TAP lab checks, under `hook` ("tc" or "xdp").
 fn tap_lab_end_to_end(hook: &str) {
     let started = Instant::now();
-    let lab = lab(hook);
+    let mut lab = lab(hook);
     let up = started.elapsed();
     assert_hook(&lab, hook);
 
@@ -313,6 +313,7 @@ fn tap_lab_end_to_end(hook: &str) {
     if hook == "xdp" {
         lan_xmit_follows_the_host_gro(&lab);
     }
+    restarts_lose_nothing(&mut lab);
 
     let capture = capture.stop();
     let clear = capture.read(CLEAR_TEXT);
@@ -325,6 +326,30 @@ fn tap_lab_end_to_end(hook: &str) {
         "{hook}: lab up in {:.1} s, checks in {:.1} s",
         up.as_secs_f64(),
         started.elapsed().saturating_sub(up).as_secs_f64()
+    );
+}
+
+/// kill -9 of gateway A's loader and a new run, then a takeover on gateway
+/// B, with 100 pings a second that must all come back: a restart keeps each
+/// TAP tunnel's far-end MAC in the datapath while its device stays the same.
+fn restarts_lose_nothing(lab: &mut Lab) {
+    let ha = lab.host(Side::A);
+    let pings = ping_background(&ha, HOST_B, 300, "0.01");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    lab.kill_loader(Side::A);
+    lab.start_loader(Side::A);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    lab.start_loader(Side::B);
+    let out = pings.wait_with_output().unwrap();
+    let (sent, received) =
+        ovpn_lb_tests::gateway::ping_summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!((sent, received), (300, 300), "pings lost across restarts");
+    let c = lab.counters(Side::A);
+    assert_eq!(
+        c.reasons[Reason::NoNextHop as usize].packets,
+        0,
+        "{}",
+        lab.diagnose()
     );
 }
 
