@@ -420,17 +420,21 @@ impl Lab {
         self.options.weights.get(k).copied().unwrap_or(1)
     }
 
-    /// Kernel routes: the remote LAN through tunnel 0 (the kernel's own path,
-    /// used for packets over the MTU); on a plain peer, our translated
-    /// prefixes back through their own tunnels.
+    /// Kernel routes where no ovpn-lb routes: without loaders (baselines),
+    /// the remote LAN through tunnel 0; on a plain peer, our translated
+    /// prefixes back through their own tunnels. A gateway running ovpn-lb
+    /// needs none: its kernel path has ovpn-lb's own rules and table.
     fn routes(&self) {
-        self.route_through(Side::A, false, "192.168.20.0/24", 0);
-        self.route_through(Side::A, true, "fd00:b::/64", 0);
+        if !self.options.loaders {
+            self.route_through(Side::A, false, "192.168.20.0/24", 0);
+            self.route_through(Side::A, true, "fd00:b::/64", 0);
+        }
         match self.options.peer {
-            Peer::OvpnLb => {
+            Peer::OvpnLb if !self.options.loaders => {
                 self.route_through(Side::B, false, "192.168.10.0/24", 0);
                 self.route_through(Side::B, true, "fd00:a::/64", 0);
             }
+            Peer::OvpnLb => {}
             Peer::PlainRoutes => {
                 for k in 0..self.options.tunnels {
                     self.route_through(Side::B, false, &format!("100.64.{k}.0/24"), k);

@@ -317,3 +317,83 @@ fn one_sided_flow_mode_against_plain_openvpn_routes() {
     assert_eq!(echoed, 50);
     assert!(peer.ip().to_string().starts_with("100.64."));
 }
+
+/// `ping ARGS` from `ns`: its whole output.
+fn ping_output(ns: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-n", "-W", "1"])
+        .args(args)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn over_the_tunnel_mtu_nothing_leaves_in_the_clear() {
+    if !require_root("over_the_tunnel_mtu_nothing_leaves_in_the_clear") {
+        return;
+    }
+    let _serial = serial();
+    let lab = lab(Options::default());
+    let (ga, gb, ha) = (lab.gw(Side::A), lab.gw(Side::B), lab.host(Side::A));
+    // Tunnels narrower than the LAN, and a default route out of the WAN, as
+    // on every real gateway: the reproduction of the cleartext leak.
+    for gw in [&ga, &gb] {
+        for k in 0..4 {
+            lab.ip(gw, &["link", "set", &format!("tun{k}"), "mtu", "1400"]);
+        }
+    }
+    lab.ip(&ga, &["route", "add", "default", "via", "172.30.0.2", "dev", "wan"]);
+    lab.ip(&ga, &["-6", "route", "add", "default", "dev", "wan"]);
+    // Let the loaders see the new MTUs.
+    thread::sleep(Duration::from_millis(300));
+    let wan = Capture::start(&ga, "wan", &lab.dir.join("wan.pcap"));
+    let far = Capture::start(&gb, "tun0", &lab.dir.join("tun0.pcap"));
+
+    // DF clear: fragmented by gateway A's kernel (first, before host A caches
+    // a path MTU and fragments by itself), through a tunnel, answered.
+    let frag = ping_output(&ha, &["-c", "3", "-s", "1450", "-M", "dont", HOST_B]);
+    assert!(frag.contains("3 received"), "{frag}");
+    // DF set: the sender learns the tunnel MTU.
+    let df = ping_output(&ha, &["-c", "3", "-s", "1450", "-M", "do", HOST_B]);
+    assert!(
+        df.contains("mtu = 1400") || df.contains("mtu=1400"),
+        "no fragmentation-needed with the tunnel MTU:\n{df}"
+    );
+    // IPv6 never fragments on the way: packet too big.
+    let v6 = ping_output(&ha, &["-6", "-c", "3", "-s", "1450", HOST_B6]);
+    assert!(v6.contains("mtu=1400") || v6.contains("mtu = 1400"), "{v6}");
+    // No tunnel left: unreachable, still nothing on the WAN.
+    for k in 0..4 {
+        lab.ip(&ga, &["link", "set", &format!("tun{k}"), "down"]);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let none = ping_output(&ha, &["-c", "2", "-s", "1450", "-M", "dont", HOST_B]);
+    assert!(none.contains("0 received"), "{none}");
+    for k in 0..4 {
+        lab.ip(&ga, &["link", "set", &format!("tun{k}"), "up"]);
+    }
+
+    let (wan, far) = (wan.stop(), far.stop());
+    let clear = wan.read(CLEAR_TEXT);
+    assert!(
+        clear.is_empty(),
+        "LAN addresses in the clear on the WAN: {:?}",
+        &clear[..clear.len().min(5)]
+    );
+    // Fragments cross the tunnel translated both ways, like sprayed packets:
+    // gateway A's arrive from 100.64.0.5, gateway B's replies leave from
+    // 100.65.0.5; never from a real LAN address.
+    let fragments = far.read("ip[6:2] & 0x3fff != 0");
+    assert!(fragments.len() >= 12, "{fragments:?}");
+    assert!(
+        fragments
+            .iter()
+            .all(|l| l.contains("IP 100.64.0.5 >") || l.contains("IP 100.65.0.5 >")),
+        "untranslated fragments: {fragments:?}"
+    );
+}
