@@ -125,30 +125,19 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::{parse, validate::tests::fake},
+        config::{
+            parse,
+            validate::tests::{GOOD, fake},
+        },
         netlink::LinkKind,
     };
 
-    const TEXT: &str = r#"
-remote_prefixes = ["10.20.30.0/24", "fd00:20::/64"]
-exclude = ["10.20.30.1/32"]
-[lan]
-interface = "eth1"
-prefixes = ["192.168.10.0/24", "fd00:10::/64"]
-[[tunnel]]
-device = "tun0"
-translate = ["100.64.0.0/24", "fd00:64::/64"]
-peer_translate = ["100.65.0.0/24", "fd00:65::/64"]
-[[tunnel]]
-device = "tap0"
-kind = "tap"
-next_hop = "10.99.1.2"
-translate = ["100.64.1.0/24", "fd00:64:1::/64"]
-"#;
-
     #[test]
     fn entries_carry_prefixes_devices_and_framing() {
-        let (c, _) = parse(TEXT, &fake()).unwrap();
+        let text = format!(
+            "{GOOD}\n[[tunnel]]\ndevice = \"tap0\"\nkind = \"tap\"\nnext_hop = \"10.99.1.2\"\ntranslate = [\"100.64.2.0/24\", \"fd00:64:2::/64\"]\n"
+        );
+        let (c, _) = parse(&text, &fake()).unwrap();
         let facts = fake();
         let t0 = c.tunnels[0].entry(facts.link("tun0"), [0; 6]);
         assert_eq!((t0.ifindex, t0.mtu, t0.framing), (3, 1500, framing::TUN));

@@ -576,7 +576,7 @@ pub(crate) mod tests {
         }
     }
 
-    const GOOD: &str = r#"
+    pub(crate) const GOOD: &str = r#"
 remote_prefixes = ["10.20.30.0/24", "fd00:20::/64"]
 exclude = ["10.20.30.1/32"]
 spray = "flow"
@@ -717,34 +717,42 @@ translate = ["100.64.0.0/24"]
 
     #[test]
     fn tap_and_tun_are_checked_against_the_device() {
-        expect_error(
-            &TAP_TUNNELS.replace("\"tap0\"", "\"tun0\""),
-            "tunnel[0].device = \"tun0\" is not an Ethernet (TAP) device",
-        );
-        expect_error(
-            &TAP_TUNNELS.replace("next_hop = \"10.99.0.2\"\n", ""),
-            "tunnel[0].next_hop is missing",
-        );
-        expect_error(
-            &TAP_TUNNELS.replace("10.99.0.2", "10.99.0"),
-            "tunnel[0].next_hop = \"10.99.0\" is not an IPv4 or IPv6 address",
-        );
-        expect_error(
-            &GOOD.replace("weight = 3", "weight = 3\nnext_hop = \"10.99.0.2\""),
-            "tunnel[1].next_hop = \"10.99.0.2\": a tun tunnel has no next hop",
-        );
+        for (text, needle) in [
+            (
+                TAP_TUNNELS.replace("\"tap0\"", "\"tun0\""),
+                "tunnel[0].device = \"tun0\" is not an Ethernet (TAP) device",
+            ),
+            (
+                TAP_TUNNELS.replace("next_hop = \"10.99.0.2\"\n", ""),
+                "tunnel[0].next_hop is missing",
+            ),
+            (
+                TAP_TUNNELS.replace("10.99.0.2", "10.99.0"),
+                "tunnel[0].next_hop = \"10.99.0\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                GOOD.replace("weight = 3", "weight = 3\nnext_hop = \"10.99.0.2\""),
+                "tunnel[1].next_hop = \"10.99.0.2\": a tun tunnel has no next hop",
+            ),
+        ] {
+            expect_error(&text, needle);
+        }
     }
 
     #[test]
     fn xdp_with_tun_tunnels_is_refused_with_the_reason() {
-        expect_error(
-            &GOOD.replace("spray = \"flow\"", "hook = \"xdp\""),
-            "hook = \"xdp\": tun0 is a tun device: Linux refuses native XDP",
-        );
-        expect_error(
-            &GOOD.replace("spray = \"flow\"", "mode = \"flow\""),
-            "mode = \"flow\": the spray mode is spray = \"flow\"",
-        );
+        for (text, needle) in [
+            (
+                GOOD.replace("spray = \"flow\"", "hook = \"xdp\""),
+                "hook = \"xdp\": tun0 is a tun device: Linux refuses native XDP",
+            ),
+            (
+                GOOD.replace("spray = \"flow\"", "mode = \"flow\""),
+                "mode = \"flow\": the spray mode is spray = \"flow\"",
+            ),
+        ] {
+            expect_error(&text, needle);
+        }
     }
 
     #[test]
@@ -832,14 +840,18 @@ translate = ["100.64.0.0/24"]
 
     #[test]
     fn duplicate_and_overlapping() {
-        expect_error(
-            &GOOD.replace("\"tun1\"", "\"tun0\""),
-            "tunnel[1].device = \"tun0\" is configured twice",
-        );
-        expect_error(
-            &GOOD.replace("100.64.1.0/24", "100.64.0.0/24"),
-            "duplicates tunnel[0].translate[0]",
-        );
+        for (text, needle) in [
+            (
+                GOOD.replace("\"tun1\"", "\"tun0\""),
+                "tunnel[1].device = \"tun0\" is configured twice",
+            ),
+            (
+                GOOD.replace("100.64.1.0/24", "100.64.0.0/24"),
+                "duplicates tunnel[0].translate[0]",
+            ),
+        ] {
+            expect_error(&text, needle);
+        }
         expect_error(&GOOD.replace("10.20.30.0/24", "192.168.0.0/16"), "overlaps");
     }
 
@@ -864,26 +876,30 @@ translate = ["100.64.0.0/24"]
 
     #[test]
     fn malformed_addresses() {
-        expect_error(
-            &GOOD.replace("10.20.30.0/24", "10.20.300.0/24"),
-            "remote_prefixes[0] = \"10.20.300.0/24\": \"10.20.300.0\" is not an IPv4 or IPv6 address",
-        );
-        expect_error(
-            &GOOD.replace("10.20.30.0/24", "10.20.30.0"),
-            "is not a prefix",
-        );
-        expect_error(
-            &GOOD.replace("10.20.30.0/24", "10.20.30.0/33"),
-            "the length must be a number from 0 to 32",
-        );
-        expect_error(
-            &GOOD.replace("192.168.10.0/24", "192.168.10.1/24"),
-            "has host bits set: did you mean \"192.168.10.0/24\"?",
-        );
-        expect_error(
-            &GOOD.replace("127.0.0.1:7505", "localhost"),
-            "tunnel[0].management = \"localhost\" is not an address:port",
-        );
+        for (text, needle) in [
+            (
+                GOOD.replace("10.20.30.0/24", "10.20.300.0/24"),
+                "remote_prefixes[0] = \"10.20.300.0/24\": \"10.20.300.0\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                GOOD.replace("10.20.30.0/24", "10.20.30.0"),
+                "is not a prefix",
+            ),
+            (
+                GOOD.replace("10.20.30.0/24", "10.20.30.0/33"),
+                "the length must be a number from 0 to 32",
+            ),
+            (
+                GOOD.replace("192.168.10.0/24", "192.168.10.1/24"),
+                "has host bits set: did you mean \"192.168.10.0/24\"?",
+            ),
+            (
+                GOOD.replace("127.0.0.1:7505", "localhost"),
+                "tunnel[0].management = \"localhost\" is not an address:port",
+            ),
+        ] {
+            expect_error(&text, needle);
+        }
     }
 
     #[test]

@@ -35,6 +35,17 @@ pub struct Datapath {
     last_flip: Option<Instant>,
 }
 
+/// Program `name` of the object, as its type `P`.
+fn typed<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?;
+    Ok(program.try_into()?)
+}
+
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
     ebpf.map_mut(name)
         .ok_or_else(|| anyhow!("the BPF object has no map named {name}"))
@@ -77,22 +88,12 @@ impl Datapath {
         }
         let mut ebpf = loader.load(OBJECT).context("loading the BPF object")?;
         for &name in programs::TC {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("loading BPF program {name}"))?;
+            let result = typed::<SchedClassifier>(&mut ebpf, name)?.load();
+            result.with_context(|| format!("loading BPF program {name}"))?;
         }
         for &name in programs::XDP {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("loading BPF program {name}"))?;
+            let result = typed::<Xdp>(&mut ebpf, name)?.load();
+            result.with_context(|| format!("loading BPF program {name}"))?;
         }
         Ok(Self {
             ebpf,
@@ -100,16 +101,12 @@ impl Datapath {
         })
     }
 
-    /// A loaded program, by name (see `ovpn_lb_common::maps::programs`).
+    /// A loaded tc program, by name (see `ovpn_lb_common::maps::programs`).
     ///
     /// # Errors
     /// If there is no such program.
     pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
-        Ok(self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("no program {name}"))?
-            .try_into()?)
+        typed(&mut self.ebpf, name)
     }
 
     /// A loaded XDP program, by name.
@@ -117,11 +114,7 @@ impl Datapath {
     /// # Errors
     /// If there is no such program.
     pub fn xdp_program(&mut self, name: &str) -> Result<&mut Xdp> {
-        Ok(self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("no program {name}"))?
-            .try_into()?)
+        typed(&mut self.ebpf, name)
     }
 
     /// Attaches program `name` to the ingress of `iface` (tcx where the kernel
