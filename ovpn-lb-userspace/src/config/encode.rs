@@ -148,10 +148,10 @@ mod tests {
         assert_eq!(t0.peer_real_v4, Prefix4::new([10, 20, 30, 0], 24));
         let tap = facts.link("tap0").unwrap();
         assert_eq!(tap.kind, LinkKind::Ethernet);
-        let t1 = c.tunnels[1].entry(Some(tap), [2, 0, 0, 0, 0, 9]);
+        let t1 = c.tunnels[2].entry(Some(tap), [2, 0, 0, 0, 0, 9]);
         assert_eq!(t1.framing, framing::TAP);
         assert_eq!((t1.mac, t1.peer_mac), (tap.mac, [2, 0, 0, 0, 0, 9]));
-        assert_eq!(c.tunnels[1].entry(None, [0; 6]).ifindex, 0);
+        assert_eq!(c.tunnels[2].entry(None, [0; 6]).ifindex, 0);
         let site = c.site(facts.link("eth1"));
         assert_eq!(site.families, family::V4 | family::V6);
         assert_eq!(site.lan_ifindex, 2);
