@@ -15,6 +15,7 @@ pub mod checksum;
 pub mod flow;
 pub mod maps;
 pub mod prefix;
+pub mod probe;
 pub mod reason;
 pub mod schedule;
 

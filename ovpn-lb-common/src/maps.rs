@@ -28,6 +28,11 @@ pub mod names {
     pub const SPRAY_CURSOR: &str = "SPRAY_CURSOR";
     pub const TUNNEL_STATS: &str = "TUNNEL_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
+    /// This gateway's view of the tunnels, reflected to the far gateway.
+    pub const PROBE_VIEW: &str = "PROBE_VIEW";
+    /// Probe reports for the loader (a ring buffer: not pinned, each loader
+    /// has its own).
+    pub const PROBE_EVENTS: &str = "PROBE_EVENTS";
 
     pub const ALL: &[&str] = &[
         SITE,
@@ -42,6 +47,7 @@ pub mod names {
         SPRAY_CURSOR,
         TUNNEL_STATS,
         REASON_STATS,
+        PROBE_VIEW,
     ];
 }
 

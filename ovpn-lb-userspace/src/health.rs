@@ -32,6 +32,8 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub const ALL: [Cause; 4] = [Cause::Link, Cause::Openvpn, Cause::NextHop, Cause::Probe];
+
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -61,7 +63,11 @@ pub struct Health {
     pub next_hop_known: Option<bool>,
     /// Probes' verdict; `None` while the tunnel is not probed.
     pub probe_alive: Option<bool>,
+    /// The far gateway says it cannot use this tunnel.
+    pub peer_says_down: bool,
     pub in_rotation: bool,
+    /// Times the tunnel left the rotation, by cause (in `Cause::ALL` order).
+    pub departures: [u64; 4],
     /// When the tunnel last became healthy, for the up-delay.
     healthy_since: Option<Instant>,
     pub last_change: Option<Change>,
@@ -80,7 +86,9 @@ impl Health {
             },
             next_hop_known: needs_next_hop.then_some(false),
             probe_alive: None,
+            peer_says_down: false,
             in_rotation: false,
+            departures: [0; 4],
             healthy_since: None,
             last_change: None,
         }
@@ -89,6 +97,15 @@ impl Health {
     /// The first reason the tunnel cannot carry traffic, if any.
     #[must_use]
     pub fn fault(&self) -> Option<Cause> {
+        self.local_fault()
+            .or(self.peer_says_down.then_some(Cause::Probe))
+    }
+
+    /// The same, from what this gateway sees by itself: what it tells the
+    /// far gateway (telling it what it heard from it would never let a
+    /// tunnel come back).
+    #[must_use]
+    pub fn local_fault(&self) -> Option<Cause> {
         if !self.link_up {
             return Some(Cause::Link);
         }
@@ -139,9 +156,12 @@ impl Health {
         self.note(now);
     }
 
-    pub fn set_probe(&mut self, alive: Option<bool>, now: Instant) {
-        self.probe_alive = alive;
-        self.note(now);
+    pub fn set_probe(&mut self, alive: Option<bool>, peer_says_down: bool, now: Instant) {
+        if (alive, peer_says_down) != (self.probe_alive, self.peer_says_down) {
+            self.probe_alive = alive;
+            self.peer_says_down = peer_says_down;
+            self.note(now);
+        }
     }
 
     /// A failure takes the tunnel out at once; recovery starts the up-delay.
@@ -154,6 +174,9 @@ impl Health {
                 self.healthy_since = None;
                 if self.in_rotation {
                     self.in_rotation = false;
+                    if let Some(i) = Cause::ALL.iter().position(|&c| c == cause) {
+                        self.departures[i] += 1;
+                    }
                     self.last_change = Some(Change {
                         at: SystemTime::now(),
                         joined: false,
@@ -278,6 +301,18 @@ mod tests {
     }
 
     #[test]
+    fn the_far_gateways_word_vetoes_but_is_not_passed_back() {
+        let t0 = Instant::now();
+        let mut h = up(t0);
+        h.set_probe(Some(true), true, t0);
+        assert!(!h.in_rotation);
+        assert_eq!(h.fault(), Some(Cause::Probe));
+        assert_eq!(h.local_fault(), None, "we still announce it usable");
+        h.set_probe(Some(true), false, t0);
+        assert!(h.advance(t0 + DELAY, DELAY));
+    }
+
+    #[test]
     fn tap_tunnel_waits_for_its_next_hop_and_probes_can_veto() {
         let t0 = Instant::now();
         let mut h = Health::new(false, true);
@@ -286,9 +321,10 @@ mod tests {
         assert_eq!(h.fault(), Some(Cause::NextHop));
         h.set_next_hop(true, t0);
         assert!(h.advance(t0 + DELAY, DELAY));
-        h.set_probe(Some(false), t0 + DELAY);
+        h.set_probe(Some(false), false, t0 + DELAY);
         assert_eq!(h.last_change.unwrap().cause, Some(Cause::Probe));
-        h.set_probe(Some(true), t0 + DELAY);
+        assert_eq!(h.departures, [0, 0, 0, 1]);
+        h.set_probe(Some(true), false, t0 + DELAY);
         h.set_next_hop(false, t0 + DELAY);
         assert_eq!(h.fault(), Some(Cause::NextHop));
     }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod openvpn;
 pub mod pins;
+pub mod probe;
 pub mod run;
 pub mod status;
 pub mod tunnel;

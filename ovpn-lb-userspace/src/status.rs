@@ -64,6 +64,24 @@ pub struct TunnelState {
     pub since: Option<f64>,
     /// Last state `OpenVPN`'s management interface reported, if one is configured.
     pub openvpn: Option<String>,
+    /// Probe figures, while the tunnel is probed.
+    #[serde(default)]
+    pub probe: Option<ProbeState>,
+    /// Times it left the rotation, by cause.
+    #[serde(default)]
+    pub departures: std::collections::BTreeMap<String, u64>,
+}
+
+/// A probed tunnel's figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProbeState {
+    pub rtt_last_ms: f64,
+    pub rtt_smoothed_ms: f64,
+    pub rtt_min_ms: f64,
+    pub sent: u64,
+    pub answered: u64,
+    /// Unanswered share of the probes sent.
+    pub loss: f64,
 }
 
 impl State {
@@ -78,6 +96,16 @@ impl State {
         f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
         fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
+    }
+
+    /// The same without the probe figures, which change with every answer.
+    #[must_use]
+    pub fn without_probe_figures(&self) -> Self {
+        let mut s = self.clone();
+        for t in &mut s.tunnels {
+            t.probe = None;
+        }
+        s
     }
 
     /// # Errors
@@ -152,6 +180,8 @@ pub struct TunnelReport {
     pub cause: Option<String>,
     pub weight: u32,
     pub openvpn: Option<String>,
+    pub probe: Option<ProbeState>,
+    pub departures: std::collections::BTreeMap<String, u64>,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -197,6 +227,8 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
             cause: t.cause.clone(),
             weight: t.weight,
             openvpn: t.openvpn.clone(),
+            probe: t.probe.clone(),
+            departures: t.departures.clone(),
             tx_packets: a.tx_packets,
             tx_bytes: a.tx_bytes,
             rx_packets: a.rx_packets,
@@ -298,9 +330,18 @@ pub fn render(r: &Report, all: bool) -> String {
             Some(c) if t.state != "up" => format!("{} ({c})", t.state),
             _ => t.state.clone(),
         };
+        let (rtt, loss) = t
+            .probe
+            .as_ref()
+            .map_or(("-".to_owned(), "-".to_owned()), |p| {
+                (
+                    format!("{:.1} ({:.1})", p.rtt_smoothed_ms, p.rtt_min_ms),
+                    format!("{:.0}%", p.loss * 100.0),
+                )
+            });
         let _ = writeln!(
             out,
-            "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13}  {}",
+            "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>16} {:>6}  {}",
             t.id,
             t.device,
             state,
@@ -311,6 +352,8 @@ pub fn render(r: &Report, all: bool) -> String {
             si(t.rx_packets as f64).trim_end(),
             bytes(t.rx_bytes),
             format!("{}bit/s", si(t.rx_bits_per_second)),
+            rtt,
+            loss,
             t.openvpn.as_deref().unwrap_or("-")
         );
     }

@@ -5,10 +5,13 @@ use std::fmt;
 
 use ovpn_lb_common::TunnelConfig;
 
+use std::sync::Arc;
+
 use crate::{
     config::{TunnelKind, TunnelSpec},
     health::Health,
     netlink::LinkFacts,
+    probe::{Tracker, io::Pinger},
 };
 
 /// A tunnel's index in the configuration: its key in every datapath map.
@@ -49,6 +52,10 @@ pub struct Tunnel {
     /// TAP: the far end's MAC from the neighbour table; zero while unknown.
     pub peer_mac: [u8; 6],
     pub health: Health,
+    /// Its probes, while it is probed.
+    pub tracker: Tracker,
+    /// ICMP echo to a plain peer's far end, while the device exists.
+    pub pinger: Option<Arc<Pinger>>,
 }
 
 impl Tunnel {
@@ -61,6 +68,8 @@ impl Tunnel {
             link: None,
             peer_mac: [0; 6],
             health,
+            tracker: Tracker::default(),
+            pinger: None,
         }
     }
 
@@ -80,6 +89,13 @@ impl Tunnel {
     #[must_use]
     pub fn label(&self) -> String {
         format!("tunnel {} ({})", self.id, self.spec.device)
+    }
+
+    /// Whether probes can be sent: the device exists and, for a TAP tunnel,
+    /// the far end's MAC is known.
+    #[must_use]
+    pub fn probe_ready(&self) -> bool {
+        self.link.is_some() && (self.spec.kind == TunnelKind::Tun || self.peer_mac != [0; 6])
     }
 
     /// Weight in the schedule: 0 while out of the rotation.

@@ -347,7 +347,10 @@ fn over_the_tunnel_mtu_nothing_leaves_in_the_clear() {
             lab.ip(gw, &["link", "set", &format!("tun{k}"), "mtu", "1400"]);
         }
     }
-    lab.ip(&ga, &["route", "add", "default", "via", "172.30.0.2", "dev", "wan"]);
+    lab.ip(
+        &ga,
+        &["route", "add", "default", "via", "172.30.0.2", "dev", "wan"],
+    );
     lab.ip(&ga, &["-6", "route", "add", "default", "dev", "wan"]);
     // Let the loaders see the new MTUs.
     thread::sleep(Duration::from_millis(300));

@@ -9,6 +9,8 @@ pub const DEFAULT_UP_DELAY_MS: u64 = 2000;
 /// ovpn-lb's routing table for the kernel path, and the priority of its rules.
 pub const DEFAULT_KERNEL_TABLE: u32 = 7600;
 pub const DEFAULT_KERNEL_PRIORITY: u32 = 7600;
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 100;
+pub const DEFAULT_PROBE_MISSES: u32 = 3;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,12 @@ pub struct File {
     pub mode: Option<String>,
     #[serde(default = "default_up_delay")]
     pub up_delay_ms: u64,
+    /// Probes through every tunnel, this often; 0 turns them off.
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_ms: u64,
+    /// Intervals without an answer before a tunnel leaves the rotation.
+    #[serde(default = "default_probe_misses")]
+    pub probe_misses: u32,
     #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]
@@ -36,6 +44,14 @@ pub struct File {
 
 fn default_up_delay() -> u64 {
     DEFAULT_UP_DELAY_MS
+}
+
+fn default_probe_interval() -> u64 {
+    DEFAULT_PROBE_INTERVAL_MS
+}
+
+fn default_probe_misses() -> u32 {
+    DEFAULT_PROBE_MISSES
 }
 
 #[derive(Deserialize)]
@@ -122,6 +138,9 @@ pub struct Tunnel {
     #[serde(default)]
     pub kind: Kind,
     pub next_hop: Option<String>,
+    /// Against a plain OpenVPN peer: an address behind the tunnel that
+    /// answers ICMP echo (its far end), probed instead of in-band probes.
+    pub probe_target: Option<String>,
 }
 
 fn default_weight() -> u32 {

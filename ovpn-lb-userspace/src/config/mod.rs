@@ -174,6 +174,17 @@ pub struct Management {
     pub password_file: Option<PathBuf>,
 }
 
+/// How a tunnel's liveness and delay are measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probing {
+    /// Not probed: link state and OpenVPN's state decide.
+    Off,
+    /// The far gateway runs ovpn-lb and reflects in-band probes.
+    Reflected,
+    /// ICMP echo to an address behind the tunnel (a plain OpenVPN peer).
+    Echo(IpAddr),
+}
+
 /// One tunnel as configured (validated).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TunnelSpec {
@@ -189,6 +200,7 @@ pub struct TunnelSpec {
     /// is restored into.
     pub peer_v4: Option<(Prefix4, Prefix4)>,
     pub peer_v6: Option<(Prefix6, Prefix6)>,
+    pub probing: Probing,
 }
 
 /// The LAN side.
@@ -217,6 +229,8 @@ pub struct Config {
     pub hook: Hook,
     pub hook_reason: String,
     pub up_delay: Duration,
+    /// `None`: probes are off.
+    pub probe: Option<crate::probe::Settings>,
     pub metrics_listen: SocketAddr,
     pub kernel_route: KernelRouteSpec,
     pub tunnels: Vec<TunnelSpec>,

@@ -7,7 +7,7 @@ use std::{collections::HashSet, net::IpAddr, net::SocketAddr, path::PathBuf, tim
 use ovpn_lb_common::{MAX_TUNNELS, Prefix4, Prefix6};
 
 use super::{
-    Config, ConfigErrors, KernelRouteSpec, Lan, Management, ManagementTarget, Net, Spray,
+    Config, ConfigErrors, KernelRouteSpec, Lan, Management, ManagementTarget, Net, Probing, Spray,
     TunnelKind, TunnelSpec, Warning,
     file::{self, DEFAULT_METRICS_LISTEN, File},
     hook::{self, Requested},
@@ -94,6 +94,7 @@ impl Validator<'_> {
             None
         };
         let kernel_route = self.kernel_route(&file.kernel_route);
+        let probe = self.probe(file.probe_interval_ms, file.probe_misses);
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
         }
@@ -113,6 +114,7 @@ impl Validator<'_> {
             hook: hook.hook,
             hook_reason: hook.reason,
             up_delay: Duration::from_millis(file.up_delay_ms),
+            probe,
             metrics_listen: metrics_listen.expect("no errors"),
             kernel_route,
             tunnels,
@@ -229,8 +231,10 @@ impl Validator<'_> {
                 xlat_v6: None,
                 peer_v4: None,
                 peer_v6: None,
+                probing: Probing::Off,
             };
             self.translations(&field, t, lan_v4, lan_v6, remote, &mut tunnel);
+            tunnel.probing = self.probing(&field, t, &tunnel, file.probe_interval_ms);
             out.push(tunnel);
         }
         self.tunnel_mtus(&out);
@@ -410,6 +414,59 @@ impl Validator<'_> {
             Err(e) => {
                 self.errors.push(e);
                 None
+            }
+        }
+    }
+
+    fn probe(&mut self, interval_ms: u64, misses: u32) -> Option<crate::probe::Settings> {
+        if interval_ms == 0 {
+            return None;
+        }
+        if !(10..=10_000).contains(&interval_ms) {
+            self.errors.push(format!(
+                "probe_interval_ms = {interval_ms}: use 10 to 10000 ms, or 0 to turn probes off"
+            ));
+        }
+        if !(1..=100).contains(&misses) {
+            self.errors.push(format!(
+                "probe_misses = {misses}: use 1 to 100 (missed answers in a row before a tunnel leaves)"
+            ));
+        }
+        Some(crate::probe::Settings {
+            interval: Duration::from_millis(interval_ms),
+            misses,
+        })
+    }
+
+    /// In-band probes where the far end runs ovpn-lb (it translates, so it
+    /// restores: it reflects probes too); ICMP echo where a target is given.
+    fn probing(
+        &mut self,
+        field: &str,
+        t: &file::Tunnel,
+        tunnel: &TunnelSpec,
+        interval_ms: u64,
+    ) -> Probing {
+        let far_runs_ovpn_lb = tunnel.peer_v4.is_some() || tunnel.peer_v6.is_some();
+        match (&t.probe_target, far_runs_ovpn_lb) {
+            _ if interval_ms == 0 => Probing::Off,
+            (None, true) => Probing::Reflected,
+            (None, false) => Probing::Off,
+            (Some(target), true) => {
+                self.errors.push(format!(
+                    "{field}.probe_target = \"{target}\": this tunnel has peer_translate, so its far end runs ovpn-lb and answers in-band probes; remove probe_target"
+                ));
+                Probing::Off
+            }
+            (Some(target), false) => {
+                if let Ok(addr) = target.parse::<IpAddr>() {
+                    Probing::Echo(addr)
+                } else {
+                    self.errors.push(format!(
+                        "{field}.probe_target = \"{target}\" is not an IPv4 or IPv6 address (the tunnel's far end, e.g. its OpenVPN --ifconfig address)"
+                    ));
+                    Probing::Off
+                }
             }
         }
     }

@@ -373,6 +373,29 @@ impl Datapath {
         Ok(())
     }
 
+    /// Our view of the tunnels (bit k: tunnel k usable), which the tunnel
+    /// programs write into the answers they reflect.
+    ///
+    /// # Errors
+    /// If the object has no `PROBE_VIEW` map or the kernel refuses.
+    pub fn set_probe_view(&mut self, view: u64) -> Result<()> {
+        let mut m: Array<_, u64> = map(&mut self.ebpf, names::PROBE_VIEW)?.try_into()?;
+        m.set(0, view, 0).context("writing PROBE_VIEW")?;
+        Ok(())
+    }
+
+    /// The ring buffer the tunnel programs report probes on; taken once.
+    ///
+    /// # Errors
+    /// If the object has no such map.
+    pub fn take_probe_events(&mut self) -> Result<aya::maps::RingBuf<aya::maps::MapData>> {
+        let m = self
+            .ebpf
+            .take_map(names::PROBE_EVENTS)
+            .ok_or_else(|| anyhow!("the BPF object has no map named {}", names::PROBE_EVENTS))?;
+        Ok(m.try_into()?)
+    }
+
     /// The loaded object, for what needs it whole (aya-log).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

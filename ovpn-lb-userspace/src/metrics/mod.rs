@@ -16,7 +16,12 @@ use std::{
 
 use ovpn_lb_common::{Reason, reason::Outcome};
 
-use crate::{pins::Layout, status::Counters};
+use crate::{
+    health::Cause,
+    pins::Layout,
+    probe::{RTT_BUCKETS, Rtt},
+    status::Counters,
+};
 
 /// What the exporter knows of each tunnel besides its counters.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -25,6 +30,12 @@ pub struct TunnelView {
     pub up: bool,
     /// Weight in the live schedule: 0 while out of the rotation.
     pub weight: u32,
+    /// Probe round trips, while the tunnel is probed.
+    pub rtt: Option<Rtt>,
+    pub probes_sent: u64,
+    pub probes_answered: u64,
+    /// Times it left the rotation, by cause (in `Cause::ALL` order).
+    pub departures: [u64; 4],
 }
 
 /// Shared between the run loop (writer) and the exporter (reader).
@@ -50,13 +61,17 @@ impl Snapshot {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     Counter,
     Gauge,
+    /// Samples are `_bucket` (cumulative, `le` label last), `_sum` and
+    /// `_count`, as [`histogram`] lays them out.
+    Histogram,
 }
 
 /// One sample: label values (in the family's label order) and the value.
+/// Histogram samples carry a name suffix and the `le` bound as a last label.
 pub type Sample = (Vec<String>, f64);
 
 /// One metric family.
@@ -73,6 +88,11 @@ const REASON: &[&str] = &["reason", "outcome"];
 
 fn tunnel_labels(k: usize, view: &TunnelView) -> Vec<String> {
     vec![k.to_string(), view.device.clone()]
+}
+
+#[expect(clippy::cast_precision_loss, reason = "Prometheus values are doubles")]
+fn u64_value(n: u64) -> f64 {
+    n as f64
 }
 
 /// Samples of a per-tunnel family from its views.
@@ -116,6 +136,39 @@ fn per_reason(s: &Snapshot, value: impl Fn(&ovpn_lb_common::ReasonStats) -> u64)
             )
         })
         .collect()
+}
+
+/// A per-tunnel histogram of probe round trips, in seconds: per tunnel its
+/// cumulative buckets, then sum and count; the name suffix is the first
+/// label value (`_bucket`, `_sum`, `_count`), cut off by the encoder.
+#[expect(clippy::cast_precision_loss, reason = "Prometheus values are doubles")]
+fn histogram(s: &Snapshot) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for (k, v) in s.tunnels.iter().enumerate() {
+        let Some(rtt) = &v.rtt else { continue };
+        let mut cumulative = 0;
+        for (i, le) in RTT_BUCKETS
+            .iter()
+            .map(ToString::to_string)
+            .chain(["+Inf".to_owned()])
+            .enumerate()
+        {
+            cumulative += rtt.buckets.get(i).copied().unwrap_or(0);
+            out.push((
+                vec!["_bucket".into(), k.to_string(), v.device.clone(), le],
+                cumulative as f64,
+            ));
+        }
+        out.push((
+            vec!["_sum".into(), k.to_string(), v.device.clone()],
+            rtt.sum_ns as f64 / 1e9,
+        ));
+        out.push((
+            vec!["_count".into(), k.to_string(), v.device.clone()],
+            rtt.count as f64,
+        ));
+    }
+    out
 }
 
 /// The `outcome` label of a reason.
@@ -173,6 +226,70 @@ pub const FAMILIES: &[Family] = &[
         samples: |s| per_tunnel(s, |v| f64::from(v.weight)),
     },
     Family {
+        name: "ovpnlb_tunnel_probe_rtt_seconds",
+        help: "Round-trip time of the tunnel's probes, queues at both ends included.",
+        kind: Kind::Histogram,
+        labels: TUNNEL,
+        samples: histogram,
+    },
+    Family {
+        name: "ovpnlb_tunnel_rtt_seconds",
+        help: "Probe round trip: last, smoothed (1/8 per sample) and smallest.",
+        kind: Kind::Gauge,
+        labels: &["tunnel", "device", "stat"],
+        samples: |s| {
+            let mut out = Vec::new();
+            for (k, v) in s.tunnels.iter().enumerate() {
+                let Some(rtt) = &v.rtt else { continue };
+                for (stat, ns) in [
+                    ("last", rtt.last),
+                    ("smoothed", rtt.smoothed),
+                    ("min", rtt.min),
+                ] {
+                    #[expect(clippy::cast_precision_loss, reason = "Prometheus values are doubles")]
+                    let seconds = ns as f64 / 1e9;
+                    out.push((
+                        vec![k.to_string(), v.device.clone(), stat.to_owned()],
+                        seconds,
+                    ));
+                }
+            }
+            out
+        },
+    },
+    Family {
+        name: "ovpnlb_tunnel_probes_sent_total",
+        help: "Probes sent into the tunnel.",
+        kind: Kind::Counter,
+        labels: TUNNEL,
+        samples: |s| per_tunnel(s, |v| u64_value(v.probes_sent)),
+    },
+    Family {
+        name: "ovpnlb_tunnel_probes_answered_total",
+        help: "Probes of ours that came back answered.",
+        kind: Kind::Counter,
+        labels: TUNNEL,
+        samples: |s| per_tunnel(s, |v| u64_value(v.probes_answered)),
+    },
+    Family {
+        name: "ovpnlb_tunnel_departures_total",
+        help: "Times the tunnel left the rotation, by cause (link, openvpn, next_hop, probe).",
+        kind: Kind::Counter,
+        labels: &["tunnel", "device", "cause"],
+        samples: |s| {
+            let mut out = Vec::new();
+            for (k, v) in s.tunnels.iter().enumerate() {
+                for (cause, n) in Cause::ALL.iter().zip(v.departures) {
+                    out.push((
+                        vec![k.to_string(), v.device.clone(), cause.name().to_owned()],
+                        u64_value(n),
+                    ));
+                }
+            }
+            out
+        },
+    },
+    Family {
         name: "ovpnlb_packets_total",
         help: "Packets the datapath handled, by reason and outcome.",
         kind: Kind::Counter,
@@ -216,18 +333,29 @@ pub fn encode(snapshot: &Snapshot) -> String {
         let kind = match f.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {kind}", f.name);
-        for (values, value) in (f.samples)(snapshot) {
+        for (mut values, value) in (f.samples)(snapshot) {
+            let (suffix, names): (String, Vec<&str>) = if f.kind == Kind::Histogram {
+                let suffix = values.remove(0);
+                let mut names = f.labels.to_vec();
+                if suffix == "_bucket" {
+                    names.push("le");
+                }
+                (suffix, names)
+            } else {
+                (String::new(), f.labels.to_vec())
+            };
             // Sorted by name, as the reference client libraries print them.
-            let mut pairs: Vec<(&str, &String)> = f.labels.iter().copied().zip(&values).collect();
+            let mut pairs: Vec<(&str, &String)> = names.iter().copied().zip(&values).collect();
             pairs.sort_unstable_by_key(|(l, _)| *l);
             let labels: Vec<String> = pairs
                 .iter()
                 .map(|(l, v)| format!("{l}=\"{}\"", escape(v)))
                 .collect();
-            let _ = writeln!(out, "{}{{{}}} {value}", f.name, labels.join(","));
+            let _ = writeln!(out, "{}{suffix}{{{}}} {value}", f.name, labels.join(","));
         }
     }
     out
@@ -245,11 +373,22 @@ mod tests {
                 device: "tun0".into(),
                 up: true,
                 weight: 2,
+                rtt: Some({
+                    let mut t = crate::probe::Tracker::default();
+                    t.start(0);
+                    let seq = t.send(0);
+                    t.answer(seq, 0, 0, 3_000_000);
+                    t.rtt
+                }),
+                probes_sent: 1,
+                probes_answered: 1,
+                departures: [0, 0, 0, 2],
             },
             TunnelView {
                 device: "tu\"n1".into(),
                 up: false,
                 weight: 0,
+                ..TunnelView::default()
             },
         ];
         let counters = Counters {
@@ -300,6 +439,17 @@ mod tests {
             format!("ovpnlb_packets_total{{outcome=\"dropped\",reason=\"no_tunnel\"}} {no_tunnel}"),
             "# TYPE ovpnlb_tunnel_tx_packets_total counter".to_owned(),
             "# TYPE ovpnlb_tunnel_up gauge".to_owned(),
+            "# TYPE ovpnlb_tunnel_probe_rtt_seconds histogram".to_owned(),
+            "ovpnlb_tunnel_probe_rtt_seconds_bucket{device=\"tun0\",le=\"0.002\",tunnel=\"0\"} 0"
+                .to_owned(),
+            "ovpnlb_tunnel_probe_rtt_seconds_bucket{device=\"tun0\",le=\"0.005\",tunnel=\"0\"} 1"
+                .to_owned(),
+            "ovpnlb_tunnel_probe_rtt_seconds_bucket{device=\"tun0\",le=\"+Inf\",tunnel=\"0\"} 1"
+                .to_owned(),
+            "ovpnlb_tunnel_probe_rtt_seconds_sum{device=\"tun0\",tunnel=\"0\"} 0.003".to_owned(),
+            "ovpnlb_tunnel_probe_rtt_seconds_count{device=\"tun0\",tunnel=\"0\"} 1".to_owned(),
+            "ovpnlb_tunnel_departures_total{cause=\"probe\",device=\"tun0\",tunnel=\"0\"} 2"
+                .to_owned(),
             format!(
                 "ovpnlb_build_info{{version=\"{}\"}} 1",
                 env!("CARGO_PKG_VERSION")

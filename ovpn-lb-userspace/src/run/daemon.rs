@@ -14,21 +14,32 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use ovpn_lb_common::{SiteConfig, maps::site_flags, schedule};
+use ovpn_lb_common::{
+    SiteConfig,
+    maps::site_flags,
+    probe::{self as wire, Event, Payload},
+    schedule,
+};
+use tokio::sync::mpsc;
 
 use crate::{
-    config::{Config, Hook, TunnelKind},
+    config::{Config, Hook, Probing, TunnelKind},
     datapath::{
         Datapath,
         attach::{self, Attached, Attachment},
     },
     facts::Facts,
-    health::Management,
+    health::{self, Management},
     kernel_path::{self, Owned},
     metrics::{TunnelView, Views},
     netlink::{self, LinkFacts, Netlink, RouteTarget, netdev},
     pins::Layout,
-    status::{ManagedNeighbour, State, TunnelState},
+    probe::{
+        self, PeerView,
+        io::{Pinger, Sender},
+        now_ns,
+    },
+    status::{ManagedNeighbour, ProbeState, State, TunnelState},
     tunnel::{Tunnel, TunnelId},
 };
 
@@ -36,6 +47,18 @@ use crate::{
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Every so often everything is read again, whatever the events said.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+
+/// What the daemon works with besides its configuration.
+pub struct Io {
+    pub datapath: Datapath,
+    pub netlink: Netlink,
+    /// Shared with the metrics server.
+    pub views: Views,
+    /// A bpffs `run` mounted, for `detach` to unmount.
+    pub mounted_bpffs: Option<PathBuf>,
+    /// Where the plain peers' pingers report echo replies.
+    pub echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
+}
 
 pub struct Daemon {
     /// The validated configuration; its tunnels live in `tunnels`.
@@ -64,6 +87,20 @@ pub struct Daemon {
     next_reconcile: Instant,
     /// What `status` last saw, to write the state file only on change.
     written: Option<State>,
+    /// When the state file was last written (probe figures change all the
+    /// time; they are written at most once a second).
+    written_at: Instant,
+    /// Probe settings; `None` when probes are off.
+    probe: Option<probe::Settings>,
+    /// Writes probes into the tunnel devices.
+    sender: Option<Sender>,
+    /// The far gateway's view of the tunnels, as last heard.
+    peer: PeerView,
+    /// Our view as last told to the datapath and the far gateway.
+    announced: Option<u64>,
+    next_probe: Instant,
+    /// Echo replies from the plain peers' pingers.
+    echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
 }
 
 fn short(e: &anyhow::Error) -> String {
@@ -73,15 +110,15 @@ fn short(e: &anyhow::Error) -> String {
 impl Daemon {
     /// Takes the configuration's tunnels into one record each.
     #[must_use]
-    pub fn new(
-        mut config: Config,
-        config_path: &Path,
-        layout: &Layout,
-        datapath: Datapath,
-        netlink: Netlink,
-        views: Views,
-        mounted_bpffs: Option<PathBuf>,
-    ) -> Self {
+    pub fn new(mut config: Config, config_path: &Path, layout: &Layout, io: Io) -> Self {
+        let Io {
+            datapath,
+            netlink,
+            views,
+            mounted_bpffs,
+            echo_tx,
+        } = io;
+        let probe = config.probe;
         let tunnels = std::mem::take(&mut config.tunnels)
             .into_iter()
             .enumerate()
@@ -108,6 +145,13 @@ impl Daemon {
             retry_at: None,
             next_reconcile: Instant::now() + RECONCILE_EVERY,
             written: None,
+            written_at: Instant::now(),
+            probe,
+            sender: None,
+            peer: PeerView::default(),
+            announced: None,
+            next_probe: Instant::now(),
+            echo_tx,
         }
     }
 
@@ -142,6 +186,16 @@ impl Daemon {
         )?;
         let wanted = kernel_path::rules(&self.config);
         kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
+        if self
+            .tunnels
+            .iter()
+            .any(|t| t.spec.probing == Probing::Reflected)
+        {
+            match Sender::open() {
+                Ok(sender) => self.sender = Some(sender),
+                Err(e) => log::warn!("cannot send probes ({e}): tunnels are not probed"),
+            }
+        }
 
         let lan = self.config.lan.interface.clone();
         self.report_foreign(&lan, facts);
@@ -268,7 +322,173 @@ impl Daemon {
         t.health.set_link(link.as_ref().is_some_and(|l| l.up), now);
         let known = t.peer_mac != [0; 6];
         t.health.set_next_hop(known, now);
+        self.follow_probes(k, new_ifindex != old_ifindex);
         Ok(())
+    }
+
+    /// Starts probing a tunnel that can be probed, stops one that cannot;
+    /// `device_changed`: a new device, whose probing starts afresh.
+    fn follow_probes(&mut self, k: usize, device_changed: bool) {
+        if self.probe.is_none() {
+            return;
+        }
+        let ready = self.tunnels[k].probe_ready();
+        let t = &mut self.tunnels[k];
+        if !ready {
+            t.tracker.stop();
+            t.pinger = None;
+            return;
+        }
+        if device_changed || !t.tracker.probing() {
+            t.tracker.start(now_ns());
+        }
+        if let Probing::Echo(target) = t.spec.probing
+            && (device_changed || t.pinger.is_none())
+        {
+            let id = 0x4f00 | u16::try_from(k).unwrap_or(0);
+            match Pinger::open(&t.spec.device, target, id) {
+                Ok(p) => {
+                    let p = std::sync::Arc::new(p);
+                    t.pinger = Some(p.clone());
+                    let (tx, tunnel) = (self.echo_tx.clone(), t.id);
+                    tokio::spawn(async move {
+                        while let Ok(seq) = p.reply().await {
+                            if tx.send((tunnel, seq, now_ns())).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Err(e) => log::warn!("{}: cannot ping {target}: {e}", t.label()),
+            }
+        }
+    }
+
+    /// Sends one probe into every probed tunnel.
+    fn probe_round(&mut self) {
+        let view = self.local_view();
+        for t in &mut self.tunnels {
+            if !t.tracker.probing() {
+                continue;
+            }
+            let seq = t.tracker.send(now_ns());
+            let sent = match t.spec.probing {
+                Probing::Reflected => match &self.sender {
+                    Some(sender) => {
+                        let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
+                        let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
+                        sender.send(
+                            t.ifindex(),
+                            peer_mac,
+                            &Payload::probe(id, seq, now_ns(), view),
+                        )
+                    }
+                    None => Ok(()),
+                },
+                Probing::Echo(_) => match &t.pinger {
+                    Some(p) => p.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
+                    None => Ok(()),
+                },
+                Probing::Off => Ok(()),
+            };
+            // A full queue or a vanishing device: the probe counts as sent
+            // and unanswered, which is what it is.
+            if let Err(e) = sent {
+                log::debug!("{}: probe not sent: {e}", t.label());
+            }
+        }
+    }
+
+    /// Tunnels usable as far as this gateway knows by itself (bit k: tunnel k).
+    fn local_view(&self) -> u64 {
+        self.tunnels
+            .iter()
+            .filter(|t| t.health.local_fault().is_none())
+            .fold(0, |bits, t| bits | (1 << t.id.raw()))
+    }
+
+    /// Reports of the tunnel programs: answers to our probes, and the far
+    /// gateway's probes they reflected.
+    pub fn on_probe_events(&mut self, events: &[Event]) {
+        for e in events {
+            let Some(t) = usize::try_from(e.tunnel)
+                .ok()
+                .and_then(|k| self.tunnels.get_mut(k))
+            else {
+                continue;
+            };
+            let p = e.payload.swapped();
+            match u8::try_from(e.kind).unwrap_or(0) {
+                wire::ANSWER
+                    if t.tracker
+                        .answer(p.seq, p.sent_ns, p.reflected_ns, e.received_ns) =>
+                {
+                    self.peer = PeerView {
+                        bits: p.reflector_view,
+                        heard_ns: e.received_ns,
+                    };
+                }
+                wire::PROBE => {
+                    self.peer = PeerView {
+                        bits: p.sender_view,
+                        heard_ns: e.received_ns,
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// An echo reply from a plain peer's far end.
+    pub fn on_echo(&mut self, id: TunnelId, seq: u16, received_ns: u64) {
+        if let Some(t) = self.tunnels.get_mut(id.index()) {
+            t.tracker.echo_reply(seq, received_ns);
+        }
+    }
+
+    /// Probes' verdicts into health; our view to the datapath and, when it
+    /// changed, to the far gateway at once.
+    fn settle_probes(&mut self) {
+        let Some(settings) = self.probe else {
+            return;
+        };
+        let (now, instant) = (now_ns(), Instant::now());
+        for t in &mut self.tunnels {
+            let alive = t.tracker.alive(now, &settings);
+            let peer_down = t.spec.probing == Probing::Reflected
+                && self.peer.says_down(t.id.index(), now, &settings);
+            let was = t.health.fault();
+            t.health.set_probe(alive, peer_down, instant);
+            if t.health.fault() == Some(health::Cause::Probe) && was != Some(health::Cause::Probe) {
+                log::info!(
+                    "{}: {}",
+                    t.label(),
+                    if alive == Some(false) {
+                        format!(
+                            "no probe answered for {} ms",
+                            settings.detection().as_millis()
+                        )
+                    } else {
+                        "the far gateway cannot use it".to_owned()
+                    }
+                );
+            }
+        }
+        let view = self.local_view();
+        if self.announced != Some(view) {
+            if let Err(e) = self.datapath.set_probe_view(view) {
+                log::debug!("writing PROBE_VIEW: {e:#}");
+            }
+            if self.announced.is_some() {
+                // Tell the far gateway now, on every tunnel that still works.
+                self.probe_round();
+            }
+            self.announced = Some(view);
+        }
+        if instant >= self.next_probe {
+            self.probe_round();
+            self.next_probe = instant + settings.interval;
+        }
     }
 
     fn write_entry(
@@ -415,10 +635,19 @@ impl Daemon {
     #[must_use]
     pub fn next_wakeup(&self) -> Instant {
         let up_delay = self.config.up_delay;
+        let (now, instant) = (now_ns(), Instant::now());
+        let probes = self.probe.into_iter().flat_map(|settings| {
+            self.tunnels
+                .iter()
+                .filter_map(move |t| t.tracker.deadline(&settings))
+                .map(move |at| instant + Duration::from_nanos(at.saturating_sub(now)))
+                .chain([self.next_probe])
+        });
         self.tunnels
             .iter()
             .filter_map(|t| t.health.deadline(up_delay))
             .chain(self.retry_at)
+            .chain(probes)
             .chain([self.next_reconcile])
             .min()
             .unwrap_or(self.next_reconcile)
@@ -447,6 +676,7 @@ impl Daemon {
                 }
             }
         }
+        self.settle_probes();
         let up_delay = self.config.up_delay;
         for t in &mut self.tunnels {
             t.health.advance(Instant::now(), up_delay);
@@ -480,18 +710,21 @@ impl Daemon {
                     self.retry_at = Some(Instant::now() + RETRY_AFTER);
                 }
             }
-            if let Ok(mut views) = self.views.lock() {
-                *views = self
-                    .tunnels
-                    .iter()
-                    .zip(&weights)
-                    .map(|(t, &weight)| TunnelView {
-                        device: t.spec.device.clone(),
-                        up: t.health.in_rotation,
-                        weight,
-                    })
-                    .collect();
-            }
+        }
+        if let Ok(mut views) = self.views.lock() {
+            *views = self
+                .tunnels
+                .iter()
+                .map(|t| TunnelView {
+                    device: t.spec.device.clone(),
+                    up: t.health.in_rotation,
+                    weight: t.live_weight(),
+                    rtt: (t.tracker.sent > 0).then(|| t.tracker.rtt.clone()),
+                    probes_sent: t.tracker.sent,
+                    probes_answered: t.tracker.answered,
+                    departures: t.health.departures,
+                })
+                .collect();
         }
         let targets = kernel_path::targets(&self.tunnels);
         if self.routes != Some(targets) {
@@ -503,10 +736,22 @@ impl Daemon {
                 }
             }
         }
+        // Probe figures move all the time: those alone are written at most
+        // once a second; anything else at once.
         let state = self.state(true, None);
-        if self.written.as_ref() != Some(&state) {
+        let due = match &self.written {
+            None => true,
+            Some(w) => {
+                w.without_probe_figures() != state.without_probe_figures()
+                    || (w != &state && self.written_at.elapsed() >= Duration::from_secs(1))
+            }
+        };
+        if due {
             match state.write(&self.layout) {
-                Ok(()) => self.written = Some(state),
+                Ok(()) => {
+                    self.written = Some(state);
+                    self.written_at = Instant::now();
+                }
                 Err(e) => log::warn!("writing the state file: {}", short(&e)),
             }
         }
@@ -546,6 +791,13 @@ impl Daemon {
                         Management::Lost => Some("unreachable".into()),
                         Management::State(s) => Some(s.clone()),
                     },
+                    probe: probe_state(t),
+                    departures: health::Cause::ALL
+                        .iter()
+                        .zip(t.health.departures)
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(c, n)| (c.name().to_owned(), n))
+                        .collect(),
                 })
                 .collect(),
         }
@@ -560,6 +812,23 @@ impl Daemon {
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
+}
+
+/// A probed tunnel's figures for `status`.
+#[expect(clippy::cast_precision_loss, reason = "milliseconds for display")]
+fn probe_state(t: &Tunnel) -> Option<ProbeState> {
+    if t.tracker.sent == 0 {
+        return None;
+    }
+    let ms = |ns: u64| ns as f64 / 1e6;
+    Some(ProbeState {
+        rtt_last_ms: ms(t.tracker.rtt.last),
+        rtt_smoothed_ms: ms(t.tracker.rtt.smoothed),
+        rtt_min_ms: ms(t.tracker.rtt.min),
+        sent: t.tracker.sent,
+        answered: t.tracker.answered,
+        loss: t.tracker.loss(),
+    })
 }
 
 fn report(a: &Attachment, iface: &str, how: Attached) {

@@ -23,15 +23,26 @@ use crate::{
     detach,
     facts::Facts,
     metrics::{self, Snapshot, Views},
-    netlink::{Netlink, netdev},
+    netlink::{self, Netlink, netdev},
     openvpn,
     pins::Layout,
+    probe::io::Events as ProbeEvents,
+    tunnel::TunnelId,
 };
 use daemon::Daemon;
 
 pub struct Options {
     /// Detach everything on SIGINT/SIGTERM instead of leaving the datapath running.
     pub detach_on_exit: bool,
+}
+
+/// Everything the event loop listens to besides the daemon's own timers.
+struct Sources {
+    netlink: mpsc::UnboundedReceiver<netlink::Event>,
+    management: mpsc::UnboundedReceiver<openvpn::Report>,
+    features: mpsc::UnboundedReceiver<Result<Vec<(u32, u64)>, String>>,
+    probes: Option<ProbeEvents>,
+    echoes: mpsc::UnboundedReceiver<(TunnelId, u16, u64)>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -41,13 +52,13 @@ pub struct Options {
 /// or an unrecoverable failure of the event sources; the state file then
 /// says the loader exited and why.
 pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()> {
-    let (netlink, mut events) = Netlink::open().context("opening rtnetlink")?;
+    let (netlink, netlink_events) = Netlink::open().context("opening rtnetlink")?;
     let facts = Facts::gather(&netlink).await?;
     let (config, warnings) = config::load(config_path, &facts)?;
     for w in warnings {
         log::warn!("{}", w.0);
     }
-    let mounted = layout.prepare()?;
+    let mounted_bpffs = layout.prepare()?;
     let _lock = lock::acquire(layout, "run").await?;
     let listener = metrics::server::bind(config.metrics_listen).await?;
     log::info!("hook: {}", config.hook_reason);
@@ -56,58 +67,93 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
 
     // Subscribed before the LAN's features are read at start, so no change
     // falls between.
-    let (features_tx, mut features) = mpsc::unbounded_channel();
+    let (features_tx, features) = mpsc::unbounded_channel();
     let followed = config.hook == config::Hook::Xdp && follow_xdp_features(features_tx);
-    let (mgmt_tx, mut management) = mpsc::unbounded_channel();
-    for (k, t) in config.tunnels.iter().enumerate() {
-        if let Some(m) = &t.management {
-            tokio::spawn(openvpn::watch(
-                crate::tunnel::TunnelId::new(k),
-                m.clone(),
-                mgmt_tx.clone(),
-            ));
-        }
-    }
+    let management = watch_management(&config);
     let views = Views::default();
-    let render_layout = layout.clone();
-    let render_views = views.clone();
-    tokio::spawn(metrics::server::serve(
-        listener,
-        std::sync::Arc::new(move || {
-            metrics::encode(&Snapshot::take(&render_layout, &render_views))
-        }),
-    ));
-    let metrics_listen = config.metrics_listen;
-    let tunnel_count = config.tunnels.len();
+    serve_metrics(listener, layout, &views);
+    let probes = config
+        .probe
+        .and_then(|_| match datapath.take_probe_events() {
+            Ok(ring) => ProbeEvents::new(ring)
+                .map_err(anyhow::Error::from)
+                .map_or_else(
+                    |e| {
+                        log::warn!("probe answers cannot be read ({e:#}): tunnels are not probed");
+                        None
+                    },
+                    Some,
+                ),
+            Err(e) => {
+                log::warn!("probe answers cannot be read ({e:#}): tunnels are not probed");
+                None
+            }
+        });
+    let (echo_tx, echoes) = mpsc::unbounded_channel();
+    let running = format!(
+        "running with {} tunnels; metrics on http://{}/metrics; SIGINT/SIGTERM to stop",
+        config.tunnels.len(),
+        config.metrics_listen
+    );
     // Fresh: a takeover may have taken a while.
     let facts = Facts::gather(&netlink).await?;
-    let mut daemon = Daemon::new(
-        config,
-        config_path,
-        layout,
+    let io = daemon::Io {
         datapath,
         netlink,
         views,
-        mounted,
-    );
+        mounted_bpffs,
+        echo_tx,
+    };
+    let mut daemon = Daemon::new(config, config_path, layout, io);
     daemon.start(&facts, followed).await?;
-    log::info!(
-        "running with {tunnel_count} tunnels; metrics on http://{metrics_listen}/metrics; SIGINT/SIGTERM to stop"
-    );
+    log::info!("{running}");
+    let sources = Sources {
+        netlink: netlink_events,
+        management,
+        features,
+        probes,
+        echoes,
+    };
+    let outcome = follow(&mut daemon, sources).await;
+    finish(daemon, layout, options, outcome).await
+}
 
+/// The OpenVPN management watchers, one task per tunnel that has one.
+fn watch_management(config: &config::Config) -> mpsc::UnboundedReceiver<openvpn::Report> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for (k, t) in config.tunnels.iter().enumerate() {
+        if let Some(m) = &t.management {
+            tokio::spawn(openvpn::watch(TunnelId::new(k), m.clone(), tx.clone()));
+        }
+    }
+    rx
+}
+
+fn serve_metrics(listener: tokio::net::TcpListener, layout: &Layout, views: &Views) {
+    let (layout, views) = (layout.clone(), views.clone());
+    tokio::spawn(metrics::server::serve(
+        listener,
+        std::sync::Arc::new(move || metrics::encode(&Snapshot::take(&layout, &views))),
+    ));
+}
+
+/// The event loop: until a signal (its name), or an event source failing.
+async fn follow(daemon: &mut Daemon, mut s: Sources) -> Result<&'static str> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let outcome: Result<&str> = loop {
+    loop {
         let wake = daemon.next_wakeup();
         tokio::select! {
-            _ = sigint.recv() => break Ok("SIGINT"),
-            _ = sigterm.recv() => break Ok("SIGTERM"),
-            event = events.recv() => match event {
+            _ = sigint.recv() => return Ok("SIGINT"),
+            _ = sigterm.recv() => return Ok("SIGTERM"),
+            event = s.netlink.recv() => match event {
                 Some(e) => daemon.on_netlink(&e),
-                None => break Err(anyhow::anyhow!("the rtnetlink connection closed")),
+                None => anyhow::bail!("the rtnetlink connection closed"),
             },
-            Some((id, state)) = management.recv() => daemon.on_management(id, state),
-            Some(f) = features.recv() => match f {
+            Some((id, state)) = s.management.recv() => daemon.on_management(id, state),
+            Some(reports) = next_probe_events(s.probes.as_mut()) => daemon.on_probe_events(&reports),
+            Some((id, seq, at)) = s.echoes.recv() => daemon.on_echo(id, seq, at),
+            Some(f) = s.features.recv() => match f {
                 Ok(changes) => {
                     for (ifindex, bits) in changes {
                         daemon.on_xdp_features(ifindex, bits);
@@ -118,11 +164,21 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
             () = tokio::time::sleep_until(wake.into()) => {}
         }
         // Drain what else is queued before touching the kernel.
-        while let Ok(e) = events.try_recv() {
+        while let Ok(e) = s.netlink.try_recv() {
             daemon.on_netlink(&e);
         }
         daemon.settle().await;
-    };
+    }
+}
+
+/// Leaves the datapath attached (the default) or detaches, and says in the
+/// state file that the loader is gone, and why if it failed.
+async fn finish(
+    daemon: Daemon,
+    layout: &Layout,
+    options: &Options,
+    outcome: Result<&'static str>,
+) -> Result<()> {
     match outcome {
         Ok(signal) if options.detach_on_exit => {
             drop(daemon);
@@ -143,6 +199,16 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
             let _ = daemon.state(false, Some(format!("{e:#}"))).write(layout);
             Err(e)
         }
+    }
+}
+
+/// The next probe reports, or never (no ring buffer, or it failed).
+async fn next_probe_events(
+    events: Option<&mut ProbeEvents>,
+) -> Option<Vec<ovpn_lb_common::probe::Event>> {
+    match events {
+        Some(e) => e.next().await.ok(),
+        None => std::future::pending().await,
     }
 }
 

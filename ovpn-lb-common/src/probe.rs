@@ -1,0 +1,188 @@
+//! In-band probes between two ovpn-lb gateways: the wire format, shared by
+//! the loader (which sends probes and reads the answers) and the tunnel
+//! programs (which reflect probes and hand answers up).
+//!
+//! A probe is an IPv4/UDP datagram from [`SRC`] to [`DST`], port [`PORT`],
+//! sent into one tunnel device. Loopback addresses are the mark: the LAN
+//! program never sprays to a loopback destination and no kernel forwards
+//! one, so nothing from a LAN can reach a tunnel program looking like a probe,
+//! and a probe that reaches a gateway without ovpn-lb is dropped as martian.
+//! The far gateway's tunnel program turns it into an answer (kind [`ANSWER`],
+//! its own receive time and rotation written in) and sends it back into the
+//! tunnel it came from, so the far loader's scheduling stays out of the
+//! measured time (the BFD echo idea).
+//!
+//! Multi-byte fields are in network byte order.
+
+/// `127.0.0.1`, wire order.
+pub const SRC: [u8; 4] = [127, 0, 0, 1];
+/// `127.0.0.2`, wire order.
+pub const DST: [u8; 4] = [127, 0, 0, 2];
+/// UDP source and destination port.
+pub const PORT: u16 = 0x6f76;
+/// "OVLB".
+pub const MAGIC: u32 = 0x4f56_4c42;
+pub const VERSION: u8 = 1;
+/// A probe on its way out.
+pub const PROBE: u8 = 1;
+/// A probe reflected by the far gateway.
+pub const ANSWER: u8 = 2;
+
+/// Header lengths before the payload.
+pub const IPV4_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+
+/// The UDP payload of a probe or an answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Payload {
+    pub magic: u32,
+    pub version: u8,
+    /// [`PROBE`] or [`ANSWER`].
+    pub kind: u8,
+    /// The sender's tunnel id: an answer must come back on the same tunnel.
+    pub tunnel: u16,
+    pub seq: u32,
+    /// Zero.
+    pub pad: u32,
+    /// The sender's `CLOCK_MONOTONIC` when it sent the probe, ns.
+    pub sent_ns: u64,
+    /// The far gateway's `CLOCK_MONOTONIC` when it reflected it, ns (0 in a
+    /// probe). Only differences between tunnels mean anything: the two
+    /// clocks are unrelated.
+    pub reflected_ns: u64,
+    /// Tunnels the sender can use, as far as it knows by itself (bit k:
+    /// tunnel k): how a one-sided failure reaches the far gateway.
+    pub sender_view: u64,
+    /// The same of the far gateway, written in when it reflects.
+    pub reflector_view: u64,
+}
+
+pub const PAYLOAD_LEN: usize = size_of::<Payload>();
+const _: () = assert!(PAYLOAD_LEN == 48);
+/// The whole datagram.
+pub const PACKET_LEN: usize = IPV4_HLEN + UDP_HLEN + PAYLOAD_LEN;
+
+/// What a tunnel program hands up to the loader, through `PROBE_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// [`PROBE`]: the far gateway's probe was reflected (its view learnt);
+    /// [`ANSWER`]: an answer to one of ours arrived.
+    pub kind: u32,
+    /// The tunnel it arrived on.
+    pub tunnel: u32,
+    /// The payload as it arrived (host order is the reader's job).
+    pub payload: Payload,
+    /// This gateway's `CLOCK_MONOTONIC` at arrival, ns.
+    pub received_ns: u64,
+}
+
+const _: () = assert!(size_of::<Event>() == 64);
+
+impl Payload {
+    /// A probe, in wire order.
+    #[must_use]
+    pub fn probe(tunnel: u16, seq: u32, sent_ns: u64, view: u64) -> Self {
+        Self {
+            magic: MAGIC.to_be(),
+            version: VERSION,
+            kind: PROBE,
+            tunnel: tunnel.to_be(),
+            seq: seq.to_be(),
+            pad: 0,
+            sent_ns: sent_ns.to_be(),
+            reflected_ns: 0,
+            sender_view: view.to_be(),
+            reflector_view: 0,
+        }
+    }
+
+    /// The same in host order (or back: the swap is its own inverse).
+    #[must_use]
+    pub fn swapped(self) -> Self {
+        Self {
+            magic: u32::from_be(self.magic),
+            version: self.version,
+            kind: self.kind,
+            tunnel: u16::from_be(self.tunnel),
+            seq: u32::from_be(self.seq),
+            pad: 0,
+            sent_ns: u64::from_be(self.sent_ns),
+            reflected_ns: u64::from_be(self.reflected_ns),
+            sender_view: u64::from_be(self.sender_view),
+            reflector_view: u64::from_be(self.reflector_view),
+        }
+    }
+
+    /// The payload's bytes, to put on the wire.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; PAYLOAD_LEN] {
+        let mut b = [0u8; PAYLOAD_LEN];
+        b[0..4].copy_from_slice(&self.magic.to_ne_bytes());
+        b[4] = self.version;
+        b[5] = self.kind;
+        b[6..8].copy_from_slice(&self.tunnel.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.seq.to_ne_bytes());
+        b[16..24].copy_from_slice(&self.sent_ns.to_ne_bytes());
+        b[24..32].copy_from_slice(&self.reflected_ns.to_ne_bytes());
+        b[32..40].copy_from_slice(&self.sender_view.to_ne_bytes());
+        b[40..48].copy_from_slice(&self.reflector_view.to_ne_bytes());
+        b
+    }
+}
+
+/// The whole IPv4/UDP probe datagram, header checksum filled in and UDP
+/// checksum 0 (none, as IPv4 allows).
+#[must_use]
+pub fn datagram(payload: &Payload) -> [u8; PACKET_LEN] {
+    let mut d = [0u8; PACKET_LEN];
+    let total = u16::try_from(PACKET_LEN).unwrap_or(u16::MAX);
+    d[0] = 0x45;
+    d[2..4].copy_from_slice(&total.to_be_bytes());
+    d[6] = 0x40; // DF: never fragmented
+    d[8] = 64; // TTL
+    d[9] = 17; // UDP
+    d[12..16].copy_from_slice(&SRC);
+    d[16..20].copy_from_slice(&DST);
+    let check = crate::checksum::fold(
+        d[..IPV4_HLEN]
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum(),
+    );
+    d[10..12].copy_from_slice(&(!check).to_be_bytes());
+    let udp_len = u16::try_from(UDP_HLEN + PAYLOAD_LEN).unwrap_or(u16::MAX);
+    d[20..22].copy_from_slice(&PORT.to_be_bytes());
+    d[22..24].copy_from_slice(&PORT.to_be_bytes());
+    d[24..26].copy_from_slice(&udp_len.to_be_bytes());
+    d[IPV4_HLEN + UDP_HLEN..].copy_from_slice(&payload.to_bytes());
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_datagram_is_valid_ipv4_udp() {
+        let p = Payload::probe(3, 7, 1_000_000, 0b1011);
+        let d = datagram(&p);
+        // The header sums to 0xffff with its checksum.
+        let sum: u32 = d[..IPV4_HLEN]
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        assert_eq!(crate::checksum::fold(sum), 0xffff);
+        assert_eq!(&d[12..20], &[127, 0, 0, 1, 127, 0, 0, 2]);
+        assert_eq!(u16::from_be_bytes([d[22], d[23]]), PORT);
+        // The payload reads back.
+        let back = &d[IPV4_HLEN + UDP_HLEN..];
+        assert_eq!(u32::from_be_bytes(back[0..4].try_into().unwrap()), MAGIC);
+        assert_eq!(back[5], PROBE);
+        assert_eq!(u16::from_be_bytes([back[6], back[7]]), 3);
+        assert_eq!(u64::from_be_bytes(back[32..40].try_into().unwrap()), 0b1011);
+        let host = p.swapped();
+        assert_eq!((host.tunnel, host.seq, host.sent_ns), (3, 7, 1_000_000));
+    }
+}

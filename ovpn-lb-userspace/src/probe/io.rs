@@ -1,0 +1,271 @@
+//! Putting probes on the wire and reading what comes back.
+//!
+//! - [`Sender`]: one `AF_PACKET` socket writes probe datagrams straight into
+//!   tunnel devices (for a TAP device, framed to the far end's MAC), past the
+//!   routing table: a probe measures exactly the tunnel it names.
+//! - [`Events`]: the tunnel programs' reports (answers to our probes, and
+//!   the far gateway's probes they reflected), from a BPF ring buffer.
+//! - [`Pinger`]: for a tunnel whose far end is a plain OpenVPN (no ovpn-lb to
+//!   reflect probes), ICMP echo to an address behind it.
+
+use std::{
+    io, mem,
+    net::IpAddr,
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
+};
+
+use aya::maps::{MapData, RingBuf};
+use ovpn_lb_common::probe::{self, Event, Payload};
+use tokio::io::{Interest, unix::AsyncFd};
+
+/// `ETH_P_IP` in network order, for `sockaddr_ll`.
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+
+fn socket(domain: i32, kind: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain socket call; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Writes probes into tunnel devices.
+pub struct Sender {
+    fd: OwnedFd,
+}
+
+impl Sender {
+    /// # Errors
+    /// Without `CAP_NET_RAW`.
+    pub fn open() -> io::Result<Self> {
+        // Protocol 0: this socket sends only, it never receives a copy of traffic.
+        Ok(Self {
+            fd: socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)?,
+        })
+    }
+
+    /// Sends `payload` into device `ifindex`; `peer_mac` frames it for a TAP
+    /// device.
+    ///
+    /// # Errors
+    /// If the device is gone or its queue is full.
+    pub fn send(
+        &self,
+        ifindex: u32,
+        peer_mac: Option<[u8; 6]>,
+        payload: &Payload,
+    ) -> io::Result<()> {
+        let datagram = probe::datagram(payload);
+        // SAFETY: a zeroed sockaddr_ll is valid; the fields set below are plain data.
+        let mut to: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        to.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or(0);
+        to.sll_protocol = ETH_P_IP_BE;
+        to.sll_ifindex = i32::try_from(ifindex).unwrap_or(0);
+        if let Some(mac) = peer_mac {
+            to.sll_halen = 6;
+            to.sll_addr[..6].copy_from_slice(&mac);
+        }
+        // SAFETY: sending a buffer we own to an address we own, with their sizes.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                datagram.as_ptr().cast(),
+                datagram.len(),
+                0,
+                (&raw const to).cast(),
+                u32::try_from(mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0),
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The tunnel programs' probe reports.
+pub struct Events {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl Events {
+    /// Reads from the ring buffer map `ring`; needs a tokio runtime.
+    ///
+    /// # Errors
+    /// If the descriptor cannot be registered.
+    pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
+        // SAFETY: the ring buffer owns its map descriptor, open and the same
+        // for as long as the AsyncFd holds it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self { ring })
+    }
+
+    /// Waits for the next reports (at least one).
+    ///
+    /// # Errors
+    /// If waiting fails.
+    pub async fn next(&mut self) -> io::Result<Vec<Event>> {
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            let mut out = Vec::new();
+            while let Some(item) = ring.next() {
+                if item.len() >= mem::size_of::<Event>() {
+                    // SAFETY: the item holds at least an Event's bytes; Event is
+                    // plain integers, valid for any bit pattern; read unaligned.
+                    out.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+                }
+            }
+            guard.clear_ready();
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// ICMP echo through one tunnel to an address behind it.
+pub struct Pinger {
+    fd: AsyncFd<OwnedFd>,
+    target: IpAddr,
+    id: u16,
+}
+
+impl Pinger {
+    /// A raw ICMP socket bound to `device`, sending to `target` with echo id `id`.
+    ///
+    /// # Errors
+    /// Without `CAP_NET_RAW`, or if the device does not exist.
+    pub fn open(device: &str, target: IpAddr, id: u16) -> io::Result<Self> {
+        let fd = match target {
+            IpAddr::V4(_) => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)?,
+            IpAddr::V6(_) => socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?,
+        };
+        // SAFETY: setsockopt with a buffer we own and its length.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                device.as_ptr().cast(),
+                u32::try_from(device.len()).unwrap_or(0),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the OwnedFd keeps its descriptor open for the AsyncFd's life.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self { fd, target, id })
+    }
+
+    /// Sends echo request `seq`.
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub fn send(&self, seq: u16) -> io::Result<()> {
+        let v6 = self.target.is_ipv6();
+        let mut msg = [0u8; 16];
+        msg[0] = if v6 { 128 } else { 8 };
+        msg[4..6].copy_from_slice(&self.id.to_be_bytes());
+        msg[6..8].copy_from_slice(&seq.to_be_bytes());
+        msg[8..16].copy_from_slice(b"ovpn-lb\0");
+        if !v6 {
+            // ICMPv4 has its own checksum; ICMPv6's the kernel fills in.
+            let sum = ovpn_lb_common::checksum::fold(
+                msg.chunks(2)
+                    .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                    .sum(),
+            );
+            msg[2..4].copy_from_slice(&(!sum).to_be_bytes());
+        }
+        let sent = match self.target {
+            IpAddr::V4(a) => {
+                // SAFETY: a zeroed sockaddr_in is valid; fields set below.
+                let mut to: libc::sockaddr_in = unsafe { mem::zeroed() };
+                to.sin_family = u16::try_from(libc::AF_INET).unwrap_or(0);
+                to.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+                // SAFETY: sending our buffer to our address, with their sizes.
+                unsafe {
+                    libc::sendto(
+                        self.fd.as_raw_fd(),
+                        msg.as_ptr().cast(),
+                        msg.len(),
+                        0,
+                        (&raw const to).cast(),
+                        u32::try_from(mem::size_of::<libc::sockaddr_in>()).unwrap_or(0),
+                    )
+                }
+            }
+            IpAddr::V6(a) => {
+                // SAFETY: a zeroed sockaddr_in6 is valid; fields set below.
+                let mut to: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+                to.sin6_family = u16::try_from(libc::AF_INET6).unwrap_or(0);
+                to.sin6_addr.s6_addr = a.octets();
+                // SAFETY: as above.
+                unsafe {
+                    libc::sendto(
+                        self.fd.as_raw_fd(),
+                        msg.as_ptr().cast(),
+                        msg.len(),
+                        0,
+                        (&raw const to).cast(),
+                        u32::try_from(mem::size_of::<libc::sockaddr_in6>()).unwrap_or(0),
+                    )
+                }
+            }
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits for the next echo reply to us: its sequence number.
+    ///
+    /// # Errors
+    /// If the socket fails.
+    pub async fn reply(&self) -> io::Result<u16> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut buf = [0u8; 1500];
+            let got = guard.try_io(|fd| {
+                // SAFETY: receiving into a buffer we own, with its size.
+                let n =
+                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(usize::try_from(n).unwrap_or(0))
+                }
+            });
+            let Ok(n) = got else { continue };
+            let n = n?;
+            // IPv4 raw sockets include the IP header; IPv6 ones do not.
+            let icmp = match self.target {
+                IpAddr::V4(_) => {
+                    let ihl = usize::from(buf[0] & 0x0f) * 4;
+                    &buf[ihl.min(n)..n]
+                }
+                IpAddr::V6(_) => &buf[..n],
+            };
+            let echo_reply = if self.target.is_ipv6() { 129 } else { 0 };
+            if icmp.len() >= 8
+                && icmp[0] == echo_reply
+                && u16::from_be_bytes([icmp[4], icmp[5]]) == self.id
+            {
+                return Ok(u16::from_be_bytes([icmp[6], icmp[7]]));
+            }
+        }
+    }
+}

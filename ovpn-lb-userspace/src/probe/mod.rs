@@ -1,0 +1,330 @@
+//! Tunnel liveness and delay from in-band probes (the wire format is in
+//! `ovpn_lb_common::probe`; `io` sends them and reads the answers).
+//!
+//! Each gateway sends a probe into every tunnel every interval; the far
+//! gateway's tunnel program reflects it. A tunnel is dead once no probe sent
+//! in the last `misses` intervals has been answered, as BFD's detection time
+//! counts from the last packet heard: `misses` x interval after the path
+//! failed at the latest. Every probe and answer also carries its sender's
+//! view of the tunnels (bit k: tunnel k usable as far as that gateway knows
+//! by itself), so a failure only one side can see (its OpenVPN process died,
+//! its device went away) reaches the other side with the next probe on any
+//! tunnel that still works: the side that noticed sends one at once.
+
+pub mod io;
+
+use std::{collections::VecDeque, time::Duration};
+
+/// Round-trip time buckets of the Prometheus histogram, seconds.
+pub const RTT_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+];
+
+/// Probes remembered while their answers may still come.
+const OUTSTANDING: usize = 64;
+
+/// How often and how patiently a tunnel is probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub interval: Duration,
+    /// Intervals without an answer before the tunnel is dead.
+    pub misses: u32,
+}
+
+impl Settings {
+    /// How long after the newest answered probe was sent a tunnel stays alive.
+    #[must_use]
+    pub fn detection(&self) -> Duration {
+        self.interval * self.misses
+    }
+}
+
+/// Round-trip statistics, ns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rtt {
+    pub last: u64,
+    /// Exponentially weighted, 1/8 per sample (as TCP's SRTT).
+    pub smoothed: u64,
+    pub min: u64,
+    /// Counts per bucket of [`RTT_BUCKETS`] (not cumulative), and above.
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
+    pub count: u64,
+}
+
+impl Rtt {
+    fn add(&mut self, ns: u64) {
+        self.last = ns;
+        self.smoothed = if self.count == 0 {
+            ns
+        } else {
+            self.smoothed - self.smoothed / 8 + ns / 8
+        };
+        self.min = if self.count == 0 {
+            ns
+        } else {
+            self.min.min(ns)
+        };
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; RTT_BUCKETS.len() + 1];
+        }
+        #[expect(clippy::cast_precision_loss, reason = "bucket boundaries in seconds")]
+        let seconds = ns as f64 / 1e9;
+        let b = RTT_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(RTT_BUCKETS.len());
+        self.buckets[b] += 1;
+        self.sum_ns += ns;
+        self.count += 1;
+    }
+}
+
+/// One tunnel's probing, pure: times are `CLOCK_MONOTONIC` ns, the clock the
+/// BPF programs stamp with.
+#[derive(Clone, Debug, Default)]
+pub struct Tracker {
+    next_seq: u32,
+    /// (seq, sent at) of probes whose answers may still come.
+    outstanding: VecDeque<(u32, u64)>,
+    /// When probing (re)started: the first answers get `misses` intervals too.
+    started_ns: Option<u64>,
+    /// Send time of the newest answered probe.
+    answered_sent_ns: Option<u64>,
+    pub sent: u64,
+    pub answered: u64,
+    pub rtt: Rtt,
+    /// Forward one-way delay plus the (unknown, common) clock offset: the
+    /// far gateway's reflect time minus our send time, smallest recent one.
+    /// Only differences between tunnels mean anything.
+    pub forward_offset_ns: Option<i64>,
+}
+
+impl Tracker {
+    /// Starts (or restarts, after the device came back) at `now`.
+    pub fn start(&mut self, now: u64) {
+        self.outstanding.clear();
+        self.started_ns = Some(now);
+        self.answered_sent_ns = None;
+    }
+
+    /// Stops probing (the device is gone).
+    pub fn stop(&mut self) {
+        self.outstanding.clear();
+        self.started_ns = None;
+        self.answered_sent_ns = None;
+    }
+
+    #[must_use]
+    pub fn probing(&self) -> bool {
+        self.started_ns.is_some()
+    }
+
+    /// The next probe's sequence number, noted as sent at `now`.
+    pub fn send(&mut self, now: u64) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        if self.outstanding.len() == OUTSTANDING {
+            self.outstanding.pop_front();
+        }
+        self.outstanding.push_back((seq, now));
+        self.sent += 1;
+        seq
+    }
+
+    /// An answer to probe `seq`, sent at `sent_ns` (as the answer says),
+    /// reflected at `reflected_ns` (far clock), received at `received_ns`.
+    /// False for an answer to no probe of ours (stale, or forged).
+    pub fn answer(&mut self, seq: u32, sent_ns: u64, reflected_ns: u64, received_ns: u64) -> bool {
+        let Some(i) = self
+            .outstanding
+            .iter()
+            .position(|&(s, at)| s == seq && at == sent_ns)
+        else {
+            return false;
+        };
+        self.outstanding.remove(i);
+        self.answered += 1;
+        self.rtt.add(received_ns.saturating_sub(sent_ns));
+        if self.answered_sent_ns.is_none_or(|t| sent_ns > t) {
+            self.answered_sent_ns = Some(sent_ns);
+        }
+        #[expect(clippy::cast_possible_wrap, reason = "clock values stay below 2^63")]
+        let offset = reflected_ns as i64 - sent_ns as i64;
+        // The smallest offset seen has the least queueing in it; let it drift
+        // up slowly so a changed path is learnt.
+        self.forward_offset_ns = Some(match self.forward_offset_ns {
+            Some(o) if offset < o => offset,
+            Some(o) => o + (offset - o) / 64,
+            None => offset,
+        });
+        true
+    }
+
+    /// An ICMP echo reply to our probe whose sequence number ends in `seq16`,
+    /// received at `received_ns`. False for one we did not send.
+    pub fn echo_reply(&mut self, seq16: u16, received_ns: u64) -> bool {
+        let Some(&(seq, sent)) = self
+            .outstanding
+            .iter()
+            .find(|&&(s, _)| s & 0xffff == u32::from(seq16))
+        else {
+            return false;
+        };
+        let answered = self.answer(seq, sent, 0, received_ns);
+        // An echo carries no far-end time.
+        self.forward_offset_ns = None;
+        answered
+    }
+
+    /// `Some(alive)` once the tunnel has had its chance to answer; `None`
+    /// while not probing, or within the first `misses` intervals.
+    #[must_use]
+    pub fn alive(&self, now: u64, settings: &Settings) -> Option<bool> {
+        let window = u64::try_from(settings.detection().as_nanos()).unwrap_or(u64::MAX);
+        let started = self.started_ns?;
+        match self.answered_sent_ns {
+            Some(t) => Some(now <= t + window),
+            None if now > started + window => Some(false),
+            None => None,
+        }
+    }
+
+    /// When `alive` will turn false if nothing is heard, for the timer.
+    #[must_use]
+    pub fn deadline(&self, settings: &Settings) -> Option<u64> {
+        let window = u64::try_from(settings.detection().as_nanos()).unwrap_or(u64::MAX);
+        Some(self.answered_sent_ns.or(self.started_ns)? + window + 1)
+    }
+
+    /// Unanswered share of the probes sent, for `status`.
+    #[must_use]
+    #[expect(clippy::cast_precision_loss, reason = "a ratio for display")]
+    pub fn loss(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            1.0 - self.answered as f64 / self.sent as f64
+        }
+    }
+}
+
+/// What the far gateway last said about the tunnels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerView {
+    pub bits: u64,
+    pub heard_ns: u64,
+}
+
+impl PeerView {
+    /// Whether the far gateway, heard recently, says tunnel `k` is unusable.
+    #[must_use]
+    pub fn says_down(&self, k: usize, now: u64, settings: &Settings) -> bool {
+        let window = u64::try_from(settings.detection().as_nanos()).unwrap_or(u64::MAX);
+        self.heard_ns != 0 && now <= self.heard_ns + window && self.bits & (1 << k) == 0
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, ns: the clock of `bpf_ktime_get_ns`.
+#[must_use]
+pub fn now_ns() -> u64 {
+    // SAFETY: clock_gettime into a timespec we own.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts);
+        ts
+    };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const S: Settings = Settings {
+        interval: Duration::from_millis(100),
+        misses: 3,
+    };
+
+    #[test]
+    fn dead_three_intervals_after_the_newest_answered_probe_was_sent() {
+        let mut t = Tracker::default();
+        t.start(0);
+        assert_eq!(t.alive(100 * MS, &S), None, "within its first chance");
+        let seq = t.send(100 * MS);
+        assert!(t.answer(seq, 100 * MS, 5, 101 * MS));
+        assert_eq!(t.rtt.last, MS);
+        // The path fails at 150 ms: probes at 200, 300, 400 go unanswered.
+        for at in [200, 300, 400] {
+            t.send(at * MS);
+        }
+        assert_eq!(t.alive(400 * MS, &S), Some(true));
+        assert_eq!(t.deadline(&S), Some(400 * MS + 1));
+        assert_eq!(t.alive(400 * MS + 1, &S), Some(false));
+        // Within 300 ms of the failure at the latest.
+        const { assert!(400 * MS + 1 - 150 * MS <= 300 * MS) };
+        // An answer brings it back.
+        let seq = t.send(500 * MS);
+        assert!(t.answer(seq, 500 * MS, 0, 502 * MS));
+        assert_eq!(t.alive(502 * MS, &S), Some(true));
+    }
+
+    #[test]
+    fn never_answered_is_dead_after_its_chance() {
+        let mut t = Tracker::default();
+        t.start(0);
+        t.send(0);
+        assert_eq!(t.alive(300 * MS, &S), None);
+        assert_eq!(t.alive(301 * MS, &S), Some(false));
+        t.stop();
+        assert_eq!(t.alive(400 * MS, &S), None);
+    }
+
+    #[test]
+    fn stale_or_forged_answers_are_ignored() {
+        let mut t = Tracker::default();
+        t.start(0);
+        let seq = t.send(10 * MS);
+        assert!(!t.answer(seq + 1, 10 * MS, 0, 11 * MS), "no such probe");
+        assert!(!t.answer(seq, 9 * MS, 0, 11 * MS), "wrong send time");
+        assert!(t.answer(seq, 10 * MS, 0, 11 * MS));
+        assert!(!t.answer(seq, 10 * MS, 0, 11 * MS), "answered twice");
+        assert_eq!(t.answered, 1);
+    }
+
+    #[test]
+    fn rtt_statistics_and_histogram() {
+        let mut t = Tracker::default();
+        t.start(0);
+        for (i, rtt) in [800_000u64, 3 * MS, 30 * MS].iter().enumerate() {
+            let at = u64::try_from(i).unwrap() * 100 * MS;
+            let seq = t.send(at);
+            t.answer(seq, at, 0, at + rtt);
+        }
+        assert_eq!(t.rtt.min, 800_000);
+        assert_eq!(t.rtt.last, 30 * MS);
+        assert_eq!(t.rtt.count, 3);
+        // 0.8 ms <= 1 ms, 3 ms <= 5 ms, 30 ms <= 50 ms.
+        assert_eq!(t.rtt.buckets[1], 1);
+        assert_eq!(t.rtt.buckets[3], 1);
+        assert_eq!(t.rtt.buckets[6], 1);
+        assert!(t.rtt.smoothed > 800_000 && t.rtt.smoothed < 30 * MS);
+        assert!((t.loss() - 0.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn the_peer_view_counts_only_while_fresh() {
+        let v = PeerView {
+            bits: 0b101,
+            heard_ns: 100 * MS,
+        };
+        assert!(v.says_down(1, 200 * MS, &S));
+        assert!(!v.says_down(0, 200 * MS, &S));
+        assert!(
+            !v.says_down(1, 401 * MS, &S),
+            "stale after the detection time"
+        );
+        assert!(!PeerView::default().says_down(1, 0, &S));
+    }
+}
