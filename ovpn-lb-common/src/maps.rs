@@ -68,10 +68,11 @@ pub mod family {
     pub const PEER_V6: u32 = 1 << 3;
 }
 
-/// How the LAN program picks a tunnel.
+/// How the LAN program spreads packets over the tunnels (the `spray`
+/// setting; "mode" is left to the loader's hook choice, tc or XDP).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
+pub enum Spray {
     /// Every packet takes the next slot: one flow uses every tunnel.
     #[default]
     Packet = 0,
@@ -87,8 +88,8 @@ pub struct SiteConfig {
     pub lan_v6: Prefix6,
     /// `family::V4` / `family::V6`: which LAN prefixes are set.
     pub families: u32,
-    /// A [`Mode`] value.
-    pub mode: u32,
+    /// A [`Spray`] value.
+    pub spray: u32,
     /// The LAN device: where the XDP restore program sends packets it
     /// forwards itself.
     pub lan_ifindex: u32,

@@ -2,21 +2,21 @@
 
 use ovpn_lb_common::{
     Reason, SCHEDULE_SLOTS,
-    maps::{Mode, SCHEDULE_BUFFERS},
+    maps::{SCHEDULE_BUFFERS, Spray},
 };
 
 use crate::maps::{ACTIVE_SCHED, SCHEDULES, SPRAY_CURSOR};
 
 /// Tunnel id for this packet. `flow_hash` is only called in flow mode.
 #[inline(always)]
-pub fn pick(mode: u32, flow_hash: impl FnOnce() -> u32) -> Result<u32, Reason> {
+pub fn pick(spray: u32, flow_hash: impl FnOnce() -> u32) -> Result<u32, Reason> {
     let active = ACTIVE_SCHED.get(0).copied().unwrap_or(0) % SCHEDULE_BUFFERS;
     let schedule = SCHEDULES.get(active).ok_or(Reason::NoTunnel)?;
     let len = schedule.len;
     if len == 0 {
         return Err(Reason::NoTunnel);
     }
-    let position = if mode == Mode::Flow as u32 {
+    let position = if spray == Spray::Flow as u32 {
         flow_hash()
     } else {
         // Per-CPU cursor: plain load and store, nothing shared between CPUs.

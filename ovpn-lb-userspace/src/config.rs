@@ -11,7 +11,7 @@ use std::{
 
 use ovpn_lb_common::{
     MAX_TUNNELS, Prefix4, Prefix6, SiteConfig, TunnelConfig,
-    maps::{Mode, family, framing},
+    maps::{Spray, family, framing},
 };
 use serde::Deserialize;
 
@@ -226,7 +226,7 @@ pub struct Config {
     pub lan_v6: Option<Prefix6>,
     pub remote: Vec<Net>,
     pub exclude: Vec<Net>,
-    pub spray: Mode,
+    pub spray: Spray,
     /// The hook programs attach with, and why (one line for the log).
     pub hook: Hook,
     pub hook_reason: String,
@@ -240,7 +240,7 @@ impl Config {
     #[must_use]
     pub fn site(&self) -> SiteConfig {
         let mut site = SiteConfig {
-            mode: self.spray as u32,
+            spray: self.spray as u32,
             ..SiteConfig::default()
         };
         if let Some(p) = self.lan_v4 {
@@ -431,8 +431,8 @@ impl<'a> Validator<'a> {
             remote,
             exclude,
             spray: match raw.spray {
-                RawSpray::Packet => Mode::Packet,
-                RawSpray::Flow => Mode::Flow,
+                RawSpray::Packet => Spray::Packet,
+                RawSpray::Flow => Spray::Flow,
             },
             hook: hook.as_ref().map_or(Hook::Tc, |h| h.hook),
             hook_reason: hook.map(|h| h.reason).unwrap_or_default(),
@@ -870,7 +870,7 @@ weight = 3
     fn good_config_parses() {
         let (c, warnings) = parse(GOOD, &fake()).unwrap();
         assert!(warnings.is_empty());
-        assert_eq!(c.spray, Mode::Flow);
+        assert_eq!(c.spray, Spray::Flow);
         assert_eq!(c.up_delay, Duration::from_millis(500));
         assert_eq!(c.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
         assert_eq!(c.tunnels.len(), 2);

@@ -18,7 +18,7 @@ use aya::programs::{
 };
 use ovpn_lb_common::{
     SiteConfig,
-    maps::{Mode, programs, site_flags},
+    maps::{Spray, programs, site_flags},
     schedule,
 };
 use signal_hook::{
@@ -214,8 +214,8 @@ impl Loader<'_> {
             running,
             config: self.config_path.display().to_string(),
             mode: match self.config.spray {
-                Mode::Packet => "packet".into(),
-                Mode::Flow => "flow".into(),
+                Spray::Packet => "packet".into(),
+                Spray::Flow => "flow".into(),
             },
             hook: self.config.hook.name().into(),
             neighbours: self.neighbours.clone(),

@@ -6,7 +6,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     MAX_TUNNELS, Prefix4, Prefix6, Reason, ReasonStats, SiteConfig, TunnelConfig, TunnelStats,
-    maps::{Mode, family, framing, programs, route},
+    maps::{Spray, family, framing, programs, route},
     schedule,
 };
 
@@ -53,12 +53,12 @@ fn v6(s: &str, len: u8) -> Prefix6 {
 
 /// The gateway's configuration used by every fixture row.
 #[must_use]
-pub fn site(mode: Mode) -> SiteConfig {
+pub fn site(spray: Spray) -> SiteConfig {
     SiteConfig {
         lan_v4: v4("192.168.10.0", 24),
         lan_v6: v6("fd00:10::", 64),
         families: family::V4 | family::V6,
-        mode: mode as u32,
+        spray: spray as u32,
         ..SiteConfig::default()
     }
 }
@@ -178,7 +178,7 @@ impl Lab {
             .chain([0])
             .chain(TAP_DEVICES.iter().map(|d| ifindex(d)))
             .collect();
-        datapath.set_site(&site(Mode::Packet)).unwrap();
+        datapath.set_site(&site(Spray::Packet)).unwrap();
         datapath
             .set_remote_v4(v4("10.20.0.0", 16), route::SPRAY)
             .unwrap();
@@ -218,8 +218,8 @@ impl Lab {
 
     /// # Panics
     /// If the site cannot be written.
-    pub fn set_mode(&mut self, mode: Mode) {
-        self.datapath.set_site(&site(mode)).unwrap();
+    pub fn set_spray(&mut self, spray: Spray) {
+        self.datapath.set_site(&site(spray)).unwrap();
     }
 
     /// Runs one packet through the tc programs. `frame` starts with an

@@ -3,7 +3,7 @@
 //! Expected packets are built by etherparse, and every forwarded packet's
 //! checksums are re-verified by etherparse, never by our own code.
 
-use ovpn_lb_common::{Reason, maps::Mode};
+use ovpn_lb_common::{Reason, maps::Spray};
 use ovpn_lb_tests::{
     fixture::{
         Counters, Hook, Lab, Program, TAP_TUNNEL, TAP_TUNNEL_UNRESOLVED, TUNNEL_MTU, TUNNELS,
@@ -777,7 +777,7 @@ fn flow_mode_keeps_a_five_tuple_on_one_tunnel() {
         return;
     }
     with_lab(|lab| {
-        lab.set_mode(Mode::Flow);
+        lab.set_spray(Spray::Flow);
         lab.set_weights(&[1, 1, 1]);
         let flow = |sport: u16| {
             eth4(
@@ -813,7 +813,7 @@ fn flow_mode_keeps_a_five_tuple_on_one_tunnel() {
             );
         }
         // The same host pair in packet mode is sprayed over all tunnels.
-        lab.set_mode(Mode::Packet);
+        lab.set_spray(Spray::Packet);
         assert_eq!(spray_counts(lab, &flow(40_000), 30), [10, 10, 10, 0]);
     });
 }

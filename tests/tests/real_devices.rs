@@ -13,7 +13,7 @@ use std::{
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     Prefix4, Prefix6, Reason,
-    maps::{Mode, programs, route},
+    maps::{Spray, programs, route},
     schedule,
 };
 use ovpn_lb_tests::{
@@ -93,7 +93,7 @@ fn gateway(gw: &Netns) -> (Datapath, Tun) {
     gw.ip(&["route", "add", "10.20.0.0/16", "dev", "ovt0"]);
     gw.ip(&["-6", "route", "add", "fd00:20::/48", "dev", "ovt0"]);
     let mut dp = Datapath::load().unwrap();
-    dp.set_site(&site(Mode::Packet)).unwrap();
+    dp.set_site(&site(Spray::Packet)).unwrap();
     dp.set_remote_v4(v4("10.20.0.0", 16), route::SPRAY).unwrap();
     dp.set_remote_v6(v6("fd00:20::", 48), route::SPRAY).unwrap();
     let t = tunnel(0, ifindex("ovt0"));

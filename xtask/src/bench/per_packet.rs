@@ -16,7 +16,7 @@ use aya::{
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     Prefix4, Prefix6, TunnelConfig,
-    maps::{Mode, framing, programs, route},
+    maps::{Spray, framing, programs, route},
     schedule,
 };
 use ovpn_lb_tests::{
@@ -126,9 +126,9 @@ impl Bench {
         })
     }
 
-    /// Site mode, the first `tunnels` in the schedule, with `framing`.
-    fn configure(&mut self, tunnels: usize, mode: Mode, framing_kind: u32) -> Result<()> {
-        self.datapath.set_site(&site(mode))?;
+    /// Spray setting, the first `tunnels` in the schedule, with `framing`.
+    fn configure(&mut self, tunnels: usize, spray: Spray, framing_kind: u32) -> Result<()> {
+        self.datapath.set_site(&site(spray))?;
         for k in 0..tunnels.max(1) {
             let id = u32::try_from(k)?;
             let mut t = TunnelConfig {
@@ -200,7 +200,7 @@ struct Path_ {
     name: &'static str,
     program: &'static str,
     tunnels: usize,
-    mode: Mode,
+    spray: Spray,
     frames: Vec<Vec<u8>>,
     /// Tunnel device whose ifindex the packet arrives on (tunnel ingress).
     arrives_on: Option<usize>,
@@ -225,14 +225,14 @@ fn path(
     name: &'static str,
     program: &'static str,
     tunnels: usize,
-    mode: Mode,
+    spray: Spray,
     frames: Vec<Vec<u8>>,
 ) -> Path_ {
     Path_ {
         name,
         program,
         tunnels,
-        mode,
+        spray,
         frames,
         arrives_on: None,
         framing: framing::TUN,
@@ -275,26 +275,26 @@ fn hook_paths() -> Vec<Path_> {
     ));
     let (lan, lan_xdp) = (programs::LAN_INGRESS, programs::LAN_INGRESS_XDP);
     vec![
-        path("spray, tc on tun", lan, 4, Mode::Packet, vec![tcp4(40000)]),
+        path("spray, tc on tun", lan, 4, Spray::Packet, vec![tcp4(40000)]),
         on_tap(path(
             "spray, tc on TAP",
             lan,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         )),
         on_tap(path(
             "spray, XDP on TAP",
             lan_xdp,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         )),
         on_tap(path(
             "spray, XDP on TAP, 1400 B offloaded checksum completed",
             lan_xdp,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![offloaded],
         )),
         Path_ {
@@ -303,7 +303,7 @@ fn hook_paths() -> Vec<Path_> {
                 "restore, tc on TAP",
                 programs::TUNNEL_INGRESS_ETH,
                 4,
-                Mode::Packet,
+                Spray::Packet,
                 vec![restore.clone()],
             ))
         },
@@ -313,7 +313,7 @@ fn hook_paths() -> Vec<Path_> {
                 "restore, XDP on TAP (to the kernel)",
                 programs::TUNNEL_INGRESS_XDP,
                 4,
-                Mode::Packet,
+                Spray::Packet,
                 vec![restore],
             ))
         },
@@ -331,13 +331,13 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
     let other = eth4(&V4::new("192.168.10.5", "10.99.0.7", l4(40000, 443)).datagram());
     let lan = programs::LAN_INGRESS;
     let main = vec![
-        path("IPv4 TCP spray", lan, 4, Mode::Packet, vec![tcp4(40000)]),
-        path("IPv6 TCP spray", lan, 4, Mode::Packet, vec![tcp6]),
+        path("IPv4 TCP spray", lan, 4, Spray::Packet, vec![tcp4(40000)]),
+        path("IPv6 TCP spray", lan, 4, Spray::Packet, vec![tcp6]),
         path(
             "flow mode (IPv4 TCP)",
             lan,
             4,
-            Mode::Flow,
+            Spray::Flow,
             vec![tcp4(40000)],
         ),
         Path_ {
@@ -346,7 +346,7 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
                 "restore on tunnel ingress",
                 programs::TUNNEL_INGRESS_ETH,
                 4,
-                Mode::Packet,
+                Spray::Packet,
                 vec![restore],
             )
         },
@@ -354,7 +354,7 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
             "pass-through (not remote)",
             lan,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![other],
         ),
         // Where the spray path's time goes: each row stops one stage later.
@@ -362,21 +362,21 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
             "stage: parse + classify (TTL 1, passed)",
             lan,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4_with(1, 64)],
         ),
         path(
             "stage: + schedule (no tunnel, dropped)",
             lan,
             0,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         ),
         path(
             "stage: + MTU check (over MTU, passed)",
             lan,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4_with(64, 1500)],
         ),
     ];
@@ -389,24 +389,24 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
         })
         .collect();
     let scaling = vec![
-        path("spray, 1 tunnel", lan, 1, Mode::Packet, vec![tcp4(40000)]),
-        path("spray, 4 tunnels", lan, 4, Mode::Packet, vec![tcp4(40000)]),
+        path("spray, 1 tunnel", lan, 1, Spray::Packet, vec![tcp4(40000)]),
+        path("spray, 4 tunnels", lan, 4, Spray::Packet, vec![tcp4(40000)]),
         path(
             "spray, 16 tunnels",
             lan,
             16,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         ),
         path(
             "spray, 64 tunnels",
             lan,
             64,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         ),
-        path("flow mode, 1 flow", lan, 4, Mode::Flow, vec![tcp4(40000)]),
-        path("flow mode, 100,000 flows", lan, 4, Mode::Flow, many),
+        path("flow mode, 1 flow", lan, 4, Spray::Flow, vec![tcp4(40000)]),
+        path("flow mode, 100,000 flows", lan, 4, Spray::Flow, many),
     ];
     (main, scaling)
 }
@@ -439,7 +439,7 @@ fn measure_with_floors(
         let fx = run_ns(Prog::Xdp(bench.floor_xdp()?), &[tcp4(40000)], 0)?;
         floor.push((f, fx));
         for (i, p) in paths.iter().enumerate() {
-            bench.configure(p.tunnels, p.mode, p.framing)?;
+            bench.configure(p.tunnels, p.spray, p.framing)?;
             let ifindex = p.arrives_on.map_or(0, |k| bench.ifindex[k]);
             let ns = run_ns(bench.prog(p.program)?, &p.frames, ifindex)?;
             per_path[i].push(ns);
