@@ -1,7 +1,6 @@
 //! LAN ingress pipeline: parse -> classify -> schedule -> MTU -> address ->
 //! (XDP: complete offloaded checksums) -> translate -> redirect.
 
-use aya_ebpf::btf_maps::lpm_trie::Key;
 use ovpn_lb_common::{
     Reason, SiteConfig, TunnelConfig, checksum,
     flow::FlowHasher,
@@ -10,9 +9,10 @@ use ovpn_lb_common::{
 
 use crate::{
     hook::Hook,
-    maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS},
+    layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr},
+    maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS, v4_key, v6_key},
     offload,
-    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Packet},
+    packet::Packet,
     parse, redirect, schedule, stats, translate, verdict,
 };
 
@@ -32,8 +32,10 @@ pub fn handle<C: Hook>(ctx: &C) -> i32 {
 /// Returns the ifindex to redirect to once the packet has been rewritten.
 #[inline(always)]
 fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
-    let eth: *const EthHdr = pkt.ptr(0).ok_or(Reason::TruncatedEthernet)?;
-    let proto = u16::from_be(unsafe { (*eth).proto });
+    let proto = pkt
+        .header::<EthHdr>(0)
+        .ok_or(Reason::TruncatedEthernet)?
+        .ether_type();
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return Err(Reason::NotIp);
     }
@@ -48,11 +50,11 @@ fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
 #[inline(always)]
 fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> {
     let (hdr, ip) = parse::ipv4(pkt, ETH_HLEN)?;
-    let (src, dst, ttl) = unsafe { ((*hdr).saddr, (*hdr).daddr, (*hdr).ttl) };
+    let (src, dst, ttl) = (hdr.src(), hdr.dst(), hdr.ttl());
     if site.families & family::V4 == 0 || !site.lan_v4.contains(src) {
         return Err(Reason::NotLan);
     }
-    if REMOTE_V4.get(&Key::new(32, dst.to_ne_bytes())) != Some(&route::SPRAY) {
+    if REMOTE_V4.get(&v4_key(dst)) != Some(&route::SPRAY) {
         return Err(Reason::NotRemote);
     }
     if ttl <= 1 {
@@ -73,7 +75,7 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
     offload::complete(pkt, &ip, l4.as_ref(), |len| {
         checksum::pseudo_v4(src, dst, ip.proto, len)
     })?;
-    translate::ipv4(pkt, hdr, tunnel.xlat_v4.translate(src), dst, true, l4)?;
+    translate::ipv4(pkt, &hdr, tunnel.xlat_v4.translate(src), dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);
     Ok(tunnel.ifindex)
@@ -82,14 +84,11 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
 #[inline(always)]
 fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> {
     let (hdr, ip) = parse::ipv6(pkt, ETH_HLEN)?;
-    let (src, dst, hop_limit) = unsafe { ((*hdr).saddr, (*hdr).daddr, (*hdr).hop_limit) };
+    let (src, dst, hop_limit) = (hdr.src(), hdr.dst(), hdr.hop_limit());
     if site.families & family::V6 == 0 || !site.lan_v6.contains(&src) {
         return Err(Reason::NotLan);
     }
-    let key = Key::new(128, unsafe {
-        core::mem::transmute::<[u32; 4], [u8; 16]>(dst)
-    });
-    if REMOTE_V6.get(&key) != Some(&route::SPRAY) {
+    if REMOTE_V6.get(&v6_key(&dst)) != Some(&route::SPRAY) {
         return Err(Reason::NotRemote);
     }
     if hop_limit <= 1 {
@@ -110,7 +109,7 @@ fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
     offload::complete(pkt, &ip, l4.as_ref(), |len| {
         checksum::pseudo_v6(&src, &dst, ip.proto, len)
     })?;
-    translate::ipv6(pkt, hdr, &tunnel.xlat_v6.translate(&src), &dst, true, l4)?;
+    translate::ipv6(pkt, &hdr, &tunnel.xlat_v6.translate(&src), &dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);
     Ok(tunnel.ifindex)

@@ -1,43 +1,36 @@
 //! Tunnel ingress pipeline: parse -> restore the peer's sources and our own
 //! translated destinations -> hand to the kernel, which routes to the LAN.
 
-use aya_ebpf::btf_maps::lpm_trie::Key;
 use ovpn_lb_common::{Reason, SiteConfig, TunnelConfig, maps::family};
 
 use crate::{
     hook::Hook,
-    maps::{OUR_XLAT_V4, OUR_XLAT_V6, SITE, TUNNEL_BY_IF, TUNNELS},
-    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Packet},
-    parse, stats, translate,
+    layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr},
+    maps::{OUR_XLAT_V4, OUR_XLAT_V6, SITE, TUNNELS, tunnel_by_if, v4_key, v6_key},
+    packet::Packet,
+    parse::{self, Family},
+    stats, translate,
 };
-
-/// Outcome of a restore: the packet's family, for whoever delivers it.
-pub enum Restored {
-    V4,
-    V6,
-}
 
 /// Restores one packet; the caller counts the reason and picks the verdict.
 /// `L3` is where the IP header starts: 0 on a tun device, which carries bare
 /// IP packets (tc only); `ETH_HLEN` on a device with Ethernet framing (TAP).
 #[inline(always)]
-pub fn restore<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Restored, Reason> {
-    let id = TUNNEL_BY_IF
-        .get_ptr(pkt.ctx.ingress_ifindex())
-        .ok_or(Reason::UnknownTunnel)?;
-    let id = unsafe { *id };
+pub fn restore<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Family, Reason> {
+    let id = tunnel_by_if(pkt.ctx().ifindex()).ok_or(Reason::UnknownTunnel)?;
     stats::tunnel_rx(id, pkt.len().saturating_sub(L3 as u32));
     let tunnel = TUNNELS.get(id).ok_or(Reason::UnknownTunnel)?;
     let site = SITE.get(0).ok_or(Reason::UnknownTunnel)?;
     let proto = if L3 == ETH_HLEN {
-        let eth: *const EthHdr = pkt.ptr(0).ok_or(Reason::TruncatedEthernet)?;
-        u16::from_be(unsafe { (*eth).proto })
+        pkt.header::<EthHdr>(0)
+            .ok_or(Reason::TruncatedEthernet)?
+            .ether_type()
     } else {
-        pkt.ctx.l3_protocol()
+        pkt.ctx().l3_protocol()
     };
     match proto {
-        ETH_P_IP => restore_v4(pkt, L3, site, tunnel).map(|()| Restored::V4),
-        ETH_P_IPV6 => restore_v6(pkt, L3, site, tunnel).map(|()| Restored::V6),
+        ETH_P_IP => restore_v4(pkt, L3, site, tunnel).map(|()| Family::V4),
+        ETH_P_IPV6 => restore_v6(pkt, L3, site, tunnel).map(|()| Family::V6),
         _ => Err(Reason::NotIp),
     }
 }
@@ -50,10 +43,9 @@ fn restore_v4<C: Hook>(
     tunnel: &TunnelConfig,
 ) -> Result<(), Reason> {
     let (hdr, ip) = parse::ipv4(pkt, l3)?;
-    let (mut src, mut dst) = unsafe { ((*hdr).saddr, (*hdr).daddr) };
+    let (mut src, mut dst) = (hdr.src(), hdr.dst());
     let peer = tunnel.families & family::PEER_V4 != 0 && tunnel.peer_xlat_v4.contains(src);
-    let ours = site.families & family::V4 != 0
-        && OUR_XLAT_V4.get(&Key::new(32, dst.to_ne_bytes())).is_some();
+    let ours = site.families & family::V4 != 0 && OUR_XLAT_V4.get(&v4_key(dst)).is_some();
     if !peer && !ours {
         return Err(Reason::NothingToRestore);
     }
@@ -64,7 +56,7 @@ fn restore_v4<C: Hook>(
     if ours {
         dst = site.lan_v4.translate(dst);
     }
-    translate::ipv4(pkt, hdr, src, dst, false, l4)
+    translate::ipv4(pkt, &hdr, src, dst, false, l4)
 }
 
 #[inline(always)]
@@ -75,12 +67,9 @@ fn restore_v6<C: Hook>(
     tunnel: &TunnelConfig,
 ) -> Result<(), Reason> {
     let (hdr, ip) = parse::ipv6(pkt, l3)?;
-    let (mut src, mut dst) = unsafe { ((*hdr).saddr, (*hdr).daddr) };
+    let (mut src, mut dst) = (hdr.src(), hdr.dst());
     let peer = tunnel.families & family::PEER_V6 != 0 && tunnel.peer_xlat_v6.contains(&src);
-    let key = Key::new(128, unsafe {
-        core::mem::transmute::<[u32; 4], [u8; 16]>(dst)
-    });
-    let ours = site.families & family::V6 != 0 && OUR_XLAT_V6.get(&key).is_some();
+    let ours = site.families & family::V6 != 0 && OUR_XLAT_V6.get(&v6_key(&dst)).is_some();
     if !peer && !ours {
         return Err(Reason::NothingToRestore);
     }
@@ -91,5 +80,5 @@ fn restore_v6<C: Hook>(
     if ours {
         dst = site.lan_v6.translate(&dst);
     }
-    translate::ipv6(pkt, hdr, &src, &dst, false, l4)
+    translate::ipv6(pkt, &hdr, &src, &dst, false, l4)
 }
