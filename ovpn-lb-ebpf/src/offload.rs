@@ -35,7 +35,10 @@ pub fn complete<C: Hook>(
     pseudo: impl FnOnce(u16) -> u16,
 ) -> Result<(), Reason> {
     let Some(l4) = l4 else { return Ok(()) };
-    if C::KEEPS_CHECKSUM_STATE || !l4.offloadable {
+    // A fragment's checksum covers the whole datagram, whose other fragments
+    // we cannot see; and the kernel completes offloaded checksums before it
+    // fragments, so no fragment carries a partial one.
+    if C::KEEPS_CHECKSUM_STATE || !l4.offloadable || ip.fragment {
         return Ok(());
     }
     let field = pkt.header::<Word>(l4.offset).ok_or(Reason::TruncatedL4)?;

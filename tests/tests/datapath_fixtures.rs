@@ -10,7 +10,7 @@ use ovpn_lb_tests::{
         tap_mac, tap_peer_mac, with_lab,
     },
     packets::{
-        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L4, V4, V6, eth, eth_between, eth4, eth6,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L4, V4, V6, eth, eth_between, eth4, eth6, payload,
         validate_checksums, with_partial_checksum,
     },
     require_root,
@@ -191,6 +191,72 @@ fn spray_v6(name: &'static str, k: u32, p: &V6) -> Row {
     lan(name, eth6(&p.datagram()))
         .only(k)
         .sprayed(k, eth6(&out.datagram()))
+}
+
+/// Ones' complement 16-bit addition.
+fn ones_add(a: u16, b: u16) -> u16 {
+    let s = u32::from(a) + u32::from(b);
+    u16::try_from((s & 0xffff) + (s >> 16)).unwrap()
+}
+
+/// Folded pseudo-header sum of a UDP segment of `l4_len` bytes, as a host
+/// with checksum offload leaves it in the checksum field (RFC 768/8200).
+fn pseudo_sum(src: &[u8], dst: &[u8], l4_len: u16) -> u16 {
+    let mut words: Vec<u8> = [src, dst].concat();
+    words.extend_from_slice(&[0, 17]);
+    words.extend_from_slice(&l4_len.to_be_bytes());
+    words
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]))
+        .fold(0, ones_add)
+}
+
+/// `len` payload bytes (even) whose last word is chosen so that the UDP
+/// checksum that `checksum_of` reports for the datagram comes out as `target`.
+fn payload_with_udp_checksum(
+    len: usize,
+    target: u16,
+    checksum_of: impl Fn(&[u8]) -> u16,
+) -> Vec<u8> {
+    let mut p = payload(len);
+    p[len - 2..].fill(0);
+    // checksum = ~S; adding w to S must give ~target.
+    let w = ones_add(!target, checksum_of(&p));
+    p[len - 2..].copy_from_slice(&w.to_be_bytes());
+    assert_eq!(checksum_of(&p), target, "forced UDP checksum");
+    p
+}
+
+/// A UDP datagram from the LAN host whose checksum field happens to equal
+/// the pseudo-header sum of its first 64-byte fragment: to a program that
+/// mistook the fragment for a whole segment, it would look left to offload.
+fn udp_looking_partial_in_first_fragment(v6: bool) -> (Option<V4>, Option<V6>) {
+    const FIRST: u16 = 64;
+    let udp = |payload: Vec<u8>| L4::Udp {
+        sport: 5353,
+        dport: 53,
+        payload,
+        checksum: true,
+    };
+    if v6 {
+        let (src, dst): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+            (LAN_HOST6.parse().unwrap(), FAR_HOST6.parse().unwrap());
+        let target = pseudo_sum(&src.octets(), &dst.octets(), FIRST);
+        let p = payload_with_udp_checksum(200, target, |p| {
+            let d = V6::new(LAN_HOST6, FAR_HOST6, udp(p.to_vec())).datagram();
+            u16::from_be_bytes([d[46], d[47]])
+        });
+        (None, Some(V6::new(LAN_HOST6, FAR_HOST6, udp(p))))
+    } else {
+        let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+            (LAN_HOST.parse().unwrap(), FAR_HOST.parse().unwrap());
+        let target = pseudo_sum(&src.octets(), &dst.octets(), FIRST);
+        let p = payload_with_udp_checksum(200, target, |p| {
+            let d = V4::new(LAN_HOST, FAR_HOST, udp(p.to_vec())).datagram();
+            u16::from_be_bytes([d[26], d[27]])
+        });
+        (Some(V4::new(LAN_HOST, FAR_HOST, udp(p))), None)
+    }
 }
 
 fn corrupt(mut l3: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -456,6 +522,30 @@ fn rows() -> Vec<Row> {
             .only(TAP_TUNNEL)
             .sprayed(TAP_TUNNEL, tap_frame(ETH_P_IPV6, &out.datagram()))
             .xdp_only()
+        },
+        {
+            // XDP must not "complete" a first fragment's checksum: it covers
+            // the whole datagram, not the fragment.
+            let (p, _) = udp_looking_partial_in_first_fragment(false);
+            let p = p.unwrap();
+            let out = p.with_src(&lan_host_on(TAP_TUNNEL)).with_ttl(63);
+            lan(
+                "v4 first fragment whose checksum equals its pseudo-header sum is left alone",
+                eth4(&p.fragments(64)[0]),
+            )
+            .only(TAP_TUNNEL)
+            .sprayed(TAP_TUNNEL, tap_frame(ETH_P_IP, &out.fragments(64)[0]))
+        },
+        {
+            let (_, p) = udp_looking_partial_in_first_fragment(true);
+            let p = p.unwrap();
+            let out = p.with_src(&lan_host6_on(TAP_TUNNEL)).with_hop_limit(63);
+            lan(
+                "v6 first fragment whose checksum equals its pseudo-header sum is left alone",
+                eth6(&p.fragments(64)[0]),
+            )
+            .only(TAP_TUNNEL)
+            .sprayed(TAP_TUNNEL, tap_frame(ETH_P_IPV6, &out.fragments(64)[0]))
         },
         // --- LAN ingress: dropped ---
         lan("no healthy tunnel", eth4(&tcp4.datagram()))
