@@ -37,7 +37,7 @@ pub fn ipv4<C: Hook>(
     hdr.set_dst(dst);
     hdr.set_check(check);
     let diff = checksum::add(checksum::diff4(old_src, src), checksum::diff4(old_dst, dst));
-    l4_replace(pkt, l4, diff)
+    l4_replace(pkt, l4, diff, false)
 }
 
 /// Rewrites the IPv6 addresses to `src`/`dst`, optionally decrementing the hop limit.
@@ -57,18 +57,36 @@ pub fn ipv6<C: Hook>(
     hdr.set_src(src);
     hdr.set_dst(dst);
     if decrement_hop_limit {
+        // Sprayed packets only, which leave through a tunnel device's
+        // transmit path, where a CHECKSUM_COMPLETE `csum` means nothing:
+        // left unadjusted, as not worth a helper call per packet.
         hdr.set_hop_limit(hdr.hop_limit() - 1);
     }
-    l4_replace(pkt, l4, diff)
+    if l4.is_none() {
+        // Nothing compensates the address change (a non-first fragment, a
+        // protocol without pseudo-header): keep a CHECKSUM_COMPLETE skb's
+        // `csum` right for the kernel, which may still use it (reassembly,
+        // local delivery).
+        pkt.ctx().csum_update(diff);
+    }
+    l4_replace(pkt, l4, diff, true)
 }
 
 #[inline(always)]
-fn l4_replace<C: Hook>(pkt: &Packet<C>, l4: Option<L4Checksum>, diff: u32) -> Result<(), Reason> {
+fn l4_replace<C: Hook>(
+    pkt: &Packet<C>,
+    l4: Option<L4Checksum>,
+    diff: u32,
+    ipv6: bool,
+) -> Result<(), Reason> {
     let Some(l4) = l4 else { return Ok(()) };
     if C::KEEPS_CHECKSUM_STATE {
         let mut flags = csum::PSEUDO_HDR;
         if l4.zero_means_none {
             flags |= csum::MARK_MANGLED_0;
+        }
+        if ipv6 {
+            flags |= csum::IPV6;
         }
         return pkt.ctx().l4_csum_replace(l4.offset, diff, flags);
     }

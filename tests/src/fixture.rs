@@ -2,6 +2,8 @@
 //! `Datapath` API, run packet by packet with `BPF_PROG_TEST_RUN` inside a
 //! namespace that holds the tunnel devices (their MTUs are read by the program).
 
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
 use aya::programs::{TestRun as _, TestRunOptions};
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
@@ -237,6 +239,28 @@ impl Lab {
     /// # Panics
     /// If the kernel refuses the run.
     pub fn run_on(&mut self, hook: Hook, program: Program, frame: &[u8], gso_size: u32) -> Run {
+        self.try_run(hook, program, frame, gso_size, false)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
+    }
+
+    /// Like [`Lab::run_on`]; with `checksum_complete` (tc only) the kernel
+    /// hands the program a `CHECKSUM_COMPLETE` skb and afterwards checks that
+    /// `skb->csum` still matches the data, failing the run with `EBADMSG`
+    /// when the program left it stale.
+    ///
+    /// # Errors
+    /// The kernel's error for the run.
+    ///
+    /// # Panics
+    /// If the program is missing.
+    pub fn try_run(
+        &mut self,
+        hook: Hook,
+        program: Program,
+        frame: &[u8],
+        gso_size: u32,
+        checksum_complete: bool,
+    ) -> Result<Run, std::io::Error> {
         let dev = match program {
             Program::Lan => 0,
             Program::Tunnel(k) => self.ifindex[k as usize],
@@ -256,23 +280,43 @@ impl Lab {
             (Hook::Xdp, _) => (programs::TUNNEL_INGRESS_XDP, xdp_ctx(dev, frame.len())),
         };
         assert!(hook == Hook::Tc || gso_size == 0, "XDP frames carry no GSO");
+        assert!(
+            hook == Hook::Tc || !checksum_complete,
+            "XDP frames carry no csum"
+        );
         let mut out = vec![0u8; 65536];
+        if hook == Hook::Tc {
+            let prog = self.datapath.program(name).unwrap();
+            let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+            let flags = if checksum_complete {
+                BPF_F_TEST_SKB_CHECKSUM_COMPLETE
+            } else {
+                0
+            };
+            let (retval, len) = test_run_raw(fd, frame, &ctx, &mut out, flags)?;
+            out.truncate(len);
+            return Ok(Run {
+                verdict: retval.cast_signed(),
+                output: out,
+            });
+        }
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
             ..TestRunOptions::default()
         };
-        let result = match hook {
-            Hook::Tc => self.datapath.program(name).unwrap().test_run(opts),
-            Hook::Xdp => self.datapath.xdp_program(name).unwrap().test_run(opts),
-        }
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"));
+        let result = self
+            .datapath
+            .xdp_program(name)
+            .unwrap()
+            .test_run(opts)
+            .map_err(|e| std::io::Error::other(format!("{name}: {e:?}")))?;
         out.truncate(result.data_size_out as usize);
-        Run {
+        Ok(Run {
             verdict: result.return_value.cast_signed(),
             output: out,
-        }
+        })
     }
 
     /// # Panics
@@ -312,4 +356,67 @@ fn skb_ctx(ifindex: u32, gso_size: u32, len: usize) -> Vec<u8> {
         ctx[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
     }
     ctx
+}
+
+/// `BPF_F_TEST_SKB_CHECKSUM_COMPLETE` (`include/uapi/linux/bpf.h`, Linux 6.11+).
+const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// The `test` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// `BPF_PROG_TEST_RUN` by hand: aya's options cannot pass the skb flags.
+/// Returns the program's return value and the output length.
+fn test_run_raw(
+    prog_fd: i32,
+    data: &[u8],
+    ctx: &[u8],
+    out: &mut [u8],
+    flags: u32,
+) -> Result<(u32, usize), std::io::Error> {
+    let mut attr = TestRunAttr {
+        prog_fd: u32::try_from(prog_fd).unwrap(),
+        data_size_in: u32::try_from(data.len()).unwrap(),
+        data_size_out: u32::try_from(out.len()).unwrap(),
+        data_in: data.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: u32::try_from(ctx.len()).unwrap(),
+        ctx_in: ctx.as_ptr() as u64,
+        flags,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: every pointer in `attr` refers to a live buffer of the size
+    // given next to it; the kernel writes at most `data_size_out` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &raw mut attr,
+            size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((attr.retval, attr.data_size_out as usize))
 }

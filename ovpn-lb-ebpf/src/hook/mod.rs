@@ -14,6 +14,10 @@ pub mod csum {
     pub const PSEUDO_HDR: u64 = 1 << 4;
     /// UDP: a checksum of 0 ("none") stays 0, a result of 0 becomes 0xffff.
     pub const MARK_MANGLED_0: u64 = 1 << 5;
+    /// IPv6 (`BPF_F_IPV6`, Linux 6.16+): no header checksum absorbs the
+    /// address change, so a `CHECKSUM_COMPLETE` skb's `csum` must not be
+    /// adjusted for the pseudo-header (the L4 field's change cancels it).
+    pub const IPV6: u64 = 1 << 7;
 }
 
 /// MTU of `ifindex` from the kernel, for either context (`ctx` is the raw
@@ -62,6 +66,10 @@ pub trait Hook {
     /// the kernel helper (`csum::*` flags). Only where
     /// [`Hook::KEEPS_CHECKSUM_STATE`].
     fn l4_csum_replace(&self, offset: usize, diff: u32, flags: u64) -> Result<(), Reason>;
+    /// Adds `diff` to the packet's whole-data checksum, where the kernel
+    /// keeps one (`CHECKSUM_COMPLETE` skbs): for data written directly that
+    /// no checksum field compensates. Nothing elsewhere.
+    fn csum_update(&self, diff: u32);
     /// Copies `len` bytes at `offset` into `to`; false if they are not there
     /// or `to` is shorter.
     fn load_bytes(&self, offset: usize, to: &mut [u8], len: u32) -> bool;

@@ -3,7 +3,9 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
+    helpers::{
+        bpf_csum_update, bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
+    },
     programs::TcContext,
 };
 use ovpn_lb_common::Reason;
@@ -74,6 +76,13 @@ impl Hook for TcContext {
         } else {
             Err(Reason::RewriteFailed)
         }
+    }
+
+    #[inline(always)]
+    fn csum_update(&self, diff: u32) {
+        // SAFETY: the skb is the program's context. The helper fails
+        // (harmlessly) unless the skb is CHECKSUM_COMPLETE.
+        let _ = unsafe { bpf_csum_update(self.skb.skb, diff) };
     }
 
     #[inline(always)]

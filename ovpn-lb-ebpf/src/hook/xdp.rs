@@ -59,6 +59,10 @@ impl Hook for XdpContext {
         Err(Reason::RewriteFailed)
     }
 
+    /// A frame has no whole-data checksum.
+    #[inline(always)]
+    fn csum_update(&self, _diff: u32) {}
+
     #[inline(always)]
     fn load_bytes(&self, offset: usize, to: &mut [u8], len: u32) -> bool {
         if len as usize > to.len() {
