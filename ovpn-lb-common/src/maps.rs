@@ -95,6 +95,11 @@ pub struct SiteConfig {
     pub lan_ifindex: u32,
     /// `site_flags::*` bits.
     pub flags: u32,
+    /// MAC address of the LAN device: under XDP only frames sent to it are
+    /// sprayed (tc reads the kernel's verdict, `skb->pkt_type`). All zero:
+    /// unknown, and the XDP LAN program sprays nothing.
+    pub lan_mac: [u8; 6],
+    pub pad: [u8; 2],
 }
 
 /// `flags` bits in [`SiteConfig`].
@@ -212,7 +217,7 @@ pub mod route {
     pub const SPRAY: u32 = 1;
 }
 
-const _: () = assert!(size_of::<SiteConfig>() == 56);
+const _: () = assert!(size_of::<SiteConfig>() == 64);
 const _: () = assert!(size_of::<TunnelConfig>() == 148);
 const _: () = assert!(size_of::<TunnelStats>() == 32);
 const _: () = assert!(size_of::<ReasonStats>() == 16);

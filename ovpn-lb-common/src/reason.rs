@@ -65,6 +65,7 @@ reasons! {
     RewriteFailed = 17, "rewrite_failed", Dropped, "a kernel helper refused the rewrite";
     NoNextHop = 18, "no_next_hop", Dropped, "the scheduled TAP tunnel's far-end MAC is not known yet";
     RestoredToLan = 19, "restored_to_lan", Forwarded, "tunnel packet restored and sent straight to the LAN device by XDP";
+    NotForUs = 20, "not_for_us", Passed, "LAN frame not addressed to this host (broadcast, multicast, another host's MAC)";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

@@ -32,14 +32,22 @@ pub fn handle<C: Hook>(ctx: &C) -> i32 {
 /// Returns the ifindex to redirect to once the packet has been rewritten.
 #[inline(always)]
 fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
-    let proto = pkt
-        .header::<EthHdr>(0)
-        .ok_or(Reason::TruncatedEthernet)?
-        .ether_type();
+    let eth = pkt.header::<EthHdr>(0).ok_or(Reason::TruncatedEthernet)?;
+    let site = SITE.get(0).ok_or(Reason::NotLan)?;
+    // Only frames sent to this host: not broadcasts, multicasts or frames
+    // for other hosts that a promiscuous device hands us.
+    let for_us = match pkt.ctx().to_this_host() {
+        Some(host) => host,
+        None => eth.dst() == site.lan_mac,
+    };
+    if !for_us {
+        return Err(Reason::NotForUs);
+    }
+    // VLAN-tagged frames (802.1Q, 802.1ad) are not unwrapped: not IP here.
+    let proto = eth.ether_type();
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return Err(Reason::NotIp);
     }
-    let site = SITE.get(0).ok_or(Reason::NotLan)?;
     if proto == ETH_P_IP {
         spray_v4(pkt, site)
     } else {

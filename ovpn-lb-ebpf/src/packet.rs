@@ -119,6 +119,11 @@ impl Header<'_, Word> {
 }
 
 impl Header<'_, EthHdr> {
+    #[inline(always)]
+    pub fn dst(&self) -> [u8; 6] {
+        self.load::<[u8; 6], { offset_of!(EthHdr, dst_addr) }>()
+    }
+
     /// Ethertype, host order.
     #[inline(always)]
     pub fn ether_type(&self) -> u16 {

@@ -12,7 +12,11 @@ use ovpn_lb_common::{
     schedule,
 };
 
-use crate::netns::Netns;
+use crate::{netns::Netns, packets::GATEWAY_MAC};
+
+/// The LAN device in the fixture namespace: a TAP device with the gateway's
+/// MAC, so the kernel marks frames sent to that MAC as for this host.
+pub const LAN_DEVICE: &str = "ovlan";
 
 /// tun devices in the fixture namespace: tunnels 0..3 have one each.
 pub const TUNNEL_DEVICES: [&str; 3] = ["ovt0", "ovt1", "ovt2"];
@@ -61,6 +65,7 @@ pub fn site(spray: Spray) -> SiteConfig {
         lan_v6: v6("fd00:10::", 64),
         families: family::V4 | family::V6,
         spray: spray as u32,
+        lan_mac: GATEWAY_MAC,
         ..SiteConfig::default()
     }
 }
@@ -127,6 +132,8 @@ pub struct Lab {
     pub datapath: Datapath,
     /// Device of each tunnel id, 0 for none.
     pub ifindex: Vec<u32>,
+    /// The LAN device.
+    pub lan_ifindex: u32,
 }
 
 /// Builds the fixture namespace and runs `f` inside it with a loaded datapath.
@@ -146,6 +153,9 @@ pub fn with_lab<R: Send>(f: impl FnOnce(&mut Lab) -> R + Send) -> R {
         ns.ip(&["link", "set", dev, "mtu", &TUNNEL_MTU.to_string()]);
         ns.ip(&["link", "set", dev, "address", &mac]);
     }
+    let mac = GATEWAY_MAC.map(|b| format!("{b:02x}")).join(":");
+    ns.ip(&["tuntap", "add", "dev", LAN_DEVICE, "mode", "tap"]);
+    ns.ip(&["link", "set", LAN_DEVICE, "address", &mac]);
     ns.enter(|| {
         pin_to_cpu0();
         let mut lab = Lab::new();
@@ -164,7 +174,7 @@ fn pin_to_cpu0() {
     }
 }
 
-fn ifindex(dev: &str) -> u32 {
+fn device_index(dev: &str) -> u32 {
     let name = std::ffi::CString::new(dev).unwrap();
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     assert_ne!(index, 0, "no device {dev} in the fixture namespace");
@@ -176,9 +186,9 @@ impl Lab {
         let mut datapath = Datapath::load().expect("load the datapath");
         let ifindex: Vec<u32> = TUNNEL_DEVICES
             .iter()
-            .map(|d| ifindex(d))
+            .map(|d| device_index(d))
             .chain([0])
-            .chain(TAP_DEVICES.iter().map(|d| ifindex(d)))
+            .chain(TAP_DEVICES.iter().map(|d| device_index(d)))
             .collect();
         datapath.set_site(&site(Spray::Packet)).unwrap();
         datapath
@@ -204,7 +214,12 @@ impl Lab {
             datapath.set_our_xlat_v4(t.xlat_v4, k).unwrap();
             datapath.set_our_xlat_v6(t.xlat_v6, k).unwrap();
         }
-        let mut lab = Self { datapath, ifindex };
+        let lan_ifindex = device_index(LAN_DEVICE);
+        let mut lab = Self {
+            datapath,
+            ifindex,
+            lan_ifindex,
+        };
         lab.set_weights(&[1, 1, 1]);
         lab
     }
@@ -262,7 +277,7 @@ impl Lab {
         checksum_complete: bool,
     ) -> Result<Run, std::io::Error> {
         let dev = match program {
-            Program::Lan => 0,
+            Program::Lan => self.lan_ifindex,
             Program::Tunnel(k) => self.ifindex[k as usize],
             Program::NotATunnel => 1,
         };

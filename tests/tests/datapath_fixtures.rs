@@ -10,8 +10,8 @@ use ovpn_lb_tests::{
         tap_mac, tap_peer_mac, with_lab,
     },
     packets::{
-        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L4, V4, V6, eth, eth_between, eth4, eth6, payload,
-        validate_checksums, with_partial_checksum,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L4, LAN_HOST_MAC, V4, V6, eth, eth_between, eth4, eth6,
+        payload, validate_checksums, with_partial_checksum,
     },
     require_root,
 };
@@ -268,6 +268,16 @@ fn udp_looking_partial_in_first_fragment(v6: bool) -> (Option<V4>, Option<V6>) {
     }
 }
 
+/// Another host's MAC on the LAN.
+const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+
+/// An IPv4 datagram in a VLAN-tagged frame to the gateway (tag protocol
+/// `tpid`, VLAN 10).
+fn vlan(tpid: u16, l3: &[u8]) -> Vec<u8> {
+    let tag = [&10u16.to_be_bytes()[..], &ETH_P_IP.to_be_bytes()[..], l3].concat();
+    eth(tpid, &tag)
+}
+
 fn corrupt(mut l3: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     f(&mut l3);
     l3
@@ -402,6 +412,41 @@ fn rows() -> Vec<Row> {
         // --- LAN ingress: left to the kernel ---
         lan("ARP", eth(ETH_P_ARP, &[0; 28])).passed(Reason::NotIp),
         lan("LLDP", eth(0x88cc, &[0; 40])).passed(Reason::NotIp),
+        lan(
+            "v4 frame for another host's MAC (promiscuous device)",
+            eth_between(OTHER_MAC, LAN_HOST_MAC, ETH_P_IP, &tcp4.datagram()),
+        )
+        .passed(Reason::NotForUs),
+        lan(
+            "v6 frame for another host's MAC (promiscuous device)",
+            eth_between(OTHER_MAC, LAN_HOST_MAC, ETH_P_IPV6, &tcp6.datagram()),
+        )
+        .passed(Reason::NotForUs),
+        lan(
+            "v4 broadcast frame",
+            eth_between([0xff; 6], LAN_HOST_MAC, ETH_P_IP, &udp4.datagram()),
+        )
+        .passed(Reason::NotForUs),
+        lan(
+            "v6 multicast frame",
+            eth_between(
+                [0x33, 0x33, 0, 0, 0, 1],
+                LAN_HOST_MAC,
+                ETH_P_IPV6,
+                &udp6.datagram(),
+            ),
+        )
+        .passed(Reason::NotForUs),
+        lan(
+            "802.1Q VLAN-tagged v4 frame",
+            vlan(0x8100, &tcp4.datagram()),
+        )
+        .passed(Reason::NotIp),
+        lan(
+            "802.1ad VLAN-tagged v4 frame",
+            vlan(0x88a8, &tcp4.datagram()),
+        )
+        .passed(Reason::NotIp),
         lan(
             "v4 destination outside the remote prefixes",
             eth4(&tcp4.with_dst("10.99.0.7").datagram()),

@@ -262,7 +262,21 @@ fn truncated_ip_headers_are_dropped(t: &Topology, dp: &Datapath) {
     let before = dp.reason_stats(Reason::TruncatedIp).unwrap().packets;
     let v4 = V4::new("192.168.10.5", "10.20.30.7", L4::udp(10)).datagram();
     let v6 = V6::new("fd00:10::5", "fd00:20:0:30::7", L4::udp(10)).datagram();
-    let frames = [eth4(&v4[..10]), eth6(&v6[..30])];
+    // Addressed to the gateway's LAN device: only frames for this host count.
+    let link = t.gw.ip(&["link", "show", "lan0"]);
+    let mac: Vec<u8> = link
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("lan0 has a MAC")
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let to_gw = |mut frame: Vec<u8>| {
+        frame[..6].copy_from_slice(&mac);
+        frame
+    };
+    let frames = [to_gw(eth4(&v4[..10])), to_gw(eth6(&v6[..30]))];
     t.host
         .spawn(move || {
             for f in &frames {

@@ -60,6 +60,10 @@ pub trait Hook {
     /// The device the program runs on: where the packet arrived (ingress) or
     /// is leaving (egress).
     fn ifindex(&self) -> u32;
+    /// Whether the kernel found the frame addressed to this host
+    /// (`skb->pkt_type == PACKET_HOST`): `None` where the hook has no such
+    /// verdict (XDP), and the Ethernet destination must be compared instead.
+    fn to_this_host(&self) -> Option<bool>;
     /// Payload bytes per segment of a GSO packet, 0 for a plain one.
     fn gso_size(&self) -> u32;
     /// Adds the 32-bit difference `diff` to the L4 checksum at `offset` with

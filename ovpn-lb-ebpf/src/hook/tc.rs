@@ -12,6 +12,9 @@ use ovpn_lb_common::Reason;
 
 use super::Hook;
 
+/// `skb->pkt_type` of a frame addressed to this host (`linux/if_packet.h`).
+const PACKET_HOST: u32 = 0;
+
 /// The `__sk_buff` the kernel handed the program.
 #[inline(always)]
 fn skb(ctx: &TcContext) -> &__sk_buff {
@@ -56,6 +59,12 @@ impl Hook for TcContext {
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         skb(self).ifindex
+    }
+
+    /// `eth_type_trans` set `pkt_type` from the destination MAC before tc ran.
+    #[inline(always)]
+    fn to_this_host(&self) -> Option<bool> {
+        Some(skb(self).pkt_type == PACKET_HOST)
     }
 
     #[inline(always)]

@@ -46,6 +46,12 @@ impl Hook for XdpContext {
         unsafe { (*self.ctx).ingress_ifindex }
     }
 
+    /// The frame has not met the kernel yet: compare the MAC.
+    #[inline(always)]
+    fn to_this_host(&self) -> Option<bool> {
+        None
+    }
+
     /// No GSO before a socket buffer exists: the frame is the packet.
     #[inline(always)]
     fn gso_size(&self) -> u32 {

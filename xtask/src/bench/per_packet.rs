@@ -20,9 +20,9 @@ use ovpn_lb_common::{
     schedule,
 };
 use ovpn_lb_tests::{
-    fixture::{site, tap_mac, tap_peer_mac, tunnel},
+    fixture::{LAN_DEVICE, site, tap_mac, tap_peer_mac, tunnel},
     netns::Netns,
-    packets::{L4, V4, V6, eth4, eth6, with_partial_checksum},
+    packets::{GATEWAY_MAC, L4, V4, V6, eth4, eth6, with_partial_checksum},
 };
 
 use super::{median, spread};
@@ -36,6 +36,8 @@ struct Bench {
     datapath: Datapath,
     floor: Ebpf,
     ifindex: Vec<u32>,
+    /// The LAN device (the gateway's MAC), so tc sees LAN frames as for this host.
+    lan_ifindex: u32,
 }
 
 /// A program under either hook.
@@ -87,12 +89,14 @@ fn run_ns(prog: Prog, frames: &[Vec<u8>], ifindex: u32) -> Result<f64> {
 impl Bench {
     fn new(floor_object: &Path) -> Result<Self> {
         let mut datapath = Datapath::load()?;
+        let index = |name: &str| {
+            let name = std::ffi::CString::new(name).expect("no NUL");
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        };
         let ifindex: Vec<u32> = (0..MAX_DEVICES)
-            .map(|k| {
-                let name = std::ffi::CString::new(format!("ovb{k}")).expect("no NUL");
-                unsafe { libc::if_nametoindex(name.as_ptr()) }
-            })
+            .map(|k| index(&format!("ovb{k}")))
             .collect();
+        let lan_ifindex = index(LAN_DEVICE);
         datapath.set_remote_v4(Prefix4::new([10, 20, 0, 0], 16), route::SPRAY)?;
         datapath.set_remote_v6(
             Prefix6::new([0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 48),
@@ -123,6 +127,7 @@ impl Bench {
             datapath,
             floor,
             ifindex,
+            lan_ifindex,
         })
     }
 
@@ -440,7 +445,13 @@ fn measure_with_floors(
         floor.push((f, fx));
         for (i, p) in paths.iter().enumerate() {
             bench.configure(p.tunnels, p.spray, p.framing)?;
-            let ifindex = p.arrives_on.map_or(0, |k| bench.ifindex[k]);
+            // LAN frames arrive on the LAN device (tc marks them for this
+            // host by its MAC); XDP LAN runs use loopback's receive queue.
+            let ifindex = match p.arrives_on {
+                Some(k) => bench.ifindex[k],
+                None if programs::XDP.contains(&p.program) => 1,
+                None => bench.lan_ifindex,
+            };
             let ns = run_ns(bench.prog(p.program)?, &p.frames, ifindex)?;
             per_path[i].push(ns);
         }
@@ -463,6 +474,9 @@ pub fn run(floor_object: &Path, rounds: usize) -> Result<(String, Vec<(String, f
     for k in 0..MAX_DEVICES {
         ns.ip(&["tuntap", "add", "dev", &format!("ovb{k}"), "mode", "tun"]);
     }
+    ns.ip(&["tuntap", "add", "dev", LAN_DEVICE, "mode", "tap"]);
+    let mac = GATEWAY_MAC.map(|b| format!("{b:02x}")).join(":");
+    ns.ip(&["link", "set", LAN_DEVICE, "address", &mac]);
     let floor_object = floor_object.to_path_buf();
     ns.enter(move || -> Result<(String, Vec<(String, f64)>)> {
         unsafe {
