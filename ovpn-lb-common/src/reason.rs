@@ -66,6 +66,8 @@ reasons! {
     NoNextHop = 18, "no_next_hop", Dropped, "the scheduled TAP tunnel's far-end MAC is not known yet";
     RestoredToLan = 19, "restored_to_lan", Forwarded, "tunnel packet restored and sent straight to the LAN device by XDP";
     NotForUs = 20, "not_for_us", Passed, "LAN frame not addressed to this host (broadcast, multicast, another host's MAC)";
+    ShortFrame = 21, "short_frame", Passed, "LAN frame ends before the IP addresses: it cannot be remote-bound, the kernel judges it";
+    BigTcp = 22, "big_tcp", Passed, "remote-bound GSO packet over 64 KiB (BIG TCP, IP length 0): the kernel segments it and routes it into a tunnel";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

@@ -1,5 +1,10 @@
-//! LAN ingress pipeline: parse -> classify -> schedule -> MTU -> address ->
+//! LAN ingress pipeline: classify -> validate -> schedule -> MTU -> address ->
 //! (XDP: complete offloaded checksums) -> translate -> redirect.
+//!
+//! Classification reads only the addresses, at fixed offsets, before any
+//! validation: a packet that is not remote-bound (source in the LAN prefix,
+//! destination sprayed) passes to the kernel whatever else is wrong with it.
+//! Only remote-bound packets are ever dropped here.
 
 use ovpn_lb_common::{
     Reason, SiteConfig, TunnelConfig, checksum,
@@ -9,7 +14,7 @@ use ovpn_lb_common::{
 
 use crate::{
     hook::Hook,
-    layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr},
+    layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr},
     maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS, v4_key, v6_key},
     offload,
     packet::Packet,
@@ -32,7 +37,7 @@ pub fn handle<C: Hook>(ctx: &C) -> i32 {
 /// Returns the ifindex to redirect to once the packet has been rewritten.
 #[inline(always)]
 fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
-    let eth = pkt.header::<EthHdr>(0).ok_or(Reason::TruncatedEthernet)?;
+    let eth = pkt.header::<EthHdr>(0).ok_or(Reason::ShortFrame)?;
     let site = SITE.get(0).ok_or(Reason::NotLan)?;
     // Only frames sent to this host: not broadcasts, multicasts or frames
     // for other hosts that a promiscuous device hands us.
@@ -57,15 +62,20 @@ fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
 
 #[inline(always)]
 fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> {
-    let (hdr, ip) = parse::ipv4(pkt, ETH_HLEN)?;
-    let (src, dst, ttl) = (hdr.src(), hdr.dst(), hdr.ttl());
+    let hdr = pkt.header::<Ipv4Hdr>(ETH_HLEN).ok_or(Reason::ShortFrame)?;
+    let (src, dst) = (hdr.src(), hdr.dst());
     if site.families & family::V4 == 0 || !site.lan_v4.contains(src) {
         return Err(Reason::NotLan);
     }
     if REMOTE_V4.get(&v4_key(dst)) != Some(&route::SPRAY) {
         return Err(Reason::NotRemote);
     }
-    if ttl <= 1 {
+    // Remote-bound: from here on a malformed packet is dropped.
+    let ip = parse::ipv4(pkt, &hdr, ETH_HLEN)?;
+    if ip.big {
+        return Err(Reason::BigTcp);
+    }
+    if hdr.ttl() <= 1 {
         return Err(Reason::TtlExpired);
     }
     let l4 = parse::l4_checksum(pkt, &ip)?;
@@ -91,15 +101,20 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
 
 #[inline(always)]
 fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> {
-    let (hdr, ip) = parse::ipv6(pkt, ETH_HLEN)?;
-    let (src, dst, hop_limit) = (hdr.src(), hdr.dst(), hdr.hop_limit());
+    let hdr = pkt.header::<Ipv6Hdr>(ETH_HLEN).ok_or(Reason::ShortFrame)?;
+    let (src, dst) = (hdr.src(), hdr.dst());
     if site.families & family::V6 == 0 || !site.lan_v6.contains(&src) {
         return Err(Reason::NotLan);
     }
     if REMOTE_V6.get(&v6_key(&dst)) != Some(&route::SPRAY) {
         return Err(Reason::NotRemote);
     }
-    if hop_limit <= 1 {
+    // Remote-bound: from here on a malformed packet is dropped.
+    let ip = parse::ipv6(pkt, &hdr, ETH_HLEN)?;
+    if ip.big {
+        return Err(Reason::BigTcp);
+    }
+    if hdr.hop_limit() <= 1 {
         return Err(Reason::TtlExpired);
     }
     let l4 = parse::l4_checksum(pkt, &ip)?;

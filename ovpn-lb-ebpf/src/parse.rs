@@ -19,6 +19,8 @@ use crate::{
 
 /// IPv6 extension headers we walk before giving up on the chain.
 const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Largest length an IP length field can state.
+const MAX_IP_LEN: usize = u16::MAX as usize;
 
 /// An IP packet's family.
 #[derive(Clone, Copy)]
@@ -41,6 +43,9 @@ pub struct Ip {
     pub has_l4: bool,
     /// Any fragment, first or not.
     pub fragment: bool,
+    /// A GSO packet over 64 KiB whose length field is 0 (BIG TCP): `len`
+    /// is the packet's.
+    pub big: bool,
 }
 
 impl Ip {
@@ -51,51 +56,59 @@ impl Ip {
     }
 }
 
+/// Validates the IPv4 header `hdr` at `l3` (already known to fit the
+/// linear area) and finds the L4 header.
 #[inline(always)]
-pub fn ipv4<'p, C: Hook>(
-    pkt: &'p Packet<'_, C>,
-    l3: usize,
-) -> Result<(Header<'p, Ipv4Hdr>, Ip), Reason> {
-    let hdr = pkt.header::<Ipv4Hdr>(l3).ok_or(Reason::TruncatedIp)?;
+pub fn ipv4<C: Hook>(pkt: &Packet<C>, hdr: &Header<Ipv4Hdr>, l3: usize) -> Result<Ip, Reason> {
     let vihl = hdr.vihl();
-    let tot_len = hdr.tot_len() as usize;
     let frags = hdr.frags();
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Reason::BadIpHeader);
     }
     let frame = pkt.len() as usize - l3;
-    if tot_len < ihl || tot_len > frame {
+    let mut len = hdr.tot_len() as usize;
+    let big = len == 0 && frame > MAX_IP_LEN;
+    if big {
+        // BIG TCP: a GSO packet over 64 KiB has no room for its length
+        // (the kernel's iph_totlen() then takes the skb's).
+        len = frame;
+    }
+    if len < ihl || len > frame {
         return Err(Reason::BadIpLength);
     }
     // Options must be in the linear area too.
     pkt.header::<[u8; 1]>(l3 + ihl - 1)
         .ok_or(Reason::TruncatedIp)?;
-    let ip = Ip {
+    Ok(Ip {
         l3,
-        len: tot_len,
+        len,
         l4: l3 + ihl,
         proto: hdr.proto(),
         has_l4: frags & IP_OFFSET == 0,
         fragment: frags & (IP_MF | IP_OFFSET) != 0,
-    };
-    Ok((hdr, ip))
+        big,
+    })
 }
 
+/// Validates the IPv6 header `hdr` at `l3` (already known to fit the
+/// linear area) and walks its extension headers to the L4 header.
 #[inline(always)]
-pub fn ipv6<'p, C: Hook>(
-    pkt: &'p Packet<'_, C>,
-    l3: usize,
-) -> Result<(Header<'p, Ipv6Hdr>, Ip), Reason> {
-    let hdr = pkt.header::<Ipv6Hdr>(l3).ok_or(Reason::TruncatedIp)?;
-    let payload_len = hdr.payload_len() as usize;
+pub fn ipv6<C: Hook>(pkt: &Packet<C>, hdr: &Header<Ipv6Hdr>, l3: usize) -> Result<Ip, Reason> {
     let mut next = hdr.next_hdr();
     if hdr.version() != 6 {
         return Err(Reason::BadIpHeader);
     }
-    let len = Ipv6Hdr::LEN + payload_len;
-    // payload_len 0 is a jumbogram, which we do not forward.
-    if payload_len == 0 || len > pkt.len() as usize - l3 {
+    let frame = pkt.len() as usize - l3;
+    let mut len = Ipv6Hdr::LEN + hdr.payload_len() as usize;
+    // Payload length 0: BIG TCP (a GSO packet over 64 KiB, with or without a
+    // jumbo option) takes the packet's length; anything smaller is an
+    // RFC 2675 jumbogram that cannot be, and is refused.
+    let big = len == Ipv6Hdr::LEN && frame > Ipv6Hdr::LEN + MAX_IP_LEN;
+    if big {
+        len = frame;
+    }
+    if len == Ipv6Hdr::LEN || len > frame {
         return Err(Reason::BadIpLength);
     }
     let end = l3 + len;
@@ -140,15 +153,15 @@ pub fn ipv6<'p, C: Hook>(
     if !complete || off > end {
         return Err(Reason::Ipv6ExtChain);
     }
-    let ip = Ip {
+    Ok(Ip {
         l3,
         len,
         l4: off,
         proto: next,
         has_l4,
         fragment,
-    };
-    Ok((hdr, ip))
+        big,
+    })
 }
 
 /// An L4 checksum that covers the IP pseudo-header.

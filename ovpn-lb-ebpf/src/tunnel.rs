@@ -1,11 +1,13 @@
-//! Tunnel ingress pipeline: parse -> restore the peer's sources and our own
-//! translated destinations -> hand to the kernel, which routes to the LAN.
+//! Tunnel ingress pipeline: classify by address -> validate -> restore the
+//! peer's sources and our own translated destinations -> hand to the
+//! kernel, which routes to the LAN. A packet with nothing to restore passes
+//! untouched before any validation.
 
 use ovpn_lb_common::{Reason, SiteConfig, TunnelConfig, maps::family};
 
 use crate::{
     hook::Hook,
-    layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr},
+    layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr},
     maps::{OUR_XLAT_V4, OUR_XLAT_V6, SITE, TUNNELS, tunnel_by_if, v4_key, v6_key},
     packet::Packet,
     parse::{self, Family},
@@ -42,13 +44,14 @@ fn restore_v4<C: Hook>(
     site: &SiteConfig,
     tunnel: &TunnelConfig,
 ) -> Result<(), Reason> {
-    let (hdr, ip) = parse::ipv4(pkt, l3)?;
+    let hdr = pkt.header::<Ipv4Hdr>(l3).ok_or(Reason::TruncatedIp)?;
     let (mut src, mut dst) = (hdr.src(), hdr.dst());
     let peer = tunnel.families & family::PEER_V4 != 0 && tunnel.peer_xlat_v4.contains(src);
     let ours = site.families & family::V4 != 0 && OUR_XLAT_V4.get(&v4_key(dst)).is_some();
     if !peer && !ours {
         return Err(Reason::NothingToRestore);
     }
+    let ip = parse::ipv4(pkt, &hdr, l3)?;
     let l4 = parse::l4_checksum(pkt, &ip)?;
     if peer {
         src = tunnel.peer_real_v4.translate(src);
@@ -66,13 +69,14 @@ fn restore_v6<C: Hook>(
     site: &SiteConfig,
     tunnel: &TunnelConfig,
 ) -> Result<(), Reason> {
-    let (hdr, ip) = parse::ipv6(pkt, l3)?;
+    let hdr = pkt.header::<Ipv6Hdr>(l3).ok_or(Reason::TruncatedIp)?;
     let (mut src, mut dst) = (hdr.src(), hdr.dst());
     let peer = tunnel.families & family::PEER_V6 != 0 && tunnel.peer_xlat_v6.contains(&src);
     let ours = site.families & family::V6 != 0 && OUR_XLAT_V6.get(&v6_key(&dst)).is_some();
     if !peer && !ours {
         return Err(Reason::NothingToRestore);
     }
+    let ip = parse::ipv6(pkt, &hdr, l3)?;
     let l4 = parse::l4_checksum(pkt, &ip)?;
     if peer {
         src = tunnel.peer_real_v6.translate(&src);

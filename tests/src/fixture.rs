@@ -276,6 +276,29 @@ impl Lab {
         gso_size: u32,
         checksum_complete: bool,
     ) -> Result<Run, std::io::Error> {
+        let flags = if checksum_complete {
+            BPF_F_TEST_SKB_CHECKSUM_COMPLETE
+        } else {
+            0
+        };
+        self.try_run_flags(hook, program, frame, gso_size, flags)
+    }
+
+    /// [`Lab::try_run`] with raw `BPF_PROG_TEST_RUN` flags (tc only).
+    ///
+    /// # Errors
+    /// The kernel's error for the run.
+    ///
+    /// # Panics
+    /// If the program is missing.
+    pub fn try_run_flags(
+        &mut self,
+        hook: Hook,
+        program: Program,
+        frame: &[u8],
+        gso_size: u32,
+        flags: u32,
+    ) -> Result<Run, std::io::Error> {
         let dev = match program {
             Program::Lan => self.lan_ifindex,
             Program::Tunnel(k) => self.ifindex[k as usize],
@@ -295,19 +318,11 @@ impl Lab {
             (Hook::Xdp, _) => (programs::TUNNEL_INGRESS_XDP, xdp_ctx(dev, frame.len())),
         };
         assert!(hook == Hook::Tc || gso_size == 0, "XDP frames carry no GSO");
-        assert!(
-            hook == Hook::Tc || !checksum_complete,
-            "XDP frames carry no csum"
-        );
-        let mut out = vec![0u8; 65536];
+        assert!(hook == Hook::Tc || flags == 0, "flags are for skbs");
+        let mut out = vec![0u8; 200_000];
         if hook == Hook::Tc {
             let prog = self.datapath.program(name).unwrap();
             let fd = prog.fd().unwrap().as_fd().as_raw_fd();
-            let flags = if checksum_complete {
-                BPF_F_TEST_SKB_CHECKSUM_COMPLETE
-            } else {
-                0
-            };
             let (retval, len) = test_run_raw(fd, frame, &ctx, &mut out, flags)?;
             out.truncate(len);
             return Ok(Run {

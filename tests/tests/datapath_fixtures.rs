@@ -477,6 +477,65 @@ fn rows() -> Vec<Row> {
             eth6(&tcp6.with_src("fd00:11::5").datagram()),
         )
         .passed(Reason::NotLan),
+        // Classified before validation: what is not remote-bound passes
+        // however malformed (the kernel judges it).
+        lan(
+            "v4 total length 0, destination not remote",
+            eth4(&corrupt(tcp4.with_dst("10.99.0.7").datagram(), |d| {
+                d[2..4].fill(0);
+            })),
+        )
+        .passed(Reason::NotRemote),
+        lan(
+            "v4 total length 0, source outside the LAN",
+            eth4(&corrupt(tcp4.with_src("192.168.11.5").datagram(), |d| {
+                d[2..4].fill(0);
+            })),
+        )
+        .passed(Reason::NotLan),
+        lan(
+            "v4 IHL 4, destination not remote",
+            eth4(&corrupt(tcp4.with_dst("10.99.0.7").datagram(), |d| {
+                d[0] = 0x44;
+            })),
+        )
+        .passed(Reason::NotRemote),
+        lan(
+            "v6 payload length 0, destination not remote",
+            eth6(&corrupt(tcp6.with_dst("fd00:99::7").datagram(), |d| {
+                d[4..6].fill(0);
+            })),
+        )
+        .passed(Reason::NotRemote),
+        lan(
+            "v6 seven extension headers, destination not remote",
+            eth6(&udp6.with_dst("fd00:99::7").with_ext(&[60; 7]).datagram()),
+        )
+        .passed(Reason::NotRemote),
+        lan(
+            "v6 seven extension headers, source outside the LAN",
+            eth6(&udp6.with_src("fd00:11::5").with_ext(&[60; 7]).datagram()),
+        )
+        .passed(Reason::NotLan),
+        // BPF_PROG_TEST_RUN refuses tc frames that end inside the IP
+        // header: real_devices sends these through tc.
+        lan(
+            "v4 frame ending before the addresses",
+            eth4(&tcp4.datagram()[..16]),
+        )
+        .xdp_only()
+        .passed(Reason::ShortFrame),
+        lan(
+            "v6 frame ending before the addresses",
+            eth6(&tcp6.datagram()[..30]),
+        )
+        .xdp_only()
+        .passed(Reason::ShortFrame),
+        lan(
+            "v4 total length 0, remote-bound, not a GSO packet",
+            eth4(&corrupt(tcp4.datagram(), |d| d[2..4].fill(0))),
+        )
+        .dropped(Reason::BadIpLength),
         lan("v4 TTL 1", eth4(&tcp4.with_ttl(1).datagram())).passed(Reason::TtlExpired),
         lan("v6 hop limit 1", eth6(&tcp6.with_hop_limit(1).datagram())).passed(Reason::TtlExpired),
         lan(
