@@ -17,6 +17,27 @@ pub const fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// Folds a 64-bit sum of 32-bit words into 16 bits.
+#[inline(always)]
+#[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "two end-around folds leave 32 significant bits"
+)]
+pub const fn fold_wide(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(sum as u32)
+}
+
+/// Whether a header whose 32-bit words (checksum field included, as
+/// stored) add up to `sum` verifies: its ones' complement sum is 0xffff.
+#[inline(always)]
+#[must_use]
+pub const fn verifies(sum: u64) -> bool {
+    fold_wide(sum) == 0xffff
+}
+
 /// Adds the two 16-bit halves of `word` to `sum`.
 #[inline(always)]
 const fn add_word(sum: u32, word: u32) -> u32 {
@@ -263,6 +284,26 @@ mod tests {
             let old = u16::from_ne_bytes(compute(&block(os, od)));
             let diff = add(diff4(os, ns), diff4(od, nd));
             assert_eq!(apply_diff(old, diff).to_ne_bytes(), compute(&block(ns, nd)));
+        }
+    }
+
+    #[test]
+    fn header_sums_verify_only_when_intact() {
+        let mut rng = Rng(99);
+        for _ in 0..50_000 {
+            let options = usize::try_from(rng.next() % 11).unwrap();
+            let mut h = rng.bytes(20 + 4 * options);
+            h[10..12].fill(0);
+            let check = compute(&h);
+            h[10..12].copy_from_slice(&check);
+            let sum = |h: &[u8]| -> u64 { h.chunks(4).map(|c| u64::from(load_u32(c, 0))).sum() };
+            assert!(verifies(sum(&h)), "{h:02x?}");
+            let i = usize::try_from(rng.next()).unwrap() % h.len();
+            let flip = u8::try_from(rng.next() % 255 + 1).unwrap();
+            h[i] ^= flip;
+            // One changed byte moves the sum by d or d << 8 (0 < d < 256),
+            // never by a multiple of 0xffff, so it can never verify.
+            assert!(!verifies(sum(&h)), "corrupted {h:02x?}");
         }
     }
 

@@ -68,6 +68,7 @@ reasons! {
     NotForUs = 20, "not_for_us", Passed, "LAN frame not addressed to this host (broadcast, multicast, another host's MAC)";
     ShortFrame = 21, "short_frame", Passed, "LAN frame ends before the IP addresses: it cannot be remote-bound, the kernel judges it";
     BigTcp = 22, "big_tcp", Passed, "remote-bound GSO packet over 64 KiB (BIG TCP, IP length 0): the kernel segments it and routes it into a tunnel";
+    BadIpChecksum = 23, "bad_ip_checksum", Dropped, "IPv4 header checksum does not verify (remote-bound, or to be restored)";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

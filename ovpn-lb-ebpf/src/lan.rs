@@ -75,6 +75,9 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
     if ip.big {
         return Err(Reason::BigTcp);
     }
+    if !parse::ipv4_checksum_ok(pkt, &hdr, &ip) {
+        return Err(Reason::BadIpChecksum);
+    }
     if hdr.ttl() <= 1 {
         return Err(Reason::TtlExpired);
     }

@@ -118,6 +118,17 @@ impl Header<'_, Word> {
     }
 }
 
+/// A 32-bit word of the packet: IPv4 options, TCP/UDP ports.
+pub type Quad = [u8; 4];
+
+impl Header<'_, Quad> {
+    /// The word as stored.
+    #[inline(always)]
+    pub fn get(&self) -> u32 {
+        self.load::<u32, 0>()
+    }
+}
+
 impl Header<'_, EthHdr> {
     #[inline(always)]
     pub fn dst(&self) -> [u8; 6] {
@@ -181,6 +192,12 @@ impl Header<'_, Ipv4Hdr> {
     #[inline(always)]
     pub fn check(&self) -> u16 {
         self.load::<u16, { offset_of!(Ipv4Hdr, check) }>()
+    }
+
+    /// The five 32-bit words of the fixed header, as stored (for its checksum).
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 5] {
+        self.load::<[u32; 5], 0>()
     }
 
     /// Source address, as stored (see `ovpn_lb_common::prefix`).
@@ -286,17 +303,6 @@ impl Header<'_, Ipv6FragHdr> {
     #[inline(always)]
     pub fn frag_off(&self) -> u16 {
         u16::from_be(self.load::<u16, { offset_of!(Ipv6FragHdr, frag_off) }>())
-    }
-}
-
-/// Source and destination ports of TCP or UDP (both start alike).
-pub type Ports = [u8; 4];
-
-impl Header<'_, Ports> {
-    /// Both ports in one stored word, for the flow hash.
-    #[inline(always)]
-    pub fn get(&self) -> u32 {
-        self.load::<u32, 0>()
     }
 }
 

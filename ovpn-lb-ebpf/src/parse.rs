@@ -5,7 +5,7 @@
 
 use core::mem::offset_of;
 
-use ovpn_lb_common::Reason;
+use ovpn_lb_common::{Reason, checksum};
 
 use crate::{
     hook::Hook,
@@ -14,7 +14,7 @@ use crate::{
         Icmpv4Hdr, Icmpv6Hdr, Ipv4Hdr, Ipv6ExtHdr, Ipv6FragHdr, Ipv6Hdr, NEXTHDR_AUTH,
         NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING, TcpHdr, UdpHdr,
     },
-    packet::{Header, Packet, Ports},
+    packet::{Header, Packet, Quad},
 };
 
 /// IPv6 extension headers we walk before giving up on the chain.
@@ -164,6 +164,33 @@ pub fn ipv6<C: Hook>(pkt: &Packet<C>, hdr: &Header<Ipv6Hdr>, l3: usize) -> Resul
     })
 }
 
+/// Most 32-bit words of IPv4 options (IHL 15).
+const MAX_OPTION_WORDS: usize = 10;
+
+/// Whether the IPv4 header checksum verifies, options included.
+#[inline(always)]
+pub fn ipv4_checksum_ok<C: Hook>(pkt: &Packet<C>, hdr: &Header<Ipv4Hdr>, ip: &Ip) -> bool {
+    let mut sum: u64 = 0;
+    for word in hdr.words() {
+        sum += u64::from(word);
+    }
+    let ihl = ip.l4 - ip.l3;
+    if ihl > Ipv4Hdr::LEN {
+        // Options are rare: a bounded walk, off the common path.
+        for i in 0..MAX_OPTION_WORDS {
+            let at = Ipv4Hdr::LEN + 4 * i;
+            if at >= ihl {
+                break;
+            }
+            match pkt.header::<Quad>(ip.l3 + at) {
+                Some(word) => sum += u64::from(word.get()),
+                None => return false,
+            }
+        }
+    }
+    checksum::verifies(sum)
+}
+
 /// An L4 checksum that covers the IP pseudo-header.
 pub struct L4Checksum {
     pub offset: usize,
@@ -212,7 +239,8 @@ pub fn ports<C: Hook>(pkt: &Packet<C>, ip: &Ip) -> u32 {
     if ip.fragment || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
         return 0;
     }
-    pkt.header::<Ports>(ip.l4).map_or(0, |p| p.get())
+    // Both ports (TCP and UDP start alike) in one stored word.
+    pkt.header::<Quad>(ip.l4).map_or(0, |p| p.get())
 }
 
 /// IP length of each segment a GSO packet will be cut into: headers plus

@@ -52,6 +52,9 @@ fn restore_v4<C: Hook>(
         return Err(Reason::NothingToRestore);
     }
     let ip = parse::ipv4(pkt, &hdr, l3)?;
+    if !parse::ipv4_checksum_ok(pkt, &hdr, &ip) {
+        return Err(Reason::BadIpChecksum);
+    }
     let l4 = parse::l4_checksum(pkt, &ip)?;
     if peer {
         src = tunnel.peer_real_v4.translate(src);

@@ -289,7 +289,16 @@ fn v4_cut_l4(l4: L4, keep: usize) -> Vec<u8> {
     d.truncate(20 + keep);
     let len = u16::try_from(d.len()).unwrap();
     d[2..4].copy_from_slice(&len.to_be_bytes());
+    fix_v4_header_checksum(&mut d);
     d
+}
+
+/// Recomputes the IPv4 header checksum of `d` after an edit (with etherparse).
+fn fix_v4_header_checksum(d: &mut [u8]) {
+    let ihl = usize::from(d[0] & 0x0f) * 4;
+    d[10..12].fill(0);
+    let (h, _) = etherparse::Ipv4Header::from_slice(&d[..ihl]).unwrap();
+    d[10..12].copy_from_slice(&h.calc_header_checksum().to_be_bytes());
 }
 
 #[allow(clippy::too_many_lines, reason = "one table, one row per case")]
@@ -687,6 +696,28 @@ fn rows() -> Vec<Row> {
         )
         .dropped(Reason::BadIpLength),
         lan(
+            "v4 remote-bound, header checksum wrong",
+            eth4(&corrupt(tcp4.datagram(), |d| d[10] ^= 0x55)),
+        )
+        .dropped(Reason::BadIpChecksum),
+        lan(
+            "v4 remote-bound with options, checksum wrong",
+            eth4(&corrupt(with_options.datagram(), |d| d[11] ^= 0x01)),
+        )
+        .dropped(Reason::BadIpChecksum),
+        lan(
+            "v4 remote-bound, an option byte changed under the checksum",
+            eth4(&corrupt(with_options.datagram(), |d| d[21] = 0x07)),
+        )
+        .dropped(Reason::BadIpChecksum),
+        lan(
+            "v4 not remote-bound, header checksum wrong",
+            eth4(&corrupt(tcp4.with_dst("10.99.0.7").datagram(), |d| {
+                d[10] ^= 0x55
+            })),
+        )
+        .passed(Reason::NotRemote),
+        lan(
             "v4 TCP header cut at 10 bytes",
             eth4(&v4_cut_l4(L4::tcp(0), 10)),
         )
@@ -822,11 +853,33 @@ fn rows() -> Vec<Row> {
         )
         .dropped(Reason::BadIpHeader),
         from_tunnel(
+            "v4 peer source, header checksum wrong",
+            1,
+            eth4(&corrupt(restore4.datagram(), |d| d[10] ^= 0x55)),
+        )
+        .dropped(Reason::BadIpChecksum),
+        from_tunnel(
+            "v4 reply to our translated address, header checksum wrong",
+            2,
+            eth4(&corrupt(reply4.datagram(), |d| d[11] ^= 0x80)),
+        )
+        .dropped(Reason::BadIpChecksum),
+        from_tunnel(
+            "v4 nothing to restore, header checksum wrong",
+            1,
+            eth4(&corrupt(
+                V4::new(FAR_HOST, LAN_HOST, L4::tcp(10)).datagram(),
+                |d| d[10] ^= 0x55,
+            )),
+        )
+        .passed(Reason::NothingToRestore),
+        from_tunnel(
             "v4 truncated TCP on a tunnel",
             1,
             eth4(&corrupt(restore4.datagram(), |d| {
                 d.truncate(30);
                 d[2..4].copy_from_slice(&30u16.to_be_bytes());
+                fix_v4_header_checksum(d);
             })),
         )
         .dropped(Reason::TruncatedL4),
