@@ -713,7 +713,7 @@ fn rows() -> Vec<Row> {
         lan(
             "v4 not remote-bound, header checksum wrong",
             eth4(&corrupt(tcp4.with_dst("10.99.0.7").datagram(), |d| {
-                d[10] ^= 0x55
+                d[10] ^= 0x55;
             })),
         )
         .passed(Reason::NotRemote),
