@@ -69,6 +69,7 @@ reasons! {
     ShortFrame = 21, "short_frame", Passed, "LAN frame ends before the IP addresses: it cannot be remote-bound, the kernel judges it";
     BigTcp = 22, "big_tcp", Passed, "remote-bound GSO packet over 64 KiB (BIG TCP, IP length 0): the kernel segments it and routes it into a tunnel";
     BadIpChecksum = 23, "bad_ip_checksum", Dropped, "IPv4 header checksum does not verify (remote-bound, or to be restored)";
+    SpoofedSource = 24, "spoofed_source", Dropped, "tunnel packet from one of our own prefixes, or to our translated address from a source the tunnel's peer may not use";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

@@ -1,14 +1,24 @@
 //! Tunnel ingress pipeline: classify by address -> validate -> restore the
 //! peer's sources and our own translated destinations -> hand to the
-//! kernel, which routes to the LAN. A packet with nothing to restore passes
+//! kernel, which routes to the LAN.
+//!
+//! Only what a peer may send is restored: a source of ours (LAN or
+//! translation prefix) is dropped as spoofed, and our translated address is
+//! restored only for a source in the tunnel's peer translation prefix or in
+//! a sprayed remote prefix. A packet with nothing to restore passes
 //! untouched before any validation.
 
-use ovpn_lb_common::{Reason, SiteConfig, TunnelConfig, maps::family};
+use ovpn_lb_common::{
+    Reason, SiteConfig, TunnelConfig,
+    maps::{family, route},
+};
 
 use crate::{
     hook::Hook,
     layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr},
-    maps::{OUR_XLAT_V4, OUR_XLAT_V6, SITE, TUNNELS, tunnel_by_if, v4_key, v6_key},
+    maps::{
+        OUR_XLAT_V4, OUR_XLAT_V6, REMOTE_V4, REMOTE_V6, SITE, TUNNELS, tunnel_by_if, v4_key, v6_key,
+    },
     packet::Packet,
     parse::{self, Family},
     stats, translate,
@@ -47,9 +57,22 @@ fn restore_v4<C: Hook>(
     let hdr = pkt.header::<Ipv4Hdr>(l3).ok_or(Reason::TruncatedIp)?;
     let (mut src, mut dst) = (hdr.src(), hdr.dst());
     let peer = tunnel.families & family::PEER_V4 != 0 && tunnel.peer_xlat_v4.contains(src);
+    // A peer source cannot be one of ours: the loader keeps LAN, remote and
+    // translation prefixes disjoint. Only other sources need the lookups.
+    if !peer
+        && ((site.families & family::V4 != 0 && site.lan_v4.contains(src))
+            || OUR_XLAT_V4.get(&v4_key(src)).is_some())
+    {
+        return Err(Reason::SpoofedSource);
+    }
     let ours = site.families & family::V4 != 0 && OUR_XLAT_V4.get(&v4_key(dst)).is_some();
     if !peer && !ours {
         return Err(Reason::NothingToRestore);
+    }
+    // A reply to our translated address from a far end without ovpn-lb must
+    // come from a sprayed remote prefix.
+    if !peer && REMOTE_V4.get(&v4_key(src)) != Some(&route::SPRAY) {
+        return Err(Reason::SpoofedSource);
     }
     let ip = parse::ipv4(pkt, &hdr, l3)?;
     if !parse::ipv4_checksum_ok(pkt, &hdr, &ip) {
@@ -75,9 +98,18 @@ fn restore_v6<C: Hook>(
     let hdr = pkt.header::<Ipv6Hdr>(l3).ok_or(Reason::TruncatedIp)?;
     let (mut src, mut dst) = (hdr.src(), hdr.dst());
     let peer = tunnel.families & family::PEER_V6 != 0 && tunnel.peer_xlat_v6.contains(&src);
+    if !peer
+        && ((site.families & family::V6 != 0 && site.lan_v6.contains(&src))
+            || OUR_XLAT_V6.get(&v6_key(&src)).is_some())
+    {
+        return Err(Reason::SpoofedSource);
+    }
     let ours = site.families & family::V6 != 0 && OUR_XLAT_V6.get(&v6_key(&dst)).is_some();
     if !peer && !ours {
         return Err(Reason::NothingToRestore);
+    }
+    if !peer && REMOTE_V6.get(&v6_key(&src)) != Some(&route::SPRAY) {
+        return Err(Reason::SpoofedSource);
     }
     let ip = parse::ipv6(pkt, &hdr, l3)?;
     let l4 = parse::l4_checksum(pkt, &ip)?;

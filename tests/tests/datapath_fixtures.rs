@@ -845,6 +845,72 @@ fn rows() -> Vec<Row> {
             eth4(&restore4.datagram()),
         )
         .passed(Reason::NothingToRestore),
+        // --- tunnel ingress: only what the peer may send ---
+        from_tunnel(
+            "v4 source in our LAN prefix",
+            1,
+            eth4(&V4::new("192.168.10.9", LAN_HOST, L4::tcp(10)).datagram()),
+        )
+        .dropped(Reason::SpoofedSource),
+        from_tunnel(
+            "v4 source in one of our translation prefixes",
+            1,
+            eth4(&V4::new("100.64.2.9", LAN_HOST, L4::tcp(10)).datagram()),
+        )
+        .dropped(Reason::SpoofedSource),
+        from_tunnel(
+            "v4 source in our translation prefix, to our translated address",
+            0,
+            eth4(&V4::new("100.64.0.9", &lan_host_on(0), L4::udp(10)).datagram()),
+        )
+        .dropped(Reason::SpoofedSource),
+        from_tunnel(
+            "v4 reply to our translated address from outside the remote prefixes",
+            2,
+            eth4(&reply4.with_src("10.99.0.7").datagram()),
+        )
+        .dropped(Reason::SpoofedSource),
+        from_tunnel(
+            "v4 reply to our translated address from an excluded remote address",
+            2,
+            eth4(&reply4.with_src("10.20.0.1").datagram()),
+        )
+        .dropped(Reason::SpoofedSource),
+        from_tunnel(
+            "v4 another tunnel's peer source to our translated address",
+            0,
+            eth4(&restore4.with_dst(&lan_host_on(0)).datagram()),
+        )
+        .dropped(Reason::SpoofedSource),
+        from_tunnel(
+            "v6 source in our LAN prefix",
+            1,
+            eth6(&V6::new("fd00:10::9", LAN_HOST6, L4::tcp(10)).datagram()),
+        )
+        .dropped(Reason::SpoofedSource),
+        from_tunnel(
+            "v6 source in one of our translation prefixes",
+            1,
+            eth6(&V6::new("fd00:64:2::9", LAN_HOST6, L4::tcp(10)).datagram()),
+        )
+        .dropped(Reason::SpoofedSource),
+        from_tunnel(
+            "v6 reply to our translated address from outside the remote prefixes",
+            2,
+            eth6(&reply6.with_src("fd00:99::7").datagram()),
+        )
+        .dropped(Reason::SpoofedSource),
+        from_tunnel(
+            "v6 reply to our translated address from a sprayed remote host",
+            2,
+            eth6(&reply6.with_src("fd00:20:0:31::8").datagram()),
+        )
+        .restored(eth6(
+            &reply6
+                .with_src("fd00:20:0:31::8")
+                .with_dst(LAN_HOST6)
+                .datagram(),
+        )),
         from_tunnel("non-IP on a tunnel", 0, eth(ETH_P_ARP, &[0; 28])).passed(Reason::NotIp),
         from_tunnel(
             "v4 IHL 4 on a tunnel",
