@@ -52,8 +52,19 @@ pub mod programs {
     pub const TUNNEL_INGRESS_ETH: &str = "tunnel_ingress_eth";
     pub const LAN_INGRESS_XDP: &str = "lan_ingress_xdp";
     pub const TUNNEL_INGRESS_XDP: &str = "tunnel_ingress_xdp";
+    /// tc egress (tcx) on every tun tunnel device: translates LAN-sourced
+    /// packets the kernel routes into the tunnel itself.
+    pub const TUNNEL_EGRESS: &str = "tunnel_egress";
+    /// The same on TAP tunnel devices (Ethernet framing).
+    pub const TUNNEL_EGRESS_ETH: &str = "tunnel_egress_eth";
     /// tc (`sched_cls`) programs.
-    pub const TC: &[&str] = &[LAN_INGRESS, TUNNEL_INGRESS, TUNNEL_INGRESS_ETH];
+    pub const TC: &[&str] = &[
+        LAN_INGRESS,
+        TUNNEL_INGRESS,
+        TUNNEL_INGRESS_ETH,
+        TUNNEL_EGRESS,
+        TUNNEL_EGRESS_ETH,
+    ];
     /// Native XDP programs, for TAP tunnels.
     pub const XDP: &[&str] = &[LAN_INGRESS_XDP, TUNNEL_INGRESS_XDP];
 }

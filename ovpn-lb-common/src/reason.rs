@@ -70,6 +70,8 @@ reasons! {
     BigTcp = 22, "big_tcp", Passed, "remote-bound GSO packet over 64 KiB (BIG TCP, IP length 0): the kernel segments it and routes it into a tunnel";
     BadIpChecksum = 23, "bad_ip_checksum", Dropped, "IPv4 header checksum does not verify (remote-bound, or to be restored)";
     SpoofedSource = 24, "spoofed_source", Dropped, "tunnel packet from one of our own prefixes, or to our translated address from a source the tunnel's peer may not use";
+    TranslatedOnEgress = 25, "translated_on_egress", Forwarded, "LAN-sourced packet the kernel routed into a tunnel (over the MTU, BIG TCP), translated on the tunnel's egress";
+    Untranslatable = 26, "untranslatable", Dropped, "LAN-sourced packet leaving a device that is not a known tunnel, or a tunnel without a translation for its family: never sent untranslated";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

@@ -8,7 +8,8 @@
 //! 3. `parse`: validate IP headers, find the L4 header;
 //! 4. stages: `schedule`, `translate`, `redirect`, `offload`, `forward`,
 //!    `stats`, `verdict`;
-//! 5. pipelines: `lan` (spray), `tunnel` (restore);
+//! 5. pipelines: `lan` (spray), `tunnel` (restore on ingress, translate on
+//!    egress);
 //! 6. entry points, here.
 #![no_std]
 #![no_main]
@@ -46,7 +47,7 @@ use aya_ebpf::{
 };
 use ovpn_lb_common::Reason;
 
-use crate::{hook::Hook, layout::ETH_HLEN, packet::Packet};
+use crate::{hook::Hook, layout::ETH_HLEN, packet::Packet, tunnel::Egress};
 
 /// tc ingress on the LAN device: spray remote-bound packets over the tunnels.
 #[classifier]
@@ -88,6 +89,39 @@ pub fn tunnel_ingress_xdp(ctx: XdpContext) -> u32 {
     };
     stats::reason(reason, len);
     code.cast_unsigned()
+}
+
+/// tc egress (tcx) on every tun tunnel device: translate LAN-sourced packets
+/// the kernel itself routes into the tunnel (over the MTU, BIG TCP, the
+/// gateway's own), so nothing leaves a tunnel untranslated.
+#[classifier]
+pub fn tunnel_egress(ctx: TcContext) -> i32 {
+    egress_tc::<0>(&ctx)
+}
+
+/// The same on TAP tunnel devices (Ethernet framing).
+#[classifier]
+pub fn tunnel_egress_eth(ctx: TcContext) -> i32 {
+    egress_tc::<ETH_HLEN>(&ctx)
+}
+
+/// Sprayed packets pass here again: only what is translated (or refused)
+/// is counted.
+#[inline(always)]
+fn egress_tc<const L3: usize>(ctx: &TcContext) -> i32 {
+    let pkt = Packet::unpulled(ctx);
+    match tunnel::egress::<_, L3>(&pkt) {
+        Ok(Egress::Untouched) => ctx.pass_code(),
+        Ok(Egress::Translated { id, ip_len }) => {
+            stats::tunnel_tx(id, ip_len);
+            stats::reason(Reason::TranslatedOnEgress, pkt.len());
+            ctx.pass_code()
+        }
+        Err(reason) => {
+            stats::reason(reason, pkt.len());
+            verdict::of(ctx, reason)
+        }
+    }
 }
 
 #[inline(always)]

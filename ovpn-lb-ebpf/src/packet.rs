@@ -27,16 +27,31 @@ impl<'a, C: Hook> Packet<'a, C> {
     /// left them in fragments (rare; GRO'd and locally built skbs usually do not).
     #[inline(always)]
     pub fn new(ctx: &'a C) -> Self {
-        let len = ctx.len();
+        let pkt = Self::unpulled(ctx);
+        pkt.pull_headers();
+        pkt
+    }
+
+    /// Wraps the context as it is, for a program that looks at a fixed
+    /// header first and pulls only for the packets it works on.
+    #[inline(always)]
+    pub fn unpulled(ctx: &'a C) -> Self {
+        Self { ctx }
+    }
+
+    /// Makes the first [`MAX_HEADER_BYTES`] bytes (or the whole packet)
+    /// linear. Every [`Header`] made before is invalid afterwards.
+    #[inline(always)]
+    pub fn pull_headers(&self) {
+        let len = self.ctx.len();
         let want = if len < MAX_HEADER_BYTES {
             len
         } else {
             MAX_HEADER_BYTES
         };
-        if ((ctx.data_end() - ctx.data()) as u32) < want {
-            ctx.pull(want);
+        if ((self.ctx.data_end() - self.ctx.data()) as u32) < want {
+            self.ctx.pull(want);
         }
-        Self { ctx }
     }
 
     /// The hook context, for helpers.

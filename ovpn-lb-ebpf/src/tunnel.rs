@@ -19,7 +19,7 @@ use crate::{
     maps::{
         OUR_XLAT_V4, OUR_XLAT_V6, REMOTE_V4, REMOTE_V6, SITE, TUNNELS, tunnel_by_if, v4_key, v6_key,
     },
-    packet::Packet,
+    packet::{Header, Packet},
     parse::{self, Family},
     stats, translate,
 };
@@ -120,4 +120,117 @@ fn restore_v6<C: Hook>(
         dst = site.lan_v6.translate(&dst);
     }
     translate::ipv6(pkt, &hdr, &src, &dst, false, l4)
+}
+
+/// What tunnel egress did with a packet it did not refuse.
+pub enum Egress {
+    /// Not ours to translate (already sprayed, not from the LAN, not IP).
+    Untouched,
+    /// Translated into tunnel `id`'s prefix; `ip_len` bytes of IP.
+    Translated { id: u32, ip_len: u32 },
+}
+
+/// Tunnel egress: a packet leaving tunnel device `ctx.ifindex()` whose
+/// source lies in our LAN prefix is one the kernel routed there itself (the
+/// LAN program handed it over: over the MTU, BIG TCP; or the gateway's own).
+/// Its source is translated into the tunnel's prefix, host bits kept, with
+/// no TTL change, so nothing leaves untranslated. Everything else,
+/// sprayed packets included, is untouched and uncounted; the check for them
+/// reads one fixed header and pulls nothing.
+#[inline(always)]
+pub fn egress<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Egress, Reason> {
+    let Some(site) = SITE.get(0) else {
+        return Ok(Egress::Untouched);
+    };
+    let proto = if L3 == ETH_HLEN {
+        match pkt.header::<EthHdr>(0) {
+            Some(eth) => eth.ether_type(),
+            None => return Ok(Egress::Untouched),
+        }
+    } else {
+        pkt.ctx().l3_protocol()
+    };
+    match proto {
+        ETH_P_IP => egress_v4(pkt, L3, site),
+        ETH_P_IPV6 => egress_v6(pkt, L3, site),
+        _ => Ok(Egress::Untouched),
+    }
+}
+
+/// `read` of the fixed header `T` at `l3`, pulling once if the sender left
+/// it outside the linear area; `None` for a packet too short to hold it.
+#[inline(always)]
+fn read_fixed<C: Hook, T, R>(
+    pkt: &Packet<C>,
+    l3: usize,
+    read: impl Fn(&Header<T>) -> R,
+) -> Option<R> {
+    if let Some(hdr) = pkt.header::<T>(l3) {
+        return Some(read(&hdr));
+    }
+    pkt.pull_headers();
+    pkt.header::<T>(l3).map(|hdr| read(&hdr))
+}
+
+#[inline(always)]
+fn egress_v4<C: Hook>(pkt: &Packet<C>, l3: usize, site: &SiteConfig) -> Result<Egress, Reason> {
+    let Some(src) = read_fixed(pkt, l3, |h: &Header<Ipv4Hdr>| h.src()) else {
+        return Ok(Egress::Untouched);
+    };
+    if site.families & family::V4 == 0 || !site.lan_v4.contains(src) {
+        return Ok(Egress::Untouched);
+    }
+    let (id, tunnel) = egress_tunnel(pkt, family::V4)?;
+    pkt.pull_headers();
+    let hdr = pkt.header::<Ipv4Hdr>(l3).ok_or(Reason::TruncatedIp)?;
+    let ip = parse::ipv4(pkt, &hdr, l3)?;
+    let l4 = parse::l4_checksum(pkt, &ip)?;
+    translate::ipv4(
+        pkt,
+        &hdr,
+        tunnel.xlat_v4.translate(src),
+        hdr.dst(),
+        false,
+        l4,
+    )?;
+    Ok(Egress::Translated {
+        id,
+        ip_len: ip.len as u32,
+    })
+}
+
+#[inline(always)]
+fn egress_v6<C: Hook>(pkt: &Packet<C>, l3: usize, site: &SiteConfig) -> Result<Egress, Reason> {
+    let Some(src) = read_fixed(pkt, l3, |h: &Header<Ipv6Hdr>| h.src()) else {
+        return Ok(Egress::Untouched);
+    };
+    if site.families & family::V6 == 0 || !site.lan_v6.contains(&src) {
+        return Ok(Egress::Untouched);
+    }
+    let (id, tunnel) = egress_tunnel(pkt, family::V6)?;
+    pkt.pull_headers();
+    let hdr = pkt.header::<Ipv6Hdr>(l3).ok_or(Reason::TruncatedIp)?;
+    let ip = parse::ipv6(pkt, &hdr, l3)?;
+    let l4 = parse::l4_checksum(pkt, &ip)?;
+    let dst = hdr.dst();
+    translate::ipv6(pkt, &hdr, &tunnel.xlat_v6.translate(&src), &dst, false, l4)?;
+    Ok(Egress::Translated {
+        id,
+        ip_len: ip.len as u32,
+    })
+}
+
+/// The tunnel whose device the packet is leaving, if it can translate
+/// `family_bit`; a LAN-sourced packet anywhere else is refused.
+#[inline(always)]
+fn egress_tunnel<C: Hook>(
+    pkt: &Packet<C>,
+    family_bit: u32,
+) -> Result<(u32, &'static TunnelConfig), Reason> {
+    let id = tunnel_by_if(pkt.ctx().ifindex()).ok_or(Reason::Untranslatable)?;
+    let tunnel = TUNNELS.get(id).ok_or(Reason::Untranslatable)?;
+    if tunnel.families & family_bit == 0 {
+        return Err(Reason::Untranslatable);
+    }
+    Ok((id, tunnel))
 }

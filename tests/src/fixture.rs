@@ -114,6 +114,10 @@ pub enum Program {
     Tunnel(u32),
     /// Tunnel ingress on a device that is not a tunnel (loopback).
     NotATunnel,
+    /// Tunnel egress, leaving through tunnel `k`'s device (tc only).
+    Egress(u32),
+    /// Tunnel egress on a device that is not a tunnel (loopback).
+    EgressNotATunnel,
 }
 
 pub struct Run {
@@ -301,17 +305,24 @@ impl Lab {
     ) -> Result<Run, std::io::Error> {
         let dev = match program {
             Program::Lan => self.lan_ifindex,
-            Program::Tunnel(k) => self.ifindex[k as usize],
-            Program::NotATunnel => 1,
+            Program::Tunnel(k) | Program::Egress(k) => self.ifindex[k as usize],
+            Program::NotATunnel | Program::EgressNotATunnel => 1,
         };
         let (name, ctx) = match (hook, program) {
             (Hook::Tc, Program::Lan) => {
                 (programs::LAN_INGRESS, skb_ctx(dev, gso_size, frame.len()))
             }
+            (Hook::Tc, Program::Egress(_) | Program::EgressNotATunnel) => (
+                programs::TUNNEL_EGRESS_ETH,
+                skb_ctx(dev, gso_size, frame.len()),
+            ),
             (Hook::Tc, _) => (
                 programs::TUNNEL_INGRESS_ETH,
                 skb_ctx(dev, gso_size, frame.len()),
             ),
+            (Hook::Xdp, Program::Egress(_) | Program::EgressNotATunnel) => {
+                panic!("tunnel egress is a tc program only")
+            }
             // The LAN run needs a real ingress device for the frame's rxq:
             // loopback stands in (the program does not look at it).
             (Hook::Xdp, Program::Lan) => (programs::LAN_INGRESS_XDP, xdp_ctx(1, frame.len())),
