@@ -17,6 +17,27 @@ pub const fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// Folds a 64-bit sum of 32-bit words into 16 bits.
+#[inline(always)]
+#[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "two end-around folds leave 32 significant bits"
+)]
+pub const fn fold_wide(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(sum as u32)
+}
+
+/// Whether a header whose 32-bit words (checksum field included, as
+/// stored) add up to `sum` verifies: its ones' complement sum is 0xffff.
+#[inline(always)]
+#[must_use]
+pub const fn verifies(sum: u64) -> bool {
+    fold_wide(sum) == 0xffff
+}
+
 /// Adds the two 16-bit halves of `word` to `sum`.
 #[inline(always)]
 const fn add_word(sum: u32, word: u32) -> u32 {
@@ -264,6 +285,253 @@ mod tests {
             let diff = add(diff4(os, ns), diff4(od, nd));
             assert_eq!(apply_diff(old, diff).to_ne_bytes(), compute(&block(ns, nd)));
         }
+    }
+
+    #[test]
+    fn header_sums_verify_only_when_intact() {
+        let mut rng = Rng(99);
+        for _ in 0..50_000 {
+            let options = usize::try_from(rng.next() % 11).unwrap();
+            let mut h = rng.bytes(20 + 4 * options);
+            h[10..12].fill(0);
+            let check = compute(&h);
+            h[10..12].copy_from_slice(&check);
+            let sum = |h: &[u8]| -> u64 { h.chunks(4).map(|c| u64::from(load_u32(c, 0))).sum() };
+            assert!(verifies(sum(&h)), "{h:02x?}");
+            let i = usize::try_from(rng.next()).unwrap() % h.len();
+            let flip = u8::try_from(rng.next() % 255 + 1).unwrap();
+            h[i] ^= flip;
+            // One changed byte moves the sum by d or d << 8 (0 < d < 256),
+            // never by a multiple of 0xffff, so it can never verify.
+            assert!(!verifies(sum(&h)), "corrupted {h:02x?}");
+        }
+    }
+
+    /// The kernel's own arithmetic (`include/net/checksum.h`, generic C):
+    /// `csum_add` with end-around carry, `csum_fold` = complement of the
+    /// folded sum. Written out independently of ours, as the reference.
+    mod kernel {
+        pub fn csum_add(a: u32, b: u32) -> u32 {
+            let (res, carry) = a.overflowing_add(b);
+            res + u32::from(carry)
+        }
+
+        pub fn csum_fold(sum: u32) -> u16 {
+            // (~sum - ror32(sum, 16)) >> 16, as in asm-generic/checksum.h.
+            let r = (!sum).wrapping_sub(sum.rotate_right(16)) >> 16;
+            u16::try_from(r).unwrap()
+        }
+
+        /// `csum_replace4`: the IPv4 header update `bpf_l3_csum_replace` does.
+        pub fn csum_replace4(check: u16, from: u32, to: u32) -> u16 {
+            csum_fold(csum_add(csum_add(!u32::from(check), !from), to))
+        }
+
+        /// `inet_proto_csum_replace_by_diff` on a packet without offload:
+        /// what `bpf_l4_csum_replace` with size 0 does.
+        pub fn replace_by_diff(check: u16, diff: u32) -> u16 {
+            csum_fold(csum_add(diff, !u32::from(check)))
+        }
+
+        /// `bpf_l4_csum_replace` with `BPF_F_MARK_MANGLED_0`.
+        pub fn replace_by_diff_udp(check: u16, diff: u32) -> u16 {
+            if check == 0 {
+                return 0;
+            }
+            match replace_by_diff(check, diff) {
+                0 => 0xffff,
+                c => c,
+            }
+        }
+    }
+
+    /// xorshift64*: deterministic random test data.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn word(&mut self) -> u32 {
+            u32::try_from(self.next() >> 32).unwrap()
+        }
+
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n)
+                .map(|_| u8::try_from(self.next() >> 56).unwrap())
+                .collect()
+        }
+    }
+
+    /// Folded ones' complement sum of `data` (wire-order words), uncomplemented.
+    fn sum16(data: &[u8]) -> u16 {
+        !u16::from_be_bytes(compute(data))
+    }
+
+    /// A 32-bit value that makes the ones' complement sum of `rest` plus it
+    /// come out as 0xffff (negative zero), so the full checksum is 0x0000.
+    fn word_forcing_zero_checksum(rest: &[u8], rng: &mut Rng) -> u32 {
+        let hi = u16::try_from(rng.word() >> 16).unwrap();
+        let partial = fold(u32::from(sum16(rest)) + u32::from(hi));
+        let lo = match 0xffff - partial {
+            0 => 0xffff,
+            lo => lo,
+        };
+        u32::from_ne_bytes(
+            [hi.to_be_bytes(), lo.to_be_bytes()]
+                .concat()
+                .try_into()
+                .unwrap(),
+        )
+    }
+
+    /// RFC 1624 section 3: a full recomputation gives 0x0000 here; the
+    /// old RFC 1141 equation gave 0xffff.
+    #[test]
+    fn rfc1624_example_gives_zero() {
+        let (hc, m, m2) = (0xdd2f_u16, 0x5555_u16, 0x3285_u16);
+        let [hc, m, m2] = [hc, m, m2].map(|v| u16::from_ne_bytes(v.to_be_bytes()));
+        assert_eq!(replace2(hc, m, m2), 0x0000);
+        assert_eq!(
+            kernel::csum_fold(u32::from(!hc) + u32::from(!m) + u32::from(m2)),
+            0
+        );
+    }
+
+    /// IPv4 header: every incremental update equals the full recomputation
+    /// and the kernel's `csum_replace4`, also where the result is 0x0000.
+    #[test]
+    fn incremental_header_update_matches_full_recompute_and_kernel() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut zeros = 0;
+        for round in 0..200_000_u32 {
+            let mut h: Vec<u8> = rng.bytes(20);
+            h[10] = 0;
+            h[11] = 0;
+            let check = compute(&h);
+            h[10..12].copy_from_slice(&check);
+            let old = load_u32(&h, 12);
+            // Every fourth case is built to need 0x0000 after the change.
+            let new = if round.is_multiple_of(4) {
+                let mut rest = h.clone();
+                rest[10..16].fill(0);
+                word_forcing_zero_checksum(&rest, &mut rng)
+            } else {
+                rng.word()
+            };
+            let incremental = replace4(load_u16(&h, 10), old, new);
+            assert_eq!(
+                incremental,
+                kernel::csum_replace4(load_u16(&h, 10), old, new),
+                "kernel differs for {h:02x?} -> {new:#x}"
+            );
+            h[12..16].copy_from_slice(&new.to_ne_bytes());
+            h[10..12].fill(0);
+            let full = compute(&h);
+            assert_eq!(incremental.to_ne_bytes(), full, "header {h:02x?}");
+            if full == [0, 0] {
+                zeros += 1;
+            }
+        }
+        assert!(zeros >= 50_000, "only {zeros} zero results were exercised");
+    }
+
+    /// TTL decrement (16-bit field): the same, with results of 0x0000.
+    #[test]
+    fn ttl_update_matches_full_recompute_at_the_zero_edge() {
+        let mut rng = Rng(42);
+        let mut zeros = 0;
+        for _ in 0..100_000 {
+            let mut h = rng.bytes(20);
+            h[8] = h[8].max(2);
+            // Make the sum after the decrement negative zero now and then.
+            if rng.next().is_multiple_of(2) {
+                h[10..12].fill(0);
+                let mut after = h.clone();
+                after[8] -= 1;
+                after[12..14].fill(0);
+                let lo = match 0xffff - sum16(&after) {
+                    0 => 0xffff,
+                    lo => lo,
+                };
+                h[12..14].copy_from_slice(&lo.to_be_bytes());
+            }
+            h[10..12].fill(0);
+            let check = compute(&h);
+            h[10..12].copy_from_slice(&check);
+            let before = load_u16(&h, 8);
+            h[8] -= 1;
+            let incremental = replace2(load_u16(&h, 10), before, load_u16(&h, 8));
+            h[10..12].fill(0);
+            let full = compute(&h);
+            assert_eq!(incremental.to_ne_bytes(), full, "header {h:02x?}");
+            zeros += usize::from(full == [0, 0]);
+        }
+        assert!(zeros > 1_000, "only {zeros} zero results were exercised");
+    }
+
+    /// L4 checksums updated by a 32-bit difference (IPv4 and IPv6 address
+    /// changes) equal a full recomputation and the kernel helper's result;
+    /// UDP sends a computed 0 as 0xffff and leaves "no checksum" alone.
+    #[test]
+    fn l4_diff_update_matches_full_recompute_and_kernel() {
+        let mut rng = Rng(7);
+        let mut zeros = 0;
+        for round in 0..100_000_u32 {
+            let v6 = round % 2 == 1;
+            let addr_len = if v6 { 32 } else { 8 };
+            // Pseudo-header addresses, then an L4 header with its checksum
+            // at offset 6 (UDP-like), then payload.
+            let payload = usize::try_from(rng.next() % 64).unwrap();
+            let mut data = rng.bytes(addr_len + 8 + payload);
+            data[addr_len + 6..addr_len + 8].fill(0);
+            let check = compute(&data);
+            let old: Vec<u8> = data[..addr_len].to_vec();
+            let mut new = rng.bytes(addr_len);
+            if round.is_multiple_of(3) {
+                // Force a full result of 0x0000 by choosing the last word.
+                let mut rest = data.clone();
+                rest[..addr_len].copy_from_slice(&new);
+                rest[addr_len - 4..addr_len].fill(0);
+                let w = word_forcing_zero_checksum(&rest, &mut rng);
+                new[addr_len - 4..].copy_from_slice(&w.to_ne_bytes());
+            }
+            let words = |b: &[u8]| -> Vec<u32> { b.chunks(4).map(|c| load_u32(c, 0)).collect() };
+            let (ow, nw) = (words(&old), words(&new));
+            let diff = if v6 {
+                let quad = |w: &[u32]| -> [u32; 4] { w.try_into().unwrap() };
+                add(
+                    diff16(&quad(&ow[0..4]), &quad(&nw[0..4])),
+                    diff16(&quad(&ow[4..8]), &quad(&nw[4..8])),
+                )
+            } else {
+                add(diff4(ow[0], nw[0]), diff4(ow[1], nw[1]))
+            };
+            let stored = u16::from_ne_bytes(check);
+            let tcp = apply(stored, diff, false);
+            assert_eq!(tcp, kernel::replace_by_diff(stored, diff), "kernel differs");
+            data[..addr_len].copy_from_slice(&new);
+            let full = compute(&data);
+            assert_eq!(tcp.to_ne_bytes(), full, "data {data:02x?}");
+            // UDP stores a computed 0 as 0xffff (0 would mean "none").
+            let stored_udp = if stored == 0 { 0xffff } else { stored };
+            let udp = apply(stored_udp, diff, true);
+            assert_eq!(udp, kernel::replace_by_diff_udp(stored_udp, diff));
+            if full == [0, 0] {
+                zeros += 1;
+                assert_eq!(udp, 0xffff, "UDP sends a computed 0 as 0xffff");
+            } else {
+                assert_eq!(udp.to_ne_bytes(), full);
+            }
+        }
+        assert!(zeros >= 30_000, "only {zeros} zero results were exercised");
+        // An IPv4 UDP checksum of 0 ("none") stays 0 in the kernel helper;
+        // the XDP path skips the update itself (see the hook).
+        assert_eq!(kernel::replace_by_diff_udp(0, 0x1234_5678), 0);
     }
 
     #[test]

@@ -58,7 +58,10 @@ pub mod programs {
     pub const TUNNEL_INGRESS_ETH: &str = "tunnel_ingress_eth";
     pub const LAN_INGRESS_XDP: &str = "lan_ingress_xdp";
     pub const TUNNEL_INGRESS_XDP: &str = "tunnel_ingress_xdp";
+    /// tc egress (tcx) on every tun tunnel device: translates LAN-sourced
+    /// packets the kernel routes into the tunnel itself.
     pub const TUNNEL_EGRESS: &str = "tunnel_egress";
+    /// The same on TAP tunnel devices (Ethernet framing).
     pub const TUNNEL_EGRESS_ETH: &str = "tunnel_egress_eth";
     /// tc (`sched_cls`) programs.
     pub const TC: &[&str] = &[
@@ -82,15 +85,27 @@ pub mod family {
     pub const PEER_V6: u32 = 1 << 3;
 }
 
-/// How the LAN program picks a tunnel.
+/// How the LAN program spreads packets over the tunnels (the `spray`
+/// setting; "mode" is left to the loader's hook choice, tc or XDP).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
+pub enum Spray {
     /// Every packet takes the next slot: one flow uses every tunnel.
     #[default]
     Packet = 0,
     /// A 5-tuple hash picks the slot: one flow stays on one tunnel.
     Flow = 1,
+}
+
+impl Spray {
+    /// As the configuration and `status` write it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Spray::Packet => "packet",
+            Spray::Flow => "flow",
+        }
+    }
 }
 
 /// The gateway's own side: single entry of `SITE`.
@@ -101,13 +116,18 @@ pub struct SiteConfig {
     pub lan_v6: Prefix6,
     /// `family::V4` / `family::V6`: which LAN prefixes are set.
     pub families: u32,
-    /// A [`Mode`] value.
-    pub mode: u32,
+    /// A [`Spray`] value.
+    pub spray: u32,
     /// The LAN device: where the XDP restore program sends packets it
     /// forwards itself.
     pub lan_ifindex: u32,
     /// `site_flags::*` bits.
     pub flags: u32,
+    /// MAC address of the LAN device: under XDP only frames sent to it are
+    /// sprayed (tc reads the kernel's verdict, `skb->pkt_type`). All zero:
+    /// unknown, and the XDP LAN program sprays nothing.
+    pub lan_mac: [u8; 6],
+    pub pad: [u8; 2],
 }
 
 /// `flags` bits in [`SiteConfig`].
@@ -225,7 +245,7 @@ pub mod route {
     pub const SPRAY: u32 = 1;
 }
 
-const _: () = assert!(size_of::<SiteConfig>() == 56);
+const _: () = assert!(size_of::<SiteConfig>() == 64);
 const _: () = assert!(size_of::<TunnelConfig>() == 148);
 const _: () = assert!(size_of::<TunnelStats>() == 32);
 const _: () = assert!(size_of::<ReasonStats>() == 16);

@@ -65,6 +65,13 @@ reasons! {
     RewriteFailed = 17, "rewrite_failed", Dropped, "a kernel helper refused the rewrite";
     NoNextHop = 18, "no_next_hop", Dropped, "the scheduled TAP tunnel's far-end MAC is not known yet";
     RestoredToLan = 19, "restored_to_lan", Forwarded, "tunnel packet restored and sent straight to the LAN device by XDP";
+    NotForUs = 20, "not_for_us", Passed, "LAN frame not addressed to this host (broadcast, multicast, another host's MAC)";
+    ShortFrame = 21, "short_frame", Passed, "LAN frame ends before the IP addresses: it cannot be remote-bound, the kernel judges it";
+    BigTcp = 22, "big_tcp", Passed, "remote-bound GSO packet over 64 KiB (BIG TCP, IP length 0): the kernel segments it and routes it into a tunnel";
+    BadIpChecksum = 23, "bad_ip_checksum", Dropped, "IPv4 header checksum does not verify (remote-bound, or to be restored)";
+    SpoofedSource = 24, "spoofed_source", Dropped, "tunnel packet from one of our own prefixes, or to our translated address from a source the tunnel's peer may not use";
+    TranslatedOnEgress = 25, "translated_on_egress", Forwarded, "LAN-sourced packet the kernel routed into a tunnel (over the MTU, BIG TCP), translated on the tunnel's egress";
+    Untranslatable = 26, "untranslatable", Dropped, "LAN-sourced packet leaving a device that is not a known tunnel, or a tunnel without a translation for its family: never sent untranslated";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

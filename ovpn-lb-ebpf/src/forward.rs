@@ -13,10 +13,10 @@ use ovpn_lb_common::{checksum, maps::site_flags};
 
 use crate::{
     hook::Hook,
+    layout::{ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr},
     maps::SITE,
-    packet::{ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet},
-    translate,
-    tunnel::Restored,
+    packet::Packet,
+    parse::Family,
 };
 
 const AF_INET: u8 = 2;
@@ -28,68 +28,62 @@ const _: () = assert!(size_of::<bpf_fib_lookup>() == FIB_PARAMS_LEN as usize);
 /// The return code of a redirect into the LAN device, or `None`: pass it to
 /// the kernel.
 #[inline(always)]
-pub fn to_lan(pkt: &Packet<XdpContext>, restored: &Restored) -> Option<i32> {
-    try_to_lan(pkt, restored).map(|lan| pkt.ctx.redirect(lan))
+pub fn to_lan(pkt: &Packet<XdpContext>, family: Family) -> Option<i32> {
+    try_to_lan(pkt, family).map(|lan| pkt.ctx().redirect(lan))
 }
 
 #[inline(always)]
-fn try_to_lan(pkt: &Packet<XdpContext>, restored: &Restored) -> Option<u32> {
+fn try_to_lan(pkt: &Packet<XdpContext>, family: Family) -> Option<u32> {
     let site = SITE.get(0)?;
     if site.flags & site_flags::LAN_XDP_XMIT == 0 || site.lan_ifindex == 0 {
         return None;
     }
+    // SAFETY: `bpf_fib_lookup` is a C struct of integers and unions of
+    // integers, for which all-zero is a valid value (and the one the helper
+    // expects in the fields we leave alone).
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.ifindex = Hook::ingress_ifindex(pkt.ctx);
-    match restored {
-        Restored::V4 => {
-            let ip: *mut Ipv4Hdr = pkt.ptr(ETH_HLEN)?;
-            unsafe {
-                if (*ip).ttl <= 1 {
-                    return None;
-                }
-                params.family = AF_INET;
-                params.l4_protocol = (*ip).protocol;
-                params.__bindgen_anon_1.tot_len = u16::from_be((*ip).tot_len);
-                params.__bindgen_anon_2.tos = (*ip).tos;
-                params.__bindgen_anon_3.ipv4_src = (*ip).saddr;
-                params.__bindgen_anon_4.ipv4_dst = (*ip).daddr;
+    params.ifindex = pkt.ctx().ifindex();
+    match family {
+        Family::V4 => {
+            let ip = pkt.header::<Ipv4Hdr>(ETH_HLEN)?;
+            if ip.ttl() <= 1 {
+                return None;
             }
+            params.family = AF_INET;
+            params.l4_protocol = ip.proto();
+            params.__bindgen_anon_1.tot_len = ip.tot_len();
+            params.__bindgen_anon_2.tos = ip.tos();
+            params.__bindgen_anon_3.ipv4_src = ip.src();
+            params.__bindgen_anon_4.ipv4_dst = ip.dst();
+            // The lookup moves no packet data: `ip` stays valid across it.
             lookup(pkt, &mut params, site.lan_ifindex)?;
-            unsafe {
-                let before = translate::ttl_proto_word(ip);
-                (*ip).ttl -= 1;
-                (*ip).check =
-                    checksum::replace2((*ip).check, before, translate::ttl_proto_word(ip));
-            }
+            let before = ip.ttl_proto();
+            ip.set_ttl(ip.ttl() - 1);
+            ip.set_check(checksum::replace2(ip.check(), before, ip.ttl_proto()));
         }
-        Restored::V6 => {
-            let ip: *mut Ipv6Hdr = pkt.ptr(ETH_HLEN)?;
-            unsafe {
-                if (*ip).hop_limit <= 1 {
-                    return None;
-                }
-                params.family = AF_INET6;
-                params.l4_protocol = (*ip).nexthdr;
-                params.__bindgen_anon_1.tot_len =
-                    u16::from_be((*ip).payload_len) + size_of::<Ipv6Hdr>() as u16;
-                params.__bindgen_anon_3.ipv6_src = (*ip).saddr;
-                params.__bindgen_anon_4.ipv6_dst = (*ip).daddr;
+        Family::V6 => {
+            let ip = pkt.header::<Ipv6Hdr>(ETH_HLEN)?;
+            if ip.hop_limit() <= 1 {
+                return None;
             }
+            params.family = AF_INET6;
+            params.l4_protocol = ip.next_hdr();
+            params.__bindgen_anon_1.tot_len = ip.payload_len() + Ipv6Hdr::LEN as u16;
+            params.__bindgen_anon_3.ipv6_src = ip.src();
+            params.__bindgen_anon_4.ipv6_dst = ip.dst();
             lookup(pkt, &mut params, site.lan_ifindex)?;
-            unsafe { (*ip).hop_limit -= 1 };
+            ip.set_hop_limit(ip.hop_limit() - 1);
         }
     }
-    let eth: *mut EthHdr = pkt.ptr(0)?;
-    unsafe {
-        (*eth).dst = params.dmac;
-        (*eth).src = params.smac;
-    }
+    pkt.header::<EthHdr>(0)?.set_addrs(params.dmac, params.smac);
     Some(site.lan_ifindex)
 }
 
 /// Route and neighbour lookup; `Some` only for a resolved next hop on the LAN.
 #[inline(always)]
 fn lookup(pkt: &Packet<XdpContext>, params: &mut bpf_fib_lookup, lan: u32) -> Option<()> {
-    let ret = unsafe { fib_lookup(pkt.ctx.ctx.cast(), params, FIB_PARAMS_LEN, 0) };
+    // SAFETY: the context is the program's own; `params` is a live,
+    // initialised struct of the size passed.
+    let ret = unsafe { fib_lookup(pkt.ctx().ctx.cast(), params, FIB_PARAMS_LEN, 0) };
     (ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && params.ifindex == lan).then_some(())
 }

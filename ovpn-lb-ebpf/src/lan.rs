@@ -1,7 +1,11 @@
-//! LAN ingress pipeline: parse -> classify -> schedule -> MTU -> address ->
+//! LAN ingress pipeline: classify -> validate -> schedule -> MTU -> address ->
 //! (XDP: complete offloaded checksums) -> translate -> redirect.
+//!
+//! Classification reads only the addresses, at fixed offsets, before any
+//! validation: a packet that is not remote-bound (source in the LAN prefix,
+//! destination sprayed) passes to the kernel whatever else is wrong with it.
+//! Only remote-bound packets are ever dropped here.
 
-use aya_ebpf::btf_maps::lpm_trie::Key;
 use ovpn_lb_common::{
     Reason, SiteConfig, TunnelConfig, checksum,
     flow::FlowHasher,
@@ -10,9 +14,10 @@ use ovpn_lb_common::{
 
 use crate::{
     hook::Hook,
-    maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS},
+    layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr},
+    maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS, v4_key, v6_key},
     offload,
-    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Packet},
+    packet::Packet,
     parse, redirect, schedule, stats, translate, verdict,
 };
 
@@ -32,12 +37,22 @@ pub fn handle<C: Hook>(ctx: &C) -> i32 {
 /// Returns the ifindex to redirect to once the packet has been rewritten.
 #[inline(always)]
 fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
-    let eth: *const EthHdr = pkt.ptr(0).ok_or(Reason::TruncatedEthernet)?;
-    let proto = u16::from_be(unsafe { (*eth).proto });
+    let eth = pkt.header::<EthHdr>(0).ok_or(Reason::ShortFrame)?;
+    let site = SITE.get(0).ok_or(Reason::NotLan)?;
+    // Only frames sent to this host: not broadcasts, multicasts or frames
+    // for other hosts that a promiscuous device hands us.
+    let for_us = match pkt.ctx().to_this_host() {
+        Some(host) => host,
+        None => eth.dst() == site.lan_mac,
+    };
+    if !for_us {
+        return Err(Reason::NotForUs);
+    }
+    // VLAN-tagged frames (802.1Q, 802.1ad) are not unwrapped: not IP here.
+    let proto = eth.ether_type();
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return Err(Reason::NotIp);
     }
-    let site = SITE.get(0).ok_or(Reason::NotLan)?;
     if proto == ETH_P_IP {
         spray_v4(pkt, site)
     } else {
@@ -47,19 +62,27 @@ fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
 
 #[inline(always)]
 fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> {
-    let (hdr, ip) = parse::ipv4(pkt, ETH_HLEN)?;
-    let (src, dst, ttl) = unsafe { ((*hdr).saddr, (*hdr).daddr, (*hdr).ttl) };
+    let hdr = pkt.header::<Ipv4Hdr>(ETH_HLEN).ok_or(Reason::ShortFrame)?;
+    let (src, dst) = (hdr.src(), hdr.dst());
     if site.families & family::V4 == 0 || !site.lan_v4.contains(src) {
         return Err(Reason::NotLan);
     }
-    if REMOTE_V4.get(&Key::new(32, dst.to_ne_bytes())) != Some(&route::SPRAY) {
+    if REMOTE_V4.get(&v4_key(dst)) != Some(&route::SPRAY) {
         return Err(Reason::NotRemote);
     }
-    if ttl <= 1 {
+    // Remote-bound: from here on a malformed packet is dropped.
+    let ip = parse::ipv4(pkt, &hdr, ETH_HLEN)?;
+    if ip.big {
+        return Err(Reason::BigTcp);
+    }
+    if !parse::ipv4_checksum_ok(pkt, &hdr, &ip) {
+        return Err(Reason::BadIpChecksum);
+    }
+    if hdr.ttl() <= 1 {
         return Err(Reason::TtlExpired);
     }
     let l4 = parse::l4_checksum(pkt, &ip)?;
-    let id = schedule::pick(site.mode, || {
+    let id = schedule::pick(site.spray, || {
         FlowHasher::new()
             .word(src)
             .word(dst)
@@ -73,7 +96,7 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
     offload::complete(pkt, &ip, l4.as_ref(), |len| {
         checksum::pseudo_v4(src, dst, ip.proto, len)
     })?;
-    translate::ipv4(pkt, hdr, tunnel.xlat_v4.translate(src), dst, true, l4)?;
+    translate::ipv4(pkt, &hdr, tunnel.xlat_v4.translate(src), dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);
     Ok(tunnel.ifindex)
@@ -81,22 +104,24 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
 
 #[inline(always)]
 fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> {
-    let (hdr, ip) = parse::ipv6(pkt, ETH_HLEN)?;
-    let (src, dst, hop_limit) = unsafe { ((*hdr).saddr, (*hdr).daddr, (*hdr).hop_limit) };
+    let hdr = pkt.header::<Ipv6Hdr>(ETH_HLEN).ok_or(Reason::ShortFrame)?;
+    let (src, dst) = (hdr.src(), hdr.dst());
     if site.families & family::V6 == 0 || !site.lan_v6.contains(&src) {
         return Err(Reason::NotLan);
     }
-    let key = Key::new(128, unsafe {
-        core::mem::transmute::<[u32; 4], [u8; 16]>(dst)
-    });
-    if REMOTE_V6.get(&key) != Some(&route::SPRAY) {
+    if REMOTE_V6.get(&v6_key(&dst)) != Some(&route::SPRAY) {
         return Err(Reason::NotRemote);
     }
-    if hop_limit <= 1 {
+    // Remote-bound: from here on a malformed packet is dropped.
+    let ip = parse::ipv6(pkt, &hdr, ETH_HLEN)?;
+    if ip.big {
+        return Err(Reason::BigTcp);
+    }
+    if hdr.hop_limit() <= 1 {
         return Err(Reason::TtlExpired);
     }
     let l4 = parse::l4_checksum(pkt, &ip)?;
-    let id = schedule::pick(site.mode, || {
+    let id = schedule::pick(site.spray, || {
         FlowHasher::new()
             .word(src[0] ^ src[1] ^ src[2] ^ src[3])
             .word(dst[0] ^ dst[1] ^ dst[2] ^ dst[3])
@@ -110,7 +135,7 @@ fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
     offload::complete(pkt, &ip, l4.as_ref(), |len| {
         checksum::pseudo_v6(&src, &dst, ip.proto, len)
     })?;
-    translate::ipv6(pkt, hdr, &tunnel.xlat_v6.translate(&src), &dst, true, l4)?;
+    translate::ipv6(pkt, &hdr, &tunnel.xlat_v6.translate(&src), &dst, true, l4)?;
     redirect::trim_padding(pkt, ETH_HLEN + ip.len)?;
     stats::tunnel_tx(id, ip.len as u32);
     Ok(tunnel.ifindex)

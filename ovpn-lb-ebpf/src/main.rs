@@ -1,4 +1,16 @@
-//! ovpn-lb BPF programs. Entry points only; each stage lives in its own module.
+//! ovpn-lb BPF programs.
+//!
+//! Layers, each using only those below it (`use crate::` per module):
+//!
+//! 1. `layout` (header layouts) and `maps` (the maps shared with userspace);
+//! 2. packet access: `hook` (what tc and XDP contexts offer) and `packet`
+//!    (bounds-checked typed header access over a hook);
+//! 3. `parse`: validate IP headers, find the L4 header;
+//! 4. stages: `schedule`, `translate`, `redirect`, `offload`, `forward`,
+//!    `stats`, `verdict`;
+//! 5. pipelines: `lan` (spray), `tunnel` (restore on ingress, translate on
+//!    egress);
+//! 6. entry points, here.
 #![no_std]
 #![no_main]
 #![expect(
@@ -17,6 +29,7 @@
 mod forward;
 mod hook;
 mod lan;
+mod layout;
 mod maps;
 mod offload;
 mod packet;
@@ -34,7 +47,7 @@ use aya_ebpf::{
 };
 use ovpn_lb_common::Reason;
 
-use crate::{hook::Hook, packet::Packet, tunnel::Restored};
+use crate::{hook::Hook, layout::ETH_HLEN, packet::Packet, tunnel::Egress};
 
 /// tc ingress on the LAN device: spray remote-bound packets over the tunnels.
 #[classifier]
@@ -58,7 +71,7 @@ pub fn tunnel_ingress(ctx: TcContext) -> i32 {
 /// always hands tc programs an Ethernet frame, so the fixtures drive this one.
 #[classifier]
 pub fn tunnel_ingress_eth(ctx: TcContext) -> i32 {
-    restore_tc::<{ packet::ETH_HLEN }>(&ctx)
+    restore_tc::<ETH_HLEN>(&ctx)
 }
 
 /// The same as native XDP on TAP tunnel devices; restored packets go straight
@@ -67,8 +80,8 @@ pub fn tunnel_ingress_eth(ctx: TcContext) -> i32 {
 pub fn tunnel_ingress_xdp(ctx: XdpContext) -> u32 {
     let pkt = Packet::new(&ctx);
     let len = pkt.len();
-    let (reason, code) = match tunnel::restore::<_, { packet::ETH_HLEN }>(&pkt) {
-        Ok(restored) => match forward::to_lan(&pkt, &restored) {
+    let (reason, code) = match tunnel::restore::<_, ETH_HLEN>(&pkt) {
+        Ok(family) => match forward::to_lan(&pkt, family) {
             Some(code) => (Reason::RestoredToLan, code),
             None => (Reason::Restored, ctx.pass_code()),
         },
@@ -78,12 +91,45 @@ pub fn tunnel_ingress_xdp(ctx: XdpContext) -> u32 {
     code.cast_unsigned()
 }
 
+/// tc egress (tcx) on every tun tunnel device: translate LAN-sourced packets
+/// the kernel itself routes into the tunnel (over the MTU, BIG TCP, the
+/// gateway's own), so nothing leaves a tunnel untranslated.
+#[classifier]
+pub fn tunnel_egress(ctx: TcContext) -> i32 {
+    egress_tc::<0>(&ctx)
+}
+
+/// The same on TAP tunnel devices (Ethernet framing).
+#[classifier]
+pub fn tunnel_egress_eth(ctx: TcContext) -> i32 {
+    egress_tc::<ETH_HLEN>(&ctx)
+}
+
+/// Sprayed packets pass here again: only what is translated (or refused)
+/// is counted.
+#[inline(always)]
+fn egress_tc<const L3: usize>(ctx: &TcContext) -> i32 {
+    let pkt = Packet::unpulled(ctx);
+    match tunnel::egress::<_, L3>(&pkt) {
+        Ok(Egress::Untouched) => ctx.pass_code(),
+        Ok(Egress::Translated { id, ip_len }) => {
+            stats::tunnel_tx(id, ip_len);
+            stats::reason(Reason::TranslatedOnEgress, pkt.len());
+            ctx.pass_code()
+        }
+        Err(reason) => {
+            stats::reason(reason, pkt.len());
+            verdict::of(ctx, reason)
+        }
+    }
+}
+
 #[inline(always)]
 fn restore_tc<const L3: usize>(ctx: &TcContext) -> i32 {
     let pkt = Packet::new(ctx);
     let len = pkt.len();
     let reason = match tunnel::restore::<_, L3>(&pkt) {
-        Ok(Restored::V4 | Restored::V6) => Reason::Restored,
+        Ok(_) => Reason::Restored,
         Err(reason) => reason,
     };
     stats::reason(reason, len);

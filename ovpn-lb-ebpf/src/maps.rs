@@ -1,7 +1,7 @@
 //! Every map the programs share with userspace. Types come from ovpn-lb-common.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     macros::btf_map,
 };
 use ovpn_lb_common::{
@@ -50,3 +50,42 @@ pub static TUNNEL_STATS: PerCpuArray<TunnelStats, MAX_TUNNELS> = PerCpuArray::ne
 
 #[btf_map]
 pub static REASON_STATS: PerCpuArray<ReasonStats, REASON_COUNT> = PerCpuArray::new();
+
+/// Runs `f` on a per-CPU map slot, if there is one.
+#[inline(always)]
+pub fn update_per_cpu<T>(slot: Option<*mut T>, f: impl FnOnce(&mut T)) {
+    if let Some(slot) = slot {
+        // SAFETY: the kernel hands out a pointer into this CPU's copy of the
+        // value, valid for the program's run; tc and XDP programs run with
+        // migration disabled and do not nest on a CPU for the same hook, so
+        // nothing else writes it meanwhile, and no other reference exists.
+        f(unsafe { &mut *slot });
+    }
+}
+
+/// Tunnel id of the tunnel device `ifindex`, if it is one.
+#[inline(always)]
+pub fn tunnel_by_if(ifindex: u32) -> Option<u32> {
+    let id = TUNNEL_BY_IF.get_ptr(ifindex)?;
+    // SAFETY: the value pointer stays valid for the program's run (hash map
+    // elements are freed after an RCU grace period); userspace replaces an
+    // entry with one aligned 4-byte store, so the read sees one whole id.
+    Some(unsafe { id.read() })
+}
+
+/// LPM key for an IPv4 address as stored in the packet.
+#[inline(always)]
+pub fn v4_key(addr: u32) -> Key<[u8; 4]> {
+    Key::new(32, addr.to_ne_bytes())
+}
+
+/// LPM key for an IPv6 address given as four stored words.
+#[inline(always)]
+pub fn v6_key(addr: &[u32; 4]) -> Key<[u8; 16]> {
+    // SAFETY: `[u32; 4]` and `[u8; 16]` have the same size and every bit
+    // pattern is a valid `[u8; 16]`; the words hold the address bytes in
+    // wire order already. (A byte-wise copy costs ~40 instructions.)
+    Key::new(128, unsafe {
+        core::mem::transmute::<[u32; 4], [u8; 16]>(*addr)
+    })
+}

@@ -14,7 +14,11 @@
 use aya_ebpf::helpers::bpf_csum_diff;
 use ovpn_lb_common::{Reason, checksum};
 
-use crate::{hook::Hook, packet::Packet, parse::Ip, parse::L4Checksum};
+use crate::{
+    hook::Hook,
+    packet::{Packet, Word},
+    parse::{Ip, L4Checksum},
+};
 
 /// Bytes summed per helper call; the copy lives on the 512-byte BPF stack.
 const CHUNK: usize = 256;
@@ -31,11 +35,14 @@ pub fn complete<C: Hook>(
     pseudo: impl FnOnce(u16) -> u16,
 ) -> Result<(), Reason> {
     let Some(l4) = l4 else { return Ok(()) };
-    if C::KEEPS_CHECKSUM_STATE || !l4.offloadable {
+    // A fragment's checksum covers the whole datagram, whose other fragments
+    // we cannot see; and the kernel completes offloaded checksums before it
+    // fragments, so no fragment carries a partial one.
+    if C::KEEPS_CHECKSUM_STATE || !l4.offloadable || ip.fragment {
         return Ok(());
     }
-    let field: *mut u16 = pkt.ptr(l4.offset).ok_or(Reason::TruncatedL4)?;
-    if unsafe { *field } != pseudo((ip.len - (ip.l4 - ip.l3)) as u16) {
+    let field = pkt.header::<Word>(l4.offset).ok_or(Reason::TruncatedL4)?;
+    if field.get() != pseudo((ip.len - (ip.l4 - ip.l3)) as u16) {
         return Ok(());
     }
     let end = ip.l3 + ip.len;
@@ -58,9 +65,11 @@ pub fn complete<C: Hook>(
         if n == 0 {
             break;
         }
-        if !pkt.ctx.load_bytes(at, chunk.as_mut_ptr(), n as u32) {
+        if !pkt.ctx().load_bytes(at, &mut chunk, n as u32) {
             return Err(Reason::TruncatedL4);
         }
+        // SAFETY: `chunk` holds `n` <= CHUNK initialised bytes; the helper
+        // only reads them (a null `from` with size 0 reads nothing).
         let ret = unsafe {
             bpf_csum_diff(
                 core::ptr::null_mut(),
@@ -79,7 +88,7 @@ pub fn complete<C: Hook>(
     if rest != 0 {
         // The last 1-3 bytes, zero-padded as the checksum pads an odd end.
         let mut tail = [0u8; 4];
-        if !pkt.ctx.load_bytes(at, tail.as_mut_ptr(), rest as u32) {
+        if !pkt.ctx().load_bytes(at, &mut tail, rest as u32) {
             return Err(Reason::TruncatedL4);
         }
         sum = checksum::add(sum, u32::from_ne_bytes(tail));
@@ -89,7 +98,8 @@ pub fn complete<C: Hook>(
         done = 0xffff;
     }
     // Re-derive the pointer: the helpers above may have moved packet data.
-    let field: *mut u16 = pkt.ptr(l4.offset).ok_or(Reason::TruncatedL4)?;
-    unsafe { *field = done };
+    pkt.header::<Word>(l4.offset)
+        .ok_or(Reason::TruncatedL4)?
+        .set(done);
     Ok(())
 }

@@ -1,16 +1,25 @@
-//! Bounds-checked access to packet bytes, and the header layouts we read.
+//! Packet access: the only place packet bytes are read or written.
 //!
-//! Headers are read in place (direct packet access): every pointer handed out has
-//! been checked against `data_end`, the form the verifier tracks.
+//! [`Packet::header`] checks that a whole header lies inside the linear
+//! area, in the form the verifier tracks (`data + offset + size <=
+//! data_end`), and hands out a [`Header`]; its typed accessors read and
+//! write single fields at constant offsets inside it, so no access can leave
+//! the checked range. Multi-byte fields are raw wire-order loads (addresses,
+//! checksum words) unless an accessor says "host order".
 
-use crate::hook::Hook;
+use core::{marker::PhantomData, mem::offset_of};
+
+use crate::{
+    hook::Hook,
+    layout::{EthHdr, Ipv4Hdr, Ipv6ExtHdr, Ipv6FragHdr, Ipv6Hdr, TcpHdr},
+};
 
 /// Headers we may need in the linear area: Ethernet, IPv6 with a few extension
 /// headers, and a TCP header.
 const MAX_HEADER_BYTES: u32 = 256;
 
 pub struct Packet<'a, C: Hook> {
-    pub ctx: &'a C,
+    ctx: &'a C,
 }
 
 impl<'a, C: Hook> Packet<'a, C> {
@@ -18,16 +27,37 @@ impl<'a, C: Hook> Packet<'a, C> {
     /// left them in fragments (rare; GRO'd and locally built skbs usually do not).
     #[inline(always)]
     pub fn new(ctx: &'a C) -> Self {
-        let len = ctx.len();
+        let pkt = Self::unpulled(ctx);
+        pkt.pull_headers();
+        pkt
+    }
+
+    /// Wraps the context as it is, for a program that looks at a fixed
+    /// header first and pulls only for the packets it works on.
+    #[inline(always)]
+    pub fn unpulled(ctx: &'a C) -> Self {
+        Self { ctx }
+    }
+
+    /// Makes the first [`MAX_HEADER_BYTES`] bytes (or the whole packet)
+    /// linear. Every [`Header`] made before is invalid afterwards.
+    #[inline(always)]
+    pub fn pull_headers(&self) {
+        let len = self.ctx.len();
         let want = if len < MAX_HEADER_BYTES {
             len
         } else {
             MAX_HEADER_BYTES
         };
-        if ((ctx.data_end() - ctx.data()) as u32) < want {
-            ctx.pull(want);
+        if ((self.ctx.data_end() - self.ctx.data()) as u32) < want {
+            self.ctx.pull(want);
         }
-        Self { ctx }
+    }
+
+    /// The hook context, for helpers.
+    #[inline(always)]
+    pub fn ctx(&self) -> &'a C {
+        self.ctx
     }
 
     /// Total length of the packet, including any non-linear part.
@@ -36,79 +66,266 @@ impl<'a, C: Hook> Packet<'a, C> {
         self.ctx.len()
     }
 
-    /// Pointer to a `T` at `offset`, or `None` if it does not fit in the linear area.
+    /// The `T` at `offset`, or `None` if it does not lie wholly in the linear area.
     #[inline(always)]
-    pub fn ptr<T>(&self, offset: usize) -> Option<*mut T> {
+    pub fn header<T>(&self, offset: usize) -> Option<Header<'_, T>> {
         let start = self.ctx.data();
         let end = self.ctx.data_end();
         let at = start + offset;
         if at + size_of::<T>() > end {
             return None;
         }
-        Some(at as *mut T)
+        Some(Header {
+            ptr: at as *mut u8,
+            _layout: PhantomData,
+        })
     }
 }
 
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    /// Wire order.
-    pub proto: u16,
+/// A header of layout `T` inside the packet, bounds-checked when made.
+///
+/// Valid until a helper that may move packet data runs (pull, tail change,
+/// checksum helpers): the verifier then invalidates every packet pointer
+/// and refuses a program that uses one, so a stale `Header` cannot load.
+pub struct Header<'p, T> {
+    ptr: *mut u8,
+    _layout: PhantomData<&'p T>,
 }
 
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub version_ihl: u8,
-    pub tos: u8,
-    pub tot_len: u16,
-    pub id: u16,
-    pub frag_off: u16,
-    pub ttl: u8,
-    pub protocol: u8,
-    pub check: u16,
-    pub saddr: u32,
-    pub daddr: u32,
+impl<T> Header<'_, T> {
+    /// The `F` at byte `OFFSET` of the header.
+    #[inline(always)]
+    fn load<F: Copy, const OFFSET: usize>(&self) -> F {
+        const { assert!(OFFSET + size_of::<F>() <= size_of::<T>()) };
+        // SAFETY: `ptr..ptr + size_of::<T>()` was checked to lie inside the
+        // packet's linear area, and `OFFSET + size_of::<F>()` lies inside `T`
+        // (asserted at compile time). Unaligned: packet data has no
+        // alignment; the BPF target is built with
+        // `allows-misaligned-mem-access`, which this kernel's verifier
+        // permits for packet access, so this is one load instruction.
+        unsafe { self.ptr.add(OFFSET).cast::<F>().read_unaligned() }
+    }
+
+    /// Writes `value` at byte `OFFSET` of the header.
+    #[inline(always)]
+    fn store<F: Copy, const OFFSET: usize>(&self, value: F) {
+        const { assert!(OFFSET + size_of::<F>() <= size_of::<T>()) };
+        // SAFETY: as in `load`; packet data is writable for tc and XDP
+        // programs (the verifier checks the program type), and no Rust
+        // reference to packet memory exists to alias it.
+        unsafe { self.ptr.add(OFFSET).cast::<F>().write_unaligned(value) }
+    }
 }
 
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub version_class_flow: [u8; 4],
-    pub payload_len: u16,
-    pub nexthdr: u8,
-    pub hop_limit: u8,
-    pub saddr: [u32; 4],
-    pub daddr: [u32; 4],
+/// A 16-bit word of the packet, e.g. an L4 checksum field.
+pub type Word = [u8; 2];
+
+impl Header<'_, Word> {
+    /// The word as stored (wire order).
+    #[inline(always)]
+    pub fn get(&self) -> u16 {
+        self.load::<u16, 0>()
+    }
+
+    #[inline(always)]
+    pub fn set(&self, value: u16) {
+        self.store::<u16, 0>(value);
+    }
 }
 
-/// First bytes of TCP and UDP.
-#[repr(C)]
-pub struct Ports {
-    pub src: u16,
-    pub dst: u16,
+/// A 32-bit word of the packet: IPv4 options, TCP/UDP ports.
+pub type Quad = [u8; 4];
+
+impl Header<'_, Quad> {
+    /// The word as stored.
+    #[inline(always)]
+    pub fn get(&self) -> u32 {
+        self.load::<u32, 0>()
+    }
 }
 
-/// Generic IPv6 extension header start (hop-by-hop, routing, destination, AH).
-#[repr(C)]
-pub struct Ipv6ExtHdr {
-    pub nexthdr: u8,
-    pub len: u8,
+impl Header<'_, EthHdr> {
+    #[inline(always)]
+    pub fn dst(&self) -> [u8; 6] {
+        self.load::<[u8; 6], { offset_of!(EthHdr, dst_addr) }>()
+    }
+
+    /// Ethertype, host order.
+    #[inline(always)]
+    pub fn ether_type(&self) -> u16 {
+        u16::from_be(self.load::<u16, { offset_of!(EthHdr, ether_type) }>())
+    }
+
+    #[inline(always)]
+    pub fn set_addrs(&self, dst: [u8; 6], src: [u8; 6]) {
+        self.store::<[u8; 6], { offset_of!(EthHdr, dst_addr) }>(dst);
+        self.store::<[u8; 6], { offset_of!(EthHdr, src_addr) }>(src);
+    }
 }
 
-#[repr(C)]
-pub struct Ipv6FragHdr {
-    pub nexthdr: u8,
-    pub reserved: u8,
-    /// Wire order: offset in the top 13 bits, M flag in bit 0.
-    pub frag_off: u16,
-    pub id: u32,
+impl Header<'_, Ipv4Hdr> {
+    /// Version and IHL.
+    #[inline(always)]
+    pub fn vihl(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv4Hdr, vihl) }>()
+    }
+
+    #[inline(always)]
+    pub fn tos(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv4Hdr, tos) }>()
+    }
+
+    /// Total length, host order.
+    #[inline(always)]
+    pub fn tot_len(&self) -> u16 {
+        u16::from_be(self.load::<u16, { offset_of!(Ipv4Hdr, tot_len) }>())
+    }
+
+    /// Flags and fragment offset, host order.
+    #[inline(always)]
+    pub fn frags(&self) -> u16 {
+        u16::from_be(self.load::<u16, { offset_of!(Ipv4Hdr, frags) }>())
+    }
+
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv4Hdr, ttl) }>()
+    }
+
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv4Hdr, proto) }>()
+    }
+
+    /// The header word holding TTL and protocol, as stored.
+    #[inline(always)]
+    pub fn ttl_proto(&self) -> u16 {
+        self.load::<u16, { offset_of!(Ipv4Hdr, ttl) }>()
+    }
+
+    /// Header checksum, as stored.
+    #[inline(always)]
+    pub fn check(&self) -> u16 {
+        self.load::<u16, { offset_of!(Ipv4Hdr, check) }>()
+    }
+
+    /// The five 32-bit words of the fixed header, as stored (for its checksum).
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 5] {
+        self.load::<[u32; 5], 0>()
+    }
+
+    /// Source address, as stored (see `ovpn_lb_common::prefix`).
+    #[inline(always)]
+    pub fn src(&self) -> u32 {
+        self.load::<u32, { offset_of!(Ipv4Hdr, src_addr) }>()
+    }
+
+    #[inline(always)]
+    pub fn dst(&self) -> u32 {
+        self.load::<u32, { offset_of!(Ipv4Hdr, dst_addr) }>()
+    }
+
+    #[inline(always)]
+    pub fn set_ttl(&self, ttl: u8) {
+        self.store::<u8, { offset_of!(Ipv4Hdr, ttl) }>(ttl);
+    }
+
+    #[inline(always)]
+    pub fn set_check(&self, check: u16) {
+        self.store::<u16, { offset_of!(Ipv4Hdr, check) }>(check);
+    }
+
+    #[inline(always)]
+    pub fn set_src(&self, addr: u32) {
+        self.store::<u32, { offset_of!(Ipv4Hdr, src_addr) }>(addr);
+    }
+
+    #[inline(always)]
+    pub fn set_dst(&self, addr: u32) {
+        self.store::<u32, { offset_of!(Ipv4Hdr, dst_addr) }>(addr);
+    }
+}
+
+impl Header<'_, Ipv6Hdr> {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv6Hdr, vcf) }>() >> 4
+    }
+
+    /// Payload length, host order.
+    #[inline(always)]
+    pub fn payload_len(&self) -> u16 {
+        u16::from_be(self.load::<u16, { offset_of!(Ipv6Hdr, payload_len) }>())
+    }
+
+    #[inline(always)]
+    pub fn next_hdr(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv6Hdr, next_hdr) }>()
+    }
+
+    #[inline(always)]
+    pub fn hop_limit(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv6Hdr, hop_limit) }>()
+    }
+
+    /// Source address as four stored words (see `ovpn_lb_common::prefix`).
+    #[inline(always)]
+    pub fn src(&self) -> [u32; 4] {
+        self.load::<[u32; 4], { offset_of!(Ipv6Hdr, src_addr) }>()
+    }
+
+    #[inline(always)]
+    pub fn dst(&self) -> [u32; 4] {
+        self.load::<[u32; 4], { offset_of!(Ipv6Hdr, dst_addr) }>()
+    }
+
+    #[inline(always)]
+    pub fn set_hop_limit(&self, hop_limit: u8) {
+        self.store::<u8, { offset_of!(Ipv6Hdr, hop_limit) }>(hop_limit);
+    }
+
+    #[inline(always)]
+    pub fn set_src(&self, addr: &[u32; 4]) {
+        self.store::<[u32; 4], { offset_of!(Ipv6Hdr, src_addr) }>(*addr);
+    }
+
+    #[inline(always)]
+    pub fn set_dst(&self, addr: &[u32; 4]) {
+        self.store::<[u32; 4], { offset_of!(Ipv6Hdr, dst_addr) }>(*addr);
+    }
+}
+
+impl Header<'_, Ipv6ExtHdr> {
+    #[inline(always)]
+    pub fn next_hdr(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv6ExtHdr, next_hdr) }>()
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv6ExtHdr, len) }>()
+    }
+}
+
+impl Header<'_, Ipv6FragHdr> {
+    #[inline(always)]
+    pub fn next_hdr(&self) -> u8 {
+        self.load::<u8, { offset_of!(Ipv6FragHdr, next_hdr) }>()
+    }
+
+    /// Offset and M flag, host order.
+    #[inline(always)]
+    pub fn frag_off(&self) -> u16 {
+        u16::from_be(self.load::<u16, { offset_of!(Ipv6FragHdr, frag_off) }>())
+    }
+}
+
+impl Header<'_, TcpHdr> {
+    /// Header length in bytes (data offset).
+    #[inline(always)]
+    pub fn header_len(&self) -> u32 {
+        // The data offset is the top nibble of the flags word.
+        u32::from(self.load::<u8, { offset_of!(TcpHdr, _bitfield_1) }>() >> 4) * 4
+    }
 }

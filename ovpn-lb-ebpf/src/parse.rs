@@ -1,28 +1,33 @@
-//! Stage 1: validate the IP header and find the L4 header.
+//! Validate the IP header and find the L4 header.
 //!
 //! Anything that does not parse is reported as the [`Reason`] it will be dropped
 //! for; nothing malformed is ever rewritten or redirected.
 
-use ovpn_lb_common::Reason;
+use core::mem::offset_of;
 
-use crate::hook::Hook;
-use crate::packet::{
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ipv6ExtHdr, Ipv6FragHdr,
-    Ipv6Hdr, Packet,
+use ovpn_lb_common::{Reason, checksum};
+
+use crate::{
+    hook::Hook,
+    layout::{
+        IP_MF, IP_OFFSET, IP6_OFFSET, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        Icmpv4Hdr, Icmpv6Hdr, Ipv4Hdr, Ipv6ExtHdr, Ipv6FragHdr, Ipv6Hdr, NEXTHDR_AUTH,
+        NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING, TcpHdr, UdpHdr,
+    },
+    packet::{Header, Packet, Quad},
 };
 
 /// IPv6 extension headers we walk before giving up on the chain.
 const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Largest length an IP length field can state.
+const MAX_IP_LEN: usize = u16::MAX as usize;
 
-const NEXTHDR_HOP: u8 = 0;
-const NEXTHDR_ROUTING: u8 = 43;
-const NEXTHDR_FRAGMENT: u8 = 44;
-const NEXTHDR_AUTH: u8 = 51;
-const NEXTHDR_DEST: u8 = 60;
-
-/// More-fragments flag and fragment offset bits of IPv4 `frag_off` (host order).
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1fff;
+/// An IP packet's family.
+#[derive(Clone, Copy)]
+pub enum Family {
+    V4,
+    V6,
+}
 
 /// A validated IP header.
 pub struct Ip {
@@ -38,6 +43,9 @@ pub struct Ip {
     pub has_l4: bool,
     /// Any fragment, first or not.
     pub fragment: bool,
+    /// A GSO packet over 64 KiB whose length field is 0 (BIG TCP): `len`
+    /// is the packet's.
+    pub big: bool,
 }
 
 impl Ip {
@@ -48,82 +56,85 @@ impl Ip {
     }
 }
 
+/// Validates the IPv4 header `hdr` at `l3` (already known to fit the
+/// linear area) and finds the L4 header.
 #[inline(always)]
-pub fn ipv4<C: Hook>(pkt: &Packet<C>, l3: usize) -> Result<(*mut Ipv4Hdr, Ip), Reason> {
-    let hdr: *mut Ipv4Hdr = pkt.ptr(l3).ok_or(Reason::TruncatedIp)?;
-    let (version_ihl, tot_len, frag_off, proto) = unsafe {
-        (
-            (*hdr).version_ihl,
-            u16::from_be((*hdr).tot_len) as usize,
-            u16::from_be((*hdr).frag_off),
-            (*hdr).protocol,
-        )
-    };
-    let ihl = ((version_ihl & 0x0f) as usize) * 4;
-    if version_ihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() {
+pub fn ipv4<C: Hook>(pkt: &Packet<C>, hdr: &Header<Ipv4Hdr>, l3: usize) -> Result<Ip, Reason> {
+    let vihl = hdr.vihl();
+    let frags = hdr.frags();
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Reason::BadIpHeader);
     }
     let frame = pkt.len() as usize - l3;
-    if tot_len < ihl || tot_len > frame {
+    let mut len = hdr.tot_len() as usize;
+    let big = len == 0 && frame > MAX_IP_LEN;
+    if big {
+        // BIG TCP: a GSO packet over 64 KiB has no room for its length
+        // (the kernel's iph_totlen() then takes the skb's).
+        len = frame;
+    }
+    if len < ihl || len > frame {
         return Err(Reason::BadIpLength);
     }
     // Options must be in the linear area too.
-    pkt.ptr::<[u8; 1]>(l3 + ihl - 1)
+    pkt.header::<[u8; 1]>(l3 + ihl - 1)
         .ok_or(Reason::TruncatedIp)?;
-    let ip = Ip {
+    Ok(Ip {
         l3,
-        len: tot_len,
+        len,
         l4: l3 + ihl,
-        proto,
-        has_l4: frag_off & IP_OFFSET == 0,
-        fragment: frag_off & (IP_MF | IP_OFFSET) != 0,
-    };
-    Ok((hdr, ip))
+        proto: hdr.proto(),
+        has_l4: frags & IP_OFFSET == 0,
+        fragment: frags & (IP_MF | IP_OFFSET) != 0,
+        big,
+    })
 }
 
+/// Validates the IPv6 header `hdr` at `l3` (already known to fit the
+/// linear area) and walks its extension headers to the L4 header.
 #[inline(always)]
-pub fn ipv6<C: Hook>(pkt: &Packet<C>, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), Reason> {
-    let hdr: *mut Ipv6Hdr = pkt.ptr(l3).ok_or(Reason::TruncatedIp)?;
-    let (version, payload_len, mut next) = unsafe {
-        (
-            (*hdr).version_class_flow[0] >> 4,
-            u16::from_be((*hdr).payload_len) as usize,
-            (*hdr).nexthdr,
-        )
-    };
-    if version != 6 {
+pub fn ipv6<C: Hook>(pkt: &Packet<C>, hdr: &Header<Ipv6Hdr>, l3: usize) -> Result<Ip, Reason> {
+    let mut next = hdr.next_hdr();
+    if hdr.version() != 6 {
         return Err(Reason::BadIpHeader);
     }
-    let len = size_of::<Ipv6Hdr>() + payload_len;
-    // payload_len 0 is a jumbogram, which we do not forward.
-    if payload_len == 0 || len > pkt.len() as usize - l3 {
+    let frame = pkt.len() as usize - l3;
+    let mut len = Ipv6Hdr::LEN + hdr.payload_len() as usize;
+    // Payload length 0: BIG TCP (a GSO packet over 64 KiB, with or without a
+    // jumbo option) takes the packet's length; anything smaller is an
+    // RFC 2675 jumbogram that cannot be, and is refused.
+    let big = len == Ipv6Hdr::LEN && frame > Ipv6Hdr::LEN + MAX_IP_LEN;
+    if big {
+        len = frame;
+    }
+    if len == Ipv6Hdr::LEN || len > frame {
         return Err(Reason::BadIpLength);
     }
     let end = l3 + len;
-    let mut off = l3 + size_of::<Ipv6Hdr>();
+    let mut off = l3 + Ipv6Hdr::LEN;
     let mut has_l4 = true;
     let mut fragment = false;
     let mut complete = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
-                let ext: *const Ipv6ExtHdr = pkt.ptr(off).ok_or(Reason::Ipv6ExtChain)?;
-                let (nh, units) = unsafe { ((*ext).nexthdr, (*ext).len as usize) };
+                let ext = pkt.header::<Ipv6ExtHdr>(off).ok_or(Reason::Ipv6ExtChain)?;
+                let units = ext.len() as usize;
                 let size = if next == NEXTHDR_AUTH {
                     (units + 2) * 4
                 } else {
                     (units + 1) * 8
                 };
-                next = nh;
+                next = ext.next_hdr();
                 off += size;
             }
             NEXTHDR_FRAGMENT => {
-                let frag: *const Ipv6FragHdr = pkt.ptr(off).ok_or(Reason::Ipv6ExtChain)?;
-                let (nh, frag_off) = unsafe { ((*frag).nexthdr, u16::from_be((*frag).frag_off)) };
-                next = nh;
+                let frag = pkt.header::<Ipv6FragHdr>(off).ok_or(Reason::Ipv6ExtChain)?;
+                next = frag.next_hdr();
                 off += size_of::<Ipv6FragHdr>();
                 fragment = true;
-                if frag_off & 0xfff8 != 0 {
+                if frag.frag_off() & IP6_OFFSET != 0 {
                     // Later headers travel only in the first fragment.
                     has_l4 = false;
                     complete = true;
@@ -142,15 +153,51 @@ pub fn ipv6<C: Hook>(pkt: &Packet<C>, l3: usize) -> Result<(*mut Ipv6Hdr, Ip), R
     if !complete || off > end {
         return Err(Reason::Ipv6ExtChain);
     }
-    let ip = Ip {
+    Ok(Ip {
         l3,
         len,
         l4: off,
         proto: next,
         has_l4,
         fragment,
-    };
-    Ok((hdr, ip))
+        big,
+    })
+}
+
+/// Most 32-bit words of IPv4 options (IHL 15).
+const MAX_OPTION_WORDS: usize = 10;
+
+/// Whether the IPv4 header checksum verifies, options included.
+#[inline(always)]
+pub fn ipv4_checksum_ok<C: Hook>(pkt: &Packet<C>, hdr: &Header<Ipv4Hdr>, ip: &Ip) -> bool {
+    let mut sum: u64 = 0;
+    for word in hdr.words() {
+        sum += u64::from(word);
+    }
+    let ihl = ip.l4 - ip.l3;
+    if ihl > Ipv4Hdr::LEN {
+        // Options are rare: a bounded walk, off the common path.
+        for i in 0..MAX_OPTION_WORDS {
+            let at = Ipv4Hdr::LEN + 4 * i;
+            if at >= ihl {
+                break;
+            }
+            match pkt.header::<Quad>(ip.l3 + at) {
+                Some(word) => sum += u64::from(word.get()),
+                None => return false,
+            }
+        }
+    }
+    checksum::verifies(sum)
+}
+
+/// An L4 checksum that covers the IP pseudo-header.
+pub struct L4Checksum {
+    pub offset: usize,
+    /// UDP: 0 means "no checksum" (IPv4) and a computed 0 is sent as 0xffff.
+    pub zero_means_none: bool,
+    /// TCP or UDP: a sender may have left this checksum to the NIC.
+    pub offloadable: bool,
 }
 
 /// Where the L4 checksum that covers the addresses lives, if anywhere, after
@@ -162,16 +209,17 @@ pub fn l4_checksum<C: Hook>(pkt: &Packet<C>, ip: &Ip) -> Result<Option<L4Checksu
         return Ok(None);
     }
     let (header, offset, zero_means_none) = match ip.proto {
-        IPPROTO_TCP => (20, 16, false),
-        IPPROTO_UDP => (8, 6, true),
-        IPPROTO_ICMPV6 => (8, 2, false),
-        IPPROTO_ICMP => (8, 0, false),
+        IPPROTO_TCP => (TcpHdr::LEN, offset_of!(TcpHdr, check), false),
+        IPPROTO_UDP => (UdpHdr::LEN, offset_of!(UdpHdr, check), true),
+        IPPROTO_ICMPV6 => (size_of::<Icmpv6Hdr>(), offset_of!(Icmpv6Hdr, check), false),
+        IPPROTO_ICMP => (size_of::<Icmpv4Hdr>(), offset_of!(Icmpv4Hdr, check), false),
         _ => return Ok(None),
     };
-    if ip.l4 + header > ip.end() || pkt.ptr::<[u8; 8]>(ip.l4).is_none() {
+    // Every header here is at least 8 bytes; TCP's is 20.
+    if ip.l4 + header > ip.end() || pkt.header::<[u8; 8]>(ip.l4).is_none() {
         return Err(Reason::TruncatedL4);
     }
-    if header == 20 && pkt.ptr::<[u8; 20]>(ip.l4).is_none() {
+    if header == TcpHdr::LEN && pkt.header::<TcpHdr>(ip.l4).is_none() {
         return Err(Reason::TruncatedL4);
     }
     if ip.proto == IPPROTO_ICMP {
@@ -184,15 +232,6 @@ pub fn l4_checksum<C: Hook>(pkt: &Packet<C>, ip: &Ip) -> Result<Option<L4Checksu
     }))
 }
 
-/// An L4 checksum that covers the IP pseudo-header.
-pub struct L4Checksum {
-    pub offset: usize,
-    /// UDP: 0 means "no checksum" (IPv4) and a computed 0 is sent as 0xffff.
-    pub zero_means_none: bool,
-    /// TCP or UDP: a sender may have left this checksum to the NIC.
-    pub offloadable: bool,
-}
-
 /// Source and destination ports for the flow hash; 0 where there are none, and
 /// for every fragment, so all fragments of a datagram take the same tunnel.
 #[inline(always)]
@@ -200,10 +239,8 @@ pub fn ports<C: Hook>(pkt: &Packet<C>, ip: &Ip) -> u32 {
     if ip.fragment || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
         return 0;
     }
-    match pkt.ptr::<crate::packet::Ports>(ip.l4) {
-        Some(p) => unsafe { (u32::from((*p).src) << 16) | u32::from((*p).dst) },
-        None => 0,
-    }
+    // Both ports (TCP and UDP start alike) in one stored word.
+    pkt.header::<Quad>(ip.l4).map_or(0, |p| p.get())
 }
 
 /// IP length of each segment a GSO packet will be cut into: headers plus
@@ -211,11 +248,10 @@ pub fn ports<C: Hook>(pkt: &Packet<C>, ip: &Ip) -> u32 {
 #[inline(always)]
 pub fn segment_len<C: Hook>(pkt: &Packet<C>, ip: &Ip, gso_size: u32) -> u32 {
     let l4_header = match ip.proto {
-        IPPROTO_TCP => match pkt.ptr::<[u8; 20]>(ip.l4) {
-            Some(tcp) => u32::from(unsafe { (*tcp)[12] } >> 4) * 4,
-            None => 20,
-        },
-        IPPROTO_UDP => 8,
+        IPPROTO_TCP => pkt
+            .header::<TcpHdr>(ip.l4)
+            .map_or(TcpHdr::LEN as u32, |tcp| tcp.header_len()),
+        IPPROTO_UDP => UdpHdr::LEN as u32,
         _ => 0,
     };
     (ip.l4 - ip.l3) as u32 + l4_header + gso_size

@@ -1,23 +1,29 @@
-//! Stage 4: make sure the packet fits the tunnel, address it to the tunnel's
-//! far end if the tunnel carries Ethernet frames, and hand it to the device.
+//! Make sure the packet fits the tunnel, address it to the tunnel's far end
+//! if the tunnel carries Ethernet frames, and hand it to the device.
 
 use ovpn_lb_common::{Reason, TunnelConfig, maps::framing};
 
 use crate::{
     hook::Hook,
-    packet::{EthHdr, Packet},
-    parse::Ip,
+    layout::EthHdr,
+    packet::Packet,
+    parse::{self, Ip},
 };
 
 /// Checks the packet against the tunnel's MTU. A GSO super-packet is judged
 /// by the segments it will be cut into.
 #[inline(always)]
 pub fn fits<C: Hook>(pkt: &Packet<C>, tunnel: &TunnelConfig, ip: &Ip) -> Result<(), Reason> {
-    let l3_len = pkt.ctx.wire_ip_len(pkt, ip);
+    let gso_size = pkt.ctx().gso_size();
+    let l3_len = if gso_size == 0 {
+        ip.len as u32
+    } else {
+        parse::segment_len(pkt, ip, gso_size)
+    };
     let mtu = if tunnel.mtu != 0 {
         tunnel.mtu
     } else {
-        pkt.ctx.device_mtu(tunnel.ifindex)?
+        pkt.ctx().device_mtu(tunnel.ifindex)?
     };
     if l3_len > mtu {
         return Err(Reason::OverMtu);
@@ -36,11 +42,8 @@ pub fn address<C: Hook>(pkt: &Packet<C>, tunnel: &TunnelConfig) -> Result<(), Re
     if tunnel.peer_mac == [0; 6] {
         return Err(Reason::NoNextHop);
     }
-    let eth: *mut EthHdr = pkt.ptr(0).ok_or(Reason::TruncatedEthernet)?;
-    unsafe {
-        (*eth).dst = tunnel.peer_mac;
-        (*eth).src = tunnel.mac;
-    }
+    let eth = pkt.header::<EthHdr>(0).ok_or(Reason::TruncatedEthernet)?;
+    eth.set_addrs(tunnel.peer_mac, tunnel.mac);
     Ok(())
 }
 
@@ -51,5 +54,5 @@ pub fn trim_padding<C: Hook>(pkt: &Packet<C>, frame_len: usize) -> Result<(), Re
     if pkt.len() as usize <= frame_len {
         return Ok(());
     }
-    pkt.ctx.truncate(frame_len as u32)
+    pkt.ctx().truncate(frame_len as u32)
 }

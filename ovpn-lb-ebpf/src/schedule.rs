@@ -1,31 +1,31 @@
-//! Stage 2: pick the tunnel for a packet from the live schedule.
+//! Pick the tunnel for a packet from the live schedule.
 
 use ovpn_lb_common::{
     Reason, SCHEDULE_SLOTS,
-    maps::{Mode, SCHEDULE_BUFFERS},
+    maps::{SCHEDULE_BUFFERS, Spray},
 };
 
-use crate::maps::{ACTIVE_SCHED, SCHEDULES, SPRAY_CURSOR};
+use crate::maps::{ACTIVE_SCHED, SCHEDULES, SPRAY_CURSOR, update_per_cpu};
 
 /// Tunnel id for this packet. `flow_hash` is only called in flow mode.
 #[inline(always)]
-pub fn pick(mode: u32, flow_hash: impl FnOnce() -> u32) -> Result<u32, Reason> {
+pub fn pick(spray: u32, flow_hash: impl FnOnce() -> u32) -> Result<u32, Reason> {
     let active = ACTIVE_SCHED.get(0).copied().unwrap_or(0) % SCHEDULE_BUFFERS;
     let schedule = SCHEDULES.get(active).ok_or(Reason::NoTunnel)?;
     let len = schedule.len;
     if len == 0 {
         return Err(Reason::NoTunnel);
     }
-    let position = if mode == Mode::Flow as u32 {
+    let position = if spray == Spray::Flow as u32 {
         flow_hash()
     } else {
         // Per-CPU cursor: plain load and store, nothing shared between CPUs.
-        let cursor = SPRAY_CURSOR.get_ptr_mut(0).ok_or(Reason::NoTunnel)?;
-        unsafe {
-            let position = *cursor;
-            *cursor = position.wrapping_add(1);
-            position
-        }
+        let mut position = None;
+        update_per_cpu(SPRAY_CURSOR.get_ptr_mut(0), |cursor| {
+            position = Some(*cursor);
+            *cursor = cursor.wrapping_add(1);
+        });
+        position.ok_or(Reason::NoTunnel)?
     };
     // The mask bounds the index for the verifier (userspace keeps len <= slots,
     // and checking that here would let the compiler drop the mask).

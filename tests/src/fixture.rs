@@ -2,15 +2,21 @@
 //! `Datapath` API, run packet by packet with `BPF_PROG_TEST_RUN` inside a
 //! namespace that holds the tunnel devices (their MTUs are read by the program).
 
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
 use aya::programs::{TestRun as _, TestRunOptions};
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     MAX_TUNNELS, Prefix4, Prefix6, Reason, ReasonStats, SiteConfig, TunnelConfig, TunnelStats,
-    maps::{Mode, family, framing, programs, route},
+    maps::{Spray, family, framing, programs, route},
     schedule,
 };
 
-use crate::netns::Netns;
+use crate::{netns::Netns, packets::GATEWAY_MAC};
+
+/// The LAN device in the fixture namespace: a TAP device with the gateway's
+/// MAC, so the kernel marks frames sent to that MAC as for this host.
+pub const LAN_DEVICE: &str = "ovlan";
 
 /// tun devices in the fixture namespace: tunnels 0..3 have one each.
 pub const TUNNEL_DEVICES: [&str; 3] = ["ovt0", "ovt1", "ovt2"];
@@ -53,12 +59,13 @@ fn v6(s: &str, len: u8) -> Prefix6 {
 
 /// The gateway's configuration used by every fixture row.
 #[must_use]
-pub fn site(mode: Mode) -> SiteConfig {
+pub fn site(spray: Spray) -> SiteConfig {
     SiteConfig {
         lan_v4: v4("192.168.10.0", 24),
         lan_v6: v6("fd00:10::", 64),
         families: family::V4 | family::V6,
-        mode: mode as u32,
+        spray: spray as u32,
+        lan_mac: GATEWAY_MAC,
         ..SiteConfig::default()
     }
 }
@@ -107,6 +114,10 @@ pub enum Program {
     Tunnel(u32),
     /// Tunnel ingress on a device that is not a tunnel (loopback).
     NotATunnel,
+    /// Tunnel egress, leaving through tunnel `k`'s device (tc only).
+    Egress(u32),
+    /// Tunnel egress on a device that is not a tunnel (loopback).
+    EgressNotATunnel,
 }
 
 pub struct Run {
@@ -125,6 +136,8 @@ pub struct Lab {
     pub datapath: Datapath,
     /// Device of each tunnel id, 0 for none.
     pub ifindex: Vec<u32>,
+    /// The LAN device.
+    pub lan_ifindex: u32,
 }
 
 /// Builds the fixture namespace and runs `f` inside it with a loaded datapath.
@@ -144,6 +157,9 @@ pub fn with_lab<R: Send>(f: impl FnOnce(&mut Lab) -> R + Send) -> R {
         ns.ip(&["link", "set", dev, "mtu", &TUNNEL_MTU.to_string()]);
         ns.ip(&["link", "set", dev, "address", &mac]);
     }
+    let mac = GATEWAY_MAC.map(|b| format!("{b:02x}")).join(":");
+    ns.ip(&["tuntap", "add", "dev", LAN_DEVICE, "mode", "tap"]);
+    ns.ip(&["link", "set", LAN_DEVICE, "address", &mac]);
     ns.enter(|| {
         pin_to_cpu0();
         let mut lab = Lab::new();
@@ -162,7 +178,7 @@ fn pin_to_cpu0() {
     }
 }
 
-fn ifindex(dev: &str) -> u32 {
+fn device_index(dev: &str) -> u32 {
     let name = std::ffi::CString::new(dev).unwrap();
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     assert_ne!(index, 0, "no device {dev} in the fixture namespace");
@@ -174,11 +190,11 @@ impl Lab {
         let mut datapath = Datapath::load().expect("load the datapath");
         let ifindex: Vec<u32> = TUNNEL_DEVICES
             .iter()
-            .map(|d| ifindex(d))
+            .map(|d| device_index(d))
             .chain([0])
-            .chain(TAP_DEVICES.iter().map(|d| ifindex(d)))
+            .chain(TAP_DEVICES.iter().map(|d| device_index(d)))
             .collect();
-        datapath.set_site(&site(Mode::Packet)).unwrap();
+        datapath.set_site(&site(Spray::Packet)).unwrap();
         datapath
             .set_remote_v4(v4("10.20.0.0", 16), route::SPRAY)
             .unwrap();
@@ -202,7 +218,12 @@ impl Lab {
             datapath.set_our_xlat_v4(t.xlat_v4, k).unwrap();
             datapath.set_our_xlat_v6(t.xlat_v6, k).unwrap();
         }
-        let mut lab = Self { datapath, ifindex };
+        let lan_ifindex = device_index(LAN_DEVICE);
+        let mut lab = Self {
+            datapath,
+            ifindex,
+            lan_ifindex,
+        };
         lab.set_weights(&[1, 1, 1]);
         lab
     }
@@ -218,8 +239,8 @@ impl Lab {
 
     /// # Panics
     /// If the site cannot be written.
-    pub fn set_mode(&mut self, mode: Mode) {
-        self.datapath.set_site(&site(mode)).unwrap();
+    pub fn set_spray(&mut self, spray: Spray) {
+        self.datapath.set_site(&site(spray)).unwrap();
     }
 
     /// Runs one packet through the tc programs. `frame` starts with an
@@ -237,42 +258,106 @@ impl Lab {
     /// # Panics
     /// If the kernel refuses the run.
     pub fn run_on(&mut self, hook: Hook, program: Program, frame: &[u8], gso_size: u32) -> Run {
+        self.try_run(hook, program, frame, gso_size, false)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
+    }
+
+    /// Like [`Lab::run_on`]; with `checksum_complete` (tc only) the kernel
+    /// hands the program a `CHECKSUM_COMPLETE` skb and afterwards checks that
+    /// `skb->csum` still matches the data, failing the run with `EBADMSG`
+    /// when the program left it stale.
+    ///
+    /// # Errors
+    /// The kernel's error for the run.
+    ///
+    /// # Panics
+    /// If the program is missing.
+    pub fn try_run(
+        &mut self,
+        hook: Hook,
+        program: Program,
+        frame: &[u8],
+        gso_size: u32,
+        checksum_complete: bool,
+    ) -> Result<Run, std::io::Error> {
+        let flags = if checksum_complete {
+            BPF_F_TEST_SKB_CHECKSUM_COMPLETE
+        } else {
+            0
+        };
+        self.try_run_flags(hook, program, frame, gso_size, flags)
+    }
+
+    /// [`Lab::try_run`] with raw `BPF_PROG_TEST_RUN` flags (tc only).
+    ///
+    /// # Errors
+    /// The kernel's error for the run.
+    ///
+    /// # Panics
+    /// If the program is missing.
+    pub fn try_run_flags(
+        &mut self,
+        hook: Hook,
+        program: Program,
+        frame: &[u8],
+        gso_size: u32,
+        flags: u32,
+    ) -> Result<Run, std::io::Error> {
         let dev = match program {
-            Program::Lan => 0,
-            Program::Tunnel(k) => self.ifindex[k as usize],
-            Program::NotATunnel => 1,
+            Program::Lan => self.lan_ifindex,
+            Program::Tunnel(k) | Program::Egress(k) => self.ifindex[k as usize],
+            Program::NotATunnel | Program::EgressNotATunnel => 1,
         };
         let (name, ctx) = match (hook, program) {
             (Hook::Tc, Program::Lan) => {
                 (programs::LAN_INGRESS, skb_ctx(dev, gso_size, frame.len()))
             }
+            (Hook::Tc, Program::Egress(_) | Program::EgressNotATunnel) => (
+                programs::TUNNEL_EGRESS_ETH,
+                skb_ctx(dev, gso_size, frame.len()),
+            ),
             (Hook::Tc, _) => (
                 programs::TUNNEL_INGRESS_ETH,
                 skb_ctx(dev, gso_size, frame.len()),
             ),
+            (Hook::Xdp, Program::Egress(_) | Program::EgressNotATunnel) => {
+                panic!("tunnel egress is a tc program only")
+            }
             // The LAN run needs a real ingress device for the frame's rxq:
             // loopback stands in (the program does not look at it).
             (Hook::Xdp, Program::Lan) => (programs::LAN_INGRESS_XDP, xdp_ctx(1, frame.len())),
             (Hook::Xdp, _) => (programs::TUNNEL_INGRESS_XDP, xdp_ctx(dev, frame.len())),
         };
         assert!(hook == Hook::Tc || gso_size == 0, "XDP frames carry no GSO");
-        let mut out = vec![0u8; 65536];
+        assert!(hook == Hook::Tc || flags == 0, "flags are for skbs");
+        let mut out = vec![0u8; 200_000];
+        if hook == Hook::Tc {
+            let prog = self.datapath.program(name).unwrap();
+            let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+            let (retval, len) = test_run_raw(fd, frame, &ctx, &mut out, flags)?;
+            out.truncate(len);
+            return Ok(Run {
+                verdict: retval.cast_signed(),
+                output: out,
+            });
+        }
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
             ..TestRunOptions::default()
         };
-        let result = match hook {
-            Hook::Tc => self.datapath.program(name).unwrap().test_run(opts),
-            Hook::Xdp => self.datapath.xdp_program(name).unwrap().test_run(opts),
-        }
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"));
+        let result = self
+            .datapath
+            .xdp_program(name)
+            .unwrap()
+            .test_run(opts)
+            .map_err(|e| std::io::Error::other(format!("{name}: {e:?}")))?;
         out.truncate(result.data_size_out as usize);
-        Run {
+        Ok(Run {
             verdict: result.return_value.cast_signed(),
             output: out,
-        }
+        })
     }
 
     /// # Panics
@@ -312,4 +397,67 @@ fn skb_ctx(ifindex: u32, gso_size: u32, len: usize) -> Vec<u8> {
         ctx[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
     }
     ctx
+}
+
+/// `BPF_F_TEST_SKB_CHECKSUM_COMPLETE` (`include/uapi/linux/bpf.h`, Linux 6.11+).
+const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// The `test` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// `BPF_PROG_TEST_RUN` by hand: aya's options cannot pass the skb flags.
+/// Returns the program's return value and the output length.
+fn test_run_raw(
+    prog_fd: i32,
+    data: &[u8],
+    ctx: &[u8],
+    out: &mut [u8],
+    flags: u32,
+) -> Result<(u32, usize), std::io::Error> {
+    let mut attr = TestRunAttr {
+        prog_fd: u32::try_from(prog_fd).unwrap(),
+        data_size_in: u32::try_from(data.len()).unwrap(),
+        data_size_out: u32::try_from(out.len()).unwrap(),
+        data_in: data.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: u32::try_from(ctx.len()).unwrap(),
+        ctx_in: ctx.as_ptr() as u64,
+        flags,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: every pointer in `attr` refers to a live buffer of the size
+    // given next to it; the kernel writes at most `data_size_out` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &raw mut attr,
+            size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((attr.retval, attr.data_size_out as usize))
 }

@@ -44,7 +44,9 @@ fn bpftool_prints_field_names_and_our_counts() {
             (names::REASON_STATS, &["packets", "bytes"]),
             (
                 names::SITE,
-                &["lan_v4", "lan_v6", "families", "mode", "addr", "mask"],
+                &[
+                    "lan_v4", "lan_v6", "families", "spray", "lan_mac", "addr", "mask",
+                ],
             ),
             (
                 names::TUNNELS,

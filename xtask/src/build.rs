@@ -54,7 +54,7 @@ fn nightly_bpf(subcommand: &str) -> Command {
     .env("PATH", path)
     .env(
         "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
-        "-C debuginfo=2 -C link-arg=--btf",
+        "-C debuginfo=2 -C link-arg=--btf -C link-arg=--cpu-features=+allows-misaligned-mem-access",
     );
     // The outer (stable) cargo's settings must not leak into the nightly build.
     for var in [

@@ -1,6 +1,6 @@
-//! The context abstraction: what the shared pipelines need from the hook they
-//! run under. tc hands us a socket buffer, XDP a bare frame; parse, schedule,
-//! translate and count are written once against [`Hook`].
+//! The context abstraction: what the pipelines need from the hook they run
+//! under. tc hands us a socket buffer, XDP a bare frame; everything above
+//! is written once against [`Hook`]. This layer knows no packet layout.
 
 mod tc;
 mod xdp;
@@ -8,7 +8,17 @@ mod xdp;
 use aya_ebpf::helpers::bpf_check_mtu;
 use ovpn_lb_common::Reason;
 
-use crate::parse::Ip;
+/// `bpf_l4_csum_replace` flags (`include/uapi/linux/bpf.h`, Linux 6.18).
+pub mod csum {
+    /// The changed field is part of the pseudo-header (an address).
+    pub const PSEUDO_HDR: u64 = 1 << 4;
+    /// UDP: a checksum of 0 ("none") stays 0, a result of 0 becomes 0xffff.
+    pub const MARK_MANGLED_0: u64 = 1 << 5;
+    /// IPv6 (`BPF_F_IPV6`, Linux 6.16+): no header checksum absorbs the
+    /// address change, so a `CHECKSUM_COMPLETE` skb's `csum` must not be
+    /// adjusted for the pseudo-header (the L4 field's change cancels it).
+    pub const IPV6: u64 = 1 << 7;
+}
 
 /// MTU of `ifindex` from the kernel, for either context (`ctx` is the raw
 /// skb or `xdp_md`).
@@ -19,6 +29,8 @@ fn kernel_mtu(ctx: *mut core::ffi::c_void, ifindex: u32) -> Result<u32, Reason> 
     // asked to look at the segments, which needs a transport header offset the
     // skb may not have.
     let mut mtu = 1u32;
+    // SAFETY: `ctx` is the context the kernel handed this program; `mtu` is
+    // a live stack variable the helper writes.
     if unsafe { bpf_check_mtu(ctx, ifindex, &raw mut mtu, 0, 0) } < 0 {
         // -ENODEV: the device went away since userspace last looked.
         return Err(Reason::TunnelGone);
@@ -29,8 +41,9 @@ fn kernel_mtu(ctx: *mut core::ffi::c_void, ifindex: u32) -> Result<u32, Reason> 
 /// One packet's context under some hook.
 pub trait Hook {
     /// True where the kernel keeps checksum-offload state with the packet (an
-    /// skb). XDP frames lose it on redirect, so partial checksums must be
-    /// completed before they leave.
+    /// skb): checksums are then changed through [`Hook::l4_csum_replace`].
+    /// XDP frames have none and lose it on redirect, so their checksums are
+    /// patched in place and partial ones completed before they leave.
     const KEEPS_CHECKSUM_STATE: bool;
 
     /// Start of the (linear) packet data.
@@ -44,16 +57,26 @@ pub trait Hook {
     /// Network-layer protocol (host order) of a packet without an Ethernet
     /// header; only tc sees those (tun devices take no XDP).
     fn l3_protocol(&self) -> u16;
-    /// Device the packet arrived on.
-    fn ingress_ifindex(&self) -> u32;
-    /// IP length of the packets that will leave: the segments of a GSO packet.
-    fn wire_ip_len(&self, pkt: &crate::packet::Packet<Self>, ip: &Ip) -> u32
-    where
-        Self: Sized;
-    /// Adds the 32-bit difference `diff` to the L4 checksum at `offset`.
-    fn l4_checksum_add(&self, offset: usize, diff: u32, udp: bool) -> Result<(), Reason>;
-    /// Copies `len` bytes at `offset` into `to`; false if they are not there.
-    fn load_bytes(&self, offset: usize, to: *mut u8, len: u32) -> bool;
+    /// The device the program runs on: where the packet arrived (ingress) or
+    /// is leaving (egress).
+    fn ifindex(&self) -> u32;
+    /// Whether the kernel found the frame addressed to this host
+    /// (`skb->pkt_type == PACKET_HOST`): `None` where the hook has no such
+    /// verdict (XDP), and the Ethernet destination must be compared instead.
+    fn to_this_host(&self) -> Option<bool>;
+    /// Payload bytes per segment of a GSO packet, 0 for a plain one.
+    fn gso_size(&self) -> u32;
+    /// Adds the 32-bit difference `diff` to the L4 checksum at `offset` with
+    /// the kernel helper (`csum::*` flags). Only where
+    /// [`Hook::KEEPS_CHECKSUM_STATE`].
+    fn l4_csum_replace(&self, offset: usize, diff: u32, flags: u64) -> Result<(), Reason>;
+    /// Adds `diff` to the packet's whole-data checksum, where the kernel
+    /// keeps one (`CHECKSUM_COMPLETE` skbs): for data written directly that
+    /// no checksum field compensates. Nothing elsewhere.
+    fn csum_update(&self, diff: u32);
+    /// Copies `len` bytes at `offset` into `to`; false if they are not there
+    /// or `to` is shorter.
+    fn load_bytes(&self, offset: usize, to: &mut [u8], len: u32) -> bool;
     /// Cuts the packet to `frame_len` bytes (drops Ethernet padding).
     fn truncate(&self, frame_len: u32) -> Result<(), Reason>;
     /// MTU of `ifindex` from the kernel, for a tunnel whose MTU we do not know.

@@ -2,20 +2,27 @@
 //! helpers keep its checksum-offload state right as we rewrite it.
 
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
+    bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{
+        bpf_csum_update, bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
+    },
     programs::TcContext,
 };
 use ovpn_lb_common::Reason;
 
 use super::Hook;
-use crate::{
-    packet::Packet,
-    parse::{self, Ip},
-};
 
-/// `BPF_F_MARK_MANGLED_0`: a UDP checksum of 0 stays 0, a result of 0 becomes 0xffff.
-const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
+/// `skb->pkt_type` of a frame addressed to this host (`linux/if_packet.h`).
+const PACKET_HOST: u32 = 0;
+
+/// The `__sk_buff` the kernel handed the program.
+#[inline(always)]
+fn skb(ctx: &TcContext) -> &__sk_buff {
+    // SAFETY: the context pointer is valid and unaliased by writes for the
+    // whole run of the program; the verifier rewrites these field loads into
+    // reads of the real socket buffer.
+    unsafe { &*ctx.skb.skb }
+}
 
 impl Hook for TcContext {
     const KEEPS_CHECKSUM_STATE: bool = true;
@@ -47,34 +54,30 @@ impl Hook for TcContext {
         u16::from_be(self.skb.protocol() as u16)
     }
 
-    /// At tc ingress the skb's device is the one it arrived on.
+    /// `skb->ifindex`: the arrival device at ingress, the output device at
+    /// egress.
     #[inline(always)]
-    #[expect(
-        clippy::misnamed_getters,
-        reason = "skb->ifindex is the arrival device at ingress"
-    )]
-    fn ingress_ifindex(&self) -> u32 {
-        unsafe { (*self.skb.skb).ifindex }
+    fn ifindex(&self) -> u32 {
+        skb(self).ifindex
+    }
+
+    /// `eth_type_trans` set `pkt_type` from the destination MAC before tc ran.
+    #[inline(always)]
+    fn to_this_host(&self) -> Option<bool> {
+        Some(skb(self).pkt_type == PACKET_HOST)
     }
 
     #[inline(always)]
-    fn wire_ip_len(&self, pkt: &Packet<Self>, ip: &Ip) -> u32 {
-        let gso_size = unsafe { (*self.skb.skb).gso_size };
-        if gso_size == 0 {
-            ip.len as u32
-        } else {
-            parse::segment_len(pkt, ip, gso_size)
-        }
+    fn gso_size(&self) -> u32 {
+        skb(self).gso_size
     }
 
     #[inline(always)]
-    fn l4_checksum_add(&self, offset: usize, diff: u32, udp: bool) -> Result<(), Reason> {
-        let mut flags = u64::from(BPF_F_PSEUDO_HDR);
-        if udp {
-            flags |= BPF_F_MARK_MANGLED_0;
-        }
+    fn l4_csum_replace(&self, offset: usize, diff: u32, flags: u64) -> Result<(), Reason> {
         // Size 0: `to` carries a precomputed 32-bit checksum difference. The
         // helper also keeps CHECKSUM_PARTIAL and CHECKSUM_COMPLETE skbs right.
+        // SAFETY: the skb is the program's context; the helper bounds-checks
+        // `offset` itself.
         let ret =
             unsafe { bpf_l4_csum_replace(self.skb.skb, offset as u32, 0, u64::from(diff), flags) };
         if ret == 0 {
@@ -85,12 +88,31 @@ impl Hook for TcContext {
     }
 
     #[inline(always)]
-    fn load_bytes(&self, offset: usize, to: *mut u8, len: u32) -> bool {
-        unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset as u32, to.cast(), len) == 0 }
+    fn csum_update(&self, diff: u32) {
+        // SAFETY: the skb is the program's context. The helper fails
+        // (harmlessly) unless the skb is CHECKSUM_COMPLETE.
+        let _ = unsafe { bpf_csum_update(self.skb.skb, diff) };
+    }
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: usize, to: &mut [u8], len: u32) -> bool {
+        if len as usize > to.len() {
+            return false;
+        }
+        // SAFETY: `to` holds at least `len` writable bytes (checked above).
+        unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb.cast(),
+                offset as u32,
+                to.as_mut_ptr().cast(),
+                len,
+            ) == 0
+        }
     }
 
     #[inline(always)]
     fn truncate(&self, frame_len: u32) -> Result<(), Reason> {
+        // SAFETY: the skb is the program's context.
         if unsafe { bpf_skb_change_tail(self.skb.skb, frame_len, 0) } == 0 {
             Ok(())
         } else {
@@ -106,6 +128,7 @@ impl Hook for TcContext {
     /// For an L3 (tun) device the kernel strips the Ethernet header on the way.
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> i32 {
+        // SAFETY: a plain helper call without pointers.
         if unsafe { bpf_redirect(ifindex, 0) } == i64::from(TC_ACT_REDIRECT) {
             TC_ACT_REDIRECT
         } else {

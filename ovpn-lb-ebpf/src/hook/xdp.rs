@@ -1,16 +1,14 @@
-//! [`Hook`] for XDP programs: a bare frame, no socket buffer. Checksums are
-//! patched in place, and nothing carries checksum-offload state past a
-//! redirect.
+//! [`Hook`] for XDP programs: a bare frame, no socket buffer and no
+//! checksum-offload state; the pipelines patch checksums in place.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT},
     helpers::{bpf_redirect, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
-use ovpn_lb_common::{Reason, checksum};
+use ovpn_lb_common::Reason;
 
 use super::Hook;
-use crate::{packet::Packet, parse::Ip};
 
 impl Hook for XdpContext {
     const KEEPS_CHECKSUM_STATE: bool = false;
@@ -41,37 +39,43 @@ impl Hook for XdpContext {
     }
 
     #[inline(always)]
-    fn ingress_ifindex(&self) -> u32 {
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context pointer is valid for the program's whole run;
+        // the verifier rewrites the load into a read of the receive queue's
+        // device.
         unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    /// The frame has not met the kernel yet: compare the MAC.
+    #[inline(always)]
+    fn to_this_host(&self) -> Option<bool> {
+        None
     }
 
     /// No GSO before a socket buffer exists: the frame is the packet.
     #[inline(always)]
-    fn wire_ip_len(&self, _pkt: &Packet<Self>, ip: &Ip) -> u32 {
-        ip.len as u32
+    fn gso_size(&self) -> u32 {
+        0
     }
 
+    /// Never asked: without [`Hook::KEEPS_CHECKSUM_STATE`] the translate
+    /// stage patches the field in place.
     #[inline(always)]
-    fn l4_checksum_add(&self, offset: usize, diff: u32, udp: bool) -> Result<(), Reason> {
-        let at = self.data() + offset;
-        if at + 2 > self.data_end() {
-            return Err(Reason::TruncatedL4);
-        }
-        let field = at as *mut u16;
-        unsafe {
-            let check = *field;
-            // UDP over IPv4: 0 means "no checksum" and stays 0.
-            if udp && check == 0 {
-                return Ok(());
-            }
-            *field = checksum::apply(check, diff, udp);
-        }
-        Ok(())
+    fn l4_csum_replace(&self, _offset: usize, _diff: u32, _flags: u64) -> Result<(), Reason> {
+        Err(Reason::RewriteFailed)
     }
 
+    /// A frame has no whole-data checksum.
     #[inline(always)]
-    fn load_bytes(&self, offset: usize, to: *mut u8, len: u32) -> bool {
-        unsafe { bpf_xdp_load_bytes(self.ctx, offset as u32, to.cast(), len) == 0 }
+    fn csum_update(&self, _diff: u32) {}
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: usize, to: &mut [u8], len: u32) -> bool {
+        if len as usize > to.len() {
+            return false;
+        }
+        // SAFETY: `to` holds at least `len` writable bytes (checked above).
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset as u32, to.as_mut_ptr().cast(), len) == 0 }
     }
 
     #[inline(always)]
@@ -80,6 +84,7 @@ impl Hook for XdpContext {
         // into arithmetic on the packet-end pointer, which the verifier refuses.
         let len = core::hint::black_box(self.len());
         let delta = frame_len.cast_signed() - len.cast_signed();
+        // SAFETY: the context is the program's own.
         if unsafe { bpf_xdp_adjust_tail(self.ctx, delta) } == 0 {
             Ok(())
         } else {
@@ -94,6 +99,7 @@ impl Hook for XdpContext {
 
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> i32 {
+        // SAFETY: a plain helper call without pointers.
         if unsafe { bpf_redirect(ifindex, 0) } == i64::from(XDP_REDIRECT) {
             XDP_REDIRECT.cast_signed()
         } else {

@@ -2,10 +2,10 @@
 
 use ovpn_lb_common::{
     SiteConfig, TunnelConfig,
-    maps::{Mode, family, framing, route},
+    maps::{family, framing, route},
 };
 
-use super::{Config, Net, Spray, TunnelKind, TunnelSpec};
+use super::{Config, Net, TunnelKind, TunnelSpec};
 use crate::netlink::LinkFacts;
 
 /// One LPM entry: prefix length, address bytes, value.
@@ -32,11 +32,9 @@ impl Config {
     #[must_use]
     pub fn site(&self, lan: Option<&LinkFacts>) -> SiteConfig {
         let mut site = SiteConfig {
-            mode: match self.spray {
-                Spray::Packet => Mode::Packet,
-                Spray::Flow => Mode::Flow,
-            } as u32,
+            spray: self.spray as u32,
             lan_ifindex: lan.map_or(0, |l| l.ifindex),
+            lan_mac: lan.map_or([0; 6], |l| l.mac),
             ..SiteConfig::default()
         };
         if let Some(p) = self.lan.v4 {
@@ -155,6 +153,7 @@ mod tests {
         let site = c.site(facts.link("eth1"));
         assert_eq!(site.families, family::V4 | family::V6);
         assert_eq!(site.lan_ifindex, 2);
+        assert_eq!(site.lan_mac, facts.link("eth1").unwrap().mac);
         let remote = c.remote_entries();
         assert_eq!(
             remote.v4,

@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+pub use ovpn_lb_common::maps::Spray;
 use ovpn_lb_common::{Prefix4, Prefix6};
 
 pub use encode::{LpmEntries, LpmEntry, translation_entries};
@@ -109,25 +110,6 @@ impl Net {
 impl fmt::Display for Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr(), self.prefix_len())
-    }
-}
-
-/// How the LAN program picks a tunnel for each packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Spray {
-    /// Every packet takes the next tunnel: one flow uses every tunnel.
-    Packet,
-    /// A flow's packets all take one tunnel.
-    Flow,
-}
-
-impl Spray {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Spray::Packet => "packet",
-            Spray::Flow => "flow",
-        }
     }
 }
 

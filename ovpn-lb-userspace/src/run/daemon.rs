@@ -80,8 +80,10 @@ pub struct Daemon {
     views: Views,
     neighbours: Vec<ManagedNeighbour>,
     mounted_bpffs: Option<PathBuf>,
-    /// Tunnels to read again from the kernel.
+    /// Tunnels to read again from the kernel, now.
     dirty: BTreeSet<TunnelId>,
+    /// Tunnels whose reading failed, to read again at `retry_at`.
+    failed: BTreeSet<TunnelId>,
     /// A step failed: try again then.
     retry_at: Option<Instant>,
     next_reconcile: Instant,
@@ -142,6 +144,7 @@ impl Daemon {
             neighbours: Vec::new(),
             mounted_bpffs,
             dirty: BTreeSet::new(),
+            failed: BTreeSet::new(),
             retry_at: None,
             next_reconcile: Instant::now() + RECONCILE_EVERY,
             written: None,
@@ -220,7 +223,7 @@ impl Daemon {
             }
             if let Err(e) = self.take_device(k, link).await {
                 log::warn!("{}: {}; trying again", self.tunnels[k].label(), short(&e));
-                self.dirty.insert(self.tunnels[k].id);
+                self.failed.insert(self.tunnels[k].id);
                 self.retry_at = Some(Instant::now() + RETRY_AFTER);
             }
         }
@@ -660,20 +663,21 @@ impl Daemon {
             self.mark_all();
             self.next_reconcile = now + RECONCILE_EVERY;
         }
+        // What failed waits for its retry; what events marked is read now.
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
+            let failed = std::mem::take(&mut self.failed);
+            self.dirty.extend(failed);
         }
-        if self.retry_at.is_none() {
-            for id in std::mem::take(&mut self.dirty) {
-                if let Err(e) = self.reconcile(id.index()).await {
-                    log::warn!(
-                        "{}: {}; trying again",
-                        self.tunnels[id.index()].label(),
-                        short(&e)
-                    );
-                    self.dirty.insert(id);
-                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
-                }
+        for id in std::mem::take(&mut self.dirty) {
+            if let Err(e) = self.reconcile(id.index()).await {
+                log::warn!(
+                    "{}: {}; trying again",
+                    self.tunnels[id.index()].label(),
+                    short(&e)
+                );
+                self.failed.insert(id);
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
             }
         }
         self.settle_probes();

@@ -54,7 +54,7 @@ struct Sources {
 pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()> {
     let (netlink, netlink_events) = Netlink::open().context("opening rtnetlink")?;
     let facts = Facts::gather(&netlink).await?;
-    let (config, warnings) = config::load(config_path, &facts)?;
+    let (mut config, warnings) = config::load(config_path, &facts)?;
     for w in warnings {
         log::warn!("{}", w.0);
     }
@@ -89,6 +89,10 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
                 None
             }
         });
+    if probes.is_none() {
+        // Unanswerable probes would declare every tunnel dead.
+        config.probe = None;
+    }
     let (echo_tx, echoes) = mpsc::unbounded_channel();
     let running = format!(
         "running with {} tunnels; metrics on http://{}/metrics; SIGINT/SIGTERM to stop",

@@ -16,13 +16,13 @@ use aya::{
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     Prefix4, Prefix6, TunnelConfig,
-    maps::{Mode, framing, programs, route},
+    maps::{Spray, framing, programs, route},
     schedule,
 };
 use ovpn_lb_tests::{
-    fixture::{site, tap_mac, tap_peer_mac, tunnel},
+    fixture::{LAN_DEVICE, site, tap_mac, tap_peer_mac, tunnel},
     netns::Netns,
-    packets::{L4, V4, V6, eth4, eth6, with_partial_checksum},
+    packets::{GATEWAY_MAC, L4, V4, V6, eth4, eth6, with_partial_checksum},
 };
 
 use super::{median, spread};
@@ -36,6 +36,8 @@ struct Bench {
     datapath: Datapath,
     floor: Ebpf,
     ifindex: Vec<u32>,
+    /// The LAN device (the gateway's MAC), so tc sees LAN frames as for this host.
+    lan_ifindex: u32,
 }
 
 /// A program under either hook.
@@ -87,12 +89,14 @@ fn run_ns(prog: Prog, frames: &[Vec<u8>], ifindex: u32) -> Result<f64> {
 impl Bench {
     fn new(floor_object: &Path) -> Result<Self> {
         let mut datapath = Datapath::load()?;
+        let index = |name: &str| {
+            let name = std::ffi::CString::new(name).expect("no NUL");
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        };
         let ifindex: Vec<u32> = (0..MAX_DEVICES)
-            .map(|k| {
-                let name = std::ffi::CString::new(format!("ovb{k}")).expect("no NUL");
-                unsafe { libc::if_nametoindex(name.as_ptr()) }
-            })
+            .map(|k| index(&format!("ovb{k}")))
             .collect();
+        let lan_ifindex = index(LAN_DEVICE);
         datapath.set_remote_v4(Prefix4::new([10, 20, 0, 0], 16), route::SPRAY)?;
         datapath.set_remote_v6(
             Prefix6::new([0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 48),
@@ -123,12 +127,13 @@ impl Bench {
             datapath,
             floor,
             ifindex,
+            lan_ifindex,
         })
     }
 
-    /// Site mode, the first `tunnels` in the schedule, with `framing`.
-    fn configure(&mut self, tunnels: usize, mode: Mode, framing_kind: u32) -> Result<()> {
-        self.datapath.set_site(&site(mode))?;
+    /// Spray setting, the first `tunnels` in the schedule, with `framing`.
+    fn configure(&mut self, tunnels: usize, spray: Spray, framing_kind: u32) -> Result<()> {
+        self.datapath.set_site(&site(spray))?;
         for k in 0..tunnels.max(1) {
             let id = u32::try_from(k)?;
             let mut t = TunnelConfig {
@@ -200,7 +205,7 @@ struct Path_ {
     name: &'static str,
     program: &'static str,
     tunnels: usize,
-    mode: Mode,
+    spray: Spray,
     frames: Vec<Vec<u8>>,
     /// Tunnel device whose ifindex the packet arrives on (tunnel ingress).
     arrives_on: Option<usize>,
@@ -225,14 +230,14 @@ fn path(
     name: &'static str,
     program: &'static str,
     tunnels: usize,
-    mode: Mode,
+    spray: Spray,
     frames: Vec<Vec<u8>>,
 ) -> Path_ {
     Path_ {
         name,
         program,
         tunnels,
-        mode,
+        spray,
         frames,
         arrives_on: None,
         framing: framing::TUN,
@@ -275,26 +280,26 @@ fn hook_paths() -> Vec<Path_> {
     ));
     let (lan, lan_xdp) = (programs::LAN_INGRESS, programs::LAN_INGRESS_XDP);
     vec![
-        path("spray, tc on tun", lan, 4, Mode::Packet, vec![tcp4(40000)]),
+        path("spray, tc on tun", lan, 4, Spray::Packet, vec![tcp4(40000)]),
         on_tap(path(
             "spray, tc on TAP",
             lan,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         )),
         on_tap(path(
             "spray, XDP on TAP",
             lan_xdp,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         )),
         on_tap(path(
             "spray, XDP on TAP, 1400 B offloaded checksum completed",
             lan_xdp,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![offloaded],
         )),
         Path_ {
@@ -303,7 +308,7 @@ fn hook_paths() -> Vec<Path_> {
                 "restore, tc on TAP",
                 programs::TUNNEL_INGRESS_ETH,
                 4,
-                Mode::Packet,
+                Spray::Packet,
                 vec![restore.clone()],
             ))
         },
@@ -313,7 +318,7 @@ fn hook_paths() -> Vec<Path_> {
                 "restore, XDP on TAP (to the kernel)",
                 programs::TUNNEL_INGRESS_XDP,
                 4,
-                Mode::Packet,
+                Spray::Packet,
                 vec![restore],
             ))
         },
@@ -331,13 +336,13 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
     let other = eth4(&V4::new("192.168.10.5", "10.99.0.7", l4(40000, 443)).datagram());
     let lan = programs::LAN_INGRESS;
     let main = vec![
-        path("IPv4 TCP spray", lan, 4, Mode::Packet, vec![tcp4(40000)]),
-        path("IPv6 TCP spray", lan, 4, Mode::Packet, vec![tcp6]),
+        path("IPv4 TCP spray", lan, 4, Spray::Packet, vec![tcp4(40000)]),
+        path("IPv6 TCP spray", lan, 4, Spray::Packet, vec![tcp6]),
         path(
             "flow mode (IPv4 TCP)",
             lan,
             4,
-            Mode::Flow,
+            Spray::Flow,
             vec![tcp4(40000)],
         ),
         Path_ {
@@ -346,7 +351,7 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
                 "restore on tunnel ingress",
                 programs::TUNNEL_INGRESS_ETH,
                 4,
-                Mode::Packet,
+                Spray::Packet,
                 vec![restore],
             )
         },
@@ -354,7 +359,7 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
             "pass-through (not remote)",
             lan,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![other],
         ),
         // Where the spray path's time goes: each row stops one stage later.
@@ -362,21 +367,21 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
             "stage: parse + classify (TTL 1, passed)",
             lan,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4_with(1, 64)],
         ),
         path(
             "stage: + schedule (no tunnel, dropped)",
             lan,
             0,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         ),
         path(
             "stage: + MTU check (over MTU, passed)",
             lan,
             4,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4_with(64, 1500)],
         ),
     ];
@@ -389,24 +394,24 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
         })
         .collect();
     let scaling = vec![
-        path("spray, 1 tunnel", lan, 1, Mode::Packet, vec![tcp4(40000)]),
-        path("spray, 4 tunnels", lan, 4, Mode::Packet, vec![tcp4(40000)]),
+        path("spray, 1 tunnel", lan, 1, Spray::Packet, vec![tcp4(40000)]),
+        path("spray, 4 tunnels", lan, 4, Spray::Packet, vec![tcp4(40000)]),
         path(
             "spray, 16 tunnels",
             lan,
             16,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         ),
         path(
             "spray, 64 tunnels",
             lan,
             64,
-            Mode::Packet,
+            Spray::Packet,
             vec![tcp4(40000)],
         ),
-        path("flow mode, 1 flow", lan, 4, Mode::Flow, vec![tcp4(40000)]),
-        path("flow mode, 100,000 flows", lan, 4, Mode::Flow, many),
+        path("flow mode, 1 flow", lan, 4, Spray::Flow, vec![tcp4(40000)]),
+        path("flow mode, 100,000 flows", lan, 4, Spray::Flow, many),
     ];
     (main, scaling)
 }
@@ -439,8 +444,14 @@ fn measure_with_floors(
         let fx = run_ns(Prog::Xdp(bench.floor_xdp()?), &[tcp4(40000)], 0)?;
         floor.push((f, fx));
         for (i, p) in paths.iter().enumerate() {
-            bench.configure(p.tunnels, p.mode, p.framing)?;
-            let ifindex = p.arrives_on.map_or(0, |k| bench.ifindex[k]);
+            bench.configure(p.tunnels, p.spray, p.framing)?;
+            // LAN frames arrive on the LAN device (tc marks them for this
+            // host by its MAC); XDP LAN runs use loopback's receive queue.
+            let ifindex = match p.arrives_on {
+                Some(k) => bench.ifindex[k],
+                None if programs::XDP.contains(&p.program) => 1,
+                None => bench.lan_ifindex,
+            };
             let ns = run_ns(bench.prog(p.program)?, &p.frames, ifindex)?;
             per_path[i].push(ns);
         }
@@ -463,6 +474,9 @@ pub fn run(floor_object: &Path, rounds: usize) -> Result<(String, Vec<(String, f
     for k in 0..MAX_DEVICES {
         ns.ip(&["tuntap", "add", "dev", &format!("ovb{k}"), "mode", "tun"]);
     }
+    ns.ip(&["tuntap", "add", "dev", LAN_DEVICE, "mode", "tap"]);
+    let mac = GATEWAY_MAC.map(|b| format!("{b:02x}")).join(":");
+    ns.ip(&["link", "set", LAN_DEVICE, "address", &mac]);
     let floor_object = floor_object.to_path_buf();
     ns.enter(move || -> Result<(String, Vec<(String, f64)>)> {
         unsafe {
