@@ -8,8 +8,8 @@
 //! one, so nothing from a LAN can reach a tunnel program looking like a probe,
 //! and a probe that reaches a gateway without ovpn-lb is dropped as martian.
 //! The far gateway's tunnel program turns it into an answer (kind [`ANSWER`],
-//! its own receive time and rotation written in) and sends it back into the
-//! tunnel it came from, so the far loader's scheduling stays out of the
+//! its own receive time and rotation written in, addresses unchanged) and
+//! sends it back into the tunnel it came from, so the far loader's scheduling stays out of the
 //! measured time (the BFD echo idea).
 //!
 //! Multi-byte fields are in network byte order.

@@ -42,6 +42,8 @@ pub enum Outcome {
     Passed,
     /// Dropped by ovpn-lb.
     Dropped,
+    /// Meant for ovpn-lb itself and consumed there: answers to its probes.
+    Local,
 }
 
 reasons! {
@@ -72,6 +74,11 @@ reasons! {
     SpoofedSource = 24, "spoofed_source", Dropped, "tunnel packet from one of our own prefixes, or to our translated address from a source the tunnel's peer may not use";
     TranslatedOnEgress = 25, "translated_on_egress", Forwarded, "LAN-sourced packet the kernel routed into a tunnel (over the MTU, BIG TCP), translated on the tunnel's egress";
     Untranslatable = 26, "untranslatable", Dropped, "LAN-sourced packet leaving a device that is not a known tunnel, or a tunnel without a translation for its family: never sent untranslated";
+    ProbeReflected = 27, "probe_reflected", Forwarded, "the far gateway's probe, answered back into the tunnel it came from";
+    ProbeAnswered = 28, "probe_answered", Local, "an answer to one of our probes, reported to the loader";
+    BadProbe = 29, "bad_probe", Dropped, "tunnel packet to the probe address that is not a well-formed probe";
+    ProbeMisrouted = 30, "probe_misrouted", Dropped, "probe or answer that names another tunnel than the one it came by";
+    ProbeFromLan = 31, "probe_from_lan", Dropped, "LAN packet to the probe address: probes come only from gateways";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

@@ -18,7 +18,7 @@ use crate::{
     maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS, v4_key, v6_key},
     offload,
     packet::Packet,
-    parse, redirect, schedule, stats, translate, verdict,
+    parse, probe, redirect, schedule, stats, translate, verdict,
 };
 
 /// The same pipeline under tc and XDP: `C` is the hook's context.
@@ -64,6 +64,9 @@ fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
 fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> {
     let hdr = pkt.header::<Ipv4Hdr>(ETH_HLEN).ok_or(Reason::ShortFrame)?;
     let (src, dst) = (hdr.src(), hdr.dst());
+    if probe::is_probe_address(dst) {
+        return Err(Reason::ProbeFromLan);
+    }
     if site.families & family::V4 == 0 || !site.lan_v4.contains(src) {
         return Err(Reason::NotLan);
     }

@@ -34,6 +34,7 @@ mod maps;
 mod offload;
 mod packet;
 mod parse;
+mod probe;
 mod redirect;
 mod schedule;
 mod stats;
@@ -47,7 +48,12 @@ use aya_ebpf::{
 };
 use ovpn_lb_common::Reason;
 
-use crate::{hook::Hook, layout::ETH_HLEN, packet::Packet, tunnel::Egress};
+use crate::{
+    hook::Hook,
+    layout::ETH_HLEN,
+    packet::Packet,
+    tunnel::{Egress, Ingress},
+};
 
 /// tc ingress on the LAN device: spray remote-bound packets over the tunnels.
 #[classifier]
@@ -81,10 +87,12 @@ pub fn tunnel_ingress_xdp(ctx: XdpContext) -> u32 {
     let pkt = Packet::new(&ctx);
     let len = pkt.len();
     let (reason, code) = match tunnel::restore::<_, ETH_HLEN>(&pkt) {
-        Ok(family) => match forward::to_lan(&pkt, family) {
+        Ok(Ingress::Restored(family)) => match forward::to_lan(&pkt, family) {
             Some(code) => (Reason::RestoredToLan, code),
             None => (Reason::Restored, ctx.pass_code()),
         },
+        Ok(Ingress::ProbeReflected) => (Reason::ProbeReflected, ctx.bounce()),
+        Ok(Ingress::ProbeReported) => (Reason::ProbeAnswered, ctx.drop_code()),
         Err(reason) => (reason, verdict::of(&ctx, reason)),
     };
     stats::reason(reason, len);
@@ -128,12 +136,14 @@ fn egress_tc<const L3: usize>(ctx: &TcContext) -> i32 {
 fn restore_tc<const L3: usize>(ctx: &TcContext) -> i32 {
     let pkt = Packet::new(ctx);
     let len = pkt.len();
-    let reason = match tunnel::restore::<_, L3>(&pkt) {
-        Ok(_) => Reason::Restored,
-        Err(reason) => reason,
+    let (reason, code) = match tunnel::restore::<_, L3>(&pkt) {
+        Ok(Ingress::Restored(_)) => (Reason::Restored, ctx.pass_code()),
+        Ok(Ingress::ProbeReflected) => (Reason::ProbeReflected, ctx.bounce()),
+        Ok(Ingress::ProbeReported) => (Reason::ProbeAnswered, ctx.drop_code()),
+        Err(reason) => (reason, verdict::of(ctx, reason)),
     };
     stats::reason(reason, len);
-    verdict::of(ctx, reason)
+    code
 }
 
 #[cfg(not(test))]

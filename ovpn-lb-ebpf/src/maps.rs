@@ -1,17 +1,29 @@
 //! Every map the programs share with userspace. Types come from ovpn-lb-common.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     macros::btf_map,
 };
 use ovpn_lb_common::{
     MAX_TUNNELS, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
     maps::{MAX_PREFIXES, SCHEDULE_BUFFERS},
+    probe::Event as ProbeEvent,
     reason::REASON_COUNT,
 };
 
 #[btf_map]
 pub static SITE: Array<SiteConfig, 1> = Array::new();
+
+/// This gateway's view of its tunnels (bit k: tunnel k usable, as far as it
+/// knows by itself), written into the answers to the far gateway's probes.
+#[btf_map]
+pub static PROBE_VIEW: Array<u64, 1> = Array::new();
+
+/// Probe reports for the loader: answers to its probes, the far gateway's
+/// probes reflected. 64 KiB: a thousand reports, ample at 10 probes per
+/// second per tunnel.
+#[btf_map]
+pub static PROBE_EVENTS: RingBuf<ProbeEvent, { 64 * 1024 }> = RingBuf::new();
 
 #[btf_map]
 pub static TUNNELS: Array<TunnelConfig, MAX_TUNNELS> = Array::new();

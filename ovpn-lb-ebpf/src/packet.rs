@@ -9,9 +9,11 @@
 
 use core::{marker::PhantomData, mem::offset_of};
 
+use ovpn_lb_common::probe::Payload as ProbePayload;
+
 use crate::{
     hook::Hook,
-    layout::{EthHdr, Ipv4Hdr, Ipv6ExtHdr, Ipv6FragHdr, Ipv6Hdr, TcpHdr},
+    layout::{EthHdr, Ipv4Hdr, Ipv6ExtHdr, Ipv6FragHdr, Ipv6Hdr, TcpHdr, UdpHdr},
 };
 
 /// Headers we may need in the linear area: Ethernet, IPv6 with a few extension
@@ -148,6 +150,11 @@ impl Header<'_, EthHdr> {
     #[inline(always)]
     pub fn dst(&self) -> [u8; 6] {
         self.load::<[u8; 6], { offset_of!(EthHdr, dst_addr) }>()
+    }
+
+    #[inline(always)]
+    pub fn src(&self) -> [u8; 6] {
+        self.load::<[u8; 6], { offset_of!(EthHdr, src_addr) }>()
     }
 
     /// Ethertype, host order.
@@ -327,5 +334,52 @@ impl Header<'_, TcpHdr> {
     pub fn header_len(&self) -> u32 {
         // The data offset is the top nibble of the flags word.
         u32::from(self.load::<u8, { offset_of!(TcpHdr, _bitfield_1) }>() >> 4) * 4
+    }
+}
+
+impl Header<'_, UdpHdr> {
+    /// Destination port, host order.
+    #[inline(always)]
+    pub fn dst_port(&self) -> u16 {
+        u16::from_be(self.load::<u16, { offset_of!(UdpHdr, dst) }>())
+    }
+}
+
+impl Header<'_, ProbePayload> {
+    /// The whole payload, as on the wire.
+    #[inline(always)]
+    pub fn get(&self) -> ProbePayload {
+        self.load::<ProbePayload, 0>()
+    }
+
+    /// Magic, host order.
+    #[inline(always)]
+    pub fn magic(&self) -> u32 {
+        u32::from_be(self.load::<u32, { offset_of!(ProbePayload, magic) }>())
+    }
+
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.load::<u8, { offset_of!(ProbePayload, version) }>()
+    }
+
+    #[inline(always)]
+    pub fn kind(&self) -> u8 {
+        self.load::<u8, { offset_of!(ProbePayload, kind) }>()
+    }
+
+    /// The sender's tunnel id, host order.
+    #[inline(always)]
+    pub fn tunnel(&self) -> u16 {
+        u16::from_be(self.load::<u16, { offset_of!(ProbePayload, tunnel) }>())
+    }
+
+    /// Turns the probe into its answer: kind, reflect time and our view,
+    /// the latter two given in host order.
+    #[inline(always)]
+    pub fn answer(&self, kind: u8, reflected_ns: u64, view: u64) {
+        self.store::<u8, { offset_of!(ProbePayload, kind) }>(kind);
+        self.store::<u64, { offset_of!(ProbePayload, reflected_ns) }>(reflected_ns.to_be());
+        self.store::<u64, { offset_of!(ProbePayload, reflector_view) }>(view.to_be());
     }
 }

@@ -21,14 +21,24 @@ use crate::{
     },
     packet::{Header, Packet},
     parse::{self, Family},
-    stats, translate,
+    probe, stats, translate,
 };
+
+/// What tunnel ingress did with a packet it did not refuse.
+pub enum Ingress {
+    /// Addresses restored: the caller hands it on (or forwards it).
+    Restored(Family),
+    /// A probe of the far gateway, answered: the caller sends it back.
+    ProbeReflected,
+    /// An answer to one of our probes, reported: the caller consumes it.
+    ProbeReported,
+}
 
 /// Restores one packet; the caller counts the reason and picks the verdict.
 /// `L3` is where the IP header starts: 0 on a tun device, which carries bare
 /// IP packets (tc only); `ETH_HLEN` on a device with Ethernet framing (TAP).
 #[inline(always)]
-pub fn restore<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Family, Reason> {
+pub fn restore<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Ingress, Reason> {
     let id = tunnel_by_if(pkt.ctx().ifindex()).ok_or(Reason::UnknownTunnel)?;
     stats::tunnel_rx(id, pkt.len().saturating_sub(L3 as u32));
     let tunnel = TUNNELS.get(id).ok_or(Reason::UnknownTunnel)?;
@@ -41,8 +51,17 @@ pub fn restore<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Family, Reas
         pkt.ctx().l3_protocol()
     };
     match proto {
-        ETH_P_IP => restore_v4(pkt, L3, site, tunnel).map(|()| Family::V4),
-        ETH_P_IPV6 => restore_v6(pkt, L3, site, tunnel).map(|()| Family::V6),
+        ETH_P_IP => {
+            let dst = pkt.header::<Ipv4Hdr>(L3).ok_or(Reason::TruncatedIp)?.dst();
+            if probe::is_probe_address(dst) {
+                return probe::handle(pkt, L3, id).map(|h| match h {
+                    probe::Handled::Reflected => Ingress::ProbeReflected,
+                    probe::Handled::Reported => Ingress::ProbeReported,
+                });
+            }
+            restore_v4(pkt, L3, site, tunnel).map(|()| Ingress::Restored(Family::V4))
+        }
+        ETH_P_IPV6 => restore_v6(pkt, L3, site, tunnel).map(|()| Ingress::Restored(Family::V6)),
         _ => Err(Reason::NotIp),
     }
 }

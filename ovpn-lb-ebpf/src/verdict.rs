@@ -9,7 +9,7 @@ use crate::hook::Hook;
 #[inline(always)]
 pub fn of<C: Hook>(ctx: &C, reason: Reason) -> i32 {
     match reason.outcome() {
-        Outcome::Dropped => ctx.drop_code(),
+        Outcome::Dropped | Outcome::Local => ctx.drop_code(),
         Outcome::Passed | Outcome::Forwarded => ctx.pass_code(),
     }
 }

@@ -312,7 +312,7 @@ pub fn render(r: &Report, all: bool) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13}  openvpn",
+        "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>16} {:>6}  openvpn",
         "id",
         "device",
         "state",
@@ -322,7 +322,9 @@ pub fn render(r: &Report, all: bool) -> String {
         "tx rate",
         "rx pkts",
         "rx bytes",
-        "rx rate"
+        "rx rate",
+        "rtt ms (min)",
+        "loss"
     );
     #[expect(clippy::cast_precision_loss, reason = "for display")]
     for t in &r.tunnels {

@@ -281,7 +281,7 @@ impl GatewayLab {
         gw.ip(&["route", "add", "10.20.0.0/16", "dev", "ovt0"]);
         let scratch = Scratch::new("loader");
         let mut text = format!(
-            "remote_prefixes = [\"10.20.30.0/24\"]\nup_delay_ms = {up_delay_ms}\n\n[lan]\ninterface = \"lan0\"\nprefixes = [\"192.168.10.0/24\"]\n"
+            "remote_prefixes = [\"10.20.30.0/24\"]\nup_delay_ms = {up_delay_ms}\n# The responders stand in for the far gateway's traffic, not its probes.\nprobe_interval_ms = 0\n\n[lan]\ninterface = \"lan0\"\nprefixes = [\"192.168.10.0/24\"]\n"
         );
         for k in 0..TUNNEL_COUNT {
             let _ = write!(

@@ -83,6 +83,9 @@ pub trait Hook {
     fn device_mtu(&self, ifindex: u32) -> Result<u32, Reason>;
     /// Return code that sends the packet out of `ifindex`.
     fn redirect(&self, ifindex: u32) -> i32;
+    /// Return code that sends the packet back out of the device it arrived
+    /// on (a reflected probe).
+    fn bounce(&self) -> i32;
     /// Return code for a packet we drop.
     fn drop_code(&self) -> i32;
     /// Return code for a packet we hand on to the kernel (or the next program).

@@ -136,6 +136,12 @@ impl Hook for TcContext {
         }
     }
 
+    /// Into the device's transmit path: for a tunnel, its ring to OpenVPN.
+    #[inline(always)]
+    fn bounce(&self) -> i32 {
+        self.redirect(Hook::ifindex(self))
+    }
+
     #[inline(always)]
     fn drop_code(&self) -> i32 {
         TC_ACT_SHOT

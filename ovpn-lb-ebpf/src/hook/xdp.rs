@@ -2,7 +2,7 @@
 //! checksum-offload state; the pipelines patch checksums in place.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     helpers::{bpf_redirect, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
@@ -105,6 +105,11 @@ impl Hook for XdpContext {
         } else {
             XDP_ABORTED.cast_signed()
         }
+    }
+
+    #[inline(always)]
+    fn bounce(&self) -> i32 {
+        XDP_TX.cast_signed()
     }
 
     #[inline(always)]

@@ -178,6 +178,7 @@ pub fn outcome_name(o: Outcome) -> &'static str {
         Outcome::Forwarded => "forwarded",
         Outcome::Passed => "passed",
         Outcome::Dropped => "dropped",
+        Outcome::Local => "local",
     }
 }
 

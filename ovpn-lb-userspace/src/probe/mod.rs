@@ -20,8 +20,9 @@ pub const RTT_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
 ];
 
-/// Probes remembered while their answers may still come.
-const OUTSTANDING: usize = 64;
+/// Probes remembered, answered or not: answers may still come for the
+/// newest, and the recent loss is counted over all of them.
+const HISTORY: usize = 64;
 
 /// How often and how patiently a tunnel is probed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,8 +86,8 @@ impl Rtt {
 #[derive(Clone, Debug, Default)]
 pub struct Tracker {
     next_seq: u32,
-    /// (seq, sent at) of probes whose answers may still come.
-    outstanding: VecDeque<(u32, u64)>,
+    /// (seq, sent at, answered) of the last [`HISTORY`] probes.
+    history: VecDeque<(u32, u64, bool)>,
     /// When probing (re)started: the first answers get `misses` intervals too.
     started_ns: Option<u64>,
     /// Send time of the newest answered probe.
@@ -103,14 +104,14 @@ pub struct Tracker {
 impl Tracker {
     /// Starts (or restarts, after the device came back) at `now`.
     pub fn start(&mut self, now: u64) {
-        self.outstanding.clear();
+        self.history.clear();
         self.started_ns = Some(now);
         self.answered_sent_ns = None;
     }
 
     /// Stops probing (the device is gone).
     pub fn stop(&mut self) {
-        self.outstanding.clear();
+        self.history.clear();
         self.started_ns = None;
         self.answered_sent_ns = None;
     }
@@ -124,10 +125,10 @@ impl Tracker {
     pub fn send(&mut self, now: u64) -> u32 {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        if self.outstanding.len() == OUTSTANDING {
-            self.outstanding.pop_front();
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
         }
-        self.outstanding.push_back((seq, now));
+        self.history.push_back((seq, now, false));
         self.sent += 1;
         seq
     }
@@ -136,14 +137,14 @@ impl Tracker {
     /// reflected at `reflected_ns` (far clock), received at `received_ns`.
     /// False for an answer to no probe of ours (stale, or forged).
     pub fn answer(&mut self, seq: u32, sent_ns: u64, reflected_ns: u64, received_ns: u64) -> bool {
-        let Some(i) = self
-            .outstanding
-            .iter()
-            .position(|&(s, at)| s == seq && at == sent_ns)
+        let Some(probe) = self
+            .history
+            .iter_mut()
+            .find(|(s, at, answered)| *s == seq && *at == sent_ns && !answered)
         else {
             return false;
         };
-        self.outstanding.remove(i);
+        probe.2 = true;
         self.answered += 1;
         self.rtt.add(received_ns.saturating_sub(sent_ns));
         if self.answered_sent_ns.is_none_or(|t| sent_ns > t) {
@@ -164,10 +165,10 @@ impl Tracker {
     /// An ICMP echo reply to our probe whose sequence number ends in `seq16`,
     /// received at `received_ns`. False for one we did not send.
     pub fn echo_reply(&mut self, seq16: u16, received_ns: u64) -> bool {
-        let Some(&(seq, sent)) = self
-            .outstanding
+        let Some(&(seq, sent, _)) = self
+            .history
             .iter()
-            .find(|&&(s, _)| s & 0xffff == u32::from(seq16))
+            .find(|&&(s, _, answered)| s & 0xffff == u32::from(seq16) && !answered)
         else {
             return false;
         };
@@ -197,14 +198,21 @@ impl Tracker {
         Some(self.answered_sent_ns.or(self.started_ns)? + window + 1)
     }
 
-    /// Unanswered share of the probes sent, for `status`.
+    /// Unanswered share of the recent probes whose answers are overdue
+    /// (sent more than `after` ns before `now`), for `status`.
     #[must_use]
-    #[expect(clippy::cast_precision_loss, reason = "a ratio for display")]
-    pub fn loss(&self) -> f64 {
-        if self.sent == 0 {
+    pub fn loss(&self, now: u64, after: u64) -> f64 {
+        let due = self
+            .history
+            .iter()
+            .filter(|(_, at, _)| at.saturating_add(after) < now);
+        let (total, lost) = due.fold((0u32, 0u32), |(t, l), (_, _, answered)| {
+            (t + 1, l + u32::from(!answered))
+        });
+        if total == 0 {
             0.0
         } else {
-            1.0 - self.answered as f64 / self.sent as f64
+            f64::from(lost) / f64::from(total)
         }
     }
 }
@@ -310,7 +318,9 @@ mod tests {
         assert_eq!(t.rtt.buckets[3], 1);
         assert_eq!(t.rtt.buckets[6], 1);
         assert!(t.rtt.smoothed > 800_000 && t.rtt.smoothed < 30 * MS);
-        assert!((t.loss() - 0.0).abs() < f64::EPSILON);
+        assert!(t.loss(1_000 * MS, 100 * MS).abs() < f64::EPSILON);
+        t.send(300 * MS);
+        assert!((t.loss(1_000 * MS, 100 * MS) - 0.25).abs() < f64::EPSILON);
     }
 
     #[test]

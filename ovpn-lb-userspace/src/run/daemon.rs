@@ -337,7 +337,7 @@ impl Daemon {
         }
         let ready = self.tunnels[k].probe_ready();
         let t = &mut self.tunnels[k];
-        if !ready {
+        if !ready || t.spec.probing == Probing::Off {
             t.tracker.stop();
             t.pinger = None;
             return;
@@ -374,17 +374,15 @@ impl Daemon {
             if !t.tracker.probing() {
                 continue;
             }
-            let seq = t.tracker.send(now_ns());
+            // The send time is in the probe and in the tracker: one reading.
+            let at = now_ns();
+            let seq = t.tracker.send(at);
             let sent = match t.spec.probing {
                 Probing::Reflected => match &self.sender {
                     Some(sender) => {
                         let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
                         let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
-                        sender.send(
-                            t.ifindex(),
-                            peer_mac,
-                            &Payload::probe(id, seq, now_ns(), view),
-                        )
+                        sender.send(t.ifindex(), peer_mac, &Payload::probe(id, seq, at, view))
                     }
                     None => Ok(()),
                 },
@@ -831,7 +829,8 @@ fn probe_state(t: &Tunnel) -> Option<ProbeState> {
         rtt_min_ms: ms(t.tracker.rtt.min),
         sent: t.tracker.sent,
         answered: t.tracker.answered,
-        loss: t.tracker.loss(),
+        // Over the last probes whose answers are overdue: a second's grace.
+        loss: t.tracker.loss(now_ns(), 1_000_000_000),
     })
 }
 
