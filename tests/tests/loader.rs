@@ -564,10 +564,9 @@ fn lost_notifications_are_made_up_for() {
     // SAFETY: signals to the loader this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let batch = lab.scratch.dir.join("storm.batch");
-    let mut text = String::new();
-    for i in 0..400 {
-        text.push_str(&format!("link add st{i} type veth peer name sp{i}\n"));
-    }
+    let text: String = (0..400)
+        .map(|i| format!("link add st{i} type veth peer name sp{i}\n"))
+        .collect();
     std::fs::write(&batch, text).unwrap();
     run(
         "ip",
