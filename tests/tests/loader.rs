@@ -3,6 +3,7 @@
 //! events and from OpenVPN's management interface, recreated devices.
 
 use std::{
+    fmt::Write as _,
     io::{BufRead, BufReader, Write},
     net::TcpListener,
     sync::mpsc,
@@ -564,9 +565,10 @@ fn lost_notifications_are_made_up_for() {
     // SAFETY: signals to the loader this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let batch = lab.scratch.dir.join("storm.batch");
-    let text: String = (0..400)
-        .map(|i| format!("link add st{i} type veth peer name sp{i}\n"))
-        .collect();
+    let mut text = String::new();
+    for i in 0..400 {
+        let _ = writeln!(text, "link add st{i} type veth peer name sp{i}");
+    }
     std::fs::write(&batch, text).unwrap();
     run(
         "ip",
