@@ -79,7 +79,7 @@ pub fn handle<C: Hook>(pkt: &Packet<C>, l3: usize, id: u32) -> Result<Handled, R
     };
     // A full ring loses a report, not the packet: the loader counts the
     // probe as unanswered, which is the safe side.
-    let _ = PROBE_EVENTS.output(&event, 0);
+    let _ = PROBE_EVENTS.output(event, 0);
     match kind {
         probe::PROBE => {
             let view = PROBE_VIEW.get(0).copied().unwrap_or(0);
