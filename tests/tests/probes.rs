@@ -1,0 +1,435 @@
+//! In-band probes in the built-in lab, with real OpenVPN: a failure only one
+//! gateway can see (its OpenVPN process killed) and a silent path failure
+//! (the tunnel's UDP dropped on the WAN) take the tunnel out of both
+//! gateways' rotations within the detection time; probe-shaped packets from
+//! a LAN go nowhere; under load each tunnel reports its own round trip.
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, Map, MapData};
+use ovpn_lb_common::{
+    Reason, Schedule,
+    maps::names,
+    probe::{self, Payload},
+};
+use ovpn_lb_tests::{
+    gateway::{loader_bin, ping_summary, serial},
+    lab::{HOST_A, HOST_B, Lab, Options, Side},
+    netns::enter_named,
+    require_root,
+    traffic::{Capture, ping_background, tcp_transfer},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn lab(options: Options) -> Lab {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ovpnlb-probes-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    Lab::up(
+        &dir,
+        &format!("op{}{n}", std::process::id() % 10_000),
+        &loader_bin(),
+        options,
+    )
+}
+
+/// Tunnels in gateway `side`'s live schedule, from its pinned maps.
+fn rotation(lab: &Lab, side: Side) -> Vec<usize> {
+    let maps = lab.layout(side).maps();
+    let open = |name: &str| {
+        Map::from_map_data(MapData::from_pin(maps.join(name)).expect("pinned map")).unwrap()
+    };
+    let active: Array<_, u32> = open(names::ACTIVE_SCHED).try_into().unwrap();
+    let schedules: Array<_, Schedule> = open(names::SCHEDULES).try_into().unwrap();
+    let s = schedules.get(&active.get(&0, 0).unwrap(), 0).unwrap();
+    let mut ids: Vec<usize> = s.slots[..s.len as usize]
+        .iter()
+        .map(|&k| usize::from(k))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Waits until `pred` holds for `side`'s rotation; the time it took.
+fn wait_rotation(
+    lab: &Lab,
+    side: Side,
+    start: Instant,
+    timeout: Duration,
+    pred: impl Fn(&[usize]) -> bool,
+) -> Duration {
+    loop {
+        if pred(&rotation(lab, side)) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "gateway {side:?}: rotation {:?} after {timeout:?}\n{}",
+            rotation(lab, side),
+            lab.diagnose()
+        );
+        thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// Kills gateway `side`'s OpenVPN `k` (SIGKILL, by its PID); returns the
+/// PID, to wait for its end with [`wait_gone`].
+fn kill_openvpn(lab: &Lab, side: Side, k: usize) -> String {
+    let letter = if side == Side::A { "a" } else { "b" };
+    let pid = std::fs::read_to_string(lab.dir.join(format!("openvpn-{letter}{k}.pid")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    lab.kill_openvpn(side, k);
+    pid
+}
+
+/// Waits until process `pid` has ended (and been reaped), so that a new
+/// OpenVPN can bind its ports.
+fn wait_gone(pid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = format!("/proc/{pid}/status");
+    while !pid.is_empty()
+        && std::fs::read_to_string(&status).is_ok_and(|s| !s.contains("State:\tZ"))
+    {
+        assert!(Instant::now() < deadline, "OpenVPN {pid} did not exit");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() - 1) * p / 100]
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+#[test]
+fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
+    if !require_root("a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time") {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = lab(Options::default());
+    let all = [0, 1, 2, 3];
+    wait_rotation(&lab, Side::B, Instant::now(), Duration::from_secs(5), |r| {
+        r == all
+    });
+
+    let mut took = Vec::new();
+    for round in 0..10 {
+        let k = round % 4;
+        let start = Instant::now();
+        let pid = kill_openvpn(&lab, Side::A, k);
+        took.push(wait_rotation(
+            &lab,
+            Side::B,
+            start,
+            Duration::from_secs(2),
+            |r| !r.contains(&k),
+        ));
+        wait_gone(&pid);
+        lab.start_openvpn(Side::A, k);
+        lab.wait_connected(Side::A, k, Duration::from_secs(20));
+        wait_rotation(
+            &lab,
+            Side::A,
+            Instant::now(),
+            Duration::from_secs(15),
+            |r| r == all,
+        );
+        wait_rotation(
+            &lab,
+            Side::B,
+            Instant::now(),
+            Duration::from_secs(15),
+            |r| r == all,
+        );
+    }
+    took.sort_unstable();
+    eprintln!(
+        "OpenVPN killed on A -> out of B's rotation, 10 tries: min {:?}, median {:?}, p90 {:?}, max {:?}",
+        took[0],
+        percentile(&took, 50),
+        percentile(&took, 90),
+        took[9]
+    );
+    assert!(took[9] <= Duration::from_millis(300), "{took:?}");
+
+    // Across one more such failure: pings from B lose little, and a TCP
+    // transfer completes intact.
+    let pings = ping_background(&lab.host(Side::B), HOST_A, 300, "0.01");
+    let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
+    let t = tcp_transfer(&hb, &ha, addr(HOST_A, 5101), 20 << 20, || {
+        thread::sleep(Duration::from_millis(400));
+        wait_gone(&kill_openvpn(&lab, Side::A, 2));
+    });
+    assert_eq!(
+        t.received_sha256, t.sent_sha256,
+        "transfer across the failure"
+    );
+    let out = pings.wait_with_output().unwrap();
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    eprintln!(
+        "pings B -> A at 100/s across the failure: {} of {sent} lost",
+        sent - received
+    );
+    assert!(sent - received <= 30, "{} pings lost", sent - received);
+    lab.start_openvpn(Side::A, 2);
+    lab.wait_connected(Side::A, 2, Duration::from_secs(20));
+    wait_rotation(
+        &lab,
+        Side::B,
+        Instant::now(),
+        Duration::from_secs(15),
+        |r| r == all,
+    );
+    wait_rotation(
+        &lab,
+        Side::A,
+        Instant::now(),
+        Duration::from_secs(15),
+        |r| r == all,
+    );
+}
+
+/// nftables on gateway A's WAN dropping tunnel `k`'s UDP both ways.
+fn drop_tunnel_udp(lab: &Lab, k: usize, drop: bool) {
+    let port = 1194 + k;
+    let script = if drop {
+        format!(
+            "table inet probetest {{\n\
+             chain i {{ type filter hook input priority -10; udp dport {port} drop; }}\n\
+             chain o {{ type filter hook output priority -10; udp dport {port} drop; }}\n\
+             }}\n"
+        )
+    } else {
+        "delete table inet probetest\n".to_owned()
+    };
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &lab.gw(Side::A), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success(), "nft: {script}");
+}
+
+#[test]
+fn a_silent_path_failure_leaves_both_rotations_and_comes_back() {
+    if !require_root("a_silent_path_failure_leaves_both_rotations_and_comes_back") {
+        return;
+    }
+    let _serial = serial();
+    let lab = lab(Options::default());
+    let all = [0, 1, 2, 3];
+    wait_rotation(&lab, Side::B, Instant::now(), Duration::from_secs(5), |r| {
+        r == all
+    });
+    let mut took = Vec::new();
+    let mut nft_took = Vec::new();
+    for round in 0..10 {
+        let k = round % 4;
+        // The rule takes effect while nft runs: time from when it returns
+        // (how long nft itself took is reported beside).
+        let asked = Instant::now();
+        drop_tunnel_udp(&lab, k, true);
+        let start = Instant::now();
+        nft_took.push(start - asked);
+        let a = wait_rotation(&lab, Side::A, start, Duration::from_secs(2), |r| {
+            !r.contains(&k)
+        });
+        let b = wait_rotation(&lab, Side::B, start, Duration::from_secs(2), |r| {
+            !r.contains(&k)
+        });
+        took.push(a.max(b));
+        drop_tunnel_udp(&lab, k, false);
+        wait_rotation(
+            &lab,
+            Side::A,
+            Instant::now(),
+            Duration::from_secs(10),
+            |r| r == all,
+        );
+        wait_rotation(
+            &lab,
+            Side::B,
+            Instant::now(),
+            Duration::from_secs(10),
+            |r| r == all,
+        );
+    }
+    took.sort_unstable();
+    eprintln!(
+        "tunnel UDP dropped on the WAN -> out of both rotations, 10 tries: min {:?}, median {:?}, p90 {:?}, max {:?} (nft itself took up to {:?})",
+        took[0],
+        percentile(&took, 50),
+        percentile(&took, 90),
+        took[9],
+        nft_took.iter().max().unwrap()
+    );
+    assert!(took[9] <= Duration::from_millis(300), "{took:?}");
+}
+
+/// Sends `frame` (an IP datagram) from `ns`'s `lan` to `mac`, raw.
+fn send_ip_to(ns: &str, mac: [u8; 6], datagram: &[u8]) {
+    enter_named(ns, || {
+        // SAFETY: plain socket calls on a descriptor closed below; the
+        // address struct is zeroed and filled field by field.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0);
+            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+            let name = std::ffi::CString::new("lan").unwrap();
+            let mut to: libc::sockaddr_ll = std::mem::zeroed();
+            to.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+            to.sll_protocol = 0x0800u16.to_be();
+            to.sll_ifindex = i32::try_from(libc::if_nametoindex(name.as_ptr())).unwrap();
+            to.sll_halen = 6;
+            to.sll_addr[..6].copy_from_slice(&mac);
+            let sent = libc::sendto(
+                fd,
+                datagram.as_ptr().cast(),
+                datagram.len(),
+                0,
+                (&raw const to).cast(),
+                u32::try_from(size_of::<libc::sockaddr_ll>()).unwrap(),
+            );
+            assert!(sent > 0, "{}", std::io::Error::last_os_error());
+            libc::close(fd);
+        }
+    });
+}
+
+fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", dev])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text.split_whitespace().nth(2).unwrap();
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
+#[test]
+fn probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt() {
+    if !require_root("probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt") {
+        return;
+    }
+    let _serial = serial();
+    let lab = lab(Options {
+        cpu_quota_percent: Some(15),
+        ..Options::default()
+    });
+    let ga = lab.gw(Side::A);
+    // Probe-shaped packets from host A, as a probe and as an answer, for
+    // every tunnel id: dropped and counted at gateway A, never seen by B.
+    let before = [lab.counters(Side::A), lab.counters(Side::B)];
+    let capture = Capture::start(&lab.host(Side::B), "lan", &lab.dir.join("hb.pcap"));
+    let gw_mac = mac_of(&ga, "lan");
+    for k in 0..4u16 {
+        let mut forged = Payload::probe(k, 7, 1, u64::MAX);
+        send_ip_to(&lab.host(Side::A), gw_mac, &probe::datagram(&forged));
+        forged.kind = probe::ANSWER;
+        send_ip_to(&lab.host(Side::A), gw_mac, &probe::datagram(&forged));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let after = [lab.counters(Side::A), lab.counters(Side::B)];
+    let delta = |s: usize, r: Reason| {
+        after[s].reasons[r as usize].packets - before[s].reasons[r as usize].packets
+    };
+    assert_eq!(delta(0, Reason::ProbeFromLan), 8, "{}", lab.diagnose());
+    // Nothing went into a tunnel (probes the loader sends are not counted
+    // as sprayed), so nothing reached gateway B to be reflected or refused.
+    let sprayed: u64 = (0..4)
+        .map(|k| after[0].tunnels[k].tx_packets - before[0].tunnels[k].tx_packets)
+        .sum();
+    assert_eq!(sprayed, 0);
+    assert_eq!(
+        delta(1, Reason::BadProbe) + delta(1, Reason::ProbeMisrouted),
+        0
+    );
+    let seen = capture.stop().read("net 127.0.0.0/8");
+    assert!(
+        seen.is_empty(),
+        "probe-shaped packets reached host B: {seen:?}"
+    );
+
+    // Under load through CPU-capped OpenVPN processes, each tunnel reports
+    // its own round trip.
+    let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
+    let mut rtts = Vec::new();
+    let t = tcp_transfer(&ha, &hb, addr(HOST_B, 5102), 40 << 20, || {
+        thread::sleep(Duration::from_secs(2));
+        let layout = lab.layout(Side::A);
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ga])
+            .arg(loader_bin())
+            .arg("--pin-root")
+            .arg(&layout.pin_root)
+            .arg("--run-dir")
+            .arg(&layout.run_dir)
+            .args(["status", "--json", "--interval", "0.2"])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!(
+            "status under load:\n{}",
+            serde_json::to_string_pretty(&report["tunnels"]).unwrap()
+        );
+        for t in report["tunnels"].as_array().unwrap() {
+            rtts.push(t["probe"]["rtt_smoothed_ms"].as_f64().unwrap());
+        }
+    });
+    assert_eq!(t.received_sha256, t.sent_sha256);
+    assert_eq!(rtts.len(), 4);
+    assert!(rtts.iter().all(|&r| r > 0.0), "{rtts:?}");
+    let (lo, hi) = rtts
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
+    assert!(
+        hi > lo * 1.05,
+        "under load the tunnels' round trips differ: {rtts:?}"
+    );
+}
+
+#[test]
+fn probe_overhead_on_an_idle_wan() {
+    if !require_root("probe_overhead_on_an_idle_wan") {
+        return;
+    }
+    let _serial = serial();
+    let lab = lab(Options::default());
+    // WAN bytes per second with probes at the default interval, idle hosts.
+    let wan_bytes = || {
+        let out = Command::new("ip")
+            .args(["-n", &lab.gw(Side::A), "-s", "-j", "link", "show", "wan"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["stats64"]["tx"]["bytes"].as_u64().unwrap()
+    };
+    let (b0, t0) = (wan_bytes(), Instant::now());
+    thread::sleep(Duration::from_secs(5));
+    let rate = (wan_bytes() - b0) as f64 / t0.elapsed().as_secs_f64();
+    let c = lab.counters(Side::A);
+    eprintln!(
+        "gateway A's WAN, idle, 4 tunnels, probes every 100 ms: {rate:.0} B/s sent ({:.0} B/s per tunnel, OpenVPN's own pings included); probes answered {} reflected {}",
+        rate / 4.0,
+        c.reasons[Reason::ProbeAnswered as usize].packets,
+        c.reasons[Reason::ProbeReflected as usize].packets
+    );
+    assert!(rate / 4.0 < 5_000.0, "{rate} B/s");
+}
