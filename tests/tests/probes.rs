@@ -423,6 +423,7 @@ fn probe_overhead_on_an_idle_wan() {
     };
     let (b0, t0) = (wan_bytes(), Instant::now());
     thread::sleep(Duration::from_secs(5));
+    #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
     let rate = (wan_bytes() - b0) as f64 / t0.elapsed().as_secs_f64();
     let c = lab.counters(Side::A);
     eprintln!(
