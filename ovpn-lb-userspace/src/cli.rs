@@ -6,6 +6,9 @@ use clap::{Parser, Subcommand};
 
 use crate::pins::{DEFAULT_PIN_ROOT, DEFAULT_RUN_DIR};
 
+/// Where `run`, `check` and `doctor` read the configuration unless told.
+pub const DEFAULT_CONFIG: &str = "/etc/ovpn-lb/ovpn-lb.toml";
+
 /// Spray one LAN's traffic over N OpenVPN tunnels, packet by packet, with
 /// stateless per-tunnel source translation, in eBPF.
 ///
@@ -56,7 +59,7 @@ pub enum Command {
     /// schedule, unless --detach-on-exit is given.
     Run {
         /// The TOML configuration (see ovpn-lb.example.toml).
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Detach everything on SIGINT/SIGTERM instead of leaving the datapath
         /// running for the next `run`.
@@ -65,8 +68,23 @@ pub enum Command {
     },
     /// Validate the configuration and exit: 0 if it is good, 2 if not.
     Check {
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Check this gateway and say, for each problem, how to fix it:
+    /// forwarding, reverse-path filtering on the tunnels, where the kernel
+    /// sends remote-bound LAN traffic (never in the clear), MTUs, the tunnel
+    /// devices, OpenVPN's management interfaces, the loader, and whether the
+    /// far gateway answers probes.
+    ///
+    /// Exit code: 0 when nothing is wrong (warnings allowed), 1 when
+    /// something is, 2 when the configuration does not validate.
+    Doctor {
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The findings as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Per-tunnel state, weight, counters and rates, and counts per reason, read
     /// from the pinned maps while `run` is going.

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod detach;
+pub mod doctor;
 pub mod facts;
 pub mod health;
 pub mod kernel_path;

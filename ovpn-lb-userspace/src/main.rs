@@ -7,7 +7,7 @@ use clap::Parser as _;
 use ovpn_lb::{
     cli::{Cli, Command},
     config::{self, ConfigErrors},
-    detach,
+    detach, doctor,
     facts::Facts,
     logging,
     netlink::Netlink,
@@ -33,31 +33,47 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Each command gives its exit code; errors are mapped below.
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run {
                 config,
                 detach_on_exit,
-            } => run::run(&config, &layout, &Options { detach_on_exit }).await,
-            Command::Check { config } => check(&config).await,
+            } => run::run(&config, &layout, &Options { detach_on_exit })
+                .await
+                .map(|()| 0),
+            Command::Check { config } => check(&config).await.map(|()| 0),
+            Command::Doctor { config, json } => {
+                let report = doctor::check(&config, &layout).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.render());
+                }
+                Ok(report.exit_code())
+            }
             Command::Status {
                 json,
                 interval,
                 watch,
                 all,
-            } => show_status(&layout, json, interval, watch, all).await,
-            Command::Detach => detach::stop_and_detach(&layout).await.map(|removed| {
+            } => show_status(&layout, json, interval, watch, all)
+                .await
+                .map(|()| 0),
+            Command::Detach => {
+                let removed = detach::stop_and_detach(&layout).await?;
                 for line in &removed {
                     println!("removed {line}");
                 }
                 if removed.is_empty() {
                     println!("nothing to detach");
                 }
-            }),
+                Ok(0)
+            }
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             if let Some(errors) = e.downcast_ref::<ConfigErrors>() {
                 for line in &errors.0 {

@@ -107,3 +107,29 @@ impl Netlink {
         }
     }
 }
+
+impl Netlink {
+    /// The addresses on device `ifindex`.
+    ///
+    /// # Errors
+    /// If the dump fails.
+    pub async fn addresses(&self, ifindex: u32) -> Result<Vec<std::net::IpAddr>, rtnetlink::Error> {
+        use netlink_packet_route::address::AddressAttribute;
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(messages
+            .iter()
+            .flat_map(|m| &m.attributes)
+            .filter_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+            .collect())
+    }
+}

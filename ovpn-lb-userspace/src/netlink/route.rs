@@ -220,3 +220,71 @@ impl Netlink {
         }
     }
 }
+
+/// Where the kernel would forward a packet, by [`Netlink::route_lookup`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Out of this device.
+    Device(u32),
+    /// Unreachable, prohibited or blackholed: dropped with (or without) ICMP.
+    Refused,
+    /// Delivered locally, or something else that does not leave.
+    Local,
+}
+
+impl Netlink {
+    /// The kernel's routing decision for a packet from `src` to `dst`
+    /// arriving on `iif` (policy rules included), as `ip route get DST from
+    /// SRC iif IIF` shows it.
+    ///
+    /// # Errors
+    /// If netlink fails in a way other than "no route".
+    pub async fn route_lookup(
+        &self,
+        dst: IpAddr,
+        src: IpAddr,
+        iif: u32,
+    ) -> Result<Forwarding, rtnetlink::Error> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(dst);
+        m.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        m.header.source_prefix_length = if src.is_ipv4() { 32 } else { 128 };
+        let addr = |a: IpAddr| match a {
+            IpAddr::V4(a) => RouteAddress::Inet(a),
+            IpAddr::V6(a) => RouteAddress::Inet6(a),
+        };
+        m.attributes.push(RouteAttribute::Destination(addr(dst)));
+        m.attributes.push(RouteAttribute::Source(addr(src)));
+        m.attributes.push(RouteAttribute::Iif(iif));
+        let mut answers = self.handle.route().get(m).execute();
+        match answers.try_next().await {
+            Ok(Some(r)) => Ok(forwarding_of(&r)),
+            Ok(None) => Ok(Forwarding::Refused),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(
+                    e.raw_code().abs(),
+                    libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES | libc::EINVAL
+                ) =>
+            {
+                Ok(Forwarding::Refused)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn forwarding_of(r: &RouteMessage) -> Forwarding {
+    use netlink_packet_route::route::RouteType;
+    match r.header.kind {
+        RouteType::Unicast => r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(Forwarding::Device(*i)),
+                _ => None,
+            })
+            .unwrap_or(Forwarding::Local),
+        RouteType::Unreachable | RouteType::Prohibit | RouteType::BlackHole => Forwarding::Refused,
+        _ => Forwarding::Local,
+    }
+}
