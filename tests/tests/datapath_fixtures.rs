@@ -1301,3 +1301,62 @@ fn flow_mode_keeps_a_five_tuple_on_one_tunnel() {
         assert_eq!(spray_counts(lab, &flow(40_000), 30), [10, 10, 10, 0]);
     });
 }
+
+/// The tunnel a single packet was sprayed into.
+fn sprayed_to(lab: &mut Lab, frame: &[u8]) -> usize {
+    let counts = spray_counts(lab, frame, 1);
+    counts
+        .iter()
+        .position(|&c| c == 1)
+        .unwrap_or_else(|| panic!("not sprayed: {counts:?}"))
+}
+
+#[test]
+fn flow_mode_moves_only_the_flows_of_a_tunnel_that_leaves() {
+    if !require_root("flow_mode_moves_only_the_flows_of_a_tunnel_that_leaves") {
+        return;
+    }
+    // 64 distinct 5-tuples: source port and host vary.
+    let flows: Vec<Vec<u8>> = (0..64u16)
+        .map(|i| {
+            let host = format!("192.168.10.{}", 5 + i % 4);
+            let l4 = L4::Tcp {
+                sport: 40_000 + i,
+                dport: 443,
+                payload: vec![0; 20],
+            };
+            eth4(&V4::new(&host, FAR_HOST, l4).datagram())
+        })
+        .collect();
+    with_lab(|lab| {
+        lab.set_spray(Spray::Flow);
+        lab.set_weights(&[1, 1, 1]);
+        let place =
+            |lab: &mut Lab| -> Vec<usize> { flows.iter().map(|f| sprayed_to(lab, f)).collect() };
+        let all = place(lab);
+        for k in 0..3 {
+            assert!(
+                all.contains(&k),
+                "64 flows should use every tunnel: {all:?}"
+            );
+        }
+        for down in 0..3 {
+            let weights: Vec<u32> = (0..3).map(|k| u32::from(k != down)).collect();
+            lab.set_weights(&weights);
+            let rest = place(lab);
+            for (i, (&before, &after)) in all.iter().zip(&rest).enumerate() {
+                if before == down {
+                    assert_ne!(after, down, "flow {i} stayed on the down tunnel");
+                } else {
+                    assert_eq!(
+                        after, before,
+                        "flow {i} moved off tunnel {before} though {down} left"
+                    );
+                }
+            }
+            // Back up: every flow returns where it was.
+            lab.set_weights(&[1, 1, 1]);
+            assert_eq!(place(lab), all, "tunnel {down} rejoined");
+        }
+    });
+}
