@@ -1360,3 +1360,72 @@ fn flow_mode_moves_only_the_flows_of_a_tunnel_that_leaves() {
         }
     });
 }
+
+/// Collects aya-log records.
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}: {}", record.level(), record.args()));
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn rare_paths_log_at_most_once_per_second_per_cpu() {
+    if !require_root("rare_paths_log_at_most_once_per_second_per_cpu") {
+        return;
+    }
+    let frame = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(10)).datagram());
+    with_lab(|lab| {
+        let id = lab
+            .datapath
+            .program(ovpn_lb_common::maps::programs::LAN_INGRESS)
+            .unwrap()
+            .info()
+            .unwrap()
+            .id();
+        let capture: &'static Capture = Box::leak(Box::new(Capture(std::sync::Mutex::new(vec![]))));
+        let mut logger = aya_log::EbpfLogger::init_from_id_with_logger(id, capture)
+            .expect("the programs carry aya-log's ring buffer");
+        // Tunnel 3 has no device: every packet is dropped as tunnel_gone, a
+        // configuration the program cannot honour. A sprayed packet logs
+        // nothing.
+        lab.set_weights(&[1]);
+        assert_eq!(lab.run(Program::Lan, &frame, 0).verdict, TC_ACT_REDIRECT);
+        lab.set_weights(&[0, 0, 0, 1]);
+        let burst = |lab: &mut Lab| {
+            for _ in 0..200 {
+                assert_eq!(lab.run(Program::Lan, &frame, 0).verdict, TC_ACT_SHOT);
+            }
+        };
+        burst(lab);
+        logger.flush();
+        let first = capture.0.lock().unwrap().clone();
+        assert_eq!(
+            first.len(),
+            1,
+            "200 drops within a second, one message: {first:?}"
+        );
+        assert!(
+            first[0].contains("scheduled tunnel not ready") && first[0].contains("[3, 0]"),
+            "{first:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        burst(lab);
+        logger.flush();
+        assert_eq!(
+            capture.0.lock().unwrap().len(),
+            2,
+            "one more after a second"
+        );
+    });
+}
