@@ -18,7 +18,7 @@ use crate::{
     log,
     maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS, v4_key, v6_key},
     offload,
-    packet::Packet,
+    packet::{Mac, Packet},
     parse, redirect, schedule, stats, translate, verdict,
 };
 
@@ -44,7 +44,7 @@ fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
     // for other hosts that a promiscuous device hands us.
     let for_us = match pkt.ctx().to_this_host() {
         Some(host) => host,
-        None => eth.dst() == site.lan_mac,
+        None => eth.dst() == Mac::new(&site.lan_mac),
     };
     if !for_us {
         if site.lan_mac == [0; 6] && pkt.ctx().to_this_host().is_none() {
