@@ -20,7 +20,8 @@ pub mod reason;
 pub mod schedule;
 
 pub use maps::{
-    MAX_TUNNELS, ReasonStats, SCHEDULE_SLOTS, Schedule, SiteConfig, TunnelConfig, TunnelStats,
+    FLOW_SLOTS, MAX_TUNNELS, ReasonStats, SCHEDULE_SLOTS, Schedule, SiteConfig, TunnelConfig,
+    TunnelStats,
 };
 pub use prefix::{Prefix4, Prefix6};
 pub use reason::Reason;

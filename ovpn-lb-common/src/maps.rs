@@ -9,6 +9,8 @@ use crate::{Prefix4, Prefix6};
 pub const MAX_TUNNELS: usize = 64;
 /// Slots in a schedule: the resolution of the weights.
 pub const SCHEDULE_SLOTS: usize = 256;
+/// Slots in a schedule's flow table: flow mode indexes it by the flow hash.
+pub const FLOW_SLOTS: usize = 4096;
 /// Schedules kept in `SCHEDULES`: one live, one being written.
 pub const SCHEDULE_BUFFERS: u32 = 2;
 /// Entries in each LPM map (remote prefixes, our translation prefixes).
@@ -219,13 +221,19 @@ impl ReasonStats {
     }
 }
 
-/// Tunnel ids laid out by smooth weighted round-robin; `len` 0 means no healthy
-/// tunnel. Two live in `SCHEDULES`; `ACTIVE_SCHED` says which one packets use.
+/// One schedule: both tables a spray setting can use, published together.
+/// `len` 0 means no healthy tunnel (for both). Two live in `SCHEDULES`;
+/// `ACTIVE_SCHED` says which one packets use.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Schedule {
+    /// Slots of `slots` in use.
     pub len: u32,
+    /// Packet mode: tunnel ids laid out by smooth weighted round-robin.
     pub slots: [u8; SCHEDULE_SLOTS],
+    /// Flow mode: the owner of each flow-hash slot by weighted rendezvous
+    /// hashing, so a tunnel leaving or rejoining moves only its own slots.
+    pub flow: [u8; FLOW_SLOTS],
 }
 
 impl Default for Schedule {
@@ -233,6 +241,7 @@ impl Default for Schedule {
         Self {
             len: 0,
             slots: [0; SCHEDULE_SLOTS],
+            flow: [0; FLOW_SLOTS],
         }
     }
 }
@@ -249,7 +258,8 @@ const _: () = assert!(size_of::<SiteConfig>() == 64);
 const _: () = assert!(size_of::<TunnelConfig>() == 148);
 const _: () = assert!(size_of::<TunnelStats>() == 32);
 const _: () = assert!(size_of::<ReasonStats>() == 16);
-const _: () = assert!(size_of::<Schedule>() == 4 + SCHEDULE_SLOTS);
+const _: () = assert!(size_of::<Schedule>() == 4 + SCHEDULE_SLOTS + FLOW_SLOTS);
+const _: () = assert!(FLOW_SLOTS.is_power_of_two());
 const _: () = assert!(MAX_TUNNELS <= u8::MAX as usize + 1);
 
 #[cfg(feature = "user")]

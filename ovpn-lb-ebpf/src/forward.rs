@@ -15,7 +15,7 @@ use crate::{
     hook::Hook,
     layout::{ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr},
     maps::SITE,
-    packet::Packet,
+    packet::{Mac, Packet},
     parse::Family,
 };
 
@@ -75,7 +75,8 @@ fn try_to_lan(pkt: &Packet<XdpContext>, family: Family) -> Option<u32> {
             ip.set_hop_limit(ip.hop_limit() - 1);
         }
     }
-    pkt.header::<EthHdr>(0)?.set_addrs(params.dmac, params.smac);
+    pkt.header::<EthHdr>(0)?
+        .set_addrs(Mac::new(&params.dmac), Mac::new(&params.smac));
     Some(site.lan_ifindex)
 }
 

@@ -15,9 +15,10 @@ use ovpn_lb_common::{
 use crate::{
     hook::Hook,
     layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr},
+    log,
     maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS, v4_key, v6_key},
     offload,
-    packet::Packet,
+    packet::{Mac, Packet},
     parse, probe, redirect, schedule, stats, translate, verdict,
 };
 
@@ -43,9 +44,12 @@ fn try_spray<C: Hook>(pkt: &Packet<C>) -> Result<u32, Reason> {
     // for other hosts that a promiscuous device hands us.
     let for_us = match pkt.ctx().to_this_host() {
         Some(host) => host,
-        None => eth.dst() == site.lan_mac,
+        None => eth.dst() == Mac::new(&site.lan_mac),
     };
     if !for_us {
+        if site.lan_mac == [0; 6] && pkt.ctx().to_this_host().is_none() {
+            log::lan_mac_unset();
+        }
         return Err(Reason::NotForUs);
     }
     // VLAN-tagged frames (802.1Q, 802.1ad) are not unwrapped: not IP here.
@@ -147,8 +151,12 @@ fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
 /// The scheduled tunnel, if it has a device and a translation for `family_bit`.
 #[inline(always)]
 fn ready_tunnel(id: u32, family_bit: u32) -> Result<&'static TunnelConfig, Reason> {
-    let tunnel = TUNNELS.get(id).ok_or(Reason::TunnelGone)?;
+    let Some(tunnel) = TUNNELS.get(id) else {
+        log::tunnel_not_ready(id, 0);
+        return Err(Reason::TunnelGone);
+    };
     if tunnel.ifindex == 0 || tunnel.families & family_bit == 0 {
+        log::tunnel_not_ready(id, tunnel.ifindex);
         return Err(Reason::TunnelGone);
     }
     Ok(tunnel)

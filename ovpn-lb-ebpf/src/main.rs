@@ -2,7 +2,8 @@
 //!
 //! Layers, each using only those below it (`use crate::` per module):
 //!
-//! 1. `layout` (header layouts) and `maps` (the maps shared with userspace);
+//! 1. `layout` (header layouts), `maps` (the maps shared with userspace) and
+//!    `log` (rate-limited rare-path messages);
 //! 2. packet access: `hook` (what tc and XDP contexts offer) and `packet`
 //!    (bounds-checked typed header access over a hook);
 //! 3. `parse`: validate IP headers, find the L4 header;
@@ -30,6 +31,7 @@ mod forward;
 mod hook;
 mod lan;
 mod layout;
+mod log;
 mod maps;
 mod offload;
 mod packet;

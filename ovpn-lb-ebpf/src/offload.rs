@@ -16,6 +16,7 @@ use ovpn_lb_common::{Reason, checksum};
 
 use crate::{
     hook::Hook,
+    log::{self, Helper},
     packet::{Packet, Word},
     parse::{Ip, L4Checksum},
 };
@@ -48,6 +49,7 @@ pub fn complete<C: Hook>(
     let end = ip.l3 + ip.len;
     if end - ip.l4 > MAX_L4_BYTES {
         // Longer than any frame these hooks see; counted, never sent wrong.
+        log::rewrite_failed(Helper::SegmentTooLong, i64::from((end - ip.l4) as u32));
         return Err(Reason::RewriteFailed);
     }
     // Copies, not packet pointers: loops over variable packet offsets are
@@ -80,7 +82,10 @@ pub fn complete<C: Hook>(
             )
         };
         // The helper's 32-bit sum, or a negative error.
-        sum = u32::try_from(ret).map_err(|_| Reason::RewriteFailed)?;
+        sum = u32::try_from(ret).map_err(|_| {
+            log::rewrite_failed(Helper::CsumDiff, ret);
+            Reason::RewriteFailed
+        })?;
         at += n;
     }
     // Whole words are done (the segment is at most MAX_L4_BYTES long).

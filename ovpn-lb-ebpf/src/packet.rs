@@ -94,10 +94,20 @@ pub struct Header<'p, T> {
     _layout: PhantomData<&'p T>,
 }
 
+/// What [`Header`] loads and stores: plain integers, one instruction each.
+/// Arrays are built from them by the accessors: an array copy from or to
+/// packet memory (alignment 1) becomes a byte-wise copy or a `memmove`
+/// call, several times the cost.
+pub trait Scalar: Copy {}
+impl Scalar for u8 {}
+impl Scalar for u16 {}
+impl Scalar for u32 {}
+impl Scalar for u64 {}
+
 impl<T> Header<'_, T> {
     /// The `F` at byte `OFFSET` of the header.
     #[inline(always)]
-    fn load<F: Copy, const OFFSET: usize>(&self) -> F {
+    fn load<F: Scalar, const OFFSET: usize>(&self) -> F {
         const { assert!(OFFSET + size_of::<F>() <= size_of::<T>()) };
         // SAFETY: `ptr..ptr + size_of::<T>()` was checked to lie inside the
         // packet's linear area, and `OFFSET + size_of::<F>()` lies inside `T`
@@ -110,7 +120,7 @@ impl<T> Header<'_, T> {
 
     /// Writes `value` at byte `OFFSET` of the header.
     #[inline(always)]
-    fn store<F: Copy, const OFFSET: usize>(&self, value: F) {
+    fn store<F: Scalar, const OFFSET: usize>(&self, value: F) {
         const { assert!(OFFSET + size_of::<F>() <= size_of::<T>()) };
         // SAFETY: as in `load`; packet data is writable for tc and XDP
         // programs (the verifier checks the program type), and no Rust
@@ -146,15 +156,47 @@ impl Header<'_, Quad> {
     }
 }
 
+/// A MAC address as three stored 16-bit words: how it is compared and
+/// copied. (Not a 32-bit and a 16-bit word: a MAC at an offset that is only
+/// 2-aligned on the stack, as in `bpf_fib_lookup`, would make a misaligned
+/// 32-bit stack load, which the verifier refuses.)
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Mac([u16; 3]);
+
+impl Mac {
+    #[inline(always)]
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "read in place from a map value or the stack, never copied whole"
+    )]
+    pub fn new(bytes: &[u8; 6]) -> Self {
+        Self([
+            u16::from_ne_bytes([bytes[0], bytes[1]]),
+            u16::from_ne_bytes([bytes[2], bytes[3]]),
+            u16::from_ne_bytes([bytes[4], bytes[5]]),
+        ])
+    }
+}
+
 impl Header<'_, EthHdr> {
     #[inline(always)]
-    pub fn dst(&self) -> [u8; 6] {
-        self.load::<[u8; 6], { offset_of!(EthHdr, dst_addr) }>()
+    pub fn dst(&self) -> Mac {
+        const AT: usize = offset_of!(EthHdr, dst_addr);
+        Mac([
+            self.load::<u16, AT>(),
+            self.load::<u16, { AT + 2 }>(),
+            self.load::<u16, { AT + 4 }>(),
+        ])
     }
 
     #[inline(always)]
-    pub fn src(&self) -> [u8; 6] {
-        self.load::<[u8; 6], { offset_of!(EthHdr, src_addr) }>()
+    pub fn src(&self) -> Mac {
+        const AT: usize = offset_of!(EthHdr, src_addr);
+        Mac([
+            self.load::<u16, AT>(),
+            self.load::<u16, { AT + 2 }>(),
+            self.load::<u16, { AT + 4 }>(),
+        ])
     }
 
     /// Ethertype, host order.
@@ -164,9 +206,15 @@ impl Header<'_, EthHdr> {
     }
 
     #[inline(always)]
-    pub fn set_addrs(&self, dst: [u8; 6], src: [u8; 6]) {
-        self.store::<[u8; 6], { offset_of!(EthHdr, dst_addr) }>(dst);
-        self.store::<[u8; 6], { offset_of!(EthHdr, src_addr) }>(src);
+    pub fn set_addrs(&self, dst: Mac, src: Mac) {
+        const DST: usize = offset_of!(EthHdr, dst_addr);
+        const SRC: usize = offset_of!(EthHdr, src_addr);
+        self.store::<u16, DST>(dst.0[0]);
+        self.store::<u16, { DST + 2 }>(dst.0[1]);
+        self.store::<u16, { DST + 4 }>(dst.0[2]);
+        self.store::<u16, SRC>(src.0[0]);
+        self.store::<u16, { SRC + 2 }>(src.0[1]);
+        self.store::<u16, { SRC + 4 }>(src.0[2]);
     }
 }
 
@@ -219,7 +267,13 @@ impl Header<'_, Ipv4Hdr> {
     /// The five 32-bit words of the fixed header, as stored (for its checksum).
     #[inline(always)]
     pub fn words(&self) -> [u32; 5] {
-        self.load::<[u32; 5], 0>()
+        [
+            self.load::<u32, 0>(),
+            self.load::<u32, 4>(),
+            self.load::<u32, 8>(),
+            self.load::<u32, 12>(),
+            self.load::<u32, 16>(),
+        ]
     }
 
     /// Source address, as stored (see `ovpn_lb_common::prefix`).
@@ -254,6 +308,28 @@ impl Header<'_, Ipv4Hdr> {
     }
 }
 
+/// The IPv6 address at byte `$at` of a header, as four word loads.
+macro_rules! address {
+    ($hdr:expr, $at:expr) => {
+        [
+            $hdr.load::<u32, { $at }>(),
+            $hdr.load::<u32, { $at + 4 }>(),
+            $hdr.load::<u32, { $at + 8 }>(),
+            $hdr.load::<u32, { $at + 12 }>(),
+        ]
+    };
+}
+
+/// Writes an IPv6 address at byte `$at` of a header, as four word stores.
+macro_rules! set_address {
+    ($hdr:expr, $at:expr, $addr:expr) => {
+        $hdr.store::<u32, { $at }>($addr[0]);
+        $hdr.store::<u32, { $at + 4 }>($addr[1]);
+        $hdr.store::<u32, { $at + 8 }>($addr[2]);
+        $hdr.store::<u32, { $at + 12 }>($addr[3]);
+    };
+}
+
 impl Header<'_, Ipv6Hdr> {
     #[inline(always)]
     pub fn version(&self) -> u8 {
@@ -279,12 +355,12 @@ impl Header<'_, Ipv6Hdr> {
     /// Source address as four stored words (see `ovpn_lb_common::prefix`).
     #[inline(always)]
     pub fn src(&self) -> [u32; 4] {
-        self.load::<[u32; 4], { offset_of!(Ipv6Hdr, src_addr) }>()
+        address!(self, offset_of!(Ipv6Hdr, src_addr))
     }
 
     #[inline(always)]
     pub fn dst(&self) -> [u32; 4] {
-        self.load::<[u32; 4], { offset_of!(Ipv6Hdr, dst_addr) }>()
+        address!(self, offset_of!(Ipv6Hdr, dst_addr))
     }
 
     #[inline(always)]
@@ -294,12 +370,12 @@ impl Header<'_, Ipv6Hdr> {
 
     #[inline(always)]
     pub fn set_src(&self, addr: &[u32; 4]) {
-        self.store::<[u32; 4], { offset_of!(Ipv6Hdr, src_addr) }>(*addr);
+        set_address!(self, offset_of!(Ipv6Hdr, src_addr), addr);
     }
 
     #[inline(always)]
     pub fn set_dst(&self, addr: &[u32; 4]) {
-        self.store::<[u32; 4], { offset_of!(Ipv6Hdr, dst_addr) }>(*addr);
+        set_address!(self, offset_of!(Ipv6Hdr, dst_addr), addr);
     }
 }
 
@@ -346,10 +422,21 @@ impl Header<'_, UdpHdr> {
 }
 
 impl Header<'_, ProbePayload> {
-    /// The whole payload, as on the wire.
+    /// The whole payload, as on the wire, field by field.
     #[inline(always)]
     pub fn get(&self) -> ProbePayload {
-        self.load::<ProbePayload, 0>()
+        ProbePayload {
+            magic: self.load::<u32, { offset_of!(ProbePayload, magic) }>(),
+            version: self.load::<u8, { offset_of!(ProbePayload, version) }>(),
+            kind: self.load::<u8, { offset_of!(ProbePayload, kind) }>(),
+            tunnel: self.load::<u16, { offset_of!(ProbePayload, tunnel) }>(),
+            seq: self.load::<u32, { offset_of!(ProbePayload, seq) }>(),
+            pad: 0,
+            sent_ns: self.load::<u64, { offset_of!(ProbePayload, sent_ns) }>(),
+            reflected_ns: self.load::<u64, { offset_of!(ProbePayload, reflected_ns) }>(),
+            sender_view: self.load::<u64, { offset_of!(ProbePayload, sender_view) }>(),
+            reflector_view: self.load::<u64, { offset_of!(ProbePayload, reflector_view) }>(),
+        }
     }
 
     /// Magic, host order.

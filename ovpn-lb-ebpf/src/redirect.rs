@@ -6,7 +6,7 @@ use ovpn_lb_common::{Reason, TunnelConfig, maps::framing};
 use crate::{
     hook::Hook,
     layout::EthHdr,
-    packet::Packet,
+    packet::{Mac, Packet},
     parse::{self, Ip},
 };
 
@@ -43,7 +43,7 @@ pub fn address<C: Hook>(pkt: &Packet<C>, tunnel: &TunnelConfig) -> Result<(), Re
         return Err(Reason::NoNextHop);
     }
     let eth = pkt.header::<EthHdr>(0).ok_or(Reason::TruncatedEthernet)?;
-    eth.set_addrs(tunnel.peer_mac, tunnel.mac);
+    eth.set_addrs(Mac::new(&tunnel.peer_mac), Mac::new(&tunnel.mac));
     Ok(())
 }
 

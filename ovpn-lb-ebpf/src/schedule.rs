@@ -1,7 +1,9 @@
-//! Pick the tunnel for a packet from the live schedule.
+//! Pick the tunnel for a packet from the live schedule: packet mode walks
+//! the round-robin slots with a per-CPU cursor, flow mode looks the flow
+//! hash up in the rendezvous-hashed flow table.
 
 use ovpn_lb_common::{
-    Reason, SCHEDULE_SLOTS,
+    FLOW_SLOTS, Reason, SCHEDULE_SLOTS,
     maps::{SCHEDULE_BUFFERS, Spray},
 };
 
@@ -16,17 +18,19 @@ pub fn pick(spray: u32, flow_hash: impl FnOnce() -> u32) -> Result<u32, Reason> 
     if len == 0 {
         return Err(Reason::NoTunnel);
     }
-    let position = if spray == Spray::Flow as u32 {
-        flow_hash()
-    } else {
-        // Per-CPU cursor: plain load and store, nothing shared between CPUs.
-        let mut position = None;
-        update_per_cpu(SPRAY_CURSOR.get_ptr_mut(0), |cursor| {
-            position = Some(*cursor);
-            *cursor = cursor.wrapping_add(1);
-        });
-        position.ok_or(Reason::NoTunnel)?
-    };
+    if spray == Spray::Flow as u32 {
+        // Rendezvous-hashed flow table: a tunnel leaving or rejoining moves
+        // only its own flows. The mask is the modulo (a power of two).
+        let slot = flow_hash() as usize & (FLOW_SLOTS - 1);
+        return Ok(u32::from(schedule.flow[slot]));
+    }
+    // Per-CPU cursor: plain load and store, nothing shared between CPUs.
+    let mut position = None;
+    update_per_cpu(SPRAY_CURSOR.get_ptr_mut(0), |cursor| {
+        position = Some(*cursor);
+        *cursor = cursor.wrapping_add(1);
+    });
+    let position = position.ok_or(Reason::NoTunnel)?;
     // The mask bounds the index for the verifier (userspace keeps len <= slots,
     // and checking that here would let the compiler drop the mask).
     let slot = (position % len) as usize & (SCHEDULE_SLOTS - 1);

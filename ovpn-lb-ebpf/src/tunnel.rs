@@ -16,6 +16,7 @@ use ovpn_lb_common::{
 use crate::{
     hook::Hook,
     layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr},
+    log,
     maps::{
         OUR_XLAT_V4, OUR_XLAT_V6, REMOTE_V4, REMOTE_V6, SITE, TUNNELS, tunnel_by_if, v4_key, v6_key,
     },
@@ -246,10 +247,13 @@ fn egress_tunnel<C: Hook>(
     pkt: &Packet<C>,
     family_bit: u32,
 ) -> Result<(u32, &'static TunnelConfig), Reason> {
-    let id = tunnel_by_if(pkt.ctx().ifindex()).ok_or(Reason::Untranslatable)?;
-    let tunnel = TUNNELS.get(id).ok_or(Reason::Untranslatable)?;
-    if tunnel.families & family_bit == 0 {
-        return Err(Reason::Untranslatable);
+    let ifindex = pkt.ctx().ifindex();
+    let tunnel = tunnel_by_if(ifindex).and_then(|id| Some((id, TUNNELS.get(id)?)));
+    match tunnel {
+        Some((id, tunnel)) if tunnel.families & family_bit != 0 => Ok((id, tunnel)),
+        _ => {
+            log::untranslatable(ifindex, family_bit);
+            Err(Reason::Untranslatable)
+        }
     }
-    Ok((id, tunnel))
 }

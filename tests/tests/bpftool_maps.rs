@@ -58,7 +58,7 @@ fn bpftool_prints_field_names_and_our_counts() {
                     "xlat_v6",
                 ],
             ),
-            (names::SCHEDULES, &["len", "slots"]),
+            (names::SCHEDULES, &["len", "slots", "flow"]),
         ];
         for (map, fields) in expected_fields {
             let (text, _) = dump(&dir, map);

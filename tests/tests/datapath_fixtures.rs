@@ -1301,3 +1301,131 @@ fn flow_mode_keeps_a_five_tuple_on_one_tunnel() {
         assert_eq!(spray_counts(lab, &flow(40_000), 30), [10, 10, 10, 0]);
     });
 }
+
+/// The tunnel a single packet was sprayed into.
+fn sprayed_to(lab: &mut Lab, frame: &[u8]) -> usize {
+    let counts = spray_counts(lab, frame, 1);
+    counts
+        .iter()
+        .position(|&c| c == 1)
+        .unwrap_or_else(|| panic!("not sprayed: {counts:?}"))
+}
+
+#[test]
+fn flow_mode_moves_only_the_flows_of_a_tunnel_that_leaves() {
+    if !require_root("flow_mode_moves_only_the_flows_of_a_tunnel_that_leaves") {
+        return;
+    }
+    // 64 distinct 5-tuples: source port and host vary.
+    let flows: Vec<Vec<u8>> = (0..64u16)
+        .map(|i| {
+            let host = format!("192.168.10.{}", 5 + i % 4);
+            let l4 = L4::Tcp {
+                sport: 40_000 + i,
+                dport: 443,
+                payload: vec![0; 20],
+            };
+            eth4(&V4::new(&host, FAR_HOST, l4).datagram())
+        })
+        .collect();
+    with_lab(|lab| {
+        lab.set_spray(Spray::Flow);
+        lab.set_weights(&[1, 1, 1]);
+        let place =
+            |lab: &mut Lab| -> Vec<usize> { flows.iter().map(|f| sprayed_to(lab, f)).collect() };
+        let all = place(lab);
+        for k in 0..3 {
+            assert!(
+                all.contains(&k),
+                "64 flows should use every tunnel: {all:?}"
+            );
+        }
+        for down in 0..3 {
+            let weights: Vec<u32> = (0..3).map(|k| u32::from(k != down)).collect();
+            lab.set_weights(&weights);
+            let rest = place(lab);
+            for (i, (&before, &after)) in all.iter().zip(&rest).enumerate() {
+                if before == down {
+                    assert_ne!(after, down, "flow {i} stayed on the down tunnel");
+                } else {
+                    assert_eq!(
+                        after, before,
+                        "flow {i} moved off tunnel {before} though {down} left"
+                    );
+                }
+            }
+            // Back up: every flow returns where it was.
+            lab.set_weights(&[1, 1, 1]);
+            assert_eq!(place(lab), all, "tunnel {down} rejoined");
+        }
+    });
+}
+
+/// Collects aya-log records.
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}: {}", record.level(), record.args()));
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn rare_paths_log_at_most_once_per_second_per_cpu() {
+    if !require_root("rare_paths_log_at_most_once_per_second_per_cpu") {
+        return;
+    }
+    let frame = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(10)).datagram());
+    with_lab(|lab| {
+        let id = lab
+            .datapath
+            .program(ovpn_lb_common::maps::programs::LAN_INGRESS)
+            .unwrap()
+            .info()
+            .unwrap()
+            .id();
+        let capture: &'static Capture = Box::leak(Box::new(Capture(std::sync::Mutex::new(vec![]))));
+        let mut logger = aya_log::EbpfLogger::init_from_id_with_logger(id, capture)
+            .expect("the programs carry aya-log's ring buffer");
+        // Tunnel 3 has no device: every packet is dropped as tunnel_gone, a
+        // configuration the program cannot honour. A sprayed packet logs
+        // nothing.
+        lab.set_weights(&[1]);
+        assert_eq!(lab.run(Program::Lan, &frame, 0).verdict, TC_ACT_REDIRECT);
+        lab.set_weights(&[0, 0, 0, 1]);
+        let burst = |lab: &mut Lab| {
+            for _ in 0..200 {
+                assert_eq!(lab.run(Program::Lan, &frame, 0).verdict, TC_ACT_SHOT);
+            }
+        };
+        burst(lab);
+        logger.flush();
+        let first = capture.0.lock().unwrap().clone();
+        assert_eq!(
+            first.len(),
+            1,
+            "200 drops within a second, one message: {first:?}"
+        );
+        assert!(
+            first[0].contains("scheduled tunnel not ready") && first[0].contains("[3, 0]"),
+            "{first:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        burst(lab);
+        logger.flush();
+        assert_eq!(
+            capture.0.lock().unwrap().len(),
+            2,
+            "one more after a second"
+        );
+    });
+}

@@ -11,6 +11,7 @@ use aya_ebpf::{
 use ovpn_lb_common::Reason;
 
 use super::Hook;
+use crate::log::{self, Helper};
 
 /// `skb->pkt_type` of a frame addressed to this host (`linux/if_packet.h`).
 const PACKET_HOST: u32 = 0;
@@ -83,6 +84,7 @@ impl Hook for TcContext {
         if ret == 0 {
             Ok(())
         } else {
+            log::rewrite_failed(Helper::L4CsumReplace, ret);
             Err(Reason::RewriteFailed)
         }
     }
@@ -113,9 +115,11 @@ impl Hook for TcContext {
     #[inline(always)]
     fn truncate(&self, frame_len: u32) -> Result<(), Reason> {
         // SAFETY: the skb is the program's context.
-        if unsafe { bpf_skb_change_tail(self.skb.skb, frame_len, 0) } == 0 {
+        let ret = unsafe { bpf_skb_change_tail(self.skb.skb, frame_len, 0) };
+        if ret == 0 {
             Ok(())
         } else {
+            log::rewrite_failed(Helper::SkbChangeTail, ret);
             Err(Reason::RewriteFailed)
         }
     }

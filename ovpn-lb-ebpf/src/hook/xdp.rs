@@ -9,6 +9,7 @@ use aya_ebpf::{
 use ovpn_lb_common::Reason;
 
 use super::Hook;
+use crate::log::{self, Helper};
 
 impl Hook for XdpContext {
     const KEEPS_CHECKSUM_STATE: bool = false;
@@ -85,9 +86,11 @@ impl Hook for XdpContext {
         let len = core::hint::black_box(self.len());
         let delta = frame_len.cast_signed() - len.cast_signed();
         // SAFETY: the context is the program's own.
-        if unsafe { bpf_xdp_adjust_tail(self.ctx, delta) } == 0 {
+        let ret = unsafe { bpf_xdp_adjust_tail(self.ctx, delta) };
+        if ret == 0 {
             Ok(())
         } else {
+            log::rewrite_failed(Helper::XdpAdjustTail, ret);
             Err(Reason::RewriteFailed)
         }
     }

@@ -325,6 +325,7 @@ fn hook_paths() -> Vec<Path_> {
     ]
 }
 
+#[expect(clippy::too_many_lines, reason = "one table of paths")]
 fn paths() -> (Vec<Path_>, Vec<Path_>) {
     let l4 = |sport, dport| L4::Tcp {
         sport,
@@ -334,6 +335,7 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
     let tcp6 = eth6(&V6::new("fd00:10::5", "fd00:20:0:30::7", l4(40000, 443)).datagram());
     let restore = eth4(&V4::new("100.65.1.7", "192.168.10.5", l4(443, 40000)).datagram());
     let other = eth4(&V4::new("192.168.10.5", "10.99.0.7", l4(40000, 443)).datagram());
+    let sprayed = eth4(&V4::new("100.64.1.5", "10.20.30.7", l4(40000, 443)).datagram());
     let lan = programs::LAN_INGRESS;
     let main = vec![
         path("IPv4 TCP spray", lan, 4, Spray::Packet, vec![tcp4(40000)]),
@@ -353,6 +355,27 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
                 4,
                 Spray::Packet,
                 vec![restore],
+            )
+        },
+        // Tunnel egress sees every sprayed packet again: what that costs.
+        Path_ {
+            arrives_on: Some(1),
+            ..path(
+                "egress, sprayed packet passing",
+                programs::TUNNEL_EGRESS_ETH,
+                4,
+                Spray::Packet,
+                vec![sprayed],
+            )
+        },
+        Path_ {
+            arrives_on: Some(1),
+            ..path(
+                "egress, LAN-sourced packet translated",
+                programs::TUNNEL_EGRESS_ETH,
+                4,
+                Spray::Packet,
+                vec![tcp4(40000)],
             )
         },
         path(
