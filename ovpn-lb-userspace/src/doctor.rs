@@ -3,11 +3,7 @@
 //! nothing is wrong, 1 when something is, 2 when the configuration itself
 //! does not validate).
 
-use std::{
-    net::IpAddr,
-    path::Path,
-    time::Duration,
-};
+use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -76,7 +72,11 @@ impl Report {
     /// 0: nothing wrong; 1: a problem; warnings alone keep 0.
     #[must_use]
     pub fn exit_code(&self) -> u8 {
-        u8::from(self.findings.iter().any(|f| f.severity == Severity::Problem))
+        u8::from(
+            self.findings
+                .iter()
+                .any(|f| f.severity == Severity::Problem),
+        )
     }
 
     /// As a list for people.
@@ -132,7 +132,9 @@ fn lan_host(net: Net, ours: &[IpAddr]) -> Option<IpAddr> {
     (1u32..64).find_map(|i| {
         let a = match net {
             Net::V4(p) => IpAddr::from((u32::from_be_bytes(p.octets()) + i).to_be_bytes()),
-            Net::V6(p) => IpAddr::from((u128::from_be_bytes(p.octets()) + u128::from(i)).to_be_bytes()),
+            Net::V6(p) => {
+                IpAddr::from((u128::from_be_bytes(p.octets()) + u128::from(i)).to_be_bytes())
+            }
         };
         (!ours.contains(&a)).then_some(a)
     })
@@ -190,7 +192,11 @@ fn loader(f: &mut Findings, layout: &Layout) {
 
 fn forwarding(f: &mut Findings, config: &Config) {
     for (on, path, name) in [
-        (config.lan.v4.is_some(), "net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+        (
+            config.lan.v4.is_some(),
+            "net/ipv4/ip_forward",
+            "net.ipv4.ip_forward",
+        ),
         (
             config.lan.v6.is_some(),
             "net/ipv6/conf/all/forwarding",
@@ -250,13 +256,22 @@ fn devices(f: &mut Findings, config: &Config, facts: &Facts) {
             None => f.add(
                 "tunnel",
                 Severity::Problem,
-                format!("{} does not exist: its OpenVPN is not running (or names its device otherwise)", t.device),
-                format!("start it (systemctl start openvpn@{}), and check its `dev` option", t.device),
+                format!(
+                    "{} does not exist: its OpenVPN is not running (or names its device otherwise)",
+                    t.device
+                ),
+                format!(
+                    "start it (systemctl start openvpn@{}), and check its `dev` option",
+                    t.device
+                ),
             ),
             Some(l) if !l.up => f.add(
                 "tunnel",
                 Severity::Problem,
-                format!("{} is down or has no carrier: OpenVPN has not connected", t.device),
+                format!(
+                    "{} is down or has no carrier: OpenVPN has not connected",
+                    t.device
+                ),
                 format!("look at its log (journalctl -u openvpn@{})", t.device),
             ),
             Some(l) => mtus.push((t.device.as_str(), l.mtu)),
@@ -268,7 +283,10 @@ fn devices(f: &mut Findings, config: &Config, facts: &Facts) {
             f.add(
                 "mtu",
                 Severity::Warning,
-                format!("tunnel MTUs differ ({}): the path MTU is the smallest, {smallest} on {dev}", list.join(", ")),
+                format!(
+                    "tunnel MTUs differ ({}): the path MTU is the smallest, {smallest} on {dev}",
+                    list.join(", ")
+                ),
                 "give every tunnel the same tun-mtu in its OpenVPN configuration",
             );
         }
@@ -282,7 +300,10 @@ fn devices(f: &mut Findings, config: &Config, facts: &Facts) {
                 "clamp TCP's MSS on forwarded traffic (nftables: tcp flags syn tcp option maxseg size set rt mtu), or raise the tunnels' tun-mtu",
             );
         } else {
-            f.ok("mtu", format!("the LAN's MTU fits the tunnels' ({smallest})"));
+            f.ok(
+                "mtu",
+                format!("the LAN's MTU fits the tunnels' ({smallest})"),
+            );
         }
     }
 }
@@ -347,12 +368,11 @@ async fn management(f: &mut Findings, config: &Config) {
     for t in &config.tunnels {
         let Some(m) = &t.management else { continue };
         let reachable = match &m.target {
-            ManagementTarget::Tcp(a) => tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::net::TcpStream::connect(a),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok()),
+            ManagementTarget::Tcp(a) => {
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(a))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            }
             ManagementTarget::Unix(p) => {
                 use std::os::unix::fs::PermissionsExt as _;
                 if let Ok(meta) = std::fs::metadata(p)
@@ -371,13 +391,25 @@ async fn management(f: &mut Findings, config: &Config) {
             }
         };
         if reachable {
-            f.ok("management", format!("{}: OpenVPN's management interface answers at {}", t.device, m.target));
+            f.ok(
+                "management",
+                format!(
+                    "{}: OpenVPN's management interface answers at {}",
+                    t.device, m.target
+                ),
+            );
         } else {
             f.add(
                 "management",
                 Severity::Problem,
-                format!("{}: nothing answers at {}: OpenVPN is not running, or listens elsewhere", t.device, m.target),
-                format!("check the `management` line of {}'s OpenVPN configuration", t.device),
+                format!(
+                    "{}: nothing answers at {}: OpenVPN is not running, or listens elsewhere",
+                    t.device, m.target
+                ),
+                format!(
+                    "check the `management` line of {}'s OpenVPN configuration",
+                    t.device
+                ),
             );
         }
     }
@@ -385,7 +417,9 @@ async fn management(f: &mut Findings, config: &Config) {
 
 /// What the running loader says of the probes.
 fn probes(f: &mut Findings, layout: &Layout) {
-    let Ok(state) = State::read(layout) else { return };
+    let Ok(state) = State::read(layout) else {
+        return;
+    };
     for t in &state.tunnels {
         match (&t.probe, t.cause.as_deref()) {
             (Some(p), Some("probe")) if p.answered == 0 || p.loss >= 1.0 => f.add(
