@@ -128,6 +128,7 @@ fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
     let mut took = Vec::new();
     for round in 0..10 {
         let k = round % 4;
+        thread::sleep(Duration::from_millis(200 + (37 * round as u64) % 100));
         let start = Instant::now();
         let pid = kill_openvpn(&lab, Side::A, k);
         took.push(wait_rotation(
@@ -239,6 +240,8 @@ fn a_silent_path_failure_leaves_both_rotations_and_comes_back() {
     let mut nft_took = Vec::new();
     for round in 0..10 {
         let k = round % 4;
+        // At a different moment of the probe cycle each time.
+        thread::sleep(Duration::from_millis(200 + (37 * round as u64) % 100));
         // The rule takes effect while nft runs: time from when it returns
         // (how long nft itself took is reported beside).
         let asked = Instant::now();
