@@ -38,12 +38,16 @@ fn dashboard_parses_and_uses_only_exported_metrics() {
     assert!(!used.is_empty(), "the dashboard queries no ovpn-lb metric");
     for name in &used {
         assert!(
-            metrics::names().any(|n| n == *name),
+            metrics::series_names().any(|n| n == *name),
             "the dashboard uses {name}, which the exporter does not emit"
         );
     }
-    // It shows what operators watch: throughput, share, drops and state.
+    // It shows what operators watch: throughput, share, drops, state, and
+    // the probes' round trips and the causes of departures.
     for needed in [
+        "ovpnlb_tunnel_rtt_seconds",
+        "ovpnlb_tunnel_probe_rtt_seconds_bucket",
+        "ovpnlb_tunnel_departures_total",
         "ovpnlb_tunnel_tx_bytes_total",
         "ovpnlb_tunnel_tx_packets_total",
         "ovpnlb_packets_total",

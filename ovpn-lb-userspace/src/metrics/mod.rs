@@ -313,9 +313,22 @@ pub const FAMILIES: &[Family] = &[
     },
 ];
 
-/// Every metric name the exporter emits (the dashboard test checks against it).
+/// Every metric family the exporter emits.
 pub fn names() -> impl Iterator<Item = &'static str> {
     FAMILIES.iter().map(|f| f.name)
+}
+
+/// Every series name a query may use: the families, and a histogram's
+/// `_bucket`, `_sum` and `_count`.
+pub fn series_names() -> impl Iterator<Item = String> {
+    FAMILIES.iter().flat_map(|f| {
+        let suffixes: &[&str] = if f.kind == Kind::Histogram {
+            &["_bucket", "_sum", "_count"]
+        } else {
+            &[""]
+        };
+        suffixes.iter().map(move |s| format!("{}{s}", f.name))
+    })
 }
 
 /// A label value in the text format: backslash, quote and newline escaped.
