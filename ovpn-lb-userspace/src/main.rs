@@ -9,6 +9,7 @@ use ovpn_lb::{
     config::{self, ConfigErrors},
     detach,
     facts::Facts,
+    generate::{self, RequestErrors},
     logging,
     netlink::Netlink,
     pins::Layout,
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
                 watch,
                 all,
             } => show_status(&layout, json, interval, watch, all).await,
+            Command::Generate(args) => generate::run(&args),
             Command::Detach => detach::stop_and_detach(&layout).await.map(|removed| {
                 for line in &removed {
                     println!("removed {line}");
@@ -59,6 +61,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(errors) = e.downcast_ref::<RequestErrors>() {
+                for line in &errors.0 {
+                    eprintln!("error: {line}");
+                }
+                eprintln!("nothing was written");
+                return ExitCode::from(2);
+            }
             if let Some(errors) = e.downcast_ref::<ConfigErrors>() {
                 for line in &errors.0 {
                     eprintln!("error: {line}");
