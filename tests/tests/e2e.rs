@@ -11,10 +11,10 @@ use std::{
 
 use ovpn_lb_common::TunnelStats;
 use ovpn_lb_tests::{
-    gateway::{loader_bin, serial},
     lab::{HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Peer, Side},
-    require_root,
-    traffic::{Capture, ping, ping_background, tcp_transfer, udp_exchange},
+    loader::loader_bin,
+    require_root, serial,
+    traffic::{Capture, ping, ping_background, ping_summary, tcp_transfer, udp_exchange},
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -219,8 +219,7 @@ fn fault_kill_loader(lab: &mut Lab, ha: &str, hb: &str) {
         "across kill -9 and restart of the loader"
     );
     let out = pings.wait_with_output().unwrap();
-    let (sent, received) =
-        ovpn_lb_tests::gateway::ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(
         (sent, received),
         (300, 300),
@@ -230,18 +229,7 @@ fn fault_kill_loader(lab: &mut Lab, ha: &str, hb: &str) {
 
 /// Gateway A's `no_tunnel` count, as `ovpn-lb status --json` reports it.
 fn no_tunnel_drops(lab: &Lab) -> u64 {
-    let layout = lab.layout(Side::A);
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.gw(Side::A)])
-        .arg(loader_bin())
-        .arg("--pin-root")
-        .arg(layout.pin_root)
-        .arg("--run-dir")
-        .arg(layout.run_dir)
-        .args(["status", "--json", "--interval", "0.1"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let report = lab.loader(Side::A).status("0.1");
     report["reasons"]
         .as_array()
         .unwrap()
@@ -274,7 +262,8 @@ fn fault_all_tunnels_down(lab: &Lab, ha: &str) {
     assert_eq!(
         dropped_after - dropped_before,
         10,
-        "every ping dropped as no_tunnel"
+        "every ping dropped as no_tunnel\n{}",
+        lab.diagnose()
     );
 }
 
@@ -347,7 +336,10 @@ fn over_the_tunnel_mtu_nothing_leaves_in_the_clear() {
             lab.ip(gw, &["link", "set", &format!("tun{k}"), "mtu", "1400"]);
         }
     }
-    lab.ip(&ga, &["route", "add", "default", "via", "172.30.0.2", "dev", "wan"]);
+    lab.ip(
+        &ga,
+        &["route", "add", "default", "via", "172.30.0.2", "dev", "wan"],
+    );
     lab.ip(&ga, &["-6", "route", "add", "default", "dev", "wan"]);
     // Let the loaders see the new MTUs.
     thread::sleep(Duration::from_millis(300));

@@ -12,10 +12,10 @@ use std::{net::SocketAddr, process::Command, time::Instant};
 use ovpn_lb::status::Counters;
 use ovpn_lb_common::{Reason, reason::Outcome};
 use ovpn_lb_tests::{
-    gateway::{loader_bin, serial},
     lab::{HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Side},
-    require_root,
-    traffic::{Capture, ping, ping_background, tcp_transfer, udp_exchange},
+    loader::loader_bin,
+    require_root, serial,
+    traffic::{Capture, ping, ping_background, ping_summary, tcp_transfer, udp_exchange},
 };
 
 const TUNNELS: usize = 4;
@@ -341,8 +341,7 @@ fn restarts_lose_nothing(lab: &mut Lab) {
     std::thread::sleep(std::time::Duration::from_millis(500));
     lab.start_loader(Side::B);
     let out = pings.wait_with_output().unwrap();
-    let (sent, received) =
-        ovpn_lb_tests::gateway::ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
     assert_eq!((sent, received), (300, 300), "pings lost across restarts");
     let c = lab.counters(Side::A);
     assert_eq!(

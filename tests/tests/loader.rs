@@ -3,6 +3,7 @@
 //! events and from OpenVPN's management interface, recreated devices.
 
 use std::{
+    fmt::Write as _,
     io::{BufRead, BufReader, Write},
     net::TcpListener,
     sync::mpsc,
@@ -14,9 +15,10 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::maps::programs;
 use ovpn_lb_tests::{
-    gateway::{GatewayLab, Responder, TUNNEL_COUNT, ping_summary, sample, serial},
-    netns::run,
-    require_root,
+    gateway::{GatewayLab, Responder, TUNNEL_COUNT, http_get, sample},
+    process::run,
+    require_root, serial,
+    traffic::ping_summary,
 };
 
 const SIGTERM: i32 = 15;
@@ -113,7 +115,7 @@ fn bad_configuration_is_refused_before_anything_is_attached() {
         return;
     }
     let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let lab = GatewayLab::new(200);
     let good = std::fs::read_to_string(&lab.config).unwrap();
     let cases = [
         (
@@ -167,7 +169,7 @@ fn attach_then_detach_leaves_nothing() {
         return;
     }
     let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let lab = GatewayLab::new(200);
     // Someone else's tcx program on the LAN interface, there before us.
     let (release, keep) = std::sync::mpsc::channel::<()>();
     let (attached_tx, attached) = std::sync::mpsc::channel();
@@ -265,7 +267,7 @@ fn restarts_lose_no_pings() {
         return;
     }
     let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let lab = GatewayLab::new(200);
     let first = lab.start_loader(&[]);
     // 100 pings per second for 5 seconds.
     let ping = lab.ping(500, "0.01");
@@ -324,7 +326,7 @@ fn a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay() {
         return;
     }
     let _serial = serial();
-    let lab = GatewayLab::new(500, |_| String::new());
+    let lab = GatewayLab::new(500);
     let loader = lab.start_loader(&[]);
     assert_eq!(lab.in_rotation(), [0, 1, 2]);
 
@@ -369,7 +371,7 @@ fn a_recreated_tunnel_device_is_picked_up() {
         return;
     }
     let _serial = serial();
-    let mut lab = GatewayLab::new(300, |_| String::new());
+    let mut lab = GatewayLab::new(300);
     let loader = lab.start_loader(&[]);
     // OpenVPN exiting without persist-tun: the device disappears.
     let start = Instant::now();
@@ -442,11 +444,9 @@ fn openvpn_management_state_drives_health() {
         return;
     }
     let _serial = serial();
-    let lab = GatewayLab::new(300, |k| {
+    let lab = GatewayLab::with_tunnels(300, |k, tunnel| {
         if k == 0 {
-            "management = \"127.0.0.1:17505\"".into()
-        } else {
-            String::new()
+            tunnel.management = Some("127.0.0.1:17505".into());
         }
     });
     let mgmt = fake_management(&lab, 17505);
@@ -488,7 +488,7 @@ fn a_missing_tunnel_device_is_a_warning_and_joins_when_it_appears() {
         return;
     }
     let _serial = serial();
-    let mut lab = GatewayLab::new(300, |_| String::new());
+    let mut lab = GatewayLab::new(300);
     // OpenVPN for tunnel 2 has not started yet.
     lab.responders[2] = None;
     let checked = lab.ovpn_lb(&["check", "--config", lab.config.to_str().unwrap()]);
@@ -523,7 +523,7 @@ fn a_device_of_the_wrong_kind_stays_out_until_replaced() {
         return;
     }
     let _serial = serial();
-    let mut lab = GatewayLab::new(200, |_| String::new());
+    let mut lab = GatewayLab::new(200);
     let loader = lab.start_loader(&[]);
     lab.responders[1] = None;
     lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
@@ -556,7 +556,7 @@ fn lost_notifications_are_made_up_for() {
         return;
     }
     let _serial = serial();
-    let mut lab = GatewayLab::new(200, |_| String::new());
+    let mut lab = GatewayLab::new(200);
     let loader = lab.start_loader(&[]);
     // Stop the loader, fill its notification socket with a storm of link
     // events, then remove a tunnel device: its notification has no room.
@@ -566,7 +566,7 @@ fn lost_notifications_are_made_up_for() {
     let batch = lab.scratch.dir.join("storm.batch");
     let mut text = String::new();
     for i in 0..400 {
-        text.push_str(&format!("link add st{i} type veth peer name sp{i}\n"));
+        let _ = writeln!(text, "link add st{i} type veth peer name sp{i}");
     }
     std::fs::write(&batch, text).unwrap();
     run(
@@ -595,7 +595,7 @@ fn detach_stops_a_running_loader_first() {
         return;
     }
     let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let lab = GatewayLab::new(200);
     let loader = lab.start_loader(&[]);
     let out = lab.ovpn_lb(&["detach"]);
     assert!(out.status.success(), "{out:?}");
@@ -617,7 +617,7 @@ fn takeover_never_signals_a_stale_pid_and_detach_keeps_a_foreign_bpffs() {
         return;
     }
     let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let lab = GatewayLab::new(200);
     let run_dir = lab.scratch.run_dir();
     std::fs::create_dir_all(&run_dir).unwrap();
     // Someone holds the lock for 2 s, and a stale state (running: false)
@@ -666,7 +666,7 @@ fn metrics_endpoint_survives_hostile_clients() {
         return;
     }
     let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let lab = GatewayLab::new(200);
     let loader = lab.start_loader(&[]);
     // Room for a thousand sockets in this process.
     // SAFETY: plain rlimit calls on a struct we own.
@@ -707,9 +707,9 @@ fn metrics_endpoint_survives_hostile_clients() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     assert!(text.contains("ovpnlb_tunnel_up"), "{text}");
     // Only GET of the two paths.
-    let (status, _) = ovpn_lb_tests::gateway::http_get(&lab.gw, "127.0.0.1:9477", "/nope");
+    let (status, _) = http_get(&lab.gw, "127.0.0.1:9477", "/nope");
     assert_eq!(status, 404);
-    let (status, body) = ovpn_lb_tests::gateway::http_get(&lab.gw, "127.0.0.1:9477", "/healthz");
+    let (status, body) = http_get(&lab.gw, "127.0.0.1:9477", "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     // The loader stayed small.
     let statm = std::fs::read_to_string(format!("/proc/{}/status", loader.pid())).unwrap();

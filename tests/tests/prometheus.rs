@@ -11,9 +11,11 @@ use std::{
 
 use ovpn_lb::metrics;
 use ovpn_lb_tests::{
-    gateway::{GatewayLab, Spawned, http_get, ping_summary, serial},
-    netns::run,
-    require_root,
+    gateway::{GatewayLab, http_get},
+    netns,
+    process::{Spawned, run},
+    require_root, serial,
+    traffic::ping_summary,
 };
 use serde_json::Value;
 
@@ -28,8 +30,7 @@ fn start_prometheus(lab: &GatewayLab) -> Spawned {
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: ovpn-lb\n    static_configs:\n      - targets: ['127.0.0.1:9477']\n",
     )
     .unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", lab.gw.name(), "prometheus"])
+    let child = netns::command(lab.gw.name(), "prometheus")
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
@@ -114,7 +115,7 @@ fn prometheus_scrapes_what_bpftool_shows() {
         return;
     }
     let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let lab = GatewayLab::new(200);
     let loader = lab.start_loader(&[]);
     let _prometheus = start_prometheus(&lab);
 
