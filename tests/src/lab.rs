@@ -485,21 +485,26 @@ impl Lab {
         self.root(side).join(layout::LOADER_CONFIG)
     }
 
+    /// Where gateway `side`'s loader pins and keeps its state.
     #[must_use]
     pub fn layout(&self, side: Side) -> Layout {
-        Layout {
-            pin_root: self.dir.join("bpf").join(side.letter()),
-            run_dir: self.dir.join(format!("run-{}", side.letter())),
-        }
+        layout_in(&self.dir, side)
     }
 
     /// The loader of gateway `side`, as the lab runs it.
     #[must_use]
     pub fn loader(&self, side: Side) -> loader::Site {
+        Self::loader_at(&self.dir, &self.tag, &self.bin, side)
+    }
+
+    /// The loader of gateway `side` of a lab built in `dir` under `tag`,
+    /// for a process that did not build it (`cargo xtask lab status`).
+    #[must_use]
+    pub fn loader_at(dir: &Path, tag: &str, bin: &Path, side: Side) -> loader::Site {
         loader::Site {
-            ns: self.gw(side),
-            bin: self.bin.clone(),
-            layout: self.layout(side),
+            ns: format!("{tag}-g{}", side.letter()),
+            bin: bin.to_path_buf(),
+            layout: layout_in(dir, side),
         }
     }
 
@@ -617,6 +622,13 @@ impl Lab {
         }
         Record::load(&dir.join("lab.json")).tear_down();
         let _ = fs::remove_dir_all(dir);
+    }
+}
+
+fn layout_in(dir: &Path, side: Side) -> Layout {
+    Layout {
+        pin_root: dir.join("bpf").join(side.letter()),
+        run_dir: dir.join(format!("run-{}", side.letter())),
     }
 }
 

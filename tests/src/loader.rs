@@ -80,6 +80,16 @@ impl Site {
             .unwrap_or_else(|e| panic!("status --json: {e}: {}", process::all_output(&out)))
     }
 
+    /// [`Site::status`], or `None` if there is none to read (yet).
+    #[must_use]
+    pub fn try_status(&self, interval: &str) -> Option<serde_json::Value> {
+        let out = self
+            .command(&["status", "--json", "--interval", interval])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
     /// Starts `ovpn-lb run --config CONFIG EXTRA`, its stderr appended to
     /// `log`, and waits until it says it runs. `own_group` puts it in a
     /// process group of its own, out of reach of the terminal's Ctrl-C.

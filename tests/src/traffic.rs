@@ -237,6 +237,22 @@ pub fn ping_summary(output: &str) -> (u32, u32) {
     (nums[0], nums[1])
 }
 
+/// An `iperf3` server for one test in namespace `ns`, given a moment to listen.
+///
+/// # Panics
+/// If iperf3 cannot start.
+#[must_use]
+pub fn iperf3_server(ns: &str) -> Spawned {
+    let server = netns::command(ns, "iperf3")
+        .args(["-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 (Debian package iperf3)");
+    thread::sleep(Duration::from_millis(300));
+    Spawned(server)
+}
+
 /// A packet capture on `iface` in namespace `ns`, written to `file`.
 pub struct Capture {
     process: Option<Spawned>,

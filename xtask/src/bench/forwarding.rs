@@ -66,7 +66,7 @@ use std::{
     io::Read as _,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
@@ -76,7 +76,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
+use ovpn_lb::{
+    generate::{LanSection, LoaderConfig, TunnelSection},
+    pins::Layout,
+};
+use ovpn_lb_tests::{
+    loader::{self, Loader},
+    netns,
+    teardown::Teardown,
+    topology::{self, End},
+};
 
 use super::{machine, median, spread};
 
@@ -153,7 +163,7 @@ pub enum Setup {
     /// stateless translation, `fwd ip to <next hop> device "devK"`.
     NftNetdevFwd,
     /// `ovpn-lb run` with this configuration (see [`ovpn_lb_config`]).
-    OvpnLb { config: String },
+    OvpnLb { config: Box<LoaderConfig> },
 }
 
 impl Setup {
@@ -211,7 +221,7 @@ pub fn variants(n: usize) -> Vec<Variant> {
             short: "ovpn-lb tc".into(),
             device: DeviceKind::Tun,
             setup: Setup::OvpnLb {
-                config: ovpn_lb_config(DeviceKind::Tun, "tc", n),
+                config: Box::new(ovpn_lb_config(DeviceKind::Tun, "tc", n)),
             },
         },
         Variant {
@@ -219,7 +229,7 @@ pub fn variants(n: usize) -> Vec<Variant> {
             short: "ovpn-lb tc tap".into(),
             device: DeviceKind::Tap,
             setup: Setup::OvpnLb {
-                config: ovpn_lb_config(DeviceKind::Tap, "tc", n),
+                config: Box::new(ovpn_lb_config(DeviceKind::Tap, "tc", n)),
             },
         },
         Variant {
@@ -227,37 +237,36 @@ pub fn variants(n: usize) -> Vec<Variant> {
             short: "ovpn-lb XDP tap".into(),
             device: DeviceKind::Tap,
             setup: Setup::OvpnLb {
-                config: ovpn_lb_config(DeviceKind::Tap, "xdp", n),
+                config: Box::new(ovpn_lb_config(DeviceKind::Tap, "xdp", n)),
             },
         },
     ]
 }
 
-/// The ovpn-lb configuration for the topology's `lan0` and devices, as an
-/// operator would write it, with the hook `mode` ("tc", "xdp").
-pub fn ovpn_lb_config(kind: DeviceKind, mode: &str, n: usize) -> String {
-    let mut t = format!(
-        "# Written by `cargo xtask bench` (forwarding rate).\n\
-         remote_prefixes = [\"{REMOTE_V4}\", \"{REMOTE_V6}\"]\n\
-         spray = \"packet\"\n\
-         mode = \"{mode}\"\n\
-         up_delay_ms = 0\n\n\
-         [lan]\ninterface = \"{LAN_DEV}\"\nprefixes = [\"{LAN_V4}\", \"{LAN_V6}\"]\n"
-    );
-    for k in 0..n {
-        let _ = write!(
-            t,
-            "\n[[tunnel]]\ndevice = \"{}\"\ntranslate = [\"{}\", \"{}\"]\n",
-            kind.device(k),
-            xlat_v4(k),
-            xlat_v6(k)
-        );
-        if kind == DeviceKind::Tap {
-            // The topology gives it a permanent neighbour entry.
-            let _ = writeln!(t, "kind = \"tap\"\nnext_hop = \"{}\"", next_hop_v4(k));
-        }
+/// The ovpn-lb configuration for the topology's `lan0` and devices, with
+/// the hook ("tc", "xdp"); TAP tunnels name the next hop the topology gives
+/// a permanent neighbour entry.
+pub fn ovpn_lb_config(kind: DeviceKind, hook: &str, n: usize) -> LoaderConfig {
+    LoaderConfig {
+        remote_prefixes: vec![REMOTE_V4.into(), REMOTE_V6.into()],
+        up_delay_ms: Some(0),
+        spray: Some("packet".into()),
+        hook: Some(hook.into()),
+        lan: LanSection {
+            interface: LAN_DEV.into(),
+            prefixes: vec![LAN_V4.into(), LAN_V6.into()],
+        },
+        tunnels: (0..n)
+            .map(|k| TunnelSection {
+                device: kind.device(k),
+                kind: (kind == DeviceKind::Tap).then(|| "tap".into()),
+                next_hop: (kind == DeviceKind::Tap).then(|| next_hop_v4(k)),
+                translate: vec![xlat_v4(k), xlat_v6(k)],
+                ..TunnelSection::default()
+            })
+            .collect(),
+        ..LoaderConfig::default()
     }
-    t
 }
 
 fn xlat_v4(k: usize) -> String {
@@ -350,47 +359,10 @@ fn trafgen_config(mix: Mix) -> String {
     t
 }
 
-/// `ip ARGS`, failing with its stderr.
-fn ip(args: &[&str]) -> Result<String> {
-    command("ip", args)
-}
-
-fn command(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `f` on a thread that has joined network namespace `ns`.
-fn in_netns<R: Send>(ns: &str, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
-    let path = format!("/run/netns/{ns}");
-    thread::scope(|s| {
-        s.spawn(|| {
-            join_netns(&path)?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow!("a thread in {ns} panicked"))?
-    })
-}
-
-fn join_netns(path: &str) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("opening {path}"))?;
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    ensure!(rc == 0, "setns {path}: {}", std::io::Error::last_os_error());
-    Ok(())
-}
-
+/// Keeps the calling thread on `cpu`.
 fn pin_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only read and write that local set.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -618,8 +590,7 @@ struct Trafgen {
 impl Trafgen {
     fn start(topo: &Topology, mix: Mix, count: u64) -> Result<Self> {
         let log = topo.dir.join("trafgen.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &topo.gen_ns, "trafgen"])
+        let child = netns::command(&topo.gen_ns, "trafgen")
             .arg("--in")
             .arg(topo.dir.join(mix.file()))
             .args(["--out", GEN_DEV, "--cpus", "1", "--gap", "0ns"])
@@ -655,6 +626,7 @@ impl Trafgen {
         if pgid <= 0 {
             return;
         }
+        // SAFETY: killpg(2) touches no memory; the group is trafgen's own.
         unsafe { libc::killpg(pgid, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(3);
         while self.running() && Instant::now() < deadline {
@@ -662,6 +634,7 @@ impl Trafgen {
         }
         // Also reaches a worker that outlived its parent (the group id stays
         // reserved while any member lives, so it cannot name anyone else).
+        // SAFETY: as above.
         unsafe { libc::killpg(pgid, libc::SIGKILL) };
         let _ = self.child.wait();
     }
@@ -682,8 +655,7 @@ pub struct Topology {
     gen_ns: String,
     gw_ns: String,
     dir: PathBuf,
-    namespaces: Vec<String>,
-    mounted: Option<PathBuf>,
+    teardown: Teardown,
     stop: Arc<AtomicBool>,
     expect: Arc<AtomicU32>,
     counts: Arc<Vec<ReaderCounts>>,
@@ -706,46 +678,21 @@ impl Topology {
             gen_ns: format!("{tag}-gen"),
             gw_ns: format!("{tag}-gw"),
             dir: dir.clone(),
-            namespaces: Vec::new(),
-            mounted: None,
+            teardown: Teardown::default(),
             stop: Arc::new(AtomicBool::new(false)),
             expect: Arc::new(AtomicU32::new(u32::from(EXPECT_LAN_SOURCE))),
             counts: Arc::new((0..n).map(|_| ReaderCounts::default()).collect()),
             readers: Vec::new(),
         };
-        let bpf = dir.join("bpf");
-        fs::create_dir_all(&bpf)?;
         // A private bpffs for the loader's pins: nothing under /sys/fs/bpf.
-        command(
-            "mount",
-            &["-t", "bpf", "bpf", bpf.to_str().unwrap_or_default()],
-        )?;
-        topo.mounted = Some(bpf);
+        topo.teardown.bpffs(&dir.join("bpf"));
         topo.build()?;
         Ok(topo)
     }
 
-    fn add_ns(&mut self, name: &str) -> Result<()> {
-        ensure!(
-            !Path::new("/run/netns").join(name).exists(),
-            "namespace {name} exists already"
-        );
-        self.namespaces.push(name.to_owned());
-        ip(&["netns", "add", name])?;
-        ip(&["-n", name, "link", "set", "lo", "up"])?;
-        Ok(())
-    }
-
-    fn gw(&self, args: &[&str]) -> Result<String> {
-        let mut full = vec!["-n", self.gw_ns.as_str()];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    fn gw_exec(&self, args: &[&str]) -> Result<String> {
-        let mut full = vec!["netns", "exec", self.gw_ns.as_str()];
-        full.extend_from_slice(args);
-        ip(&full)
+    /// `ip -n <gateway> ARGS`.
+    fn gw(&self, args: &[&str]) {
+        netns::ip(&self.gw_ns, args);
     }
 
     fn device(&self, k: usize) -> String {
@@ -754,30 +701,27 @@ impl Topology {
 
     fn build(&mut self) -> Result<()> {
         let (gen_ns, gw_ns) = (self.gen_ns.clone(), self.gw_ns.clone());
-        self.add_ns(&gen_ns)?;
-        self.add_ns(&gw_ns)?;
-        ip(&[
-            "-n", &gen_ns, "link", "add", GEN_DEV, "address", GEN_MAC, "type", "veth", "peer",
-            "name", LAN_DEV, "address", LAN_MAC, "netns", &gw_ns,
-        ])?;
-        ip(&["-n", &gen_ns, "addr", "add", "10.10.0.1/24", "dev", GEN_DEV])?;
-        ip(&["-n", &gen_ns, "link", "set", GEN_DEV, "up"])?;
-        self.gw_exec(&[
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-            "net.ipv6.conf.all.accept_ra=0",
-            "net.ipv6.conf.default.accept_ra=0",
-        ])?;
-        self.gw(&["addr", "add", "10.10.0.254/24", "dev", LAN_DEV])?;
-        self.gw(&["addr", "add", "fd10:a::fe/64", "dev", LAN_DEV, "nodad"])?;
-        self.gw(&["link", "set", LAN_DEV, "up"])?;
+        self.teardown.namespace(&gen_ns);
+        self.teardown.namespace(&gw_ns);
+        topology::veth(
+            &End {
+                mac: Some(GEN_MAC),
+                ..End::new(&gen_ns, GEN_DEV, &["10.10.0.1/24"])
+            },
+            &End {
+                mac: Some(LAN_MAC),
+                ..End::new(&gw_ns, LAN_DEV, &["10.10.0.254/24", "fd10:a::fe/64"])
+            },
+        );
+        topology::router(
+            &gw_ns,
+            &[
+                "net.ipv6.conf.all.accept_ra=0",
+                "net.ipv6.conf.default.accept_ra=0",
+            ],
+        );
         self.start_readers()?;
-        self.build_devices()?;
+        self.build_devices();
         for mix in MIXES {
             fs::write(self.dir.join(mix.file()), trafgen_config(mix))?;
         }
@@ -786,7 +730,7 @@ impl Topology {
 
     /// Brings the devices up with their next hops, the fwmark tables and the
     /// plain route.
-    fn build_devices(&self) -> Result<()> {
+    fn build_devices(&self) {
         for k in 0..self.n {
             let dev = self.device(k);
             // No link-local address and no multicast: no MLD reports or
@@ -799,8 +743,8 @@ impl Topology {
                 "none",
                 "multicast",
                 "off",
-            ])?;
-            self.gw(&["link", "set", &dev, "up"])?;
+            ]);
+            self.gw(&["link", "set", &dev, "up"]);
             if self.kind == DeviceKind::Tap {
                 let mac = format!("02:0f:00:00:01:{k:02x}");
                 for hop in [next_hop_v4(k), next_hop_v6(k)] {
@@ -814,7 +758,7 @@ impl Topology {
                         &dev,
                         "nud",
                         "permanent",
-                    ])?;
+                    ]);
                 }
             }
             // Tables for the fwmark variant; unused until its rules exist.
@@ -830,7 +774,7 @@ impl Topology {
                 "onlink",
                 "table",
                 &table,
-            ])?;
+            ]);
             self.gw(&[
                 "-6",
                 "route",
@@ -843,7 +787,7 @@ impl Topology {
                 "onlink",
                 "table",
                 &table,
-            ])?;
+            ]);
         }
         // Plain routing: the remote prefixes through device 0.
         let dev0 = self.device(0);
@@ -856,7 +800,7 @@ impl Topology {
             "dev",
             &dev0,
             "onlink",
-        ])?;
+        ]);
         self.gw(&[
             "-6",
             "route",
@@ -867,21 +811,20 @@ impl Topology {
             "dev",
             &dev0,
             "onlink",
-        ])?;
-        Ok(())
+        ]);
     }
 
     /// Opens the N devices, each on its own thread in the gateway namespace,
     /// which then samples what arrives, on `AUX_CPU`.
     fn start_readers(&mut self) -> Result<()> {
-        let path = format!("/run/netns/{}", self.gw_ns);
         for k in 0..self.n {
             let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
-            let (path, kind, name) = (path.clone(), self.kind, self.device(k));
+            let (ns, kind, name) = (self.gw_ns.clone(), self.kind, self.device(k));
             let (stop, expect, counts) =
                 (self.stop.clone(), self.expect.clone(), self.counts.clone());
             self.readers.push(thread::spawn(move || {
-                let opened = join_netns(&path).and_then(|()| open_device(kind, &name));
+                netns::join(&ns);
+                let opened = open_device(kind, &name);
                 let mut file = match opened {
                     Ok(f) => {
                         let _ = ready_tx.send(Ok(()));
@@ -893,6 +836,7 @@ impl Topology {
                     }
                 };
                 pin_thread(AUX_CPU);
+                // SAFETY: fcntl(2) on the descriptor this thread owns.
                 unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
                 reader_loop(&mut file, kind, k, &stop, &expect, &counts[k]);
             }));
@@ -919,7 +863,7 @@ impl Topology {
     /// Device counters, and the run time of `tasks`.
     fn sample(&self, tasks: &[u32]) -> Result<Sample> {
         let devices: Vec<String> = (0..self.n).map(|k| self.device(k)).collect();
-        let (dev, runtime_ns, at) = in_netns(&self.gw_ns, || {
+        let (dev, runtime_ns, at) = netns::enter_named(&self.gw_ns, || -> Result<_> {
             pin_thread(AUX_CPU);
             let at = Instant::now();
             let mut runtime = 0;
@@ -956,30 +900,9 @@ impl Drop for Topology {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        for ns in self.namespaces.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        if let Some(mount) = self.mounted.take() {
-            unmount(&mount);
-        }
+        self.teardown.tear_down();
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn unmount(path: &Path) {
-    // A loader that just exited may still hold the mount for a moment.
-    for _ in 0..20 {
-        if Command::new("umount")
-            .arg(path)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    let _ = Command::new("umount").arg("-l").arg(path).status();
 }
 
 /// A variant set up on a topology; taken down on drop.
@@ -991,11 +914,9 @@ enum Active<'a> {
         rules: bool,
     },
     Loader {
-        topo: &'a Topology,
-        bin: PathBuf,
-        child: Option<Child>,
-        pins: PathBuf,
-        run_dir: PathBuf,
+        site: loader::Site,
+        loader: Option<Loader>,
+        _topo: &'a Topology,
     },
 }
 
@@ -1113,7 +1034,7 @@ impl<'a> Active<'a> {
                     for family in ["-4", "-6"] {
                         topo.gw(&[
                             family, "rule", "add", "pref", &pref, "fwmark", &mark, "table", &table,
-                        ])?;
+                        ]);
                     }
                 }
                 load_nft(topo, &nft_numgen(topo.n))?;
@@ -1132,61 +1053,42 @@ impl<'a> Active<'a> {
         }
     }
 
-    fn loader(topo: &'a Topology, config: &str, bin: &Path) -> Result<Self> {
+    fn loader(topo: &'a Topology, config: &LoaderConfig, bin: &Path) -> Result<Self> {
         let config_path = topo.dir.join("ovpn-lb.toml");
-        fs::write(&config_path, config)?;
-        let log = topo.dir.join("ovpn-lb.log");
-        let pins = topo.dir.join("bpf/ovpn-lb");
-        let run_dir = topo.dir.join("run");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &topo.gw_ns])
-            .arg(bin)
-            .arg("--pin-root")
-            .arg(&pins)
-            .arg("--run-dir")
-            .arg(&run_dir)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log)?)
-            .process_group(0)
-            .spawn()
-            .context("starting ovpn-lb")?;
-        let mut active = Self::Loader {
-            topo,
+        fs::write(&config_path, config.to_toml()?)?;
+        let site = loader::Site {
+            ns: topo.gw_ns.clone(),
             bin: bin.to_path_buf(),
-            child: Some(child),
-            pins,
-            run_dir,
+            layout: Layout {
+                pin_root: topo.dir.join("bpf/ovpn-lb"),
+                run_dir: topo.dir.join("run"),
+            },
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("running with") {
-                return Ok(active);
-            }
-            if let Self::Loader { child: Some(c), .. } = &mut active
-                && !matches!(c.try_wait(), Ok(None))
-            {
-                bail!("ovpn-lb exited:\n{text}");
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "ovpn-lb did not start in 15 s:\n{text}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        // Its own process group: Ctrl-C reaches the benchmark, which tears down.
+        let loader = site.start(&config_path, &[], &topo.dir.join("ovpn-lb.log"), true);
+        Ok(Self::Loader {
+            site,
+            loader: Some(loader),
+            _topo: topo,
+        })
     }
 }
 
 fn load_nft(topo: &Topology, ruleset: &str) -> Result<()> {
     let file = topo.dir.join("ruleset.nft");
     fs::write(&file, ruleset)?;
-    topo.gw_exec(&["nft", "-f", file.to_str().unwrap_or_default()])
-        .map(drop)
-        .with_context(|| format!("loading\n{ruleset}"))
+    netns::exec(&topo.gw_ns, &["nft", "-f", &file.to_string_lossy()]);
+    Ok(())
+}
+
+/// Runs `program ARGS` in the gateway namespace, ignoring failure: for
+/// taking a variant down, where something may already be gone.
+fn undo(topo: &Topology, program: &str, args: &[&str]) {
+    let _ = netns::command(&topo.gw_ns, program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for Active<'_> {
@@ -1199,52 +1101,29 @@ impl Drop for Active<'_> {
                 rules,
             } => {
                 for t in tables.iter() {
-                    let mut args = vec!["nft", "delete", "table"];
+                    let mut args = vec!["delete", "table"];
                     args.extend(t.split(' '));
-                    let _ = topo.gw_exec(&args);
+                    undo(topo, "nft", &args);
                 }
                 if *rules {
                     for k in 0..topo.n {
                         let pref = (RULE_PREF_BASE + k).to_string();
                         for family in ["-4", "-6"] {
-                            let _ = topo.gw(&[family, "rule", "del", "pref", &pref]);
+                            undo(topo, "ip", &[family, "rule", "del", "pref", &pref]);
                         }
                     }
                 }
             }
-            Self::Loader {
-                topo,
-                bin,
-                child,
-                pins,
-                run_dir,
-            } => {
-                if let Some(mut c) = child.take() {
-                    if let Ok(pid) = libc::pid_t::try_from(c.id()) {
-                        unsafe { libc::kill(pid, libc::SIGTERM) };
-                    }
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                        thread::sleep(Duration::from_millis(10));
-                    }
-                    let _ = c.kill();
-                    let _ = c.wait();
+            Self::Loader { site, loader, .. } => {
+                if let Some(loader) = loader.take() {
+                    loader.terminate(Duration::from_secs(5));
                 }
-                let out = Command::new("ip")
-                    .args(["netns", "exec", &topo.gw_ns])
-                    .arg(&*bin)
-                    .arg("--pin-root")
-                    .arg(&*pins)
-                    .arg("--run-dir")
-                    .arg(&*run_dir)
-                    .arg("detach")
-                    .output();
-                if !out.as_ref().is_ok_and(|o| o.status.success()) {
+                let out = site.ovpn_lb(&["detach"]);
+                if !out.status.success() {
                     eprintln!(
                         "warning: ovpn-lb detach in {}: {}",
-                        topo.gw_ns,
-                        out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                            .unwrap_or_default()
+                        site.ns,
+                        String::from_utf8_lossy(&out.stderr)
                     );
                 }
             }
@@ -1577,7 +1456,7 @@ fn targets(md: &mut String, variants: &[Variant], results: &Results) {
     let tc_tun = find(&|v| ovpn_lb(v) && v.device == DeviceKind::Tun);
     let xdp_tap = find(&|v| {
         ovpn_lb(v)
-            && matches!(&v.setup, Setup::OvpnLb { config } if config.contains("mode = \"xdp\""))
+            && matches!(&v.setup, Setup::OvpnLb { config } if config.hook.as_deref() == Some("xdp"))
     });
     let numgen = find(&|v| matches!(v.setup, Setup::NftNumgen));
     if let Some(lb) = tc_tun {

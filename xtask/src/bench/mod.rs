@@ -18,13 +18,10 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     fs,
-    process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 mod forwarding;
@@ -32,11 +29,15 @@ mod per_packet;
 mod plot;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use ovpn_lb_tests::lab::{HOST_B, Lab, Options, Side};
+use ovpn_lb_tests::{
+    lab::{HOST_B, Lab, Options, Side},
+    netns,
+    traffic::iperf3_server,
+};
 
 use crate::{
-    build::{self, workspace_root},
-    setup,
+    build, setup,
+    tools::{bpf_object, is_root, release_loader, stop_flag, workspace_root},
 };
 
 #[derive(clap::Args, Clone)]
@@ -87,9 +88,7 @@ const REORDER_COUNTERS: &[&str] = &[
 ];
 
 fn nstat(ns: &str) -> BTreeMap<String, u64> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nstat", "-asz", "-j"])
-        .output();
+    let out = netns::command(ns, "nstat").args(["-asz", "-j"]).output();
     let Ok(out) = out else { return BTreeMap::new() };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["kernel"]
@@ -116,30 +115,14 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, names: &
 
 fn iperf(lab: &Lab, seconds: u32) -> Result<Run> {
     let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &hb, "iperf3", "-s", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    thread::sleep(Duration::from_millis(300));
+    let server = iperf3_server(&hb);
     let (sa, sb) = (nstat(&ha), nstat(&hb));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ha,
-            "iperf3",
-            "-J",
-            "-c",
-            HOST_B,
-            "-t",
-            &seconds.to_string(),
-        ])
+    let out = netns::command(&ha, "iperf3")
+        .args(["-J", "-c", HOST_B, "-t", &seconds.to_string()])
         .output()
         .context("running iperf3")?;
     let (ea, eb) = (nstat(&ha), nstat(&hb));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3: {e}");
@@ -211,7 +194,7 @@ struct Setup {
     /// ovpn-lb on both gateways (false: plain routing over one tunnel).
     loaders: bool,
     flow_mode: bool,
-    /// OpenVPN `dev tap` tunnels, with this hook (`mode`).
+    /// OpenVPN `dev tap` tunnels, with this hook (`hook`).
     tap: Option<&'static str>,
 }
 
@@ -352,7 +335,7 @@ fn goodput_curve(args: &BenchArgs, setups: &[Setup], results: &[Vec<Run>]) -> pl
 
 fn end_to_end(args: &BenchArgs, interrupted: &AtomicBool) -> Result<(String, plot::Goodput)> {
     let started = Instant::now();
-    let bin = workspace_root().join("target/release/ovpn-lb");
+    let bin = release_loader();
     let base = workspace_root().join("target/bench");
     let _ = fs::remove_dir_all(&base);
     let setups = setups(args);
@@ -417,19 +400,17 @@ fn end_to_end(args: &BenchArgs, interrupted: &AtomicBool) -> Result<(String, plo
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if !setup::is_root() {
+    if !is_root() {
         bail!("the benchmark builds network namespaces: run as root");
     }
     setup::run()?;
     build::all()?;
     let started = Instant::now();
     // Ctrl-C or SIGTERM: finish the step under way, then tear down and stop.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
+    let interrupted = stop_flag()?;
     let results_dir = workspace_root().join("results");
     fs::create_dir_all(&results_dir)?;
-    let floor = workspace_root().join("target/bpfel-unknown-none/release/bench-floor");
+    let floor = bpf_object("bench-floor");
     let (per_packet, ratios) = per_packet::run(&floor, args.rounds.max(3))?;
     fs::write(results_dir.join("per-packet.md"), &per_packet)?;
     println!("\n{per_packet}");
@@ -441,7 +422,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tunnels: args.tunnels,
             rounds: args.rounds,
             seconds: args.fwd_seconds,
-            bin: workspace_root().join("target/release/ovpn-lb"),
+            bin: release_loader(),
             interrupted: interrupted.clone(),
         })?;
         fs::write(results_dir.join("forwarding.md"), &md)?;
