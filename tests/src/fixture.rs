@@ -179,18 +179,19 @@ impl Lab {
             .chain(TAP_DEVICES.iter().map(|d| ifindex(d)))
             .collect();
         datapath.set_site(&site(Mode::Packet)).unwrap();
-        datapath
-            .set_remote_v4(v4("10.20.0.0", 16), route::SPRAY)
-            .unwrap();
-        datapath
-            .set_remote_v4(v4("10.20.0.1", 32), route::EXCLUDE)
-            .unwrap();
-        datapath
-            .set_remote_v6(v6("fd00:20::", 48), route::SPRAY)
-            .unwrap();
-        datapath
-            .set_remote_v6(v6("fd00:20::1", 128), route::EXCLUDE)
-            .unwrap();
+        // The far LAN is sprayed to, the far gateway's own address is not.
+        for (prefix, route) in [
+            (v4("10.20.0.0", 16), route::SPRAY),
+            (v4("10.20.0.1", 32), route::EXCLUDE),
+        ] {
+            datapath.set_remote_v4(prefix, route).unwrap();
+        }
+        for (prefix, route) in [
+            (v6("fd00:20::", 48), route::SPRAY),
+            (v6("fd00:20::1", 128), route::EXCLUDE),
+        ] {
+            datapath.set_remote_v6(prefix, route).unwrap();
+        }
         for k in 0..TUNNELS {
             let dev = ifindex.get(k as usize).copied().unwrap_or(0);
             let t = match k {

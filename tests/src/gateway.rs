@@ -53,16 +53,14 @@ impl Scratch {
         Self { dir }
     }
 
-    /// Pin root given to the loader: inside the bpffs mount, so `detach` can
-    /// remove it without touching the mount.
+    /// Where the loader pins and keeps its state: the pin root inside the
+    /// bpffs mount, so `detach` can remove it without touching the mount.
     #[must_use]
-    pub fn pin_root(&self) -> PathBuf {
-        self.dir.join("bpf/ovpn-lb")
-    }
-
-    #[must_use]
-    pub fn run_dir(&self) -> PathBuf {
-        self.dir.join("run")
+    pub fn layout(&self) -> Layout {
+        Layout {
+            pin_root: self.dir.join("bpf/ovpn-lb"),
+            run_dir: self.dir.join("run"),
+        }
     }
 }
 
@@ -217,16 +215,33 @@ impl GatewayLab {
         }
     }
 
+    /// A gateway with `ovpn-lb run` started on it.
+    #[must_use]
+    pub fn running(up_delay_ms: u64) -> (Self, Loader) {
+        let lab = Self::new(up_delay_ms);
+        let loader = lab.start_loader(&[]);
+        (lab, loader)
+    }
+
+    /// Stops `loader` with SIGTERM, which it must answer by exiting 0, then
+    /// detaches everything.
+    ///
+    /// # Panics
+    /// If either does not succeed.
+    pub fn stop_and_detach(&self, loader: Loader) {
+        let log = loader.log_text();
+        assert_eq!(loader.stop(libc::SIGTERM), Some(0), "{log}");
+        let out = self.ovpn_lb(&["detach"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
     /// The loader as the tests run it.
     #[must_use]
     pub fn site(&self) -> loader::Site {
         loader::Site {
             ns: self.gw.name().to_owned(),
             bin: loader_bin(),
-            layout: Layout {
-                pin_root: self.scratch.pin_root(),
-                run_dir: self.scratch.run_dir(),
-            },
+            layout: self.scratch.layout(),
         }
     }
 
@@ -251,7 +266,7 @@ impl GatewayLab {
         T: TryFrom<Map>,
         T::Error: std::fmt::Debug,
     {
-        let path = self.scratch.pin_root().join("maps").join(name);
+        let path = self.scratch.layout().maps().join(name);
         Map::from_map_data(MapData::from_pin(path).unwrap())
             .unwrap()
             .try_into()

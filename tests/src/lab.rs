@@ -30,6 +30,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Stdio,
+    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
@@ -113,6 +114,9 @@ pub struct Lab {
     generated: Option<Generated>,
 }
 
+/// Numbers the labs of one test process.
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
 /// Host addresses.
 pub const HOST_A: &str = "192.168.10.5";
 pub const HOST_B: &str = "192.168.20.5";
@@ -135,6 +139,20 @@ const LAN_PREFIXES: [[&str; 2]; 2] = [
     ["192.168.10.0/24", "fd00:a::/64"],
     ["192.168.20.0/24", "fd00:b::/64"],
 ];
+/// A capture filter for what must never cross the WAN: a LAN or translated
+/// address in any header.
+pub const CLEAR_TEXT: &str = "net 192.168.0.0/16 or net 100.64.0.0/10 or ip6 net fd00::/8";
+
+/// How much `count` grew between two readings, per entry (tunnel or reason).
+#[must_use]
+pub fn growth<T>(before: &[T], after: &[T], count: impl Fn(&T) -> u64) -> Vec<u64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| count(a) - count(b))
+        .collect()
+}
+
 /// The LAN device on hosts and gateways.
 pub const LAN_DEV: &str = "lan";
 
@@ -158,6 +176,18 @@ impl Lab {
         }
         lab.wait_reachable();
         lab
+    }
+
+    /// A lab for an integration test: a directory of its own under the temp
+    /// directory, namespaces `<tag><pid><n>`, the workspace's `ovpn-lb`.
+    #[must_use]
+    pub fn for_test(tag: &str, options: Options) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("ovpnlb-{tag}-{pid}-{n}"));
+        let _ = fs::remove_dir_all(&dir);
+        let tag = format!("{tag}{}{n}", pid % 10_000);
+        Self::up(&dir, &tag, &loader::loader_bin(), options)
     }
 
     /// The two sites without tunnels: namespaces, LANs, the WAN veth and a

@@ -46,6 +46,18 @@ pub fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// For a test that needs root and must run alone: the lock that keeps it
+/// alone, or `None` (the skip said, see [`require_root`]) without root. The
+/// test is named by its thread, which libtest names after it.
+#[must_use]
+pub fn root_alone() -> Option<MutexGuard<'static, ()>> {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    require_root(&name).then(serial)
+}
+
 /// True when the test may run. Without root it skips with a message, except
 /// under `CI=true`, where a skip is a failure.
 #[must_use]

@@ -300,6 +300,16 @@ impl Capture {
 pub struct CaptureFile(pub PathBuf);
 
 impl CaptureFile {
+    /// Asserts that no captured packet matches `filter`, showing the first
+    /// few that do after `what`.
+    ///
+    /// # Panics
+    /// If any does.
+    pub fn assert_none(&self, filter: &str, what: &str) {
+        let hits = self.read(filter);
+        assert!(hits.is_empty(), "{what}: {:?}", &hits[..hits.len().min(5)]);
+    }
+
     /// `tcpdump -r` of the capture with `filter`, one packet a line.
     ///
     /// # Panics

@@ -11,10 +11,10 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 
 use ovpn_lb::generate::layout;
 use ovpn_lb_tests::{
-    lab::{HOST_A, HOST_B, LAN_DEV, Lab, Options, Side, WAN},
+    lab::{HOST_A, HOST_B, LAN_DEV, Lab, Options, Side, WAN, growth},
     loader::loader_bin,
     process::{all_output, run, wait_until},
-    require_root, serial,
+    root_alone,
     traffic::tcp_transfer,
 };
 
@@ -117,12 +117,7 @@ fn wait_all_connected(lab: &Lab, side: Side) {
 
 #[test]
 fn generated_files_installed_as_an_operator_would_carry_one_flow_over_every_tunnel() {
-    if !require_root(
-        "generated_files_installed_as_an_operator_would_carry_one_flow_over_every_tunnel",
-    ) {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let dir = std::env::temp_dir().join(format!("ovpnlb-operator-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut lab = Lab::sites(
@@ -176,11 +171,7 @@ fn generated_files_installed_as_an_operator_would_carry_one_flow_over_every_tunn
     assert_eq!(t.received_sha256, t.sent_sha256, "SHA-256 differs");
     assert_eq!(t.peer.ip().to_string(), HOST_A, "the real source arrives");
     let after = lab.tunnel_stats(Side::A);
-    let carried: Vec<u64> = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| a.tx_packets - b.tx_packets)
-        .collect();
+    let carried = growth(&before, &after, |t| t.tx_packets);
     assert!(
         carried.iter().all(|&c| c > 100),
         "every tunnel carries part of the one connection: {carried:?}\n{}",

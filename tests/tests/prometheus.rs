@@ -14,12 +14,10 @@ use ovpn_lb_tests::{
     gateway::{GatewayLab, http_get},
     netns,
     process::{Spawned, run},
-    require_root, serial,
+    root_alone,
     traffic::ping_summary,
 };
 use serde_json::Value;
-
-const SIGTERM: i32 = 15;
 
 fn start_prometheus(lab: &GatewayLab) -> Spawned {
     let dir = lab.scratch.dir.join("prometheus");
@@ -77,7 +75,7 @@ fn value(sample: &Value) -> u64 {
 
 /// `tx_packets` per tunnel id, summed over CPUs, from `bpftool map dump pinned`.
 fn bpftool_tx_packets(lab: &GatewayLab) -> Vec<(u64, u64)> {
-    let path = lab.scratch.pin_root().join("maps/TUNNEL_STATS");
+    let path = lab.scratch.layout().pin_root.join("maps/TUNNEL_STATS");
     let text = run(
         "bpftool",
         &["map", "dump", "pinned", path.to_str().unwrap()],
@@ -111,12 +109,8 @@ fn bpftool_tx_packets(lab: &GatewayLab) -> Vec<(u64, u64)> {
 
 #[test]
 fn prometheus_scrapes_what_bpftool_shows() {
-    if !require_root("prometheus_scrapes_what_bpftool_shows") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(200);
-    let loader = lab.start_loader(&[]);
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(200);
     let _prometheus = start_prometheus(&lab);
 
     let out = lab.ping(90, "0.01").wait_with_output().unwrap();
@@ -186,6 +180,5 @@ fn prometheus_scrapes_what_bpftool_shows() {
         "promtool check metrics: {said}"
     );
 
-    assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    lab.stop_and_detach(loader);
 }

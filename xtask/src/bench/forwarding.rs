@@ -88,7 +88,7 @@ use ovpn_lb_tests::{
     topology::{self, End},
 };
 
-use super::{machine, median, spread};
+use super::{machine_line, median, spread};
 
 /// CPU that trafgen's one worker runs on (trafgen pins worker i to CPU i), and
 /// with it all the gateway's work.
@@ -191,55 +191,59 @@ pub struct Variant {
 /// when the skb's head cannot be reused), which a NIC driver would not: on
 /// veth, native XDP saves no receive work.
 pub fn variants(n: usize) -> Vec<Variant> {
+    let variant = |name: String, short: &str, device, setup| Variant {
+        name,
+        short: short.to_owned(),
+        device,
+        setup,
+    };
+    let ovpn_lb = |device, hook| Setup::OvpnLb {
+        config: Box::new(ovpn_lb_config(device, hook, n)),
+    };
+    let (tun, tap) = (DeviceKind::Tun, DeviceKind::Tap);
     vec![
-        Variant {
-            name: "(calibration) generator only: drop at lan0 ingress".into(),
-            short: "drop".into(),
-            device: DeviceKind::Tun,
-            setup: Setup::IngressDrop,
-        },
-        Variant {
-            name: "plain routing to 1 tun".into(),
-            short: "plain routing".into(),
-            device: DeviceKind::Tun,
-            setup: Setup::PlainRouting,
-        },
-        Variant {
-            name: format!("nftables numgen + saddr + fwmark rules, {n} tun"),
-            short: "nft numgen+fwmark".into(),
-            device: DeviceKind::Tun,
-            setup: Setup::NftNumgen,
-        },
-        Variant {
-            name: format!("nftables netdev ingress fwd, {n} tun"),
-            short: "nft netdev fwd".into(),
-            device: DeviceKind::Tun,
-            setup: Setup::NftNetdevFwd,
-        },
-        Variant {
-            name: format!("ovpn-lb tc, {n} tun"),
-            short: "ovpn-lb tc".into(),
-            device: DeviceKind::Tun,
-            setup: Setup::OvpnLb {
-                config: Box::new(ovpn_lb_config(DeviceKind::Tun, "tc", n)),
-            },
-        },
-        Variant {
-            name: format!("ovpn-lb tc, {n} tap"),
-            short: "ovpn-lb tc tap".into(),
-            device: DeviceKind::Tap,
-            setup: Setup::OvpnLb {
-                config: Box::new(ovpn_lb_config(DeviceKind::Tap, "tc", n)),
-            },
-        },
-        Variant {
-            name: format!("ovpn-lb native XDP, {n} tap"),
-            short: "ovpn-lb XDP tap".into(),
-            device: DeviceKind::Tap,
-            setup: Setup::OvpnLb {
-                config: Box::new(ovpn_lb_config(DeviceKind::Tap, "xdp", n)),
-            },
-        },
+        variant(
+            "(calibration) generator only: drop at lan0 ingress".into(),
+            "drop",
+            tun,
+            Setup::IngressDrop,
+        ),
+        variant(
+            "plain routing to 1 tun".into(),
+            "plain routing",
+            tun,
+            Setup::PlainRouting,
+        ),
+        variant(
+            format!("nftables numgen + saddr + fwmark rules, {n} tun"),
+            "nft numgen+fwmark",
+            tun,
+            Setup::NftNumgen,
+        ),
+        variant(
+            format!("nftables netdev ingress fwd, {n} tun"),
+            "nft netdev fwd",
+            tun,
+            Setup::NftNetdevFwd,
+        ),
+        variant(
+            format!("ovpn-lb tc, {n} tun"),
+            "ovpn-lb tc",
+            tun,
+            ovpn_lb(tun, "tc"),
+        ),
+        variant(
+            format!("ovpn-lb tc, {n} tap"),
+            "ovpn-lb tc tap",
+            tap,
+            ovpn_lb(tap, "tc"),
+        ),
+        variant(
+            format!("ovpn-lb native XDP, {n} tap"),
+            "ovpn-lb XDP tap",
+            tap,
+            ovpn_lb(tap, "xdp"),
+        ),
     ]
 }
 
@@ -260,8 +264,8 @@ pub fn ovpn_lb_config(kind: DeviceKind, hook: &str, n: usize) -> LoaderConfig {
             .map(|k| TunnelSection {
                 device: kind.device(k),
                 kind: (kind == DeviceKind::Tap).then(|| "tap".into()),
-                next_hop: (kind == DeviceKind::Tap).then(|| next_hop_v4(k)),
-                translate: vec![xlat_v4(k), xlat_v6(k)],
+                next_hop: (kind == DeviceKind::Tap).then(|| next_hops(k)[0].clone()),
+                translate: xlat(k).to_vec(),
                 ..TunnelSection::default()
             })
             .collect(),
@@ -269,21 +273,15 @@ pub fn ovpn_lb_config(kind: DeviceKind, hook: &str, n: usize) -> LoaderConfig {
     }
 }
 
-fn xlat_v4(k: usize) -> String {
-    format!("100.64.{k}.0/24")
+/// Device k's translation prefixes: IPv4, IPv6.
+fn xlat(k: usize) -> [String; 2] {
+    [format!("100.64.{k}.0/24"), format!("fd64:0:0:{k:x}::/64")]
 }
 
-fn xlat_v6(k: usize) -> String {
-    format!("fd64:0:0:{k:x}::/64")
-}
-
-/// The next hop behind device k (on-link; a permanent neighbour on TAP).
-fn next_hop_v4(k: usize) -> String {
-    format!("10.255.{k}.1")
-}
-
-fn next_hop_v6(k: usize) -> String {
-    format!("fd99::{k:x}:1")
+/// The next hops behind device k (on-link; permanent neighbours on TAP):
+/// IPv4, IPv6.
+fn next_hops(k: usize) -> [String; 2] {
+    [format!("10.255.{k}.1"), format!("fd99::{k:x}:1")]
 }
 
 /// One traffic mix.
@@ -747,7 +745,7 @@ impl Topology {
             self.gw(&["link", "set", &dev, "up"]);
             if self.kind == DeviceKind::Tap {
                 let mac = format!("02:0f:00:00:01:{k:02x}");
-                for hop in [next_hop_v4(k), next_hop_v6(k)] {
+                for hop in next_hops(k) {
                     self.gw(&[
                         "neigh",
                         "replace",
@@ -763,55 +761,23 @@ impl Topology {
             }
             // Tables for the fwmark variant; unused until its rules exist.
             let table = (TABLE_BASE + 1 + k).to_string();
-            self.gw(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                &next_hop_v4(k),
-                "dev",
-                &dev,
-                "onlink",
-                "table",
-                &table,
-            ]);
-            self.gw(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &next_hop_v6(k),
-                "dev",
-                &dev,
-                "onlink",
-                "table",
-                &table,
-            ]);
+            for (family, hop) in ["-4", "-6"].into_iter().zip(next_hops(k)) {
+                self.gw(&[
+                    family, "route", "add", "default", "via", &hop, "dev", &dev, "onlink", "table",
+                    &table,
+                ]);
+            }
         }
         // Plain routing: the remote prefixes through device 0.
         let dev0 = self.device(0);
-        self.gw(&[
-            "route",
-            "add",
-            REMOTE_V4,
-            "via",
-            &next_hop_v4(0),
-            "dev",
-            &dev0,
-            "onlink",
-        ]);
-        self.gw(&[
-            "-6",
-            "route",
-            "add",
-            REMOTE_V6,
-            "via",
-            &next_hop_v6(0),
-            "dev",
-            &dev0,
-            "onlink",
-        ]);
+        for ((family, remote), hop) in [("-4", REMOTE_V4), ("-6", REMOTE_V6)]
+            .into_iter()
+            .zip(next_hops(0))
+        {
+            self.gw(&[
+                family, "route", "add", remote, "via", &hop, "dev", &dev0, "onlink",
+            ]);
+        }
     }
 
     /// Opens the N devices, each on its own thread in the gateway namespace,
@@ -942,7 +908,7 @@ fn nft_numgen(n: usize) -> String {
             vmap(n)
         );
         for k in 0..n {
-            let prefix = if v6 { xlat_v6(k) } else { xlat_v4(k) };
+            let prefix = &xlat(k)[usize::from(v6)];
             let base = prefix.split('/').next().unwrap_or_default();
             let _ = writeln!(
                 t,
@@ -974,17 +940,15 @@ fn nft_netdev_fwd(kind: DeviceKind, n: usize) -> String {
     );
     for k in 0..n {
         let dev = kind.device(k);
-        let b4 = xlat_v4(k);
-        let b6 = xlat_v6(k);
+        let [b4, b6] = xlat(k);
+        let [hop4, hop6] = next_hops(k);
         let (b4, b6) = (
             b4.split('/').next().unwrap_or_default(),
             b6.split('/').next().unwrap_or_default(),
         );
         let _ = writeln!(
             t,
-            "  chain t{k} {{\n    ip saddr set ip saddr & 0.0.0.255 | {b4} fwd ip to {} device \"{dev}\"\n  }}\n  chain s{k} {{\n    ip6 saddr set ip6 saddr & ::ffff:ffff:ffff:ffff | {b6} fwd ip6 to {} device \"{dev}\"\n  }}",
-            next_hop_v4(k),
-            next_hop_v6(k)
+            "  chain t{k} {{\n    ip saddr set ip saddr & 0.0.0.255 | {b4} fwd ip to {hop4} device \"{dev}\"\n  }}\n  chain s{k} {{\n    ip6 saddr set ip6 saddr & ::ffff:ffff:ffff:ffff | {b6} fwd ip6 to {hop6} device \"{dev}\"\n  }}"
         );
     }
     t.push_str("}\n");
@@ -1335,15 +1299,10 @@ fn table(
 ) -> (String, Summary) {
     let (cal, base) = calibration_and_base(variants);
     let rounds = results[base][0].len();
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "Machine: {}. trafgen (netsniff-ng 0.6.8, one worker, blocking sends) and all the gateway's work on CPU {GEN_CPU}; {FLOWS} UDP flows; {} devices; {} rounds interleaved, {:.1} s windows, median (min-max) over rounds. Forwarded = tx_packets + tx_dropped of the devices. CPU = run time of trafgen's worker and ksoftirqd/{GEN_CPU} (schedstat) per packet; gateway CPU = that minus the calibration row's.\n",
-        machine(),
-        opts.tunnels,
-        opts.rounds,
-        opts.seconds
-    );
+    let mut md = machine_line(format_args!(
+        "trafgen (netsniff-ng 0.6.8, one worker, blocking sends) and all the gateway's work on CPU {GEN_CPU}; {FLOWS} UDP flows; {} devices; {} rounds interleaved, {:.1} s windows, median (min-max) over rounds. Forwarded = tx_packets + tx_dropped of the devices. CPU = run time of trafgen's worker and ksoftirqd/{GEN_CPU} (schedstat) per packet; gateway CPU = that minus the calibration row's.",
+        opts.tunnels, opts.rounds, opts.seconds
+    ));
     let mut summary = Summary {
         mixes: MIXES.iter().map(|m| m.label()).collect(),
         rows: Vec::new(),
@@ -1398,51 +1357,65 @@ fn table(
     (md, summary)
 }
 
+/// A table: `title`, the header, then per variant its name and
+/// `cell(variant, mix)` for every mix.
+fn table_of(
+    md: &mut String,
+    title: &str,
+    variants: &[Variant],
+    cell: impl Fn(usize, usize) -> String,
+) {
+    let _ = writeln!(md, "\n{title}\n");
+    header(md);
+    for (v, variant) in variants.iter().enumerate() {
+        let _ = write!(md, "| {} |", variant.name);
+        for m in 0..MIXES.len() {
+            let _ = write!(md, " {} |", cell(v, m));
+        }
+        md.push('\n');
+    }
+}
+
 /// The tables of raw figures: packets/s and CPU per packet with the generator.
 fn raw_tables(md: &mut String, variants: &[Variant], results: &Results) {
     let (cal, base) = calibration_and_base(variants);
     let rounds = results[base][0].len();
-    let _ = writeln!(
+    table_of(
         md,
-        "\nPackets/s forwarded with trafgen on the same CPU (so each figure includes the generator's cost), and as a ratio to plain routing:\n"
-    );
-    header(md);
-    for (v, variant) in variants.iter().enumerate() {
-        let _ = write!(md, "| {} |", variant.name);
-        for (m, runs) in results[v].iter().enumerate() {
+        "Packets/s forwarded with trafgen on the same CPU (so each figure includes the generator's cost), and as a ratio to plain routing:",
+        variants,
+        |v, m| {
+            let runs = &results[v][m];
             let k = over_rounds(rounds, |r| runs[r].pps / 1e3);
             if v == cal {
-                let _ = write!(md, " {:.0} k received |", k.0);
+                format!("{:.0} k received", k.0)
             } else if v == base {
-                let _ = write!(md, " {:.0} k ({:.0}-{:.0}) |", k.0, k.1, k.2);
+                format!("{:.0} k ({:.0}-{:.0})", k.0, k.1, k.2)
             } else {
                 let r = over_rounds(rounds, |r| runs[r].pps / results[base][m][r].pps);
-                let _ = write!(md, " {:.0} k = {} |", k.0, fmt_ratio(r));
+                format!("{:.0} k = {}", k.0, fmt_ratio(r))
             }
-        }
-        md.push('\n');
-    }
-    let _ = writeln!(
-        md,
-        "\nCPU time per packet, generator and gateway together, ns (min-max), and the share of CPU {GEN_CPU} they got:\n"
+        },
     );
-    header(md);
-    for (v, variant) in variants.iter().enumerate() {
-        let _ = write!(md, "| {} |", variant.name);
-        for runs in &results[v] {
+    table_of(
+        md,
+        &format!(
+            "CPU time per packet, generator and gateway together, ns (min-max), and the share of CPU {GEN_CPU} they got:"
+        ),
+        variants,
+        |v, m| {
+            let runs = &results[v][m];
             let ns = over_rounds(rounds, |r| runs[r].ns_per_packet);
             let share = over_rounds(rounds, |r| runs[r].share);
-            let _ = write!(
-                md,
-                " {:.0} ({:.0}-{:.0}), {:.0}% |",
+            format!(
+                "{:.0} ({:.0}-{:.0}), {:.0}%",
                 ns.0,
                 ns.1,
                 ns.2,
                 share.0 * 100.0
-            );
-        }
-        md.push('\n');
-    }
+            )
+        },
+    );
 }
 
 /// The issues' targets: ovpn-lb tc on tun >= 1.3x plain routing and >= 1.5x

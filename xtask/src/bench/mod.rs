@@ -156,6 +156,11 @@ pub(super) fn spread(v: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
+/// A results file's first line: the machine, then what was measured how.
+pub(super) fn machine_line(method: std::fmt::Arguments) -> String {
+    format!("Machine: {}. {method}\n\n", machine())
+}
+
 pub(super) fn machine() -> String {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = fs::read_to_string("/proc/cpuinfo")
@@ -263,15 +268,10 @@ fn setups(args: &BenchArgs) -> Vec<Setup> {
 /// The Markdown table of the end-to-end runs; setup 0 is the baseline.
 fn end_to_end_table(args: &BenchArgs, setups: &[Setup], results: &[Vec<Run>]) -> String {
     let base_mbit = median(results[0].iter().map(|r| r.mbit_per_s).collect());
-    let mut table = String::new();
-    let _ = writeln!(
-        table,
-        "Machine: {}. One iperf3 TCP flow, default congestion control, {} s per run, {} rounds interleaved, median (min-max). Each OpenVPN process held to {}% of a CPU (cgroup cpu quota, 10 ms period).\n",
-        machine(),
-        args.seconds,
-        args.rounds,
-        args.cpu_quota
-    );
+    let mut table = machine_line(format_args!(
+        "One iperf3 TCP flow, default congestion control, {} s per run, {} rounds interleaved, median (min-max). Each OpenVPN process held to {}% of a CPU (cgroup cpu quota, 10 ms period).",
+        args.seconds, args.rounds, args.cpu_quota
+    ));
     let _ = writeln!(
         table,
         "| setup | goodput Mbit/s | efficiency vs N x 1 tunnel | retransmits | sender reorder events | receiver out-of-order segments |"

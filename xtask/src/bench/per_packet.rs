@@ -11,7 +11,9 @@ use std::{fmt::Write as _, path::Path, time::Instant};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
+    programs::{
+        Program, ProgramError, SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp,
+    },
 };
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
@@ -147,20 +149,17 @@ impl Bench {
         Ok(())
     }
 
-    fn floor(&self) -> Result<&SchedClassifier> {
-        Ok(self
+    /// An empty program of the floor object: `bench_floor` (tc) or
+    /// `bench_floor_xdp`.
+    fn floor_program<'a, P>(&'a self, name: &str) -> Result<&'a P>
+    where
+        &'a P: TryFrom<&'a Program, Error = ProgramError>,
+    {
+        let program = self
             .floor
-            .program("bench_floor")
-            .ok_or_else(|| anyhow!("no bench_floor"))?
-            .try_into()?)
-    }
-
-    fn floor_xdp(&self) -> Result<&Xdp> {
-        Ok(self
-            .floor
-            .program("bench_floor_xdp")
-            .ok_or_else(|| anyhow!("no bench_floor_xdp"))?
-            .try_into()?)
+            .program(name)
+            .ok_or_else(|| anyhow!("no {name}"))?;
+        Ok(program.try_into()?)
     }
 
     fn prog(&mut self, name: &str) -> Result<Prog<'_>> {
@@ -216,7 +215,7 @@ fn tcp4_with(ttl: u8, payload: usize) -> Vec<u8> {
     };
     eth4(
         &V4::new("192.168.10.5", "10.20.30.7", l4)
-            .with_ttl(ttl)
+            .with_hops(ttl)
             .datagram(),
     )
 }
@@ -435,8 +434,16 @@ fn measure_with_floors(
     let mut per_path = vec![Vec::new(); paths.len()];
     let mut floor = Vec::new();
     for round in 0..rounds {
-        let f = run_ns(Prog::Tc(bench.floor()?), &[tcp4(40000)], 0)?;
-        let fx = run_ns(Prog::Xdp(bench.floor_xdp()?), &[tcp4(40000)], 0)?;
+        let f = run_ns(
+            Prog::Tc(bench.floor_program::<SchedClassifier>("bench_floor")?),
+            &[tcp4(40000)],
+            0,
+        )?;
+        let fx = run_ns(
+            Prog::Xdp(bench.floor_program::<Xdp>("bench_floor_xdp")?),
+            &[tcp4(40000)],
+            0,
+        )?;
         floor.push((f, fx));
         for (i, p) in paths.iter().enumerate() {
             bench.configure(p.tunnels, p.mode, p.framing)?;
@@ -476,7 +483,7 @@ pub fn run(floor_object: &Path, rounds: usize) -> Result<(String, Vec<(String, f
         let (scale_ns, floor_scale) = measure(&mut bench, &scaling, rounds, "scaling")?;
         let floor = median(floor_main.iter().chain(&floor_scale).copied().collect());
         let floor_info = {
-            let i = bench.floor()?.info()?;
+            let i = bench.floor_program::<SchedClassifier>("bench_floor")?.info()?;
             (i.size_translated().unwrap_or(0) / 8, i.size_jitted())
         };
         let mut md = String::new();
