@@ -152,19 +152,11 @@ pub fn with_lab<R: Send>(f: impl FnOnce(&mut Lab) -> R + Send) -> R {
 }
 
 fn pin_to_cpu0() {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
-            0
-        );
-    }
+    assert!(crate::process::pin_thread(0), "pinning to CPU 0");
 }
 
 fn ifindex(dev: &str) -> u32 {
-    let name = std::ffi::CString::new(dev).unwrap();
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    let index = crate::netns::ifindex(dev);
     assert_ne!(index, 0, "no device {dev} in the fixture namespace");
     index
 }

@@ -171,3 +171,14 @@ pub fn enter_named<R: Send>(name: &str, f: impl FnOnce() -> R + Send) -> R {
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     })
 }
+
+/// The index of device `dev` in the calling thread's namespace; 0 if none.
+///
+/// # Panics
+/// If the name holds a NUL byte.
+#[must_use]
+pub fn ifindex(dev: &str) -> u32 {
+    let name = std::ffi::CString::new(dev).expect("a device name without NUL");
+    // SAFETY: if_nametoindex(3) reads the NUL-terminated name we own.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}

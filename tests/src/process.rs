@@ -103,3 +103,15 @@ pub fn wait_for_log(
 pub fn log_end(path: &Path) -> usize {
     fs::metadata(path).map_or(0, |m| usize::try_from(m.len()).unwrap_or(0))
 }
+
+/// Keeps the calling thread on `cpu`; whether the kernel agreed.
+#[must_use]
+pub fn pin_thread(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity(2) only read and write that local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) == 0
+    }
+}

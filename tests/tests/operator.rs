@@ -149,6 +149,7 @@ fn generated_files_installed_as_an_operator_would_carry_one_flow_over_every_tunn
             .loader(side)
             .ovpn_lb(&["check", "--config", &config.to_string_lossy()]);
         let said = all_output(&check);
+        eprintln!("gateway {side}: ovpn-lb check: {said}");
         assert!(check.status.success(), "ovpn-lb check on {side}:\n{said}");
         assert!(said.contains("valid; LAN lan, 4 tunnels"), "{said}");
         assert!(!said.contains("warning"), "{said}");

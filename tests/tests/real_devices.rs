@@ -18,7 +18,7 @@ use ovpn_lb_common::{
 };
 use ovpn_lb_tests::{
     fixture::{site, tunnel},
-    netns::Netns,
+    netns::{Netns, ifindex},
     packets::{L4, V4, V6, eth4, eth6, validate_checksums},
     require_root, topology,
     tun::Tun,
@@ -45,12 +45,6 @@ fn topology() -> Topology {
     );
     topology::router(gw.name(), &[]);
     Topology { host, gw }
-}
-
-fn ifindex(dev: &str) -> u32 {
-    let name = std::ffi::CString::new(dev).unwrap();
-    // SAFETY: a NUL-terminated name we own, read only.
-    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 fn v4(s: &str, len: u8) -> Prefix4 {

@@ -92,6 +92,7 @@ pub fn unit(plan: &Plan, side: Side) -> String {
          MemoryDenyWriteExecute=yes\n\
          SystemCallArchitectures=native\n\
          RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n\
+         UMask=0077\n\
          LimitMEMLOCK=infinity\n\
          \n\
          [Install]\n\
@@ -113,8 +114,9 @@ pub fn readme(plan: &Plan, side: Side) -> String {
         "ovpn-lb gateway {side} ({}), LAN {} on {}\n\
          {n} OpenVPN {} tunnels to gateway {} ({}), UDP ports {first}-{last}.\n\
          Written by `ovpn-lb generate`. This directory mirrors the gateway's file\n\
-         system from / on: copy etc/ onto the gateway's /etc, e.g.\n\
-         \n    rsync -a etc/ root@{}:/etc/\n\n\
+         system from / on: copy etc/ onto the gateway's /etc, keeping the modes\n\
+         (the key stays 0600), e.g.\n\
+         \n    rsync -rlp etc/ root@{}:/etc/\n\n\
          What goes where:\n",
         me.wan,
         lan_list(&me.lan),

@@ -23,8 +23,9 @@ use ovpn_lb_common::{
 };
 use ovpn_lb_tests::{
     fixture::{site, tap_mac, tap_peer_mac, tunnel},
-    netns::Netns,
+    netns::{self, Netns},
     packets::{L4, V4, V6, eth4, eth6, with_partial_checksum},
+    process,
 };
 
 use super::{median, spread};
@@ -90,10 +91,7 @@ impl Bench {
     fn new(floor_object: &Path) -> Result<Self> {
         let mut datapath = Datapath::load()?;
         let ifindex: Vec<u32> = (0..MAX_DEVICES)
-            .map(|k| {
-                let name = std::ffi::CString::new(format!("ovb{k}")).expect("no NUL");
-                unsafe { libc::if_nametoindex(name.as_ptr()) }
-            })
+            .map(|k| netns::ifindex(&format!("ovb{k}")))
             .collect();
         datapath.set_remote_v4(Prefix4::new([10, 20, 0, 0], 16), route::SPRAY)?;
         datapath.set_remote_v6(
@@ -472,11 +470,7 @@ pub fn run(floor_object: &Path, rounds: usize) -> Result<(String, Vec<(String, f
     }
     let floor_object = floor_object.to_path_buf();
     ns.enter(move || -> Result<(String, Vec<(String, f64)>)> {
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
-        }
+        let _ = process::pin_thread(0);
         let mut bench = Bench::new(&floor_object)?;
         let (main, scaling) = paths();
         let (main_ns, floor_main) = measure(&mut bench, &main, rounds, "per-packet")?;
