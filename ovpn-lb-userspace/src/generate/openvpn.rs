@@ -40,8 +40,9 @@ pub fn config(plan: &Plan, tunnel: &TunnelPlan, side: Side, peer_fingerprint: &s
         peer.wan
     ));
     line(format!(
-        "# Written by `ovpn-lb generate`. Debian runs it as openvpn@{dev}.service."
+        "# Written by `ovpn-lb generate`. Debian runs it as openvpn@{dev}.service, which"
     ));
+    line("# also gives it its PID and status files (--writepid, --status).".to_owned());
     line(format!("dev {dev}"));
     line(format!("dev-type {}", plan.kind.name()));
     line("proto udp".to_owned());

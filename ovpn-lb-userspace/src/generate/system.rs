@@ -47,8 +47,12 @@ pub fn openvpn_unit(device: &str) -> String {
 /// failure, with only the capabilities and paths loading BPF needs.
 #[must_use]
 pub fn unit(plan: &Plan, side: Side) -> String {
-    let config = plan.site(side).installed(layout::LOADER_CONFIG);
+    let gateway = plan.site(side);
+    let config = gateway.installed(layout::LOADER_CONFIG);
     let config = config.display();
+    // OpenVPN's management sockets: connecting needs write access.
+    let sockets = gateway.installed(layout::RUN_DIR);
+    let sockets = sockets.display();
     let tunnels: Vec<String> = plan
         .tunnels
         .iter()
@@ -75,7 +79,7 @@ pub fn unit(plan: &Plan, side: Side) -> String {
          CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN\n\
          NoNewPrivileges=yes\n\
          ProtectSystem=strict\n\
-         ReadWritePaths=/sys/fs/bpf\n\
+         ReadWritePaths=/sys/fs/bpf -{sockets}\n\
          RuntimeDirectory=ovpn-lb\n\
          RuntimeDirectoryPreserve=yes\n\
          ProtectHome=yes\n\

@@ -357,7 +357,7 @@ fn roots_and_the_management_password_follow_into_every_file() {
         "Wants=network-online.target openvpn@tun0.service openvpn@tun1.service openvpn@tun2.service openvpn@tun3.service",
         "Restart=on-failure",
         "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN",
-        "ReadWritePaths=/sys/fs/bpf",
+        "ReadWritePaths=/sys/fs/bpf -/srv/a/run/openvpn",
     ] {
         assert!(unit.lines().any(|l| l == line), "no {line:?} in\n{unit}");
     }
