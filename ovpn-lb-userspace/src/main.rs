@@ -9,8 +9,7 @@ use ovpn_lb::{
     config::{self, ConfigErrors},
     detach,
     facts::Facts,
-    generate::{self, RequestErrors},
-    logging,
+    generate, logging,
     netlink::Netlink,
     pins::Layout,
     run::{self, Options},
@@ -33,6 +32,11 @@ fn main() -> ExitCode {
             eprintln!("error: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // What a refused configuration leaves untouched.
+    let refused = match cli.command {
+        Command::Generate(_) => "nothing was written",
+        _ => "nothing was attached",
     };
     let result = runtime.block_on(async {
         match cli.command {
@@ -61,18 +65,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(errors) = e.downcast_ref::<RequestErrors>() {
-                for line in &errors.0 {
-                    eprintln!("error: {line}");
-                }
-                eprintln!("nothing was written");
-                return ExitCode::from(2);
-            }
             if let Some(errors) = e.downcast_ref::<ConfigErrors>() {
                 for line in &errors.0 {
                     eprintln!("error: {line}");
                 }
-                eprintln!("nothing was attached");
+                eprintln!("{refused}");
                 return ExitCode::from(2);
             }
             eprintln!("error: {e:#}");

@@ -165,11 +165,10 @@ fn loader_config(up_delay_ms: u64, per_tunnel: impl Fn(usize, &mut TunnelSection
     request.tunnels = TUNNEL_COUNT;
     let plan = request.plan().expect("the test site's plan");
     let mut c = generate::loader_config(&plan, Side::A);
-    c.up_delay_ms = Some(up_delay_ms);
-    (c.spray, c.hook, c.metrics) = (None, None, None);
+    c.up_delay_ms = up_delay_ms;
     for (k, t) in c.tunnels.iter_mut().enumerate() {
         t.device = format!("ovt{k}");
-        (t.weight, t.management) = (None, None);
+        t.management = None;
         per_tunnel(k, t);
     }
     c

@@ -80,7 +80,7 @@ pub struct Options {
     /// OpenVPN TAP tunnels (`dev tapK`, Ethernet framing) instead of tun.
     pub tap: bool,
     /// The configuration's hook, `hook = "tc" | "xdp" | "auto"`; `None`
-    /// leaves the loader's default. With TAP tunnels and any hook but tc, GRO
+    /// leaves the generator's choice (`auto`). With TAP tunnels and any hook but tc, GRO
     /// is turned on at the hosts' ends of the LAN veths, which is what lets a
     /// veth transmit XDP frames (the XDP restore then forwards to the LAN).
     pub hook: Option<String>,
@@ -485,11 +485,13 @@ impl Lab {
     pub fn loader_config(&self, side: Side) -> LoaderConfig {
         let mut c = generate::loader_config(&self.generated().plan, side);
         let flow = self.options.peer == Peer::PlainRoutes || self.options.flow_mode;
-        c.spray = Some(if flow { "flow" } else { "packet" }.to_owned());
-        c.up_delay_ms = Some(self.options.up_delay_ms);
-        c.hook.clone_from(&self.options.hook);
+        if flow { "flow" } else { "packet" }.clone_into(&mut c.spray);
+        c.up_delay_ms = self.options.up_delay_ms;
+        if let Some(hook) = &self.options.hook {
+            c.hook.clone_from(hook);
+        }
         for (k, t) in c.tunnels.iter_mut().enumerate() {
-            t.weight = Some(self.weight(k));
+            t.weight = self.weight(k);
             if self.options.peer == Peer::PlainRoutes {
                 t.peer_translate.clear();
             }

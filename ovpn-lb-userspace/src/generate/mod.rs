@@ -28,14 +28,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub use loader_config::{LanSection, LoaderConfig, MetricsSection, TunnelSection};
-pub use plan::{Plan, Request, RequestErrors, Side, TunnelPlan};
+pub use plan::{Plan, Request, Side, TunnelPlan};
 
 use crate::{
     cli::{DeviceKind, GenerateArgs},
-    config::{
-        Net, TunnelKind,
-        file::{DEFAULT_METRICS_LISTEN, DEFAULT_UP_DELAY_MS},
-    },
+    config::{Net, TunnelKind},
 };
 use pki::Identity;
 
@@ -120,7 +117,8 @@ impl Generated {
 /// Checks `request`, makes both gateways' certificates and every file.
 ///
 /// # Errors
-/// [`RequestErrors`] (one line per problem) if the answers do not add up,
+/// [`ConfigErrors`](crate::config::ConfigErrors) (one line per problem) if
+/// the answers do not add up,
 /// or a failure to make a key.
 pub fn generate(request: &Request) -> Result<Generated> {
     let plan = request.plan()?;
@@ -218,38 +216,28 @@ pub fn loader_config(plan: &Plan, side: Side) -> LoaderConfig {
     let strings = |nets: &[Net]| nets.iter().map(ToString::to_string).collect();
     LoaderConfig {
         remote_prefixes: strings(&peer.lan),
-        up_delay_ms: Some(DEFAULT_UP_DELAY_MS),
-        spray: Some("packet".to_owned()),
-        hook: Some("auto".to_owned()),
-        exclude: Vec::new(),
         lan: LanSection {
             interface: me.lan_interface.clone(),
             prefixes: strings(&me.lan),
         },
-        metrics: Some(MetricsSection {
-            listen: DEFAULT_METRICS_LISTEN.to_owned(),
-        }),
         tunnels: plan
             .tunnels
             .iter()
-            .map(|t| {
-                let tap = plan.kind == TunnelKind::Tap;
-                TunnelSection {
-                    device: t.device.clone(),
-                    kind: tap.then(|| "tap".to_owned()),
-                    next_hop: tap.then(|| t.link_address(side.other()).to_string()),
-                    translate: strings(&t.translate[side.index()]),
-                    peer_translate: strings(&t.translate[side.other().index()]),
-                    weight: Some(1),
-                    management: Some(path_text(
-                        &me.installed(layout::management_socket(&t.device)),
-                    )),
-                    management_password_file: plan
-                        .management_password
-                        .then(|| path_text(&me.installed(layout::PASSWORD))),
-                }
+            .map(|t| TunnelSection {
+                kind: plan.kind.name().to_owned(),
+                next_hop: (plan.kind == TunnelKind::Tap)
+                    .then(|| t.link_address(side.other()).to_string()),
+                peer_translate: strings(&t.translate[side.other().index()]),
+                management: Some(path_text(
+                    &me.installed(layout::management_socket(&t.device)),
+                )),
+                management_password_file: plan
+                    .management_password
+                    .then(|| path_text(&me.installed(layout::PASSWORD))),
+                ..TunnelSection::new(&t.device, strings(&t.translate[side.index()]))
             })
             .collect(),
+        ..LoaderConfig::default()
     }
 }
 
@@ -312,7 +300,8 @@ impl From<&GenerateArgs> for Request {
 /// `ovpn-lb generate`: writes both directories and prints the plan.
 ///
 /// # Errors
-/// [`RequestErrors`] for bad answers; anything that stops the writing.
+/// [`ConfigErrors`](crate::config::ConfigErrors) for bad answers; anything
+/// that stops the writing.
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let generated = generate(&Request::from(args))?;
     let written = write(&generated, &args.out, args.force)?;

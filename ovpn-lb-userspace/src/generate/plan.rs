@@ -13,7 +13,7 @@ use ovpn_lb_common::MAX_TUNNELS;
 use serde::{Deserialize, Serialize};
 
 use super::addressing::{capacity, half, host, subnet};
-use crate::config::{Net, TunnelKind};
+use crate::config::{ConfigErrors, Net, TunnelKind};
 
 /// Where translation prefixes are taken from unless the operator says: the
 /// first half for gateway A (100.64.0.0/16, `fd64::/16`), the second for
@@ -139,18 +139,6 @@ impl Request {
     }
 }
 
-/// Everything wrong with a request, one line each.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestErrors(pub Vec<String>);
-
-impl fmt::Display for RequestErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("\n"))
-    }
-}
-
-impl std::error::Error for RequestErrors {}
-
 /// One gateway as planned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Site {
@@ -232,7 +220,7 @@ impl Request {
     ///
     /// # Errors
     /// Every problem found, one line each, naming the option.
-    pub fn plan(&self) -> Result<Plan, RequestErrors> {
+    pub fn plan(&self) -> Result<Plan, ConfigErrors> {
         let mut c = Checker::default();
         c.counts(self);
         let sites = Side::BOTH.map(|side| c.site(self, side));
@@ -265,7 +253,7 @@ impl Request {
         let translations =
             Side::BOTH.map(|side| c.translations(&pools, &sites[side.index()].lan, side, n));
         if !c.errors.is_empty() {
-            return Err(RequestErrors(c.errors));
+            return Err(ConfigErrors(c.errors));
         }
         // With no errors every list has one entry per tunnel.
         let tunnels = links

@@ -1,7 +1,10 @@
 //! The gateway's system files: the sysctl drop-in, the systemd unit of
 //! ovpn-lb, and the README that says where everything goes.
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use super::{
     layout,
@@ -130,46 +133,50 @@ pub fn readme(plan: &Plan, side: Side) -> String {
         peer.wan,
         me.wan,
     );
-    let mut item = |path: String, what: String| {
-        let _ = writeln!(t, "  /{path:<36} {what}");
-    };
-    for tunnel in &plan.tunnels {
-        item(
-            layout::openvpn_config(&tunnel.device).display().to_string(),
-            format!(
+    let mut items: Vec<(PathBuf, String)> = plan
+        .tunnels
+        .iter()
+        .map(|tunnel| {
+            let what = format!(
                 "tunnel {}, UDP port {} ({})",
                 tunnel.index,
                 tunnel.port,
                 openvpn_unit(&tunnel.device)
-            ),
-        );
+            );
+            (layout::openvpn_config(&tunnel.device), what)
+        })
+        .collect();
+    let mut files = vec![
+        (
+            layout::certificate(&name),
+            "this gateway's certificate (self-signed)",
+        ),
+        (
+            layout::private_key(&name),
+            "its private key: keep it mode 0600",
+        ),
+        (
+            layout::PASSWORD.into(),
+            "management password, read by OpenVPN and ovpn-lb (0600)",
+        ),
+        (layout::LOADER_CONFIG.into(), "ovpn-lb's configuration"),
+        (
+            layout::SYSCTL.into(),
+            "forwarding, loose rp_filter, socket buffers",
+        ),
+        (layout::UNIT.into(), "runs ovpn-lb after the tunnels"),
+    ];
+    if !plan.management_password {
+        files.retain(|(path, _)| path != Path::new(layout::PASSWORD));
     }
-    item(
-        layout::certificate(&name).display().to_string(),
-        "this gateway's certificate (self-signed)".to_owned(),
+    items.extend(
+        files
+            .into_iter()
+            .map(|(path, what)| (path, what.to_owned())),
     );
-    item(
-        layout::private_key(&name).display().to_string(),
-        "its private key: keep it mode 0600".to_owned(),
-    );
-    if plan.management_password {
-        item(
-            layout::PASSWORD.to_owned(),
-            "management password, read by OpenVPN and ovpn-lb (0600)".to_owned(),
-        );
+    for (path, what) in items {
+        let _ = writeln!(t, "  /{:<36} {what}", path.display().to_string());
     }
-    item(
-        layout::LOADER_CONFIG.to_owned(),
-        "ovpn-lb's configuration".to_owned(),
-    );
-    item(
-        layout::SYSCTL.to_owned(),
-        "forwarding, loose rp_filter, socket buffers".to_owned(),
-    );
-    item(
-        layout::UNIT.to_owned(),
-        "runs ovpn-lb after the tunnels".to_owned(),
-    );
     let config = me.installed(layout::LOADER_CONFIG);
     let config = config.display();
     let _ = write!(

@@ -22,9 +22,16 @@ fn request() -> Request {
 }
 
 fn errors(r: &Request) -> Vec<String> {
-    match r.plan() {
-        Ok(_) => panic!("accepted: {r:?}"),
-        Err(e) => e.0,
+    r.plan()
+        .err()
+        .unwrap_or_else(|| panic!("accepted: {r:?}"))
+        .0
+}
+
+/// Each of `lines` is a whole line of `text`.
+fn assert_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.lines().any(|l| l == *line), "no {line:?} in\n{text}");
     }
 }
 
@@ -261,17 +268,17 @@ fn tap_tunnels_name_the_far_end_as_next_hop() {
         c.tunnels[1].next_hop,
         Some("10.99.1.1".parse::<IpAddr>().unwrap())
     );
-    let conf = text(&g, Side::B, layout::openvpn_config("tap1"));
-    for line in [
-        "dev tap1",
-        "dev-type tap",
-        "ifconfig 10.99.1.2 255.255.255.252",
-        "ifconfig-ipv6 fd99:0:0:1::2/64 fd99:0:0:1::1",
-        "tun-mtu 9000",
-        "mssfix 0",
-    ] {
-        assert!(conf.lines().any(|l| l == line), "no {line:?} in\n{conf}");
-    }
+    assert_lines(
+        text(&g, Side::B, layout::openvpn_config("tap1")),
+        &[
+            "dev tap1",
+            "dev-type tap",
+            "ifconfig 10.99.1.2 255.255.255.252",
+            "ifconfig-ipv6 fd99:0:0:1::2/64 fd99:0:0:1::1",
+            "tun-mtu 9000",
+            "mssfix 0",
+        ],
+    );
 }
 
 #[test]
@@ -351,28 +358,25 @@ fn roots_and_the_management_password_follow_into_every_file() {
     );
     let pw = g.gateway(Side::B).file(layout::PASSWORD).unwrap();
     assert_eq!((pw.mode, pw.contents.len()), (0o600, 49));
-    let unit = text(&g, Side::A, layout::UNIT);
-    for line in [
-        "ExecStart=/usr/local/sbin/ovpn-lb run --config /srv/a/etc/ovpn-lb/ovpn-lb.toml",
-        "Wants=network-online.target openvpn@tun0.service openvpn@tun1.service openvpn@tun2.service openvpn@tun3.service",
-        "Restart=on-failure",
-        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN",
-        "ReadWritePaths=/sys/fs/bpf -/srv/a/run/openvpn",
-    ] {
-        assert!(unit.lines().any(|l| l == line), "no {line:?} in\n{unit}");
-    }
-    let sysctl = text(&g, Side::A, layout::SYSCTL);
-    for line in [
-        "net.ipv4.ip_forward = 1",
-        "net.ipv6.conf.all.forwarding = 1",
-        "net.ipv4.conf.all.rp_filter = 2",
-        "net.ipv4.conf.default.rp_filter = 2",
-    ] {
-        assert!(
-            sysctl.lines().any(|l| l == line),
-            "no {line:?} in\n{sysctl}"
-        );
-    }
+    assert_lines(
+        text(&g, Side::A, layout::UNIT),
+        &[
+            "ExecStart=/usr/local/sbin/ovpn-lb run --config /srv/a/etc/ovpn-lb/ovpn-lb.toml",
+            "Wants=network-online.target openvpn@tun0.service openvpn@tun1.service openvpn@tun2.service openvpn@tun3.service",
+            "Restart=on-failure",
+            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN",
+            "ReadWritePaths=/sys/fs/bpf -/srv/a/run/openvpn",
+        ],
+    );
+    assert_lines(
+        text(&g, Side::A, layout::SYSCTL),
+        &[
+            "net.ipv4.ip_forward = 1",
+            "net.ipv6.conf.all.forwarding = 1",
+            "net.ipv4.conf.all.rp_filter = 2",
+            "net.ipv4.conf.default.rp_filter = 2",
+        ],
+    );
     assert!(text(&g, Side::A, layout::README).contains("/etc/openvpn/tun3.conf"));
 }
 

@@ -209,8 +209,7 @@ pub(super) fn targets(md: &mut String, variants: &[Variant], results: &Results) 
     let ovpn_lb = |v: &Variant| matches!(v.setup, Setup::OvpnLb { .. });
     let tc_tun = find(&|v| ovpn_lb(v) && v.device == DeviceKind::Tun);
     let xdp_tap = find(&|v| {
-        ovpn_lb(v)
-            && matches!(&v.setup, Setup::OvpnLb { config } if config.hook.as_deref() == Some("xdp"))
+        ovpn_lb(v) && matches!(&v.setup, Setup::OvpnLb { config } if config.hook == "xdp")
     });
     let numgen = find(&|v| matches!(v.setup, Setup::NftNumgen));
     if let Some(lb) = tc_tun {

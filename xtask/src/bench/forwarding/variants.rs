@@ -128,20 +128,17 @@ pub fn variants(n: usize) -> Vec<Variant> {
 pub fn ovpn_lb_config(kind: DeviceKind, hook: &str, n: usize) -> LoaderConfig {
     LoaderConfig {
         remote_prefixes: vec![REMOTE_V4.into(), REMOTE_V6.into()],
-        up_delay_ms: Some(0),
-        spray: Some("packet".into()),
-        hook: Some(hook.into()),
+        up_delay_ms: 0,
+        hook: hook.into(),
         lan: LanSection {
             interface: LAN_DEV.into(),
             prefixes: vec![LAN_V4.into(), LAN_V6.into()],
         },
         tunnels: (0..n)
             .map(|k| TunnelSection {
-                device: kind.device(k),
-                kind: (kind == DeviceKind::Tap).then(|| "tap".into()),
+                kind: kind.name().into(),
                 next_hop: (kind == DeviceKind::Tap).then(|| next_hops(k)[0].clone()),
-                translate: xlat(k).to_vec(),
-                ..TunnelSection::default()
+                ..TunnelSection::new(&kind.device(k), xlat(k).to_vec())
             })
             .collect(),
         ..LoaderConfig::default()
