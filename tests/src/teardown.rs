@@ -36,14 +36,18 @@ impl Record {
     /// Kills the processes, then removes namespaces, cgroups and mounts.
     /// Safe to call twice.
     pub fn tear_down(&self) {
+        let mut killed = false;
         for pid_file in &self.pid_files {
             if let Some(pid) = process::pid_in(pid_file) {
                 process::signal(pid, libc::SIGKILL);
+                killed = true;
             }
             let _ = fs::remove_file(pid_file);
         }
-        // Give killed processes a moment to release devices and mounts.
-        thread::sleep(Duration::from_millis(200));
+        if killed {
+            // Give killed processes a moment to release devices and mounts.
+            thread::sleep(Duration::from_millis(200));
+        }
         for ns in &self.namespaces {
             if Path::new("/run/netns").join(ns).exists() {
                 netns::delete(ns);
