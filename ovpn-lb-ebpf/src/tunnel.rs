@@ -41,7 +41,6 @@ pub enum Ingress {
 #[inline(always)]
 pub fn restore<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Ingress, Reason> {
     let id = tunnel_by_if(pkt.ctx().ifindex()).ok_or(Reason::UnknownTunnel)?;
-    stats::tunnel_rx(id, pkt.len().saturating_sub(L3 as u32));
     let tunnel = TUNNELS.get(id).ok_or(Reason::UnknownTunnel)?;
     let site = SITE.get(0).ok_or(Reason::UnknownTunnel)?;
     let proto = if L3 == ETH_HLEN {
@@ -54,16 +53,24 @@ pub fn restore<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Ingress, Rea
     match proto {
         ETH_P_IP => {
             let dst = pkt.header::<Ipv4Hdr>(L3).ok_or(Reason::TruncatedIp)?.dst();
+            // Probes have counters of their own; the tunnel's count traffic.
             if probe::is_probe_address(dst) {
                 return probe::handle(pkt, L3, id).map(|h| match h {
                     probe::Handled::Reflected => Ingress::ProbeReflected,
                     probe::Handled::Reported => Ingress::ProbeReported,
                 });
             }
+            stats::tunnel_rx(id, pkt.len().saturating_sub(L3 as u32));
             restore_v4(pkt, L3, site, tunnel).map(|()| Ingress::Restored(Family::V4))
         }
-        ETH_P_IPV6 => restore_v6(pkt, L3, site, tunnel).map(|()| Ingress::Restored(Family::V6)),
-        _ => Err(Reason::NotIp),
+        ETH_P_IPV6 => {
+            stats::tunnel_rx(id, pkt.len().saturating_sub(L3 as u32));
+            restore_v6(pkt, L3, site, tunnel).map(|()| Ingress::Restored(Family::V6))
+        }
+        _ => {
+            stats::tunnel_rx(id, pkt.len().saturating_sub(L3 as u32));
+            Err(Reason::NotIp)
+        }
     }
 }
 

@@ -2,9 +2,15 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::pins::{DEFAULT_PIN_ROOT, DEFAULT_RUN_DIR};
+use crate::{
+    generate::plan::{
+        DEFAULT_BINARY, DEFAULT_FIRST_PORT, DEFAULT_LINK_V4, DEFAULT_LINK_V6,
+        DEFAULT_TRANSLATE_POOL_V4, DEFAULT_TRANSLATE_POOL_V6,
+    },
+    pins::{DEFAULT_PIN_ROOT, DEFAULT_RUN_DIR},
+};
 
 /// Where `run`, `check` and `doctor` read the configuration unless told.
 pub const DEFAULT_CONFIG: &str = "/etc/ovpn-lb/ovpn-lb.toml";
@@ -108,4 +114,101 @@ pub enum Command {
     /// Stop a running `run`, then remove every link, pin, policy rule,
     /// route, neighbour entry and file ovpn-lb created, and nothing else.
     Detach,
+    /// Write both gateways' configuration for N OpenVPN tunnels between two
+    /// sites, ready to copy.
+    ///
+    /// Gateway A and gateway B each get a directory under --out that mirrors
+    /// their file system from / on: per tunnel k an OpenVPN configuration
+    /// (/etc/openvpn/tunK.conf: point to point over UDP port --port + k, TLS
+    /// with peer-fingerprint, A the client and B the server), the gateway's
+    /// self-signed certificate and key (made here; no CA), ovpn-lb.toml with
+    /// both gateways' translation prefixes matching, a sysctl drop-in, the
+    /// systemd unit ovpn-lb.service and a README.txt saying where each file
+    /// goes. Nothing is written outside --out, and an existing non-empty
+    /// --out is refused unless --force.
+    ///
+    /// Tunnel k's link is the first /30 of block k of --link-v4 (cut into up
+    /// to 256 blocks: 10.99.k.0/30 by default), gateway A .1 and gateway B .2.
+    /// Translation prefixes come from the pools: gateway A's tunnel k takes
+    /// the k-th prefix of its LAN's length in the pool's first half, gateway
+    /// B's in the second (by default 100.64.k.0/24 and 100.65.k.0/24 for /24
+    /// LANs).
+    Generate(Box<GenerateArgs>),
+}
+
+/// The kind of OpenVPN device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceKind {
+    /// `dev tun`: bare IP packets.
+    Tun,
+    /// `dev tap`: Ethernet frames.
+    Tap,
+}
+
+/// The answers `generate` needs.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Gateway A's WAN address or host name, as gateway B reaches it.
+    #[arg(long, value_name = "HOST")]
+    pub wan_a: String,
+    /// Gateway B's WAN address or host name, as gateway A reaches it.
+    #[arg(long, value_name = "HOST")]
+    pub wan_b: String,
+    /// Gateway A's LAN prefixes: one IPv4 and/or one IPv6, comma-separated or repeated.
+    #[arg(long, value_name = "PREFIX", value_delimiter = ',', required = true)]
+    pub lan_a: Vec<String>,
+    /// Gateway B's LAN prefixes.
+    #[arg(long, value_name = "PREFIX", value_delimiter = ',', required = true)]
+    pub lan_b: Vec<String>,
+    /// Gateway A's LAN interface.
+    #[arg(long, value_name = "NAME")]
+    pub lan_interface_a: String,
+    /// Gateway B's LAN interface.
+    #[arg(long, value_name = "NAME")]
+    pub lan_interface_b: String,
+    /// Number of tunnels (OpenVPN processes per gateway), 1 to 64.
+    #[arg(long, short = 'n', default_value_t = 4)]
+    pub tunnels: usize,
+    /// UDP port of tunnel 0; tunnel k uses this + k on both gateways.
+    #[arg(long, default_value_t = DEFAULT_FIRST_PORT)]
+    pub port: u16,
+    /// OpenVPN devices: tun (IP) or tap (Ethernet).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Tun)]
+    pub kind: DeviceKind,
+    /// OpenVPN's tun-mtu. Above 1500 makes jumbo tunnels: fewer, larger
+    /// packets through each single-threaded OpenVPN (the WAN fragments them).
+    #[arg(long, value_name = "BYTES")]
+    pub tun_mtu: Option<u32>,
+    /// The tunnels' link network (IPv4).
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_LINK_V4)]
+    pub link_v4: String,
+    /// The tunnels' IPv6 link network, for TAP tunnels with IPv6 LANs: tunnel k
+    /// gets its k-th /64.
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_LINK_V6)]
+    pub link_v6: String,
+    /// Where IPv4 translation prefixes come from (first half gateway A's, second B's).
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_TRANSLATE_POOL_V4)]
+    pub translate_pool_v4: String,
+    /// Where IPv6 translation prefixes come from.
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_TRANSLATE_POOL_V6)]
+    pub translate_pool_v6: String,
+    /// Also protect each management socket with a password (a file per gateway).
+    #[arg(long)]
+    pub management_password: bool,
+    /// Where the ovpn-lb binary is installed on the gateways.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BINARY)]
+    pub binary: PathBuf,
+    /// The directory gateway A's files are installed under: / on a real
+    /// gateway; another for a container or test bed. Paths in the files follow it.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root_a: PathBuf,
+    /// The directory gateway B's files are installed under.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root_b: PathBuf,
+    /// Output directory: gateway-a/ and gateway-b/ are written in it.
+    #[arg(long, short, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace gateway-a/ and gateway-b/ in an existing --out.
+    #[arg(long)]
+    pub force: bool,
 }

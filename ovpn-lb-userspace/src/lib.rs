@@ -10,7 +10,8 @@
 //! - `kernel_path`: the policy rules and table for what the kernel forwards;
 //! - `netlink`: everything said to the kernel over netlink; `facts`: a
 //!   snapshot of its devices; `openvpn`: the management client;
-//! - `metrics`: the Prometheus families and their HTTP server.
+//! - `metrics`: the Prometheus families and their HTTP server;
+//! - `generate`: both gateways' OpenVPN and ovpn-lb files from a few answers.
 
 pub mod cli;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod datapath;
 pub mod detach;
 pub mod doctor;
 pub mod facts;
+pub mod generate;
 pub mod health;
 pub mod kernel_path;
 pub mod logging;

@@ -9,7 +9,7 @@ use ovpn_lb::{
     config::{self, ConfigErrors},
     detach, doctor,
     facts::Facts,
-    logging,
+    generate, logging,
     netlink::Netlink,
     pins::Layout,
     run::{self, Options},
@@ -32,6 +32,12 @@ fn main() -> ExitCode {
             eprintln!("error: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // What a refused configuration leaves untouched.
+    let refused = match cli.command {
+        Command::Generate(_) => "nothing was written",
+        Command::Doctor { .. } => "",
+        _ => "nothing was attached",
     };
     // Each command gives its exit code; errors are mapped below.
     let result = runtime.block_on(async {
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
             } => show_status(&layout, json, interval, watch, all)
                 .await
                 .map(|()| 0),
+            Command::Generate(args) => generate::run(&args).map(|()| 0),
             Command::Detach => {
                 let removed = detach::stop_and_detach(&layout).await?;
                 for line in &removed {
@@ -79,7 +86,9 @@ fn main() -> ExitCode {
                 for line in &errors.0 {
                     eprintln!("error: {line}");
                 }
-                eprintln!("nothing was attached");
+                if !refused.is_empty() {
+                    eprintln!("{refused}");
+                }
                 return ExitCode::from(2);
             }
             eprintln!("error: {e:#}");

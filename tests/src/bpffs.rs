@@ -1,8 +1,14 @@
-//! A pin directory on bpffs owned by a test, removed with everything in it.
+//! bpffs for tests: a pin directory on the machine's bpffs, or a private
+//! bpffs mounted on a directory of the test's own; both removed on drop.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
-use crate::netns::run;
+use crate::process::{run, wait_until};
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -37,5 +43,29 @@ impl Drop for PinDir {
         if let Err(e) = fs::remove_dir_all(&self.path) {
             eprintln!("warning: removing {}: {e}", self.path.display());
         }
+    }
+}
+
+/// Mounts a private bpffs on `path` (created), so a loader's pins stay out
+/// of `/sys/fs/bpf`.
+///
+/// # Panics
+/// If the directory cannot be made or the mount fails.
+pub fn mount(path: &Path) {
+    fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+    run("mount", &["-t", "bpf", "bpf", &path.to_string_lossy()]);
+}
+
+/// Unmounts `path`, lazily if a loader that just exited still holds it.
+pub fn unmount(path: &Path) {
+    let unmounted = wait_until(Duration::from_secs(1), Duration::from_millis(50), || {
+        Command::new("umount")
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !unmounted {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
     }
 }

@@ -168,19 +168,11 @@ pub fn with_lab<R: Send>(f: impl FnOnce(&mut Lab) -> R + Send) -> R {
 }
 
 fn pin_to_cpu0() {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
-            0
-        );
-    }
+    assert!(crate::process::pin_thread(0), "pinning to CPU 0");
 }
 
 fn device_index(dev: &str) -> u32 {
-    let name = std::ffi::CString::new(dev).unwrap();
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    let index = crate::netns::ifindex(dev);
     assert_ne!(index, 0, "no device {dev} in the fixture namespace");
     index
 }
@@ -195,18 +187,19 @@ impl Lab {
             .chain(TAP_DEVICES.iter().map(|d| device_index(d)))
             .collect();
         datapath.set_site(&site(Spray::Packet)).unwrap();
-        datapath
-            .set_remote_v4(v4("10.20.0.0", 16), route::SPRAY)
-            .unwrap();
-        datapath
-            .set_remote_v4(v4("10.20.0.1", 32), route::EXCLUDE)
-            .unwrap();
-        datapath
-            .set_remote_v6(v6("fd00:20::", 48), route::SPRAY)
-            .unwrap();
-        datapath
-            .set_remote_v6(v6("fd00:20::1", 128), route::EXCLUDE)
-            .unwrap();
+        // The far LAN is sprayed to, the far gateway's own address is not.
+        for (prefix, route) in [
+            (v4("10.20.0.0", 16), route::SPRAY),
+            (v4("10.20.0.1", 32), route::EXCLUDE),
+        ] {
+            datapath.set_remote_v4(prefix, route).unwrap();
+        }
+        for (prefix, route) in [
+            (v6("fd00:20::", 48), route::SPRAY),
+            (v6("fd00:20::1", 128), route::EXCLUDE),
+        ] {
+            datapath.set_remote_v6(prefix, route).unwrap();
+        }
         for k in 0..TUNNELS {
             let dev = ifindex.get(k as usize).copied().unwrap_or(0);
             let t = match k {

@@ -1,17 +1,17 @@
-//! A gateway lab for the loader's tests: a LAN host and a gateway in their own
+//! A gateway for the loader's tests: a LAN host and a gateway in their own
 //! namespaces, tun devices held open by the test (standing in for OpenVPN),
 //! a responder behind each tun that answers pings as the far gateway would,
-//! and the real `ovpn-lb` binary run as a child process.
+//! and the real `ovpn-lb` binary run as a child process with the
+//! configuration the generator makes for such a site.
 
 use std::{
-    fmt::Write as _,
     fs,
     io::{Read as _, Write as _},
     net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::Child,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread::{self, JoinHandle},
@@ -20,40 +20,22 @@ use std::{
 
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use etherparse::{Icmpv4Header, Icmpv4Type, IpNumber, Ipv4Header};
+use ovpn_lb::{
+    config::file,
+    generate::{self, Request, Side},
+    pins::Layout,
+};
 use ovpn_lb_common::{Schedule, TunnelStats, maps::names};
 
 use crate::{
-    netns::{Netns, run},
+    bpffs,
+    loader::{self, Loader, loader_bin},
+    netns::{Netns, enter_named},
+    topology, traffic,
     tun::Tun,
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// Loader tests measure timing (the 100 ms health bound), so they run one at a
-/// time even when the test harness runs threads in parallel.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Holds the loader-test lock for the caller's scope.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The `ovpn-lb` binary: `$OVPN_LB_BIN`, or the workspace's debug build.
-#[must_use]
-pub fn loader_bin() -> PathBuf {
-    let path = std::env::var_os("OVPN_LB_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ovpn-lb"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p ovpn-lb-userspace` (cargo xtask test does)",
-        path.display()
-    );
-    path
-}
 
 /// A private bpffs mount and scratch directory, removed on drop.
 pub struct Scratch {
@@ -68,44 +50,24 @@ impl Scratch {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        fs::create_dir_all(dir.join("bpf")).unwrap();
-        run(
-            "mount",
-            &["-t", "bpf", "bpf", dir.join("bpf").to_str().unwrap()],
-        );
+        bpffs::mount(&dir.join("bpf"));
         Self { dir }
     }
 
-    /// Pin root given to the loader: inside the bpffs mount, so `detach` can
-    /// remove it without touching the mount.
+    /// Where the loader pins and keeps its state: the pin root inside the
+    /// bpffs mount, so `detach` can remove it without touching the mount.
     #[must_use]
-    pub fn pin_root(&self) -> PathBuf {
-        self.dir.join("bpf/ovpn-lb")
-    }
-
-    #[must_use]
-    pub fn run_dir(&self) -> PathBuf {
-        self.dir.join("run")
+    pub fn layout(&self) -> Layout {
+        Layout {
+            pin_root: self.dir.join("bpf/ovpn-lb"),
+            run_dir: self.dir.join("run"),
+        }
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let bpf = self.dir.join("bpf");
-        // A loader that just exited may still be releasing the mount.
-        let unmounted = (0..20).any(|_| {
-            let ok = Command::new("umount")
-                .arg(&bpf)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                thread::sleep(Duration::from_millis(50));
-            }
-            ok
-        });
-        if !unmounted {
-            let _ = Command::new("umount").arg("-l").arg(&bpf).status();
-        }
+        bpffs::unmount(&self.dir.join("bpf"));
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -133,7 +95,9 @@ impl Responder {
                 let Some(packet) = tun.try_read(Duration::from_millis(5)) else {
                     continue;
                 };
-                if let Some(reply) = echo_reply(&packet, Ipv4Addr::new(100, 65, k, 7)) {
+                if let Some(reply) = echo_reply(&packet, Ipv4Addr::new(100, 65, k, 7))
+                    .or_else(|| probe_answer(&packet))
+                {
                     tun.inject(&reply);
                 }
             }
@@ -153,6 +117,27 @@ impl Drop for Responder {
             let _ = t.join();
         }
     }
+}
+
+/// The far gateway's answer to one of the loader's probes, as its tunnel
+/// program would reflect it (kind, a receive time, a view of all tunnels
+/// usable), else `None`.
+fn probe_answer(packet: &[u8]) -> Option<Vec<u8>> {
+    use ovpn_lb_common::probe;
+    const KIND: usize = probe::IPV4_HLEN + probe::UDP_HLEN + 5;
+    const REFLECTED: usize = probe::IPV4_HLEN + probe::UDP_HLEN + 24;
+    const REFLECTOR_VIEW: usize = probe::IPV4_HLEN + probe::UDP_HLEN + 40;
+    let is_probe = packet.len() == probe::PACKET_LEN
+        && packet[16..20] == probe::DST
+        && packet.get(KIND) == Some(&probe::PROBE);
+    if !is_probe {
+        return None;
+    }
+    let mut answer = packet.to_vec();
+    answer[KIND] = probe::ANSWER;
+    answer[REFLECTED..REFLECTED + 8].copy_from_slice(&1u64.to_be_bytes());
+    answer[REFLECTOR_VIEW..REFLECTOR_VIEW + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+    Some(answer)
 }
 
 /// An echo reply from `from` for an IPv4 echo request, else `None`.
@@ -178,57 +163,6 @@ fn echo_reply(packet: &[u8], from: Ipv4Addr) -> Option<Vec<u8>> {
     Some([header.to_bytes().as_slice(), &reply.to_bytes(), payload].concat())
 }
 
-/// The running loader; killed (SIGKILL) on drop if still running.
-pub struct LoaderProcess {
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl LoaderProcess {
-    /// The loader's PID (`ip netns exec` execs it in place).
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `signal` and waits for the exit code (`None`: killed by a signal).
-    #[must_use]
-    pub fn stop(mut self, signal: i32) -> Option<i32> {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        unsafe { libc::kill(pid, signal) };
-        self.child.wait().ok().and_then(|s| s.code())
-    }
-
-    /// Waits for the process to exit by itself.
-    #[must_use]
-    pub fn wait(mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "loader did not exit:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    #[must_use]
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for LoaderProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// LAN host 192.168.10.5 behind gateway `lan0` (192.168.10.1), tunnels
 /// `ovt0..` held open by responders, and scratch space for pins and config.
 pub struct GatewayLab {
@@ -240,37 +174,47 @@ pub struct GatewayLab {
 }
 
 pub const TUNNEL_COUNT: usize = 3;
+/// The far host the responders answer for.
+pub const FAR_HOST: &str = "10.20.30.7";
+
+/// The generator's configuration for this gateway (site A, LAN
+/// 192.168.10.0/24, far LAN 10.20.30.0/24: translations 100.64.k.0/24 and
+/// 100.65.k.0/24), on the test's devices, without OpenVPN management.
+fn loader_config(up_delay_ms: u64, per_tunnel: impl Fn(usize, &mut file::Tunnel)) -> file::File {
+    let mut request = Request::new(
+        ["192.0.2.1", "192.0.2.2"],
+        ["lan0", "lan0"],
+        [&["192.168.10.0/24"], &["10.20.30.0/24"]],
+    );
+    request.tunnels = TUNNEL_COUNT;
+    let plan = request.plan().expect("the test site's plan");
+    let mut c = generate::loader_config(&plan, Side::A);
+    c.up_delay_ms = up_delay_ms;
+    for (k, t) in c.tunnels.iter_mut().enumerate() {
+        t.device = format!("ovt{k}");
+        t.management = None;
+        per_tunnel(k, t);
+    }
+    c
+}
 
 impl GatewayLab {
-    /// `extra` is appended to every `[[tunnel]]` k as returned by `per_tunnel(k)`.
     #[must_use]
-    pub fn new(up_delay_ms: u64, per_tunnel: impl Fn(usize) -> String) -> Self {
+    pub fn new(up_delay_ms: u64) -> Self {
+        Self::with_tunnels(up_delay_ms, |_, _| {})
+    }
+
+    /// `per_tunnel(k, tunnel)` adjusts tunnel k's configuration.
+    #[must_use]
+    pub fn with_tunnels(up_delay_ms: u64, per_tunnel: impl Fn(usize, &mut file::Tunnel)) -> Self {
         let host = Netns::new("lhost");
         let gw = Netns::new("lgw");
-        host.ip(&[
-            "link",
-            "add",
-            "h0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            gw.name(),
-        ]);
-        host.ip(&["addr", "add", "192.168.10.5/24", "dev", "h0"]);
-        host.ip(&["link", "set", "h0", "up"]);
-        host.ip(&["route", "add", "default", "via", "192.168.10.1"]);
-        gw.ip(&["addr", "add", "192.168.10.1/24", "dev", "lan0"]);
-        gw.ip(&["link", "set", "lan0", "up"]);
-        gw.exec(&[
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.rp_filter=0",
-        ]);
+        topology::host_behind(
+            (host.name(), "h0"),
+            (gw.name(), "lan0"),
+            &[("192.168.10.5/24", "192.168.10.1")],
+        );
+        topology::router(gw.name(), &[]);
         let mut responders = Vec::new();
         for k in 0..TUNNEL_COUNT {
             let name = format!("ovt{k}");
@@ -280,17 +224,10 @@ impl GatewayLab {
         // The kernel's own path (over-MTU packets) leaves by tunnel 0.
         gw.ip(&["route", "add", "10.20.0.0/16", "dev", "ovt0"]);
         let scratch = Scratch::new("loader");
-        let mut text = format!(
-            "remote_prefixes = [\"10.20.30.0/24\"]\nup_delay_ms = {up_delay_ms}\n# The responders stand in for the far gateway's traffic, not its probes.\nprobe_interval_ms = 0\n\n[lan]\ninterface = \"lan0\"\nprefixes = [\"192.168.10.0/24\"]\n"
-        );
-        for k in 0..TUNNEL_COUNT {
-            let _ = write!(
-                text,
-                "\n[[tunnel]]\ndevice = \"ovt{k}\"\ntranslate = [\"100.64.{k}.0/24\"]\npeer_translate = [\"100.65.{k}.0/24\"]\n{}\n",
-                per_tunnel(k)
-            );
-        }
         let config = scratch.dir.join("ovpn-lb.toml");
+        let text = loader_config(up_delay_ms, per_tunnel)
+            .to_toml()
+            .expect("TOML");
         fs::write(&config, text).unwrap();
         Self {
             host,
@@ -301,72 +238,70 @@ impl GatewayLab {
         }
     }
 
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--pin-root".into(),
-            self.scratch.pin_root().display().to_string(),
-            "--run-dir".into(),
-            self.scratch.run_dir().display().to_string(),
-        ]
+    /// A gateway with `ovpn-lb run` started on it.
+    #[must_use]
+    pub fn running(up_delay_ms: u64) -> (Self, Loader) {
+        let lab = Self::new(up_delay_ms);
+        let loader = lab.start_loader(&[]);
+        (lab, loader)
+    }
+
+    /// Stops `loader` with SIGTERM, which it must answer by exiting 0, then
+    /// detaches everything.
+    ///
+    /// # Panics
+    /// If either does not succeed.
+    pub fn stop_and_detach(&self, loader: Loader) {
+        let log = loader.log_text();
+        assert_eq!(loader.stop(libc::SIGTERM), Some(0), "{log}");
+        let out = self.ovpn_lb(&["detach"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// The loader as the tests run it.
+    #[must_use]
+    pub fn site(&self) -> loader::Site {
+        loader::Site {
+            ns: self.gw.name().to_owned(),
+            bin: loader_bin(),
+            layout: self.scratch.layout(),
+        }
     }
 
     /// Runs `ovpn-lb ARGS` in the gateway namespace to completion.
     #[must_use]
     pub fn ovpn_lb(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", self.gw.name()])
-            .arg(loader_bin())
-            .args(self.args())
-            .args(args)
-            .output()
-            .unwrap()
+        self.site().ovpn_lb(args)
     }
 
     /// Starts `ovpn-lb run` and waits until it reports running.
     #[must_use]
-    pub fn start_loader(&self, extra: &[&str]) -> LoaderProcess {
+    pub fn start_loader(&self, extra: &[&str]) -> Loader {
         let log = self.scratch.dir.join(format!(
             "loader-{}.log",
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let child = Command::new("ip")
-            .args(["netns", "exec", self.gw.name()])
-            .arg(loader_bin())
-            .args(self.args())
-            .args(["run", "--config", self.config.to_str().unwrap()])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let loader = LoaderProcess { child, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !loader.log_text().contains("running with") {
-            assert!(
-                Instant::now() < deadline,
-                "loader did not start:\n{}",
-                loader.log_text()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        loader
+        self.site().start(&self.config, extra, &log, false)
+    }
+
+    fn map<T>(&self, name: &str) -> T
+    where
+        T: TryFrom<Map>,
+        T::Error: std::fmt::Debug,
+    {
+        let path = self.scratch.layout().maps().join(name);
+        Map::from_map_data(MapData::from_pin(path).unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
     }
 
     /// The schedule packets use now, read from the pinned maps.
     #[must_use]
     pub fn live_schedule(&self) -> Schedule {
-        let maps = self.scratch.pin_root().join("maps");
-        let active: Array<_, u32> =
-            Map::from_map_data(MapData::from_pin(maps.join(names::ACTIVE_SCHED)).unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap();
+        let active: Array<_, u32> = self.map(names::ACTIVE_SCHED);
         let index = active.get(&0, 0).unwrap();
-        let buffers: Array<_, Schedule> =
-            Map::from_map_data(MapData::from_pin(maps.join(names::SCHEDULES)).unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap();
+        let buffers: Array<_, Schedule> = self.map(names::SCHEDULES);
         buffers.get(&index, 0).unwrap()
     }
 
@@ -411,27 +346,14 @@ impl GatewayLab {
     /// Tunnel `k`'s entry in the pinned `TUNNELS` map.
     #[must_use]
     pub fn tunnel_config(&self, k: u32) -> ovpn_lb_common::TunnelConfig {
-        let path = self.scratch.pin_root().join("maps").join(names::TUNNELS);
-        let map: Array<_, ovpn_lb_common::TunnelConfig> =
-            Map::from_map_data(MapData::from_pin(path).unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap();
+        let map: Array<_, ovpn_lb_common::TunnelConfig> = self.map(names::TUNNELS);
         map.get(&k, 0).unwrap()
     }
 
     /// Tunnel counters from the pinned map, summed over CPUs.
     #[must_use]
     pub fn tunnel_stats(&self, k: u32) -> TunnelStats {
-        let path = self
-            .scratch
-            .pin_root()
-            .join("maps")
-            .join(names::TUNNEL_STATS);
-        let map: PerCpuArray<_, TunnelStats> = Map::from_map_data(MapData::from_pin(path).unwrap())
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let map: PerCpuArray<_, TunnelStats> = self.map(names::TUNNEL_STATS);
         map.get(&k, 0)
             .unwrap()
             .iter()
@@ -441,46 +363,16 @@ impl GatewayLab {
     /// `GET /metrics` from the loader's default endpoint inside the gateway.
     #[must_use]
     pub fn scrape(&self) -> String {
-        self.gw.enter(|| {
-            let mut conn =
-                std::net::TcpStream::connect("127.0.0.1:9477").expect("metrics endpoint");
-            conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                .unwrap();
-            let mut response = String::new();
-            conn.read_to_string(&mut response).unwrap();
-            assert!(
-                response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
-                "{response}"
-            );
-            response
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body.to_owned())
-                .unwrap_or_default()
-        })
+        let (status, body) = http_get(&self.gw, "127.0.0.1:9477", "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// Starts `ping` from the LAN host to the far host: `count` echoes at
     /// `interval`. Returns the process to wait for.
     #[must_use]
     pub fn ping(&self, count: u32, interval: &str) -> Child {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                self.host.name(),
-                "ping",
-                "-n",
-                "-q",
-                "-i",
-                interval,
-                "-W",
-                "1",
-            ])
-            .args(["-c", &count.to_string(), "10.20.30.7"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        traffic::ping_background(self.host.name(), FAR_HOST, count, interval)
     }
 }
 
@@ -488,7 +380,7 @@ impl GatewayLab {
 #[must_use]
 pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
     let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    ns.enter(|| {
+    enter_named(ns.name(), || {
         let mut conn =
             std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         conn.write_all(request.as_bytes()).unwrap();
@@ -507,16 +399,6 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
     })
 }
 
-/// A child process killed (by its PID) and reaped on drop.
-pub struct Spawned(pub Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The value of the sample `series` (name and labels exactly as exposed).
 #[must_use]
 pub fn sample(exposition: &str, series: &str) -> Option<f64> {
@@ -527,18 +409,4 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
-}
-
-/// (transmitted, received) from ping's summary.
-#[must_use]
-pub fn ping_summary(output: &str) -> (u32, u32) {
-    let line = output
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in:\n{output}"));
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    (nums[0], nums[1])
 }

@@ -7,8 +7,17 @@
 //! fd00:a::5                                                                              fd00:b::5
 //! ```
 //!
-//! With `Options::tap` the tunnels are OpenVPN `dev tap` devices `tap0..`
-//! instead, each an Ethernet link `10.99.k.0/24` and `fd99:k::/64` between the
+//! Every gateway file comes from `ovpn-lb generate` (the library behind it):
+//! the lab writes each gateway's files under its own root in the lab
+//! directory (`gateway-a/etc/...`), starts OpenVPN from the generated
+//! configurations (TLS with `peer-fingerprint`, management on a unix socket
+//! under that root) and ovpn-lb from the generated `ovpn-lb.toml` with the
+//! lab's options (weights, up-delay, spray, hook, a plain peer) on top.
+//! Lab-only settings go on OpenVPN's command line: PID file, log, and a
+//! 1 s / 5 s keepalive so that a dead peer is noticed quickly.
+//!
+//! With `Options::tap` the tunnels are OpenVPN `dev tap` devices `tap0..`,
+//! each an Ethernet link `10.99.k.0/30` and `fd99:0:0:k::/64` between the
 //! gateways (gateway A .1, gateway B .2), and the configurations name the far
 //! end as each tunnel's `next_hop`.
 //!
@@ -20,39 +29,30 @@ use std::{
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::Stdio,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
 };
 
-use ovpn_lb::{pins::Layout, status::Counters};
+use ovpn_lb::{
+    config::TunnelKind,
+    config::file,
+    generate::{self, Generated, Request, layout},
+    pins::Layout,
+    status::Counters,
+};
 use ovpn_lb_common::TunnelStats;
 use serde::{Deserialize, Serialize};
 
-use crate::netns::run;
+pub use ovpn_lb::generate::Side;
 
-/// The two gateways.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Side {
-    A,
-    B,
-}
-
-impl Side {
-    fn letter(self) -> &'static str {
-        match self {
-            Side::A => "a",
-            Side::B => "b",
-        }
-    }
-
-    fn other(self) -> Side {
-        match self {
-            Side::A => Side::B,
-            Side::B => Side::A,
-        }
-    }
-}
+use crate::{
+    loader, netns,
+    openvpn::{self, OpenVpn},
+    process::{self, pid_in},
+    teardown::{Record, Teardown},
+    topology,
+};
 
 /// How gateway B forwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,8 +80,8 @@ pub struct Options {
     pub flow_mode: bool,
     /// OpenVPN TAP tunnels (`dev tapK`, Ethernet framing) instead of tun.
     pub tap: bool,
-    /// The configuration's hook, `mode = "tc" | "xdp" | "auto"`; `None`
-    /// leaves the loader's default. With TAP tunnels and any hook but tc, GRO
+    /// The configuration's hook, `hook = "tc" | "xdp" | "auto"`; `None`
+    /// leaves the generator's choice (`auto`). With TAP tunnels and any hook but tc, GRO
     /// is turned on at the hosts' ends of the LAN veths, which is what lets a
     /// veth transmit XDP frames (the XDP restore then forwards to the LAN).
     pub hook: Option<String>,
@@ -103,38 +103,59 @@ impl Default for Options {
     }
 }
 
-/// Everything to tear down, recorded before it exists.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Record {
-    pub namespaces: Vec<String>,
-    pub mounts: Vec<PathBuf>,
-    pub cgroups: Vec<PathBuf>,
-    /// PID files of processes the lab started.
-    pub pid_files: Vec<PathBuf>,
-}
-
 pub struct Lab {
     pub dir: PathBuf,
     pub options: Options,
     pub tag: String,
-    record: Record,
+    teardown: Teardown,
     /// False once handed to `cargo xtask lab` to outlive this process.
     owned: bool,
     bin: PathBuf,
+    /// The generated gateway files; `None` until [`Lab::generate`].
+    generated: Option<Generated>,
 }
+
+/// Numbers the labs of one test process.
+static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Host addresses.
 pub const HOST_A: &str = "192.168.10.5";
 pub const HOST_B: &str = "192.168.20.5";
 pub const HOST_A6: &str = "fd00:a::5";
 pub const HOST_B6: &str = "fd00:b::5";
+/// The gateways' WAN addresses, on the veth between them.
+pub const WAN: [&str; 2] = ["172.30.0.1", "172.30.0.2"];
+/// Each side's LAN: (host address with length, gateway address) per family.
+const LANS: [[topology::LanFamily; 2]; 2] = [
+    [
+        ("192.168.10.5/24", "192.168.10.1"),
+        ("fd00:a::5/64", "fd00:a::1"),
+    ],
+    [
+        ("192.168.20.5/24", "192.168.20.1"),
+        ("fd00:b::5/64", "fd00:b::1"),
+    ],
+];
+const LAN_PREFIXES: [[&str; 2]; 2] = [
+    ["192.168.10.0/24", "fd00:a::/64"],
+    ["192.168.20.0/24", "fd00:b::/64"],
+];
+/// A capture filter for what must never cross the WAN: a LAN or translated
+/// address in any header.
+pub const CLEAR_TEXT: &str = "net 192.168.0.0/16 or net 100.64.0.0/10 or ip6 net fd00::/8";
 
-const CGROUP_CPU: &str = "/sys/fs/cgroup/cpu";
-const CFS_PERIOD_US: u32 = 10_000;
-
-fn write_file(path: &Path, text: &str) {
-    fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+/// How much `count` grew between two readings, per entry (tunnel or reason).
+#[must_use]
+pub fn growth<T>(before: &[T], after: &[T], count: impl Fn(&T) -> u64) -> Vec<u64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| count(a) - count(b))
+        .collect()
 }
+
+/// The LAN device on hosts and gateways.
+pub const LAN_DEV: &str = "lan";
 
 impl Lab {
     /// Builds the lab in `dir` (created), naming everything after `tag`, and
@@ -144,16 +165,56 @@ impl Lab {
     /// If any step fails; what was made so far is torn down.
     #[must_use]
     pub fn up(dir: &Path, tag: &str, bin: &Path, options: Options) -> Self {
-        fs::create_dir_all(dir).unwrap();
+        let mut lab = Self::sites(dir, tag, bin, options);
+        lab.generate();
+        lab.start_tunnels();
+        lab.routes();
+        if lab.options.loaders {
+            lab.start_loader(Side::A);
+            if lab.options.peer == Peer::OvpnLb {
+                lab.start_loader(Side::B);
+            }
+        }
+        lab.wait_reachable();
+        lab
+    }
+
+    /// A lab for an integration test: a directory of its own under the temp
+    /// directory, namespaces `<tag><pid><n>`, the workspace's `ovpn-lb`.
+    #[must_use]
+    pub fn for_test(tag: &str, options: Options) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("ovpnlb-{tag}-{pid}-{n}"));
+        let _ = fs::remove_dir_all(&dir);
+        let tag = format!("{tag}{}{n}", pid % 10_000);
+        Self::up(&dir, &tag, &loader::loader_bin(), options)
+    }
+
+    /// The two sites without tunnels: namespaces, LANs, the WAN veth and a
+    /// bpffs for the loaders' pins. For tests that install the gateway files
+    /// themselves, as an operator would.
+    ///
+    /// # Panics
+    /// If any step fails; what was made so far is torn down.
+    #[must_use]
+    pub fn sites(dir: &Path, tag: &str, bin: &Path, options: Options) -> Self {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let mut lab = Self {
             dir: dir.to_path_buf(),
             options,
             tag: tag.to_owned(),
-            record: Record::default(),
+            teardown: Teardown::save_to(&dir.join("lab.json")),
             owned: true,
             bin: bin.to_path_buf(),
+            generated: None,
         };
-        lab.build();
+        for role in ["ha", "ga", "gb", "hb"] {
+            lab.teardown.namespace(&lab.ns(role));
+        }
+        lab.lans();
+        lab.wan();
+        lab.teardown.bpffs(&lab.dir.join("bpf"));
         lab
     }
 
@@ -177,11 +238,61 @@ impl Lab {
     /// tunnels.
     #[must_use]
     pub fn dev(&self, k: usize) -> String {
-        if self.options.tap {
-            format!("tap{k}")
+        format!("{}{k}", if self.options.tap { "tap" } else { "tun" })
+    }
+
+    /// The directory gateway `side`'s files are installed under: its `/`.
+    #[must_use]
+    pub fn root(&self, side: Side) -> PathBuf {
+        self.dir.join(side.name())
+    }
+
+    /// What the lab asks the generator for.
+    #[must_use]
+    pub fn request(&self) -> Request {
+        let mut r = Request::new(
+            WAN,
+            [LAN_DEV, LAN_DEV],
+            [&LAN_PREFIXES[0], &LAN_PREFIXES[1]],
+        );
+        r.tunnels = self.options.tunnels;
+        r.kind = if self.options.tap {
+            TunnelKind::Tap
         } else {
-            format!("tun{k}")
+            TunnelKind::Tun
+        };
+        r.root = Side::BOTH.map(|side| self.root(side));
+        r
+    }
+
+    /// Generates both gateways' files and installs each under its root.
+    ///
+    /// # Panics
+    /// If the generator refuses the lab's request or a file cannot be written.
+    pub fn generate(&mut self) {
+        let generated = generate::generate(&self.request())
+            .unwrap_or_else(|e| panic!("ovpn-lb generate: {e:#}"));
+        for side in Side::BOTH {
+            generated
+                .gateway(side)
+                .write_under(&self.root(side))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            self.make_run_dir(side);
         }
+        self.generated = Some(generated);
+    }
+
+    /// OpenVPN's runtime directory under `side`'s root, as Debian's
+    /// tmpfiles.d makes it: the management sockets go there.
+    pub fn make_run_dir(&self, side: Side) {
+        let run = self.root(side).join(layout::RUN_DIR);
+        fs::create_dir_all(&run).unwrap_or_else(|e| panic!("{}: {e}", run.display()));
+    }
+
+    fn generated(&self) -> &Generated {
+        self.generated
+            .as_ref()
+            .expect("the lab's files are generated first")
     }
 
     /// Whether the hosts' LAN veth ends get GRO (so the gateways' LAN veths
@@ -192,48 +303,29 @@ impl Lab {
     }
 
     /// Route arguments that send through tunnel `k` from `side`, per family:
-    /// `dev tunK`, or on a TAP link `via <far end> dev tapK` (the far end's
-    /// `fd99:k::` address for IPv6).
+    /// `dev tunK`, or on a TAP link `via <far end> dev tapK`.
     fn through(&self, side: Side, k: usize, v6: bool) -> Vec<String> {
         let dev = self.dev(k);
         if !self.options.tap {
             return vec!["dev".into(), dev];
         }
-        let peer = match side {
-            Side::A => 2,
-            Side::B => 1,
-        };
+        let tunnel = &self.generated().plan.tunnels[k];
         let via = if v6 {
-            format!("fd99:{k:x}::{peer}")
+            tunnel.link_address_v6(side.other())
         } else {
-            format!("10.99.{k}.{peer}")
+            Some(tunnel.link_address(side.other()))
         };
+        let via = via.map(|a| a.to_string()).unwrap_or_default();
         vec!["via".into(), via, "dev".into(), dev]
     }
 
-    fn route_through(&self, side: Side, v6: bool, prefix: &str, k: usize) {
-        let mut args: Vec<String> = Vec::new();
-        if v6 {
-            args.push("-6".into());
-        }
+    fn route_through(&self, side: Side, prefix: &str, k: usize) {
+        let v6 = prefix.contains(':');
+        let mut args: Vec<String> = vec![if v6 { "-6" } else { "-4" }.into()];
         args.extend(["route".into(), "add".into(), prefix.to_owned()]);
         args.extend(self.through(side, k, v6));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.ip(&self.gw(side), &args);
-    }
-
-    fn save(&self) {
-        write_file(
-            &self.dir.join("lab.json"),
-            &serde_json::to_string_pretty(&self.record).unwrap(),
-        );
-    }
-
-    fn add_ns(&mut self, name: &str) {
-        self.record.namespaces.push(name.to_owned());
-        self.save();
-        run("ip", &["netns", "add", name]);
-        self.ip(name, &["link", "set", "lo", "up"]);
     }
 
     /// `ip -n NS ARGS`.
@@ -242,9 +334,7 @@ impl Lab {
         reason = "most callers run it for its effect"
     )]
     pub fn ip(&self, ns: &str, args: &[&str]) -> String {
-        let mut full = vec!["-n", ns];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        netns::ip(ns, args)
     }
 
     /// `ip netns exec NS ARGS`.
@@ -253,167 +343,51 @@ impl Lab {
         reason = "most callers run it for its effect"
     )]
     pub fn exec(&self, ns: &str, args: &[&str]) -> String {
-        let mut full = vec!["netns", "exec", ns];
-        full.extend_from_slice(args);
-        run("ip", &full)
-    }
-
-    fn build(&mut self) {
-        let (ha, ga, gb, hb) = (self.ns("ha"), self.ns("ga"), self.ns("gb"), self.ns("hb"));
-        for ns in [&ha, &ga, &gb, &hb] {
-            self.add_ns(ns);
-        }
-        self.lans();
-        self.wan();
-        let key = self.dir.join("static.key");
-        run("openvpn", &["--genkey", "secret", key.to_str().unwrap()]);
-        for k in 0..self.options.tunnels {
-            for side in [Side::A, Side::B] {
-                self.start_openvpn(side, k);
-            }
-        }
-        self.wait_tunnels_connected();
-        self.routes();
-        if self.options.loaders {
-            let bpf = self.dir.join("bpf");
-            fs::create_dir_all(&bpf).unwrap();
-            self.record.mounts.push(bpf.clone());
-            self.save();
-            run("mount", &["-t", "bpf", "bpf", bpf.to_str().unwrap()]);
-            self.start_loader(Side::A);
-            if self.options.peer == Peer::OvpnLb {
-                self.start_loader(Side::B);
-            }
-        }
-        self.wait_reachable();
+        netns::exec(ns, args)
     }
 
     /// The lab is up once host B answers host A over both address families
     /// (neighbour discovery and OpenVPN's first exchanges take a moment).
     fn wait_reachable(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
         for target in [HOST_B, HOST_B6] {
-            loop {
-                let ok = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        &self.host(Side::A),
-                        "ping",
-                        "-n",
-                        "-q",
-                        "-c",
-                        "1",
-                        "-W",
-                        "1",
-                        target,
-                    ])
+            let answered = process::wait_until(Duration::from_secs(15), Duration::ZERO, || {
+                netns::command(&self.host(Side::A), "ping")
+                    .args(["-n", "-q", "-c", "1", "-W", "1", target])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "host B ({target}) never answered host A:\n{}",
-                    self.diagnose()
-                );
-            }
+                    .is_ok_and(|s| s.success())
+            });
+            assert!(
+                answered,
+                "host B ({target}) never answered host A:\n{}",
+                self.diagnose()
+            );
         }
     }
 
     /// Each host on its LAN veth behind its gateway; forwarding on.
     fn lans(&self) {
-        let (ha, ga, gb, hb) = (self.ns("ha"), self.ns("ga"), self.ns("gb"), self.ns("hb"));
-        for (host, gw, net4, net6) in [
-            (&ha, &ga, "192.168.10", "fd00:a"),
-            (&hb, &gb, "192.168.20", "fd00:b"),
-        ] {
-            self.ip(
-                host,
-                &[
-                    "link", "add", "lan", "type", "veth", "peer", "name", "lan", "netns", gw,
-                ],
-            );
-            self.ip(
-                host,
-                &["addr", "add", &format!("{net4}.5/24"), "dev", "lan"],
-            );
-            self.ip(
-                host,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{net6}::5/64"),
-                    "dev",
-                    "lan",
-                    "nodad",
-                ],
-            );
-            self.ip(host, &["link", "set", "lan", "up"]);
+        for side in Side::BOTH {
+            let (host, gw) = (self.host(side), self.gw(side));
+            topology::host_behind((&host, LAN_DEV), (&gw, LAN_DEV), &LANS[side.index()]);
             if self.lan_xdp_transmit() {
-                self.exec(host, &["ethtool", "-K", "lan", "gro", "on"]);
+                self.exec(&host, &["ethtool", "-K", LAN_DEV, "gro", "on"]);
             }
-            self.ip(
-                host,
-                &["route", "add", "default", "via", &format!("{net4}.1")],
-            );
-            self.ip(
-                host,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("{net6}::1"),
-                ],
-            );
-            self.ip(gw, &["addr", "add", &format!("{net4}.1/24"), "dev", "lan"]);
-            self.ip(
-                gw,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{net6}::1/64"),
-                    "dev",
-                    "lan",
-                    "nodad",
-                ],
-            );
-            self.ip(gw, &["link", "set", "lan", "up"]);
-            self.exec(
-                gw,
-                &[
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    "net.ipv4.ip_forward=1",
-                    "net.ipv6.conf.all.forwarding=1",
-                    "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.default.rp_filter=0",
-                ],
-            );
+            topology::router(&gw, &[]);
         }
     }
 
-    /// The veth between the gateways that OpenVPN runs over.
+    /// The veth between the gateways that OpenVPN runs over, with a jumbo
+    /// MTU so OpenVPN's encapsulated packets are never fragmented.
     fn wan(&self) {
-        let (ga, gb) = (self.ns("ga"), self.ns("gb"));
-        // WAN: jumbo MTU so OpenVPN's encapsulated packets are never fragmented.
-        self.ip(
-            &ga,
-            &[
-                "link", "add", "wan", "type", "veth", "peer", "name", "wan", "netns", &gb,
-            ],
-        );
-        self.ip(&ga, &["addr", "add", "172.30.0.1/30", "dev", "wan"]);
-        self.ip(&gb, &["addr", "add", "172.30.0.2/30", "dev", "wan"]);
-        for gw in [&ga, &gb] {
-            self.ip(gw, &["link", "set", "wan", "mtu", "9000", "up"]);
-        }
+        let (ga, gb) = (self.gw(Side::A), self.gw(Side::B));
+        let (a, b) = (format!("{}/30", WAN[0]), format!("{}/30", WAN[1]));
+        let end = |ns, addr| topology::End {
+            mtu: Some(9000),
+            ..topology::End::new(ns, "wan", addr)
+        };
+        topology::veth(&end(&ga, &[&a]), &end(&gb, &[&b]));
     }
 
     fn weight(&self, k: usize) -> u32 {
@@ -426,267 +400,160 @@ impl Lab {
     /// needs none: its kernel path has ovpn-lb's own rules and table.
     fn routes(&self) {
         if !self.options.loaders {
-            self.route_through(Side::A, false, "192.168.20.0/24", 0);
-            self.route_through(Side::A, true, "fd00:b::/64", 0);
-        }
-        match self.options.peer {
-            Peer::OvpnLb if !self.options.loaders => {
-                self.route_through(Side::B, false, "192.168.10.0/24", 0);
-                self.route_through(Side::B, true, "fd00:a::/64", 0);
+            for side in Side::BOTH {
+                if side == Side::B && self.options.peer == Peer::PlainRoutes {
+                    continue;
+                }
+                for prefix in LAN_PREFIXES[side.other().index()] {
+                    self.route_through(side, prefix, 0);
+                }
             }
-            Peer::OvpnLb => {}
-            Peer::PlainRoutes => {
-                for k in 0..self.options.tunnels {
-                    self.route_through(Side::B, false, &format!("100.64.{k}.0/24"), k);
-                    self.route_through(Side::B, true, &format!("fd00:64:{k:x}::/64"), k);
+        }
+        if self.options.peer == Peer::PlainRoutes {
+            for tunnel in &self.generated().plan.tunnels {
+                for prefix in &tunnel.translate[Side::A.index()] {
+                    self.route_through(Side::B, &prefix.to_string(), tunnel.index);
                 }
             }
         }
     }
 
-    fn pid_file(&self, side: Side, k: usize) -> PathBuf {
-        self.dir.join(format!("openvpn-{}{k}.pid", side.letter()))
-    }
-
-    /// Starts gateway `side`'s OpenVPN for tunnel `k` (p2p, static key, UDP).
-    ///
-    /// # Panics
-    /// If OpenVPN cannot start.
-    pub fn start_openvpn(&mut self, side: Side, k: usize) {
-        let (local, remote) = match side {
-            Side::A => ("172.30.0.1", "172.30.0.2"),
-            Side::B => ("172.30.0.2", "172.30.0.1"),
-        };
-        let (me, peer) = match side {
-            Side::A => (1, 2),
-            Side::B => (2, 1),
-        };
-        let pid_file = self.pid_file(side, k);
-        if !self.record.pid_files.contains(&pid_file) {
-            self.record.pid_files.push(pid_file.clone());
-            self.save();
-        }
-        let _ = fs::remove_file(&pid_file);
-        let dev = self.dev(k);
-        let ifconfig_local = format!("10.99.{k}.{me}");
-        let port = (1194 + k).to_string();
-        let mgmt = (7500 + k).to_string();
-        // tun: a p2p link, `--ifconfig local remote`. tap: an Ethernet link,
-        // `--ifconfig local netmask`, plus an IPv6 address for the kernel's
-        // IPv6 route through it.
-        let (dev_type, ifconfig_remote) = if self.options.tap {
-            ("tap", "255.255.255.0".to_owned())
-        } else {
-            ("tun", format!("10.99.{k}.{peer}"))
-        };
-        let ipv6 = [
-            "--ifconfig-ipv6".to_owned(),
-            format!("fd99:{k:x}::{me}/64"),
-            format!("fd99:{k:x}::{peer}"),
-        ];
-        let ipv6: &[String] = if self.options.tap { &ipv6 } else { &[] };
-        let log = self.dir.join(format!("openvpn-{}{k}.log", side.letter()));
-        let key = self.dir.join("static.key");
-        let mut args: Vec<&str> = vec![
-            "openvpn",
-            "--dev",
-            &dev,
-            "--dev-type",
-            dev_type,
-            "--ifconfig",
-            &ifconfig_local,
-            &ifconfig_remote,
-        ];
-        args.extend(ipv6.iter().map(String::as_str));
-        args.extend([
-            "--proto",
-            "udp",
-            "--local",
-            local,
-            "--lport",
-            &port,
-            "--remote",
-            remote,
-            "--rport",
-            &port,
-            "--secret",
-            key.to_str().unwrap(),
-            "--cipher",
-            "AES-256-CBC",
-            "--auth",
-            "SHA256",
-            "--ping",
-            "1",
-            "--ping-restart",
-            "5",
-            "--management",
-            "127.0.0.1",
-            &mgmt,
-            "--writepid",
-            pid_file.to_str().unwrap(),
-            "--log",
-            log.to_str().unwrap(),
-            "--verb",
-            "3",
-            "--daemon",
-        ]);
-        self.exec(&self.gw(side), &args);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !pid_file.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "OpenVPN {side:?}{k} wrote no PID file"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        if let Some(percent) = self.options.cpu_quota_percent {
-            self.cap_cpu(side, k, percent);
+    /// Gateway `side`'s OpenVPN for tunnel `k`, from its installed configuration.
+    #[must_use]
+    pub fn openvpn(&self, side: Side, k: usize) -> OpenVpn {
+        let name = format!("openvpn-{}{k}", side.letter());
+        OpenVpn {
+            ns: self.gw(side),
+            config: self.root(side).join(layout::openvpn_config(&self.dev(k))),
+            pid_file: self.dir.join(format!("{name}.pid")),
+            log: self.dir.join(format!("{name}.log")),
         }
     }
 
-    fn pid(path: &Path) -> Option<i32> {
-        fs::read_to_string(path).ok()?.trim().parse().ok()
-    }
-
-    /// Kills gateway `side`'s OpenVPN for tunnel `k` (by the PID it wrote).
-    pub fn kill_openvpn(&self, side: Side, k: usize) {
-        if let Some(pid) = Self::pid(&self.pid_file(side, k)) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = fs::remove_file(self.pid_file(side, k));
+    /// Starts every tunnel, TLS servers (gateway B) first so that no
+    /// client's first handshake packet finds a closed port, and waits until
+    /// all are connected.
+    fn start_tunnels(&mut self) {
+        for side in [Side::B, Side::A] {
+            for k in 0..self.options.tunnels {
+                self.start_openvpn(side, k);
+            }
         }
-    }
-
-    fn cap_cpu(&mut self, side: Side, k: usize, percent: u32) {
-        let group = PathBuf::from(CGROUP_CPU).join(format!("{}-{}{k}", self.tag, side.letter()));
-        if !self.record.cgroups.contains(&group) {
-            self.record.cgroups.push(group.clone());
-            self.save();
-        }
-        fs::create_dir_all(&group).unwrap_or_else(|e| panic!("cgroup {}: {e}", group.display()));
-        write_file(&group.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string());
-        write_file(
-            &group.join("cpu.cfs_quota_us"),
-            &(CFS_PERIOD_US * percent / 100).to_string(),
-        );
-        let pid = Self::pid(&self.pid_file(side, k)).expect("OpenVPN PID");
-        write_file(&group.join("cgroup.procs"), &pid.to_string());
-    }
-
-    /// Waits until every OpenVPN reports CONNECTED on its management port.
-    fn wait_tunnels_connected(&self) {
-        for side in [Side::A, Side::B] {
+        for side in Side::BOTH {
             for k in 0..self.options.tunnels {
                 self.wait_connected(side, k, Duration::from_secs(20));
             }
         }
     }
 
-    /// Waits until OpenVPN `side`/`k` has completed its initialisation
-    /// (its log, rewritten at each start, says so). The management interface
-    /// takes one client at a time and the loader holds it, so the log it is.
+    /// Starts gateway `side`'s OpenVPN for tunnel `k` with the lab's options.
+    ///
+    /// # Panics
+    /// If OpenVPN cannot start.
+    pub fn start_openvpn(&mut self, side: Side, k: usize) {
+        let openvpn = self.openvpn(side, k);
+        self.start_tracked(&openvpn, &["--keepalive", "1", "5", "--verb", "3"]);
+        if let Some(percent) = self.options.cpu_quota_percent {
+            let group = openvpn::cpu_group(&format!("{}-{}{k}", self.tag, side.letter()));
+            self.teardown.cgroup(&group);
+            let pid = openvpn.pid().expect("OpenVPN PID");
+            openvpn::cap_cpu(&group, pid, percent);
+        }
+    }
+
+    /// Starts `openvpn` with `extra` options, its PID file recorded first.
+    pub fn start_tracked(&mut self, openvpn: &OpenVpn, extra: &[&str]) {
+        self.teardown.pid_file(&openvpn.pid_file);
+        openvpn.start(extra);
+    }
+
+    /// Kills gateway `side`'s OpenVPN for tunnel `k` (by the PID it wrote);
+    /// returns that PID.
+    pub fn kill_openvpn(&self, side: Side, k: usize) -> Option<i32> {
+        self.openvpn(side, k).kill()
+    }
+
+    /// Waits until OpenVPN `side`/`k` has completed its initialisation.
     ///
     /// # Panics
     /// If it does not within `timeout`.
     pub fn wait_connected(&self, side: Side, k: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let log = self.dir.join(format!("openvpn-{}{k}.log", side.letter()));
-        loop {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("Initialization Sequence Completed") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "OpenVPN {side:?}{k} did not connect:\n{text}"
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        self.openvpn(side, k).wait_connected(timeout);
     }
 
-    /// The gateway's ovpn-lb configuration, as an operator would write it.
+    /// The gateway's ovpn-lb configuration: the generated one with the lab's
+    /// options on top.
+    #[must_use]
+    pub fn loader_config(&self, side: Side) -> file::File {
+        let mut c = generate::loader_config(&self.generated().plan, side);
+        let flow = self.options.peer == Peer::PlainRoutes || self.options.flow_mode;
+        c.spray = if flow {
+            file::Spray::Flow
+        } else {
+            file::Spray::Packet
+        };
+        c.up_delay_ms = self.options.up_delay_ms;
+        if let Some(hook) = &self.options.hook {
+            c.hook = Some(hook.clone());
+        }
+        for (k, t) in c.tunnels.iter_mut().enumerate() {
+            t.weight = self.weight(k);
+            if self.options.peer == Peer::PlainRoutes {
+                t.peer_translate.clear();
+            }
+        }
+        c
+    }
+
+    /// [`Lab::loader_config`] as the file the loader reads.
     #[must_use]
     pub fn config_text(&self, side: Side) -> String {
-        let (lan4, lan6, remote4, remote6, mine, theirs) = match side {
-            Side::A => (
-                "192.168.10.0/24",
-                "fd00:a::/64",
-                "192.168.20.0/24",
-                "fd00:b::/64",
-                "64",
-                "65",
-            ),
-            Side::B => (
-                "192.168.20.0/24",
-                "fd00:b::/64",
-                "192.168.10.0/24",
-                "fd00:a::/64",
-                "65",
-                "64",
-            ),
-        };
-        let mode = if self.options.peer == Peer::PlainRoutes || self.options.flow_mode {
-            "flow"
-        } else {
-            "packet"
-        };
-        let mut t = format!(
-            "# ovpn-lb on lab gateway {side:?}, written by the lab.\n\
-             remote_prefixes = [\"{remote4}\", \"{remote6}\"]\n\
-             spray = \"{mode}\"\n\
-             up_delay_ms = {}\n",
-            self.options.up_delay_ms
-        );
-        if let Some(hook) = &self.options.hook {
-            let _ = writeln!(t, "mode = \"{hook}\"");
-        }
-        let _ = write!(
-            t,
-            "\n[lan]\ninterface = \"lan\"\nprefixes = [\"{lan4}\", \"{lan6}\"]\n"
-        );
-        for k in 0..self.options.tunnels {
-            let _ = write!(
-                t,
-                "\n[[tunnel]]\ndevice = \"{}\"\ntranslate = [\"100.{mine}.{k}.0/24\", \"fd00:{mine}:{k:x}::/64\"]\n",
-                self.dev(k)
-            );
-            if self.options.tap {
-                let peer = match side {
-                    Side::A => 2,
-                    Side::B => 1,
-                };
-                let _ = writeln!(t, "kind = \"tap\"\nnext_hop = \"10.99.{k}.{peer}\"");
-            }
-            if self.options.peer == Peer::OvpnLb {
-                let _ = writeln!(
-                    t,
-                    "peer_translate = [\"100.{theirs}.{k}.0/24\", \"fd00:{theirs}:{k:x}::/64\"]"
-                );
-            }
-            let _ = write!(
-                t,
-                "weight = {}\nmanagement = \"127.0.0.1:{}\"\n",
-                self.weight(k),
-                7500 + k
-            );
-        }
-        t
+        let toml = self
+            .loader_config(side)
+            .to_toml()
+            .expect("a lab configuration is valid TOML");
+        format!(
+            "# ovpn-lb on lab gateway {side}: generated, with the lab's options on top.\n{toml}"
+        )
     }
 
+    /// Where gateway `side`'s `ovpn-lb.toml` is installed.
     #[must_use]
     pub fn config_path(&self, side: Side) -> PathBuf {
-        self.dir.join(format!("gateway-{}.toml", side.letter()))
+        self.root(side).join(layout::LOADER_CONFIG)
     }
 
+    /// Where gateway `side`'s loader pins and keeps its state.
     #[must_use]
     pub fn layout(&self, side: Side) -> Layout {
-        Layout {
-            pin_root: self.dir.join("bpf").join(side.letter()),
-            run_dir: self.dir.join(format!("run-{}", side.letter())),
+        layout_in(&self.dir, side)
+    }
+
+    /// The loader of gateway `side`, as the lab runs it.
+    #[must_use]
+    pub fn loader(&self, side: Side) -> loader::Site {
+        Self::loader_at(&self.dir, &self.tag, &self.bin, side)
+    }
+
+    /// The loader of gateway `side` of a lab built in `dir` under `tag`,
+    /// for a process that did not build it (`cargo xtask lab status`).
+    #[must_use]
+    pub fn loader_at(dir: &Path, tag: &str, bin: &Path, side: Side) -> loader::Site {
+        loader::Site {
+            ns: format!("{tag}-g{}", side.letter()),
+            bin: bin.to_path_buf(),
+            layout: layout_in(dir, side),
         }
     }
 
     fn loader_pid_file(&self, side: Side) -> PathBuf {
         self.dir.join(format!("ovpn-lb-{}.pid", side.letter()))
+    }
+
+    /// The loader's log (every run on `side` appends to it).
+    #[must_use]
+    pub fn loader_log(&self, side: Side) -> PathBuf {
+        self.dir.join(format!("ovpn-lb-{}.log", side.letter()))
     }
 
     /// Writes the configuration and starts `ovpn-lb run` on `side`; waits
@@ -695,58 +562,31 @@ impl Lab {
     /// # Panics
     /// If it does not start.
     pub fn start_loader(&mut self, side: Side) {
-        write_file(&self.config_path(side), &self.config_text(side));
+        let path = self.config_path(side);
+        fs::write(&path, self.config_text(side))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        self.start_loader_with(side, &path);
+    }
+
+    /// Starts `ovpn-lb run --config CONFIG` on `side`, tracked by its PID.
+    ///
+    /// # Panics
+    /// If it does not start.
+    pub fn start_loader_with(&mut self, side: Side, config: &Path) {
         let pid_file = self.loader_pid_file(side);
-        if !self.record.pid_files.contains(&pid_file) {
-            self.record.pid_files.push(pid_file.clone());
-            self.save();
-        }
-        let layout = self.layout(side);
-        let log = self.dir.join(format!("ovpn-lb-{}.log", side.letter()));
-        let log_start = fs::metadata(&log).map_or(0, |m| usize::try_from(m.len()).unwrap_or(0));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.gw(side)])
-            .arg(&self.bin)
-            .arg("--pin-root")
-            .arg(&layout.pin_root)
-            .arg("--run-dir")
-            .arg(&layout.run_dir)
-            .args(["run", "--config", self.config_path(side).to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        write_file(&pid_file, &child.id().to_string());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            if text
-                .get(log_start..)
-                .is_some_and(|new| new.contains("running with"))
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ovpn-lb on {side:?} did not start:\n{text}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        // The child is reaped by whoever outlives it; we track it by PID.
-        std::mem::forget(child);
+        self.teardown.pid_file(&pid_file);
+        let loader = self
+            .loader(side)
+            .start(config, &[], &self.loader_log(side), false);
+        let pid = loader.release();
+        fs::write(&pid_file, pid.to_string())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", pid_file.display()));
     }
 
     /// Kills the loader on `side` with SIGKILL (the datapath stays).
     pub fn kill_loader(&self, side: Side) {
-        if let Some(pid) = Self::pid(&self.loader_pid_file(side)) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        if let Some(pid) = pid_in(&self.loader_pid_file(side)) {
+            process::signal(pid, libc::SIGKILL);
             let _ = fs::remove_file(self.loader_pid_file(side));
         }
     }
@@ -757,10 +597,7 @@ impl Lab {
     /// If the maps cannot be read.
     #[must_use]
     pub fn tunnel_stats(&self, side: Side) -> Vec<TunnelStats> {
-        let n = u32::try_from(self.options.tunnels).unwrap();
-        Counters::read(&self.layout(side), n)
-            .expect("pinned counters")
-            .tunnels
+        self.counters(side).tunnels
     }
 
     /// Per-tunnel and per-reason counters of gateway `side`, from its pinned
@@ -778,15 +615,12 @@ impl Lab {
     #[must_use]
     pub fn diagnose(&self) -> String {
         let mut out = String::new();
-        for side in [Side::A, Side::B] {
+        for side in Side::BOTH {
             let gw = self.gw(side);
-            let log = fs::read_to_string(self.dir.join(format!("ovpn-lb-{}.log", side.letter())))
-                .unwrap_or_default();
+            let log = fs::read_to_string(self.loader_log(side)).unwrap_or_default();
             let _ = writeln!(out, "--- gateway {side:?} loader log:\n{log}");
-            if let Ok(c) = Counters::read(
-                &self.layout(side),
-                u32::try_from(self.options.tunnels).unwrap_or(0),
-            ) {
+            let n = u32::try_from(self.options.tunnels).unwrap_or(0);
+            if let Ok(c) = Counters::read(&self.layout(side), n) {
                 let _ = writeln!(out, "tunnels: {:?}", c.tunnels);
                 let reasons: Vec<String> = ovpn_lb_common::Reason::ALL
                     .iter()
@@ -796,22 +630,19 @@ impl Lab {
                     .collect();
                 let _ = writeln!(out, "reasons: {}", reasons.join(" "));
             }
-            for args in [&["route"][..], &["neigh"], &["-br", "link"]] {
-                let mut full = vec!["-n", gw.as_str()];
-                full.extend_from_slice(args);
-                let o = Command::new("ip")
-                    .args(&full)
+            for args in [
+                &["ip", "route"][..],
+                &["ip", "neigh"],
+                &["ip", "-br", "link"],
+                &["bpftool", "net", "show"],
+            ] {
+                let o = netns::command(&gw, args[0])
+                    .args(&args[1..])
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
-                let _ = writeln!(out, "ip {args:?}:\n{o}");
+                let _ = writeln!(out, "{}:\n{o}", args.join(" "));
             }
-            let o = Command::new("ip")
-                .args(["netns", "exec", &gw, "bpftool", "net", "show"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let _ = writeln!(out, "bpftool net show:\n{o}");
         }
         out
     }
@@ -819,59 +650,30 @@ impl Lab {
     /// Hands the lab to the caller's caller: nothing is torn down on drop.
     pub fn persist(mut self) {
         self.owned = false;
+        self.teardown.keep();
     }
 
     /// Tears down everything `dir/lab.json` lists; safe to call twice.
     pub fn down(dir: &Path) {
-        let Ok(text) = fs::read_to_string(dir.join("lab.json")) else {
+        if !dir.join("lab.json").exists() {
             return;
-        };
-        let record: Record = serde_json::from_str(&text).unwrap_or_default();
-        teardown(&record);
+        }
+        Record::load(&dir.join("lab.json")).tear_down();
         let _ = fs::remove_dir_all(dir);
-    }
-
-    #[must_use]
-    pub fn other(side: Side) -> Side {
-        side.other()
     }
 }
 
-fn teardown(record: &Record) {
-    for pid_file in &record.pid_files {
-        if let Some(pid) = Lab::pid(pid_file) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let _ = fs::remove_file(pid_file);
-    }
-    // Give killed processes a moment to release devices and mounts.
-    thread::sleep(Duration::from_millis(200));
-    for ns in &record.namespaces {
-        let _ = Command::new("ip").args(["netns", "del", ns]).status();
-    }
-    for group in &record.cgroups {
-        for _ in 0..20 {
-            if fs::remove_dir(group).is_ok() || !group.exists() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-    for mount in &record.mounts {
-        let ok = Command::new("umount")
-            .arg(mount)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(mount).status();
-        }
+fn layout_in(dir: &Path, side: Side) -> Layout {
+    Layout {
+        pin_root: dir.join("bpf").join(side.letter()),
+        run_dir: dir.join(format!("run-{}", side.letter())),
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         if self.owned {
-            teardown(&self.record);
+            self.teardown.tear_down();
             let _ = fs::remove_dir_all(&self.dir);
         }
     }

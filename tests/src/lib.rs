@@ -1,5 +1,19 @@
-//! Shared test support: privilege checks, network-namespace guards, packet
-//! builders with independent checksum validation, and the BPF fixture harness.
+//! The test bed: everything the integration tests, `cargo xtask lab`/`run`
+//! and the benchmark build their networks and run their checks with.
+//!
+//! - `process`: commands, child processes, PID files, waiting on logs;
+//! - `netns`: network namespaces and running commands in them;
+//! - `topology`: veth links, a LAN host behind its gateway, router settings;
+//! - `tun`: tun/TAP devices opened by the test itself;
+//! - `bpffs`: pin directories and private bpffs mounts;
+//! - `teardown`: the record of what a test bed made, torn down in one place;
+//! - `openvpn`: OpenVPN processes (and CPU quotas); `loader`: the `ovpn-lb`
+//!   binary; configuration comes from the generator (`ovpn_lb::generate`);
+//! - `lab`: two sites joined by real OpenVPN tunnels; `gateway`: one gateway
+//!   with tun devices held by the test, for the loader's tests;
+//! - `traffic`: TCP, UDP, ping and captures between namespaces;
+//! - `packets` and `fixture`: packet builders and the `BPF_PROG_TEST_RUN`
+//!   harness.
 #![allow(
     clippy::missing_panics_doc,
     reason = "test support: every failure is a panic with context, by design"
@@ -9,15 +23,46 @@ pub mod bpffs;
 pub mod fixture;
 pub mod gateway;
 pub mod lab;
+pub mod loader;
 pub mod netns;
+pub mod openvpn;
 pub mod packets;
+pub mod process;
+pub mod teardown;
+pub mod topology;
 pub mod traffic;
 pub mod tun;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Tests that build labs or measure timing (the 100 ms health bound) run one
+/// at a time even when the test harness runs threads in parallel.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the one-at-a-time lock for the caller's scope.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// For a test that needs root and must run alone: the lock that keeps it
+/// alone, or `None` (the skip said, see [`require_root`]) without root. The
+/// test is named by its thread, which libtest names after it.
+#[must_use]
+pub fn root_alone() -> Option<MutexGuard<'static, ()>> {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    require_root(&name).then(serial)
+}
 
 /// True when the test may run. Without root it skips with a message, except
 /// under `CI=true`, where a skip is a failure.
 #[must_use]
 pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }

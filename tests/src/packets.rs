@@ -3,7 +3,10 @@
 //! Both lean on etherparse for every checksum, so the expected bytes and the
 //! verdict on the datapath's output come from code independent of ours.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use etherparse::{
     IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpFragOffset, IpNumber,
@@ -82,7 +85,8 @@ impl L4 {
         }
     }
 
-    fn bytes_v4(&self, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    /// The L4 header (checksum over `ip`'s pseudo-header) and payload.
+    fn bytes(&self, ip: Pseudo) -> Vec<u8> {
         match self {
             Self::Tcp {
                 sport,
@@ -90,7 +94,11 @@ impl L4 {
                 payload,
             } => {
                 let mut h = tcp_header(*sport, *dport);
-                h.checksum = h.calc_checksum_ipv4_raw(src, dst, payload).unwrap();
+                h.checksum = match ip {
+                    Pseudo::V4(s, d) => h.calc_checksum_ipv4_raw(s, d, payload),
+                    Pseudo::V6(s, d) => h.calc_checksum_ipv6_raw(s, d, payload),
+                }
+                .unwrap();
                 [h.to_bytes().as_slice(), payload].concat()
             }
             Self::Udp {
@@ -100,54 +108,43 @@ impl L4 {
                 checksum,
             } => {
                 let mut h = udp_header(*sport, *dport, payload.len());
-                if *checksum {
-                    h.checksum = h.calc_checksum_ipv4_raw(src, dst, payload).unwrap();
-                }
+                // A zero ("no") UDP checksum exists in IPv4 only.
+                h.checksum = match ip {
+                    Pseudo::V4(s, d) if *checksum => {
+                        h.calc_checksum_ipv4_raw(s, d, payload).unwrap()
+                    }
+                    Pseudo::V4(..) => 0,
+                    Pseudo::V6(s, d) => h.calc_checksum_ipv6_raw(s, d, payload).unwrap(),
+                };
                 [h.to_bytes().as_slice(), payload].concat()
             }
             Self::Echo { id, seq, payload } => {
-                let t = Icmpv4Type::EchoRequest(IcmpEchoHeader { id: *id, seq: *seq });
-                [
-                    Icmpv4Header::with_checksum(t, payload)
-                        .to_bytes()
-                        .as_slice(),
-                    payload,
-                ]
-                .concat()
+                let echo = IcmpEchoHeader { id: *id, seq: *seq };
+                let h = match ip {
+                    Pseudo::V4(..) => {
+                        Icmpv4Header::with_checksum(Icmpv4Type::EchoRequest(echo), payload)
+                            .to_bytes()
+                            .to_vec()
+                    }
+                    Pseudo::V6(s, d) => {
+                        Icmpv6Header::with_checksum(Icmpv6Type::EchoRequest(echo), s, d, payload)
+                            .unwrap()
+                            .to_bytes()
+                            .to_vec()
+                    }
+                };
+                [h.as_slice(), payload].concat()
             }
             Self::Raw { bytes, .. } => bytes.clone(),
         }
     }
+}
 
-    fn bytes_v6(&self, src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
-        match self {
-            Self::Tcp {
-                sport,
-                dport,
-                payload,
-            } => {
-                let mut h = tcp_header(*sport, *dport);
-                h.checksum = h.calc_checksum_ipv6_raw(src, dst, payload).unwrap();
-                [h.to_bytes().as_slice(), payload].concat()
-            }
-            Self::Udp {
-                sport,
-                dport,
-                payload,
-                ..
-            } => {
-                let mut h = udp_header(*sport, *dport, payload.len());
-                h.checksum = h.calc_checksum_ipv6_raw(src, dst, payload).unwrap();
-                [h.to_bytes().as_slice(), payload].concat()
-            }
-            Self::Echo { id, seq, payload } => {
-                let t = Icmpv6Type::EchoRequest(IcmpEchoHeader { id: *id, seq: *seq });
-                let h = Icmpv6Header::with_checksum(t, src, dst, payload).unwrap();
-                [h.to_bytes().as_slice(), payload].concat()
-            }
-            Self::Raw { bytes, .. } => bytes.clone(),
-        }
-    }
+/// The addresses an L4 checksum covers.
+#[derive(Clone, Copy)]
+enum Pseudo {
+    V4([u8; 4], [u8; 4]),
+    V6([u8; 16], [u8; 16]),
 }
 
 fn tcp_header(sport: u16, dport: u16) -> TcpHeader {
@@ -175,17 +172,26 @@ pub fn payload(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// An IPv4 datagram description.
+/// An IP datagram description: [`V4`] or [`V6`].
 #[derive(Clone, Debug)]
-pub struct V4 {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub ttl: u8,
-    pub options: Vec<u8>,
+pub struct Datagram<A> {
+    pub src: A,
+    pub dst: A,
+    /// The TTL (IPv4) or hop limit (IPv6).
+    pub hops: u8,
+    /// IPv4: option bytes. IPv6: extension header types placed before the
+    /// L4 header (each padded to 8 bytes).
+    pub extra: Vec<u8>,
     pub l4: L4,
 }
 
-impl V4 {
+pub type V4 = Datagram<Ipv4Addr>;
+pub type V6 = Datagram<Ipv6Addr>;
+
+impl<A: FromStr + Clone> Datagram<A>
+where
+    A::Err: std::fmt::Debug,
+{
     /// # Panics
     /// On a malformed address literal.
     #[must_use]
@@ -193,8 +199,8 @@ impl V4 {
         Self {
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
-            ttl: 64,
-            options: vec![],
+            hops: 64,
+            extra: vec![],
             l4,
         }
     }
@@ -215,22 +221,26 @@ impl V4 {
         }
     }
 
+    /// The same datagram with this TTL or hop limit.
     #[must_use]
-    pub fn with_ttl(&self, ttl: u8) -> Self {
+    pub fn with_hops(&self, hops: u8) -> Self {
         Self {
-            ttl,
+            hops,
             ..self.clone()
         }
     }
+}
 
+impl V4 {
     fn l4_bytes(&self) -> Vec<u8> {
-        self.l4.bytes_v4(self.src.octets(), self.dst.octets())
+        self.l4
+            .bytes(Pseudo::V4(self.src.octets(), self.dst.octets()))
     }
 
     fn header(&self, payload_len: usize, more: bool, offset_units: u16, df: bool) -> Vec<u8> {
         let mut h = Ipv4Header::new(
             u16::try_from(payload_len).unwrap(),
-            self.ttl,
+            self.hops,
             IpNumber(self.l4.proto(false)),
             self.src.octets(),
             self.dst.octets(),
@@ -240,7 +250,7 @@ impl V4 {
         h.dont_fragment = df;
         h.more_fragments = more;
         h.fragment_offset = IpFragOffset::try_new(offset_units).unwrap();
-        h.options = self.options.as_slice().try_into().unwrap();
+        h.options = self.extra.as_slice().try_into().unwrap();
         h.set_payload_len(payload_len).unwrap();
         h.header_checksum = h.calc_header_checksum();
         h.to_bytes().to_vec()
@@ -270,81 +280,34 @@ impl V4 {
     }
 }
 
-/// An IPv6 datagram description. `ext` lists extension header types placed
-/// before the L4 header (each padded to 8 bytes).
-#[derive(Clone, Debug)]
-pub struct V6 {
-    pub src: Ipv6Addr,
-    pub dst: Ipv6Addr,
-    pub hop_limit: u8,
-    pub ext: Vec<u8>,
-    pub l4: L4,
-}
-
 impl V6 {
-    /// # Panics
-    /// On a malformed address literal.
-    #[must_use]
-    pub fn new(src: &str, dst: &str, l4: L4) -> Self {
-        Self {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            hop_limit: 64,
-            ext: vec![],
-            l4,
-        }
-    }
-
-    #[must_use]
-    pub fn with_src(&self, src: &str) -> Self {
-        Self {
-            src: src.parse().unwrap(),
-            ..self.clone()
-        }
-    }
-
-    #[must_use]
-    pub fn with_dst(&self, dst: &str) -> Self {
-        Self {
-            dst: dst.parse().unwrap(),
-            ..self.clone()
-        }
-    }
-
-    #[must_use]
-    pub fn with_hop_limit(&self, hop_limit: u8) -> Self {
-        Self {
-            hop_limit,
-            ..self.clone()
-        }
-    }
-
     #[must_use]
     pub fn with_ext(&self, ext: &[u8]) -> Self {
         Self {
-            ext: ext.to_vec(),
+            extra: ext.to_vec(),
             ..self.clone()
         }
     }
 
     fn l4_bytes(&self) -> Vec<u8> {
-        self.l4.bytes_v6(self.src.octets(), self.dst.octets())
+        self.l4
+            .bytes(Pseudo::V6(self.src.octets(), self.dst.octets()))
     }
 
     /// Fixed header plus the extension chain; `last_next` is what follows it.
     fn headers(&self, payload_len: usize, last_next: u8) -> Vec<u8> {
         let mut chain = Vec::new();
-        for (i, _) in self.ext.iter().enumerate() {
-            let next = self.ext.get(i + 1).copied().unwrap_or(last_next);
+        for (i, _) in self.extra.iter().enumerate() {
+            let next = self.extra.get(i + 1).copied().unwrap_or(last_next);
             // Next header, length 0 (8 bytes), PadN option filling the rest.
             chain.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
         }
-        let first = self.ext.first().copied().unwrap_or(last_next);
+        let first = self.extra.first().copied().unwrap_or(last_next);
         let len = u16::try_from(chain.len() + payload_len).unwrap();
         let mut h = vec![0x60, 0, 0, 0];
         h.extend_from_slice(&len.to_be_bytes());
         h.push(first);
-        h.push(self.hop_limit);
+        h.push(self.hops);
         h.extend_from_slice(&self.src.octets());
         h.extend_from_slice(&self.dst.octets());
         [h, chain].concat()
@@ -480,32 +443,40 @@ fn validate_v4(l3: &[u8]) -> Result<(), String> {
         return Ok(());
     }
     let body = &l3[ip.header_len()..usize::from(ip.total_len)];
-    let (src, dst) = (ip.source, ip.destination);
-    match ip.protocol.0 {
-        6 => {
-            let (h, payload) = TcpHeader::from_slice(body).map_err(|e| e.to_string())?;
-            let want = h
-                .calc_checksum_ipv4_raw(src, dst, payload)
-                .map_err(|e| e.to_string())?;
-            check("TCP", h.checksum, want)
+    validate_l4(ip.protocol.0, body, Pseudo::V4(ip.source, ip.destination))
+}
+
+/// The L4 checksum of `body` (protocol `proto`) over `ip`'s pseudo-header.
+fn validate_l4(proto: u8, body: &[u8], ip: Pseudo) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    match (proto, ip) {
+        (6, _) => {
+            let (h, payload) = TcpHeader::from_slice(body).map_err(|e| err(&e))?;
+            let want = match ip {
+                Pseudo::V4(s, d) => h.calc_checksum_ipv4_raw(s, d, payload),
+                Pseudo::V6(s, d) => h.calc_checksum_ipv6_raw(s, d, payload),
+            };
+            check("TCP", h.checksum, want.map_err(|e| err(&e))?)
         }
-        17 => {
-            let (h, payload) = UdpHeader::from_slice(body).map_err(|e| e.to_string())?;
-            if h.checksum == 0 {
-                return Ok(());
-            }
-            let want = h
-                .calc_checksum_ipv4_raw(src, dst, payload)
-                .map_err(|e| e.to_string())?;
-            check("UDP", h.checksum, want)
+        (17, _) => {
+            let (h, payload) = UdpHeader::from_slice(body).map_err(|e| err(&e))?;
+            let want = match ip {
+                // IPv4 allows no checksum at all.
+                Pseudo::V4(..) if h.checksum == 0 => return Ok(()),
+                Pseudo::V4(s, d) => h.calc_checksum_ipv4_raw(s, d, payload),
+                Pseudo::V6(s, d) => h.calc_checksum_ipv6_raw(s, d, payload),
+            };
+            check("UDP", h.checksum, want.map_err(|e| err(&e))?)
         }
-        1 => {
-            let (h, payload) = Icmpv4Header::from_slice(body).map_err(|e| e.to_string())?;
-            check(
-                "ICMP",
-                h.checksum,
-                Icmpv4Header::with_checksum(h.icmp_type, payload).checksum,
-            )
+        (1, Pseudo::V4(..)) => {
+            let (h, payload) = Icmpv4Header::from_slice(body).map_err(|e| err(&e))?;
+            let want = Icmpv4Header::with_checksum(h.icmp_type, payload).checksum;
+            check("ICMP", h.checksum, want)
+        }
+        (58, Pseudo::V6(s, d)) => {
+            let (h, payload) = Icmpv6Header::from_slice(body).map_err(|e| err(&e))?;
+            let want = h.icmp_type.calc_checksum(s, d, payload);
+            check("ICMPv6", h.checksum, want.map_err(|e| err(&e))?)
         }
         _ => Ok(()),
     }
@@ -527,32 +498,7 @@ fn validate_v6(l3: &[u8]) -> Result<(), String> {
             _ => break,
         }
     }
-    let body = &l3[off..end];
-    match next {
-        6 => {
-            let (h, payload) = TcpHeader::from_slice(body).map_err(|e| e.to_string())?;
-            let want = h
-                .calc_checksum_ipv6_raw(src, dst, payload)
-                .map_err(|e| e.to_string())?;
-            check("TCP", h.checksum, want)
-        }
-        17 => {
-            let (h, payload) = UdpHeader::from_slice(body).map_err(|e| e.to_string())?;
-            let want = h
-                .calc_checksum_ipv6_raw(src, dst, payload)
-                .map_err(|e| e.to_string())?;
-            check("UDP", h.checksum, want)
-        }
-        58 => {
-            let (h, payload) = Icmpv6Header::from_slice(body).map_err(|e| e.to_string())?;
-            let want = h
-                .icmp_type
-                .calc_checksum(src, dst, payload)
-                .map_err(|e| e.to_string())?;
-            check("ICMPv6", h.checksum, want)
-        }
-        _ => Ok(()),
-    }
+    validate_l4(next, &l3[off..end], Pseudo::V6(src, dst))
 }
 
 fn check(what: &str, got: u16, want: u16) -> Result<(), String> {

@@ -14,7 +14,10 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::{gateway::Spawned, netns::enter_named};
+use crate::{
+    netns::{self, enter_named},
+    process::Spawned,
+};
 
 /// Deterministic pseudo-random bytes (xorshift64*), `len` of them, in chunks.
 pub struct RandomData {
@@ -177,59 +180,77 @@ pub fn udp_exchange(from: &str, to: &str, server: SocketAddr, count: usize) -> (
     (echoed, peer)
 }
 
+/// `ping` of `target` from namespace `ns`: `count` echoes `interval` apart.
+fn ping_command(ns: &str, target: &str, count: u32, interval: &str) -> Command {
+    let mut c = netns::command(ns, "ping");
+    c.args([
+        "-n",
+        "-q",
+        "-W",
+        "1",
+        "-i",
+        interval,
+        "-c",
+        &count.to_string(),
+        target,
+    ]);
+    c
+}
+
 /// `ping` from namespace `ns`: (transmitted, received).
 ///
 /// # Panics
 /// If ping cannot run or prints no summary.
 #[must_use]
 pub fn ping(ns: &str, target: &str, count: u32, interval: &str) -> (u32, u32) {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-q",
-            "-W",
-            "1",
-            "-i",
-            interval,
-            "-c",
-            &count.to_string(),
-            target,
-        ])
-        .output()
-        .unwrap();
-    crate::gateway::ping_summary(&String::from_utf8_lossy(&out.stdout))
+    let out = ping_command(ns, target, count, interval).output().unwrap();
+    ping_summary(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Starts `ping` in the background.
+/// Starts `ping` in the background; its summary is on stdout.
 ///
 /// # Panics
 /// If ping cannot start.
 #[must_use]
 pub fn ping_background(ns: &str, target: &str, count: u32, interval: &str) -> std::process::Child {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-q",
-            "-W",
-            "1",
-            "-i",
-            interval,
-            "-c",
-            &count.to_string(),
-            target,
-        ])
+    ping_command(ns, target, count, interval)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// (transmitted, received) from ping's summary.
+///
+/// # Panics
+/// If there is no summary.
+#[must_use]
+pub fn ping_summary(output: &str) -> (u32, u32) {
+    let line = output
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in:\n{output}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// An `iperf3` server for one test in namespace `ns`, given a moment to listen.
+///
+/// # Panics
+/// If iperf3 cannot start.
+#[must_use]
+pub fn iperf3_server(ns: &str) -> Spawned {
+    let server = netns::command(ns, "iperf3")
+        .args(["-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 (Debian package iperf3)");
+    thread::sleep(Duration::from_millis(300));
+    Spawned(server)
 }
 
 /// A packet capture on `iface` in namespace `ns`, written to `file`.
@@ -243,10 +264,8 @@ impl Capture {
     /// If tcpdump cannot start.
     #[must_use]
     pub fn start(ns: &str, iface: &str, file: &Path) -> Self {
-        let child = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-U", "-s", "128", "-w",
-            ])
+        let child = netns::command(ns, "tcpdump")
+            .args(["-i", iface, "-n", "-U", "-s", "128", "-w"])
             .arg(file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -269,8 +288,7 @@ impl Capture {
     #[must_use]
     pub fn stop(mut self) -> CaptureFile {
         if let Some(p) = self.process.take() {
-            let pid = i32::try_from(p.0.id()).unwrap();
-            unsafe { libc::kill(pid, libc::SIGINT) };
+            crate::process::signal(i32::try_from(p.0.id()).unwrap(), libc::SIGINT);
             thread::sleep(Duration::from_millis(300));
             drop(p);
         }
@@ -282,6 +300,16 @@ impl Capture {
 pub struct CaptureFile(pub PathBuf);
 
 impl CaptureFile {
+    /// Asserts that no captured packet matches `filter`, showing the first
+    /// few that do after `what`.
+    ///
+    /// # Panics
+    /// If any does.
+    pub fn assert_none(&self, filter: &str, what: &str) {
+        let hits = self.read(filter);
+        assert!(hits.is_empty(), "{what}: {:?}", &hits[..hits.len().min(5)]);
+    }
+
     /// `tcpdump -r` of the capture with `filter`, one packet a line.
     ///
     /// # Panics

@@ -90,6 +90,7 @@ impl Tun {
                 revents: 0,
             };
             let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+            // SAFETY: poll(2) on one pollfd we own, for our own descriptor.
             if unsafe { libc::poll(&raw mut pfd, 1, ms) } <= 0 {
                 continue;
             }
@@ -112,6 +113,7 @@ impl Tun {
             revents: 0,
         };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: as in `read_matching`.
         if unsafe { libc::poll(&raw mut pfd, 1, ms) } <= 0 {
             return None;
         }

@@ -5,8 +5,8 @@ use ovpn_lb_common::maps::names;
 use ovpn_lb_tests::{
     bpffs::PinDir,
     fixture::{Program, with_lab},
-    netns::run,
     packets::{L4, V4, eth4},
+    process::run,
     require_root,
 };
 use serde_json::Value;

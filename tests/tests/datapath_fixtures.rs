@@ -219,14 +219,14 @@ fn tap_frame(ethertype: u16, l3: &[u8]) -> Vec<u8> {
 
 /// A LAN packet and the bytes it must leave as on tunnel `k`.
 fn spray_v4(name: &'static str, k: u32, p: &V4) -> Row {
-    let out = p.with_src(&lan_host_on(k)).with_ttl(p.ttl - 1);
+    let out = p.with_src(&lan_host_on(k)).with_hops(p.hops - 1);
     lan(name, eth4(&p.datagram()))
         .only(k)
         .sprayed(k, eth4(&out.datagram()))
 }
 
 fn spray_v6(name: &'static str, k: u32, p: &V6) -> Row {
-    let out = p.with_src(&lan_host6_on(k)).with_hop_limit(p.hop_limit - 1);
+    let out = p.with_src(&lan_host6_on(k)).with_hops(p.hops - 1);
     lan(name, eth6(&p.datagram()))
         .only(k)
         .sprayed(k, eth6(&out.datagram()))
@@ -348,18 +348,18 @@ fn rows() -> Vec<Row> {
         },
     );
     let mut with_options = tcp4.clone();
-    with_options.options = vec![1, 1, 1, 0];
+    with_options.extra = vec![1, 1, 1, 0];
     let big_udp4 = V4::new(LAN_HOST, FAR_HOST, L4::udp(200));
     let big_udp6 = V6::new(LAN_HOST6, FAR_HOST6, L4::udp(200));
     let frag4 = big_udp4.fragments(64);
     let frag4_out = big_udp4
         .with_src(&lan_host_on(1))
-        .with_ttl(63)
+        .with_hops(63)
         .fragments(64);
     let frag6 = big_udp6.fragments(64);
     let frag6_out = big_udp6
         .with_src(&lan_host6_on(2))
-        .with_hop_limit(63)
+        .with_hops(63)
         .fragments(64);
     // Minimum-size Ethernet frame: 28 bytes of IP padded to 46.
     let tiny = V4::new(
@@ -421,7 +421,7 @@ fn rows() -> Vec<Row> {
         .only(0)
         .sprayed(
             0,
-            eth4(&tiny.with_src(&lan_host_on(0)).with_ttl(63).datagram()),
+            eth4(&tiny.with_src(&lan_host_on(0)).with_hops(63).datagram()),
         ),
         spray_v6("v6 TCP", 0, &tcp6),
         spray_v6("v6 UDP", 1, &udp6),
@@ -442,7 +442,7 @@ fn rows() -> Vec<Row> {
         spray_v6("v6 exactly at the tunnel MTU", 0, &mtu_tcp6(TUNNEL_MTU)),
         {
             let p = V4::new(LAN_HOST, FAR_HOST, L4::tcp(2960));
-            let out = p.with_src(&lan_host_on(1)).with_ttl(63);
+            let out = p.with_src(&lan_host_on(1)).with_hops(63);
             lan("v4 GSO packet whose segments fit", eth4(&p.datagram()))
                 .only(1)
                 .gso(1000)
@@ -575,8 +575,8 @@ fn rows() -> Vec<Row> {
             eth4(&corrupt(tcp4.datagram(), |d| d[2..4].fill(0))),
         )
         .dropped(Reason::BadIpLength),
-        lan("v4 TTL 1", eth4(&tcp4.with_ttl(1).datagram())).passed(Reason::TtlExpired),
-        lan("v6 hop limit 1", eth6(&tcp6.with_hop_limit(1).datagram())).passed(Reason::TtlExpired),
+        lan("v4 TTL 1", eth4(&tcp4.with_hops(1).datagram())).passed(Reason::TtlExpired),
+        lan("v6 hop limit 1", eth6(&tcp6.with_hops(1).datagram())).passed(Reason::TtlExpired),
         lan(
             "v4 one byte over the tunnel MTU",
             eth4(&mtu_tcp4(TUNNEL_MTU + 1).datagram()),
@@ -605,7 +605,7 @@ fn rows() -> Vec<Row> {
                 ETH_P_IP,
                 &tcp4
                     .with_src(&lan_host_on(TAP_TUNNEL))
-                    .with_ttl(63)
+                    .with_hops(63)
                     .datagram(),
             ),
         ),
@@ -620,7 +620,7 @@ fn rows() -> Vec<Row> {
                 ETH_P_IPV6,
                 &udp6
                     .with_src(&lan_host6_on(TAP_TUNNEL))
-                    .with_hop_limit(63)
+                    .with_hops(63)
                     .datagram(),
             ),
         ),
@@ -633,7 +633,7 @@ fn rows() -> Vec<Row> {
         // --- LAN ingress, XDP: checksums the LAN host left to its NIC ---
         {
             let p = V4::new(LAN_HOST, FAR_HOST, L4::tcp(1001));
-            let out = p.with_src(&lan_host_on(TAP_TUNNEL)).with_ttl(63);
+            let out = p.with_src(&lan_host_on(TAP_TUNNEL)).with_hops(63);
             lan(
                 "v4 TCP with an offloaded checksum is completed",
                 eth4(&with_partial_checksum(&p.datagram())),
@@ -644,7 +644,7 @@ fn rows() -> Vec<Row> {
         },
         {
             let p = V4::new(LAN_HOST, FAR_HOST, L4::udp(13));
-            let out = p.with_src(&lan_host_on(TAP_TUNNEL)).with_ttl(63);
+            let out = p.with_src(&lan_host_on(TAP_TUNNEL)).with_hops(63);
             lan(
                 "v4 UDP, odd length, offloaded checksum completed",
                 eth4(&with_partial_checksum(&p.datagram())),
@@ -655,7 +655,7 @@ fn rows() -> Vec<Row> {
         },
         {
             let p = V6::new(LAN_HOST6, FAR_HOST6, L4::tcp(1300));
-            let out = p.with_src(&lan_host6_on(TAP_TUNNEL)).with_hop_limit(63);
+            let out = p.with_src(&lan_host6_on(TAP_TUNNEL)).with_hops(63);
             lan(
                 "v6 TCP with an offloaded checksum is completed",
                 eth6(&with_partial_checksum(&p.datagram())),
@@ -666,7 +666,7 @@ fn rows() -> Vec<Row> {
         },
         {
             let p = V6::new(LAN_HOST6, FAR_HOST6, L4::udp(3));
-            let out = p.with_src(&lan_host6_on(TAP_TUNNEL)).with_hop_limit(63);
+            let out = p.with_src(&lan_host6_on(TAP_TUNNEL)).with_hops(63);
             lan(
                 "v6 UDP, tiny, offloaded checksum completed",
                 eth6(&with_partial_checksum(&p.datagram())),
@@ -680,7 +680,7 @@ fn rows() -> Vec<Row> {
             // the whole datagram, not the fragment.
             let (p, _) = udp_looking_partial_in_first_fragment(false);
             let p = p.unwrap();
-            let out = p.with_src(&lan_host_on(TAP_TUNNEL)).with_ttl(63);
+            let out = p.with_src(&lan_host_on(TAP_TUNNEL)).with_hops(63);
             lan(
                 "v4 first fragment whose checksum equals its pseudo-header sum is left alone",
                 eth4(&p.fragments(64)[0]),
@@ -691,7 +691,7 @@ fn rows() -> Vec<Row> {
         {
             let (_, p) = udp_looking_partial_in_first_fragment(true);
             let p = p.unwrap();
-            let out = p.with_src(&lan_host6_on(TAP_TUNNEL)).with_hop_limit(63);
+            let out = p.with_src(&lan_host6_on(TAP_TUNNEL)).with_hops(63);
             lan(
                 "v6 first fragment whose checksum equals its pseudo-header sum is left alone",
                 eth6(&p.fragments(64)[0]),
@@ -1041,7 +1041,7 @@ fn rows() -> Vec<Row> {
                 .translated(0, eth6(&p.with_src(&lan_host6_on(0)).datagram()))
         },
         {
-            let p = tcp4.with_ttl(63);
+            let p = tcp4.with_hops(63);
             let frame = |p: &V4| {
                 eth_between(
                     tap_peer_mac(TAP_TUNNEL),

@@ -2,33 +2,17 @@
 //! gateways (or one gateway against plain routes), and traffic between the
 //! LAN hosts.
 
-use std::{
-    net::SocketAddr,
-    sync::atomic::{AtomicU32, Ordering},
-    thread,
-    time::Duration,
-};
+use std::{net::SocketAddr, thread, time::Duration};
 
 use ovpn_lb_common::TunnelStats;
 use ovpn_lb_tests::{
-    gateway::{loader_bin, serial},
-    lab::{HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Peer, Side},
-    require_root,
-    traffic::{Capture, ping, ping_background, tcp_transfer, udp_exchange},
+    lab::{CLEAR_TEXT, HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Peer, Side, growth},
+    root_alone,
+    traffic::{Capture, ping, ping_background, ping_summary, tcp_transfer, udp_exchange},
 };
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 fn lab(options: Options) -> Lab {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("ovpnlb-e2e-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    Lab::up(
-        &dir,
-        &format!("oe{}{n}", std::process::id() % 10_000),
-        &loader_bin(),
-        options,
-    )
+    Lab::for_test("oe", options)
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
@@ -37,11 +21,7 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
 
 /// tx packets per tunnel grown between two readings.
 fn tx_delta(before: &[TunnelStats], after: &[TunnelStats]) -> Vec<u64> {
-    before
-        .iter()
-        .zip(after)
-        .map(|(b, a)| a.tx_packets - b.tx_packets)
-        .collect()
+    growth(before, after, |s| s.tx_packets)
 }
 
 /// Each tunnel's share of `counts` is within 5 % of its share of `weights`.
@@ -59,15 +39,9 @@ fn assert_shares(counts: &[u64], weights: &[u32]) {
     }
 }
 
-/// No packet on the WAN carries a LAN or translated address in its headers.
-const CLEAR_TEXT: &str = "net 192.168.0.0/16 or net 100.64.0.0/10 or ip6 net fd00::/8";
-
 #[test]
 fn connectivity_v4_v6_with_real_addresses_and_weighted_shares() {
-    if !require_root("connectivity_v4_v6_with_real_addresses_and_weighted_shares") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let weights = vec![1, 1, 1, 2];
     let lab = lab(Options {
         weights: weights.clone(),
@@ -110,12 +84,7 @@ fn connectivity_v4_v6_with_real_addresses_and_weighted_shares() {
     );
 
     let capture = capture.stop();
-    let clear = capture.read(CLEAR_TEXT);
-    assert!(
-        clear.is_empty(),
-        "LAN addresses in the clear on the WAN: {:?}",
-        &clear[..clear.len().min(5)]
-    );
+    capture.assert_none(CLEAR_TEXT, "LAN addresses in the clear on the WAN");
     assert!(
         capture.read("udp").len() > 1000,
         "the capture saw too little OpenVPN traffic"
@@ -124,10 +93,7 @@ fn connectivity_v4_v6_with_real_addresses_and_weighted_shares() {
 
 #[test]
 fn fifty_megabytes_arrive_intact_over_every_tunnel() {
-    if !require_root("fifty_megabytes_arrive_intact_over_every_tunnel") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let lab = lab(Options::default());
     let before = lab.tunnel_stats(Side::A);
     let t = tcp_transfer(
@@ -148,10 +114,7 @@ fn fifty_megabytes_arrive_intact_over_every_tunnel() {
 
 #[test]
 fn transfers_survive_tunnel_and_loader_faults() {
-    if !require_root("transfers_survive_tunnel_and_loader_faults") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let mut lab = lab(Options {
         up_delay_ms: 500,
         ..Options::default()
@@ -219,8 +182,7 @@ fn fault_kill_loader(lab: &mut Lab, ha: &str, hb: &str) {
         "across kill -9 and restart of the loader"
     );
     let out = pings.wait_with_output().unwrap();
-    let (sent, received) =
-        ovpn_lb_tests::gateway::ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(
         (sent, received),
         (300, 300),
@@ -230,18 +192,7 @@ fn fault_kill_loader(lab: &mut Lab, ha: &str, hb: &str) {
 
 /// Gateway A's `no_tunnel` count, as `ovpn-lb status --json` reports it.
 fn no_tunnel_drops(lab: &Lab) -> u64 {
-    let layout = lab.layout(Side::A);
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.gw(Side::A)])
-        .arg(loader_bin())
-        .arg("--pin-root")
-        .arg(layout.pin_root)
-        .arg("--run-dir")
-        .arg(layout.run_dir)
-        .args(["status", "--json", "--interval", "0.1"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let report = lab.loader(Side::A).status("0.1");
     report["reasons"]
         .as_array()
         .unwrap()
@@ -265,25 +216,21 @@ fn fault_all_tunnels_down(lab: &Lab, ha: &str) {
     thread::sleep(Duration::from_millis(100));
     let dropped_before = no_tunnel_drops(lab);
     assert_eq!(ping(ha, HOST_B, 10, "0.01"), (10, 0));
-    let clear = capture.stop().read(CLEAR_TEXT);
-    assert!(
-        clear.is_empty(),
-        "leaked in the clear with all tunnels down: {clear:?}"
-    );
+    capture
+        .stop()
+        .assert_none(CLEAR_TEXT, "leaked in the clear with all tunnels down");
     let dropped_after = no_tunnel_drops(lab);
     assert_eq!(
         dropped_after - dropped_before,
         10,
-        "every ping dropped as no_tunnel"
+        "every ping dropped as no_tunnel\n{}",
+        lab.diagnose()
     );
 }
 
 #[test]
 fn one_sided_flow_mode_against_plain_openvpn_routes() {
-    if !require_root("one_sided_flow_mode_against_plain_openvpn_routes") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let lab = lab(Options {
         peer: Peer::PlainRoutes,
         ..Options::default()
@@ -334,10 +281,7 @@ fn ping_output(ns: &str, args: &[&str]) -> String {
 
 #[test]
 fn over_the_tunnel_mtu_nothing_leaves_in_the_clear() {
-    if !require_root("over_the_tunnel_mtu_nothing_leaves_in_the_clear") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let lab = lab(Options::default());
     let (ga, gb, ha) = (lab.gw(Side::A), lab.gw(Side::B), lab.host(Side::A));
     // Tunnels narrower than the LAN, and a default route out of the WAN, as
@@ -382,12 +326,7 @@ fn over_the_tunnel_mtu_nothing_leaves_in_the_clear() {
     }
 
     let (wan, far) = (wan.stop(), far.stop());
-    let clear = wan.read(CLEAR_TEXT);
-    assert!(
-        clear.is_empty(),
-        "LAN addresses in the clear on the WAN: {:?}",
-        &clear[..clear.len().min(5)]
-    );
+    wan.assert_none(CLEAR_TEXT, "LAN addresses in the clear on the WAN");
     // Fragments cross the tunnel translated both ways, like sprayed packets:
     // gateway A's arrive from 100.64.0.5, gateway B's replies leave from
     // 100.65.0.5; never from a real LAN address.

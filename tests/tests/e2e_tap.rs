@@ -12,24 +12,16 @@ use std::{net::SocketAddr, process::Command, time::Instant};
 use ovpn_lb::status::Counters;
 use ovpn_lb_common::{Reason, reason::Outcome};
 use ovpn_lb_tests::{
-    gateway::{loader_bin, serial},
-    lab::{HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Side},
-    require_root,
-    traffic::{Capture, ping, ping_background, tcp_transfer, udp_exchange},
+    lab::{CLEAR_TEXT, HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Side, growth},
+    root_alone,
+    traffic::{Capture, ping, ping_background, ping_summary, tcp_transfer, udp_exchange},
 };
 
 const TUNNELS: usize = 4;
 
-/// No packet on the WAN carries a LAN or translated address in its headers.
-const CLEAR_TEXT: &str = "net 192.168.0.0/16 or net 100.64.0.0/10 or ip6 net fd00::/8";
-
 fn lab(hook: &str) -> Lab {
-    let dir = std::env::temp_dir().join(format!("ovpnlb-e2etap-{}-{hook}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    Lab::up(
-        &dir,
-        &format!("ot{}{hook}", std::process::id() % 10_000),
-        &loader_bin(),
+    Lab::for_test(
+        "ot",
         Options {
             tunnels: TUNNELS,
             tap: true,
@@ -90,24 +82,9 @@ struct Delta {
 impl Delta {
     fn between(before: &Counters, after: &Counters) -> Self {
         Self {
-            tx: before
-                .tunnels
-                .iter()
-                .zip(&after.tunnels)
-                .map(|(b, a)| a.tx_packets - b.tx_packets)
-                .collect(),
-            rx: before
-                .tunnels
-                .iter()
-                .zip(&after.tunnels)
-                .map(|(b, a)| a.rx_packets - b.rx_packets)
-                .collect(),
-            reasons: before
-                .reasons
-                .iter()
-                .zip(&after.reasons)
-                .map(|(b, a)| a.packets - b.packets)
-                .collect(),
+            tx: growth(&before.tunnels, &after.tunnels, |t| t.tx_packets),
+            rx: growth(&before.tunnels, &after.tunnels, |t| t.rx_packets),
+            reasons: growth(&before.reasons, &after.reasons, |r| r.packets),
         }
     }
 
@@ -315,13 +292,9 @@ fn tap_lab_end_to_end(hook: &str) {
     }
     restarts_lose_nothing(&mut lab);
 
-    let capture = capture.stop();
-    let clear = capture.read(CLEAR_TEXT);
-    assert!(
-        clear.is_empty(),
-        "LAN addresses in the clear on the WAN: {:?}",
-        &clear[..clear.len().min(5)]
-    );
+    capture
+        .stop()
+        .assert_none(CLEAR_TEXT, "LAN addresses in the clear on the WAN");
     println!(
         "{hook}: lab up in {:.1} s, checks in {:.1} s",
         up.as_secs_f64(),
@@ -341,8 +314,7 @@ fn restarts_lose_nothing(lab: &mut Lab) {
     std::thread::sleep(std::time::Duration::from_millis(500));
     lab.start_loader(Side::B);
     let out = pings.wait_with_output().unwrap();
-    let (sent, received) =
-        ovpn_lb_tests::gateway::ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
     assert_eq!((sent, received), (300, 300), "pings lost across restarts");
     let c = lab.counters(Side::A);
     assert_eq!(
@@ -355,18 +327,12 @@ fn restarts_lose_nothing(lab: &mut Lab) {
 
 #[test]
 fn tap_tunnels_under_tc() {
-    if !require_root("tap_tunnels_under_tc") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     tap_lab_end_to_end("tc");
 }
 
 #[test]
 fn tap_tunnels_under_native_xdp() {
-    if !require_root("tap_tunnels_under_native_xdp") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     tap_lab_end_to_end("xdp");
 }

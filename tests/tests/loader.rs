@@ -15,9 +15,10 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::maps::programs;
 use ovpn_lb_tests::{
-    gateway::{GatewayLab, Responder, TUNNEL_COUNT, ping_summary, sample, serial},
-    netns::run,
-    require_root,
+    gateway::{GatewayLab, Responder, TUNNEL_COUNT, http_get, sample},
+    process::run,
+    root_alone,
+    traffic::ping_summary,
 };
 
 const SIGTERM: i32 = 15;
@@ -50,7 +51,7 @@ fn all_devices() -> Vec<&'static str> {
 
 /// (link id, program id) of every link the loader pinned, as bpftool reports them.
 fn pinned_links(lab: &GatewayLab) -> Vec<(u64, u64)> {
-    let dir = lab.scratch.pin_root().join("links");
+    let dir = lab.scratch.layout().pin_root.join("links");
     std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| {
@@ -92,14 +93,14 @@ fn assert_nothing_attached(lab: &GatewayLab) {
         "ovpn-lb's rules left behind:\n{rules}"
     );
     assert!(
-        !lab.scratch.pin_root().exists(),
+        !lab.scratch.layout().pin_root.exists(),
         "pins left in {}",
-        lab.scratch.pin_root().display()
+        lab.scratch.layout().pin_root.display()
     );
     assert!(
-        !lab.scratch.run_dir().exists(),
+        !lab.scratch.layout().run_dir.exists(),
         "files left in {}",
-        lab.scratch.run_dir().display()
+        lab.scratch.layout().run_dir.display()
     );
     let qdiscs = run("tc", &["-n", lab.gw.name(), "qdisc", "show"]);
     assert!(
@@ -110,42 +111,48 @@ fn assert_nothing_attached(lab: &GatewayLab) {
 
 #[test]
 fn bad_configuration_is_refused_before_anything_is_attached() {
-    if !require_root("bad_configuration_is_refused_before_anything_is_attached") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(200);
     let good = std::fs::read_to_string(&lab.config).unwrap();
+    // (what the operator got wrong, what it should have been, what check says)
     let cases = [
         (
-            good.replace("\"lan0\"", "\"lan9\""),
+            "\"lan0\"",
+            "\"lan9\"",
             "lan.interface = \"lan9\": no such network interface",
         ),
         (
-            good.replace("\"ovt2\"", "\"lan0\""),
+            "\"ovt2\"",
+            "\"lan0\"",
             "tunnel[2].device = \"lan0\" is the LAN interface",
         ),
         (
-            good.replace("\"ovt2\"", "\"lo\""),
+            "\"ovt2\"",
+            "\"lo\"",
             "tunnel[2].device = \"lo\" is not a layer-3 point-to-point device",
         ),
         (
-            good.replace("100.64.1.0/24", "100.64.1.0/25"),
+            "100.64.1.0/24",
+            "100.64.1.0/25",
             "is /25 but the LAN prefix is /24",
         ),
         (
-            good.replace("100.64.1.0/24", "100.64.0.0/24"),
+            "100.64.1.0/24",
+            "100.64.0.0/24",
             "duplicates tunnel[0].translate[0]",
         ),
         (
-            good.replace("192.168.10.0/24", "192.168.10.0/2x"),
+            "192.168.10.0/24",
+            "192.168.10.0/2x",
             "the length must be a number from 0 to 32",
         ),
         (
-            good.replace("up_delay_ms = 200", "up_delay_ms = = 200"),
-            "TOML syntax error at line 2",
+            "up_delay_ms = 200",
+            "up_delay_ms = = 200",
+            "TOML syntax error at line 4",
         ),
-    ];
+    ]
+    .map(|(good_text, bad_text, expected)| (good.replace(good_text, bad_text), expected));
     for (text, expected) in cases {
         std::fs::write(&lab.config, text).unwrap();
         for command in ["check", "run"] {
@@ -164,11 +171,8 @@ fn bad_configuration_is_refused_before_anything_is_attached() {
 
 #[test]
 fn attach_then_detach_leaves_nothing() {
-    if !require_root("attach_then_detach_leaves_nothing") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(200);
     // Someone else's tcx program on the LAN interface, there before us.
     let (release, keep) = std::sync::mpsc::channel::<()>();
     let (attached_tx, attached) = std::sync::mpsc::channel();
@@ -262,11 +266,8 @@ fn attach_then_detach_leaves_nothing() {
 
 #[test]
 fn restarts_lose_no_pings() {
-    if !require_root("restarts_lose_no_pings") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(200);
     let first = lab.start_loader(&[]);
     // 100 pings per second for 5 seconds.
     let ping = lab.ping(500, "0.01");
@@ -321,12 +322,8 @@ fn restarts_lose_no_pings() {
 
 #[test]
 fn a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay() {
-    if !require_root("a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(500, |_| String::new());
-    let loader = lab.start_loader(&[]);
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(500);
     assert_eq!(lab.in_rotation(), [0, 1, 2]);
 
     // Timed from before `ip` starts: the whole path from the command to the
@@ -360,18 +357,13 @@ fn a_tunnel_going_down_leaves_within_100ms_and_rejoins_after_the_up_delay() {
         "tunnel 1 rejoined after {back:?}, want the 500 ms up-delay"
     );
     eprintln!("link down -> out of rotation: {left:?}; link up -> back in: {back:?}");
-    assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    lab.stop_and_detach(loader);
 }
 
 #[test]
 fn a_recreated_tunnel_device_is_picked_up() {
-    if !require_root("a_recreated_tunnel_device_is_picked_up") {
-        return;
-    }
-    let _serial = serial();
-    let mut lab = GatewayLab::new(300, |_| String::new());
-    let loader = lab.start_loader(&[]);
+    let Some(_alone) = root_alone() else { return };
+    let (mut lab, loader) = GatewayLab::running(300);
     // OpenVPN exiting without persist-tun: the device disappears.
     let start = Instant::now();
     lab.responders[1] = None;
@@ -400,8 +392,7 @@ fn a_recreated_tunnel_device_is_picked_up() {
     let after = lab.tunnel_stats(1);
     assert_eq!(after.tx_packets - before.tx_packets, 10);
     assert_eq!(after.rx_packets - before.rx_packets, 10);
-    assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    lab.stop_and_detach(loader);
 }
 
 /// A stand-in for OpenVPN's management interface: each accepted connection
@@ -439,15 +430,10 @@ fn fake_management(lab: &GatewayLab, port: u16) -> mpsc::Sender<Option<&'static 
 
 #[test]
 fn openvpn_management_state_drives_health() {
-    if !require_root("openvpn_management_state_drives_health") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(300, |k| {
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::with_tunnels(300, |k, tunnel| {
         if k == 0 {
-            "management = \"127.0.0.1:17505\"".into()
-        } else {
-            String::new()
+            tunnel.management = Some("127.0.0.1:17505".into());
         }
     });
     let mgmt = fake_management(&lab, 17505);
@@ -479,17 +465,13 @@ fn openvpn_management_state_drives_health() {
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(json["tunnels"][0]["openvpn"], "EXITING");
     assert_eq!(json["tunnels"][0]["state"], "down");
-    assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    lab.stop_and_detach(loader);
 }
 
 #[test]
 fn a_missing_tunnel_device_is_a_warning_and_joins_when_it_appears() {
-    if !require_root("a_missing_tunnel_device_is_a_warning_and_joins_when_it_appears") {
-        return;
-    }
-    let _serial = serial();
-    let mut lab = GatewayLab::new(300, |_| String::new());
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = GatewayLab::new(300);
     // OpenVPN for tunnel 2 has not started yet.
     lab.responders[2] = None;
     let checked = lab.ovpn_lb(&["check", "--config", lab.config.to_str().unwrap()]);
@@ -514,18 +496,13 @@ fn a_missing_tunnel_device_is_a_warning_and_joins_when_it_appears() {
         ping_summary(&String::from_utf8_lossy(&out.stdout)),
         (30, 30)
     );
-    assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    lab.stop_and_detach(loader);
 }
 
 #[test]
 fn a_device_of_the_wrong_kind_stays_out_until_replaced() {
-    if !require_root("a_device_of_the_wrong_kind_stays_out_until_replaced") {
-        return;
-    }
-    let _serial = serial();
-    let mut lab = GatewayLab::new(200, |_| String::new());
-    let loader = lab.start_loader(&[]);
+    let Some(_alone) = root_alone() else { return };
+    let (mut lab, loader) = GatewayLab::running(200);
     lab.responders[1] = None;
     lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
     // Something else takes the name: an Ethernet device, not a tun.
@@ -547,18 +524,13 @@ fn a_device_of_the_wrong_kind_stays_out_until_replaced() {
     lab.responders[1] = Some(Responder::start(&lab.gw, "ovt1", 1));
     lab.gw.ip(&["link", "set", "ovt1", "up"]);
     lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
-    assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    lab.stop_and_detach(loader);
 }
 
 #[test]
 fn lost_notifications_are_made_up_for() {
-    if !require_root("lost_notifications_are_made_up_for") {
-        return;
-    }
-    let _serial = serial();
-    let mut lab = GatewayLab::new(200, |_| String::new());
-    let loader = lab.start_loader(&[]);
+    let Some(_alone) = root_alone() else { return };
+    let (mut lab, loader) = GatewayLab::running(200);
     // Stop the loader, fill its notification socket with a storm of link
     // events, then remove a tunnel device: its notification has no room.
     let pid = libc::pid_t::try_from(loader.pid()).unwrap();
@@ -586,18 +558,13 @@ fn lost_notifications_are_made_up_for() {
         "{}",
         loader.log_text()
     );
-    assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    lab.stop_and_detach(loader);
 }
 
 #[test]
 fn detach_stops_a_running_loader_first() {
-    if !require_root("detach_stops_a_running_loader_first") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
-    let loader = lab.start_loader(&[]);
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(200);
     let out = lab.ovpn_lb(&["detach"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -614,12 +581,9 @@ fn detach_stops_a_running_loader_first() {
 
 #[test]
 fn takeover_never_signals_a_stale_pid_and_detach_keeps_a_foreign_bpffs() {
-    if !require_root("takeover_never_signals_a_stale_pid_and_detach_keeps_a_foreign_bpffs") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
-    let run_dir = lab.scratch.run_dir();
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(200);
+    let run_dir = lab.scratch.layout().run_dir;
     std::fs::create_dir_all(&run_dir).unwrap();
     // Someone holds the lock for 2 s, and a stale state (running: false)
     // names that process: a new run must wait, not signal it.
@@ -663,12 +627,8 @@ fn takeover_never_signals_a_stale_pid_and_detach_keeps_a_foreign_bpffs() {
 
 #[test]
 fn metrics_endpoint_survives_hostile_clients() {
-    if !require_root("metrics_endpoint_survives_hostile_clients") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
-    let loader = lab.start_loader(&[]);
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(200);
     // Room for a thousand sockets in this process.
     // SAFETY: plain rlimit calls on a struct we own.
     unsafe {
@@ -708,9 +668,9 @@ fn metrics_endpoint_survives_hostile_clients() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     assert!(text.contains("ovpnlb_tunnel_up"), "{text}");
     // Only GET of the two paths.
-    let (status, _) = ovpn_lb_tests::gateway::http_get(&lab.gw, "127.0.0.1:9477", "/nope");
+    let (status, _) = http_get(&lab.gw, "127.0.0.1:9477", "/nope");
     assert_eq!(status, 404);
-    let (status, body) = ovpn_lb_tests::gateway::http_get(&lab.gw, "127.0.0.1:9477", "/healthz");
+    let (status, body) = http_get(&lab.gw, "127.0.0.1:9477", "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     // The loader stayed small.
     let statm = std::fs::read_to_string(format!("/proc/{}/status", loader.pid())).unwrap();
@@ -722,6 +682,5 @@ fn metrics_endpoint_survives_hostile_clients() {
     eprintln!("loader RSS: {rss_kb} kB");
     assert!(rss_kb < 64 * 1024, "loader grew to {rss_kb} kB");
     drop((idle, endless));
-    assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    lab.stop_and_detach(loader);
 }

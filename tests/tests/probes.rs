@@ -7,7 +7,6 @@
 use std::{
     net::SocketAddr,
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -19,25 +18,16 @@ use ovpn_lb_common::{
     probe::{self, Payload},
 };
 use ovpn_lb_tests::{
-    gateway::{loader_bin, ping_summary, serial},
     lab::{HOST_A, HOST_B, Lab, Options, Side},
+    loader::loader_bin,
     netns::enter_named,
-    require_root,
-    traffic::{Capture, ping_background, tcp_transfer},
+    process::wait_gone,
+    root_alone,
+    traffic::{Capture, ping_background, ping_summary, tcp_transfer},
 };
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 fn lab(options: Options) -> Lab {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("ovpnlb-probes-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    Lab::up(
-        &dir,
-        &format!("op{}{n}", std::process::id() % 10_000),
-        &loader_bin(),
-        options,
-    )
+    Lab::for_test("op", options)
 }
 
 /// Tunnels in gateway `side`'s live schedule, from its pinned maps.
@@ -80,31 +70,6 @@ fn wait_rotation(
     }
 }
 
-/// Kills gateway `side`'s OpenVPN `k` (SIGKILL, by its PID); returns the
-/// PID, to wait for its end with [`wait_gone`].
-fn kill_openvpn(lab: &Lab, side: Side, k: usize) -> String {
-    let letter = if side == Side::A { "a" } else { "b" };
-    let pid = std::fs::read_to_string(lab.dir.join(format!("openvpn-{letter}{k}.pid")))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    lab.kill_openvpn(side, k);
-    pid
-}
-
-/// Waits until process `pid` has ended (and been reaped), so that a new
-/// OpenVPN can bind its ports.
-fn wait_gone(pid: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = format!("/proc/{pid}/status");
-    while !pid.is_empty()
-        && std::fs::read_to_string(&status).is_ok_and(|s| !s.contains("State:\tZ"))
-    {
-        assert!(Instant::now() < deadline, "OpenVPN {pid} did not exit");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() - 1) * p / 100]
 }
@@ -115,10 +80,7 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
 
 #[test]
 fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
-    if !require_root("a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let mut lab = lab(Options::default());
     let all = [0, 1, 2, 3];
     wait_rotation(&lab, Side::B, Instant::now(), Duration::from_secs(5), |r| {
@@ -130,7 +92,7 @@ fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
         let k = round % 4;
         thread::sleep(Duration::from_millis(200 + (37 * round as u64) % 100));
         let start = Instant::now();
-        let pid = kill_openvpn(&lab, Side::A, k);
+        let pid = lab.kill_openvpn(Side::A, k).expect("OpenVPN runs");
         took.push(wait_rotation(
             &lab,
             Side::B,
@@ -138,7 +100,7 @@ fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
             Duration::from_secs(2),
             |r| !r.contains(&k),
         ));
-        wait_gone(&pid);
+        wait_gone(pid);
         lab.start_openvpn(Side::A, k);
         lab.wait_connected(Side::A, k, Duration::from_secs(20));
         wait_rotation(
@@ -172,7 +134,7 @@ fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
     let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
     let t = tcp_transfer(&hb, &ha, addr(HOST_A, 5101), 20 << 20, || {
         thread::sleep(Duration::from_millis(400));
-        wait_gone(&kill_openvpn(&lab, Side::A, 2));
+        wait_gone(lab.kill_openvpn(Side::A, 2).expect("OpenVPN runs"));
     });
     assert_eq!(
         t.received_sha256, t.sent_sha256,
@@ -227,10 +189,7 @@ fn drop_tunnel_udp(lab: &Lab, k: usize, drop: bool) {
 
 #[test]
 fn a_silent_path_failure_leaves_both_rotations_and_comes_back() {
-    if !require_root("a_silent_path_failure_leaves_both_rotations_and_comes_back") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let lab = lab(Options::default());
     let all = [0, 1, 2, 3];
     wait_rotation(&lab, Side::B, Instant::now(), Duration::from_secs(5), |r| {
@@ -328,10 +287,7 @@ fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
 
 #[test]
 fn probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt() {
-    if !require_root("probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let lab = lab(Options {
         cpu_quota_percent: Some(15),
         ..Options::default()
@@ -410,10 +366,7 @@ fn probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt() {
 
 #[test]
 fn probe_overhead_on_an_idle_wan() {
-    if !require_root("probe_overhead_on_an_idle_wan") {
-        return;
-    }
-    let _serial = serial();
+    let Some(_alone) = root_alone() else { return };
     let lab = lab(Options::default());
     // WAN bytes per second with probes at the default interval, idle hosts.
     let wan_bytes = || {

@@ -11,13 +11,13 @@ use std::{
 
 use ovpn_lb::metrics;
 use ovpn_lb_tests::{
-    gateway::{GatewayLab, Spawned, http_get, ping_summary, serial},
-    netns::run,
-    require_root,
+    gateway::{GatewayLab, http_get},
+    netns,
+    process::{Spawned, run},
+    root_alone,
+    traffic::ping_summary,
 };
 use serde_json::Value;
-
-const SIGTERM: i32 = 15;
 
 fn start_prometheus(lab: &GatewayLab) -> Spawned {
     let dir = lab.scratch.dir.join("prometheus");
@@ -28,8 +28,7 @@ fn start_prometheus(lab: &GatewayLab) -> Spawned {
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: ovpn-lb\n    static_configs:\n      - targets: ['127.0.0.1:9477']\n",
     )
     .unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", lab.gw.name(), "prometheus"])
+    let child = netns::command(lab.gw.name(), "prometheus")
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
@@ -76,7 +75,7 @@ fn value(sample: &Value) -> u64 {
 
 /// `tx_packets` per tunnel id, summed over CPUs, from `bpftool map dump pinned`.
 fn bpftool_tx_packets(lab: &GatewayLab) -> Vec<(u64, u64)> {
-    let path = lab.scratch.pin_root().join("maps/TUNNEL_STATS");
+    let path = lab.scratch.layout().pin_root.join("maps/TUNNEL_STATS");
     let text = run(
         "bpftool",
         &["map", "dump", "pinned", path.to_str().unwrap()],
@@ -110,12 +109,8 @@ fn bpftool_tx_packets(lab: &GatewayLab) -> Vec<(u64, u64)> {
 
 #[test]
 fn prometheus_scrapes_what_bpftool_shows() {
-    if !require_root("prometheus_scrapes_what_bpftool_shows") {
-        return;
-    }
-    let _serial = serial();
-    let lab = GatewayLab::new(200, |_| String::new());
-    let loader = lab.start_loader(&[]);
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(200);
     let _prometheus = start_prometheus(&lab);
 
     let out = lab.ping(90, "0.01").wait_with_output().unwrap();
@@ -160,8 +155,8 @@ fn prometheus_scrapes_what_bpftool_shows() {
     }
     assert_eq!(query(&lab, "up").iter().map(value).collect::<Vec<_>>(), [1]);
     // Every exported family reached Prometheus.
-    for name in metrics::names() {
-        assert!(!query(&lab, name).is_empty(), "Prometheus has no {name}");
+    for name in metrics::series_names() {
+        assert!(!query(&lab, &name).is_empty(), "Prometheus has no {name}");
     }
 
     // promtool has nothing to say about the exposition.
@@ -185,6 +180,5 @@ fn prometheus_scrapes_what_bpftool_shows() {
         "promtool check metrics: {said}"
     );
 
-    assert_eq!(loader.stop(SIGTERM), Some(0));
-    assert!(lab.ovpn_lb(&["detach"]).status.success());
+    lab.stop_and_detach(loader);
 }

@@ -22,9 +22,9 @@ use ovpn_lb_common::{
 };
 use ovpn_lb_tests::{
     fixture::{site, tunnel},
-    netns::{Netns, run},
+    netns::{Netns, ifindex},
     packets::{L4, V4, V6, eth4, eth6, validate_checksums},
-    require_root,
+    require_root, topology,
     tun::Tun,
 };
 
@@ -39,46 +39,16 @@ struct Topology {
 fn topology() -> Topology {
     let host = Netns::new("host");
     let gw = Netns::new("gw");
-    host.ip(&[
-        "link",
-        "add",
-        "h0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "lan0",
-        "netns",
-        gw.name(),
-    ]);
-    host.ip(&["addr", "add", "192.168.10.5/24", "dev", "h0"]);
-    host.ip(&["addr", "add", "fd00:10::5/64", "dev", "h0", "nodad"]);
-    host.ip(&["link", "set", "h0", "up"]);
-    host.ip(&["route", "add", "default", "via", "192.168.10.1"]);
-    host.ip(&["-6", "route", "add", "default", "via", "fd00:10::1"]);
-    gw.ip(&["addr", "add", "192.168.10.1/24", "dev", "lan0"]);
-    gw.ip(&["addr", "add", "fd00:10::1/64", "dev", "lan0", "nodad"]);
-    gw.ip(&["link", "set", "lan0", "up"]);
-    run(
-        "ip",
+    topology::host_behind(
+        (host.name(), "h0"),
+        (gw.name(), "lan0"),
         &[
-            "netns",
-            "exec",
-            gw.name(),
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-            "net.ipv4.conf.all.rp_filter=0",
+            ("192.168.10.5/24", "192.168.10.1"),
+            ("fd00:10::5/64", "fd00:10::1"),
         ],
     );
+    topology::router(gw.name(), &[]);
     Topology { host, gw }
-}
-
-fn ifindex(dev: &str) -> u32 {
-    let name = std::ffi::CString::new(dev).unwrap();
-    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 fn v4(s: &str, len: u8) -> Prefix4 {
@@ -511,7 +481,7 @@ fn set_gso_ipv4_max_size(dev: &str, size: u32) {
 fn send_packet_socket(bytes: &[u8], vnet: bool) {
     let ifindex = i32::try_from(ifindex("h0")).unwrap();
     // SAFETY: plain socket calls on a descriptor we own, with buffers and
-    // lengths that match.
+    // lengths that match; the descriptor is closed before returning.
     unsafe {
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
         assert!(

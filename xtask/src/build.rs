@@ -1,43 +1,18 @@
 //! Building the BPF object (nightly, BTF) and the userspace binaries.
 
-use std::{
-    env,
-    ffi::OsString,
-    path::{Path, PathBuf},
-    process::Command,
+use std::{env, ffi::OsString, process::Command};
+
+use anyhow::Result;
+
+use crate::{
+    setup,
+    tools::{NIGHTLY, cmd, exec, is_root, release_loader, tools_bin},
 };
-
-use anyhow::{Context as _, Result, bail};
-
-use crate::setup::{self, NIGHTLY};
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_path_buf()
-}
-
-/// A command run from the workspace root.
-pub fn cmd(program: &str) -> Command {
-    let mut c = Command::new(program);
-    c.current_dir(workspace_root());
-    c
-}
-
-/// Runs `c`, failing with its command line if it exits non-zero.
-pub fn exec(c: &mut Command) -> Result<()> {
-    let status = c.status().with_context(|| format!("starting {c:?}"))?;
-    if !status.success() {
-        bail!("{c:?} failed ({status})");
-    }
-    Ok(())
-}
 
 /// `cargo <subcommand>` for the BPF crate with the nightly toolchain, our
 /// `bpf-linker` first on `PATH`, and BTF for `bpftool`'s field names.
 fn nightly_bpf(subcommand: &str) -> Command {
-    let mut path = OsString::from(setup::tools_bin());
+    let mut path = OsString::from(tools_bin());
     path.push(":");
     path.push(env::var_os("PATH").unwrap_or_default());
     let mut c = cmd("rustup");
@@ -100,8 +75,8 @@ pub fn all() -> Result<()> {
 pub fn run_loader(args: &[String]) -> Result<()> {
     setup::run()?;
     all()?;
-    let binary = workspace_root().join("target/release/ovpn-lb");
-    let mut c = if setup::is_root() {
+    let binary = release_loader();
+    let mut c = if is_root() {
         Command::new(&binary)
     } else {
         let mut s = Command::new("sudo");

@@ -9,11 +9,11 @@ use aya::{
 };
 use ovpn_lb_common::maps::programs;
 
-use crate::build::{self, workspace_root};
+use crate::{build, tools::bpf_object};
 
 pub fn run() -> Result<()> {
     build::ebpf()?;
-    let object = workspace_root().join("target/bpfel-unknown-none/release/ovpn-lb-ebpf");
+    let object = bpf_object("ovpn-lb-ebpf");
     let mut ebpf =
         Ebpf::load_file(&object).with_context(|| format!("loading {}", object.display()))?;
     println!(

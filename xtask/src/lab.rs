@@ -2,23 +2,18 @@
 //! the built-in lab of real OpenVPN tunnels in network namespaces, with
 //! ovpn-lb on both gateways.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::{Duration, Instant},
-};
+use std::{fs, path::PathBuf, sync::atomic::Ordering};
 
 use anyhow::{Result, bail};
-use ovpn_lb_tests::lab::{HOST_B, Lab, Options, Peer, Side};
+use ovpn_lb_tests::{
+    lab::{HOST_B, Lab, Options, Peer, Side},
+    netns,
+    traffic::iperf3_server,
+};
 
 use crate::{
-    build::{self, workspace_root},
-    setup,
+    build, setup,
+    tools::{is_root, release_loader, stop_flag, workspace_root},
 };
 
 /// Namespace prefix of the interactive lab.
@@ -26,10 +21,6 @@ const TAG: &str = "olab";
 
 fn dir() -> PathBuf {
     workspace_root().join("target/lab")
-}
-
-fn loader() -> PathBuf {
-    workspace_root().join("target/release/ovpn-lb")
 }
 
 #[derive(clap::Args, Clone)]
@@ -49,10 +40,10 @@ pub struct LabArgs {
     /// OpenVPN TAP tunnels (`dev tapK`, an Ethernet link each) instead of tun.
     #[arg(long)]
     pub tap: bool,
-    /// The gateways' hook (`mode` in their configurations): tc, xdp (TAP
+    /// The gateways' hook (`hook` in their configurations): tc, xdp (TAP
     /// tunnels only) or auto; the loader's default (auto) when not given.
-    #[arg(long, value_name = "HOOK", value_parser = ["tc", "xdp", "auto"])]
-    pub mode: Option<String>,
+    #[arg(long, alias = "mode", value_name = "HOOK", value_parser = ["tc", "xdp", "auto"])]
+    pub hook: Option<String>,
 }
 
 impl LabArgs {
@@ -67,14 +58,14 @@ impl LabArgs {
             cpu_quota_percent: self.cpu_quota,
             flow_mode: self.flow,
             tap: self.tap,
-            hook: self.mode.clone(),
+            hook: self.hook.clone(),
             ..Options::default()
         }
     }
 }
 
 fn prepare() -> Result<()> {
-    if !setup::is_root() {
+    if !is_root() {
         bail!("the lab makes network namespaces and attaches BPF programs: run as root");
     }
     setup::run()?;
@@ -98,7 +89,7 @@ fn describe(lab: &Lab) {
         lab.host(Side::B)
     );
     println!(
-        "  {} OpenVPN {} tunnels ({}..) over the WAN veth, hook {}, logs in {}",
+        "  {} OpenVPN {} tunnels ({}..) over the WAN veth (TLS, peer-fingerprint), hook {}, logs in {}",
         lab.options.tunnels,
         if lab.options.tap { "tap" } else { "tun" },
         lab.dev(0),
@@ -112,13 +103,14 @@ fn describe(lab: &Lab) {
         }
         let layout = lab.layout(side);
         println!(
-            "  gateway {side:?}: config {}",
+            "  gateway {side:?}: files under {} (config {})",
+            lab.root(side).display(),
             lab.config_path(side).display()
         );
         println!(
             "    status:  ip netns exec {} {} --pin-root {} --run-dir {} status",
             lab.gw(side),
-            loader().display(),
+            release_loader().display(),
             layout.pin_root.display(),
             layout.run_dir.display()
         );
@@ -135,7 +127,7 @@ fn describe(lab: &Lab) {
 
 pub fn up(args: &LabArgs) -> Result<()> {
     prepare()?;
-    let lab = Lab::up(&dir(), TAG, &loader(), args.options());
+    let lab = Lab::up(&dir(), TAG, &release_loader(), args.options());
     describe(&lab);
     println!("`cargo xtask lab down` tears it all down");
     lab.persist();
@@ -159,100 +151,61 @@ pub fn status() -> Result<()> {
         println!("no lab is up");
         return Ok(());
     }
-    println!("{}", std::fs::read_to_string(record)?);
-    for side in ["a", "b"] {
-        let run_dir = dir().join(format!("run-{side}"));
-        if !run_dir.exists() {
+    println!("{}", fs::read_to_string(record)?);
+    for side in Side::BOTH {
+        let site = Lab::loader_at(&dir(), TAG, &release_loader(), side);
+        if !site.layout.run_dir.exists() {
             continue;
         }
-        println!("gateway {}:", side.to_uppercase());
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &format!("{TAG}-g{side}")])
-            .arg(loader())
-            .arg("--pin-root")
-            .arg(dir().join("bpf").join(side))
-            .arg("--run-dir")
-            .arg(&run_dir)
-            .args(["status", "--interval", "0.5"])
-            .status();
+        let out = site.ovpn_lb(&["status", "--interval", "0.5"]);
+        println!("gateway {side}:\n{}", String::from_utf8_lossy(&out.stdout));
     }
     Ok(())
 }
 
-fn rates(lab: &Lab, side: Side) -> Option<serde_json::Value> {
-    let layout = lab.layout(side);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.gw(side)])
-        .arg(loader())
-        .arg("--pin-root")
-        .arg(&layout.pin_root)
-        .arg("--run-dir")
-        .arg(&layout.run_dir)
-        .args(["status", "--json", "--interval", "1"])
-        .output()
-        .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
+/// One line of per-tunnel rates from gateway `side`'s `status --json`.
+fn rates(lab: &Lab, side: Side) -> Option<String> {
+    let report = lab.loader(side).try_status("1")?;
+    let line: Vec<String> = report["tunnels"]
+        .as_array()?
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} {:>7.1} Mbit/s {:>6} pkt/s",
+                t["device"].as_str().unwrap_or("?"),
+                t["state"].as_str().unwrap_or("?"),
+                t["tx_bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+                t["tx_packets_per_second"].as_f64().unwrap_or(0.0).round()
+            )
+        })
+        .collect();
+    Some(line.join(" | "))
 }
 
 /// `cargo xtask run` with no arguments: bring the lab up, run an iperf3 demo,
 /// print live per-tunnel counters until Ctrl-C, then tear everything down.
 pub fn demo(args: &LabArgs) -> Result<()> {
     prepare()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    let lab = Lab::up(&dir(), TAG, &loader(), args.options());
+    let stop = stop_flag()?;
+    let lab = Lab::up(&dir(), TAG, &release_loader(), args.options());
     describe(&lab);
     println!("\nrunning a 20 s iperf3 TCP flow from host A to host B; Ctrl-C tears the lab down\n");
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &lab.host(Side::B), "iperf3", "-s", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let server = iperf3_server(&lab.host(Side::B));
+    let report = lab.dir.join("iperf3.txt");
+    let mut client = netns::command(&lab.host(Side::A), "iperf3")
+        .args(["-c", HOST_B, "-t", "20", "-i", "0"])
+        .stdout(fs::File::create(&report)?)
+        .stderr(std::process::Stdio::null())
         .spawn()?;
-    thread::sleep(Duration::from_millis(300));
-    let mut client = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.host(Side::A),
-            "iperf3",
-            "-c",
-            HOST_B,
-            "-t",
-            "20",
-            "-i",
-            "0",
-        ])
-        .stdout(std::fs::File::create(lab.dir.join("iperf3.txt"))?)
-        .stderr(Stdio::null())
-        .spawn()?;
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let mut reported = false;
     while !stop.load(Ordering::Relaxed) {
-        if let Some(report) = rates(&lab, Side::A) {
-            let line: Vec<String> = report["tunnels"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| {
-                    format!(
-                        "{} {} {:>7.1} Mbit/s {:>6} pkt/s",
-                        t["device"].as_str().unwrap_or("?"),
-                        t["state"].as_str().unwrap_or("?"),
-                        t["tx_bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
-                        t["tx_packets_per_second"].as_f64().unwrap_or(0.0).round()
-                    )
-                })
-                .collect();
-            println!(
-                "[{:>4}s] A->B  {}",
-                started.elapsed().as_secs(),
-                line.join(" | ")
-            );
+        if let Some(line) = rates(&lab, Side::A) {
+            println!("[{:>4}s] A->B  {line}", started.elapsed().as_secs());
         }
         if !reported && client.try_wait()?.is_some() {
             reported = true;
-            let text = std::fs::read_to_string(lab.dir.join("iperf3.txt")).unwrap_or_default();
+            let text = fs::read_to_string(&report).unwrap_or_default();
             for l in text
                 .lines()
                 .filter(|l| l.contains("sender") || l.contains("receiver"))
@@ -264,8 +217,7 @@ pub fn demo(args: &LabArgs) -> Result<()> {
     }
     let _ = client.kill();
     let _ = client.wait();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     drop(lab);
     println!("\nlab torn down");
     Ok(())

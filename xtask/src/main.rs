@@ -6,6 +6,7 @@ mod inspect;
 mod lab;
 mod setup;
 mod test;
+mod tools;
 
 use std::process::ExitCode;
 

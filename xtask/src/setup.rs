@@ -3,14 +3,14 @@
 //! built against that nightly's own LLVM.
 
 use std::{
-    env, fs,
+    fs,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::build::{cmd, exec};
+use crate::tools::{NIGHTLY, cache_dir, cmd, exec, is_root, tools_bin};
 
 /// Debian packages the tests and the benchmark use.
 pub const DEBIAN_PACKAGES: &[&str] = &[
@@ -29,24 +29,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
 ];
 
-/// The nightly toolchain that builds the BPF crate.
-pub const NIGHTLY: &str = "nightly";
-
 const BPF_LINKER_VERSION: &str = "0.13.0";
-
-/// Where set-up keeps what it builds: `$XDG_CACHE_HOME/ovpn-lb` or `~/.cache/ovpn-lb`.
-pub fn cache_dir() -> PathBuf {
-    env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("ovpn-lb")
-}
-
-/// Directory holding our `bpf-linker`, to put first on `PATH` for BPF builds.
-pub fn tools_bin() -> PathBuf {
-    cache_dir().join("tools/bin")
-}
 
 pub fn run() -> Result<()> {
     debian_packages()?;
@@ -168,11 +151,4 @@ fn works(binary: &Path) -> bool {
         .is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
         })
-}
-
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

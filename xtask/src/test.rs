@@ -3,8 +3,8 @@
 use anyhow::Result;
 
 use crate::{
-    build::{self, cmd, exec},
-    setup,
+    build, setup,
+    tools::{cmd, exec, is_root},
 };
 
 pub fn run_all(extra: &[String]) -> Result<()> {
@@ -17,7 +17,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     setup::run()?;
     build::ebpf()?;
     build::lint()?;
-    if !setup::is_root() {
+    if !is_root() {
         eprintln!(
             "xtask test: not root: BPF and namespace tests will be skipped (CI=true makes that a failure)"
         );

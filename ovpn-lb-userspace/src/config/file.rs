@@ -1,7 +1,9 @@
-//! The configuration file as written: TOML, read with serde. Only shape is
-//! checked here; meaning is checked by `validate`.
+//! The configuration file as written: TOML, read and written with serde.
+//! Only shape is checked here; meaning is checked by `validate`. The same
+//! types write files (the generator, the test bed, the benchmark), so every
+//! setting has one definition.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where metrics are served unless the file says otherwise: loopback only.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
@@ -12,19 +14,20 @@ pub const DEFAULT_KERNEL_PRIORITY: u32 = 7600;
 pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 100;
 pub const DEFAULT_PROBE_MISSES: u32 = 3;
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
-    pub lan: Lan,
     pub remote_prefixes: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
     #[serde(default)]
     pub spray: Spray,
     /// The hook: "auto", "tc" or "xdp".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hook: Option<String>,
     /// Old name of `hook`, read as text so that an old file gets a helpful
     /// message (and a pre-`spray` one an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     #[serde(default = "default_up_delay")]
     pub up_delay_ms: u64,
@@ -34,12 +37,44 @@ pub struct File {
     /// Intervals without an answer before a tunnel leaves the rotation.
     #[serde(default = "default_probe_misses")]
     pub probe_misses: u32,
+    // Tables after the plain values, as TOML writes them.
+    pub lan: Lan,
     #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]
     pub kernel_route: KernelRoute,
     #[serde(default, rename = "tunnel")]
     pub tunnels: Vec<Tunnel>,
+}
+
+impl Default for File {
+    /// The loader's defaults, with no LAN, remote prefix or tunnel yet.
+    fn default() -> Self {
+        Self {
+            remote_prefixes: Vec::new(),
+            exclude: Vec::new(),
+            spray: Spray::default(),
+            hook: Some("auto".to_owned()),
+            mode: None,
+            up_delay_ms: DEFAULT_UP_DELAY_MS,
+            probe_interval_ms: DEFAULT_PROBE_INTERVAL_MS,
+            probe_misses: DEFAULT_PROBE_MISSES,
+            lan: Lan::default(),
+            metrics: Metrics::default(),
+            kernel_route: KernelRoute::default(),
+            tunnels: Vec::new(),
+        }
+    }
+}
+
+impl File {
+    /// The TOML text.
+    ///
+    /// # Errors
+    /// If a value cannot be written as TOML (none of these can fail).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
 }
 
 fn default_up_delay() -> u64 {
@@ -54,14 +89,14 @@ fn default_probe_misses() -> u32 {
     DEFAULT_PROBE_MISSES
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lan {
     pub interface: String,
     pub prefixes: Vec<String>,
 }
 
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Spray {
     #[default]
@@ -69,7 +104,7 @@ pub enum Spray {
     Flow,
 }
 
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     #[default]
@@ -77,7 +112,7 @@ pub enum Kind {
     Tap,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
     #[serde(default = "default_listen")]
@@ -96,7 +131,7 @@ fn default_listen() -> String {
     DEFAULT_METRICS_LISTEN.to_owned()
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelRoute {
     #[serde(default = "default_table")]
@@ -122,25 +157,48 @@ fn default_priority() -> u32 {
     DEFAULT_KERNEL_PRIORITY
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tunnel {
     pub device: String,
-    pub translate: Vec<String>,
     #[serde(default)]
+    pub kind: Kind,
+    /// TAP tunnels: the far end's address on the TAP link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<String>,
+    pub translate: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_translate: Vec<String>,
     #[serde(default = "default_weight")]
     pub weight: u32,
     /// OpenVPN's management interface: "address:port" or a unix socket path.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub management: Option<String>,
     /// File holding the management password (OpenVPN's `management ... pw-file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub management_password_file: Option<String>,
-    #[serde(default)]
-    pub kind: Kind,
-    pub next_hop: Option<String>,
     /// Against a plain OpenVPN peer: an address behind the tunnel that
     /// answers ICMP echo (its far end), probed instead of in-band probes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_target: Option<String>,
+}
+
+impl Tunnel {
+    /// A tun tunnel on `device` with weight 1 and no management interface.
+    #[must_use]
+    pub fn new(device: &str, translate: Vec<String>) -> Self {
+        Self {
+            device: device.to_owned(),
+            kind: Kind::Tun,
+            next_hop: None,
+            translate,
+            peer_translate: Vec::new(),
+            weight: 1,
+            management: None,
+            management_password_file: None,
+            probe_target: None,
+        }
+    }
 }
 
 fn default_weight() -> u32 {

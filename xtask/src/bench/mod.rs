@@ -18,13 +18,10 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     fs,
-    process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 mod forwarding;
@@ -32,11 +29,15 @@ mod per_packet;
 mod plot;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use ovpn_lb_tests::lab::{HOST_B, Lab, Options, Side};
+use ovpn_lb_tests::{
+    lab::{HOST_B, Lab, Options, Side},
+    netns,
+    traffic::iperf3_server,
+};
 
 use crate::{
-    build::{self, workspace_root},
-    setup,
+    build, setup,
+    tools::{bpf_object, is_root, release_loader, stop_flag, workspace_root},
 };
 
 #[derive(clap::Args, Clone)]
@@ -87,9 +88,7 @@ const REORDER_COUNTERS: &[&str] = &[
 ];
 
 fn nstat(ns: &str) -> BTreeMap<String, u64> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nstat", "-asz", "-j"])
-        .output();
+    let out = netns::command(ns, "nstat").args(["-asz", "-j"]).output();
     let Ok(out) = out else { return BTreeMap::new() };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["kernel"]
@@ -116,30 +115,14 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, names: &
 
 fn iperf(lab: &Lab, seconds: u32) -> Result<Run> {
     let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &hb, "iperf3", "-s", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    thread::sleep(Duration::from_millis(300));
+    let server = iperf3_server(&hb);
     let (sa, sb) = (nstat(&ha), nstat(&hb));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ha,
-            "iperf3",
-            "-J",
-            "-c",
-            HOST_B,
-            "-t",
-            &seconds.to_string(),
-        ])
+    let out = netns::command(&ha, "iperf3")
+        .args(["-J", "-c", HOST_B, "-t", &seconds.to_string()])
         .output()
         .context("running iperf3")?;
     let (ea, eb) = (nstat(&ha), nstat(&hb));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3: {e}");
@@ -171,6 +154,11 @@ pub(super) fn spread(v: &[f64]) -> (f64, f64) {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (lo, hi)
+}
+
+/// A results file's first line: the machine, then what was measured how.
+pub(super) fn machine_line(method: std::fmt::Arguments) -> String {
+    format!("Machine: {}. {method}\n\n", machine())
 }
 
 pub(super) fn machine() -> String {
@@ -211,7 +199,7 @@ struct Setup {
     /// ovpn-lb on both gateways (false: plain routing over one tunnel).
     loaders: bool,
     flow_mode: bool,
-    /// OpenVPN `dev tap` tunnels, with this hook (`mode`).
+    /// OpenVPN `dev tap` tunnels, with this hook (`hook`).
     tap: Option<&'static str>,
 }
 
@@ -280,15 +268,10 @@ fn setups(args: &BenchArgs) -> Vec<Setup> {
 /// The Markdown table of the end-to-end runs; setup 0 is the baseline.
 fn end_to_end_table(args: &BenchArgs, setups: &[Setup], results: &[Vec<Run>]) -> String {
     let base_mbit = median(results[0].iter().map(|r| r.mbit_per_s).collect());
-    let mut table = String::new();
-    let _ = writeln!(
-        table,
-        "Machine: {}. One iperf3 TCP flow, default congestion control, {} s per run, {} rounds interleaved, median (min-max). Each OpenVPN process held to {}% of a CPU (cgroup cpu quota, 10 ms period).\n",
-        machine(),
-        args.seconds,
-        args.rounds,
-        args.cpu_quota
-    );
+    let mut table = machine_line(format_args!(
+        "One iperf3 TCP flow, default congestion control, {} s per run, {} rounds interleaved, median (min-max). Each OpenVPN process held to {}% of a CPU (cgroup cpu quota, 10 ms period).",
+        args.seconds, args.rounds, args.cpu_quota
+    ));
     let _ = writeln!(
         table,
         "| setup | goodput Mbit/s | efficiency vs N x 1 tunnel | retransmits | sender reorder events | receiver out-of-order segments |"
@@ -352,7 +335,7 @@ fn goodput_curve(args: &BenchArgs, setups: &[Setup], results: &[Vec<Run>]) -> pl
 
 fn end_to_end(args: &BenchArgs, interrupted: &AtomicBool) -> Result<(String, plot::Goodput)> {
     let started = Instant::now();
-    let bin = workspace_root().join("target/release/ovpn-lb");
+    let bin = release_loader();
     let base = workspace_root().join("target/bench");
     let _ = fs::remove_dir_all(&base);
     let setups = setups(args);
@@ -417,19 +400,17 @@ fn end_to_end(args: &BenchArgs, interrupted: &AtomicBool) -> Result<(String, plo
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if !setup::is_root() {
+    if !is_root() {
         bail!("the benchmark builds network namespaces: run as root");
     }
     setup::run()?;
     build::all()?;
     let started = Instant::now();
     // Ctrl-C or SIGTERM: finish the step under way, then tear down and stop.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
+    let interrupted = stop_flag()?;
     let results_dir = workspace_root().join("results");
     fs::create_dir_all(&results_dir)?;
-    let floor = workspace_root().join("target/bpfel-unknown-none/release/bench-floor");
+    let floor = bpf_object("bench-floor");
     let (per_packet, ratios) = per_packet::run(&floor, args.rounds.max(3))?;
     fs::write(results_dir.join("per-packet.md"), &per_packet)?;
     println!("\n{per_packet}");
@@ -441,7 +422,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tunnels: args.tunnels,
             rounds: args.rounds,
             seconds: args.fwd_seconds,
-            bin: workspace_root().join("target/release/ovpn-lb"),
+            bin: release_loader(),
             interrupted: interrupted.clone(),
         })?;
         fs::write(results_dir.join("forwarding.md"), &md)?;

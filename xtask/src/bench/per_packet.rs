@@ -11,7 +11,9 @@ use std::{fmt::Write as _, path::Path, time::Instant};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
+    programs::{
+        Program, ProgramError, SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp,
+    },
 };
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
@@ -21,8 +23,9 @@ use ovpn_lb_common::{
 };
 use ovpn_lb_tests::{
     fixture::{LAN_DEVICE, site, tap_mac, tap_peer_mac, tunnel},
-    netns::Netns,
+    netns::{self, Netns},
     packets::{GATEWAY_MAC, L4, V4, V6, eth4, eth6, with_partial_checksum},
+    process,
 };
 
 use super::{median, spread};
@@ -94,7 +97,7 @@ impl Bench {
             unsafe { libc::if_nametoindex(name.as_ptr()) }
         };
         let ifindex: Vec<u32> = (0..MAX_DEVICES)
-            .map(|k| index(&format!("ovb{k}")))
+            .map(|k| netns::ifindex(&format!("ovb{k}")))
             .collect();
         let lan_ifindex = index(LAN_DEVICE);
         datapath.set_remote_v4(Prefix4::new([10, 20, 0, 0], 16), route::SPRAY)?;
@@ -152,20 +155,17 @@ impl Bench {
         Ok(())
     }
 
-    fn floor(&self) -> Result<&SchedClassifier> {
-        Ok(self
+    /// An empty program of the floor object: `bench_floor` (tc) or
+    /// `bench_floor_xdp`.
+    fn floor_program<'a, P>(&'a self, name: &str) -> Result<&'a P>
+    where
+        &'a P: TryFrom<&'a Program, Error = ProgramError>,
+    {
+        let program = self
             .floor
-            .program("bench_floor")
-            .ok_or_else(|| anyhow!("no bench_floor"))?
-            .try_into()?)
-    }
-
-    fn floor_xdp(&self) -> Result<&Xdp> {
-        Ok(self
-            .floor
-            .program("bench_floor_xdp")
-            .ok_or_else(|| anyhow!("no bench_floor_xdp"))?
-            .try_into()?)
+            .program(name)
+            .ok_or_else(|| anyhow!("no {name}"))?;
+        Ok(program.try_into()?)
     }
 
     fn prog(&mut self, name: &str) -> Result<Prog<'_>> {
@@ -221,7 +221,7 @@ fn tcp4_with(ttl: u8, payload: usize) -> Vec<u8> {
     };
     eth4(
         &V4::new("192.168.10.5", "10.20.30.7", l4)
-            .with_ttl(ttl)
+            .with_hops(ttl)
             .datagram(),
     )
 }
@@ -463,8 +463,16 @@ fn measure_with_floors(
     let mut per_path = vec![Vec::new(); paths.len()];
     let mut floor = Vec::new();
     for round in 0..rounds {
-        let f = run_ns(Prog::Tc(bench.floor()?), &[tcp4(40000)], 0)?;
-        let fx = run_ns(Prog::Xdp(bench.floor_xdp()?), &[tcp4(40000)], 0)?;
+        let f = run_ns(
+            Prog::Tc(bench.floor_program::<SchedClassifier>("bench_floor")?),
+            &[tcp4(40000)],
+            0,
+        )?;
+        let fx = run_ns(
+            Prog::Xdp(bench.floor_program::<Xdp>("bench_floor_xdp")?),
+            &[tcp4(40000)],
+            0,
+        )?;
         floor.push((f, fx));
         for (i, p) in paths.iter().enumerate() {
             bench.configure(p.tunnels, p.spray, p.framing)?;
@@ -502,18 +510,14 @@ pub fn run(floor_object: &Path, rounds: usize) -> Result<(String, Vec<(String, f
     ns.ip(&["link", "set", LAN_DEVICE, "address", &mac]);
     let floor_object = floor_object.to_path_buf();
     ns.enter(move || -> Result<(String, Vec<(String, f64)>)> {
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
-        }
+        let _ = process::pin_thread(0);
         let mut bench = Bench::new(&floor_object)?;
         let (main, scaling) = paths();
         let (main_ns, floor_main) = measure(&mut bench, &main, rounds, "per-packet")?;
         let (scale_ns, floor_scale) = measure(&mut bench, &scaling, rounds, "scaling")?;
         let floor = median(floor_main.iter().chain(&floor_scale).copied().collect());
         let floor_info = {
-            let i = bench.floor()?.info()?;
+            let i = bench.floor_program::<SchedClassifier>("bench_floor")?.info()?;
             (i.size_translated().unwrap_or(0) / 8, i.size_jitted())
         };
         let mut md = String::new();

@@ -1,0 +1,405 @@
+//! The generator's pure parts: addressing, the checks on the answers, and
+//! the files read back (the TOML through the loader's own parser).
+
+use std::{collections::HashMap, net::IpAddr};
+
+use super::*;
+use crate::{
+    config::{self, Spray},
+    facts::Facts,
+    netlink::{LinkFacts, LinkKind, netdev},
+};
+
+fn request() -> Request {
+    Request::new(
+        ["192.0.2.1", "gw-b.example.net"],
+        ["eth1", "lan0"],
+        [
+            &["192.168.10.0/24", "fd00:a::/64"],
+            &["fd00:b::/64", "192.168.20.0/24"],
+        ],
+    )
+}
+
+fn errors(r: &Request) -> Vec<String> {
+    r.plan()
+        .err()
+        .unwrap_or_else(|| panic!("accepted: {r:?}"))
+        .0
+}
+
+/// Each of `lines` is a whole line of `text`.
+fn assert_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.lines().any(|l| l == *line), "no {line:?} in\n{text}");
+    }
+}
+
+fn expect_error(r: &Request, needle: &str) {
+    let errs = errors(r);
+    assert!(
+        errs.iter().any(|e| e.contains(needle)),
+        "no error containing {needle:?} in {errs:#?}"
+    );
+}
+
+fn nets(list: &[Net]) -> Vec<String> {
+    list.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn the_default_plan_numbers_tunnels_links_and_translations() {
+    let plan = request().plan().unwrap();
+    assert_eq!(plan.tunnels.len(), 4);
+    let t = &plan.tunnels[3];
+    assert_eq!((t.device.as_str(), t.port), ("tun3", 1197));
+    assert_eq!(t.link_v4.to_string(), "10.99.3.0/30");
+    assert_eq!(t.link_address(Side::A).to_string(), "10.99.3.1");
+    assert_eq!(t.link_address(Side::B).to_string(), "10.99.3.2");
+    assert_eq!(t.link_v6, None, "tun links need no IPv6 addresses");
+    assert_eq!(nets(&t.translate[0]), ["100.64.3.0/24", "fd64:0:0:3::/64"]);
+    assert_eq!(nets(&t.translate[1]), ["100.65.3.0/24", "fd65:0:0:3::/64"]);
+    assert_eq!(
+        nets(&plan.site(Side::B).lan),
+        ["192.168.20.0/24", "fd00:b::/64"],
+        "IPv4 first"
+    );
+}
+
+#[test]
+fn translation_prefixes_take_each_lans_length() {
+    let mut r = request();
+    r.lan = [vec!["10.1.0.0/20".into()], vec!["10.2.0.0/26".into()]];
+    r.tunnels = 16;
+    let plan = r.plan().unwrap();
+    let last = &plan.tunnels[15];
+    assert_eq!(nets(&last.translate[0]), ["100.64.240.0/20"]);
+    assert_eq!(nets(&last.translate[1]), ["100.65.3.192/26"]);
+    // A /16 LAN does not fit 4 times in 100.64.0.0/16: the message says what would.
+    r.lan[0] = vec!["10.1.0.0/16".into()];
+    r.tunnels = 4;
+    expect_error(
+        &r,
+        "--translate-pool-v4 100.64.0.0/15: gateway A gets half of it (100.64.0.0/16), room for 1 prefix(es) of /16 (its LAN's length) but 4 tunnels need 4; give a /13 or shorter",
+    );
+    r.translate_pool_v4 = "100.64.0.0/13".into();
+    let plan = r.plan().unwrap();
+    assert_eq!(nets(&plan.tunnels[3].translate[0]), ["100.67.0.0/16"]);
+    assert_eq!(nets(&plan.tunnels[3].translate[1]), ["100.68.0.192/26"]);
+}
+
+#[test]
+fn tap_links_get_ipv6_and_links_follow_the_link_network() {
+    let mut r = request();
+    r.kind = TunnelKind::Tap;
+    r.link_v4 = "172.31.0.0/24".into();
+    let plan = r.plan().unwrap();
+    let t = &plan.tunnels[2];
+    assert_eq!(t.device, "tap2");
+    assert_eq!(
+        t.link_v4.to_string(),
+        "172.31.0.8/30",
+        "a /24 cut into /30s"
+    );
+    assert_eq!(
+        t.link_address_v6(Side::B).unwrap().to_string(),
+        "fd99:0:0:2::2"
+    );
+    r.link_v4 = "172.31.0.0/29".into();
+    expect_error(
+        &r,
+        "--link-v4 172.31.0.0/29: 4 tunnels need a /30 each; use a /28 or shorter",
+    );
+}
+
+#[test]
+fn bad_answers_are_refused_one_line_each() {
+    let mut r = request();
+    r.tunnels = 0;
+    expect_error(&r, "--tunnels 0: give 1 to 64 tunnels");
+    r.tunnels = 65;
+    expect_error(&r, "--tunnels 65: give 1 to 64 tunnels");
+    let mut r = request();
+    r.first_port = 65_534;
+    expect_error(
+        &r,
+        "--port 65534: 4 tunnels use ports 65534..=65537, past 65535",
+    );
+    let mut r = request();
+    r.lan[1] = vec!["192.168.10.128/25".into(), "fd00:b::/64".into()];
+    expect_error(
+        &r,
+        "--lan-b 192.168.10.128/25 overlaps --lan-a 192.168.10.0/24",
+    );
+    let mut r = request();
+    r.lan[0] = vec!["192.168.10.1/24".into(), "fd00:a::/64".into()];
+    expect_error(&r, "--lan-a = \"192.168.10.1/24\" has host bits set");
+    let mut r = request();
+    r.lan[0] = vec!["192.168.10.0/24".into()];
+    expect_error(
+        &r,
+        "gateway B's LAN has an IPv6 prefix and gateway A's has none",
+    );
+    let mut r = request();
+    r.lan[0].push("10.0.0.0/8".into());
+    expect_error(
+        &r,
+        "--lan-a 10.0.0.0/8: only one LAN prefix per address family",
+    );
+    let mut r = request();
+    r.wan[1] = "gw_b!".into();
+    expect_error(
+        &r,
+        "--wan-b \"gw_b!\" is neither an IP address nor a host name",
+    );
+    r.wan[1] = "300.1.2.3".into();
+    expect_error(&r, "--wan-b \"300.1.2.3\" is neither");
+    let mut r = request();
+    r.wan[1] = "192.0.2.1".into();
+    expect_error(&r, "--wan-a and --wan-b are both \"192.0.2.1\"");
+    let mut r = request();
+    r.lan_interface[0] = "a-very-long-interface".into();
+    expect_error(
+        &r,
+        "--lan-interface-a \"a-very-long-interface\" is not an interface name",
+    );
+    let mut r = request();
+    r.translate_pool_v4 = "192.168.0.0/16".into();
+    expect_error(
+        &r,
+        "--translate-pool-v4 192.168.0.0/16 overlaps --lan-a 192.168.10.0/24",
+    );
+    let mut r = request();
+    r.tun_mtu = Some(1000);
+    expect_error(&r, "--tun-mtu 1000: give 1280 to 65535 (IPv6 needs 1280)");
+    // Every problem at once.
+    let mut r = request();
+    r.tunnels = 0;
+    r.wan[0] = String::new();
+    assert!(errors(&r).len() >= 2);
+}
+
+/// A machine with gateway `side`'s LAN interface and tunnel devices.
+fn facts(plan: &Plan, side: Side, kind: LinkKind) -> Facts {
+    let mut links = vec![LinkFacts {
+        ifindex: 2,
+        name: plan.site(side).lan_interface.clone(),
+        kind: LinkKind::Ethernet,
+        mtu: 1500,
+        mac: [2, 0, 0, 0, 0, 2],
+        up: true,
+        xdp_prog_id: 0,
+    }];
+    for (i, t) in plan.tunnels.iter().enumerate() {
+        let ifindex = 10 + u32::try_from(i).unwrap();
+        links.push(LinkFacts {
+            ifindex,
+            name: t.device.clone(),
+            kind,
+            mtu: plan.tun_mtu.unwrap_or(1500),
+            mac: [0; 6],
+            up: true,
+            xdp_prog_id: 0,
+        });
+    }
+    let xdp_features: HashMap<u32, u64> = links
+        .iter()
+        .map(|l| {
+            (
+                l.ifindex,
+                netdev::BASIC | netdev::REDIRECT | netdev::NDO_XMIT,
+            )
+        })
+        .collect();
+    Facts {
+        links,
+        xdp_features,
+    }
+}
+
+fn text(g: &Generated, side: Side, path: impl AsRef<Path>) -> &str {
+    &g.gateway(side)
+        .file(path.as_ref())
+        .unwrap_or_else(|| panic!("no {}", path.as_ref().display()))
+        .contents
+}
+
+#[test]
+fn each_ovpn_lb_toml_passes_the_loaders_own_checks_and_matches_the_other() {
+    let g = generate(&request()).unwrap();
+    let mut parsed = Vec::new();
+    for side in Side::BOTH {
+        let toml = text(&g, side, layout::LOADER_CONFIG);
+        let (c, warnings) = config::parse(toml, &facts(&g.plan, side, LinkKind::L3PointToPoint))
+            .unwrap_or_else(|e| panic!("gateway {side}:\n{e}\n{toml}"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.spray, Spray::Packet);
+        assert_eq!(c.tunnels.len(), 4);
+        assert!(c.tunnels.iter().all(|t| t.management.is_some()));
+        parsed.push(c);
+    }
+    let (a, b) = (&parsed[0], &parsed[1]);
+    assert_eq!(a.lan.interface, "eth1");
+    assert_eq!(b.lan.interface, "lan0");
+    for (ta, tb) in a.tunnels.iter().zip(&b.tunnels) {
+        // What A translates into, B restores from, into A's LAN; and back.
+        assert_eq!(tb.peer_v4.map(|p| p.0), ta.xlat_v4);
+        assert_eq!(tb.peer_v4.map(|p| p.1), a.lan.v4);
+        assert_eq!(ta.peer_v6.map(|p| p.0), tb.xlat_v6);
+        assert_eq!(ta.peer_v6.map(|p| p.1), b.lan.v6);
+        assert_eq!(
+            ta.management.as_ref().unwrap().target.to_string(),
+            format!("/run/openvpn/{}.sock", ta.device)
+        );
+    }
+}
+
+#[test]
+fn tap_tunnels_name_the_far_end_as_next_hop() {
+    let mut r = request();
+    r.kind = TunnelKind::Tap;
+    r.tun_mtu = Some(9000);
+    let g = generate(&r).unwrap();
+    let toml = text(&g, Side::B, layout::LOADER_CONFIG);
+    let (c, _) = config::parse(toml, &facts(&g.plan, Side::B, LinkKind::Ethernet))
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    assert_eq!(c.tunnels[1].kind, TunnelKind::Tap);
+    assert_eq!(
+        c.tunnels[1].next_hop,
+        Some("10.99.1.1".parse::<IpAddr>().unwrap())
+    );
+    assert_lines(
+        text(&g, Side::B, layout::openvpn_config("tap1")),
+        &[
+            "dev tap1",
+            "dev-type tap",
+            "ifconfig 10.99.1.2 255.255.255.252",
+            "ifconfig-ipv6 fd99:0:0:1::2/64 fd99:0:0:1::1",
+            "tun-mtu 9000",
+            "mssfix 0",
+        ],
+    );
+}
+
+#[test]
+fn openvpn_configs_pin_the_other_gateways_certificate() {
+    let g = generate(&request()).unwrap();
+    assert_ne!(g.fingerprints[0], g.fingerprints[1]);
+    for side in Side::BOTH {
+        for t in &g.plan.tunnels {
+            let conf = text(&g, side, layout::openvpn_config(&t.device));
+            let has = |line: &str| conf.lines().any(|l| l == line);
+            let peer_port = format!("{} {}", g.plan.site(side.other()).wan, t.port);
+            let name = side.name();
+            for line in [
+                format!("dev {}", t.device),
+                "dev-type tun".to_owned(),
+                "proto udp".to_owned(),
+                format!("port {}", t.port),
+                format!("remote {peer_port}"),
+                format!(
+                    "ifconfig {} {}",
+                    t.link_address(side),
+                    t.link_address(side.other())
+                ),
+                format!("cert /etc/openvpn/ovpn-lb/{name}.crt"),
+                format!("key /etc/openvpn/ovpn-lb/{name}.key"),
+                format!("peer-fingerprint {}", g.fingerprints[side.other().index()]),
+                format!("management /run/openvpn/{}.sock unix", t.device),
+                "management-client-user root".to_owned(),
+                "keepalive 10 60".to_owned(),
+                "sndbuf 4194304".to_owned(),
+                "rcvbuf 4194304".to_owned(),
+                "txqueuelen 1000".to_owned(),
+            ] {
+                assert!(
+                    has(&line),
+                    "gateway {side} {}: no {line:?} in\n{conf}",
+                    t.device
+                );
+            }
+            let role = match side {
+                Side::A => has("tls-client") && !has("dh none"),
+                Side::B => has("tls-server") && has("dh none"),
+            };
+            assert!(
+                role,
+                "gateway {side}: A is the TLS client, B the server:\n{conf}"
+            );
+            assert_eq!(
+                has("local 192.0.2.1"),
+                side == Side::A,
+                "only an address is bound"
+            );
+            assert!(!conf.contains("secret"), "no static keys");
+        }
+        let key = g
+            .gateway(side)
+            .file(layout::private_key(&side.name()))
+            .unwrap();
+        assert_eq!(key.mode, 0o600);
+    }
+}
+
+#[test]
+fn roots_and_the_management_password_follow_into_every_file() {
+    let mut r = request();
+    r.root = ["/srv/a".into(), "/srv/b".into()];
+    r.management_password = true;
+    let g = generate(&r).unwrap();
+    let conf = text(&g, Side::B, layout::openvpn_config("tun0"));
+    assert!(conf.contains(
+        "management /srv/b/run/openvpn/tun0.sock unix /srv/b/etc/openvpn/ovpn-lb/management.pw\n"
+    ));
+    assert!(conf.contains("cert /srv/b/etc/openvpn/ovpn-lb/gateway-b.crt\n"));
+    let toml = text(&g, Side::B, layout::LOADER_CONFIG);
+    assert!(
+        toml.contains("management_password_file = \"/srv/b/etc/openvpn/ovpn-lb/management.pw\"")
+    );
+    let pw = g.gateway(Side::B).file(layout::PASSWORD).unwrap();
+    assert_eq!((pw.mode, pw.contents.len()), (0o600, 49));
+    assert_lines(
+        text(&g, Side::A, layout::UNIT),
+        &[
+            "ExecStart=/usr/local/sbin/ovpn-lb run --config /srv/a/etc/ovpn-lb/ovpn-lb.toml",
+            "Wants=network-online.target openvpn@tun0.service openvpn@tun1.service openvpn@tun2.service openvpn@tun3.service",
+            "Restart=on-failure",
+            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN",
+            "ReadWritePaths=/sys/fs/bpf -/srv/a/run/openvpn",
+        ],
+    );
+    assert_lines(
+        text(&g, Side::A, layout::SYSCTL),
+        &[
+            "net.ipv4.ip_forward = 1",
+            "net.ipv6.conf.all.forwarding = 1",
+            "net.ipv4.conf.all.rp_filter = 2",
+            "net.ipv4.conf.default.rp_filter = 2",
+        ],
+    );
+    assert!(text(&g, Side::A, layout::README).contains("/etc/openvpn/tun3.conf"));
+}
+
+#[test]
+fn the_output_directory_is_never_overwritten_without_force() {
+    let out = std::env::temp_dir().join(format!("ovpnlb-generate-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&out);
+    let g = generate(&request()).unwrap();
+    let written = write(&g, &out, false).unwrap();
+    assert_eq!(written.len(), 2 * (1 + 4 + 2 + 3));
+    assert!(
+        written.iter().all(|p| p.starts_with(&out)),
+        "nothing outside --out"
+    );
+    let err = write(&g, &out, false).unwrap_err().to_string();
+    assert!(err.contains("exists and is not empty"), "{err}");
+    fs::write(out.join("gateway-a/stale"), "x").unwrap();
+    fs::write(out.join("keep"), "x").unwrap();
+    write(&g, &out, true).unwrap();
+    assert!(
+        !out.join("gateway-a/stale").exists(),
+        "--force replaces the gateway directories"
+    );
+    assert!(out.join("keep").exists(), "and nothing else");
+    fs::remove_dir_all(&out).unwrap();
+}
