@@ -93,7 +93,7 @@ impl Validator<'_> {
             ));
             None
         };
-        let kernel_route = self.kernel_route(&file.kernel_route);
+        let kernel_route = self.kernel_route(file.kernel_route);
         let probe = self.probe(file.probe_interval_ms, file.probe_misses);
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
@@ -471,7 +471,7 @@ impl Validator<'_> {
         }
     }
 
-    fn kernel_route(&mut self, k: &file::KernelRoute) -> KernelRouteSpec {
+    fn kernel_route(&mut self, k: file::KernelRoute) -> KernelRouteSpec {
         // 253..=255 are the kernel's default, main and local tables.
         if k.table == 0 || (253..=255).contains(&k.table) {
             self.errors.push(format!(
