@@ -469,6 +469,10 @@ impl Lab {
 
     /// Kills gateway `side`'s OpenVPN for tunnel `k` (by the PID it wrote);
     /// returns that PID.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "most callers only kill; some wait for the PID to end"
+    )]
     pub fn kill_openvpn(&self, side: Side, k: usize) -> Option<i32> {
         self.openvpn(side, k).kill()
     }

@@ -80,6 +80,10 @@ impl OpenVpn {
 
     /// Kills it (SIGKILL, by the PID it wrote); returns that PID, to wait
     /// for with `process::wait_gone`.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "most callers only kill; some wait for the PID to end"
+    )]
     pub fn kill(&self) -> Option<i32> {
         let pid = self.pid()?;
         crate::process::signal(pid, libc::SIGKILL);
