@@ -92,11 +92,16 @@ pub mod family {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Spray {
-    /// Every packet takes the next slot: one flow uses every tunnel.
-    #[default]
-    Packet = 0,
+    /// Every packet takes the next slot of the weighted round-robin table:
+    /// one flow uses every tunnel, in a fixed order.
+    RoundRobin = 0,
     /// A 5-tuple hash picks the slot: one flow stays on one tunnel.
     Flow = 1,
+    /// Every packet takes the tunnel where it would leave first, from each
+    /// tunnel's backlog and measured drain rate: one flow uses every
+    /// tunnel, and its packets arrive in the order they were sent.
+    #[default]
+    Packet = 2,
 }
 
 impl Spray {
@@ -104,8 +109,9 @@ impl Spray {
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
-            Spray::Packet => "packet",
+            Spray::RoundRobin => "round-robin",
             Spray::Flow => "flow",
+            Spray::Packet => "packet",
         }
     }
 }

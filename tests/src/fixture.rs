@@ -186,7 +186,7 @@ impl Lab {
             .chain([0])
             .chain(TAP_DEVICES.iter().map(|d| device_index(d)))
             .collect();
-        datapath.set_site(&site(Spray::Packet)).unwrap();
+        datapath.set_site(&site(Spray::RoundRobin)).unwrap();
         // The far LAN is sprayed to, the far gateway's own address is not.
         for (prefix, route) in [
             (v4("10.20.0.0", 16), route::SPRAY),

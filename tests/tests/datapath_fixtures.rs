@@ -1297,7 +1297,7 @@ fn flow_mode_keeps_a_five_tuple_on_one_tunnel() {
             );
         }
         // The same host pair in packet mode is sprayed over all tunnels.
-        lab.set_spray(Spray::Packet);
+        lab.set_spray(Spray::RoundRobin);
         assert_eq!(spray_counts(lab, &flow(40_000), 30), [10, 10, 10, 0]);
     });
 }

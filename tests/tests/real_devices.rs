@@ -91,7 +91,7 @@ fn gateway(gw: &Netns) -> (Datapath, Tun) {
         ]);
     }
     let mut dp = Datapath::load().unwrap();
-    dp.set_site(&site(Spray::Packet)).unwrap();
+    dp.set_site(&site(Spray::RoundRobin)).unwrap();
     dp.set_remote_v4(v4("10.20.0.0", 16), route::SPRAY).unwrap();
     dp.set_remote_v6(v6("fd00:20::", 48), route::SPRAY).unwrap();
     let t = tunnel(0, ifindex("ovt0"));

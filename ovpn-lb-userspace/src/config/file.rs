@@ -97,10 +97,14 @@ pub struct Lan {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Spray {
+    /// Per packet, to the tunnel where it leaves first.
     #[default]
     Packet,
+    /// Per packet, in weighted round-robin order: the baseline.
+    RoundRobin,
+    /// Per flow.
     Flow,
 }
 

@@ -109,6 +109,7 @@ impl Validator<'_> {
             exclude,
             spray: match file.spray {
                 file::Spray::Packet => Spray::Packet,
+                file::Spray::RoundRobin => Spray::RoundRobin,
                 file::Spray::Flow => Spray::Flow,
             },
             hook: hook.hook,

@@ -280,26 +280,32 @@ fn hook_paths() -> Vec<Path_> {
     ));
     let (lan, lan_xdp) = (programs::LAN_INGRESS, programs::LAN_INGRESS_XDP);
     vec![
-        path("spray, tc on tun", lan, 4, Spray::Packet, vec![tcp4(40000)]),
+        path(
+            "spray, tc on tun",
+            lan,
+            4,
+            Spray::RoundRobin,
+            vec![tcp4(40000)],
+        ),
         on_tap(path(
             "spray, tc on TAP",
             lan,
             4,
-            Spray::Packet,
+            Spray::RoundRobin,
             vec![tcp4(40000)],
         )),
         on_tap(path(
             "spray, XDP on TAP",
             lan_xdp,
             4,
-            Spray::Packet,
+            Spray::RoundRobin,
             vec![tcp4(40000)],
         )),
         on_tap(path(
             "spray, XDP on TAP, 1400 B offloaded checksum completed",
             lan_xdp,
             4,
-            Spray::Packet,
+            Spray::RoundRobin,
             vec![offloaded],
         )),
         Path_ {
@@ -308,7 +314,7 @@ fn hook_paths() -> Vec<Path_> {
                 "restore, tc on TAP",
                 programs::TUNNEL_INGRESS_ETH,
                 4,
-                Spray::Packet,
+                Spray::RoundRobin,
                 vec![restore.clone()],
             ))
         },
@@ -318,7 +324,7 @@ fn hook_paths() -> Vec<Path_> {
                 "restore, XDP on TAP (to the kernel)",
                 programs::TUNNEL_INGRESS_XDP,
                 4,
-                Spray::Packet,
+                Spray::RoundRobin,
                 vec![restore],
             ))
         },
@@ -338,8 +344,14 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
     let sprayed = eth4(&V4::new("100.64.1.5", "10.20.30.7", l4(40000, 443)).datagram());
     let lan = programs::LAN_INGRESS;
     let main = vec![
-        path("IPv4 TCP spray", lan, 4, Spray::Packet, vec![tcp4(40000)]),
-        path("IPv6 TCP spray", lan, 4, Spray::Packet, vec![tcp6]),
+        path(
+            "IPv4 TCP spray",
+            lan,
+            4,
+            Spray::RoundRobin,
+            vec![tcp4(40000)],
+        ),
+        path("IPv6 TCP spray", lan, 4, Spray::RoundRobin, vec![tcp6]),
         path(
             "flow mode (IPv4 TCP)",
             lan,
@@ -353,7 +365,7 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
                 "restore on tunnel ingress",
                 programs::TUNNEL_INGRESS_ETH,
                 4,
-                Spray::Packet,
+                Spray::RoundRobin,
                 vec![restore],
             )
         },
@@ -364,7 +376,7 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
                 "egress, sprayed packet passing",
                 programs::TUNNEL_EGRESS_ETH,
                 4,
-                Spray::Packet,
+                Spray::RoundRobin,
                 vec![sprayed],
             )
         },
@@ -374,7 +386,7 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
                 "egress, LAN-sourced packet translated",
                 programs::TUNNEL_EGRESS_ETH,
                 4,
-                Spray::Packet,
+                Spray::RoundRobin,
                 vec![tcp4(40000)],
             )
         },
@@ -382,7 +394,7 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
             "pass-through (not remote)",
             lan,
             4,
-            Spray::Packet,
+            Spray::RoundRobin,
             vec![other],
         ),
         // Where the spray path's time goes: each row stops one stage later.
@@ -390,21 +402,21 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
             "stage: parse + classify (TTL 1, passed)",
             lan,
             4,
-            Spray::Packet,
+            Spray::RoundRobin,
             vec![tcp4_with(1, 64)],
         ),
         path(
             "stage: + schedule (no tunnel, dropped)",
             lan,
             0,
-            Spray::Packet,
+            Spray::RoundRobin,
             vec![tcp4(40000)],
         ),
         path(
             "stage: + MTU check (over MTU, passed)",
             lan,
             4,
-            Spray::Packet,
+            Spray::RoundRobin,
             vec![tcp4_with(64, 1500)],
         ),
     ];
@@ -417,20 +429,32 @@ fn paths() -> (Vec<Path_>, Vec<Path_>) {
         })
         .collect();
     let scaling = vec![
-        path("spray, 1 tunnel", lan, 1, Spray::Packet, vec![tcp4(40000)]),
-        path("spray, 4 tunnels", lan, 4, Spray::Packet, vec![tcp4(40000)]),
+        path(
+            "spray, 1 tunnel",
+            lan,
+            1,
+            Spray::RoundRobin,
+            vec![tcp4(40000)],
+        ),
+        path(
+            "spray, 4 tunnels",
+            lan,
+            4,
+            Spray::RoundRobin,
+            vec![tcp4(40000)],
+        ),
         path(
             "spray, 16 tunnels",
             lan,
             16,
-            Spray::Packet,
+            Spray::RoundRobin,
             vec![tcp4(40000)],
         ),
         path(
             "spray, 64 tunnels",
             lan,
             64,
-            Spray::Packet,
+            Spray::RoundRobin,
             vec![tcp4(40000)],
         ),
         path("flow mode, 1 flow", lan, 4, Spray::Flow, vec![tcp4(40000)]),
