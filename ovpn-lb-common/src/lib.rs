@@ -16,6 +16,7 @@ pub mod flow;
 pub mod maps;
 pub mod prefix;
 pub mod probe;
+pub mod queue;
 pub mod reason;
 pub mod schedule;
 

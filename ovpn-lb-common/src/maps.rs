@@ -35,6 +35,10 @@ pub mod names {
     /// Probe reports for the loader (a ring buffer: not pinned, each loader
     /// has its own).
     pub const PROBE_EVENTS: &str = "PROBE_EVENTS";
+    /// Each tunnel ring's accounting (`queue::TunnelQueue`).
+    pub const TUNNEL_QUEUES: &str = "TUNNEL_QUEUES";
+    /// Where the tracing programs read kernel memory (`queue::KernelLayout`).
+    pub const KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
 
     pub const ALL: &[&str] = &[
         SITE,
@@ -50,6 +54,8 @@ pub mod names {
         TUNNEL_STATS,
         REASON_STATS,
         PROBE_VIEW,
+        TUNNEL_QUEUES,
+        KERNEL_LAYOUT,
     ];
 }
 
@@ -75,6 +81,15 @@ pub mod programs {
     ];
     /// Native XDP programs, for TAP tunnels.
     pub const XDP: &[&str] = &[LAN_INGRESS_XDP, TUNNEL_INGRESS_XDP];
+    /// Raw tracepoint on `net_dev_xmit`: a packet queued into a tunnel's ring.
+    pub const TUNNEL_ENQUEUE: &str = "tunnel_enqueue";
+    /// Raw tracepoint on `consume_skb`: OpenVPN read a packet out of it.
+    pub const TUNNEL_DEQUEUE: &str = "tunnel_dequeue";
+    /// The ring accounting: (program, the raw tracepoint it attaches to).
+    pub const TRACING: &[(&str, &str)] = &[
+        (TUNNEL_ENQUEUE, "net_dev_xmit"),
+        (TUNNEL_DEQUEUE, "consume_skb"),
+    ];
 }
 
 /// `families` bits in [`SiteConfig`] and [`TunnelConfig`].
@@ -235,19 +250,30 @@ impl ReasonStats {
 pub struct Schedule {
     /// Slots of `slots` in use.
     pub len: u32,
-    /// Packet mode: tunnel ids laid out by smooth weighted round-robin.
+    /// Entries of `members` in use; 0 while the ring accounting is off, and
+    /// packet mode then walks `slots` like round robin.
+    pub members_len: u32,
+    /// Round robin: tunnel ids laid out by smooth weighted round-robin.
     pub slots: [u8; SCHEDULE_SLOTS],
     /// Flow mode: the owner of each flow-hash slot by weighted rendezvous
     /// hashing, so a tunnel leaving or rejoining moves only its own slots.
     pub flow: [u8; FLOW_SLOTS],
+    /// Packet mode: the healthy tunnels, compared for every packet.
+    pub members: [u8; MAX_TUNNELS],
+    /// Packet mode, by tunnel id: how much longer the tunnel's path is than
+    /// the fastest tunnel's, ns (from the probes; 0 without them).
+    pub path_ns: [u32; MAX_TUNNELS],
 }
 
 impl Default for Schedule {
     fn default() -> Self {
         Self {
             len: 0,
+            members_len: 0,
             slots: [0; SCHEDULE_SLOTS],
             flow: [0; FLOW_SLOTS],
+            members: [0; MAX_TUNNELS],
+            path_ns: [0; MAX_TUNNELS],
         }
     }
 }
@@ -264,7 +290,9 @@ const _: () = assert!(size_of::<SiteConfig>() == 64);
 const _: () = assert!(size_of::<TunnelConfig>() == 148);
 const _: () = assert!(size_of::<TunnelStats>() == 32);
 const _: () = assert!(size_of::<ReasonStats>() == 16);
-const _: () = assert!(size_of::<Schedule>() == 4 + SCHEDULE_SLOTS + FLOW_SLOTS);
+const _: () = assert!(
+    size_of::<Schedule>() == 8 + SCHEDULE_SLOTS + FLOW_SLOTS + MAX_TUNNELS + 4 * MAX_TUNNELS
+);
 const _: () = assert!(FLOW_SLOTS.is_power_of_two());
 const _: () = assert!(MAX_TUNNELS <= u8::MAX as usize + 1);
 

@@ -1,12 +1,15 @@
 //! Building the tables the LAN program picks tunnels from.
 //!
-//! Packet mode: weights are reduced by their common divisor; when the reduced
+//! Round robin: weights are reduced by their common divisor; when the reduced
 //! total fits in [`SCHEDULE_SLOTS`], every tunnel gets exactly its share of
 //! every `len` consecutive packets. Larger totals are apportioned over all
 //! slots by largest remainder, each healthy tunnel keeping at least one slot.
 //! Slots are ordered by smooth weighted round-robin, so a tunnel's packets
 //! are spread out rather than bunched, which keeps queues at the far end
 //! short and reordering low.
+//!
+//! Packet mode: the healthy tunnels, whose queues the LAN program compares
+//! for every packet (`crate::queue`); their weights play no part there.
 //!
 //! Flow mode: each of the [`FLOW_SLOTS`] flow-hash slots belongs to the
 //! healthy tunnel with the best weighted rendezvous (HRW) score for it:
@@ -120,6 +123,11 @@ pub fn build(weights: &[u32]) -> Result<Schedule, ScheduleError> {
         *slot = u8::try_from(best).expect("tunnel ids fit in a slot");
     }
     build_flow_table(weights, &mut schedule.flow);
+    for (k, _) in weights.iter().enumerate().filter(|&(_, &w)| w != 0) {
+        schedule.members[schedule.members_len as usize] =
+            u8::try_from(k).expect("tunnel ids fit in a slot");
+        schedule.members_len += 1;
+    }
     Ok(schedule)
 }
 
@@ -217,7 +225,14 @@ mod tests {
     #[test]
     fn all_down_is_empty() {
         assert_eq!(build(&[0, 0, 0]).unwrap().len, 0);
+        assert_eq!(build(&[0, 0, 0]).unwrap().members_len, 0);
         assert_eq!(build(&[]).unwrap().len, 0);
+    }
+
+    #[test]
+    fn packet_mode_compares_the_healthy_tunnels_whatever_their_weight() {
+        let s = build(&[1, 0, 300, 2]).unwrap();
+        assert_eq!(&s.members[..s.members_len as usize], &[0, 2, 3]);
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
         return Err(Reason::TtlExpired);
     }
     let l4 = parse::l4_checksum(pkt, &ip)?;
-    let id = schedule::pick(site.spray, || {
+    let id = schedule::pick::<C>(site.spray, ip.len as u32, || {
         FlowHasher::new()
             .word(src)
             .word(dst)
@@ -128,7 +128,7 @@ fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
         return Err(Reason::TtlExpired);
     }
     let l4 = parse::l4_checksum(pkt, &ip)?;
-    let id = schedule::pick(site.spray, || {
+    let id = schedule::pick::<C>(site.spray, ip.len as u32, || {
         FlowHasher::new()
             .word(src[0] ^ src[1] ^ src[2] ^ src[3])
             .word(dst[0] ^ dst[1] ^ dst[2] ^ dst[3])

@@ -10,10 +10,14 @@
 //! 4. stages: `schedule`, `translate`, `redirect`, `offload`, `forward`,
 //!    `stats`, `verdict`;
 //! 5. pipelines: `lan` (spray), `tunnel` (restore on ingress, translate on
-//!    egress);
+//!    egress), `queue` (account each tunnel's ring, for `schedule`);
 //! 6. entry points, here.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no compare-and-swap, so no
+// `AtomicU64::fetch_add`; the ring accounting needs an atomic add.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core::intrinsics::atomic_xadd, as above")]
 #![expect(
     clippy::inline_always,
     reason = "each program is one verified body; helpers must not become calls"
@@ -37,6 +41,7 @@ mod offload;
 mod packet;
 mod parse;
 mod probe;
+mod queue;
 mod redirect;
 mod schedule;
 mod stats;
@@ -45,8 +50,8 @@ mod tunnel;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, raw_tracepoint, xdp},
+    programs::{RawTracePointContext, TcContext, XdpContext},
 };
 use ovpn_lb_common::Reason;
 
@@ -113,6 +118,21 @@ pub fn tunnel_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tunnel_egress_eth(ctx: TcContext) -> i32 {
     egress_tc::<ETH_HLEN>(&ctx)
+}
+
+/// Raw tracepoint after every device transmit: a packet queued into one of
+/// our tunnels' rings (or refused, the ring full).
+#[raw_tracepoint(tracepoint = "net_dev_xmit")]
+pub fn tunnel_enqueue(ctx: RawTracePointContext) -> i32 {
+    queue::enqueued(&ctx);
+    0
+}
+
+/// Raw tracepoint on every freed packet: OpenVPN read one out of a ring.
+#[raw_tracepoint(tracepoint = "consume_skb")]
+pub fn tunnel_dequeue(ctx: RawTracePointContext) -> i32 {
+    queue::dequeued(&ctx);
+    0
 }
 
 /// Sprayed packets pass here again: only what is translated (or refused)

@@ -8,6 +8,7 @@ use ovpn_lb_common::{
     MAX_TUNNELS, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
     maps::{MAX_PREFIXES, SCHEDULE_BUFFERS},
     probe::Event as ProbeEvent,
+    queue::{KernelLayout, TunnelQueue},
     reason::REASON_COUNT,
 };
 
@@ -56,6 +57,19 @@ pub static ACTIVE_SCHED: Array<u32, 1> = Array::new();
 /// Per-CPU round-robin position: no atomics shared between CPUs.
 #[btf_map]
 pub static SPRAY_CURSOR: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Per CPU, packet mode with more tunnels than it compares: the member
+/// index it picked last, compared again with the next packet.
+#[btf_map]
+pub static LAST_PICK: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Each tunnel ring's accounting, by tunnel id.
+#[btf_map]
+pub static TUNNEL_QUEUES: Array<TunnelQueue, MAX_TUNNELS> = Array::new();
+
+/// Where the tracing programs read kernel memory; `netns` 0: off.
+#[btf_map]
+pub static KERNEL_LAYOUT: Array<KernelLayout, 1> = Array::new();
 
 #[btf_map]
 pub static TUNNEL_STATS: PerCpuArray<TunnelStats, MAX_TUNNELS> = PerCpuArray::new();

@@ -1,21 +1,28 @@
-//! Pick the tunnel for a packet from the live schedule: packet mode walks
-//! the round-robin slots with a per-CPU cursor, flow mode looks the flow
-//! hash up in the rendezvous-hashed flow table.
+//! Pick the tunnel for a packet from the live schedule: packet mode takes
+//! the tunnel where the packet would be read first (`ovpn_lb_common::queue`),
+//! round robin walks the weighted slots with a per-CPU cursor, flow mode
+//! looks the flow hash up in the rendezvous-hashed flow table.
 
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use ovpn_lb_common::{
-    FLOW_SLOTS, Reason, SCHEDULE_SLOTS,
+    FLOW_SLOTS, MAX_TUNNELS, Reason, SCHEDULE_SLOTS, Schedule,
     maps::{SCHEDULE_BUFFERS, Spray},
+    queue::{SCAN_TUNNELS, Snapshot},
 };
 
-use crate::maps::{ACTIVE_SCHED, SCHEDULES, SPRAY_CURSOR, update_per_cpu};
+use crate::{
+    hook::Hook,
+    maps::{ACTIVE_SCHED, LAST_PICK, SCHEDULES, SPRAY_CURSOR, TUNNEL_QUEUES, update_per_cpu},
+};
 
-/// Tunnel id for this packet. `flow_hash` is only called in flow mode.
+/// Tunnel id for a packet of `len` bytes (as it will enter the tunnel)
+/// under hook `C`. `flow_hash` is only called in flow mode.
 #[inline(always)]
-pub fn pick(spray: u32, flow_hash: impl FnOnce() -> u32) -> Result<u32, Reason> {
+pub fn pick<C: Hook>(spray: u32, len: u32, flow_hash: impl FnOnce() -> u32) -> Result<u32, Reason> {
     let active = ACTIVE_SCHED.get(0).copied().unwrap_or(0) % SCHEDULE_BUFFERS;
     let schedule = SCHEDULES.get(active).ok_or(Reason::NoTunnel)?;
-    let len = schedule.len;
-    if len == 0 {
+    let len_slots = schedule.len;
+    if len_slots == 0 {
         return Err(Reason::NoTunnel);
     }
     if spray == Spray::Flow as u32 {
@@ -24,6 +31,19 @@ pub fn pick(spray: u32, flow_hash: impl FnOnce() -> u32) -> Result<u32, Reason> 
         let slot = flow_hash() as usize & (FLOW_SLOTS - 1);
         return Ok(u32::from(schedule.flow[slot]));
     }
+    if spray == Spray::Packet as u32 && C::RINGS_ACCOUNTED && schedule.members_len != 0 {
+        let id = ovpn_lb_earliest(len);
+        if id != NONE {
+            return Ok(id);
+        }
+    }
+    round_robin(schedule, len_slots)
+}
+
+/// `len` is `schedule.len`, read once and known not to be 0 (read again
+/// after a call, the compiler could not prove that).
+#[inline(always)]
+fn round_robin(schedule: &Schedule, len: u32) -> Result<u32, Reason> {
     // Per-CPU cursor: plain load and store, nothing shared between CPUs.
     let mut position = None;
     update_per_cpu(SPRAY_CURSOR.get_ptr_mut(0), |cursor| {
@@ -35,4 +55,84 @@ pub fn pick(spray: u32, flow_hash: impl FnOnce() -> u32) -> Result<u32, Reason> 
     // and checking that here would let the compiler drop the mask).
     let slot = (position % len) as usize & (SCHEDULE_SLOTS - 1);
     Ok(u32::from(schedule.slots[slot]))
+}
+
+/// "No pick": fall back to round robin.
+const NONE: u32 = u32::MAX;
+
+/// The member whose queue would read a `len`-byte packet first. Compares
+/// every member up to [`SCAN_TUNNELS`], else two at random and the one this
+/// CPU picked last.
+///
+/// A subprogram, not inlined: the verifier then walks the comparisons once
+/// per state the parser reaches the pick with, not once per tunnel id the
+/// scan could settle on times those states.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn ovpn_lb_earliest(len: u32) -> u32 {
+    let active = ACTIVE_SCHED.get(0).copied().unwrap_or(0) % SCHEDULE_BUFFERS;
+    let Some(schedule) = SCHEDULES.get(active) else {
+        return NONE;
+    };
+    let members = schedule.members_len as usize;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let len = u64::from(len);
+    let mut best = NONE;
+    let mut best_ps = u64::MAX;
+    let mut consider = |index: usize| {
+        let id = u32::from(schedule.members[index & (MAX_TUNNELS - 1)]);
+        let path_ns = u64::from(schedule.path_ns[id as usize & (MAX_TUNNELS - 1)]);
+        let ps = departure_ps(id, len, now, path_ns);
+        if ps < best_ps {
+            best_ps = ps;
+            best = index as u32;
+        }
+    };
+    if members <= SCAN_TUNNELS {
+        for index in 0..SCAN_TUNNELS {
+            if index >= members {
+                break;
+            }
+            consider(index);
+        }
+    } else {
+        // SAFETY: a helper without arguments.
+        let random = unsafe { bpf_get_prandom_u32() } as usize;
+        consider((random & 0xffff) % members);
+        consider((random >> 16) % members);
+        if let Some(&last) = LAST_PICK.get(0)
+            && (last as usize) < members
+        {
+            consider(last as usize);
+        }
+        update_per_cpu(LAST_PICK.get_ptr_mut(0), |last| *last = best);
+    }
+    if best == NONE {
+        return NONE;
+    }
+    u32::from(schedule.members[best as usize & (MAX_TUNNELS - 1)])
+}
+
+/// When tunnel `id` would read a `len`-byte packet queued now, ps from now;
+/// `u64::MAX` without accounting for it.
+#[inline(always)]
+fn departure_ps(id: u32, len: u64, now: u64, path_ns: u64) -> u64 {
+    let Some(q) = TUNNEL_QUEUES.get_ptr(id) else {
+        return u64::MAX;
+    };
+    // SAFETY: `q` points into a map value, live for the program's run. The
+    // tracing programs write these fields meanwhile, each field whole, so
+    // each is read whole, once.
+    let snapshot = unsafe {
+        Snapshot {
+            enq_bytes: core::ptr::read_volatile(&raw const (*q).enq_bytes),
+            deq_bytes: core::ptr::read_volatile(&raw const (*q).deq_bytes),
+            last_enq_ns: core::ptr::read_volatile(&raw const (*q).last_enq_ns),
+            last_deq_ns: core::ptr::read_volatile(&raw const (*q).last_deq_ns),
+            last_len: core::ptr::read_volatile(&raw const (*q).last_len),
+            ps_per_byte: core::ptr::read_volatile(&raw const (*q).drain.ps_per_byte),
+        }
+    };
+    snapshot.departure_ps(len, now, path_ns)
 }

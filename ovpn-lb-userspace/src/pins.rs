@@ -61,6 +61,12 @@ impl Layout {
         self.links().join(format!("{iface}-xdp"))
     }
 
+    /// Pin of the raw tracepoint link of tracing program `program`.
+    #[must_use]
+    pub fn tracing_link(&self, program: &str) -> PathBuf {
+        self.links().join(format!("{program}-raw_tp"))
+    }
+
     #[must_use]
     pub fn state_file(&self) -> PathBuf {
         self.run_dir.join("state.json")

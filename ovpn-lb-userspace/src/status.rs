@@ -4,8 +4,8 @@
 use std::{fs, io::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Map, MapData, PerCpuArray};
-use ovpn_lb_common::{Reason, ReasonStats, TunnelStats, maps::names};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use ovpn_lb_common::{Reason, ReasonStats, TunnelStats, maps::names, queue::TunnelQueue};
 use serde::{Deserialize, Serialize};
 
 use crate::pins::Layout;
@@ -127,6 +127,9 @@ impl State {
 pub struct Counters {
     pub tunnels: Vec<TunnelStats>,
     pub reasons: Vec<ReasonStats>,
+    /// Each tunnel's ring accounting (all zero while packet spray's
+    /// accounting is off).
+    pub queues: Vec<TunnelQueue>,
 }
 
 fn per_cpu<T: aya::Pod + Default + Copy>(
@@ -147,10 +150,20 @@ impl Counters {
     /// If the pinned maps cannot be read.
     pub fn read(layout: &Layout, tunnels: u32) -> Result<Self> {
         let maps = layout.maps();
-        let tunnels = per_cpu(&maps.join(names::TUNNEL_STATS), tunnels, TunnelStats::plus)?;
+        let n = tunnels;
+        let tunnels = per_cpu(&maps.join(names::TUNNEL_STATS), n, TunnelStats::plus)?;
         let count = u32::try_from(Reason::ALL.len())?;
         let reasons = per_cpu(&maps.join(names::REASON_STATS), count, ReasonStats::plus)?;
-        Ok(Self { tunnels, reasons })
+        let path = maps.join(names::TUNNEL_QUEUES);
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let map: Array<_, TunnelQueue> = Map::from_map_data(data)?.try_into()?;
+        let queues = (0..n).map(|i| Ok(map.get(&i, 0)?)).collect::<Result<_>>()?;
+        Ok(Self {
+            tunnels,
+            reasons,
+            queues,
+        })
     }
 }
 
@@ -190,6 +203,30 @@ pub struct TunnelReport {
     pub tx_bits_per_second: f64,
     pub rx_packets_per_second: f64,
     pub rx_bits_per_second: f64,
+    /// The tunnel's ring, as packet spray sees it.
+    pub ring: RingReport,
+}
+
+/// A tunnel device's ring (the queue its OpenVPN reads), from the ring
+/// accounting: all zero while it is off.
+#[derive(Debug, Serialize)]
+pub struct RingReport {
+    /// Bytes queued and not yet read by OpenVPN.
+    pub backlog_bytes: u64,
+    /// How fast OpenVPN reads it while it has work (0: not measured yet).
+    pub drain_bytes_per_second: u64,
+    /// Packets the kernel dropped because the ring was full.
+    pub full_drops: u64,
+}
+
+impl From<&TunnelQueue> for RingReport {
+    fn from(q: &TunnelQueue) -> Self {
+        Self {
+            backlog_bytes: q.enq_bytes.saturating_sub(q.deq_bytes),
+            drain_bytes_per_second: q.drain.bytes_per_second(),
+            full_drops: q.ring_full,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -220,7 +257,8 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         .tunnels
         .iter()
         .zip(after.tunnels.iter().zip(&before.tunnels))
-        .map(|(t, (a, b))| TunnelReport {
+        .zip(&after.queues)
+        .map(|((t, (a, b)), q)| TunnelReport {
             id: t.id,
             device: t.device.clone(),
             state: t.state.clone(),
@@ -237,6 +275,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
             tx_bits_per_second: 8.0 * rate(a.tx_bytes, b.tx_bytes, secs),
             rx_packets_per_second: rate(a.rx_packets, b.rx_packets, secs),
             rx_bits_per_second: 8.0 * rate(a.rx_bytes, b.rx_bytes, secs),
+            ring: RingReport::from(q),
         })
         .collect();
     let reasons = Reason::ALL
@@ -359,6 +398,7 @@ pub fn render(r: &Report, all: bool) -> String {
             t.openvpn.as_deref().unwrap_or("-")
         );
     }
+    render_rings(&mut out, r);
     let shown: Vec<&ReasonReport> = r.reasons.iter().filter(|s| all || s.packets > 0).collect();
     let _ = writeln!(
         out,
@@ -384,6 +424,31 @@ pub fn render(r: &Report, all: bool) -> String {
         );
     }
     out
+}
+
+/// The rings' table, while packet spray's accounting has measured any.
+fn render_rings(out: &mut String, r: &Report) {
+    use std::fmt::Write as _;
+    if !r.tunnels.iter().any(|t| t.ring.drain_bytes_per_second != 0) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:>3} {:<10} {:>12} {:>14} {:>11}",
+        "id", "device", "ring backlog", "drain rate", "ring full"
+    );
+    #[expect(clippy::cast_precision_loss, reason = "for display")]
+    for t in &r.tunnels {
+        let _ = writeln!(
+            out,
+            "{:>3} {:<10} {:>12} {:>14} {:>11}",
+            t.id,
+            t.device,
+            bytes(t.ring.backlog_bytes),
+            format!("{}B/s", si(t.ring.drain_bytes_per_second as f64)),
+            si(t.ring.full_drops as f64).trim_end(),
+        );
+    }
 }
 
 #[cfg(test)]

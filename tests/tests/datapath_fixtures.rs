@@ -3,7 +3,13 @@
 //! Expected packets are built by etherparse, and every forwarded packet's
 //! checksums are re-verified by etherparse, never by our own code.
 
-use ovpn_lb_common::{Reason, maps::Spray};
+use aya::maps::Array;
+use ovpn_lb_common::{
+    Reason,
+    maps::{Spray, names},
+    queue::{Drain, TunnelQueue},
+    schedule,
+};
 use ovpn_lb_tests::{
     fixture::{
         Counters, Hook, Lab, Program, TAP_TUNNEL, TAP_TUNNEL_UNRESOLVED, TUNNEL_MTU, TUNNELS,
@@ -1427,5 +1433,150 @@ fn rare_paths_log_at_most_once_per_second_per_cpu() {
             2,
             "one more after a second"
         );
+    });
+}
+
+/// A ring as the accounting would leave it: `backlog` bytes waiting, read at
+/// `ps_per_byte`, fed just now (never due a retry) unless `fed` is false.
+fn ring(backlog: u64, ps_per_byte: u64, fed: bool) -> TunnelQueue {
+    TunnelQueue {
+        enq_bytes: 1_000_000 + backlog,
+        deq_bytes: 1_000_000,
+        // In the future: "now" minus it saturates to 0, never a retry.
+        last_enq_ns: if fed { u64::MAX } else { 0 },
+        drain: Drain {
+            ps_per_byte,
+            ..Drain::default()
+        },
+        ..TunnelQueue::default()
+    }
+}
+
+fn set_rings(lab: &mut Lab, rings: &[TunnelQueue]) {
+    let mut map: Array<_, TunnelQueue> = Array::try_from(
+        lab.datapath
+            .ebpf_mut()
+            .map_mut(names::TUNNEL_QUEUES)
+            .unwrap(),
+    )
+    .unwrap();
+    for (k, q) in rings.iter().enumerate() {
+        map.set(u32::try_from(k).unwrap(), *q, 0).unwrap();
+    }
+}
+
+/// Packet spray over tunnels 0..3 with `members` compared and `path_ns`.
+fn packet_spray(lab: &mut Lab, members: &[u8], path_ns: [u32; 3]) {
+    let mut s = schedule::build(&[1, 1, 1]).unwrap();
+    s.members_len = u32::try_from(members.len()).unwrap();
+    s.members[..members.len()].copy_from_slice(members);
+    s.path_ns[..3].copy_from_slice(&path_ns);
+    lab.datapath.publish_schedule(&s).unwrap();
+    lab.set_spray(Spray::Packet);
+}
+
+#[test]
+fn packet_spray_takes_the_tunnel_that_reads_the_packet_first() {
+    if !require_root("packet_spray_takes_the_tunnel_that_reads_the_packet_first") {
+        return;
+    }
+    // 1000 bytes of TCP: a 1040-byte packet in the tunnel.
+    let frame = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(1000)).datagram());
+    with_lab(|lab| {
+        packet_spray(lab, &[0, 1, 2], [0; 3]);
+        // Read at: 0: 31040 B × 1 ns = 31 µs; 1: 11040 B × 4 ns = 44 µs;
+        // 2: an empty ring at 100 ns per byte = 104 µs.
+        set_rings(
+            lab,
+            &[
+                ring(30_000, 1000, true),
+                ring(10_000, 4000, true),
+                ring(0, 100_000, true),
+            ],
+        );
+        assert_eq!(spray_counts(lab, &frame, 5), [5, 0, 0, 0]);
+        // Twice the backlog on 0 (61 µs): 1 is first now.
+        set_rings(
+            lab,
+            &[
+                ring(60_000, 1000, true),
+                ring(10_000, 4000, true),
+                ring(0, 100_000, true),
+            ],
+        );
+        assert_eq!(spray_counts(lab, &frame, 5), [0, 5, 0, 0]);
+        // 1's path is 20 µs longer than the others' (64 µs): 0 again.
+        packet_spray(lab, &[0, 1, 2], [0, 20_000, 0]);
+        assert_eq!(spray_counts(lab, &frame, 5), [5, 0, 0, 0]);
+        // Nothing queued on 2 for long: the next packet tries it, whatever
+        // its estimate says.
+        set_rings(
+            lab,
+            &[
+                ring(0, 1000, true),
+                ring(0, 1000, true),
+                ring(1_000_000, 1_000_000, false),
+            ],
+        );
+        assert_eq!(spray_counts(lab, &frame, 1), [0, 0, 1, 0]);
+        // A tunnel out of the rotation is never compared.
+        set_rings(
+            lab,
+            &[
+                ring(50_000, 1000, true),
+                ring(0, 1000, true),
+                ring(50_000, 1000, true),
+            ],
+        );
+        packet_spray(lab, &[0, 2], [0; 3]);
+        assert_eq!(spray_counts(lab, &frame, 4).iter().sum::<u64>(), 4);
+        assert_eq!(spray_counts(lab, &frame, 4)[1], 0);
+    });
+}
+
+#[test]
+fn packet_spray_without_ring_accounting_is_round_robin() {
+    if !require_root("packet_spray_without_ring_accounting_is_round_robin") {
+        return;
+    }
+    let frame = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(1000)).datagram());
+    with_lab(|lab| {
+        set_rings(
+            lab,
+            &[
+                ring(0, 1000, true),
+                ring(90_000, 1000, true),
+                ring(90_000, 1000, true),
+            ],
+        );
+        // The loader publishes no members when the accounting cannot run.
+        packet_spray(lab, &[], [0; 3]);
+        assert_eq!(spray_counts(lab, &frame, 30), [10, 10, 10, 0]);
+    });
+}
+
+#[test]
+fn packet_spray_over_many_tunnels_compares_two_and_remembers_the_best() {
+    if !require_root("packet_spray_over_many_tunnels_compares_two_and_remembers_the_best") {
+        return;
+    }
+    let frame = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(1000)).datagram());
+    with_lab(|lab| {
+        // Ten members (three tunnels, listed repeatedly): above the eight a
+        // packet compares in full. 2 is by far the first to read.
+        packet_spray(lab, &[0, 1, 0, 1, 2, 0, 1, 0, 1, 0], [0; 3]);
+        set_rings(
+            lab,
+            &[
+                ring(90_000, 1000, true),
+                ring(90_000, 1000, true),
+                ring(0, 1000, true),
+            ],
+        );
+        let counts = spray_counts(lab, &frame, 200);
+        assert_eq!(counts.iter().sum::<u64>(), 200);
+        // Found by chance at first (two of ten compared per packet), then
+        // kept: the previous pick is always compared again.
+        assert!(counts[2] >= 150, "{counts:?}");
     });
 }

@@ -110,6 +110,26 @@ fn fifty_megabytes_arrive_intact_over_every_tunnel() {
         carried.iter().all(|&c| c > 100),
         "every tunnel carries part of the one connection: {carried:?}"
     );
+    // Packet spray picked by the rings' accounting, which followed every
+    // ring: each tunnel's reader measured, every packet sprayed into a
+    // tunnel counted in, and, the traffic over, every byte counted out.
+    thread::sleep(Duration::from_millis(500));
+    let after = lab.counters(Side::A);
+    for (k, (q, t)) in after.queues.iter().zip(&after.tunnels).enumerate() {
+        assert!(
+            q.drain.samples > 0,
+            "tunnel {k}: drain never measured: {q:?}"
+        );
+        assert!(q.enq_packets >= t.tx_packets, "tunnel {k}: {q:?} {t:?}");
+        assert_eq!(
+            q.enq_bytes, q.deq_bytes,
+            "tunnel {k}: a backlog left: {q:?}"
+        );
+        assert!(
+            q.resync_bytes * 100 <= q.enq_bytes,
+            "tunnel {k}: over 1 % of the bytes set right by resyncs: {q:?}"
+        );
+    }
 }
 
 #[test]

@@ -45,6 +45,11 @@ pub trait Hook {
     /// XDP frames have none and lose it on redirect, so their checksums are
     /// patched in place and partial ones completed before they leave.
     const KEEPS_CHECKSUM_STATE: bool;
+    /// True where what the program redirects into a tunnel is transmitted
+    /// through the device's ring, where the ring accounting sees it (an
+    /// skb). XDP frames go to a TAP device's XDP transmit, past it, so
+    /// packet spray under XDP walks the round-robin slots.
+    const RINGS_ACCOUNTED: bool;
 
     /// Start of the (linear) packet data.
     fn data(&self) -> usize;

@@ -27,6 +27,7 @@ fn skb(ctx: &TcContext) -> &__sk_buff {
 
 impl Hook for TcContext {
     const KEEPS_CHECKSUM_STATE: bool = true;
+    const RINGS_ACCOUNTED: bool = true;
 
     #[inline(always)]
     fn data(&self) -> usize {

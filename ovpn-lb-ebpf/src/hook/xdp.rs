@@ -13,6 +13,7 @@ use crate::log::{self, Helper};
 
 impl Hook for XdpContext {
     const KEEPS_CHECKSUM_STATE: bool = false;
+    const RINGS_ACCOUNTED: bool = false;
 
     #[inline(always)]
     fn data(&self) -> usize {

@@ -2,6 +2,8 @@
 //! touches the datapath's state. Attaching programs is in `attach`.
 
 pub mod attach;
+mod btf;
+pub mod rings;
 
 use std::{
     path::{Path, PathBuf},
@@ -11,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{Array, HashMap, Map, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
     programs::{SchedClassifier, TcAttachType, Xdp},
 };
@@ -85,6 +87,11 @@ impl Datapath {
     fn load_with(loader: &mut EbpfLoader) -> Result<Self> {
         if OBJECT.is_empty() {
             bail!("the BPF object was not built into this binary: build with `cargo xtask build`");
+        }
+        // For whoever changes the programs: the verifier's whole walk in the
+        // error when it refuses one.
+        if std::env::var_os("OVPN_LB_VERIFIER_LOG").is_some() {
+            loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
         }
         let mut ebpf = loader.load(OBJECT).context("loading the BPF object")?;
         for &name in programs::TC {

@@ -14,7 +14,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ovpn_lb_common::{Reason, reason::Outcome};
+use ovpn_lb_common::{Reason, queue::TunnelQueue, reason::Outcome};
 
 use crate::{
     health::Cause,
@@ -121,6 +121,19 @@ fn per_tunnel_counter(
         .collect()
 }
 
+/// Samples of a per-tunnel figure of the ring accounting.
+fn per_tunnel_ring(s: &Snapshot, value: impl Fn(&TunnelQueue) -> u64) -> Vec<Sample> {
+    let Some(c) = &s.counters else {
+        return Vec::new();
+    };
+    s.tunnels
+        .iter()
+        .zip(&c.queues)
+        .enumerate()
+        .map(|(k, (v, q))| (tunnel_labels(k, v), u64_value(value(q))))
+        .collect()
+}
+
 #[expect(clippy::cast_precision_loss, reason = "Prometheus values are doubles")]
 fn per_reason(s: &Snapshot, value: impl Fn(&ovpn_lb_common::ReasonStats) -> u64) -> Vec<Sample> {
     let Some(c) = &s.counters else {
@@ -211,6 +224,27 @@ pub const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         labels: TUNNEL,
         samples: |s| per_tunnel_counter(s, |t| t.rx_bytes),
+    },
+    Family {
+        name: "ovpnlb_tunnel_ring_backlog_bytes",
+        help: "Bytes queued in the tunnel device's ring, not yet read by OpenVPN (packet spray).",
+        kind: Kind::Gauge,
+        labels: TUNNEL,
+        samples: |s| per_tunnel_ring(s, |q| q.enq_bytes.saturating_sub(q.deq_bytes)),
+    },
+    Family {
+        name: "ovpnlb_tunnel_ring_drain_bytes_per_second",
+        help: "How fast OpenVPN reads the tunnel's ring while it has work (packet spray; 0 unmeasured).",
+        kind: Kind::Gauge,
+        labels: TUNNEL,
+        samples: |s| per_tunnel_ring(s, |q| q.drain.bytes_per_second()),
+    },
+    Family {
+        name: "ovpnlb_tunnel_ring_full_drops_total",
+        help: "Packets the kernel dropped because the tunnel device's ring was full (packet spray).",
+        kind: Kind::Counter,
+        labels: TUNNEL,
+        samples: |s| per_tunnel_ring(s, |q| q.ring_full),
     },
     Family {
         name: "ovpnlb_tunnel_up",
@@ -422,6 +456,15 @@ mod tests {
                     bytes: 0,
                 })
                 .collect(),
+            queues: vec![
+                TunnelQueue {
+                    enq_bytes: 5000,
+                    deq_bytes: 3500,
+                    ring_full: 3,
+                    ..TunnelQueue::default()
+                },
+                TunnelQueue::default(),
+            ],
         };
         encode(&Snapshot {
             tunnels,
@@ -450,6 +493,8 @@ mod tests {
             "ovpnlb_tunnel_rx_bytes_total{device=\"tun0\",tunnel=\"0\"} 700".to_owned(),
             "ovpnlb_tunnel_up{device=\"tu\\\"n1\",tunnel=\"1\"} 0".to_owned(),
             "ovpnlb_tunnel_weight{device=\"tun0\",tunnel=\"0\"} 2".to_owned(),
+            "ovpnlb_tunnel_ring_backlog_bytes{device=\"tun0\",tunnel=\"0\"} 1500".to_owned(),
+            "ovpnlb_tunnel_ring_full_drops_total{device=\"tun0\",tunnel=\"0\"} 3".to_owned(),
             format!("ovpnlb_packets_total{{outcome=\"dropped\",reason=\"no_tunnel\"}} {no_tunnel}"),
             "# TYPE ovpnlb_tunnel_tx_packets_total counter".to_owned(),
             "# TYPE ovpnlb_tunnel_up gauge".to_owned(),

@@ -242,6 +242,32 @@ impl PeerView {
     }
 }
 
+/// Path delays are published in steps of this much: finer changes are noise
+/// of the probes' own scheduling, and each change republishes the schedule.
+pub const PATH_QUANTUM_NS: i64 = 250_000;
+/// A path further behind than this is taken as this far: packet spray then
+/// uses it only when every other tunnel is that far backlogged.
+pub const PATH_MAX_NS: i64 = 100_000_000;
+
+/// How much longer each tunnel's forward path is than the fastest one's,
+/// from the probes' forward offsets (`None`: not known, taken as 0), in
+/// steps of [`PATH_QUANTUM_NS`]. Only differences between tunnels mean
+/// anything: the far clock's offset is common to all.
+#[must_use]
+pub fn path_delays(offsets: &[Option<i64>]) -> Vec<u32> {
+    let Some(fastest) = offsets.iter().flatten().min() else {
+        return vec![0; offsets.len()];
+    };
+    offsets
+        .iter()
+        .map(|o| {
+            let extra = o.map_or(0, |o| o - fastest).min(PATH_MAX_NS);
+            let steps = (extra + PATH_QUANTUM_NS / 2) / PATH_QUANTUM_NS;
+            u32::try_from(steps * PATH_QUANTUM_NS).unwrap_or(0)
+        })
+        .collect()
+}
+
 /// `CLOCK_MONOTONIC` now, ns: the clock of `bpf_ktime_get_ns`.
 #[must_use]
 pub fn now_ns() -> u64 {
@@ -256,6 +282,25 @@ pub fn now_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn path_delays_are_differences_in_quantum_steps() {
+        let ms = 1_000_000;
+        // A far clock 5 s ahead; tunnel 1 is 3 ms longer, 2 unknown, 3
+        // 0.1 ms longer (noise: rounds to 0), 4 absurdly far (capped).
+        let offsets = [
+            Some(5_000 * ms),
+            Some(5_003 * ms),
+            None,
+            Some(5_000 * ms + 100_000),
+            Some(9_000 * ms),
+        ];
+        assert_eq!(
+            path_delays(&offsets),
+            [0, 3_000_000, 0, 0, u32::try_from(PATH_MAX_NS).unwrap()]
+        );
+        assert_eq!(path_delays(&[None, None]), [0, 0]);
+    }
+
     use super::*;
 
     const MS: u64 = 1_000_000;

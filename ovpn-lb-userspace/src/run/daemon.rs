@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use ovpn_lb_common::{
     SiteConfig,
-    maps::site_flags,
+    maps::{Spray, site_flags},
     probe::{self as wire, Event, Payload},
     schedule,
 };
@@ -27,6 +27,7 @@ use crate::{
     datapath::{
         Datapath,
         attach::{self, Attached, Attachment},
+        rings,
     },
     facts::Facts,
     health::{self, Management},
@@ -76,7 +77,10 @@ pub struct Daemon {
     lan_features_followed: bool,
     kernel: Owned,
     routes: Option<(Option<RouteTarget>, Option<RouteTarget>)>,
-    published: Option<Vec<u32>>,
+    /// The live schedule's weights and path delays.
+    published: Option<(Vec<u32>, Vec<u32>)>,
+    /// Packet spray compares the tunnels' rings: their accounting runs.
+    rings: bool,
     views: Views,
     neighbours: Vec<ManagedNeighbour>,
     mounted_bpffs: Option<PathBuf>,
@@ -140,6 +144,7 @@ impl Daemon {
             kernel,
             routes: None,
             published: None,
+            rings: false,
             views,
             neighbours: Vec::new(),
             mounted_bpffs,
@@ -208,6 +213,7 @@ impl Daemon {
         {
             report(&a, &lan, how);
         }
+        self.rings = self.account_rings();
         for k in 0..self.tunnels.len() {
             let link = facts.link(&self.tunnels[k].spec.device).cloned();
             if let Some(l) = &link {
@@ -235,6 +241,39 @@ impl Daemon {
         }
         self.publish().await;
         Ok(())
+    }
+
+    /// Switches the ring accounting on where packet spray can use it (tc),
+    /// off elsewhere; true if it runs. Where it cannot run, packet spray
+    /// walks the round-robin slots, and says so.
+    fn account_rings(&mut self) -> bool {
+        let packet = self.config.spray == Spray::Packet;
+        if !packet || self.config.hook == Hook::Xdp {
+            if packet {
+                log::warn!(
+                    "spray = \"packet\" under the XDP hook sprays round robin: XDP frames pass a TAP device's ring unseen"
+                );
+            }
+            if let Err(e) = self.datapath.stop_accounting(&self.layout) {
+                log::warn!("switching the ring accounting off: {}", short(&e));
+            }
+            return false;
+        }
+        match rings::kernel_layout()
+            .and_then(|layout| self.datapath.account_rings(&self.layout, layout))
+        {
+            Ok(()) => {
+                log::info!("packet spray: each packet takes the tunnel it leaves by first");
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "packet spray cannot see the tunnels' rings ({}): spraying round robin",
+                    short(&e)
+                );
+                false
+            }
+        }
     }
 
     fn report_foreign(&self, iface: &str, facts: &Facts) {
@@ -294,6 +333,16 @@ impl Daemon {
                 }
             }
             log::info!("{label}: device is ifindex {new_ifindex}; programs attached");
+            // A new ring (not the same device a previous run left in the
+            // entry): the old device's figures say nothing about it.
+            let id = self.tunnels[k].id.raw();
+            let same = self
+                .datapath
+                .tunnel(id)
+                .is_ok_and(|e| e.ifindex == new_ifindex);
+            if !same && let Err(e) = self.datapath.reset_queue(id) {
+                log::warn!("{label}: {}", short(&e));
+            }
         }
         if new_ifindex == 0 && old_ifindex != 0 {
             log::info!("{}: device removed", self.tunnels[k].label());
@@ -690,11 +739,31 @@ impl Daemon {
     /// rotation changed, and the state file if anything `status` shows did.
     async fn publish(&mut self) {
         let weights: Vec<u32> = self.tunnels.iter().map(Tunnel::live_weight).collect();
-        if self.published.as_ref() != Some(&weights) {
+        // Packet spray adds each path's extra delay to the tunnel's wait,
+        // from the probes (tunnels in the rotation only).
+        let offsets: Vec<Option<i64>> = self
+            .tunnels
+            .iter()
+            .map(|t| {
+                t.health
+                    .in_rotation
+                    .then_some(t.tracker.forward_offset_ns)
+                    .flatten()
+            })
+            .collect();
+        let paths = probe::path_delays(&offsets);
+        let rotation_changed = self.published.as_ref().map(|p| &p.0) != Some(&weights);
+        if self.published.as_ref() != Some(&(weights.clone(), paths.clone())) {
             match schedule::build(&weights)
                 .map_err(|e| anyhow::anyhow!("{e:?}"))
-                .and_then(|s| self.datapath.publish_schedule(&s))
-            {
+                .and_then(|mut s| {
+                    if !self.rings {
+                        // Nothing to compare: round robin.
+                        s.members_len = 0;
+                    }
+                    s.path_ns[..paths.len()].copy_from_slice(&paths);
+                    self.datapath.publish_schedule(&s)
+                }) {
                 Ok(()) => {
                     let states: Vec<String> = self
                         .tunnels
@@ -704,8 +773,10 @@ impl Daemon {
                             (s, _) => format!("{}={s}", t.spec.device),
                         })
                         .collect();
-                    log::info!("rotation: {}", states.join(" "));
-                    self.published = Some(weights.clone());
+                    if rotation_changed {
+                        log::info!("rotation: {}", states.join(" "));
+                    }
+                    self.published = Some((weights.clone(), paths));
                 }
                 Err(e) => {
                     log::warn!("publishing the schedule: {}; trying again", short(&e));
