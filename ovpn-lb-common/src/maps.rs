@@ -35,6 +35,9 @@ pub mod names {
     /// Probe reports for the loader (a ring buffer: not pinned, each loader
     /// has its own).
     pub const PROBE_EVENTS: &str = "PROBE_EVENTS";
+    /// Tunnel id -> its device (a device map): the kernel deletes an entry
+    /// when its device goes away, loader running or not.
+    pub const TUNNEL_DEVICES: &str = "TUNNEL_DEVICES";
     /// Each tunnel ring's accounting (`queue::TunnelQueue`).
     pub const TUNNEL_QUEUES: &str = "TUNNEL_QUEUES";
     /// Where the tracing programs read kernel memory (`queue::KernelLayout`).
@@ -54,6 +57,7 @@ pub mod names {
         TUNNEL_STATS,
         REASON_STATS,
         PROBE_VIEW,
+        TUNNEL_DEVICES,
         TUNNEL_QUEUES,
         KERNEL_LAYOUT,
     ];

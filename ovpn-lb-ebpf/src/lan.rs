@@ -16,7 +16,7 @@ use crate::{
     hook::Hook,
     layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr},
     log,
-    maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNELS, v4_key, v6_key},
+    maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNEL_DEVICES, TUNNELS, v4_key, v6_key},
     offload,
     packet::{Mac, Packet},
     parse, probe, redirect, schedule, stats, translate, verdict,
@@ -156,6 +156,13 @@ fn ready_tunnel(id: u32, family_bit: u32) -> Result<&'static TunnelConfig, Reaso
         return Err(Reason::TunnelGone);
     };
     if tunnel.ifindex == 0 || tunnel.families & family_bit == 0 {
+        log::tunnel_not_ready(id, tunnel.ifindex);
+        return Err(Reason::TunnelGone);
+    }
+    // The device itself: gone (or replaced) since the loader last wrote the
+    // entry, as when it is not running, a redirect would drop the packet
+    // unseen.
+    if TUNNEL_DEVICES.get_ifindex(id) != Some(tunnel.ifindex) {
         log::tunnel_not_ready(id, tunnel.ifindex);
         return Err(Reason::TunnelGone);
     }

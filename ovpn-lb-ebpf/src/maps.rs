@@ -1,7 +1,7 @@
 //! Every map the programs share with userspace. Types come from ovpn-lb-common.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     macros::btf_map,
 };
 use ovpn_lb_common::{
@@ -28,6 +28,11 @@ pub static PROBE_EVENTS: RingBuf<ProbeEvent, { 64 * 1024 }> = RingBuf::new();
 
 #[btf_map]
 pub static TUNNELS: Array<TunnelConfig, MAX_TUNNELS> = Array::new();
+
+/// Tunnel id -> its device. The kernel deletes an entry when the device
+/// goes away, so a device removed while no loader runs is noticed here.
+#[btf_map]
+pub static TUNNEL_DEVICES: DevMapHash<MAX_TUNNELS> = DevMapHash::new();
 
 /// Tunnel device ifindex -> tunnel id, for the tunnel ingress program.
 #[btf_map]

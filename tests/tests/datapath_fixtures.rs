@@ -1580,3 +1580,33 @@ fn packet_spray_over_many_tunnels_compares_two_and_remembers_the_best() {
         assert!(counts[2] >= 150, "{counts:?}");
     });
 }
+
+#[test]
+fn a_tunnel_device_removed_behind_the_loaders_back_is_tunnel_gone_not_sprayed() {
+    if !require_root("a_tunnel_device_removed_behind_the_loaders_back_is_tunnel_gone_not_sprayed") {
+        return;
+    }
+    let frame = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(100)).datagram());
+    with_lab(|lab| {
+        assert_eq!(spray_counts(lab, &frame, 30), [10, 10, 10, 0]);
+        // No loader follows the deletion: tunnel 1's entry still names the
+        // device, and only the kernel's device map knows it is gone.
+        let status = std::process::Command::new("ip")
+            .args(["link", "del", "ovt1"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let before = lab.counters();
+        let mut verdicts = Vec::new();
+        for _ in 0..30 {
+            verdicts.push(lab.run(Program::Lan, &frame, 0).verdict);
+        }
+        let after = lab.counters();
+        let grown =
+            |r: Reason| after.reasons[r as usize].packets - before.reasons[r as usize].packets;
+        assert_eq!(grown(Reason::TunnelGone), 10);
+        assert_eq!(grown(Reason::Sprayed), 20);
+        assert_eq!(after.tunnels[1].tx_packets, before.tunnels[1].tx_packets);
+        assert_eq!(verdicts.iter().filter(|&&v| v == TC_ACT_SHOT).count(), 10);
+    });
+}

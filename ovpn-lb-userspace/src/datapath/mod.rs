@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{Array, HashMap, Map, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+    maps::{Array, DevMapHash, HashMap, Map, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
     programs::{SchedClassifier, TcAttachType, Xdp},
 };
 use ovpn_lb_common::{
@@ -161,6 +161,10 @@ impl Datapath {
         for id in count..MAX_TUNNELS {
             tunnels.set(u32::try_from(id)?, TunnelConfig::default(), 0)?;
         }
+        let mut devices: DevMapHash<_> = map(&mut self.ebpf, names::TUNNEL_DEVICES)?.try_into()?;
+        for id in count..MAX_TUNNELS {
+            let _ = devices.remove(u32::try_from(id)?);
+        }
         let mut by_if: HashMap<_, u32, u32> =
             map(&mut self.ebpf, names::TUNNEL_BY_IF)?.try_into()?;
         let stale: Vec<u32> = by_if
@@ -251,6 +255,15 @@ impl Datapath {
             by_if
                 .insert(tunnel.ifindex, id, 0)
                 .context("writing TUNNEL_BY_IF")?;
+        }
+        let mut devices: DevMapHash<_> = map(&mut self.ebpf, names::TUNNEL_DEVICES)?.try_into()?;
+        if tunnel.ifindex == 0 {
+            // Absent already is fine.
+            let _ = devices.remove(id);
+        } else {
+            devices
+                .insert(id, tunnel.ifindex, None, 0)
+                .context("writing TUNNEL_DEVICES")?;
         }
         let mut tunnels: Array<_, TunnelConfig> =
             map(&mut self.ebpf, names::TUNNELS)?.try_into()?;
