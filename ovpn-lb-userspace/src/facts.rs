@@ -1,7 +1,7 @@
 //! What the machine says about its network devices at one moment: the
 //! facts a configuration is validated against.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, io};
 
 use anyhow::{Context as _, Result};
 
@@ -36,5 +36,83 @@ impl Facts {
     pub fn xdp_features(&self, name: &str) -> Option<u64> {
         self.link(name)
             .and_then(|l| self.xdp_features.get(&l.ifindex).copied())
+    }
+}
+
+/// `SIOCETHTOOL`, `ETHTOOL_GGRO` (`include/uapi/linux/ethtool.h`).
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GGRO: u32 = 0x2b;
+
+/// Whether generic receive offload is on for device `name`: the kernel then
+/// merges a TCP flow's segments into one packet before any program sees
+/// them, and packet spray can only place whole merged packets.
+///
+/// # Errors
+/// If the device does not exist or the kernel refuses the query.
+pub fn gro_enabled(name: &str) -> io::Result<bool> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        pad: [u8; 16],
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_GGRO,
+        data: 0,
+    };
+    let mut request = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &raw mut value,
+        pad: [0; 16],
+    };
+    request.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `request` is a valid `struct ifreq` whose data pointer points
+    // to `value`, both live across the call; the kernel writes only `value`.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &raw mut request) };
+    let result = if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(value.data != 0)
+    };
+    // SAFETY: `fd` is ours and not used after.
+    unsafe { libc::close(fd) };
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gro_state_agrees_with_ethtool() {
+        let Ok(out) = std::process::Command::new("ethtool")
+            .args(["-k", "lo"])
+            .output()
+        else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI: ethtool is a test dependency"
+            );
+            eprintln!("skipped: no ethtool");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let on = text.contains("generic-receive-offload: on");
+        assert_eq!(gro_enabled("lo").unwrap(), on, "{text}");
+        assert!(gro_enabled("no-such-dev0").is_err());
+        assert!(gro_enabled("a-name-far-too-long-for-linux").is_err());
     }
 }

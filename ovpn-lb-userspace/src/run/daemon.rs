@@ -264,6 +264,12 @@ impl Daemon {
         {
             Ok(()) => {
                 log::info!("packet spray: each packet takes the tunnel it leaves by first");
+                let lan = &self.config.lan.interface;
+                if crate::facts::gro_enabled(lan).unwrap_or(false) {
+                    log::warn!(
+                        "{lan} merges received TCP segments (GRO): packet spray places each merged packet whole, which reorders; `ethtool -K {lan} gro off` lets it place every segment"
+                    );
+                }
                 true
             }
             Err(e) => {
