@@ -227,3 +227,23 @@ pub fn parse(text: &str) -> Result<File, String> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in the repository is a file the loader reads, with every
+    /// setting written out at its default or an example value.
+    #[test]
+    fn the_example_configuration_reads() {
+        let text = include_str!("../../../ovpn-lb.example.toml");
+        let file: File = toml::from_str(text).unwrap();
+        assert_eq!(file.spray, Spray::Packet);
+        assert_eq!(file.hook.as_deref(), Some("auto"));
+        assert_eq!(file.probe_interval_ms, DEFAULT_PROBE_INTERVAL_MS);
+        assert_eq!(file.probe_misses, DEFAULT_PROBE_MISSES);
+        assert_eq!(file.up_delay_ms, DEFAULT_UP_DELAY_MS);
+        assert_eq!(file.kernel_route, KernelRoute::default());
+        assert_eq!(file.tunnels.len(), 2);
+    }
+}
