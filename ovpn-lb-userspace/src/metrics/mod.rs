@@ -104,34 +104,36 @@ fn per_tunnel(s: &Snapshot, value: impl Fn(&TunnelView) -> f64) -> Vec<Sample> {
         .collect()
 }
 
-/// Samples of a per-tunnel counter from the pinned maps.
-#[expect(clippy::cast_precision_loss, reason = "Prometheus values are doubles")]
-fn per_tunnel_counter(
+/// Samples of a per-tunnel figure read from the pinned maps: `table` picks
+/// the per-tunnel rows (traffic counters, ring accounting), `value` the
+/// figure.
+fn per_tunnel_read<T>(
     s: &Snapshot,
-    value: impl Fn(&ovpn_lb_common::TunnelStats) -> u64,
+    table: impl Fn(&Counters) -> &[T],
+    value: impl Fn(&T) -> u64,
 ) -> Vec<Sample> {
     let Some(c) = &s.counters else {
         return Vec::new();
     };
     s.tunnels
         .iter()
-        .zip(&c.tunnels)
+        .zip(table(c))
         .enumerate()
-        .map(|(k, (v, stats))| (tunnel_labels(k, v), value(stats) as f64))
+        .map(|(k, (v, row))| (tunnel_labels(k, v), u64_value(value(row))))
         .collect()
+}
+
+/// Samples of a per-tunnel traffic counter.
+fn per_tunnel_counter(
+    s: &Snapshot,
+    value: impl Fn(&ovpn_lb_common::TunnelStats) -> u64,
+) -> Vec<Sample> {
+    per_tunnel_read(s, |c| &c.tunnels, value)
 }
 
 /// Samples of a per-tunnel figure of the ring accounting.
 fn per_tunnel_ring(s: &Snapshot, value: impl Fn(&TunnelQueue) -> u64) -> Vec<Sample> {
-    let Some(c) = &s.counters else {
-        return Vec::new();
-    };
-    s.tunnels
-        .iter()
-        .zip(&c.queues)
-        .enumerate()
-        .map(|(k, (v, q))| (tunnel_labels(k, v), u64_value(value(q))))
-        .collect()
+    per_tunnel_read(s, |c| &c.queues, value)
 }
 
 #[expect(clippy::cast_precision_loss, reason = "Prometheus values are doubles")]
