@@ -338,7 +338,7 @@ async fn kernel_path(f: &mut Findings, config: &Config, facts: &Facts, netlink: 
             ),
             Ok(Forwarding::Refused) => f.ok(
                 "kernel_path",
-                format!("LAN traffic for {remote} that the kernel forwards is refused (no tunnel up), never sent in the clear"),
+                format!("LAN traffic for {remote} that the kernel forwards is refused (no tunnel up, or forwarding off), never sent in the clear"),
             ),
             Ok(Forwarding::Device(i)) => {
                 let dev = facts
