@@ -9,7 +9,7 @@ use std::{
 use super::{
     layout,
     openvpn::SOCKET_BUFFER,
-    plan::{Plan, Side},
+    plan::{DEFAULT_BINARY, Plan, Side},
     unit::Unit,
 };
 use crate::config::Net;
@@ -144,15 +144,27 @@ pub fn readme(plan: &Plan, side: Side) -> String {
     }
     let config = me.installed(layout::LOADER_CONFIG);
     let config = config.display();
+    // The package installs the binary where the unit expects it by default.
+    let install = if plan.binary == Path::new(DEFAULT_BINARY) {
+        format!(
+            "apt-get install ./ovpn-lb_{}-1_*.deb openvpn   # the package from `cargo xtask deb`",
+            env!("CARGO_PKG_VERSION")
+        )
+    } else {
+        format!(
+            "apt-get install openvpn\n    install -m 0755 ovpn-lb {}",
+            plan.binary.display()
+        )
+    };
     let _ = write!(
         t,
         "\nThen, as root (Debian 12 or later, Linux 6.6 or later):\n\
-         \n    apt-get install openvpn\n\
-         \x20   install -m 0755 ovpn-lb {bin}\n\
+         \n    {install}\n\
          \x20   sysctl --system\n\
          \x20   systemctl daemon-reload\n\
          \x20   systemctl enable --now ovpn-lb.service     # starts openvpn@{first_dev}.. too\n\
          \x20   {bin} check --config {config}\n\
+         \x20   {bin} doctor --config {config}\n\
          \x20   {bin} status\n\
          \nThe WAN must let UDP ports {first}-{last} through from {}. The tunnels come up\n\
          once both gateways run; `ovpn-lb status` then shows every tunnel up.\n",
