@@ -24,7 +24,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/ovpn-lb/ovpn-lb.toml";
 /// without dropping a packet; `ovpn-lb detach` removes everything, and
 /// `run --detach-on-exit` does so on the signal instead.
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(name = "ovpn-lb", version, about, long_about)]
 pub struct Cli {
     /// Directory on bpffs holding ovpn-lb's pinned maps and links. bpffs is
     /// mounted if missing.

@@ -159,7 +159,7 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
     rp_filter(&mut f, &config, &facts);
     devices(&mut f, &config, &facts);
     kernel_path(&mut f, &config, &facts, &netlink).await;
-    management(&mut f, &config).await;
+    management(&mut f, &config, layout).await;
     probes(&mut f, layout);
     Ok(Report {
         config: config_path.display().to_string(),
@@ -169,7 +169,7 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
 
 fn loader(f: &mut Findings, layout: &Layout) {
     match State::read(layout) {
-        Ok(s) if s.running && std::path::Path::new(&format!("/proc/{}", s.pid)).exists() => {
+        Ok(s) if alive(&s) => {
             f.ok("loader", format!("ovpn-lb run is running (pid {})", s.pid));
         }
         Ok(s) => f.add(
@@ -338,7 +338,7 @@ async fn kernel_path(f: &mut Findings, config: &Config, facts: &Facts, netlink: 
             ),
             Ok(Forwarding::Refused) => f.ok(
                 "kernel_path",
-                format!("LAN traffic for {remote} that the kernel forwards is refused (no tunnel up), never sent in the clear"),
+                format!("LAN traffic for {remote} that the kernel forwards is refused (no tunnel up, or forwarding off), never sent in the clear"),
             ),
             Ok(Forwarding::Device(i)) => {
                 let dev = facts
@@ -364,55 +364,88 @@ async fn kernel_path(f: &mut Findings, config: &Config, facts: &Facts, netlink: 
     }
 }
 
-async fn management(f: &mut Findings, config: &Config) {
+/// Whether the `run` that wrote `state` is still going (one killed with -9
+/// could not say it stopped).
+fn alive(state: &State) -> bool {
+    state.running && Path::new(&format!("/proc/{}", state.pid)).exists()
+}
+
+/// The running loader's state, if a loader is running.
+fn running_loader(layout: &Layout) -> Option<State> {
+    State::read(layout).ok().filter(alive)
+}
+
+/// OpenVPN's management interfaces. OpenVPN serves one client at a time,
+/// and a running loader is that client: then its view is the answer, and
+/// only without a loader does doctor connect itself. A unix socket's mode
+/// is not judged: OpenVPN makes it world-writable and checks who connects
+/// itself (`management-client-user`, as `ovpn-lb generate` writes it).
+async fn management(f: &mut Findings, config: &Config, layout: &Layout) {
+    let loader = running_loader(layout);
     for t in &config.tunnels {
         let Some(m) = &t.management else { continue };
-        let reachable = match &m.target {
-            ManagementTarget::Tcp(a) => {
-                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(a))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            }
-            ManagementTarget::Unix(p) => {
-                use std::os::unix::fs::PermissionsExt as _;
-                if let Ok(meta) = std::fs::metadata(p)
-                    && meta.permissions().mode() & 0o006 != 0
-                {
-                    f.add(
-                        "management",
-                        Severity::Warning,
-                        format!("{}: any local user can reach {}", t.device, p.display()),
-                        "management-client-user / management socket mode: let only root reach it",
-                    );
-                }
-                tokio::time::timeout(Duration::from_secs(1), tokio::net::UnixStream::connect(p))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            }
-        };
-        if reachable {
-            f.ok(
+        let seen_by_loader = loader
+            .as_ref()
+            .and_then(|s| s.tunnels.iter().find(|s| s.device == t.device))
+            .and_then(|s| s.openvpn.clone());
+        match seen_by_loader.as_deref() {
+            Some("CONNECTED") => f.ok(
+                "management",
+                format!(
+                    "{}: OpenVPN reports CONNECTED to the loader at {}",
+                    t.device, m.target
+                ),
+            ),
+            Some("unreachable") => unreachable(f, &t.device, &m.target),
+            Some(other) => f.add(
+                "management",
+                Severity::Problem,
+                format!(
+                    "{}: OpenVPN reports {other}, not CONNECTED: the tunnel is out of the rotation",
+                    t.device
+                ),
+                format!(
+                    "look at its log (journalctl -u openvpn@{}) and at the far gateway's",
+                    t.device
+                ),
+            ),
+            None if connects(&m.target).await => f.ok(
                 "management",
                 format!(
                     "{}: OpenVPN's management interface answers at {}",
                     t.device, m.target
                 ),
-            );
-        } else {
-            f.add(
-                "management",
-                Severity::Problem,
-                format!(
-                    "{}: nothing answers at {}: OpenVPN is not running, or listens elsewhere",
-                    t.device, m.target
-                ),
-                format!(
-                    "check the `management` line of {}'s OpenVPN configuration",
-                    t.device
-                ),
-            );
+            ),
+            None => unreachable(f, &t.device, &m.target),
         }
     }
+}
+
+async fn connects(target: &ManagementTarget) -> bool {
+    let timeout = Duration::from_secs(1);
+    match target {
+        ManagementTarget::Tcp(a) => {
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+        ManagementTarget::Unix(p) => {
+            tokio::time::timeout(timeout, tokio::net::UnixStream::connect(p))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+    }
+}
+
+fn unreachable(f: &mut Findings, device: &str, target: &impl std::fmt::Display) {
+    f.add(
+        "management",
+        Severity::Problem,
+        format!(
+            "{device}: nothing answers at {target}: OpenVPN is not running, or listens elsewhere"
+        ),
+        format!("check the `management` line of {device}'s OpenVPN configuration"),
+    );
 }
 
 /// What the running loader says of the probes.

@@ -85,6 +85,13 @@ pub struct Options {
     /// is turned on at the hosts' ends of the LAN veths, which is what lets a
     /// veth transmit XDP frames (the XDP restore then forwards to the LAN).
     pub hook: Option<String>,
+    /// The tunnels' MTU (the generator's `--tun-mtu`); `None`: OpenVPN's 1500.
+    pub tun_mtu: Option<u32>,
+    /// The MTU of the LAN veths, hosts' and gateways' ends; `None`: 1500.
+    pub lan_mtu: Option<u32>,
+    /// The MTU of the WAN veth; 9000 by default, so that OpenVPN's datagrams
+    /// are never fragmented.
+    pub wan_mtu: u32,
 }
 
 impl Default for Options {
@@ -99,6 +106,9 @@ impl Default for Options {
             flow_mode: false,
             tap: false,
             hook: None,
+            tun_mtu: None,
+            lan_mtu: None,
+            wan_mtu: 9000,
         }
     }
 }
@@ -262,6 +272,7 @@ impl Lab {
             TunnelKind::Tun
         };
         r.root = Side::BOTH.map(|side| self.root(side));
+        r.tun_mtu = self.options.tun_mtu;
         r
     }
 
@@ -374,17 +385,22 @@ impl Lab {
             if self.lan_xdp_transmit() {
                 self.exec(&host, &["ethtool", "-K", LAN_DEV, "gro", "on"]);
             }
+            if let Some(mtu) = self.options.lan_mtu {
+                for ns in [&host, &gw] {
+                    self.ip(ns, &["link", "set", LAN_DEV, "mtu", &mtu.to_string()]);
+                }
+            }
             topology::router(&gw, &[]);
         }
     }
 
-    /// The veth between the gateways that OpenVPN runs over, with a jumbo
-    /// MTU so OpenVPN's encapsulated packets are never fragmented.
+    /// The veth between the gateways that OpenVPN runs over, with
+    /// `Options::wan_mtu`.
     fn wan(&self) {
         let (ga, gb) = (self.gw(Side::A), self.gw(Side::B));
         let (a, b) = (format!("{}/30", WAN[0]), format!("{}/30", WAN[1]));
         let end = |ns, addr| topology::End {
-            mtu: Some(9000),
+            mtu: Some(self.options.wan_mtu),
             ..topology::End::new(ns, "wan", addr)
         };
         topology::veth(&end(&ga, &[&a]), &end(&gb, &[&b]));
@@ -589,10 +605,19 @@ impl Lab {
 
     /// Kills the loader on `side` with SIGKILL (the datapath stays).
     pub fn kill_loader(&self, side: Side) {
-        if let Some(pid) = pid_in(&self.loader_pid_file(side)) {
-            process::signal(pid, libc::SIGKILL);
-            let _ = fs::remove_file(self.loader_pid_file(side));
-        }
+        self.signal_loader(side, libc::SIGKILL);
+    }
+
+    /// Sends `signal` to the loader on `side` and forgets it; returns its PID.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "only callers that wait for the exit need the PID"
+    )]
+    pub fn signal_loader(&self, side: Side, signal: i32) -> Option<i32> {
+        let pid = pid_in(&self.loader_pid_file(side))?;
+        process::signal(pid, signal);
+        let _ = fs::remove_file(self.loader_pid_file(side));
+        Some(pid)
     }
 
     /// Per-tunnel counters of gateway `side`, from its pinned maps.

@@ -5,8 +5,9 @@
 use std::{fs, path::PathBuf, sync::atomic::Ordering};
 
 use anyhow::{Result, bail};
+use ovpn_lb_common::TunnelStats;
 use ovpn_lb_tests::{
-    lab::{HOST_B, Lab, Options, Peer, Side},
+    lab::{HOST_B, Lab, Options, Peer, Side, growth},
     netns,
     traffic::iperf3_server,
 };
@@ -182,38 +183,98 @@ fn rates(lab: &Lab, side: Side) -> Option<String> {
     Some(line.join(" | "))
 }
 
-/// `cargo xtask run` with no arguments: bring the lab up, run an iperf3 demo,
-/// print live per-tunnel counters until Ctrl-C, then tear everything down.
+/// What the demo's flow did: iperf3's goodput and retransmits, and each
+/// tunnel's share of the packets gateway A sprayed meanwhile.
+struct FlowSummary {
+    seconds: f64,
+    mbit_per_s: f64,
+    retransmits: u64,
+    /// (device, percent of the sprayed packets).
+    shares: Vec<(String, f64)>,
+}
+
+impl FlowSummary {
+    /// From iperf3's `-J` report and gateway A's tunnel counters before and
+    /// after the flow.
+    fn new(lab: &Lab, iperf3_json: &str, before: &[TunnelStats]) -> Self {
+        let v: serde_json::Value = serde_json::from_str(iperf3_json).unwrap_or_default();
+        let end = &v["end"];
+        let sprayed = growth(before, &lab.tunnel_stats(Side::A), |t| t.tx_packets);
+        let total: u64 = sprayed.iter().sum();
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "packet counts, for a percentage"
+        )]
+        let shares = sprayed
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| (lab.dev(k), 100.0 * n as f64 / total.max(1) as f64))
+            .collect();
+        let received = &end["sum_received"];
+        Self {
+            seconds: received["seconds"].as_f64().unwrap_or(0.0),
+            mbit_per_s: received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+            retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+            shares,
+        }
+    }
+}
+
+impl std::fmt::Display for FlowSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shares: Vec<String> = self
+            .shares
+            .iter()
+            .map(|(dev, percent)| format!("{dev} {percent:.1} %"))
+            .collect();
+        write!(
+            f,
+            "flow done after {:.0} s: {:.1} Mbit/s goodput, {} retransmits; sprayed packets: {}",
+            self.seconds,
+            self.mbit_per_s,
+            self.retransmits,
+            shares.join(", ")
+        )
+    }
+}
+
+/// How long the demo's iperf3 flow runs.
+const DEMO_SECONDS: u64 = 20;
+
+/// `cargo xtask run` with no arguments: bring the lab up, run an iperf3
+/// flow while printing live per-tunnel rates, sum it up in one line, then
+/// keep the lab up until Ctrl-C, which tears everything down.
 pub fn demo(args: &LabArgs) -> Result<()> {
     prepare()?;
     let stop = stop_flag()?;
     let lab = Lab::up(&dir(), TAG, &release_loader(), args.options());
     describe(&lab);
-    println!("\nrunning a 20 s iperf3 TCP flow from host A to host B; Ctrl-C tears the lab down\n");
+    println!(
+        "\nrunning a {DEMO_SECONDS} s iperf3 TCP flow from host A to host B; Ctrl-C tears the lab down\n"
+    );
     let server = iperf3_server(&lab.host(Side::B));
-    let report = lab.dir.join("iperf3.txt");
+    let report = lab.dir.join("iperf3.json");
+    let before = lab.tunnel_stats(Side::A);
     let mut client = netns::command(&lab.host(Side::A), "iperf3")
-        .args(["-c", HOST_B, "-t", "20", "-i", "0"])
+        .args(["-J", "-c", HOST_B, "-t", &DEMO_SECONDS.to_string()])
         .stdout(fs::File::create(&report)?)
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let started = std::time::Instant::now();
-    let mut reported = false;
     while !stop.load(Ordering::Relaxed) {
+        // Each sample takes a second.
         if let Some(line) = rates(&lab, Side::A) {
             println!("[{:>4}s] A->B  {line}", started.elapsed().as_secs());
         }
-        if !reported && client.try_wait()?.is_some() {
-            reported = true;
-            let text = fs::read_to_string(&report).unwrap_or_default();
-            for l in text
-                .lines()
-                .filter(|l| l.contains("sender") || l.contains("receiver"))
-            {
-                println!("iperf3: {}", l.trim());
-            }
-            println!("demo done; counters keep updating, Ctrl-C to tear down");
+        if client.try_wait()?.is_some() {
+            let json = fs::read_to_string(&report).unwrap_or_default();
+            println!("{}", FlowSummary::new(&lab, &json, &before));
+            println!("the lab stays up for your own commands (above); Ctrl-C tears it down");
+            break;
         }
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let _ = client.kill();
     let _ = client.wait();

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod deb;
 mod inspect;
 mod lab;
 mod setup;
@@ -29,8 +30,13 @@ enum Command {
     Inspect,
     /// Formatting and clippy checks on every crate, the BPF one included.
     Lint,
-    /// Set up, build, lint, then run every test (host unit tests and, as root, the
-    /// BPF and network-namespace tests).
+    /// Build the Debian package (cargo-deb): the release binary as
+    /// /usr/sbin/ovpn-lb, ovpn-lb.service, the example configuration and the
+    /// man pages. Prints the package's path.
+    Deb,
+    /// Set up, build, lint, build the Debian package, then run every test (host
+    /// unit tests, the package's, and as root the BPF and network-namespace
+    /// tests).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
         Command::Build => setup::run().and_then(|()| build::all()),
         Command::Inspect => setup::run().and_then(|()| inspect::run()),
         Command::Lint => setup::run().and_then(|()| build::lint()),
+        Command::Deb => deb::run(),
         Command::Test { args } => test::run(&args),
         Command::Run { args, lab } if args.is_empty() => lab::demo(&lab),
         Command::Run { args, .. } => build::run_loader(&args),

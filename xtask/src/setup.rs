@@ -1,6 +1,6 @@
 //! Prerequisites, each checked before it is installed so a second run is quick:
-//! Debian packages, `rust-src` for the nightly toolchain, and a `bpf-linker`
-//! built against that nightly's own LLVM.
+//! Debian packages, `rust-src` for the nightly toolchain, a `bpf-linker`
+//! built against that nightly's own LLVM, and `cargo-deb` (`cargo xtask deb`).
 
 use std::{
     fs,
@@ -22,6 +22,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "iperf3",
     "ethtool",
+    // `cargo xtask deb`: dpkg-shlibdeps for the package's dependencies.
+    "dpkg-dev",
     // The benchmark: trafgen, the nftables variants, the plot.
     "netsniff-ng",
     "nftables",
@@ -30,11 +32,14 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// 3.8.0 declares rust-version 1.85, so the stable toolchain builds it.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn run() -> Result<()> {
     debian_packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     Ok(())
 }
 
@@ -114,7 +119,7 @@ fn bpf_linker() -> Result<()> {
     let link = prefix.join("lib/libLLVM.so");
     let binary = tools_bin().join("bpf-linker");
     let linked_to = fs::read_link(&link).ok();
-    if linked_to.as_deref() == Some(libllvm.as_path()) && works(&binary) {
+    if linked_to.as_deref() == Some(libllvm.as_path()) && works(&binary, BPF_LINKER_VERSION) {
         return Ok(());
     }
     eprintln!(
@@ -129,26 +134,38 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(&libllvm, name)
             .with_context(|| format!("linking {}", name.display()))?;
     }
-    exec(
-        cmd("cargo")
-            .args(["install", "--locked", "--force", "--root"])
-            .arg(cache_dir().join("tools"))
-            .args([
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--no-default-features",
-            ])
-            .args(["--features", &format!("llvm-{major}")])
-            .env("LLVM_PREFIX", &prefix),
-    )
+    let features = format!("llvm-{major}");
+    let mut install = cargo_install(
+        "bpf-linker",
+        BPF_LINKER_VERSION,
+        &["--no-default-features", "--features", &features],
+    );
+    exec(install.env("LLVM_PREFIX", &prefix))
 }
 
-fn works(binary: &Path) -> bool {
+fn cargo_deb() -> Result<()> {
+    if works(&tools_bin().join("cargo-deb"), CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION} (a minute or two, once)");
+    exec(&mut cargo_install("cargo-deb", CARGO_DEB_VERSION, &[]))
+}
+
+/// `cargo install` of exactly `version` of `name`, locked, into our tool
+/// directory.
+fn cargo_install(name: &str, version: &str, extra: &[&str]) -> Command {
+    let mut c = cmd("cargo");
+    c.args(["install", "--locked", "--force", "--root"])
+        .arg(cache_dir().join("tools"))
+        .args([name, "--version", &format!("={version}")])
+        .args(extra);
+    c
+}
+
+/// Whether `binary --version` runs and names `version`.
+fn works(binary: &Path, version: &str) -> bool {
     Command::new(binary)
         .arg("--version")
         .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
-        })
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
 }

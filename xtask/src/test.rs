@@ -1,9 +1,10 @@
-//! `cargo xtask test`: set-up, the BPF object, then every test in the workspace.
+//! `cargo xtask test`: set-up, the BPF object, lint, the Debian package (its
+//! test installs it), then every test in the workspace.
 
 use anyhow::Result;
 
 use crate::{
-    build, setup,
+    build, deb, setup,
     tools::{cmd, exec, is_root},
 };
 
@@ -17,6 +18,12 @@ pub fn run(extra: &[String]) -> Result<()> {
     setup::run()?;
     build::ebpf()?;
     build::lint()?;
+    let packaging = std::time::Instant::now();
+    deb::package()?;
+    eprintln!(
+        "xtask test: release build and Debian package: {:.0} s",
+        packaging.elapsed().as_secs_f64()
+    );
     if !is_root() {
         eprintln!(
             "xtask test: not root: BPF and namespace tests will be skipped (CI=true makes that a failure)"

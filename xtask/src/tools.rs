@@ -4,6 +4,7 @@
 
 use std::{
     env,
+    ffi::OsStr,
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, atomic::AtomicBool},
@@ -34,7 +35,7 @@ pub fn bpf_object(name: &str) -> PathBuf {
 }
 
 /// A command run from the workspace root.
-pub fn cmd(program: &str) -> Command {
+pub fn cmd(program: impl AsRef<OsStr>) -> Command {
     let mut c = Command::new(program);
     c.current_dir(workspace_root());
     c

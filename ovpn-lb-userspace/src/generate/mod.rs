@@ -8,7 +8,8 @@
 //! - `plan`: the answers (`Request`) and their checked meaning (`Plan`);
 //!   `addressing`: the prefix arithmetic behind it;
 //! - `pki`: certificates and fingerprints; `openvpn`, `loader_config`,
-//!   `system`: the files' contents; `layout`: where they go.
+//!   `system`: the files' contents (`unit`: the one text of
+//!   `ovpn-lb.service`, the package's and each site's); `layout`: where they go.
 
 pub mod addressing;
 pub mod layout;
@@ -16,6 +17,7 @@ mod openvpn;
 pub mod pki;
 pub mod plan;
 mod system;
+pub mod unit;
 
 use std::{
     fs,

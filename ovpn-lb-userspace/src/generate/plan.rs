@@ -25,7 +25,8 @@ pub const DEFAULT_TRANSLATE_POOL_V6: &str = "fd64::/15";
 pub const DEFAULT_LINK_V4: &str = "10.99.0.0/16";
 pub const DEFAULT_LINK_V6: &str = "fd99::/48";
 pub const DEFAULT_FIRST_PORT: u16 = 1194;
-pub const DEFAULT_BINARY: &str = "/usr/local/sbin/ovpn-lb";
+/// Where the Debian package (`cargo xtask deb`) installs `ovpn-lb`.
+pub const DEFAULT_BINARY: &str = "/usr/sbin/ovpn-lb";
 /// Tunnel MTUs OpenVPN and the kernel accept; IPv6 needs at least 1280.
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65_535;
 const IPV6_MIN_MTU: u32 = 1280;

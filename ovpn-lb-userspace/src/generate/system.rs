@@ -9,7 +9,8 @@ use std::{
 use super::{
     layout,
     openvpn::SOCKET_BUFFER,
-    plan::{Plan, Side},
+    plan::{DEFAULT_BINARY, Plan, Side},
+    unit::Unit,
 };
 use crate::config::Net;
 
@@ -46,66 +47,30 @@ pub fn openvpn_unit(device: &str) -> String {
     format!("openvpn@{device}.service")
 }
 
-/// `ovpn-lb.service`: after the tunnels (it pulls them in), restarted on
-/// failure, with only the capabilities and paths loading BPF needs.
+/// This site's `ovpn-lb.service`: the packaged unit's text with the site's
+/// root, binary and tunnels.
 #[must_use]
 pub fn unit(plan: &Plan, side: Side) -> String {
     let gateway = plan.site(side);
-    let config = gateway.installed(layout::LOADER_CONFIG);
-    let config = config.display();
-    // OpenVPN's management sockets: connecting needs write access.
-    let sockets = gateway.installed(layout::RUN_DIR);
-    let sockets = sockets.display();
     let tunnels: Vec<String> = plan
         .tunnels
         .iter()
         .map(|t| openvpn_unit(&t.device))
         .collect();
-    let tunnels = tunnels.join(" ");
-    let bin = plan.binary.display();
-    format!(
-        "# ovpn-lb on gateway {side}: written by `ovpn-lb generate`.\n\
-         [Unit]\n\
-         Description=ovpn-lb: the LAN sprayed over {n} OpenVPN tunnels\n\
-         Wants=network-online.target {tunnels}\n\
-         After=network-online.target {tunnels}\n\
-         \n\
-         [Service]\n\
-         Type=simple\n\
-         ExecStartPre={bin} check --config {config}\n\
-         ExecStart={bin} run --config {config}\n\
-         # A stop leaves the datapath attached with its last schedule, so a restart\n\
-         # drops nothing; `ovpn-lb detach` removes it.\n\
-         Restart=on-failure\n\
-         RestartSec=2s\n\
-         # Loading and attaching BPF programs, pinning on bpffs, netlink: nothing more.\n\
-         CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN\n\
-         NoNewPrivileges=yes\n\
-         ProtectSystem=strict\n\
-         ReadWritePaths=/sys/fs/bpf -{sockets}\n\
-         RuntimeDirectory=ovpn-lb\n\
-         RuntimeDirectoryPreserve=yes\n\
-         ProtectHome=yes\n\
-         PrivateTmp=yes\n\
-         PrivateDevices=yes\n\
-         ProtectKernelModules=yes\n\
-         ProtectControlGroups=yes\n\
-         ProtectClock=yes\n\
-         ProtectHostname=yes\n\
-         RestrictNamespaces=yes\n\
-         RestrictRealtime=yes\n\
-         RestrictSUIDSGID=yes\n\
-         LockPersonality=yes\n\
-         MemoryDenyWriteExecute=yes\n\
-         SystemCallArchitectures=native\n\
-         RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n\
-         UMask=0077\n\
-         LimitMEMLOCK=infinity\n\
-         \n\
-         [Install]\n\
-         WantedBy=multi-user.target\n",
-        n = plan.tunnels.len(),
-    )
+    let origin = format!("ovpn-lb on gateway {side}: written by `ovpn-lb generate`.");
+    let description = format!(
+        "ovpn-lb: the LAN sprayed over {} OpenVPN tunnels",
+        plan.tunnels.len()
+    );
+    Unit {
+        origin: &origin,
+        description: &description,
+        tunnels: &tunnels,
+        binary: &plan.binary,
+        config: &gateway.installed(layout::LOADER_CONFIG),
+        openvpn_run_dir: &gateway.installed(layout::RUN_DIR),
+    }
+    .render()
 }
 
 /// Where each file goes and what to run, for the operator.
@@ -179,15 +144,27 @@ pub fn readme(plan: &Plan, side: Side) -> String {
     }
     let config = me.installed(layout::LOADER_CONFIG);
     let config = config.display();
+    // The package installs the binary where the unit expects it by default.
+    let install = if plan.binary == Path::new(DEFAULT_BINARY) {
+        format!(
+            "apt-get install ./ovpn-lb_{}-1_*.deb openvpn   # the package from `cargo xtask deb`",
+            env!("CARGO_PKG_VERSION")
+        )
+    } else {
+        format!(
+            "apt-get install openvpn\n    install -m 0755 ovpn-lb {}",
+            plan.binary.display()
+        )
+    };
     let _ = write!(
         t,
         "\nThen, as root (Debian 12 or later, Linux 6.6 or later):\n\
-         \n    apt-get install openvpn\n\
-         \x20   install -m 0755 ovpn-lb {bin}\n\
+         \n    {install}\n\
          \x20   sysctl --system\n\
          \x20   systemctl daemon-reload\n\
          \x20   systemctl enable --now ovpn-lb.service     # starts openvpn@{first_dev}.. too\n\
          \x20   {bin} check --config {config}\n\
+         \x20   {bin} doctor --config {config}\n\
          \x20   {bin} status\n\
          \nThe WAN must let UDP ports {first}-{last} through from {}. The tunnels come up\n\
          once both gateways run; `ovpn-lb status` then shows every tunnel up.\n",

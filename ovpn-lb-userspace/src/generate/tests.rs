@@ -361,7 +361,7 @@ fn roots_and_the_management_password_follow_into_every_file() {
     assert_lines(
         text(&g, Side::A, layout::UNIT),
         &[
-            "ExecStart=/usr/local/sbin/ovpn-lb run --config /srv/a/etc/ovpn-lb/ovpn-lb.toml",
+            "ExecStart=/usr/sbin/ovpn-lb run --config /srv/a/etc/ovpn-lb/ovpn-lb.toml",
             "Wants=network-online.target openvpn@tun0.service openvpn@tun1.service openvpn@tun2.service openvpn@tun3.service",
             "Restart=on-failure",
             "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN",
@@ -402,4 +402,44 @@ fn the_output_directory_is_never_overwritten_without_force() {
     );
     assert!(out.join("keep").exists(), "and nothing else");
     fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn the_packaged_unit_runs_the_packaged_binary_on_the_default_configuration() {
+    assert_eq!(
+        Path::new("/").join(layout::LOADER_CONFIG),
+        Path::new(crate::cli::DEFAULT_CONFIG),
+        "a site's ovpn-lb.toml is where the CLI looks by default"
+    );
+    assert_lines(
+        &unit::packaged(),
+        &[
+            "ExecStartPre=/usr/sbin/ovpn-lb check --config /etc/ovpn-lb/ovpn-lb.toml",
+            "ExecStart=/usr/sbin/ovpn-lb run --config /etc/ovpn-lb/ovpn-lb.toml",
+            "Wants=network-online.target",
+            "ReadWritePaths=/sys/fs/bpf -/run/openvpn",
+        ],
+    );
+}
+
+#[test]
+fn a_site_unit_differs_from_the_packaged_one_only_where_it_names_the_site() {
+    let g = generate(&request()).unwrap();
+    let site = text(&g, Side::A, layout::UNIT);
+    let packaged = unit::packaged();
+    let differing: Vec<(&str, &str)> = site
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .zip(packaged.lines().filter(|l| !l.starts_with('#')))
+        .filter(|(s, p)| s != p)
+        .collect();
+    let keys: Vec<&str> = differing
+        .iter()
+        .map(|(s, _)| s.split('=').next().unwrap_or(s))
+        .collect();
+    assert_eq!(keys, ["Description", "Wants", "After"], "{differing:#?}");
+    assert_eq!(
+        site.lines().filter(|l| !l.starts_with('#')).count(),
+        packaged.lines().filter(|l| !l.starts_with('#')).count()
+    );
 }

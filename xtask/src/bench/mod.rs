@@ -25,6 +25,7 @@ use std::{
 };
 
 mod forwarding;
+mod jumbo;
 mod per_packet;
 mod plot;
 
@@ -67,6 +68,9 @@ pub struct BenchArgs {
     /// (default: 1 to --tunnels).
     #[arg(long, value_delimiter = ',')]
     pub sweep: Vec<usize>,
+    /// Also measure one tunnel at tun-mtu 1500 against 9000 (`jumbo`).
+    #[arg(long)]
+    pub jumbo: bool,
 }
 
 /// One iperf3 run's outcome.
@@ -438,6 +442,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("\n{table}\nwritten to {}", file.display());
         Some(curve)
     };
+    if args.jumbo {
+        jumbo::run(args, &interrupted, &results_dir)?;
+    }
     let png = plot::draw(
         &results_dir,
         &plot::Data {
