@@ -8,6 +8,8 @@ use std::{net::IpAddr, path::Path, time::Duration};
 use anyhow::Result;
 use serde::Serialize;
 
+use ovpn_lb_common::maps::{Spray, programs};
+
 use crate::{
     config::{self, Config, ManagementTarget, Net},
     facts::Facts,
@@ -161,6 +163,7 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
     kernel_path(&mut f, &config, &facts, &netlink).await;
     management(&mut f, &config, layout).await;
     probes(&mut f, layout);
+    spray(&mut f, &config, layout);
     Ok(Report {
         config: config_path.display().to_string(),
         findings: f.0,
@@ -473,6 +476,57 @@ fn probes(f: &mut Findings, layout: &Layout) {
             ),
             (None, _) => {}
         }
+    }
+}
+
+/// Packet spray places packets well only with its ring accounting running
+/// and the LAN handing it single segments.
+fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
+    if config.spray != Spray::Packet {
+        return;
+    }
+    let lan = &config.lan.interface;
+    if config.hook == config::Hook::Xdp {
+        f.add(
+            "spray",
+            Severity::Warning,
+            "packet spray under the XDP hook is round robin: XDP frames pass the TAP devices' rings, where the accounting cannot see them",
+            "hook = \"tc\" to place each packet by the tunnels' queues",
+        );
+    } else if State::read(layout).is_ok_and(|s| alive(&s)) {
+        let accounted = programs::TRACING
+            .iter()
+            .all(|&(name, _)| layout.tracing_link(name).exists());
+        if accounted {
+            f.ok("spray", "packet spray sees every tunnel's ring");
+        } else {
+            f.add(
+                "spray",
+                Severity::Warning,
+                "packet spray runs as round robin: the tunnels' rings cannot be accounted on this kernel",
+                "the loader's log says why (a kernel without BTF, or /proc/kallsyms hidden from it)",
+            );
+        }
+    }
+    if crate::facts::gro_enabled(lan).unwrap_or(false) {
+        f.add(
+            "spray",
+            Severity::Warning,
+            format!("{lan} merges received TCP segments (GRO): packet spray places each merged packet whole, which reorders"),
+            format!("ethtool -K {lan} gro off (and in the interface's configuration, to keep it)"),
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if config.tunnels.len() > cores {
+        f.add(
+            "spray",
+            Severity::Warning,
+            format!(
+                "{} tunnels share {cores} CPU cores: OpenVPN processes that wait for a core drain their queues in bursts, which packet spray cannot foresee",
+                config.tunnels.len()
+            ),
+            "no more tunnels than cores; or try spray = \"round-robin\" and compare (the README's benchmarks show both)",
+        );
     }
 }
 

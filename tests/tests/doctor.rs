@@ -190,6 +190,7 @@ fn doctor_names_each_broken_thing_with_its_fix() {
         },
     );
     all_is_well(&lab);
+    lan_gro_on(&lab);
     forwarding_off(&lab);
     strict_rp_filter(&lab);
     openvpn_killed(&mut lab);
@@ -210,6 +211,7 @@ fn all_is_well(lab: &Lab) {
         "kernel_path",
         "management",
         "probes",
+        "spray",
     ] {
         assert!(
             d.findings.iter().any(|f| f.check == check),
@@ -217,6 +219,27 @@ fn all_is_well(lab: &Lab) {
             d.text
         );
     }
+}
+
+/// GRO on the LAN: packet spray would place merged packets whole. A
+/// warning (traffic flows), with the fix; exit code 0.
+fn lan_gro_on(lab: &Lab) {
+    let gro = |state: &str| {
+        lab.exec(&lab.gw(Side::A), &["ethtool", "-K", "lan", "gro", state]);
+    };
+    gro("on");
+    let d = doctor(lab);
+    assert_eq!(d.code, Some(0), "warnings keep exit code 0:\n{}", d.text);
+    assert!(
+        d.findings.iter().any(|f| f.check == "spray"
+            && f.severity == "warning"
+            && f.message.contains("lan merges received TCP segments (GRO)")
+            && f.fix.contains("ethtool -K lan gro off")),
+        "no GRO warning:\n{}",
+        d.text
+    );
+    gro("off");
+    expect_healthy(lab, "GRO off again", Duration::from_secs(5));
 }
 
 fn forwarding_off(lab: &Lab) {
