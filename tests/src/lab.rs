@@ -47,7 +47,7 @@ use ovpn_lb::{
     config::file,
     generate::{self, Generated, Request, layout},
     pins::Layout,
-    status::Counters,
+    status::{Counters, State},
 };
 use ovpn_lb_common::TunnelStats;
 use serde::{Deserialize, Serialize};
@@ -721,6 +721,21 @@ impl Lab {
     pub fn counters(&self, side: Side) -> Counters {
         let n = u32::try_from(self.options.tunnels).unwrap();
         Counters::read(&self.layout(side), n).expect("pinned counters")
+    }
+
+    /// Per tunnel, the times gateway `side`'s loader has taken it out of
+    /// the rotation, for any cause (its state file).
+    ///
+    /// # Panics
+    /// If the state cannot be read.
+    #[must_use]
+    pub fn departures(&self, side: Side) -> Vec<u64> {
+        let state = State::read(&self.layout(side)).expect("the loader's state");
+        state
+            .tunnels
+            .iter()
+            .map(|t| t.departures.values().sum())
+            .collect()
     }
 
     /// What to print when a check fails: loader logs, counters, routes.

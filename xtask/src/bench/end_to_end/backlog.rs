@@ -14,8 +14,11 @@
 //! information header); dropped packets are counted at the mean size
 //! sprayed. With wire segments one sprayed packet is one ring entry (a GSO
 //! aggregate would count once at the loader and once per segment at the
-//! device). What OpenVPN has read and holds (encrypting, or waiting out its
-//! shaper) is not in the ring and not counted.
+//! device). The loader's probes, and the far gateway's that gateway A
+//! reflects, enter the ring without being counted as sprayed: their steady
+//! rate is measured at rest before the flow and taken off. What OpenVPN has
+//! read and holds (encrypting, or waiting out its shaper) is not in the ring
+//! and not counted.
 
 use std::{
     fs,
@@ -37,6 +40,8 @@ use super::iperf::{Run, iperf};
 pub const EVERY: Duration = Duration::from_millis(10);
 /// Time the flow runs before sampling starts (past slow start).
 const WARM_UP: Duration = Duration::from_secs(1);
+/// Time at rest over which the probes' share of the counters is measured.
+const CALIBRATION: Duration = Duration::from_secs(1);
 
 /// One sample: seconds since sampling began, and per tunnel the backlog.
 #[derive(Clone, Debug, Default)]
@@ -93,45 +98,68 @@ fn device_tx(devices: &[String]) -> Result<Vec<DeviceTx>> {
 
 /// What both sides counted at one moment.
 struct Reading {
+    at: Instant,
     devices: Vec<DeviceTx>,
     loader: Counters,
 }
 
 fn read(lab: &Lab, devices: &[String]) -> Result<Reading> {
     // The device first: a packet read before the loader's reading has been
-    // sprayed before it too, so the difference never goes below zero.
+    // sprayed before it too.
+    let at = Instant::now();
     let devices = device_tx(devices)?;
     let n = u32::try_from(lab.options.tunnels)?;
     let loader = Counters::read(&lab.layout(Side::A), n)?;
-    Ok(Reading { devices, loader })
+    Ok(Reading {
+        at,
+        devices,
+        loader,
+    })
 }
 
+/// Per tunnel, (packets, bytes) sprayed but not read or dropped between
+/// two readings.
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-fn backlog(idle: &Reading, now: &Reading, t: f64) -> Sample {
-    let mut s = Sample {
-        t,
-        ..Sample::default()
-    };
-    for (k, (d, d0)) in now.devices.iter().zip(&idle.devices).enumerate() {
-        let (l, l0) = (&now.loader.tunnels[k], &idle.loader.tunnels[k]);
-        let sprayed = (l.tx_packets - l0.tx_packets) as f64;
-        let sprayed_bytes = (l.tx_bytes - l0.tx_bytes) as f64;
-        let dropped = (d.dropped - d0.dropped) as f64;
-        let mean = if sprayed > 0.0 {
-            sprayed_bytes / sprayed
-        } else {
-            0.0
-        };
-        s.packets
-            .push(sprayed - (d.packets - d0.packets) as f64 - dropped);
-        s.bytes
-            .push(sprayed_bytes - (d.bytes - d0.bytes) as f64 - dropped * mean);
-    }
-    s
+fn unread(from: &Reading, to: &Reading) -> Vec<(f64, f64)> {
+    to.devices
+        .iter()
+        .zip(&from.devices)
+        .zip(to.loader.tunnels.iter().zip(&from.loader.tunnels))
+        .map(|((d, d0), (l, l0))| {
+            let sprayed = (l.tx_packets - l0.tx_packets) as f64;
+            let sprayed_bytes = (l.tx_bytes - l0.tx_bytes) as f64;
+            let dropped = (d.dropped - d0.dropped) as f64;
+            let mean = if sprayed > 0.0 {
+                sprayed_bytes / sprayed
+            } else {
+                0.0
+            };
+            (
+                sprayed - (d.packets - d0.packets) as f64 - dropped,
+                sprayed_bytes - (d.bytes - d0.bytes) as f64 - dropped * mean,
+            )
+        })
+        .collect()
+}
+
+/// The backlog at `now`, counted from `rest` (the tunnels idle), less
+/// `drift` (per tunnel, packets and bytes per second) for the time since.
+fn backlog(rest: &Reading, drift: &[(f64, f64)], now: &Reading, t: f64) -> Sample {
+    let since = now.at.duration_since(rest.at).as_secs_f64();
+    let (packets, bytes) = unread(rest, now)
+        .iter()
+        .zip(drift)
+        .map(|((p, b), (dp, db))| (p - dp * since, b - db * since))
+        .unzip();
+    Sample { t, bytes, packets }
 }
 
 /// Runs one flow on `lab` and samples gateway A's tunnels every [`EVERY`]
 /// for `seconds`, from [`WARM_UP`] after the flow starts.
+///
+/// Probes (the loader's own, and the far gateway's reflected back) enter
+/// the rings without being counted as sprayed, at a steady rate; that rate
+/// is measured over [`CALIBRATION`] at rest before the flow and taken off.
 pub fn trace(lab: &Lab, seconds: f64) -> Result<Trace> {
     let devices: Vec<String> = (0..lab.options.tunnels).map(|k| lab.dev(k)).collect();
     let gw = lab.gw(Side::A);
@@ -142,16 +170,27 @@ pub fn trace(lab: &Lab, seconds: f64) -> Result<Trace> {
     thread::scope(|scope| {
         let sampling = scope.spawn(|| -> Result<Vec<Sample>> {
             netns::join(&gw);
-            let at_rest = read(lab, &devices);
+            let calibrated = (|| -> Result<_> {
+                let first = read(lab, &devices)?;
+                thread::sleep(CALIBRATION);
+                let rest = read(lab, &devices)?;
+                let span = rest.at.duration_since(first.at).as_secs_f64();
+                let drift: Vec<(f64, f64)> = unread(&first, &rest)
+                    .into_iter()
+                    .map(|(p, b)| (p / span, b / span))
+                    .collect();
+                Ok((rest, drift))
+            })();
             let _ = ready_tx.send(());
-            let at_rest = at_rest?;
+            let (rest, drift) = calibrated?;
             thread::sleep(WARM_UP);
             let start = Instant::now();
             let mut samples = Vec::new();
             let mut next = start;
             while start.elapsed().as_secs_f64() < seconds {
                 let now = read(lab, &devices)?;
-                samples.push(backlog(&at_rest, &now, start.elapsed().as_secs_f64()));
+                let t = now.at.duration_since(start).as_secs_f64();
+                samples.push(backlog(&rest, &drift, &now, t));
                 next += EVERY;
                 thread::sleep(next.saturating_duration_since(Instant::now()));
             }

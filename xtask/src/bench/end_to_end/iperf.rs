@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};
 use ovpn_lb_tests::{
-    lab::{HOST_B, Lab, Side},
+    lab::{Forwarding, HOST_B, Lab, Side},
     netns,
     traffic::iperf3_server,
 };
@@ -24,6 +24,9 @@ pub struct Run {
     pub reorder: u64,
     /// Segments the receiver queued out of order (nstat `TcpExtTCPOFOQueue`).
     pub ofo: u64,
+    /// Times gateway A's loader took a tunnel out of its rotation (probes
+    /// unanswered behind a full ring, mostly); 0 without ovpn-lb.
+    pub departures: u64,
     /// Datagrams gateway B's sockets dropped for a full receive buffer
     /// (nstat `UdpRcvbufErrors`): OpenVPN there did not keep up.
     pub far_drops: u64,
@@ -62,17 +65,28 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, names: &
         .sum()
 }
 
+/// Tunnel departures from gateway A's rotation so far, summed.
+fn departures(lab: &Lab) -> u64 {
+    if lab.options.forwarding == Forwarding::OvpnLb {
+        lab.departures(Side::A).iter().sum()
+    } else {
+        0
+    }
+}
+
 /// One CUBIC flow from host A to host B for `seconds`.
 pub fn iperf(lab: &Lab, seconds: u32) -> Result<Run> {
     let (ha, hb, gb) = (lab.host(Side::A), lab.host(Side::B), lab.gw(Side::B));
     let server = iperf3_server(&hb);
     let (sa, sb, sg) = (nstat(&ha), nstat(&hb), nstat(&gb));
+    let left = departures(lab);
     let out = netns::command(&ha, "iperf3")
         .args(["-J", "-c", HOST_B, "-C", CONGESTION_CONTROL])
         .args(["-t", &seconds.to_string()])
         .output()
         .context("running iperf3")?;
     let (ea, eb, eg) = (nstat(&ha), nstat(&hb), nstat(&gb));
+    let departed = departures(lab) - left;
     drop(server);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     if let Some(e) = v["error"].as_str() {
@@ -87,5 +101,6 @@ pub fn iperf(lab: &Lab, seconds: u32) -> Result<Run> {
         reorder: delta(&ea, &sa, REORDER_COUNTERS),
         ofo: delta(&eb, &sb, &["TcpExtTCPOFOQueue"]),
         far_drops: delta(&eg, &sg, &["UdpRcvbufErrors"]),
+        departures: departed,
     })
 }

@@ -130,7 +130,7 @@ fn one_condition(
             let r = iperf::iperf(lab, args.seconds)?;
             drop(numgen);
             println!(
-                "bench: {} round {}/{} {}: {:.2} Mbit/s, {} retransmits, {} reorder events, {} out-of-order segments, {} far-side UDP drops",
+                "bench: {} round {}/{} {}: {:.2} Mbit/s, {} retransmits, {} reorder events, {} out-of-order segments, {} far-side UDP drops, {} tunnel departures",
                 condition.name(),
                 round + 1,
                 args.rounds,
@@ -139,7 +139,8 @@ fn one_condition(
                 r.retransmits,
                 r.reorder,
                 r.ofo,
-                r.far_drops
+                r.far_drops,
+                r.departures
             );
             m.runs[i].push(r);
         }

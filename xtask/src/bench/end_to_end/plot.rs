@@ -33,7 +33,7 @@ pub fn goodput(dir: &Path, machine: &str, measured: &[Measured]) -> Result<PathB
         &png,
         rows,
         cols,
-        &format!("One TCP flow through N OpenVPN tunnels: {machine}"),
+        &format!("One TCP flow through N OpenVPN tunnels\\n{machine}"),
     );
     for m in measured {
         goodput_panel(dir, &mut gp, m)?;
@@ -123,7 +123,7 @@ pub fn backlog(dir: &Path, machine: &str, measured: &[Measured]) -> Result<Optio
         &png,
         traced.len(),
         cols,
-        &format!("Backlog of gateway A's tunnel rings during one flow: {machine}"),
+        &format!("Backlog of gateway A's tunnel rings during one flow\\n{machine}"),
     );
     for m in traced {
         for (spray, trace) in &m.traces {
@@ -148,7 +148,7 @@ pub fn backlog(dir: &Path, machine: &str, measured: &[Measured]) -> Result<Optio
             let tunnels = trace.samples.first().map_or(0, |s| s.bytes.len());
             let _ = writeln!(
                 gp,
-                "reset\n{STYLE}set title \"{}: ovpn-lb {name}, {tunnels} tunnels, {:.1} Mbit/s\"\nset xlabel \"time, s\"\nset ylabel \"backlog, KB\"\nset key top right",
+                "reset\n{STYLE}set title \"{}: ovpn-lb {name}, {tunnels} tunnels, {:.1} Mbit/s\"\nset xlabel \"time, s\"\nset ylabel \"backlog, KB\"\nset yrange [*:*]\nset key top right",
                 m.condition.name(),
                 trace.run.mbit_per_s
             );

@@ -33,7 +33,7 @@ pub fn condition(args: &BenchArgs, m: &Measured) -> String {
     };
     let _ = writeln!(
         t,
-        "One iperf3 {} flow host A -> host B, {} s per run, {} rounds interleaved, median (min-max). Wire segments on: the hosts' LAN veths send TCP segments (TSO/GSO off), as an Ethernet NIC puts them on the wire{}. Efficiency = goodput / {baseline}{}. \"vs round robin\" = goodput / ovpn-lb round robin's at the same N in the same round.\n",
+        "One iperf3 {} flow host A -> host B, {} s per run, {} rounds interleaved, median (min-max). Wire segments on: the hosts' LAN veths send TCP segments (TSO/GSO off), as an Ethernet NIC puts them on the wire{}. Efficiency = goodput / {baseline}{}. \"vs round robin\" = goodput / ovpn-lb round robin's at the same N in the same round. Far gateway UDP drops: gateway B's `UdpRcvbufErrors` (its OpenVPN did not keep up). Tunnel departures: times gateway A's loader took a tunnel out of its rotation during the run (its probes unanswered, as behind a ring full of seconds of data).\n",
         CONGESTION_CONTROL.to_uppercase(),
         args.seconds,
         args.rounds,
@@ -50,11 +50,11 @@ pub fn condition(args: &BenchArgs, m: &Measured) -> String {
     );
     let _ = writeln!(
         t,
-        "| setup | goodput Mbit/s | efficiency | vs round robin | retransmits | sender reorder events | receiver out-of-order segments | far gateway UDP drops |"
+        "| setup | goodput Mbit/s | efficiency | vs round robin | retransmits | sender reorder events | receiver out-of-order segments | far gateway UDP drops | tunnel departures |"
     );
     let _ = writeln!(
         t,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for (i, v) in m.variants.iter().enumerate() {
         let Some(g) = m.stat(i, |r| r.mbit_per_s) else {
@@ -72,7 +72,7 @@ pub fn condition(args: &BenchArgs, m: &Measured) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {:.2} ({:.2}-{:.2}) | {efficiency} | {} | {} | {} | {} | {} |",
+            "| {} | {:.2} ({:.2}-{:.2}) | {efficiency} | {} | {} | {} | {} | {} | {} |",
             v.label(args),
             g.median,
             g.min,
@@ -86,6 +86,7 @@ pub fn condition(args: &BenchArgs, m: &Measured) -> String {
             count(|r| r.reorder),
             count(|r| r.ofo),
             count(|r| r.far_drops),
+            count(|r| r.departures),
         );
     }
     if !m.traces.is_empty() {
@@ -98,7 +99,7 @@ pub fn condition(args: &BenchArgs, m: &Measured) -> String {
 /// The method of the backlog traces, once per report.
 pub fn trace_method(seconds: f64) -> String {
     format!(
-        "Backlog traces (`backlog.png`): one flow at the largest N under ovpn-lb round robin and under packet mode, gateway A's tunnels sampled every {} ms for {seconds} s from 1 s into the flow. A tun device queues in its ring, which OpenVPN drains and whose occupancy Linux does not export; the backlog is read between two counters instead: the loader's per-tunnel tx counters (`TUNNEL_STATS`, counted when a packet is sprayed) minus the device's `tx_packets`/`tx_bytes` (counted when OpenVPN reads) and `tx_dropped` (ring full), from an idle reading. Both count IP bytes (a dropped packet at the mean size sprayed); with wire segments one sprayed packet is one ring entry. A packet OpenVPN has read and holds (encrypting, or waiting out its shaper) is not counted.\n",
+        "Backlog traces (`backlog.png`): one flow at the largest N under ovpn-lb round robin and under packet mode, gateway A's tunnels sampled every {} ms for {seconds} s from 1 s into the flow. A tun device queues in its ring, which OpenVPN drains and whose occupancy Linux does not export; the backlog is read between two counters instead: the loader's per-tunnel tx counters (`TUNNEL_STATS`, counted when a packet is sprayed) minus the device's `tx_packets`/`tx_bytes` (counted when OpenVPN reads) and `tx_dropped` (ring full), from an idle reading. Both count IP bytes (a dropped packet at the mean size sprayed); with wire segments one sprayed packet is one ring entry. Probes (the loader's own, and the far gateway's reflected back into the tunnel) enter the ring uncounted as sprayed, at a steady rate, which is measured over 1 s at rest before the flow and taken off. A packet OpenVPN has read and holds (encrypting, or waiting out its shaper) is not counted.\n",
         EVERY.as_millis()
     )
 }

@@ -63,7 +63,7 @@ impl Variant {
     /// The mode alone, for plot series: `round robin`, `packet`, ...
     pub fn mode_name(&self) -> String {
         let name = match self.mode {
-            Mode::Single(_) => "one tunnel, plain routing".to_owned(),
+            Mode::Single(_) => "plain routing".to_owned(),
             Mode::OvpnLb(spray) => format!("ovpn-lb {}", spray_label(spray)),
             Mode::Numgen => "nftables numgen".to_owned(),
         };
