@@ -227,8 +227,9 @@ fn conditions(o: &Options) -> String {
 }
 
 pub fn up(args: &LabArgs) -> Result<()> {
+    let options = args.options()?;
     prepare()?;
-    let lab = Lab::up(&dir(), TAG, &release_loader(), args.options()?);
+    let lab = Lab::up(&dir(), TAG, &release_loader(), options);
     describe(&lab);
     println!("`cargo xtask lab down` tears it all down");
     lab.persist();
@@ -286,9 +287,10 @@ fn rates(lab: &Lab, side: Side) -> Option<String> {
 /// `cargo xtask run` with no arguments: bring the lab up, run an iperf3 demo,
 /// print live per-tunnel counters until Ctrl-C, then tear everything down.
 pub fn demo(args: &LabArgs) -> Result<()> {
+    let options = args.options()?;
     prepare()?;
     let stop = stop_flag()?;
-    let lab = Lab::up(&dir(), TAG, &release_loader(), args.options()?);
+    let lab = Lab::up(&dir(), TAG, &release_loader(), options);
     describe(&lab);
     println!("\nrunning a 20 s iperf3 TCP flow from host A to host B; Ctrl-C tears the lab down\n");
     let server = iperf3_server(&lab.host(Side::B));

@@ -80,7 +80,7 @@ fn goodput_panel(dir: &Path, gp: &mut String, m: &Measured) -> Result<()> {
     let max = counts.last().copied().unwrap_or(1);
     let _ = writeln!(
         gp,
-        "reset\n{STYLE}set title \"{}\"\nset xlabel \"tunnels N\"\nset ylabel \"goodput, Mbit/s (median, min-max)\"\nset xrange [0.5:{max}.5]\nset xtics 1",
+        "reset\n{STYLE}set title \"{}\"\nset xlabel \"tunnels N\"\nset ylabel \"goodput, Mbit/s (median, min-max)\"\nset xrange [0.5:{max}.5]\nset xtics 1\nset key below font \",9\" maxrows 4",
         m.condition.name()
     );
     let mut plot: Vec<String> = series
