@@ -70,10 +70,19 @@ fn goodput_panel(dir: &Path, gp: &mut String, m: &Measured) -> Result<()> {
         dat.push_str("\n\n");
     }
     let counts: BTreeSet<usize> = m.variants.iter().map(|v| v.tunnels).chain([1]).collect();
-    for &n in &counts {
-        if let Some(ideal) = m.ideal(n, true) {
-            let _ = writeln!(dat, "{n}\t{ideal:.3}");
+    // The ideal per LAN setting measured, each a gnuplot index after the series.
+    let lan: Vec<bool> = if m.condition.with_aggregates() {
+        vec![true, false]
+    } else {
+        vec![true]
+    };
+    for &segments in &lan {
+        for &n in &counts {
+            if let Some(ideal) = m.ideal(n, segments) {
+                let _ = writeln!(dat, "{n}\t{ideal:.3}");
+            }
         }
+        dat.push_str("\n\n");
     }
     let file = dir.join(format!("end-to-end-{}.dat", m.condition.name()));
     fs::write(&file, dat)?;
@@ -101,11 +110,18 @@ fn goodput_panel(dir: &Path, gp: &mut String, m: &Measured) -> Result<()> {
     } else {
         "N x one tunnel"
     };
-    plot.push(format!(
-        "\"{}\" index {} using 1:2 with linespoints dt 3 lw 2 pt 4 lc rgb \"gray40\" title \"{ideal}\"",
-        file.display(),
-        series.len()
-    ));
+    for (i, &segments) in lan.iter().enumerate() {
+        let (grey, what) = if segments {
+            ("gray40", "")
+        } else {
+            ("gray70", ", GSO aggregates")
+        };
+        plot.push(format!(
+            "\"{}\" index {} using 1:2 with linespoints dt 3 lw 2 pt 4 lc rgb \"{grey}\" title \"{ideal}{what}\"",
+            file.display(),
+            series.len() + i
+        ));
+    }
     let _ = writeln!(gp, "plot {}", plot.join(", "));
     Ok(())
 }
