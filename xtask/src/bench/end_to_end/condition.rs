@@ -30,6 +30,16 @@ impl Condition {
         }
     }
 
+    /// A letter for its labs' namespace names.
+    pub fn letter(self) -> char {
+        match self {
+            Self::Quota => 'q',
+            Self::QuotaA => 'a',
+            Self::Shaped => 's',
+            Self::Unequal => 'u',
+        }
+    }
+
     /// What it is, for the report.
     pub fn describe(self, args: &BenchArgs) -> String {
         let q = args.cpu_quota;

@@ -46,7 +46,7 @@ impl Labs {
         bin: &Path,
     ) -> Result<Self> {
         let max = variants.iter().map(|v| v.tunnels).max().unwrap_or(1);
-        let letter = &condition.name()[..1];
+        let letter = condition.letter();
         let mut specs = vec![Spec {
             name: "kernel".into(),
             tag: format!("b{letter}k"),
