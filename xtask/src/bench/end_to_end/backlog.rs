@@ -16,7 +16,8 @@
 //! aggregate would count once at the loader and once per segment at the
 //! device). The loader's probes, and the far gateway's that gateway A
 //! reflects, enter the ring without being counted as sprayed: their steady
-//! rate is measured at rest before the flow and taken off. What OpenVPN has
+//! rate is measured at rest before the flow and taken off (probes beyond it,
+//! a gateway announcing a change, are not: 76 B each). What OpenVPN has
 //! read and holds (encrypting, or waiting out its shaper) is not in the ring
 //! and not counted.
 
