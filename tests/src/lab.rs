@@ -16,6 +16,14 @@
 //! Lab-only settings go on OpenVPN's command line: PID file, log, and a
 //! 1 s / 5 s keepalive so that a dead peer is noticed quickly.
 //!
+//! Conditions for measuring: OpenVPN's own `--shaper` on gateway A's tunnels
+//! (per tunnel, so tunnels can be unequal), a CPU quota on every OpenVPN
+//! process or on gateway A's only, and "wire segments": the hosts' LAN veths
+//! send TCP segments rather than GSO super-packets, as an Ethernet NIC puts
+//! them on the wire. Without loaders the gateways route the far LAN through
+//! tunnel 0, or spray it with nftables `numgen` (see `numgen`), the kernel's
+//! own per-packet spray.
+//!
 //! With `Options::tap` the tunnels are OpenVPN `dev tap` devices `tap0..`,
 //! each an Ethernet link `10.99.k.0/30` and `fd99:0:0:k::/64` between the
 //! gateways (gateway A .1, gateway B .2), and the configurations name the far
@@ -39,7 +47,7 @@ use ovpn_lb::{
     config::file,
     generate::{self, Generated, Request, layout},
     pins::Layout,
-    status::Counters,
+    status::{Counters, State},
 };
 use ovpn_lb_common::TunnelStats;
 use serde::{Deserialize, Serialize};
@@ -48,6 +56,7 @@ pub use ovpn_lb::generate::Side;
 
 use crate::{
     loader, netns,
+    numgen::{self, Numgen},
     openvpn::{self, OpenVpn},
     process::{self, pid_in},
     teardown::{Record, Teardown},
@@ -64,6 +73,20 @@ pub enum Peer {
     PlainRoutes,
 }
 
+/// What forwards on the gateways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forwarding {
+    /// ovpn-lb: on both gateways, or on gateway A against a plain peer
+    /// (`Peer::PlainRoutes`).
+    OvpnLb,
+    /// No ovpn-lb: kernel routes send the far LAN through tunnel 0 (the
+    /// baselines; [`Lab::route_all_through`] moves them).
+    Routes,
+    /// No ovpn-lb: both gateways spray the far LAN over every tunnel with
+    /// nftables `numgen` (see `numgen`).
+    Numgen,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Options {
     pub tunnels: usize,
@@ -74,10 +97,24 @@ pub struct Options {
     /// single-threaded OpenVPN on a busy core would be.
     pub cpu_quota_percent: Option<u32>,
     pub up_delay_ms: u64,
-    /// Run the loaders (false: tunnels only, for baselines).
-    pub loaders: bool,
-    /// Flow mode on both gateways even when both run ovpn-lb.
-    pub flow_mode: bool,
+    /// What forwards between the LANs and the tunnels.
+    pub forwarding: Forwarding,
+    /// How the loaders spray (`spray` in their configurations). Against a
+    /// plain peer (`Peer::PlainRoutes`) gateway A sprays by flow whatever
+    /// this says.
+    pub spray: file::Spray,
+    /// OpenVPN `--shaper` of gateway A's tunnel k, in bytes/s: `shaper[k]`,
+    /// the last value for tunnels past the end; empty: unshaped. Gateway A's
+    /// OpenVPN sends what host A sends to host B. OpenVPN skips shaper waits
+    /// under 1 ms, so this limits a tunnel only up to about 1,000,000 B/s.
+    pub shaper: Vec<u32>,
+    /// Hold only gateway A's OpenVPN processes to `cpu_quota_percent`
+    /// (gateway B's, which decrypt host A's data, run free).
+    pub cpu_quota_a_only: bool,
+    /// The hosts' LAN veths send segments (TSO and GSO off, the gateways'
+    /// GRO off), as a real Ethernet LAN would, so that the gateway's program
+    /// sees single packets rather than GSO super-packets.
+    pub wire_segments: bool,
     /// OpenVPN TAP tunnels (`dev tapK`, Ethernet framing) instead of tun.
     pub tap: bool,
     /// The configuration's hook, `hook = "tc" | "xdp" | "auto"`; `None`
@@ -102,8 +139,11 @@ impl Default for Options {
             peer: Peer::OvpnLb,
             cpu_quota_percent: None,
             up_delay_ms: 1000,
-            loaders: true,
-            flow_mode: false,
+            forwarding: Forwarding::OvpnLb,
+            spray: file::Spray::Packet,
+            shaper: Vec::new(),
+            cpu_quota_a_only: false,
+            wire_segments: false,
             tap: false,
             hook: None,
             tun_mtu: None,
@@ -123,6 +163,8 @@ pub struct Lab {
     bin: PathBuf,
     /// The generated gateway files; `None` until [`Lab::generate`].
     generated: Option<Generated>,
+    /// nftables spraying installed at set-up (`Forwarding::Numgen`).
+    nft_spray: Vec<Numgen>,
 }
 
 /// Numbers the labs of one test process.
@@ -179,7 +221,7 @@ impl Lab {
         lab.generate();
         lab.start_tunnels();
         lab.routes();
-        if lab.options.loaders {
+        if lab.options.forwarding == Forwarding::OvpnLb {
             lab.start_loader(Side::A);
             if lab.options.peer == Peer::OvpnLb {
                 lab.start_loader(Side::B);
@@ -218,6 +260,7 @@ impl Lab {
             owned: true,
             bin: bin.to_path_buf(),
             generated: None,
+            nft_spray: Vec::new(),
         };
         for role in ["ha", "ga", "gb", "hb"] {
             lab.teardown.namespace(&lab.ns(role));
@@ -333,10 +376,45 @@ impl Lab {
     fn route_through(&self, side: Side, prefix: &str, k: usize) {
         let v6 = prefix.contains(':');
         let mut args: Vec<String> = vec![if v6 { "-6" } else { "-4" }.into()];
-        args.extend(["route".into(), "add".into(), prefix.to_owned()]);
+        args.extend(["route".into(), "replace".into(), prefix.to_owned()]);
         args.extend(self.through(side, k, v6));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.ip(&self.gw(side), &args);
+    }
+
+    /// Without ovpn-lb: both gateways route the far LAN through tunnel `k`
+    /// (for one-tunnel baselines on each tunnel in turn).
+    pub fn route_all_through(&self, k: usize) {
+        for side in Side::BOTH {
+            for prefix in LAN_PREFIXES[side.other().index()] {
+                self.route_through(side, prefix, k);
+            }
+        }
+    }
+
+    /// Without ovpn-lb: both gateways spray the far LAN over tunnels
+    /// `0..tunnels` with nftables `numgen`, until the result is dropped.
+    /// Packets nftables does not mark (none from the LAN) keep the main
+    /// table's route.
+    #[must_use]
+    pub fn numgen(&self, tunnels: usize) -> Vec<Numgen> {
+        Side::BOTH
+            .iter()
+            .map(|&side| {
+                let gw = self.gw(side);
+                let through = |k, v6| self.through(side, k, v6);
+                numgen::Numgen::install(
+                    &numgen::Spray {
+                        ns: &gw,
+                        lan: LAN_DEV,
+                        remote: &LAN_PREFIXES[side.other().index()],
+                        tunnels,
+                        through: &through,
+                    },
+                    &self.dir.join(format!("numgen-{}.nft", side.letter())),
+                )
+            })
+            .collect()
     }
 
     /// `ip -n NS ARGS`.
@@ -392,6 +470,17 @@ impl Lab {
             }
             topology::router(&gw, &[]);
         }
+        if self.options.wire_segments {
+            self.set_wire_segments(true);
+        }
+    }
+
+    /// Whether the hosts' LAN veths send segments (see
+    /// [`Options::wire_segments`]); may change while the lab runs.
+    pub fn set_wire_segments(&self, on: bool) {
+        for side in Side::BOTH {
+            topology::wire_segments((&self.host(side), LAN_DEV), (&self.gw(side), LAN_DEV), on);
+        }
     }
 
     /// The veth between the gateways that OpenVPN runs over, with
@@ -410,12 +499,13 @@ impl Lab {
         self.options.weights.get(k).copied().unwrap_or(1)
     }
 
-    /// Kernel routes where no ovpn-lb routes: without loaders (baselines),
-    /// the remote LAN through tunnel 0; on a plain peer, our translated
-    /// prefixes back through their own tunnels. A gateway running ovpn-lb
-    /// needs none: its kernel path has ovpn-lb's own rules and table.
-    fn routes(&self) {
-        if !self.options.loaders {
+    /// Kernel routes where no ovpn-lb routes: without ovpn-lb (baselines),
+    /// the remote LAN through tunnel 0, and with numgen sprayed by
+    /// nftables over every tunnel; on a plain peer, our translated prefixes
+    /// back through their own tunnels. A gateway running ovpn-lb needs none:
+    /// its kernel path has ovpn-lb's own rules and table.
+    fn routes(&mut self) {
+        if self.options.forwarding != Forwarding::OvpnLb {
             for side in Side::BOTH {
                 if side == Side::B && self.options.peer == Peer::PlainRoutes {
                     continue;
@@ -423,6 +513,9 @@ impl Lab {
                 for prefix in LAN_PREFIXES[side.other().index()] {
                     self.route_through(side, prefix, 0);
                 }
+            }
+            if self.options.forwarding == Forwarding::Numgen {
+                self.nft_spray = self.numgen(self.options.tunnels);
             }
         }
         if self.options.peer == Peer::PlainRoutes {
@@ -468,13 +561,29 @@ impl Lab {
     /// If OpenVPN cannot start.
     pub fn start_openvpn(&mut self, side: Side, k: usize) {
         let openvpn = self.openvpn(side, k);
-        self.start_tracked(&openvpn, &["--keepalive", "1", "5", "--verb", "3"]);
-        if let Some(percent) = self.options.cpu_quota_percent {
+        let mut extra = vec!["--keepalive", "1", "5", "--verb", "3"];
+        let shaper = self.shaper(side, k).map(|rate| rate.to_string());
+        if let Some(rate) = &shaper {
+            extra.extend(["--shaper", rate]);
+        }
+        self.start_tracked(&openvpn, &extra);
+        if let Some(percent) = self.options.cpu_quota_percent
+            && (side == Side::A || !self.options.cpu_quota_a_only)
+        {
             let group = openvpn::cpu_group(&format!("{}-{}{k}", self.tag, side.letter()));
             self.teardown.cgroup(&group);
             let pid = openvpn.pid().expect("OpenVPN PID");
             openvpn::cap_cpu(&group, pid, percent);
         }
+    }
+
+    /// OpenVPN `--shaper` of gateway `side`'s tunnel `k` (bytes/s), if any.
+    #[must_use]
+    pub fn shaper(&self, side: Side, k: usize) -> Option<u32> {
+        let shaper = &self.options.shaper;
+        (side == Side::A)
+            .then(|| shaper.get(k).or(shaper.last()).copied())
+            .flatten()
     }
 
     /// Starts `openvpn` with `extra` options, its PID file recorded first.
@@ -506,11 +615,10 @@ impl Lab {
     #[must_use]
     pub fn loader_config(&self, side: Side) -> file::File {
         let mut c = generate::loader_config(&self.generated().plan, side);
-        let flow = self.options.peer == Peer::PlainRoutes || self.options.flow_mode;
-        c.spray = if flow {
+        c.spray = if self.options.peer == Peer::PlainRoutes {
             file::Spray::Flow
         } else {
-            file::Spray::Packet
+            self.options.spray
         };
         c.up_delay_ms = self.options.up_delay_ms;
         if let Some(hook) = &self.options.hook {
@@ -640,6 +748,21 @@ impl Lab {
         Counters::read(&self.layout(side), n).expect("pinned counters")
     }
 
+    /// Per tunnel, the times gateway `side`'s loader has taken it out of
+    /// the rotation, for any cause (its state file).
+    ///
+    /// # Panics
+    /// If the state cannot be read.
+    #[must_use]
+    pub fn departures(&self, side: Side) -> Vec<u64> {
+        let state = State::read(&self.layout(side)).expect("the loader's state");
+        state
+            .tunnels
+            .iter()
+            .map(|t| t.departures.values().sum())
+            .collect()
+    }
+
     /// What to print when a check fails: loader logs, counters, routes.
     #[must_use]
     pub fn diagnose(&self) -> String {
@@ -680,6 +803,9 @@ impl Lab {
     pub fn persist(mut self) {
         self.owned = false;
         self.teardown.keep();
+        for numgen in self.nft_spray.drain(..) {
+            numgen.keep();
+        }
     }
 
     /// Tears down everything `dir/lab.json` lists; safe to call twice.
@@ -702,6 +828,7 @@ fn layout_in(dir: &Path, side: Side) -> Layout {
 impl Drop for Lab {
     fn drop(&mut self) {
         if self.owned {
+            self.nft_spray.clear();
             self.teardown.tear_down();
             let _ = fs::remove_dir_all(&self.dir);
         }

@@ -9,6 +9,7 @@
 //! - `teardown`: the record of what a test bed made, torn down in one place;
 //! - `openvpn`: OpenVPN processes (and CPU quotas); `loader`: the `ovpn-lb`
 //!   binary; configuration comes from the generator (`ovpn_lb::generate`);
+//! - `numgen`: nftables `numgen` per-packet spraying, the kernel's own way;
 //! - `lab`: two sites joined by real OpenVPN tunnels; `gateway`: one gateway
 //!   with tun devices held by the test, for the loader's tests;
 //! - `traffic`: TCP, UDP, ping and captures between namespaces;
@@ -25,6 +26,7 @@ pub mod gateway;
 pub mod lab;
 pub mod loader;
 pub mod netns;
+pub mod numgen;
 pub mod openvpn;
 pub mod packets;
 pub mod process;

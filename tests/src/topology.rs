@@ -108,3 +108,23 @@ pub fn router(ns: &str, extra: &[&str]) {
     args.extend_from_slice(extra);
     exec(ns, &args);
 }
+
+/// Whether a LAN host's veth hands its gateway segments, as an Ethernet NIC
+/// puts them on the wire, or GSO super-packets, as a veth does by default.
+///
+/// `true`: TSO and GSO off on the host's device (the stack cuts segments
+/// before they leave) and GRO off on the gateway's (so nothing glues them
+/// back together on arrival); `false`: TSO and GSO back on, the veth default.
+///
+/// # Panics
+/// If `ethtool` refuses.
+pub fn wire_segments(host: (&str, &str), gateway: (&str, &str), on: bool) {
+    let offload = if on { "off" } else { "on" };
+    exec(
+        host.0,
+        &["ethtool", "-K", host.1, "tso", offload, "gso", offload],
+    );
+    if on {
+        exec(gateway.0, &["ethtool", "-K", gateway.1, "gro", "off"]);
+    }
+}

@@ -5,9 +5,10 @@
 use std::{fs, path::PathBuf, sync::atomic::Ordering};
 
 use anyhow::{Result, bail};
+use ovpn_lb::config::file;
 use ovpn_lb_common::TunnelStats;
 use ovpn_lb_tests::{
-    lab::{HOST_B, Lab, Options, Peer, Side, growth},
+    lab::{Forwarding, HOST_B, Lab, Options, Peer, Side, growth},
     netns,
     traffic::iperf3_server,
 };
@@ -32,12 +33,29 @@ pub struct LabArgs {
     /// Gateway B as a plain OpenVPN router and gateway A in flow mode.
     #[arg(long)]
     pub one_sided: bool,
-    /// Flow mode on both gateways (one flow stays on one tunnel).
-    #[arg(long)]
-    pub flow: bool,
+    /// How the gateways spray: packet (earliest departure), round-robin or
+    /// flow (ovpn-lb's `spray`), or numgen: no ovpn-lb, both gateways spray
+    /// with nftables `numgen inc mod N`, a mark, and one fwmark rule and
+    /// routing table per tunnel (the kernel's own per-packet spray; real LAN
+    /// addresses, nothing translated).
+    #[arg(long, value_parser = parse_lab_spray, default_value = "packet")]
+    pub spray: LabSpray,
     /// Hold each OpenVPN process to this percentage of a CPU.
     #[arg(long, value_name = "PERCENT")]
     pub cpu_quota: Option<u32>,
+    /// Which gateways' OpenVPN processes --cpu-quota holds: both, or a
+    /// (gateway A's only).
+    #[arg(long, value_enum, default_value = "both", requires = "cpu_quota")]
+    pub cpu_quota_on: QuotaOn,
+    /// OpenVPN `--shaper` (bytes/s) of gateway A's tunnels, one per tunnel,
+    /// comma-separated; the last value holds for the rest. OpenVPN shapes
+    /// only up to about 1000000.
+    #[arg(long, value_delimiter = ',', value_name = "BYTES_PER_S")]
+    pub shaper: Vec<u32>,
+    /// The hosts' LAN veths send segments (TSO/GSO off), as on a real
+    /// Ethernet LAN, rather than GSO super-packets.
+    #[arg(long)]
+    pub wire_segments: bool,
     /// OpenVPN TAP tunnels (`dev tapK`, an Ethernet link each) instead of tun.
     #[arg(long)]
     pub tap: bool,
@@ -47,22 +65,71 @@ pub struct LabArgs {
     pub hook: Option<String>,
 }
 
+/// `--spray`: an ovpn-lb spray mode, or nftables numgen instead of ovpn-lb.
+#[derive(Clone, Copy, Debug)]
+pub enum LabSpray {
+    OvpnLb(file::Spray),
+    Numgen,
+}
+
+/// `--cpu-quota-on`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuotaOn {
+    Both,
+    A,
+}
+
 impl LabArgs {
-    fn options(&self) -> Options {
-        Options {
+    fn options(&self) -> Result<Options> {
+        let (forwarding, spray) = match self.spray {
+            LabSpray::OvpnLb(spray) => (Forwarding::OvpnLb, spray),
+            LabSpray::Numgen if self.one_sided => {
+                bail!("--spray numgen runs no ovpn-lb, and --one-sided runs it on gateway A")
+            }
+            LabSpray::Numgen => (Forwarding::Numgen, file::Spray::default()),
+        };
+        Ok(Options {
             tunnels: self.tunnels,
             peer: if self.one_sided {
                 Peer::PlainRoutes
             } else {
                 Peer::OvpnLb
             },
+            forwarding,
+            spray,
             cpu_quota_percent: self.cpu_quota,
-            flow_mode: self.flow,
+            cpu_quota_a_only: self.cpu_quota_on == QuotaOn::A,
+            shaper: self.shaper.clone(),
+            wire_segments: self.wire_segments,
             tap: self.tap,
             hook: self.hook.clone(),
             ..Options::default()
-        }
+        })
     }
+}
+
+fn parse_lab_spray(value: &str) -> Result<LabSpray, String> {
+    if value == "numgen" {
+        return Ok(LabSpray::Numgen);
+    }
+    parse_spray(value)
+        .map(LabSpray::OvpnLb)
+        .map_err(|e| format!("{e}, or `numgen`"))
+}
+
+/// A `spray` value as the configuration file spells it.
+pub fn parse_spray(value: &str) -> Result<file::Spray, String> {
+    use serde::{Deserialize as _, de::IntoDeserializer as _};
+    file::Spray::deserialize(value.into_deserializer())
+        .map_err(|e: serde::de::value::Error| e.to_string())
+}
+
+/// A `spray` value's name in the configuration file.
+pub fn spray_name(spray: file::Spray) -> String {
+    serde_json::to_value(spray)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn prepare() -> Result<()> {
@@ -97,6 +164,14 @@ fn describe(lab: &Lab) {
         lab.options.hook.as_deref().unwrap_or("auto (default)"),
         lab.dir.display()
     );
+    println!("  {}", conditions(&lab.options));
+    if lab.options.forwarding == Forwarding::Numgen {
+        println!(
+            "  no ovpn-lb: both gateways spray with nftables numgen (rules in {}/numgen-*.nft)",
+            lab.dir.display()
+        );
+        return;
+    }
     for side in [Side::A, Side::B] {
         if side == Side::B && lab.options.peer == Peer::PlainRoutes {
             println!("  gateway B: plain OpenVPN routes, no ovpn-lb");
@@ -126,9 +201,36 @@ fn describe(lab: &Lab) {
     );
 }
 
+/// The lab's spray, shapers, quotas and LAN segments, in one line.
+fn conditions(o: &Options) -> String {
+    let spray = if o.forwarding == Forwarding::Numgen {
+        "nftables numgen".to_owned()
+    } else {
+        format!("spray {}", spray_name(o.spray))
+    };
+    let shaper = if o.shaper.is_empty() {
+        "unshaped".to_owned()
+    } else {
+        let rates: Vec<String> = o.shaper.iter().map(u32::to_string).collect();
+        format!("gateway A's OpenVPN --shaper {} B/s", rates.join(", "))
+    };
+    let quota = match (o.cpu_quota_percent, o.cpu_quota_a_only) {
+        (None, _) => "no CPU quota".to_owned(),
+        (Some(p), false) => format!("every OpenVPN at {p}% of a CPU"),
+        (Some(p), true) => format!("gateway A's OpenVPNs at {p}% of a CPU"),
+    };
+    let lan = if o.wire_segments {
+        "hosts send wire segments (TSO/GSO off)"
+    } else {
+        "hosts send GSO super-packets"
+    };
+    format!("{spray}; {shaper}; {quota}; {lan}")
+}
+
 pub fn up(args: &LabArgs) -> Result<()> {
+    let options = args.options()?;
     prepare()?;
-    let lab = Lab::up(&dir(), TAG, &release_loader(), args.options());
+    let lab = Lab::up(&dir(), TAG, &release_loader(), options);
     describe(&lab);
     println!("`cargo xtask lab down` tears it all down");
     lab.persist();
@@ -245,9 +347,10 @@ const DEMO_SECONDS: u64 = 20;
 /// flow while printing live per-tunnel rates, sum it up in one line, then
 /// keep the lab up until Ctrl-C, which tears everything down.
 pub fn demo(args: &LabArgs) -> Result<()> {
+    let options = args.options()?;
     prepare()?;
     let stop = stop_flag()?;
-    let lab = Lab::up(&dir(), TAG, &release_loader(), args.options());
+    let lab = Lab::up(&dir(), TAG, &release_loader(), options);
     describe(&lab);
     println!(
         "\nrunning a {DEMO_SECONDS} s iperf3 TCP flow from host A to host B; Ctrl-C tears the lab down\n"

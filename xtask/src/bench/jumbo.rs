@@ -22,7 +22,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use ovpn_lb_tests::lab::{Lab, Options, Side};
 
-use super::{BenchArgs, Run, delta, iperf, machine_line, median, nstat, spread};
+use super::{
+    BenchArgs,
+    end_to_end::iperf::{Run, delta, iperf, nstat},
+    machine_line, median, spread,
+};
 use crate::tools::{release_loader, workspace_root};
 
 /// The LAN and WAN MTUs of every setup.

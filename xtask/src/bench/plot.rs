@@ -1,7 +1,8 @@
-//! The benchmark's PNG: ratios per variant and goodput against N, drawn by
-//! Debian's gnuplot (`gnuplot-nox`, installed by set-up) from tab-separated
-//! data files written next to the script under `results/`, so the figure can
-//! be redrawn or restyled with `gnuplot results/bench.gp`.
+//! The benchmark's PNGs, drawn by Debian's gnuplot (`gnuplot-nox`,
+//! installed by set-up) from tab-separated data files written next to their
+//! scripts under `results/`, so that a figure can be redrawn or restyled with
+//! `gnuplot results/NAME.gp`. `bench.png` has the per-packet and forwarding
+//! ratios; the end-to-end figures are drawn with the helpers here.
 
 use std::{fmt::Write as _, fs, path::Path, process::Command};
 
@@ -9,45 +10,34 @@ use anyhow::{Context as _, Result, ensure};
 
 use super::forwarding;
 
-/// Goodput of one TCP flow against the number of tunnels.
-pub struct Goodput {
-    /// One tunnel, plain routing (Mbit/s, median).
-    pub base: f64,
-    /// Sprayed by ovpn-lb: (N, median, min, max) Mbit/s.
-    pub sprayed: Vec<(usize, f64, f64, f64)>,
-    /// Flow mode: (N, median, min, max) Mbit/s.
-    pub flow: Option<(usize, f64, f64, f64)>,
-    /// Each OpenVPN's CPU quota, percent.
-    pub quota: u32,
-}
-
 pub struct Data<'a> {
     pub machine: String,
     /// (path, program / floor) from the per-packet part.
     pub per_packet: &'a [(String, f64)],
     pub forwarding: Option<&'a forwarding::Summary>,
-    pub goodput: Option<&'a Goodput>,
 }
 
-const STYLE: &str = "set datafile separator \"\\t\"\nset style fill solid 0.75 border -1\nset grid ytics\nset key top left\nset yrange [0:*]\nset xtics nomirror\n";
+/// Series colours, in order (Paul Tol's bright scheme).
+pub(super) const COLORS: [&str; 6] = [
+    "#4477aa", "#66ccee", "#228833", "#ccbb44", "#ee6677", "#aa3377",
+];
+
+pub(super) const STYLE: &str = "set datafile separator \"\\t\"\nset style fill solid 0.75 border -1\nset grid ytics\nset key top left\nset yrange [0:*]\nset xtics nomirror\n";
 
 /// Writes `bench.gp`, its data files and `bench.png` into `dir`; returns the PNG's path.
 pub fn draw(dir: &Path, data: &Data) -> Result<std::path::PathBuf> {
     let mut gp = String::new();
-    let panels = usize::from(!data.per_packet.is_empty())
-        + 2 * usize::from(data.forwarding.is_some())
-        + usize::from(data.goodput.is_some());
+    let panels =
+        usize::from(!data.per_packet.is_empty()) + 2 * usize::from(data.forwarding.is_some());
     ensure!(panels > 0, "nothing to plot");
     let (rows, cols) = if panels <= 2 { (1, panels) } else { (2, 2) };
     let png = dir.join("bench.png");
-    let _ = writeln!(
-        gp,
-        "set terminal pngcairo size {},{} font \"DejaVu Sans,11\"\nset output \"{}\"\nset multiplot layout {rows},{cols} title \"cargo xtask bench: {}\" font \",13\"",
-        cols * 820,
-        rows * 560 + 40,
-        png.display(),
-        data.machine.replace('"', "'")
-    );
+    gp.push_str(&multiplot(
+        &png,
+        rows,
+        cols,
+        &format!("cargo xtask bench: {}", data.machine),
+    ));
     if let Some(f) = data.forwarding {
         forwarding_panels(dir, &mut gp, f)?;
     }
@@ -63,12 +53,26 @@ pub fn draw(dir: &Path, data: &Data) -> Result<std::path::PathBuf> {
             dir.join("per-packet.dat").display()
         );
     }
-    if let Some(g) = data.goodput {
-        goodput_panel(dir, &mut gp, g)?;
-    }
-    gp.push_str("unset multiplot\n");
-    let script = dir.join("bench.gp");
-    fs::write(&script, &gp)?;
+    render(dir, "bench", &gp)?;
+    Ok(png)
+}
+
+/// The start of a script drawing `rows` x `cols` panels into `png`.
+pub(super) fn multiplot(png: &Path, rows: usize, cols: usize, title: &str) -> String {
+    format!(
+        "set terminal pngcairo size {},{} font \"DejaVu Sans,11\"\nset output \"{}\"\nset multiplot layout {rows},{cols} title \"{}\" font \",13\"\n",
+        cols * 820,
+        rows * 560 + 40,
+        png.display(),
+        title.replace('"', "'")
+    )
+}
+
+/// Ends the multiplot script `gp`, writes it to `dir/NAME.gp` and runs
+/// gnuplot on it.
+pub(super) fn render(dir: &Path, name: &str, gp: &str) -> Result<()> {
+    let script = dir.join(format!("{name}.gp"));
+    fs::write(&script, format!("{gp}unset multiplot\n"))?;
     let out = Command::new("gnuplot")
         .arg(&script)
         .output()
@@ -79,7 +83,7 @@ pub fn draw(dir: &Path, data: &Data) -> Result<std::path::PathBuf> {
         script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(png)
+    Ok(())
 }
 
 fn forwarding_panels(dir: &Path, gp: &mut String, f: &forwarding::Summary) -> Result<()> {
@@ -94,9 +98,6 @@ fn forwarding_panels(dir: &Path, gp: &mut String, f: &forwarding::Summary) -> Re
     let file = dir.join("forwarding.dat");
     fs::write(&file, dat)?;
     let mixes = f.mixes.len();
-    let colors = [
-        "#4477aa", "#66ccee", "#228833", "#ccbb44", "#ee6677", "#aa3377",
-    ];
     for (panel, title, ylabel, first) in [
         (
             0,
@@ -130,54 +131,10 @@ fn forwarding_panels(dir: &Path, gp: &mut String, f: &forwarding::Summary) -> Re
                 file.display(),
                 c + 1,
                 c + 2,
-                colors[i % colors.len()]
+                COLORS[i % COLORS.len()]
             ));
         }
         let _ = writeln!(gp, "plot {}\nunset arrow\nunset label", plot.join(", "));
     }
-    Ok(())
-}
-
-fn goodput_panel(dir: &Path, gp: &mut String, g: &Goodput) -> Result<()> {
-    let mut dat = String::new();
-    for (n, m, lo, hi) in &g.sprayed {
-        #[expect(clippy::cast_precision_loss, reason = "small counts")]
-        let ideal = *n as f64 * g.base;
-        let _ = writeln!(dat, "{n}\t{m:.2}\t{lo:.2}\t{hi:.2}\t{ideal:.2}");
-    }
-    let sprayed = dir.join("goodput.dat");
-    fs::write(&sprayed, dat)?;
-    let max_n = g
-        .sprayed
-        .iter()
-        .map(|s| s.0)
-        .chain(g.flow.map(|f| f.0))
-        .max()
-        .unwrap_or(1);
-    let _ = writeln!(
-        gp,
-        "reset\n{STYLE}set title \"One TCP flow through N OpenVPN tunnels, each held to {}% of a CPU\"\nset xlabel \"tunnels N\"\nset ylabel \"goodput, Mbit/s\"\nset xrange [0.5:{}.5]\nset xtics 1",
-        g.quota, max_n
-    );
-    let mut plot = vec![
-        format!(
-            "\"{}\" using 1:2:3:4 with yerrorlines lw 2 pt 7 lc rgb \"#4477aa\" title \"ovpn-lb packet spray (median, min-max)\"",
-            sprayed.display()
-        ),
-        format!(
-            "\"{}\" using 1:5 with lines dt 2 lw 2 lc rgb \"gray40\" title \"N x one tunnel with plain routing ({:.0} Mbit/s)\"",
-            sprayed.display(),
-            g.base
-        ),
-    ];
-    if let Some((n, m, lo, hi)) = g.flow {
-        let flow = dir.join("goodput-flow.dat");
-        fs::write(&flow, format!("{n}\t{m:.2}\t{lo:.2}\t{hi:.2}\n"))?;
-        plot.push(format!(
-            "\"{}\" using 1:2:3:4 with yerrorbars pt 5 ps 1.5 lc rgb \"#ee6677\" title \"ovpn-lb flow mode\"",
-            flow.display()
-        ));
-    }
-    let _ = writeln!(gp, "plot {}", plot.join(", "));
     Ok(())
 }

@@ -1,0 +1,106 @@
+//! One measured TCP flow: iperf3 from host A to host B with CUBIC, and the
+//! kernel counters around it (nstat) on the hosts and on the far gateway.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, bail};
+use ovpn_lb_tests::{
+    lab::{Forwarding, HOST_B, Lab, Side},
+    netns,
+    traffic::iperf3_server,
+};
+
+/// The congestion control every run asks for (a namespace inherits the
+/// host's default, which may be another).
+pub const CONGESTION_CONTROL: &str = "cubic";
+
+/// One iperf3 run's outcome.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Run {
+    pub mbit_per_s: f64,
+    /// The sender's retransmitted segments.
+    pub retransmits: u64,
+    /// Sender-side reordering events (nstat `TcpExt`*Reorder).
+    pub reorder: u64,
+    /// Segments the receiver queued out of order (nstat `TcpExtTCPOFOQueue`).
+    pub ofo: u64,
+    /// Times gateway A's loader took a tunnel out of its rotation (probes
+    /// unanswered behind a full ring, mostly); 0 without ovpn-lb.
+    pub departures: u64,
+    /// Datagrams gateway B's sockets dropped for a full receive buffer
+    /// (nstat `UdpRcvbufErrors`): OpenVPN there did not keep up.
+    pub far_drops: u64,
+}
+
+const REORDER_COUNTERS: &[&str] = &[
+    "TcpExtTCPSACKReorder",
+    "TcpExtTCPTSReorder",
+    "TcpExtTCPRenoReorder",
+    "TcpExtTCPReorder",
+];
+
+pub fn nstat(ns: &str) -> BTreeMap<String, u64> {
+    let out = netns::command(ns, "nstat").args(["-asz", "-j"]).output();
+    let Ok(out) = out else { return BTreeMap::new() };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["kernel"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, names: &[&str]) -> u64 {
+    names
+        .iter()
+        .map(|n| {
+            after
+                .get(*n)
+                .unwrap_or(&0)
+                .saturating_sub(*before.get(*n).unwrap_or(&0))
+        })
+        .sum()
+}
+
+/// Tunnel departures from gateway A's rotation so far, summed.
+fn departures(lab: &Lab) -> u64 {
+    if lab.options.forwarding == Forwarding::OvpnLb {
+        lab.departures(Side::A).iter().sum()
+    } else {
+        0
+    }
+}
+
+/// One CUBIC flow from host A to host B for `seconds`.
+pub fn iperf(lab: &Lab, seconds: u32) -> Result<Run> {
+    let (ha, hb, gb) = (lab.host(Side::A), lab.host(Side::B), lab.gw(Side::B));
+    let server = iperf3_server(&hb);
+    let (sa, sb, sg) = (nstat(&ha), nstat(&hb), nstat(&gb));
+    let left = departures(lab);
+    let out = netns::command(&ha, "iperf3")
+        .args(["-J", "-c", HOST_B, "-C", CONGESTION_CONTROL])
+        .args(["-t", &seconds.to_string()])
+        .output()
+        .context("running iperf3")?;
+    let (ea, eb, eg) = (nstat(&ha), nstat(&hb), nstat(&gb));
+    let departed = departures(lab) - left;
+    drop(server);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    Ok(Run {
+        mbit_per_s: v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e6,
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        reorder: delta(&ea, &sa, REORDER_COUNTERS),
+        ofo: delta(&eb, &sb, &["TcpExtTCPOFOQueue"]),
+        far_drops: delta(&eg, &sg, &["UdpRcvbufErrors"]),
+        departures: departed,
+    })
+}

@@ -1,0 +1,164 @@
+//! The end-to-end report: a Markdown table per condition, and the backlog
+//! traces' method and summary.
+
+use std::fmt::Write as _;
+
+use ovpn_lb::config::file::Spray;
+
+use super::{
+    backlog::{EVERY, Trace},
+    condition::Condition,
+    iperf::CONGESTION_CONTROL,
+    results::{Measured, Stat},
+    variant::spray_label,
+};
+use crate::bench::BenchArgs;
+
+fn ratio(s: Option<Stat>) -> String {
+    s.map_or_else(
+        || "-".to_owned(),
+        |s| format!("{:.2} ({:.2}-{:.2})", s.median, s.min, s.max),
+    )
+}
+
+/// The section of one condition.
+pub fn condition(args: &BenchArgs, m: &Measured) -> String {
+    let mut t = String::new();
+    let c = m.condition;
+    let _ = writeln!(t, "### Condition `{}`: {}\n", c.name(), c.describe(args));
+    let baseline = if c.unequal() {
+        "the sum of the same round's single-tunnel goodputs of the N tunnels used (each tunnel is measured alone every round)"
+    } else {
+        "N x the same round's single-tunnel goodput (the baseline tunnel takes turns, tun0, tun1, ...)"
+    };
+    let _ = writeln!(
+        t,
+        "One iperf3 {} flow host A -> host B, {} s per run, {} rounds interleaved, median (min-max). Wire segments on: the hosts' LAN veths send TCP segments (TSO/GSO off), as an Ethernet NIC puts them on the wire{}. Efficiency = goodput / {baseline}{}. \"vs round robin\" = goodput / ovpn-lb round robin's at the same N in the same round. Far gateway UDP drops: gateway B's `UdpRcvbufErrors` (its OpenVPN did not keep up). Tunnel departures: times gateway A's loader took a tunnel out of its rotation during the run (its probes unanswered, as behind a ring full of seconds of data).\n",
+        CONGESTION_CONTROL.to_uppercase(),
+        args.seconds,
+        args.rounds,
+        if c.with_aggregates() {
+            "; rows marked \"GSO aggregates\" leave TSO/GSO on, so that each GSO super-packet is sprayed whole"
+        } else {
+            ""
+        },
+        if c.with_aggregates() {
+            ", with the same LAN setting as the row"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        t,
+        "| setup | goodput Mbit/s | efficiency | vs round robin | retransmits | sender reorder events | receiver out-of-order segments | far gateway UDP drops | tunnel departures |"
+    );
+    let _ = writeln!(
+        t,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for (i, v) in m.variants.iter().enumerate() {
+        let Some(g) = m.stat(i, |r| r.mbit_per_s) else {
+            continue;
+        };
+        #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let count = |f: fn(&super::iperf::Run) -> u64| {
+            m.stat(i, |r| f(r) as f64)
+                .map_or_else(|| "-".to_owned(), |s| format!("{:.0}", s.median))
+        };
+        let efficiency = if v.is_baseline() {
+            "baseline".to_owned()
+        } else {
+            ratio(Stat::of(&m.efficiency(i)))
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {:.2} ({:.2}-{:.2}) | {efficiency} | {} | {} | {} | {} | {} | {} |",
+            v.label(args),
+            g.median,
+            g.min,
+            g.max,
+            if v.is_baseline() {
+                "-".to_owned()
+            } else {
+                ratio(Stat::of(&m.vs_round_robin(i)))
+            },
+            count(|r| r.retransmits),
+            count(|r| r.reorder),
+            count(|r| r.ofo),
+            count(|r| r.far_drops),
+            count(|r| r.departures),
+        );
+    }
+    if !m.traces.is_empty() {
+        t.push('\n');
+        t.push_str(&traces(&m.traces));
+    }
+    t
+}
+
+/// The method of the backlog traces, once per report.
+pub fn trace_method(seconds: f64) -> String {
+    format!(
+        "Backlog traces (`backlog.png`): one flow at the largest N under ovpn-lb round robin and under packet mode, gateway A's tunnels sampled every {} ms for {seconds} s from 1 s into the flow. A tun device queues in its ring, which OpenVPN drains and whose occupancy Linux does not export; the backlog is read between two counters instead: the loader's per-tunnel tx counters (`TUNNEL_STATS`, counted when a packet is sprayed) minus the device's `tx_packets`/`tx_bytes` (counted when OpenVPN reads) and `tx_dropped` (ring full), from an idle reading. Both count IP bytes (a dropped packet at the mean size sprayed); with wire segments one sprayed packet is one ring entry. Probes (the loader's own, and the far gateway's reflected back into the tunnel) enter the ring uncounted as sprayed, at a steady rate, which is measured over 1 s at rest before the flow and taken off; where single probes (76 B) land leaves a few packets of error either way, under 0.5 KB, and probes sent beyond the steady rate (a gateway announcing a change it noticed, such as a tunnel whose answers come late) are not taken off: they show as a negative backlog in packets, about 76 B each in bytes. A packet OpenVPN has read and holds (encrypting, or waiting out its shaper) is not counted.\n",
+        EVERY.as_millis()
+    )
+}
+
+fn traces(traces: &[(Spray, Trace)]) -> String {
+    let mut t = String::from(
+        "Backlog per tunnel during the trace, mean / largest, KB (packets):\n\n| mode | goodput Mbit/s |",
+    );
+    let tunnels = traces
+        .iter()
+        .map(|(_, tr)| tr.samples.first().map_or(0, |s| s.bytes.len()))
+        .max()
+        .unwrap_or(0);
+    for k in 0..tunnels {
+        let _ = write!(t, " tun{k} |");
+    }
+    let _ = write!(t, "\n| --- | ---: |{}\n", " ---: |".repeat(tunnels));
+    for (spray, trace) in traces {
+        let _ = write!(t, "| {} |", spray_label(*spray));
+        let _ = write!(t, " {:.2} |", trace.run.mbit_per_s);
+        for k in 0..tunnels {
+            let col = |f: fn(&super::backlog::Sample) -> &Vec<f64>| -> Vec<f64> {
+                trace
+                    .samples
+                    .iter()
+                    .filter_map(|s| f(s).get(k).copied())
+                    .collect()
+            };
+            let (bytes, packets) = (col(|s| &s.bytes), col(|s| &s.packets));
+            #[expect(clippy::cast_precision_loss, reason = "sample counts")]
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+            let _ = write!(
+                t,
+                " {:.1} / {:.1} ({:.0} / {:.0}) |",
+                mean(&bytes) / 1000.0,
+                max(&bytes) / 1000.0,
+                mean(&packets),
+                max(&packets)
+            );
+        }
+        t.push('\n');
+    }
+    t
+}
+
+/// The report's head: the machine, and what the conditions share.
+pub fn head(args: &BenchArgs, conditions: &[Condition]) -> String {
+    crate::bench::machine_line(format_args!(
+        "End to end: one TCP flow through N real OpenVPN tunnels (TLS, AES-256-GCM) in network namespaces, conditions {}; tunnel counts N = {}; ratios taken within each round.",
+        conditions
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.sweep()
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
