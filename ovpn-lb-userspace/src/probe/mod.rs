@@ -107,10 +107,20 @@ pub struct Tracker {
     pub answered: u64,
     pub rtt: Rtt,
     /// Forward one-way delay plus the (unknown, common) clock offset: the
-    /// far gateway's reflect time minus our send time, smallest recent one.
-    /// Only differences between tunnels mean anything.
+    /// far gateway's reflect time minus our send time, the smallest of the
+    /// last [`PATH_WINDOW_NS`]. Queues and scheduling only ever add to a
+    /// sample, so the smallest is the path's own. Only differences between
+    /// tunnels mean anything.
     pub forward_offset_ns: Option<i64>,
+    /// (receive time, offset) of the window's samples, offsets ascending:
+    /// the front is the minimum (a monotonic queue).
+    offsets: VecDeque<(u64, i64)>,
 }
+
+/// How far back the path's forward offset is the minimum of: long enough to
+/// include a moment with the tunnel's queue empty, short enough to follow a
+/// changed path.
+pub const PATH_WINDOW_NS: u64 = 10_000_000_000;
 
 impl Tracker {
     /// Starts (or restarts, after the device came back) at `now`.
@@ -163,13 +173,20 @@ impl Tracker {
         }
         #[expect(clippy::cast_possible_wrap, reason = "clock values stay below 2^63")]
         let offset = reflected_ns as i64 - sent_ns as i64;
-        // The smallest offset seen has the least queueing in it; let it drift
-        // up slowly so a changed path is learnt.
-        self.forward_offset_ns = Some(match self.forward_offset_ns {
-            Some(o) if offset < o => offset,
-            Some(o) => o + (offset - o) / 64,
-            None => offset,
-        });
+        // Sliding-window minimum: drop what a newer, smaller sample beats
+        // for the rest of its time, and what fell out of the window.
+        while self.offsets.back().is_some_and(|&(_, o)| o >= offset) {
+            self.offsets.pop_back();
+        }
+        self.offsets.push_back((received_ns, offset));
+        while self
+            .offsets
+            .front()
+            .is_some_and(|&(at, _)| at + PATH_WINDOW_NS < received_ns)
+        {
+            self.offsets.pop_front();
+        }
+        self.forward_offset_ns = self.offsets.front().map(|&(_, o)| o);
         true
     }
 
@@ -186,6 +203,7 @@ impl Tracker {
         let answered = self.answer(seq, sent, 0, received_ns);
         // An echo carries no far-end time.
         self.forward_offset_ns = None;
+        self.offsets.clear();
         answered
     }
 
@@ -244,9 +262,10 @@ impl PeerView {
     }
 }
 
-/// Path delays are published in steps of this much: finer changes are noise
-/// of the probes' own scheduling, and each change republishes the schedule.
-pub const PATH_QUANTUM_NS: i64 = 250_000;
+/// Path delays are published in whole steps of this much (rounded down):
+/// finer differences are noise of the OpenVPN processes' scheduling, and
+/// each change republishes the schedule.
+pub const PATH_QUANTUM_NS: i64 = 1_000_000;
 /// A path further behind than this is taken as this far: packet spray then
 /// uses it only when every other tunnel is that far backlogged.
 pub const PATH_MAX_NS: i64 = 100_000_000;
@@ -264,7 +283,7 @@ pub fn path_delays(offsets: &[Option<i64>]) -> Vec<u32> {
         .iter()
         .map(|o| {
             let extra = o.map_or(0, |o| o - fastest).min(PATH_MAX_NS);
-            let steps = (extra + PATH_QUANTUM_NS / 2) / PATH_QUANTUM_NS;
+            let steps = extra / PATH_QUANTUM_NS;
             u32::try_from(steps * PATH_QUANTUM_NS).unwrap_or(0)
         })
         .collect()
@@ -285,15 +304,38 @@ pub fn now_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn the_forward_offset_is_the_window_minimum() {
+        let mut t = Tracker::default();
+        t.start(0);
+        let mut answer = |t: &mut Tracker, at_ms: u64, offset_ms: u64| {
+            let sent = at_ms * MS;
+            let seq = t.send(sent);
+            assert!(t.answer(seq, sent, sent + offset_ms * MS, sent + 2 * offset_ms * MS));
+            t.forward_offset_ns
+        };
+        let ms = i64::try_from(MS).unwrap();
+        assert_eq!(answer(&mut t, 100, 5), Some(5 * ms));
+        // Queueing adds to samples: the minimum stays.
+        assert_eq!(answer(&mut t, 200, 9), Some(5 * ms));
+        assert_eq!(answer(&mut t, 300, 7), Some(5 * ms));
+        // A smaller one is the new minimum at once.
+        assert_eq!(answer(&mut t, 400, 4), Some(4 * ms));
+        // Ten seconds on, the old minimum has left the window: the path got
+        // longer, and that is learnt.
+        assert_eq!(answer(&mut t, 9_000, 8), Some(4 * ms));
+        assert_eq!(answer(&mut t, 10_500, 8), Some(8 * ms));
+    }
+
+    #[test]
     fn path_delays_are_differences_in_quantum_steps() {
         let ms = 1_000_000;
-        // A far clock 5 s ahead; tunnel 1 is 3 ms longer, 2 unknown, 3
-        // 0.1 ms longer (noise: rounds to 0), 4 absurdly far (capped).
+        // A far clock 5 s ahead; tunnel 1 is 3.7 ms longer (3 whole ms), 2
+        // unknown, 3 0.9 ms longer (noise: 0), 4 absurdly far (capped).
         let offsets = [
             Some(5_000 * ms),
-            Some(5_003 * ms),
+            Some(5_003 * ms + 700_000),
             None,
-            Some(5_000 * ms + 100_000),
+            Some(5_000 * ms + 900_000),
             Some(9_000 * ms),
         ];
         assert_eq!(
