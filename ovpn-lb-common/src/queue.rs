@@ -5,9 +5,11 @@
 //! link lets it). Two tracing programs account every ring: bytes in when the
 //! kernel queues a packet into the device, bytes out when OpenVPN reads one.
 //! Their difference is the backlog. How fast each reader drains is learnt
-//! from its busy time: a read's service time runs from the previous read (or
-//! from the moment the ring stopped being empty) to this one, so idle time
-//! never counts and time the reader spent stalled with work waiting does.
+//! from reads that found work waiting: the time from one read to the next
+//! while the ring stayed non-empty. Time the reader spent stalled with work
+//! waiting counts; a read after the ring ran empty does not, as its wait is
+//! the reader's wake-up, a fixed cost that would read as a huge cost per
+//! byte for a small packet (the probes of an idle tunnel).
 //!
 //! A packet put on tunnel `k` now is read at about
 //! `residual_k + (backlog_k + len) × cost_k`, where `residual_k` is what is
@@ -57,8 +59,6 @@ pub struct TunnelQueue {
     /// The ring's producer index as of the last counted enqueue: tells the
     /// dequeue program whether every packet in the ring has been counted.
     pub counted_producer: u64,
-    /// When the ring last went from empty to not empty.
-    pub busy_since_ns: u64,
     /// When a packet was last queued: a tunnel left alone for
     /// [`RETRY_AFTER_NS`] is tried again.
     pub last_enq_ns: u64,
@@ -138,16 +138,15 @@ impl Drain {
     }
 }
 
-/// When the read just done started being served: at the previous read if
-/// the ring was backlogged since, else when the ring last became busy (but
-/// not before the previous read).
+/// How long the read just done at `now` took to serve, if it is a drain
+/// sample: only when the previous read, at `last_deq_ns`, left work waiting.
 #[inline(always)]
 #[must_use]
-pub const fn service_start(backlogged: bool, last_deq_ns: u64, busy_since_ns: u64) -> u64 {
-    if backlogged || busy_since_ns < last_deq_ns {
-        last_deq_ns
+pub const fn service_ns(backlogged: bool, last_deq_ns: u64, now: u64) -> Option<u64> {
+    if backlogged && last_deq_ns != 0 && now > last_deq_ns {
+        Some(now - last_deq_ns)
     } else {
-        busy_since_ns
+        None
     }
 }
 
@@ -231,7 +230,7 @@ pub struct KernelLayout {
     pub read_end: u64,
 }
 
-const _: () = assert!(size_of::<TunnelQueue>() == 13 * 8 + size_of::<Drain>());
+const _: () = assert!(size_of::<TunnelQueue>() == 12 * 8 + size_of::<Drain>());
 const _: () = assert!(size_of::<Drain>() == 32);
 const _: () = assert!(size_of::<KernelLayout>() == 12 * 4 + 16);
 
@@ -275,13 +274,13 @@ mod tests {
     }
 
     #[test]
-    fn idle_time_is_not_service_time() {
-        // Backlogged: served since the previous read.
-        assert_eq!(service_start(true, 100, 500), 100);
-        // The ring emptied at 100 and got busy again at 500.
-        assert_eq!(service_start(false, 100, 500), 500);
-        // Busy since before the previous read (it raced the read).
-        assert_eq!(service_start(false, 100, 50), 100);
+    fn only_reads_with_work_waiting_are_drain_samples() {
+        // Work was waiting since the previous read: served since then.
+        assert_eq!(service_ns(true, 100, 500), Some(400));
+        // The ring had run empty: the wait was a wake-up, not a drain.
+        assert_eq!(service_ns(false, 100, 500), None);
+        // No previous read.
+        assert_eq!(service_ns(true, 0, 500), None);
     }
 
     fn queue(backlog: u64, ps_per_byte: u64) -> Snapshot {

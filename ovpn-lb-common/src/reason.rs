@@ -57,7 +57,7 @@ reasons! {
     NothingToRestore = 7, "nothing_to_restore", Passed, "tunnel packet with no translated address";
     UnknownTunnel = 8, "unknown_tunnel", Passed, "arrived on a device that is not a configured tunnel";
     NoTunnel = 9, "no_tunnel", Dropped, "no healthy tunnel in the schedule";
-    TunnelGone = 10, "tunnel_gone", Dropped, "the scheduled tunnel has no device (being replaced)";
+    TunnelGone = 10, "tunnel_gone", Dropped, "the scheduled tunnel has no device (being replaced, or removed while no loader runs)";
     TruncatedEthernet = 11, "truncated_ethernet", Dropped, "frame shorter than an Ethernet header";
     TruncatedIp = 12, "truncated_ip", Dropped, "frame ends inside the IP header";
     BadIpHeader = 13, "bad_ip_header", Dropped, "IP version does not match the protocol, or IPv4 IHL < 5";
@@ -95,6 +95,30 @@ mod tests {
             for other in &Reason::ALL[i + 1..] {
                 assert_ne!(r.name(), other.name());
             }
+        }
+    }
+
+    /// The README's table is this list: every reason, in order, with its
+    /// outcome and meaning as written here.
+    #[test]
+    fn the_readme_lists_every_reason_as_the_code_does() {
+        let readme = include_str!("../../README.md");
+        let rows: std::vec::Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| reason | outcome | meaning |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert_eq!(rows.len(), Reason::ALL.len(), "README reason table rows");
+        for (row, r) in rows.iter().zip(Reason::ALL) {
+            let outcome = match r.outcome() {
+                Outcome::Forwarded => "forwarded",
+                Outcome::Passed => "passed",
+                Outcome::Dropped => "dropped",
+                Outcome::Local => "local",
+            };
+            let want = std::format!("| `{}` | {outcome} | {} |", r.name(), r.description());
+            assert_eq!(*row, want);
         }
     }
 }

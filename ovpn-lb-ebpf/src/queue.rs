@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     programs::RawTracePointContext,
 };
-use ovpn_lb_common::queue::{KernelLayout, TunnelQueue, service_start};
+use ovpn_lb_common::queue::{KernelLayout, TunnelQueue, service_ns};
 
 use crate::maps::{KERNEL_LAYOUT, TUNNEL_QUEUES, tunnel_by_if};
 
@@ -112,12 +112,7 @@ pub fn enqueued(ctx: &RawTracePointContext) {
             add(&raw mut (*q).ring_full, 1);
             return;
         }
-        let now = bpf_ktime_get_ns();
-        // The ring was empty before this packet: its reader is busy from now.
-        if load(&raw const (*q).enq_bytes) <= load(&raw const (*q).deq_bytes) {
-            store(&raw mut (*q).busy_since_ns, now);
-        }
-        store(&raw mut (*q).last_enq_ns, now);
+        store(&raw mut (*q).last_enq_ns, bpf_ktime_get_ns());
         add(&raw mut (*q).enq_bytes, len & LEN_MASK);
         add(&raw mut (*q).enq_packets, 1);
         // The producer index once this packet is counted (the tracepoint
@@ -165,13 +160,8 @@ pub fn dequeued(ctx: &RawTracePointContext) {
     // and stored whole (`load`, `store`, `add`).
     let q: &mut TunnelQueue = unsafe { &mut *q };
     let bytes = u64::from(len);
-    let start = service_start(
-        q.backlogged != 0,
-        q.last_deq_ns,
-        load(&raw const q.busy_since_ns),
-    );
-    if start != 0 && now > start {
-        q.drain.record(bytes, now - start);
+    if let Some(ns) = service_ns(q.backlogged != 0, q.last_deq_ns, now) {
+        q.drain.record(bytes, ns);
     }
     q.deq_bytes += bytes;
     q.deq_packets += 1;
