@@ -307,7 +307,7 @@ mod tests {
     fn the_forward_offset_is_the_window_minimum() {
         let mut t = Tracker::default();
         t.start(0);
-        let mut answer = |t: &mut Tracker, at_ms: u64, offset_ms: u64| {
+        let answer = |t: &mut Tracker, at_ms: u64, offset_ms: u64| {
             let sent = at_ms * MS;
             let seq = t.send(sent);
             assert!(t.answer(seq, sent, sent + offset_ms * MS, sent + 2 * offset_ms * MS));
