@@ -192,6 +192,34 @@ impl Snapshot {
         };
         residual_ps + path_ns * 1000 + (self.backlog() + len) * psb
     }
+
+    /// [`Self::departure_ps`] with what breaks its ties.
+    #[inline(always)]
+    #[must_use]
+    pub const fn departure(&self, len: u64, now: u64, path_ns: u64) -> Departure {
+        Departure {
+            ps: self.departure_ps(len, now, path_ns),
+            last_enq_ns: self.last_enq_ns,
+        }
+    }
+}
+
+/// How the LAN program ranks tunnels for a packet: the earliest departure
+/// first; at a tie (idle tunnels all read a packet at once) the tunnel
+/// queued to longest ago, so that ties rotate over the tunnels instead of
+/// all falling to the first one. Field order is the ranking (derived `Ord`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Departure {
+    pub ps: u64,
+    pub last_enq_ns: u64,
+}
+
+impl Departure {
+    /// Ranks after every tunnel.
+    pub const NEVER: Self = Self {
+        ps: u64::MAX,
+        last_enq_ns: u64::MAX,
+    };
 }
 
 /// Where the tracing programs find what they read in kernel memory: struct
@@ -338,6 +366,25 @@ mod tests {
     fn an_untried_tunnel_is_retried() {
         let now = 1_000_000_000 + RETRY_AFTER_NS + 1;
         assert_eq!(queue(1_000_000, 1_000_000).departure_ps(1500, now, 0), 0);
+    }
+
+    #[test]
+    fn idle_tunnels_tie_and_the_one_queued_to_longest_ago_goes_first() {
+        let now = 10 * RETRY_AFTER_NS;
+        let mut older = queue(0, 1000);
+        older.last_enq_ns = 1;
+        let mut newer = queue(500, 1000);
+        newer.last_enq_ns = 2;
+        let (a, b) = (older.departure(100, now, 0), newer.departure(100, now, 0));
+        assert_eq!(a.ps, b.ps);
+        assert!(a < b && b < Departure::NEVER);
+        // Otherwise the earlier departure goes first, whichever tunnel was
+        // queued to last.
+        let now = 1_000_000_000;
+        let empty = queue(0, 1000).departure(100, now, 0);
+        let mut backlogged = queue(1000, 1000);
+        backlogged.last_enq_ns = now - 1000;
+        assert!(empty < backlogged.departure(100, now, 0));
     }
 
     #[test]

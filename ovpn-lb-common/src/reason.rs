@@ -46,6 +46,19 @@ pub enum Outcome {
     Local,
 }
 
+impl Outcome {
+    /// As `status` and the `outcome` label of the metrics write it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::Passed => "passed",
+            Self::Dropped => "dropped",
+            Self::Local => "local",
+        }
+    }
+}
+
 reasons! {
     Sprayed = 0, "sprayed", Forwarded, "LAN packet translated and redirected into a tunnel";
     Restored = 1, "restored", Forwarded, "tunnel packet whose addresses were restored";

@@ -7,7 +7,7 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use ovpn_lb_common::{
     FLOW_SLOTS, MAX_TUNNELS, Reason, SCHEDULE_SLOTS, Schedule,
     maps::{SCHEDULE_BUFFERS, Spray},
-    queue::{SCAN_TUNNELS, Snapshot},
+    queue::{Departure, SCAN_TUNNELS, Snapshot},
 };
 
 use crate::{
@@ -79,13 +79,13 @@ pub extern "C" fn ovpn_lb_earliest(len: u32) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let len = u64::from(len);
     let mut best = NONE;
-    let mut best_ps = u64::MAX;
+    let mut best_departure = Departure::NEVER;
     let mut consider = |index: usize| {
         let id = u32::from(schedule.members[index & (MAX_TUNNELS - 1)]);
         let path_ns = u64::from(schedule.path_ns[id as usize & (MAX_TUNNELS - 1)]);
-        let ps = departure_ps(id, len, now, path_ns);
-        if ps < best_ps {
-            best_ps = ps;
+        let departure = departure(id, len, now, path_ns);
+        if departure < best_departure {
+            best_departure = departure;
             best = index as u32;
         }
     };
@@ -114,12 +114,12 @@ pub extern "C" fn ovpn_lb_earliest(len: u32) -> u32 {
     u32::from(schedule.members[best as usize & (MAX_TUNNELS - 1)])
 }
 
-/// When tunnel `id` would read a `len`-byte packet queued now, ps from now;
-/// `u64::MAX` without accounting for it.
+/// When tunnel `id` would read a `len`-byte packet queued now;
+/// [`Departure::NEVER`] without accounting for it.
 #[inline(always)]
-fn departure_ps(id: u32, len: u64, now: u64, path_ns: u64) -> u64 {
+fn departure(id: u32, len: u64, now: u64, path_ns: u64) -> Departure {
     let Some(q) = TUNNEL_QUEUES.get_ptr(id) else {
-        return u64::MAX;
+        return Departure::NEVER;
     };
     // SAFETY: `q` points into a map value, live for the program's run. The
     // tracing programs write these fields meanwhile, each field whole, so
@@ -134,5 +134,5 @@ fn departure_ps(id: u32, len: u64, now: u64, path_ns: u64) -> u64 {
             ps_per_byte: core::ptr::read_volatile(&raw const (*q).drain.ps_per_byte),
         }
     };
-    snapshot.departure_ps(len, now, path_ns)
+    snapshot.departure(len, now, path_ns)
 }

@@ -283,7 +283,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         .zip(&after.reasons)
         .map(|(r, s)| ReasonReport {
             reason: r.name(),
-            outcome: crate::metrics::outcome_name(r.outcome()),
+            outcome: r.outcome().name(),
             packets: s.packets,
             bytes: s.bytes,
         })

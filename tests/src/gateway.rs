@@ -120,7 +120,7 @@ impl Drop for Responder {
 }
 
 /// The far gateway's answer to one of the loader's probes, as its tunnel
-/// program would reflect it (kind, a receive time, a view of all tunnels
+/// program would reflect it (kind, its receive time, a view of all tunnels
 /// usable), else `None`.
 fn probe_answer(packet: &[u8]) -> Option<Vec<u8>> {
     use ovpn_lb_common::probe;
@@ -135,7 +135,18 @@ fn probe_answer(packet: &[u8]) -> Option<Vec<u8>> {
     }
     let mut answer = packet.to_vec();
     answer[KIND] = probe::ANSWER;
-    answer[REFLECTED..REFLECTED + 8].copy_from_slice(&1u64.to_be_bytes());
+    // The far program stamps its kernel's monotonic clock; on one host that
+    // is ours, so each tunnel's forward offset is its real one-way delay
+    // (packet spray adds the differences to the tunnels' waits).
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a live timespec the call writes.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    let received_ns = u64::try_from(now.tv_sec).unwrap() * 1_000_000_000
+        + u64::try_from(now.tv_nsec).unwrap();
+    answer[REFLECTED..REFLECTED + 8].copy_from_slice(&received_ns.to_be_bytes());
     answer[REFLECTOR_VIEW..REFLECTOR_VIEW + 8].copy_from_slice(&u64::MAX.to_be_bytes());
     Some(answer)
 }

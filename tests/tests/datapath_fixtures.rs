@@ -1519,6 +1519,16 @@ fn packet_spray_takes_the_tunnel_that_reads_the_packet_first() {
             ],
         );
         assert_eq!(spray_counts(lab, &frame, 1), [0, 0, 1, 0]);
+        // Idle tunnels tie: the one queued to longest ago goes first (ties
+        // rotate, as the tracing programs stamp each pick's queue).
+        let idle_since = |at: u64| TunnelQueue {
+            last_enq_ns: at,
+            ..ring(0, 1000, false)
+        };
+        set_rings(lab, &[idle_since(3), idle_since(1), idle_since(2)]);
+        assert_eq!(spray_counts(lab, &frame, 1), [0, 1, 0, 0]);
+        set_rings(lab, &[idle_since(1), idle_since(3), idle_since(2)]);
+        assert_eq!(spray_counts(lab, &frame, 1), [1, 0, 0, 0]);
         // A tunnel out of the rotation is never compared.
         set_rings(
             lab,

@@ -225,8 +225,8 @@ fn attach_then_detach_leaves_nothing() {
     let ours = pinned_links(&lab);
     assert_eq!(
         ours.len(),
-        7,
-        "LAN ingress, and ingress and egress of 3 tunnels: {ours:?}"
+        9,
+        "LAN ingress, ingress and egress of 3 tunnels, the two ring accounting programs (packet spray): {ours:?}"
     );
     // SIGTERM keeps the datapath (documented), and says so.
     assert_eq!(loader.stop(SIGTERM), Some(0));
@@ -248,7 +248,19 @@ fn attach_then_detach_leaves_nothing() {
     // Only the foreign program is left on the LAN interface, and bpftool no
     // longer lists any of our links or programs.
     assert_eq!(tcx_programs(&lab, "lan0"), ["tunnel_ingress_"]);
-    let (links, progs) = (bpftool_ids("link"), bpftool_ids("prog"));
+    // (The kernel frees a tracing program after an RCU grace period once
+    // its link is gone: give it a moment.)
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (links, progs) = loop {
+        let ids = (bpftool_ids("link"), bpftool_ids("prog"));
+        let gone = ours
+            .iter()
+            .all(|(link, prog)| !ids.0.contains(link) && !ids.1.contains(prog));
+        if gone || Instant::now() > deadline {
+            break ids;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
     for (link, prog) in &ours {
         assert!(!links.contains(link), "bpftool still lists link {link}");
         assert!(!progs.contains(prog), "bpftool still lists program {prog}");
@@ -389,9 +401,12 @@ fn a_recreated_tunnel_device_is_picked_up() {
         ping_summary(&String::from_utf8_lossy(&out.stdout)),
         (30, 30)
     );
+    // Packet spray: a share, not a third (the new device starts unmeasured);
+    // every echo it carried came back by it.
     let after = lab.tunnel_stats(1);
-    assert_eq!(after.tx_packets - before.tx_packets, 10);
-    assert_eq!(after.rx_packets - before.rx_packets, 10);
+    let carried = after.tx_packets - before.tx_packets;
+    assert!((3..=27).contains(&carried), "{carried} of 30");
+    assert_eq!(after.rx_packets - before.rx_packets, carried);
     lab.stop_and_detach(loader);
 }
 

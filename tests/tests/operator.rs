@@ -172,9 +172,11 @@ fn generated_files_installed_as_an_operator_would_carry_one_flow_over_every_tunn
     assert_eq!(t.received_sha256, t.sent_sha256, "SHA-256 differs");
     assert_eq!(t.peer.ip().to_string(), HOST_A, "the real source arrives");
     let after = lab.tunnel_stats(Side::A);
+    // Packet spray places by the rings: shares differ, but none is idle.
     let carried = growth(&before, &after, |t| t.tx_packets);
+    let total: u64 = carried.iter().sum();
     assert!(
-        carried.iter().all(|&c| c > 100),
+        total > 300 && carried.iter().all(|&c| c * 20 >= total),
         "every tunnel carries part of the one connection: {carried:?}\n{}",
         lab.diagnose()
     );

@@ -74,6 +74,25 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() - 1) * p / 100]
 }
 
+/// Waits until both gateways have every tunnel of `all` in rotation again.
+fn rejoined(lab: &Lab, all: &[usize], timeout: Duration) {
+    for side in [Side::A, Side::B] {
+        wait_rotation(lab, side, Instant::now(), timeout, |r| r == all);
+    }
+}
+
+/// `took`, sorted, as its distribution in words.
+fn distribution(took: &mut [Duration]) -> String {
+    took.sort_unstable();
+    format!(
+        "min {:?}, median {:?}, p90 {:?}, max {:?}",
+        took[0],
+        percentile(took, 50),
+        percentile(took, 90),
+        took[took.len() - 1]
+    )
+}
+
 fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
@@ -103,28 +122,11 @@ fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
         wait_gone(pid);
         lab.start_openvpn(Side::A, k);
         lab.wait_connected(Side::A, k, Duration::from_secs(20));
-        wait_rotation(
-            &lab,
-            Side::A,
-            Instant::now(),
-            Duration::from_secs(15),
-            |r| r == all,
-        );
-        wait_rotation(
-            &lab,
-            Side::B,
-            Instant::now(),
-            Duration::from_secs(15),
-            |r| r == all,
-        );
+        rejoined(&lab, &all, Duration::from_secs(15));
     }
-    took.sort_unstable();
     eprintln!(
-        "OpenVPN killed on A -> out of B's rotation, 10 tries: min {:?}, median {:?}, p90 {:?}, max {:?}",
-        took[0],
-        percentile(&took, 50),
-        percentile(&took, 90),
-        took[9]
+        "OpenVPN killed on A -> out of B's rotation, 10 tries: {}",
+        distribution(&mut took)
     );
     assert!(took[9] <= Duration::from_millis(300), "{took:?}");
 
@@ -149,20 +151,7 @@ fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
     assert!(sent - received <= 30, "{} pings lost", sent - received);
     lab.start_openvpn(Side::A, 2);
     lab.wait_connected(Side::A, 2, Duration::from_secs(20));
-    wait_rotation(
-        &lab,
-        Side::B,
-        Instant::now(),
-        Duration::from_secs(15),
-        |r| r == all,
-    );
-    wait_rotation(
-        &lab,
-        Side::A,
-        Instant::now(),
-        Duration::from_secs(15),
-        |r| r == all,
-    );
+    rejoined(&lab, &all, Duration::from_secs(15));
 }
 
 /// nftables on gateway A's WAN dropping tunnel `k`'s UDP both ways.
@@ -215,28 +204,11 @@ fn a_silent_path_failure_leaves_both_rotations_and_comes_back() {
         });
         took.push(a.max(b));
         drop_tunnel_udp(&lab, k, false);
-        wait_rotation(
-            &lab,
-            Side::A,
-            Instant::now(),
-            Duration::from_secs(10),
-            |r| r == all,
-        );
-        wait_rotation(
-            &lab,
-            Side::B,
-            Instant::now(),
-            Duration::from_secs(10),
-            |r| r == all,
-        );
+        rejoined(&lab, &all, Duration::from_secs(10));
     }
-    took.sort_unstable();
     eprintln!(
-        "tunnel UDP dropped on the WAN -> out of both rotations, 10 tries: min {:?}, median {:?}, p90 {:?}, max {:?} (nft itself took up to {:?})",
-        took[0],
-        percentile(&took, 50),
-        percentile(&took, 90),
-        took[9],
+        "tunnel UDP dropped on the WAN -> out of both rotations, 10 tries: {} (nft itself took up to {:?})",
+        distribution(&mut took),
         nft_took.iter().max().unwrap()
     );
     assert!(took[9] <= Duration::from_millis(300), "{took:?}");

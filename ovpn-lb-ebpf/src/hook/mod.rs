@@ -17,6 +17,8 @@ pub mod csum {
     /// IPv6 (`BPF_F_IPV6`, Linux 6.16+): no header checksum absorbs the
     /// address change, so a `CHECKSUM_COMPLETE` skb's `csum` must not be
     /// adjusted for the pseudo-header (the L4 field's change cancels it).
+    /// Older kernels refuse the flag (`EINVAL`); the tc hook then calls
+    /// again without it, as everyone did before 6.16.
     pub const IPV6: u64 = 1 << 7;
 }
 

@@ -10,11 +10,13 @@ use aya_ebpf::{
 };
 use ovpn_lb_common::Reason;
 
-use super::Hook;
+use super::{Hook, csum};
 use crate::log::{self, Helper};
 
 /// `skb->pkt_type` of a frame addressed to this host (`linux/if_packet.h`).
 const PACKET_HOST: u32 = 0;
+/// What a helper returns for a flag it does not know.
+const EINVAL: i64 = -22;
 
 /// The `__sk_buff` the kernel handed the program.
 #[inline(always)]
@@ -80,8 +82,22 @@ impl Hook for TcContext {
         // helper also keeps CHECKSUM_PARTIAL and CHECKSUM_COMPLETE skbs right.
         // SAFETY: the skb is the program's context; the helper bounds-checks
         // `offset` itself.
-        let ret =
+        let mut ret =
             unsafe { bpf_l4_csum_replace(self.skb.skb, offset as u32, 0, u64::from(diff), flags) };
+        if ret == EINVAL && flags & csum::IPV6 != 0 {
+            // A kernel before 6.16 refuses the flag before touching the skb:
+            // do what it did for every family then (see `csum::IPV6`).
+            // SAFETY: as above.
+            ret = unsafe {
+                bpf_l4_csum_replace(
+                    self.skb.skb,
+                    offset as u32,
+                    0,
+                    u64::from(diff),
+                    flags & !csum::IPV6,
+                )
+            };
+        }
         if ret == 0 {
             Ok(())
         } else {

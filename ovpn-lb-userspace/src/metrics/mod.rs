@@ -14,7 +14,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ovpn_lb_common::{Reason, queue::TunnelQueue, reason::Outcome};
+use ovpn_lb_common::{Reason, queue::TunnelQueue};
 
 use crate::{
     health::Cause,
@@ -146,7 +146,7 @@ fn per_reason(s: &Snapshot, value: impl Fn(&ovpn_lb_common::ReasonStats) -> u64)
         .zip(&c.reasons)
         .map(|(r, stats)| {
             (
-                vec![r.name().to_owned(), outcome_name(r.outcome()).to_owned()],
+                vec![r.name().to_owned(), r.outcome().name().to_owned()],
                 value(stats) as f64,
             )
         })
@@ -184,17 +184,6 @@ fn histogram(s: &Snapshot) -> Vec<Sample> {
         ));
     }
     out
-}
-
-/// The `outcome` label of a reason.
-#[must_use]
-pub fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Forwarded => "forwarded",
-        Outcome::Passed => "passed",
-        Outcome::Dropped => "dropped",
-        Outcome::Local => "local",
-    }
 }
 
 /// Every family the exporter emits, in order.

@@ -73,22 +73,29 @@ impl Sender {
             to.sll_halen = 6;
             to.sll_addr[..6].copy_from_slice(&mac);
         }
-        // SAFETY: sending a buffer we own to an address we own, with their sizes.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                datagram.as_ptr().cast(),
-                datagram.len(),
-                0,
-                (&raw const to).cast(),
-                u32::try_from(mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0),
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        send_to(&self.fd, &datagram, &to)
     }
+}
+
+/// `sendto(2)` of `buf` on `fd` to the socket address `to` (a `libc`
+/// `sockaddr_*`).
+fn send_to<A>(fd: &OwnedFd, buf: &[u8], to: &A) -> io::Result<()> {
+    // SAFETY: a buffer and an address we own, with their sizes; `A` is a
+    // sockaddr type the socket's family takes (the callers' contract).
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (&raw const *to).cast(),
+            u32::try_from(mem::size_of::<A>()).unwrap_or(0),
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The tunnel programs' probe reports.
@@ -189,46 +196,22 @@ impl Pinger {
             );
             msg[2..4].copy_from_slice(&(!sum).to_be_bytes());
         }
-        let sent = match self.target {
+        match self.target {
             IpAddr::V4(a) => {
                 // SAFETY: a zeroed sockaddr_in is valid; fields set below.
                 let mut to: libc::sockaddr_in = unsafe { mem::zeroed() };
                 to.sin_family = u16::try_from(libc::AF_INET).unwrap_or(0);
                 to.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-                // SAFETY: sending our buffer to our address, with their sizes.
-                unsafe {
-                    libc::sendto(
-                        self.fd.as_raw_fd(),
-                        msg.as_ptr().cast(),
-                        msg.len(),
-                        0,
-                        (&raw const to).cast(),
-                        u32::try_from(mem::size_of::<libc::sockaddr_in>()).unwrap_or(0),
-                    )
-                }
+                send_to(self.fd.get_ref(), &msg, &to)
             }
             IpAddr::V6(a) => {
                 // SAFETY: a zeroed sockaddr_in6 is valid; fields set below.
                 let mut to: libc::sockaddr_in6 = unsafe { mem::zeroed() };
                 to.sin6_family = u16::try_from(libc::AF_INET6).unwrap_or(0);
                 to.sin6_addr.s6_addr = a.octets();
-                // SAFETY: as above.
-                unsafe {
-                    libc::sendto(
-                        self.fd.as_raw_fd(),
-                        msg.as_ptr().cast(),
-                        msg.len(),
-                        0,
-                        (&raw const to).cast(),
-                        u32::try_from(mem::size_of::<libc::sockaddr_in6>()).unwrap_or(0),
-                    )
-                }
+                send_to(self.fd.get_ref(), &msg, &to)
             }
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
         }
-        Ok(())
     }
 
     /// Waits for the next echo reply to us: its sequence number.

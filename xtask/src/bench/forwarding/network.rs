@@ -24,10 +24,7 @@ use ovpn_lb_tests::{
     topology::{self, End},
 };
 
-use super::{
-    AUX_CPU, READ_BATCH, READ_EVERY, Sample, runtime_ns,
-    trafgen::{MIXES, trafgen_config},
-};
+use super::{AUX_CPU, READ_BATCH, READ_EVERY, Sample, runtime_ns};
 
 pub(super) const LAN_DEV: &str = "lan0";
 pub(super) const GEN_DEV: &str = "gen0";
@@ -289,9 +286,6 @@ impl Topology {
         );
         self.start_readers()?;
         self.build_devices();
-        for mix in MIXES {
-            fs::write(self.dir.join(mix.file()), trafgen_config(mix))?;
-        }
         Ok(())
     }
 

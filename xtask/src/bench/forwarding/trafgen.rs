@@ -100,9 +100,11 @@ pub(super) struct Trafgen {
 impl Trafgen {
     pub(super) fn start(topo: &Topology, mix: Mix, count: u64) -> Result<Self> {
         let log = topo.dir.join("trafgen.log");
+        let config = topo.dir.join(mix.file());
+        fs::write(&config, trafgen_config(mix))?;
         let child = netns::command(&topo.gen_ns, "trafgen")
             .arg("--in")
-            .arg(topo.dir.join(mix.file()))
+            .arg(&config)
             .args(["--out", GEN_DEV, "--cpus", "1", "--gap", "0ns"])
             .args(["--num", &count.to_string(), "--notouch-irq"])
             .stdin(Stdio::null())
