@@ -172,7 +172,7 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
 
 fn loader(f: &mut Findings, layout: &Layout) {
     match State::read(layout) {
-        Ok(s) if alive(&s) => {
+        Ok(s) if s.loader_alive() => {
             f.ok("loader", format!("ovpn-lb run is running (pid {})", s.pid));
         }
         Ok(s) => f.add(
@@ -367,15 +367,9 @@ async fn kernel_path(f: &mut Findings, config: &Config, facts: &Facts, netlink: 
     }
 }
 
-/// Whether the `run` that wrote `state` is still going (one killed with -9
-/// could not say it stopped).
-fn alive(state: &State) -> bool {
-    state.running && Path::new(&format!("/proc/{}", state.pid)).exists()
-}
-
 /// The running loader's state, if a loader is running.
 fn running_loader(layout: &Layout) -> Option<State> {
-    State::read(layout).ok().filter(alive)
+    State::read(layout).ok().filter(State::loader_alive)
 }
 
 /// OpenVPN's management interfaces. OpenVPN serves one client at a time,
@@ -493,7 +487,7 @@ fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
             "packet spray under the XDP hook is round robin: XDP frames pass the TAP devices' rings, where the accounting cannot see them",
             "hook = \"tc\" to place each packet by the tunnels' queues",
         );
-    } else if State::read(layout).is_ok_and(|s| alive(&s)) {
+    } else if State::read(layout).is_ok_and(|s| s.loader_alive()) {
         let accounted = programs::TRACING
             .iter()
             .all(|&(name, _)| layout.tracing_link(name).exists());

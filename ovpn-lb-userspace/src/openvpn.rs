@@ -11,7 +11,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpStream, UnixStream},
     sync::mpsc::UnboundedSender,
-    time::{Instant, sleep, timeout},
+    time::{Instant, sleep, timeout, timeout_at},
 };
 
 use crate::{
@@ -152,9 +152,12 @@ async fn follow<S: AsyncRead + AsyncWrite + Unpin>(
         write.write_all(b"state on\nstate\n").await?;
     }
     let mut next_poll = Instant::now() + POLL_EVERY;
+    // Silence counts from the last thing heard, across our polls (a timeout
+    // per wait would start over at every poll, which comes sooner).
+    let mut heard = Instant::now();
     loop {
         let item = tokio::select! {
-            item = timeout(SILENCE_LIMIT, lines.next()) => item
+            item = timeout_at(heard + SILENCE_LIMIT, lines.next()) => item
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the management interface went silent"))??,
             () = tokio::time::sleep_until(next_poll) => {
                 write.write_all(b"state\n").await?;
@@ -162,6 +165,7 @@ async fn follow<S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
         };
+        heard = Instant::now();
         match item {
             Item::PasswordPrompt => {
                 let Some(pw) = &password else {
@@ -271,6 +275,53 @@ mod tests {
         );
         server.await.unwrap();
         watcher.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A management interface that answers once, then reads our polls and
+    /// says nothing more (a hung OpenVPN): the client hangs up once
+    /// `SILENCE_LIMIT` has passed since the last line, polls or not.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_management_interface_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("ovpnlb-mgmt-silent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("mgmt.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b">STATE:1,CONNECTED,SUCCESS,,,,,\r\n").await.unwrap();
+            let mut polls = Vec::new();
+            let _ = s.read_to_end(&mut polls).await;
+            polls
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
+        let watcher = tokio::spawn(watch(
+            TunnelId::new(0),
+            Management {
+                target: ManagementTarget::Unix(sock),
+                password_file: None,
+            },
+            tx,
+        ));
+        let first = rx.recv().await;
+        assert_eq!(first, Some((TunnelId::new(0), Some("CONNECTED".into()))));
+        let second = timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("no hang-up within a minute of silence");
+        assert_eq!(second, Some((TunnelId::new(0), None)), "silence drops it");
+        let took = start.elapsed();
+        assert!(
+            took >= SILENCE_LIMIT && took < SILENCE_LIMIT + POLL_EVERY,
+            "{took:?}"
+        );
+        watcher.abort();
+        let polls = server.await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&polls).matches("state\n").count() >= 2,
+            "the client polled meanwhile"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

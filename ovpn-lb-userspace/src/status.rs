@@ -85,6 +85,15 @@ pub struct ProbeState {
 }
 
 impl State {
+    /// Whether the `run` that wrote this still runs: it said so and its PID
+    /// is an `ovpn-lb` (a `kill -9` or a crash leaves `running` true).
+    #[must_use]
+    pub fn loader_alive(&self) -> bool {
+        self.running
+            && fs::read_to_string(format!("/proc/{}/comm", self.pid))
+                .is_ok_and(|c| c.trim() == "ovpn-lb")
+    }
+
     /// Writes atomically (temporary file, then rename).
     ///
     /// # Errors
@@ -288,10 +297,18 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
             bytes: s.bytes,
         })
         .collect();
+    let running = state.loader_alive();
+    let exit_error = match (&state.exit_error, state.running && !running) {
+        (None, true) => Some(format!(
+            "pid {} is gone without a word (killed, or crashed)",
+            state.pid
+        )),
+        (e, _) => e.clone(),
+    };
     Ok(Report {
-        running: state.running,
+        running,
         pid: state.pid,
-        exit_error: state.exit_error,
+        exit_error,
         spray: state.spray,
         hook: state.hook,
         lan_interface: state.lan_interface,
@@ -351,7 +368,7 @@ pub fn render(r: &Report, all: bool) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>16} {:>6}  openvpn",
+        "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>28} {:>6}  openvpn",
         "id",
         "device",
         "state",
@@ -362,7 +379,7 @@ pub fn render(r: &Report, all: bool) -> String {
         "rx pkts",
         "rx bytes",
         "rx rate",
-        "rtt ms (min)",
+        "rtt ms last / smoothed (min)",
         "loss"
     );
     #[expect(clippy::cast_precision_loss, reason = "for display")]
@@ -376,13 +393,16 @@ pub fn render(r: &Report, all: bool) -> String {
             .as_ref()
             .map_or(("-".to_owned(), "-".to_owned()), |p| {
                 (
-                    format!("{:.1} ({:.1})", p.rtt_smoothed_ms, p.rtt_min_ms),
+                    format!(
+                        "{:.1} / {:.1} ({:.1})",
+                        p.rtt_last_ms, p.rtt_smoothed_ms, p.rtt_min_ms
+                    ),
                     format!("{:.0}%", p.loss * 100.0),
                 )
             });
         let _ = writeln!(
             out,
-            "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>16} {:>6}  {}",
+            "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>28} {:>6}  {}",
             t.id,
             t.device,
             state,
@@ -463,5 +483,81 @@ mod tests {
         assert_eq!(si(12_300_000.0), "12.3 M");
         assert_eq!(si(950_000_000.0), "950 M");
         assert_eq!(bytes(2_000_000_000), "2 GB");
+    }
+
+    fn report() -> Report {
+        let tunnel = |id: u32, state: &str, cause: Option<&str>| TunnelReport {
+            id,
+            device: format!("tun{id}"),
+            state: state.to_owned(),
+            cause: cause.map(str::to_owned),
+            weight: 1,
+            openvpn: Some("CONNECTED".to_owned()),
+            probe: Some(ProbeState {
+                rtt_last_ms: 2.5,
+                rtt_smoothed_ms: 3.3,
+                rtt_min_ms: 1.0,
+                sent: 100,
+                answered: 99,
+                loss: 0.01,
+            }),
+            departures: std::collections::BTreeMap::new(),
+            tx_packets: 1_500_000,
+            tx_bytes: 2_000_000_000,
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets_per_second: 0.0,
+            tx_bits_per_second: 950_000_000.0,
+            rx_packets_per_second: 0.0,
+            rx_bits_per_second: 0.0,
+            ring: RingReport {
+                backlog_bytes: 0,
+                drain_bytes_per_second: 0,
+                full_drops: 0,
+            },
+        };
+        Report {
+            running: true,
+            pid: 42,
+            exit_error: None,
+            spray: "packet".to_owned(),
+            hook: "tc".to_owned(),
+            lan_interface: "lan".to_owned(),
+            interval_seconds: 1.0,
+            tunnels: vec![tunnel(0, "up", None), tunnel(1, "down", Some("probe"))],
+            reasons: Reason::ALL
+                .iter()
+                .map(|r| ReasonReport {
+                    reason: r.name(),
+                    outcome: r.outcome().name(),
+                    packets: u64::from(*r == Reason::Sprayed) * 1234,
+                    bytes: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_table_reads_in_human_units_and_hides_reasons_at_zero() {
+        let r = report();
+        let text = render(&r, false);
+        let row = text.lines().find(|l| l.contains("tun0")).unwrap();
+        for want in ["1.5 M", "2 GB", "950 Mbit/s", "2.5 / 3.3 (1.0)", "1%", "CONNECTED"] {
+            assert!(row.contains(want), "{want:?} in {row:?}");
+        }
+        assert!(text.contains("down (probe)"), "{text}");
+        assert!(text.contains("sprayed") && !text.contains("not_ip"), "{text}");
+        let hidden = Reason::ALL.len() - 1;
+        assert!(
+            text.contains(&format!("({hidden} reasons at zero not shown; --all lists them)")),
+            "{text}"
+        );
+        let all = render(&r, true);
+        assert!(all.contains("not_ip") && !all.contains("not shown"), "{all}");
+        // No ring table until the accounting has measured a drain rate.
+        assert!(!text.contains("ring backlog"), "{text}");
+        let mut measured = r;
+        measured.tunnels[0].ring.drain_bytes_per_second = 1_250_000;
+        assert!(render(&measured, false).contains("1.25 MB/s"));
     }
 }

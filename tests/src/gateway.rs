@@ -95,8 +95,7 @@ impl Responder {
                 let Some(packet) = tun.try_read(Duration::from_millis(5)) else {
                     continue;
                 };
-                if let Some(reply) = echo_reply(&packet, Ipv4Addr::new(100, 65, k, 7))
-                    .or_else(|| probe_answer(&packet))
+                if let Some(reply) = echo_reply(&packet, k).or_else(|| probe_answer(&packet))
                 {
                     tun.inject(&reply);
                 }
@@ -151,12 +150,19 @@ fn probe_answer(packet: &[u8]) -> Option<Vec<u8>> {
     Some(answer)
 }
 
-/// An echo reply from `from` for an IPv4 echo request, else `None`.
-fn echo_reply(packet: &[u8], from: Ipv4Addr) -> Option<Vec<u8>> {
+/// The reply to an IPv4 echo request that came by tunnel `k`, else `None`.
+/// [`FAR_HOST`] answers as the far gateway translates it for that tunnel
+/// (100.65.k.7); any other address answers as itself, a plain peer.
+fn echo_reply(packet: &[u8], k: u8) -> Option<Vec<u8>> {
     let (ip, rest) = Ipv4Header::from_slice(packet).ok()?;
     if ip.protocol != IpNumber::ICMP {
         return None;
     }
+    let from = if Ipv4Addr::from(ip.destination).to_string() == FAR_HOST {
+        Ipv4Addr::new(100, 65, k, 7)
+    } else {
+        Ipv4Addr::from(ip.destination)
+    };
     let (icmp, payload) = Icmpv4Header::from_slice(rest).ok()?;
     let Icmpv4Type::EchoRequest(echo) = icmp.icmp_type else {
         return None;

@@ -28,6 +28,7 @@ const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 const XDP_DROP: i32 = 1;
 const XDP_PASS: i32 = 2;
+const XDP_TX: i32 = 3;
 const XDP_REDIRECT: i32 = 4;
 
 /// The XDP program's answer where the tc program gives `tc`.
@@ -1618,5 +1619,79 @@ fn a_tunnel_device_removed_behind_the_loaders_back_is_tunnel_gone_not_sprayed() 
         assert_eq!(grown(Reason::Sprayed), 20);
         assert_eq!(after.tunnels[1].tx_packets, before.tunnels[1].tx_packets);
         assert_eq!(verdicts.iter().filter(|&&v| v == TC_ACT_SHOT).count(), 10);
+    });
+}
+
+/// Reason counter growth between two readings.
+fn grew(before: &Counters, after: &Counters, r: Reason) -> u64 {
+    after.reasons[r as usize].packets - before.reasons[r as usize].packets
+}
+
+#[test]
+fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
+    use ovpn_lb_common::probe::{self, Payload};
+    if !require_root("probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by") {
+        return;
+    }
+    let frame = |p: Payload| eth4(&probe::datagram(&p));
+    let far_probe = Payload::probe(1, 7, 123_456, 0b101);
+    let answer = Payload {
+        kind: probe::ANSWER,
+        ..far_probe
+    };
+    let cases = [
+        ("answer to our probe", answer, Reason::ProbeAnswered),
+        (
+            "probe naming tunnel 2, on tunnel 1",
+            Payload::probe(2, 7, 123_456, 0),
+            Reason::ProbeMisrouted,
+        ),
+        (
+            "wrong magic",
+            Payload {
+                magic: 0,
+                ..far_probe
+            },
+            Reason::BadProbe,
+        ),
+        (
+            "unknown kind",
+            Payload {
+                kind: 9,
+                ..far_probe
+            },
+            Reason::BadProbe,
+        ),
+    ];
+    with_lab(|lab| {
+        for hook in [Hook::Tc, Hook::Xdp] {
+            // The far gateway's probe goes back into tunnel 1, an answer now:
+            // MACs swapped, our receive time written in, nothing else changed.
+            let input = frame(far_probe);
+            let before = lab.counters();
+            let run = lab.run_on(hook, Program::Tunnel(1), &input, 0);
+            let after = lab.counters();
+            let bounce = if hook == Hook::Tc { TC_ACT_REDIRECT } else { XDP_TX };
+            assert_eq!(run.verdict, bounce, "{hook:?}");
+            assert_eq!(grew(&before, &after, Reason::ProbeReflected), 1, "{hook:?}");
+            assert_eq!(before.tunnels[1], after.tunnels[1], "probes are not traffic");
+            assert_eq!((&run.output[..6], &run.output[6..12]), (&input[6..12], &input[..6]));
+            let body = 14 + probe::IPV4_HLEN + probe::UDP_HLEN;
+            assert_eq!(run.output[14..body], input[14..body], "addresses and ports stay");
+            let out = &run.output[body..];
+            assert_eq!(out[5], probe::ANSWER);
+            assert_eq!(out[..5], input[body..body + 5]);
+            assert_eq!(out[6..24], input[body + 6..body + 24], "tunnel, seq, send time");
+            assert_ne!(out[24..32], [0; 8], "receive time written in");
+            for (name, payload, reason) in &cases {
+                let before = lab.counters();
+                let run = lab.run_on(hook, Program::Tunnel(1), &frame(*payload), 0);
+                let after = lab.counters();
+                let drop = if hook == Hook::Tc { TC_ACT_SHOT } else { XDP_DROP };
+                assert_eq!(run.verdict, drop, "{hook:?} {name}");
+                assert_eq!(grew(&before, &after, *reason), 1, "{hook:?} {name}");
+                assert_eq!(before.tunnels[1], after.tunnels[1], "{name}: not traffic");
+            }
+        }
     });
 }

@@ -296,6 +296,14 @@ fn restarts_lose_no_pings() {
     );
     thread::sleep(Duration::from_millis(1200));
     assert_eq!(second.stop(SIGKILL), None, "killed by a signal");
+    // It could not say it stopped; status finds out.
+    let status = lab.ovpn_lb(&["status", "--json", "--interval", "0.1"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["running"], false, "{json}");
+    assert!(
+        json["exit_error"].as_str().is_some_and(|e| e.contains("is gone")),
+        "{json}"
+    );
     // After kill -9 the links stay pinned, so the next run replaces in place too.
     let third = lab.start_loader(&[]);
     assert!(
@@ -697,5 +705,65 @@ fn metrics_endpoint_survives_hostile_clients() {
     eprintln!("loader RSS: {rss_kb} kB");
     assert!(rss_kb < 64 * 1024, "loader grew to {rss_kb} kB");
     drop((idle, endless));
+    lab.stop_and_detach(loader);
+}
+
+/// `status --json` of the lab's loader.
+fn status_json(lab: &GatewayLab) -> serde_json::Value {
+    let out = lab.ovpn_lb(&["status", "--json", "--interval", "0.1"]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_plain_peer_is_probed_by_echo_and_leaves_when_the_echoes_stop() {
+    let Some(_alone) = root_alone() else { return };
+    // No ovpn-lb at the far end (no peer translation): the loader pings an
+    // address behind each tunnel instead, which the responders answer.
+    let lab = GatewayLab::with_tunnels(200, |_, t| {
+        t.peer_translate.clear();
+        t.probe_target = Some("10.20.30.1".to_owned());
+    });
+    let loader = lab.start_loader(&[]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while status_json(&lab)["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["probe"]["answered"].as_u64().unwrap_or(0) < 5)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "echoes unanswered: {}\n{}",
+            status_json(&lab),
+            loader.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Tunnel 1's echo requests dropped on their way out: silence, it leaves.
+    let nft = |args: &[&str]| {
+        let mut all = vec!["netns", "exec", lab.gw.name(), "nft"];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    };
+    nft(&["add", "table", "inet", "mute"]);
+    nft(&[
+        "add", "chain", "inet", "mute", "out", "{ type filter hook output priority 0; }",
+    ]);
+    let start = Instant::now();
+    nft(&[
+        "add", "rule", "inet", "mute", "out", "oifname", "ovt1", "icmp", "type",
+        "echo-request", "drop",
+    ]);
+    let left = lab.wait_rotation_since(start, Duration::from_secs(2), |r| r == [0, 2]);
+    eprintln!("echoes dropped -> out of rotation: {left:?}");
+    assert!(left <= Duration::from_millis(500), "{left:?}");
+    let json = status_json(&lab);
+    assert_eq!(json["tunnels"][1]["cause"], "probe", "{json}");
+    assert_eq!(json["tunnels"][1]["departures"]["probe"], 1, "{json}");
+    assert!(loader.log_text().contains("ovt1=down(probe)"), "{}", loader.log_text());
+    // The echoes answered again: it rejoins after the up-delay.
+    nft(&["delete", "table", "inet", "mute"]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
     lab.stop_and_detach(loader);
 }

@@ -158,6 +158,18 @@ fn generated_files_installed_as_an_operator_would_carry_one_flow_over_every_tunn
     for side in Side::BOTH {
         wait_all_connected(&lab, side);
     }
+    // The newcomer's last step: doctor finds no problem (warnings, such as
+    // more tunnels than this machine's cores, leave the exit code 0).
+    for side in Side::BOTH {
+        let config = lab.config_path(side);
+        let doctor = lab
+            .loader(side)
+            .ovpn_lb(&["doctor", "--config", &config.to_string_lossy()]);
+        let said = all_output(&doctor);
+        eprintln!("gateway {side}: ovpn-lb doctor:\n{said}");
+        assert_eq!(doctor.status.code(), Some(0), "doctor on {side}:\n{said}");
+        assert!(said.contains("probes"), "{said}");
+    }
 
     let before = lab.tunnel_stats(Side::A);
     let listen = SocketAddr::new(HOST_B.parse().unwrap(), 5001);

@@ -522,7 +522,7 @@ impl Daemon {
                     if alive == Some(false) {
                         format!(
                             "no probe answered for {} ms",
-                            settings.detection().as_millis()
+                            settings.silence().as_millis()
                         )
                     } else {
                         "the far gateway cannot use it".to_owned()

@@ -21,12 +21,6 @@ fn try_lock(file: &File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
-/// True when `pid` is a live process named `ovpn-lb`: never signal a PID that
-/// a stale state file names and the system has since given to another process.
-fn is_loader(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ovpn-lb")
-}
-
 /// Holds `run.lock` until dropped. If a `run` holds it, that one is asked to
 /// stop and this one takes over once it has gone. `who` names the caller in
 /// messages ("run", "detach").
@@ -49,7 +43,9 @@ pub async fn acquire(layout: &Layout, who: &str) -> Result<File> {
         if !signalled {
             match State::read(layout)
                 .ok()
-                .filter(|s| s.running && is_loader(s.pid))
+                .filter(State::loader_alive)
+                // (Never a PID a stale state file names and the system has
+                // since given to another process.)
             {
                 Some(s) => {
                     log::info!(
