@@ -290,7 +290,9 @@ mod tests {
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            s.write_all(b">STATE:1,CONNECTED,SUCCESS,,,,,\r\n").await.unwrap();
+            s.write_all(b">STATE:1,CONNECTED,SUCCESS,,,,,\r\n")
+                .await
+                .unwrap();
             let mut polls = Vec::new();
             let _ = s.read_to_end(&mut polls).await;
             polls

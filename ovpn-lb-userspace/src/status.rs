@@ -542,18 +542,33 @@ mod tests {
         let r = report();
         let text = render(&r, false);
         let row = text.lines().find(|l| l.contains("tun0")).unwrap();
-        for want in ["1.5 M", "2 GB", "950 Mbit/s", "2.5 / 3.3 (1.0)", "1%", "CONNECTED"] {
+        for want in [
+            "1.5 M",
+            "2 GB",
+            "950 Mbit/s",
+            "2.5 / 3.3 (1.0)",
+            "1%",
+            "CONNECTED",
+        ] {
             assert!(row.contains(want), "{want:?} in {row:?}");
         }
         assert!(text.contains("down (probe)"), "{text}");
-        assert!(text.contains("sprayed") && !text.contains("not_ip"), "{text}");
+        assert!(
+            text.contains("sprayed") && !text.contains("not_ip"),
+            "{text}"
+        );
         let hidden = Reason::ALL.len() - 1;
         assert!(
-            text.contains(&format!("({hidden} reasons at zero not shown; --all lists them)")),
+            text.contains(&format!(
+                "({hidden} reasons at zero not shown; --all lists them)"
+            )),
             "{text}"
         );
         let all = render(&r, true);
-        assert!(all.contains("not_ip") && !all.contains("not shown"), "{all}");
+        assert!(
+            all.contains("not_ip") && !all.contains("not shown"),
+            "{all}"
+        );
         // No ring table until the accounting has measured a drain rate.
         assert!(!text.contains("ring backlog"), "{text}");
         let mut measured = r;

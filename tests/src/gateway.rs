@@ -95,8 +95,7 @@ impl Responder {
                 let Some(packet) = tun.try_read(Duration::from_millis(5)) else {
                     continue;
                 };
-                if let Some(reply) = echo_reply(&packet, k).or_else(|| probe_answer(&packet))
-                {
+                if let Some(reply) = echo_reply(&packet, k).or_else(|| probe_answer(&packet)) {
                     tun.inject(&reply);
                 }
             }
@@ -143,8 +142,8 @@ fn probe_answer(packet: &[u8]) -> Option<Vec<u8>> {
     };
     // SAFETY: `now` is a live timespec the call writes.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    let received_ns = u64::try_from(now.tv_sec).unwrap() * 1_000_000_000
-        + u64::try_from(now.tv_nsec).unwrap();
+    let received_ns =
+        u64::try_from(now.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap();
     answer[REFLECTED..REFLECTED + 8].copy_from_slice(&received_ns.to_be_bytes());
     answer[REFLECTOR_VIEW..REFLECTOR_VIEW + 8].copy_from_slice(&u64::MAX.to_be_bytes());
     Some(answer)

@@ -1671,23 +1671,45 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
             let before = lab.counters();
             let run = lab.run_on(hook, Program::Tunnel(1), &input, 0);
             let after = lab.counters();
-            let bounce = if hook == Hook::Tc { TC_ACT_REDIRECT } else { XDP_TX };
+            let bounce = if hook == Hook::Tc {
+                TC_ACT_REDIRECT
+            } else {
+                XDP_TX
+            };
             assert_eq!(run.verdict, bounce, "{hook:?}");
             assert_eq!(grew(&before, &after, Reason::ProbeReflected), 1, "{hook:?}");
-            assert_eq!(before.tunnels[1], after.tunnels[1], "probes are not traffic");
-            assert_eq!((&run.output[..6], &run.output[6..12]), (&input[6..12], &input[..6]));
+            assert_eq!(
+                before.tunnels[1], after.tunnels[1],
+                "probes are not traffic"
+            );
+            assert_eq!(
+                (&run.output[..6], &run.output[6..12]),
+                (&input[6..12], &input[..6])
+            );
             let body = 14 + probe::IPV4_HLEN + probe::UDP_HLEN;
-            assert_eq!(run.output[14..body], input[14..body], "addresses and ports stay");
+            assert_eq!(
+                run.output[14..body],
+                input[14..body],
+                "addresses and ports stay"
+            );
             let out = &run.output[body..];
             assert_eq!(out[5], probe::ANSWER);
             assert_eq!(out[..5], input[body..body + 5]);
-            assert_eq!(out[6..24], input[body + 6..body + 24], "tunnel, seq, send time");
+            assert_eq!(
+                out[6..24],
+                input[body + 6..body + 24],
+                "tunnel, seq, send time"
+            );
             assert_ne!(out[24..32], [0; 8], "receive time written in");
             for (name, payload, reason) in &cases {
                 let before = lab.counters();
                 let run = lab.run_on(hook, Program::Tunnel(1), &frame(*payload), 0);
                 let after = lab.counters();
-                let drop = if hook == Hook::Tc { TC_ACT_SHOT } else { XDP_DROP };
+                let drop = if hook == Hook::Tc {
+                    TC_ACT_SHOT
+                } else {
+                    XDP_DROP
+                };
                 assert_eq!(run.verdict, drop, "{hook:?} {name}");
                 assert_eq!(grew(&before, &after, *reason), 1, "{hook:?} {name}");
                 assert_eq!(before.tunnels[1], after.tunnels[1], "{name}: not traffic");

@@ -301,7 +301,9 @@ fn restarts_lose_no_pings() {
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(json["running"], false, "{json}");
     assert!(
-        json["exit_error"].as_str().is_some_and(|e| e.contains("is gone")),
+        json["exit_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is gone")),
         "{json}"
     );
     // After kill -9 the links stay pinned, so the next run replaces in place too.
@@ -748,12 +750,26 @@ fn a_plain_peer_is_probed_by_echo_and_leaves_when_the_echoes_stop() {
     };
     nft(&["add", "table", "inet", "mute"]);
     nft(&[
-        "add", "chain", "inet", "mute", "out", "{ type filter hook output priority 0; }",
+        "add",
+        "chain",
+        "inet",
+        "mute",
+        "out",
+        "{ type filter hook output priority 0; }",
     ]);
     let start = Instant::now();
     nft(&[
-        "add", "rule", "inet", "mute", "out", "oifname", "ovt1", "icmp", "type",
-        "echo-request", "drop",
+        "add",
+        "rule",
+        "inet",
+        "mute",
+        "out",
+        "oifname",
+        "ovt1",
+        "icmp",
+        "type",
+        "echo-request",
+        "drop",
     ]);
     let left = lab.wait_rotation_since(start, Duration::from_secs(2), |r| r == [0, 2]);
     eprintln!("echoes dropped -> out of rotation: {left:?}");
@@ -761,7 +777,11 @@ fn a_plain_peer_is_probed_by_echo_and_leaves_when_the_echoes_stop() {
     let json = status_json(&lab);
     assert_eq!(json["tunnels"][1]["cause"], "probe", "{json}");
     assert_eq!(json["tunnels"][1]["departures"]["probe"], 1, "{json}");
-    assert!(loader.log_text().contains("ovt1=down(probe)"), "{}", loader.log_text());
+    assert!(
+        loader.log_text().contains("ovt1=down(probe)"),
+        "{}",
+        loader.log_text()
+    );
     // The echoes answered again: it rejoins after the up-delay.
     nft(&["delete", "table", "inet", "mute"]);
     lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
