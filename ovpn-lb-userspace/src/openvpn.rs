@@ -309,7 +309,7 @@ mod tests {
         ));
         let first = rx.recv().await;
         assert_eq!(first, Some((TunnelId::new(0), Some("CONNECTED".into()))));
-        let second = timeout(Duration::from_secs(60), rx.recv())
+        let second = timeout(Duration::from_mins(1), rx.recv())
             .await
             .expect("no hang-up within a minute of silence");
         assert_eq!(second, Some((TunnelId::new(0), None)), "silence drops it");
