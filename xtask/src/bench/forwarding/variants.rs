@@ -105,6 +105,19 @@ pub fn variants(n: usize) -> Vec<Variant> {
             ovpn_lb(tun, "tc"),
         ),
         variant(
+            format!("ovpn-lb tc, {n} tun, round robin"),
+            "ovpn-lb tc RR",
+            tun,
+            // The baseline spray: no ring accounting (its tracepoints run
+            // for every packet a tun device queues and OpenVPN reads).
+            Setup::OvpnLb {
+                config: Box::new(file::File {
+                    spray: file::Spray::RoundRobin,
+                    ..ovpn_lb_config(tun, "tc", n)
+                }),
+            },
+        ),
+        variant(
             format!("ovpn-lb tc, {n} tap"),
             "ovpn-lb tc tap",
             tap,
