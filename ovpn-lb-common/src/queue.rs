@@ -78,6 +78,18 @@ pub struct TunnelQueue {
     pub drain: Drain,
 }
 
+impl TunnelQueue {
+    /// Whether a packet queued at `now` would be read at once: nothing
+    /// waits in the ring, and the packet OpenVPN read last is done (by its
+    /// reader's cost per byte).
+    #[must_use]
+    pub const fn idle(&self, now: u64) -> bool {
+        let held_ps = self.last_len * Drain::planning_cost(self.drain.ps_per_byte);
+        self.enq_bytes <= self.deq_bytes
+            && now.saturating_sub(self.last_deq_ns).saturating_mul(1000) >= held_ps
+    }
+}
+
 /// How fast a tunnel's reader drains its ring.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -394,6 +406,28 @@ mod tests {
             queue(0, 0).departure_ps(1000, now, 0),
             1000 * UNMEASURED_PS_PER_BYTE
         );
+    }
+
+    #[test]
+    fn a_ring_is_idle_when_empty_and_its_reader_done() {
+        let now = 1_000_000_000;
+        let mut q = TunnelQueue {
+            enq_bytes: 3000,
+            deq_bytes: 3000,
+            last_deq_ns: now - 1000,
+            last_len: 1500,
+            drain: Drain {
+                ps_per_byte: 1000,
+                ..Drain::default()
+            },
+            ..TunnelQueue::default()
+        };
+        // Read 1 us ago, 1.5 us of work at 1 ns per byte: still on it.
+        assert!(!q.idle(now));
+        assert!(q.idle(now + 500));
+        // Bytes waiting: not idle, however long ago the last read.
+        q.enq_bytes += 100;
+        assert!(!q.idle(now + 1_000_000));
     }
 
     #[test]

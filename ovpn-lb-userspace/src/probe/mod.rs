@@ -97,8 +97,9 @@ impl Rtt {
 #[derive(Clone, Debug, Default)]
 pub struct Tracker {
     next_seq: u32,
-    /// (seq, sent at, answered) of the last [`HISTORY`] probes.
-    history: VecDeque<(u32, u64, bool)>,
+    /// (seq, sent at, answered, a path sample) of the last [`HISTORY`]
+    /// probes; see [`Tracker::queued_behind_traffic`].
+    history: VecDeque<(u32, u64, bool, bool)>,
     /// When probing (re)started: the first answers get `misses` intervals too.
     started_ns: Option<u64>,
     /// When the newest answer arrived.
@@ -149,9 +150,20 @@ impl Tracker {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
-        self.history.push_back((seq, now, false));
+        self.history.push_back((seq, now, false, true));
         self.sent += 1;
         seq
+    }
+
+    /// The probe just sent queued behind traffic (its tunnel's ring held
+    /// packets, or its OpenVPN was still on one): its forward time is that
+    /// wait plus the path, so it is no sample of the path. Without this, a
+    /// busy slow tunnel's path looks longer by its own queue, which packet
+    /// spray already counts: the tunnel would be priced twice and starve.
+    pub fn queued_behind_traffic(&mut self) {
+        if let Some(last) = self.history.back_mut() {
+            last.3 = false;
+        }
     }
 
     /// An answer to probe `seq`, sent at `sent_ns` (as the answer says),
@@ -161,11 +173,12 @@ impl Tracker {
         let Some(probe) = self
             .history
             .iter_mut()
-            .find(|(s, at, answered)| *s == seq && *at == sent_ns && !answered)
+            .find(|(s, at, answered, _)| *s == seq && *at == sent_ns && !answered)
         else {
             return false;
         };
         probe.2 = true;
+        let path_sample = probe.3;
         self.answered += 1;
         self.rtt.add(received_ns.saturating_sub(sent_ns));
         if self.answered_at_ns.is_none_or(|t| received_ns > t) {
@@ -175,10 +188,12 @@ impl Tracker {
         let offset = reflected_ns as i64 - sent_ns as i64;
         // Sliding-window minimum: drop what a newer, smaller sample beats
         // for the rest of its time, and what fell out of the window.
-        while self.offsets.back().is_some_and(|&(_, o)| o >= offset) {
-            self.offsets.pop_back();
+        if path_sample {
+            while self.offsets.back().is_some_and(|&(_, o)| o >= offset) {
+                self.offsets.pop_back();
+            }
+            self.offsets.push_back((received_ns, offset));
         }
-        self.offsets.push_back((received_ns, offset));
         while self
             .offsets
             .front()
@@ -193,10 +208,10 @@ impl Tracker {
     /// An ICMP echo reply to our probe whose sequence number ends in `seq16`,
     /// received at `received_ns`. False for one we did not send.
     pub fn echo_reply(&mut self, seq16: u16, received_ns: u64) -> bool {
-        let Some(&(seq, sent, _)) = self
+        let Some(&(seq, sent, _, _)) = self
             .history
             .iter()
-            .find(|&&(s, _, answered)| s & 0xffff == u32::from(seq16) && !answered)
+            .find(|&&(s, _, answered, _)| s & 0xffff == u32::from(seq16) && !answered)
         else {
             return false;
         };
@@ -234,8 +249,8 @@ impl Tracker {
         let due = self
             .history
             .iter()
-            .filter(|(_, at, _)| at.saturating_add(after) < now);
-        let (total, lost) = due.fold((0u32, 0u32), |(t, l), (_, _, answered)| {
+            .filter(|(_, at, _, _)| at.saturating_add(after) < now);
+        let (total, lost) = due.fold((0u32, 0u32), |(t, l), (_, _, answered, _)| {
             (t + 1, l + u32::from(!answered))
         });
         if total == 0 {
@@ -303,6 +318,27 @@ pub fn now_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn probes_queued_behind_traffic_are_no_path_samples() {
+        let mut t = Tracker::default();
+        t.start(0);
+        let seq = t.send(0);
+        assert!(t.answer(seq, 0, 2 * MS, 4 * MS));
+        assert_eq!(t.forward_offset_ns, Some(i64::try_from(2 * MS).unwrap()));
+        // Behind a full ring: a much later reflect, an RTT, no path sample.
+        let seq = t.send(100 * MS);
+        t.queued_behind_traffic();
+        assert!(t.answer(seq, 100 * MS, 150 * MS, 160 * MS));
+        assert_eq!(t.rtt.last, 60 * MS);
+        assert_eq!(t.forward_offset_ns, Some(i64::try_from(2 * MS).unwrap()));
+        // Once the window has passed without a clean sample: unknown.
+        let late = PATH_WINDOW_NS + 200 * MS;
+        let seq = t.send(late);
+        t.queued_behind_traffic();
+        assert!(t.answer(seq, late, late + 50 * MS, late + 60 * MS));
+        assert_eq!(t.forward_offset_ns, None);
+    }
+
     #[test]
     fn the_forward_offset_is_the_window_minimum() {
         let mut t = Tracker::default();

@@ -432,6 +432,10 @@ impl Daemon {
             // The send time is in the probe and in the tracker: one reading.
             let at = now_ns();
             let seq = t.tracker.send(at);
+            // Behind traffic, a probe measures that wait, not the path.
+            if self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at)) {
+                t.tracker.queued_behind_traffic();
+            }
             let sent = match t.spec.probing {
                 Probing::Reflected => match &self.sender {
                     Some(sender) => {
