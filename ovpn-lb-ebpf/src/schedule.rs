@@ -32,7 +32,7 @@ pub fn pick<C: Hook>(spray: u32, len: u32, flow_hash: impl FnOnce() -> u32) -> R
         return Ok(u32::from(schedule.flow[slot]));
     }
     if spray == Spray::Packet as u32 && C::RINGS_ACCOUNTED && schedule.members_len != 0 {
-        let id = ovpn_lb_earliest(len);
+        let id = ovpn_lb_earliest(active, len);
         if id != NONE {
             return Ok(id);
         }
@@ -66,12 +66,13 @@ const NONE: u32 = u32::MAX;
 ///
 /// A subprogram, not inlined: the verifier then walks the comparisons once
 /// per state the parser reaches the pick with, not once per tunnel id the
-/// scan could settle on times those states.
+/// scan could settle on times those states. `active` is the schedule buffer
+/// the caller read (a global function takes scalars, not the map value):
+/// the pick and its fallback see the same schedule.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn ovpn_lb_earliest(len: u32) -> u32 {
-    let active = ACTIVE_SCHED.get(0).copied().unwrap_or(0) % SCHEDULE_BUFFERS;
-    let Some(schedule) = SCHEDULES.get(active) else {
+pub extern "C" fn ovpn_lb_earliest(active: u32, len: u32) -> u32 {
+    let Some(schedule) = SCHEDULES.get(active % SCHEDULE_BUFFERS) else {
         return NONE;
     };
     let members = schedule.members_len as usize;
