@@ -157,10 +157,11 @@ fn echo_reply(packet: &[u8], k: u8) -> Option<Vec<u8>> {
     if ip.protocol != IpNumber::ICMP {
         return None;
     }
-    let from = if Ipv4Addr::from(ip.destination).to_string() == FAR_HOST {
+    let to = Ipv4Addr::from(ip.destination);
+    let from = if FAR_HOST.parse() == Ok(to) {
         Ipv4Addr::new(100, 65, k, 7)
     } else {
-        Ipv4Addr::from(ip.destination)
+        to
     };
     let (icmp, payload) = Icmpv4Header::from_slice(rest).ok()?;
     let Icmpv4Type::EchoRequest(echo) = icmp.icmp_type else {

@@ -100,6 +100,18 @@ fn start_tunnels(lab: &mut Lab, side: Side) {
     }
 }
 
+/// `ovpn-lb COMMAND --config <side's generated ovpn-lb.toml>` on `side`:
+/// its exit status and everything it printed (also shown in the test log).
+fn on_config(lab: &Lab, side: Side, command: &str) -> (std::process::ExitStatus, String) {
+    let config = lab.config_path(side);
+    let out = lab
+        .loader(side)
+        .ovpn_lb(&[command, "--config", &config.to_string_lossy()]);
+    let said = all_output(&out);
+    eprintln!("gateway {side}: ovpn-lb {command}:\n{said}");
+    (out.status, said)
+}
+
 /// Every tunnel up in the rotation and CONNECTED over its management socket.
 fn wait_all_connected(lab: &Lab, side: Side) {
     let mut last = serde_json::Value::Null;
@@ -144,16 +156,11 @@ fn generated_files_installed_as_an_operator_would_carry_one_flow_over_every_tunn
         }
     }
     for side in Side::BOTH {
-        let config = lab.config_path(side);
-        let check = lab
-            .loader(side)
-            .ovpn_lb(&["check", "--config", &config.to_string_lossy()]);
-        let said = all_output(&check);
-        eprintln!("gateway {side}: ovpn-lb check: {said}");
-        assert!(check.status.success(), "ovpn-lb check on {side}:\n{said}");
+        let (check, said) = on_config(&lab, side, "check");
+        assert!(check.success(), "ovpn-lb check on {side}:\n{said}");
         assert!(said.contains("valid; LAN lan, 4 tunnels"), "{said}");
         assert!(!said.contains("warning"), "{said}");
-        lab.start_loader_with(side, &config);
+        lab.start_loader_with(side, &lab.config_path(side));
     }
     for side in Side::BOTH {
         wait_all_connected(&lab, side);
@@ -161,13 +168,8 @@ fn generated_files_installed_as_an_operator_would_carry_one_flow_over_every_tunn
     // The newcomer's last step: doctor finds no problem (warnings, such as
     // more tunnels than this machine's cores, leave the exit code 0).
     for side in Side::BOTH {
-        let config = lab.config_path(side);
-        let doctor = lab
-            .loader(side)
-            .ovpn_lb(&["doctor", "--config", &config.to_string_lossy()]);
-        let said = all_output(&doctor);
-        eprintln!("gateway {side}: ovpn-lb doctor:\n{said}");
-        assert_eq!(doctor.status.code(), Some(0), "doctor on {side}:\n{said}");
+        let (doctor, said) = on_config(&lab, side, "doctor");
+        assert_eq!(doctor.code(), Some(0), "doctor on {side}:\n{said}");
         assert!(said.contains("probes"), "{said}");
     }
 
