@@ -114,16 +114,18 @@ fn fifty_megabytes_arrive_intact_over_every_tunnel() {
         "every tunnel carries part of the one connection: {carried:?}"
     );
     // Packet spray picked by the rings' accounting, which followed every
-    // ring: each tunnel's reader measured, every packet sprayed into a
-    // tunnel counted in, and, the traffic over, every byte counted out.
+    // ring: every packet sprayed into a tunnel counted in, and, the traffic
+    // over, every byte counted out. (Whether a reader's drain rate got
+    // measured depends on the machine: a reader that keeps up never
+    // accumulates a window of busy time, and is priced at the default.)
     thread::sleep(Duration::from_millis(500));
     let after = lab.counters(Side::A);
     for (k, (q, t)) in after.queues.iter().zip(&after.tunnels).enumerate() {
-        assert!(
-            q.drain.samples > 0,
-            "tunnel {k}: drain never measured: {q:?}"
-        );
         assert!(q.enq_packets >= t.tx_packets, "tunnel {k}: {q:?} {t:?}");
+        assert!(
+            q.deq_packets >= t.tx_packets,
+            "tunnel {k}: reads of sprayed packets went uncounted: {q:?} {t:?}"
+        );
         assert_eq!(
             q.enq_bytes, q.deq_bytes,
             "tunnel {k}: a backlog left: {q:?}"
