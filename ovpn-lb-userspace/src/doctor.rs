@@ -164,6 +164,7 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
     management(&mut f, &config, layout).await;
     probes(&mut f, layout);
     spray(&mut f, &config, layout);
+    kernel(&mut f, layout);
     Ok(Report {
         config: config_path.display().to_string(),
         findings: f.0,
@@ -521,6 +522,39 @@ fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
             ),
             "no more tunnels than cores; or try spray = \"round-robin\" and compare (the README's benchmarks show both)",
         );
+    }
+}
+
+/// The kernel's fallbacks, as the loader found them (or as they would be:
+/// tc's hook and the checksum retry are found without loading anything).
+fn kernel(f: &mut Findings, layout: &Layout) {
+    let report = State::read(layout).ok().and_then(|s| s.kernel).unwrap_or_else(|| {
+        let (hook, why) = crate::datapath::attach::TcHook::detect();
+        crate::kernel::Report::new(hook, &why)
+    });
+    if report.fallbacks.is_empty() {
+        f.ok(
+            "kernel",
+            format!(
+                "Linux {}: tc programs attach through {}, no fallback in force",
+                report.release, report.tc_hook
+            ),
+        );
+    }
+    for fallback in &report.fallbacks {
+        let message = format!("Linux {}: {}", report.release, fallback.what);
+        if fallback.name == "round_robin" {
+            // Works, but not as well: packet spray is the default for a reason.
+            f.add(
+                "kernel",
+                Severity::Warning,
+                message,
+                "Linux 6.3 or later with BTF, run as root (see the log for the reason)",
+            );
+        } else {
+            // Same packets, another way of getting there.
+            f.ok("kernel", message);
+        }
     }
 }
 

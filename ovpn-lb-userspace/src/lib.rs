@@ -7,6 +7,7 @@
 //!   encoding for the maps (`encode`);
 //! - `tunnel` and `health`: one runtime record per tunnel;
 //! - `datapath`: the BPF object, its maps and attaching (`attach`);
+//! - `kernel`: what the running kernel offers, and the fallbacks;
 //! - `kernel_path`: the policy rules and table for what the kernel forwards;
 //! - `netlink`: everything said to the kernel over netlink; `facts`: a
 //!   snapshot of its devices; `openvpn`: the management client;
@@ -21,6 +22,7 @@ pub mod doctor;
 pub mod facts;
 pub mod generate;
 pub mod health;
+pub mod kernel;
 pub mod kernel_path;
 pub mod logging;
 pub mod metrics;

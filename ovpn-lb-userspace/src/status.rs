@@ -39,6 +39,9 @@ pub struct State {
     /// A bpffs `run` mounted itself; `detach` unmounts it, and no other.
     #[serde(default)]
     pub mounted_bpffs: Option<std::path::PathBuf>,
+    /// What the kernel offers and the fallbacks in force.
+    #[serde(default)]
+    pub kernel: Option<crate::kernel::Report>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -189,6 +192,8 @@ pub struct Report {
     pub hook: String,
     pub lan_interface: String,
     pub interval_seconds: f64,
+    /// The kernel, how tc programs attach, and the fallbacks in force.
+    pub kernel: Option<crate::kernel::Report>,
     pub tunnels: Vec<TunnelReport>,
     pub reasons: Vec<ReasonReport>,
 }
@@ -313,6 +318,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         hook: state.hook,
         lan_interface: state.lan_interface,
         interval_seconds: secs,
+        kernel: state.kernel,
         tunnels,
         reasons,
     })
@@ -366,6 +372,12 @@ pub fn render(r: &Report, all: bool) -> String {
         "ovpn-lb: loader {loader}, spray {}, hook {}, LAN {}",
         r.spray, r.hook, r.lan_interface
     );
+    if let Some(k) = &r.kernel {
+        let _ = writeln!(out, "kernel {}: tc programs attach through {}", k.release, k.tc_hook);
+        for f in &k.fallbacks {
+            let _ = writeln!(out, "  fallback: {}", f.what);
+        }
+    }
     let _ = writeln!(
         out,
         "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>28} {:>6}  openvpn",

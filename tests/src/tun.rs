@@ -8,43 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TUN: libc::c_short = 0x0001;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-/// Creates tun (or, with `tap`, TAP) device `name` without packet info in the
-/// calling thread's network namespace; it lives as long as the file.
-///
-/// # Errors
-/// If `/dev/net/tun` cannot be opened or the kernel refuses the device.
-pub fn open_device(name: &str, tap: bool) -> std::io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")?;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: IFF_NO_PI | if tap { IFF_TAP } else { IFF_TUN },
-        _pad: [0; 22],
-    };
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::ErrorKind::InvalidInput.into());
-    }
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF on our own descriptor with a properly sized ifreq.
-    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &raw mut req) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(file)
-}
+/// Creates tun (or, with `tap`, TAP) device `name` in the calling thread's
+/// network namespace; it lives as long as the file (the loader's own).
+pub use ovpn_lb::kernel::open_device;
 
 /// An open tun device; it disappears when dropped (unless persistent).
 pub struct Tun {

@@ -94,6 +94,32 @@ fn connectivity_v4_v6_with_real_addresses_and_weighted_shares() {
     );
 }
 
+/// The lab flow `cargo xtask kernels` runs on every kernel: two gateways,
+/// two real OpenVPN tunnels, the default spray (round robin where the
+/// kernel cannot run packet spray's accounting), 10 MB each way of the
+/// families, every byte hashed at both ends.
+#[test]
+fn two_tunnels_carry_ten_megabytes_v4_and_v6() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = lab(Options {
+        tunnels: 2,
+        ..Options::default()
+    });
+    let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
+    for (listen, from) in [(addr(HOST_B, 5001), HOST_A), (addr(HOST_B6, 5002), HOST_A6)] {
+        let before = lab.tunnel_stats(Side::A);
+        let t = tcp_transfer(&ha, &hb, listen, 10 << 20, || {});
+        assert_eq!(t.received_bytes, 10 << 20, "{}", lab.diagnose());
+        assert_eq!(t.received_sha256, t.sent_sha256, "SHA-256 differs over {listen}");
+        assert_eq!(t.peer.ip().to_string(), from, "the far host sees the real source");
+        let carried = tx_delta(&before, &lab.tunnel_stats(Side::A));
+        assert!(
+            carried.iter().all(|&c| c > 100),
+            "both tunnels carry the one connection over {listen}: {carried:?}"
+        );
+    }
+}
+
 #[test]
 fn fifty_megabytes_arrive_intact_over_every_tunnel() {
     let Some(_alone) = root_alone() else { return };

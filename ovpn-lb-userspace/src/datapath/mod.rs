@@ -35,6 +35,10 @@ const SCHEDULE_GRACE: Duration = Duration::from_millis(10);
 pub struct Datapath {
     ebpf: Ebpf,
     last_flip: Option<Instant>,
+    /// How tc programs attach here, chosen at load.
+    tc_hook: attach::TcHook,
+    /// Why that choice.
+    tc_hook_reason: String,
 }
 
 /// Program `name` of the object, as its type `P`.
@@ -94,18 +98,34 @@ impl Datapath {
             loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
         }
         let mut ebpf = loader.load(OBJECT).context("loading the BPF object")?;
+        // A kernel that refuses a program is refused, named, before anything
+        // is attached.
+        let refused = |name: &str, e: aya::programs::ProgramError| {
+            let detail = format!("{e:#}");
+            anyhow!("{}", crate::kernel::refusal(name, &detail)).context(detail)
+        };
         for &name in programs::TC {
             let result = typed::<SchedClassifier>(&mut ebpf, name)?.load();
-            result.with_context(|| format!("loading BPF program {name}"))?;
+            result.map_err(|e| refused(name, e))?;
         }
         for &name in programs::XDP {
             let result = typed::<Xdp>(&mut ebpf, name)?.load();
-            result.with_context(|| format!("loading BPF program {name}"))?;
+            result.map_err(|e| refused(name, e))?;
         }
+        let (tc_hook, tc_hook_reason) = attach::TcHook::detect();
         Ok(Self {
             ebpf,
             last_flip: None,
+            tc_hook,
+            tc_hook_reason,
         })
+    }
+
+    /// What this kernel offers and the fallbacks in force (the ring
+    /// accounting's is added when it is tried).
+    #[must_use]
+    pub fn kernel_report(&self) -> crate::kernel::Report {
+        crate::kernel::Report::new(self.tc_hook, &self.tc_hook_reason)
     }
 
     /// A loaded tc program, by name (see `ovpn_lb_common::maps::programs`).
@@ -130,6 +150,15 @@ impl Datapath {
     /// # Errors
     /// If there is no such program or interface, or the kernel refuses.
     pub fn attach_ingress(&mut self, name: &str, iface: &str) -> Result<()> {
+        if self.tc_hook == attach::TcHook::Legacy {
+            // aya attaches as a filter where it finds no tcx, on a clsact
+            // qdisc that must be there.
+            match aya::programs::tc::qdisc_add_clsact(iface) {
+                Err(aya::programs::tc::TcError::NetlinkError(e))
+                    if e.raw_os_error() == Some(libc::EEXIST) => {}
+                other => other.with_context(|| format!("adding clsact to {iface}"))?,
+            }
+        }
         self.program(name)?
             .attach(iface, TcAttachType::Ingress)
             .with_context(|| format!("attaching {name} to {iface} ingress"))?;

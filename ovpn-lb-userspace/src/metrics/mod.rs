@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub tunnels: Vec<TunnelView>,
     /// `None` when the pinned maps cannot be read.
     pub counters: Option<Counters>,
+    /// The kernel and its fallbacks, as the loader's state file says.
+    pub kernel: Option<crate::kernel::Report>,
 }
 
 impl Snapshot {
@@ -57,7 +59,12 @@ impl Snapshot {
         let counters = u32::try_from(tunnels.len())
             .ok()
             .and_then(|n| Counters::read(layout, n).ok());
-        Self { tunnels, counters }
+        let kernel = crate::status::State::read(layout).ok().and_then(|s| s.kernel);
+        Self {
+            tunnels,
+            counters,
+            kernel,
+        }
     }
 }
 
@@ -188,6 +195,31 @@ fn histogram(s: &Snapshot) -> Vec<Sample> {
 
 /// Every family the exporter emits, in order.
 pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "ovpnlb_kernel_info",
+        help: "1, labelled with the kernel's release and how tc programs attach (tcx or legacy-tc).",
+        kind: Kind::Gauge,
+        labels: &["release", "tc_hook"],
+        samples: |s| {
+            s.kernel
+                .iter()
+                .map(|k| (vec![k.release.clone(), k.tc_hook.clone()], 1.0))
+                .collect()
+        },
+    },
+    Family {
+        name: "ovpnlb_kernel_fallback",
+        help: "1 for each fallback in force for a feature the kernel lacks: legacy_tc, round_robin (packet spray without its ring accounting), csum_retry.",
+        kind: Kind::Gauge,
+        labels: &["fallback"],
+        samples: |s| {
+            s.kernel
+                .iter()
+                .flat_map(|k| &k.fallbacks)
+                .map(|f| (vec![f.name.clone()], 1.0))
+                .collect()
+        },
+    },
     Family {
         name: "ovpnlb_tunnel_tx_packets_total",
         help: "Packets sprayed into the tunnel.",
@@ -460,6 +492,15 @@ mod tests {
         encode(&Snapshot {
             tunnels,
             counters: Some(counters),
+            kernel: Some(crate::kernel::Report {
+                release: "6.1.0-57-amd64".into(),
+                tc_hook: "legacy-tc".into(),
+                ring_accounting: false,
+                fallbacks: vec![crate::kernel::Fallback {
+                    name: "legacy_tc".into(),
+                    what: "tc programs attach as filters".into(),
+                }],
+            }),
         })
     }
 
@@ -487,6 +528,8 @@ mod tests {
             "ovpnlb_tunnel_ring_backlog_bytes{device=\"tun0\",tunnel=\"0\"} 1500".to_owned(),
             "ovpnlb_tunnel_ring_full_drops_total{device=\"tun0\",tunnel=\"0\"} 3".to_owned(),
             format!("ovpnlb_packets_total{{outcome=\"dropped\",reason=\"no_tunnel\"}} {no_tunnel}"),
+            "ovpnlb_kernel_info{release=\"6.1.0-57-amd64\",tc_hook=\"legacy-tc\"} 1".to_owned(),
+            "ovpnlb_kernel_fallback{fallback=\"legacy_tc\"} 1".to_owned(),
             "# TYPE ovpnlb_tunnel_tx_packets_total counter".to_owned(),
             "# TYPE ovpnlb_tunnel_up gauge".to_owned(),
             "# TYPE ovpnlb_tunnel_probe_rtt_seconds histogram".to_owned(),

@@ -81,6 +81,8 @@ pub struct Daemon {
     published: Option<(Vec<u32>, Vec<u32>)>,
     /// Packet spray compares the tunnels' rings: their accounting runs.
     rings: bool,
+    /// What the kernel offers and the fallbacks in force.
+    features: crate::kernel::Report,
     views: Views,
     neighbours: Vec<ManagedNeighbour>,
     mounted_bpffs: Option<PathBuf>,
@@ -145,6 +147,7 @@ impl Daemon {
             routes: None,
             published: None,
             rings: false,
+            features: crate::kernel::Report::default(),
             views,
             neighbours: Vec::new(),
             mounted_bpffs,
@@ -205,15 +208,17 @@ impl Daemon {
             }
         }
 
+        self.features = self.datapath.kernel_report();
         let lan = self.config.lan.interface.clone();
         self.report_foreign(&lan, facts);
         for (a, how) in self
             .datapath
             .attach(&self.layout, &lan, &attach::lan(self.config.hook))?
         {
-            report(&a, &lan, how);
+            report(&a, &lan, how, self.datapath.tc_hook());
         }
         self.rings = self.account_rings();
+        self.features.log();
         for k in 0..self.tunnels.len() {
             let link = facts.link(&self.tunnels[k].spec.device).cloned();
             if let Some(l) = &link {
@@ -257,13 +262,18 @@ impl Daemon {
             if let Err(e) = self.datapath.stop_accounting(&self.layout) {
                 log::warn!("switching the ring accounting off: {}", short(&e));
             }
+            self.features.accounting(false, None);
             return false;
         }
-        match rings::kernel_layout()
-            .and_then(|layout| self.datapath.account_rings(&self.layout, layout))
-        {
+        let attached = match crate::kernel::ring_accounting_blocker() {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => rings::kernel_layout()
+                .and_then(|layout| self.datapath.account_rings(&self.layout, layout)),
+        };
+        match attached {
             Ok(()) => {
                 log::info!("packet spray: each packet takes the tunnel it leaves by first");
+                self.features.accounting(true, None);
                 let lan = &self.config.lan.interface;
                 if crate::facts::gro_enabled(lan).unwrap_or(false) {
                     log::warn!(
@@ -273,10 +283,12 @@ impl Daemon {
                 true
             }
             Err(e) => {
-                log::warn!(
-                    "packet spray cannot see the tunnels' rings ({}): spraying round robin",
-                    short(&e)
-                );
+                // Half attached would count enqueues without reads.
+                if let Err(stop) = self.datapath.stop_accounting(&self.layout) {
+                    log::warn!("switching the ring accounting off: {}", short(&stop));
+                }
+                let why = format!("it cannot see the tunnels' rings ({})", short(&e));
+                self.features.accounting(false, Some(&why));
                 false
             }
         }
@@ -284,7 +296,7 @@ impl Daemon {
 
     fn report_foreign(&self, iface: &str, facts: &Facts) {
         let xdp = facts.link(iface).map_or(0, |l| l.xdp_prog_id);
-        for foreign in attach::foreign_programs(iface, &self.layout, xdp) {
+        for foreign in attach::foreign_programs(iface, &self.layout, self.datapath.tc_hook(), xdp) {
             log::info!("{iface} also has {foreign}; left alone");
         }
     }
@@ -327,7 +339,7 @@ impl Daemon {
             match done {
                 Ok(done) => {
                     for (a, how) in done {
-                        report(&a, &device, how);
+                        report(&a, &device, how, self.datapath.tc_hook());
                     }
                 }
                 Err(e) => {
@@ -854,6 +866,7 @@ impl Daemon {
             lan_interface: self.config.lan.interface.clone(),
             kernel_route: Some(self.kernel.clone()),
             mounted_bpffs: self.mounted_bpffs.clone(),
+            kernel: Some(self.features.clone()),
             tunnels: self
                 .tunnels
                 .iter()
@@ -915,11 +928,15 @@ fn probe_state(t: &Tunnel) -> Option<ProbeState> {
     })
 }
 
-fn report(a: &Attachment, iface: &str, how: Attached) {
+fn report(a: &Attachment, iface: &str, how: Attached, hook: attach::TcHook) {
+    let tc = match hook {
+        attach::TcHook::Tcx => "tcx",
+        attach::TcHook::Legacy => "tc",
+    };
     let point = match a.point {
-        attach::Point::Ingress => "tcx ingress",
-        attach::Point::Egress => "tcx egress",
-        attach::Point::Xdp => "native XDP",
+        attach::Point::Ingress => format!("{tc} ingress"),
+        attach::Point::Egress => format!("{tc} egress"),
+        attach::Point::Xdp => "native XDP".to_owned(),
     };
     log::info!(
         "{} on {iface} ({point}): {}",

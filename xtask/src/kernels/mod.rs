@@ -1,0 +1,458 @@
+//! `cargo xtask kernels`: the kernels operators run, each booted in a QEMU
+//! guest over this tree (see `vm`), running what shows whether ovpn-lb
+//! works there: what the loader detects in the kernel (`ovpn-lb kernel`),
+//! the datapath fixtures, the loader tests and one lab flow through real
+//! OpenVPN tunnels. The running kernel runs the same steps in place.
+//!
+//! Kernels come from Debian's archive (the suite's current kernel,
+//! `linux-image-amd64`'s dependency), cached under the tool cache.
+
+mod debian;
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    build, setup,
+    tools::{cache_dir, cmd, exec, is_root, workspace_root},
+    vm::{self, Accel, GUEST_RUN_DIR, Guest},
+};
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KernelsArgs {
+    /// Only these kernels (labels: debian-11, debian-12, debian-13, running).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Ask the archive for each suite's current kernel instead of using the
+    /// cached one.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Leave out the running kernel (`cargo xtask test` has just run every
+    /// test on it).
+    #[arg(long)]
+    pub no_running: bool,
+    /// Guest memory.
+    #[arg(long, default_value_t = 3072)]
+    pub memory_mib: u32,
+    /// Guest processors.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+}
+
+/// What a kernel is expected to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Every step passes.
+    Works,
+    /// The loader refuses to start, naming the kernel; nothing else runs.
+    Refused,
+}
+
+/// A kernel of the list: a Debian suite's current kernel.
+struct Target {
+    label: &'static str,
+    distribution: &'static str,
+    suites: &'static [&'static str],
+    expect: Expect,
+}
+
+/// The kernels operators run, oldest first. Ubuntu's (5.15, 6.8) are not
+/// in a registry the project's machines reach, and no Debian suite has a
+/// 6.6-6.8 kernel any more.
+const TARGETS: &[Target] = &[
+    Target {
+        label: "debian-11",
+        distribution: "Debian 11 (bullseye)",
+        suites: &["bullseye", "bullseye-security"],
+        expect: Expect::Refused,
+    },
+    Target {
+        label: "debian-12",
+        distribution: "Debian 12 (bookworm)",
+        suites: &["bookworm", "bookworm-security"],
+        expect: Expect::Works,
+    },
+    Target {
+        label: "debian-13",
+        distribution: "Debian 13 (trixie)",
+        suites: &["trixie", "trixie-security"],
+        expect: Expect::Works,
+    },
+];
+
+/// Modules loaded in the guest before anything runs; the rest (veth,
+/// clsact, `cls_bpf`, nftables) the kernel requests itself.
+const GUEST_MODULES: &[&str] = &["tun"];
+
+/// One step: a test executable of the tests crate (or the loader), with
+/// arguments.
+struct Step {
+    name: &'static str,
+    /// The integration test target; `None`: the `ovpn-lb` binary.
+    test: Option<&'static str>,
+    args: &'static [&'static str],
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        name: "kernel",
+        test: None,
+        args: &["kernel"],
+    },
+    Step {
+        name: "fixtures",
+        test: Some("datapath_fixtures"),
+        args: &[],
+    },
+    Step {
+        name: "loader",
+        test: Some("loader"),
+        args: &[],
+    },
+    Step {
+        name: "lab",
+        test: Some("e2e"),
+        args: &["two_tunnels_carry_ten_megabytes_v4_and_v6", "--exact"],
+    },
+];
+
+/// How one step went.
+#[derive(Clone, Debug, Default)]
+struct StepResult {
+    /// Exit code; `None`: it never finished.
+    code: Option<i32>,
+    passed: u32,
+    failed: u32,
+    /// The step's output.
+    log: String,
+}
+
+/// How one kernel went.
+struct Row {
+    label: String,
+    distribution: String,
+    release: String,
+    expect: Expect,
+    steps: Vec<(&'static str, StepResult)>,
+    elapsed: Duration,
+    /// Why the guest did not finish, if it did not.
+    trouble: Option<String>,
+}
+
+impl Row {
+    fn step(&self, name: &str) -> StepResult {
+        self.steps
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    }
+
+    fn ok(&self) -> bool {
+        if self.trouble.is_some() {
+            return false;
+        }
+        match self.expect {
+            Expect::Works => STEPS.iter().all(|s| self.step(s.name).code == Some(0)),
+            Expect::Refused => {
+                let k = self.step("kernel");
+                k.code == Some(1) && k.log.contains(&self.release)
+            }
+        }
+    }
+}
+
+pub fn run(args: &KernelsArgs) -> Result<()> {
+    if !is_root() {
+        bail!("cargo xtask kernels needs root (QEMU, apt-get, and the tests inside)");
+    }
+    setup::run()?;
+    setup::debian_packages(vm::PACKAGES)?;
+    build::ebpf()?;
+    let executables = test_executables()?;
+    let wanted = |label: &str| args.only.is_empty() || args.only.iter().any(|o| o == label);
+    let out = workspace_root().join("target/kernels");
+    fs::create_dir_all(&out)?;
+    let (accel, why) = Accel::choose();
+    eprintln!("kernels: guests run {why}");
+
+    let mut rows = Vec::new();
+    if wanted("running") && !args.no_running {
+        rows.push(running(&executables, &out.join("running"))?);
+    }
+    for target in TARGETS.iter().filter(|t| wanted(t.label)) {
+        let kernel = debian::kernel(&cache_dir().join("kernels").join(target.label), target.suites, args.refresh)?;
+        let dir = out.join(target.label);
+        let guest = Guest {
+            kernel: &kernel,
+            accel,
+            memory_mib: args.memory_mib,
+            cpus: args.cpus,
+            timeout: timeout(accel),
+            modules: GUEST_MODULES,
+            dir: dir.clone(),
+            cwd: workspace_root(),
+            env: guest_env(),
+        };
+        eprintln!("kernels: {} ({}): booting {}", target.label, target.distribution, kernel.release);
+        let label = target.label;
+        let outcome = guest.run(&script(&executables, Path::new(GUEST_RUN_DIR), target.expect), |line| {
+            eprintln!("[{label}] {line}");
+        })?;
+        let trouble = outcome.code.is_none().then(|| {
+            format!(
+                "the guest did not finish (see {})",
+                outcome.console.display()
+            )
+        });
+        rows.push(Row {
+            label: target.label.into(),
+            distribution: target.distribution.into(),
+            release: kernel.release.clone(),
+            expect: target.expect,
+            steps: results(&dir),
+            elapsed: outcome.elapsed,
+            trouble,
+        });
+    }
+    let table = table(&rows);
+    fs::write(out.join("report.md"), &table)?;
+    eprintln!("\n{table}\n(kernels: {})", out.join("report.md").display());
+    let failed: Vec<&str> = rows.iter().filter(|r| !r.ok()).map(|r| r.label.as_str()).collect();
+    if !failed.is_empty() {
+        bail!("kernels: {} did not do what they should", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Time a guest gets: booting and the steps under emulation take minutes.
+fn timeout(accel: Accel) -> Duration {
+    match accel {
+        Accel::Kvm => Duration::from_secs(15 * 60),
+        Accel::Tcg => Duration::from_secs(45 * 60),
+    }
+}
+
+/// What the tests read from the environment, passed on to the guest.
+fn guest_env() -> Vec<(String, String)> {
+    let mut env = vec![("RUST_BACKTRACE".to_owned(), "1".to_owned())];
+    for key in ["CI", "RUST_LOG"] {
+        if let Ok(v) = std::env::var(key) {
+            env.push((key.to_owned(), v));
+        }
+    }
+    env
+}
+
+/// The running kernel: the same steps, in place.
+fn running(executables: &[(String, PathBuf)], dir: &Path) -> Result<Row> {
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    fs::create_dir_all(dir)?;
+    let release = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout)
+        .trim()
+        .to_owned();
+    eprintln!("kernels: running ({release}): in place");
+    let started = Instant::now();
+    let script = script(executables, dir, Expect::Works);
+    let status = cmd("sh").arg("-c").arg(&script).status()?;
+    let trouble = (!status.success()).then(|| format!("the steps' script failed ({status})"));
+    Ok(Row {
+        label: "running".into(),
+        distribution: "this machine".into(),
+        release,
+        expect: Expect::Works,
+        steps: results(dir),
+        elapsed: started.elapsed(),
+        trouble,
+    })
+}
+
+/// The debug `ovpn-lb` (the tests run it) and the test executables of the
+/// steps, built here: `(test target, executable)`.
+fn test_executables() -> Result<Vec<(String, PathBuf)>> {
+    exec(cmd("cargo").args(["build", "--package", "ovpn-lb-userspace", "--bins"]))?;
+    let mut c = cmd("cargo");
+    c.args(["test", "--package", "ovpn-lb-tests", "--no-run", "--message-format=json"]);
+    for step in STEPS {
+        if let Some(test) = step.test {
+            c.args(["--test", test]);
+        }
+    }
+    let out = c.output().context("building the test executables")?;
+    if !out.status.success() {
+        bail!(
+            "building the test executables failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut found = vec![(
+        String::new(),
+        workspace_root().join("target/debug/ovpn-lb"),
+    )];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(name)) = (
+            msg["executable"].as_str(),
+            msg["target"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        if msg["profile"]["test"].as_bool() == Some(true) {
+            found.push((name.to_owned(), PathBuf::from(exe)));
+        }
+    }
+    for step in STEPS {
+        let name = step.test.unwrap_or_default();
+        if !found.iter().any(|(n, _)| n == name) {
+            bail!("cargo built no executable for test target {name:?}");
+        }
+    }
+    Ok(found)
+}
+
+/// The steps as a shell script: each step's output goes to the console
+/// and to `<dir>/<step>.log`, its exit code to `<dir>/<step>.rc`. A kernel
+/// the loader refuses runs only the first step.
+fn script(executables: &[(String, PathBuf)], dir: &Path, expect: Expect) -> String {
+    let d = dir.display();
+    let mut s = format!(
+        "step() {{ name=$1; shift; echo \"=== kernels: $name\"; \
+         {{ \"$@\"; echo $? > {d}/$name.rc; }} 2>&1 | tee {d}/$name.log; }}\n"
+    );
+    for step in STEPS {
+        let exe = executables
+            .iter()
+            .find(|(n, _)| n == step.test.unwrap_or_default())
+            .map(|(_, p)| p.display().to_string())
+            .unwrap_or_default();
+        let _ = writeln!(s, "step {} {exe} {}", step.name, step.args.join(" "));
+        if expect == Expect::Refused {
+            break;
+        }
+    }
+    s
+}
+
+/// The steps' results from the files the script wrote.
+fn results(dir: &Path) -> Vec<(&'static str, StepResult)> {
+    STEPS
+        .iter()
+        .map(|step| {
+            let log = fs::read_to_string(dir.join(format!("{}.log", step.name))).unwrap_or_default();
+            let code = fs::read_to_string(dir.join(format!("{}.rc", step.name)))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            let (passed, failed) = test_counts(&log);
+            (
+                step.name,
+                StepResult {
+                    code,
+                    passed,
+                    failed,
+                    log,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Passed and failed tests summed over libtest's `test result:` lines.
+fn test_counts(log: &str) -> (u32, u32) {
+    let mut sums = (0, 0);
+    for line in log.lines().filter(|l| l.starts_with("test result:")) {
+        let count = |word: &str| {
+            line.split(';')
+                .find_map(|part| part.trim().strip_suffix(word)?.split_whitespace().last()?.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        sums.0 += count(" passed");
+        sums.1 += count(" failed");
+    }
+    sums
+}
+
+/// A feature line of `ovpn-lb kernel`'s output: `name: value`.
+fn feature(log: &str, name: &str) -> String {
+    log.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}:")))
+        .map_or_else(|| "?".to_owned(), |v| v.trim().to_owned())
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| kernel | distribution | hook | XDP on TAP | spray modes | probes | l4 checksum | fixtures | loader tests | lab flow (2 tunnels, 10 MB v4+v6) | result |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        let k = r.step("kernel");
+        let tests = |name: &str| {
+            let s = r.step(name);
+            match s.code {
+                None if r.expect == Expect::Refused => "not run".to_owned(),
+                None => "did not finish".to_owned(),
+                Some(_) => format!("{}/{} passed", s.passed, s.passed + s.failed),
+            }
+        };
+        let lab = match r.step("lab").code {
+            Some(0) => "SHA-256 match".to_owned(),
+            Some(_) => "failed".to_owned(),
+            None if r.expect == Expect::Refused => "not run".to_owned(),
+            None => "did not finish".to_owned(),
+        };
+        let result = match (r.ok(), r.expect) {
+            (true, Expect::Works) => "works".to_owned(),
+            (true, Expect::Refused) => format!("refused at start: {}", feature(&k.log, "refused")),
+            (false, _) => r.trouble.clone().unwrap_or_else(|| "FAILED".to_owned()),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.0} s) |",
+            r.release,
+            r.distribution,
+            feature(&k.log, "hook"),
+            feature(&k.log, "xdp on tap"),
+            feature(&k.log, "spray"),
+            feature(&k.log, "probes"),
+            feature(&k.log, "l4 checksum"),
+            tests("fixtures"),
+            tests("loader"),
+            lab,
+            result,
+            r.elapsed.as_secs_f64(),
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_counts_add_up_every_result_line() {
+        let log = "test a ... ok\n\
+            test result: ok. 57 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.1s\n\
+            test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 9 filtered out\n";
+        assert_eq!(test_counts(log), (60, 2));
+        assert_eq!(test_counts("no tests here"), (0, 0));
+    }
+
+    #[test]
+    fn a_refused_kernel_runs_only_the_kernel_step() {
+        let exes = vec![(String::new(), PathBuf::from("/x/ovpn-lb"))];
+        let s = script(&exes, Path::new("/run/vm"), Expect::Refused);
+        assert!(s.contains("step kernel /x/ovpn-lb kernel"), "{s}");
+        assert!(!s.contains("step fixtures"), "{s}");
+    }
+}
