@@ -528,10 +528,13 @@ fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
 /// The kernel's fallbacks, as the loader found them (or as they would be:
 /// tc's hook and the checksum retry are found without loading anything).
 fn kernel(f: &mut Findings, layout: &Layout) {
-    let report = State::read(layout).ok().and_then(|s| s.kernel).unwrap_or_else(|| {
-        let (hook, why) = crate::datapath::attach::TcHook::detect();
-        crate::kernel::Report::new(hook, &why)
-    });
+    let report = State::read(layout)
+        .ok()
+        .and_then(|s| s.kernel)
+        .unwrap_or_else(|| {
+            let (hook, why) = crate::datapath::attach::TcHook::detect();
+            crate::kernel::Report::new(hook, &why)
+        });
     if report.fallbacks.is_empty() {
         f.ok(
             "kernel",

@@ -119,7 +119,11 @@ impl Report {
 
     /// Logs each fallback, once, at start.
     pub fn log(&self) {
-        log::info!("kernel {}: tc programs attach through {}", self.release, self.tc_hook);
+        log::info!(
+            "kernel {}: tc programs attach through {}",
+            self.release,
+            self.tc_hook
+        );
         for f in &self.fallbacks {
             log::warn!("kernel {}: {}", self.release, f.what);
         }
@@ -302,7 +306,10 @@ mod tests {
     fn a_refusal_names_the_missing_helper() {
         let verifier = "load program: permission denied\n0: (85) call bpf_check_mtu#163\nunknown func bpf_check_mtu#163\nprocessed 12 insns";
         let r = refusal("lan_ingress", verifier);
-        assert!(r.contains("refused BPF program lan_ingress: it lacks the helper bpf_check_mtu;"), "{r}");
+        assert!(
+            r.contains("refused BPF program lan_ingress: it lacks the helper bpf_check_mtu;"),
+            "{r}"
+        );
         assert!(r.contains("needs Linux 6.1 or later"), "{r}");
         assert!(!refusal("x", "something else").contains("lacks"));
     }
@@ -313,7 +320,11 @@ mod tests {
         assert!(r.fallbacks.iter().any(|f| f.name == "legacy_tc"));
         r.accounting(false, Some("no BTF"));
         r.accounting(false, Some("still no BTF"));
-        let rr: Vec<_> = r.fallbacks.iter().filter(|f| f.name == "round_robin").collect();
+        let rr: Vec<_> = r
+            .fallbacks
+            .iter()
+            .filter(|f| f.name == "round_robin")
+            .collect();
         assert_eq!(rr.len(), 1);
         assert!(rr[0].what.contains("still no BTF"));
         r.accounting(true, None);

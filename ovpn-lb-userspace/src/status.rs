@@ -373,7 +373,11 @@ pub fn render(r: &Report, all: bool) -> String {
         r.spray, r.hook, r.lan_interface
     );
     if let Some(k) = &r.kernel {
-        let _ = writeln!(out, "kernel {}: tc programs attach through {}", k.release, k.tc_hook);
+        let _ = writeln!(
+            out,
+            "kernel {}: tc programs attach through {}",
+            k.release, k.tc_hook
+        );
         for f in &k.fallbacks {
             let _ = writeln!(out, "  fallback: {}", f.what);
         }

@@ -2,7 +2,7 @@
 //! tunnel is read here, and what the test writes arrives as tunnel ingress.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{Read, Write},
     os::fd::AsRawFd,
     time::{Duration, Instant},

@@ -110,8 +110,15 @@ fn two_tunnels_carry_ten_megabytes_v4_and_v6() {
         let before = lab.tunnel_stats(Side::A);
         let t = tcp_transfer(&ha, &hb, listen, 10 << 20, || {});
         assert_eq!(t.received_bytes, 10 << 20, "{}", lab.diagnose());
-        assert_eq!(t.received_sha256, t.sent_sha256, "SHA-256 differs over {listen}");
-        assert_eq!(t.peer.ip().to_string(), from, "the far host sees the real source");
+        assert_eq!(
+            t.received_sha256, t.sent_sha256,
+            "SHA-256 differs over {listen}"
+        );
+        assert_eq!(
+            t.peer.ip().to_string(),
+            from,
+            "the far host sees the real source"
+        );
         let carried = tx_delta(&before, &lab.tunnel_stats(Side::A));
         assert!(
             carried.iter().all(|&c| c > 100),

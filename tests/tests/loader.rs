@@ -220,9 +220,10 @@ fn attach_then_detach_leaves_nothing() {
     let loader = lab.start_loader(&[]);
     assert_eq!(tc_names(&lab, "lan0"), ["lan_ingress", "tunnel_ingress_"]);
     assert!(
-        loader
-            .log_text()
-            .contains(&format!("lan0 also has {} ingress program tunnel_ingress_", kind())),
+        loader.log_text().contains(&format!(
+            "lan0 also has {} ingress program tunnel_ingress_",
+            kind()
+        )),
         "{}",
         loader.log_text()
     );
@@ -299,7 +300,10 @@ fn attach_then_detach_leaves_nothing() {
         // so detach left it: its owner removes it.
         let qdiscs = run("tc", &["-n", lab.gw.name(), "qdisc", "show", "dev", "lan0"]);
         assert!(qdiscs.contains("clsact"), "{qdiscs}");
-        run("tc", &["-n", lab.gw.name(), "qdisc", "del", "dev", "lan0", "clsact"]);
+        run(
+            "tc",
+            &["-n", lab.gw.name(), "qdisc", "del", "dev", "lan0", "clsact"],
+        );
     }
     assert_nothing_attached(&lab);
 
@@ -325,7 +329,10 @@ fn restarts_lose_no_pings() {
     assert_eq!(first.wait(Duration::from_secs(5)), Some(0));
     let log = second.log_text();
     assert!(log.contains("run: stopping `ovpn-lb run` pid"), "{log}");
-    let replaced = format!("lan_ingress on lan0 ({} ingress): replaced in place", kind());
+    let replaced = format!(
+        "lan_ingress on lan0 ({} ingress): replaced in place",
+        kind()
+    );
     assert!(log.contains(&replaced), "{log}");
     thread::sleep(Duration::from_millis(1200));
     assert_eq!(second.stop(SIGKILL), None, "killed by a signal");
@@ -341,11 +348,7 @@ fn restarts_lose_no_pings() {
     );
     // After kill -9 the links stay pinned, so the next run replaces in place too.
     let third = lab.start_loader(&[]);
-    assert!(
-        third.log_text().contains(&replaced),
-        "{}",
-        third.log_text()
-    );
+    assert!(third.log_text().contains(&replaced), "{}", third.log_text());
 
     let out = ping.wait_with_output().unwrap();
     let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));

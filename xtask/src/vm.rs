@@ -32,7 +32,13 @@ use anyhow::{Context as _, Result, bail};
 
 /// Host packages a guest needs: QEMU, a static busybox for the initramfs,
 /// and kmod (module dependencies here, `modprobe` in the guest).
-pub const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils", "zstd"];
+pub const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "zstd",
+];
 
 /// Where the run directory appears inside the guest.
 pub const GUEST_RUN_DIR: &str = "/run/vm";
@@ -207,8 +213,14 @@ impl Guest<'_> {
             .context("starting qemu-system-x86_64 (Debian package qemu-system-x86)")?;
         let (tx, rx) = mpsc::channel();
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -238,7 +250,10 @@ impl Guest<'_> {
             if Instant::now() > deadline && !timed_out {
                 timed_out = true;
                 writeln!(log, "vm: timed out after {:?}; killing QEMU", self.timeout)?;
-                echo(&format!("vm: timed out after {:?}; killing QEMU", self.timeout));
+                echo(&format!(
+                    "vm: timed out after {:?}; killing QEMU",
+                    self.timeout
+                ));
                 // Our own child, by its PID.
                 let _ = child.kill();
             }
@@ -258,11 +273,14 @@ impl Guest<'_> {
     /// plain ELF) and the first stage, as a newc cpio archive.
     fn initramfs(&self) -> Result<Vec<u8>> {
         let mut cpio = Cpio::default();
-        for dir in ["bin", "dev", "modules", "proc", "sys", "lower", "rw", "newroot"] {
+        for dir in [
+            "bin", "dev", "modules", "proc", "sys", "lower", "rw", "newroot",
+        ] {
             cpio.dir(dir);
         }
         cpio.node("dev/console", 0o020_600, (5, 1));
-        let busybox = fs::read("/bin/busybox").context("reading /bin/busybox (Debian package busybox-static)")?;
+        let busybox = fs::read("/bin/busybox")
+            .context("reading /bin/busybox (Debian package busybox-static)")?;
         cpio.file("bin/busybox", 0o100_755, &busybox);
         let mut loaded: Vec<PathBuf> = Vec::new();
         for module in BOOT_MODULES {

@@ -285,7 +285,10 @@ impl Datapath {
             .into_iter()
             .find(|f| f.priority == slot.priority && f.handle == slot.handle);
         let how = match present {
-            Some(f) if Some(f.program_id) == pinned_program(&pin) || programs::TC.contains(&f.name.as_str()) => {
+            Some(f)
+                if Some(f.program_id) == pinned_program(&pin)
+                    || programs::TC.contains(&f.name.as_str()) =>
+            {
                 Attached::Replaced
             }
             Some(f) => bail!(
@@ -419,14 +422,17 @@ pub fn detach_legacy(layout: &Layout) -> Result<Vec<String>> {
             // A link: `detach` drops it.
             continue;
         };
-        let (iface, direction) = match (name.strip_suffix("-ingress"), name.strip_suffix("-egress")) {
+        let (iface, direction) = match (name.strip_suffix("-ingress"), name.strip_suffix("-egress"))
+        {
             (Some(i), _) => (i, Direction::Ingress),
             (_, Some(i)) => (i, Direction::Egress),
             _ => continue,
         };
         if let Ok(ifindex) = ifindex(iface) {
             let ours = tc::filters(ifindex, direction)?.into_iter().any(|f| {
-                f.priority == LEGACY_PRIORITY && f.handle == LEGACY_HANDLE && f.program_id == program.id()
+                f.priority == LEGACY_PRIORITY
+                    && f.handle == LEGACY_HANDLE
+                    && f.program_id == program.id()
             });
             if ours {
                 tc::delete_filter(Slot {
@@ -436,7 +442,9 @@ pub fn detach_legacy(layout: &Layout) -> Result<Vec<String>> {
                     handle: LEGACY_HANDLE,
                 })
                 .with_context(|| format!("removing ovpn-lb's tc filter on {iface}"))?;
-                removed.push(format!("tc filter {iface} {direction:?} priority {LEGACY_PRIORITY:#x}"));
+                removed.push(format!(
+                    "tc filter {iface} {direction:?} priority {LEGACY_PRIORITY:#x}"
+                ));
             }
         }
         remove_if_present(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -461,7 +469,11 @@ pub fn detach_legacy(layout: &Layout) -> Result<Vec<String>> {
 ///
 /// # Errors
 /// If the kernel cannot be asked.
-pub fn tc_programs(hook: TcHook, iface: &str, direction: TcAttachType) -> Result<Vec<(u32, String)>> {
+pub fn tc_programs(
+    hook: TcHook,
+    iface: &str,
+    direction: TcAttachType,
+) -> Result<Vec<(u32, String)>> {
     match hook {
         TcHook::Tcx => Ok(SchedClassifier::query_tcx(iface, direction)?
             .1
@@ -484,7 +496,12 @@ pub fn tc_programs(hook: TcHook, iface: &str, direction: TcAttachType) -> Result
 /// tcx and XDP programs on `iface` that are not ovpn-lb's (ours are the ones
 /// behind our pinned links): reported, and left alone.
 #[must_use]
-pub fn foreign_programs(iface: &str, layout: &Layout, hook: TcHook, xdp_prog_id: u32) -> Vec<String> {
+pub fn foreign_programs(
+    iface: &str,
+    layout: &Layout,
+    hook: TcHook,
+    xdp_prog_id: u32,
+) -> Vec<String> {
     let mut found = Vec::new();
     let kind = match hook {
         TcHook::Tcx => "tcx",

@@ -150,18 +150,23 @@ impl Datapath {
     /// # Errors
     /// If there is no such program or interface, or the kernel refuses.
     pub fn attach_ingress(&mut self, name: &str, iface: &str) -> Result<()> {
+        use aya::programs::tc::{NlOptions, TcAttachOptions, TcError, qdisc_add_clsact};
+        let program = typed::<SchedClassifier>(&mut self.ebpf, name)?;
         if self.tc_hook == attach::TcHook::Legacy {
-            // aya attaches as a filter where it finds no tcx, on a clsact
-            // qdisc that must be there.
-            match aya::programs::tc::qdisc_add_clsact(iface) {
-                Err(aya::programs::tc::TcError::NetlinkError(e))
-                    if e.raw_os_error() == Some(libc::EEXIST) => {}
+            // A filter, on a clsact qdisc that must be there.
+            match qdisc_add_clsact(iface) {
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 other => other.with_context(|| format!("adding clsact to {iface}"))?,
             }
+            program.attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )
+        } else {
+            program.attach(iface, TcAttachType::Ingress)
         }
-        self.program(name)?
-            .attach(iface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {name} to {iface} ingress"))?;
+        .with_context(|| format!("attaching {name} to {iface} ingress"))?;
         Ok(())
     }
 

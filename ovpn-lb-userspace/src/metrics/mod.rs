@@ -59,7 +59,9 @@ impl Snapshot {
         let counters = u32::try_from(tunnels.len())
             .ok()
             .and_then(|n| Counters::read(layout, n).ok());
-        let kernel = crate::status::State::read(layout).ok().and_then(|s| s.kernel);
+        let kernel = crate::status::State::read(layout)
+            .ok()
+            .and_then(|s| s.kernel);
         Self {
             tunnels,
             counters,

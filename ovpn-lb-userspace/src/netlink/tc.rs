@@ -10,8 +10,7 @@
 use std::{io, os::fd::RawFd};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     RouteNetlinkMessage,
@@ -88,7 +87,8 @@ fn request(message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<TcMessage
             let length = m.header.length as usize;
             match m.payload {
                 NetlinkPayload::InnerMessage(
-                    RouteNetlinkMessage::NewTrafficFilter(tc) | RouteNetlinkMessage::NewQueueDiscipline(tc),
+                    RouteNetlinkMessage::NewTrafficFilter(tc)
+                    | RouteNetlinkMessage::NewQueueDiscipline(tc),
                 ) => answers.push(tc),
                 NetlinkPayload::Done(_) => return Ok(answers),
                 NetlinkPayload::Error(e) => {
@@ -130,14 +130,16 @@ fn clsact_message(ifindex: u32) -> io::Result<TcMessage> {
 pub fn has_clsact(ifindex: u32) -> io::Result<bool> {
     let mut m = TcMessage::default();
     m.header.index = index(ifindex)?;
-    Ok(request(RouteNetlinkMessage::GetQueueDiscipline(m), NLM_F_DUMP)?
-        .iter()
-        .any(|q| {
-            q.header.index == index(ifindex).unwrap_or(-1)
-                && q.attributes
-                    .iter()
-                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == CLSACT))
-        }))
+    Ok(
+        request(RouteNetlinkMessage::GetQueueDiscipline(m), NLM_F_DUMP)?
+            .iter()
+            .any(|q| {
+                q.header.index == index(ifindex).unwrap_or(-1)
+                    && q.attributes
+                        .iter()
+                        .any(|a| matches!(a, TcAttribute::Kind(k) if k == CLSACT))
+            }),
+    )
 }
 
 /// Adds a `clsact` qdisc to device `ifindex`; false if it had one.
@@ -197,7 +199,10 @@ pub fn filters(ifindex: u32, direction: Direction) -> io::Result<Vec<Filter>> {
                 }
             }
             Some(Filter {
-                #[expect(clippy::cast_possible_truncation, reason = "the priority is the upper half")]
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "the priority is the upper half"
+                )]
                 priority: (f.header.info >> 16) as u16,
                 handle: u32::from(f.header.handle),
                 name,

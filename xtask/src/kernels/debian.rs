@@ -40,10 +40,7 @@ fn archives() -> Result<Archives> {
                 .flatten()
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.extension()
-                        .is_some_and(|e| e == "sources" || e == "list")
-                }),
+                .filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list")),
         )
     {
         if let Ok(t) = fs::read_to_string(&path) {
@@ -84,7 +81,12 @@ struct Apt {
 impl Apt {
     fn new(dir: &Path, suites: &[&str]) -> Result<Self> {
         let archives = archives()?;
-        for sub in ["lists/partial", "archives/partial", "etc/apt.conf.d", "etc/preferences.d"] {
+        for sub in [
+            "lists/partial",
+            "archives/partial",
+            "etc/apt.conf.d",
+            "etc/preferences.d",
+        ] {
             fs::create_dir_all(dir.join(sub))?;
         }
         let mut sources = String::new();

@@ -188,7 +188,11 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
         rows.push(running(&executables, &out.join("running"))?);
     }
     for target in TARGETS.iter().filter(|t| wanted(t.label)) {
-        let kernel = debian::kernel(&cache_dir().join("kernels").join(target.label), target.suites, args.refresh)?;
+        let kernel = debian::kernel(
+            &cache_dir().join("kernels").join(target.label),
+            target.suites,
+            args.refresh,
+        )?;
         let dir = out.join(target.label);
         let guest = Guest {
             kernel: &kernel,
@@ -201,11 +205,17 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
             cwd: workspace_root(),
             env: guest_env(),
         };
-        eprintln!("kernels: {} ({}): booting {}", target.label, target.distribution, kernel.release);
+        eprintln!(
+            "kernels: {} ({}): booting {}",
+            target.label, target.distribution, kernel.release
+        );
         let label = target.label;
-        let outcome = guest.run(&script(&executables, Path::new(GUEST_RUN_DIR), target.expect), |line| {
-            eprintln!("[{label}] {line}");
-        })?;
+        let outcome = guest.run(
+            &script(&executables, Path::new(GUEST_RUN_DIR), target.expect),
+            |line| {
+                eprintln!("[{label}] {line}");
+            },
+        )?;
         let trouble = outcome.code.is_none().then(|| {
             format!(
                 "the guest did not finish (see {})",
@@ -225,7 +235,11 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
     let table = table(&rows);
     fs::write(out.join("report.md"), &table)?;
     eprintln!("\n{table}\n(kernels: {})", out.join("report.md").display());
-    let failed: Vec<&str> = rows.iter().filter(|r| !r.ok()).map(|r| r.label.as_str()).collect();
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.ok())
+        .map(|r| r.label.as_str())
+        .collect();
     if !failed.is_empty() {
         bail!("kernels: {} did not do what they should", failed.join(", "));
     }
@@ -281,7 +295,13 @@ fn running(executables: &[(String, PathBuf)], dir: &Path) -> Result<Row> {
 fn test_executables() -> Result<Vec<(String, PathBuf)>> {
     exec(cmd("cargo").args(["build", "--package", "ovpn-lb-userspace", "--bins"]))?;
     let mut c = cmd("cargo");
-    c.args(["test", "--package", "ovpn-lb-tests", "--no-run", "--message-format=json"]);
+    c.args([
+        "test",
+        "--package",
+        "ovpn-lb-tests",
+        "--no-run",
+        "--message-format=json",
+    ]);
     for step in STEPS {
         if let Some(test) = step.test {
             c.args(["--test", test]);
@@ -294,18 +314,13 @@ fn test_executables() -> Result<Vec<(String, PathBuf)>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut found = vec![(
-        String::new(),
-        workspace_root().join("target/debug/ovpn-lb"),
-    )];
+    let mut found = vec![(String::new(), workspace_root().join("target/debug/ovpn-lb"))];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let (Some(exe), Some(name)) = (
-            msg["executable"].as_str(),
-            msg["target"]["name"].as_str(),
-        ) else {
+        let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str())
+        else {
             continue;
         };
         if msg["profile"]["test"].as_bool() == Some(true) {
@@ -349,7 +364,8 @@ fn results(dir: &Path) -> Vec<(&'static str, StepResult)> {
     STEPS
         .iter()
         .map(|step| {
-            let log = fs::read_to_string(dir.join(format!("{}.log", step.name))).unwrap_or_default();
+            let log =
+                fs::read_to_string(dir.join(format!("{}.log", step.name))).unwrap_or_default();
             let code = fs::read_to_string(dir.join(format!("{}.rc", step.name)))
                 .ok()
                 .and_then(|s| s.trim().parse().ok());
@@ -373,7 +389,14 @@ fn test_counts(log: &str) -> (u32, u32) {
     for line in log.lines().filter(|l| l.starts_with("test result:")) {
         let count = |word: &str| {
             line.split(';')
-                .find_map(|part| part.trim().strip_suffix(word)?.split_whitespace().last()?.parse::<u32>().ok())
+                .find_map(|part| {
+                    part.trim()
+                        .strip_suffix(word)?
+                        .split_whitespace()
+                        .last()?
+                        .parse::<u32>()
+                        .ok()
+                })
                 .unwrap_or(0)
         };
         sums.0 += count(" passed");
