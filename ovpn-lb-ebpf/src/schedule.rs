@@ -92,7 +92,12 @@ pub extern "C" fn ovpn_lb_earliest(active: u32, len: u32) -> u32 {
     };
     if members <= SCAN_TUNNELS {
         for index in 0..SCAN_TUNNELS {
-            if index >= members {
+            // Read opaquely: knowing `members <= SCAN_TUNNELS`, the compiler
+            // would otherwise loop to `members` alone and drop the index's
+            // mask, and Linux 6.1's verifier, which does not carry that
+            // bound to the loop, then walks the index past the array.
+            // SAFETY: a plain read of a local.
+            if index >= unsafe { core::ptr::read_volatile(&raw const members) } {
                 break;
             }
             consider(index);

@@ -533,7 +533,7 @@ fn kernel(f: &mut Findings, layout: &Layout) {
         .and_then(|s| s.kernel)
         .unwrap_or_else(|| {
             let (hook, why) = crate::datapath::attach::TcHook::detect();
-            crate::kernel::Report::new(hook, &why)
+            crate::kernel::Report::new(hook, &why, None)
         });
     if report.fallbacks.is_empty() {
         f.ok(

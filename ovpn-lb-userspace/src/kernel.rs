@@ -64,7 +64,7 @@ pub struct Report {
 /// A feature the kernel lacks and what ovpn-lb does instead.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fallback {
-    /// Metric label: `legacy_tc`, `round_robin`, `csum_retry`.
+    /// Metric label: `legacy_tc`, `round_robin`, `csum_retry`, `no_xdp`.
     pub name: String,
     pub what: String,
 }
@@ -79,9 +79,15 @@ impl Report {
     /// The report for this kernel with `hook` chosen; the ring accounting
     /// is added by whoever tries it ([`Report::accounting`]).
     #[must_use]
-    pub fn new(hook: TcHook, hook_reason: &str) -> Self {
+    pub fn new(hook: TcHook, hook_reason: &str, xdp_refused: Option<&str>) -> Self {
         let release = release();
         let mut fallbacks = Vec::new();
+        if let Some(why) = xdp_refused {
+            fallbacks.push(Fallback {
+                name: "no_xdp".into(),
+                what: format!("no XDP hook: {why}; tc carries everything"),
+            });
+        }
         if hook == TcHook::Legacy {
             fallbacks.push(Fallback {
                 name: "legacy_tc".into(),
@@ -160,7 +166,10 @@ pub fn inspect() -> (String, bool) {
         Ok(d) => d,
         Err(e) => {
             let _ = writeln!(out, "refused: {e}");
-            let _ = writeln!(out, "detail: {e:#}");
+            // The verifier's whole walk is for whoever changes the programs.
+            if std::env::var_os("OVPN_LB_VERIFIER_LOG").is_some() {
+                let _ = writeln!(out, "detail: {e:#}");
+            }
             return (out, false);
         }
     };
@@ -210,6 +219,9 @@ pub fn inspect() -> (String, bool) {
 /// the purpose in a network namespace of its own (on a thread of its own,
 /// so this process's namespace stays), then lets both go.
 fn xdp_on_tap(datapath: &mut Datapath) -> Result<()> {
+    if let Some(why) = datapath.xdp_refused() {
+        bail!("{why}");
+    }
     let program = datapath.xdp_program(programs::TUNNEL_INGRESS_XDP)?;
     std::thread::scope(|scope| {
         scope
@@ -270,18 +282,41 @@ pub fn open_device(name: &str, tap: bool) -> std::io::Result<File> {
 }
 
 /// Turns the kernel's refusal of a BPF program into the reason ovpn-lb
-/// cannot run here: the kernel's version, the helper it lacks if the
-/// verifier named one, and the oldest kernel known to work.
+/// cannot run here: the kernel's version, the helper it lacks or else the
+/// verifier's last words, and the oldest kernel known to work.
 #[must_use]
 pub fn refusal(program: &str, error: &str) -> String {
-    let lacks = error
+    let why = error
         .split("unknown func ")
         .nth(1)
         .and_then(|rest| rest.split('#').next())
         .map(|helper| format!(": it lacks the helper {helper}"))
+        .or_else(|| {
+            // The verifier's verdict: the words before its statistics, not
+            // the instructions it walked.
+            let lines: Vec<&str> = error.lines().map(str::trim).collect();
+            let end = lines
+                .iter()
+                .position(|l| l.starts_with("verification time") || l.starts_with("processed "))?;
+            let words: Vec<&str> = lines[..end]
+                .iter()
+                .rev()
+                .take_while(|l| {
+                    !l.is_empty()
+                        && !l.starts_with(';')
+                        && !l.starts_with(|c: char| c.is_ascii_digit())
+                })
+                .copied()
+                .collect();
+            (!words.is_empty()).then(|| {
+                let mut words = words;
+                words.reverse();
+                format!(" (verifier: {})", words.join("; "))
+            })
+        })
         .unwrap_or_default();
     format!(
-        "Linux {} refused BPF program {program}{lacks}; ovpn-lb needs Linux {OLDEST_WORKING} or later",
+        "Linux {} refused BPF program {program}{why}; ovpn-lb runs on Linux {OLDEST_WORKING} or later",
         release()
     )
 }
@@ -310,13 +345,19 @@ mod tests {
             r.contains("refused BPF program lan_ingress: it lacks the helper bpf_check_mtu;"),
             "{r}"
         );
-        assert!(r.contains("needs Linux 6.1 or later"), "{r}");
+        assert!(r.contains("runs on Linux 6.1 or later"), "{r}");
         assert!(!refusal("x", "something else").contains("lacks"));
+        let walked = "Verifier output: Validating f() func#2...\n1826: (0f) r1 += r9\n1827: (71) r1 = *(u8 *)(r1 +0)\ninvalid access to map value, value_size=4680 off=4680 size=1\nR1 min value is outside of the allowed memory range\nverification time 3079142 usec\nprocessed 28205 insns";
+        let r = refusal("lan_ingress", walked);
+        assert!(
+            r.ends_with("refused BPF program lan_ingress (verifier: invalid access to map value, value_size=4680 off=4680 size=1; R1 min value is outside of the allowed memory range); ovpn-lb runs on Linux 6.1 or later"),
+            "{r}"
+        );
     }
 
     #[test]
     fn fallbacks_follow_the_hook_and_the_accounting() {
-        let mut r = Report::new(TcHook::Legacy, "no tcx");
+        let mut r = Report::new(TcHook::Legacy, "no tcx", None);
         assert!(r.fallbacks.iter().any(|f| f.name == "legacy_tc"));
         r.accounting(false, Some("no BTF"));
         r.accounting(false, Some("still no BTF"));

@@ -353,6 +353,13 @@ impl Lab {
         })
     }
 
+    /// Why the kernel refused the XDP programs, if it did: their rows
+    /// cannot run here.
+    #[must_use]
+    pub fn xdp_refused(&self) -> Option<String> {
+        self.datapath.xdp_refused().map(str::to_owned)
+    }
+
     /// # Panics
     /// If a map cannot be read.
     #[must_use]

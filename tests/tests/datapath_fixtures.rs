@@ -1206,6 +1206,13 @@ fn fixture_table() {
         // tc rows run twice: as a plain skb and as a CHECKSUM_COMPLETE one,
         // whose `csum` the kernel re-checks after the run.
         for (hook, complete) in [(Hook::Tc, false), (Hook::Tc, true), (Hook::Xdp, false)] {
+            if hook == Hook::Xdp
+                && let Some(why) = lab.xdp_refused()
+            {
+                // ovpn-lb runs without the XDP hook here (reported as such).
+                eprintln!("fixture_table: XDP rows not run: {why}");
+                continue;
+            }
             let rows = rows
                 .iter()
                 .filter(|r| r.runs_on(hook) && (!complete || r.keeps_csum_complete()));
@@ -1665,6 +1672,12 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
     ];
     with_lab(|lab| {
         for hook in [Hook::Tc, Hook::Xdp] {
+            if hook == Hook::Xdp
+                && let Some(why) = lab.xdp_refused()
+            {
+                eprintln!("probes: the XDP hook's cases not run: {why}");
+                continue;
+            }
             // The far gateway's probe goes back into tunnel 1, an answer now:
             // MACs swapped, our receive time written in, nothing else changed.
             let input = frame(far_probe);

@@ -1,10 +1,12 @@
 //! `cargo xtask test`: set-up, the BPF object, lint, the Debian package (its
-//! test installs it), then every test in the workspace.
+//! test installs it), every test in the workspace, then the same on the
+//! kernels operators run (`cargo xtask kernels`) where this machine has
+//! `/dev/kvm`.
 
 use anyhow::Result;
 
 use crate::{
-    build, deb, setup,
+    build, deb, kernels, setup,
     tools::{cmd, exec, is_root},
 };
 
@@ -29,5 +31,26 @@ pub fn run(extra: &[String]) -> Result<()> {
             "xtask test: not root: BPF and namespace tests will be skipped (CI=true makes that a failure)"
         );
     }
-    run_all(extra)
+    run_all(extra)?;
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!(
+            "xtask test: no /dev/kvm here: the kernels operators run were not booted (`cargo xtask kernels` boots them)"
+        );
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("xtask test: not root: the kernels operators run were not booted");
+        return Ok(());
+    }
+    // The running kernel has just run every test.
+    let started = std::time::Instant::now();
+    kernels::run(&kernels::KernelsArgs {
+        no_running: true,
+        ..kernels::KernelsArgs::default()
+    })?;
+    eprintln!(
+        "xtask test: the kernels operators run: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -39,6 +39,9 @@ pub struct Datapath {
     tc_hook: attach::TcHook,
     /// Why that choice.
     tc_hook_reason: String,
+    /// Why the kernel refused the XDP programs, if it did: the XDP hook is
+    /// then unavailable, and tc carries everything.
+    xdp_refused: Option<String>,
 }
 
 /// Program `name` of the object, as its type `P`.
@@ -102,15 +105,21 @@ impl Datapath {
         // is attached.
         let refused = |name: &str, e: aya::programs::ProgramError| {
             let detail = format!("{e:#}");
-            anyhow!("{}", crate::kernel::refusal(name, &detail)).context(detail)
+            let reason = crate::kernel::refusal(name, &detail);
+            anyhow!(detail).context(reason)
         };
         for &name in programs::TC {
             let result = typed::<SchedClassifier>(&mut ebpf, name)?.load();
             result.map_err(|e| refused(name, e))?;
         }
+        // The XDP hook is optional: a kernel whose verifier refuses its
+        // programs runs with tc alone.
+        let mut xdp_refused = None;
         for &name in programs::XDP {
-            let result = typed::<Xdp>(&mut ebpf, name)?.load();
-            result.map_err(|e| refused(name, e))?;
+            if let Err(e) = typed::<Xdp>(&mut ebpf, name)?.load() {
+                xdp_refused = Some(crate::kernel::refusal(name, &format!("{e:#}")));
+                break;
+            }
         }
         let (tc_hook, tc_hook_reason) = attach::TcHook::detect();
         Ok(Self {
@@ -118,6 +127,7 @@ impl Datapath {
             last_flip: None,
             tc_hook,
             tc_hook_reason,
+            xdp_refused,
         })
     }
 
@@ -125,7 +135,17 @@ impl Datapath {
     /// accounting's is added when it is tried).
     #[must_use]
     pub fn kernel_report(&self) -> crate::kernel::Report {
-        crate::kernel::Report::new(self.tc_hook, &self.tc_hook_reason)
+        crate::kernel::Report::new(
+            self.tc_hook,
+            &self.tc_hook_reason,
+            self.xdp_refused.as_deref(),
+        )
+    }
+
+    /// Why the kernel refused the XDP programs, if it did.
+    #[must_use]
+    pub fn xdp_refused(&self) -> Option<&str> {
+        self.xdp_refused.as_deref()
     }
 
     /// A loaded tc program, by name (see `ovpn_lb_common::maps::programs`).

@@ -63,6 +63,11 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
     let listener = metrics::server::bind(config.metrics_listen).await?;
     log::info!("hook: {}", config.hook_reason);
     let mut datapath = Datapath::load_pinned(layout)?;
+    if config.hook == config::Hook::Xdp
+        && let Some(why) = datapath.xdp_refused()
+    {
+        anyhow::bail!("the XDP hook cannot run here: {why}; hook = \"tc\" does");
+    }
     forward_bpf_logs(&mut datapath);
 
     // Subscribed before the LAN's features are read at start, so no change

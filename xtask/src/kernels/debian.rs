@@ -108,6 +108,7 @@ impl Apt {
                  Dir::State::Lists \"{d}/lists\";\nDir::State::status \"/dev/null\";\n\
                  Dir::Cache \"{d}\";\nDir::Cache::archives \"{d}/archives\";\n\
                  Debug::NoLocking \"true\";\nAcquire::Languages \"none\";\n\
+                 APT::Sandbox::User \"root\";\n\
                  APT::Architecture \"amd64\";\nAPT::Architectures {{ \"amd64\"; }};\n"
             ),
         )?;

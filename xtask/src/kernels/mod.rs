@@ -25,7 +25,13 @@ use crate::{
     vm::{self, Accel, GUEST_RUN_DIR, Guest},
 };
 
-#[derive(clap::Args, Clone, Debug, Default)]
+/// Guest memory: the tests, OpenVPN and the overlay's upper layer (guest
+/// memory too) with room to spare.
+const GUEST_MEMORY_MIB: u32 = 3072;
+/// Guest processors: the machine's two cores.
+const GUEST_CPUS: u32 = 2;
+
+#[derive(clap::Args, Clone, Debug)]
 pub struct KernelsArgs {
     /// Only these kernels (labels: debian-11, debian-12, debian-13, running).
     #[arg(long, value_delimiter = ',')]
@@ -38,12 +44,28 @@ pub struct KernelsArgs {
     /// test on it).
     #[arg(long)]
     pub no_running: bool,
+    /// Only these steps (kernel, fixtures, loader, lab).
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<String>,
     /// Guest memory.
-    #[arg(long, default_value_t = 3072)]
+    #[arg(long, default_value_t = GUEST_MEMORY_MIB)]
     pub memory_mib: u32,
     /// Guest processors.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = GUEST_CPUS)]
     pub cpus: u32,
+}
+
+impl Default for KernelsArgs {
+    fn default() -> Self {
+        Self {
+            only: Vec::new(),
+            refresh: false,
+            no_running: false,
+            steps: Vec::new(),
+            memory_mib: GUEST_MEMORY_MIB,
+            cpus: GUEST_CPUS,
+        }
+    }
 }
 
 /// What a kernel is expected to do.
@@ -185,7 +207,7 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
 
     let mut rows = Vec::new();
     if wanted("running") && !args.no_running {
-        rows.push(running(&executables, &out.join("running"))?);
+        rows.push(running(&executables, &out.join("running"), &args.steps)?);
     }
     for target in TARGETS.iter().filter(|t| wanted(t.label)) {
         let kernel = debian::kernel(
@@ -210,12 +232,13 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
             target.label, target.distribution, kernel.release
         );
         let label = target.label;
-        let outcome = guest.run(
-            &script(&executables, Path::new(GUEST_RUN_DIR), target.expect),
-            |line| {
-                eprintln!("[{label}] {line}");
-            },
-        )?;
+        let script = script(
+            &executables,
+            Path::new(GUEST_RUN_DIR),
+            target.expect,
+            &args.steps,
+        );
+        let outcome = guest.run(&script, |line| eprintln!("[{label}] {line}"))?;
         let trouble = outcome.code.is_none().then(|| {
             format!(
                 "the guest did not finish (see {})",
@@ -257,7 +280,7 @@ fn timeout(accel: Accel) -> Duration {
 /// What the tests read from the environment, passed on to the guest.
 fn guest_env() -> Vec<(String, String)> {
     let mut env = vec![("RUST_BACKTRACE".to_owned(), "1".to_owned())];
-    for key in ["CI", "RUST_LOG"] {
+    for key in ["CI", "RUST_LOG", "OVPN_LB_TC_HOOK", "OVPN_LB_VERIFIER_LOG"] {
         if let Ok(v) = std::env::var(key) {
             env.push((key.to_owned(), v));
         }
@@ -266,7 +289,7 @@ fn guest_env() -> Vec<(String, String)> {
 }
 
 /// The running kernel: the same steps, in place.
-fn running(executables: &[(String, PathBuf)], dir: &Path) -> Result<Row> {
+fn running(executables: &[(String, PathBuf)], dir: &Path, steps: &[String]) -> Result<Row> {
     if dir.exists() {
         fs::remove_dir_all(dir)?;
     }
@@ -276,7 +299,7 @@ fn running(executables: &[(String, PathBuf)], dir: &Path) -> Result<Row> {
         .to_owned();
     eprintln!("kernels: running ({release}): in place");
     let started = Instant::now();
-    let script = script(executables, dir, Expect::Works);
+    let script = script(executables, dir, Expect::Works, steps);
     let status = cmd("sh").arg("-c").arg(&script).status()?;
     let trouble = (!status.success()).then(|| format!("the steps' script failed ({status})"));
     Ok(Row {
@@ -339,13 +362,21 @@ fn test_executables() -> Result<Vec<(String, PathBuf)>> {
 /// The steps as a shell script: each step's output goes to the console
 /// and to `<dir>/<step>.log`, its exit code to `<dir>/<step>.rc`. A kernel
 /// the loader refuses runs only the first step.
-fn script(executables: &[(String, PathBuf)], dir: &Path, expect: Expect) -> String {
+fn script(
+    executables: &[(String, PathBuf)],
+    dir: &Path,
+    expect: Expect,
+    only: &[String],
+) -> String {
     let d = dir.display();
     let mut s = format!(
         "step() {{ name=$1; shift; echo \"=== kernels: $name\"; \
          {{ \"$@\"; echo $? > {d}/$name.rc; }} 2>&1 | tee {d}/$name.log; }}\n"
     );
     for step in STEPS {
+        if !only.is_empty() && !only.iter().any(|o| o == step.name) {
+            continue;
+        }
         let exe = executables
             .iter()
             .find(|(n, _)| n == step.test.unwrap_or_default())
@@ -474,7 +505,7 @@ mod tests {
     #[test]
     fn a_refused_kernel_runs_only_the_kernel_step() {
         let exes = vec![(String::new(), PathBuf::from("/x/ovpn-lb"))];
-        let s = script(&exes, Path::new("/run/vm"), Expect::Refused);
+        let s = script(&exes, Path::new("/run/vm"), Expect::Refused, &[]);
         assert!(s.contains("step kernel /x/ovpn-lb kernel"), "{s}");
         assert!(!s.contains("step fixtures"), "{s}");
     }
