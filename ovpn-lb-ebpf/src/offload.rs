@@ -58,17 +58,15 @@ pub fn complete<C: Hook>(
     let mut at = ip.l4;
     let mut sum: u32 = 0;
     for _ in 0..MAX_L4_BYTES / CHUNK {
-        let n = core::hint::black_box(((end - at) & !3).min(CHUNK));
-        // `n` is a multiple of 4: below 4 is none left.
-        if n < 4 {
+        // Opaque, so the compiler bounds the register the helper gets rather
+        // than a copy of it, which is what the verifier checks.
+        let mut n = core::hint::black_box((end - at) & !3);
+        if n > CHUNK {
+            n = CHUNK;
+        }
+        if n == 0 {
             break;
         }
-        // `n` itself, written so that its bounds, [4, CHUNK], follow from
-        // the arithmetic alone: Linux 6.1's verifier takes no lower bound
-        // from a comparison on a copy (or `!= 0`), and the helper refuses a
-        // size that may be zero. (`n` is opaque above, so the compiler
-        // cannot fold this back to `n`.)
-        let n = ((n - 4) & (CHUNK - 4)) + 4;
         if !pkt.ctx().load_bytes(at, &mut chunk, n as u32) {
             return Err(Reason::TruncatedL4);
         }
@@ -91,10 +89,8 @@ pub fn complete<C: Hook>(
         at += n;
     }
     // Whole words are done (the segment is at most MAX_L4_BYTES long).
-    let rest = core::hint::black_box((end - at) & 3);
+    let rest = (end - at) & 3;
     if rest != 0 {
-        // `rest` itself, its bounds ([1, 4]) from the arithmetic, as above.
-        let rest = ((rest - 1) & 3) + 1;
         // The last 1-3 bytes, zero-padded as the checksum pads an odd end.
         let mut tail = [0u8; 4];
         if !pkt.ctx().load_bytes(at, &mut tail, rest as u32) {

@@ -79,10 +79,10 @@ impl Report {
     /// The report for this kernel with `hook` chosen; the ring accounting
     /// is added by whoever tries it ([`Report::accounting`]).
     #[must_use]
-    pub fn new(hook: TcHook, hook_reason: &str, xdp_refused: Option<&str>) -> Self {
+    pub fn new(hook: TcHook, hook_reason: &str, xdp_unavailable: Option<&str>) -> Self {
         let release = release();
         let mut fallbacks = Vec::new();
-        if let Some(why) = xdp_refused {
+        if let Some(why) = xdp_unavailable {
             fallbacks.push(Fallback {
                 name: "no_xdp".into(),
                 what: format!("no XDP hook: {why}; tc carries everything"),
@@ -174,12 +174,12 @@ pub fn inspect() -> (String, bool) {
         }
     };
     let report = datapath.kernel_report();
-    let _ = writeln!(
-        out,
-        "programs: accepted ({} tc, {} XDP)",
-        programs::TC.len(),
-        programs::XDP.len()
-    );
+    let xdp = if datapath.xdp_unavailable().is_some() {
+        "XDP not loaded".to_owned()
+    } else {
+        format!("{} XDP", programs::XDP.len())
+    };
+    let _ = writeln!(out, "programs: accepted ({} tc, {xdp})", programs::TC.len());
     let _ = writeln!(out, "hook: {}", report.tc_hook);
     let _ = writeln!(
         out,
@@ -219,7 +219,7 @@ pub fn inspect() -> (String, bool) {
 /// the purpose in a network namespace of its own (on a thread of its own,
 /// so this process's namespace stays), then lets both go.
 fn xdp_on_tap(datapath: &mut Datapath) -> Result<()> {
-    if let Some(why) = datapath.xdp_refused() {
+    if let Some(why) = datapath.xdp_unavailable() {
         bail!("{why}");
     }
     let program = datapath.xdp_program(programs::TUNNEL_INGRESS_XDP)?;

@@ -353,11 +353,11 @@ impl Lab {
         })
     }
 
-    /// Why the kernel refused the XDP programs, if it did: their rows
-    /// cannot run here.
+    /// Why the XDP hook cannot run on this kernel (before Linux 6.3): its
+    /// programs are not loaded, and their rows cannot run here.
     #[must_use]
-    pub fn xdp_refused(&self) -> Option<String> {
-        self.datapath.xdp_refused().map(str::to_owned)
+    pub fn xdp_unavailable(&self) -> Option<String> {
+        self.datapath.xdp_unavailable().map(str::to_owned)
     }
 
     /// # Panics

@@ -1207,7 +1207,7 @@ fn fixture_table() {
         // whose `csum` the kernel re-checks after the run.
         for (hook, complete) in [(Hook::Tc, false), (Hook::Tc, true), (Hook::Xdp, false)] {
             if hook == Hook::Xdp
-                && let Some(why) = lab.xdp_refused()
+                && let Some(why) = lab.xdp_unavailable()
             {
                 // ovpn-lb runs without the XDP hook here (reported as such).
                 eprintln!("fixture_table: XDP rows not run: {why}");
@@ -1673,7 +1673,7 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
     with_lab(|lab| {
         for hook in [Hook::Tc, Hook::Xdp] {
             if hook == Hook::Xdp
-                && let Some(why) = lab.xdp_refused()
+                && let Some(why) = lab.xdp_unavailable()
             {
                 eprintln!("probes: the XDP hook's cases not run: {why}");
                 continue;

@@ -39,9 +39,9 @@ pub struct Datapath {
     tc_hook: attach::TcHook,
     /// Why that choice.
     tc_hook_reason: String,
-    /// Why the kernel refused the XDP programs, if it did: the XDP hook is
-    /// then unavailable, and tc carries everything.
-    xdp_refused: Option<String>,
+    /// Why the XDP hook cannot run here, if it cannot (its programs are
+    /// then not loaded, and tc carries everything).
+    xdp_unavailable: Option<String>,
 }
 
 /// Program `name` of the object, as its type `P`.
@@ -112,13 +112,19 @@ impl Datapath {
             let result = typed::<SchedClassifier>(&mut ebpf, name)?.load();
             result.map_err(|e| refused(name, e))?;
         }
-        // The XDP hook is optional: a kernel whose verifier refuses its
-        // programs runs with tc alone.
-        let mut xdp_refused = None;
-        for &name in programs::XDP {
-            if let Err(e) = typed::<Xdp>(&mut ebpf, name)?.load() {
-                xdp_refused = Some(crate::kernel::refusal(name, &format!("{e:#}")));
-                break;
+        // Without the drivers' XDP features (the `netdev` family) the XDP
+        // hook is never chosen, and its programs are not loaded (Linux 6.1's
+        // verifier works for minutes on `lan_ingress_xdp`, then refuses it).
+        let xdp_unavailable = crate::netlink::netdev::unavailable().map(|why| {
+            format!(
+                "Linux {} does not report drivers' XDP features ({why}; 6.3+ does), which the XDP hook needs",
+                crate::kernel::release()
+            )
+        });
+        if xdp_unavailable.is_none() {
+            for &name in programs::XDP {
+                let result = typed::<Xdp>(&mut ebpf, name)?.load();
+                result.map_err(|e| refused(name, e))?;
             }
         }
         let (tc_hook, tc_hook_reason) = attach::TcHook::detect();
@@ -127,7 +133,7 @@ impl Datapath {
             last_flip: None,
             tc_hook,
             tc_hook_reason,
-            xdp_refused,
+            xdp_unavailable,
         })
     }
 
@@ -138,14 +144,14 @@ impl Datapath {
         crate::kernel::Report::new(
             self.tc_hook,
             &self.tc_hook_reason,
-            self.xdp_refused.as_deref(),
+            self.xdp_unavailable.as_deref(),
         )
     }
 
-    /// Why the kernel refused the XDP programs, if it did.
+    /// Why the XDP hook cannot run here, if it cannot.
     #[must_use]
-    pub fn xdp_refused(&self) -> Option<&str> {
-        self.xdp_refused.as_deref()
+    pub fn xdp_unavailable(&self) -> Option<&str> {
+        self.xdp_unavailable.as_deref()
     }
 
     /// A loaded tc program, by name (see `ovpn_lb_common::maps::programs`).

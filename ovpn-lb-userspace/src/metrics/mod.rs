@@ -211,7 +211,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "ovpnlb_kernel_fallback",
-        help: "1 for each fallback in force for a feature the kernel lacks: legacy_tc, round_robin (packet spray without its ring accounting), csum_retry (IPv6 checksums without BPF_F_IPV6), no_xdp (the kernel refuses the XDP programs).",
+        help: "1 for each fallback in force for a feature the kernel lacks: legacy_tc, round_robin (packet spray without its ring accounting), csum_retry (IPv6 checksums without BPF_F_IPV6), no_xdp (the kernel does not report drivers' XDP features, so the XDP hook cannot run).",
         kind: Kind::Gauge,
         labels: &["fallback"],
         samples: |s| {

@@ -64,7 +64,7 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
     log::info!("hook: {}", config.hook_reason);
     let mut datapath = Datapath::load_pinned(layout)?;
     if config.hook == config::Hook::Xdp
-        && let Some(why) = datapath.xdp_refused()
+        && let Some(why) = datapath.xdp_unavailable()
     {
         anyhow::bail!("the XDP hook cannot run here: {why}; hook = \"tc\" does");
     }
