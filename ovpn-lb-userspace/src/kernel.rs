@@ -36,8 +36,7 @@ const CSUM_IPV6_FLAG: (u32, u32) = (6, 16);
 #[must_use]
 pub fn release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
 /// `(major, minor)` of a release string such as `6.1.0-57-amd64`.
@@ -281,15 +280,42 @@ pub fn open_device(name: &str, tap: bool) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Helpers the programs call that came late, by number (the verifier of
+/// a kernel that lacks one knows only the number).
+const LATE_HELPERS: &[(u32, &str)] = &[
+    (163, "bpf_check_mtu (Linux 5.12)"),
+    (189, "bpf_xdp_load_bytes (Linux 5.18)"),
+];
+
 /// Turns the kernel's refusal of a BPF program into the reason ovpn-lb
 /// cannot run here: the kernel's version, the helper it lacks or else the
 /// verifier's last words, and the oldest kernel known to work.
 #[must_use]
 pub fn refusal(program: &str, error: &str) -> String {
-    let why = error
+    // Newer verifiers name the helper ("unknown func bpf_check_mtu#163"),
+    // older ones only number it ("invalid func unknown#163").
+    let named = error
         .split("unknown func ")
         .nth(1)
         .and_then(|rest| rest.split('#').next())
+        .map(str::to_owned);
+    let numbered = error
+        .split("invalid func unknown#")
+        .nth(1)
+        .and_then(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .map(|id| {
+            LATE_HELPERS
+                .iter()
+                .find(|(n, _)| *n == id)
+                .map_or_else(|| format!("#{id}"), |(_, name)| (*name).to_owned())
+        });
+    let why = named
+        .or(numbered)
         .map(|helper| format!(": it lacks the helper {helper}"))
         .or_else(|| {
             // The verifier's verdict: the words before its statistics, not
@@ -347,6 +373,12 @@ mod tests {
         );
         assert!(r.contains("runs on Linux 6.1 or later"), "{r}");
         assert!(!refusal("x", "something else").contains("lacks"));
+        let old = "0: (85) call unknown#163\ninvalid func unknown#163\nprocessed 9 insns";
+        assert!(
+            refusal("lan_ingress", old).contains("it lacks the helper bpf_check_mtu (Linux 5.12);"),
+            "{}",
+            refusal("lan_ingress", old)
+        );
         let walked = "Verifier output: Validating f() func#2...\n1826: (0f) r1 += r9\n1827: (71) r1 = *(u8 *)(r1 +0)\ninvalid access to map value, value_size=4680 off=4680 size=1\nR1 min value is outside of the allowed memory range\nverification time 3079142 usec\nprocessed 28205 insns";
         let r = refusal("lan_ingress", walked);
         assert!(

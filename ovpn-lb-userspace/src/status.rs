@@ -372,16 +372,7 @@ pub fn render(r: &Report, all: bool) -> String {
         "ovpn-lb: loader {loader}, spray {}, hook {}, LAN {}",
         r.spray, r.hook, r.lan_interface
     );
-    if let Some(k) = &r.kernel {
-        let _ = writeln!(
-            out,
-            "kernel {}: tc programs attach through {}",
-            k.release, k.tc_hook
-        );
-        for f in &k.fallbacks {
-            let _ = writeln!(out, "  fallback: {}", f.what);
-        }
-    }
+    render_kernel(&mut out, r);
     let _ = writeln!(
         out,
         "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>28} {:>6}  openvpn",
@@ -462,6 +453,21 @@ pub fn render(r: &Report, all: bool) -> String {
     out
 }
 
+/// The kernel and the fallbacks in force, if the loader said.
+fn render_kernel(out: &mut String, r: &Report) {
+    use std::fmt::Write as _;
+    if let Some(k) = &r.kernel {
+        let _ = writeln!(
+            out,
+            "kernel {}: tc programs attach through {}",
+            k.release, k.tc_hook
+        );
+        for f in &k.fallbacks {
+            let _ = writeln!(out, "  fallback: {}", f.what);
+        }
+    }
+}
+
 /// The rings' table, while packet spray's accounting has measured any.
 fn render_rings(out: &mut String, r: &Report) {
     use std::fmt::Write as _;
@@ -540,6 +546,15 @@ mod tests {
             hook: "tc".to_owned(),
             lan_interface: "lan".to_owned(),
             interval_seconds: 1.0,
+            kernel: Some(crate::kernel::Report {
+                release: "6.1.0-57-amd64".to_owned(),
+                tc_hook: "legacy-tc".to_owned(),
+                ring_accounting: false,
+                fallbacks: vec![crate::kernel::Fallback {
+                    name: "legacy_tc".to_owned(),
+                    what: "tc programs attach as cls_bpf filters on a clsact qdisc".to_owned(),
+                }],
+            }),
             tunnels: vec![tunnel(0, "up", None), tunnel(1, "down", Some("probe"))],
             reasons: Reason::ALL
                 .iter()
@@ -557,6 +572,10 @@ mod tests {
     fn the_table_reads_in_human_units_and_hides_reasons_at_zero() {
         let r = report();
         let text = render(&r, false);
+        assert!(
+            text.contains("kernel 6.1.0-57-amd64: tc programs attach through legacy-tc\n  fallback: tc programs attach as cls_bpf filters on a clsact qdisc\n"),
+            "{text}"
+        );
         let row = text.lines().find(|l| l.contains("tun0")).unwrap();
         for want in [
             "1.5 M",

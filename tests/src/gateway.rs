@@ -347,6 +347,7 @@ impl GatewayLab {
         timeout: Duration,
         pred: impl Fn(&[usize]) -> bool,
     ) -> Duration {
+        let timeout = crate::slowed(timeout);
         loop {
             let now = self.in_rotation();
             if pred(&now) {

@@ -278,7 +278,7 @@ fn attach_then_detach_leaves_nothing() {
     assert_eq!(tc_names(&lab, "lan0"), ["tunnel_ingress_"]);
     // (The kernel frees a tracing program after an RCU grace period once
     // its link is gone: give it a moment.)
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + ovpn_lb_tests::slowed(Duration::from_secs(2));
     let (links, progs) = loop {
         let ids = (bpftool_ids("link"), bpftool_ids("prog"));
         let gone = ours

@@ -202,7 +202,7 @@ impl Guest<'_> {
                 "console=ttyS0 rdinit=/init panic=-1 loglevel=4 net.ifnames=0",
             ])
             .args(["-virtfs", &share("/", "host", true)])
-            .args(["-virtfs", &share(&self.kernel.modules(), "kmods", true)])
+            .args(["-virtfs", &share(self.kernel.modules(), "kmods", true)])
             .args(["-virtfs", &share(&self.dir, "run", false)])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -434,7 +434,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.bytes.len() % 4 != 0 {
+        while !self.bytes.len().is_multiple_of(4) {
             self.bytes.push(0);
         }
     }

@@ -115,9 +115,9 @@ impl Datapath {
         // Without the drivers' XDP features (the `netdev` family) the XDP
         // hook is never chosen, and its programs are not loaded (Linux 6.1's
         // verifier works for minutes on `lan_ingress_xdp`, then refuses it).
-        let xdp_unavailable = crate::netlink::netdev::unavailable().map(|why| {
+        let xdp_unavailable = (!crate::netlink::netdev::available()).then(|| {
             format!(
-                "Linux {} does not report drivers' XDP features ({why}; 6.3+ does), which the XDP hook needs",
+                "Linux {} has no netdev netlink family (6.3+), so no drivers' XDP features, which the XDP hook needs",
                 crate::kernel::release()
             )
         });

@@ -198,14 +198,11 @@ fn resolve(s: &Socket) -> io::Result<(u16, Option<u32>)> {
     Ok((id, group))
 }
 
-/// Why the kernel reports no XDP features, if it does not: it has no
-/// `netdev` family (before Linux 6.3).
+/// Whether the kernel reports drivers' XDP features: it has the `netdev`
+/// family (Linux 6.3+).
 #[must_use]
-pub fn unavailable() -> Option<String> {
-    match socket().and_then(|s| resolve(&s)) {
-        Ok(_) => None,
-        Err(e) => Some(e.to_string()),
-    }
+pub fn available() -> bool {
+    socket().and_then(|s| resolve(&s)).is_ok()
 }
 
 /// The `NETDEV_XDP_ACT_*` bits of every device, by ifindex (empty before

@@ -199,10 +199,7 @@ pub fn filters(ifindex: u32, direction: Direction) -> io::Result<Vec<Filter>> {
                 }
             }
             Some(Filter {
-                #[expect(
-                    clippy::cast_possible_truncation,
-                    reason = "the priority is the upper half"
-                )]
+                // The priority is the upper half.
                 priority: (f.header.info >> 16) as u16,
                 handle: u32::from(f.header.handle),
                 name,

@@ -8,6 +8,7 @@
 //! followed.
 
 use std::{
+    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -96,7 +97,7 @@ impl Apt {
             } else {
                 &archives.main
             };
-            sources.push_str(&format!("deb [signed-by={KEYRING}] {uri} {suite} main\n"));
+            let _ = writeln!(sources, "deb [signed-by={KEYRING}] {uri} {suite} main");
         }
         fs::write(dir.join("etc/sources.list"), sources)?;
         let d = dir.display();
@@ -175,7 +176,8 @@ pub fn kernel(dir: &Path, suites: &[&str], refresh: bool) -> Result<Kernel> {
         .find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+                .is_some_and(|n| n.starts_with(&format!("{package}_")))
+                && p.extension().is_some_and(|e| e == "deb")
         })
         .ok_or_else(|| anyhow!("apt-get download left no {package}_*.deb"))?;
     if root.exists() {
@@ -208,13 +210,12 @@ fn image(root: &Path) -> Result<Kernel> {
     let release = fs::read_dir(root.join("boot"))
         .with_context(|| format!("{} has no boot/", root.display()))?
         .filter_map(Result::ok)
-        .filter_map(|e| {
+        .find_map(|e| {
             e.file_name()
                 .to_str()
                 .and_then(|n| n.strip_prefix("vmlinuz-"))
                 .map(str::to_owned)
         })
-        .next()
         .ok_or_else(|| anyhow!("{}/boot has no vmlinuz-*", root.display()))?;
     Ok(Kernel {
         release,

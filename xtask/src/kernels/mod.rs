@@ -133,10 +133,21 @@ const STEPS: &[Step] = &[
         test: Some("datapath_fixtures"),
         args: &[],
     },
+    // The loader tests that depend on the kernel: attaching and detaching
+    // (tcx or legacy tc, nothing left behind), in-place replacement on
+    // restart, refusal before attaching, a recreated device's attach. The
+    // rest test the daemon's own timing (the 100 ms health bound, hostile
+    // metrics clients), which emulation would only blur.
     Step {
         name: "loader",
         test: Some("loader"),
-        args: &[],
+        args: &[
+            "attach_then_detach_leaves_nothing",
+            "restarts_lose_no_pings",
+            "bad_configuration_is_refused_before_anything_is_attached",
+            "a_recreated_tunnel_device_is_picked_up",
+            "--exact",
+        ],
     },
     Step {
         name: "lab",
@@ -225,7 +236,7 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
             modules: GUEST_MODULES,
             dir: dir.clone(),
             cwd: workspace_root(),
-            env: guest_env(),
+            env: guest_env(accel),
         };
         eprintln!(
             "kernels: {} ({}): booting {}",
@@ -272,14 +283,24 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
 /// Time a guest gets: booting and the steps under emulation take minutes.
 fn timeout(accel: Accel) -> Duration {
     match accel {
-        Accel::Kvm => Duration::from_secs(15 * 60),
-        Accel::Tcg => Duration::from_secs(45 * 60),
+        Accel::Kvm => Duration::from_mins(15),
+        Accel::Tcg => Duration::from_mins(45),
     }
 }
 
-/// What the tests read from the environment, passed on to the guest.
-fn guest_env() -> Vec<(String, String)> {
+/// How much longer the test bed waits for things under emulation.
+const EMULATED_SLOWDOWN: u32 = 10;
+
+/// What the tests read from the environment, passed on to the guest, and
+/// the test bed's slowdown under emulation.
+fn guest_env(accel: Accel) -> Vec<(String, String)> {
     let mut env = vec![("RUST_BACKTRACE".to_owned(), "1".to_owned())];
+    if accel == Accel::Tcg {
+        env.push((
+            ovpn_lb_tests::SLOWDOWN_ENV.to_owned(),
+            EMULATED_SLOWDOWN.to_string(),
+        ));
+    }
     for key in ["CI", "RUST_LOG", "OVPN_LB_TC_HOOK", "OVPN_LB_VERIFIER_LOG"] {
         if let Ok(v) = std::env::var(key) {
             env.push((key.to_owned(), v));
