@@ -125,6 +125,27 @@ fn two_tunnels_carry_ten_megabytes_v4_and_v6() {
             "both tunnels carry the one connection over {listen}: {carried:?}"
         );
     }
+    // Where the loader runs packet spray's ring accounting, it follows both
+    // rings (where it could not, the loader must not run it): every packet
+    // sprayed into a tunnel counted in and, the traffic over, read out.
+    let state = ovpn_lb::status::State::read(&lab.layout(Side::A)).expect("the state file");
+    let kernel = state.kernel.expect("the loader reports the kernel");
+    if kernel.ring_accounting {
+        thread::sleep(Duration::from_millis(500));
+        let after = lab.counters(Side::A);
+        for (k, (q, t)) in after.queues.iter().zip(&after.tunnels).enumerate() {
+            assert!(
+                q.deq_packets >= t.tx_packets,
+                "tunnel {k}: reads of sprayed packets went uncounted: {q:?} {t:?}"
+            );
+            assert_eq!(q.enq_bytes, q.deq_bytes, "tunnel {k}: a backlog left: {q:?}");
+        }
+    } else {
+        assert!(
+            kernel.fallbacks.iter().any(|f| f.name == "round_robin"),
+            "no ring accounting, and no round-robin fallback stated: {kernel:?}"
+        );
+    }
 }
 
 #[test]

@@ -184,6 +184,11 @@ pub fn kernel(dir: &Path, suites: &[&str], refresh: bool) -> Result<Kernel> {
         fs::remove_dir_all(&root)?;
     }
     exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    // Debian 13's packages put modules under usr/lib (merged /usr): the
+    // tools look in lib/.
+    if !root.join("lib").exists() && root.join("usr/lib/modules").exists() {
+        std::os::unix::fs::symlink("usr/lib", root.join("lib"))?;
+    }
     let kernel = image(&root)?;
     exec(
         Command::new("depmod")
