@@ -51,12 +51,17 @@ pub const SLOWDOWN_ENV: &str = "OVPN_LB_TEST_SLOWDOWN";
 /// run leaves every limit as written.
 #[must_use]
 pub fn slowed(limit: std::time::Duration) -> std::time::Duration {
-    let factor = std::env::var(SLOWDOWN_ENV)
+    limit * slowdown()
+}
+
+/// The factor [`SLOWDOWN_ENV`] names.
+#[must_use]
+pub fn slowdown() -> u32 {
+    std::env::var(SLOWDOWN_ENV)
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(1)
-        .max(1);
-    limit * factor
+        .max(1)
 }
 
 /// Holds the one-at-a-time lock for the caller's scope.

@@ -139,7 +139,10 @@ fn two_tunnels_carry_ten_megabytes_v4_and_v6() {
                 q.deq_packets >= t.tx_packets,
                 "tunnel {k}: reads of sprayed packets went uncounted: {q:?} {t:?}"
             );
-            assert_eq!(q.enq_bytes, q.deq_bytes, "tunnel {k}: a backlog left: {q:?}");
+            assert_eq!(
+                q.enq_bytes, q.deq_bytes,
+                "tunnel {k}: a backlog left: {q:?}"
+            );
         }
     } else {
         assert!(

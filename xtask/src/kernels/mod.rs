@@ -135,9 +135,9 @@ const STEPS: &[Step] = &[
     },
     // The loader tests that depend on the kernel: attaching and detaching
     // (tcx or legacy tc, nothing left behind), in-place replacement on
-    // restart, refusal before attaching, a recreated device's attach. The
-    // rest test the daemon's own timing (the 100 ms health bound, hostile
-    // metrics clients), which emulation would only blur.
+    // restart, refusal before attaching. The rest test the daemon's own
+    // timing (the 100 ms health bound, hostile metrics clients), which
+    // emulation would only blur.
     Step {
         name: "loader",
         test: Some("loader"),
@@ -145,7 +145,6 @@ const STEPS: &[Step] = &[
             "attach_then_detach_leaves_nothing",
             "restarts_lose_no_pings",
             "bad_configuration_is_refused_before_anything_is_attached",
-            "a_recreated_tunnel_device_is_picked_up",
             "--exact",
         ],
     },
