@@ -1421,25 +1421,31 @@ fn rare_paths_log_at_most_once_per_second_per_cpu() {
                 assert_eq!(lab.run(Program::Lan, &frame, 0).verdict, TC_ACT_SHOT);
             }
         };
-        burst(lab);
+        // At most one message per second the burst spans (one, natively;
+        // an emulated guest takes longer over 200 runs).
+        let timed_burst = |lab: &mut Lab| {
+            let start = std::time::Instant::now();
+            burst(lab);
+            usize::try_from(start.elapsed().as_secs()).unwrap() + 1
+        };
+        let most = timed_burst(lab);
         logger.flush();
         let first = capture.0.lock().unwrap().clone();
-        assert_eq!(
-            first.len(),
-            1,
-            "200 drops within a second, one message: {first:?}"
+        assert!(
+            !first.is_empty() && first.len() <= most,
+            "200 drops within {most} s, at most {most} messages: {first:?}"
         );
         assert!(
             first[0].contains("scheduled tunnel not ready") && first[0].contains("[3, 0]"),
             "{first:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        burst(lab);
+        let more = timed_burst(lab);
         logger.flush();
-        assert_eq!(
-            capture.0.lock().unwrap().len(),
-            2,
-            "one more after a second"
+        let total = capture.0.lock().unwrap().len();
+        assert!(
+            total > first.len() && total <= first.len() + more,
+            "after a second, one more per second of the burst ({more} s): {total} in all"
         );
     });
 }
