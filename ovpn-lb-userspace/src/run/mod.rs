@@ -115,6 +115,9 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
     };
     let mut daemon = Daemon::new(config, config_path, layout, io);
     daemon.start(&facts, followed).await?;
+    // Handled from before the line that says so: a signal right after it
+    // stops the loader as documented, not by the default action.
+    let signals = Signals::new()?;
     log::info!("{running}");
     let sources = Sources {
         netlink: netlink_events,
@@ -123,7 +126,7 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
         probes,
         echoes,
     };
-    let outcome = follow(&mut daemon, sources).await;
+    let outcome = follow(&mut daemon, sources, signals).await;
     finish(daemon, layout, options, outcome).await
 }
 
@@ -146,10 +149,27 @@ fn serve_metrics(listener: tokio::net::TcpListener, layout: &Layout, views: &Vie
     ));
 }
 
+/// SIGINT and SIGTERM, handled.
+struct Signals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt())?,
+            sigterm: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
 /// The event loop: until a signal (its name), or an event source failing.
-async fn follow(daemon: &mut Daemon, mut s: Sources) -> Result<&'static str> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+async fn follow(daemon: &mut Daemon, mut s: Sources, signals: Signals) -> Result<&'static str> {
+    let Signals {
+        mut sigint,
+        mut sigterm,
+    } = signals;
     loop {
         let wake = daemon.next_wakeup();
         tokio::select! {
