@@ -418,8 +418,12 @@ pub fn detach_legacy(layout: &Layout) -> Result<Vec<String>> {
             marks.push((iface.to_owned(), path));
             continue;
         }
+        // A link (the kernel answers an info query on a link pin too, with
+        // a link's info): `detach` drops it.
+        if PinnedLink::from_pin(&path).is_ok() {
+            continue;
+        }
         let Ok(program) = ProgramInfo::from_pin(&path) else {
-            // A link: `detach` drops it.
             continue;
         };
         let (iface, direction) = match (name.strip_suffix("-ingress"), name.strip_suffix("-egress"))
