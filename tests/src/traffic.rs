@@ -220,6 +220,57 @@ pub fn ping_background(ns: &str, target: &str, count: u32, interval: &str) -> st
         .unwrap()
 }
 
+/// Starts `ping` in the background printing a line per reply, for
+/// [`longest_silence`]; its summary ends its stdout too.
+///
+/// # Panics
+/// If ping cannot start.
+#[must_use]
+pub fn ping_each_background(
+    ns: &str,
+    target: &str,
+    count: u32,
+    interval: &str,
+) -> std::process::Child {
+    let mut c = netns::command(ns, "ping");
+    c.args([
+        "-n",
+        "-W",
+        "1",
+        "-i",
+        interval,
+        "-c",
+        &count.to_string(),
+        target,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
+/// The longest run of echoes that got no reply, of the `count` ping sent,
+/// from its per-reply lines (`icmp_seq=N`).
+#[must_use]
+pub fn longest_silence(output: &str, count: u32) -> u32 {
+    let mut answered: Vec<u32> = output
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    answered.sort_unstable();
+    answered.dedup();
+    // Sequence numbers run 1..=count: the edges count as answered.
+    let mut edges = vec![0];
+    edges.extend(answered);
+    edges.push(count + 1);
+    edges
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]).saturating_sub(1))
+        .max()
+        .unwrap_or(count)
+}
+
 /// (transmitted, received) from ping's summary.
 ///
 /// # Panics

@@ -2,6 +2,7 @@
 //! is well", exits 0 with every check ok, and `--json` gives the same
 //! findings. Then one thing at a time is broken and put right again, and
 //! doctor must name exactly that problem with its fix and exit 1:
+//! packet spray's ring accounting counting no reads (its pins all there),
 //! forwarding off, strict `rp_filter` on a tunnel, a tunnel's OpenVPN
 //! killed, the loader stopped by SIGTERM (the datapath stays), and the
 //! loader detached with a default route out of the WAN (remote-bound
@@ -191,6 +192,7 @@ fn doctor_names_each_broken_thing_with_its_fix() {
     );
     all_is_well(&lab);
     lan_gro_on(&lab);
+    ring_accounting_blind(&lab);
     forwarding_off(&lab);
     strict_rp_filter(&lab);
     openvpn_killed(&mut lab);
@@ -240,6 +242,39 @@ fn lan_gro_on(lab: &Lab) {
     );
     gro("off");
     expect_healthy(lab, "GRO off again", Duration::from_secs(5));
+}
+
+/// The ring accounting's links all pinned, but the dequeue program looking
+/// for OpenVPN's reads in the wrong place: packets go into the rings and no
+/// read is counted, which doctor must see (the probes alone are traffic).
+fn ring_accounting_blind(lab: &Lab) {
+    use aya::maps::{Array, Map, MapData};
+    use ovpn_lb_common::{maps::names, queue::KernelLayout};
+    let path = lab.layout(Side::A).maps().join(names::KERNEL_LAYOUT);
+    let open = || -> Array<MapData, KernelLayout> {
+        Map::from_map_data(MapData::from_pin(&path).unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let kept = open().get(&0, 0).unwrap();
+    let blind = KernelLayout {
+        read_start: 1,
+        read_end: 2,
+        ..kept
+    };
+    open().set(0, blind, 0).unwrap();
+    expect_problems(
+        lab,
+        "ring accounting counting no reads",
+        &[(
+            "spray",
+            "counted no read on tun0, tun1",
+            "systemctl restart ovpn-lb",
+        )],
+    );
+    open().set(0, kept, 0).unwrap();
+    expect_healthy(lab, "ring accounting put right", Duration::from_secs(5));
 }
 
 fn forwarding_off(lab: &Lab) {

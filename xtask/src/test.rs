@@ -1,5 +1,7 @@
-//! `cargo xtask test`: set-up, the BPF object, lint, the Debian package (its
-//! test installs it), then every test in the workspace.
+//! `cargo xtask test`: set-up, the BPF object, lint, the Debian packages
+//! (this build and the upgrade test's), the containers' Debian root, then
+//! every test in the workspace (the booted-systemd test installs the
+//! packages in containers).
 
 use anyhow::Result;
 
@@ -19,14 +21,18 @@ pub fn run(extra: &[String]) -> Result<()> {
     build::ebpf()?;
     build::lint()?;
     let packaging = std::time::Instant::now();
+    // The upgrade test's build first: the release binary ends as it should.
+    deb::upgrade_package()?;
     deb::package()?;
     eprintln!(
-        "xtask test: release build and Debian package: {:.0} s",
+        "xtask test: release builds and Debian packages: {:.0} s",
         packaging.elapsed().as_secs_f64()
     );
-    if !is_root() {
+    if is_root() {
+        setup::container_root()?;
+    } else {
         eprintln!(
-            "xtask test: not root: BPF and namespace tests will be skipped (CI=true makes that a failure)"
+            "xtask test: not root: BPF, namespace and container tests will be skipped (CI=true makes that a failure)"
         );
     }
     run_all(extra)

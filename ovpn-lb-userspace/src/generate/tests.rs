@@ -7,7 +7,7 @@ use super::*;
 use crate::{
     config::{self, Spray},
     facts::Facts,
-    netlink::{LinkFacts, LinkKind, netdev},
+    netlink::{Driver, LinkFacts, LinkKind, netdev},
 };
 
 fn request() -> Request {
@@ -189,6 +189,7 @@ fn facts(plan: &Plan, side: Side, kind: LinkKind) -> Facts {
         mac: [2, 0, 0, 0, 0, 2],
         up: true,
         xdp_prog_id: 0,
+        driver: Driver::Unknown,
     }];
     for (i, t) in plan.tunnels.iter().enumerate() {
         let ifindex = 10 + u32::try_from(i).unwrap();
@@ -200,6 +201,7 @@ fn facts(plan: &Plan, side: Side, kind: LinkKind) -> Facts {
             mac: [0; 6],
             up: true,
             xdp_prog_id: 0,
+            driver: Driver::Tun { multi_queue: false },
         });
     }
     let xdp_features: HashMap<u32, u64> = links
@@ -311,6 +313,7 @@ fn openvpn_configs_pin_the_other_gateways_certificate() {
                 "sndbuf 4194304".to_owned(),
                 "rcvbuf 4194304".to_owned(),
                 "txqueuelen 1000".to_owned(),
+                "disable-dco".to_owned(),
             ] {
                 assert!(
                     has(&line),

@@ -143,6 +143,27 @@ impl Tracker {
         self.started_ns.is_some()
     }
 
+    /// Sends the next probe with `send` (given its sequence number) and
+    /// notes it as sent at `now` only if `send` succeeded. A probe that
+    /// never left is no probe the path lost: the silence before it proves
+    /// nothing, so the verdict waits for `misses` intervals of probes that
+    /// do leave. Returns `send`'s result.
+    ///
+    /// # Errors
+    /// `send`'s.
+    pub fn try_send<E>(
+        &mut self,
+        now: u64,
+        send: impl FnOnce(u32) -> Result<(), E>,
+    ) -> Result<u32, E> {
+        if let Err(e) = send(self.next_seq) {
+            self.started_ns = Some(now);
+            self.answered_at_ns = None;
+            return Err(e);
+        }
+        Ok(self.send(now))
+    }
+
     /// The next probe's sequence number, noted as sent at `now`.
     pub fn send(&mut self, now: u64) -> u32 {
         let seq = self.next_seq;
@@ -318,6 +339,32 @@ pub fn now_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn probes_that_cannot_be_sent_neither_count_nor_kill_the_tunnel() {
+        let settings = Settings {
+            interval: Duration::from_millis(100),
+            misses: 3,
+        };
+        let mut t = Tracker::default();
+        t.start(0);
+        let refused = || Err::<(), _>(std::io::Error::other("EAFNOSUPPORT"));
+        for round in 1..=20 {
+            assert!(t.try_send(round * 100 * MS, |_| refused()).is_err());
+        }
+        assert_eq!(t.sent, 0, "nothing left, nothing counted");
+        assert_eq!(
+            t.alive(2_000 * MS, &settings),
+            None,
+            "no verdict without probes"
+        );
+        // Probes that leave and go unanswered do kill it, `misses` intervals on.
+        for round in 21..=24 {
+            assert!(t.try_send(round * 100 * MS, |_| Ok::<(), ()>(())).is_ok());
+        }
+        assert_eq!(t.sent, 4);
+        assert_eq!(t.alive(2_400 * MS, &settings), Some(false));
+    }
+
     #[test]
     fn probes_queued_behind_traffic_are_no_path_samples() {
         let mut t = Tracker::default();
