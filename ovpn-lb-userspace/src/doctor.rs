@@ -582,7 +582,7 @@ async fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
                 "{} tunnels share {cores} CPU cores: OpenVPN processes that wait for a core drain their queues in bursts, which packet spray cannot foresee",
                 config.tunnels.len()
             ),
-            "no more tunnels than cores; or try spray = \"round-robin\" and compare (the README's benchmarks show both)",
+            "no more tunnels than cores; or try spray = \"round-robin\" and compare (docs/benchmarks.md shows both)",
         );
     }
 }

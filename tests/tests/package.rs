@@ -20,6 +20,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const BINARY: &str = "usr/sbin/ovpn-lb";
 const EXAMPLE: &str = "usr/share/doc/ovpn-lb/examples/ovpn-lb.example.toml";
 const MAN_DIR: &str = "usr/share/man/man1";
+const DOCS: &str = "usr/share/doc/ovpn-lb/docs";
 
 /// The package `cargo xtask deb` wrote for this version.
 fn package() -> PathBuf {
@@ -176,4 +177,6 @@ fn every_man_page_is_gzipped_roff_and_the_unit_runs_the_packaged_binary() {
         "no {exec_start:?} in\n{unit}"
     );
     assert!(tree.path(EXAMPLE).exists());
+    // The README's links, and `ovpn-lb status --help`, lead here.
+    assert!(tree.path(DOCS).join("deploying.md").exists());
 }
