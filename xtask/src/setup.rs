@@ -177,6 +177,15 @@ fn cargo_install(name: &str, version: &str, extra: &[&str]) -> Command {
     c
 }
 
+/// What only the tests need besides [`run`]'s: the containers' root, as
+/// root (without root the tests that would use it skip).
+pub fn for_tests() -> Result<()> {
+    if is_root() {
+        container_root()?;
+    }
+    Ok(())
+}
+
 /// Where the containers' root lives: `cache_dir()/containers/debian-12`
 /// (the tests find it there, or at `$OVPN_LB_CONTAINER_ROOT`).
 pub fn container_root_dir() -> PathBuf {

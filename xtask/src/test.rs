@@ -28,9 +28,8 @@ pub fn run(extra: &[String]) -> Result<()> {
         "xtask test: release builds and Debian packages: {:.0} s",
         packaging.elapsed().as_secs_f64()
     );
-    if is_root() {
-        setup::container_root()?;
-    } else {
+    setup::for_tests()?;
+    if !is_root() {
         eprintln!(
             "xtask test: not root: BPF, namespace and container tests will be skipped (CI=true makes that a failure)"
         );

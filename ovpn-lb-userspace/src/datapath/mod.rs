@@ -37,6 +37,9 @@ const LAYOUT_OVERRIDES: &[(&str, u32)] = if option_env!("OVPN_LB_UPGRADE_TEST_LA
     &[]
 };
 
+/// `BPF_F_RDONLY_PROG` (`include/uapi/linux/bpf.h`).
+const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+
 /// The map layout this build creates: per pinned map, (type, key size,
 /// value size, entries, flags).
 fn object_layout() -> Result<Vec<(&'static str, [u32; 5])>> {
@@ -59,7 +62,7 @@ fn object_layout() -> Result<Vec<(&'static str, [u32; 5])>> {
                     m.key_size(),
                     m.value_size(),
                     entries,
-                    m.map_flags(),
+                    m.map_flags() & !BPF_F_RDONLY_PROG,
                 ],
             ))
         })
@@ -91,12 +94,13 @@ fn pinned_layout_differences(dir: &Path) -> Result<Vec<String>> {
             continue;
         };
         let kind = info.map_type().map_or(u32::MAX, |t| t as u32);
+        // Device maps are read-only to programs: the kernel adds the flag.
         let have = [
             kind,
             info.key_size(),
             info.value_size(),
             info.max_entries(),
-            info.map_flags(),
+            info.map_flags() & !BPF_F_RDONLY_PROG,
         ];
         if &have != want {
             differences.push(format!(

@@ -58,8 +58,10 @@ impl Unit<'_> {
              # drops nothing; `ovpn-lb detach` removes it.\n\
              Restart=on-failure\n\
              RestartSec=2s\n\
-             # Loading and attaching BPF programs, pinning on bpffs, netlink: nothing more.\n\
-             CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN\n\
+             # Loading and attaching BPF programs, pinning on bpffs, netlink; the probes'\n\
+             # packet and ICMP sockets (CAP_NET_RAW); /proc/kallsyms for the ring\n\
+             # accounting where kernel.kptr_restrict hides it (CAP_SYSLOG). Nothing more.\n\
+             CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN CAP_NET_RAW CAP_SYSLOG\n\
              NoNewPrivileges=yes\n\
              ProtectSystem=strict\n\
              ReadWritePaths=/sys/fs/bpf -{sockets}\n\
@@ -78,7 +80,7 @@ impl Unit<'_> {
              LockPersonality=yes\n\
              MemoryDenyWriteExecute=yes\n\
              SystemCallArchitectures=native\n\
-             RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n\
+             RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET\n\
              UMask=0077\n\
              LimitMEMLOCK=infinity\n\
              \n\
