@@ -101,8 +101,11 @@ pub async fn all(layout: &Layout) -> Result<Vec<String>> {
             removed.push(format!("file {}", file.display()));
         }
     }
-    remove_if_present(&layout.run_dir)
-        .with_context(|| format!("removing {}", layout.run_dir.display()))?;
+    match remove_if_present(&layout.run_dir) {
+        // systemd's RuntimeDirectory, mounted into the unit: systemd removes it.
+        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {}
+        other => other.with_context(|| format!("removing {}", layout.run_dir.display()))?,
+    }
     Ok(removed)
 }
 

@@ -9,8 +9,9 @@
 //!   bpffs directory on `/sys/fs/bpf` (so the test sees its pins from
 //!   outside), and a read-only share (packages, generated files).
 //! - `CAP_NET_ADMIN`, `CAP_BPF`, `CAP_PERFMON` and `CAP_SYSLOG` are added to
-//!   the container's bounding set: nspawn keeps none of them by default, and
-//!   ovpn-lb's unit grants them from there.
+//!   the container's bounding set, and `bpf(2)` to nspawn's system call
+//!   filter: nspawn keeps none of them by default, and ovpn-lb's unit grants
+//!   them from there.
 //! - No systemd runs on the host (nor machined): nspawn does not register,
 //!   and commands enter the machine with `nsenter` at its init's PID.
 
@@ -95,6 +96,9 @@ impl Machine {
             .arg(format!("--bind={}:/sys/fs/bpf", boot.bpffs.display()))
             .arg(format!("--bind-ro={}:{SHARE}", boot.share.display()))
             .arg(format!("--capability={CAPABILITIES}"))
+            // nspawn's own seccomp filter refuses bpf(2) to the machine's
+            // processes (EPERM), whatever their capabilities.
+            .arg("--system-call-filter=bpf")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

@@ -138,7 +138,7 @@ fn layout(lab: &Lab, side: Side) -> Layout {
 /// OpenVPN), the generated files onto `/etc`, then the README's commands.
 fn install(m: &Machine, side: Side) {
     m.must(&format!(
-        "apt-get install -y -q --no-download {SHARE}/ovpn-lb.deb openvpn"
+        "apt-get install -y -q {SHARE}/ovpn-lb.deb openvpn"
     ));
     m.must(&format!(
         "cp -a {SHARE}/generated/{}/etc/. /etc/",
