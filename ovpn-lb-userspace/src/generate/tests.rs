@@ -367,7 +367,7 @@ fn roots_and_the_management_password_follow_into_every_file() {
             "ExecStart=/usr/sbin/ovpn-lb run --config /srv/a/etc/ovpn-lb/ovpn-lb.toml",
             "Wants=network-online.target openvpn@tun0.service openvpn@tun1.service openvpn@tun2.service openvpn@tun3.service",
             "Restart=on-failure",
-            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN CAP_NET_RAW CAP_SYSLOG",
+            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_RAW CAP_SYSLOG",
             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET",
             "ReadWritePaths=/sys/fs/bpf -/srv/a/run/openvpn",
         ],

@@ -58,10 +58,11 @@ impl Unit<'_> {
              # drops nothing; `ovpn-lb detach` removes it.\n\
              Restart=on-failure\n\
              RestartSec=2s\n\
-             # Loading and attaching BPF programs, pinning on bpffs, netlink; the probes'\n\
-             # packet and ICMP sockets (CAP_NET_RAW); /proc/kallsyms for the ring\n\
-             # accounting where kernel.kptr_restrict hides it (CAP_SYSLOG). Nothing more.\n\
-             CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN CAP_NET_RAW CAP_SYSLOG\n\
+             # Loading and attaching BPF programs, netlink; the probes' packet and ICMP\n\
+             # sockets (CAP_NET_RAW); /proc/kallsyms for the ring accounting where\n\
+             # kernel.kptr_restrict hides it (CAP_SYSLOG). Not CAP_SYS_ADMIN: systemd\n\
+             # mounts bpffs, and other programs on the devices go unnamed in the log.\n\
+             CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_RAW CAP_SYSLOG\n\
              NoNewPrivileges=yes\n\
              ProtectSystem=strict\n\
              ReadWritePaths=/sys/fs/bpf -{sockets}\n\
