@@ -56,7 +56,7 @@ pub struct Tunnel {
     pub tracker: Tracker,
     /// ICMP echo to a plain peer's far end, while the device exists.
     pub pinger: Option<Arc<Pinger>>,
-    /// Its last probe could not be sent (said once, until one is).
+    /// It had no socket to send its last probe by (said once, until it has).
     pub probe_unsent: bool,
 }
 

@@ -457,8 +457,8 @@ impl Daemon {
         }
     }
 
-    /// Sends one probe into every probed tunnel. A probe that could not be
-    /// sent is not counted: the tunnel's path did not lose it.
+    /// Sends one probe into every probed tunnel. A tunnel with no socket to
+    /// send its probe by has none counted: no probe left, none was lost.
     fn probe_round(&mut self) {
         let view = self.local_view();
         for t in &mut self.tunnels {
@@ -467,36 +467,44 @@ impl Daemon {
             }
             // The send time is in the probe and in the tracker: one reading.
             let at = now_ns();
-            // Behind traffic, a probe measures that wait, not the path
-            // (read before the probe itself joins the ring).
+            let sendable = match t.spec.probing {
+                Probing::Reflected => self.sender.is_some(),
+                Probing::Echo(_) => t.pinger.is_some(),
+                Probing::Off => false,
+            };
+            if !sendable {
+                t.tracker.unsendable(at);
+                if !std::mem::replace(&mut t.probe_unsent, true) {
+                    log::warn!(
+                        "{}: no socket to send its probes by; none is counted until one is",
+                        t.label()
+                    );
+                }
+                continue;
+            }
+            if std::mem::take(&mut t.probe_unsent) {
+                log::info!("{}: probes are sent again", t.label());
+            }
+            // Behind traffic, a probe measures that wait, not the path (read
+            // before the probe itself joins the ring).
             let behind = self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at));
-            let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
-            let (id, ifindex) = (u16::try_from(t.id.raw()).unwrap_or(u16::MAX), t.ifindex());
-            let (sender, pinger) = (self.sender.as_ref(), t.pinger.clone());
-            let sent = t.tracker.try_send(at, |seq| match t.spec.probing {
-                Probing::Reflected => sender
-                    .ok_or_else(|| std::io::Error::other("no probe sender"))?
-                    .send(ifindex, peer_mac, &Payload::probe(id, seq, at, view)),
-                Probing::Echo(_) => pinger
-                    .ok_or_else(|| std::io::Error::other("no echo socket"))?
-                    .send(u16::try_from(seq & 0xffff).unwrap_or(0)),
-                Probing::Off => Err(std::io::Error::other("not probed")),
-            });
-            match sent {
-                Ok(_) => {
-                    if behind {
-                        t.tracker.queued_behind_traffic();
-                    }
-                    if std::mem::take(&mut t.probe_unsent) {
-                        log::info!("{}: probes are sent again", t.label());
-                    }
+            let seq = t.tracker.send(at);
+            if behind {
+                t.tracker.queued_behind_traffic();
+            }
+            let sent = match (t.spec.probing, &self.sender, &t.pinger) {
+                (Probing::Reflected, Some(sender), _) => {
+                    let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
+                    let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
+                    sender.send(t.ifindex(), peer_mac, &Payload::probe(id, seq, at, view))
                 }
-                // Once per spell, not once per round.
-                Err(e) if !t.probe_unsent => {
-                    t.probe_unsent = true;
-                    log::warn!("{}: probe not sent ({e}); not counted as sent", t.label());
-                }
-                Err(_) => {}
+                (Probing::Echo(_), _, Some(p)) => p.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
+                _ => Ok(()),
+            };
+            // Refused on its way into the tunnel (a firewall, a full queue, a
+            // vanishing device): sent and unanswered, which is what it is.
+            if let Err(e) = sent {
+                log::debug!("{}: probe not sent: {e}", t.label());
             }
         }
     }
