@@ -182,16 +182,23 @@ pub fn udp_exchange(from: &str, to: &str, server: SocketAddr, count: usize) -> (
 
 /// `ping` of `target` from namespace `ns`: `count` echoes `interval` apart.
 fn ping_command(ns: &str, target: &str, count: u32, interval: &str) -> Command {
+    // A deadline, not `-W`: with `-c` and `-W` ping waits for the last
+    // replies only two round trips, so on a loaded machine a late reply
+    // counts as lost. With `-w` it waits for all `count` replies and stops
+    // at the first moment it has them, or at the deadline: the pings' own
+    // duration plus a few seconds for a reply to be late, never lost.
+    let seconds: f64 = interval.parse().expect("a ping interval in seconds");
+    let deadline = (f64::from(count) * seconds).ceil() + 5.0;
     let mut c = netns::command(ns, "ping");
     c.args([
         "-n",
         "-q",
-        "-W",
-        "1",
         "-i",
         interval,
         "-c",
         &count.to_string(),
+        "-w",
+        &format!("{deadline}"),
         target,
     ]);
     c

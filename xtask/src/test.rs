@@ -13,7 +13,12 @@ use crate::{
 pub fn run_all(extra: &[String]) -> Result<()> {
     // The loader tests run the real binary.
     exec(cmd("cargo").args(["build", "--package", "ovpn-lb-userspace", "--bins"]))?;
-    exec(cmd("cargo").args(["test", "--workspace"]).args(extra))
+    // Every test binary runs even after one fails: one run shows every failure.
+    exec(
+        cmd("cargo")
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(extra),
+    )
 }
 
 pub fn run(extra: &[String]) -> Result<()> {
