@@ -182,6 +182,14 @@ pub fn udp_exchange(from: &str, to: &str, server: SocketAddr, count: usize) -> (
 
 /// `ping` of `target` from namespace `ns`: `count` echoes `interval` apart.
 fn ping_command(ns: &str, target: &str, count: u32, interval: &str) -> Command {
+    let mut c = ping_options(ns, count, interval);
+    c.args(["-q", target]);
+    c
+}
+
+/// `ping`'s options in namespace `ns`, without the target: `count` echoes
+/// `interval` apart, each reply printed.
+fn ping_options(ns: &str, count: u32, interval: &str) -> Command {
     // A deadline, not `-W`: with `-c` and `-W` ping waits for the last
     // replies only two round trips, so on a loaded machine a late reply
     // counts as lost. With `-w` it waits for all `count` replies and stops
@@ -192,14 +200,12 @@ fn ping_command(ns: &str, target: &str, count: u32, interval: &str) -> Command {
     let mut c = netns::command(ns, "ping");
     c.args([
         "-n",
-        "-q",
         "-i",
         interval,
         "-c",
         &count.to_string(),
         "-w",
         &format!("{deadline}"),
-        target,
     ]);
     c
 }
@@ -239,21 +245,12 @@ pub fn ping_each_background(
     count: u32,
     interval: &str,
 ) -> std::process::Child {
-    let mut c = netns::command(ns, "ping");
-    c.args([
-        "-n",
-        "-W",
-        "1",
-        "-i",
-        interval,
-        "-c",
-        &count.to_string(),
-        target,
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap()
+    ping_options(ns, count, interval)
+        .arg(target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// The longest run of echoes that got no reply, of the `count` ping sent,
