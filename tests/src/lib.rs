@@ -32,6 +32,7 @@ pub mod netns;
 pub mod numgen;
 pub mod openvpn;
 pub mod packets;
+pub mod ping;
 pub mod process;
 pub mod teardown;
 pub mod topology;

@@ -1,5 +1,5 @@
 //! Traffic between the lab's hosts: a TCP transfer whose SHA-256 is checked at
-//! both ends, a UDP echo exchange, pings, and a WAN capture.
+//! both ends, a UDP echo exchange, iperf3 and a WAN capture (pings: `ping`).
 
 use std::{
     fs,
@@ -178,118 +178,6 @@ pub fn udp_exchange(from: &str, to: &str, server: SocketAddr, count: usize) -> (
     });
     let peer = echo.join().unwrap().expect("the echo server heard nothing");
     (echoed, peer)
-}
-
-/// `ping` of `target` from namespace `ns`: `count` echoes `interval` apart.
-fn ping_command(ns: &str, target: &str, count: u32, interval: &str) -> Command {
-    let mut c = ping_options(ns, count, interval);
-    c.args(["-q", target]);
-    c
-}
-
-/// `ping`'s options in namespace `ns`, without the target: `count` echoes
-/// `interval` apart, each reply printed.
-fn ping_options(ns: &str, count: u32, interval: &str) -> Command {
-    // A deadline, not `-W`: with `-c` and `-W` ping waits for the last
-    // replies only two round trips, so on a loaded machine a late reply
-    // counts as lost. With `-w` it waits for all `count` replies and stops
-    // at the first moment it has them, or at the deadline: the pings' own
-    // duration plus a few seconds for a reply to be late, never lost.
-    let seconds: f64 = interval.parse().expect("a ping interval in seconds");
-    let deadline = (f64::from(count) * seconds).ceil() + 5.0;
-    let mut c = netns::command(ns, "ping");
-    c.args([
-        "-n",
-        "-i",
-        interval,
-        "-c",
-        &count.to_string(),
-        "-w",
-        &format!("{deadline}"),
-    ]);
-    c
-}
-
-/// `ping` from namespace `ns`: (transmitted, received).
-///
-/// # Panics
-/// If ping cannot run or prints no summary.
-#[must_use]
-pub fn ping(ns: &str, target: &str, count: u32, interval: &str) -> (u32, u32) {
-    let out = ping_command(ns, target, count, interval).output().unwrap();
-    ping_summary(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// Starts `ping` in the background; its summary is on stdout.
-///
-/// # Panics
-/// If ping cannot start.
-#[must_use]
-pub fn ping_background(ns: &str, target: &str, count: u32, interval: &str) -> std::process::Child {
-    ping_command(ns, target, count, interval)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// Starts `ping` in the background printing a line per reply, for
-/// [`longest_silence`]; its summary ends its stdout too.
-///
-/// # Panics
-/// If ping cannot start.
-#[must_use]
-pub fn ping_each_background(
-    ns: &str,
-    target: &str,
-    count: u32,
-    interval: &str,
-) -> std::process::Child {
-    ping_options(ns, count, interval)
-        .arg(target)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// The longest run of echoes that got no reply, of the `count` ping sent,
-/// from its per-reply lines (`icmp_seq=N`).
-#[must_use]
-pub fn longest_silence(output: &str, count: u32) -> u32 {
-    let mut answered: Vec<u32> = output
-        .lines()
-        .filter_map(|l| l.split("icmp_seq=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect();
-    answered.sort_unstable();
-    answered.dedup();
-    // Sequence numbers run 1..=count: the edges count as answered.
-    let mut edges = vec![0];
-    edges.extend(answered);
-    edges.push(count + 1);
-    edges
-        .windows(2)
-        .map(|w| w[1].saturating_sub(w[0]).saturating_sub(1))
-        .max()
-        .unwrap_or(count)
-}
-
-/// (transmitted, received) from ping's summary.
-///
-/// # Panics
-/// If there is no summary.
-#[must_use]
-pub fn ping_summary(output: &str) -> (u32, u32) {
-    let line = output
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in:\n{output}"));
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    (nums[0], nums[1])
 }
 
 /// An `iperf3` server for one test in namespace `ns`, given a moment to listen.

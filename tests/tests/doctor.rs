@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use ovpn_lb_tests::{
     lab::{HOST_B, Lab, Options, Side, WAN},
+    ping::ping,
     process::{all_output, wait_gone, wait_until},
     root_alone,
-    traffic::ping,
 };
 use serde_json::Value;
 

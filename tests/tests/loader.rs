@@ -18,7 +18,6 @@ use ovpn_lb_tests::{
     gateway::{GatewayLab, Responder, TUNNEL_COUNT, http_get, sample},
     process::run,
     root_alone,
-    traffic::ping_summary,
 };
 
 const SIGTERM: i32 = 15;
@@ -220,8 +219,7 @@ fn attach_then_detach_leaves_nothing() {
     assert!(table.contains("default dev ovt0"), "{table}");
     assert_eq!(lab.in_rotation(), [0, 1, 2]);
     // The foreign program hands packets on, so ours still sprays them.
-    let out = lab.ping(9, "0.01").wait_with_output().unwrap();
-    assert_eq!(ping_summary(&String::from_utf8_lossy(&out.stdout)), (9, 9));
+    assert_eq!(lab.ping(9, "0.01").wait(), (9, 9));
     let ours = pinned_links(&lab);
     assert_eq!(
         ours.len(),
@@ -316,8 +314,7 @@ fn restarts_lose_no_pings() {
         third.log_text()
     );
 
-    let out = ping.wait_with_output().unwrap();
-    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = ping.wait();
     assert_eq!((sent, received), (500, 500), "pings lost across restarts");
     // The exporter reads the same maps: with no traffic between, the values agree.
     let metrics = lab.scrape();
@@ -406,11 +403,8 @@ fn a_recreated_tunnel_device_is_picked_up() {
 
     // Traffic rides the new device both ways.
     let before = lab.tunnel_stats(1);
-    let out = lab.ping(30, "0.01").wait_with_output().unwrap();
-    assert_eq!(
-        ping_summary(&String::from_utf8_lossy(&out.stdout)),
-        (30, 30)
-    );
+    let pings = lab.ping(30, "0.01").wait();
+    assert_eq!(pings, (30, 30));
     // Packet spray: a share, not a third (the new device starts unmeasured);
     // every echo it carried came back by it.
     let after = lab.tunnel_stats(1);
@@ -516,11 +510,8 @@ fn a_missing_tunnel_device_is_a_warning_and_joins_when_it_appears() {
         tcx_programs_at(&lab, "ovt2", TcAttachType::Egress),
         ["tunnel_egress"]
     );
-    let out = lab.ping(30, "0.01").wait_with_output().unwrap();
-    assert_eq!(
-        ping_summary(&String::from_utf8_lossy(&out.stdout)),
-        (30, 30)
-    );
+    let pings = lab.ping(30, "0.01").wait();
+    assert_eq!(pings, (30, 30));
     lab.stop_and_detach(loader);
 }
 

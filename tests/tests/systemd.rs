@@ -28,9 +28,10 @@ use ovpn_lb_tests::{
     lab::{HOST_A, HOST_B, LAN_DEV, Lab, Options, Side, WAN, growth},
     loader::loader_bin,
     machine::{self, Boot, Machine, SHARE},
+    ping::ping_background,
     process::{run, wait_until},
     root_alone,
-    traffic::{longest_silence, ping_each_background, tcp_transfer},
+    traffic::tcp_transfer,
 };
 
 const TUNNELS: usize = 2;
@@ -186,12 +187,10 @@ fn wait_all_up(m: &Machine) {
 /// Pings host B from host A, 100 a second for `seconds`, while `during`
 /// runs; returns the longest run of echoes without a reply.
 fn silence_during(lab: &Lab, seconds: u32, during: impl FnOnce()) -> u32 {
-    let count = seconds * 100;
-    let ping = ping_each_background(&lab.host(Side::A), HOST_B, count, "0.01");
+    let pings = ping_background(&lab.host(Side::A), HOST_B, seconds * 100, "0.01");
     std::thread::sleep(Duration::from_millis(500));
     during();
-    let out = ping.wait_with_output().unwrap();
-    longest_silence(&String::from_utf8_lossy(&out.stdout), count)
+    pings.longest_silence()
 }
 
 /// The loader's main PID under systemd (0: not running).
