@@ -160,6 +160,21 @@ fn expect_problems(lab: &Lab, case: &str, expected: &[(&str, &str, &str)]) {
 /// Doctor is content again (within `timeout`: a restarted tunnel takes a
 /// moment to rejoin).
 fn expect_healthy(lab: &Lab, case: &str, timeout: Duration) {
+    // Settled first by `--json` alone: while a tunnel rejoins, a text run
+    // and the JSON run after it may rightly disagree (each watches the rings
+    // for a second).
+    let config = lab.config_path(Side::A).display().to_string();
+    wait_until(timeout, Duration::from_millis(300), || {
+        let out = lab
+            .loader(Side::A)
+            .ovpn_lb(&["doctor", "--config", &config, "--json"]);
+        out.status.code() == Some(0)
+            && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| {
+                v["findings"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().all(|f| f["severity"] == "ok"))
+            })
+    });
     let mut last = None;
     let healthy = wait_until(timeout, Duration::from_millis(300), || {
         let d = doctor(lab);
