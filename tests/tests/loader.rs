@@ -926,3 +926,37 @@ fn without_cap_net_raw_a_probing_loader_refuses_to_start() {
     assert_eq!(our_rules(&lab, 7600), Vec::<String>::new(), "{said}");
     assert!(tcx_programs(&lab, "lan0").is_empty(), "{said}");
 }
+
+#[test]
+fn packet_spray_refuses_a_multi_queue_tun() {
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = GatewayLab::new(500);
+    // Tunnel 1's device goes with its responder, and comes back as a
+    // multi-queue tun: the ring accounting follows one ring per device.
+    lab.responders[1] = None;
+    let _queue = lab
+        .gw
+        .enter(|| ovpn_lb_tests::tun::open_multi_queue("ovt1"))
+        .unwrap();
+    let config = lab.config.display().to_string();
+    let out = lab.ovpn_lb(&["check", "--config", &config]);
+    let said = ovpn_lb_tests::process::all_output(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(
+            "tunnel[1].device = \"ovt1\" is a multi-queue tun device (one ring per queue): spray = \"packet\" cannot see its queue"
+        ),
+        "{said}"
+    );
+    // The same device under round robin, which reads no ring, is fine.
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    let mut file = ovpn_lb::config::file::parse(&text).unwrap();
+    file.spray = ovpn_lb::config::file::Spray::RoundRobin;
+    std::fs::write(&lab.config, file.to_toml().unwrap()).unwrap();
+    let out = lab.ovpn_lb(&["check", "--config", &config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        ovpn_lb_tests::process::all_output(&out)
+    );
+}
