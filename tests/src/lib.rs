@@ -12,6 +12,8 @@
 //! - `numgen`: nftables `numgen` per-packet spraying, the kernel's own way;
 //! - `lab`: two sites joined by real OpenVPN tunnels; `gateway`: one gateway
 //!   with tun devices held by the test, for the loader's tests;
+//! - `machine`: booted systemd containers joined to a lab's namespaces, for
+//!   the package's test;
 //! - `traffic`: TCP, UDP, ping and captures between namespaces;
 //! - `packets` and `fixture`: packet builders and the `BPF_PROG_TEST_RUN`
 //!   harness.
@@ -25,6 +27,7 @@ pub mod fixture;
 pub mod gateway;
 pub mod lab;
 pub mod loader;
+pub mod machine;
 pub mod netns;
 pub mod numgen;
 pub mod openvpn;

@@ -24,8 +24,8 @@ pub const GRACE: Duration = Duration::from_secs(3);
 /// Identifiers of this process's pingers: each matches only its own replies.
 static NEXT_ID: AtomicU16 = AtomicU16::new(0);
 
-/// Pings running on their own thread.
-pub struct Pings(JoinHandle<(u32, u32)>);
+/// Pings running on their own thread; each request answered or not.
+pub struct Pings(JoinHandle<Vec<bool>>);
 
 impl Pings {
     /// Waits for the pings to end: (requests sent, distinct replies).
@@ -34,6 +34,31 @@ impl Pings {
     /// If the pinger failed (no socket, a send refused).
     #[must_use]
     pub fn wait(self) -> (u32, u32) {
+        let answered = self.answered();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        (
+            count(answered.len()),
+            count(answered.iter().filter(|&&a| a).count()),
+        )
+    }
+
+    /// Waits for the pings to end: the longest run of requests in a row
+    /// that got no reply (how long forwarding stopped, in intervals).
+    ///
+    /// # Panics
+    /// If the pinger failed.
+    #[must_use]
+    pub fn longest_silence(self) -> u32 {
+        let mut longest = 0;
+        let mut run = 0;
+        for answered in self.answered() {
+            run = if answered { 0 } else { run + 1 };
+            longest = longest.max(run);
+        }
+        longest
+    }
+
+    fn answered(self) -> Vec<bool> {
         self.0
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e))
@@ -73,7 +98,8 @@ pub fn ping_background(ns: &str, target: &str, count: u32, interval: &str) -> Pi
     }))
 }
 
-fn run(target: IpAddr, count: u32, interval: Duration, id: u16) -> io::Result<(u32, u32)> {
+/// Each request sent, answered or not.
+fn run(target: IpAddr, count: u32, interval: Duration, id: u16) -> io::Result<Vec<bool>> {
     let v6 = target.is_ipv6();
     let (domain, protocol) = if v6 {
         (Domain::IPV6, Protocol::ICMPV6)
@@ -119,8 +145,8 @@ fn run(target: IpAddr, count: u32, interval: Duration, id: u16) -> io::Result<(u
             *slot = true;
         }
     }
-    let received = answered.iter().filter(|&&a| a).count();
-    Ok((u32::from(sent), u32::try_from(received).unwrap_or(u32::MAX)))
+    answered.truncate(usize::from(sent));
+    Ok(answered)
 }
 
 /// A request the kernel refuses for want of a route (every tunnel down) is

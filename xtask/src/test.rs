@@ -1,7 +1,8 @@
-//! `cargo xtask test`: set-up, the BPF object, lint, the Debian package (its
-//! test installs it), every test in the workspace, then the same on the
-//! kernels operators run (`cargo xtask kernels`) where this machine has
-//! `/dev/kvm`.
+//! `cargo xtask test`: set-up, the BPF object, lint, the Debian packages
+//! (this build and the upgrade test's), the containers' Debian root, every
+//! test in the workspace (the booted-systemd test installs the packages in
+//! containers), then the same on the kernels operators run (`cargo xtask
+//! kernels`) where this machine has `/dev/kvm`.
 
 use anyhow::Result;
 
@@ -26,14 +27,17 @@ pub fn run(extra: &[String]) -> Result<()> {
     build::ebpf()?;
     build::lint()?;
     let packaging = std::time::Instant::now();
+    // The upgrade test's build first: the release binary ends as it should.
+    deb::upgrade_package()?;
     deb::package()?;
     eprintln!(
-        "xtask test: release build and Debian package: {:.0} s",
+        "xtask test: release builds and Debian packages: {:.0} s",
         packaging.elapsed().as_secs_f64()
     );
+    setup::for_tests()?;
     if !is_root() {
         eprintln!(
-            "xtask test: not root: BPF and namespace tests will be skipped (CI=true makes that a failure)"
+            "xtask test: not root: BPF, namespace and container tests will be skipped (CI=true makes that a failure)"
         );
     }
     run_all(extra)?;

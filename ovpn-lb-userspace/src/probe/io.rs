@@ -179,6 +179,19 @@ impl Pinger {
         Ok(Self { fd, target, id })
     }
 
+    /// Whether echo probes to `target` can be sent at all: a raw ICMP
+    /// socket of its family opens.
+    ///
+    /// # Errors
+    /// Without `CAP_NET_RAW`, or where the family is not allowed.
+    pub fn check(target: IpAddr) -> io::Result<()> {
+        match target {
+            IpAddr::V4(_) => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+            IpAddr::V6(_) => socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
+        }
+        .map(drop)
+    }
+
     /// Sends echo request `seq`.
     ///
     /// # Errors

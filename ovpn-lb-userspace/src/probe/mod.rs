@@ -143,6 +143,17 @@ impl Tracker {
         self.started_ns.is_some()
     }
 
+    /// A round at `now` in which no probe could be sent at all (no socket
+    /// to send it with): nothing is counted as sent, and the silence so far
+    /// proves nothing, so the verdict waits for `misses` intervals of probes
+    /// that do leave. (A probe the kernel refused on its way into the
+    /// tunnel, a firewall or a full queue, is sent and lost: the tunnel's
+    /// path lost it.)
+    pub fn unsendable(&mut self, now: u64) {
+        self.started_ns = Some(now);
+        self.answered_at_ns = None;
+    }
+
     /// The next probe's sequence number, noted as sent at `now`.
     pub fn send(&mut self, now: u64) -> u32 {
         let seq = self.next_seq;
@@ -356,6 +367,31 @@ pub fn now_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn probes_that_cannot_be_sent_neither_count_nor_kill_the_tunnel() {
+        let settings = Settings {
+            interval: Duration::from_millis(100),
+            misses: 3,
+        };
+        let mut t = Tracker::default();
+        t.start(0);
+        for round in 1..=20 {
+            t.unsendable(round * 100 * MS);
+        }
+        assert_eq!(t.sent, 0, "nothing left, nothing counted");
+        assert_eq!(
+            t.alive(2_000 * MS, &settings),
+            None,
+            "no verdict without probes"
+        );
+        // Probes that leave and go unanswered do kill it, `misses` intervals on.
+        for round in 21..=24 {
+            t.send(round * 100 * MS);
+        }
+        assert_eq!(t.sent, 4);
+        assert_eq!(t.alive(2_400 * MS, &settings), Some(false));
+    }
+
     #[test]
     fn probes_queued_behind_traffic_are_no_path_samples() {
         let mut t = Tracker::default();
