@@ -52,6 +52,14 @@ pub static OUR_XLAT_V4: LpmTrie<[u8; 4], u32, { MAX_PREFIXES as usize }> = LpmTr
 #[btf_map]
 pub static OUR_XLAT_V6: LpmTrie<[u8; 16], u32, { MAX_PREFIXES as usize }> = LpmTrie::new();
 
+/// Every prefix kept off the WAN outside the tunnels (value: a `guard::*`
+/// kind): our LAN, the remote prefixes, both sides' translation prefixes.
+#[btf_map]
+pub static GUARD_V4: LpmTrie<[u8; 4], u32, { MAX_PREFIXES as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static GUARD_V6: LpmTrie<[u8; 16], u32, { MAX_PREFIXES as usize }> = LpmTrie::new();
+
 #[btf_map]
 pub static SCHEDULES: Array<Schedule, { SCHEDULE_BUFFERS as usize }> = Array::new();
 

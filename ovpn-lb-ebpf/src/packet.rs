@@ -68,6 +68,19 @@ impl<'a, C: Hook> Packet<'a, C> {
         self.ctx.len()
     }
 
+    /// `read` of the fixed header `T` at `offset`, pulling once if the sender
+    /// left it outside the linear area; `None` for a packet too short to
+    /// hold it. For programs that look at one header of every packet and
+    /// pull only when they must.
+    #[inline(always)]
+    pub fn read_fixed<T, R>(&self, offset: usize, read: impl Fn(&Header<'_, T>) -> R) -> Option<R> {
+        if let Some(hdr) = self.header::<T>(offset) {
+            return Some(read(&hdr));
+        }
+        self.pull_headers();
+        self.header::<T>(offset).map(|hdr| read(&hdr))
+    }
+
     /// The `T` at `offset`, or `None` if it does not lie wholly in the linear area.
     #[inline(always)]
     pub fn header<T>(&self, offset: usize) -> Option<Header<'_, T>> {

@@ -29,6 +29,10 @@ pub struct State {
     #[serde(default)]
     pub hook: String,
     pub lan_interface: String,
+    /// The WAN devices guarded now (nothing of the LAN leaves them in the
+    /// clear).
+    #[serde(default)]
+    pub wan_guard: Vec<String>,
     pub tunnels: Vec<TunnelState>,
     /// Managed neighbour entries `run` made for TAP tunnels; `detach` removes them.
     #[serde(default)]

@@ -5,13 +5,11 @@ use std::fmt;
 
 use ovpn_lb_common::TunnelConfig;
 
-use std::sync::Arc;
-
 use crate::{
     config::{TunnelKind, TunnelSpec},
     health::Health,
     netlink::LinkFacts,
-    probe::{Tracker, io::Pinger},
+    probe::{Tracker, io::Echo},
 };
 
 /// A tunnel's index in the configuration: its key in every datapath map.
@@ -55,7 +53,7 @@ pub struct Tunnel {
     /// Its probes, while it is probed.
     pub tracker: Tracker,
     /// ICMP echo to a plain peer's far end, while the device exists.
-    pub pinger: Option<Arc<Pinger>>,
+    pub echo: Option<Echo>,
 }
 
 impl Tunnel {
@@ -69,7 +67,7 @@ impl Tunnel {
             peer_mac: [0; 6],
             health,
             tracker: Tracker::default(),
-            pinger: None,
+            echo: None,
         }
     }
 

@@ -208,6 +208,8 @@ pub fn growth<T>(before: &[T], after: &[T], count: impl Fn(&T) -> u64) -> Vec<u6
 
 /// The LAN device on hosts and gateways.
 pub const LAN_DEV: &str = "lan";
+/// The WAN device on both gateways.
+pub const WAN_DEV: &str = "wan";
 
 impl Lab {
     /// Builds the lab in `dir` (created), naming everything after `tag`, and
@@ -309,6 +311,8 @@ impl Lab {
             [&LAN_PREFIXES[0], &LAN_PREFIXES[1]],
         );
         r.tunnels = self.options.tunnels;
+        // Both gateways' WAN is the veth between them: guarded by name.
+        r.wan_interface = [Some(WAN_DEV.to_owned()), Some(WAN_DEV.to_owned())];
         r.kind = if self.options.tap {
             TunnelKind::Tap
         } else {
@@ -490,7 +494,7 @@ impl Lab {
         let (a, b) = (format!("{}/30", WAN[0]), format!("{}/30", WAN[1]));
         let end = |ns, addr| topology::End {
             mtu: Some(self.options.wan_mtu),
-            ..topology::End::new(ns, "wan", addr)
+            ..topology::End::new(ns, WAN_DEV, addr)
         };
         topology::veth(&end(&ga, &[&a]), &end(&gb, &[&b]));
     }

@@ -1717,3 +1717,72 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
         }
     });
 }
+
+/// The WAN guard: what carries a LAN, remote or translated address in
+/// either field is dropped and counted (under IPv4 and IPv6, whoever sent
+/// it); the tunnels' own UDP, other traffic and non-IP frames pass
+/// uncounted.
+#[test]
+fn nothing_of_the_lan_leaves_the_wan_in_the_clear() {
+    if !require_root("nothing_of_the_lan_leaves_the_wan_in_the_clear") {
+        return;
+    }
+    let udp = || L4::udp(64);
+    let blocked = [
+        (
+            "a LAN host to the Internet",
+            eth4(&V4::new(LAN_HOST, "198.51.100.9", udp()).datagram()),
+        ),
+        (
+            "the gateway's ICMP error about a restored packet",
+            eth4(&V4::new("203.0.113.1", FAR_HOST, L4::echo(8)).datagram()),
+        ),
+        (
+            "a reply to the peer's translated address",
+            eth4(&V4::new("203.0.113.1", "100.65.1.7", udp()).datagram()),
+        ),
+        (
+            "from our translated address",
+            eth4(&V4::new("100.64.2.5", "198.51.100.9", udp()).datagram()),
+        ),
+        (
+            "to an excluded address",
+            eth4(&V4::new("203.0.113.1", "10.20.0.1", udp()).datagram()),
+        ),
+        (
+            "IPv6, from the LAN",
+            eth6(&V6::new(LAN_HOST6, "2001:db8::9", udp()).datagram()),
+        ),
+        (
+            "IPv6, to the far LAN",
+            eth6(&V6::new("2001:db8::1", FAR_HOST6, udp()).datagram()),
+        ),
+    ];
+    let passed = [
+        (
+            "a tunnel's UDP",
+            eth4(&V4::new("203.0.113.1", "198.51.100.2", L4::udp(120)).datagram()),
+        ),
+        (
+            "IPv6 between WAN addresses",
+            eth6(&V6::new("2001:db8::1", "2001:db8::2", udp()).datagram()),
+        ),
+        ("ARP", eth(ETH_P_ARP, &[0u8; 28])),
+    ];
+    with_lab(|lab| {
+        for (name, frame) in &blocked {
+            let before = lab.counters();
+            let run = lab.run(Program::Wan, frame, 0);
+            let after = lab.counters();
+            assert_eq!(run.verdict, TC_ACT_SHOT, "{name}");
+            assert_eq!(grew(&before, &after, Reason::CleartextBlocked), 1, "{name}");
+        }
+        for (name, frame) in &passed {
+            let before = lab.counters();
+            let run = lab.run(Program::Wan, frame, 0);
+            let after = lab.counters();
+            assert_eq!(run.verdict, TC_ACT_UNSPEC, "{name}");
+            assert_eq!(before, after, "{name}: passes uncounted");
+        }
+    });
+}

@@ -787,3 +787,37 @@ fn a_plain_peer_is_probed_by_echo_and_leaves_when_the_echoes_stop() {
     lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
     lab.stop_and_detach(loader);
 }
+
+/// Sockets the process `pid` holds open.
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn a_plain_peers_echo_socket_is_not_leaked_across_device_restarts() {
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = GatewayLab::with_tunnels(100, |_, t| {
+        t.peer_translate.clear();
+        t.probe_target = Some("10.20.30.1".to_owned());
+    });
+    let loader = lab.start_loader(&[]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let before = open_sockets(loader.pid());
+    // OpenVPN restarting without persist-tun, five times: each restart is a
+    // new device, pinged from a new socket; the old one must go.
+    for _ in 0..5 {
+        lab.responders[1] = None;
+        lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
+        lab.responders[1] = Some(Responder::start(&lab.gw, "ovt1", 1));
+        lab.gw.ip(&["link", "set", "ovt1", "up"]);
+        lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    }
+    let after = open_sockets(loader.pid());
+    eprintln!("the loader's sockets: {before} before five device restarts, {after} after");
+    assert_eq!(after, before, "{}", loader.log_text());
+    lab.stop_and_detach(loader);
+}

@@ -1,11 +1,14 @@
 //! The running loader: one record per tunnel, kept in step with the kernel
 //! (devices, neighbours, OpenVPN's state), and the datapath kept in step with
-//! the records (tunnel entries, schedule, the kernel path's route).
+//! the records (tunnel entries, schedule, the kernel path's route); the LAN
+//! and WAN devices followed alike (`edges`).
 //!
 //! Every handler's failure is logged and retried: a device that vanishes
 //! between an event and the attach, a map write the kernel refuses once,
 //! nothing of that stops the loader. Events are triggers; the state itself
 //! is always read fresh from the kernel (see `netlink`).
+
+mod edges;
 
 use std::{
     collections::BTreeSet,
@@ -37,7 +40,7 @@ use crate::{
     pins::Layout,
     probe::{
         self, PeerView,
-        io::{Pinger, Sender},
+        io::{Echo, Pinger, Sender},
         now_ns,
     },
     status::{ManagedNeighbour, ProbeState, State, TunnelState},
@@ -75,6 +78,8 @@ pub struct Daemon {
     /// The LAN driver's XDP features are followed (XDP hook only): the XDP
     /// restore may then forward straight to the LAN while it can transmit.
     lan_features_followed: bool,
+    /// What is attached to the LAN and WAN devices.
+    edges: edges::Edges,
     kernel: Owned,
     routes: Option<(Option<RouteTarget>, Option<RouteTarget>)>,
     /// The live schedule's weights and path delays.
@@ -141,6 +146,7 @@ impl Daemon {
             lan: None,
             site: SiteConfig::default(),
             lan_features_followed: false,
+            edges: edges::Edges::default(),
             kernel,
             routes: None,
             published: None,
@@ -191,8 +197,9 @@ impl Daemon {
         self.datapath.sync_prefixes(
             &self.config.remote_entries(),
             &crate::config::translation_entries(&specs),
+            &crate::config::guard_entries(&self.config, &specs),
         )?;
-        let wanted = kernel_path::rules(&self.config);
+        let wanted = kernel_path::wanted(&self.config, &specs);
         kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
         if self
             .tunnels
@@ -213,6 +220,9 @@ impl Daemon {
         {
             report(&a, &lan, how);
         }
+        self.edges.lan_attached = self.lan.as_ref().map_or(0, |l| l.ifindex);
+        self.edges.wan_pending.dirty = true;
+        self.settle_edges().await;
         self.rings = self.account_rings();
         for k in 0..self.tunnels.len() {
             let link = facts.link(&self.tunnels[k].spec.device).cloned();
@@ -394,28 +404,25 @@ impl Daemon {
         let t = &mut self.tunnels[k];
         if !ready || t.spec.probing == Probing::Off {
             t.tracker.stop();
-            t.pinger = None;
+            t.echo = None;
             return;
         }
         if device_changed || !t.tracker.probing() {
             t.tracker.start(now_ns());
         }
         if let Probing::Echo(target) = t.spec.probing
-            && (device_changed || t.pinger.is_none())
+            && (device_changed || t.echo.is_none())
         {
+            // The old socket (bound to a device that is gone) and its reader
+            // go first.
+            t.echo = None;
             let id = 0x4f00 | u16::try_from(k).unwrap_or(0);
             match Pinger::open(&t.spec.device, target, id) {
                 Ok(p) => {
-                    let p = std::sync::Arc::new(p);
-                    t.pinger = Some(p.clone());
                     let (tx, tunnel) = (self.echo_tx.clone(), t.id);
-                    tokio::spawn(async move {
-                        while let Ok(seq) = p.reply().await {
-                            if tx.send((tunnel, seq, now_ns())).is_err() {
-                                return;
-                            }
-                        }
-                    });
+                    t.echo = Some(Echo::start(p, move |seq| {
+                        tx.send((tunnel, seq, now_ns())).is_ok()
+                    }));
                 }
                 Err(e) => log::warn!("{}: cannot ping {target}: {e}", t.label()),
             }
@@ -445,8 +452,8 @@ impl Daemon {
                     }
                     None => Ok(()),
                 },
-                Probing::Echo(_) => match &t.pinger {
-                    Some(p) => p.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
+                Probing::Echo(_) => match &t.echo {
+                    Some(e) => e.pinger.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
                     None => Ok(()),
                 },
                 Probing::Off => Ok(()),
@@ -609,7 +616,9 @@ impl Daemon {
                 log::warn!("netlink notifications were lost; reading every tunnel again");
                 self.mark_all();
             }
+            netlink::Event::Route => self.mark_edges(None),
             netlink::Event::Link { ifindex, name } => {
+                self.mark_edges(Some((*ifindex, name.as_deref())));
                 for t in &self.tunnels {
                     if name.as_deref() == Some(t.spec.device.as_str())
                         || (*ifindex != 0 && *ifindex == t.ifindex())
@@ -630,6 +639,7 @@ impl Daemon {
 
     fn mark_all(&mut self) {
         self.dirty.extend(self.tunnels.iter().map(|t| t.id));
+        self.edges.mark_all();
     }
 
     /// OpenVPN's management interface said something (`None`: lost it).
@@ -725,7 +735,9 @@ impl Daemon {
             self.retry_at = None;
             let failed = std::mem::take(&mut self.failed);
             self.dirty.extend(failed);
+            self.edges.retry();
         }
+        self.settle_edges().await;
         for id in std::mem::take(&mut self.dirty) {
             if let Err(e) = self.reconcile(id.index()).await {
                 log::warn!(
@@ -852,6 +864,7 @@ impl Daemon {
             hook: self.config.hook.name().into(),
             neighbours: self.neighbours.clone(),
             lan_interface: self.config.lan.interface.clone(),
+            wan_guard: self.edges.wan.keys().cloned().collect(),
             kernel_route: Some(self.kernel.clone()),
             mounted_bpffs: self.mounted_bpffs.clone(),
             tunnels: self
