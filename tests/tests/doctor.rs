@@ -3,9 +3,11 @@
 //! findings. Then one thing at a time is broken and put right again, and
 //! doctor must name exactly that problem with its fix and exit 1:
 //! forwarding off, strict `rp_filter` on a tunnel, a tunnel's OpenVPN
-//! killed, the loader stopped by SIGTERM (the datapath stays), and the
-//! loader detached with a default route out of the WAN (remote-bound
-//! traffic the kernel forwards would leave in the clear).
+//! killed, the loader stopped by SIGTERM (the datapath stays), the LAN
+//! device recreated meanwhile (no program on it), and the loader detached
+//! with a default route out of the WAN (traffic for the far LAN and the
+//! translations, from the LAN, the gateway and the WAN, would leave in the
+//! clear).
 
 use std::time::Duration;
 
@@ -195,6 +197,7 @@ fn doctor_names_each_broken_thing_with_its_fix() {
     strict_rp_filter(&lab);
     openvpn_killed(&mut lab);
     loader_stopped(&lab);
+    lan_recreated_without_a_loader(&lab);
     detached_with_a_route_out_of_the_wan(&lab);
 }
 
@@ -212,6 +215,8 @@ fn all_is_well(lab: &Lab) {
         "management",
         "probes",
         "spray",
+        "lan",
+        "wan",
     ] {
         assert!(
             d.findings.iter().any(|f| f.check == check),
@@ -323,8 +328,31 @@ fn loader_stopped(lab: &Lab) {
     assert_eq!(received, sent, "the datapath stays when the loader stops");
 }
 
-/// Without ovpn-lb's policy rules, a default route out of the WAN is where
-/// the kernel would forward remote-bound LAN traffic: in the clear.
+/// The LAN device recreated while no loader runs (a bridge or VLAN
+/// brought down and up by its owner): the new device has no program.
+fn lan_recreated_without_a_loader(lab: &Lab) {
+    lab.recreate_lan(Side::A, Duration::ZERO);
+    expect_problems(
+        lab,
+        "LAN recreated without a loader",
+        &[
+            (
+                "loader",
+                "ovpn-lb run is not running",
+                "systemctl restart ovpn-lb",
+            ),
+            (
+                "lan",
+                "lan: the LAN program is not attached",
+                "restart ovpn-lb",
+            ),
+        ],
+    );
+}
+
+/// Without ovpn-lb's policy rules and routes, a default route out of the
+/// WAN is where the kernel would send remote-bound traffic, whoever sends
+/// it: the LAN, the gateway itself, the WAN (in the clear).
 fn detached_with_a_route_out_of_the_wan(lab: &Lab) {
     let detached = lab.loader(Side::A).ovpn_lb(&["detach"]);
     assert!(detached.status.success(), "{}", all_output(&detached));
@@ -339,9 +367,30 @@ fn detached_with_a_route_out_of_the_wan(lab: &Lab) {
             ("loader", "has not run here", "ovpn-lb run"),
             (
                 "kernel_path",
-                "leaves by wan, outside the tunnels: in the clear",
+                "LAN traffic that the kernel forwards (over the tunnel MTU, TTL expiring, excluded) for 192.168.20.0/24",
+                "run ovpn-lb",
+            ),
+            (
+                "kernel_path",
+                "the gateway's own traffic (ICMP errors about restored packets included) for 192.168.20.0/24",
+                "run ovpn-lb",
+            ),
+            (
+                "kernel_path",
+                "traffic arriving on wan for 192.168.20.0/24",
                 "run ovpn-lb",
             ),
         ],
+    );
+    let d = doctor(lab);
+    assert!(
+        d.problems()
+            .iter()
+            .filter(|f| f.check == "kernel_path")
+            .all(|f| f
+                .message
+                .ends_with("leaves by wan, outside the tunnels: in the clear")),
+        "{}",
+        d.text
     );
 }
