@@ -11,6 +11,7 @@
 
 use std::{fs, thread, time::Duration};
 
+use ovpn_lb::status::Counters;
 use ovpn_lb_common::Reason;
 use ovpn_lb_tests::{
     lab::{CLEAR_TEXT, HOST_A, HOST_A6, HOST_B, Lab, Options, Side, WAN, WAN_DEV, grown},
@@ -30,12 +31,7 @@ fn ping_output(ns: &str, args: &[&str]) -> String {
 fn nothing_lan_related_leaves_the_wan_in_the_clear() {
     let Some(_alone) = root_alone() else { return };
     let mut lab = Lab::for_test("ct", Options::default());
-    let (ga, gb, ha, hb) = (
-        lab.gw(Side::A),
-        lab.gw(Side::B),
-        lab.host(Side::A),
-        lab.host(Side::B),
-    );
+    let (ga, gb) = (lab.gw(Side::A), lab.gw(Side::B));
     // Each gateway's default route leads out of its WAN, both families.
     for (gw, far) in [(&ga, WAN[1]), (&gb, WAN[0])] {
         lab.ip(gw, &["route", "add", "default", "via", far, "dev", WAN_DEV]);
@@ -50,24 +46,53 @@ fn nothing_lan_related_leaves_the_wan_in_the_clear() {
     let capture = Capture::start(&ga, WAN_DEV, &lab.dir.join("wan.pcap"));
     let before = [lab.counters(Side::A), lab.counters(Side::B)];
 
-    // An excluded address: the kernel routes it into a tunnel, where it is
-    // translated, and gateway B's answer (its own traffic) comes back the
-    // same way.
+    excluded_addresses(&lab, &before[0]);
+    icmp_errors_about_restored_packets(&lab);
+    replies_to_the_peers_translation(&mut lab);
+    lab.start_loader_with(Side::A, &path);
+    let after = [lab.counters(Side::A), lab.counters(Side::B)];
+    for (side, (b, a)) in ["A", "B"].iter().zip(before.iter().zip(&after)) {
+        assert_eq!(
+            grown(b, a, Reason::CleartextBlocked),
+            0,
+            "gateway {side}: the routes, not the guard, kept all that in the tunnels"
+        );
+    }
+
+    the_guard_is_the_last_line(&lab, &after[0]);
+    let capture = capture.stop();
+    capture.assert_none(CLEAR_TEXT, "LAN-related addresses in the clear on the WAN");
+    assert!(
+        capture.read("udp").len() > 100,
+        "the capture saw too little of the tunnels' traffic"
+    );
+}
+
+/// An excluded address: the kernel routes it into a tunnel, where it is
+/// translated, and gateway B's answer (its own traffic) comes back the same
+/// way.
+fn excluded_addresses(lab: &Lab, before: &Counters) {
+    let ha = lab.host(Side::A);
     for target in ["192.168.20.1", "fd00:b::1"] {
         assert_eq!(ping(&ha, target, 5, "0.1"), (5, 5), "{}", lab.diagnose());
     }
     let now = lab.counters(Side::A);
     assert!(
-        grown(&before[0], &now, Reason::NotRemote) >= 10,
+        grown(before, &now, Reason::NotRemote) >= 10,
         "excluded: not sprayed"
     );
     assert!(
-        grown(&before[0], &now, Reason::TranslatedOnEgress) >= 10,
+        grown(before, &now, Reason::TranslatedOnEgress) >= 10,
         "excluded: translated on a tunnel's egress"
     );
+}
 
-    // A far traceroute: TTL 2 from host B expires at gateway A, whose ICMP
-    // error about the restored packet goes back through a tunnel.
+/// A far traceroute whose TTL expires at gateway A, and a LAN host there
+/// that is down: gateway A's ICMP errors about the restored packets go back
+/// through a tunnel.
+fn icmp_errors_about_restored_packets(lab: &Lab) {
+    let hb = lab.host(Side::B);
+    // TTL 2 from host B expires at gateway A.
     let out = ping_output(
         &hb,
         &["-n", "-c", "2", "-i", "0.2", "-W", "2", "-t", "2", HOST_A],
@@ -79,7 +104,7 @@ fn nothing_lan_related_leaves_the_wan_in_the_clear() {
     );
     assert!(out.contains("Time exceeded"), "{out}");
 
-    // A LAN host that is down: gateway A's host unreachable, likewise.
+    // Gateway A's host unreachable.
     let down6 = {
         let hb = hb.clone();
         thread::spawn(move || ping_output(&hb, &["-n", "-c", "1", "-W", "6", "fd00:a::77"]))
@@ -88,13 +113,16 @@ fn nothing_lan_related_leaves_the_wan_in_the_clear() {
     assert!(out.contains("Destination Host Unreachable"), "{out}");
     let out = down6.join().unwrap();
     assert!(out.contains("Address unreachable"), "{out}");
+}
 
-    // No loader on gateway A, and tunnel 1's OpenVPN restarted (a new
-    // device, no program on it): host B's packets arriving there are not
-    // restored, and host A answers gateway B's translated address. Those
-    // answers are routed into a tunnel and restored at gateway B. (Gateway
-    // B does not probe, or it would notice that its probes on tunnel 1 go
-    // unanswered and stop using it: link and OpenVPN state alone decide.)
+/// No loader on gateway A, and tunnel 1's OpenVPN restarted (a new device,
+/// no program on it): host B's packets arriving there are not restored, and
+/// host A answers gateway B's translated address. Those answers are routed
+/// into a tunnel and restored at gateway B. (Gateway B does not probe, or
+/// it would notice that its probes on tunnel 1 go unanswered and stop using
+/// it: link and OpenVPN state alone decide.)
+fn replies_to_the_peers_translation(lab: &mut Lab) {
+    let hb = lab.host(Side::B);
     let mut quiet = lab.loader_config(Side::B);
     quiet.probe_interval_ms = 0;
     let quiet_path = lab.dir.join("gateway-b-no-probes.toml");
@@ -127,70 +155,24 @@ fn nothing_lan_related_leaves_the_wan_in_the_clear() {
         "host A's answers to the peer's translated address went into a tunnel\n{}",
         lab.diagnose()
     );
-    lab.start_loader_with(Side::A, &path);
-    let after = [lab.counters(Side::A), lab.counters(Side::B)];
-    for (side, (b, a)) in ["A", "B"].iter().zip(before.iter().zip(&after)) {
-        assert_eq!(
-            grown(b, a, Reason::CleartextBlocked),
-            0,
-            "gateway {side}: the routes, not the guard, kept all that in the tunnels"
-        );
-    }
+}
 
-    // The last line: a rule and table of the operator's own send the
-    // gateway's traffic for the far LAN out of the WAN. The guard drops it
-    // and counts it.
-    let detour = [
-        &[
-            "route",
-            "add",
-            "192.168.20.0/24",
-            "via",
-            WAN[1],
-            "dev",
-            WAN_DEV,
-            "table",
-            "100",
-        ][..],
-        &[
-            "rule",
-            "add",
-            "iif",
-            "lo",
-            "to",
-            "192.168.20.0/24",
-            "lookup",
-            "100",
-            "priority",
-            "100",
-        ],
-    ];
-    for args in detour {
-        lab.ip(&ga, args);
-    }
+/// The last line: a rule and table of the operator's own send the
+/// gateway's traffic for the far LAN out of the WAN. The guard drops it and
+/// counts it.
+fn the_guard_is_the_last_line(lab: &Lab, before: &Counters) {
+    let ga = lab.gw(Side::A);
+    let rule = "iif lo to 192.168.20.0/24 lookup 100 priority 100";
+    let route = format!("192.168.20.0/24 via {} dev {WAN_DEV} table 100", WAN[1]);
+    let ip = |verb: &str, object: &str, spec: &str| {
+        let mut args = vec![object, verb];
+        args.extend(spec.split_whitespace());
+        lab.ip(&ga, &args);
+    };
+    ip("add", "route", &route);
+    ip("add", "rule", rule);
     let out = ping_output(&ga, &["-n", "-c", "3", "-i", "0.2", "-W", "1", HOST_B]);
-    lab.ip(
-        &ga,
-        &[
-            "rule",
-            "del",
-            "iif",
-            "lo",
-            "to",
-            "192.168.20.0/24",
-            "lookup",
-            "100",
-            "priority",
-            "100",
-        ],
-    );
-    let blocked = grown(&after[0], &lab.counters(Side::A), Reason::CleartextBlocked);
+    ip("del", "rule", rule);
+    let blocked = grown(before, &lab.counters(Side::A), Reason::CleartextBlocked);
     assert!(blocked >= 3, "the guard counted {blocked}: {out}");
-
-    let capture = capture.stop();
-    capture.assert_none(CLEAR_TEXT, "LAN-related addresses in the clear on the WAN");
-    assert!(
-        capture.read("udp").len() > 100,
-        "the capture saw too little of the tunnels' traffic"
-    );
 }
