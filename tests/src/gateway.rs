@@ -215,7 +215,23 @@ fn loader_config(up_delay_ms: u64, per_tunnel: impl Fn(usize, &mut file::Tunnel)
     c
 }
 
+/// The LAN: host 192.168.10.5 on `h0`, the gateway's `lan0` 192.168.10.1.
+fn lan(host: &Netns, gw: &Netns) {
+    topology::host_behind(
+        (host.name(), "h0"),
+        (gw.name(), "lan0"),
+        &[("192.168.10.5/24", "192.168.10.1")],
+    );
+}
+
 impl GatewayLab {
+    /// Deletes the LAN device (the host's end goes with it) and makes it
+    /// again: a new device, as when a bridge, bond or VLAN is recreated.
+    pub fn recreate_lan(&self) {
+        self.gw.ip(&["link", "del", "lan0"]);
+        lan(&self.host, &self.gw);
+    }
+
     #[must_use]
     pub fn new(up_delay_ms: u64) -> Self {
         Self::with_tunnels(up_delay_ms, |_, _| {})
@@ -226,11 +242,7 @@ impl GatewayLab {
     pub fn with_tunnels(up_delay_ms: u64, per_tunnel: impl Fn(usize, &mut file::Tunnel)) -> Self {
         let host = Netns::new("lhost");
         let gw = Netns::new("lgw");
-        topology::host_behind(
-            (host.name(), "h0"),
-            (gw.name(), "lan0"),
-            &[("192.168.10.5/24", "192.168.10.1")],
-        );
+        lan(&host, &gw);
         topology::router(gw.name(), &[]);
         let mut responders = Vec::new();
         for k in 0..TUNNEL_COUNT {

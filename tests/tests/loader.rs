@@ -821,3 +821,69 @@ fn a_plain_peers_echo_socket_is_not_leaked_across_device_restarts() {
     assert_eq!(after, before, "{}", loader.log_text());
     lab.stop_and_detach(loader);
 }
+
+#[test]
+fn a_recreated_lan_device_gets_its_program_within_100ms() {
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(300);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let old = lab.gw.enter(|| ovpn_lb_tests::netns::ifindex("lan0"));
+    // Watches from inside the gateway: when the new device appears, and
+    // when the LAN program is on it.
+    let watcher = lab.gw.spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let appeared = loop {
+            let now = ovpn_lb_tests::netns::ifindex("lan0");
+            if now != 0 && now != old {
+                break Instant::now();
+            }
+            assert!(Instant::now() < deadline, "no new lan0");
+            thread::sleep(Duration::from_micros(200));
+        };
+        loop {
+            let attached = SchedClassifier::query_tcx("lan0", TcAttachType::Ingress).is_ok_and(
+                |(_, progs)| {
+                    progs
+                        .iter()
+                        .any(|p| p.name_as_str() == Some(programs::LAN_INGRESS))
+                },
+            );
+            if attached {
+                return appeared.elapsed();
+            }
+            assert!(Instant::now() < deadline, "lan_ingress never attached");
+            thread::sleep(Duration::from_micros(200));
+        }
+    });
+    // A ping stream through the gateway, across the recreation.
+    let stream = lab.ping(200, "0.01");
+    thread::sleep(Duration::from_millis(300));
+    lab.recreate_lan();
+    let took = watcher.join().unwrap();
+    eprintln!("LAN device recreated -> its program attached: {took:?}");
+    assert!(
+        took <= Duration::from_millis(100),
+        "{took:?}\n{}",
+        loader.log_text()
+    );
+    let out = stream.wait_with_output().unwrap();
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    eprintln!("pings across the recreation: {received} of {sent} answered");
+    // Once it is back, everything is sprayed again.
+    let before: u64 = (0..3).map(|k| lab.tunnel_stats(k).tx_packets).sum();
+    let out = lab.ping(50, "0.01").wait_with_output().unwrap();
+    assert_eq!(
+        ping_summary(&String::from_utf8_lossy(&out.stdout)),
+        (50, 50),
+        "{}",
+        loader.log_text()
+    );
+    let after: u64 = (0..3).map(|k| lab.tunnel_stats(k).tx_packets).sum();
+    assert!(after - before >= 50, "sprayed {} of 50", after - before);
+    assert!(
+        loader.log_text().contains("LAN lan0: device is ifindex"),
+        "{}",
+        loader.log_text()
+    );
+    lab.stop_and_detach(loader);
+}

@@ -72,13 +72,11 @@ impl Daemon {
                 {
                     report(&a, &name, how);
                 }
-                if self.edges.lan_attached != 0 {
-                    log::info!(
-                        "LAN {name}: a new device (ifindex {}), its program attached in {} µs",
-                        l.ifindex,
-                        started.elapsed().as_micros()
-                    );
-                }
+                log::info!(
+                    "LAN {name}: device is ifindex {}; its program attached in {} µs",
+                    l.ifindex,
+                    started.elapsed().as_micros()
+                );
                 self.edges.lan_attached = l.ifindex;
             }
             _ => {}
