@@ -9,7 +9,7 @@ use crate::{
     config::{TunnelKind, TunnelSpec},
     health::Health,
     netlink::LinkFacts,
-    probe::{Tracker, io::Echo},
+    probe::{PeerWord, Tracker, io::Echo},
 };
 
 /// A tunnel's index in the configuration: its key in every datapath map.
@@ -54,6 +54,11 @@ pub struct Tunnel {
     pub tracker: Tracker,
     /// ICMP echo to a plain peer's far end, while the device exists.
     pub echo: Option<Echo>,
+    /// What the far gateway last said on this tunnel (its view of the
+    /// tunnels, its flags), newest by its clock.
+    pub peer: Option<PeerWord>,
+    /// Alive by its traffic while its probes are lost (said in the log).
+    pub kept_by_traffic: bool,
 }
 
 impl Tunnel {
@@ -68,6 +73,8 @@ impl Tunnel {
             health,
             tracker: Tracker::default(),
             echo: None,
+            peer: None,
+            kept_by_traffic: false,
         }
     }
 

@@ -278,7 +278,7 @@ fn probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt() {
     let capture = Capture::start(&lab.gw(Side::B), "any", &lab.dir.join("gb.pcap"));
     let gw_mac = mac_of(&ga, "lan");
     for k in 0..4u16 {
-        let mut forged = Payload::probe(k, 7, 1, u64::MAX);
+        let mut forged = Payload::probe(k, 7, 1, u64::MAX, 0);
         send_ip(
             &lab.host(Side::A),
             "lan",
@@ -311,7 +311,7 @@ fn probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt() {
     );
     // The control: one such probe (sequence number 99) written straight
     // into gateway A's tun0 crosses, and B's capture sees it arrive.
-    let control = Payload::probe(0, 99, 1, u64::MAX);
+    let control = Payload::probe(0, 99, 1, u64::MAX, 0);
     send_ip(&ga, "tun0", None, &probe::datagram(&control));
     thread::sleep(Duration::from_millis(300));
     let capture = capture.stop();

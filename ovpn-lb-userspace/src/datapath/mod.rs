@@ -20,6 +20,7 @@ use aya::{
 use ovpn_lb_common::{
     Prefix4, Prefix6, Reason, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
     maps::{MAX_TUNNELS, SCHEDULE_BUFFERS, names, programs},
+    probe::LocalView,
 };
 
 use crate::{config::LpmEntries, pins::Layout};
@@ -415,13 +416,13 @@ impl Datapath {
         Ok(())
     }
 
-    /// Our view of the tunnels (bit k: tunnel k usable), which the tunnel
-    /// programs write into the answers they reflect.
+    /// Our view of the tunnels (bit k: tunnel k usable) and our flags,
+    /// which the tunnel programs write into the answers they reflect.
     ///
     /// # Errors
     /// If the object has no `PROBE_VIEW` map or the kernel refuses.
-    pub fn set_probe_view(&mut self, view: u64) -> Result<()> {
-        let mut m: Array<_, u64> = map(&mut self.ebpf, names::PROBE_VIEW)?.try_into()?;
+    pub fn set_probe_view(&mut self, view: &LocalView) -> Result<()> {
+        let mut m: Array<_, LocalView> = map(&mut self.ebpf, names::PROBE_VIEW)?.try_into()?;
         m.set(0, view, 0).context("writing PROBE_VIEW")?;
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! is always read fresh from the kernel (see `netlink`).
 
 mod edges;
+mod probing;
 
 use std::{
     collections::BTreeSet,
@@ -20,7 +21,6 @@ use anyhow::{Context as _, Result};
 use ovpn_lb_common::{
     SiteConfig,
     maps::{Spray, site_flags},
-    probe::{self as wire, Event, Payload},
     schedule,
 };
 use tokio::sync::mpsc;
@@ -38,11 +38,7 @@ use crate::{
     metrics::{TunnelView, Views},
     netlink::{self, LinkFacts, Netlink, RouteTarget, netdev},
     pins::Layout,
-    probe::{
-        self, PeerView,
-        io::{Echo, Pinger, Sender},
-        now_ns,
-    },
+    probe::{self, io::Sender, now_ns},
     status::{ManagedNeighbour, ProbeState, State, TunnelState},
     tunnel::{Tunnel, TunnelId},
 };
@@ -105,10 +101,8 @@ pub struct Daemon {
     probe: Option<probe::Settings>,
     /// Writes probes into the tunnel devices.
     sender: Option<Sender>,
-    /// The far gateway's view of the tunnels, as last heard.
-    peer: PeerView,
-    /// Our view as last told to the datapath and the far gateway.
-    announced: Option<u64>,
+    /// Our view and flags as last told to the datapath and the far gateway.
+    announced: Option<ovpn_lb_common::probe::LocalView>,
     next_probe: Instant,
     /// Echo replies from the plain peers' pingers.
     echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
@@ -162,7 +156,6 @@ impl Daemon {
             written_at: Instant::now(),
             probe,
             sender: None,
-            peer: PeerView::default(),
             announced: None,
             next_probe: Instant::now(),
             echo_tx,
@@ -249,6 +242,7 @@ impl Daemon {
         for t in &mut self.tunnels {
             t.health.admit_now();
         }
+        self.announce();
         self.publish().await;
         Ok(())
     }
@@ -392,170 +386,6 @@ impl Daemon {
         t.health.set_next_hop(known, now);
         self.follow_probes(k, new_ifindex != old_ifindex);
         Ok(())
-    }
-
-    /// Starts probing a tunnel that can be probed, stops one that cannot;
-    /// `device_changed`: a new device, whose probing starts afresh.
-    fn follow_probes(&mut self, k: usize, device_changed: bool) {
-        if self.probe.is_none() {
-            return;
-        }
-        let ready = self.tunnels[k].probe_ready();
-        let t = &mut self.tunnels[k];
-        if !ready || t.spec.probing == Probing::Off {
-            t.tracker.stop();
-            t.echo = None;
-            return;
-        }
-        if device_changed || !t.tracker.probing() {
-            t.tracker.start(now_ns());
-        }
-        if let Probing::Echo(target) = t.spec.probing
-            && (device_changed || t.echo.is_none())
-        {
-            // The old socket (bound to a device that is gone) and its reader
-            // go first.
-            t.echo = None;
-            let id = 0x4f00 | u16::try_from(k).unwrap_or(0);
-            match Pinger::open(&t.spec.device, target, id) {
-                Ok(p) => {
-                    let (tx, tunnel) = (self.echo_tx.clone(), t.id);
-                    t.echo = Some(Echo::start(p, move |seq| {
-                        tx.send((tunnel, seq, now_ns())).is_ok()
-                    }));
-                }
-                Err(e) => log::warn!("{}: cannot ping {target}: {e}", t.label()),
-            }
-        }
-    }
-
-    /// Sends one probe into every probed tunnel.
-    fn probe_round(&mut self) {
-        let view = self.local_view();
-        for t in &mut self.tunnels {
-            if !t.tracker.probing() {
-                continue;
-            }
-            // The send time is in the probe and in the tracker: one reading.
-            let at = now_ns();
-            let seq = t.tracker.send(at);
-            // Behind traffic, a probe measures that wait, not the path.
-            if self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at)) {
-                t.tracker.queued_behind_traffic();
-            }
-            let sent = match t.spec.probing {
-                Probing::Reflected => match &self.sender {
-                    Some(sender) => {
-                        let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
-                        let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
-                        sender.send(t.ifindex(), peer_mac, &Payload::probe(id, seq, at, view))
-                    }
-                    None => Ok(()),
-                },
-                Probing::Echo(_) => match &t.echo {
-                    Some(e) => e.pinger.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
-                    None => Ok(()),
-                },
-                Probing::Off => Ok(()),
-            };
-            // A full queue or a vanishing device: the probe counts as sent
-            // and unanswered, which is what it is.
-            if let Err(e) = sent {
-                log::debug!("{}: probe not sent: {e}", t.label());
-            }
-        }
-    }
-
-    /// Tunnels usable as far as this gateway knows by itself (bit k: tunnel k).
-    fn local_view(&self) -> u64 {
-        self.tunnels
-            .iter()
-            .filter(|t| t.health.local_fault().is_none())
-            .fold(0, |bits, t| bits | (1 << t.id.raw()))
-    }
-
-    /// Reports of the tunnel programs: answers to our probes, and the far
-    /// gateway's probes they reflected.
-    pub fn on_probe_events(&mut self, events: &[Event]) {
-        for e in events {
-            let Some(t) = usize::try_from(e.tunnel)
-                .ok()
-                .and_then(|k| self.tunnels.get_mut(k))
-            else {
-                continue;
-            };
-            let p = e.payload.swapped();
-            match u8::try_from(e.kind).unwrap_or(0) {
-                wire::ANSWER
-                    if t.tracker
-                        .answer(p.seq, p.sent_ns, p.reflected_ns, e.received_ns) =>
-                {
-                    self.peer = PeerView {
-                        bits: p.reflector_view,
-                        heard_ns: e.received_ns,
-                    };
-                }
-                wire::PROBE => {
-                    self.peer = PeerView {
-                        bits: p.sender_view,
-                        heard_ns: e.received_ns,
-                    };
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// An echo reply from a plain peer's far end.
-    pub fn on_echo(&mut self, id: TunnelId, seq: u16, received_ns: u64) {
-        if let Some(t) = self.tunnels.get_mut(id.index()) {
-            t.tracker.echo_reply(seq, received_ns);
-        }
-    }
-
-    /// Probes' verdicts into health; our view to the datapath and, when it
-    /// changed, to the far gateway at once.
-    fn settle_probes(&mut self) {
-        let Some(settings) = self.probe else {
-            return;
-        };
-        let (now, instant) = (now_ns(), Instant::now());
-        for t in &mut self.tunnels {
-            let alive = t.tracker.alive(now, &settings);
-            let peer_down = t.spec.probing == Probing::Reflected
-                && self.peer.says_down(t.id.index(), now, &settings);
-            let was = t.health.fault();
-            t.health.set_probe(alive, peer_down, instant);
-            if t.health.fault() == Some(health::Cause::Probe) && was != Some(health::Cause::Probe) {
-                log::info!(
-                    "{}: {}",
-                    t.label(),
-                    if alive == Some(false) {
-                        format!(
-                            "no probe answered for {} ms",
-                            settings.silence().as_millis()
-                        )
-                    } else {
-                        "the far gateway cannot use it".to_owned()
-                    }
-                );
-            }
-        }
-        let view = self.local_view();
-        if self.announced != Some(view) {
-            if let Err(e) = self.datapath.set_probe_view(view) {
-                log::debug!("writing PROBE_VIEW: {e:#}");
-            }
-            if self.announced.is_some() {
-                // Tell the far gateway now, on every tunnel that still works.
-                self.probe_round();
-            }
-            self.announced = Some(view);
-        }
-        if instant >= self.next_probe {
-            self.probe_round();
-            self.next_probe = instant + settings.interval;
-        }
     }
 
     fn write_entry(
@@ -750,6 +580,7 @@ impl Daemon {
             }
         }
         self.settle_probes();
+        self.announce();
         let up_delay = self.config.up_delay;
         for t in &mut self.tunnels {
             t.health.advance(Instant::now(), up_delay);
@@ -894,6 +725,10 @@ impl Daemon {
                         .filter(|(_, n)| *n > 0)
                         .map(|(c, n)| (c.name().to_owned(), n))
                         .collect(),
+                    peer_flags: t
+                        .peer
+                        .map(|w| probing::flag_names(w.said.flags))
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -925,6 +760,7 @@ fn probe_state(t: &Tunnel) -> Option<ProbeState> {
         answered: t.tracker.answered,
         // Over the last probes whose answers are overdue: a second's grace.
         loss: t.tracker.loss(now_ns(), 1_000_000_000),
+        kept_by_traffic: t.kept_by_traffic,
     })
 }
 
