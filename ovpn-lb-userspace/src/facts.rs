@@ -39,18 +39,25 @@ impl Facts {
     }
 }
 
+/// A device's packet counters. On a tun device the kernel counts a packet
+/// received when its reader (OpenVPN) writes it in, and transmitted when
+/// the reader takes it out of the ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevicePackets {
+    pub rx: u64,
+    pub tx: u64,
+}
+
 /// Every device's packet counters from `/proc/net/dev` (this network
-/// namespace): name -> (received, transmitted). On a tun device the kernel
-/// counts a packet received when its reader (OpenVPN) writes it in, and
-/// transmitted when the reader takes it out of the ring.
+/// namespace), by name.
 ///
 /// # Errors
 /// If the file cannot be read.
-pub fn device_packets() -> io::Result<HashMap<String, (u64, u64)>> {
+pub fn device_packets() -> io::Result<HashMap<String, DevicePackets>> {
     Ok(parse_net_dev(&std::fs::read_to_string("/proc/net/dev")?))
 }
 
-fn parse_net_dev(text: &str) -> HashMap<String, (u64, u64)> {
+fn parse_net_dev(text: &str) -> HashMap<String, DevicePackets> {
     text.lines()
         .filter_map(|line| {
             let (name, fields) = line.split_once(':')?;
@@ -60,7 +67,11 @@ fn parse_net_dev(text: &str) -> HashMap<String, (u64, u64)> {
                 .collect::<Result<_, _>>()
                 .ok()?;
             // Receive: bytes packets ... (8 fields); transmit: bytes packets ...
-            Some((name.trim().to_owned(), (*numbers.get(1)?, *numbers.get(9)?)))
+            let packets = DevicePackets {
+                rx: *numbers.get(1)?,
+                tx: *numbers.get(9)?,
+            };
+            Some((name.trim().to_owned(), packets))
         })
         .collect()
 }
@@ -151,7 +162,7 @@ mod tests {
 ";
         let d = super::parse_net_dev(text);
         assert_eq!(d.len(), 2);
-        assert_eq!(d["lo"], (1571, 1572));
-        assert_eq!(d["tun0"], (10, 20));
+        assert_eq!((d["lo"].rx, d["lo"].tx), (1571, 1572));
+        assert_eq!(d["tun0"], super::DevicePackets { rx: 10, tx: 20 });
     }
 }

@@ -247,35 +247,24 @@ fn send_ip(ns: &str, dev: &str, mac: Option<[u8; 6]>, datagram: &[u8]) {
     });
 }
 
-fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-br", "link", "show", dev])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text.split_whitespace().nth(2).unwrap();
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
-#[test]
-fn probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt() {
-    let Some(_alone) = root_alone() else { return };
-    let lab = lab(Options {
-        cpu_quota_percent: Some(15),
-        ..Options::default()
-    });
+/// Probe-shaped packets from host A, as a probe and as an answer, for every
+/// tunnel id: dropped and counted at gateway A, never seen by gateway B.
+fn forged_probes_go_nowhere(lab: &Lab) {
     let ga = lab.gw(Side::A);
-    // Probe-shaped packets from host A, as a probe and as an answer, for
-    // every tunnel id: dropped and counted at gateway A, never seen by B.
     // They carry sequence number 7 and send time 1 (the loaders' own carry
     // a clock reading); gateway B's capture looks for them on arrival from
     // its tunnels, where any that got sprayed would come out.
     let before = [lab.counters(Side::A), lab.counters(Side::B)];
-    let capture = Capture::start(&lab.gw(Side::B), "any", &lab.dir.join("gb.pcap"));
+    let captures: Vec<Capture> = (0..4)
+        .map(|k| {
+            let dev = lab.dev(k);
+            Capture::start(
+                &lab.gw(Side::B),
+                &dev,
+                &lab.dir.join(format!("gb-{dev}.pcap")),
+            )
+        })
+        .collect();
     let gw_mac = mac_of(&ga, "lan");
     for k in 0..4u16 {
         let mut forged = Payload::probe(k, 7, 1, u64::MAX, 0);
@@ -310,23 +299,54 @@ fn probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt() {
         0
     );
     // The control: one such probe (sequence number 99) written straight
-    // into gateway A's tun0 crosses, and B's capture sees it arrive.
+    // into gateway A's tun0 crosses, and B's capture sees it (arriving, and
+    // going back as B's answer).
     let control = Payload::probe(0, 99, 1, u64::MAX, 0);
     send_ip(&ga, "tun0", None, &probe::datagram(&control));
     thread::sleep(Duration::from_millis(300));
-    let capture = capture.stop();
-    let arrived = |seq: u32| {
-        capture.read(&format!(
-            "inbound and udp dst port {} and udp[16:4] = {seq} and udp[24:4] = 0 and udp[28:4] = 1",
-            probe::PORT
-        ))
+    let captures: Vec<_> = captures.into_iter().map(Capture::stop).collect();
+    let seen = |seq: u32| -> Vec<String> {
+        captures
+            .iter()
+            .flat_map(|c| {
+                c.read(&format!(
+                    "udp dst port {} and udp[16:4] = {seq} and udp[24:4] = 0 and udp[28:4] = 1",
+                    probe::PORT
+                ))
+            })
+            .collect()
     };
-    assert_eq!(arrived(99).len(), 1, "the capture misses what it looks for");
-    let seen = arrived(7);
+    assert!(!seen(99).is_empty(), "the capture misses what it looks for");
+    let forged = seen(7);
     assert!(
-        seen.is_empty(),
-        "probe-shaped packets from the LAN crossed to gateway B: {seen:?}"
+        forged.is_empty(),
+        "probe-shaped packets from the LAN crossed to gateway B: {forged:?}"
     );
+}
+
+fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", dev])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text.split_whitespace().nth(2).unwrap();
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
+#[test]
+fn probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = lab(Options {
+        cpu_quota_percent: Some(15),
+        ..Options::default()
+    });
+    forged_probes_go_nowhere(&lab);
+    let ga = lab.gw(Side::A);
 
     // Under load through CPU-capped OpenVPN processes, each tunnel reports
     // its own round trip.
@@ -397,4 +417,39 @@ fn probe_overhead_on_an_idle_wan() {
         "probes answered {answered}, reflected {reflected}"
     );
     assert!(rate / 4.0 < 5_000.0, "{rate} B/s");
+}
+
+/// Gateway B with `probe_interval_ms = 0` (documented: probes off on one
+/// side) still answers gateway A's probes, and now says what it can use:
+/// gateway A keeps every tunnel, and its pings all cross.
+#[test]
+fn one_side_without_probes_takes_no_tunnel_out() {
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = lab(Options::default());
+    let all = [0, 1, 2, 3];
+    wait_rotation(&lab, Side::A, Instant::now(), Duration::from_secs(5), |r| {
+        r == all
+    });
+    let mut quiet = lab.loader_config(Side::B);
+    quiet.probe_interval_ms = 0;
+    let path = lab.dir.join("gateway-b-no-probes.toml");
+    std::fs::write(&path, quiet.to_toml().unwrap()).unwrap();
+    lab.start_loader_with(Side::B, &path);
+    let before = lab.departures(Side::A);
+    let pings = ping_background(&lab.host(Side::A), HOST_B, 300, "0.01");
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        assert_eq!(
+            rotation(&lab, Side::A),
+            all,
+            "gateway A lost a tunnel\n{}",
+            lab.diagnose()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let out = pings.wait_with_output().unwrap();
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    eprintln!("gateway B without probes: A -> B pings {received} of {sent}");
+    assert_eq!(received, sent);
+    assert_eq!(lab.departures(Side::A), before);
 }

@@ -13,14 +13,18 @@
 //!
 //! Overload is not silence. Probes queue in the tunnel device's ring with
 //! the data, and a ring kept full by more traffic than the tunnel carries
-//! drops them (on either gateway, for probes and answers alike). So a
-//! tunnel that has answered, and whose far gateway has probed it, also
-//! stays alive while its device shows both directions working: packets
-//! arriving from the far end (the device's receive count grows) and its
-//! OpenVPN reading the ring (the device's transmit count, counted at each
-//! read, grows). What this cannot see, packets of ours lost after our
-//! OpenVPN read them, the far gateway sees as silence on its side: it says
-//! so in its view, which vetoes the tunnel here.
+//! drops or delays them past the detection time (on either gateway, for
+//! probes and answers alike). So a tunnel that has answered, and whose far
+//! gateway has probed it, also stays alive while its device shows both
+//! directions working: packets arriving from the far end (the device's
+//! receive count grows: the far end's data, probes and answers) and its
+//! OpenVPN reading the ring (the transmit count, counted at each read,
+//! grows). A count that grew is taken to have grown at the reading before,
+//! so this evidence ends no later after the last packet than the answers
+//! do: a silent path failure is noticed as fast as without it. What it
+//! cannot see, packets of ours lost after our OpenVPN read them, the far
+//! gateway sees as silence on its side: it says so in its view, which
+//! vetoes the tunnel here.
 
 pub mod io;
 
@@ -136,15 +140,25 @@ pub struct Tracker {
     traffic: Option<Traffic>,
 }
 
-/// A tunnel device's packet counters, as the loader last read them.
+/// What the loader reads of a tunnel device's traffic, each a count that
+/// only grows: its evidence of working while probes are lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets the device received (written in by our OpenVPN: the far
+    /// end's data, probes and answers).
+    pub rx: u64,
+    /// Packets our OpenVPN read out of the ring.
+    pub tx: u64,
+}
+
+/// The counters at the last reading, and when each was last seen to grow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Traffic {
-    /// Packets that arrived from the far end (written by our OpenVPN).
-    rx: u64,
-    /// Packets our OpenVPN read out of the ring.
-    tx: u64,
-    rx_grew_ns: u64,
-    tx_grew_ns: u64,
+    last: Counters,
+    /// When they were read.
+    read_ns: u64,
+    /// When each grew (`rx`, `tx`), 0: not since probing started.
+    grew_ns: [u64; 2],
 }
 
 /// How far back the path's forward offset is the minimum of: long enough to
@@ -176,33 +190,37 @@ impl Tracker {
         self.far_probed = self.started_ns.is_some();
     }
 
-    /// The device's counters read at `now`: `rx` packets arrived from the
-    /// far end, `tx` read by our OpenVPN.
-    pub fn counters(&mut self, rx: u64, tx: u64, now: u64) {
-        let t = self.traffic.get_or_insert(Traffic {
-            rx,
-            tx,
-            rx_grew_ns: 0,
-            tx_grew_ns: 0,
-        });
-        if rx > t.rx {
-            t.rx_grew_ns = now;
+    /// The tunnel's counters read at `now`. A count that grew did so since
+    /// the last reading, and that is when it is taken to have grown: the
+    /// evidence never outlives the packets by more than the silence, as
+    /// answers do not.
+    pub fn counters(&mut self, now: Counters, at: u64) {
+        let Some(t) = &mut self.traffic else {
+            self.traffic = Some(Traffic {
+                last: now,
+                read_ns: at,
+                grew_ns: [0; 2],
+            });
+            return;
+        };
+        let pairs = [(now.rx, t.last.rx), (now.tx, t.last.tx)];
+        for (grew, (new, old)) in t.grew_ns.iter_mut().zip(pairs) {
+            if new > old {
+                *grew = t.read_ns;
+            }
         }
-        if tx > t.tx {
-            t.tx_grew_ns = now;
-        }
-        (t.rx, t.tx) = (rx, tx);
+        (t.last, t.read_ns) = (now, at);
     }
 
     /// Until when the device's traffic keeps the tunnel alive: it has
     /// answered and the far gateway has probed it (so the far gateway
     /// follows our direction, and its view vetoes what we cannot see), and
-    /// both counters grew.
+    /// both counts grew.
     fn carried_until(&self, window: u64) -> Option<u64> {
         let t = self
             .traffic
             .filter(|_| self.far_probed && self.answered_at_ns.is_some())?;
-        let since = t.rx_grew_ns.min(t.tx_grew_ns);
+        let since = t.grew_ns[0].min(t.grew_ns[1]);
         (since > 0).then_some(since + window)
     }
 
@@ -627,39 +645,52 @@ mod tests {
         assert_eq!(slot.unwrap().said.view, Some(3));
     }
 
+    /// Reads counters growing as `grow` says (rx, tx) every 50 ms from
+    /// `from` to `to` ms; the counters read last.
+    fn read_every_50ms(
+        t: &mut Tracker,
+        mut c: Counters,
+        from: u64,
+        to: u64,
+        grow: [bool; 2],
+    ) -> Counters {
+        for at in (from..=to).step_by(50) {
+            c.rx += u64::from(grow[0]) * 5;
+            c.tx += u64::from(grow[1]) * 5;
+            t.counters(c, at * MS);
+        }
+        c
+    }
+
     #[test]
     fn a_full_ring_is_not_silence_while_both_directions_carry() {
         let mut t = Tracker::default();
         t.start(0);
         let seq = t.send(0);
         assert!(t.answer(seq, 0, 1, MS));
-        t.counters(10, 10, MS);
         // The far gateway has not probed this tunnel: its traffic is no
         // evidence, the silence counts.
-        for at in [100, 200] {
-            t.counters(10 + at, 10 + at, at * MS);
-        }
+        let c = read_every_50ms(&mut t, Counters::default(), 0, 300, [true; 2]);
         assert_eq!(t.alive(300 * MS, &S), Some(false));
         // It has: packets keep arriving and OpenVPN keeps reading, while
         // every probe and answer is lost in a full ring.
         t.far_probe();
-        for at in (300..=3_000).step_by(100) {
-            t.counters(10 + at, 10 + at, at * MS);
-            assert_eq!(t.alive(at * MS + 50 * MS, &S), Some(true), "at {at} ms");
-        }
-        assert!(t.kept_by_traffic(3_050 * MS, &S));
-        assert_eq!(t.deadline(&S), Some(3_000 * MS + 275 * MS + 1));
+        let c = read_every_50ms(&mut t, c, 350, 3_000, [true; 2]);
+        assert_eq!(t.alive(3_010 * MS, &S), Some(true));
+        assert!(t.kept_by_traffic(3_010 * MS, &S));
+        // Grown since the reading before: taken as then.
+        assert_eq!(t.deadline(&S), Some(2_950 * MS + 275 * MS + 1));
         // OpenVPN stops reading (or the far end stops sending): dead after
-        // the same silence as without traffic.
-        for at in (3_100..=3_300).step_by(100) {
-            t.counters(10 + at, 3_010, at * MS);
+        // the same silence, counted from the reading before the last growth.
+        for grow in [[true, false], [false, true]] {
+            let mut t2 = t.clone();
+            read_every_50ms(&mut t2, c, 3_050, 3_300, grow);
+            assert_eq!(t2.alive(2_950 * MS + 275 * MS, &S), Some(true));
+            assert_eq!(t2.alive(2_950 * MS + 276 * MS, &S), Some(false));
         }
-        assert_eq!(t.alive(3_275 * MS, &S), Some(true));
-        assert_eq!(t.alive(3_276 * MS, &S), Some(false));
         // A restart forgets it all.
-        t.start(4_000 * MS);
-        t.counters(1, 1, 4_000 * MS);
-        t.counters(2, 2, 4_100 * MS);
-        assert_eq!(t.alive(4_300 * MS, &S), Some(false));
+        t.start(6_000 * MS);
+        read_every_50ms(&mut t, c, 6_000, 6_300, [true; 2]);
+        assert_eq!(t.alive(6_300 * MS, &S), Some(false));
     }
 }

@@ -104,6 +104,9 @@ pub struct Daemon {
     /// Our view and flags as last told to the datapath and the far gateway.
     announced: Option<ovpn_lb_common::probe::LocalView>,
     next_probe: Instant,
+    /// When the tunnel devices' counters are read next (four times per probe
+    /// interval: overload evidence, see `probe`).
+    next_counters: Instant,
     /// Echo replies from the plain peers' pingers.
     echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
 }
@@ -158,6 +161,7 @@ impl Daemon {
             sender: None,
             announced: None,
             next_probe: Instant::now(),
+            next_counters: Instant::now(),
             echo_tx,
         }
     }
@@ -541,7 +545,7 @@ impl Daemon {
                 .iter()
                 .filter_map(move |t| t.tracker.deadline(&settings))
                 .map(move |at| instant + Duration::from_nanos(at.saturating_sub(now)))
-                .chain([self.next_probe])
+                .chain([self.next_probe, self.next_counters])
         });
         self.tunnels
             .iter()

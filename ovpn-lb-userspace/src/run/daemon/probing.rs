@@ -13,7 +13,7 @@ use crate::{
     config::{Probing, TunnelKind},
     facts, health,
     probe::{
-        PeerWord,
+        Counters, PeerWord,
         io::{Echo, Pinger},
         newest_view, now_ns,
     },
@@ -66,20 +66,27 @@ impl Daemon {
         }
     }
 
-    /// Sends one probe into every probed tunnel, and reads every tunnel
-    /// device's counters (a full ring loses probes, not the evidence).
+    /// Reads every tunnel device's counters: a full ring loses probes, not
+    /// this evidence.
+    fn read_counters(&mut self) {
+        let devices = facts::device_packets().unwrap_or_default();
+        let at = now_ns();
+        for t in &mut self.tunnels {
+            if let Some(d) = devices.get(&t.spec.device) {
+                t.tracker.counters(Counters { rx: d.rx, tx: d.tx }, at);
+            }
+        }
+    }
+
+    /// Sends one probe into every probed tunnel.
     pub(super) fn probe_round(&mut self) {
         let me = self.local_word();
-        let counters = facts::device_packets().unwrap_or_default();
         for t in &mut self.tunnels {
             if !t.tracker.probing() {
                 continue;
             }
             // The send time is in the probe and in the tracker: one reading.
             let at = now_ns();
-            if let Some(&(rx, tx)) = counters.get(&t.spec.device) {
-                t.tracker.counters(rx, tx, at);
-            }
             let seq = t.tracker.send(at);
             // Behind traffic, a probe measures that wait, not the path.
             if self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at)) {
@@ -192,6 +199,10 @@ impl Daemon {
         let Some(settings) = self.probe else {
             return;
         };
+        if Instant::now() >= self.next_counters {
+            self.read_counters();
+            self.next_counters = Instant::now() + settings.interval / 4;
+        }
         let (now, instant) = (now_ns(), Instant::now());
         let view = newest_view(
             self.tunnels.iter().filter_map(|t| t.peer.as_ref()),
