@@ -96,7 +96,7 @@ pub enum Command {
     /// from the pinned maps while `run` is going.
     ///
     /// Rates come from two samples --interval apart. --json prints a stable
-    /// document (see the README), --watch redraws in place until interrupted.
+    /// document (see docs/deploying.md), --watch redraws in place until interrupted.
     Status {
         /// The stable JSON document instead of a table.
         #[arg(long)]

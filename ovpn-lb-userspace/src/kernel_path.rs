@@ -244,18 +244,52 @@ pub async fn route(
     Ok(())
 }
 
-/// Removes ovpn-lb's rules and routes; returns what it removed.
+/// Removes ovpn-lb's rules and routes, the main table's `unreachable`
+/// ones included; returns what it removed.
 ///
 /// # Errors
 /// If netlink fails.
 pub async fn remove(netlink: &Netlink, owned: &Owned) -> Result<Vec<String>> {
+    let mut removed = remove_except(netlink, owned, &[], false).await?;
+    for v6 in [false, true] {
+        for (addr, len) in netlink.own_unreachable_routes(MAIN_TABLE, v6).await? {
+            netlink.delete_unreachable(MAIN_TABLE, addr, len).await?;
+            removed.push(format!("route unreachable {addr}/{len} in main"));
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes what an earlier configuration's kernel path (`old`) left that
+/// the current one (`now`, its rules `wanted`) does not use: its rules,
+/// and its table's routes unless the table is still ours. (The main
+/// table's `unreachable` routes are the current one's to keep: `install`
+/// makes them what it wants.)
+///
+/// # Errors
+/// If netlink fails.
+pub async fn retire(
+    netlink: &Netlink,
+    old: &Owned,
+    now: &Owned,
+    wanted: &[Rule],
+) -> Result<Vec<String>> {
+    remove_except(netlink, old, wanted, old.table == now.table).await
+}
+
+async fn remove_except(
+    netlink: &Netlink,
+    owned: &Owned,
+    keep: &[Rule],
+    keep_table: bool,
+) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for v6 in [false, true] {
         for rule in netlink
             .rules(v6, owned.band())
             .await?
             .into_iter()
-            .filter(|r| owned.owns(r))
+            .filter(|r| owned.owns(r) && !keep.contains(r))
         {
             netlink.delete_rule(&rule).await?;
             removed.push(format!(
@@ -263,13 +297,11 @@ pub async fn remove(netlink: &Netlink, owned: &Owned) -> Result<Vec<String>> {
                 rule.priority, rule.iif, rule.to, rule.to_len
             ));
         }
-        netlink.clear_default_route(owned.table, v6).await?;
-        for (addr, len) in netlink.own_unreachable_routes(MAIN_TABLE, v6).await? {
-            netlink.delete_unreachable(MAIN_TABLE, addr, len).await?;
-            removed.push(format!("route unreachable {addr}/{len} in main"));
+        if !keep_table {
+            netlink.clear_default_route(owned.table, v6).await?;
         }
     }
-    if !removed.is_empty() {
+    if !removed.is_empty() && !keep_table {
         removed.push(format!("routes of table {}", owned.table));
     }
     Ok(removed)

@@ -59,6 +59,8 @@ pub struct Tunnel {
     pub peer: Option<PeerWord>,
     /// Alive by its traffic while its probes are lost (said in the log).
     pub kept_by_traffic: bool,
+    /// It had no socket to send its last probe by (said once, until it has).
+    pub probe_unsent: bool,
 }
 
 impl Tunnel {
@@ -75,6 +77,7 @@ impl Tunnel {
             echo: None,
             peer: None,
             kept_by_traffic: false,
+            probe_unsent: false,
         }
     }
 

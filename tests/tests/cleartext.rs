@@ -16,9 +16,10 @@ use ovpn_lb_common::Reason;
 use ovpn_lb_tests::{
     lab::{CLEAR_TEXT, HOST_A, HOST_A6, HOST_B, Lab, Options, Side, WAN, WAN_DEV, grown},
     netns,
+    ping::ping,
     process::{wait_gone, wait_until},
     root_alone,
-    traffic::{Capture, ping},
+    traffic::Capture,
 };
 
 /// `ping ARGS` from namespace `ns`: its whole output.

@@ -26,7 +26,7 @@ use ovpn_lb_common::{
 use tokio::sync::mpsc;
 
 use crate::{
-    config::{Config, Hook, Probing, TunnelKind},
+    config::{Config, Hook, TunnelKind},
     datapath::{
         Datapath,
         attach::{self, Attached, Attachment},
@@ -58,6 +58,11 @@ pub struct Io {
     pub mounted_bpffs: Option<PathBuf>,
     /// Where the plain peers' pingers report echo replies.
     pub echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
+    /// Writes the reflected probes; opened before anything was made, as a
+    /// probe sender that cannot open must stop the start.
+    pub sender: Option<Sender>,
+    /// What the previous `run` left on record: this one takes it over.
+    pub previous: Option<State>,
 }
 
 pub struct Daemon {
@@ -77,6 +82,8 @@ pub struct Daemon {
     /// What is attached to the LAN and WAN devices.
     edges: edges::Edges,
     kernel: Owned,
+    /// Earlier configurations' kernel paths still to remove.
+    retiring: Vec<Owned>,
     routes: Option<(Option<RouteTarget>, Option<RouteTarget>)>,
     /// The live schedule's weights and path delays.
     published: Option<(Vec<u32>, Vec<u32>)>,
@@ -125,6 +132,8 @@ impl Daemon {
             views,
             mounted_bpffs,
             echo_tx,
+            sender,
+            previous,
         } = io;
         let probe = config.probe;
         let tunnels = std::mem::take(&mut config.tunnels)
@@ -133,6 +142,11 @@ impl Daemon {
             .map(|(k, spec)| Tunnel::new(TunnelId::new(k), spec))
             .collect();
         let kernel = Owned::of(&config);
+        let previous = previous.unwrap_or_default();
+        let mut retiring = previous.retiring_kernel_routes;
+        retiring.extend(previous.kernel_route);
+        retiring.retain(|old| old != &kernel);
+        retiring.dedup();
         Self {
             config,
             config_path: config_path.to_path_buf(),
@@ -145,12 +159,14 @@ impl Daemon {
             lan_features_followed: false,
             edges: edges::Edges::default(),
             kernel,
+            retiring,
             routes: None,
             published: None,
             rings: false,
             views,
-            neighbours: Vec::new(),
-            mounted_bpffs,
+            // Kept on record until `detach`, whatever this configuration says.
+            neighbours: previous.neighbours,
+            mounted_bpffs: mounted_bpffs.or(previous.mounted_bpffs),
             dirty: BTreeSet::new(),
             failed: BTreeSet::new(),
             retry_at: None,
@@ -158,7 +174,7 @@ impl Daemon {
             written: None,
             written_at: Instant::now(),
             probe,
-            sender: None,
+            sender,
             announced: None,
             next_probe: Instant::now(),
             next_counters: Instant::now(),
@@ -171,10 +187,12 @@ impl Daemon {
         &self.tunnels
     }
 
-    /// Writes the site and prefixes, takes every tunnel's device and far end
-    /// from the kernel, installs the kernel path, attaches, admits what is
-    /// healthy and publishes. Nothing here drops traffic on a restart: a
-    /// tunnel's entry keeps its far end's MAC while the device is the same.
+    /// Writes the site and prefixes, installs the kernel path (on record in
+    /// the state file first), takes every tunnel's device and far end from
+    /// the kernel and attaches to it, admits what is healthy, publishes, and
+    /// attaches the LAN program last. Nothing here drops traffic on a
+    /// restart: a tunnel's entry keeps its far end's MAC while the device is
+    /// the same.
     ///
     /// # Errors
     /// If the datapath cannot be configured or the LAN program attached.
@@ -197,27 +215,22 @@ impl Daemon {
             &crate::config::guard_entries(&self.config, &specs),
         )?;
         let wanted = kernel_path::wanted(&self.config, &specs);
-        kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
-        if self
-            .tunnels
-            .iter()
-            .any(|t| t.spec.probing == Probing::Reflected)
-        {
-            match Sender::open() {
-                Ok(sender) => self.sender = Some(sender),
-                Err(e) => log::warn!("cannot send probes ({e}): tunnels are not probed"),
+        // On record before it is made: a crash or a failure from here on
+        // leaves nothing the next `run` or `detach` does not know of.
+        self.record()?;
+        while let Some(old) = self.retiring.first().cloned() {
+            for line in kernel_path::retire(&self.netlink, &old, &self.kernel, &wanted.rules)
+                .await
+                .context("removing an earlier configuration's policy rules")?
+            {
+                log::info!("removed {line} (an earlier kernel_route)");
             }
+            self.retiring.remove(0);
+            self.record()?;
         }
+        kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
 
-        let lan = self.config.lan.interface.clone();
-        self.report_foreign(&lan, facts);
-        for (a, how) in self
-            .datapath
-            .attach(&self.layout, &lan, &attach::lan(self.config.hook))?
-        {
-            report(&a, &lan, how);
-        }
-        self.edges.lan_attached = self.lan.as_ref().map_or(0, |l| l.ifindex);
+        // The WAN guard as soon as the kernel path is there.
         self.edges.wan_pending.dirty = true;
         self.settle_edges().await;
         self.rings = self.account_rings();
@@ -248,6 +261,17 @@ impl Daemon {
         }
         self.announce();
         self.publish().await;
+        // The LAN program last, onto maps that hold everything it reads: a
+        // takeover of another build's maps sprays from its first packet.
+        let lan = self.config.lan.interface.clone();
+        self.report_foreign(&lan, facts);
+        for (a, how) in self
+            .datapath
+            .attach(&self.layout, &lan, &attach::lan(self.config.hook))?
+        {
+            report(&a, &lan, how);
+        }
+        self.edges.lan_attached = self.lan.as_ref().map_or(0, |l| l.ifindex);
         Ok(())
     }
 
@@ -316,8 +340,20 @@ impl Daemon {
                     l.kind,
                     self.tunnels[k].spec.kind.name()
                 );
+                return false;
             }
-            fits
+            // Packet spray would see an unfollowed queue as idle for ever.
+            if self.rings
+                && let Some(why) = l.driver.why_no_ring()
+            {
+                log::warn!(
+                    "{}: {} is {why}: packet spray cannot see its queue; left out of the rotation",
+                    self.tunnels[k].label(),
+                    l.name
+                );
+                return false;
+            }
+            true
         });
         let old_ifindex = self.tunnels[k].ifindex();
         let new_ifindex = link.as_ref().map_or(0, |l| l.ifindex);
@@ -415,13 +451,21 @@ impl Daemon {
     /// the far end some other way.
     async fn manage_neighbour(&mut self, k: usize, ifindex: u32, addr: std::net::IpAddr) {
         let device = self.tunnels[k].spec.device.clone();
-        match self.netlink.manage_neighbour(ifindex, addr).await {
-            Ok(true) => {
-                let n = ManagedNeighbour { device, addr };
-                if !self.neighbours.contains(&n) {
-                    self.neighbours.push(n);
-                }
+        let n = ManagedNeighbour { device, addr };
+        let recorded = self.neighbours.contains(&n);
+        if !recorded {
+            // On record first (`detach` leaves a permanent entry alone).
+            self.neighbours.push(n.clone());
+            if let Err(e) = self.record() {
+                log::warn!("{}: {}", self.tunnels[k].label(), short(&e));
             }
+        }
+        let made = self.netlink.manage_neighbour(ifindex, addr).await;
+        if !recorded && !matches!(made, Ok(true)) {
+            self.neighbours.retain(|m| m != &n);
+        }
+        match made {
+            Ok(true) => {}
             Ok(false) => log::info!(
                 "{}: {addr} has a permanent neighbour entry; using it",
                 self.tunnels[k].label()
@@ -687,6 +731,15 @@ impl Daemon {
         }
     }
 
+    /// Writes the state file now: what is about to be made is on record.
+    fn record(&mut self) -> Result<()> {
+        let state = self.state(true, None);
+        state.write(&self.layout)?;
+        self.written = Some(state);
+        self.written_at = Instant::now();
+        Ok(())
+    }
+
     /// What `status` and `detach` read.
     #[must_use]
     pub fn state(&self, running: bool, exit_error: Option<String>) -> State {
@@ -701,6 +754,7 @@ impl Daemon {
             lan_interface: self.config.lan.interface.clone(),
             wan_guard: self.edges.wan.keys().cloned().collect(),
             kernel_route: Some(self.kernel.clone()),
+            retiring_kernel_routes: self.retiring.clone(),
             mounted_bpffs: self.mounted_bpffs.clone(),
             tunnels: self
                 .tunnels

@@ -78,7 +78,8 @@ impl Daemon {
         }
     }
 
-    /// Sends one probe into every probed tunnel.
+    /// Sends one probe into every probed tunnel. A tunnel with no socket to
+    /// send its probe by has none counted: no probe left, none was lost.
     pub(super) fn probe_round(&mut self) {
         let me = self.local_word();
         for t in &mut self.tunnels {
@@ -87,29 +88,45 @@ impl Daemon {
             }
             // The send time is in the probe and in the tracker: one reading.
             let at = now_ns();
+            let sendable = match t.spec.probing {
+                Probing::Reflected => self.sender.is_some(),
+                Probing::Echo(_) => t.echo.is_some(),
+                Probing::Off => false,
+            };
+            if !sendable {
+                t.tracker.unsendable(at);
+                if !std::mem::replace(&mut t.probe_unsent, true) {
+                    log::warn!(
+                        "{}: no socket to send its probes by; none is counted until one is",
+                        t.label()
+                    );
+                }
+                continue;
+            }
+            if std::mem::take(&mut t.probe_unsent) {
+                log::info!("{}: probes are sent again", t.label());
+            }
+            // Behind traffic, a probe measures that wait, not the path (read
+            // before the probe itself joins the ring).
+            let behind = self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at));
             let seq = t.tracker.send(at);
-            // Behind traffic, a probe measures that wait, not the path.
-            if self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at)) {
+            if behind {
                 t.tracker.queued_behind_traffic();
             }
-            let sent = match t.spec.probing {
-                Probing::Reflected => match &self.sender {
-                    Some(sender) => {
-                        let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
-                        let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
-                        let probe = Payload::probe(id, seq, at, me.view, me.flags);
-                        sender.send(t.ifindex(), peer_mac, &probe)
-                    }
-                    None => Ok(()),
-                },
-                Probing::Echo(_) => match &t.echo {
-                    Some(e) => e.pinger.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
-                    None => Ok(()),
-                },
-                Probing::Off => Ok(()),
+            let sent = match (t.spec.probing, &self.sender, &t.echo) {
+                (Probing::Reflected, Some(sender), _) => {
+                    let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
+                    let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
+                    let probe = Payload::probe(id, seq, at, me.view, me.flags);
+                    sender.send(t.ifindex(), peer_mac, &probe)
+                }
+                (Probing::Echo(_), _, Some(e)) => {
+                    e.pinger.send(u16::try_from(seq & 0xffff).unwrap_or(0))
+                }
+                _ => Ok(()),
             };
-            // A full queue or a vanishing device: the probe counts as sent
-            // and unanswered, which is what it is.
+            // Refused on its way into the tunnel (a firewall, a full queue, a
+            // vanishing device): sent and unanswered, which is what it is.
             if let Err(e) = sent {
                 log::debug!("{}: probe not sent: {e}", t.label());
             }
@@ -124,7 +141,7 @@ impl Daemon {
             .iter()
             .filter(|t| t.health.local_fault().is_none())
             .fold(0, |bits, t| bits | (1 << t.id.raw()));
-        let lan_up = self.lan.as_ref().is_some_and(|l| l.up) && self.edges.lan_attached != 0;
+        let lan_up = self.lan.as_ref().is_some_and(|l| l.up);
         let mut word = flags::VIEW_KNOWN;
         if !lan_up {
             word |= flags::LAN_DOWN;
