@@ -296,9 +296,10 @@ impl Default for Schedule {
 }
 
 /// Value of `GUARD_V4` / `GUARD_V6`: whose prefix an address is in (for
-/// the log; any entry keeps a packet off the WAN).
+/// the log). Any entry keeps a packet for it off the WAN; as a source,
+/// any but [`guard::LAN`]: a LAN host's own traffic to the Internet passes.
 pub mod guard {
-    /// Our LAN.
+    /// Our LAN (guarded as a destination only).
     pub const LAN: u32 = 1;
     /// A remote prefix (the far LAN, and anything behind it).
     pub const REMOTE: u32 = 2;

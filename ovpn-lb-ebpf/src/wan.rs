@@ -1,13 +1,16 @@
 //! WAN egress guard: the last line behind the loader's routes. A packet
-//! leaving a WAN device whose source or destination lies in our LAN, a
-//! remote prefix or either side's translation prefixes is LAN traffic
-//! that something (a route, the gateway's own stack, a device recreated
-//! while no loader ran) sent outside the tunnels: it is dropped, never sent
-//! in the clear. The tunnels' own UDP carries the gateways' WAN addresses
-//! and passes, as does everything else, untouched and uncounted: the check
-//! reads one fixed header and makes two lookups.
+//! leaving a WAN device for our LAN, a remote prefix or either side's
+//! translation prefixes, or from a remote prefix or a translation prefix,
+//! is traffic between the LANs that something (a route, the gateway's own
+//! stack, a device recreated while no loader ran) sent outside the
+//! tunnels: it is dropped, never sent in the clear. A LAN host's own
+//! traffic to the Internet (its source in our LAN, its destination none of
+//! these) is the operator's routing and passes; so do the tunnels' own UDP,
+//! which carries the gateways' WAN addresses, and everything else,
+//! untouched and uncounted: the check reads one fixed header and makes at
+//! most two lookups.
 
-use ovpn_lb_common::Reason;
+use ovpn_lb_common::{Reason, maps::guard::LAN as OUR_LAN};
 
 use crate::{
     hook::Hook,
@@ -35,6 +38,7 @@ pub fn guard<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<(), Reason> {
         ETH_P_IP => pkt
             .read_fixed(L3, |h: &Header<Ipv4Hdr>| h.src())
             .and_then(|src| GUARD_V4.get(&v4_key(src)).copied())
+            .filter(|kind| *kind != OUR_LAN)
             .or_else(|| {
                 pkt.read_fixed(L3, |h: &Header<Ipv4Hdr>| h.dst())
                     .and_then(|dst| GUARD_V4.get(&v4_key(dst)).copied())
@@ -42,6 +46,7 @@ pub fn guard<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<(), Reason> {
         ETH_P_IPV6 => pkt
             .read_fixed(L3, |h: &Header<Ipv6Hdr>| h.src())
             .and_then(|src| GUARD_V6.get(&v6_key(&src)).copied())
+            .filter(|kind| *kind != OUR_LAN)
             .or_else(|| {
                 pkt.read_fixed(L3, |h: &Header<Ipv6Hdr>| h.dst())
                     .and_then(|dst| GUARD_V6.get(&v6_key(&dst)).copied())

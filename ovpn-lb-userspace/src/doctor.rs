@@ -165,6 +165,7 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
     lan_program(&mut f, &config, &facts, layout);
     let wan = wan_devices(&config, &facts, &netlink).await;
     wan_guard(&mut f, &config, &facts, layout, &wan);
+    wan_addresses(&mut f, &config, &netlink, &wan).await;
     kernel_path(&mut f, &config, &facts, &netlink, &wan).await;
     management(&mut f, &config, layout).await;
     probes(&mut f, layout);
@@ -393,7 +394,7 @@ async fn kernel_path(
                 Sender::Gateway => None,
                 Sender::Interface(_, iif) => Some((outsider(dst.is_ipv6()), *iif)),
             };
-            asked.push(what.clone());
+            asked.push((what.clone(), *kind));
             match netlink.route_lookup(*dst, from).await {
                 Ok(Forwarding::Device(i)) if !tunnels.contains(&i) => {
                     let dev = facts
@@ -413,7 +414,7 @@ async fn kernel_path(
             }
         }
         if !asked.is_empty() {
-            route_finding(f, &sender, &asked, leaks);
+            route_finding(f, &sender, &asked, leaks, config.kernel_route.priority);
         }
     }
 }
@@ -448,8 +449,9 @@ fn destinations(config: &Config) -> Vec<(String, IpAddr, u32)> {
 fn route_finding(
     f: &mut Findings,
     sender: &Sender,
-    asked: &[String],
+    asked: &[(String, u32)],
     leaks: Vec<(String, String)>,
+    priority: u32,
 ) {
     let who = match sender {
         Sender::Lan(_) => {
@@ -462,12 +464,28 @@ fn route_finding(
         Sender::Interface(name, _) => format!("traffic arriving on {name}"),
     };
     if leaks.is_empty() {
+        // The far side by name, the translation prefixes by number.
+        let mut parts: Vec<String> = asked
+            .iter()
+            .filter(|(_, k)| *k == guard::REMOTE)
+            .map(|(what, _)| what.clone())
+            .collect();
+        for (kind, whose) in [
+            (guard::OURS_TRANSLATED, "our"),
+            (guard::PEER_TRANSLATED, "the peer's"),
+        ] {
+            let n = asked.iter().filter(|(_, k)| *k == kind).count();
+            if n > 0 {
+                parts.push(format!("{whose} {n} translation prefixes"));
+            }
+        }
+        let list = match parts.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => parts.join(""),
+        };
         f.ok(
             "kernel_path",
-            format!(
-                "{who} for {} goes into a tunnel or is refused",
-                asked.join(", ")
-            ),
+            format!("{who} for {list} goes into a tunnel or is refused"),
         );
         return;
     }
@@ -486,7 +504,10 @@ fn route_finding(
         "kernel_path",
         Severity::Problem,
         format!("{who} {}, outside the tunnels: in the clear", places.join("; ")),
-        "run ovpn-lb (its policy rules send such traffic into a tunnel or refuse it, and the main table's unreachable routes refuse the rest); `ip rule` should list its rules at kernel_route.priority, `ip route show proto 79` its routes",
+        format!(
+            "ovpn-lb run installs policy rules at priority {priority} and {} (into a tunnel or refused) and unreachable routes in the main table (`ip route show proto 79`): without it running, start it; with it running, a rule of a lower priority in `ip rule`, or a more specific route in the main table, sends this traffic out: remove it",
+            priority + 1
+        ),
     );
 }
 
@@ -597,6 +618,38 @@ fn wan_guard(f: &mut Findings, config: &Config, facts: &Facts, layout: &Layout, 
                 format!("{}: the WAN guard is not attached: LAN traffic a route sends there leaves in the clear", l.name),
                 "restart ovpn-lb (systemctl restart ovpn-lb): it guards each WAN device as it appears",
             );
+        }
+    }
+}
+
+/// No WAN address of ours lies in a remote or translation prefix: the
+/// tunnels' own UDP would be refused by ovpn-lb's routes and dropped by the
+/// WAN guard. (The far gateway's address must not either, as under plain
+/// OpenVPN, whose routes into a tunnel must not cover its peer; doctor
+/// cannot see it before OpenVPN connects.)
+async fn wan_addresses(f: &mut Findings, config: &Config, netlink: &Netlink, wan: &[LinkFacts]) {
+    let guarded: Vec<(Net, u32)> = guarded_prefixes(config, &config.tunnels)
+        .into_iter()
+        .filter(|(_, kind)| *kind != guard::LAN)
+        .collect();
+    for l in wan {
+        for a in netlink.addresses(l.ifindex).await.unwrap_or_default() {
+            let host = match a {
+                IpAddr::V4(v4) => Net::parse("", &format!("{v4}/32")),
+                IpAddr::V6(v6) => Net::parse("", &format!("{v6}/128")),
+            };
+            let Ok(host) = host else { continue };
+            if let Some((net, _)) = guarded.iter().find(|(n, _)| n.overlaps(&host)) {
+                f.add(
+                    "wan",
+                    Severity::Problem,
+                    format!(
+                        "{}: its address {a} lies in {net}, a remote or translation prefix: ovpn-lb's routes refuse the tunnels' own UDP to and from it, and the WAN guard drops it",
+                        l.name
+                    ),
+                    "narrow remote_prefixes, or pick translation prefixes that cover no WAN address (nor the far gateway's)",
+                );
+            }
         }
     }
 }

@@ -1720,10 +1720,11 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
     });
 }
 
-/// The WAN guard: what carries a LAN, remote or translated address in
-/// either field is dropped and counted (under IPv4 and IPv6, whoever sent
-/// it); the tunnels' own UDP, other traffic and non-IP frames pass
-/// uncounted.
+/// The WAN guard: what is addressed to our LAN, a remote prefix or a
+/// translation prefix, or comes from a remote or translated address, is
+/// dropped and counted (under IPv4 and IPv6, whoever sent it); the tunnels'
+/// own UDP, a LAN host's traffic to the Internet, other traffic and non-IP
+/// frames pass uncounted.
 #[test]
 fn nothing_of_the_lan_leaves_the_wan_in_the_clear() {
     if !require_root("nothing_of_the_lan_leaves_the_wan_in_the_clear") {
@@ -1732,8 +1733,12 @@ fn nothing_of_the_lan_leaves_the_wan_in_the_clear() {
     let udp = || L4::udp(64);
     let blocked = [
         (
-            "a LAN host to the Internet",
-            eth4(&V4::new(LAN_HOST, "198.51.100.9", udp()).datagram()),
+            "a LAN host to the far LAN",
+            eth4(&V4::new(LAN_HOST, FAR_HOST, udp()).datagram()),
+        ),
+        (
+            "to our LAN",
+            eth4(&V4::new("198.51.100.9", LAN_HOST, udp()).datagram()),
         ),
         (
             "the gateway's ICMP error about a restored packet",
@@ -1752,8 +1757,8 @@ fn nothing_of_the_lan_leaves_the_wan_in_the_clear() {
             eth4(&V4::new("203.0.113.1", "10.20.0.1", udp()).datagram()),
         ),
         (
-            "IPv6, from the LAN",
-            eth6(&V6::new(LAN_HOST6, "2001:db8::9", udp()).datagram()),
+            "IPv6, from the far LAN",
+            eth6(&V6::new(FAR_HOST6, "2001:db8::9", udp()).datagram()),
         ),
         (
             "IPv6, to the far LAN",
@@ -1768,6 +1773,14 @@ fn nothing_of_the_lan_leaves_the_wan_in_the_clear() {
         (
             "IPv6 between WAN addresses",
             eth6(&V6::new("2001:db8::1", "2001:db8::2", udp()).datagram()),
+        ),
+        (
+            "a LAN host to the Internet (its routing, not ours)",
+            eth4(&V4::new(LAN_HOST, "198.51.100.9", udp()).datagram()),
+        ),
+        (
+            "IPv6, a LAN host to the Internet",
+            eth6(&V6::new(LAN_HOST6, "2001:db8::9", udp()).datagram()),
         ),
         ("ARP", eth(ETH_P_ARP, &[0u8; 28])),
     ];

@@ -212,6 +212,7 @@ fn doctor_names_each_broken_thing_with_its_fix() {
     ring_accounting_blind(&lab);
     forwarding_off(&lab);
     strict_rp_filter(&lab);
+    wan_address_in_a_translation_prefix(&lab);
     openvpn_killed(&mut lab);
     loader_stopped(&lab);
     lan_recreated_without_a_loader(&lab);
@@ -328,6 +329,29 @@ fn strict_rp_filter(lab: &Lab) {
     expect_healthy(lab, "rp_filter off again", Duration::from_secs(5));
 }
 
+/// A WAN address inside the peer's translation prefix: ovpn-lb's routes
+/// and the WAN guard would take the tunnels' own UDP for LAN traffic.
+fn wan_address_in_a_translation_prefix(lab: &Lab) {
+    let addr = ["addr", "dev", "wan", "100.65.1.250/32"];
+    let with = |verb: &str| {
+        let mut args = vec!["ip", addr[0], verb];
+        args.extend(&addr[1..]);
+        lab.exec(&lab.gw(Side::A), &args);
+    };
+    with("add");
+    expect_problems(
+        lab,
+        "a WAN address in a translation prefix",
+        &[(
+            "wan",
+            "wan: its address 100.65.1.250 lies in 100.65.1.0/24",
+            "pick translation prefixes that cover no WAN address",
+        )],
+    );
+    with("del");
+    expect_healthy(lab, "the WAN address gone", Duration::from_secs(5));
+}
+
 /// The tunnel's device goes with its OpenVPN, and the management socket
 /// stops answering; a restart puts all right.
 fn openvpn_killed(lab: &mut Lab) {
@@ -418,17 +442,17 @@ fn detached_with_a_route_out_of_the_wan(lab: &Lab) {
             (
                 "kernel_path",
                 "LAN traffic that the kernel forwards (over the tunnel MTU, TTL expiring, excluded) for 192.168.20.0/24",
-                "run ovpn-lb",
+                "without it running, start it",
             ),
             (
                 "kernel_path",
                 "the gateway's own traffic (ICMP errors about restored packets included) for 192.168.20.0/24",
-                "run ovpn-lb",
+                "without it running, start it",
             ),
             (
                 "kernel_path",
                 "traffic arriving on wan for 192.168.20.0/24",
-                "run ovpn-lb",
+                "without it running, start it",
             ),
         ],
     );
