@@ -125,6 +125,20 @@ pub fn lan(hook: Hook) -> Vec<Attachment> {
     }]
 }
 
+/// The WAN guard on a WAN device's egress: framed for an Ethernet device,
+/// bare IP for one without a link-layer header (PPP, tun).
+#[must_use]
+pub fn wan(ethernet: bool) -> Vec<Attachment> {
+    vec![Attachment {
+        program: if ethernet {
+            programs::WAN_EGRESS_ETH
+        } else {
+            programs::WAN_EGRESS
+        },
+        point: Point::Egress,
+    }]
+}
+
 /// The programs on a tunnel device: the restore on ingress, and on egress
 /// the translation of what the kernel itself sends into the tunnel.
 #[must_use]
@@ -318,6 +332,19 @@ impl Datapath {
         Ok(how)
     }
 
+    /// Takes ovpn-lb's program off `iface`'s egress (a WAN device no longer
+    /// guarded): its tcx link, or its legacy filter where tc is legacy.
+    ///
+    /// # Errors
+    /// If netlink fails or the pin cannot be removed.
+    pub fn detach_egress(&self, layout: &Layout, iface: &str) -> Result<()> {
+        if self.tc_hook == TcHook::Legacy {
+            drop_legacy_filter(layout, iface, Direction::Egress)?;
+        }
+        drop_link(&layout.egress_link(iface))?;
+        Ok(())
+    }
+
     /// The tc hook chosen when the datapath loaded.
     #[must_use]
     pub fn tc_hook(&self) -> TcHook {
@@ -346,7 +373,8 @@ impl Datapath {
 
 /// The program id behind the link (or, legacy tc, the program) pinned at
 /// `pin`, if any.
-fn pinned_program(pin: &Path) -> Option<u32> {
+#[must_use]
+pub fn pinned_program(pin: &Path) -> Option<u32> {
     PinnedLink::from_pin(pin)
         .ok()
         .and_then(|l| FdLink::from(l).info().ok())
