@@ -207,16 +207,17 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
     setup::run()?;
     setup::debian_packages(vm::PACKAGES)?;
     build::ebpf()?;
-    let executables = test_executables()?;
-    let wanted = |label: &str| args.only.is_empty() || args.only.iter().any(|o| o == label);
     let out = workspace_root().join("target/kernels");
     fs::create_dir_all(&out)?;
+    let executables = snapshot(&test_executables()?, &out.join("exe"))?;
+    let loader = loader_binary(&executables);
+    let wanted = |label: &str| args.only.is_empty() || args.only.iter().any(|o| o == label);
     let (accel, why) = Accel::choose();
     eprintln!("kernels: guests run {why}");
 
     let mut rows = Vec::new();
     if wanted("running") && !args.no_running {
-        rows.push(running(&executables, &out.join("running"), &args.steps)?);
+        rows.push(running(&executables, &loader, &out.join("running"), &args.steps)?);
     }
     for target in TARGETS.iter().filter(|t| wanted(t.label)) {
         let kernel = debian::kernel(
@@ -234,7 +235,7 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
             modules: GUEST_MODULES,
             dir: dir.clone(),
             cwd: workspace_root(),
-            env: guest_env(accel),
+            env: guest_env(accel, &loader),
         };
         eprintln!(
             "kernels: {} ({}): booting {}",
@@ -357,8 +358,11 @@ const EMULATED_SLOWDOWN: u32 = 10;
 
 /// What the tests read from the environment, passed on to the guest, and
 /// the test bed's slowdown under emulation.
-fn guest_env(accel: Accel) -> Vec<(String, String)> {
-    let mut env = vec![("RUST_BACKTRACE".to_owned(), "1".to_owned())];
+fn guest_env(accel: Accel, loader: &Path) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("RUST_BACKTRACE".to_owned(), "1".to_owned()),
+        (LOADER_ENV.to_owned(), loader.display().to_string()),
+    ];
     if accel == Accel::Tcg {
         env.push((
             ovpn_lb_tests::SLOWDOWN_ENV.to_owned(),
@@ -374,7 +378,12 @@ fn guest_env(accel: Accel) -> Vec<(String, String)> {
 }
 
 /// The running kernel: the same steps, in place.
-fn running(executables: &[(String, PathBuf)], dir: &Path, steps: &[String]) -> Result<Row> {
+fn running(
+    executables: &[(String, PathBuf)],
+    loader: &Path,
+    dir: &Path,
+    steps: &[String],
+) -> Result<Row> {
     if dir.exists() {
         fs::remove_dir_all(dir)?;
     }
@@ -385,7 +394,11 @@ fn running(executables: &[(String, PathBuf)], dir: &Path, steps: &[String]) -> R
     eprintln!("kernels: running ({release}): in place");
     let started = Instant::now();
     let script = script(executables, dir, Expect::Works, steps);
-    let status = cmd("sh").arg("-c").arg(&script).status()?;
+    let status = cmd("sh")
+        .arg("-c")
+        .arg(&script)
+        .env(LOADER_ENV, loader)
+        .status()?;
     let trouble = (!status.success()).then(|| format!("the steps' script failed ({status})"));
     Ok(Row {
         label: "running".into(),
@@ -396,6 +409,44 @@ fn running(executables: &[(String, PathBuf)], dir: &Path, steps: &[String]) -> R
         elapsed: started.elapsed(),
         trouble,
     })
+}
+
+/// Where the tests find the `ovpn-lb` binary they run.
+const LOADER_ENV: &str = "OVPN_LB_BIN";
+
+/// Copies of `executables` in `dir` (emptied first), which the steps run.
+/// A guest reads the host's tree over 9p with `cache=loose`: an executable
+/// rebuilt in `target/` while a guest runs (a build in the same worktree)
+/// reaches it as the old file's cached pages mixed with the new file's
+/// others, a binary that was never built (seen: every `ovpn-lb` start on
+/// 6.12 stopped on a failed `offset_from_unsigned` precondition after the
+/// loader was rebuilt during the fixtures step). Copies nothing rebuilds.
+fn snapshot(executables: &[(String, PathBuf)], dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    fs::create_dir_all(dir)?;
+    executables
+        .iter()
+        .map(|(name, exe)| {
+            let file = exe
+                .file_name()
+                .with_context(|| format!("{} has no file name", exe.display()))?;
+            let copy = dir.join(file);
+            fs::copy(exe, &copy)
+                .with_context(|| format!("copying {} to {}", exe.display(), copy.display()))?;
+            Ok((name.clone(), copy))
+        })
+        .collect()
+}
+
+/// The `ovpn-lb` binary among the executables (its test target is "").
+fn loader_binary(executables: &[(String, PathBuf)]) -> PathBuf {
+    executables
+        .iter()
+        .find(|(n, _)| n.is_empty())
+        .map(|(_, p)| p.clone())
+        .unwrap_or_default()
 }
 
 /// The debug `ovpn-lb` (the tests run it) and the test executables of the
@@ -604,6 +655,25 @@ mod tests {
             Some("debian-11 (every step); debian-12's lab; debian-13 (every step)")
         );
         assert_eq!(left_out(&KernelsArgs::default()), None);
+    }
+
+    #[test]
+    fn steps_run_copies_that_a_rebuild_leaves_alone() {
+        let root = std::env::temp_dir().join(format!("xtask-snapshot-{}", std::process::id()));
+        let built = root.join("target/debug");
+        fs::create_dir_all(&built).unwrap();
+        let exe = built.join("ovpn-lb");
+        fs::write(&exe, b"the build the guest started with").unwrap();
+        let copies = snapshot(&[(String::new(), exe.clone())], &root.join("exe")).unwrap();
+        let copy = loader_binary(&copies);
+        assert_eq!(copy, root.join("exe/ovpn-lb"));
+        // A build in the worktree while the guest runs.
+        fs::write(&exe, b"a later build").unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), b"the build the guest started with");
+        let s = script(&copies, Path::new("/run/vm"), Expect::Works, &["kernel".into()]);
+        assert!(s.contains(&format!("step kernel {} kernel", copy.display())), "{s}");
+        assert!(!s.contains("target/debug"), "{s}");
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
