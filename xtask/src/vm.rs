@@ -31,11 +31,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Host packages a guest needs: QEMU, a static busybox for the initramfs,
-/// and kmod (module dependencies here, `modprobe` in the guest).
+/// kmod (module dependencies here, `modprobe` in the guest), and gpg and
+/// curl for Ubuntu's archive key.
 pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "kmod",
+    "gpg",
+    "curl",
     "xz-utils",
     "zstd",
 ];

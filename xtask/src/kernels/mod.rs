@@ -9,6 +9,8 @@
 
 mod debian;
 
+use debian::Distribution;
+
 use std::{
     fmt::Write as _,
     fs,
@@ -33,7 +35,8 @@ const GUEST_CPUS: u32 = 2;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct KernelsArgs {
-    /// Only these kernels (labels: debian-11, debian-12, debian-13, running).
+    /// Only these kernels (labels: debian-11, debian-12, ubuntu-24.04,
+    /// debian-13, running).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Ask the archive for each suite's current kernel instead of using the
@@ -77,33 +80,43 @@ enum Expect {
     Refused,
 }
 
-/// A kernel of the list: a Debian suite's current kernel.
+/// A kernel of the list: a Debian or Ubuntu suite's current kernel.
 struct Target {
     label: &'static str,
     distribution: &'static str,
+    archive: Distribution,
     suites: &'static [&'static str],
     expect: Expect,
 }
 
-/// The kernels operators run, oldest first. Ubuntu's (5.15, 6.8) are not
-/// in a registry the project's machines reach, and no Debian suite has a
-/// 6.6-6.8 kernel any more.
+/// The kernels operators run, oldest first by version. No Debian suite has
+/// a 6.6-6.8 kernel; Ubuntu 24.04 LTS's 6.8 fills that gap.
 const TARGETS: &[Target] = &[
     Target {
         label: "debian-11",
         distribution: "Debian 11 (bullseye)",
+        archive: Distribution::Debian,
         suites: &["bullseye", "bullseye-security"],
         expect: Expect::Refused,
     },
     Target {
         label: "debian-12",
         distribution: "Debian 12 (bookworm)",
+        archive: Distribution::Debian,
         suites: &["bookworm", "bookworm-security"],
+        expect: Expect::Works,
+    },
+    Target {
+        label: "ubuntu-24.04",
+        distribution: "Ubuntu 24.04 LTS (noble)",
+        archive: Distribution::Ubuntu,
+        suites: &["noble", "noble-updates", "noble-security"],
         expect: Expect::Works,
     },
     Target {
         label: "debian-13",
         distribution: "Debian 13 (trixie)",
+        archive: Distribution::Debian,
         suites: &["trixie", "trixie-security"],
         expect: Expect::Works,
     },
@@ -222,6 +235,7 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
     for target in TARGETS.iter().filter(|t| wanted(t.label)) {
         let kernel = debian::kernel(
             &cache_dir().join("kernels").join(target.label),
+            target.archive,
             target.suites,
             args.refresh,
         )?;
@@ -652,7 +666,9 @@ mod tests {
         };
         assert_eq!(
             left_out(&subset).as_deref(),
-            Some("debian-11 (every step); debian-12's lab; debian-13 (every step)")
+            Some(
+                "debian-11 (every step); debian-12's lab; ubuntu-24.04 (every step); debian-13 (every step)"
+            )
         );
         assert_eq!(left_out(&KernelsArgs::default()), None);
     }
