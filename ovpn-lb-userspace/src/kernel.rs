@@ -292,6 +292,28 @@ const LATE_HELPERS: &[(u32, &str)] = &[
 /// verifier's last words, and the oldest kernel known to work.
 #[must_use]
 pub fn refusal(program: &str, error: &str) -> String {
+    format!(
+        "Linux {} refused BPF program {program}{}; ovpn-lb runs on Linux {OLDEST_WORKING} or later",
+        release(),
+        why_refused(error)
+    )
+}
+
+/// Why the XDP hook is missing where the verifier refuses one of its
+/// programs (the tc programs passed): the kernel, the program, the
+/// verifier's words.
+#[must_use]
+pub fn xdp_refusal(program: &str, error: &str) -> String {
+    format!(
+        "Linux {}'s verifier refuses the XDP program {program}{}",
+        release(),
+        why_refused(error)
+    )
+}
+
+/// The helper a refused program lacks, or else the verifier's last words,
+/// as a tail for a sentence ("" if the error says neither).
+fn why_refused(error: &str) -> String {
     // Newer verifiers name the helper ("unknown func bpf_check_mtu#163"),
     // older ones only number it ("invalid func unknown#163").
     let named = error
@@ -314,7 +336,7 @@ pub fn refusal(program: &str, error: &str) -> String {
                 .find(|(n, _)| *n == id)
                 .map_or_else(|| format!("#{id}"), |(_, name)| (*name).to_owned())
         });
-    let why = named
+    named
         .or(numbered)
         .map(|helper| format!(": it lacks the helper {helper}"))
         .or_else(|| {
@@ -340,11 +362,7 @@ pub fn refusal(program: &str, error: &str) -> String {
                 format!(" (verifier: {})", words.join("; "))
             })
         })
-        .unwrap_or_default();
-    format!(
-        "Linux {} refused BPF program {program}{why}; ovpn-lb runs on Linux {OLDEST_WORKING} or later",
-        release()
-    )
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -385,6 +403,18 @@ mod tests {
             r.ends_with("refused BPF program lan_ingress (verifier: invalid access to map value, value_size=4680 off=4680 size=1; R1 min value is outside of the allowed memory range); ovpn-lb runs on Linux 6.1 or later"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn a_refused_xdp_program_is_a_missing_hook_not_a_refused_kernel() {
+        // Ubuntu 24.04's 6.8 (6.8.0-151-generic) on lan_ingress_xdp.
+        let walked = "Verifier output: 1204: (bf) r4 = r2\n1205: (0f) r4 += r1\nR4 min value is negative, either use unsigned or 'var &= const'\nverification time 8123456 usec\nprocessed 40213 insns";
+        let r = xdp_refusal("lan_ingress_xdp", walked);
+        assert!(
+            r.ends_with("'s verifier refuses the XDP program lan_ingress_xdp (verifier: R4 min value is negative, either use unsigned or 'var &= const')"),
+            "{r}"
+        );
+        assert!(!r.contains("runs on Linux"), "{r}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::Datapath;
 use crate::{
     config::{Hook, TunnelKind},
     netlink::tc::{self, Direction, Slot},
-    pins::{Layout, drop_link, remove_if_present},
+    pins::{Layout, Pinned, drop_link, remove_if_present},
 };
 
 /// How tc programs attach: chosen once, when the datapath loads.
@@ -375,11 +375,14 @@ impl Datapath {
 /// `pin`, if any.
 #[must_use]
 pub fn pinned_program(pin: &Path) -> Option<u32> {
-    PinnedLink::from_pin(pin)
-        .ok()
-        .and_then(|l| FdLink::from(l).info().ok())
-        .map(|info| info.program_id())
-        .or_else(|| ProgramInfo::from_pin(pin).ok().map(|p| p.id()))
+    match Pinned::at(pin)? {
+        Pinned::Link => PinnedLink::from_pin(pin)
+            .ok()
+            .and_then(|l| FdLink::from(l).info().ok())
+            .map(|info| info.program_id()),
+        Pinned::Program => ProgramInfo::from_pin(pin).ok().map(|p| p.id()),
+        Pinned::Map => None,
+    }
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
@@ -446,9 +449,8 @@ pub fn detach_legacy(layout: &Layout) -> Result<Vec<String>> {
             marks.push((iface.to_owned(), path));
             continue;
         }
-        // A link (the kernel answers an info query on a link pin too, with
-        // a link's info): `detach` drops it.
-        if PinnedLink::from_pin(&path).is_ok() {
+        // A link: `detach` drops it.
+        if Pinned::at(&path) != Some(Pinned::Program) {
             continue;
         }
         let Ok(program) = ProgramInfo::from_pin(&path) else {

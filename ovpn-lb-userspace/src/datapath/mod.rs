@@ -212,7 +212,7 @@ impl Datapath {
         // Without the drivers' XDP features (the `netdev` family) the XDP
         // hook is never chosen, and its programs are not loaded (Linux 6.1's
         // verifier works for minutes on `lan_ingress_xdp`, then refuses it).
-        let xdp_unavailable = (!crate::netlink::netdev::available()).then(|| {
+        let mut xdp_unavailable = (!crate::netlink::netdev::available()).then(|| {
             format!(
                 "Linux {} has no netdev netlink family (6.3+), so no drivers' XDP features, which the XDP hook needs",
                 crate::kernel::release()
@@ -220,8 +220,13 @@ impl Datapath {
         });
         if xdp_unavailable.is_none() {
             for &name in programs::XDP {
-                let result = typed::<Xdp>(&mut ebpf, name)?.load();
-                result.map_err(|e| refused(name, e))?;
+                // The XDP hook is optional (tc carries everything): a
+                // verifier that refuses its programs (Ubuntu 24.04's 6.8
+                // refuses `lan_ingress_xdp`) leaves the hook out, stated.
+                if let Err(e) = typed::<Xdp>(&mut ebpf, name)?.load() {
+                    xdp_unavailable = Some(crate::kernel::xdp_refusal(name, &format!("{e:#}")));
+                    break;
+                }
             }
         }
         let (tc_hook, tc_hook_reason) = attach::TcHook::detect();

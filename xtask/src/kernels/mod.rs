@@ -222,7 +222,9 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
     build::ebpf()?;
     let out = workspace_root().join("target/kernels");
     fs::create_dir_all(&out)?;
-    let executables = snapshot(&test_executables()?, &out.join("exe"))?;
+    // One snapshot per run: runs of other kernels may go on beside this one.
+    let snapshot_dir = out.join(format!("exe-{}", std::process::id()));
+    let executables = snapshot(&test_executables()?, &snapshot_dir)?;
     let loader = loader_binary(&executables);
     let wanted = |label: &str| args.only.is_empty() || args.only.iter().any(|o| o == label);
     let (accel, why) = Accel::choose();
@@ -284,6 +286,9 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
             trouble,
         });
     }
+    // The guests are gone; a copy left by a run that was killed is not
+    // worth hunting for (the next run with its process id empties it).
+    let _ = fs::remove_dir_all(&snapshot_dir);
     let table = table(&rows);
     fs::write(out.join("report.md"), &table)?;
     eprintln!("\n{table}\n(kernels: {})", out.join("report.md").display());
