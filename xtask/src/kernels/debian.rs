@@ -29,7 +29,8 @@ const UBUNTU_SECURITY: &str = "http://security.ubuntu.com/ubuntu";
 /// Where Ubuntu's archive publishes its keyring, and the fingerprint of the
 /// key that signs its suites since 18.04 ("Ubuntu Archive Automatic
 /// Signing Key (2018)"): the only key kept from it.
-const UBUNTU_KEYRING_URL: &str = "http://archive.ubuntu.com/ubuntu/project/ubuntu-archive-keyring.gpg";
+const UBUNTU_KEYRING_URL: &str =
+    "http://archive.ubuntu.com/ubuntu/project/ubuntu-archive-keyring.gpg";
 const UBUNTU_KEY: &str = "F6ECB3762474EDA9D21B7022871920D1991BC93C";
 
 /// Whose archive a kernel comes from.
@@ -137,7 +138,9 @@ fn ubuntu_keyring(dir: &Path) -> Result<PathBuf> {
     fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let gpg = |args: &[&str]| {
         let mut c = Command::new("gpg");
-        c.env("GNUPGHOME", &home).args(["--batch", "--quiet"]).args(args);
+        c.env("GNUPGHOME", &home)
+            .args(["--batch", "--quiet"])
+            .args(args);
         c
     };
     exec(gpg(&["--import"]).arg(&published))?;

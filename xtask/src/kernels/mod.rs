@@ -232,7 +232,12 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
 
     let mut rows = Vec::new();
     if wanted("running") && !args.no_running {
-        rows.push(running(&executables, &loader, &out.join("running"), &args.steps)?);
+        rows.push(running(
+            &executables,
+            &loader,
+            &out.join("running"),
+            &args.steps,
+        )?);
     }
     for target in TARGETS.iter().filter(|t| wanted(t.label)) {
         let kernel = debian::kernel(
@@ -690,9 +695,20 @@ mod tests {
         assert_eq!(copy, root.join("exe/ovpn-lb"));
         // A build in the worktree while the guest runs.
         fs::write(&exe, b"a later build").unwrap();
-        assert_eq!(fs::read(&copy).unwrap(), b"the build the guest started with");
-        let s = script(&copies, Path::new("/run/vm"), Expect::Works, &["kernel".into()]);
-        assert!(s.contains(&format!("step kernel {} kernel", copy.display())), "{s}");
+        assert_eq!(
+            fs::read(&copy).unwrap(),
+            b"the build the guest started with"
+        );
+        let s = script(
+            &copies,
+            Path::new("/run/vm"),
+            Expect::Works,
+            &["kernel".into()],
+        );
+        assert!(
+            s.contains(&format!("step kernel {} kernel", copy.display())),
+            "{s}"
+        );
         assert!(!s.contains("target/debug"), "{s}");
         fs::remove_dir_all(&root).unwrap();
     }
