@@ -14,6 +14,7 @@
 //!   with tun devices held by the test, for the loader's tests;
 //! - `machine`: booted systemd containers joined to a lab's namespaces, for
 //!   the package's test;
+//! - `lag`: the machine's scheduling lag beside a timing check;
 //! - `traffic`: TCP, UDP, ping and captures between namespaces;
 //! - `packets` and `fixture`: packet builders and the `BPF_PROG_TEST_RUN`
 //!   harness.
@@ -26,6 +27,7 @@ pub mod bpffs;
 pub mod fixture;
 pub mod gateway;
 pub mod lab;
+pub mod lag;
 pub mod loader;
 pub mod machine;
 pub mod netns;
