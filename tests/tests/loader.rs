@@ -1089,6 +1089,14 @@ fn table_routes(lab: &GatewayLab, table: u32) -> String {
 #[test]
 fn a_start_that_fails_leaves_nothing_behind() {
     let Some(_alone) = root_alone() else { return };
+    if hook() == TcHook::Legacy {
+        // Legacy tc has no such limit: the start would succeed (and `run`
+        // never return).
+        eprintln!(
+            "a_start_that_fails_leaves_nothing_behind: fills tcx's ingress, which legacy tc has no limit for: not run under legacy tc"
+        );
+        return;
+    }
     let lab = GatewayLab::new(500);
     // A LAN whose tcx ingress is full: the LAN program, attached last,
     // is refused, after the kernel path's rules and the tunnels' programs.
