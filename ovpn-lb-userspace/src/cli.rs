@@ -93,11 +93,18 @@ pub enum Command {
         json: bool,
     },
     /// Per-tunnel state, weight, counters and rates, and counts per reason, read
-    /// from the pinned maps while `run` is going.
+    /// from the pinned maps while `run` is going; with `[announce]`, whether
+    /// the gateway announces the remote prefixes, and why.
     ///
     /// Rates come from two samples --interval apart. --json prints a stable
     /// document (see the README), --watch redraws in place until interrupted.
+    /// --check prints one line and exits 0 while the gateway announces, 1
+    /// while it does not (or has no `[announce]`), 2 when no loader runs: for
+    /// keepalived's `track_script`.
     Status {
+        /// Exit code only (and one line): 0 announced, 1 withdrawn, 2 not running.
+        #[arg(long, conflicts_with_all = ["json", "watch", "all"])]
+        check: bool,
         /// The stable JSON document instead of a table.
         #[arg(long)]
         json: bool,

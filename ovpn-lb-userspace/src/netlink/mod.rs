@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 pub use link::{LinkFacts, LinkKind};
 pub use neighbour::Neighbour;
-pub use route::{Forwarding, KernelRoute, RouteTarget, Rule, RuleAction};
+pub use route::{Forwarding, KernelRoute, MarkerRoute, RouteTarget, Rule, RuleAction};
 
 /// A notification worth a fresh look.
 #[derive(Clone, Debug, PartialEq, Eq)]

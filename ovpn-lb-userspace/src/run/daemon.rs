@@ -23,6 +23,7 @@ use ovpn_lb_common::{
 use tokio::sync::mpsc;
 
 use crate::{
+    announce::{self, kernel::Announcement},
     config::{Config, Hook, Probing, TunnelKind},
     datapath::{
         Datapath,
@@ -32,7 +33,7 @@ use crate::{
     facts::Facts,
     health::{self, Management},
     kernel_path::{self, Owned},
-    metrics::{TunnelView, Views},
+    metrics::{AnnounceView, TunnelView, Views},
     netlink::{self, LinkFacts, Netlink, RouteTarget, netdev},
     pins::Layout,
     probe::{
@@ -40,7 +41,7 @@ use crate::{
         io::{Pinger, Sender},
         now_ns,
     },
-    status::{ManagedNeighbour, ProbeState, State, TunnelState},
+    status::{AnnounceState, ManagedNeighbour, ProbeState, State, TunnelState},
     tunnel::{Tunnel, TunnelId},
 };
 
@@ -48,6 +49,8 @@ use crate::{
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Every so often everything is read again, whatever the events said.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How soon a maintenance file is noticed (created or removed).
+const MAINTENANCE_POLL: Duration = Duration::from_millis(100);
 
 /// What the daemon works with besides its configuration.
 pub struct Io {
@@ -107,6 +110,23 @@ pub struct Daemon {
     next_probe: Instant,
     /// Echo replies from the plain peers' pingers.
     echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
+    /// `[announce]`: the marker routes and the health file, while healthy.
+    announcement: Option<Announcement>,
+    /// The LAN device as last read.
+    lan_state: LanState,
+    /// Stopping: withdrawn, draining until the loader exits.
+    stopping: bool,
+    /// What the far gateway of the pair last said in its probes.
+    far_flags: announce::Flags,
+}
+
+/// Whether the LAN device is up (for the announcement and the far gateway).
+#[derive(Clone, Copy, Debug, Default)]
+struct LanState {
+    /// It exists, is up and has carrier.
+    up: bool,
+    /// It changed: read it again.
+    dirty: bool,
 }
 
 fn short(e: &anyhow::Error) -> String {
@@ -131,6 +151,10 @@ impl Daemon {
             .map(|(k, spec)| Tunnel::new(TunnelId::new(k), spec))
             .collect();
         let kernel = Owned::of(&config);
+        let announcement = config
+            .announce
+            .clone()
+            .map(|spec| Announcement::new(spec, &config.remote, &layout.run_dir));
         Self {
             config,
             config_path: config_path.to_path_buf(),
@@ -160,6 +184,10 @@ impl Daemon {
             announced: None,
             next_probe: Instant::now(),
             echo_tx,
+            announcement,
+            lan_state: LanState::default(),
+            stopping: false,
+            far_flags: announce::Flags::default(),
         }
     }
 
@@ -177,6 +205,7 @@ impl Daemon {
     /// If the datapath cannot be configured or the LAN program attached.
     pub async fn start(&mut self, facts: &Facts, lan_features_followed: bool) -> Result<()> {
         self.lan = facts.link(&self.config.lan.interface).cloned();
+        self.lan_state.up = self.lan.as_ref().is_some_and(|l| l.up);
         self.lan_features_followed = lan_features_followed;
         let mut site = self.config.site(self.lan.as_ref());
         if let Some(lan) = &self.lan {
@@ -610,6 +639,12 @@ impl Daemon {
                 self.mark_all();
             }
             netlink::Event::Link { ifindex, name } => {
+                let lan = self.lan.as_ref().map_or(0, |l| l.ifindex);
+                if name.as_deref() == Some(self.config.lan.interface.as_str())
+                    || (*ifindex != 0 && *ifindex == lan)
+                {
+                    self.lan_state.dirty = true;
+                }
                 for t in &self.tunnels {
                     if name.as_deref() == Some(t.spec.device.as_str())
                         || (*ifindex != 0 && *ifindex == t.ifindex())
@@ -630,6 +665,7 @@ impl Daemon {
 
     fn mark_all(&mut self) {
         self.dirty.extend(self.tunnels.iter().map(|t| t.id));
+        self.lan_state.dirty = true;
     }
 
     /// OpenVPN's management interface said something (`None`: lost it).
@@ -709,6 +745,12 @@ impl Daemon {
             .chain(self.retry_at)
             .chain(probes)
             .chain([self.next_reconcile])
+            // The maintenance file is looked for this often.
+            .chain(
+                self.announcement
+                    .as_ref()
+                    .map(|_| instant + MAINTENANCE_POLL),
+            )
             .min()
             .unwrap_or(self.next_reconcile)
     }
@@ -718,6 +760,9 @@ impl Daemon {
         let now = Instant::now();
         if now >= self.next_reconcile {
             self.mark_all();
+            if let Some(a) = &mut self.announcement {
+                a.resync();
+            }
             self.next_reconcile = now + RECONCILE_EVERY;
         }
         // What failed waits for its retry; what events marked is read now.
@@ -735,6 +780,16 @@ impl Daemon {
                 );
                 self.failed.insert(id);
                 self.retry_at = Some(Instant::now() + RETRY_AFTER);
+            }
+        }
+        if std::mem::take(&mut self.lan_state.dirty) {
+            match self.netlink.link(&self.config.lan.interface).await {
+                Ok(lan) => self.lan_state.up = lan.is_some_and(|l| l.up),
+                Err(e) => {
+                    log::warn!("reading the LAN device: {}; trying again", short(&e.into()));
+                    self.lan_state.dirty = true;
+                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
             }
         }
         self.settle_probes();
@@ -794,8 +849,14 @@ impl Daemon {
                 }
             }
         }
+        self.announce().await;
         if let Ok(mut views) = self.views.lock() {
-            *views = self
+            views.announce = self.announcement.as_ref().map(|a| AnnounceView {
+                announced: a.announcer.announced,
+                transitions: a.announcer.transitions,
+                blocks: a.announcer.blocks.clone(),
+            });
+            views.tunnels = self
                 .tunnels
                 .iter()
                 .map(|t| TunnelView {
@@ -840,6 +901,62 @@ impl Daemon {
         }
     }
 
+    /// The announcement follows the rotation, the LAN, the maintenance
+    /// file, the stop and the far gateway's flags.
+    async fn announce(&mut self) {
+        let inputs = self.announce_inputs();
+        let Some(a) = &mut self.announcement else {
+            return;
+        };
+        match a.publish(&self.netlink, inputs).await {
+            Ok(true) => log::info!("{}", a.announcer.explain()),
+            Ok(false) => {}
+            Err(e) => {
+                log::warn!("announcing: {}; trying again", short(&e));
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
+            }
+        }
+    }
+
+    fn announce_inputs(&self) -> announce::Inputs {
+        announce::Inputs {
+            in_rotation: self.tunnels.iter().filter(|t| t.health.in_rotation).count(),
+            lan_up: self.lan_state.up,
+            maintenance: self
+                .announcement
+                .as_ref()
+                .is_some_and(Announcement::maintenance),
+            stopping: self.stopping,
+            far: self.far_flags,
+        }
+    }
+
+    /// What this gateway tells the far one of its pair: it drains
+    /// (maintenance file, stopping), its LAN is down.
+    #[must_use]
+    pub fn own_flags(&self) -> announce::Flags {
+        self.announce_inputs().own_flags()
+    }
+
+    /// The far gateway of the pair said `flags` (in its probes).
+    pub fn on_far_flags(&mut self, flags: announce::Flags) {
+        self.far_flags = flags;
+    }
+
+    /// Stopping: withdraws now (the far gateway hears that we drain); the
+    /// caller keeps the loop going for the drain time, then exits.
+    pub async fn begin_stop(&mut self) {
+        self.stopping = true;
+        self.publish().await;
+    }
+
+    /// How long a stop drains before the loader exits: `announce.drain_ms`,
+    /// none without `[announce]`.
+    #[must_use]
+    pub fn drain_time(&self) -> Option<Duration> {
+        self.announcement.as_ref().map(|a| a.spec.drain)
+    }
+
     /// What `status` and `detach` read.
     #[must_use]
     pub fn state(&self, running: bool, exit_error: Option<String>) -> State {
@@ -854,6 +971,33 @@ impl Daemon {
             lan_interface: self.config.lan.interface.clone(),
             kernel_route: Some(self.kernel.clone()),
             mounted_bpffs: self.mounted_bpffs.clone(),
+            announce: self.announcement.as_ref().map(|a| AnnounceState {
+                announced: a.announcer.announced,
+                reasons: a.announcer.blocks.clone(),
+                explanation: a.announcer.explain(),
+                in_rotation: a.announcer.inputs.map_or(0, |i| i.in_rotation),
+                min_tunnels: a.spec.min_tunnels,
+                transitions: a.announcer.transitions,
+                since: a
+                    .announcer
+                    .since
+                    .duration_since(UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64()),
+                prefixes: a.routes.iter().map(ToString::to_string).collect(),
+                table: a.spec.table,
+                protocol: a.spec.protocol,
+                metric: a.spec.metric,
+                health_file: a.health_file.clone(),
+                maintenance_file: a.spec.maintenance_file.clone(),
+                drain_ms: u64::try_from(a.spec.drain.as_millis()).unwrap_or(u64::MAX),
+                flags: a
+                    .announcer
+                    .inputs
+                    .map(|i| i.own_flags())
+                    .unwrap_or_default(),
+                far_flags: self.far_flags,
+            }),
             tunnels: self
                 .tunnels
                 .iter()

@@ -59,7 +59,9 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
         log::warn!("{}", w.0);
     }
     let mounted_bpffs = layout.prepare()?;
-    let _lock = lock::acquire(layout, "run").await?;
+    let _lock = lock::acquire(layout, "run", lock::Ask::HandOver).await?;
+    // Before the state file names us: a takeover's SIGUSR1 must find a handler.
+    let mut signals = Signals::new()?;
     let listener = metrics::server::bind(config.metrics_listen).await?;
     log::info!("hook: {}", config.hook_reason);
     let mut datapath = Datapath::load_pinned(layout)?;
@@ -111,15 +113,53 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
     let mut daemon = Daemon::new(config, config_path, layout, io);
     daemon.start(&facts, followed).await?;
     log::info!("{running}");
-    let sources = Sources {
+    let mut sources = Sources {
         netlink: netlink_events,
         management,
         features,
         probes,
         echoes,
     };
-    let outcome = follow(&mut daemon, sources).await;
+    let mut outcome = follow(&mut daemon, &mut sources, &mut signals, None).await;
+    if let (Ok(signal @ ("SIGINT" | "SIGTERM")), Some(drain)) = (&outcome, daemon.drain_time()) {
+        // Withdraw, and keep following health (and telling the far gateway
+        // that we drain) while the routers move the traffic away; a second
+        // signal cuts the drain short.
+        log::info!(
+            "{signal}: withdrawing; exiting in {} ms (announce.drain_ms)",
+            drain.as_millis()
+        );
+        daemon.begin_stop().await;
+        let drained = follow(
+            &mut daemon,
+            &mut sources,
+            &mut signals,
+            Some(tokio::time::Instant::now() + drain),
+        )
+        .await;
+        if let Err(e) = drained {
+            outcome = Err(e);
+        }
+    }
     finish(daemon, layout, options, outcome).await
+}
+
+/// SIGINT and SIGTERM (stop: withdraw, drain, exit), SIGUSR1 (a new
+/// `run` takes over: exit at once, leaving the announcement to it).
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hand_over: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hand_over: signal(SignalKind::user_defined1())?,
+        })
+    }
 }
 
 /// The OpenVPN management watchers, one task per tunnel that has one.
@@ -141,15 +181,28 @@ fn serve_metrics(listener: tokio::net::TcpListener, layout: &Layout, views: &Vie
     ));
 }
 
-/// The event loop: until a signal (its name), or an event source failing.
-async fn follow(daemon: &mut Daemon, mut s: Sources) -> Result<&'static str> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+/// The event loop: until a signal (its name), `until` (the end of a
+/// drain), or an event source failing.
+async fn follow(
+    daemon: &mut Daemon,
+    s: &mut Sources,
+    signals: &mut Signals,
+    until: Option<tokio::time::Instant>,
+) -> Result<&'static str> {
+    let end = async {
+        match until {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
     loop {
         let wake = daemon.next_wakeup();
         tokio::select! {
-            _ = sigint.recv() => return Ok("SIGINT"),
-            _ = sigterm.recv() => return Ok("SIGTERM"),
+            _ = signals.interrupt.recv() => return Ok("SIGINT"),
+            _ = signals.terminate.recv() => return Ok("SIGTERM"),
+            _ = signals.hand_over.recv() => return Ok("SIGUSR1 (a new run takes over)"),
+            () = &mut end => return Ok("drained"),
             event = s.netlink.recv() => match event {
                 Some(e) => daemon.on_netlink(&e),
                 None => anyhow::bail!("the rtnetlink connection closed"),
