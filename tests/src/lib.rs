@@ -9,6 +9,8 @@
 //! - `teardown`: the record of what a test bed made, torn down in one place;
 //! - `openvpn`: OpenVPN processes (and CPU quotas); `loader`: the `ovpn-lb`
 //!   binary; configuration comes from the generator (`ovpn_lb::generate`);
+//! - `frr`, `keepalived`: FRR instances and keepalived per namespace, for
+//!   gateway pairs behind a router (BGP) or sharing a LAN (VRRP);
 //! - `numgen`: nftables `numgen` per-packet spraying, the kernel's own way;
 //! - `lab`: two sites joined by real OpenVPN tunnels; `gateway`: one gateway
 //!   with tun devices held by the test, for the loader's tests;
@@ -22,7 +24,9 @@
 
 pub mod bpffs;
 pub mod fixture;
+pub mod frr;
 pub mod gateway;
+pub mod keepalived;
 pub mod lab;
 pub mod loader;
 pub mod netns;

@@ -76,6 +76,16 @@ impl Net {
         }
     }
 
+    /// True when `addr` lies in the prefix.
+    #[must_use]
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let host = match addr {
+            IpAddr::V4(a) => Net::V4(Prefix4::new(a.octets(), 32)),
+            IpAddr::V6(a) => Net::V6(Prefix6::new(a.octets(), 128)),
+        };
+        self.overlaps(&host)
+    }
+
     /// Parses "address/length" with host bits clear.
     ///
     /// # Errors
