@@ -160,7 +160,11 @@ impl Frr {
     /// If vtysh fails.
     pub fn apply(&self, daemon: Option<&str>) {
         let mut args = self.vtysh_args();
-        args.extend(["--config_dir".into(), self.conf_dir.display().to_string(), "-b".into()]);
+        args.extend([
+            "--config_dir".into(),
+            self.conf_dir.display().to_string(),
+            "-b".into(),
+        ]);
         if let Some(d) = daemon {
             args.extend(["-d".into(), d.to_owned()]);
         }

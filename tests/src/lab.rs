@@ -239,6 +239,8 @@ pub struct Lab {
     generated: Option<Generated>,
     /// nftables spraying installed at set-up (`Forwarding::Numgen`).
     nft_spray: Vec<Numgen>,
+    /// When FRR or keepalived started (several pairs).
+    pub routing_started: Option<std::time::Instant>,
 }
 
 /// Numbers the labs of one test process.
@@ -338,6 +340,7 @@ impl Lab {
     /// With several pairs: FRR on the routers and every gateway (BGP), or
     /// keepalived on every gateway (VRRP), from the generated files.
     fn start_routing(&mut self) {
+        self.routing_started = Some(std::time::Instant::now());
         match self.options.routing() {
             Some(HaKind::Bgp) => {
                 for side in Side::BOTH {
@@ -391,7 +394,10 @@ impl Lab {
         fs::write(frr.conf_dir.join("daemons"), "bgpd=yes\nbfdd=yes\n")
             .unwrap_or_else(|e| panic!("{e}"));
         let sysctl = site.join(layout::ROUTER_SYSCTL);
-        self.exec(&self.router(side), &["sysctl", "-q", "-p", &sysctl.display().to_string()]);
+        self.exec(
+            &self.router(side),
+            &["sysctl", "-q", "-p", &sysctl.display().to_string()],
+        );
     }
 
     /// Gateway `gw`'s FRR: its generated `/etc/frr`, its state under its root.
@@ -459,6 +465,7 @@ impl Lab {
             bin: bin.to_path_buf(),
             generated: None,
             nft_spray: Vec::new(),
+            routing_started: None,
         };
         for role in lab.roles() {
             lab.teardown.namespace(&lab.ns(&role));
@@ -692,7 +699,11 @@ impl Lab {
     /// (neighbour discovery and OpenVPN's first exchanges take a moment).
     fn wait_reachable(&self) {
         // BGP sessions come up after the tunnels.
-        let timeout = Duration::from_secs(if self.options.routing().is_some() { 30 } else { 15 });
+        let timeout = Duration::from_secs(if self.options.routing().is_some() {
+            30
+        } else {
+            15
+        });
         for target in [HOST_B, HOST_B6] {
             let answered = process::wait_until(timeout, Duration::ZERO, || {
                 netns::command(&self.host(Side::A), "ping")
@@ -736,6 +747,13 @@ impl Lab {
     /// address); forwarding on the gateways and the router.
     fn site_networks(&self) {
         let kind = self.options.routing().unwrap_or(HaKind::Bgp);
+        // Link-local addresses at once (BGP over IPv6 waits for them).
+        for role in self.roles() {
+            self.exec(
+                &self.ns(&role),
+                &["sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0"],
+            );
+        }
         for side in Side::BOTH {
             let (host, router) = (self.host(side), self.router(side));
             let [lan4, lan6] = LAN_BASES[side.index()];
@@ -779,7 +797,10 @@ impl Lab {
                 let ns = self.gw(gw);
                 let port = format!("to-g{}", gw.tag());
                 let [s4, s6] = segment;
-                let addrs = [format!("{s4}{}/24", 2 + pair), format!("{s6}{:x}/64", 2 + pair)];
+                let addrs = [
+                    format!("{s4}{}/24", 2 + pair),
+                    format!("{s6}{:x}/64", 2 + pair),
+                ];
                 let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
                 topology::veth(
                     &topology::End::new(&router, &port, &[]),
@@ -803,7 +824,11 @@ impl Lab {
                 continue;
             }
             // The router would merge what the host cut: its end too.
-            topology::wire_segments((&self.host(side), LAN_DEV), (&self.router(side), "hosts"), on);
+            topology::wire_segments(
+                (&self.host(side), LAN_DEV),
+                (&self.router(side), "hosts"),
+                on,
+            );
             if on {
                 for pair in 0..self.options.pairs.max(1) {
                     let ns = self.gw(Gw::new(pair, side));

@@ -71,6 +71,22 @@ pub fn tcp_transfer(
     bytes: usize,
     during: impl FnOnce(),
 ) -> Transfer {
+    tcp_transfer_at(from, to, listen, bytes, None, during)
+}
+
+/// [`tcp_transfer`], the sender writing at most `rate` bytes per second
+/// when given (an application-limited flow, which fills no queue).
+///
+/// # Panics
+/// If the connection fails.
+pub fn tcp_transfer_at(
+    from: &str,
+    to: &str,
+    listen: SocketAddr,
+    bytes: usize,
+    rate: Option<u64>,
+    during: impl FnOnce(),
+) -> Transfer {
     let (ready_tx, ready_rx) = mpsc::channel();
     let to = to.to_owned();
     let receiver = thread::spawn(move || {
@@ -101,6 +117,8 @@ pub fn tcp_transfer(
             let mut data = RandomData::new(0x5eed, bytes);
             let mut hash = Sha256::new();
             let mut buf = vec![0u8; 1 << 16];
+            let started = std::time::Instant::now();
+            let mut sent = 0u64;
             loop {
                 let n = data.fill(&mut buf);
                 if n == 0 {
@@ -108,6 +126,14 @@ pub fn tcp_transfer(
                 }
                 hash.update(&buf[..n]);
                 conn.write_all(&buf[..n]).expect("send");
+                sent += n as u64;
+                if let Some(rate) = rate {
+                    // Ahead of the rate: wait until it catches up.
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        thread::sleep(wait);
+                    }
+                }
             }
             conn.shutdown(std::net::Shutdown::Write).unwrap();
             // Wait for the receiver to finish reading before closing.

@@ -99,7 +99,9 @@ impl LabArgs {
     fn options(&self) -> Result<Options> {
         if self.pairs > 1 || self.ha.is_some() {
             if !matches!(self.spray, LabSpray::OvpnLb(_)) || self.one_sided || self.tap {
-                bail!("--pairs and --ha run ovpn-lb on every gateway over tun tunnels: not with --spray numgen, --one-sided or --tap");
+                bail!(
+                    "--pairs and --ha run ovpn-lb on every gateway over tun tunnels: not with --spray numgen, --one-sided or --tap"
+                );
             }
             if !(1..=8).contains(&self.pairs) {
                 bail!("--pairs {}: the lab takes 1 to 8", self.pairs);

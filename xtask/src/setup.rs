@@ -77,7 +77,10 @@ fn debian_packages() -> Result<()> {
     // No service starts while we install (unless the machine already says so).
     let ours = !Path::new(POLICY_RC_D).exists();
     if ours {
-        fs::write(POLICY_RC_D, "#!/bin/sh\n# cargo xtask setup: no service starts during the install\nexit 101\n")?;
+        fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# cargo xtask setup: no service starts during the install\nexit 101\n",
+        )?;
         fs::set_permissions(
             POLICY_RC_D,
             std::os::unix::fs::PermissionsExt::from_mode(0o755),

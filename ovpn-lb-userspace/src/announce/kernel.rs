@@ -5,6 +5,7 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result};
@@ -94,6 +95,11 @@ pub struct Announcement {
     pub health_file: PathBuf,
     /// What the kernel and the file were last made to say.
     published: Option<bool>,
+    /// Until then (a start, while the probes have not had their say) the
+    /// kernel and the file keep what they say: what a previous loader
+    /// announced stays, and nothing is announced before the tunnels are
+    /// known to carry traffic.
+    hold_until: Option<Instant>,
 }
 
 impl Announcement {
@@ -105,7 +111,31 @@ impl Announcement {
             health_file: health_file(&spec, run_dir),
             spec,
             published: None,
+            hold_until: None,
         }
+    }
+
+    /// Starts from what the kernel says (a previous loader's verdict:
+    /// every marker route there, or not), and decides nothing until `at`
+    /// (see `hold_until`).
+    ///
+    /// # Errors
+    /// If the marker routes cannot be listed.
+    pub async fn adopt(&mut self, netlink: &Netlink, at: Instant) -> Result<()> {
+        let present = netlink
+            .marker_routes(self.spec.table, self.spec.protocol)
+            .await
+            .context("listing marker routes")?;
+        let announced = !self.routes.is_empty() && self.routes.iter().all(|r| present.contains(r));
+        self.announcer.announced = announced;
+        self.hold_until = Some(at);
+        Ok(())
+    }
+
+    /// When a hold ends, if one is on.
+    #[must_use]
+    pub fn held_until(&self) -> Option<Instant> {
+        self.hold_until.filter(|&t| t > Instant::now())
     }
 
     /// Writes the kernel and the file again at the next decision, whatever
@@ -127,6 +157,9 @@ impl Announcement {
     /// If the marker routes or the file cannot be written (the verdict
     /// stands; the next call tries again).
     pub async fn publish(&mut self, netlink: &Netlink, inputs: Inputs) -> Result<bool> {
+        if self.held_until().is_some() && !inputs.stopping {
+            return Ok(false);
+        }
         let changed = self.announcer.decide(inputs);
         let announced = self.announcer.announced;
         if self.published != Some(announced) || changed {

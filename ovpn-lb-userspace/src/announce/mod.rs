@@ -189,6 +189,12 @@ pub fn explain(
     inputs: Option<&Inputs>,
     min_tunnels: usize,
 ) -> String {
+    if inputs.is_none() {
+        return format!(
+            "{}: kept as found while the loader starts",
+            if announced { "announced" } else { "withdrawn" }
+        );
+    }
     let in_rotation = inputs.map_or(0, |i| i.in_rotation);
     if announced {
         return format!(
@@ -209,7 +215,7 @@ pub fn explain(
         })
         .collect();
     if why.is_empty() {
-        "withdrawn: not decided yet".to_owned()
+        "withdrawn".to_owned()
     } else {
         format!("withdrawn: {}", why.join("; "))
     }

@@ -101,9 +101,9 @@ pub(super) async fn markers(
         f.ok(
             "announce",
             format!(
-                "announced: marker routes for {} ({where_}); {}",
-                listed(&present),
-                a.explanation
+                "{}; marker routes for {} ({where_})",
+                a.explanation,
+                listed(&present)
             ),
         );
     } else {

@@ -171,12 +171,15 @@ pub fn gateway_conf(plan: &Plan, side: Side, site: &SiteHa) -> String {
         "! Out: the marker routes of the remote prefixes, nothing else."
     );
     prefixes_and_route_map(&mut t, remote, "OVPNLB-OUT");
+    let _ = writeln!(
+        t,
+        "! In: nothing. The gateway forwards by ovpn-lb, not by the router's routes.\nroute-map OVPNLB-IN deny 10\nexit\n!"
+    );
+    // The BFD profile before the sessions that name it.
+    bfd_profile(&mut t);
     let _ = write!(
         t,
-        "! In: nothing. The gateway forwards by ovpn-lb, not by the router's routes.\n\
-         route-map OVPNLB-IN deny 10\n\
-         exit\n\
-         !\n\
+        "!\n\
          router bgp {}\n\
          \x20bgp router-id {}\n\
          \x20bgp log-neighbor-changes\n\
@@ -200,8 +203,7 @@ pub fn gateway_conf(plan: &Plan, side: Side, site: &SiteHa) -> String {
         "OVPNLB-IN",
         "OVPNLB-OUT",
     );
-    t.push_str("exit\n!\n");
-    bfd_profile(&mut t);
+    t.push_str("exit\n");
     t
 }
 
@@ -257,12 +259,14 @@ pub fn router_conf(plans: &[Plan], side: Side, site: &SiteHa) -> String {
         side.other()
     );
     prefixes_and_route_map(&mut t, remote, "OVPNLB-FROM-GATEWAYS");
+    let _ = writeln!(
+        t,
+        "! Out: nothing; the gateways need no routes from the router.\nroute-map OVPNLB-TO-GATEWAYS deny 10\nexit\n!"
+    );
+    bfd_profile(&mut t);
     let _ = write!(
         t,
-        "! Out: nothing; the gateways need no routes from the router.\n\
-         route-map OVPNLB-TO-GATEWAYS deny 10\n\
-         exit\n\
-         !\n\
+        "!\n\
          router bgp {}\n\
          \x20bgp router-id {}\n\
          \x20bgp log-neighbor-changes\n\
@@ -286,8 +290,7 @@ pub fn router_conf(plans: &[Plan], side: Side, site: &SiteHa) -> String {
         "OVPNLB-FROM-GATEWAYS",
         "OVPNLB-TO-GATEWAYS",
     );
-    t.push_str("exit\n!\n");
-    bfd_profile(&mut t);
+    t.push_str("exit\n");
     t
 }
 

@@ -268,6 +268,14 @@ impl Daemon {
         for t in &mut self.tunnels {
             t.health.admit_now();
         }
+        // The first verdict waits until the probes could have taken out a
+        // tunnel that does not carry traffic.
+        if let (Some(a), Some(settings)) = (&mut self.announcement, self.probe) {
+            let at = Instant::now() + settings.detection() + settings.interval;
+            if let Err(e) = a.adopt(&self.netlink, at).await {
+                log::warn!("announcing: {}", short(&e));
+            }
+        }
         self.publish().await;
         Ok(())
     }
@@ -750,6 +758,11 @@ impl Daemon {
                 self.announcement
                     .as_ref()
                     .map(|_| instant + MAINTENANCE_POLL),
+            )
+            .chain(
+                self.announcement
+                    .as_ref()
+                    .and_then(Announcement::held_until),
             )
             .min()
             .unwrap_or(self.next_reconcile)

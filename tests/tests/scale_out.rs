@@ -1,0 +1,278 @@
+//! Gateway pairs: two pairs of 2 real OpenVPN tunnels each between the lab's
+//! sites, FRR on every gateway and on each site's router (ECMP over the
+//! pairs that announce), or keepalived on the gateways (VRRP). Every file
+//! comes from `ovpn-lb generate --pairs 2`. Each fault runs once here;
+//! `cargo xtask bench --scale-out` runs each five times for the
+//! distributions.
+
+use std::{path::Path, time::Duration};
+
+use ovpn_lb::generate::{self, Request, ha::HaKind, layout};
+use ovpn_lb_tests::{
+    failover::{self, Fault, Trial, all_pairs, next_hops, route_pairs},
+    frr, keepalived,
+    lab::{Gw, Lab, Options, Side},
+    root_alone,
+};
+
+fn lab(ha: HaKind) -> Lab {
+    Lab::for_test(
+        if ha == HaKind::Bgp { "bgp" } else { "vrrp" },
+        Options {
+            tunnels: 2,
+            pairs: 2,
+            ha: Some(ha),
+            ..Options::default()
+        },
+    )
+}
+
+/// The first pair's gateway on site A.
+const A1: Gw = Gw {
+    pair: 0,
+    side: Side::A,
+};
+
+/// Whether gateway `g`'s marker routes are in its kernel.
+fn markers(lab: &Lab, g: Gw) -> usize {
+    let ns = lab.gw(g);
+    ["-4", "-6"]
+        .iter()
+        .map(|f| {
+            lab.ip(&ns, &[f, "route", "show", "proto", "76"])
+                .lines()
+                .count()
+        })
+        .sum()
+}
+
+fn check(ok: bool, what: &str, lab: &Lab) {
+    assert!(ok, "{what}\n{}", lab.diagnose());
+}
+
+/// Up (both routers 2-way ECMP for both families within 15 s), then each
+/// graceful and ungraceful event on gateway A1 and its pair, put right in
+/// turn, and last A1 gone for good.
+#[test]
+fn two_pairs_behind_bgp_routers_share_the_load_and_survive_each_fault() {
+    let Some(_serial) = root_alone() else { return };
+    let mut lab = lab(HaKind::Bgp);
+    let started = lab.routing_started.expect("FRR started");
+    for side in Side::BOTH {
+        let up = failover::wait_route(&lab, side, &[0, 1], started, Duration::from_secs(15));
+        check(
+            up.is_some(),
+            &format!("router {side}: no 2-way ECMP within 15 s"),
+            &lab,
+        );
+        let six = process_wait(|| next_hops(&lab, side, true).len() == 2);
+        check(six, &format!("router {side}: IPv6 not 2-way"), &lab);
+        eprintln!(
+            "router {side}: 2-way ECMP {:?} after FRR started",
+            up.unwrap()
+        );
+    }
+    let trial = Trial::default();
+
+    // Graceful drains: nothing lost, transfers intact, back with nothing lost.
+    for fault in [Fault::Maintenance(A1), Fault::Sigterm(A1)] {
+        let out = failover::inject(&mut lab, fault, &trial);
+        eprintln!("{}", out.summary());
+        check(
+            out.lost() == 0,
+            &format!("a drain lost pings: {}", out.summary()),
+            &lab,
+        );
+        check(out.left[0].is_some(), &out.summary(), &lab);
+        check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
+        let back = failover::restore(&mut lab, fault, &trial);
+        eprintln!("{}", back.summary());
+        check(
+            back.back.iter().all(Option::is_some),
+            "the pair did not come back",
+            &lab,
+        );
+        check(
+            back.lost() == 0,
+            &format!("the rejoin lost {} pings", back.lost()),
+            &lab,
+        );
+    }
+
+    // A loader killed outright: the datapath forwards, the announcement stays.
+    let out = failover::inject(&mut lab, Fault::KillLoader(A1), &trial);
+    eprintln!("{}", out.summary());
+    check(out.lost() == 0, &out.summary(), &lab);
+    check(
+        markers(&lab, A1) == 2,
+        "the marker routes left with the loader",
+        &lab,
+    );
+    for side in Side::BOTH {
+        check(
+            route_pairs(&lab, side) == [0, 1],
+            "the announcement changed",
+            &lab,
+        );
+    }
+    failover::restore(&mut lab, Fault::KillLoader(A1), &trial);
+
+    // bgpd killed: the router drops A1 at once (the session closes), nothing
+    // is lost; back within 10 s of bgpd's restart.
+    let out = failover::inject(&mut lab, Fault::KillBgpd(A1), &trial);
+    eprintln!("{}", out.summary());
+    check(out.lost() == 0, &out.summary(), &lab);
+    let back = failover::restore(&mut lab, Fault::KillBgpd(A1), &trial);
+    eprintln!("bgpd back: {:?}", back.back);
+    check(
+        back.back[0].is_some_and(|d| d <= Duration::from_secs(10)),
+        &format!("not announced again within 10 s: {:?}", back.back),
+        &lab,
+    );
+    check(back.lost() == 0, "bgpd's return lost pings", &lab);
+
+    // Every OpenVPN of pair 1 killed on A1: both routers drop pair 1 within
+    // 1 s; streams elsewhere lose nothing, those on pair 1 at most 50.
+    let fault = Fault::KillOpenVpn(A1);
+    let out = failover::inject(&mut lab, fault, &trial);
+    eprintln!("{}", out.summary());
+    for (side, left) in Side::BOTH.iter().zip(out.left) {
+        check(
+            left.is_some_and(|d| d <= Duration::from_secs(1)),
+            &format!("router {side} kept pair 1: {}", out.summary()),
+            &lab,
+        );
+    }
+    check(out.worst_elsewhere() == 0, &out.summary(), &lab);
+    check(out.worst_on_pair() <= 50, &out.summary(), &lab);
+    check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
+    check(
+        out.transfers.iter().any(|t| t.0) || out.streams.iter().any(|s| s.on_pair),
+        "nothing crossed pair 1 before the fault: the test saw nothing",
+        &lab,
+    );
+    let back = failover::restore(&mut lab, fault, &trial);
+    eprintln!("pair 1 {}", back.summary());
+    check(
+        back.back.iter().all(Option::is_some),
+        "pair 1 did not rejoin",
+        &lab,
+    );
+    check(
+        back.lost() == 0,
+        &format!("the rejoin lost {} pings", back.lost()),
+        &lab,
+    );
+
+    // A1 gone: at most 0.6 s lost, no stale route after 1 s.
+    let out = failover::inject(&mut lab, Fault::GatewayGone(A1), &trial);
+    eprintln!("{}", out.summary());
+    check(
+        out.loss_time() <= Duration::from_millis(600),
+        &out.summary(),
+        &lab,
+    );
+    check(
+        out.left
+            .iter()
+            .all(|l| l.is_some_and(|d| d <= Duration::from_secs(1))),
+        &format!("a stale route after 1 s: {}", out.summary()),
+        &lab,
+    );
+    check(out.worst_elsewhere() == 0, &out.summary(), &lab);
+    check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
+}
+
+/// Polls for up to 5 s.
+fn process_wait(done: impl FnMut() -> bool) -> bool {
+    ovpn_lb_tests::process::wait_until(Duration::from_secs(5), Duration::from_millis(50), done)
+}
+
+/// VRRP: the site's virtual address moves off a gateway whose pair fails
+/// (at most 1.2 s lost) and off one that drains (nothing lost).
+#[test]
+fn two_pairs_under_vrrp_hand_the_address_over() {
+    let Some(_serial) = root_alone() else { return };
+    let mut lab = lab(HaKind::Vrrp);
+    for g in lab.gateways() {
+        keepalived::check_config(&lab.gw(g), &lab.keepalived(g).config)
+            .unwrap_or_else(|e| panic!("keepalived -t on {}: {e}", g.name()));
+    }
+    let trial = Trial::default();
+    let out = failover::inject(&mut lab, Fault::Maintenance(A1), &trial);
+    eprintln!("{}", out.summary());
+    check(
+        out.lost() == 0,
+        &format!("a drain lost pings: {}", out.summary()),
+        &lab,
+    );
+    check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
+    failover::restore(&mut lab, Fault::Maintenance(A1), &trial);
+    let out = failover::inject(&mut lab, Fault::KillOpenVpn(A1), &trial);
+    eprintln!("{}", out.summary());
+    check(
+        out.loss_time() <= Duration::from_millis(1200),
+        &format!("more than 1.2 s lost: {}", out.summary()),
+        &lab,
+    );
+    check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
+    let _ = all_pairs(&lab);
+}
+
+/// What the lab runs passes FRR's own parser; so do the routers' parts.
+#[test]
+fn generated_frr_configurations_pass_frrs_own_check() {
+    if !Path::new("/usr/bin/vtysh").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "vtysh is missing: cargo xtask setup installs frr"
+        );
+        eprintln!("SKIPPED: no vtysh (cargo xtask setup installs frr)");
+        return;
+    }
+    let mut r = Request::new(
+        ["192.0.2.1", "198.51.100.1"],
+        ["lan", "eth1"],
+        [
+            &["10.1.0.0/24", "fd00:1::/64"],
+            &["10.2.0.0/24", "fd00:2::/64"],
+        ],
+    );
+    r.pairs = 3;
+    r.tunnels = 2;
+    r.wan = [
+        vec!["192.0.2.1".into(), "192.0.2.2".into(), "192.0.2.3".into()],
+        vec![
+            "198.51.100.1".into(),
+            "198.51.100.2".into(),
+            "198.51.100.3".into(),
+        ],
+    ];
+    r.routing.router = [
+        vec!["10.1.255.1".into(), "fd00:1:ff::1".into()],
+        vec!["10.2.255.1".into(), "fd00:2:ff::1".into()],
+    ];
+    r.routing.gateways = [1, 2].map(|site| {
+        (2..5)
+            .map(|h| format!("10.{site}.255.{h},fd00:{site}:ff::{h}"))
+            .collect()
+    });
+    let g = generate::generate(&r).unwrap();
+    let dir = std::env::temp_dir().join(format!("ovpnlb-frr-check-{}", std::process::id()));
+    for files in g.directories() {
+        let root = dir.join(&files.name);
+        files.write_under(&root).unwrap();
+        let conf_dir = if files.name.starts_with("site-") {
+            // A router's configuration: a hostname, then the part as written.
+            let text = std::fs::read_to_string(root.join(layout::ROUTER_FRR)).unwrap();
+            let etc = root.join("etc");
+            std::fs::create_dir_all(&etc).unwrap();
+            std::fs::write(etc.join("frr.conf"), format!("hostname r\n{text}")).unwrap();
+            etc
+        } else {
+            root.join("etc/frr")
+        };
+        frr::check_config(&conf_dir).unwrap_or_else(|e| panic!("{}: {e}", files.name));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
