@@ -57,10 +57,14 @@ pub fn next_hops(lab: &Lab, side: Side, v6: bool) -> Vec<IpAddr> {
     hops
 }
 
-/// The pairs site `side`'s router sends the far LAN's IPv4 traffic to,
-/// ascending (pair p's gateway is .2 + p on the segment).
+/// The pairs that carry site `side`'s traffic to the far LAN, ascending:
+/// those its router's IPv4 route uses (BGP), or the one whose gateway
+/// holds the virtual address (VRRP).
 #[must_use]
 pub fn route_pairs(lab: &Lab, side: Side) -> Vec<usize> {
+    if lab.options.routing() == Some(HaKind::Vrrp) {
+        return vip_holders(lab, side);
+    }
     let mut pairs: Vec<usize> = next_hops(lab, side, false)
         .iter()
         .filter_map(|a| match a {
@@ -70,6 +74,26 @@ pub fn route_pairs(lab: &Lab, side: Side) -> Vec<usize> {
         .collect();
     pairs.sort_unstable();
     pairs
+}
+
+/// The pairs whose site-`side` gateway holds the virtual address (.1).
+#[must_use]
+pub fn vip_holders(lab: &Lab, side: Side) -> Vec<usize> {
+    let vip = host_addresses(side)[0]
+        .0
+        .rsplit_once('.')
+        .map(|(net, _)| format!("{net}.1/"));
+    (0..lab.options.pairs.max(1))
+        .filter(|&p| {
+            let ns = lab.gw(Gw::new(p, side));
+            let out = netns::command(&ns, "ip")
+                .args(["-4", "-o", "addr", "show", "dev", LAN_DEV])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            vip.as_deref().is_some_and(|v| out.contains(v))
+        })
+        .collect()
 }
 
 /// Polls (every 10 ms) until site `side`'s router routes the far LAN
@@ -129,8 +153,10 @@ impl Crossings {
                     );
                 }
             }
+            // Routed frames leave the bridge by its output hook, switched
+            // ones (VRRP) by its forward hook.
             let text = format!(
-                "table bridge {TABLE} {{\n  chain out {{\n    type filter hook output priority 0;\n{rules}  }}\n}}\n"
+                "table bridge {TABLE} {{\n  chain routed {{\n    type filter hook output priority 0;\n{rules}  }}\n  chain switched {{\n    type filter hook forward priority 0;\n{rules}  }}\n}}\n"
             );
             let path = lab.dir.join(format!("flows-{}.nft", side.letter()));
             fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -413,7 +439,8 @@ impl StreamOutcome {
 pub struct Outcome {
     pub fault: Fault,
     /// Per site (A, B): from the fault until its router's route left the
-    /// faulty pair; `None` if it did not within the watch.
+    /// faulty pair (under VRRP: until the virtual address moved to another
+    /// pair's gateway); `None` if it did not within the watch.
     pub left: [Option<Duration>; 2],
     pub streams: Vec<StreamOutcome>,
     /// Per TCP transfer: (crossed the faulty pair before the fault, intact).
@@ -640,7 +667,9 @@ fn gone(lab: &mut Lab, g: Gw) {
 #[derive(Clone, Debug)]
 pub struct Rejoin {
     /// Per site (A, B): from putting the fault right until its router
-    /// routes through every pair again; `None` if not within 20 s.
+    /// routes through every pair again; `None` if not within 20 s. Under
+    /// VRRP (the address stays where it went), the first entry is until
+    /// the gateway's health file says it is healthy again.
     pub back: [Option<Duration>; 2],
     /// Per ping stream meanwhile.
     pub streams: Vec<Count>,
@@ -659,7 +688,13 @@ impl Rejoin {
         let streams: Vec<String> = self
             .streams
             .iter()
-            .map(|(s, r, lost)| format!("{}/{s} (seq {})", s - r, ranges(lost)))
+            .map(|(s, r, lost)| {
+                if lost.is_empty() {
+                    format!("0/{s}")
+                } else {
+                    format!("{}/{s} (seq {})", s - r, ranges(lost))
+                }
+            })
             .collect();
         format!(
             "back after {:?}; pings lost {}",
@@ -696,9 +731,17 @@ pub fn restore(lab: &mut Lab, fault: Fault, trial: &Trial) -> Rejoin {
         Fault::Sigterm(_) | Fault::KillLoader(_) => lab.start_loader(g),
         Fault::KillBgpd(_) => lab.frr(g).restart("bgpd"),
     }
-    let pairs = all_pairs(lab);
-    let back =
-        [Side::A, Side::B].map(|side| wait_route(lab, side, &pairs, at, Duration::from_secs(20)));
+    let back = if lab.options.routing() == Some(HaKind::Vrrp) {
+        // The address stays where it went (no preemption): back is healthy again.
+        let health = lab.root(g).join(ovpn_lb::generate::layout::HEALTH);
+        let healthy = wait_until(Duration::from_secs(20), Duration::from_millis(10), || {
+            fs::read_to_string(&health).is_ok_and(|t| t.trim() == "0")
+        });
+        [healthy.then(|| at.elapsed()), None]
+    } else {
+        let pairs = all_pairs(lab);
+        [Side::A, Side::B].map(|side| wait_route(lab, side, &pairs, at, Duration::from_secs(20)))
+    };
     Rejoin {
         back,
         streams: streams.finish(),

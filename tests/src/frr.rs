@@ -6,6 +6,7 @@
 //! user, as Debian runs them; they are stopped by their PIDs.
 
 use std::{
+    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     time::Duration,
@@ -227,16 +228,12 @@ impl Frr {
     /// The daemons' logs, for a failure message.
     #[must_use]
     pub fn logs(&self) -> String {
-        self.daemons()
-            .iter()
-            .map(|(d, _)| {
-                format!(
-                    "--- {} {d}:\n{}",
-                    self.ns,
-                    fs::read_to_string(self.log(d)).unwrap_or_default()
-                )
-            })
-            .collect()
+        let mut out = String::new();
+        for (d, _) in self.daemons() {
+            let log = fs::read_to_string(self.log(&d)).unwrap_or_default();
+            let _ = write!(out, "--- {} {d}:\n{log}", self.ns);
+        }
+        out
     }
 }
 

@@ -93,7 +93,7 @@ impl Keepalived {
 /// keepalived's output when it finds a problem.
 pub fn check_config(ns: &str, config: &Path) -> Result<(), String> {
     let out = netns::command(ns, "keepalived")
-        .arg(format!("--config-test"))
+        .arg("--config-test")
         .arg(format!("--use-file={}", config.display()))
         .output()
         .map_err(|e| format!("keepalived: {e}"))?;

@@ -378,9 +378,9 @@ impl Lab {
     /// `router-frr.conf` as written) with bgpd and bfdd, and
     /// `router-sysctl.conf` applied.
     fn install_router(&self, side: Side) {
-        let site = self.dir.join(format!("site-{}", side.letter()));
+        let generated = self.dir.join(format!("site-{}", side.letter()));
         let read = |name: &str| {
-            let path = site.join(name);
+            let path = generated.join(name);
             fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         };
         let frr = self.router_frr(side);
@@ -393,7 +393,7 @@ impl Lab {
         fs::write(frr.conf_dir.join("frr.conf"), conf).unwrap_or_else(|e| panic!("{e}"));
         fs::write(frr.conf_dir.join("daemons"), "bgpd=yes\nbfdd=yes\n")
             .unwrap_or_else(|e| panic!("{e}"));
-        let sysctl = site.join(layout::ROUTER_SYSCTL);
+        let sysctl = generated.join(layout::ROUTER_SYSCTL);
         self.exec(
             &self.router(side),
             &["sysctl", "-q", "-p", &sysctl.display().to_string()],
@@ -556,6 +556,9 @@ impl Lab {
         r.wan = Side::BOTH.map(|side| (0..pairs).map(|p| wan(Gw::new(p, side))).collect());
         r.root = Side::BOTH.map(|side| (0..pairs).map(|p| self.root(Gw::new(p, side))).collect());
         r.tun_mtu = self.options.tun_mtu;
+        // What the files name as ovpn-lb (keepalived's check script) is
+        // the binary the lab runs.
+        r.binary.clone_from(&self.bin);
         if let Some(kind) = self.options.routing() {
             r.routing.ha = Some(kind);
             let (router_or_vip, bases) = match kind {
@@ -954,10 +957,6 @@ impl Lab {
 
     /// Kills gateway `gw`'s OpenVPN for tunnel `k` (by the PID it wrote);
     /// returns that PID.
-    #[expect(
-        clippy::must_use_candidate,
-        reason = "most callers only kill; some wait for the PID to end"
-    )]
     pub fn kill_openvpn(&self, gw: impl Into<Gw>, k: usize) -> Option<i32> {
         self.openvpn(gw, k).kill()
     }
@@ -1084,10 +1083,6 @@ impl Lab {
     }
 
     /// Sends `signal` to the loader on `gw` and forgets it; returns its PID.
-    #[expect(
-        clippy::must_use_candidate,
-        reason = "only callers that wait for the exit need the PID"
-    )]
     pub fn signal_loader(&self, gw: impl Into<Gw>, signal: i32) -> Option<i32> {
         let gw = gw.into();
         let pid = pid_in(&self.loader_pid_file(gw))?;
@@ -1151,6 +1146,15 @@ impl Lab {
             let gw = self.gw(side);
             let log = fs::read_to_string(self.loader_log(side)).unwrap_or_default();
             let _ = writeln!(out, "--- {} loader log:\n{log}", side.name());
+            if self.options.routing().is_some() {
+                let health = self.root(side).join(layout::HEALTH);
+                let _ = writeln!(
+                    out,
+                    "health file {}: {:?}",
+                    health.display(),
+                    fs::read_to_string(&health).unwrap_or_default()
+                );
+            }
             let n = u32::try_from(self.options.tunnels).unwrap_or(0);
             if let Ok(c) = Counters::read(&self.layout(side), n) {
                 let _ = writeln!(out, "tunnels: {:?}", c.tunnels);

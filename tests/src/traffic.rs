@@ -129,7 +129,7 @@ pub fn tcp_transfer_at(
                 sent += n as u64;
                 if let Some(rate) = rate {
                     // Ahead of the rate: wait until it catches up.
-                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    let due = Duration::from_micros(sent * 1_000_000 / rate.max(1));
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
                         thread::sleep(wait);
                     }

@@ -9,7 +9,7 @@ use std::{path::Path, time::Duration};
 
 use ovpn_lb::generate::{self, Request, ha::HaKind, layout};
 use ovpn_lb_tests::{
-    failover::{self, Fault, Trial, all_pairs, next_hops, route_pairs},
+    failover::{self, Fault, Trial, next_hops, route_pairs},
     frr, keepalived,
     lab::{Gw, Lab, Options, Side},
     root_alone,
@@ -57,130 +57,147 @@ fn check(ok: bool, what: &str, lab: &Lab) {
 fn two_pairs_behind_bgp_routers_share_the_load_and_survive_each_fault() {
     let Some(_serial) = root_alone() else { return };
     let mut lab = lab(HaKind::Bgp);
+    up(&lab);
+    let trial = Trial::default();
+    drains(&mut lab, &trial);
+    restarts(&mut lab, &trial);
+    pair_fails(&mut lab, &trial);
+    gateway_gone(&mut lab, &trial);
+}
+
+/// Both routers have 2-way ECMP for both families within 15 s of FRR's start.
+fn up(lab: &Lab) {
     let started = lab.routing_started.expect("FRR started");
     for side in Side::BOTH {
-        let up = failover::wait_route(&lab, side, &[0, 1], started, Duration::from_secs(15));
+        let up = failover::wait_route(lab, side, &[0, 1], started, Duration::from_secs(15));
         check(
             up.is_some(),
             &format!("router {side}: no 2-way ECMP within 15 s"),
-            &lab,
+            lab,
         );
-        let six = process_wait(|| next_hops(&lab, side, true).len() == 2);
-        check(six, &format!("router {side}: IPv6 not 2-way"), &lab);
+        let six = process_wait(|| next_hops(lab, side, true).len() == 2);
+        check(six, &format!("router {side}: IPv6 not 2-way"), lab);
         eprintln!(
             "router {side}: 2-way ECMP {:?} after FRR started",
             up.unwrap()
         );
     }
-    let trial = Trial::default();
+}
 
-    // Graceful drains: nothing lost, transfers intact, back with nothing lost.
+/// Graceful drains: nothing lost, transfers intact, back with nothing lost.
+fn drains(lab: &mut Lab, trial: &Trial) {
     for fault in [Fault::Maintenance(A1), Fault::Sigterm(A1)] {
-        let out = failover::inject(&mut lab, fault, &trial);
+        let out = failover::inject(lab, fault, trial);
         eprintln!("{}", out.summary());
         check(
             out.lost() == 0,
             &format!("a drain lost pings: {}", out.summary()),
-            &lab,
+            lab,
         );
-        check(out.left[0].is_some(), &out.summary(), &lab);
-        check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
-        let back = failover::restore(&mut lab, fault, &trial);
+        check(out.left[0].is_some(), &out.summary(), lab);
+        check(out.transfers.iter().all(|t| t.1), &out.summary(), lab);
+        let back = failover::restore(lab, fault, trial);
         eprintln!("{}", back.summary());
         check(
             back.back.iter().all(Option::is_some),
             "the pair did not come back",
-            &lab,
+            lab,
         );
         check(
             back.lost() == 0,
             &format!("the rejoin lost {} pings", back.lost()),
-            &lab,
+            lab,
         );
     }
+}
 
-    // A loader killed outright: the datapath forwards, the announcement stays.
-    let out = failover::inject(&mut lab, Fault::KillLoader(A1), &trial);
+/// A loader killed outright: the datapath forwards, the announcement stays.
+/// bgpd killed: the router drops A1 at once (the session closes), nothing
+/// is lost; back within 10 s of bgpd's restart.
+fn restarts(lab: &mut Lab, trial: &Trial) {
+    let out = failover::inject(lab, Fault::KillLoader(A1), trial);
     eprintln!("{}", out.summary());
-    check(out.lost() == 0, &out.summary(), &lab);
+    check(out.lost() == 0, &out.summary(), lab);
     check(
-        markers(&lab, A1) == 2,
+        markers(lab, A1) == 2,
         "the marker routes left with the loader",
-        &lab,
+        lab,
     );
     for side in Side::BOTH {
         check(
-            route_pairs(&lab, side) == [0, 1],
+            route_pairs(lab, side) == [0, 1],
             "the announcement changed",
-            &lab,
+            lab,
         );
     }
-    failover::restore(&mut lab, Fault::KillLoader(A1), &trial);
-
-    // bgpd killed: the router drops A1 at once (the session closes), nothing
-    // is lost; back within 10 s of bgpd's restart.
-    let out = failover::inject(&mut lab, Fault::KillBgpd(A1), &trial);
+    failover::restore(lab, Fault::KillLoader(A1), trial);
+    let out = failover::inject(lab, Fault::KillBgpd(A1), trial);
     eprintln!("{}", out.summary());
-    check(out.lost() == 0, &out.summary(), &lab);
-    let back = failover::restore(&mut lab, Fault::KillBgpd(A1), &trial);
+    check(out.lost() == 0, &out.summary(), lab);
+    let back = failover::restore(lab, Fault::KillBgpd(A1), trial);
     eprintln!("bgpd back: {:?}", back.back);
     check(
         back.back[0].is_some_and(|d| d <= Duration::from_secs(10)),
         &format!("not announced again within 10 s: {:?}", back.back),
-        &lab,
+        lab,
     );
-    check(back.lost() == 0, "bgpd's return lost pings", &lab);
+    check(back.lost() == 0, "bgpd's return lost pings", lab);
+}
 
-    // Every OpenVPN of pair 1 killed on A1: both routers drop pair 1 within
-    // 1 s; streams elsewhere lose nothing, those on pair 1 at most 50.
+/// Every OpenVPN of pair 1 killed on A1: both routers drop pair 1 within
+/// 1 s; streams elsewhere lose nothing, those on pair 1 at most 50; the
+/// pair rejoins with nothing lost.
+fn pair_fails(lab: &mut Lab, trial: &Trial) {
     let fault = Fault::KillOpenVpn(A1);
-    let out = failover::inject(&mut lab, fault, &trial);
+    let out = failover::inject(lab, fault, trial);
     eprintln!("{}", out.summary());
     for (side, left) in Side::BOTH.iter().zip(out.left) {
         check(
             left.is_some_and(|d| d <= Duration::from_secs(1)),
             &format!("router {side} kept pair 1: {}", out.summary()),
-            &lab,
+            lab,
         );
     }
-    check(out.worst_elsewhere() == 0, &out.summary(), &lab);
-    check(out.worst_on_pair() <= 50, &out.summary(), &lab);
-    check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
+    check(out.worst_elsewhere() == 0, &out.summary(), lab);
+    check(out.worst_on_pair() <= 50, &out.summary(), lab);
+    check(out.transfers.iter().all(|t| t.1), &out.summary(), lab);
     check(
         out.transfers.iter().any(|t| t.0) || out.streams.iter().any(|s| s.on_pair),
         "nothing crossed pair 1 before the fault: the test saw nothing",
-        &lab,
+        lab,
     );
-    let back = failover::restore(&mut lab, fault, &trial);
+    let back = failover::restore(lab, fault, trial);
     eprintln!("pair 1 {}", back.summary());
     check(
         back.back.iter().all(Option::is_some),
         "pair 1 did not rejoin",
-        &lab,
+        lab,
     );
     check(
         back.lost() == 0,
         &format!("the rejoin lost {} pings", back.lost()),
-        &lab,
+        lab,
     );
+}
 
-    // A1 gone: at most 0.6 s lost, no stale route after 1 s.
-    let out = failover::inject(&mut lab, Fault::GatewayGone(A1), &trial);
+/// A1 gone: at most 0.6 s lost, no stale route after 1 s.
+fn gateway_gone(lab: &mut Lab, trial: &Trial) {
+    let out = failover::inject(lab, Fault::GatewayGone(A1), trial);
     eprintln!("{}", out.summary());
     check(
         out.loss_time() <= Duration::from_millis(600),
         &out.summary(),
-        &lab,
+        lab,
     );
     check(
         out.left
             .iter()
             .all(|l| l.is_some_and(|d| d <= Duration::from_secs(1))),
         &format!("a stale route after 1 s: {}", out.summary()),
-        &lab,
+        lab,
     );
-    check(out.worst_elsewhere() == 0, &out.summary(), &lab);
-    check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
+    check(out.worst_elsewhere() == 0, &out.summary(), lab);
+    check(out.transfers.iter().all(|t| t.1), &out.summary(), lab);
 }
 
 /// Polls for up to 5 s.
@@ -199,24 +216,52 @@ fn two_pairs_under_vrrp_hand_the_address_over() {
             .unwrap_or_else(|e| panic!("keepalived -t on {}: {e}", g.name()));
     }
     let trial = Trial::default();
-    let out = failover::inject(&mut lab, Fault::Maintenance(A1), &trial);
-    eprintln!("{}", out.summary());
-    check(
-        out.lost() == 0,
-        &format!("a drain lost pings: {}", out.summary()),
-        &lab,
-    );
-    check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
-    failover::restore(&mut lab, Fault::Maintenance(A1), &trial);
+    for side in Side::BOTH {
+        check(
+            route_pairs(&lab, side) == [0],
+            "pair 1 holds the addresses",
+            &lab,
+        );
+    }
+    // Pair 1's OpenVPN dies on A1: A1 withdraws at once, B1 once its probes
+    // go unanswered; both addresses move to pair 2.
     let out = failover::inject(&mut lab, Fault::KillOpenVpn(A1), &trial);
     eprintln!("{}", out.summary());
+    check(
+        out.left.iter().all(Option::is_some),
+        &format!("an address stayed on pair 1: {}", out.summary()),
+        &lab,
+    );
     check(
         out.loss_time() <= Duration::from_millis(1200),
         &format!("more than 1.2 s lost: {}", out.summary()),
         &lab,
     );
     check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
-    let _ = all_pairs(&lab);
+    let back = failover::restore(&mut lab, Fault::KillOpenVpn(A1), &trial);
+    eprintln!("{}", back.summary());
+    check(
+        back.back[0].is_some(),
+        "gateway A1 did not become healthy again",
+        &lab,
+    );
+    check(back.lost() == 0, &back.summary(), &lab);
+    // The address holder A2 drains: it goes back to A1, nothing lost.
+    let a2 = Gw::new(1, Side::A);
+    let out = failover::inject(&mut lab, Fault::Maintenance(a2), &trial);
+    eprintln!("{}", out.summary());
+    check(
+        out.left[0].is_some(),
+        &format!("A2 kept the address: {}", out.summary()),
+        &lab,
+    );
+    check(
+        out.lost() == 0,
+        &format!("a drain lost pings: {}", out.summary()),
+        &lab,
+    );
+    check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
+    failover::restore(&mut lab, Fault::Maintenance(a2), &trial);
 }
 
 /// What the lab runs passes FRR's own parser; so do the routers' parts.

@@ -121,10 +121,10 @@ fn families(
 
 /// Gateway `side`'s `frr.conf` in `plan`'s pair.
 #[must_use]
-pub fn gateway_conf(plan: &Plan, side: Side, site: &SiteHa) -> String {
+pub fn gateway_conf(plan: &Plan, side: Side, routing: &SiteHa) -> String {
     let me = plan.site(side);
     let remote = &plan.site(side.other()).lan;
-    let own = &site.gateways[plan.pair];
+    let own = &routing.gateways[plan.pair];
     let name = plan.gateway_name(side);
     let mut t = format!(
         "! FRR on {name} (pair {} of {}): announces site {}'s prefixes to site {side}'s\n\
@@ -147,7 +147,7 @@ pub fn gateway_conf(plan: &Plan, side: Side, site: &SiteHa) -> String {
         .lan
         .iter()
         .filter_map(|net| {
-            let via = site
+            let via = routing
                 .router
                 .iter()
                 .find(|r| r.is_ipv4() == matches!(net, Net::V4(_)))?;
@@ -185,20 +185,20 @@ pub fn gateway_conf(plan: &Plan, side: Side, site: &SiteHa) -> String {
          \x20bgp log-neighbor-changes\n\
          \x20no bgp default ipv4-unicast\n\
          \x20bgp graceful-restart-disable\n",
-        site.asn,
+        routing.asn,
         router_id(own),
     );
-    for r in &site.router {
+    for r in &routing.router {
         neighbor(
             &mut t,
             *r,
-            site.router_asn,
+            routing.router_asn,
             &format!("site-{}-router", side.letter()),
         );
     }
     families(
         &mut t,
-        &site.router,
+        &routing.router,
         &|_| vec!["redistribute kernel route-map OVPNLB-OUT".to_owned()],
         "OVPNLB-IN",
         "OVPNLB-OUT",
@@ -242,7 +242,7 @@ pub fn daemons(plan: &Plan, side: Side) -> String {
 /// Site `side`'s router: its part of the sessions with every pair's
 /// gateway, ECMP over them, only the remote prefixes taken in, nothing sent.
 #[must_use]
-pub fn router_conf(plans: &[Plan], side: Side, site: &SiteHa) -> String {
+pub fn router_conf(plans: &[Plan], side: Side, routing: &SiteHa) -> String {
     let Some(first) = plans.first() else {
         return String::new();
     };
@@ -273,13 +273,13 @@ pub fn router_conf(plans: &[Plan], side: Side, site: &SiteHa) -> String {
          \x20no bgp default ipv4-unicast\n\
          \x20bgp graceful-restart-disable\n\
          \x20bgp bestpath as-path multipath-relax\n",
-        site.router_asn,
-        router_id(&site.router),
+        routing.router_asn,
+        router_id(&routing.router),
     );
     let mut neighbors = Vec::new();
     for plan in plans {
-        for a in &site.gateways[plan.pair] {
-            neighbor(&mut t, *a, site.asn, &gateway_name(plan.pair, side));
+        for a in &routing.gateways[plan.pair] {
+            neighbor(&mut t, *a, routing.asn, &gateway_name(plan.pair, side));
             neighbors.push(*a);
         }
     }

@@ -94,14 +94,14 @@ fn letter(i: usize) -> &'static str {
     if i == 0 { "a" } else { "b" }
 }
 
-/// The addresses of one answer ("10.1.0.2,fd00:1::2"), one per family of
+/// The addresses of one answer (`10.1.0.2,fd00:1::2`), one per family of
 /// `lan` and IPv4 first; a problem is one line naming `option`.
 fn addresses(option: &str, text: &str, lan: &[Net], errors: &mut Vec<String>) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.parse::<IpAddr>() {
             Ok(a) if out.iter().any(|o| o.is_ipv4() == a.is_ipv4()) => {
-                errors.push(format!("{option} {part}: one address per address family"))
+                errors.push(format!("{option} {part}: one address per address family"));
             }
             Ok(a) => out.push(a),
             Err(_) => errors.push(format!(

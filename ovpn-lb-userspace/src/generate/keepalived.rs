@@ -31,14 +31,14 @@ fn lan_len(lan: &[Net], addr: IpAddr) -> u8 {
 /// Gateway `side`'s `keepalived.conf` in `plan`'s pair; `health` is the
 /// health file ovpn-lb writes, `binary` ovpn-lb.
 #[must_use]
-pub fn conf(plan: &Plan, side: Side, site: &SiteHa, health: &Path, binary: &Path) -> String {
+pub fn conf(plan: &Plan, side: Side, routing: &SiteHa, health: &Path, binary: &Path) -> String {
     let me = plan.site(side);
     let name = plan.gateway_name(side);
-    let own = &site.gateways[plan.pair];
+    let own = &routing.gateways[plan.pair];
     // The instance speaks the family of the first virtual address.
-    let v6 = site.vip.first().is_some_and(IpAddr::is_ipv6);
+    let v6 = routing.vip.first().is_some_and(IpAddr::is_ipv6);
     let src = own.iter().find(|a| a.is_ipv6() == v6);
-    let peers: Vec<IpAddr> = site
+    let peers: Vec<IpAddr> = routing
         .gateways
         .iter()
         .enumerate()
@@ -102,7 +102,7 @@ pub fn conf(plan: &Plan, side: Side, site: &SiteHa, health: &Path, binary: &Path
     }
     let _ = writeln!(t, "    }}");
     let (same, other): (Vec<IpAddr>, Vec<IpAddr>) =
-        site.vip.iter().partition(|a| a.is_ipv6() == v6);
+        routing.vip.iter().partition(|a| a.is_ipv6() == v6);
     for (block, addrs) in [
         ("virtual_ipaddress", same),
         ("virtual_ipaddress_excluded", other),

@@ -283,12 +283,12 @@ fn gateway_files(
     ));
     files.push(file(layout::UNIT.into(), system::unit(plan, side), PUBLIC));
     if let Some(ha) = &plan.ha {
-        let site = &ha.sites[side.index()];
+        let routing = &ha.sites[side.index()];
         match ha.kind {
             HaKind::Bgp => {
                 files.push(file(
                     layout::FRR_CONF.into(),
-                    frr::gateway_conf(plan, side, site),
+                    frr::gateway_conf(plan, side, routing),
                     PUBLIC,
                 ));
                 files.push(file(
@@ -302,7 +302,7 @@ fn gateway_files(
                 keepalived::conf(
                     plan,
                     side,
-                    site,
+                    routing,
                     &here.installed(layout::HEALTH),
                     &plan.binary,
                 ),

@@ -402,45 +402,47 @@ impl Checker {
     /// Pair `pair`'s gateway on `side`. The LAN is the site's; errors
     /// about it are reported for the first pair only.
     fn site(&mut self, r: &Request, side: Side, pair: usize) -> Site {
+        let wan = self.wan(r, side, pair);
         let i = side.index();
-        let wan = match r.wan[i].get(pair) {
-            Some(w) => {
-                let wan = w.trim().to_owned();
-                if !is_address_or_host_name(&wan) {
-                    self.error(format!(
-                        "--wan-{} \"{wan}\" is neither an IP address nor a host name",
-                        side.letter()
-                    ));
-                }
-                wan
-            }
-            None => {
-                if pair == r.wan[i].len() {
-                    self.error(format!(
-                        "--wan-{}: {} given for {} pairs: give one per pair, comma-separated",
-                        side.letter(),
-                        r.wan[i].len(),
-                        r.pairs
-                    ));
-                }
-                String::new()
-            }
-        };
         let root = r.root[i]
             .get(pair)
             .or(r.root[i].last())
             .cloned()
             .unwrap_or_else(|| PathBuf::from("/"));
-        if pair > 0 {
-            let first = self.errors.len();
-            let site = self.lan_side(r, side, wan, root);
-            // The LAN's problems were said for the first pair.
-            self.errors.truncate(first);
-            self.prefixes
-                .retain(|(option, _)| !option.starts_with("--lan-"));
-            return site;
+        if pair == 0 {
+            return self.lan_side(r, side, wan, root);
         }
-        self.lan_side(r, side, wan, root)
+        let first = self.errors.len();
+        let planned = self.lan_side(r, side, wan, root);
+        // The LAN's problems were said for the first pair.
+        self.errors.truncate(first);
+        self.prefixes
+            .retain(|(option, _)| !option.starts_with("--lan-"));
+        planned
+    }
+
+    /// Pair `pair`'s WAN address on `side`.
+    fn wan(&mut self, r: &Request, side: Side, pair: usize) -> String {
+        let given = &r.wan[side.index()];
+        let Some(w) = given.get(pair) else {
+            if pair == given.len() {
+                self.error(format!(
+                    "--wan-{}: {} given for {} pairs: give one per pair, comma-separated",
+                    side.letter(),
+                    given.len(),
+                    r.pairs
+                ));
+            }
+            return String::new();
+        };
+        let wan = w.trim().to_owned();
+        if !is_address_or_host_name(&wan) {
+            self.error(format!(
+                "--wan-{} \"{wan}\" is neither an IP address nor a host name",
+                side.letter()
+            ));
+        }
+        wan
     }
 
     /// The site's LAN side of a gateway, with `wan` and `root`.

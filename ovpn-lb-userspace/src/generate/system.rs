@@ -135,20 +135,7 @@ pub fn readme(plan: &Plan, side: Side) -> String {
     if !plan.management_password {
         files.retain(|(path, _)| path != Path::new(layout::PASSWORD));
     }
-    match plan.ha.as_ref().map(|h| h.kind) {
-        Some(HaKind::Bgp) => files.extend([
-            (
-                layout::FRR_CONF.into(),
-                "FRR: eBGP with BFD to the site router",
-            ),
-            (layout::FRR_DAEMONS.into(), "FRR: bgpd, bfdd, staticd"),
-        ]),
-        Some(HaKind::Vrrp) => files.push((
-            layout::KEEPALIVED_CONF.into(),
-            "keepalived: the site's virtual address",
-        )),
-        None => {}
-    }
+    files.extend(ha_files(plan));
     items.extend(
         files
             .into_iter()
@@ -187,6 +174,32 @@ pub fn readme(plan: &Plan, side: Side) -> String {
         bin = plan.binary.display(),
         first_dev = plan.tunnels.first().map_or("", |t| t.device.as_str()),
     );
+    t.push_str(&pair_note(plan, side));
+    t
+}
+
+/// The FRR or keepalived files of a gateway of several pairs.
+fn ha_files(plan: &Plan) -> Vec<(PathBuf, &'static str)> {
+    match plan.ha.as_ref().map(|h| h.kind) {
+        Some(HaKind::Bgp) => vec![
+            (
+                layout::FRR_CONF.into(),
+                "FRR: eBGP with BFD to the site router",
+            ),
+            (layout::FRR_DAEMONS.into(), "FRR: bgpd, bfdd, staticd"),
+        ],
+        Some(HaKind::Vrrp) => vec![(
+            layout::KEEPALIVED_CONF.into(),
+            "keepalived: the site's virtual address",
+        )],
+        None => Vec::new(),
+    }
+}
+
+/// With several pairs: what this gateway's pair does, and how to drain it.
+fn pair_note(plan: &Plan, side: Side) -> String {
+    let me = plan.site(side);
+    let mut t = String::new();
     if let Some(ha) = &plan.ha {
         let maintenance = me.installed(layout::MAINTENANCE);
         let _ = write!(
