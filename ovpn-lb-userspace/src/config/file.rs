@@ -15,10 +15,12 @@ pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 100;
 pub const DEFAULT_PROBE_MISSES: u32 = 3;
 /// `[announce]`: the marker routes' table (`main`), routing protocol number
 /// (one of ovpn-lb's own: no routing daemon claims 76) and metric (the
-/// largest, so that a marker never shadows a real route).
+/// largest but one: a marker never shadows a real route, and an
+/// `unreachable` guard route at the largest metric for the same prefix can
+/// sit beside it).
 pub const DEFAULT_ANNOUNCE_TABLE: u32 = 254;
 pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 76;
-pub const DEFAULT_ANNOUNCE_METRIC: u32 = u32::MAX;
+pub const DEFAULT_ANNOUNCE_METRIC: u32 = u32::MAX - 1;
 pub const DEFAULT_MIN_TUNNELS: u32 = 1;
 pub const DEFAULT_DRAIN_MS: u64 = 2000;
 pub const DEFAULT_MAINTENANCE_FILE: &str = "/etc/ovpn-lb/maintenance";

@@ -283,7 +283,7 @@ fn frr(f: &mut Findings, config: &Config, spec: &AnnounceSpec, bgpd: &Daemon) {
     };
     let (v4, v6) = redistributed(&running, spec.table);
     let source = if spec.table == 254 {
-        "redistribute kernel route-map ...".to_owned()
+        "redistribute kernel route-map OVPNLB-MARKERS".to_owned()
     } else {
         format!(
             "ip import-table {0}, redistribute table {0} route-map ...",

@@ -11,7 +11,7 @@ use super::{
     ha::SiteHa,
     plan::{Plan, Side, gateway_name},
 };
-use crate::config::Net;
+use crate::config::{Net, file::DEFAULT_ANNOUNCE_METRIC};
 
 /// BFD: 100 ms between packets, 3 missed: a dead peer is gone in 0.3 s.
 pub const BFD_INTERVAL_MS: u32 = 100;
@@ -37,9 +37,15 @@ fn router_id(addrs: &[IpAddr]) -> String {
     }
 }
 
-/// The prefix lists of `nets` (the remote prefixes), IPv4 and IPv6, and
-/// one route-map `name` permitting exactly them.
-fn prefixes_and_route_map(t: &mut String, nets: &[Net], name: &str) {
+/// The metric zebra reads from the kernel's marker routes: the low 24 bits
+/// (it takes the top 8 for an administrative distance).
+#[must_use]
+pub fn zebra_metric(kernel_metric: u32) -> u32 {
+    kernel_metric & 0x00ff_ffff
+}
+
+/// The prefix lists of `nets` (the remote prefixes), IPv4 and IPv6.
+fn prefix_lists(t: &mut String, nets: &[Net]) {
     for (seq, net) in nets.iter().enumerate() {
         let (list, kw) = match net {
             Net::V4(_) => ("OVPNLB-REMOTE", "ip"),
@@ -51,6 +57,12 @@ fn prefixes_and_route_map(t: &mut String, nets: &[Net], name: &str) {
             5 * (seq + 1)
         );
     }
+}
+
+/// Route-map `name` permitting exactly the prefix lists of `nets`; with
+/// `marker`, only routes of that (zebra) metric, given MED 0 so that every
+/// pair's announcement ties.
+fn route_map(t: &mut String, nets: &[Net], name: &str, marker: Option<u32>) {
     let mut seq = 10;
     for (has, kw, list) in [
         (
@@ -67,8 +79,12 @@ fn prefixes_and_route_map(t: &mut String, nets: &[Net], name: &str) {
         if has {
             let _ = writeln!(
                 t,
-                "route-map {name} permit {seq}\n match {kw} address prefix-list {list}\nexit"
+                "route-map {name} permit {seq}\n match {kw} address prefix-list {list}"
             );
+            if let Some(metric) = marker {
+                let _ = writeln!(t, " match metric {metric}\n set metric 0");
+            }
+            let _ = writeln!(t, "exit");
             seq += 10;
         }
     }
@@ -166,11 +182,20 @@ pub fn gateway_conf(plan: &Plan, side: Side, routing: &SiteHa) -> String {
         }
         let _ = writeln!(t, "!");
     }
+    prefix_lists(&mut t, remote);
     let _ = writeln!(
         t,
-        "! Out: the marker routes of the remote prefixes, nothing else."
+        "! Redistributed: the marker routes of the remote prefixes (their metric in\n\
+         ! zebra: announce.metric's low 24 bits), nothing else.\n\
+         ! Out: the remote prefixes only."
     );
-    prefixes_and_route_map(&mut t, remote, "OVPNLB-OUT");
+    route_map(
+        &mut t,
+        remote,
+        "OVPNLB-MARKERS",
+        Some(zebra_metric(DEFAULT_ANNOUNCE_METRIC)),
+    );
+    route_map(&mut t, remote, "OVPNLB-OUT", None);
     let _ = writeln!(
         t,
         "! In: nothing. The gateway forwards by ovpn-lb, not by the router's routes.\nroute-map OVPNLB-IN deny 10\nexit\n!"
@@ -199,7 +224,7 @@ pub fn gateway_conf(plan: &Plan, side: Side, routing: &SiteHa) -> String {
     families(
         &mut t,
         &routing.router,
-        &|_| vec!["redistribute kernel route-map OVPNLB-OUT".to_owned()],
+        &|_| vec!["redistribute kernel route-map OVPNLB-MARKERS".to_owned()],
         "OVPNLB-IN",
         "OVPNLB-OUT",
     );
@@ -258,7 +283,8 @@ pub fn router_conf(plans: &[Plan], side: Side, routing: &SiteHa) -> String {
         plans.len(),
         side.other()
     );
-    prefixes_and_route_map(&mut t, remote, "OVPNLB-FROM-GATEWAYS");
+    prefix_lists(&mut t, remote);
+    route_map(&mut t, remote, "OVPNLB-FROM-GATEWAYS", None);
     let _ = writeln!(
         t,
         "! Out: nothing; the gateways need no routes from the router.\nroute-map OVPNLB-TO-GATEWAYS deny 10\nexit\n!"
