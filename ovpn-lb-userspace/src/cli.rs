@@ -100,7 +100,7 @@ pub enum Command {
     /// the gateway announces the remote prefixes, and why.
     ///
     /// Rates come from two samples --interval apart. --json prints a stable
-    /// document (see the README), --watch redraws in place until interrupted.
+    /// document (see docs/deploying.md), --watch redraws in place until interrupted.
     /// --check prints one line and exits 0 while the gateway announces, 1
     /// while it does not (or has no `[announce]`), 2 when no loader runs: for
     /// keepalived's `track_script`.

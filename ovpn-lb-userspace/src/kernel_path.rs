@@ -182,13 +182,37 @@ pub async fn route(
 /// # Errors
 /// If netlink fails.
 pub async fn remove(netlink: &Netlink, owned: &Owned) -> Result<Vec<String>> {
+    remove_except(netlink, owned, &[], false).await
+}
+
+/// Removes what an earlier configuration's kernel path (`old`) left that
+/// the current one (`now`, its rules `wanted`) does not use: its rules,
+/// and its table's routes unless the table is still ours.
+///
+/// # Errors
+/// If netlink fails.
+pub async fn retire(
+    netlink: &Netlink,
+    old: &Owned,
+    now: &Owned,
+    wanted: &[Rule],
+) -> Result<Vec<String>> {
+    remove_except(netlink, old, wanted, old.table == now.table).await
+}
+
+async fn remove_except(
+    netlink: &Netlink,
+    owned: &Owned,
+    keep: &[Rule],
+    keep_table: bool,
+) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for v6 in [false, true] {
         for rule in netlink
             .rules(v6, owned.band())
             .await?
             .into_iter()
-            .filter(|r| r.iif == owned.lan)
+            .filter(|r| r.iif == owned.lan && !keep.contains(r))
         {
             netlink.delete_rule(&rule).await?;
             removed.push(format!(
@@ -196,9 +220,11 @@ pub async fn remove(netlink: &Netlink, owned: &Owned) -> Result<Vec<String>> {
                 rule.priority, rule.iif, rule.to, rule.to_len
             ));
         }
-        netlink.clear_default_route(owned.table, v6).await?;
+        if !keep_table {
+            netlink.clear_default_route(owned.table, v6).await?;
+        }
     }
-    if !removed.is_empty() {
+    if !removed.is_empty() && !keep_table {
         removed.push(format!("routes of table {}", owned.table));
     }
     Ok(removed)

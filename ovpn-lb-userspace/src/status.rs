@@ -36,9 +36,14 @@ pub struct State {
     /// Managed neighbour entries `run` made for TAP tunnels; `detach` removes them.
     #[serde(default)]
     pub neighbours: Vec<ManagedNeighbour>,
-    /// ovpn-lb's policy rules and table; `detach` removes them.
+    /// ovpn-lb's policy rules and table; `detach` removes them. Written
+    /// before they are made, so a crash in between leaves them on record.
     #[serde(default)]
     pub kernel_route: Option<crate::kernel_path::Owned>,
+    /// Rules and tables of an earlier configuration (another table, priority
+    /// or LAN) not yet removed: the next `run` removes them, or `detach`.
+    #[serde(default)]
+    pub retiring_kernel_routes: Vec<crate::kernel_path::Owned>,
     /// A bpffs `run` mounted itself; `detach` unmounts it, and no other.
     #[serde(default)]
     pub mounted_bpffs: Option<std::path::PathBuf>,

@@ -56,6 +56,8 @@ pub struct Tunnel {
     pub tracker: Tracker,
     /// ICMP echo to a plain peer's far end, while the device exists.
     pub pinger: Option<Arc<Pinger>>,
+    /// It had no socket to send its last probe by (said once, until it has).
+    pub probe_unsent: bool,
 }
 
 impl Tunnel {
@@ -70,6 +72,7 @@ impl Tunnel {
             health,
             tracker: Tracker::default(),
             pinger: None,
+            probe_unsent: false,
         }
     }
 

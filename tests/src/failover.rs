@@ -8,7 +8,6 @@ use std::{
     fmt::Write as _,
     fs,
     net::{IpAddr, SocketAddr},
-    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -18,6 +17,7 @@ use ovpn_lb::generate::ha::HaKind;
 use crate::{
     lab::{Gw, LAN_DEV, Lab, Side, host_addresses},
     netns,
+    ping::{Pings, ping_background_from},
     process::wait_until,
     traffic::{self, Transfer},
 };
@@ -222,24 +222,12 @@ impl Drop for Crossings {
 /// Ping streams at 100 per second, one per host-A address, to host B.
 pub struct Streams {
     pub flows: Vec<Flow>,
-    children: Vec<Child>,
+    pings: Vec<Pings>,
 }
 
-/// One stream's count: (sent, received, the sequence numbers lost).
+/// One stream's count: (sent, answered, the sequence numbers never
+/// answered, from 0).
 pub type Count = (u32, u32, Vec<u32>);
-
-/// Ping's output, every reply on a line of its own: (sent, received, the
-/// sequence numbers never answered).
-fn count(output: &str) -> Count {
-    let (sent, received) = traffic::ping_summary(output);
-    let answered: std::collections::BTreeSet<u32> = output
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.split("icmp_seq=").nth(1)?.split(' ').next()?.parse().ok())
-        .collect();
-    let lost = (1..=sent).filter(|s| !answered.contains(s)).collect();
-    (sent, received, lost)
-}
 
 /// `lost` as ranges of consecutive sequence numbers: "12-19 40".
 fn ranges(lost: &[u32]) -> String {
@@ -265,54 +253,41 @@ pub const PING_INTERVAL: Duration = Duration::from_millis(10);
 
 impl Streams {
     /// Starts `count` pings from every host-A address to host B's first.
-    ///
-    /// # Panics
-    /// If ping cannot start.
     #[must_use]
     pub fn start(lab: &Lab, count: u32) -> Self {
         let target = host_addresses(Side::B)[0].0.clone();
         let mut flows = Vec::new();
-        let mut children = Vec::new();
+        let mut pings = Vec::new();
         for (src, _) in host_addresses(Side::A) {
-            flows.push((
-                src.parse().expect("an address"),
-                target.parse().expect("an address"),
+            let src: IpAddr = src.parse().expect("an address");
+            flows.push((src, target.parse().expect("an address")));
+            pings.push(ping_background_from(
+                &lab.host(Side::A),
+                Some(src),
+                &target,
+                count,
+                "0.01",
             ));
-            children.push(
-                netns::command(&lab.host(Side::A), "ping")
-                    .args([
-                        "-n",
-                        "-D",
-                        "-W",
-                        "1",
-                        "-i",
-                        "0.01",
-                        "-c",
-                        &count.to_string(),
-                        "-I",
-                        &src,
-                        &target,
-                    ])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("ping"),
-            );
         }
-        Self { flows, children }
+        Self { flows, pings }
     }
 
-    /// Waits for every stream and counts it.
-    ///
-    /// # Panics
-    /// If a ping prints no summary.
+    /// Waits for every stream (replies up to `ping::GRACE` late count) and
+    /// counts it.
     #[must_use]
     pub fn finish(self) -> Vec<Count> {
-        self.children
+        self.pings
             .into_iter()
-            .map(|c| {
-                let out = c.wait_with_output().expect("ping");
-                count(&String::from_utf8_lossy(&out.stdout))
+            .map(|p| {
+                let answered = p.answered();
+                let lost: Vec<u32> = answered
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| !**a)
+                    .filter_map(|(i, _)| u32::try_from(i).ok())
+                    .collect();
+                let sent = u32::try_from(answered.len()).unwrap_or(u32::MAX);
+                (sent, sent - u32::try_from(lost.len()).unwrap_or(0), lost)
             })
             .collect()
     }
@@ -422,8 +397,8 @@ pub struct StreamOutcome {
     pub on_pair: bool,
     pub sent: u32,
     pub received: u32,
-    /// The sequence numbers never answered (ping sends one every 10 ms
-    /// from 1 on, the fault coming after about 1 s).
+    /// The sequence numbers never answered (one sent every 10 ms from 0
+    /// on, the fault coming after about 1 s).
     pub lost_seqs: Vec<u32>,
 }
 

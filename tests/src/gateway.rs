@@ -9,7 +9,6 @@ use std::{
     io::{Read as _, Write as _},
     net::Ipv4Addr,
     path::PathBuf,
-    process::Child,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -31,7 +30,8 @@ use crate::{
     bpffs,
     loader::{self, Loader, loader_bin},
     netns::{Netns, enter_named},
-    topology, traffic,
+    ping::{self, Pings},
+    topology,
     tun::Tun,
 };
 
@@ -385,11 +385,11 @@ impl GatewayLab {
         body
     }
 
-    /// Starts `ping` from the LAN host to the far host: `count` echoes at
-    /// `interval`. Returns the process to wait for.
+    /// Starts pinging the far host from the LAN host: `count` echoes at
+    /// `interval`. Returns the pings to wait for.
     #[must_use]
-    pub fn ping(&self, count: u32, interval: &str) -> Child {
-        traffic::ping_background(self.host.name(), FAR_HOST, count, interval)
+    pub fn ping(&self, count: u32, interval: &str) -> Pings {
+        ping::ping_background(self.host.name(), FAR_HOST, count, interval)
     }
 }
 

@@ -949,6 +949,12 @@ impl Lab {
             .flatten()
     }
 
+    /// Records the PID file of a process about to be started (a booted
+    /// machine), so that the lab's teardown kills it.
+    pub fn track(&mut self, pid_file: &Path) {
+        self.teardown.pid_file(pid_file);
+    }
+
     /// Starts `openvpn` with `extra` options, its PID file recorded first.
     pub fn start_tracked(&mut self, openvpn: &OpenVpn, extra: &[&str]) {
         self.teardown.pid_file(&openvpn.pid_file);

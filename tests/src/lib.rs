@@ -16,6 +16,8 @@
 //! - `numgen`: nftables `numgen` per-packet spraying, the kernel's own way;
 //! - `lab`: two sites joined by real OpenVPN tunnels; `gateway`: one gateway
 //!   with tun devices held by the test, for the loader's tests;
+//! - `machine`: booted systemd containers joined to a lab's namespaces, for
+//!   the package's test;
 //! - `traffic`: TCP, UDP, ping and captures between namespaces;
 //! - `packets` and `fixture`: packet builders and the `BPF_PROG_TEST_RUN`
 //!   harness.
@@ -32,10 +34,12 @@ pub mod gateway;
 pub mod keepalived;
 pub mod lab;
 pub mod loader;
+pub mod machine;
 pub mod netns;
 pub mod numgen;
 pub mod openvpn;
 pub mod packets;
+pub mod ping;
 pub mod process;
 pub mod teardown;
 pub mod topology;

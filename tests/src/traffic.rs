@@ -1,5 +1,5 @@
 //! Traffic between the lab's hosts: a TCP transfer whose SHA-256 is checked at
-//! both ends, a UDP echo exchange, pings, and a WAN capture.
+//! both ends, a UDP echo exchange, iperf3 and a WAN capture (pings: `ping`).
 
 use std::{
     fs,
@@ -204,63 +204,6 @@ pub fn udp_exchange(from: &str, to: &str, server: SocketAddr, count: usize) -> (
     });
     let peer = echo.join().unwrap().expect("the echo server heard nothing");
     (echoed, peer)
-}
-
-/// `ping` of `target` from namespace `ns`: `count` echoes `interval` apart.
-fn ping_command(ns: &str, target: &str, count: u32, interval: &str) -> Command {
-    let mut c = netns::command(ns, "ping");
-    c.args([
-        "-n",
-        "-q",
-        "-W",
-        "1",
-        "-i",
-        interval,
-        "-c",
-        &count.to_string(),
-        target,
-    ]);
-    c
-}
-
-/// `ping` from namespace `ns`: (transmitted, received).
-///
-/// # Panics
-/// If ping cannot run or prints no summary.
-#[must_use]
-pub fn ping(ns: &str, target: &str, count: u32, interval: &str) -> (u32, u32) {
-    let out = ping_command(ns, target, count, interval).output().unwrap();
-    ping_summary(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// Starts `ping` in the background; its summary is on stdout.
-///
-/// # Panics
-/// If ping cannot start.
-#[must_use]
-pub fn ping_background(ns: &str, target: &str, count: u32, interval: &str) -> std::process::Child {
-    ping_command(ns, target, count, interval)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// (transmitted, received) from ping's summary.
-///
-/// # Panics
-/// If there is no summary.
-#[must_use]
-pub fn ping_summary(output: &str) -> (u32, u32) {
-    let line = output
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in:\n{output}"));
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    (nums[0], nums[1])
 }
 
 /// An `iperf3` server for one test in namespace `ns`, given a moment to listen.

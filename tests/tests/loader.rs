@@ -18,7 +18,6 @@ use ovpn_lb_tests::{
     gateway::{GatewayLab, Responder, TUNNEL_COUNT, http_get, sample},
     process::run,
     root_alone,
-    traffic::ping_summary,
 };
 
 const SIGTERM: i32 = 15;
@@ -220,8 +219,7 @@ fn attach_then_detach_leaves_nothing() {
     assert!(table.contains("default dev ovt0"), "{table}");
     assert_eq!(lab.in_rotation(), [0, 1, 2]);
     // The foreign program hands packets on, so ours still sprays them.
-    let out = lab.ping(9, "0.01").wait_with_output().unwrap();
-    assert_eq!(ping_summary(&String::from_utf8_lossy(&out.stdout)), (9, 9));
+    assert_eq!(lab.ping(9, "0.01").wait(), (9, 9));
     let ours = pinned_links(&lab);
     assert_eq!(
         ours.len(),
@@ -316,8 +314,7 @@ fn restarts_lose_no_pings() {
         third.log_text()
     );
 
-    let out = ping.wait_with_output().unwrap();
-    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = ping.wait();
     assert_eq!((sent, received), (500, 500), "pings lost across restarts");
     // The exporter reads the same maps: with no traffic between, the values agree.
     let metrics = lab.scrape();
@@ -406,11 +403,8 @@ fn a_recreated_tunnel_device_is_picked_up() {
 
     // Traffic rides the new device both ways.
     let before = lab.tunnel_stats(1);
-    let out = lab.ping(30, "0.01").wait_with_output().unwrap();
-    assert_eq!(
-        ping_summary(&String::from_utf8_lossy(&out.stdout)),
-        (30, 30)
-    );
+    let pings = lab.ping(30, "0.01").wait();
+    assert_eq!(pings, (30, 30));
     // Packet spray: a share, not a third (the new device starts unmeasured);
     // every echo it carried came back by it.
     let after = lab.tunnel_stats(1);
@@ -516,11 +510,8 @@ fn a_missing_tunnel_device_is_a_warning_and_joins_when_it_appears() {
         tcx_programs_at(&lab, "ovt2", TcAttachType::Egress),
         ["tunnel_egress"]
     );
-    let out = lab.ping(30, "0.01").wait_with_output().unwrap();
-    assert_eq!(
-        ping_summary(&String::from_utf8_lossy(&out.stdout)),
-        (30, 30)
-    );
+    let pings = lab.ping(30, "0.01").wait();
+    assert_eq!(pings, (30, 30));
     lab.stop_and_detach(loader);
 }
 
@@ -786,4 +777,186 @@ fn a_plain_peer_is_probed_by_echo_and_leaves_when_the_echoes_stop() {
     nft(&["delete", "table", "inet", "mute"]);
     lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
     lab.stop_and_detach(loader);
+}
+
+/// Fills `iface`'s tcx ingress up to the kernel's limit of programs, each
+/// an instance of the benchmark's empty floor program, until one more is
+/// refused (ERANGE). They stay attached while the result lives.
+fn fill_tcx(lab: &GatewayLab, iface: &'static str) -> Vec<aya::Ebpf> {
+    let object = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bpfel-unknown-none/release/bench-floor");
+    lab.gw.enter(move || {
+        let mut attached = Vec::new();
+        loop {
+            let mut ebpf = aya::Ebpf::load_file(&object).unwrap_or_else(|e| {
+                panic!("{}: {e} (cargo xtask build makes it)", object.display())
+            });
+            let p: &mut SchedClassifier = ebpf
+                .program_mut("bench_floor")
+                .expect("the floor program")
+                .try_into()
+                .unwrap();
+            p.load().unwrap();
+            match p.attach(iface, TcAttachType::Ingress) {
+                Ok(_) => attached.push(ebpf),
+                Err(e) => {
+                    let full = format!("{e:?}").contains("Numerical result out of range");
+                    assert!(
+                        full && attached.len() > 8,
+                        "after {}: {e:?}",
+                        attached.len()
+                    );
+                    return attached;
+                }
+            }
+        }
+    })
+}
+
+/// ovpn-lb's policy rules (priorities 7599-7601 by default, or around
+/// `priority`), as `ip rule` lists them, both families.
+fn our_rules(lab: &GatewayLab, priority: u32) -> Vec<String> {
+    let band = [priority - 1, priority, priority + 1].map(|p| format!("{p}:"));
+    ["-4", "-6"]
+        .iter()
+        .flat_map(|family| {
+            run("ip", &["-n", lab.gw.name(), family, "rule", "show"])
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| band.iter().any(|b| l.starts_with(b.as_str())))
+        .collect()
+}
+
+/// IPv4 routes in table `table` of the gateway (its LAN is IPv4 only).
+fn table_routes(lab: &GatewayLab, table: u32) -> String {
+    let table = table.to_string();
+    run(
+        "ip",
+        &["-n", lab.gw.name(), "-4", "route", "show", "table", &table],
+    )
+}
+
+#[test]
+fn a_start_that_fails_leaves_nothing_behind() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(500);
+    // A LAN whose tcx ingress is full: the LAN program, attached last,
+    // is refused, after the kernel path's rules and the tunnels' programs.
+    let foreign = fill_tcx(&lab, "lan0");
+    let config = lab.config.display().to_string();
+    let out = lab.ovpn_lb(&["run", "--config", &config]);
+    let said = ovpn_lb_tests::process::all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("attaching lan_ingress to lan0") && said.contains("nothing it made is left"),
+        "{said}"
+    );
+    assert!(
+        said.contains("removed rule priority 7600 iif lan0"),
+        "{said}"
+    );
+    assert_eq!(our_rules(&lab, 7600), Vec::<String>::new(), "{said}");
+    assert_eq!(table_routes(&lab, 7600), "");
+    let layout = lab.scratch.layout();
+    assert!(!layout.pin_root.exists(), "pins left: {said}");
+    assert!(!layout.state_file().exists());
+    for dev in ["ovt0", "ovt1", "ovt2"] {
+        assert!(tcx_programs(&lab, dev).is_empty(), "{dev}: {said}");
+    }
+    // Room again: the next start attaches.
+    drop(foreign);
+    let loader = lab.start_loader(&[]);
+    assert_eq!(our_rules(&lab, 7600).len(), 2, "{}", rules(&lab));
+    lab.stop_and_detach(loader);
+}
+
+#[test]
+fn a_changed_kernel_route_takes_the_old_rules_and_routes_away() {
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(500);
+    assert_eq!(our_rules(&lab, 7600).len(), 2, "{}", rules(&lab));
+    assert_ne!(table_routes(&lab, 7600), "");
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    let mut file = ovpn_lb::config::file::parse(&text).unwrap();
+    file.kernel_route.table = 7700;
+    file.kernel_route.priority = 7700;
+    std::fs::write(&lab.config, file.to_toml().unwrap()).unwrap();
+    let loader = lab.start_loader(&[]);
+    let log = loader.log_text();
+    assert_eq!(our_rules(&lab, 7600), Vec::<String>::new(), "{log}");
+    assert_eq!(table_routes(&lab, 7600), "", "{log}");
+    assert!(log.contains("(an earlier kernel_route)"), "{log}");
+    assert_eq!(our_rules(&lab, 7700).len(), 2, "{}", rules(&lab));
+    assert_ne!(table_routes(&lab, 7700), "");
+    lab.stop_and_detach(loader);
+    assert_eq!(our_rules(&lab, 7700), Vec::<String>::new());
+    assert_eq!(table_routes(&lab, 7700), "");
+}
+
+#[test]
+fn without_cap_net_raw_a_probing_loader_refuses_to_start() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(500);
+    let site = lab.site();
+    let layout = lab.scratch.layout();
+    // As a unit without CAP_NET_RAW in its bounding set would run it.
+    let out = ovpn_lb_tests::netns::command(lab.gw.name(), "timeout")
+        .args(["20", "setpriv", "--bounding-set", "-net_raw"])
+        .arg(&site.bin)
+        .arg("--pin-root")
+        .arg(&layout.pin_root)
+        .arg("--run-dir")
+        .arg(&layout.run_dir)
+        .arg("run")
+        .arg("--config")
+        .arg(&lab.config)
+        .output()
+        .unwrap();
+    let said = ovpn_lb_tests::process::all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("cannot open the probe sender")
+            && said.contains("CAP_NET_RAW")
+            && said.contains("probe_interval_ms = 0"),
+        "{said}"
+    );
+    assert_eq!(our_rules(&lab, 7600), Vec::<String>::new(), "{said}");
+    assert!(tcx_programs(&lab, "lan0").is_empty(), "{said}");
+}
+
+#[test]
+fn packet_spray_refuses_a_multi_queue_tun() {
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = GatewayLab::new(500);
+    // Tunnel 1's device goes with its responder, and comes back as a
+    // multi-queue tun: the ring accounting follows one ring per device.
+    lab.responders[1] = None;
+    let _queue = lab
+        .gw
+        .enter(|| ovpn_lb_tests::tun::open_multi_queue("ovt1"))
+        .unwrap();
+    let config = lab.config.display().to_string();
+    let out = lab.ovpn_lb(&["check", "--config", &config]);
+    let said = ovpn_lb_tests::process::all_output(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(
+            "tunnel[1].device = \"ovt1\" is a multi-queue tun device (one ring per queue): spray = \"packet\" cannot see its queue"
+        ),
+        "{said}"
+    );
+    // The same device under round robin, which reads no ring, is fine.
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    let mut file = ovpn_lb::config::file::parse(&text).unwrap();
+    file.spray = ovpn_lb::config::file::Spray::RoundRobin;
+    std::fs::write(&lab.config, file.to_toml().unwrap()).unwrap();
+    let out = lab.ovpn_lb(&["check", "--config", &config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        ovpn_lb_tests::process::all_output(&out)
+    );
 }

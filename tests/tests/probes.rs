@@ -21,9 +21,10 @@ use ovpn_lb_tests::{
     lab::{HOST_A, HOST_B, Lab, Options, Side},
     loader::loader_bin,
     netns::enter_named,
+    ping::ping_background,
     process::wait_gone,
     root_alone,
-    traffic::{Capture, ping_background, ping_summary, tcp_transfer},
+    traffic::{Capture, tcp_transfer},
 };
 
 fn lab(options: Options) -> Lab {
@@ -142,8 +143,7 @@ fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
         t.received_sha256, t.sent_sha256,
         "transfer across the failure"
     );
-    let out = pings.wait_with_output().unwrap();
-    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = pings.wait();
     eprintln!(
         "pings B -> A at 100/s across the failure: {} of {sent} lost",
         sent - received

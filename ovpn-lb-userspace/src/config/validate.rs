@@ -99,6 +99,11 @@ impl Validator<'_> {
         }
         let requested = self.requested_hook(file.hook.as_deref(), file.mode.as_deref());
         let hook = requested.and_then(|r| self.hook(r, &file.lan.interface, &tunnels));
+        if file.spray == file::Spray::Packet
+            && hook.as_ref().is_some_and(|h| h.hook == super::Hook::Tc)
+        {
+            self.rings(&tunnels);
+        }
         let metrics_listen = if let Ok(a) = file.metrics.listen.parse::<SocketAddr>() {
             Some(a)
         } else {
@@ -277,6 +282,25 @@ impl Validator<'_> {
             (Some(found), TunnelKind::Tap) => self.errors.push(format!(
                 "{field}.device = \"{device}\" is not an Ethernet (TAP) device ({found}): kind = \"tap\" needs the device OpenVPN creates with `dev tap`"
             )),
+        }
+    }
+
+    /// Packet spray under tc places packets by each tunnel's ring, which its
+    /// accounting follows only on single-queue tun and TAP devices of the
+    /// tun driver: another device would look idle for ever and take every
+    /// packet. One that does not exist yet is checked when it appears.
+    fn rings(&mut self, tunnels: &[TunnelSpec]) {
+        for (k, t) in tunnels.iter().enumerate() {
+            let why = self
+                .facts
+                .link(&t.device)
+                .and_then(|l| l.driver.why_no_ring());
+            if let Some(why) = why {
+                self.errors.push(format!(
+                    "tunnel[{k}].device = \"{}\" is {why}: spray = \"packet\" cannot see its queue; use the device OpenVPN makes without offload, or spray = \"round-robin\"",
+                    t.device
+                ));
+            }
         }
     }
 
@@ -674,7 +698,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         config::{Hook, parse},
-        netlink::LinkFacts,
+        netlink::{Driver, LinkFacts},
     };
 
     const ALL_XDP: u64 = netdev::BASIC | netdev::REDIRECT | netdev::NDO_XMIT;
@@ -688,6 +712,12 @@ pub(crate) mod tests {
             mac: [2, 0, 0, 0, 0, u8::try_from(ifindex).unwrap()],
             up: true,
             xdp_prog_id: 0,
+            // The made-up tunnels are the tun driver's.
+            driver: if name.starts_with("tun") || name.starts_with("tap") {
+                Driver::Tun { multi_queue: false }
+            } else {
+                Driver::Unknown
+            },
         }
     }
 
@@ -912,6 +942,43 @@ translate = ["100.64.0.0/24"]
             ),
         ] {
             expect_error(&text, needle);
+        }
+    }
+
+    #[test]
+    fn packet_spray_refuses_devices_whose_ring_it_cannot_follow() {
+        let text = GOOD.replace("spray = \"flow\"", "spray = \"packet\"");
+        assert!(parse(&text, &fake()).is_ok(), "{:?}", errors(&text));
+        for (driver, says) in [
+            (
+                Driver::Other("ovpn-dco".into()),
+                "OpenVPN data-channel offload device (ovpn-dco), with no tun ring; add `disable-dco`",
+            ),
+            (
+                Driver::Tun { multi_queue: true },
+                "a multi-queue tun device",
+            ),
+            (
+                Driver::Other("wireguard".into()),
+                "a wireguard device, not one of the tun driver",
+            ),
+        ] {
+            let mut facts = fake();
+            facts.links[1].driver = driver.clone();
+            let e = match parse(&text, &facts) {
+                Ok(_) => panic!("{driver:?} accepted"),
+                Err(e) => e.0,
+            };
+            assert!(
+                e.iter()
+                    .any(|e| e.starts_with("tunnel[0].device = \"tun0\" is ")
+                        && e.contains(says)
+                        && e.contains("spray = \"round-robin\"")),
+                "{e:?}"
+            );
+            // Round robin does not read the rings.
+            let rr = text.replace("spray = \"packet\"", "spray = \"round-robin\"");
+            assert!(parse(&rr, &facts).is_ok(), "{driver:?} under round robin");
         }
     }
 

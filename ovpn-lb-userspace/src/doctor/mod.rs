@@ -15,7 +15,7 @@ use crate::{
     facts::Facts,
     netlink::{Forwarding, Netlink},
     pins::Layout,
-    status::State,
+    status::{Counters, State},
 };
 
 /// How bad a finding is.
@@ -165,7 +165,7 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
     kernel_path(&mut f, &config, &facts, &netlink).await;
     management(&mut f, &config, layout).await;
     probes(&mut f, layout);
-    spray(&mut f, &config, layout);
+    spray(&mut f, &config, layout).await;
     if let Some(spec) = &config.announce {
         announce::markers(&mut f, &config, spec, layout, &netlink).await;
         announce::reader(&mut f, &config);
@@ -480,9 +480,84 @@ fn probes(f: &mut Findings, layout: &Layout) {
     }
 }
 
+/// How long doctor watches the rings: the probes alone put a few packets
+/// through every tunnel in that time.
+const RING_WATCH: Duration = Duration::from_secs(1);
+
+/// Whether tunnel `k`'s ring accounting counted reads between two readings
+/// of the counters: `None` when nothing went into the tunnel meanwhile (no
+/// evidence either way), `Some(false)` when packets went in (sprayed, or
+/// queued) and no read came out.
+fn ring_reads_counted(before: &Counters, after: &Counters, k: usize) -> Option<bool> {
+    let (b, a) = (before.queues.get(k)?, after.queues.get(k)?);
+    let sprayed = after.tunnels.get(k)?.tx_packets > before.tunnels.get(k)?.tx_packets;
+    let queued = a.enq_packets > b.enq_packets;
+    (sprayed || queued).then_some(a.deq_packets > b.deq_packets)
+}
+
+/// The ring accounting is running (its links are pinned) and counts: the
+/// tunnels that had traffic in the last [`RING_WATCH`] had reads counted.
+async fn rings_count(f: &mut Findings, layout: &Layout, state: &State) {
+    let accounted = programs::TRACING
+        .iter()
+        .all(|&(name, _)| layout.tracing_link(name).exists());
+    if !accounted {
+        f.add(
+            "spray",
+            Severity::Warning,
+            "packet spray runs as round robin: the tunnels' rings cannot be accounted on this kernel",
+            "the loader's log says why (a kernel without BTF, or /proc/kallsyms hidden from it)",
+        );
+        return;
+    }
+    let n = u32::try_from(state.tunnels.len()).unwrap_or(0);
+    let Ok(before) = Counters::read(layout, n) else {
+        return;
+    };
+    tokio::time::sleep(RING_WATCH).await;
+    let Ok(after) = Counters::read(layout, n) else {
+        return;
+    };
+    let (mut counted, mut uncounted) = (Vec::new(), Vec::new());
+    for (k, t) in state.tunnels.iter().enumerate() {
+        match ring_reads_counted(&before, &after, k) {
+            Some(true) => counted.push(t.device.as_str()),
+            Some(false) => uncounted.push(t.device.as_str()),
+            None => {}
+        }
+    }
+    if !uncounted.is_empty() {
+        f.add(
+            "spray",
+            Severity::Problem,
+            format!(
+                "packet spray's ring accounting counted no read on {} in the last {} s, though packets went in: its figures are wrong, and packet spray misplaces packets",
+                uncounted.join(", "),
+                RING_WATCH.as_secs()
+            ),
+            "restart the loader (systemctl restart ovpn-lb) and look at its log; if it persists, spray = \"round-robin\"",
+        );
+    } else if counted.is_empty() {
+        f.add(
+            "spray",
+            Severity::Warning,
+            format!("no tunnel carried anything in the last {} s: whether packet spray's ring accounting counts is unknown", RING_WATCH.as_secs()),
+            "run doctor again with traffic (or with probes on)",
+        );
+    } else {
+        f.ok(
+            "spray",
+            format!(
+                "packet spray sees every tunnel's ring: reads counted on {}",
+                counted.join(", ")
+            ),
+        );
+    }
+}
+
 /// Packet spray places packets well only with its ring accounting running
-/// and the LAN handing it single segments.
-fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
+/// and counting, and the LAN handing it single segments.
+async fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
     if config.spray != Spray::Packet {
         return;
     }
@@ -494,20 +569,8 @@ fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
             "packet spray under the XDP hook is round robin: XDP frames pass the TAP devices' rings, where the accounting cannot see them",
             "hook = \"tc\" to place each packet by the tunnels' queues",
         );
-    } else if State::read(layout).is_ok_and(|s| s.loader_alive()) {
-        let accounted = programs::TRACING
-            .iter()
-            .all(|&(name, _)| layout.tracing_link(name).exists());
-        if accounted {
-            f.ok("spray", "packet spray sees every tunnel's ring");
-        } else {
-            f.add(
-                "spray",
-                Severity::Warning,
-                "packet spray runs as round robin: the tunnels' rings cannot be accounted on this kernel",
-                "the loader's log says why (a kernel without BTF, or /proc/kallsyms hidden from it)",
-            );
-        }
+    } else if let Some(state) = running_loader(layout) {
+        rings_count(f, layout, &state).await;
     }
     if crate::facts::gro_enabled(lan).unwrap_or(false) {
         f.add(
@@ -526,7 +589,7 @@ fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
                 "{} tunnels share {cores} CPU cores: OpenVPN processes that wait for a core drain their queues in bursts, which packet spray cannot foresee",
                 config.tunnels.len()
             ),
-            "no more tunnels than cores; or try spray = \"round-robin\" and compare (the README's benchmarks show both)",
+            "no more tunnels than cores; or try spray = \"round-robin\" and compare (docs/benchmarks.md shows both)",
         );
     }
 }
@@ -542,6 +605,39 @@ mod tests {
         let ours = ["192.168.10.1".parse().unwrap()];
         assert_eq!(lan_host(net, &ours), Some("192.168.10.2".parse().unwrap()));
         assert_eq!(lan_host(net, &[]), Some("192.168.10.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ring_reads_count_only_when_packets_went_in() {
+        use ovpn_lb_common::{TunnelStats, queue::TunnelQueue};
+        let counters = |tx: u64, enq: u64, deq: u64| Counters {
+            tunnels: vec![TunnelStats {
+                tx_packets: tx,
+                ..TunnelStats::default()
+            }],
+            reasons: Vec::new(),
+            queues: vec![TunnelQueue {
+                enq_packets: enq,
+                deq_packets: deq,
+                ..TunnelQueue::default()
+            }],
+        };
+        let before = counters(10, 12, 12);
+        assert_eq!(ring_reads_counted(&before, &counters(10, 12, 12), 0), None);
+        assert_eq!(
+            ring_reads_counted(&before, &counters(20, 22, 22), 0),
+            Some(true)
+        );
+        // Sprayed, but neither queue nor read counted; or queued, never read.
+        assert_eq!(
+            ring_reads_counted(&before, &counters(20, 12, 12), 0),
+            Some(false)
+        );
+        assert_eq!(
+            ring_reads_counted(&before, &counters(10, 15, 12), 0),
+            Some(false)
+        );
+        assert_eq!(ring_reads_counted(&before, &counters(10, 12, 12), 1), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::{
     config::{self, Spray},
     facts::Facts,
     generate::ha::HaKind,
-    netlink::{LinkFacts, LinkKind, netdev},
+    netlink::{Driver, LinkFacts, LinkKind, netdev},
 };
 
 fn request() -> Request {
@@ -190,6 +190,7 @@ fn facts(plan: &Plan, side: Side, kind: LinkKind) -> Facts {
         mac: [2, 0, 0, 0, 0, 2],
         up: true,
         xdp_prog_id: 0,
+        driver: Driver::Unknown,
     }];
     for (i, t) in plan.tunnels.iter().enumerate() {
         let ifindex = 10 + u32::try_from(i).unwrap();
@@ -201,6 +202,7 @@ fn facts(plan: &Plan, side: Side, kind: LinkKind) -> Facts {
             mac: [0; 6],
             up: true,
             xdp_prog_id: 0,
+            driver: Driver::Tun { multi_queue: false },
         });
     }
     let xdp_features: HashMap<u32, u64> = links
@@ -315,6 +317,7 @@ fn openvpn_configs_pin_the_other_gateways_certificate() {
                 "sndbuf 4194304".to_owned(),
                 "rcvbuf 4194304".to_owned(),
                 "txqueuelen 1000".to_owned(),
+                "disable-dco".to_owned(),
             ] {
                 assert!(
                     has(&line),
@@ -368,7 +371,8 @@ fn roots_and_the_management_password_follow_into_every_file() {
             "ExecStart=/usr/sbin/ovpn-lb run --config /srv/a/etc/ovpn-lb/ovpn-lb.toml",
             "Wants=network-online.target openvpn@tun0.service openvpn@tun1.service openvpn@tun2.service openvpn@tun3.service",
             "Restart=on-failure",
-            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN",
+            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_RAW CAP_SYSLOG",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET",
             "ReadWritePaths=/sys/fs/bpf -/srv/a/run/openvpn",
         ],
     );

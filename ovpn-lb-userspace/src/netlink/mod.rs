@@ -21,7 +21,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc;
 
-pub use link::{LinkFacts, LinkKind};
+pub use link::{Driver, LinkFacts, LinkKind};
 pub use neighbour::Neighbour;
 pub use route::{Forwarding, KernelRoute, MarkerRoute, RouteTarget, Rule, RuleAction};
 

@@ -135,7 +135,9 @@ fn default_route(table: u32, v6: bool, target: Option<RouteTarget>) -> RouteMess
                 (IpAddr::V6(a), false) => RouteAttribute::Via(RouteVia::Inet6(a)),
             });
         }
-        None => {}
+        // A deletion: any scope matches (the kernel compares the scope
+        // unless it is "nowhere"; a device route has scope link).
+        None => m.header.scope = RouteScope::NoWhere,
     }
     m
 }

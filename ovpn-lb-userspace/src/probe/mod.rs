@@ -143,6 +143,17 @@ impl Tracker {
         self.started_ns.is_some()
     }
 
+    /// A round at `now` in which no probe could be sent at all (no socket
+    /// to send it with): nothing is counted as sent, and the silence so far
+    /// proves nothing, so the verdict waits for `misses` intervals of probes
+    /// that do leave. (A probe the kernel refused on its way into the
+    /// tunnel, a firewall or a full queue, is sent and lost: the tunnel's
+    /// path lost it.)
+    pub fn unsendable(&mut self, now: u64) {
+        self.started_ns = Some(now);
+        self.answered_at_ns = None;
+    }
+
     /// The next probe's sequence number, noted as sent at `now`.
     pub fn send(&mut self, now: u64) -> u32 {
         let seq = self.next_seq;
@@ -223,23 +234,50 @@ impl Tracker {
     }
 
     /// `Some(alive)` once the tunnel has had its chance to answer; `None`
-    /// while not probing, or within the first `misses` intervals.
+    /// while not probing, within the first `misses` intervals, and while
+    /// this loader itself has not probed on time (see [`Self::silence_from`]).
     #[must_use]
     pub fn alive(&self, now: u64, settings: &Settings) -> Option<bool> {
-        let window = u64::try_from(settings.silence().as_nanos()).unwrap_or(u64::MAX);
-        let started = self.started_ns?;
+        let window = nanos(settings.silence());
+        let from = self.silence_from(settings)?;
+        if self
+            .history
+            .back()
+            .is_some_and(|&(_, sent, _, _)| now > sent + stall(settings))
+        {
+            return None;
+        }
         match self.answered_at_ns {
-            Some(t) => Some(now <= t + window),
-            None if now > started + window => Some(false),
-            None => None,
+            Some(t) if t >= from => Some(now <= t + window),
+            _ if now > from + window => Some(false),
+            _ if self.answered_at_ns.is_some() => Some(true),
+            _ => None,
         }
     }
 
     /// When `alive` will turn false if nothing is heard, for the timer.
     #[must_use]
     pub fn deadline(&self, settings: &Settings) -> Option<u64> {
-        let window = u64::try_from(settings.silence().as_nanos()).unwrap_or(u64::MAX);
-        Some(self.answered_at_ns.or(self.started_ns)? + window + 1)
+        Some(self.silence_from(settings)? + nanos(settings.silence()) + 1)
+    }
+
+    /// Since when silence counts against the tunnel: the newest answer's
+    /// arrival (or the start), unless this loader stopped probing for a
+    /// while since then (stopped by a signal, starved of CPU on a busy
+    /// machine): then from its first probe after that pause. Silence nobody
+    /// asked to break says nothing about a path, and taking every tunnel
+    /// out at once for the loader's own pause would be an outage.
+    fn silence_from(&self, settings: &Settings) -> Option<u64> {
+        let mut from = self.answered_at_ns.or(self.started_ns)?;
+        let stall = stall(settings);
+        let mut previous: Option<u64> = None;
+        for &(_, sent, _, _) in &self.history {
+            if previous.is_some_and(|p| sent > from && sent - p > stall) {
+                from = sent;
+            }
+            previous = Some(sent);
+        }
+        Some(from)
     }
 
     /// Unanswered share of the recent probes whose answers are overdue
@@ -304,6 +342,17 @@ pub fn path_delays(offsets: &[Option<i64>]) -> Vec<u32> {
         .collect()
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A gap between two probes of one tunnel longer than this is a pause of
+/// the loader's, not of the path's: the silence window, and at least two
+/// intervals (one missed round is no pause).
+fn stall(settings: &Settings) -> u64 {
+    nanos(settings.silence()).max(nanos(settings.interval * 2))
+}
+
 /// `CLOCK_MONOTONIC` now, ns: the clock of `bpf_ktime_get_ns`.
 #[must_use]
 pub fn now_ns() -> u64 {
@@ -318,6 +367,31 @@ pub fn now_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn probes_that_cannot_be_sent_neither_count_nor_kill_the_tunnel() {
+        let settings = Settings {
+            interval: Duration::from_millis(100),
+            misses: 3,
+        };
+        let mut t = Tracker::default();
+        t.start(0);
+        for round in 1..=20 {
+            t.unsendable(round * 100 * MS);
+        }
+        assert_eq!(t.sent, 0, "nothing left, nothing counted");
+        assert_eq!(
+            t.alive(2_000 * MS, &settings),
+            None,
+            "no verdict without probes"
+        );
+        // Probes that leave and go unanswered do kill it, `misses` intervals on.
+        for round in 21..=24 {
+            t.send(round * 100 * MS);
+        }
+        assert_eq!(t.sent, 4);
+        assert_eq!(t.alive(2_400 * MS, &settings), Some(false));
+    }
+
     #[test]
     fn probes_queued_behind_traffic_are_no_path_samples() {
         let mut t = Tracker::default();
@@ -435,11 +509,39 @@ mod tests {
     fn never_answered_is_dead_after_its_chance() {
         let mut t = Tracker::default();
         t.start(0);
-        t.send(0);
+        for at in [0, 100, 200] {
+            t.send(at * MS);
+        }
         assert_eq!(t.alive(275 * MS, &S), None);
         assert_eq!(t.alive(276 * MS, &S), Some(false));
         t.stop();
         assert_eq!(t.alive(400 * MS, &S), None);
+    }
+
+    #[test]
+    fn a_pause_of_the_loader_is_no_silence_of_the_path() {
+        let mut t = Tracker::default();
+        t.start(0);
+        let seq = t.send(100 * MS);
+        assert!(t.answer(seq, 100 * MS, 0, 101 * MS));
+        // The loader stops at 150 ms (SIGSTOP, no CPU) and runs again at
+        // 2 s: before it probes, no verdict; once it has, a full window.
+        assert_eq!(t.alive(2_000 * MS, &S), None);
+        t.send(2_000 * MS);
+        assert_eq!(t.alive(2_000 * MS, &S), Some(true));
+        assert_eq!(t.deadline(&S), Some(2_275 * MS + 1));
+        t.send(2_100 * MS);
+        t.send(2_200 * MS);
+        assert_eq!(t.alive(2_275 * MS, &S), Some(true));
+        // Still no answer a window after it resumed: that is the path.
+        assert_eq!(t.alive(2_275 * MS + 1, &S), Some(false));
+        // A single missed round is no pause: detection is not delayed.
+        let mut t = Tracker::default();
+        t.start(0);
+        let seq = t.send(100 * MS);
+        assert!(t.answer(seq, 100 * MS, 0, 101 * MS));
+        t.send(300 * MS);
+        assert_eq!(t.alive(376 * MS + 1, &S), Some(false));
     }
 
     #[test]

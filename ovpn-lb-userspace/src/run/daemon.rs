@@ -62,6 +62,11 @@ pub struct Io {
     pub mounted_bpffs: Option<PathBuf>,
     /// Where the plain peers' pingers report echo replies.
     pub echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
+    /// Writes the reflected probes; opened before anything was made, as a
+    /// probe sender that cannot open must stop the start.
+    pub sender: Option<Sender>,
+    /// What the previous `run` left on record: this one takes it over.
+    pub previous: Option<State>,
 }
 
 pub struct Daemon {
@@ -79,6 +84,8 @@ pub struct Daemon {
     /// restore may then forward straight to the LAN while it can transmit.
     lan_features_followed: bool,
     kernel: Owned,
+    /// Earlier configurations' kernel paths still to remove.
+    retiring: Vec<Owned>,
     routes: Option<(Option<RouteTarget>, Option<RouteTarget>)>,
     /// The live schedule's weights and path delays.
     published: Option<(Vec<u32>, Vec<u32>)>,
@@ -143,6 +150,8 @@ impl Daemon {
             views,
             mounted_bpffs,
             echo_tx,
+            sender,
+            previous,
         } = io;
         let probe = config.probe;
         let tunnels = std::mem::take(&mut config.tunnels)
@@ -155,6 +164,11 @@ impl Daemon {
             .announce
             .clone()
             .map(|spec| Announcement::new(spec, &config.remote, &layout.run_dir));
+        let previous = previous.unwrap_or_default();
+        let mut retiring = previous.retiring_kernel_routes;
+        retiring.extend(previous.kernel_route);
+        retiring.retain(|old| old != &kernel);
+        retiring.dedup();
         Self {
             config,
             config_path: config_path.to_path_buf(),
@@ -166,12 +180,14 @@ impl Daemon {
             site: SiteConfig::default(),
             lan_features_followed: false,
             kernel,
+            retiring,
             routes: None,
             published: None,
             rings: false,
             views,
-            neighbours: Vec::new(),
-            mounted_bpffs,
+            // Kept on record until `detach`, whatever this configuration says.
+            neighbours: previous.neighbours,
+            mounted_bpffs: mounted_bpffs.or(previous.mounted_bpffs),
             dirty: BTreeSet::new(),
             failed: BTreeSet::new(),
             retry_at: None,
@@ -179,7 +195,7 @@ impl Daemon {
             written: None,
             written_at: Instant::now(),
             probe,
-            sender: None,
+            sender,
             peer: PeerView::default(),
             announced: None,
             next_probe: Instant::now(),
@@ -196,10 +212,12 @@ impl Daemon {
         &self.tunnels
     }
 
-    /// Writes the site and prefixes, takes every tunnel's device and far end
-    /// from the kernel, installs the kernel path, attaches, admits what is
-    /// healthy and publishes. Nothing here drops traffic on a restart: a
-    /// tunnel's entry keeps its far end's MAC while the device is the same.
+    /// Writes the site and prefixes, installs the kernel path (on record in
+    /// the state file first), takes every tunnel's device and far end from
+    /// the kernel and attaches to it, admits what is healthy, publishes, and
+    /// attaches the LAN program last. Nothing here drops traffic on a
+    /// restart: a tunnel's entry keeps its far end's MAC while the device is
+    /// the same.
     ///
     /// # Errors
     /// If the datapath cannot be configured or the LAN program attached.
@@ -222,26 +240,21 @@ impl Daemon {
             &crate::config::translation_entries(&specs),
         )?;
         let wanted = kernel_path::rules(&self.config);
-        kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
-        if self
-            .tunnels
-            .iter()
-            .any(|t| t.spec.probing == Probing::Reflected)
-        {
-            match Sender::open() {
-                Ok(sender) => self.sender = Some(sender),
-                Err(e) => log::warn!("cannot send probes ({e}): tunnels are not probed"),
+        // On record before it is made: a crash or a failure from here on
+        // leaves nothing the next `run` or `detach` does not know of.
+        self.record()?;
+        while let Some(old) = self.retiring.first().cloned() {
+            for line in kernel_path::retire(&self.netlink, &old, &self.kernel, &wanted)
+                .await
+                .context("removing an earlier configuration's policy rules")?
+            {
+                log::info!("removed {line} (an earlier kernel_route)");
             }
+            self.retiring.remove(0);
+            self.record()?;
         }
+        kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
 
-        let lan = self.config.lan.interface.clone();
-        self.report_foreign(&lan, facts);
-        for (a, how) in self
-            .datapath
-            .attach(&self.layout, &lan, &attach::lan(self.config.hook))?
-        {
-            report(&a, &lan, how);
-        }
         self.rings = self.account_rings();
         for k in 0..self.tunnels.len() {
             let link = facts.link(&self.tunnels[k].spec.device).cloned();
@@ -277,6 +290,16 @@ impl Daemon {
             }
         }
         self.publish().await;
+        // The LAN program last, onto maps that hold everything it reads: a
+        // takeover of another build's maps sprays from its first packet.
+        let lan = self.config.lan.interface.clone();
+        self.report_foreign(&lan, facts);
+        for (a, how) in self
+            .datapath
+            .attach(&self.layout, &lan, &attach::lan(self.config.hook))?
+        {
+            report(&a, &lan, how);
+        }
         Ok(())
     }
 
@@ -345,8 +368,20 @@ impl Daemon {
                     l.kind,
                     self.tunnels[k].spec.kind.name()
                 );
+                return false;
             }
-            fits
+            // Packet spray would see an unfollowed queue as idle for ever.
+            if self.rings
+                && let Some(why) = l.driver.why_no_ring()
+            {
+                log::warn!(
+                    "{}: {} is {why}: packet spray cannot see its queue; left out of the rotation",
+                    self.tunnels[k].label(),
+                    l.name
+                );
+                return false;
+            }
+            true
         });
         let old_ifindex = self.tunnels[k].ifindex();
         let new_ifindex = link.as_ref().map_or(0, |l| l.ifindex);
@@ -459,7 +494,8 @@ impl Daemon {
         }
     }
 
-    /// Sends one probe into every probed tunnel.
+    /// Sends one probe into every probed tunnel. A tunnel with no socket to
+    /// send its probe by has none counted: no probe left, none was lost.
     fn probe_round(&mut self) {
         let view = self.local_view();
         for t in &mut self.tunnels {
@@ -468,28 +504,42 @@ impl Daemon {
             }
             // The send time is in the probe and in the tracker: one reading.
             let at = now_ns();
+            let sendable = match t.spec.probing {
+                Probing::Reflected => self.sender.is_some(),
+                Probing::Echo(_) => t.pinger.is_some(),
+                Probing::Off => false,
+            };
+            if !sendable {
+                t.tracker.unsendable(at);
+                if !std::mem::replace(&mut t.probe_unsent, true) {
+                    log::warn!(
+                        "{}: no socket to send its probes by; none is counted until one is",
+                        t.label()
+                    );
+                }
+                continue;
+            }
+            if std::mem::take(&mut t.probe_unsent) {
+                log::info!("{}: probes are sent again", t.label());
+            }
+            // Behind traffic, a probe measures that wait, not the path (read
+            // before the probe itself joins the ring).
+            let behind = self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at));
             let seq = t.tracker.send(at);
-            // Behind traffic, a probe measures that wait, not the path.
-            if self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at)) {
+            if behind {
                 t.tracker.queued_behind_traffic();
             }
-            let sent = match t.spec.probing {
-                Probing::Reflected => match &self.sender {
-                    Some(sender) => {
-                        let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
-                        let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
-                        sender.send(t.ifindex(), peer_mac, &Payload::probe(id, seq, at, view))
-                    }
-                    None => Ok(()),
-                },
-                Probing::Echo(_) => match &t.pinger {
-                    Some(p) => p.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
-                    None => Ok(()),
-                },
-                Probing::Off => Ok(()),
+            let sent = match (t.spec.probing, &self.sender, &t.pinger) {
+                (Probing::Reflected, Some(sender), _) => {
+                    let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
+                    let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
+                    sender.send(t.ifindex(), peer_mac, &Payload::probe(id, seq, at, view))
+                }
+                (Probing::Echo(_), _, Some(p)) => p.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
+                _ => Ok(()),
             };
-            // A full queue or a vanishing device: the probe counts as sent
-            // and unanswered, which is what it is.
+            // Refused on its way into the tunnel (a firewall, a full queue, a
+            // vanishing device): sent and unanswered, which is what it is.
             if let Err(e) = sent {
                 log::debug!("{}: probe not sent: {e}", t.label());
             }
@@ -611,13 +661,21 @@ impl Daemon {
     /// the far end some other way.
     async fn manage_neighbour(&mut self, k: usize, ifindex: u32, addr: std::net::IpAddr) {
         let device = self.tunnels[k].spec.device.clone();
-        match self.netlink.manage_neighbour(ifindex, addr).await {
-            Ok(true) => {
-                let n = ManagedNeighbour { device, addr };
-                if !self.neighbours.contains(&n) {
-                    self.neighbours.push(n);
-                }
+        let n = ManagedNeighbour { device, addr };
+        let recorded = self.neighbours.contains(&n);
+        if !recorded {
+            // On record first (`detach` leaves a permanent entry alone).
+            self.neighbours.push(n.clone());
+            if let Err(e) = self.record() {
+                log::warn!("{}: {}", self.tunnels[k].label(), short(&e));
             }
+        }
+        let made = self.netlink.manage_neighbour(ifindex, addr).await;
+        if !recorded && !matches!(made, Ok(true)) {
+            self.neighbours.retain(|m| m != &n);
+        }
+        match made {
+            Ok(true) => {}
             Ok(false) => log::info!(
                 "{}: {addr} has a permanent neighbour entry; using it",
                 self.tunnels[k].label()
@@ -970,6 +1028,15 @@ impl Daemon {
         self.announcement.as_ref().map(|a| a.spec.drain)
     }
 
+    /// Writes the state file now: what is about to be made is on record.
+    fn record(&mut self) -> Result<()> {
+        let state = self.state(true, None);
+        state.write(&self.layout)?;
+        self.written = Some(state);
+        self.written_at = Instant::now();
+        Ok(())
+    }
+
     /// What `status` and `detach` read.
     #[must_use]
     pub fn state(&self, running: bool, exit_error: Option<String>) -> State {
@@ -983,6 +1050,7 @@ impl Daemon {
             neighbours: self.neighbours.clone(),
             lan_interface: self.config.lan.interface.clone(),
             kernel_route: Some(self.kernel.clone()),
+            retiring_kernel_routes: self.retiring.clone(),
             mounted_bpffs: self.mounted_bpffs.clone(),
             announce: self.announcement.as_ref().map(|a| AnnounceState {
                 announced: a.announcer.announced,
