@@ -155,7 +155,10 @@ fn run(
         if (sent == count && answered.iter().all(|&a| a)) || now >= deadline {
             break;
         }
-        socket.set_read_timeout(Some(if sent < count { due } else { deadline } - now))?;
+        // At least a millisecond: a timeout under a microsecond reaches the
+        // kernel as 0, which means none (the read would wait for ever).
+        let wait = (if sent < count { due } else { deadline } - now).max(Duration::from_millis(1));
+        socket.set_read_timeout(Some(wait))?;
         let mut buf = [0u8; 1500];
         let n = match (&socket).read(&mut buf) {
             Ok(n) => n,
