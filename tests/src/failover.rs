@@ -8,6 +8,7 @@ use std::{
     fmt::Write as _,
     fs,
     net::{IpAddr, SocketAddr},
+    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -335,6 +336,54 @@ impl Transfers {
     }
 }
 
+/// `ip -ts monitor route nexthop` on both routers (BGP), for a failure's
+/// message; killed (by PID) when stopped or dropped.
+struct RouteMonitors(Vec<(String, Child)>);
+
+impl RouteMonitors {
+    fn start(lab: &Lab) -> Self {
+        if lab.options.routing() != Some(HaKind::Bgp) {
+            return Self(Vec::new());
+        }
+        Self(
+            Side::BOTH
+                .iter()
+                .filter_map(|&side| {
+                    let child = netns::command(&lab.router(side), "ip")
+                        .args(["-ts", "monitor", "route", "nexthop"])
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .ok()?;
+                    Some((format!("router {side}"), child))
+                })
+                .collect(),
+        )
+    }
+
+    fn stop(mut self) -> String {
+        let mut out = String::new();
+        for (name, mut child) in self.0.drain(..) {
+            let _ = child.kill();
+            let text = child
+                .wait_with_output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let _ = write!(out, "--- {name}'s routes meanwhile:\n{text}");
+        }
+        out
+    }
+}
+
+impl Drop for RouteMonitors {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// What is done to a gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -420,6 +469,9 @@ pub struct Outcome {
     pub streams: Vec<StreamOutcome>,
     /// Per TCP transfer: (crossed the faulty pair before the fault, intact).
     pub transfers: Vec<(bool, bool)>,
+    /// What both routers' kernels said about routes and next hops
+    /// meanwhile (`ip -ts monitor`), for a failure's message.
+    pub route_log: String,
 }
 
 impl Outcome {
@@ -463,6 +515,12 @@ impl Outcome {
                 .unwrap_or(0)
     }
 
+    /// The summary and the routers' route log, for a failure.
+    #[must_use]
+    pub fn details(&self) -> String {
+        format!("{}\n{}", self.summary(), self.route_log)
+    }
+
     /// One line for a report or a failure.
     #[must_use]
     pub fn summary(&self) -> String {
@@ -473,8 +531,13 @@ impl Outcome {
             .streams
             .iter()
             .map(|s| {
+                let which = if s.lost_seqs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (seq {})", ranges(&s.lost_seqs))
+                };
                 format!(
-                    "{}{}/{}",
+                    "{}{}/{}{which}",
                     if s.on_pair { "*" } else { "" },
                     s.sent - s.received,
                     s.sent
@@ -542,6 +605,7 @@ pub fn inject(lab: &mut Lab, fault: Fault, trial: &Trial) -> Outcome {
         flows.extend(&t.flows);
     }
     let crossings = Crossings::install(lab, &flows);
+    let monitors = RouteMonitors::start(lab);
     thread::sleep(Duration::from_millis(200));
     let before = crossings.read();
     let pair = fault.gateway().pair;
@@ -567,6 +631,7 @@ pub fn inject(lab: &mut Lab, fault: Fault, trial: &Trial) -> Outcome {
         .unwrap_or_default();
     let crossed = |i: usize| before[i][pair] > 0;
     Outcome {
+        route_log: monitors.stop(),
         fault,
         left,
         streams: sent

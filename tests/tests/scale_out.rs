@@ -91,7 +91,7 @@ fn drains(lab: &mut Lab, trial: &Trial) {
         eprintln!("{}", out.summary());
         check(
             out.lost() == 0,
-            &format!("a drain lost pings: {}", out.summary()),
+            &format!("a drain lost pings: {}", out.details()),
             lab,
         );
         check(out.left[0].is_some(), &out.summary(), lab);
@@ -158,7 +158,7 @@ fn pair_fails(lab: &mut Lab, trial: &Trial) {
             lab,
         );
     }
-    check(out.worst_elsewhere() == 0, &out.summary(), lab);
+    check(out.worst_elsewhere() == 0, &out.details(), lab);
     check(out.worst_on_pair() <= 50, &out.summary(), lab);
     check(out.transfers.iter().all(|t| t.1), &out.summary(), lab);
     check(
@@ -196,7 +196,7 @@ fn gateway_gone(lab: &mut Lab, trial: &Trial) {
         &format!("a stale route after 1 s: {}", out.summary()),
         lab,
     );
-    check(out.worst_elsewhere() == 0, &out.summary(), lab);
+    check(out.worst_elsewhere() == 0, &out.details(), lab);
     check(out.transfers.iter().all(|t| t.1), &out.summary(), lab);
 }
 
