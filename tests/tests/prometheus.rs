@@ -3,6 +3,7 @@
 //! nothing to say about the exposition.
 
 use std::{
+    fmt::Write as _,
     fs,
     process::{Command, Stdio},
     thread,
@@ -113,10 +114,11 @@ fn prometheus_scrapes_what_bpftool_shows() {
     let lab = GatewayLab::new(200);
     let mut config = std::fs::read_to_string(&lab.config).unwrap();
     let maintenance = lab.scratch.dir.join("maintenance");
-    config.push_str(&format!(
+    let _ = write!(
+        config,
         "\n[announce]\ndrain_ms = 0\nmaintenance_file = \"{}\"\n",
         maintenance.display()
-    ));
+    );
     std::fs::write(&lab.config, config).unwrap();
     let loader = lab.start_loader(&[]);
     let _prometheus = start_prometheus(&lab);
