@@ -750,11 +750,19 @@ impl Lab {
     /// address); forwarding on the gateways and the router.
     fn site_networks(&self) {
         let kind = self.options.routing().unwrap_or(HaKind::Bgp);
-        // Link-local addresses at once (BGP over IPv6 waits for them).
+        // Link-local addresses at once (BGP over IPv6 waits for them), and
+        // global ones kept across a link down and up.
         for role in self.roles() {
             self.exec(
                 &self.ns(&role),
-                &["sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0"],
+                &[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv6.conf.default.accept_dad=0",
+                    "net.ipv6.conf.all.keep_addr_on_down=1",
+                    "net.ipv6.conf.default.keep_addr_on_down=1",
+                ],
             );
         }
         for side in Side::BOTH {

@@ -48,6 +48,10 @@ impl RandomData {
     }
 }
 
+/// How long a transfer may make no progress before it fails: TCP's own
+/// retransmissions get far longer, and a test waiting on them would hang.
+const STALL: Duration = Duration::from_secs(60);
+
 /// What a TCP transfer saw at both ends.
 #[derive(Debug)]
 pub struct Transfer {
@@ -94,6 +98,8 @@ pub fn tcp_transfer_at(
             let listener = TcpListener::bind(listen).unwrap();
             ready_tx.send(()).unwrap();
             let (mut conn, peer) = listener.accept().unwrap();
+            // A transfer that stalls for good fails instead of hanging.
+            conn.set_read_timeout(Some(STALL)).unwrap();
             let mut hash = Sha256::new();
             let mut buf = vec![0u8; 1 << 16];
             let mut total = 0;
@@ -114,6 +120,8 @@ pub fn tcp_transfer_at(
         enter_named(&from, || {
             let mut conn =
                 TcpStream::connect_timeout(&listen, Duration::from_secs(5)).expect("connect");
+            conn.set_write_timeout(Some(STALL)).unwrap();
+            conn.set_read_timeout(Some(STALL)).unwrap();
             let mut data = RandomData::new(0x5eed, bytes);
             let mut hash = Sha256::new();
             let mut buf = vec![0u8; 1 << 16];
