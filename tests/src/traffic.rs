@@ -50,7 +50,7 @@ impl RandomData {
 
 /// How long a transfer may make no progress before it fails: TCP's own
 /// retransmissions get far longer, and a test waiting on them would hang.
-const STALL: Duration = Duration::from_secs(60);
+const STALL: Duration = Duration::from_mins(1);
 
 /// What a TCP transfer saw at both ends.
 #[derive(Debug)]
