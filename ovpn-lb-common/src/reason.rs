@@ -92,6 +92,7 @@ reasons! {
     BadProbe = 29, "bad_probe", Dropped, "tunnel packet to the probe address that is not a well-formed probe";
     ProbeMisrouted = 30, "probe_misrouted", Dropped, "probe or answer that names another tunnel than the one it came by";
     ProbeFromLan = 31, "probe_from_lan", Dropped, "LAN packet to the probe address: probes come only from gateways";
+    CleartextBlocked = 32, "cleartext_blocked", Dropped, "packet with a LAN, remote or translated address leaving a WAN interface outside the tunnels: never sent in the clear";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.

@@ -32,6 +32,10 @@ pub struct State {
     #[serde(default)]
     pub hook: String,
     pub lan_interface: String,
+    /// The WAN devices guarded now (nothing of the LAN leaves them in the
+    /// clear).
+    #[serde(default)]
+    pub wan_guard: Vec<String>,
     pub tunnels: Vec<TunnelState>,
     /// Managed neighbour entries `run` made for TAP tunnels; `detach` removes them.
     #[serde(default)]
@@ -110,6 +114,10 @@ pub struct TunnelState {
     /// Times it left the rotation, by cause.
     #[serde(default)]
     pub departures: std::collections::BTreeMap<String, u64>,
+    /// What the far gateway says of itself on this tunnel (`draining`,
+    /// `lan_down`); empty when all is well, or it does not say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_flags: Vec<String>,
 }
 
 /// A probed tunnel's figures.
@@ -122,6 +130,11 @@ pub struct ProbeState {
     pub answered: u64,
     /// Unanswered share of the probes sent.
     pub loss: f64,
+    /// Kept alive by its traffic (packets arriving, its ring read) while
+    /// its probes are lost, as in a ring kept full by more than the tunnel
+    /// carries.
+    #[serde(default)]
+    pub kept_by_traffic: bool,
 }
 
 impl State {
@@ -228,6 +241,8 @@ pub struct Report {
     /// "tc" or "xdp".
     pub hook: String,
     pub lan_interface: String,
+    /// The WAN devices guarded (nothing of the LAN leaves them in the clear).
+    pub wan_guard: Vec<String>,
     pub interval_seconds: f64,
     /// `[announce]`: whether the gateway announces, and why; null without it.
     pub announce: Option<AnnounceState>,
@@ -246,6 +261,9 @@ pub struct TunnelReport {
     pub openvpn: Option<String>,
     pub probe: Option<ProbeState>,
     pub departures: std::collections::BTreeMap<String, u64>,
+    /// What the far gateway says of itself on this tunnel (`draining`,
+    /// `lan_down`); empty when all is well, or it does not say.
+    pub peer_flags: Vec<String>,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -318,6 +336,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
             openvpn: t.openvpn.clone(),
             probe: t.probe.clone(),
             departures: t.departures.clone(),
+            peer_flags: t.peer_flags.clone(),
             tx_packets: a.tx_packets,
             tx_bytes: a.tx_bytes,
             rx_packets: a.rx_packets,
@@ -354,6 +373,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         spray: state.spray,
         hook: state.hook,
         lan_interface: state.lan_interface,
+        wan_guard: state.wan_guard,
         interval_seconds: secs,
         announce: state.announce,
         tunnels,
@@ -430,9 +450,14 @@ pub fn render(r: &Report, all: bool) -> String {
         }
         (false, None) => "stopped (datapath still attached, health not followed)".to_owned(),
     };
+    let wan = if r.wan_guard.is_empty() {
+        "none guarded".to_owned()
+    } else {
+        format!("{} guarded", r.wan_guard.join(", "))
+    };
     let _ = writeln!(
         out,
-        "ovpn-lb: loader {loader}, spray {}, hook {}, LAN {}",
+        "ovpn-lb: loader {loader}, spray {}, hook {}, LAN {}, WAN {wan}",
         r.spray, r.hook, r.lan_interface
     );
     render_announce(&mut out, r);
@@ -488,6 +513,7 @@ pub fn render(r: &Report, all: bool) -> String {
             t.openvpn.as_deref().unwrap_or("-")
         );
     }
+    render_notes(&mut out, r);
     render_rings(&mut out, r);
     let shown: Vec<&ReasonReport> = r.reasons.iter().filter(|s| all || s.packets > 0).collect();
     let _ = writeln!(
@@ -535,6 +561,29 @@ fn render_announce(out: &mut String, r: &Report) {
             a.prefixes.join(" "),
             a.transitions
         );
+    }
+}
+
+/// What the table has no column for: a tunnel kept in by its traffic while
+/// its probes are lost, what the far gateway says of itself.
+fn render_notes(out: &mut String, r: &Report) {
+    use std::fmt::Write as _;
+    for t in &r.tunnels {
+        if t.probe.as_ref().is_some_and(|p| p.kept_by_traffic) {
+            let _ = writeln!(
+                out,
+                "    {}: probes lost (its ring full?); kept in: the far end's packets arrive and OpenVPN reads the ring",
+                t.device
+            );
+        }
+        if !t.peer_flags.is_empty() {
+            let _ = writeln!(
+                out,
+                "    {}: the far gateway says: {}",
+                t.device,
+                t.peer_flags.join(", ")
+            );
+        }
     }
 }
 
@@ -592,8 +641,14 @@ mod tests {
                 sent: 100,
                 answered: 99,
                 loss: 0.01,
+                kept_by_traffic: id == 1,
             }),
             departures: std::collections::BTreeMap::new(),
+            peer_flags: if id == 0 {
+                vec!["lan_down".to_owned()]
+            } else {
+                Vec::new()
+            },
             tx_packets: 1_500_000,
             tx_bytes: 2_000_000_000,
             rx_packets: 0,
@@ -615,6 +670,7 @@ mod tests {
             spray: "packet".to_owned(),
             hook: "tc".to_owned(),
             lan_interface: "lan".to_owned(),
+            wan_guard: vec!["eth0".to_owned()],
             interval_seconds: 1.0,
             announce: None,
             tunnels: vec![tunnel(0, "up", None), tunnel(1, "down", Some("probe"))],
@@ -661,6 +717,12 @@ mod tests {
         assert!(
             all.contains("not_ip") && !all.contains("not shown"),
             "{all}"
+        );
+        assert!(text.contains("WAN eth0 guarded"), "{text}");
+        assert!(
+            text.contains("tun1: probes lost (its ring full?); kept in:")
+                && text.contains("tun0: the far gateway says: lan_down"),
+            "{text}"
         );
         // No ring table until the accounting has measured a drain rate.
         assert!(!text.contains("ring backlog"), "{text}");

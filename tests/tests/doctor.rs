@@ -4,9 +4,11 @@
 //! doctor must name exactly that problem with its fix and exit 1:
 //! packet spray's ring accounting counting no reads (its pins all there),
 //! forwarding off, strict `rp_filter` on a tunnel, a tunnel's OpenVPN
-//! killed, the loader stopped by SIGTERM (the datapath stays), and the
-//! loader detached with a default route out of the WAN (remote-bound
-//! traffic the kernel forwards would leave in the clear).
+//! killed, the loader stopped by SIGTERM (the datapath stays), the LAN
+//! device recreated meanwhile (no program on it), and the loader detached
+//! with a default route out of the WAN (traffic for the far LAN and the
+//! translations, from the LAN, the gateway and the WAN, would leave in the
+//! clear).
 
 use std::time::Duration;
 
@@ -210,8 +212,10 @@ fn doctor_names_each_broken_thing_with_its_fix() {
     ring_accounting_blind(&lab);
     forwarding_off(&lab);
     strict_rp_filter(&lab);
+    wan_address_in_a_translation_prefix(&lab);
     openvpn_killed(&mut lab);
     loader_stopped(&lab);
+    lan_recreated_without_a_loader(&lab);
     detached_with_a_route_out_of_the_wan(&lab);
 }
 
@@ -229,6 +233,8 @@ fn all_is_well(lab: &Lab) {
         "management",
         "probes",
         "spray",
+        "lan",
+        "wan",
     ] {
         assert!(
             d.findings.iter().any(|f| f.check == check),
@@ -323,6 +329,29 @@ fn strict_rp_filter(lab: &Lab) {
     expect_healthy(lab, "rp_filter off again", Duration::from_secs(5));
 }
 
+/// A WAN address inside the peer's translation prefix: ovpn-lb's routes
+/// and the WAN guard would take the tunnels' own UDP for LAN traffic.
+fn wan_address_in_a_translation_prefix(lab: &Lab) {
+    let addr = ["addr", "dev", "wan", "100.65.1.250/32"];
+    let with = |verb: &str| {
+        let mut args = vec!["ip", addr[0], verb];
+        args.extend(&addr[1..]);
+        lab.exec(&lab.gw(Side::A), &args);
+    };
+    with("add");
+    expect_problems(
+        lab,
+        "a WAN address in a translation prefix",
+        &[(
+            "wan",
+            "wan: its address 100.65.1.250 lies in 100.65.1.0/24",
+            "pick translation prefixes that cover no WAN address",
+        )],
+    );
+    with("del");
+    expect_healthy(lab, "the WAN address gone", Duration::from_secs(5));
+}
+
 /// The tunnel's device goes with its OpenVPN, and the management socket
 /// stops answering; a restart puts all right.
 fn openvpn_killed(lab: &mut Lab) {
@@ -373,8 +402,31 @@ fn loader_stopped(lab: &Lab) {
     assert_eq!(received, sent, "the datapath stays when the loader stops");
 }
 
-/// Without ovpn-lb's policy rules, a default route out of the WAN is where
-/// the kernel would forward remote-bound LAN traffic: in the clear.
+/// The LAN device recreated while no loader runs (a bridge or VLAN
+/// brought down and up by its owner): the new device has no program.
+fn lan_recreated_without_a_loader(lab: &Lab) {
+    lab.recreate_lan(Side::A, Duration::ZERO);
+    expect_problems(
+        lab,
+        "LAN recreated without a loader",
+        &[
+            (
+                "loader",
+                "ovpn-lb run is not running",
+                "systemctl restart ovpn-lb",
+            ),
+            (
+                "lan",
+                "lan: the LAN program is not attached",
+                "restart ovpn-lb",
+            ),
+        ],
+    );
+}
+
+/// Without ovpn-lb's policy rules and routes, a default route out of the
+/// WAN is where the kernel would send remote-bound traffic, whoever sends
+/// it: the LAN, the gateway itself, the WAN (in the clear).
 fn detached_with_a_route_out_of_the_wan(lab: &Lab) {
     let detached = lab.loader(Side::A).ovpn_lb(&["detach"]);
     assert!(detached.status.success(), "{}", all_output(&detached));
@@ -389,9 +441,30 @@ fn detached_with_a_route_out_of_the_wan(lab: &Lab) {
             ("loader", "has not run here", "ovpn-lb run"),
             (
                 "kernel_path",
-                "leaves by wan, outside the tunnels: in the clear",
-                "run ovpn-lb",
+                "LAN traffic that the kernel forwards (over the tunnel MTU, TTL expiring, excluded) for 192.168.20.0/24",
+                "without it running, start it",
+            ),
+            (
+                "kernel_path",
+                "the gateway's own traffic (ICMP errors about restored packets included) for 192.168.20.0/24",
+                "without it running, start it",
+            ),
+            (
+                "kernel_path",
+                "traffic arriving on wan for 192.168.20.0/24",
+                "without it running, start it",
             ),
         ],
+    );
+    let d = doctor(lab);
+    assert!(
+        d.problems()
+            .iter()
+            .filter(|f| f.check == "kernel_path")
+            .all(|f| f
+                .message
+                .ends_with("leaves by wan, outside the tunnels: in the clear")),
+        "{}",
+        d.text
     );
 }

@@ -16,7 +16,7 @@ use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::maps::programs;
 use ovpn_lb_tests::{
     gateway::{GatewayLab, Responder, TUNNEL_COUNT, http_get, sample},
-    process::run,
+    process::{run, wait_until},
     root_alone,
 };
 
@@ -776,6 +776,221 @@ fn a_plain_peer_is_probed_by_echo_and_leaves_when_the_echoes_stop() {
     // The echoes answered again: it rejoins after the up-delay.
     nft(&["delete", "table", "inet", "mute"]);
     lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    lab.stop_and_detach(loader);
+}
+
+/// Sockets the process `pid` holds open.
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn a_plain_peers_echo_socket_is_not_leaked_across_device_restarts() {
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = GatewayLab::with_tunnels(100, |_, t| {
+        t.peer_translate.clear();
+        t.probe_target = Some("10.20.30.1".to_owned());
+    });
+    let loader = lab.start_loader(&[]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let before = open_sockets(loader.pid());
+    // OpenVPN restarting without persist-tun, five times: each restart is a
+    // new device, pinged from a new socket; the old one must go.
+    for _ in 0..5 {
+        lab.responders[1] = None;
+        lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
+        lab.responders[1] = Some(Responder::start(&lab.gw, "ovt1", 1));
+        lab.gw.ip(&["link", "set", "ovt1", "up"]);
+        lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    }
+    let after = open_sockets(loader.pid());
+    eprintln!("the loader's sockets: {before} before five device restarts, {after} after");
+    assert_eq!(after, before, "{}", loader.log_text());
+    lab.stop_and_detach(loader);
+}
+
+#[test]
+fn a_recreated_lan_device_gets_its_program_within_100ms() {
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(300);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let old = lab.gw.enter(|| ovpn_lb_tests::netns::ifindex("lan0"));
+    // Watches from inside the gateway: when the new device appears, and
+    // when the LAN program is on it.
+    let watcher = lab.gw.spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let appeared = loop {
+            let now = ovpn_lb_tests::netns::ifindex("lan0");
+            if now != 0 && now != old {
+                break Instant::now();
+            }
+            assert!(Instant::now() < deadline, "no new lan0");
+            thread::sleep(Duration::from_micros(200));
+        };
+        loop {
+            let attached = SchedClassifier::query_tcx("lan0", TcAttachType::Ingress).is_ok_and(
+                |(_, progs)| {
+                    progs
+                        .iter()
+                        .any(|p| p.name_as_str() == Some(programs::LAN_INGRESS))
+                },
+            );
+            if attached {
+                return appeared.elapsed();
+            }
+            assert!(Instant::now() < deadline, "lan_ingress never attached");
+            thread::sleep(Duration::from_micros(200));
+        }
+    });
+    // A ping stream through the gateway, across the recreation.
+    let stream = lab.ping(200, "0.01");
+    thread::sleep(Duration::from_millis(300));
+    lab.recreate_lan();
+    let took = watcher.join().unwrap();
+    eprintln!("LAN device recreated -> its program attached: {took:?}");
+    assert!(
+        took <= Duration::from_millis(100),
+        "{took:?}\n{}",
+        loader.log_text()
+    );
+    let (sent, received) = stream.wait();
+    eprintln!("pings across the recreation: {received} of {sent} answered");
+    // Once it is back, everything is sprayed again.
+    let before: u64 = (0..3).map(|k| lab.tunnel_stats(k).tx_packets).sum();
+    assert_eq!(
+        lab.ping(50, "0.01").wait(),
+        (50, 50),
+        "{}",
+        loader.log_text()
+    );
+    let after: u64 = (0..3).map(|k| lab.tunnel_stats(k).tx_packets).sum();
+    assert!(after - before >= 50, "sprayed {} of 50", after - before);
+    assert!(
+        loader.log_text().contains("LAN lan0: device is ifindex"),
+        "{}",
+        loader.log_text()
+    );
+    lab.stop_and_detach(loader);
+}
+
+/// Watches the rotation for `how_long`: it must hold every tunnel throughout.
+fn rotation_stays_whole(lab: &GatewayLab, how_long: Duration, case: &str) {
+    let end = Instant::now() + how_long;
+    while Instant::now() < end {
+        let r = lab.in_rotation();
+        assert_eq!(r, [0, 1, 2], "{case}: the rotation lost a tunnel");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The far gateway's answers say what it can use only when it knows: an
+/// older peer answering without a view (its loader never wrote one: probes
+/// off, not started yet) or a peer saying "unknown" vetoes nothing; a view
+/// it has vetoes the tunnels it leaves out; its flags reach `status`.
+#[test]
+fn the_far_gateways_word_counts_only_when_it_has_one() {
+    use ovpn_lb_common::probe::flags;
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(200);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let says = |view: u64, word: u16| {
+        let mut far = lab.far.lock().unwrap();
+        far.view = view;
+        far.flags = word;
+    };
+    for (case, word) in [
+        ("an older peer without a view", 0),
+        ("a peer without a view yet", flags::PRESENT),
+    ] {
+        says(0, word);
+        rotation_stays_whole(&lab, Duration::from_secs(1), case);
+    }
+    // A view without tunnel 2: out here too, and back with it.
+    says(0b011, flags::PRESENT | flags::VIEW_KNOWN);
+    lab.wait_rotation(Duration::from_secs(1), |r| r == [0, 1]);
+    let json = status_json(&lab);
+    assert_eq!(json["tunnels"][2]["cause"], "probe", "{json}");
+    says(
+        u64::MAX,
+        flags::PRESENT | flags::VIEW_KNOWN | flags::LAN_DOWN,
+    );
+    lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 1, 2]);
+    let flagged = wait_until(Duration::from_secs(2), Duration::from_millis(50), || {
+        status_json(&lab)["tunnels"][0]["peer_flags"] == serde_json::json!(["lan_down"])
+    });
+    assert!(flagged, "{}", status_json(&lab));
+    assert!(
+        loader
+            .log_text()
+            .contains("tunnel 0 (ovt0): the far gateway says: lan_down"),
+        "{}",
+        loader.log_text()
+    );
+    let json = status_json(&lab);
+    for k in 0..3 {
+        let left = json["tunnels"][k]["departures"]["probe"]
+            .as_u64()
+            .unwrap_or(0);
+        assert_eq!(left, u64::from(k == 2), "tunnel {k}: {json}");
+    }
+    lab.stop_and_detach(loader);
+}
+
+/// A plain peer on an echo-probed tunnel sending probes that say "no
+/// tunnel is usable" cannot speak for the far gateway, and a flood of
+/// probes on one tunnel cannot crowd out the others' answers: no tunnel
+/// leaves.
+#[test]
+fn a_plain_peer_cannot_veto_and_a_probe_flood_drowns_nothing() {
+    use ovpn_lb_common::probe::flags;
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::with_tunnels(200, |k, t| {
+        if k == 2 {
+            t.peer_translate.clear();
+            t.probe_target = Some("10.20.30.1".to_owned());
+        }
+    });
+    let loader = lab.start_loader(&[]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let answered = |json: &serde_json::Value, k: usize| {
+        json["tunnels"][k]["probe"]["answered"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("tunnel {k}: {json}"))
+    };
+    let probed = wait_until(Duration::from_secs(3), Duration::from_millis(100), || {
+        let json = status_json(&lab);
+        (0..3).all(|k| {
+            json["tunnels"][k]["probe"]["answered"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 5
+        })
+    });
+    assert!(probed, "{}", status_json(&lab));
+    let before = status_json(&lab);
+    let known = flags::PRESENT | flags::VIEW_KNOWN;
+    lab.far.lock().unwrap().probes = vec![None, Some((u64::MAX, known, 8)), Some((0, known, 1))];
+    rotation_stays_whole(&lab, Duration::from_secs(3), "a plain peer's veto, a flood");
+    lab.far.lock().unwrap().probes.clear();
+    let after = status_json(&lab);
+    // The flooded tunnel's own ring is full of its flood's answers, which
+    // loses its probes too: it stays in by its traffic. The others' answers
+    // all come.
+    for k in [0, 2] {
+        let grew = answered(&after, k) - answered(&before, k);
+        assert!(grew >= 20, "tunnel {k}: {grew} answers in 3 s: {after}");
+    }
+    for k in 0..3 {
+        assert_eq!(
+            after["tunnels"][k]["departures"],
+            serde_json::json!({}),
+            "{after}"
+        );
+    }
     lab.stop_and_detach(loader);
 }
 

@@ -20,6 +20,7 @@ pub mod kernel;
 
 use std::time::SystemTime;
 
+use ovpn_lb_common::probe::flags;
 use serde::{Deserialize, Serialize};
 
 /// Why the gateway does not announce. Several may hold at once.
@@ -77,6 +78,22 @@ impl Flags {
     #[must_use]
     pub fn any(self) -> bool {
         self.draining || self.lan_down
+    }
+
+    /// The probes' flags word saying these, as this gateway tells them.
+    #[must_use]
+    pub fn word(self) -> u16 {
+        flags::own(self.draining, self.lan_down)
+    }
+
+    /// What a flags word heard from the far gateway raises (its
+    /// [`flags::COUPLED`] bits; any other is ignored).
+    #[must_use]
+    pub fn from_word(word: u16) -> Self {
+        Self {
+            draining: word & flags::DRAINING != 0,
+            lan_down: word & flags::LAN_DOWN != 0,
+        }
     }
 }
 
@@ -296,6 +313,23 @@ mod tests {
         i.far.draining = true;
         i.far.lan_down = true;
         assert!(!i.own_flags().any());
+    }
+
+    #[test]
+    fn the_far_gateway_reads_our_flags_from_the_probes_word() {
+        // A1 stops, then loses its LAN: B1 withdraws for each, and for
+        // nothing else the word carries.
+        let mut a1 = healthy();
+        a1.stopping = true;
+        let mut b1 = healthy();
+        b1.far = Flags::from_word(a1.own_flags().word());
+        assert_eq!(blocks(&b1, 1), vec![Block::FarDraining]);
+        let mut a1 = healthy();
+        a1.lan_up = false;
+        b1.far = Flags::from_word(a1.own_flags().word());
+        assert_eq!(blocks(&b1, 1), vec![Block::FarLanDown]);
+        b1.far = Flags::from_word(healthy().own_flags().word() | (1 << 9));
+        assert!(blocks(&b1, 1).is_empty());
     }
 
     #[test]

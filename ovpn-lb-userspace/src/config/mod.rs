@@ -18,7 +18,7 @@ use std::{
 pub use ovpn_lb_common::maps::Spray;
 use ovpn_lb_common::{Prefix4, Prefix6};
 
-pub use encode::{LpmEntries, LpmEntry, translation_entries};
+pub use encode::{LpmEntries, LpmEntry, guard_entries, guarded_prefixes, translation_entries};
 pub use validate::validate;
 
 use crate::facts::Facts;
@@ -203,6 +203,17 @@ pub struct Lan {
     pub v6: Option<Prefix6>,
 }
 
+/// Which interfaces the WAN guard watches: nothing with a LAN, remote or
+/// translated address leaves them (only the tunnels' own UDP does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wan {
+    /// `wan.interfaces`, by name: guarded whenever they exist.
+    Named(Vec<String>),
+    /// No `[wan]`: the interfaces the main table's default routes leave by,
+    /// as they are at each look.
+    DefaultRoute,
+}
+
 /// ovpn-lb's routing table and rule priority for the kernel path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelRouteSpec {
@@ -228,6 +239,7 @@ pub struct AnnounceSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub lan: Lan,
+    pub wan: Wan,
     /// The networks behind the tunnels: what is sprayed, and what the
     /// marker routes announce.
     pub remote: Vec<Net>,

@@ -8,7 +8,7 @@ use ovpn_lb_common::{MAX_TUNNELS, Prefix4, Prefix6};
 
 use super::{
     AnnounceSpec, Config, ConfigErrors, KernelRouteSpec, Lan, Management, ManagementTarget, Net,
-    Probing, Spray, TunnelKind, TunnelSpec, Warning,
+    Probing, Spray, TunnelKind, TunnelSpec, Wan, Warning,
     file::{self, DEFAULT_METRICS_LISTEN, File},
     hook::{self, Requested},
 };
@@ -93,6 +93,7 @@ impl Validator<'_> {
         self.no_loopback(&remote);
         let exclude = self.exclusions(&file.exclude, &remote);
         let tunnels = self.tunnels(&file, lan_v4, lan_v6, &remote);
+        let wan = self.wan(file.wan.as_ref(), &file.lan.interface, &tunnels);
         self.overlaps();
         if let Some(lan) = &lan_link {
             self.lan_mtu(&file.lan.interface, lan.mtu, &tunnels);
@@ -129,6 +130,7 @@ impl Validator<'_> {
                 v4: lan_v4,
                 v6: lan_v6,
             },
+            wan,
             remote,
             exclude,
             spray: match file.spray {
@@ -164,6 +166,39 @@ impl Validator<'_> {
             }
         }
         (v4, v6)
+    }
+
+    /// The WAN interfaces to guard: named ones must be neither the LAN nor a
+    /// tunnel; one missing is guarded once it appears.
+    fn wan(&mut self, wan: Option<&file::Wan>, lan: &str, tunnels: &[TunnelSpec]) -> Wan {
+        let Some(wan) = wan else {
+            return Wan::DefaultRoute;
+        };
+        if wan.interfaces.is_empty() {
+            self.errors.push(
+                "wan.interfaces is empty: name the interfaces the tunnels' UDP leaves by, or leave [wan] out to guard the default route's".to_owned(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in wan.interfaces.iter().enumerate() {
+            let field = format!("wan.interfaces[{i}] = \"{name}\"");
+            if !seen.insert(name.as_str()) {
+                self.errors.push(format!("{field} is listed twice"));
+            } else if name == lan {
+                self.errors.push(format!(
+                    "{field} is the LAN interface: the WAN is where the tunnels' UDP leaves"
+                ));
+            } else if tunnels.iter().any(|t| t.device == *name) {
+                self.errors.push(format!(
+                    "{field} is a tunnel device: the WAN is where the tunnels' UDP leaves, not a tunnel"
+                ));
+            } else if self.facts.link(name).is_none() {
+                self.warnings.push(Warning(format!(
+                    "{field} does not exist (yet): it is guarded once it appears"
+                )));
+            }
+        }
+        Wan::Named(wan.interfaces.clone())
     }
 
     /// Loopback destinations are how probes are told from traffic, and no
@@ -1146,6 +1181,44 @@ translate = ["100.64.0.0/24"]
             &GOOD.replace("10.20.30.1/32", "10.99.0.1/32"),
             "exclude[0] = \"10.99.0.1/32\" is not inside any remote prefix",
         );
+    }
+
+    #[test]
+    fn the_wan_is_named_or_the_default_routes() {
+        let (c, _) = parse(GOOD, &fake()).unwrap();
+        assert_eq!(c.wan, Wan::DefaultRoute);
+        let named = |list: &str| {
+            GOOD.replacen(
+                "[[tunnel]]",
+                &format!("[wan]\ninterfaces = {list}\n\n[[tunnel]]"),
+                1,
+            )
+        };
+        let (c, warnings) = parse(&named("[\"eth0\"]"), &fake()).unwrap();
+        assert_eq!(c.wan, Wan::Named(vec!["eth0".into()]));
+        assert!(
+            warnings.iter().any(|w| w
+                .0
+                .contains("wan.interfaces[0] = \"eth0\" does not exist (yet)")),
+            "{warnings:?}"
+        );
+        for (list, needle) in [
+            ("[]", "wan.interfaces is empty"),
+            (
+                "[\"eth1\"]",
+                "wan.interfaces[0] = \"eth1\" is the LAN interface",
+            ),
+            (
+                "[\"tun1\"]",
+                "wan.interfaces[0] = \"tun1\" is a tunnel device",
+            ),
+            (
+                "[\"tap0\", \"tap0\"]",
+                "wan.interfaces[1] = \"tap0\" is listed twice",
+            ),
+        ] {
+            expect_error(&named(list), needle);
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use aya::{
 use ovpn_lb_common::{
     Prefix4, Prefix6, Reason, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
     maps::{MAX_TUNNELS, SCHEDULE_BUFFERS, names, programs},
+    probe::LocalView,
 };
 
 use crate::{config::LpmEntries, pins::Layout};
@@ -232,17 +233,24 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the LPM maps hold exactly `remote` (`REMOTE_*`) and `ours`
-    /// (`OUR_XLAT_*`). New entries go in before stale ones come out, so no
-    /// packet falls between two configurations.
+    /// Makes the LPM maps hold exactly `remote` (`REMOTE_*`), `ours`
+    /// (`OUR_XLAT_*`) and `guarded` (`GUARD_*`). New entries go in before
+    /// stale ones come out, so no packet falls between two configurations.
     ///
     /// # Errors
     /// If the kernel refuses an update.
-    pub fn sync_prefixes(&mut self, remote: &LpmEntries, ours: &LpmEntries) -> Result<()> {
+    pub fn sync_prefixes(
+        &mut self,
+        remote: &LpmEntries,
+        ours: &LpmEntries,
+        guarded: &LpmEntries,
+    ) -> Result<()> {
         self.sync_lpm(names::REMOTE_V4, &remote.v4)?;
         self.sync_lpm(names::REMOTE_V6, &remote.v6)?;
         self.sync_lpm(names::OUR_XLAT_V4, &ours.v4)?;
-        self.sync_lpm(names::OUR_XLAT_V6, &ours.v6)
+        self.sync_lpm(names::OUR_XLAT_V6, &ours.v6)?;
+        self.sync_lpm(names::GUARD_V4, &guarded.v4)?;
+        self.sync_lpm(names::GUARD_V6, &guarded.v6)
     }
 
     /// Clears the entries of tunnel ids from `count` on (a configuration with
@@ -392,6 +400,21 @@ impl Datapath {
         )
     }
 
+    /// Keeps addresses in `prefix` off the WAN (`GUARD_V4`; `kind`: a
+    /// `guard::*` value).
+    ///
+    /// # Errors
+    /// If the kernel refuses the update.
+    pub fn set_guard_v4(&mut self, prefix: Prefix4, kind: u32) -> Result<()> {
+        self.lpm_insert(names::GUARD_V4, prefix.prefix_len(), prefix.octets(), kind)
+    }
+
+    /// # Errors
+    /// If the kernel refuses the update.
+    pub fn set_guard_v6(&mut self, prefix: Prefix6, kind: u32) -> Result<()> {
+        self.lpm_insert(names::GUARD_V6, prefix.prefix_len(), prefix.octets(), kind)
+    }
+
     /// Registers one of our translation prefixes, so replies to it are restored.
     ///
     /// # Errors
@@ -489,13 +512,13 @@ impl Datapath {
         Ok(())
     }
 
-    /// Our view of the tunnels (bit k: tunnel k usable), which the tunnel
-    /// programs write into the answers they reflect.
+    /// Our view of the tunnels (bit k: tunnel k usable) and our flags,
+    /// which the tunnel programs write into the answers they reflect.
     ///
     /// # Errors
     /// If the object has no `PROBE_VIEW` map or the kernel refuses.
-    pub fn set_probe_view(&mut self, view: u64) -> Result<()> {
-        let mut m: Array<_, u64> = map(&mut self.ebpf, names::PROBE_VIEW)?.try_into()?;
+    pub fn set_probe_view(&mut self, view: &LocalView) -> Result<()> {
+        let mut m: Array<_, LocalView> = map(&mut self.ebpf, names::PROBE_VIEW)?.try_into()?;
         m.set(0, view, 0).context("writing PROBE_VIEW")?;
         Ok(())
     }

@@ -12,6 +12,7 @@ use std::{
     io, mem,
     net::IpAddr,
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
+    sync::Arc,
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -140,6 +141,39 @@ impl Events {
                 return Ok(out);
             }
         }
+    }
+}
+
+/// A plain peer's echo probing: the socket, and the task that reads its
+/// replies. Dropping it (the device replaced, the tunnel no longer probed)
+/// ends the task, and with it the socket: one of each per tunnel, however
+/// often its OpenVPN restarts.
+pub struct Echo {
+    pub pinger: Arc<Pinger>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Echo {
+    /// Starts reading `pinger`'s replies on a task, handing each sequence
+    /// number to `on_reply` until it returns false; needs a tokio runtime.
+    pub fn start(pinger: Pinger, on_reply: impl Fn(u16) -> bool + Send + 'static) -> Self {
+        let pinger = Arc::new(pinger);
+        let reading = pinger.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(seq) = reading.reply().await {
+                if !on_reply(seq) {
+                    return;
+                }
+            }
+        })
+        .abort_handle();
+        Self { pinger, reader }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 

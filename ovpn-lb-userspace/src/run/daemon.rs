@@ -1,11 +1,15 @@
 //! The running loader: one record per tunnel, kept in step with the kernel
 //! (devices, neighbours, OpenVPN's state), and the datapath kept in step with
-//! the records (tunnel entries, schedule, the kernel path's route).
+//! the records (tunnel entries, schedule, the kernel path's route); the LAN
+//! and WAN devices followed alike (`edges`).
 //!
 //! Every handler's failure is logged and retried: a device that vanishes
 //! between an event and the attach, a map write the kernel refuses once,
 //! nothing of that stops the loader. Events are triggers; the state itself
 //! is always read fresh from the kernel (see `netlink`).
+
+mod edges;
+mod probing;
 
 use std::{
     collections::BTreeSet,
@@ -17,14 +21,13 @@ use anyhow::{Context as _, Result};
 use ovpn_lb_common::{
     SiteConfig,
     maps::{Spray, site_flags},
-    probe::{self as wire, Event, Payload},
     schedule,
 };
 use tokio::sync::mpsc;
 
 use crate::{
     announce::{self, kernel::Announcement},
-    config::{Config, Hook, Probing, TunnelKind},
+    config::{Config, Hook, TunnelKind},
     datapath::{
         Datapath,
         attach::{self, Attached, Attachment},
@@ -36,11 +39,7 @@ use crate::{
     metrics::{AnnounceView, TunnelView, Views},
     netlink::{self, LinkFacts, Netlink, RouteTarget, netdev},
     pins::Layout,
-    probe::{
-        self, PeerView,
-        io::{Pinger, Sender},
-        now_ns,
-    },
+    probe::{self, io::Sender, now_ns},
     status::{AnnounceState, ManagedNeighbour, ProbeState, State, TunnelState},
     tunnel::{Tunnel, TunnelId},
 };
@@ -83,6 +82,8 @@ pub struct Daemon {
     /// The LAN driver's XDP features are followed (XDP hook only): the XDP
     /// restore may then forward straight to the LAN while it can transmit.
     lan_features_followed: bool,
+    /// What is attached to the LAN and WAN devices.
+    edges: edges::Edges,
     kernel: Owned,
     /// Earlier configurations' kernel paths still to remove.
     retiring: Vec<Owned>,
@@ -110,30 +111,21 @@ pub struct Daemon {
     probe: Option<probe::Settings>,
     /// Writes probes into the tunnel devices.
     sender: Option<Sender>,
-    /// The far gateway's view of the tunnels, as last heard.
-    peer: PeerView,
-    /// Our view as last told to the datapath and the far gateway.
-    announced: Option<u64>,
+    /// Our view and flags as last told to the datapath and the far gateway.
+    announced: Option<ovpn_lb_common::probe::LocalView>,
     next_probe: Instant,
+    /// When the tunnel devices' counters are read next (four times per probe
+    /// interval: overload evidence, see `probe`).
+    next_counters: Instant,
     /// Echo replies from the plain peers' pingers.
     echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
     /// `[announce]`: the marker routes and the health file, while healthy.
     announcement: Option<Announcement>,
-    /// The LAN device as last read.
-    lan_state: LanState,
     /// Stopping: withdrawn, draining until the loader exits.
     stopping: bool,
-    /// What the far gateway of the pair last said in its probes.
+    /// What the far gateway of the pair says in its probes and answers
+    /// (the newest fresh word on any tunnel).
     far_flags: announce::Flags,
-}
-
-/// Whether the LAN device is up (for the announcement and the far gateway).
-#[derive(Clone, Copy, Debug, Default)]
-struct LanState {
-    /// It exists, is up and has carrier.
-    up: bool,
-    /// It changed: read it again.
-    dirty: bool,
 }
 
 fn short(e: &anyhow::Error) -> String {
@@ -179,6 +171,7 @@ impl Daemon {
             lan: None,
             site: SiteConfig::default(),
             lan_features_followed: false,
+            edges: edges::Edges::default(),
             kernel,
             retiring,
             routes: None,
@@ -196,12 +189,11 @@ impl Daemon {
             written_at: Instant::now(),
             probe,
             sender,
-            peer: PeerView::default(),
             announced: None,
             next_probe: Instant::now(),
+            next_counters: Instant::now(),
             echo_tx,
             announcement,
-            lan_state: LanState::default(),
             stopping: false,
             far_flags: announce::Flags::default(),
         }
@@ -223,7 +215,6 @@ impl Daemon {
     /// If the datapath cannot be configured or the LAN program attached.
     pub async fn start(&mut self, facts: &Facts, lan_features_followed: bool) -> Result<()> {
         self.lan = facts.link(&self.config.lan.interface).cloned();
-        self.lan_state.up = self.lan.as_ref().is_some_and(|l| l.up);
         self.lan_features_followed = lan_features_followed;
         let mut site = self.config.site(self.lan.as_ref());
         if let Some(lan) = &self.lan {
@@ -238,13 +229,14 @@ impl Daemon {
         self.datapath.sync_prefixes(
             &self.config.remote_entries(),
             &crate::config::translation_entries(&specs),
+            &crate::config::guard_entries(&self.config, &specs),
         )?;
-        let wanted = kernel_path::rules(&self.config);
+        let wanted = kernel_path::wanted(&self.config, &specs);
         // On record before it is made: a crash or a failure from here on
         // leaves nothing the next `run` or `detach` does not know of.
         self.record()?;
         while let Some(old) = self.retiring.first().cloned() {
-            for line in kernel_path::retire(&self.netlink, &old, &self.kernel, &wanted)
+            for line in kernel_path::retire(&self.netlink, &old, &self.kernel, &wanted.rules)
                 .await
                 .context("removing an earlier configuration's policy rules")?
             {
@@ -255,6 +247,9 @@ impl Daemon {
         }
         kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
 
+        // The WAN guard as soon as the kernel path is there.
+        self.edges.wan_pending.dirty = true;
+        self.settle_edges().await;
         self.rings = self.account_rings();
         for k in 0..self.tunnels.len() {
             let link = facts.link(&self.tunnels[k].spec.device).cloned();
@@ -289,6 +284,7 @@ impl Daemon {
                 log::warn!("announcing: {}", short(&e));
             }
         }
+        self.announce();
         self.publish().await;
         // The LAN program last, onto maps that hold everything it reads: a
         // takeover of another build's maps sprays from its first packet.
@@ -300,6 +296,7 @@ impl Daemon {
         {
             report(&a, &lan, how);
         }
+        self.edges.lan_attached = self.lan.as_ref().map_or(0, |l| l.ifindex);
         Ok(())
     }
 
@@ -456,188 +453,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Starts probing a tunnel that can be probed, stops one that cannot;
-    /// `device_changed`: a new device, whose probing starts afresh.
-    fn follow_probes(&mut self, k: usize, device_changed: bool) {
-        if self.probe.is_none() {
-            return;
-        }
-        let ready = self.tunnels[k].probe_ready();
-        let t = &mut self.tunnels[k];
-        if !ready || t.spec.probing == Probing::Off {
-            t.tracker.stop();
-            t.pinger = None;
-            return;
-        }
-        if device_changed || !t.tracker.probing() {
-            t.tracker.start(now_ns());
-        }
-        if let Probing::Echo(target) = t.spec.probing
-            && (device_changed || t.pinger.is_none())
-        {
-            let id = 0x4f00 | u16::try_from(k).unwrap_or(0);
-            match Pinger::open(&t.spec.device, target, id) {
-                Ok(p) => {
-                    let p = std::sync::Arc::new(p);
-                    t.pinger = Some(p.clone());
-                    let (tx, tunnel) = (self.echo_tx.clone(), t.id);
-                    tokio::spawn(async move {
-                        while let Ok(seq) = p.reply().await {
-                            if tx.send((tunnel, seq, now_ns())).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-                Err(e) => log::warn!("{}: cannot ping {target}: {e}", t.label()),
-            }
-        }
-    }
-
-    /// Sends one probe into every probed tunnel. A tunnel with no socket to
-    /// send its probe by has none counted: no probe left, none was lost.
-    fn probe_round(&mut self) {
-        let view = self.local_view();
-        for t in &mut self.tunnels {
-            if !t.tracker.probing() {
-                continue;
-            }
-            // The send time is in the probe and in the tracker: one reading.
-            let at = now_ns();
-            let sendable = match t.spec.probing {
-                Probing::Reflected => self.sender.is_some(),
-                Probing::Echo(_) => t.pinger.is_some(),
-                Probing::Off => false,
-            };
-            if !sendable {
-                t.tracker.unsendable(at);
-                if !std::mem::replace(&mut t.probe_unsent, true) {
-                    log::warn!(
-                        "{}: no socket to send its probes by; none is counted until one is",
-                        t.label()
-                    );
-                }
-                continue;
-            }
-            if std::mem::take(&mut t.probe_unsent) {
-                log::info!("{}: probes are sent again", t.label());
-            }
-            // Behind traffic, a probe measures that wait, not the path (read
-            // before the probe itself joins the ring).
-            let behind = self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at));
-            let seq = t.tracker.send(at);
-            if behind {
-                t.tracker.queued_behind_traffic();
-            }
-            let sent = match (t.spec.probing, &self.sender, &t.pinger) {
-                (Probing::Reflected, Some(sender), _) => {
-                    let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
-                    let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
-                    sender.send(t.ifindex(), peer_mac, &Payload::probe(id, seq, at, view))
-                }
-                (Probing::Echo(_), _, Some(p)) => p.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
-                _ => Ok(()),
-            };
-            // Refused on its way into the tunnel (a firewall, a full queue, a
-            // vanishing device): sent and unanswered, which is what it is.
-            if let Err(e) = sent {
-                log::debug!("{}: probe not sent: {e}", t.label());
-            }
-        }
-    }
-
-    /// Tunnels usable as far as this gateway knows by itself (bit k: tunnel k).
-    fn local_view(&self) -> u64 {
-        self.tunnels
-            .iter()
-            .filter(|t| t.health.local_fault().is_none())
-            .fold(0, |bits, t| bits | (1 << t.id.raw()))
-    }
-
-    /// Reports of the tunnel programs: answers to our probes, and the far
-    /// gateway's probes they reflected.
-    pub fn on_probe_events(&mut self, events: &[Event]) {
-        for e in events {
-            let Some(t) = usize::try_from(e.tunnel)
-                .ok()
-                .and_then(|k| self.tunnels.get_mut(k))
-            else {
-                continue;
-            };
-            let p = e.payload.swapped();
-            match u8::try_from(e.kind).unwrap_or(0) {
-                wire::ANSWER
-                    if t.tracker
-                        .answer(p.seq, p.sent_ns, p.reflected_ns, e.received_ns) =>
-                {
-                    self.peer = PeerView {
-                        bits: p.reflector_view,
-                        heard_ns: e.received_ns,
-                    };
-                }
-                wire::PROBE => {
-                    self.peer = PeerView {
-                        bits: p.sender_view,
-                        heard_ns: e.received_ns,
-                    };
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// An echo reply from a plain peer's far end.
-    pub fn on_echo(&mut self, id: TunnelId, seq: u16, received_ns: u64) {
-        if let Some(t) = self.tunnels.get_mut(id.index()) {
-            t.tracker.echo_reply(seq, received_ns);
-        }
-    }
-
-    /// Probes' verdicts into health; our view to the datapath and, when it
-    /// changed, to the far gateway at once.
-    fn settle_probes(&mut self) {
-        let Some(settings) = self.probe else {
-            return;
-        };
-        let (now, instant) = (now_ns(), Instant::now());
-        for t in &mut self.tunnels {
-            let alive = t.tracker.alive(now, &settings);
-            let peer_down = t.spec.probing == Probing::Reflected
-                && self.peer.says_down(t.id.index(), now, &settings);
-            let was = t.health.fault();
-            t.health.set_probe(alive, peer_down, instant);
-            if t.health.fault() == Some(health::Cause::Probe) && was != Some(health::Cause::Probe) {
-                log::info!(
-                    "{}: {}",
-                    t.label(),
-                    if alive == Some(false) {
-                        format!(
-                            "no probe answered for {} ms",
-                            settings.silence().as_millis()
-                        )
-                    } else {
-                        "the far gateway cannot use it".to_owned()
-                    }
-                );
-            }
-        }
-        let view = self.local_view();
-        if self.announced != Some(view) {
-            if let Err(e) = self.datapath.set_probe_view(view) {
-                log::debug!("writing PROBE_VIEW: {e:#}");
-            }
-            if self.announced.is_some() {
-                // Tell the far gateway now, on every tunnel that still works.
-                self.probe_round();
-            }
-            self.announced = Some(view);
-        }
-        if instant >= self.next_probe {
-            self.probe_round();
-            self.next_probe = instant + settings.interval;
-        }
-    }
-
     fn write_entry(
         &mut self,
         k: usize,
@@ -704,13 +519,9 @@ impl Daemon {
                 log::warn!("netlink notifications were lost; reading every tunnel again");
                 self.mark_all();
             }
+            netlink::Event::Route => self.mark_edges(None),
             netlink::Event::Link { ifindex, name } => {
-                let lan = self.lan.as_ref().map_or(0, |l| l.ifindex);
-                if name.as_deref() == Some(self.config.lan.interface.as_str())
-                    || (*ifindex != 0 && *ifindex == lan)
-                {
-                    self.lan_state.dirty = true;
-                }
+                self.mark_edges(Some((*ifindex, name.as_deref())));
                 for t in &self.tunnels {
                     if name.as_deref() == Some(t.spec.device.as_str())
                         || (*ifindex != 0 && *ifindex == t.ifindex())
@@ -731,7 +542,7 @@ impl Daemon {
 
     fn mark_all(&mut self) {
         self.dirty.extend(self.tunnels.iter().map(|t| t.id));
-        self.lan_state.dirty = true;
+        self.edges.mark_all();
     }
 
     /// OpenVPN's management interface said something (`None`: lost it).
@@ -803,7 +614,7 @@ impl Daemon {
                 .iter()
                 .filter_map(move |t| t.tracker.deadline(&settings))
                 .map(move |at| instant + Duration::from_nanos(at.saturating_sub(now)))
-                .chain([self.next_probe])
+                .chain([self.next_probe, self.next_counters])
         });
         self.tunnels
             .iter()
@@ -841,7 +652,9 @@ impl Daemon {
             self.retry_at = None;
             let failed = std::mem::take(&mut self.failed);
             self.dirty.extend(failed);
+            self.edges.retry();
         }
+        self.settle_edges().await;
         for id in std::mem::take(&mut self.dirty) {
             if let Err(e) = self.reconcile(id.index()).await {
                 log::warn!(
@@ -853,17 +666,8 @@ impl Daemon {
                 self.retry_at = Some(Instant::now() + RETRY_AFTER);
             }
         }
-        if std::mem::take(&mut self.lan_state.dirty) {
-            match self.netlink.link(&self.config.lan.interface).await {
-                Ok(lan) => self.lan_state.up = lan.is_some_and(|l| l.up),
-                Err(e) => {
-                    log::warn!("reading the LAN device: {}; trying again", short(&e.into()));
-                    self.lan_state.dirty = true;
-                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
-                }
-            }
-        }
         self.settle_probes();
+        self.announce();
         let up_delay = self.config.up_delay;
         for t in &mut self.tunnels {
             t.health.advance(Instant::now(), up_delay);
@@ -920,7 +724,7 @@ impl Daemon {
                 }
             }
         }
-        self.announce().await;
+        self.follow_announcement().await;
         if let Ok(mut views) = self.views.lock() {
             views.announce = self.announcement.as_ref().map(|a| AnnounceView {
                 announced: a.announcer.announced,
@@ -974,7 +778,7 @@ impl Daemon {
 
     /// The announcement follows the rotation, the LAN, the maintenance
     /// file, the stop and the far gateway's flags.
-    async fn announce(&mut self) {
+    async fn follow_announcement(&mut self) {
         let inputs = self.announce_inputs();
         let Some(a) = &mut self.announcement else {
             return;
@@ -992,7 +796,7 @@ impl Daemon {
     fn announce_inputs(&self) -> announce::Inputs {
         announce::Inputs {
             in_rotation: self.tunnels.iter().filter(|t| t.health.in_rotation).count(),
-            lan_up: self.lan_state.up,
+            lan_up: self.lan.as_ref().is_some_and(|l| l.up),
             maintenance: self
                 .announcement
                 .as_ref()
@@ -1009,15 +813,12 @@ impl Daemon {
         self.announce_inputs().own_flags()
     }
 
-    /// The far gateway of the pair said `flags` (in its probes).
-    pub fn on_far_flags(&mut self, flags: announce::Flags) {
-        self.far_flags = flags;
-    }
-
     /// Stopping: withdraws now (the far gateway hears that we drain); the
     /// caller keeps the loop going for the drain time, then exits.
     pub async fn begin_stop(&mut self) {
         self.stopping = true;
+        // The far gateway hears it at once, in a round of probes.
+        self.announce();
         self.publish().await;
     }
 
@@ -1049,6 +850,7 @@ impl Daemon {
             hook: self.config.hook.name().into(),
             neighbours: self.neighbours.clone(),
             lan_interface: self.config.lan.interface.clone(),
+            wan_guard: self.edges.wan.keys().cloned().collect(),
             kernel_route: Some(self.kernel.clone()),
             retiring_kernel_routes: self.retiring.clone(),
             mounted_bpffs: self.mounted_bpffs.clone(),
@@ -1106,6 +908,10 @@ impl Daemon {
                         .filter(|(_, n)| *n > 0)
                         .map(|(c, n)| (c.name().to_owned(), n))
                         .collect(),
+                    peer_flags: t
+                        .peer
+                        .map(|w| probing::flag_names(w.said.flags))
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -1137,6 +943,7 @@ fn probe_state(t: &Tunnel) -> Option<ProbeState> {
         answered: t.tracker.answered,
         // Over the last probes whose answers are overdue: a second's grace.
         loss: t.tracker.loss(now_ns(), 1_000_000_000),
+        kept_by_traffic: t.kept_by_traffic,
     })
 }
 
