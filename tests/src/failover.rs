@@ -472,6 +472,9 @@ pub struct Outcome {
     /// What both routers' kernels said about routes and next hops
     /// meanwhile (`ip -ts monitor`), for a failure's message.
     pub route_log: String,
+    /// Events meanwhile that the fault does not cause (see
+    /// [`bystander_events`]): nonzero, the try says nothing of the fault.
+    pub disturbed: u64,
 }
 
 impl Outcome {
@@ -556,12 +559,24 @@ impl Outcome {
             })
             .collect();
         format!(
-            "{}: router A left the pair after {}, router B after {}; pings lost per stream (* on the pair) {}; transfers {}",
+            "{}: router A left the pair after {}, router B after {}; pings lost per stream (* on the pair) {}; transfers {}{}",
             self.fault.describe(),
             ms(self.left[0]),
             ms(self.left[1]),
             streams.join(" "),
-            transfers.join(" ")
+            transfers.join(" "),
+            disturbed(self.disturbed)
+        )
+    }
+}
+
+/// A summary's note of events on the other pairs.
+fn disturbed(events: u64) -> String {
+    if events == 0 {
+        String::new()
+    } else {
+        format!(
+            "; DISTURBED: {events} withdrawal(s) or BFD session(s) down that the fault does not cause"
         )
     }
 }
@@ -591,6 +606,57 @@ impl Default for Trial {
     }
 }
 
+/// Events so far that `fault` does not cause: announcement transitions of
+/// the other pairs' gateways, and BFD sessions going down on the routers
+/// (BGP), but the faulty gateway's when the fault takes its session down.
+/// A machine too loaded to run a gateway's OpenVPN, bfdd or loader in time
+/// (BFD and the probes allow 0.3 s of silence) causes them, and the routes
+/// move for that; a try with one says nothing of the fault.
+#[must_use]
+pub fn bystander_events(lab: &Lab, fault: Fault) -> u64 {
+    let faulty = fault.gateway();
+    let transitions: u64 = lab
+        .gateways()
+        .into_iter()
+        .filter(|g| g.pair != faulty.pair)
+        .filter_map(|g| {
+            ovpn_lb::status::State::read(&lab.layout(g))
+                .ok()?
+                .announce
+                .map(|a| a.transitions)
+        })
+        .sum();
+    if lab.options.routing() != Some(HaKind::Bgp) {
+        return transitions;
+    }
+    // The faulty gateway is .{2+pair} (IPv4) and ::{2+pair} on its site's
+    // segment.
+    let ends_session = matches!(
+        fault,
+        Fault::LanDown(_) | Fault::KillBgpd(_) | Fault::GatewayGone(_)
+    );
+    let host = 2 + faulty.pair;
+    let (v4, v6) = (format!(".{host}"), format!("::{host:x}"));
+    let down: u64 = Side::BOTH
+        .iter()
+        .map(|&side| {
+            let v = lab.router_frr(side).json("show bfd peers counters json");
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| {
+                    let addr = p["peer"].as_str().unwrap_or_default();
+                    !(ends_session
+                        && side == faulty.side
+                        && (addr.ends_with(&v4) || addr.ends_with(&v6)))
+                })
+                .filter_map(|p| p["session-down-events"].as_u64())
+                .sum::<u64>()
+        })
+        .sum();
+    transitions + down
+}
+
 /// Injects `fault` while ping streams and TCP transfers run; measures.
 ///
 /// # Panics
@@ -610,6 +676,7 @@ pub fn inject(lab: &mut Lab, fault: Fault, trial: &Trial) -> Outcome {
     let before = crossings.read();
     let pair = fault.gateway().pair;
     let remaining: Vec<usize> = all_pairs(lab).into_iter().filter(|&p| p != pair).collect();
+    let bystanders = bystander_events(lab, fault);
     let at = Instant::now();
     apply(lab, fault);
     let left = if fault.withdraws() {
@@ -632,6 +699,7 @@ pub fn inject(lab: &mut Lab, fault: Fault, trial: &Trial) -> Outcome {
     let crossed = |i: usize| before[i][pair] > 0;
     Outcome {
         route_log: monitors.stop(),
+        disturbed: bystander_events(lab, fault) - bystanders,
         fault,
         left,
         streams: sent
@@ -713,6 +781,9 @@ pub struct Rejoin {
     pub back: [Option<Duration>; 2],
     /// Per ping stream meanwhile.
     pub streams: Vec<Count>,
+    /// Events meanwhile that the fault does not cause (see
+    /// [`bystander_events`]).
+    pub disturbed: u64,
 }
 
 impl Rejoin {
@@ -737,9 +808,10 @@ impl Rejoin {
             })
             .collect();
         format!(
-            "back after {:?}; pings lost {}",
+            "back after {:?}; pings lost {}{}",
             self.back,
-            streams.join(" ")
+            streams.join(" "),
+            disturbed(self.disturbed)
         )
     }
 }
@@ -751,9 +823,10 @@ impl Rejoin {
 /// For a gone gateway, or if the lab does not come back.
 pub fn restore(lab: &mut Lab, fault: Fault, trial: &Trial) -> Rejoin {
     let streams = Streams::start(lab, trial.pings);
+    let g = fault.gateway();
+    let bystanders = bystander_events(lab, fault);
     thread::sleep(Duration::from_millis(500));
     let at = Instant::now();
-    let g = fault.gateway();
     match fault {
         Fault::KillOpenVpn(_) => {
             for k in 0..lab.options.tunnels {
@@ -782,8 +855,10 @@ pub fn restore(lab: &mut Lab, fault: Fault, trial: &Trial) -> Rejoin {
         let pairs = all_pairs(lab);
         [Side::A, Side::B].map(|side| wait_route(lab, side, &pairs, at, Duration::from_secs(20)))
     };
+    let streams = streams.finish();
     Rejoin {
         back,
-        streams: streams.finish(),
+        streams,
+        disturbed: bystander_events(lab, fault) - bystanders,
     }
 }

@@ -9,7 +9,7 @@ use std::{path::Path, time::Duration};
 
 use ovpn_lb::generate::{self, Request, ha::HaKind, layout};
 use ovpn_lb_tests::{
-    failover::{self, Fault, Trial, next_hops, route_pairs},
+    failover::{self, Fault, Outcome, Rejoin, Trial, next_hops, route_pairs},
     frr, keepalived,
     lab::{Gw, Lab, Options, Side},
     root_alone,
@@ -50,6 +50,55 @@ fn check(ok: bool, what: &str, lab: &Lab) {
     assert!(ok, "{what}\n{}", lab.diagnose());
 }
 
+/// Tries in all of a fault whose tries the machine disturbs.
+const TRIES: usize = 3;
+
+/// `fault` injected, then put right: the first try the machine left alone
+/// (no withdrawal on the other pair and no BFD session down that the fault
+/// does not cause: see `failover::bystander_events`; two loaded cores can
+/// starve a gateway's OpenVPN, bfdd or loader past the 0.3 s that BFD and
+/// the probes allow), else the last. `during` says what is wrong while the fault lasts. Under
+/// VRRP one try: the address stays where a fault moved it, so a second try
+/// would start elsewhere.
+fn undisturbed(
+    lab: &mut Lab,
+    fault: Fault,
+    trial: &Trial,
+    during: impl Fn(&Lab) -> Option<String>,
+) -> (Outcome, Rejoin) {
+    let tries = if lab.options.routing() == Some(HaKind::Bgp) {
+        TRIES
+    } else {
+        1
+    };
+    for i in 1..=tries {
+        let out = failover::inject(lab, fault, trial);
+        eprintln!("{}", out.summary());
+        let wrong = during(lab);
+        let back = failover::restore(lab, fault, trial);
+        eprintln!("  put right: {}", back.summary());
+        if out.disturbed + back.disturbed == 0 || i == tries {
+            if let Some(wrong) = wrong {
+                check(false, &wrong, lab);
+            }
+            return (out, back);
+        }
+        eprintln!("  try {i} of {tries} void: disturbed by the machine; again");
+        let pairs = failover::all_pairs(lab);
+        for side in Side::BOTH {
+            let _ = failover::wait_route(
+                lab,
+                side,
+                &pairs,
+                std::time::Instant::now(),
+                Duration::from_secs(20),
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    unreachable!("the last try returns")
+}
+
 /// Up (both routers 2-way ECMP for both families within 15 s), then each
 /// graceful and ungraceful event on gateway A1 and its pair, put right in
 /// turn, and last A1 gone for good.
@@ -61,6 +110,7 @@ fn two_pairs_behind_bgp_routers_share_the_load_and_survive_each_fault() {
     let trial = Trial::default();
     drains(&mut lab, &trial);
     restarts(&mut lab, &trial);
+    lan_down(&mut lab, &trial);
     pair_fails(&mut lab, &trial);
     gateway_gone(&mut lab, &trial);
 }
@@ -87,17 +137,19 @@ fn up(lab: &Lab) {
 /// Graceful drains: nothing lost, transfers intact, back with nothing lost.
 fn drains(lab: &mut Lab, trial: &Trial) {
     for fault in [Fault::Maintenance(A1), Fault::Sigterm(A1)] {
-        let out = failover::inject(lab, fault, trial);
-        eprintln!("{}", out.summary());
+        let (out, back) = undisturbed(lab, fault, trial, |_| None);
         check(
             out.lost() == 0,
             &format!("a drain lost pings: {}", out.details()),
             lab,
         );
-        check(out.left[0].is_some(), &out.summary(), lab);
+        // A1 withdraws, and B1 with it: A1's probes say it drains.
+        check(
+            out.left.iter().all(Option::is_some),
+            &format!("a router kept pair 1: {}", out.details()),
+            lab,
+        );
         check(out.transfers.iter().all(|t| t.1), &out.summary(), lab);
-        let back = failover::restore(lab, fault, trial);
-        eprintln!("{}", back.summary());
         check(
             back.back.iter().all(Option::is_some),
             "the pair did not come back",
@@ -105,7 +157,7 @@ fn drains(lab: &mut Lab, trial: &Trial) {
         );
         check(
             back.lost() == 0,
-            &format!("the rejoin lost {} pings", back.lost()),
+            &format!("the rejoin lost pings: {}", back.summary()),
             lab,
         );
     }
@@ -115,42 +167,65 @@ fn drains(lab: &mut Lab, trial: &Trial) {
 /// bgpd killed: the router drops A1 at once (the session closes), nothing
 /// is lost; back within 10 s of bgpd's restart.
 fn restarts(lab: &mut Lab, trial: &Trial) {
-    let out = failover::inject(lab, Fault::KillLoader(A1), trial);
-    eprintln!("{}", out.summary());
+    let (out, _) = undisturbed(lab, Fault::KillLoader(A1), trial, |lab| {
+        if markers(lab, A1) != 2 {
+            return Some("the marker routes left with the loader".to_owned());
+        }
+        Side::BOTH
+            .iter()
+            .any(|&side| route_pairs(lab, side) != [0, 1])
+            .then(|| "the announcement changed".to_owned())
+    });
     check(out.lost() == 0, &out.summary(), lab);
-    check(
-        markers(lab, A1) == 2,
-        "the marker routes left with the loader",
-        lab,
-    );
-    for side in Side::BOTH {
-        check(
-            route_pairs(lab, side) == [0, 1],
-            "the announcement changed",
-            lab,
-        );
-    }
-    failover::restore(lab, Fault::KillLoader(A1), trial);
-    let out = failover::inject(lab, Fault::KillBgpd(A1), trial);
-    eprintln!("{}", out.summary());
+    let (out, back) = undisturbed(lab, Fault::KillBgpd(A1), trial, |_| None);
     check(out.lost() == 0, &out.summary(), lab);
-    let back = failover::restore(lab, Fault::KillBgpd(A1), trial);
-    eprintln!("bgpd back: {:?}", back.back);
     check(
         back.back[0].is_some_and(|d| d <= Duration::from_secs(10)),
         &format!("not announced again within 10 s: {:?}", back.back),
         lab,
     );
-    check(back.lost() == 0, "bgpd's return lost pings", lab);
+    check(
+        back.lost() == 0,
+        &format!("bgpd's return lost pings: {}", back.summary()),
+        lab,
+    );
+}
+
+/// A1's LAN link down: router A drops A1 by BFD within 0.4 s, router B
+/// drops B1 within 0.5 s (A1's probes say its LAN is down, and B1
+/// withdraws); nothing lost elsewhere, transfers intact, back with nothing
+/// lost once the link is up.
+fn lan_down(lab: &mut Lab, trial: &Trial) {
+    let (out, back) = undisturbed(lab, Fault::LanDown(A1), trial, |_| None);
+    for (side, left, bound) in [(Side::A, out.left[0], 400), (Side::B, out.left[1], 500)] {
+        check(
+            left.is_some_and(|d| d <= Duration::from_millis(bound)),
+            &format!(
+                "router {side} kept pair 1 past {bound} ms: {}",
+                out.details()
+            ),
+            lab,
+        );
+    }
+    check(out.worst_elsewhere() == 0, &out.details(), lab);
+    check(out.transfers.iter().all(|t| t.1), &out.summary(), lab);
+    check(
+        back.back.iter().all(Option::is_some),
+        "pair 1 did not come back with the LAN",
+        lab,
+    );
+    check(
+        back.lost() == 0,
+        &format!("the rejoin lost pings: {}", back.summary()),
+        lab,
+    );
 }
 
 /// Every OpenVPN of pair 1 killed on A1: both routers drop pair 1 within
 /// 1 s; streams elsewhere lose nothing, those on pair 1 at most 50; the
 /// pair rejoins with nothing lost.
 fn pair_fails(lab: &mut Lab, trial: &Trial) {
-    let fault = Fault::KillOpenVpn(A1);
-    let out = failover::inject(lab, fault, trial);
-    eprintln!("{}", out.summary());
+    let (out, back) = undisturbed(lab, Fault::KillOpenVpn(A1), trial, |_| None);
     for (side, left) in Side::BOTH.iter().zip(out.left) {
         check(
             left.is_some_and(|d| d <= Duration::from_secs(1)),
@@ -166,8 +241,6 @@ fn pair_fails(lab: &mut Lab, trial: &Trial) {
         "nothing crossed pair 1 before the fault: the test saw nothing",
         lab,
     );
-    let back = failover::restore(lab, fault, trial);
-    eprintln!("pair 1 {}", back.summary());
     check(
         back.back.iter().all(Option::is_some),
         "pair 1 did not rejoin",
@@ -175,7 +248,7 @@ fn pair_fails(lab: &mut Lab, trial: &Trial) {
     );
     check(
         back.lost() == 0,
-        &format!("the rejoin lost {} pings", back.lost()),
+        &format!("the rejoin lost pings: {}", back.summary()),
         lab,
     );
 }
@@ -225,8 +298,7 @@ fn two_pairs_under_vrrp_hand_the_address_over() {
     }
     // Pair 1's OpenVPN dies on A1: A1 withdraws at once, B1 once its probes
     // go unanswered; both addresses move to pair 2.
-    let out = failover::inject(&mut lab, Fault::KillOpenVpn(A1), &trial);
-    eprintln!("{}", out.summary());
+    let (out, back) = undisturbed(&mut lab, Fault::KillOpenVpn(A1), &trial, |_| None);
     check(
         out.left.iter().all(Option::is_some),
         &format!("an address stayed on pair 1: {}", out.summary()),
@@ -238,8 +310,6 @@ fn two_pairs_under_vrrp_hand_the_address_over() {
         &lab,
     );
     check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
-    let back = failover::restore(&mut lab, Fault::KillOpenVpn(A1), &trial);
-    eprintln!("{}", back.summary());
     check(
         back.back[0].is_some(),
         "gateway A1 did not become healthy again",
@@ -248,8 +318,7 @@ fn two_pairs_under_vrrp_hand_the_address_over() {
     check(back.lost() == 0, &back.summary(), &lab);
     // The address holder A2 drains: it goes back to A1, nothing lost.
     let a2 = Gw::new(1, Side::A);
-    let out = failover::inject(&mut lab, Fault::Maintenance(a2), &trial);
-    eprintln!("{}", out.summary());
+    let (out, _) = undisturbed(&mut lab, Fault::Maintenance(a2), &trial, |_| None);
     check(
         out.left[0].is_some(),
         &format!("A2 kept the address: {}", out.summary()),
@@ -261,7 +330,6 @@ fn two_pairs_under_vrrp_hand_the_address_over() {
         &lab,
     );
     check(out.transfers.iter().all(|t| t.1), &out.summary(), &lab);
-    failover::restore(&mut lab, Fault::Maintenance(a2), &trial);
 }
 
 /// What the lab runs passes FRR's own parser; so do the routers' parts.

@@ -113,10 +113,26 @@ fn row(t: &Tries) -> String {
             n => format!("{text}; stayed {n}x"),
         }
     };
+    // Tries during which the other pair withdrew or lost a BFD session
+    // (the machine's doing, not the fault's) are counted in, and named.
+    let disturbed = t
+        .outcomes
+        .iter()
+        .zip(
+            t.rejoins
+                .iter()
+                .map(|r| r.disturbed)
+                .chain(std::iter::repeat(0)),
+        )
+        .filter(|(o, r)| o.disturbed + r > 0)
+        .count();
+    let tries = match disturbed {
+        0 => t.outcomes.len().to_string(),
+        n => format!("{} ({n} disturbed)", t.outcomes.len()),
+    };
     format!(
-        "| {} | {} | {} | {} | {} | {} of {transfers} | {} | {} |",
+        "| {} | {tries} | {} | {} | {} | {} of {transfers} | {} | {} |",
         t.fault.describe(),
-        t.outcomes.len(),
         left_text(0),
         left_text(1),
         dist(&on_pair, 0),
@@ -156,18 +172,8 @@ fn faults(
     interrupted: &AtomicBool,
 ) -> Result<Vec<Tries>> {
     let mut out = Vec::new();
+    let trial = Trial::default();
     for &fault in faults {
-        // A LAN down stalls the transfers whose replies cross the far
-        // gateway of its pair for as long as it lasts (that gateway is not
-        // told): pings only.
-        let trial = if matches!(fault, Fault::LanDown(_)) {
-            Trial {
-                transfer_bytes: 0,
-                ..Trial::default()
-            }
-        } else {
-            Trial::default()
-        };
         let mut t = Tries {
             fault,
             outcomes: Vec::new(),
