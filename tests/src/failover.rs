@@ -650,7 +650,8 @@ pub fn bystander_events(lab: &Lab, fault: Fault) -> u64 {
                         && side == faulty.side
                         && (addr.ends_with(&v4) || addr.ends_with(&v6)))
                 })
-                .filter_map(|p| p["session-down-events"].as_u64())
+                // bfdd's own key (not `session-down-events`: no such key, always 0).
+                .filter_map(|p| p["session-down"].as_u64())
                 .sum::<u64>()
         })
         .sum();

@@ -239,8 +239,11 @@ pub struct Lab {
     generated: Option<Generated>,
     /// nftables spraying installed at set-up (`Forwarding::Numgen`).
     nft_spray: Vec<Numgen>,
-    /// When FRR or keepalived started (several pairs).
+    /// When FRR or keepalived started (several pairs): the first instance,
+    /// and the last (the lab starts them one after another, where sites
+    /// start each gateway's on its own).
     pub routing_started: Option<std::time::Instant>,
+    pub routing_all_started: Option<std::time::Instant>,
 }
 
 /// Numbers the labs of one test process.
@@ -373,6 +376,7 @@ impl Lab {
             }
             None => {}
         }
+        self.routing_all_started = Some(std::time::Instant::now());
     }
 
     fn start_frr(&mut self, frr: &Frr) {
@@ -475,6 +479,7 @@ impl Lab {
             generated: None,
             nft_spray: Vec::new(),
             routing_started: None,
+            routing_all_started: None,
         };
         for role in lab.roles() {
             lab.teardown.namespace(&lab.ns(&role));

@@ -225,7 +225,8 @@ fn full_load(lab: &Lab, seconds: u32) -> Result<(u64, f64)> {
                 v.as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|p| p["session-down-events"].as_u64())
+                    // bfdd's own key (not `session-down-events`: no such key, always 0).
+                    .filter_map(|p| p["session-down"].as_u64())
                     .sum::<u64>()
             })
             .sum()

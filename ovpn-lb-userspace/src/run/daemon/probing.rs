@@ -14,7 +14,7 @@ use crate::{
     config::{Probing, TunnelKind},
     facts, health,
     probe::{
-        Counters, PeerWord,
+        Counters, PeerWord, far_flags,
         io::{Echo, Pinger},
         newest_said, now_ns,
     },
@@ -223,7 +223,11 @@ impl Daemon {
             &settings,
         );
         let view = said.and_then(|s| s.view);
-        self.far_flags = announce::Flags::from_word(said.map_or(0, |s| s.coupled()));
+        let words = self
+            .tunnels
+            .iter()
+            .filter_map(|t| Some((t.peer.as_ref()?, t.health.in_rotation)));
+        self.far_flags = announce::Flags::from_word(far_flags(words, now, &settings));
         for t in &mut self.tunnels {
             let alive = t.tracker.alive(now, &settings);
             let peer_down = t.spec.probing == Probing::Reflected
