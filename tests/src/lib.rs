@@ -18,6 +18,7 @@
 //!   with tun devices held by the test, for the loader's tests;
 //! - `machine`: booted systemd containers joined to a lab's namespaces, for
 //!   the package's test;
+//! - `lag`: the machine's scheduling lag beside a timing check;
 //! - `traffic`: TCP, UDP, ping and captures between namespaces;
 //! - `packets` and `fixture`: packet builders and the `BPF_PROG_TEST_RUN`
 //!   harness.
@@ -33,6 +34,7 @@ pub mod frr;
 pub mod gateway;
 pub mod keepalived;
 pub mod lab;
+pub mod lag;
 pub mod loader;
 pub mod machine;
 pub mod netns;
