@@ -44,8 +44,6 @@ struct Sources {
     features: mpsc::UnboundedReceiver<Result<Vec<(u32, u64)>, String>>,
     probes: Option<ProbeEvents>,
     echoes: mpsc::UnboundedReceiver<(TunnelId, u16, u64)>,
-    /// Handled from before the start says it is running.
-    signals: Signals,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -65,7 +63,9 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
     // tunnel dead.
     let sender = open_probe_sockets(&config)?;
     let mounted_bpffs = layout.prepare()?;
-    let _lock = lock::acquire(layout, "run").await?;
+    let _lock = lock::acquire(layout, "run", lock::Ask::HandOver).await?;
+    // Before the state file names us: a takeover's SIGUSR1 must find a handler.
+    let mut signals = Signals::new()?;
     let previous = State::read(layout).ok();
     let had_datapath = datapath_attached(layout, &config.lan.interface);
     let started = start(
@@ -79,11 +79,31 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
         mounted_bpffs,
     )
     .await;
-    let (mut daemon, sources) = match started {
+    let (mut daemon, mut sources) = match started {
         Ok(s) => s,
         Err(e) => return Err(abandon(layout, had_datapath, e).await),
     };
-    let outcome = follow(&mut daemon, sources).await;
+    let mut outcome = follow(&mut daemon, &mut sources, &mut signals, None).await;
+    if let (Ok(signal @ ("SIGINT" | "SIGTERM")), Some(drain)) = (&outcome, daemon.drain_time()) {
+        // Withdraw, and keep following health (and telling the far gateway
+        // that we drain) while the routers move the traffic away; a second
+        // signal cuts the drain short.
+        log::info!(
+            "{signal}: withdrawing; exiting in {} ms (announce.drain_ms)",
+            drain.as_millis()
+        );
+        daemon.begin_stop().await;
+        let drained = follow(
+            &mut daemon,
+            &mut sources,
+            &mut signals,
+            Some(tokio::time::Instant::now() + drain),
+        )
+        .await;
+        if let Err(e) = drained {
+            outcome = Err(e);
+        }
+    }
     finish(daemon, layout, options, outcome).await
 }
 
@@ -221,9 +241,6 @@ async fn start(
     };
     let mut daemon = Daemon::new(config, config_path, layout, io);
     daemon.start(&facts, followed).await?;
-    // Handled from before the line that says so: a signal right after it
-    // stops the loader as documented, not by the default action.
-    let signals = Signals::new()?;
     log::info!("{running}");
     let sources = Sources {
         netlink: netlink_events,
@@ -231,9 +248,26 @@ async fn start(
         features,
         probes,
         echoes,
-        signals,
     };
     Ok((daemon, sources))
+}
+
+/// SIGINT and SIGTERM (stop: withdraw, drain, exit), SIGUSR1 (a new
+/// `run` takes over: exit at once, leaving the announcement to it).
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hand_over: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hand_over: signal(SignalKind::user_defined1())?,
+        })
+    }
 }
 
 /// The OpenVPN management watchers, one task per tunnel that has one.
@@ -255,28 +289,28 @@ fn serve_metrics(listener: tokio::net::TcpListener, layout: &Layout, views: &Vie
     ));
 }
 
-/// SIGINT and SIGTERM, handled.
-struct Signals {
-    sigint: tokio::signal::unix::Signal,
-    sigterm: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            sigint: signal(SignalKind::interrupt())?,
-            sigterm: signal(SignalKind::terminate())?,
-        })
-    }
-}
-
-/// The event loop: until a signal (its name), or an event source failing.
-async fn follow(daemon: &mut Daemon, mut s: Sources) -> Result<&'static str> {
+/// The event loop: until a signal (its name), `until` (the end of a
+/// drain), or an event source failing.
+async fn follow(
+    daemon: &mut Daemon,
+    s: &mut Sources,
+    signals: &mut Signals,
+    until: Option<tokio::time::Instant>,
+) -> Result<&'static str> {
+    let end = async {
+        match until {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
     loop {
         let wake = daemon.next_wakeup();
         tokio::select! {
-            _ = s.signals.sigint.recv() => return Ok("SIGINT"),
-            _ = s.signals.sigterm.recv() => return Ok("SIGTERM"),
+            _ = signals.interrupt.recv() => return Ok("SIGINT"),
+            _ = signals.terminate.recv() => return Ok("SIGTERM"),
+            _ = signals.hand_over.recv() => return Ok("SIGUSR1 (a new run takes over)"),
+            () = &mut end => return Ok("drained"),
             event = s.netlink.recv() => match event {
                 Some(e) => daemon.on_netlink(&e),
                 None => anyhow::bail!("the rtnetlink connection closed"),

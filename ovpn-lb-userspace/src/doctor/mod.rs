@@ -41,6 +41,8 @@ pub struct Finding {
     pub fix: String,
 }
 
+mod announce;
+
 #[derive(Default)]
 struct Findings(Vec<Finding>);
 
@@ -122,7 +124,7 @@ impl Report {
     }
 }
 
-fn sysctl(path: &str) -> Option<u32> {
+pub(crate) fn sysctl(path: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/sys/{path}"))
         .ok()?
         .trim()
@@ -171,6 +173,11 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
     probes(&mut f, layout);
     spray(&mut f, &config, layout).await;
     kernel(&mut f, layout);
+    if let Some(spec) = &config.announce {
+        announce::markers(&mut f, &config, spec, layout, &netlink).await;
+        announce::reader(&mut f, &config);
+        announce::multipath(&mut f, &netlink).await;
+    }
     Ok(Report {
         config: config_path.display().to_string(),
         findings: f.0,
