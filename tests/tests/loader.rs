@@ -1061,6 +1061,11 @@ fn fill_tcx(lab: &GatewayLab, iface: &'static str) -> Vec<aya::Ebpf> {
     })
 }
 
+/// The kernel path's rules in the gateway lab: for the remote prefix and
+/// the peer's 3 translation prefixes, from the LAN and from the gateway
+/// itself (`iif lo`), one `lookup` and one `unreachable` each.
+const KERNEL_PATH_RULES: usize = 4 * 2 * 2;
+
 /// ovpn-lb's policy rules (priorities 7599-7601 by default, or around
 /// `priority`), as `ip rule` lists them, both families.
 fn our_rules(lab: &GatewayLab, priority: u32) -> Vec<String> {
@@ -1124,7 +1129,12 @@ fn a_start_that_fails_leaves_nothing_behind() {
     // Room again: the next start attaches.
     drop(foreign);
     let loader = lab.start_loader(&[]);
-    assert_eq!(our_rules(&lab, 7600).len(), 2, "{}", rules(&lab));
+    assert_eq!(
+        our_rules(&lab, 7600).len(),
+        KERNEL_PATH_RULES,
+        "{}",
+        rules(&lab)
+    );
     lab.stop_and_detach(loader);
 }
 
@@ -1132,7 +1142,12 @@ fn a_start_that_fails_leaves_nothing_behind() {
 fn a_changed_kernel_route_takes_the_old_rules_and_routes_away() {
     let Some(_alone) = root_alone() else { return };
     let (lab, loader) = GatewayLab::running(500);
-    assert_eq!(our_rules(&lab, 7600).len(), 2, "{}", rules(&lab));
+    assert_eq!(
+        our_rules(&lab, 7600).len(),
+        KERNEL_PATH_RULES,
+        "{}",
+        rules(&lab)
+    );
     assert_ne!(table_routes(&lab, 7600), "");
     assert_eq!(loader.stop(SIGTERM), Some(0));
     let text = std::fs::read_to_string(&lab.config).unwrap();
@@ -1145,7 +1160,12 @@ fn a_changed_kernel_route_takes_the_old_rules_and_routes_away() {
     assert_eq!(our_rules(&lab, 7600), Vec::<String>::new(), "{log}");
     assert_eq!(table_routes(&lab, 7600), "", "{log}");
     assert!(log.contains("(an earlier kernel_route)"), "{log}");
-    assert_eq!(our_rules(&lab, 7700).len(), 2, "{}", rules(&lab));
+    assert_eq!(
+        our_rules(&lab, 7700).len(),
+        KERNEL_PATH_RULES,
+        "{}",
+        rules(&lab)
+    );
     assert_ne!(table_routes(&lab, 7700), "");
     lab.stop_and_detach(loader);
     assert_eq!(our_rules(&lab, 7700), Vec::<String>::new());
