@@ -60,10 +60,14 @@ pub struct Report {
     pub fallbacks: Vec<Fallback>,
 }
 
+/// Every fallback's name (its metric label), in force or not: the metrics
+/// say 0 for the ones not in force, so an alert can watch each.
+pub const FALLBACKS: [&str; 4] = ["legacy_tc", "round_robin", "csum_retry", "no_xdp"];
+
 /// A feature the kernel lacks and what ovpn-lb does instead.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fallback {
-    /// Metric label: `legacy_tc`, `round_robin`, `csum_retry`, `no_xdp`.
+    /// Metric label: one of [`FALLBACKS`].
     pub name: String,
     pub what: String,
 }

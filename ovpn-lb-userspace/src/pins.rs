@@ -178,12 +178,12 @@ pub enum Pinned {
 
 impl Pinned {
     /// From the anonymous inode a BPF object's descriptor shows in
-    /// `/proc/self/fd` (`anon_inode:bpf_link`, `anon_inode:bpf-prog`,
-    /// `anon_inode:bpf-map`).
+    /// `/proc/self/fd` (`anon_inode:bpf-link`, `anon_inode:bpf-prog`,
+    /// `anon_inode:bpf-map`; older kernels name links `bpf_link`, 6.18 `bpf-link`).
     #[must_use]
     pub fn from_inode_name(name: &str) -> Option<Self> {
         match name.strip_prefix("anon_inode:")? {
-            "bpf_link" => Some(Pinned::Link),
+            "bpf_link" | "bpf-link" => Some(Pinned::Link),
             "bpf-prog" => Some(Pinned::Program),
             "bpf-map" => Some(Pinned::Map),
             _ => None,
@@ -251,10 +251,10 @@ mod tests {
 
     #[test]
     fn pins_are_told_apart_by_their_descriptors_inode() {
-        assert_eq!(
-            Pinned::from_inode_name("anon_inode:bpf_link"),
-            Some(Pinned::Link)
-        );
+        // Linux 6.18 names a link's inode `bpf-link`, older ones `bpf_link`.
+        for link in ["anon_inode:bpf_link", "anon_inode:bpf-link"] {
+            assert_eq!(Pinned::from_inode_name(link), Some(Pinned::Link));
+        }
         assert_eq!(
             Pinned::from_inode_name("anon_inode:bpf-prog"),
             Some(Pinned::Program)

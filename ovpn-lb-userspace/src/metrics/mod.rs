@@ -231,14 +231,18 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "ovpnlb_kernel_fallback",
-        help: "1 for each fallback in force for a feature the kernel lacks: legacy_tc, round_robin (packet spray without its ring accounting), csum_retry (IPv6 checksums without BPF_F_IPV6), no_xdp (the kernel does not report drivers' XDP features, so the XDP hook cannot run).",
+        help: "1 for each fallback in force for a feature the kernel lacks, 0 for the others: legacy_tc, round_robin (packet spray without its ring accounting), csum_retry (IPv6 checksums without BPF_F_IPV6), no_xdp (no XDP hook on this kernel).",
         kind: Kind::Gauge,
         labels: &["fallback"],
         samples: |s| {
             s.kernel
                 .iter()
-                .flat_map(|k| &k.fallbacks)
-                .map(|f| (vec![f.name.clone()], 1.0))
+                .flat_map(|k| {
+                    crate::kernel::FALLBACKS.iter().map(|&name| {
+                        let on = k.fallbacks.iter().any(|f| f.name == name);
+                        (vec![name.to_owned()], if on { 1.0 } else { 0.0 })
+                    })
+                })
                 .collect()
         },
     },
@@ -615,6 +619,7 @@ mod tests {
             format!("ovpnlb_packets_total{{outcome=\"dropped\",reason=\"no_tunnel\"}} {no_tunnel}"),
             "ovpnlb_kernel_info{release=\"6.1.0-57-amd64\",tc_hook=\"legacy-tc\"} 1".to_owned(),
             "ovpnlb_kernel_fallback{fallback=\"legacy_tc\"} 1".to_owned(),
+            "ovpnlb_kernel_fallback{fallback=\"no_xdp\"} 0".to_owned(),
             "# TYPE ovpnlb_tunnel_tx_packets_total counter".to_owned(),
             "# TYPE ovpnlb_tunnel_up gauge".to_owned(),
             "# TYPE ovpnlb_tunnel_probe_rtt_seconds histogram".to_owned(),
