@@ -69,7 +69,7 @@ pub async fn all(layout: &Layout) -> Result<Vec<String>> {
             removed.push(format!("link {}", path.display()));
         }
     }
-    for name in names::ALL {
+    for name in names::ALL.iter().chain(names::RETIRED) {
         let path = layout.maps().join(name);
         if path.exists() {
             remove_if_present(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -8,7 +8,10 @@ use std::{net::IpAddr, path::Path, time::Duration};
 use anyhow::Result;
 use serde::Serialize;
 
-use ovpn_lb_common::maps::{Spray, programs};
+use ovpn_lb_common::{
+    maps::{Spray, programs},
+    queue::RingHooks,
+};
 
 use crate::{
     config::{self, Config, ManagementTarget, Net},
@@ -480,26 +483,31 @@ fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
         return;
     }
     let lan = &config.lan.interface;
-    if config.hook == config::Hook::Xdp {
-        f.add(
-            "spray",
-            Severity::Warning,
-            "packet spray under the XDP hook is round robin: XDP frames pass the TAP devices' rings, where the accounting cannot see them",
-            "hook = \"tc\" to place each packet by the tunnels' queues",
-        );
-    } else if State::read(layout).is_ok_and(|s| s.loader_alive()) {
-        let accounted = programs::TRACING
-            .iter()
-            .all(|&(name, _)| layout.tracing_link(name).exists());
-        if accounted {
-            f.ok("spray", "packet spray sees every tunnel's ring");
-        } else {
-            f.add(
+    if State::read(layout).is_ok_and(|s| s.loader_alive()) {
+        // The set whose links are all pinned is the one running.
+        let running = RingHooks::ALL.into_iter().find(|&h| {
+            programs::rings(h)
+                .iter()
+                .all(|t| layout.tracing_link(t.name).exists())
+        });
+        let xdp = config.hook == config::Hook::Xdp;
+        match running {
+            Some(h) if !xdp || h.sees_xdp() => f.ok(
+                "spray",
+                format!("packet spray sees every tunnel's ring (hooks: {})", h.name()),
+            ),
+            Some(h) => f.add(
+                "spray",
+                Severity::Warning,
+                format!("packet spray under the XDP hook is round robin: XDP frames enter the TAP devices' rings by tun_xdp_xmit, which only the fexit hooks see, and {} runs here", h.name()),
+                "hook = \"tc\", or a kernel that traces tun_xdp_xmit (fexit: CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, tun built in or module BTF)",
+            ),
+            None => f.add(
                 "spray",
                 Severity::Warning,
                 "packet spray runs as round robin: the tunnels' rings cannot be accounted on this kernel",
                 "the loader's log says why (a kernel without BTF, or /proc/kallsyms hidden from it)",
-            );
+            ),
         }
     }
     if crate::facts::gro_enabled(lan).unwrap_or(false) {

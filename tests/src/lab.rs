@@ -36,6 +36,7 @@
 use std::{
     fmt::Write as _,
     fs,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     sync::atomic::{AtomicU32, Ordering},
@@ -59,6 +60,7 @@ use crate::{
     numgen::{self, Numgen},
     openvpn::{self, OpenVpn},
     process::{self, pid_in},
+    relay::Relay,
     teardown::{Record, Teardown},
     topology,
 };
@@ -88,6 +90,10 @@ pub enum Forwarding {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches of the lab, each its own setting"
+)]
 pub struct Options {
     pub tunnels: usize,
     /// Per-tunnel weights on gateway A (and B); default all 1.
@@ -111,6 +117,18 @@ pub struct Options {
     /// Hold only gateway A's OpenVPN processes to `cpu_quota_percent`
     /// (gateway B's, which decrypt host A's data, run free).
     pub cpu_quota_a_only: bool,
+    /// `shaper` on gateway B's tunnels too (the same rate per tunnel), as
+    /// an operator who shapes a link shapes both of its ends.
+    pub shaper_both: bool,
+    /// One-way delay added to tunnel k's WAN path, ms: `path_delay_ms[k]`,
+    /// the last value for tunnels past the end; empty: none. A UDP relay
+    /// (see `relay`) in gateway B's namespace holds the tunnel's datagrams
+    /// that long each way.
+    pub path_delay_ms: Vec<u32>,
+    /// OpenVPN's own defaults for its queues: the generated `txqueuelen`,
+    /// `sndbuf` and `rcvbuf` lines are left out of both gateways'
+    /// configurations.
+    pub openvpn_defaults: bool,
     /// The hosts' LAN veths send segments (TSO and GSO off, the gateways'
     /// GRO off), as a real Ethernet LAN would, so that the gateway's program
     /// sees single packets rather than GSO super-packets.
@@ -143,6 +161,9 @@ impl Default for Options {
             spray: file::Spray::Packet,
             shaper: Vec::new(),
             cpu_quota_a_only: false,
+            shaper_both: false,
+            path_delay_ms: Vec::new(),
+            openvpn_defaults: false,
             wire_segments: false,
             tap: false,
             hook: None,
@@ -165,6 +186,8 @@ pub struct Lab {
     generated: Option<Generated>,
     /// nftables spraying installed at set-up (`Forwarding::Numgen`).
     nft_spray: Vec<Numgen>,
+    /// The tunnels' path delays (`Options::path_delay_ms`).
+    relays: Vec<Relay>,
 }
 
 /// Numbers the labs of one test process.
@@ -208,6 +231,8 @@ pub fn growth<T>(before: &[T], after: &[T], count: impl Fn(&T) -> u64) -> Vec<u6
 
 /// The LAN device on hosts and gateways.
 pub const LAN_DEV: &str = "lan";
+/// A delayed tunnel's relay listens this far above the tunnel's port.
+const RELAY_PORT_OFFSET: u16 = 1000;
 
 impl Lab {
     /// Builds the lab in `dir` (created), naming everything after `tag`, and
@@ -219,6 +244,7 @@ impl Lab {
     pub fn up(dir: &Path, tag: &str, bin: &Path, options: Options) -> Self {
         let mut lab = Self::sites(dir, tag, bin, options);
         lab.generate();
+        lab.delay_paths();
         lab.start_tunnels();
         lab.routes();
         if lab.options.forwarding == Forwarding::OvpnLb {
@@ -261,6 +287,7 @@ impl Lab {
             bin: bin.to_path_buf(),
             generated: None,
             nft_spray: Vec::new(),
+            relays: Vec::new(),
         };
         for role in ["ha", "ga", "gb", "hb"] {
             lab.teardown.namespace(&lab.ns(role));
@@ -334,6 +361,68 @@ impl Lab {
             self.make_run_dir(side);
         }
         self.generated = Some(generated);
+        if self.options.openvpn_defaults {
+            for side in Side::BOTH {
+                for k in 0..self.options.tunnels {
+                    Self::strip_queue_settings(&self.openvpn(side, k).config);
+                }
+            }
+        }
+    }
+
+    /// One-way delay of tunnel `k`'s WAN path, if any.
+    #[must_use]
+    pub fn path_delay(&self, k: usize) -> Option<Duration> {
+        let d = &self.options.path_delay_ms;
+        d.get(k)
+            .or(d.last())
+            .filter(|&&ms| ms > 0)
+            .map(|&ms| Duration::from_millis(u64::from(ms)))
+    }
+
+    /// Puts a relay on the WAN path of every tunnel with a path delay:
+    /// gateway A's OpenVPN sends to the relay's port instead of gateway B's
+    /// (the configuration's `remote`), and gateway B's OpenVPN answers
+    /// whoever sends (`float`).
+    fn delay_paths(&mut self) {
+        for k in 0..self.options.tunnels {
+            let Some(delay) = self.path_delay(k) else {
+                continue;
+            };
+            let port = self.generated().plan.tunnels[k].port;
+            let relay_port = port + RELAY_PORT_OFFSET;
+            let b_wan = WAN[Side::B.index()];
+            edit_lines(&self.openvpn(Side::A, k).config, |l| {
+                Some(if l.starts_with("remote ") {
+                    format!("remote {b_wan} {relay_port}")
+                } else {
+                    l.to_owned()
+                })
+            });
+            edit_lines(&self.openvpn(Side::B, k).config, |l| {
+                Some(if l.starts_with("remote ") {
+                    format!("{l}\nfloat")
+                } else {
+                    l.to_owned()
+                })
+            });
+            let at = |p: u16| SocketAddr::new(b_wan.parse().expect("an address"), p);
+            self.relays.push(Relay::start(
+                &self.gw(Side::B),
+                at(relay_port),
+                at(port),
+                delay,
+            ));
+        }
+    }
+
+    /// Leaves OpenVPN's own defaults for its queues in `config`: no
+    /// `txqueuelen`, `sndbuf` or `rcvbuf` line.
+    fn strip_queue_settings(config: &Path) {
+        edit_lines(config, |l| {
+            let key = l.split_whitespace().next().unwrap_or("");
+            (!matches!(key, "txqueuelen" | "sndbuf" | "rcvbuf")).then(|| l.to_owned())
+        });
     }
 
     /// OpenVPN's runtime directory under `side`'s root, as Debian's
@@ -577,11 +666,12 @@ impl Lab {
         }
     }
 
-    /// OpenVPN `--shaper` of gateway `side`'s tunnel `k` (bytes/s), if any.
+    /// OpenVPN `--shaper` of gateway `side`'s tunnel `k` (bytes/s), if any:
+    /// gateway A's, and gateway B's with `shaper_both`.
     #[must_use]
     pub fn shaper(&self, side: Side, k: usize) -> Option<u32> {
         let shaper = &self.options.shaper;
-        (side == Side::A)
+        (side == Side::A || self.options.shaper_both)
             .then(|| shaper.get(k).or(shaper.last()).copied())
             .flatten()
     }
@@ -818,6 +908,22 @@ impl Lab {
     }
 }
 
+/// Rewrites the file at `path` line by line: `f` gives each line's
+/// replacement (several lines, or none).
+fn edit_lines(path: &Path, f: impl Fn(&str) -> Option<String>) {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let out = text
+        .lines()
+        .filter_map(f)
+        .fold(String::new(), |mut out, l| {
+            out.push_str(&l);
+            out.push('\n');
+            out
+        });
+    fs::write(path, out).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
 fn layout_in(dir: &Path, side: Side) -> Layout {
     Layout {
         pin_root: dir.join("bpf").join(side.letter()),
@@ -829,6 +935,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if self.owned {
             self.nft_spray.clear();
+            self.relays.clear();
             self.teardown.tear_down();
             let _ = fs::remove_dir_all(&self.dir);
         }

@@ -12,6 +12,8 @@
 //! - `numgen`: nftables `numgen` per-packet spraying, the kernel's own way;
 //! - `lab`: two sites joined by real OpenVPN tunnels; `gateway`: one gateway
 //!   with tun devices held by the test, for the loader's tests;
+//! - `relay`: a UDP relay that delays a tunnel's datagrams (a longer WAN
+//!   path);
 //! - `traffic`: TCP, UDP, ping and captures between namespaces;
 //! - `packets` and `fixture`: packet builders and the `BPF_PROG_TEST_RUN`
 //!   harness.
@@ -30,6 +32,7 @@ pub mod numgen;
 pub mod openvpn;
 pub mod packets;
 pub mod process;
+pub mod relay;
 pub mod teardown;
 pub mod topology;
 pub mod traffic;

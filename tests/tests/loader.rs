@@ -12,8 +12,11 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use ovpn_lb::datapath::Datapath;
-use ovpn_lb_common::maps::programs;
+use ovpn_lb::datapath::{Datapath, rings};
+use ovpn_lb_common::{
+    maps::programs,
+    queue::{RingHooks, TunnelQueue, unpack},
+};
 use ovpn_lb_tests::{
     gateway::{GatewayLab, Responder, TUNNEL_COUNT, http_get, sample},
     process::run,
@@ -225,8 +228,8 @@ fn attach_then_detach_leaves_nothing() {
     let ours = pinned_links(&lab);
     assert_eq!(
         ours.len(),
-        9,
-        "LAN ingress, ingress and egress of 3 tunnels, the two ring accounting programs (packet spray): {ours:?}"
+        10,
+        "LAN ingress, ingress and egress of 3 tunnels, the three ring accounting programs (packet spray, fexit hooks): {ours:?}"
     );
     // SIGTERM keeps the datapath (documented), and says so.
     assert_eq!(loader.stop(SIGTERM), Some(0));
@@ -711,6 +714,93 @@ fn metrics_endpoint_survives_hostile_clients() {
 }
 
 /// `status --json` of the lab's loader.
+/// Each set of ring hooks, forced in turn (`OVPN_LB_RING_HOOKS`), runs and
+/// counts: the log, `status` and `doctor` name it, the metrics carry it,
+/// and pings through the tunnels are counted into and out of their rings.
+#[test]
+fn every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(200);
+    for wanted in RingHooks::ALL {
+        let loader = lab.start_loader_with_env(&[], &[(rings::HOOKS_ENV, wanted.name())]);
+        let log = loader.log_text();
+        // A kernel may refuse a set (this machine refuses fexit programs
+        // at load, before verification: EPERM): the loader says why and
+        // takes the next.
+        let hooks = RingHooks::ALL
+            .into_iter()
+            .filter(|&h| h >= wanted)
+            .find(|h| log.contains(&format!("rings accounted by {}", h.name())))
+            .unwrap_or_else(|| panic!("{}: no hooks run:\n{log}", wanted.name()));
+        if hooks != wanted {
+            assert!(
+                log.contains(&format!("ring accounting: {}: ", wanted.name()))
+                    && log.contains("trying the next hooks"),
+                "{log}"
+            );
+        }
+        // The set's links are pinned, and no other set's.
+        for t in programs::TRACING {
+            let pinned = lab.scratch.layout().tracing_link(t.name).exists();
+            let wanted = programs::rings(hooks).contains(t);
+            assert_eq!(
+                pinned,
+                wanted,
+                "{}: {} pinned {pinned}",
+                hooks.name(),
+                t.name
+            );
+        }
+        let before = lab.counters();
+        let out = lab.ping(30, "0.01").wait_with_output().unwrap();
+        assert_eq!(
+            ping_summary(&String::from_utf8_lossy(&out.stdout)),
+            (30, 30)
+        );
+        thread::sleep(Duration::from_millis(100));
+        let after = lab.counters();
+        let grown = |f: fn(&TunnelQueue) -> u64| -> u64 {
+            after
+                .queues
+                .iter()
+                .zip(&before.queues)
+                .map(|(a, b)| f(a).wrapping_sub(f(b)))
+                .sum()
+        };
+        let queued = grown(|q| unpack(q.enq.queued).packets);
+        let read = grown(|q| unpack(q.deq.read).packets);
+        // 30 pings into the tunnels, and the probes.
+        assert!(queued >= 30, "{}: {queued} queued", hooks.name());
+        assert!(read >= 30, "{}: {read} read", hooks.name());
+        let json = status_json(&lab);
+        assert_eq!(json["ring_accounting"], hooks.name(), "{json}");
+        let doctor = lab.ovpn_lb(&["doctor", "--config", &lab.config.to_string_lossy()]);
+        let text = String::from_utf8_lossy(&doctor.stdout);
+        assert!(
+            text.contains(&format!("(hooks: {})", hooks.name())),
+            "{text}"
+        );
+        let metrics = lab.scrape();
+        let info = format!("ovpnlb_ring_accounting_info{{hooks=\"{}\"}}", hooks.name());
+        assert_eq!(sample(&metrics, &info), Some(1.0), "{metrics}");
+        assert_eq!(loader.stop(SIGTERM), Some(0));
+    }
+    // Hooks the variable does not know: refused with the names it takes,
+    // and packet spray walks the slots.
+    let loader = lab.start_loader_with_env(&[], &[(rings::HOOKS_ENV, "kprobe")]);
+    let log = loader.log_text();
+    assert!(
+        log.contains("expected fexit, tp_btf or raw_tp") && log.contains("spraying round robin"),
+        "{log}"
+    );
+    assert_eq!(
+        status_json(&lab)["ring_accounting"],
+        serde_json::Value::Null
+    );
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
 fn status_json(lab: &GatewayLab) -> serde_json::Value {
     let out = lab.ovpn_lb(&["status", "--json", "--interval", "0.1"]);
     serde_json::from_slice(&out.stdout).unwrap()

@@ -18,6 +18,7 @@ use ovpn_lb_common::{
     SiteConfig,
     maps::{Spray, site_flags},
     probe::{self as wire, Event, Payload},
+    queue::RingHooks,
     schedule,
 };
 use tokio::sync::mpsc;
@@ -59,6 +60,9 @@ pub struct Io {
     pub mounted_bpffs: Option<PathBuf>,
     /// Where the plain peers' pingers report echo replies.
     pub echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
+    /// Why the ring accounting cannot know where kernel memory is, if it
+    /// cannot (packet spray only: `rings::kernel_layout`).
+    pub rings_unknown: Option<String>,
 }
 
 pub struct Daemon {
@@ -79,8 +83,11 @@ pub struct Daemon {
     routes: Option<(Option<RouteTarget>, Option<RouteTarget>)>,
     /// The live schedule's weights and path delays.
     published: Option<(Vec<u32>, Vec<u32>)>,
-    /// Packet spray compares the tunnels' rings: their accounting runs.
-    rings: bool,
+    /// Packet spray compares the tunnels' rings: their accounting runs, on
+    /// these hooks.
+    rings: Option<RingHooks>,
+    /// Why the ring accounting cannot run, if it cannot.
+    rings_unknown: Option<String>,
     views: Views,
     neighbours: Vec<ManagedNeighbour>,
     mounted_bpffs: Option<PathBuf>,
@@ -123,6 +130,7 @@ impl Daemon {
             views,
             mounted_bpffs,
             echo_tx,
+            rings_unknown,
         } = io;
         let probe = config.probe;
         let tunnels = std::mem::take(&mut config.tunnels)
@@ -144,7 +152,8 @@ impl Daemon {
             kernel,
             routes: None,
             published: None,
-            rings: false,
+            rings: None,
+            rings_unknown,
             views,
             neighbours: Vec::new(),
             mounted_bpffs,
@@ -243,42 +252,65 @@ impl Daemon {
         Ok(())
     }
 
-    /// Switches the ring accounting on where packet spray can use it (tc),
-    /// off elsewhere; true if it runs. Where it cannot run, packet spray
-    /// walks the round-robin slots, and says so.
-    fn account_rings(&mut self) -> bool {
-        let packet = self.config.spray == Spray::Packet;
-        if !packet || self.config.hook == Hook::Xdp {
-            if packet {
-                log::warn!(
-                    "spray = \"packet\" under the XDP hook sprays round robin: XDP frames pass a TAP device's ring unseen"
+    /// Switches the ring accounting on where packet spray can use it, on
+    /// the best hooks the kernel takes, off elsewhere; which hooks run.
+    /// Where it cannot run, packet spray walks the round-robin slots, and
+    /// says so.
+    fn account_rings(&mut self) -> Option<RingHooks> {
+        let hooks = match (self.config.spray, &self.rings_unknown) {
+            (Spray::Packet, None) => rings::hooks_to_try(),
+            (Spray::Packet, Some(why)) => Err(anyhow::anyhow!("{why}")),
+            _ => Ok(Vec::new()),
+        };
+        let chosen = hooks.and_then(|hooks| {
+            if hooks.is_empty() {
+                return Ok(None);
+            }
+            let (h, failed) = self.datapath.account_rings(&self.layout, &hooks)?;
+            for f in failed {
+                log::info!("ring accounting: {f}; trying the next hooks");
+            }
+            if self.config.hook == Hook::Xdp && !h.sees_xdp() {
+                anyhow::bail!(
+                    "under the XDP hook it needs fexit on tun_xdp_xmit, and only {} runs here",
+                    h.name()
                 );
             }
-            if let Err(e) = self.datapath.stop_accounting(&self.layout) {
-                log::warn!("switching the ring accounting off: {}", short(&e));
-            }
-            return false;
-        }
-        match rings::kernel_layout()
-            .and_then(|layout| self.datapath.account_rings(&self.layout, layout))
-        {
-            Ok(()) => {
-                log::info!("packet spray: each packet takes the tunnel it leaves by first");
+            Ok(Some(h))
+        });
+        match chosen {
+            Ok(Some(h)) => {
+                log::info!(
+                    "packet spray: each packet takes the tunnel it leaves by first; rings accounted by {} ({})",
+                    h.name(),
+                    describe_hooks(h)
+                );
                 let lan = &self.config.lan.interface;
                 if crate::facts::gro_enabled(lan).unwrap_or(false) {
                     log::warn!(
                         "{lan} merges received TCP segments (GRO): packet spray places each merged packet whole, which reorders; `ethtool -K {lan} gro off` lets it place every segment"
                     );
                 }
-                true
+                Some(h)
+            }
+            Ok(None) => {
+                self.stop_accounting();
+                None
             }
             Err(e) => {
                 log::warn!(
                     "packet spray cannot see the tunnels' rings ({}): spraying round robin",
                     short(&e)
                 );
-                false
+                self.stop_accounting();
+                None
             }
+        }
+    }
+
+    fn stop_accounting(&mut self) {
+        if let Err(e) = self.datapath.stop_accounting(&self.layout) {
+            log::warn!("switching the ring accounting off: {}", short(&e));
         }
     }
 
@@ -346,7 +378,7 @@ impl Daemon {
                 .datapath
                 .tunnel(id)
                 .is_ok_and(|e| e.ifindex == new_ifindex);
-            if !same && let Err(e) = self.datapath.reset_queue(id) {
+            if !same && let Err(e) = self.datapath.reset_queue(id, now_ns()) {
                 log::warn!("{label}: {}", short(&e));
             }
         }
@@ -433,7 +465,7 @@ impl Daemon {
             let at = now_ns();
             let seq = t.tracker.send(at);
             // Behind traffic, a probe measures that wait, not the path.
-            if self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at)) {
+            if self.rings.is_some() && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at)) {
                 t.tracker.queued_behind_traffic();
             }
             let sent = match t.spec.probing {
@@ -767,7 +799,7 @@ impl Daemon {
             match schedule::build(&weights)
                 .map_err(|e| anyhow::anyhow!("{e:?}"))
                 .and_then(|mut s| {
-                    if !self.rings {
+                    if self.rings.is_none() {
                         // Nothing to compare: round robin.
                         s.members_len = 0;
                     }
@@ -850,6 +882,7 @@ impl Daemon {
             config: self.config_path.display().to_string(),
             spray: self.config.spray.name().into(),
             hook: self.config.hook.name().into(),
+            ring_accounting: self.rings.map(|h| h.name().to_owned()),
             neighbours: self.neighbours.clone(),
             lan_interface: self.config.lan.interface.clone(),
             kernel_route: Some(self.kernel.clone()),
@@ -913,6 +946,15 @@ fn probe_state(t: &Tunnel) -> Option<ProbeState> {
         // Over the last probes whose answers are overdue: a second's grace.
         loss: t.tracker.loss(now_ns(), 1_000_000_000),
     })
+}
+
+/// What each set of ring hooks is, for the log.
+fn describe_hooks(h: RingHooks) -> &'static str {
+    match h {
+        RingHooks::Fexit => "fexit on tun_do_read and tun_xdp_xmit, tp_btf on net_dev_xmit",
+        RingHooks::BtfTracepoint => "tp_btf on net_dev_xmit and consume_skb",
+        RingHooks::RawTracepoint => "raw tracepoints on net_dev_xmit and consume_skb",
+    }
 }
 
 fn report(a: &Attachment, iface: &str, how: Attached) {

@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     config,
-    datapath::Datapath,
+    datapath::{Datapath, rings},
     detach,
     facts::Facts,
     metrics::{self, Snapshot, Views},
@@ -62,7 +62,13 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
     let _lock = lock::acquire(layout, "run").await?;
     let listener = metrics::server::bind(config.metrics_listen).await?;
     log::info!("hook: {}", config.hook_reason);
-    let mut datapath = Datapath::load_pinned(layout)?;
+    // Packet spray's ring accounting reads kernel memory at offsets the
+    // object must carry when it loads.
+    let ring_layout =
+        (config.spray == ovpn_lb_common::maps::Spray::Packet).then(rings::kernel_layout);
+    let mut datapath =
+        Datapath::load_pinned(layout, ring_layout.as_ref().and_then(|r| r.as_ref().ok()))?;
+    let rings_unknown = ring_layout.and_then(Result::err).map(|e| format!("{e:#}"));
     forward_bpf_logs(&mut datapath);
 
     // Subscribed before the LAN's features are read at start, so no change
@@ -107,6 +113,7 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
         views,
         mounted_bpffs,
         echo_tx,
+        rings_unknown,
     };
     let mut daemon = Daemon::new(config, config_path, layout, io);
     daemon.start(&facts, followed).await?;

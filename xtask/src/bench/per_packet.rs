@@ -11,7 +11,6 @@ use std::{fmt::Write as _, path::Path, time::Instant};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::Array,
     programs::{
         Program, ProgramError, SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp,
     },
@@ -19,8 +18,8 @@ use aya::{
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     Prefix4, Prefix6, TunnelConfig,
-    maps::{Spray, framing, names, programs, route},
-    queue::{Drain, TunnelQueue},
+    maps::{Spray, framing, programs, route},
+    queue::{Rings, count},
     schedule,
 };
 use ovpn_lb_tests::{
@@ -161,32 +160,19 @@ impl Bench {
     }
 
     /// Rings as the accounting leaves them under load, so that packet spray
-    /// prices every tunnel in full: fed just now (no retry shortcut), some
-    /// backlog, a measured drain rate, a packet being read.
+    /// prices every tunnel in full: some backlog, a measured drain rate, a
+    /// reader reading (never taken for stopped).
     fn fill_rings(&mut self, tunnels: usize) -> Result<()> {
-        let map = self
-            .datapath
-            .ebpf_mut()
-            .map_mut(names::TUNNEL_QUEUES)
-            .ok_or_else(|| anyhow!("no map {}", names::TUNNEL_QUEUES))?;
-        let mut rings: Array<_, TunnelQueue> = Array::try_from(map)?;
-        for k in 0..tunnels {
-            let id = u32::try_from(k)?;
-            let ring = TunnelQueue {
-                enq_bytes: 1_000_000 + 1500 * u64::from(id % 5),
-                deq_bytes: 1_000_000,
-                last_enq_ns: u64::MAX,
-                last_deq_ns: 0,
-                last_len: 1500,
-                drain: Drain {
-                    ps_per_byte: 1000 + u64::from(id) * 10,
-                    ..Drain::default()
-                },
-                ..TunnelQueue::default()
-            };
-            rings.set(id, ring, 0)?;
+        let mut rings = Rings::default();
+        for (k, q) in rings.tunnels.iter_mut().enumerate().take(tunnels) {
+            let id = u64::try_from(k)?;
+            q.deq.read = 1000 * count(1500);
+            q.enq.queued = q.deq.read + (id % 5 + 1) * count(1500);
+            q.deq.queued_at_read = q.enq.queued;
+            q.deq.cost_ps = 1000 + id * 10;
+            q.deq.stalled_after_ns = u64::MAX;
         }
-        Ok(())
+        self.datapath.set_rings(&rings)
     }
 
     /// An empty program of the floor object: `bench_floor` (tc) or
