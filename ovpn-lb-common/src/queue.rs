@@ -16,10 +16,11 @@
 //! the packet OpenVPN is holding (read `last_len` bytes ago, at the same
 //! cost per byte). `len` is what the packet becomes in the ring: a GSO
 //! packet is `gso_segs` packets there, each with its own headers. The LAN
-//! program picks the tunnel with the smallest figure. Spraying by it keeps
-//! every tunnel's queueing delay about equal, so one flow's packets arrive
-//! in the order they were sent, and a slower tunnel gets proportionally
-//! fewer packets without any configured weight.
+//! program picks the tunnel with the smallest figure; tunnels within the
+//! packet's own drain time of it tie, and ties rotate. Spraying by it
+//! keeps every tunnel's queueing delay about equal, so one flow's packets
+//! arrive in the order they were sent, and a slower tunnel gets
+//! proportionally fewer packets without any configured weight.
 //!
 //! A tunnel leaves the pick at once when its ring refused a packet (full)
 //! since its reader last read, or when packets queued up and its reader has
@@ -58,6 +59,15 @@ pub const STALL_NS: u64 = 10_000_000;
 /// Packets queued since the last read before a silent reader counts as
 /// stopped: one could be a read the accounting has not seen yet.
 pub const STALL_PACKETS: u64 = 2;
+/// An estimate no sample has confirmed for this long is stale: a tunnel
+/// priced too high (a reader slowed for a while by a busy CPU, whose
+/// samples each raise the estimate up to [`MAX_RAISE`] times) gets no
+/// packets, so no backlog and no new samples, and would stay starved. While
+/// other tunnels are measured busy, each read after this long without a
+/// sample takes a quarter off its estimate, never below the fastest busy
+/// tunnel's: it then gets packets again, and if it really is slow, their
+/// backlog measures it at once. (All idle, nothing changes.)
+pub const STALE_NS: u64 = 200_000_000;
 /// Tunnels the LAN program compares for every packet; with more healthy
 /// tunnels it compares two at random and the one it picked last (the power
 /// of two choices, with memory).
@@ -78,22 +88,29 @@ pub const fn count(len: u64) -> u64 {
 }
 
 /// Packets and bytes counted in `to` and not in `from` (both packed); none
-/// when `from` is ahead (a read counted before its own enqueue).
+/// where `from` is ahead (a read counted before its own enqueue). Packets
+/// counted in at one length and out at another can leave more packets but
+/// fewer bytes: those bytes borrow from the packets' half, and read as
+/// none, not as a terabyte waiting.
 #[inline(always)]
 #[must_use]
 pub const fn between(from: u64, to: u64) -> Packets {
     let d = to.wrapping_sub(from);
     #[expect(clippy::cast_possible_wrap, reason = "the sign is the point")]
     if d as i64 <= 0 {
-        Packets {
+        return Packets {
             packets: 0,
+            bytes: 0,
+        };
+    }
+    let (packets, bytes) = (d >> BYTE_BITS, d & BYTE_MASK);
+    if bytes >= 1 << (BYTE_BITS - 1) {
+        Packets {
+            packets: packets + 1,
             bytes: 0,
         }
     } else {
-        Packets {
-            packets: d >> BYTE_BITS,
-            bytes: d & BYTE_MASK,
-        }
+        Packets { packets, bytes }
     }
 }
 
@@ -161,7 +178,9 @@ pub struct Dequeued {
     pub resyncs: u64,
     pub resync_bytes: u64,
     pub drain: Drain,
-    pub pad: [u64; 1],
+    /// When a sample last confirmed the estimate, or it was last lowered
+    /// as stale ([`STALE_NS`]).
+    pub sampled_ns: u64,
 }
 
 /// The accounting of one tunnel device's transmit ring. The loader starts
@@ -218,7 +237,7 @@ impl TunnelQueue {
                     window_bytes: 0,
                     window_ns: 0,
                 },
-                pad: [0; 1],
+                sampled_ns: 0,
             },
         };
         q.deq.stalled_after_ns = now + STALL_NS;
@@ -250,7 +269,6 @@ impl TunnelQueue {
             queued_at_read: self.deq.queued_at_read,
             stalled_after_ns: self.deq.stalled_after_ns,
             refused_at_read: self.deq.refused_at_read,
-            last_read_ns: self.deq.last_read_ns,
         }
     }
 }
@@ -271,8 +289,10 @@ impl Dequeued {
     /// as it stands now, `after` the ring right after the read.
     #[inline(always)]
     pub fn read_one(&mut self, bytes: u64, now: u64, enq: Enqueued, after: After) {
-        if let Some(ns) = service_ns(self.backlogged != 0, self.last_read_ns, now) {
-            self.drain.record(bytes, ns);
+        if let Some(ns) = service_ns(self.backlogged != 0, self.last_read_ns, now)
+            && self.drain.record(bytes, ns)
+        {
+            self.sampled_ns = now;
         }
         self.read = self.read.wrapping_add(count(bytes));
         let cost = Drain::planning_cost(self.drain.ps_per_byte);
@@ -291,17 +311,42 @@ impl Dequeued {
             After::Unknown => self.backlogged = u64::from(waiting.packets != 0),
             After::Empty => {
                 self.backlogged = 0;
-                // Everything produced has been read. More counted in than
-                // out is packets freed unread (a purge, a failed copy):
-                // set right. (Less is an enqueue not counted yet: it will
-                // be.)
-                if waiting.packets != 0 {
+                // Everything produced has been read. More packets counted
+                // in than out is packets freed unread (a purge, a failed
+                // copy), and as many with other bytes a length counted
+                // differently: set right. (Fewer is an enqueue not counted
+                // yet: it will be.)
+                let ahead = between(enq.queued, self.read);
+                if waiting.packets != 0 || (ahead.packets == 0 && ahead.bytes + waiting.bytes != 0)
+                {
                     self.resyncs += 1;
-                    self.resync_bytes += waiting.bytes;
+                    self.resync_bytes += waiting.bytes + ahead.bytes;
                     self.read = enq.queued;
                 }
             }
         }
+    }
+}
+
+impl Dequeued {
+    /// Whether the drain estimate is stale at `now` ([`STALE_NS`]).
+    #[inline(always)]
+    #[must_use]
+    pub const fn stale(&self, now: u64) -> bool {
+        self.drain.ps_per_byte != 0 && now.saturating_sub(self.sampled_ns) > STALE_NS
+    }
+
+    /// A stale estimate a quarter lower, never below `fastest` (the lowest
+    /// cost per byte of a tunnel measured busy lately; 0 for none, and
+    /// then unchanged).
+    #[inline(always)]
+    pub const fn catch_up(&mut self, fastest: u64, now: u64) {
+        let lowered = self.drain.ps_per_byte - (self.drain.ps_per_byte >> 2);
+        if fastest != 0 && fastest < self.drain.ps_per_byte {
+            self.drain.ps_per_byte = if lowered > fastest { lowered } else { fastest };
+        }
+        self.cost_ps = Drain::planning_cost(self.drain.ps_per_byte);
+        self.sampled_ns = now;
     }
 }
 
@@ -388,8 +433,6 @@ pub struct Snapshot {
     pub queued_at_read: u64,
     pub stalled_after_ns: u64,
     pub refused_at_read: u64,
-    /// Breaks ties (see [`Departure`]).
-    pub last_read_ns: u64,
 }
 
 impl Snapshot {
@@ -416,37 +459,66 @@ impl Snapshot {
         (busy_ns + path_ns) * 1000 + (backlog + len) * cost
     }
 
-    /// How the LAN program ranks this tunnel for the packet:
-    /// [`Departure::NEVER`] while it is stopped.
+    /// How the LAN program ranks this tunnel for the packet: its departure,
+    /// [`NEVER`] while it is stopped.
     #[inline(always)]
     #[must_use]
-    pub const fn departure(&self, len: u64, now: u64, path_ns: u64) -> Departure {
+    pub const fn departure(&self, len: u64, now: u64, path_ns: u64) -> u64 {
         if self.stopped(now) {
-            return Departure::NEVER;
+            return NEVER;
         }
-        Departure {
-            ps: self.departure_ps(len, now, path_ns),
-            last_read_ns: self.last_read_ns,
-        }
+        self.departure_ps(len, now, path_ns)
+    }
+
+    /// How much later than the earliest a departure may be and still count
+    /// as a tie, for a packet of `len` ring bytes on this (the earliest)
+    /// tunnel: the packet's own drain time. Ties rotate over the tunnels,
+    /// so a merged packet (tens of kilobytes) goes round the tunnels whose
+    /// queues are within its own size of each other, and idle tunnels take
+    /// turns, instead of one tunnel, a hair ahead by its estimate, taking
+    /// burst after burst.
+    #[inline(always)]
+    #[must_use]
+    pub const fn tie_ps(&self, len: u64) -> u64 {
+        len * Drain::planning_cost(self.cost_ps)
     }
 }
 
-/// How the LAN program ranks tunnels for a packet: the earliest departure
-/// first; at a tie (idle tunnels all read a packet at once) the tunnel read
-/// from longest ago, so that ties rotate over the tunnels instead of all
-/// falling to the first one. Field order is the ranking (derived `Ord`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Departure {
-    pub ps: u64,
-    pub last_read_ns: u64,
-}
+/// The departure of a tunnel out of the pick: stopped, or not compared.
+pub const NEVER: u64 = u64::MAX;
 
-impl Departure {
-    /// Ranks after every tunnel: stopped, or not accounted.
-    pub const NEVER: Self = Self {
-        ps: u64::MAX,
-        last_read_ns: u64::MAX,
-    };
+/// The tunnel the LAN program picks among candidates whose departures are
+/// `departures` (ps, [`NEVER`] for none) for a packet the earliest of them
+/// would take `tie_ps` to drain: the first, from position `start` round,
+/// within `tie_ps` of the earliest. `None` when every one is [`NEVER`].
+/// Pure, for the BPF pick and its tests.
+#[inline(always)]
+#[must_use]
+pub fn rotate_among_ties(
+    departures: &[u64],
+    earliest: u64,
+    tie_ps: u64,
+    start: usize,
+) -> Option<usize> {
+    if earliest == NEVER {
+        return None;
+    }
+    let n = departures.len();
+    let bound = earliest.saturating_add(tie_ps);
+    let mut index = if start < n { start } else { 0 };
+    for _ in 0..SCAN_TUNNELS {
+        if index >= n {
+            break;
+        }
+        if departures[index] <= bound {
+            return Some(index);
+        }
+        index += 1;
+        if index == n {
+            index = 0;
+        }
+    }
+    None
 }
 
 /// Which hooks account the rings, best first: the loader tries each in
@@ -658,6 +730,17 @@ mod tests {
         // The reader ahead of the count of its own packet: nothing waits.
         assert_eq!(between(c, start), Packets::default());
         assert_eq!(between(c, c), Packets::default());
+        // One packet more counted in, with fewer bytes than counted out:
+        // a packet, no bytes (not 2^40 of them).
+        let out = 10 * count(1500);
+        let into = 9 * count(1500) + 2 * count(100);
+        assert_eq!(
+            between(out, into),
+            Packets {
+                packets: 1,
+                bytes: 0
+            }
+        );
     }
 
     const NOW: u64 = 1_000_000_000;
@@ -679,7 +762,6 @@ mod tests {
             cost_ps,
             queued_at_read: queued,
             stalled_after_ns: NOW + STALL_NS,
-            last_read_ns: NOW - 1,
             ..Snapshot::default()
         }
     }
@@ -737,16 +819,13 @@ mod tests {
         // Packets queued since its last read; within STALL_NS it is priced.
         let mut stalled = q;
         stalled.queued_at_read = q.read;
-        assert_ne!(stalled.departure(1500, NOW, 0), Departure::NEVER);
+        assert_ne!(stalled.departure(1500, NOW, 0), NEVER);
         // Past it, out.
-        assert_eq!(
-            stalled.departure(1500, NOW + STALL_NS + 1, 0),
-            Departure::NEVER
-        );
+        assert_eq!(stalled.departure(1500, NOW + STALL_NS + 1, 0), NEVER);
         // One packet queued since: maybe a read not counted yet; still in.
         let mut one = q;
         one.queued_at_read = q.queued - count(1000);
-        assert_ne!(one.departure(1500, NOW + STALL_NS + 1, 0), Departure::NEVER);
+        assert_ne!(one.departure(1500, NOW + STALL_NS + 1, 0), NEVER);
         // An idle reader is never stopped, however long ago it read.
         assert!(!queue(0, 1000).stopped(NOW + 1_000 * STALL_NS));
     }
@@ -755,7 +834,7 @@ mod tests {
     fn a_refused_packet_takes_the_tunnel_out_until_its_next_read() {
         let mut q = queue(0, 1000);
         q.refused = 1;
-        assert_eq!(q.departure(100, NOW, 0), Departure::NEVER);
+        assert_eq!(q.departure(100, NOW, 0), NEVER);
         let mut deq = Dequeued::default();
         let enq = Enqueued {
             queued: q.queued,
@@ -767,18 +846,23 @@ mod tests {
     }
 
     #[test]
-    fn idle_tunnels_tie_and_the_one_read_from_longest_ago_goes_first() {
-        let mut older = queue(0, 1000);
-        older.last_read_ns = 1;
-        let mut newer = queue(0, 1000);
-        newer.last_read_ns = 2;
-        let (a, b) = (older.departure(100, NOW, 0), newer.departure(100, NOW, 0));
-        assert_eq!(a.ps, b.ps);
-        assert!(a < b && b < Departure::NEVER);
-        // Otherwise the earlier departure goes first.
-        let mut backlogged = queue(1000, 1000);
-        backlogged.last_read_ns = 0;
-        assert!(queue(0, 1000).departure(100, NOW, 0) < backlogged.departure(100, NOW, 0));
+    fn ties_within_the_packets_own_drain_time_rotate() {
+        // A 1000-byte packet at 1 ns per byte: ties within 1 µs.
+        let tie = queue(0, 1000).tie_ps(1000);
+        assert_eq!(tie, 1_000_000);
+        let deps = [5_000_000, 5_500_000, 7_000_000, NEVER];
+        // 0 and 1 tie; 2 is 2 µs behind; 3 is out.
+        let picks: std::vec::Vec<_> = (0..4)
+            .map(|start| rotate_among_ties(&deps, 5_000_000, tie, start))
+            .collect();
+        assert_eq!(picks, [Some(0), Some(1), Some(0), Some(0)]);
+        // A merged packet of 3000 bytes: 2 is within its drain time too.
+        let tie = queue(0, 1000).tie_ps(3000);
+        assert_eq!(rotate_among_ties(&deps, 5_000_000, tie, 2), Some(2));
+        // None compared in: none.
+        assert_eq!(rotate_among_ties(&[NEVER; 3], NEVER, tie, 0), None);
+        // A start past the candidates starts over.
+        assert_eq!(rotate_among_ties(&deps[..2], 5_000_000, 0, 7), Some(0));
     }
 
     #[test]
@@ -821,12 +905,58 @@ mod tests {
         deq.read_one(1000, NOW, enq, After::Empty);
         assert_eq!(deq.read, enq.queued);
         assert_eq!((deq.resyncs, deq.resync_bytes), (1, 2000));
+        // As many packets in as out, bytes out of step: set right.
+        let mut drift = Dequeued::default();
+        let enq = Enqueued {
+            queued: count(1000) + count(200),
+            ..Enqueued::default()
+        };
+        drift.read_one(1000, NOW, enq, After::Backlogged);
+        drift.read_one(300, NOW + 1, enq, After::Empty);
+        assert_eq!(
+            (drift.read, drift.resyncs, drift.resync_bytes),
+            (enq.queued, 1, 100)
+        );
         // A read counted before its own enqueue: left alone, the count
         // lands later.
         let mut early = Dequeued::default();
         early.read_one(1000, NOW, Enqueued::default(), After::Empty);
         assert_eq!(early.read, count(1000));
         assert_eq!(early.resyncs, 0);
+    }
+
+    #[test]
+    fn a_stale_estimate_comes_down_to_the_fastest_tunnels() {
+        let mut deq = Dequeued {
+            drain: Drain {
+                ps_per_byte: 4000,
+                ..Drain::default()
+            },
+            sampled_ns: NOW,
+            ..Dequeued::default()
+        };
+        assert!(!deq.stale(NOW + STALE_NS));
+        assert!(deq.stale(NOW + STALE_NS + 1));
+        // A quarter off, stamped: not stale again for STALE_NS.
+        deq.catch_up(1000, NOW + STALE_NS + 1);
+        assert_eq!((deq.drain.ps_per_byte, deq.cost_ps), (3000, 3000));
+        assert!(!deq.stale(NOW + 2 * STALE_NS));
+        // Never below the fastest.
+        deq.catch_up(2500, NOW + 3 * STALE_NS);
+        assert_eq!(deq.drain.ps_per_byte, 2500);
+        deq.catch_up(2500, NOW + 5 * STALE_NS);
+        assert_eq!(deq.drain.ps_per_byte, 2500);
+        // No tunnel busy: unchanged.
+        deq.catch_up(0, NOW + 7 * STALE_NS);
+        assert_eq!(deq.drain.ps_per_byte, 2500);
+        // A sample confirms the estimate afresh.
+        let enq = Enqueued::default();
+        let at = NOW + 6 * STALE_NS;
+        deq.read_one(100, at, enq, After::Backlogged);
+        deq.read_one(10_000_000, at + RATE_WINDOW_NS, enq, After::Empty);
+        assert_eq!(deq.sampled_ns, at + RATE_WINDOW_NS);
+        // Unmeasured: never stale.
+        assert!(!Dequeued::default().stale(NOW));
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub static ACTIVE_SCHED: Array<u32, 1> = Array::new();
 #[btf_map]
 pub static SPRAY_CURSOR: PerCpuArray<u32, 1> = PerCpuArray::new();
 
+/// Per CPU, packet mode: the member picked last, past which the rotation
+/// over tied tunnels starts next.
+#[btf_map]
+pub static TIE_CURSOR: PerCpuArray<u32, 1> = PerCpuArray::new();
+
 /// Per CPU, packet mode with more tunnels than it compares: the member
 /// index it picked last, compared again with the next packet.
 #[btf_map]

@@ -22,7 +22,7 @@
 //! only enqueues write, no clock read.
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
-use ovpn_lb_common::queue::{After, Enqueued, KernelLayout, TunnelQueue, count};
+use ovpn_lb_common::queue::{After, Enqueued, KernelLayout, STALE_NS, TunnelQueue, count};
 
 use crate::maps::{RINGS, ring_tunnel};
 
@@ -158,7 +158,38 @@ fn count_out(id: u32, bytes: u64, after: After) {
     // SAFETY: the tunnel's one reader thread runs this, one read at a time,
     // so it is the only writer of the dequeue side; the LAN program only
     // reads it.
-    unsafe { (*q).deq.read_one(bytes, now, enq, after) };
+    let deq = unsafe { &mut (*q).deq };
+    deq.read_one(bytes, now, enq, after);
+    if deq.stale(now) {
+        deq.catch_up(fastest_busy(now), now);
+    }
+}
+
+/// The lowest drain cost among the tunnels measured busy lately (0 for
+/// none): a stale estimate comes down that far, and only while others are
+/// busy (a tunnel starved, not all of them idle). Rare (a tunnel without a
+/// sample for `STALE_NS`), so a scan of every record is fine here.
+#[inline(never)]
+fn fastest_busy(now: u64) -> u64 {
+    let Some(rings) = RINGS.get_ptr(0) else {
+        return 0;
+    };
+    let mut fastest = 0u64;
+    for id in 0..ovpn_lb_common::MAX_TUNNELS {
+        // SAFETY: in bounds; the map value lives for the program's run.
+        let (cost, sampled) = unsafe {
+            let deq = &raw const (*rings).tunnels[id].deq;
+            (
+                load(&raw const (*deq).drain.ps_per_byte),
+                load(&raw const (*deq).sampled_ns),
+            )
+        };
+        let busy = now.saturating_sub(sampled) <= STALE_NS;
+        if busy && cost != 0 && (fastest == 0 || cost < fastest) {
+            fastest = cost;
+        }
+    }
+    fastest
 }
 
 /// Tunnel id of `dev` (a typed `struct net_device *`) if it is one of our

@@ -13,15 +13,15 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use ovpn_lb_common::{
     FLOW_SLOTS, MAX_TUNNELS, Reason, SCHEDULE_SLOTS, Schedule, TunnelConfig,
     maps::{SCHEDULE_BUFFERS, Spray},
-    queue::{Departure, SCAN_TUNNELS, Snapshot, TunnelQueue},
+    queue::{NEVER, SCAN_TUNNELS, Snapshot, TunnelQueue, rotate_among_ties},
 };
 
 use crate::{
     hook::Hook,
     log,
     maps::{
-        ACTIVE_SCHED, LAST_PICK, RINGS, SCHEDULES, SPRAY_CURSOR, TUNNEL_DEVICES, TUNNELS,
-        update_per_cpu,
+        ACTIVE_SCHED, LAST_PICK, RINGS, SCHEDULES, SPRAY_CURSOR, TIE_CURSOR, TUNNEL_DEVICES,
+        TUNNELS, update_per_cpu,
     },
 };
 
@@ -178,8 +178,8 @@ fn round_robin(schedule: &Schedule, len: u32, exclude: u32) -> u32 {
 }
 
 /// The member other than `exclude` whose queue would read a packet of
-/// `len` ring bytes first. Compares every member up to [`SCAN_TUNNELS`],
-/// else two at random and the one this CPU picked last.
+/// `len` ring bytes first, ties rotating. Compares every member up to
+/// [`SCAN_TUNNELS`], else two at random and the one this CPU picked last.
 ///
 /// A subprogram, not inlined: the verifier then walks the comparisons once
 /// per state the parser reaches the pick with, not once per tunnel id the
@@ -200,33 +200,60 @@ pub extern "C" fn ovpn_lb_earliest(active: u32, len: u32, exclude: u32) -> u32 {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let len = u64::from(len);
-    let mut best = NONE;
-    let mut best_departure = Departure::NEVER;
-    let mut consider = |index: usize| {
+    // Each member's departure and its tie allowance.
+    let price = |index: usize| -> (u64, u64) {
         let id = u32::from(schedule.members[index & (MAX_TUNNELS - 1)]);
         if id == exclude {
-            return;
+            return (NEVER, 0);
         }
         let id = id as usize & (MAX_TUNNELS - 1);
         // SAFETY: in bounds (the mask); the map value lives for the
         // program's run.
-        let q = unsafe { &raw const (*rings).tunnels[id] };
-        let departure = snapshot(q).departure(len, now, u64::from(schedule.path_ns[id]));
-        if departure < best_departure {
-            best_departure = departure;
-            best = index as u32;
-        }
+        let s = snapshot(unsafe { &raw const (*rings).tunnels[id] });
+        (
+            s.departure(len, now, u64::from(schedule.path_ns[id])),
+            s.tie_ps(len),
+        )
     };
-    if members <= SCAN_TUNNELS {
-        for index in 0..SCAN_TUNNELS {
+    let chosen = if members <= SCAN_TUNNELS {
+        let mut departures = [NEVER; SCAN_TUNNELS];
+        let (mut earliest, mut tie) = (NEVER, 0);
+        for (index, departure) in departures.iter_mut().enumerate() {
             if index >= members {
                 break;
             }
-            consider(index);
+            let (d, t) = price(index);
+            *departure = d;
+            if d < earliest {
+                (earliest, tie) = (d, t);
+            }
         }
+        // The rotation starts past this CPU's last pick, kept below
+        // `members` by a compare (no division): ties take turns.
+        let last = TIE_CURSOR.get(0).map_or(0, |&c| c as usize);
+        let start = if last + 1 >= members { 0 } else { last + 1 };
+        let chosen = rotate_among_ties(
+            &departures[..members.min(SCAN_TUNNELS)],
+            earliest,
+            tie,
+            start,
+        );
+        if let Some(index) = chosen {
+            update_per_cpu(TIE_CURSOR.get_ptr_mut(0), |cursor| *cursor = index as u32);
+        }
+        chosen
     } else {
         // SAFETY: a helper without arguments.
         let random = unsafe { bpf_get_prandom_u32() } as usize;
+        let mut best = None;
+        let mut earliest = NEVER;
+        let mut consider = |index: usize| {
+            let (d, _) = price(index);
+            if d < earliest {
+                earliest = d;
+                best = Some(index);
+            }
+        };
         consider((random & 0xffff) % members);
         consider((random >> 16) % members);
         if let Some(&last) = LAST_PICK.get(0)
@@ -234,12 +261,14 @@ pub extern "C" fn ovpn_lb_earliest(active: u32, len: u32, exclude: u32) -> u32 {
         {
             consider(last as usize);
         }
-        update_per_cpu(LAST_PICK.get_ptr_mut(0), |last| *last = best);
+        let last = best.map_or(NONE, |b| b as u32);
+        update_per_cpu(LAST_PICK.get_ptr_mut(0), |l| *l = last);
+        best
+    };
+    match chosen {
+        Some(index) => u32::from(schedule.members[index & (MAX_TUNNELS - 1)]),
+        None => NONE,
     }
-    if best == NONE {
-        return NONE;
-    }
-    u32::from(schedule.members[best as usize & (MAX_TUNNELS - 1)])
 }
 
 /// What the pick reads of a tunnel's record. The tracing programs write
@@ -262,7 +291,6 @@ fn snapshot(q: *const TunnelQueue) -> Snapshot {
             queued_at_read: load(&raw const (*q).deq.queued_at_read),
             stalled_after_ns: load(&raw const (*q).deq.stalled_after_ns),
             refused_at_read: load(&raw const (*q).deq.refused_at_read),
-            last_read_ns: load(&raw const (*q).deq.last_read_ns),
         }
     }
 }

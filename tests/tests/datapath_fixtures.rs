@@ -1508,17 +1508,13 @@ fn packet_spray_takes_the_tunnel_that_reads_the_packet_first() {
             ],
         );
         assert_eq!(spray_counts(lab, &frame, 4)[2], 0);
-        // Idle tunnels tie: the one read from longest ago goes first (ties
-        // rotate: each read stamps its tunnel).
-        let idle_since = |at: u64| {
-            let mut q = ring(0, 1000);
-            q.deq.last_read_ns = at;
-            q
-        };
-        set_rings(lab, &[idle_since(3), idle_since(1), idle_since(2)]);
-        assert_eq!(spray_counts(lab, &frame, 1), [0, 1, 0, 0]);
-        set_rings(lab, &[idle_since(1), idle_since(3), idle_since(2)]);
-        assert_eq!(spray_counts(lab, &frame, 1), [1, 0, 0, 0]);
+        // Idle tunnels tie and take turns: each of three packets to another.
+        set_rings(lab, &[ring(0, 1000), ring(0, 1000), ring(0, 1000)]);
+        assert_eq!(spray_counts(lab, &frame, 3), [1, 1, 1, 0]);
+        // Within the packet's own drain time (1040 B at 1 ns: 1.04 µs) is a
+        // tie: 0 and 1 take turns, 2 (2 µs later) waits.
+        set_rings(lab, &[ring(1000, 1000), ring(1500, 1000), ring(3000, 1000)]);
+        assert_eq!(spray_counts(lab, &frame, 4), [2, 2, 0, 0]);
         // A tunnel out of the rotation is never compared.
         set_rings(
             lab,
@@ -1584,32 +1580,29 @@ fn packet_spray_prices_a_gso_packet_as_the_segments_it_becomes() {
     // three 1040-byte packets the tunnel's ring gets (3160 as the harness
     // counts segments, from the frame's length: 4).
     let gso = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(3000)).datagram());
-    // Tunnel 0: empty, 2 ns per byte; tunnel 1: 3080 bytes waiting, 1 ns
-    // per byte. Priced as one 3040-byte packet, 0 is first (6.08 against
-    // 6.12 µs); as what the ring gets, 1 is (6.24 against 6.32 µs).
-    with_lab(|lab| {
-        packet_spray(lab, &[0, 1], [0; 3]);
-        set_rings(lab, &[ring(0, 2000), ring(3080, 1000)]);
+    let sprayed = |lab: &mut Lab| {
         let before = lab.counters();
-        for _ in 0..3 {
+        for _ in 0..4 {
             let run = lab.run(Program::Lan, &gso, 1000);
             assert_eq!(run.verdict, TC_ACT_REDIRECT);
         }
         let after = lab.counters();
-        let grown: Vec<u64> = (0..2)
+        (0..2)
             .map(|k| after.tunnels[k].tx_packets - before.tunnels[k].tx_packets)
-            .collect();
-        assert_eq!(grown, [0, 3]);
-        // With 3200 bytes waiting on 1, 0 is first again (6.32 against
-        // 6.36 µs): the tie is at what the ring gets.
-        set_rings(lab, &[ring(0, 2000), ring(3200, 1000)]);
-        let before = lab.counters();
-        lab.run(Program::Lan, &gso, 1000);
-        let after = lab.counters();
-        assert_eq!(
-            after.tunnels[0].tx_packets - before.tunnels[0].tx_packets,
-            1
-        );
+            .collect::<Vec<u64>>()
+    };
+    // Tunnel 1 empty, tunnel 0 with `waiting` bytes, both at 1 ns per byte.
+    // The packet's own drain time is the tie allowance: 0 ties with 1 when
+    // `waiting` is at most what the packet is in the ring.
+    with_lab(|lab| {
+        packet_spray(lab, &[0, 1], [0; 3]);
+        // 3100 bytes: within 3160 (a tie: turns), beyond 3040 (priced as
+        // one packet, 1 would take all four).
+        set_rings(lab, &[ring(3100, 1000), ring(0, 1000)]);
+        assert_eq!(sprayed(lab), [2, 2]);
+        // 3200 bytes: beyond either, 1 takes all.
+        set_rings(lab, &[ring(3200, 1000), ring(0, 1000)]);
+        assert_eq!(sprayed(lab), [0, 4]);
     });
 }
 
