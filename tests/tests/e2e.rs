@@ -2,16 +2,20 @@
 //! gateways (or one gateway against plain routes), and traffic between the
 //! LAN hosts.
 
-use std::{net::SocketAddr, thread, time::Duration};
+use std::{
+    net::SocketAddr,
+    thread,
+    time::{Duration, Instant},
+};
 
 use ovpn_lb::config::file::Spray;
 use ovpn_lb_common::{
-    TunnelStats,
+    Reason, TunnelStats,
     queue::{Packets, unpack},
 };
 use ovpn_lb_tests::{
     lab::{CLEAR_TEXT, HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Peer, Side, growth},
-    root_alone,
+    process, root_alone,
     traffic::{Capture, ping, ping_background, ping_summary, tcp_transfer, udp_exchange},
 };
 
@@ -370,4 +374,91 @@ fn over_the_tunnel_mtu_nothing_leaves_in_the_clear() {
             .all(|l| l.contains("IP 100.64.0.5 >") || l.contains("IP 100.65.0.5 >")),
         "untranslated fragments: {fragments:?}"
     );
+}
+
+/// Loaders stopped (the datapath left attached, as `systemctl stop` leaves
+/// it) and one of gateway A's OpenVPN processes killed and started again,
+/// which makes a new device: the gone tunnel is passed over, so at most its
+/// share of a ping stream is lost (the far gateway, with no loader either,
+/// still sprays replies into its end of that tunnel until it is back).
+#[test]
+fn a_tunnel_restarted_while_no_loader_runs_costs_at_most_its_share() {
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = lab(Options::default());
+    for side in Side::BOTH {
+        let pid = lab.signal_loader(side, libc::SIGTERM).expect("a loader");
+        wait_gone(pid);
+    }
+    let before = lab.counters(Side::A);
+    let pings = ping_background(&lab.host(Side::A), HOST_B, 400, "0.01");
+    thread::sleep(Duration::from_millis(500));
+    lab.kill_openvpn(Side::A, 1);
+    thread::sleep(Duration::from_millis(200));
+    lab.start_openvpn(Side::A, 1);
+    lab.wait_connected(Side::A, 1, Duration::from_secs(20));
+    let out = pings.wait_with_output().unwrap();
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let after = lab.counters(Side::A);
+    let grew = |r: Reason| after.reasons[r as usize].packets - before.reasons[r as usize].packets;
+    assert_eq!(sent, 400);
+    // Gateway A drops nothing: the gone tunnel is passed over.
+    assert_eq!(grew(Reason::TunnelGone), 0, "{}", lab.diagnose());
+    let lost = sent - received;
+    assert!(
+        lost <= sent / 4 + 4,
+        "{lost} of {sent} pings lost with one tunnel of four restarting:\n{}",
+        lab.diagnose()
+    );
+}
+
+/// An OpenVPN process paused (`SIGSTOP`) stops reading its tunnel's ring:
+/// packet spray passes the tunnel over within a few packets, long before
+/// the probes (three missed answers) take it out of the rotation.
+#[test]
+fn a_paused_openvpn_is_passed_over_before_the_probes_notice() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = lab(Options::default());
+    let pid = lab.openvpn(Side::A, 2).pid().expect("OpenVPN A2");
+    let pings = ping_background(&lab.host(Side::A), HOST_B, 300, "0.005");
+    thread::sleep(Duration::from_millis(300));
+    let departed = lab.departures(Side::A)[2];
+    process::signal(pid, libc::SIGSTOP);
+    let stopped = Instant::now();
+    let at_stop = lab.tunnel_stats(Side::A)[2].tx_packets;
+    // Until the probes notice (three missed answers) and the loader takes
+    // the tunnel out, the datapath alone keeps traffic off it: a few
+    // packets at most, then nothing.
+    let mut settled = None;
+    let noticed = process::wait_until(Duration::from_secs(3), Duration::from_millis(5), || {
+        if settled.is_none() && stopped.elapsed() >= Duration::from_millis(30) {
+            settled = Some(lab.tunnel_stats(Side::A)[2].tx_packets);
+        }
+        lab.departures(Side::A)[2] > departed
+    });
+    let noticed_after = stopped.elapsed();
+    let at_notice = lab.tunnel_stats(Side::A)[2].tx_packets;
+    process::signal(pid, libc::SIGCONT);
+    let out = pings.wait_with_output().unwrap();
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let settled = settled.expect("sampled 30 ms after the pause");
+    assert!(noticed, "the probes never noticed the paused tunnel");
+    assert!(
+        settled - at_stop <= 3 && at_notice == settled,
+        "packets sprayed into the paused tunnel: {} in its first 30 ms, {} more until the probes noticed ({noticed_after:?}):\n{}",
+        settled - at_stop,
+        at_notice - settled,
+        lab.diagnose()
+    );
+    // The few stuck in its ring come out when it resumes: nothing lost.
+    assert_eq!((sent, received), (300, 300), "{}", lab.diagnose());
+}
+
+/// Waits until process `pid` has exited (a zombie counts: the lab
+/// released it and nobody reaps it).
+fn wait_gone(pid: i32) {
+    let gone = process::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    });
+    assert!(gone, "pid {pid} still runs");
 }
