@@ -59,15 +59,17 @@ pub const STALL_NS: u64 = 10_000_000;
 /// Packets queued since the last read before a silent reader counts as
 /// stopped: one could be a read the accounting has not seen yet.
 pub const STALL_PACKETS: u64 = 2;
-/// An estimate no sample has confirmed for this long is stale: a tunnel
-/// priced too high (a reader slowed for a while by a busy CPU, whose
-/// samples each raise the estimate up to [`MAX_RAISE`] times) gets no
-/// packets, so no backlog and no new samples, and would stay starved. While
-/// other tunnels are measured busy, each read after this long without a
-/// sample takes a quarter off its estimate, never below the fastest busy
-/// tunnel's: it then gets packets again, and if it really is slow, their
-/// backlog measures it at once. (All idle, nothing changes.)
+/// A tunnel that carried no data and had no drain sample for this long is
+/// starved: priced too high (a reader slowed for a while by a busy CPU,
+/// whose samples each raise the estimate up to [`MAX_RAISE`] times), it
+/// gets no packets, so no backlog and no new samples. While other tunnels
+/// are measured busy, each of its reads (its probes) after this long takes
+/// a quarter off its estimate, never below the fastest busy tunnel's: it
+/// then gets packets again, and if it really is slow, their backlog
+/// measures it at once. (All idle, or it carrying data, nothing changes.)
 pub const STALE_NS: u64 = 200_000_000;
+/// A read of at least this many bytes is data (a probe is 76).
+pub const DATA_BYTES: u64 = 256;
 /// Tunnels the LAN program compares for every packet; with more healthy
 /// tunnels it compares two at random and the one it picked last (the power
 /// of two choices, with memory).
@@ -178,8 +180,8 @@ pub struct Dequeued {
     pub resyncs: u64,
     pub resync_bytes: u64,
     pub drain: Drain,
-    /// When a sample last confirmed the estimate, or it was last lowered
-    /// as stale ([`STALE_NS`]).
+    /// When a sample last confirmed the estimate, the tunnel last carried
+    /// data, or its estimate was last lowered as stale ([`STALE_NS`]).
     pub sampled_ns: u64,
 }
 
@@ -292,6 +294,9 @@ impl Dequeued {
         if let Some(ns) = service_ns(self.backlogged != 0, self.last_read_ns, now)
             && self.drain.record(bytes, ns)
         {
+            self.sampled_ns = now;
+        }
+        if bytes >= DATA_BYTES {
             self.sampled_ns = now;
         }
         self.read = self.read.wrapping_add(count(bytes));
@@ -923,6 +928,23 @@ mod tests {
         early.read_one(1000, NOW, Enqueued::default(), After::Empty);
         assert_eq!(early.read, count(1000));
         assert_eq!(early.resyncs, 0);
+    }
+
+    #[test]
+    fn a_tunnel_carrying_data_is_not_stale() {
+        let mut deq = Dequeued {
+            drain: Drain {
+                ps_per_byte: 4000,
+                ..Drain::default()
+            },
+            ..Dequeued::default()
+        };
+        // Probes only: stale after STALE_NS.
+        deq.read_one(76, NOW, Enqueued::default(), After::Empty);
+        assert!(deq.stale(NOW + STALE_NS + 1));
+        // A data packet, though it made no sample: fed, not stale.
+        deq.read_one(1500, NOW + STALE_NS, Enqueued::default(), After::Empty);
+        assert!(!deq.stale(NOW + STALE_NS + 1));
     }
 
     #[test]
