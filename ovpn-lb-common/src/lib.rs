@@ -12,6 +12,7 @@
 extern crate std;
 
 pub mod checksum;
+pub mod echo;
 pub mod flow;
 pub mod maps;
 pub mod prefix;

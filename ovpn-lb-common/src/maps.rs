@@ -42,6 +42,10 @@ pub mod names {
     pub const RINGS: &str = "RINGS";
     /// The ring accounting's device -> tunnel table (`queue::slot`).
     pub const RING_SLOTS: &str = "RING_SLOTS";
+    /// Every prefix whose addresses must never leave by the WAN outside a
+    /// tunnel (value: a `guard::*` kind), for the WAN guard.
+    pub const GUARD_V4: &str = "GUARD_V4";
+    pub const GUARD_V6: &str = "GUARD_V6";
 
     pub const ALL: &[&str] = &[
         SITE,
@@ -60,11 +64,9 @@ pub mod names {
         TUNNEL_DEVICES,
         RINGS,
         RING_SLOTS,
+        GUARD_V4,
+        GUARD_V6,
     ];
-
-    /// Pins an earlier version made that this one no longer uses: removed
-    /// when the loader starts and by `detach`.
-    pub const RETIRED: &[&str] = &["TUNNEL_QUEUES", "KERNEL_LAYOUT"];
 }
 
 /// Program names in the object.
@@ -81,6 +83,11 @@ pub mod programs {
     pub const TUNNEL_EGRESS: &str = "tunnel_egress";
     /// The same on TAP tunnel devices (Ethernet framing).
     pub const TUNNEL_EGRESS_ETH: &str = "tunnel_egress_eth";
+    /// tc egress (tcx) on each WAN device with Ethernet framing: drops what
+    /// would leave in the clear (`guard`).
+    pub const WAN_EGRESS_ETH: &str = "wan_egress_eth";
+    /// The same on a WAN device without a link-layer header (PPP, tun).
+    pub const WAN_EGRESS: &str = "wan_egress";
     /// tc (`sched_cls`) programs.
     pub const TC: &[&str] = &[
         LAN_INGRESS,
@@ -88,6 +95,8 @@ pub mod programs {
         TUNNEL_INGRESS_ETH,
         TUNNEL_EGRESS,
         TUNNEL_EGRESS_ETH,
+        WAN_EGRESS,
+        WAN_EGRESS_ETH,
     ];
     /// Native XDP programs, for TAP tunnels.
     pub const XDP: &[&str] = &[LAN_INGRESS_XDP, TUNNEL_INGRESS_XDP];
@@ -337,6 +346,20 @@ impl Default for Schedule {
             path_ns: [0; MAX_TUNNELS],
         }
     }
+}
+
+/// Value of `GUARD_V4` / `GUARD_V6`: whose prefix an address is in (for
+/// the log). Any entry keeps a packet for it off the WAN; as a source,
+/// any but [`guard::LAN`]: a LAN host's own traffic to the Internet passes.
+pub mod guard {
+    /// Our LAN (guarded as a destination only).
+    pub const LAN: u32 = 1;
+    /// A remote prefix (the far LAN, and anything behind it).
+    pub const REMOTE: u32 = 2;
+    /// One of our translation prefixes.
+    pub const OURS_TRANSLATED: u32 = 3;
+    /// One of the peer's translation prefixes.
+    pub const PEER_TRANSLATED: u32 = 4;
 }
 
 /// Value of `REMOTE_V4` / `REMOTE_V6`: what to do with a destination.

@@ -13,6 +13,14 @@
 //! measured time (the BFD echo idea).
 //!
 //! Multi-byte fields are in network byte order.
+//!
+//! Versions agree: the datagram is the same 76 bytes as the first version's
+//! (which checks its length and `VERSION` and refuses anything else), and
+//! what came since lives in what was its zero padding: each side's 16-bit
+//! flags word ([`flags`]). A first-version peer leaves them zero and never
+//! reads them; a zero word without [`flags::PRESENT`] therefore says "an
+//! older peer", whose reflected view is unknown when it is 0 (its loader
+//! wrote none: probes off, or not started yet).
 
 /// `127.0.0.1`, wire order.
 pub const SRC: [u8; 4] = [127, 0, 0, 1];
@@ -32,6 +40,46 @@ pub const ANSWER: u8 = 2;
 pub const IPV4_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 
+/// The flags words, `sender_flags` and `reflector_flags`. Unknown bits are
+/// ignored, so a newer peer may set more.
+pub mod flags {
+    /// Written by every sender that knows the flags: the word means what it
+    /// says. Without it (an older peer), every flag is unknown.
+    pub const PRESENT: u16 = 1 << 15;
+    /// The view beside the word is one: the gateway's loader has worked it
+    /// out. Without it the view is unknown and vetoes nothing.
+    pub const VIEW_KNOWN: u16 = 1 << 0;
+    /// The gateway is draining (about to stop carrying traffic).
+    pub const DRAINING: u16 = 1 << 1;
+    /// The gateway's LAN device is down or missing.
+    pub const LAN_DOWN: u16 = 1 << 2;
+
+    /// The flags a gateway tells about itself, by name, for logs and status.
+    pub const NAMED: &[(u16, &str)] = &[(DRAINING, "draining"), (LAN_DOWN, "lan_down")];
+}
+
+/// What this gateway tells the far gateway about itself: its view of the
+/// tunnels and its flags, the value of `PROBE_VIEW` (all zero until the
+/// loader writes it: an unknown view).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalView {
+    /// Bit k: tunnel k usable, as far as this gateway knows by itself.
+    pub view: u64,
+    /// `flags::*`, [`flags::PRESENT`] aside (the programs add it).
+    pub flags: u16,
+    pub pad: [u8; 6],
+}
+
+const _: () = assert!(size_of::<LocalView>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C) with integer fields and explicit padding (the size
+    // assertion above would catch any other).
+    unsafe impl aya::Pod for super::LocalView {}
+}
+
 /// The UDP payload of a probe or an answer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,8 +91,11 @@ pub struct Payload {
     /// The sender's tunnel id: an answer must come back on the same tunnel.
     pub tunnel: u16,
     pub seq: u32,
-    /// Zero.
-    pub pad: u32,
+    /// The sender's `flags::*` (zero from an older peer).
+    pub sender_flags: u16,
+    /// The reflector's, written in when it reflects (zero from an older
+    /// peer, which leaves them as they came).
+    pub reflector_flags: u16,
     /// The sender's `CLOCK_MONOTONIC` when it sent the probe, ns.
     pub sent_ns: u64,
     /// The far gateway's `CLOCK_MONOTONIC` when it reflected it, ns (0 in a
@@ -80,22 +131,64 @@ pub struct Event {
 
 const _: () = assert!(size_of::<Event>() == 64);
 
+/// What the far gateway said about itself in one probe or answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Said {
+    /// Its view of the tunnels (bit k: tunnel k usable); `None`: unknown.
+    pub view: Option<u64>,
+    /// Its `flags::*` beyond `PRESENT` and `VIEW_KNOWN` (0 from an older peer).
+    pub flags: u16,
+    /// When it said so, by its own clock (`CLOCK_MONOTONIC`, ns): views
+    /// heard on different tunnels are ordered by it.
+    pub far_ns: u64,
+}
+
 impl Payload {
-    /// A probe, in wire order.
+    /// A probe, in wire order, carrying our `view` and `flags::*`.
     #[must_use]
-    pub fn probe(tunnel: u16, seq: u32, sent_ns: u64, view: u64) -> Self {
+    pub fn probe(tunnel: u16, seq: u32, sent_ns: u64, view: u64, flags: u16) -> Self {
         Self {
             magic: MAGIC.to_be(),
             version: VERSION,
             kind: PROBE,
             tunnel: tunnel.to_be(),
             seq: seq.to_be(),
-            pad: 0,
+            sender_flags: (flags | flags::PRESENT).to_be(),
+            reflector_flags: 0,
             sent_ns: sent_ns.to_be(),
             reflected_ns: 0,
             sender_view: view.to_be(),
             reflector_view: 0,
         }
+    }
+
+    /// What the far gateway said in this payload (host order): as the
+    /// sender of a probe, or as the reflector of an answer. An older peer's
+    /// probe carries its loader's view (it probes only when its loader
+    /// runs); its answer carries whatever its `PROBE_VIEW` held, 0 when its
+    /// loader never wrote one, which is no view at all.
+    #[must_use]
+    pub fn said(&self) -> Option<Said> {
+        let (view, word, far_ns) = match self.kind {
+            PROBE => (self.sender_view, self.sender_flags, self.sent_ns),
+            ANSWER => (self.reflector_view, self.reflector_flags, self.reflected_ns),
+            _ => return None,
+        };
+        let known = if word & flags::PRESENT != 0 {
+            word & flags::VIEW_KNOWN != 0
+        } else {
+            self.kind == PROBE || view != 0
+        };
+        let told = if word & flags::PRESENT != 0 {
+            word & !(flags::PRESENT | flags::VIEW_KNOWN)
+        } else {
+            0
+        };
+        Some(Said {
+            view: known.then_some(view),
+            flags: told,
+            far_ns,
+        })
     }
 
     /// The same in host order (or back: the swap is its own inverse).
@@ -107,7 +200,8 @@ impl Payload {
             kind: self.kind,
             tunnel: u16::from_be(self.tunnel),
             seq: u32::from_be(self.seq),
-            pad: 0,
+            sender_flags: u16::from_be(self.sender_flags),
+            reflector_flags: u16::from_be(self.reflector_flags),
             sent_ns: u64::from_be(self.sent_ns),
             reflected_ns: u64::from_be(self.reflected_ns),
             sender_view: u64::from_be(self.sender_view),
@@ -124,6 +218,8 @@ impl Payload {
         b[5] = self.kind;
         b[6..8].copy_from_slice(&self.tunnel.to_ne_bytes());
         b[8..12].copy_from_slice(&self.seq.to_ne_bytes());
+        b[12..14].copy_from_slice(&self.sender_flags.to_ne_bytes());
+        b[14..16].copy_from_slice(&self.reflector_flags.to_ne_bytes());
         b[16..24].copy_from_slice(&self.sent_ns.to_ne_bytes());
         b[24..32].copy_from_slice(&self.reflected_ns.to_ne_bytes());
         b[32..40].copy_from_slice(&self.sender_view.to_ne_bytes());
@@ -166,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_probe_datagram_is_valid_ipv4_udp() {
-        let p = Payload::probe(3, 7, 1_000_000, 0b1011);
+        let p = Payload::probe(3, 7, 1_000_000, 0b1011, flags::LAN_DOWN | flags::VIEW_KNOWN);
         let d = datagram(&p);
         // The header sums to 0xffff with its checksum.
         let sum: u32 = d[..IPV4_HLEN]
@@ -182,7 +278,89 @@ mod tests {
         assert_eq!(back[5], PROBE);
         assert_eq!(u16::from_be_bytes([back[6], back[7]]), 3);
         assert_eq!(u64::from_be_bytes(back[32..40].try_into().unwrap()), 0b1011);
+        assert_eq!(
+            u16::from_be_bytes([back[12], back[13]]),
+            flags::PRESENT | flags::LAN_DOWN | flags::VIEW_KNOWN
+        );
+        assert_eq!(&back[14..16], &[0, 0], "the reflector's word is its own");
         let host = p.swapped();
         assert_eq!((host.tunnel, host.seq, host.sent_ns), (3, 7, 1_000_000));
+        assert_eq!(
+            host.said(),
+            Some(Said {
+                view: Some(0b1011),
+                flags: flags::LAN_DOWN,
+                far_ns: 1_000_000
+            })
+        );
+    }
+
+    /// A first-version payload, host order: the flags words were padding.
+    fn first_version(kind: u8, sender_view: u64, reflector_view: u64) -> Payload {
+        Payload {
+            magic: MAGIC,
+            version: VERSION,
+            kind,
+            tunnel: 1,
+            seq: 9,
+            sender_flags: 0,
+            reflector_flags: 0,
+            sent_ns: 100,
+            reflected_ns: 200,
+            sender_view,
+            reflector_view,
+        }
+    }
+
+    #[test]
+    fn an_older_peers_word_is_understood() {
+        // Its probes carry its loader's view, whatever it is (0: it can use
+        // no tunnel).
+        assert_eq!(
+            first_version(PROBE, 0, 0).said(),
+            Some(Said {
+                view: Some(0),
+                flags: 0,
+                far_ns: 100
+            })
+        );
+        // Its answers carry its PROBE_VIEW: 0 means its loader wrote none.
+        assert_eq!(first_version(ANSWER, 0b11, 0).said().unwrap().view, None);
+        assert_eq!(
+            first_version(ANSWER, 0, 0b10).said(),
+            Some(Said {
+                view: Some(0b10),
+                flags: 0,
+                far_ns: 200
+            })
+        );
+        // Our probe reflected by it: our own flags come back in the
+        // sender's word, the reflector's stays zero, so nothing of ours is
+        // taken for its.
+        let mut echoed = Payload::probe(1, 9, 100, 0b11, flags::LAN_DOWN).swapped();
+        echoed.kind = ANSWER;
+        echoed.reflected_ns = 200;
+        assert_eq!(
+            echoed.said(),
+            Some(Said {
+                view: None,
+                flags: 0,
+                far_ns: 200
+            })
+        );
+    }
+
+    #[test]
+    fn a_newer_peer_says_unknown_and_its_flags() {
+        let mut p = first_version(ANSWER, 0, 0);
+        p.reflector_flags = flags::PRESENT;
+        assert_eq!(p.said().unwrap().view, None, "no view written yet");
+        p.reflector_flags = flags::PRESENT | flags::VIEW_KNOWN | flags::DRAINING | (1 << 9);
+        let said = p.said().unwrap();
+        assert_eq!(said.view, Some(0), "a known empty view");
+        assert_eq!(said.flags & flags::DRAINING, flags::DRAINING);
+        // Bits it does not know are carried, and ignored by whoever reads
+        // only the named ones.
+        assert_eq!(said.flags & (1 << 9), 1 << 9);
     }
 }

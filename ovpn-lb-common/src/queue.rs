@@ -194,7 +194,7 @@ pub struct TunnelQueue {
     pub deq: Dequeued,
 }
 
-/// Every tunnel's ring accounting, the single value of `TUNNEL_QUEUES`,
+/// Every tunnel's ring accounting, the single value of `RINGS`,
 /// indexed by tunnel id: one lookup per packet for all of them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

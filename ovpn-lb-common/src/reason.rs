@@ -92,6 +92,7 @@ reasons! {
     BadProbe = 29, "bad_probe", Dropped, "tunnel packet to the probe address that is not a well-formed probe";
     ProbeMisrouted = 30, "probe_misrouted", Dropped, "probe or answer that names another tunnel than the one it came by";
     ProbeFromLan = 31, "probe_from_lan", Dropped, "LAN packet to the probe address: probes come only from gateways";
+    CleartextBlocked = 32, "cleartext_blocked", Dropped, "packet with a LAN, remote or translated address leaving a WAN interface outside the tunnels: never sent in the clear";
 }
 
 /// Number of reasons, the size of the `REASON_STATS` map.
@@ -111,18 +112,22 @@ mod tests {
         }
     }
 
-    /// The README's table is this list: every reason, in order, with its
-    /// outcome and meaning as written here.
+    /// The reasons table in docs/how-it-works.md is this list: every reason,
+    /// in order, with its outcome and meaning as written here.
     #[test]
-    fn the_readme_lists_every_reason_as_the_code_does() {
-        let readme = include_str!("../../README.md");
-        let rows: std::vec::Vec<&str> = readme
+    fn the_docs_list_every_reason_as_the_code_does() {
+        let page = include_str!("../../docs/how-it-works.md");
+        let rows: std::vec::Vec<&str> = page
             .lines()
             .skip_while(|l| !l.starts_with("| reason | outcome | meaning |"))
             .skip(2)
             .take_while(|l| l.starts_with('|'))
             .collect();
-        assert_eq!(rows.len(), Reason::ALL.len(), "README reason table rows");
+        assert_eq!(
+            rows.len(),
+            Reason::ALL.len(),
+            "docs/how-it-works.md reason table rows"
+        );
         for (row, r) in rows.iter().zip(Reason::ALL) {
             let outcome = match r.outcome() {
                 Outcome::Forwarded => "forwarded",

@@ -51,6 +51,7 @@ enum Event {
     TunnelNotReady,
     LanMacUnset,
     Untranslatable,
+    CleartextBlocked,
 }
 
 /// The one message writer: a single subprogram per program however many
@@ -94,6 +95,10 @@ fn emit(event: Event, a: u64, b: i64) {
             Level::Warn,
             "LAN-sourced packet leaving a device without a translation (ifindex, family bit): dropped as untranslatable",
         ),
+        Event::CleartextBlocked => (
+            Level::Warn,
+            "LAN traffic leaving a WAN device outside the tunnels (ifindex, prefix kind: 1 LAN, 2 remote, 3 ours translated, 4 peer's translated): dropped as cleartext_blocked",
+        ),
     };
     log!(&(), level, "ovpn-lb: {} [{}, {}]", text, a, b);
 }
@@ -124,4 +129,11 @@ pub fn lan_mac_unset() {
 #[inline(always)]
 pub fn untranslatable(ifindex: u32, family: u32) {
     emit(Event::Untranslatable, u64::from(ifindex), i64::from(family));
+}
+
+/// A packet with an address of kind `kind` (`guard::*`) tried to leave WAN
+/// device `ifindex` outside the tunnels.
+#[inline(always)]
+pub fn cleartext_blocked(ifindex: u32, kind: u32) {
+    emit(Event::CleartextBlocked, u64::from(ifindex), i64::from(kind));
 }

@@ -10,8 +10,9 @@
 //! 4. stages: `schedule`, `translate`, `redirect`, `offload`, `forward`,
 //!    `stats`, `verdict`;
 //! 5. pipelines: `lan` (spray), `tunnel` (restore on ingress, translate on
-//!    egress), `queue` (account each tunnel's ring, for `schedule`: typed
-//!    tracing programs, or raw tracepoints where those cannot run);
+//!    egress), `wan` (keep LAN traffic off the WAN), `queue` (account each
+//!    tunnel's ring, for `schedule`: typed tracing programs, or raw
+//!    tracepoints where those cannot run);
 //! 6. entry points, here.
 #![no_std]
 #![no_main]
@@ -49,6 +50,7 @@ mod stats;
 mod translate;
 mod tunnel;
 mod verdict;
+mod wan;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, classifier, fexit, raw_tracepoint, xdp},
@@ -119,6 +121,32 @@ pub fn tunnel_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tunnel_egress_eth(ctx: TcContext) -> i32 {
     egress_tc::<ETH_HLEN>(&ctx)
+}
+
+/// tc egress (tcx) on each WAN device with Ethernet framing: nothing of the
+/// LAN leaves there outside a tunnel.
+#[classifier]
+pub fn wan_egress_eth(ctx: TcContext) -> i32 {
+    guard_tc::<ETH_HLEN>(&ctx)
+}
+
+/// The same on a WAN device without a link-layer header (PPP, tun).
+#[classifier]
+pub fn wan_egress(ctx: TcContext) -> i32 {
+    guard_tc::<0>(&ctx)
+}
+
+/// Only what is dropped is counted: the WAN's own traffic passes uncounted.
+#[inline(always)]
+fn guard_tc<const L3: usize>(ctx: &TcContext) -> i32 {
+    let pkt = Packet::unpulled(ctx);
+    match wan::guard::<_, L3>(&pkt) {
+        Ok(()) => ctx.pass_code(),
+        Err(reason) => {
+            stats::reason(reason, pkt.len());
+            verdict::of(ctx, reason)
+        }
+    }
 }
 
 // Ring accounting (`queue`), three sets of hooks, best first; the loader

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use ovpn_lb_common::{
     MAX_TUNNELS, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
     maps::{MAX_PREFIXES, SCHEDULE_BUFFERS},
-    probe::Event as ProbeEvent,
+    probe::{Event as ProbeEvent, LocalView},
     queue::{Rings, slot},
     reason::REASON_COUNT,
 };
@@ -16,15 +16,23 @@ use ovpn_lb_common::{
 pub static SITE: Array<SiteConfig, 1> = Array::new();
 
 /// This gateway's view of its tunnels (bit k: tunnel k usable, as far as it
-/// knows by itself), written into the answers to the far gateway's probes.
+/// knows by itself) and its flags, written into the answers to the far
+/// gateway's probes; all zero (unknown) until the loader writes it.
 #[btf_map]
-pub static PROBE_VIEW: Array<u64, 1> = Array::new();
+pub static PROBE_VIEW: Array<LocalView, 1> = Array::new();
 
 /// Probe reports for the loader: answers to its probes, the far gateway's
-/// probes reflected. 64 KiB: a thousand reports, ample at 10 probes per
-/// second per tunnel.
+/// probes reflected. 256 KiB: over 3,000 reports, more than the per-tunnel
+/// budget (`PROBE_BUDGET`) lets all 64 tunnels send in 50 ms.
 #[btf_map]
-pub static PROBE_EVENTS: RingBuf<ProbeEvent, { 64 * 1024 }> = RingBuf::new();
+pub static PROBE_EVENTS: RingBuf<ProbeEvent, { 256 * 1024 }> = RingBuf::new();
+
+/// Per tunnel, per kind (probe, answer): when the next report is due by the
+/// budget (a generic cell rate), so the far side cannot fill
+/// `PROBE_EVENTS` by flooding one tunnel. Not pinned: each load starts
+/// afresh.
+#[btf_map]
+pub static PROBE_BUDGET: Array<[u64; 2], MAX_TUNNELS> = Array::new();
 
 #[btf_map]
 pub static TUNNELS: Array<TunnelConfig, MAX_TUNNELS> = Array::new();
@@ -51,6 +59,14 @@ pub static OUR_XLAT_V4: LpmTrie<[u8; 4], u32, { MAX_PREFIXES as usize }> = LpmTr
 
 #[btf_map]
 pub static OUR_XLAT_V6: LpmTrie<[u8; 16], u32, { MAX_PREFIXES as usize }> = LpmTrie::new();
+
+/// Every prefix kept off the WAN outside the tunnels (value: a `guard::*`
+/// kind): our LAN, the remote prefixes, both sides' translation prefixes.
+#[btf_map]
+pub static GUARD_V4: LpmTrie<[u8; 4], u32, { MAX_PREFIXES as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static GUARD_V6: LpmTrie<[u8; 16], u32, { MAX_PREFIXES as usize }> = LpmTrie::new();
 
 #[btf_map]
 pub static SCHEDULES: Array<Schedule, { SCHEDULE_BUFFERS as usize }> = Array::new();

@@ -68,6 +68,19 @@ impl<'a, C: Hook> Packet<'a, C> {
         self.ctx.len()
     }
 
+    /// `read` of the fixed header `T` at `offset`, pulling once if the sender
+    /// left it outside the linear area; `None` for a packet too short to
+    /// hold it. For programs that look at one header of every packet and
+    /// pull only when they must.
+    #[inline(always)]
+    pub fn read_fixed<T, R>(&self, offset: usize, read: impl Fn(&Header<'_, T>) -> R) -> Option<R> {
+        if let Some(hdr) = self.header::<T>(offset) {
+            return Some(read(&hdr));
+        }
+        self.pull_headers();
+        self.header::<T>(offset).map(|hdr| read(&hdr))
+    }
+
     /// The `T` at `offset`, or `None` if it does not lie wholly in the linear area.
     #[inline(always)]
     pub fn header<T>(&self, offset: usize) -> Option<Header<'_, T>> {
@@ -431,7 +444,8 @@ impl Header<'_, ProbePayload> {
             kind: self.load::<u8, { offset_of!(ProbePayload, kind) }>(),
             tunnel: self.load::<u16, { offset_of!(ProbePayload, tunnel) }>(),
             seq: self.load::<u32, { offset_of!(ProbePayload, seq) }>(),
-            pad: 0,
+            sender_flags: self.load::<u16, { offset_of!(ProbePayload, sender_flags) }>(),
+            reflector_flags: self.load::<u16, { offset_of!(ProbePayload, reflector_flags) }>(),
             sent_ns: self.load::<u64, { offset_of!(ProbePayload, sent_ns) }>(),
             reflected_ns: self.load::<u64, { offset_of!(ProbePayload, reflected_ns) }>(),
             sender_view: self.load::<u64, { offset_of!(ProbePayload, sender_view) }>(),
@@ -461,12 +475,13 @@ impl Header<'_, ProbePayload> {
         u16::from_be(self.load::<u16, { offset_of!(ProbePayload, tunnel) }>())
     }
 
-    /// Turns the probe into its answer: kind, reflect time and our view,
-    /// the latter two given in host order.
+    /// Turns the probe into its answer: kind, reflect time, our view and
+    /// our flags, the last three given in host order.
     #[inline(always)]
-    pub fn answer(&self, kind: u8, reflected_ns: u64, view: u64) {
+    pub fn answer(&self, kind: u8, reflected_ns: u64, view: u64, flags: u16) {
         self.store::<u8, { offset_of!(ProbePayload, kind) }>(kind);
         self.store::<u64, { offset_of!(ProbePayload, reflected_ns) }>(reflected_ns.to_be());
         self.store::<u64, { offset_of!(ProbePayload, reflector_view) }>(view.to_be());
+        self.store::<u16, { offset_of!(ProbePayload, reflector_flags) }>(flags.to_be());
     }
 }

@@ -5,19 +5,20 @@
 //! tunnel it came from, with our receive time and view written in: the far
 //! loader measures the path and both rings, not our scheduling. An answer to
 //! one of our probes is reported to the loader and goes no further. Both are
-//! reported through `PROBE_EVENTS`; neither ever reaches the kernel's stack
-//! or a LAN host.
+//! reported through `PROBE_EVENTS`, within a budget per tunnel and kind
+//! (`PROBE_BUDGET`), so a flood on one tunnel cannot crowd out the others'
+//! reports; neither ever reaches the kernel's stack or a LAN host.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ovpn_lb_common::{
     Reason,
-    probe::{self, Event, Payload},
+    probe::{self, Event, Payload, flags},
 };
 
 use crate::{
     hook::Hook,
     layout::{ETH_HLEN, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr},
-    maps::{PROBE_EVENTS, PROBE_VIEW},
+    maps::{PROBE_BUDGET, PROBE_EVENTS, PROBE_VIEW},
     packet::Packet,
 };
 
@@ -32,6 +33,34 @@ pub enum Handled {
 /// Probe destination, as loaded from the wire.
 const DST: u32 = u32::from_ne_bytes(probe::DST);
 const SRC: u32 = u32::from_ne_bytes(probe::SRC);
+
+/// The report budget per tunnel and kind: one report per this long on
+/// average, twice the rate of probes at the shortest interval (10 ms)...
+const REPORT_EVERY_NS: u64 = 5_000_000;
+/// ...and this many at once (a view change is announced at once, beside
+/// the regular probe).
+const REPORT_BURST: u64 = 4;
+
+/// Whether a report of `kind` on tunnel `id` fits the budget now (a
+/// generic cell rate: the slot's time runs ahead of the clock by one
+/// interval per report, up to the burst). Two CPUs may both take the last
+/// place: the budget is a bound, not an exact count.
+#[inline(always)]
+fn within_budget(id: u32, kind: u8, now: u64) -> bool {
+    let Some(slots) = PROBE_BUDGET.get_ptr_mut(id) else {
+        return false;
+    };
+    let i = usize::from(kind == probe::ANSWER);
+    // SAFETY: the pointer is into this tunnel's map value, valid for the
+    // program's run; racing CPUs at worst each take a report.
+    let slot = unsafe { &mut (*slots)[i] };
+    let due = if *slot > now { *slot } else { now };
+    if due - now > (REPORT_BURST - 1) * REPORT_EVERY_NS {
+        return false;
+    }
+    *slot = due + REPORT_EVERY_NS;
+    true
+}
 
 /// Whether the IPv4 destination `dst` marks a probe: the one check every
 /// packet on a tunnel pays.
@@ -78,14 +107,17 @@ pub fn handle<C: Hook>(pkt: &Packet<C>, l3: usize, id: u32) -> Result<Handled, R
         received_ns: now,
     };
     // A full ring loses a report, not the packet: the loader counts the
-    // probe as unanswered, which is the safe side.
-    let _ = PROBE_EVENTS.output(event, 0);
+    // probe as unanswered, which is the safe side. So does a report past
+    // the budget.
+    if within_budget(id, kind, now) {
+        let _ = PROBE_EVENTS.output(event, 0);
+    }
     match kind {
         probe::PROBE => {
-            let view = PROBE_VIEW.get(0).copied().unwrap_or(0);
+            let ours = PROBE_VIEW.get(0).copied().unwrap_or_default();
             // Addresses stay: answers are told from probes by their kind, and
             // the header checksum stays right. The UDP checksum is 0 (none).
-            body.answer(probe::ANSWER, now, view);
+            body.answer(probe::ANSWER, now, ours.view, ours.flags | flags::PRESENT);
             if l3 == ETH_HLEN {
                 let eth = pkt.header::<EthHdr>(0).ok_or(Reason::TruncatedEthernet)?;
                 let (dst, src) = (eth.dst(), eth.src());

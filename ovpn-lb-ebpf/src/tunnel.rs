@@ -184,24 +184,9 @@ pub fn egress<C: Hook, const L3: usize>(pkt: &Packet<C>) -> Result<Egress, Reaso
     }
 }
 
-/// `read` of the fixed header `T` at `l3`, pulling once if the sender left
-/// it outside the linear area; `None` for a packet too short to hold it.
-#[inline(always)]
-fn read_fixed<C: Hook, T, R>(
-    pkt: &Packet<C>,
-    l3: usize,
-    read: impl Fn(&Header<T>) -> R,
-) -> Option<R> {
-    if let Some(hdr) = pkt.header::<T>(l3) {
-        return Some(read(&hdr));
-    }
-    pkt.pull_headers();
-    pkt.header::<T>(l3).map(|hdr| read(&hdr))
-}
-
 #[inline(always)]
 fn egress_v4<C: Hook>(pkt: &Packet<C>, l3: usize, site: &SiteConfig) -> Result<Egress, Reason> {
-    let Some(src) = read_fixed(pkt, l3, |h: &Header<Ipv4Hdr>| h.src()) else {
+    let Some(src) = pkt.read_fixed(l3, |h: &Header<Ipv4Hdr>| h.src()) else {
         return Ok(Egress::Untouched);
     };
     if site.families & family::V4 == 0 || !site.lan_v4.contains(src) {
@@ -228,7 +213,7 @@ fn egress_v4<C: Hook>(pkt: &Packet<C>, l3: usize, site: &SiteConfig) -> Result<E
 
 #[inline(always)]
 fn egress_v6<C: Hook>(pkt: &Packet<C>, l3: usize, site: &SiteConfig) -> Result<Egress, Reason> {
-    let Some(src) = read_fixed(pkt, l3, |h: &Header<Ipv6Hdr>| h.src()) else {
+    let Some(src) = pkt.read_fixed(l3, |h: &Header<Ipv6Hdr>| h.src()) else {
         return Ok(Egress::Untouched);
     };
     if site.families & family::V6 == 0 || !site.lan_v6.contains(&src) {

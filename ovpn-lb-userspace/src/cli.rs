@@ -96,7 +96,7 @@ pub enum Command {
     /// from the pinned maps while `run` is going.
     ///
     /// Rates come from two samples --interval apart. --json prints a stable
-    /// document (see the README), --watch redraws in place until interrupted.
+    /// document (see docs/deploying.md), --watch redraws in place until interrupted.
     Status {
         /// The stable JSON document instead of a table.
         #[arg(long)]
@@ -166,6 +166,15 @@ pub struct GenerateArgs {
     /// Gateway B's LAN interface.
     #[arg(long, value_name = "NAME")]
     pub lan_interface_b: String,
+    /// Gateway A's WAN interface, the one its tunnels' UDP leaves by: its
+    /// `ovpn-lb.toml` then guards it by name (else ovpn-lb guards the default
+    /// route's interface), and with IPv6 its sysctl drop-in keeps it taking
+    /// router advertisements (`accept_ra = 2`).
+    #[arg(long, value_name = "NAME")]
+    pub wan_interface_a: Option<String>,
+    /// Gateway B's WAN interface.
+    #[arg(long, value_name = "NAME")]
+    pub wan_interface_b: Option<String>,
     /// Number of tunnels (OpenVPN processes per gateway), 1 to 64.
     #[arg(long, short = 'n', default_value_t = 4)]
     pub tunnels: usize,

@@ -4,7 +4,6 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
-use ovpn_lb_common::maps::names;
 
 use crate::{
     kernel_path,
@@ -45,6 +44,13 @@ pub async fn all(layout: &Layout) -> Result<Vec<String>> {
             let Ok(Some(link)) = netlink.link(&n.device).await else {
                 continue;
             };
+            // Recorded before it was made: an operator's permanent entry
+            // found in its place is not ours.
+            if let Ok(Some(found)) = netlink.neighbour(link.ifindex, n.addr).await
+                && found.permanent
+            {
+                continue;
+            }
             if netlink
                 .forget_neighbour(link.ifindex, n.addr)
                 .await
@@ -53,7 +59,11 @@ pub async fn all(layout: &Layout) -> Result<Vec<String>> {
                 removed.push(format!("managed neighbour {} on {}", n.addr, n.device));
             }
         }
-        if let Some(owned) = &state.kernel_route {
+        for owned in state
+            .kernel_route
+            .iter()
+            .chain(&state.retiring_kernel_routes)
+        {
             removed.extend(
                 kernel_path::remove(&netlink, owned)
                     .await
@@ -69,9 +79,10 @@ pub async fn all(layout: &Layout) -> Result<Vec<String>> {
             removed.push(format!("link {}", path.display()));
         }
     }
-    for name in names::ALL.iter().chain(names::RETIRED) {
-        let path = layout.maps().join(name);
-        if path.exists() {
+    // Every pin there, an earlier build's maps included.
+    if let Ok(entries) = std::fs::read_dir(layout.maps()) {
+        for entry in entries.flatten() {
+            let path = entry.path();
             remove_if_present(&path).with_context(|| format!("removing {}", path.display()))?;
             removed.push(format!("map pin {}", path.display()));
         }
@@ -90,8 +101,11 @@ pub async fn all(layout: &Layout) -> Result<Vec<String>> {
             removed.push(format!("file {}", file.display()));
         }
     }
-    remove_if_present(&layout.run_dir)
-        .with_context(|| format!("removing {}", layout.run_dir.display()))?;
+    match remove_if_present(&layout.run_dir) {
+        // systemd's RuntimeDirectory, mounted into the unit: systemd removes it.
+        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {}
+        other => other.with_context(|| format!("removing {}", layout.run_dir.display()))?,
+    }
     Ok(removed)
 }
 

@@ -6,19 +6,21 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::Result;
+use aya::programs::{SchedClassifier, TcAttachType};
 use serde::Serialize;
 
 use ovpn_lb_common::{
-    maps::{Spray, programs},
-    queue::RingHooks,
+    maps::{Spray, guard, programs},
+    queue::{RingHooks, unpack},
 };
 
 use crate::{
-    config::{self, Config, ManagementTarget, Net},
+    config::{self, Config, ManagementTarget, Net, guarded_prefixes},
+    datapath::attach,
     facts::Facts,
-    netlink::{Forwarding, Netlink},
+    netlink::{Forwarding, LinkFacts, Netlink},
     pins::Layout,
-    status::State,
+    status::{Counters, State},
 };
 
 /// How bad a finding is.
@@ -163,10 +165,14 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
     forwarding(&mut f, &config);
     rp_filter(&mut f, &config, &facts);
     devices(&mut f, &config, &facts);
-    kernel_path(&mut f, &config, &facts, &netlink).await;
+    lan_program(&mut f, &config, &facts, layout);
+    let wan = wan_devices(&config, &facts, &netlink).await;
+    wan_guard(&mut f, &config, &facts, layout, &wan);
+    wan_addresses(&mut f, &config, &netlink, &wan).await;
+    kernel_path(&mut f, &config, &facts, &netlink, &wan).await;
     management(&mut f, &config, layout).await;
     probes(&mut f, layout);
-    spray(&mut f, &config, layout);
+    spray(&mut f, &config, layout).await;
     Ok(Report {
         config: config_path.display().to_string(),
         findings: f.0,
@@ -314,9 +320,46 @@ fn devices(f: &mut Findings, config: &Config, facts: &Facts) {
     }
 }
 
-/// Remote-bound LAN traffic the kernel forwards must leave by a tunnel, or
-/// be refused: anything else leaves in the clear.
-async fn kernel_path(f: &mut Findings, config: &Config, facts: &Facts, netlink: &Netlink) {
+/// One host address inside `net`.
+fn host_in(net: &Net) -> Option<IpAddr> {
+    lan_host(*net, &[])
+}
+
+/// An address outside every prefix of the configuration, standing for a
+/// sender on the WAN (documentation ranges).
+fn outsider(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1u16])
+    } else {
+        IpAddr::from([198, 51, 100, 1])
+    }
+}
+
+/// Whoever may send LAN-related traffic the kernel routes.
+enum Sender {
+    /// A host on the LAN (handed over by the LAN program, or excluded).
+    Lan(u32),
+    /// The gateway itself: its own packets, and ICMP errors about restored
+    /// packets (a far traceroute's TTL expiring here, a LAN host down, a
+    /// packet too big for the LAN).
+    Gateway,
+    /// Something arriving on another interface (the WAN).
+    Interface(String, u32),
+}
+
+/// Everything LAN-related the kernel routes must go into a tunnel or be
+/// refused, whoever sends it: anything else leaves in the clear. Each
+/// route is asked of the kernel (`ip route get`): from the LAN to the remote
+/// prefixes, the exclusions and the peer's translations; from the gateway
+/// itself to those and to our translations; and from each WAN interface
+/// to all of them.
+async fn kernel_path(
+    f: &mut Findings,
+    config: &Config,
+    facts: &Facts,
+    netlink: &Netlink,
+    wan: &[LinkFacts],
+) {
     let Some(lan) = facts.link(&config.lan.interface) else {
         return;
     };
@@ -326,46 +369,290 @@ async fn kernel_path(f: &mut Findings, config: &Config, facts: &Facts, netlink: 
         .iter()
         .filter_map(|t| facts.link(&t.device).map(|l| l.ifindex))
         .collect();
-    for remote in &config.remote {
-        let lan_net = match remote {
-            Net::V4(_) => config.lan.v4.map(Net::V4),
-            Net::V6(_) => config.lan.v6.map(Net::V6),
-        };
-        let (Some(lan_net), Some(dst)) = (lan_net, lan_host(*remote, &[])) else {
-            continue;
-        };
-        let Some(src) = lan_host(lan_net, &ours) else {
-            continue;
-        };
-        match netlink.route_lookup(dst, src, lan.ifindex).await {
-            Ok(Forwarding::Device(i)) if tunnels.contains(&i) => f.ok(
-                "kernel_path",
-                format!("LAN traffic for {remote} that the kernel forwards goes into a tunnel"),
-            ),
-            Ok(Forwarding::Refused) => f.ok(
-                "kernel_path",
-                format!("LAN traffic for {remote} that the kernel forwards is refused (no tunnel up, or forwarding off), never sent in the clear"),
-            ),
-            Ok(Forwarding::Device(i)) => {
-                let dev = facts
-                    .links
-                    .iter()
-                    .find(|l| l.ifindex == i)
-                    .map_or_else(|| format!("ifindex {i}"), |l| l.name.clone());
-                f.add(
+    let destinations = destinations(config);
+    let mut senders = vec![Sender::Lan(lan.ifindex), Sender::Gateway];
+    senders.extend(
+        wan.iter()
+            .map(|l| Sender::Interface(l.name.clone(), l.ifindex)),
+    );
+    for sender in senders {
+        let mut asked = Vec::new();
+        let mut leaks: Vec<(String, String)> = Vec::new();
+        for (what, dst, kind) in &destinations {
+            let from = match &sender {
+                // LAN hosts send to our translations only by mistake: the
+                // main table refuses those, checked for the gateway.
+                Sender::Lan(_) if *kind == guard::OURS_TRANSLATED => continue,
+                Sender::Lan(iif) => {
+                    let lan_net = if dst.is_ipv4() {
+                        config.lan.v4.map(Net::V4)
+                    } else {
+                        config.lan.v6.map(Net::V6)
+                    };
+                    let Some(src) = lan_net.and_then(|n| lan_host(n, &ours)) else {
+                        continue;
+                    };
+                    Some((src, *iif))
+                }
+                Sender::Gateway => None,
+                Sender::Interface(_, iif) => Some((outsider(dst.is_ipv6()), *iif)),
+            };
+            asked.push((what.clone(), *kind));
+            match netlink.route_lookup(*dst, from).await {
+                Ok(Forwarding::Device(i)) if !tunnels.contains(&i) => {
+                    let dev = facts
+                        .links
+                        .iter()
+                        .find(|l| l.ifindex == i)
+                        .map_or_else(|| format!("ifindex {i}"), |l| l.name.clone());
+                    leaks.push((what.clone(), dev));
+                }
+                Ok(_) => {}
+                Err(e) => f.add(
                     "kernel_path",
+                    Severity::Warning,
+                    format!("could not ask the kernel how it routes {what}: {e}"),
+                    "",
+                ),
+            }
+        }
+        if !asked.is_empty() {
+            route_finding(f, &sender, &asked, leaks, config.kernel_route.priority);
+        }
+    }
+}
+
+/// One host of every prefix the kernel must never route outside a tunnel,
+/// with what it stands for and its `guard::*` kind: the remote prefixes,
+/// exclusions, both sides' translations (of the families the LAN has).
+fn destinations(config: &Config) -> Vec<(String, IpAddr, u32)> {
+    let served = |net: &Net| match net {
+        Net::V4(_) => config.lan.v4.is_some(),
+        Net::V6(_) => config.lan.v6.is_some(),
+    };
+    let mut out = Vec::new();
+    for (net, kind) in guarded_prefixes(config, &config.tunnels) {
+        if kind == guard::LAN || !served(&net) {
+            continue;
+        }
+        if let Some(dst) = host_in(&net) {
+            out.push((net.to_string(), dst, kind));
+        }
+    }
+    for net in config.exclude.iter().filter(|n| served(n)) {
+        if let Some(dst) = host_in(net) {
+            out.push((format!("{net} (excluded)"), dst, guard::REMOTE));
+        }
+    }
+    out
+}
+
+/// What one sender's routes came to: all into a tunnel or refused, or
+/// which leave by which device.
+fn route_finding(
+    f: &mut Findings,
+    sender: &Sender,
+    asked: &[(String, u32)],
+    leaks: Vec<(String, String)>,
+    priority: u32,
+) {
+    let who = match sender {
+        Sender::Lan(_) => {
+            "LAN traffic that the kernel forwards (over the tunnel MTU, TTL expiring, excluded)"
+                .to_owned()
+        }
+        Sender::Gateway => {
+            "the gateway's own traffic (ICMP errors about restored packets included)".to_owned()
+        }
+        Sender::Interface(name, _) => format!("traffic arriving on {name}"),
+    };
+    if leaks.is_empty() {
+        // The far side by name, the translation prefixes by number.
+        let mut parts: Vec<String> = asked
+            .iter()
+            .filter(|(_, k)| *k == guard::REMOTE)
+            .map(|(what, _)| what.clone())
+            .collect();
+        for (kind, whose) in [
+            (guard::OURS_TRANSLATED, "our"),
+            (guard::PEER_TRANSLATED, "the peer's"),
+        ] {
+            let n = asked.iter().filter(|(_, k)| *k == kind).count();
+            if n > 0 {
+                parts.push(format!("{whose} {n} translation prefixes"));
+            }
+        }
+        let list = match parts.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => parts.join(""),
+        };
+        f.ok(
+            "kernel_path",
+            format!("{who} for {list} goes into a tunnel or is refused"),
+        );
+        return;
+    }
+    let mut by_device: Vec<(String, Vec<String>)> = Vec::new();
+    for (what, dev) in leaks {
+        match by_device.iter_mut().find(|(d, _)| *d == dev) {
+            Some((_, list)) => list.push(what),
+            None => by_device.push((dev, vec![what])),
+        }
+    }
+    let places: Vec<String> = by_device
+        .iter()
+        .map(|(dev, list)| format!("for {} leaves by {dev}", list.join(", ")))
+        .collect();
+    f.add(
+        "kernel_path",
+        Severity::Problem,
+        format!("{who} {}, outside the tunnels: in the clear", places.join("; ")),
+        format!(
+            "ovpn-lb run installs policy rules at priority {priority} and {} (into a tunnel or refused) and unreachable routes in the main table (`ip route show proto 79`): without it running, start it; with it running, a rule of a lower priority in `ip rule`, or a more specific route in the main table, sends this traffic out: remove it",
+            priority + 1
+        ),
+    );
+}
+
+/// The WAN devices as the loader guards them: named, or the default
+/// routes' (not the LAN or a tunnel).
+async fn wan_devices(config: &Config, facts: &Facts, netlink: &Netlink) -> Vec<LinkFacts> {
+    match &config.wan {
+        config::Wan::Named(names) => names
+            .iter()
+            .filter_map(|n| facts.link(n).cloned())
+            .collect(),
+        config::Wan::DefaultRoute => {
+            let devices = netlink.default_route_devices().await.unwrap_or_default();
+            facts
+                .links
+                .iter()
+                .filter(|l| {
+                    devices.contains(&l.ifindex)
+                        && l.name != config.lan.interface
+                        && !config.tunnels.iter().any(|t| t.device == l.name)
+                })
+                .cloned()
+                .collect()
+        }
+    }
+}
+
+/// Program ids attached through tcx at `iface`'s `direction`.
+fn tcx_ids(iface: &str, direction: TcAttachType) -> Vec<u32> {
+    SchedClassifier::query_tcx(iface, direction)
+        .map(|(_, progs)| progs.iter().map(aya::programs::ProgramInfo::id).collect())
+        .unwrap_or_default()
+}
+
+/// The LAN program is attached to the LAN device as it is now (a device
+/// recreated while no loader ran has none).
+fn lan_program(f: &mut Findings, config: &Config, facts: &Facts, layout: &Layout) {
+    if State::read(layout).is_err() {
+        return; // Never run here: the loader check says so.
+    }
+    let name = &config.lan.interface;
+    let Some(lan) = facts.link(name) else {
+        f.add(
+            "lan",
+            Severity::Problem,
+            format!("{name} does not exist: nothing is sprayed"),
+            format!("bring {name} back; the running loader attaches to it as it appears"),
+        );
+        return;
+    };
+    let attached = match config.hook {
+        config::Hook::Tc => attach::pinned_program(&layout.link(name))
+            .is_some_and(|ours| tcx_ids(name, TcAttachType::Ingress).contains(&ours)),
+        config::Hook::Xdp => attach::pinned_program(&layout.xdp_link(name))
+            .is_some_and(|ours| lan.xdp_prog_id == ours),
+    };
+    if attached {
+        f.ok("lan", format!("{name}: the LAN program is attached"));
+    } else {
+        f.add(
+            "lan",
+            Severity::Problem,
+            format!("{name}: the LAN program is not attached (the device was recreated while no loader ran?): remote-bound traffic takes the kernel's path, through one tunnel"),
+            "restart ovpn-lb (systemctl restart ovpn-lb): it attaches to the LAN device and follows it",
+        );
+    }
+}
+
+/// Each WAN device has the guard that keeps LAN traffic off it.
+fn wan_guard(f: &mut Findings, config: &Config, facts: &Facts, layout: &Layout, wan: &[LinkFacts]) {
+    if State::read(layout).is_err() {
+        return;
+    }
+    if let config::Wan::Named(names) = &config.wan {
+        for n in names.iter().filter(|n| facts.link(n).is_none()) {
+            f.add(
+                "wan",
+                Severity::Warning,
+                format!("wan.interfaces names {n}, which does not exist"),
+                "check wan.interfaces against `ip link`",
+            );
+        }
+    }
+    if wan.is_empty() {
+        f.add(
+            "wan",
+            Severity::Warning,
+            "no WAN device known: nothing guards the WAN against LAN traffic a route sends there in the clear",
+            "set wan.interfaces = [\"<the interface the tunnels' UDP leaves by>\"], or give the gateway its default route",
+        );
+        return;
+    }
+    for l in wan {
+        let guarded = attach::pinned_program(&layout.egress_link(&l.name))
+            .is_some_and(|ours| tcx_ids(&l.name, TcAttachType::Egress).contains(&ours));
+        if guarded {
+            f.ok(
+                "wan",
+                format!(
+                    "{}: guarded: nothing of the LAN leaves it in the clear",
+                    l.name
+                ),
+            );
+        } else {
+            f.add(
+                "wan",
+                Severity::Problem,
+                format!("{}: the WAN guard is not attached: LAN traffic a route sends there leaves in the clear", l.name),
+                "restart ovpn-lb (systemctl restart ovpn-lb): it guards each WAN device as it appears",
+            );
+        }
+    }
+}
+
+/// No WAN address of ours lies in a remote or translation prefix: the
+/// tunnels' own UDP would be refused by ovpn-lb's routes and dropped by the
+/// WAN guard. (The far gateway's address must not either, as under plain
+/// OpenVPN, whose routes into a tunnel must not cover its peer; doctor
+/// cannot see it before OpenVPN connects.)
+async fn wan_addresses(f: &mut Findings, config: &Config, netlink: &Netlink, wan: &[LinkFacts]) {
+    let guarded: Vec<(Net, u32)> = guarded_prefixes(config, &config.tunnels)
+        .into_iter()
+        .filter(|(_, kind)| *kind != guard::LAN)
+        .collect();
+    for l in wan {
+        for a in netlink.addresses(l.ifindex).await.unwrap_or_default() {
+            let host = match a {
+                IpAddr::V4(v4) => Net::parse("", &format!("{v4}/32")),
+                IpAddr::V6(v6) => Net::parse("", &format!("{v6}/128")),
+            };
+            let Ok(host) = host else { continue };
+            if let Some((net, _)) = guarded.iter().find(|(n, _)| n.overlaps(&host)) {
+                f.add(
+                    "wan",
                     Severity::Problem,
-                    format!("LAN traffic for {remote} that the kernel forwards (over the tunnel MTU, TTL expiring) leaves by {dev}, outside the tunnels: in the clear"),
-                    "run ovpn-lb (its policy rules send such traffic into a tunnel or refuse it); `ip rule` should list its rules at kernel_route.priority",
+                    format!(
+                        "{}: its address {a} lies in {net}, a remote or translation prefix: ovpn-lb's routes refuse the tunnels' own UDP to and from it, and the WAN guard drops it",
+                        l.name
+                    ),
+                    "narrow remote_prefixes, or pick translation prefixes that cover no WAN address (nor the far gateway's)",
                 );
             }
-            Ok(Forwarding::Local) => {}
-            Err(e) => f.add(
-                "kernel_path",
-                Severity::Warning,
-                format!("could not ask the kernel how it routes {remote}: {e}"),
-                "",
-            ),
         }
     }
 }
@@ -450,9 +737,12 @@ fn unreachable(f: &mut Findings, device: &str, target: &impl std::fmt::Display) 
 
 /// What the running loader says of the probes.
 fn probes(f: &mut Findings, layout: &Layout) {
-    let Ok(state) = State::read(layout) else {
-        return;
-    };
+    if let Ok(state) = State::read(layout) {
+        probe_findings(f, &state);
+    }
+}
+
+fn probe_findings(f: &mut Findings, state: &State) {
     for t in &state.tunnels {
         match (&t.probe, t.cause.as_deref()) {
             (Some(p), Some("probe")) if p.answered == 0 || p.loss >= 1.0 => f.add(
@@ -467,6 +757,13 @@ fn probes(f: &mut Findings, layout: &Layout) {
                 format!("{}: out of the rotation: its probes are lost, or the far gateway cannot use it", t.device),
                 "look at the far gateway's `ovpn-lb status`, and at the tunnel's path",
             ),
+            // No round trip to speak of: none has been measured.
+            (Some(p), _) if p.answered == 0 => f.add(
+                "probes",
+                Severity::Warning,
+                format!("{}: none of its {} probes has been answered yet", t.device, p.sent),
+                "if it stays so, the far gateway does not answer: check that it runs ovpn-lb with this tunnel's prefixes swapped, and the tunnel's path",
+            ),
             (Some(p), _) => f.ok(
                 "probes",
                 format!("{}: probes answered, round trip {:.1} ms", t.device, p.rtt_smoothed_ms),
@@ -476,39 +773,104 @@ fn probes(f: &mut Findings, layout: &Layout) {
     }
 }
 
+/// How long doctor watches the rings: the probes alone put a few packets
+/// through every tunnel in that time.
+const RING_WATCH: Duration = Duration::from_secs(1);
+
+/// Whether tunnel `k`'s ring accounting counted reads between two readings
+/// of the counters: `None` when nothing went into the tunnel meanwhile (no
+/// evidence either way), `Some(false)` when packets went in (sprayed, or
+/// queued) and no read came out.
+fn ring_reads_counted(before: &Counters, after: &Counters, k: usize) -> Option<bool> {
+    let (b, a) = (before.queues.get(k)?, after.queues.get(k)?);
+    let sprayed = after.tunnels.get(k)?.tx_packets > before.tunnels.get(k)?.tx_packets;
+    let packets = |c: u64| unpack(c).packets;
+    let queued = packets(a.enq.queued) != packets(b.enq.queued);
+    (sprayed || queued).then_some(packets(a.deq.read) != packets(b.deq.read))
+}
+
+/// The ring accounting is running (one set of hooks has all its links
+/// pinned), sees what the hook sprays, and counts: the tunnels that had
+/// traffic in the last [`RING_WATCH`] had reads counted.
+async fn rings_count(f: &mut Findings, config: &Config, layout: &Layout, state: &State) {
+    let running = RingHooks::ALL.into_iter().find(|&h| {
+        programs::rings(h)
+            .iter()
+            .all(|t| layout.tracing_link(t.name).exists())
+    });
+    let Some(running) = running else {
+        f.add(
+            "spray",
+            Severity::Warning,
+            "packet spray runs as round robin: the tunnels' rings cannot be accounted on this kernel",
+            "the loader's log says why (a kernel without BTF, or /proc/kallsyms hidden from it)",
+        );
+        return;
+    };
+    let hooks = running.name();
+    if config.hook == config::Hook::Xdp && !running.sees_xdp() {
+        f.add(
+            "spray",
+            Severity::Warning,
+            format!("packet spray under the XDP hook is round robin: XDP frames enter the TAP devices' rings by tun_xdp_xmit, which only the fexit hooks see, and {hooks} runs here"),
+            "hook = \"tc\", or a kernel that traces tun_xdp_xmit (fexit: CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, tun built in or module BTF)",
+        );
+        return;
+    }
+    let n = u32::try_from(state.tunnels.len()).unwrap_or(0);
+    let Ok(before) = Counters::read(layout, n) else {
+        return;
+    };
+    tokio::time::sleep(RING_WATCH).await;
+    let Ok(after) = Counters::read(layout, n) else {
+        return;
+    };
+    let (mut counted, mut uncounted) = (Vec::new(), Vec::new());
+    for (k, t) in state.tunnels.iter().enumerate() {
+        match ring_reads_counted(&before, &after, k) {
+            Some(true) => counted.push(t.device.as_str()),
+            Some(false) => uncounted.push(t.device.as_str()),
+            None => {}
+        }
+    }
+    if !uncounted.is_empty() {
+        f.add(
+            "spray",
+            Severity::Problem,
+            format!(
+                "packet spray's ring accounting (hooks: {hooks}) counted no read on {} in the last {} s, though packets went in: its figures are wrong, and packet spray misplaces packets",
+                uncounted.join(", "),
+                RING_WATCH.as_secs()
+            ),
+            "restart the loader (systemctl restart ovpn-lb) and look at its log; if it persists, spray = \"round-robin\"",
+        );
+    } else if counted.is_empty() {
+        f.add(
+            "spray",
+            Severity::Warning,
+            format!("no tunnel carried anything in the last {} s: whether packet spray's ring accounting (hooks: {hooks}) counts is unknown", RING_WATCH.as_secs()),
+            "run doctor again with traffic (or with probes on)",
+        );
+    } else {
+        f.ok(
+            "spray",
+            format!(
+                "packet spray sees every tunnel's ring (hooks: {hooks}): reads counted on {}",
+                counted.join(", ")
+            ),
+        );
+    }
+}
+
 /// Packet spray places packets well only with its ring accounting running
-/// and the LAN handing it single segments.
-fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
+/// and counting, and the LAN handing it single segments.
+async fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
     if config.spray != Spray::Packet {
         return;
     }
     let lan = &config.lan.interface;
-    if State::read(layout).is_ok_and(|s| s.loader_alive()) {
-        // The set whose links are all pinned is the one running.
-        let running = RingHooks::ALL.into_iter().find(|&h| {
-            programs::rings(h)
-                .iter()
-                .all(|t| layout.tracing_link(t.name).exists())
-        });
-        let xdp = config.hook == config::Hook::Xdp;
-        match running {
-            Some(h) if !xdp || h.sees_xdp() => f.ok(
-                "spray",
-                format!("packet spray sees every tunnel's ring (hooks: {})", h.name()),
-            ),
-            Some(h) => f.add(
-                "spray",
-                Severity::Warning,
-                format!("packet spray under the XDP hook is round robin: XDP frames enter the TAP devices' rings by tun_xdp_xmit, which only the fexit hooks see, and {} runs here", h.name()),
-                "hook = \"tc\", or a kernel that traces tun_xdp_xmit (fexit: CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, tun built in or module BTF)",
-            ),
-            None => f.add(
-                "spray",
-                Severity::Warning,
-                "packet spray runs as round robin: the tunnels' rings cannot be accounted on this kernel",
-                "the loader's log says why (a kernel without BTF, or /proc/kallsyms hidden from it)",
-            ),
-        }
+    if let Some(state) = running_loader(layout) {
+        rings_count(f, config, layout, &state).await;
     }
     if crate::facts::gro_enabled(lan).unwrap_or(false) {
         f.add(
@@ -527,7 +889,7 @@ fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
                 "{} tunnels share {cores} CPU cores: OpenVPN processes that wait for a core drain their queues in bursts, which packet spray cannot foresee",
                 config.tunnels.len()
             ),
-            "no more tunnels than cores; or try spray = \"round-robin\" and compare (the README's benchmarks show both)",
+            "no more tunnels than cores; or try spray = \"round-robin\" and compare (docs/benchmarks.md shows both)",
         );
     }
 }
@@ -543,6 +905,77 @@ mod tests {
         let ours = ["192.168.10.1".parse().unwrap()];
         assert_eq!(lan_host(net, &ours), Some("192.168.10.2".parse().unwrap()));
         assert_eq!(lan_host(net, &[]), Some("192.168.10.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_tunnel_never_answered_has_no_round_trip() {
+        use crate::status::{ProbeState, TunnelState};
+        let tunnel = |device: &str, answered: u64, rtt: f64| TunnelState {
+            device: device.into(),
+            state: "up".into(),
+            probe: Some(ProbeState {
+                rtt_smoothed_ms: rtt,
+                sent: 12,
+                answered,
+                ..ProbeState::default()
+            }),
+            ..TunnelState::default()
+        };
+        let state = State {
+            tunnels: vec![tunnel("tun0", 0, 0.0), tunnel("tun1", 12, 0.4)],
+            ..State::default()
+        };
+        let mut f = Findings::default();
+        probe_findings(&mut f, &state);
+        assert_eq!(f.0.len(), 2);
+        assert_eq!(f.0[0].severity, Severity::Warning, "{:?}", f.0[0]);
+        assert_eq!(
+            f.0[0].message,
+            "tun0: none of its 12 probes has been answered yet"
+        );
+        assert_eq!(f.0[1].severity, Severity::Ok);
+        assert_eq!(f.0[1].message, "tun1: probes answered, round trip 0.4 ms");
+    }
+
+    #[test]
+    fn ring_reads_count_only_when_packets_went_in() {
+        use ovpn_lb_common::{
+            TunnelStats,
+            queue::{Dequeued, Enqueued, TunnelQueue, count},
+        };
+        let counters = |tx: u64, enq: u64, deq: u64| Counters {
+            tunnels: vec![TunnelStats {
+                tx_packets: tx,
+                ..TunnelStats::default()
+            }],
+            reasons: Vec::new(),
+            queues: vec![TunnelQueue {
+                enq: Enqueued {
+                    queued: count(100) * enq,
+                    ..Enqueued::default()
+                },
+                deq: Dequeued {
+                    read: count(100) * deq,
+                    ..Dequeued::default()
+                },
+            }],
+        };
+        let before = counters(10, 12, 12);
+        assert_eq!(ring_reads_counted(&before, &counters(10, 12, 12), 0), None);
+        assert_eq!(
+            ring_reads_counted(&before, &counters(20, 22, 22), 0),
+            Some(true)
+        );
+        // Sprayed, but neither queue nor read counted; or queued, never read.
+        assert_eq!(
+            ring_reads_counted(&before, &counters(20, 12, 12), 0),
+            Some(false)
+        );
+        assert_eq!(
+            ring_reads_counted(&before, &counters(10, 15, 12), 0),
+            Some(false)
+        );
+        assert_eq!(ring_reads_counted(&before, &counters(10, 12, 12), 1), None);
     }
 
     #[test]

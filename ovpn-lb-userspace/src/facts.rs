@@ -39,6 +39,43 @@ impl Facts {
     }
 }
 
+/// A device's packet counters. On a tun device the kernel counts a packet
+/// received when its reader (OpenVPN) writes it in, and transmitted when
+/// the reader takes it out of the ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevicePackets {
+    pub rx: u64,
+    pub tx: u64,
+}
+
+/// Every device's packet counters from `/proc/net/dev` (this network
+/// namespace), by name.
+///
+/// # Errors
+/// If the file cannot be read.
+pub fn device_packets() -> io::Result<HashMap<String, DevicePackets>> {
+    Ok(parse_net_dev(&std::fs::read_to_string("/proc/net/dev")?))
+}
+
+fn parse_net_dev(text: &str) -> HashMap<String, DevicePackets> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.split_once(':')?;
+            let numbers: Vec<u64> = fields
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            // Receive: bytes packets ... (8 fields); transmit: bytes packets ...
+            let packets = DevicePackets {
+                rx: *numbers.get(1)?,
+                tx: *numbers.get(9)?,
+            };
+            Some((name.trim().to_owned(), packets))
+        })
+        .collect()
+}
+
 /// `SIOCETHTOOL`, `ETHTOOL_GGRO` (`include/uapi/linux/ethtool.h`).
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GGRO: u32 = 0x2b;
@@ -114,5 +151,18 @@ mod tests {
         assert_eq!(gro_enabled("lo").unwrap(), on, "{text}");
         assert!(gro_enabled("no-such-dev0").is_err());
         assert!(gro_enabled("a-name-far-too-long-for-linux").is_err());
+    }
+
+    #[test]
+    fn net_dev_gives_each_devices_packets() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 20943717    1571    0    0    0     0          0         0 20943717    1572    0    0    0     0       0          0
+  tun0:     840      10    0    0    0     0          0         0     1680      20    0    7    0     0       0          0
+";
+        let d = super::parse_net_dev(text);
+        assert_eq!(d.len(), 2);
+        assert_eq!((d["lo"].rx, d["lo"].tx), (1571, 1572));
+        assert_eq!(d["tun0"], super::DevicePackets { rx: 10, tx: 20 });
     }
 }

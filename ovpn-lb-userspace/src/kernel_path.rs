@@ -1,19 +1,31 @@
-//! The kernel path. Some remote-bound LAN packets are handed to the kernel
+//! The kernel path: nothing LAN-related leaves outside a tunnel, whoever
+//! sends it. Some remote-bound LAN packets are handed to the kernel
 //! untranslated instead of being sprayed: those over the tunnel MTU (the
-//! kernel fragments them, or answers ICMP "fragmentation needed" / "packet too
-//! big" so the sender learns the path MTU) and those whose TTL is about to
-//! expire. Routed by the main table, they could leave by the WAN in the clear.
-//! So ovpn-lb owns policy rules that send LAN traffic for the remote prefixes
-//! to a table of its own, whose only route leads into a tunnel in the
-//! rotation, with an `unreachable` rule behind it: when no tunnel is left the
-//! sender gets ICMP unreachable, and nothing ever falls through to the main
-//! table. The tunnel's egress program translates the source of what the
-//! kernel sends, as the LAN program would have.
+//! kernel fragments them, or answers ICMP "fragmentation needed" / "packet
+//! too big" so the sender learns the path MTU), those whose TTL is about to
+//! expire, and those to excluded addresses. The gateway itself sends to the
+//! far LAN too: ICMP errors about restored packets (a far traceroute's TTL
+//! expiring here, a LAN host down, a packet too big for the LAN), and its
+//! own traffic. And a LAN host answers the peer's translated addresses when a
+//! packet reached it unrestored (a tunnel device recreated while no loader
+//! ran). Routed by the main table, all of these would leave by the WAN in the
+//! clear. So ovpn-lb owns policy rules that send LAN and local traffic for
+//! the remote prefixes and the peer's translation prefixes to a table of its
+//! own, whose only route leads into a tunnel in the rotation, with an
+//! `unreachable` rule behind them: when no tunnel is left the sender gets
+//! ICMP unreachable, and nothing falls through to the main table. The main
+//! table itself gets an `unreachable` route (ovpn-lb's protocol number,
+//! the largest metric) for every remote and translation prefix, for
+//! whatever else would look them up there (traffic from other interfaces).
+//! The tunnel's egress program translates LAN sources of what the kernel
+//! sends, as the LAN program would have; the WAN guard (`wan_egress`) drops
+//! whatever still tries to leave in the clear.
 //!
 //! ```text
-//! priority P-1  iif LAN to <exclusion>      lookup main
-//! priority P    iif LAN to <remote prefix>  lookup T   (T: default dev tunK)
-//! priority P+1  iif LAN to <remote prefix>  unreachable
+//! priority P    iif LAN to <remote | peer translation>   lookup T  (T: default dev tunK)
+//! priority P    iif lo  to <remote | peer translation>   lookup T  (the gateway's own)
+//! priority P+1  the same                                 unreachable
+//! main          unreachable <remote | our and the peer's translations> proto 79 metric max
 //! ```
 
 use std::net::IpAddr;
@@ -21,14 +33,18 @@ use std::net::IpAddr;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use ovpn_lb_common::maps::guard;
+
 use crate::{
-    config::{Config, Net, TunnelKind},
+    config::{Config, Net, TunnelKind, TunnelSpec, guarded_prefixes},
     netlink::{KernelRoute, Netlink, RouteTarget, Rule, RuleAction},
     tunnel::Tunnel,
 };
 
 /// The main routing table.
 const MAIN_TABLE: u32 = 254;
+/// How policy rules name locally generated packets.
+const LOCAL: &str = "lo";
 
 /// What `detach` needs to find ovpn-lb's rules and routes again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,39 +68,65 @@ impl Owned {
         }
     }
 
+    /// Priorities ovpn-lb's rules may have (P - 1 held exclusions once:
+    /// such rules from an older run are removed as stale).
     fn band(&self) -> std::ops::RangeInclusive<u32> {
         self.priority - 1..=self.priority + 1
     }
+
+    /// Whether `rule` (in the band) is one of ovpn-lb's.
+    fn owns(&self, rule: &Rule) -> bool {
+        rule.iif == self.lan || rule.iif == LOCAL
+    }
+
+    fn serves(&self, net: &Net) -> bool {
+        match net {
+            Net::V4(_) => self.v4,
+            Net::V6(_) => self.v6,
+        }
+    }
 }
 
-/// The rules ovpn-lb wants, in the order they are added.
+/// What ovpn-lb keeps in the kernel for its path: rules and the main
+/// table's `unreachable` routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub rules: Vec<Rule>,
+    pub unreachable: Vec<Net>,
+}
+
+/// The rules and routes ovpn-lb wants (`tunnels`: the configuration's), in
+/// the order they are added.
 #[must_use]
-pub fn rules(config: &Config) -> Vec<Rule> {
+pub fn wanted(config: &Config, tunnels: &[TunnelSpec]) -> Wanted {
     let owned = Owned::of(config);
-    let rule = |net: &Net, priority, action| Rule {
-        priority,
-        iif: owned.lan.clone(),
-        to: net.addr(),
-        to_len: net.prefix_len(),
-        action,
-    };
-    let family_served = |net: &Net| match net {
-        Net::V4(_) => owned.v4,
-        Net::V6(_) => owned.v6,
-    };
-    let mut out = Vec::new();
-    for net in config.exclude.iter().filter(|n| family_served(n)) {
-        out.push(rule(
-            net,
-            owned.priority - 1,
-            RuleAction::Lookup(MAIN_TABLE),
-        ));
+    let guarded: Vec<(Net, u32)> = guarded_prefixes(config, tunnels)
+        .into_iter()
+        .filter(|(net, _)| owned.serves(net))
+        .collect();
+    let mut rules = Vec::new();
+    for iif in [owned.lan.as_str(), LOCAL] {
+        for (net, _) in guarded
+            .iter()
+            .filter(|(_, k)| *k == guard::REMOTE || *k == guard::PEER_TRANSLATED)
+        {
+            let rule = |priority, action| Rule {
+                priority,
+                iif: iif.to_owned(),
+                to: net.addr(),
+                to_len: net.prefix_len(),
+                action,
+            };
+            rules.push(rule(owned.priority + 1, RuleAction::Unreachable));
+            rules.push(rule(owned.priority, RuleAction::Lookup(owned.table)));
+        }
     }
-    for net in config.remote.iter().filter(|n| family_served(n)) {
-        out.push(rule(net, owned.priority + 1, RuleAction::Unreachable));
-        out.push(rule(net, owned.priority, RuleAction::Lookup(owned.table)));
-    }
-    out
+    let unreachable = guarded
+        .iter()
+        .filter(|(_, k)| *k != guard::LAN)
+        .map(|(net, _)| *net)
+        .collect();
+    Wanted { rules, unreachable }
 }
 
 /// Where the table's route should lead for each family: the first tunnel
@@ -111,28 +153,31 @@ pub fn targets(tunnels: &[Tunnel]) -> (Option<RouteTarget>, Option<RouteTarget>)
     (target(false), target(true))
 }
 
-/// Makes the kernel's rules in ovpn-lb's band exactly `wanted` (for the
-/// LAN interface): stale ones (an older configuration) go, missing ones
-/// are added, the `unreachable` fallback before the lookup it backs.
+/// Makes the kernel's rules in ovpn-lb's band exactly `wanted.rules`
+/// (for the LAN interface and local traffic) and the main table's
+/// `unreachable` routes of ovpn-lb's exactly `wanted.unreachable`: stale
+/// ones (an older configuration) go, missing ones are added, the
+/// `unreachable` fallback before the lookup it backs.
 ///
 /// # Errors
 /// If netlink fails.
-pub async fn install(netlink: &Netlink, owned: &Owned, wanted: &[Rule]) -> Result<()> {
+pub async fn install(netlink: &Netlink, owned: &Owned, wanted: &Wanted) -> Result<()> {
     for v6 in [false, true] {
         let present: Vec<Rule> = netlink
             .rules(v6, owned.band())
             .await
             .context("listing policy rules")?
             .into_iter()
-            .filter(|r| r.iif == owned.lan)
+            .filter(|r| owned.owns(r))
             .collect();
-        for stale in present.iter().filter(|r| !wanted.contains(r)) {
+        for stale in present.iter().filter(|r| !wanted.rules.contains(r)) {
             netlink
                 .delete_rule(stale)
                 .await
                 .with_context(|| format!("deleting stale rule {stale:?}"))?;
         }
         for rule in wanted
+            .rules
             .iter()
             .filter(|r| r.to.is_ipv6() == v6 && !present.contains(r))
         {
@@ -140,6 +185,28 @@ pub async fn install(netlink: &Netlink, owned: &Owned, wanted: &[Rule]) -> Resul
                 .add_rule(rule)
                 .await
                 .with_context(|| format!("adding rule {rule:?}"))?;
+        }
+        let routes = netlink
+            .own_unreachable_routes(MAIN_TABLE, v6)
+            .await
+            .context("listing the main table's routes")?;
+        let want: Vec<(IpAddr, u8)> = wanted
+            .unreachable
+            .iter()
+            .filter(|n| matches!(n, Net::V6(_)) == v6)
+            .map(|n| (n.addr(), n.prefix_len()))
+            .collect();
+        for &(addr, len) in routes.iter().filter(|r| !want.contains(r)) {
+            netlink
+                .delete_unreachable(MAIN_TABLE, addr, len)
+                .await
+                .with_context(|| format!("deleting stale route unreachable {addr}/{len}"))?;
+        }
+        for &(addr, len) in want.iter().filter(|r| !routes.contains(r)) {
+            netlink
+                .add_unreachable(MAIN_TABLE, addr, len)
+                .await
+                .with_context(|| format!("adding route unreachable {addr}/{len} to main"))?;
         }
     }
     Ok(())
@@ -177,18 +244,52 @@ pub async fn route(
     Ok(())
 }
 
-/// Removes ovpn-lb's rules and routes; returns what it removed.
+/// Removes ovpn-lb's rules and routes, the main table's `unreachable`
+/// ones included; returns what it removed.
 ///
 /// # Errors
 /// If netlink fails.
 pub async fn remove(netlink: &Netlink, owned: &Owned) -> Result<Vec<String>> {
+    let mut removed = remove_except(netlink, owned, &[], false).await?;
+    for v6 in [false, true] {
+        for (addr, len) in netlink.own_unreachable_routes(MAIN_TABLE, v6).await? {
+            netlink.delete_unreachable(MAIN_TABLE, addr, len).await?;
+            removed.push(format!("route unreachable {addr}/{len} in main"));
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes what an earlier configuration's kernel path (`old`) left that
+/// the current one (`now`, its rules `wanted`) does not use: its rules,
+/// and its table's routes unless the table is still ours. (The main
+/// table's `unreachable` routes are the current one's to keep: `install`
+/// makes them what it wants.)
+///
+/// # Errors
+/// If netlink fails.
+pub async fn retire(
+    netlink: &Netlink,
+    old: &Owned,
+    now: &Owned,
+    wanted: &[Rule],
+) -> Result<Vec<String>> {
+    remove_except(netlink, old, wanted, old.table == now.table).await
+}
+
+async fn remove_except(
+    netlink: &Netlink,
+    owned: &Owned,
+    keep: &[Rule],
+    keep_table: bool,
+) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for v6 in [false, true] {
         for rule in netlink
             .rules(v6, owned.band())
             .await?
             .into_iter()
-            .filter(|r| r.iif == owned.lan)
+            .filter(|r| owned.owns(r) && !keep.contains(r))
         {
             netlink.delete_rule(&rule).await?;
             removed.push(format!(
@@ -196,9 +297,11 @@ pub async fn remove(netlink: &Netlink, owned: &Owned) -> Result<Vec<String>> {
                 rule.priority, rule.iif, rule.to, rule.to_len
             ));
         }
-        netlink.clear_default_route(owned.table, v6).await?;
+        if !keep_table {
+            netlink.clear_default_route(owned.table, v6).await?;
+        }
     }
-    if !removed.is_empty() {
+    if !removed.is_empty() && !keep_table {
         removed.push(format!("routes of table {}", owned.table));
     }
     Ok(removed)
@@ -238,34 +341,39 @@ prefixes = ["192.168.10.0/24"]
 [[tunnel]]
 device = "tun0"
 translate = ["100.64.0.0/24"]
+peer_translate = ["100.65.0.0/24"]
 "#;
 
     #[test]
-    fn lan_traffic_for_remote_prefixes_goes_to_our_table_or_nowhere() {
+    fn lan_and_local_traffic_for_the_far_side_goes_to_our_table_or_nowhere() {
         let (c, _) = parse(TEXT, &fake()).unwrap();
-        let r = rules(&c);
-        // The LAN has no IPv6 prefix: no IPv6 rules.
-        assert!(r.iter().all(|r| r.to.is_ipv4()), "{r:?}");
-        assert_eq!(r.len(), 3);
-        assert_eq!(
-            r[0],
-            Rule {
-                priority: 7599,
-                iif: "eth1".into(),
-                to: "10.20.30.1".parse().unwrap(),
-                to_len: 32,
-                action: RuleAction::Lookup(MAIN_TABLE),
+        let w = wanted(&c, &c.tunnels);
+        // The LAN has no IPv6 prefix: no IPv6 rules. Per source (LAN, the
+        // gateway itself): the remote prefix and the peer's translation,
+        // each a lookup and its unreachable fallback.
+        assert!(w.rules.iter().all(|r| r.to.is_ipv4()), "{:?}", w.rules);
+        assert_eq!(w.rules.len(), 2 * 2 * 2);
+        for iif in ["eth1", "lo"] {
+            for (to, len) in [("10.20.30.0", 24), ("100.65.0.0", 24)] {
+                let rule = |priority, action| Rule {
+                    priority,
+                    iif: iif.into(),
+                    to: to.parse().unwrap(),
+                    to_len: len,
+                    action,
+                };
+                assert!(w.rules.contains(&rule(7600, RuleAction::Lookup(7600))));
+                assert!(w.rules.contains(&rule(7601, RuleAction::Unreachable)));
             }
-        );
-        assert!(r.contains(&Rule {
-            priority: 7601,
-            iif: "eth1".into(),
-            to: "10.20.30.0".parse().unwrap(),
-            to_len: 24,
-            action: RuleAction::Unreachable,
-        }));
-        assert!(covers(&r, "10.20.30.77".parse().unwrap(), 7600));
-        assert!(!covers(&r, "10.20.31.1".parse().unwrap(), 7600));
+        }
+        // Excluded addresses follow the remote prefix: into a tunnel.
+        assert!(covers(&w.rules, "10.20.30.1".parse().unwrap(), 7600));
+        assert!(covers(&w.rules, "10.20.30.77".parse().unwrap(), 7600));
+        assert!(covers(&w.rules, "100.65.0.9".parse().unwrap(), 7600));
+        assert!(!covers(&w.rules, "10.20.31.1".parse().unwrap(), 7600));
+        // The main table refuses the far side and both translations.
+        let main: Vec<String> = w.unreachable.iter().map(ToString::to_string).collect();
+        assert_eq!(main, ["10.20.30.0/24", "100.64.0.0/24", "100.65.0.0/24"]);
     }
 
     #[test]

@@ -37,13 +37,22 @@ pub struct State {
     #[serde(default)]
     pub ring_accounting: Option<String>,
     pub lan_interface: String,
+    /// The WAN devices guarded now (nothing of the LAN leaves them in the
+    /// clear).
+    #[serde(default)]
+    pub wan_guard: Vec<String>,
     pub tunnels: Vec<TunnelState>,
     /// Managed neighbour entries `run` made for TAP tunnels; `detach` removes them.
     #[serde(default)]
     pub neighbours: Vec<ManagedNeighbour>,
-    /// ovpn-lb's policy rules and table; `detach` removes them.
+    /// ovpn-lb's policy rules and table; `detach` removes them. Written
+    /// before they are made, so a crash in between leaves them on record.
     #[serde(default)]
     pub kernel_route: Option<crate::kernel_path::Owned>,
+    /// Rules and tables of an earlier configuration (another table, priority
+    /// or LAN) not yet removed: the next `run` removes them, or `detach`.
+    #[serde(default)]
+    pub retiring_kernel_routes: Vec<crate::kernel_path::Owned>,
     /// A bpffs `run` mounted itself; `detach` unmounts it, and no other.
     #[serde(default)]
     pub mounted_bpffs: Option<std::path::PathBuf>,
@@ -78,6 +87,10 @@ pub struct TunnelState {
     /// Times it left the rotation, by cause.
     #[serde(default)]
     pub departures: std::collections::BTreeMap<String, u64>,
+    /// What the far gateway says of itself on this tunnel (`draining`,
+    /// `lan_down`); empty when all is well, or it does not say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_flags: Vec<String>,
 }
 
 /// A probed tunnel's figures.
@@ -90,6 +103,11 @@ pub struct ProbeState {
     pub answered: u64,
     /// Unanswered share of the probes sent.
     pub loss: f64,
+    /// Kept alive by its traffic (packets arriving, its ring read) while
+    /// its probes are lost, as in a ring kept full by more than the tunnel
+    /// carries.
+    #[serde(default)]
+    pub kept_by_traffic: bool,
 }
 
 impl State {
@@ -200,6 +218,8 @@ pub struct Report {
     /// null while off (packet spray is then round robin).
     pub ring_accounting: Option<String>,
     pub lan_interface: String,
+    /// The WAN devices guarded (nothing of the LAN leaves them in the clear).
+    pub wan_guard: Vec<String>,
     pub interval_seconds: f64,
     pub tunnels: Vec<TunnelReport>,
     pub reasons: Vec<ReasonReport>,
@@ -216,6 +236,9 @@ pub struct TunnelReport {
     pub openvpn: Option<String>,
     pub probe: Option<ProbeState>,
     pub departures: std::collections::BTreeMap<String, u64>,
+    /// What the far gateway says of itself on this tunnel (`draining`,
+    /// `lan_down`); empty when all is well, or it does not say.
+    pub peer_flags: Vec<String>,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -296,6 +319,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
             openvpn: t.openvpn.clone(),
             probe: t.probe.clone(),
             departures: t.departures.clone(),
+            peer_flags: t.peer_flags.clone(),
             tx_packets: a.tx_packets,
             tx_bytes: a.tx_bytes,
             rx_packets: a.rx_packets,
@@ -333,6 +357,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         hook: state.hook,
         ring_accounting: state.ring_accounting,
         lan_interface: state.lan_interface,
+        wan_guard: state.wan_guard,
         interval_seconds: secs,
         tunnels,
         reasons,
@@ -369,12 +394,8 @@ fn bytes(n: u64) -> String {
     format!("{}B", si(n as f64))
 }
 
-/// `status` as a table. `all`: list every reason, not only those that
-/// counted something.
-#[must_use]
-pub fn render(r: &Report, all: bool) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
+/// The first line of `status`: the loader, how it sprays, where.
+fn headline(r: &Report) -> String {
     let loader = match (&r.running, &r.exit_error) {
         (true, _) => format!("running (pid {})", r.pid),
         (false, Some(e)) => {
@@ -387,11 +408,23 @@ pub fn render(r: &Report, all: bool) -> String {
         (None, "packet") => " (rings not accounted: round robin)".to_owned(),
         (None, _) => String::new(),
     };
-    let _ = writeln!(
-        out,
-        "ovpn-lb: loader {loader}, spray {}{rings}, hook {}, LAN {}",
+    let wan = if r.wan_guard.is_empty() {
+        "none guarded".to_owned()
+    } else {
+        format!("{} guarded", r.wan_guard.join(", "))
+    };
+    format!(
+        "ovpn-lb: loader {loader}, spray {}{rings}, hook {}, LAN {}, WAN {wan}\n",
         r.spray, r.hook, r.lan_interface
-    );
+    )
+}
+
+/// `status` as a table. `all`: list every reason, not only those that
+/// counted something.
+#[must_use]
+pub fn render(r: &Report, all: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = headline(r);
     let _ = writeln!(
         out,
         "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>28} {:>6}  openvpn",
@@ -444,6 +477,7 @@ pub fn render(r: &Report, all: bool) -> String {
             t.openvpn.as_deref().unwrap_or("-")
         );
     }
+    render_notes(&mut out, r);
     render_rings(&mut out, r);
     let shown: Vec<&ReasonReport> = r.reasons.iter().filter(|s| all || s.packets > 0).collect();
     let _ = writeln!(
@@ -470,6 +504,29 @@ pub fn render(r: &Report, all: bool) -> String {
         );
     }
     out
+}
+
+/// What the table has no column for: a tunnel kept in by its traffic while
+/// its probes are lost, what the far gateway says of itself.
+fn render_notes(out: &mut String, r: &Report) {
+    use std::fmt::Write as _;
+    for t in &r.tunnels {
+        if t.probe.as_ref().is_some_and(|p| p.kept_by_traffic) {
+            let _ = writeln!(
+                out,
+                "    {}: probes lost (its ring full?); kept in: the far end's packets arrive and OpenVPN reads the ring",
+                t.device
+            );
+        }
+        if !t.peer_flags.is_empty() {
+            let _ = writeln!(
+                out,
+                "    {}: the far gateway says: {}",
+                t.device,
+                t.peer_flags.join(", ")
+            );
+        }
+    }
 }
 
 /// The rings' table, while packet spray's accounting has measured any.
@@ -531,8 +588,14 @@ mod tests {
                 sent: 100,
                 answered: 99,
                 loss: 0.01,
+                kept_by_traffic: id == 1,
             }),
             departures: std::collections::BTreeMap::new(),
+            peer_flags: if id == 0 {
+                vec!["lan_down".to_owned()]
+            } else {
+                Vec::new()
+            },
             tx_packets: 1_500_000,
             tx_bytes: 2_000_000_000,
             rx_packets: 0,
@@ -556,6 +619,7 @@ mod tests {
             hook: "tc".to_owned(),
             ring_accounting: Some("fexit".to_owned()),
             lan_interface: "lan".to_owned(),
+            wan_guard: vec!["eth0".to_owned()],
             interval_seconds: 1.0,
             tunnels: vec![tunnel(0, "up", None), tunnel(1, "down", Some("probe"))],
             reasons: Reason::ALL
@@ -601,6 +665,12 @@ mod tests {
         assert!(
             all.contains("not_ip") && !all.contains("not shown"),
             "{all}"
+        );
+        assert!(text.contains("WAN eth0 guarded"), "{text}");
+        assert!(
+            text.contains("tun1: probes lost (its ring full?); kept in:")
+                && text.contains("tun0: the far gateway says: lan_down"),
+            "{text}"
         );
         // No ring table until the accounting has measured a drain rate.
         assert!(!text.contains("ring backlog"), "{text}");

@@ -5,13 +5,11 @@ use std::fmt;
 
 use ovpn_lb_common::TunnelConfig;
 
-use std::sync::Arc;
-
 use crate::{
     config::{TunnelKind, TunnelSpec},
     health::Health,
     netlink::LinkFacts,
-    probe::{Tracker, io::Pinger},
+    probe::{PeerWord, Tracker, io::Echo},
 };
 
 /// A tunnel's index in the configuration: its key in every datapath map.
@@ -55,7 +53,14 @@ pub struct Tunnel {
     /// Its probes, while it is probed.
     pub tracker: Tracker,
     /// ICMP echo to a plain peer's far end, while the device exists.
-    pub pinger: Option<Arc<Pinger>>,
+    pub echo: Option<Echo>,
+    /// What the far gateway last said on this tunnel (its view of the
+    /// tunnels, its flags), newest by its clock.
+    pub peer: Option<PeerWord>,
+    /// Alive by its traffic while its probes are lost (said in the log).
+    pub kept_by_traffic: bool,
+    /// It had no socket to send its last probe by (said once, until it has).
+    pub probe_unsent: bool,
 }
 
 impl Tunnel {
@@ -69,7 +74,10 @@ impl Tunnel {
             peer_mac: [0; 6],
             health,
             tracker: Tracker::default(),
-            pinger: None,
+            echo: None,
+            peer: None,
+            kept_by_traffic: false,
+            probe_unsent: false,
         }
     }
 

@@ -8,7 +8,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     MAX_TUNNELS, Prefix4, Prefix6, Reason, ReasonStats, SiteConfig, TunnelConfig, TunnelStats,
-    maps::{Spray, family, framing, programs, route},
+    maps::{Spray, family, framing, guard, programs, route},
     schedule,
 };
 
@@ -118,6 +118,9 @@ pub enum Program {
     Egress(u32),
     /// Tunnel egress on a device that is not a tunnel (loopback).
     EgressNotATunnel,
+    /// The WAN guard, leaving an Ethernet WAN device (loopback stands in;
+    /// tc only).
+    Wan,
 }
 
 pub struct Run {
@@ -193,13 +196,18 @@ impl Lab {
             (v4("10.20.0.1", 32), route::EXCLUDE),
         ] {
             datapath.set_remote_v4(prefix, route).unwrap();
+            datapath.set_guard_v4(prefix, guard::REMOTE).unwrap();
         }
         for (prefix, route) in [
             (v6("fd00:20::", 48), route::SPRAY),
             (v6("fd00:20::1", 128), route::EXCLUDE),
         ] {
             datapath.set_remote_v6(prefix, route).unwrap();
+            datapath.set_guard_v6(prefix, guard::REMOTE).unwrap();
         }
+        let lan = site(Spray::RoundRobin);
+        datapath.set_guard_v4(lan.lan_v4, guard::LAN).unwrap();
+        datapath.set_guard_v6(lan.lan_v6, guard::LAN).unwrap();
         for k in 0..TUNNELS {
             let dev = ifindex.get(k as usize).copied().unwrap_or(0);
             let t = match k {
@@ -210,6 +218,18 @@ impl Lab {
             datapath.set_tunnel(k, &t, None).unwrap();
             datapath.set_our_xlat_v4(t.xlat_v4, k).unwrap();
             datapath.set_our_xlat_v6(t.xlat_v6, k).unwrap();
+            for (prefix, kind) in [
+                (t.xlat_v4, guard::OURS_TRANSLATED),
+                (t.peer_xlat_v4, guard::PEER_TRANSLATED),
+            ] {
+                datapath.set_guard_v4(prefix, kind).unwrap();
+            }
+            for (prefix, kind) in [
+                (t.xlat_v6, guard::OURS_TRANSLATED),
+                (t.peer_xlat_v6, guard::PEER_TRANSLATED),
+            ] {
+                datapath.set_guard_v6(prefix, kind).unwrap();
+            }
         }
         let lan_ifindex = device_index(LAN_DEVICE);
         let mut lab = Self {
@@ -299,7 +319,7 @@ impl Lab {
         let dev = match program {
             Program::Lan => self.lan_ifindex,
             Program::Tunnel(k) | Program::Egress(k) => self.ifindex[k as usize],
-            Program::NotATunnel | Program::EgressNotATunnel => 1,
+            Program::NotATunnel | Program::EgressNotATunnel | Program::Wan => 1,
         };
         let (name, ctx) = match (hook, program) {
             (Hook::Tc, Program::Lan) => {
@@ -309,12 +329,16 @@ impl Lab {
                 programs::TUNNEL_EGRESS_ETH,
                 skb_ctx(dev, gso_size, frame.len()),
             ),
+            (Hook::Tc, Program::Wan) => (
+                programs::WAN_EGRESS_ETH,
+                skb_ctx(dev, gso_size, frame.len()),
+            ),
             (Hook::Tc, _) => (
                 programs::TUNNEL_INGRESS_ETH,
                 skb_ctx(dev, gso_size, frame.len()),
             ),
-            (Hook::Xdp, Program::Egress(_) | Program::EgressNotATunnel) => {
-                panic!("tunnel egress is a tc program only")
+            (Hook::Xdp, Program::Egress(_) | Program::EgressNotATunnel | Program::Wan) => {
+                panic!("tunnel egress and the WAN guard are tc programs only")
             }
             // The LAN run needs a real ingress device for the frame's rxq:
             // loopback stands in (the program does not look at it).

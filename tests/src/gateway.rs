@@ -9,7 +9,6 @@ use std::{
     io::{Read as _, Write as _},
     net::Ipv4Addr,
     path::PathBuf,
-    process::Child,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -32,7 +31,8 @@ use crate::{
     bpffs,
     loader::{self, Loader, loader_bin},
     netns::{Netns, enter_named},
-    topology, traffic,
+    ping::{self, Pings},
+    topology,
     tun::Tun,
 };
 
@@ -73,30 +73,78 @@ impl Drop for Scratch {
     }
 }
 
+/// What the far gateway behind the responders says and does, changeable
+/// while they run.
+#[derive(Clone, Debug)]
+pub struct Far {
+    /// The view written into answers.
+    pub view: u64,
+    /// The reflector's flags word written into answers; 0 answers as a
+    /// first-version peer (the word was padding then).
+    pub flags: u16,
+    /// Probes of its own, per tunnel: (view, flags word, how many per
+    /// millisecond); none while empty.
+    pub probes: Vec<Option<(u64, u16, u32)>>,
+}
+
+impl Default for Far {
+    /// A first-version peer that can use every tunnel, sending no probes.
+    fn default() -> Self {
+        Self {
+            view: u64::MAX,
+            flags: 0,
+            probes: Vec::new(),
+        }
+    }
+}
+
+/// The far gateway's behaviour, shared by every responder of a lab.
+pub type FarSays = Arc<std::sync::Mutex<Far>>;
+
 /// A tun device with a thread answering pings to the far host: the echo
 /// request leaves as 100.64.k.x -> 10.20.30.7 and the reply comes back from
-/// the peer's translated 100.65.k.7, as a far ovpn-lb gateway would send it.
+/// the peer's translated 100.65.k.7, as a far ovpn-lb gateway would send it;
+/// probes are answered as [`Far`] says, and probes of its own sent.
 pub struct Responder {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Responder {
-    /// Opens tun `name` in `gw` for tunnel `k` and starts answering.
+    /// Opens tun `name` in `gw` for tunnel `k` and starts answering, as a
+    /// first-version far gateway that can use every tunnel.
     #[must_use]
     pub fn start(gw: &Netns, name: &str, k: u8) -> Self {
+        Self::start_as(gw, name, k, &FarSays::default())
+    }
+
+    /// The same, the far gateway behaving as `far` says.
+    #[must_use]
+    pub fn start_as(gw: &Netns, name: &str, k: u8, far: &FarSays) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let name = name.to_owned();
+        let far = far.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = gw.spawn(move || {
             let mut tun = Tun::open(&name);
             ready_tx.send(()).unwrap();
+            let mut seq = 0u32;
             while !flag.load(Ordering::Relaxed) {
-                let Some(packet) = tun.try_read(Duration::from_millis(5)) else {
+                let says = far.lock().unwrap().clone();
+                if let Some((view, flags, per_ms)) =
+                    says.probes.get(usize::from(k)).copied().flatten()
+                {
+                    for _ in 0..per_ms {
+                        seq = seq.wrapping_add(1);
+                        tun.inject(&far_probe(k, seq, view, flags));
+                    }
+                }
+                let Some(packet) = tun.try_read(Duration::from_millis(1)) else {
                     continue;
                 };
-                if let Some(reply) = echo_reply(&packet, k).or_else(|| probe_answer(&packet)) {
+                if let Some(reply) = echo_reply(&packet, k).or_else(|| probe_answer(&packet, &says))
+                {
                     tun.inject(&reply);
                 }
             }
@@ -118,12 +166,33 @@ impl Drop for Responder {
     }
 }
 
+/// `CLOCK_MONOTONIC` now, ns: on one host the far program's clock is ours.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a live timespec the call writes.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap()
+}
+
+/// A probe of the far gateway's on tunnel `k`, saying `view` with the
+/// sender's flags word `flags` (0: as a first-version peer).
+fn far_probe(k: u8, seq: u32, view: u64, flags: u16) -> Vec<u8> {
+    use ovpn_lb_common::probe::{self, Payload};
+    let mut p = Payload::probe(u16::from(k), seq, monotonic_ns(), view, 0);
+    p.sender_flags = flags.to_be();
+    probe::datagram(&p).to_vec()
+}
+
 /// The far gateway's answer to one of the loader's probes, as its tunnel
-/// program would reflect it (kind, its receive time, a view of all tunnels
-/// usable), else `None`.
-fn probe_answer(packet: &[u8]) -> Option<Vec<u8>> {
+/// program would reflect it (kind, its receive time, its view and flags as
+/// `far` says), else `None`.
+fn probe_answer(packet: &[u8], far: &Far) -> Option<Vec<u8>> {
     use ovpn_lb_common::probe;
     const KIND: usize = probe::IPV4_HLEN + probe::UDP_HLEN + 5;
+    const REFLECTOR_FLAGS: usize = probe::IPV4_HLEN + probe::UDP_HLEN + 14;
     const REFLECTED: usize = probe::IPV4_HLEN + probe::UDP_HLEN + 24;
     const REFLECTOR_VIEW: usize = probe::IPV4_HLEN + probe::UDP_HLEN + 40;
     let is_probe = packet.len() == probe::PACKET_LEN
@@ -137,16 +206,9 @@ fn probe_answer(packet: &[u8]) -> Option<Vec<u8>> {
     // The far program stamps its kernel's monotonic clock; on one host that
     // is ours, so each tunnel's forward offset is its real one-way delay
     // (packet spray adds the differences to the tunnels' waits).
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a live timespec the call writes.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    let received_ns =
-        u64::try_from(now.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap();
-    answer[REFLECTED..REFLECTED + 8].copy_from_slice(&received_ns.to_be_bytes());
-    answer[REFLECTOR_VIEW..REFLECTOR_VIEW + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+    answer[REFLECTED..REFLECTED + 8].copy_from_slice(&monotonic_ns().to_be_bytes());
+    answer[REFLECTOR_VIEW..REFLECTOR_VIEW + 8].copy_from_slice(&far.view.to_be_bytes());
+    answer[REFLECTOR_FLAGS..REFLECTOR_FLAGS + 2].copy_from_slice(&far.flags.to_be_bytes());
     Some(answer)
 }
 
@@ -188,6 +250,8 @@ pub struct GatewayLab {
     pub gw: Netns,
     pub scratch: Scratch,
     pub responders: Vec<Option<Responder>>,
+    /// What the far gateway behind the responders says and does.
+    pub far: FarSays,
     pub config: PathBuf,
 }
 
@@ -216,7 +280,23 @@ fn loader_config(up_delay_ms: u64, per_tunnel: impl Fn(usize, &mut file::Tunnel)
     c
 }
 
+/// The LAN: host 192.168.10.5 on `h0`, the gateway's `lan0` 192.168.10.1.
+fn lan(host: &Netns, gw: &Netns) {
+    topology::host_behind(
+        (host.name(), "h0"),
+        (gw.name(), "lan0"),
+        &[("192.168.10.5/24", "192.168.10.1")],
+    );
+}
+
 impl GatewayLab {
+    /// Deletes the LAN device (the host's end goes with it) and makes it
+    /// again: a new device, as when a bridge, bond or VLAN is recreated.
+    pub fn recreate_lan(&self) {
+        self.gw.ip(&["link", "del", "lan0"]);
+        lan(&self.host, &self.gw);
+    }
+
     #[must_use]
     pub fn new(up_delay_ms: u64) -> Self {
         Self::with_tunnels(up_delay_ms, |_, _| {})
@@ -227,16 +307,18 @@ impl GatewayLab {
     pub fn with_tunnels(up_delay_ms: u64, per_tunnel: impl Fn(usize, &mut file::Tunnel)) -> Self {
         let host = Netns::new("lhost");
         let gw = Netns::new("lgw");
-        topology::host_behind(
-            (host.name(), "h0"),
-            (gw.name(), "lan0"),
-            &[("192.168.10.5/24", "192.168.10.1")],
-        );
+        lan(&host, &gw);
         topology::router(gw.name(), &[]);
         let mut responders = Vec::new();
+        let far = FarSays::default();
         for k in 0..TUNNEL_COUNT {
             let name = format!("ovt{k}");
-            responders.push(Some(Responder::start(&gw, &name, u8::try_from(k).unwrap())));
+            responders.push(Some(Responder::start_as(
+                &gw,
+                &name,
+                u8::try_from(k).unwrap(),
+                &far,
+            )));
             gw.ip(&["link", "set", &name, "up"]);
         }
         // The kernel's own path (over-MTU packets) leaves by tunnel 0.
@@ -252,6 +334,7 @@ impl GatewayLab {
             gw,
             scratch,
             responders,
+            far,
             config,
         }
     }
@@ -400,11 +483,11 @@ impl GatewayLab {
         body
     }
 
-    /// Starts `ping` from the LAN host to the far host: `count` echoes at
-    /// `interval`. Returns the process to wait for.
+    /// Starts pinging the far host from the LAN host: `count` echoes at
+    /// `interval`. Returns the pings to wait for.
     #[must_use]
-    pub fn ping(&self, count: u32, interval: &str) -> Child {
-        traffic::ping_background(self.host.name(), FAR_HOST, count, interval)
+    pub fn ping(&self, count: u32, interval: &str) -> Pings {
+        ping::ping_background(self.host.name(), FAR_HOST, count, interval)
     }
 }
 

@@ -229,10 +229,19 @@ pub fn growth<T>(before: &[T], after: &[T], count: impl Fn(&T) -> u64) -> Vec<u6
         .collect()
 }
 
+/// How many packets `reason` counted between two readings.
+#[must_use]
+pub fn grown(before: &Counters, after: &Counters, reason: ovpn_lb_common::Reason) -> u64 {
+    let r = reason as usize;
+    after.reasons[r].packets - before.reasons[r].packets
+}
+
 /// The LAN device on hosts and gateways.
 pub const LAN_DEV: &str = "lan";
 /// A delayed tunnel's relay listens this far above the tunnel's port.
 const RELAY_PORT_OFFSET: u16 = 1000;
+/// The WAN device on both gateways.
+pub const WAN_DEV: &str = "wan";
 
 impl Lab {
     /// Builds the lab in `dir` (created), naming everything after `tag`, and
@@ -336,6 +345,8 @@ impl Lab {
             [&LAN_PREFIXES[0], &LAN_PREFIXES[1]],
         );
         r.tunnels = self.options.tunnels;
+        // Both gateways' WAN is the veth between them: guarded by name.
+        r.wan_interface = [Some(WAN_DEV.to_owned()), Some(WAN_DEV.to_owned())];
         r.kind = if self.options.tap {
             TunnelKind::Tap
         } else {
@@ -547,21 +558,36 @@ impl Lab {
     /// Each host on its LAN veth behind its gateway; forwarding on.
     fn lans(&self) {
         for side in Side::BOTH {
-            let (host, gw) = (self.host(side), self.gw(side));
-            topology::host_behind((&host, LAN_DEV), (&gw, LAN_DEV), &LANS[side.index()]);
-            if self.lan_xdp_transmit() {
-                self.exec(&host, &["ethtool", "-K", LAN_DEV, "gro", "on"]);
+            self.lan(side);
+            topology::router(&self.gw(side), &[]);
+        }
+    }
+
+    /// Side `side`'s LAN veth between host and gateway, with the lab's
+    /// settings.
+    fn lan(&self, side: Side) {
+        let (host, gw) = (self.host(side), self.gw(side));
+        topology::host_behind((&host, LAN_DEV), (&gw, LAN_DEV), &LANS[side.index()]);
+        if self.lan_xdp_transmit() {
+            self.exec(&host, &["ethtool", "-K", LAN_DEV, "gro", "on"]);
+        }
+        if let Some(mtu) = self.options.lan_mtu {
+            for ns in [&host, &gw] {
+                self.ip(ns, &["link", "set", LAN_DEV, "mtu", &mtu.to_string()]);
             }
-            if let Some(mtu) = self.options.lan_mtu {
-                for ns in [&host, &gw] {
-                    self.ip(ns, &["link", "set", LAN_DEV, "mtu", &mtu.to_string()]);
-                }
-            }
-            topology::router(&gw, &[]);
         }
         if self.options.wire_segments {
-            self.set_wire_segments(true);
+            topology::wire_segments((&host, LAN_DEV), (&gw, LAN_DEV), true);
         }
+    }
+
+    /// Deletes gateway `side`'s LAN device (its host's end goes with it, a
+    /// veth pair) and, after `gap`, makes it again as it was: a new device,
+    /// as when a bridge, bond or VLAN is recreated.
+    pub fn recreate_lan(&self, side: Side, gap: Duration) {
+        self.ip(&self.gw(side), &["link", "del", LAN_DEV]);
+        std::thread::sleep(gap);
+        self.lan(side);
     }
 
     /// Whether the hosts' LAN veths send segments (see
@@ -579,7 +605,7 @@ impl Lab {
         let (a, b) = (format!("{}/30", WAN[0]), format!("{}/30", WAN[1]));
         let end = |ns, addr| topology::End {
             mtu: Some(self.options.wan_mtu),
-            ..topology::End::new(ns, "wan", addr)
+            ..topology::End::new(ns, WAN_DEV, addr)
         };
         topology::veth(&end(&ga, &[&a]), &end(&gb, &[&b]));
     }
@@ -674,6 +700,12 @@ impl Lab {
         (side == Side::A || self.options.shaper_both)
             .then(|| shaper.get(k).or(shaper.last()).copied())
             .flatten()
+    }
+
+    /// Records the PID file of a process about to be started (a booted
+    /// machine), so that the lab's teardown kills it.
+    pub fn track(&mut self, pid_file: &Path) {
+        self.teardown.pid_file(pid_file);
     }
 
     /// Starts `openvpn` with `extra` options, its PID file recorded first.

@@ -14,6 +14,8 @@
 //!   with tun devices held by the test, for the loader's tests;
 //! - `relay`: a UDP relay that delays a tunnel's datagrams (a longer WAN
 //!   path);
+//! - `machine`: booted systemd containers joined to a lab's namespaces, for
+//!   the package's test;
 //! - `traffic`: TCP, UDP, ping and captures between namespaces;
 //! - `packets` and `fixture`: packet builders and the `BPF_PROG_TEST_RUN`
 //!   harness.
@@ -27,10 +29,12 @@ pub mod fixture;
 pub mod gateway;
 pub mod lab;
 pub mod loader;
+pub mod machine;
 pub mod netns;
 pub mod numgen;
 pub mod openvpn;
 pub mod packets;
+pub mod ping;
 pub mod process;
 pub mod relay;
 pub mod teardown;

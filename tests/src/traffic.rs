@@ -1,8 +1,7 @@
 //! Traffic between the lab's hosts: a TCP transfer whose SHA-256 is checked at
-//! both ends, a UDP echo exchange, pings, and a WAN capture.
+//! both ends, a UDP echo exchange, iperf3 and a WAN capture (pings: `ping`).
 
 use std::{
-    fs,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
@@ -34,7 +33,8 @@ impl RandomData {
         }
     }
 
-    fn fill(&mut self, buf: &mut [u8]) -> usize {
+    /// Fills `buf` with the next bytes; how many, 0 at the end.
+    pub fn fill(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.left);
         for chunk in buf[..n].chunks_mut(8) {
             self.state ^= self.state >> 12;
@@ -180,63 +180,6 @@ pub fn udp_exchange(from: &str, to: &str, server: SocketAddr, count: usize) -> (
     (echoed, peer)
 }
 
-/// `ping` of `target` from namespace `ns`: `count` echoes `interval` apart.
-fn ping_command(ns: &str, target: &str, count: u32, interval: &str) -> Command {
-    let mut c = netns::command(ns, "ping");
-    c.args([
-        "-n",
-        "-q",
-        "-W",
-        "1",
-        "-i",
-        interval,
-        "-c",
-        &count.to_string(),
-        target,
-    ]);
-    c
-}
-
-/// `ping` from namespace `ns`: (transmitted, received).
-///
-/// # Panics
-/// If ping cannot run or prints no summary.
-#[must_use]
-pub fn ping(ns: &str, target: &str, count: u32, interval: &str) -> (u32, u32) {
-    let out = ping_command(ns, target, count, interval).output().unwrap();
-    ping_summary(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// Starts `ping` in the background; its summary is on stdout.
-///
-/// # Panics
-/// If ping cannot start.
-#[must_use]
-pub fn ping_background(ns: &str, target: &str, count: u32, interval: &str) -> std::process::Child {
-    ping_command(ns, target, count, interval)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// (transmitted, received) from ping's summary.
-///
-/// # Panics
-/// If there is no summary.
-#[must_use]
-pub fn ping_summary(output: &str) -> (u32, u32) {
-    let line = output
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in:\n{output}"));
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    (nums[0], nums[1])
-}
-
 /// An `iperf3` server for one test in namespace `ns`, given a moment to listen.
 ///
 /// # Panics
@@ -260,26 +203,50 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// Starts tcpdump and returns once it says it is listening (on a busy
+    /// machine that can take seconds, and packets sent before are missed).
+    ///
     /// # Panics
-    /// If tcpdump cannot start.
+    /// If tcpdump cannot start, or does not listen within 20 s.
     #[must_use]
     pub fn start(ns: &str, iface: &str, file: &Path) -> Self {
-        let child = netns::command(ns, "tcpdump")
-            .args(["-i", iface, "-n", "-U", "-s", "128", "-w"])
+        use std::io::BufRead as _;
+        let mut child = netns::command(ns, "tcpdump")
+            // Immediate mode: each packet is handed over (and written) as it
+            // comes, not in blocks the kernel retires a second later, which
+            // a short capture may never see.
+            .args([
+                "-i",
+                iface,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "128",
+                "-w",
+            ])
             .arg(file)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("tcpdump (Debian package tcpdump)");
-        // Wait until tcpdump has opened its output.
-        for _ in 0..100 {
-            if fs::metadata(file).is_ok_and(|m| m.len() > 0) {
-                break;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        // Reads tcpdump's messages for as long as it runs, so it never
+        // blocks on a full pipe; the first "listening" line is the signal.
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
             }
-            thread::sleep(Duration::from_millis(20));
-        }
+        });
+        let listening = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+        let process = Spawned(child);
+        assert!(listening, "tcpdump on {iface} in {ns} never listened");
         Self {
-            process: Some(Spawned(child)),
+            process: Some(process),
             file: file.to_path_buf(),
         }
     }
@@ -330,4 +297,140 @@ impl CaptureFile {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// A UDP receiver counting what arrives, in 100 ms bins, until dropped.
+pub struct UdpSink {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<Vec<u64>>>,
+    started: std::time::Instant,
+}
+
+/// Width of a [`UdpSink`] bin.
+const BIN: Duration = Duration::from_millis(100);
+
+impl UdpSink {
+    /// Listens on `addr` inside namespace `ns`.
+    ///
+    /// # Panics
+    /// If the socket cannot be bound.
+    #[must_use]
+    pub fn start(ns: &str, addr: SocketAddr) -> Self {
+        use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let started = std::time::Instant::now();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ns = ns.to_owned();
+        let thread = thread::spawn(move || {
+            enter_named(&ns, || {
+                let s = UdpSocket::bind(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut bins = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                while !flag.load(Ordering::Relaxed) {
+                    if let Ok(n) = s.recv(&mut buf) {
+                        let bin = usize::try_from(started.elapsed().as_millis() / BIN.as_millis())
+                            .unwrap_or(usize::MAX);
+                        if bins.len() <= bin {
+                            bins.resize(bin + 1, 0);
+                        }
+                        bins[bin] += n as u64;
+                    }
+                }
+                bins
+            })
+        });
+        ready_rx.recv().unwrap();
+        Self {
+            stop,
+            thread: Some(thread),
+            started,
+        }
+    }
+
+    /// When it started: the time bins count from.
+    #[must_use]
+    pub fn started(&self) -> std::time::Instant {
+        self.started
+    }
+
+    /// Stops it; bytes received per 100 ms from its start.
+    ///
+    /// # Panics
+    /// If its thread panicked.
+    #[must_use]
+    pub fn stop(mut self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Bytes per second in `bins` (of a [`UdpSink`]) between `from` and `to`
+/// after its start.
+#[must_use]
+#[expect(clippy::cast_precision_loss, reason = "a rate")]
+pub fn rate_between(bins: &[u64], from: Duration, to: Duration) -> f64 {
+    let (a, b) = (
+        usize::try_from(from.as_millis() / BIN.as_millis()).unwrap_or(0),
+        usize::try_from(to.as_millis() / BIN.as_millis()).unwrap_or(0),
+    );
+    let bytes: u64 = bins.iter().take(b).skip(a).sum();
+    bytes as f64 / to.saturating_sub(from).as_secs_f64()
+}
+
+/// Sends UDP datagrams of `size` bytes from namespace `ns` to `to` at
+/// `rate` bytes per second (paced every millisecond) for `how_long`,
+/// optionally from `from`; returns the bytes sent.
+///
+/// # Panics
+/// If the socket cannot be made.
+#[must_use]
+pub fn udp_flood(
+    ns: &str,
+    from: Option<SocketAddr>,
+    to: SocketAddr,
+    rate: u64,
+    size: usize,
+    how_long: Duration,
+) -> u64 {
+    enter_named(ns, || {
+        let bind = from.unwrap_or_else(|| {
+            if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                .parse()
+                .unwrap()
+        });
+        let s = UdpSocket::bind(bind).unwrap();
+        let payload = vec![0x5a; size];
+        let start = std::time::Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < how_long {
+            let due =
+                u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX) * rate / 1_000_000;
+            while sent < due {
+                // A full socket buffer or an unreachable moment: the flood
+                // goes on, as a real sender's would.
+                if s.send_to(&payload, to).is_ok() {
+                    sent += size as u64;
+                } else {
+                    break;
+                }
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        sent
+    })
 }

@@ -12,6 +12,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 
 #[repr(C)]
 struct IfReq {
@@ -26,13 +27,26 @@ struct IfReq {
 /// # Errors
 /// If `/dev/net/tun` cannot be opened or the kernel refuses the device.
 pub fn open_device(name: &str, tap: bool) -> std::io::Result<File> {
+    open_with(name, IFF_NO_PI | if tap { IFF_TAP } else { IFF_TUN })
+}
+
+/// Creates a multi-queue tun device `name` (its first queue), as some
+/// programs other than OpenVPN make them; it lives as long as the file.
+///
+/// # Errors
+/// As [`open_device`].
+pub fn open_multi_queue(name: &str) -> std::io::Result<File> {
+    open_with(name, IFF_NO_PI | IFF_TUN | IFF_MULTI_QUEUE)
+}
+
+fn open_with(name: &str, flags: libc::c_short) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/net/tun")?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_NO_PI | if tap { IFF_TAP } else { IFF_TUN },
+        flags,
         _pad: [0; 22],
     };
     if name.len() >= libc::IFNAMSIZ {

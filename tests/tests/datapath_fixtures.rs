@@ -1708,7 +1708,7 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
         return;
     }
     let frame = |p: Payload| eth4(&probe::datagram(&p));
-    let far_probe = Payload::probe(1, 7, 123_456, 0b101);
+    let far_probe = Payload::probe(1, 7, 123_456, 0b101, 0);
     let answer = Payload {
         kind: probe::ANSWER,
         ..far_probe
@@ -1717,7 +1717,7 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
         ("answer to our probe", answer, Reason::ProbeAnswered),
         (
             "probe naming tunnel 2, on tunnel 1",
-            Payload::probe(2, 7, 123_456, 0),
+            Payload::probe(2, 7, 123_456, 0, 0),
             Reason::ProbeMisrouted,
         ),
         (
@@ -1770,10 +1770,12 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
             assert_eq!(out[5], probe::ANSWER);
             assert_eq!(out[..5], input[body..body + 5]);
             assert_eq!(
-                out[6..24],
-                input[body + 6..body + 24],
-                "tunnel, seq, send time"
+                out[6..14],
+                input[body + 6..body + 14],
+                "tunnel, seq, the sender's flags"
             );
+            assert_eq!(out[16..24], input[body + 16..body + 24], "send time");
+            assert_ne!(out[14..16], [0; 2], "our flags written in");
             assert_ne!(out[24..32], [0; 8], "receive time written in");
             for (name, payload, reason) in &cases {
                 let before = lab.counters();
@@ -1789,5 +1791,157 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
                 assert_eq!(before.tunnels[1], after.tunnels[1], "{name}: not traffic");
             }
         }
+    });
+}
+
+/// The WAN guard: what is addressed to our LAN, a remote prefix or a
+/// translation prefix, or comes from a remote or translated address, is
+/// dropped and counted (under IPv4 and IPv6, whoever sent it); the tunnels'
+/// own UDP, a LAN host's traffic to the Internet, other traffic and non-IP
+/// frames pass uncounted.
+#[test]
+fn nothing_of_the_lan_leaves_the_wan_in_the_clear() {
+    if !require_root("nothing_of_the_lan_leaves_the_wan_in_the_clear") {
+        return;
+    }
+    let udp = || L4::udp(64);
+    let blocked = [
+        (
+            "a LAN host to the far LAN",
+            eth4(&V4::new(LAN_HOST, FAR_HOST, udp()).datagram()),
+        ),
+        (
+            "to our LAN",
+            eth4(&V4::new("198.51.100.9", LAN_HOST, udp()).datagram()),
+        ),
+        (
+            "the gateway's ICMP error about a restored packet",
+            eth4(&V4::new("203.0.113.1", FAR_HOST, L4::echo(8)).datagram()),
+        ),
+        (
+            "a reply to the peer's translated address",
+            eth4(&V4::new("203.0.113.1", "100.65.1.7", udp()).datagram()),
+        ),
+        (
+            "from our translated address",
+            eth4(&V4::new("100.64.2.5", "198.51.100.9", udp()).datagram()),
+        ),
+        (
+            "to an excluded address",
+            eth4(&V4::new("203.0.113.1", "10.20.0.1", udp()).datagram()),
+        ),
+        (
+            "IPv6, from the far LAN",
+            eth6(&V6::new(FAR_HOST6, "2001:db8::9", udp()).datagram()),
+        ),
+        (
+            "IPv6, to the far LAN",
+            eth6(&V6::new("2001:db8::1", FAR_HOST6, udp()).datagram()),
+        ),
+    ];
+    let passed = [
+        (
+            "a tunnel's UDP",
+            eth4(&V4::new("203.0.113.1", "198.51.100.2", L4::udp(120)).datagram()),
+        ),
+        (
+            "IPv6 between WAN addresses",
+            eth6(&V6::new("2001:db8::1", "2001:db8::2", udp()).datagram()),
+        ),
+        (
+            "a LAN host to the Internet (its routing, not ours)",
+            eth4(&V4::new(LAN_HOST, "198.51.100.9", udp()).datagram()),
+        ),
+        (
+            "IPv6, a LAN host to the Internet",
+            eth6(&V6::new(LAN_HOST6, "2001:db8::9", udp()).datagram()),
+        ),
+        ("ARP", eth(ETH_P_ARP, &[0u8; 28])),
+    ];
+    with_lab(|lab| {
+        for (name, frame) in &blocked {
+            let before = lab.counters();
+            let run = lab.run(Program::Wan, frame, 0);
+            let after = lab.counters();
+            assert_eq!(run.verdict, TC_ACT_SHOT, "{name}");
+            assert_eq!(grew(&before, &after, Reason::CleartextBlocked), 1, "{name}");
+        }
+        for (name, frame) in &passed {
+            let before = lab.counters();
+            let run = lab.run(Program::Wan, frame, 0);
+            let after = lab.counters();
+            assert_eq!(run.verdict, TC_ACT_UNSPEC, "{name}");
+            assert_eq!(before, after, "{name}: passes uncounted");
+        }
+    });
+}
+
+/// The answer carries our view and flags: unknown while the loader has
+/// written none, then what it wrote; a first-version probe (its flags word
+/// zero padding) is answered just the same; and however many probes come
+/// at once on one tunnel, only a budget of them is reported to the loader
+/// (a flood cannot fill the report ring), while every one is answered.
+#[test]
+fn answers_say_our_view_and_flags_and_reports_keep_to_a_budget() {
+    use ovpn_lb_common::probe::{self, LocalView, Payload, flags};
+    if !require_root("answers_say_our_view_and_flags_and_reports_keep_to_a_budget") {
+        return;
+    }
+    let body = 14 + probe::IPV4_HLEN + probe::UDP_HLEN;
+    let word = |out: &[u8], at: usize| u16::from_be_bytes([out[body + at], out[body + at + 1]]);
+    let view = |out: &[u8]| u64::from_be_bytes(out[body + 40..body + 48].try_into().unwrap());
+    with_lab(|lab| {
+        let mut ring = lab.datapath.take_probe_events().unwrap();
+        let mut drain = || {
+            let mut n = 0;
+            while ring.next().is_some() {
+                n += 1;
+            }
+            n
+        };
+        // No view written: unknown.
+        let input = eth4(&probe::datagram(&Payload::probe(1, 7, 123, 0b11, 0)));
+        let out = lab.run(Program::Tunnel(1), &input, 0).output;
+        assert_eq!(word(&out, 14), flags::PRESENT, "unknown view");
+        assert_eq!(word(&out, 12), flags::PRESENT, "the sender's word stays");
+        // The loader's view and flags, written.
+        let ours = LocalView {
+            view: 0b110,
+            flags: flags::VIEW_KNOWN | flags::LAN_DOWN,
+            pad: [0; 6],
+        };
+        lab.datapath.set_probe_view(&ours).unwrap();
+        let out = lab.run(Program::Tunnel(1), &input, 0).output;
+        assert_eq!(
+            word(&out, 14),
+            flags::PRESENT | flags::VIEW_KNOWN | flags::LAN_DOWN
+        );
+        assert_eq!(view(&out), 0b110);
+        // A first-version probe: no flags word. Answered alike.
+        let mut old = Payload::probe(1, 8, 123, 0b11, 0);
+        old.sender_flags = 0;
+        let before = lab.counters();
+        let run = lab.run(Program::Tunnel(1), &eth4(&probe::datagram(&old)), 0);
+        assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        assert_eq!(grew(&before, &lab.counters(), Reason::ProbeReflected), 1);
+        assert_eq!(word(&run.output, 12), 0);
+        assert_eq!(view(&run.output), 0b110);
+        // A flood on tunnel 2: all answered, a few reported.
+        drain();
+        let before = lab.counters();
+        let flood = eth4(&probe::datagram(&Payload::probe(2, 9, 123, 0, 0)));
+        for _ in 0..200 {
+            assert_eq!(
+                lab.run(Program::Tunnel(2), &flood, 0).verdict,
+                TC_ACT_REDIRECT
+            );
+        }
+        assert_eq!(grew(&before, &lab.counters(), Reason::ProbeReflected), 200);
+        let reported = drain();
+        eprintln!("200 probes at once on one tunnel: {reported} reported");
+        assert!((4..=20).contains(&reported), "{reported} reported");
+        // Another tunnel still has its own budget.
+        lab.run(Program::Tunnel(1), &input, 0);
+        assert_eq!(drain(), 1, "tunnel 1's report");
     });
 }

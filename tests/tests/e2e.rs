@@ -15,8 +15,9 @@ use ovpn_lb_common::{
 };
 use ovpn_lb_tests::{
     lab::{CLEAR_TEXT, HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Peer, Side, growth},
+    ping::{ping, ping_background},
     process, root_alone,
-    traffic::{Capture, ping, ping_background, ping_summary, tcp_transfer, udp_exchange},
+    traffic::{Capture, tcp_transfer, udp_exchange},
 };
 
 fn lab(options: Options) -> Lab {
@@ -217,8 +218,7 @@ fn fault_kill_loader(lab: &mut Lab, ha: &str, hb: &str) {
         t.received_sha256, t.sent_sha256,
         "across kill -9 and restart of the loader"
     );
-    let out = pings.wait_with_output().unwrap();
-    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = pings.wait();
     assert_eq!(
         (sent, received),
         (300, 300),
@@ -387,7 +387,7 @@ fn a_tunnel_restarted_while_no_loader_runs_costs_at_most_its_share() {
     let mut lab = lab(Options::default());
     for side in Side::BOTH {
         let pid = lab.signal_loader(side, libc::SIGTERM).expect("a loader");
-        wait_gone(pid);
+        process::wait_gone(pid);
     }
     let before = lab.counters(Side::A);
     let pings = ping_background(&lab.host(Side::A), HOST_B, 400, "0.01");
@@ -396,8 +396,7 @@ fn a_tunnel_restarted_while_no_loader_runs_costs_at_most_its_share() {
     thread::sleep(Duration::from_millis(200));
     lab.start_openvpn(Side::A, 1);
     lab.wait_connected(Side::A, 1, Duration::from_secs(20));
-    let out = pings.wait_with_output().unwrap();
-    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = pings.wait();
     let after = lab.counters(Side::A);
     let grew = |r: Reason| after.reasons[r as usize].packets - before.reasons[r as usize].packets;
     assert_eq!(sent, 400);
@@ -438,8 +437,7 @@ fn a_paused_openvpn_is_passed_over_before_the_probes_notice() {
     let noticed_after = stopped.elapsed();
     let at_notice = lab.tunnel_stats(Side::A)[2].tx_packets;
     process::signal(pid, libc::SIGCONT);
-    let out = pings.wait_with_output().unwrap();
-    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = pings.wait();
     let settled = settled.expect("sampled 30 ms after the pause");
     assert!(noticed, "the probes never noticed the paused tunnel");
     assert!(
@@ -451,14 +449,4 @@ fn a_paused_openvpn_is_passed_over_before_the_probes_notice() {
     );
     // The few stuck in its ring come out when it resumes: nothing lost.
     assert_eq!((sent, received), (300, 300), "{}", lab.diagnose());
-}
-
-/// Waits until process `pid` has exited (a zombie counts: the lab
-/// released it and nobody reaps it).
-fn wait_gone(pid: i32) {
-    let gone = process::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |stat| stat.contains(") Z "))
-    });
-    assert!(gone, "pid {pid} still runs");
 }

@@ -19,9 +19,8 @@ use ovpn_lb_common::{
 };
 use ovpn_lb_tests::{
     gateway::{GatewayLab, Responder, TUNNEL_COUNT, http_get, sample},
-    process::run,
+    process::{run, wait_until},
     root_alone,
-    traffic::ping_summary,
 };
 
 const SIGTERM: i32 = 15;
@@ -223,8 +222,7 @@ fn attach_then_detach_leaves_nothing() {
     assert!(table.contains("default dev ovt0"), "{table}");
     assert_eq!(lab.in_rotation(), [0, 1, 2]);
     // The foreign program hands packets on, so ours still sprays them.
-    let out = lab.ping(9, "0.01").wait_with_output().unwrap();
-    assert_eq!(ping_summary(&String::from_utf8_lossy(&out.stdout)), (9, 9));
+    assert_eq!(lab.ping(9, "0.01").wait(), (9, 9));
     let ours = pinned_links(&lab);
     assert_eq!(
         ours.len(),
@@ -319,8 +317,7 @@ fn restarts_lose_no_pings() {
         third.log_text()
     );
 
-    let out = ping.wait_with_output().unwrap();
-    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = ping.wait();
     assert_eq!((sent, received), (500, 500), "pings lost across restarts");
     // The exporter reads the same maps: with no traffic between, the values agree.
     let metrics = lab.scrape();
@@ -409,11 +406,8 @@ fn a_recreated_tunnel_device_is_picked_up() {
 
     // Traffic rides the new device both ways.
     let before = lab.tunnel_stats(1);
-    let out = lab.ping(30, "0.01").wait_with_output().unwrap();
-    assert_eq!(
-        ping_summary(&String::from_utf8_lossy(&out.stdout)),
-        (30, 30)
-    );
+    let pings = lab.ping(30, "0.01").wait();
+    assert_eq!(pings, (30, 30));
     // Packet spray: a share, not a third (the new device starts unmeasured);
     // every echo it carried came back by it.
     let after = lab.tunnel_stats(1);
@@ -519,11 +513,8 @@ fn a_missing_tunnel_device_is_a_warning_and_joins_when_it_appears() {
         tcx_programs_at(&lab, "ovt2", TcAttachType::Egress),
         ["tunnel_egress"]
     );
-    let out = lab.ping(30, "0.01").wait_with_output().unwrap();
-    assert_eq!(
-        ping_summary(&String::from_utf8_lossy(&out.stdout)),
-        (30, 30)
-    );
+    let pings = lab.ping(30, "0.01").wait();
+    assert_eq!(pings, (30, 30));
     lab.stop_and_detach(loader);
 }
 
@@ -752,11 +743,7 @@ fn every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs() {
             );
         }
         let before = lab.counters();
-        let out = lab.ping(30, "0.01").wait_with_output().unwrap();
-        assert_eq!(
-            ping_summary(&String::from_utf8_lossy(&out.stdout)),
-            (30, 30)
-        );
+        assert_eq!(lab.ping(30, "0.01").wait(), (30, 30));
         thread::sleep(Duration::from_millis(100));
         let after = lab.counters();
         let grown = |f: fn(&TunnelQueue) -> u64| -> u64 {
@@ -876,4 +863,401 @@ fn a_plain_peer_is_probed_by_echo_and_leaves_when_the_echoes_stop() {
     nft(&["delete", "table", "inet", "mute"]);
     lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
     lab.stop_and_detach(loader);
+}
+
+/// Sockets the process `pid` holds open.
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn a_plain_peers_echo_socket_is_not_leaked_across_device_restarts() {
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = GatewayLab::with_tunnels(100, |_, t| {
+        t.peer_translate.clear();
+        t.probe_target = Some("10.20.30.1".to_owned());
+    });
+    let loader = lab.start_loader(&[]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let before = open_sockets(loader.pid());
+    // OpenVPN restarting without persist-tun, five times: each restart is a
+    // new device, pinged from a new socket; the old one must go.
+    for _ in 0..5 {
+        lab.responders[1] = None;
+        lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 2]);
+        lab.responders[1] = Some(Responder::start(&lab.gw, "ovt1", 1));
+        lab.gw.ip(&["link", "set", "ovt1", "up"]);
+        lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    }
+    let after = open_sockets(loader.pid());
+    eprintln!("the loader's sockets: {before} before five device restarts, {after} after");
+    assert_eq!(after, before, "{}", loader.log_text());
+    lab.stop_and_detach(loader);
+}
+
+#[test]
+fn a_recreated_lan_device_gets_its_program_within_100ms() {
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(300);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let old = lab.gw.enter(|| ovpn_lb_tests::netns::ifindex("lan0"));
+    // Watches from inside the gateway: when the new device appears, and
+    // when the LAN program is on it.
+    let watcher = lab.gw.spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let appeared = loop {
+            let now = ovpn_lb_tests::netns::ifindex("lan0");
+            if now != 0 && now != old {
+                break Instant::now();
+            }
+            assert!(Instant::now() < deadline, "no new lan0");
+            thread::sleep(Duration::from_micros(200));
+        };
+        loop {
+            let attached = SchedClassifier::query_tcx("lan0", TcAttachType::Ingress).is_ok_and(
+                |(_, progs)| {
+                    progs
+                        .iter()
+                        .any(|p| p.name_as_str() == Some(programs::LAN_INGRESS))
+                },
+            );
+            if attached {
+                return appeared.elapsed();
+            }
+            assert!(Instant::now() < deadline, "lan_ingress never attached");
+            thread::sleep(Duration::from_micros(200));
+        }
+    });
+    // A ping stream through the gateway, across the recreation.
+    let stream = lab.ping(200, "0.01");
+    thread::sleep(Duration::from_millis(300));
+    lab.recreate_lan();
+    let took = watcher.join().unwrap();
+    eprintln!("LAN device recreated -> its program attached: {took:?}");
+    assert!(
+        took <= Duration::from_millis(100),
+        "{took:?}\n{}",
+        loader.log_text()
+    );
+    let (sent, received) = stream.wait();
+    eprintln!("pings across the recreation: {received} of {sent} answered");
+    // Once it is back, everything is sprayed again.
+    let before: u64 = (0..3).map(|k| lab.tunnel_stats(k).tx_packets).sum();
+    assert_eq!(
+        lab.ping(50, "0.01").wait(),
+        (50, 50),
+        "{}",
+        loader.log_text()
+    );
+    let after: u64 = (0..3).map(|k| lab.tunnel_stats(k).tx_packets).sum();
+    assert!(after - before >= 50, "sprayed {} of 50", after - before);
+    assert!(
+        loader.log_text().contains("LAN lan0: device is ifindex"),
+        "{}",
+        loader.log_text()
+    );
+    lab.stop_and_detach(loader);
+}
+
+/// Watches the rotation for `how_long`: it must hold every tunnel throughout.
+fn rotation_stays_whole(lab: &GatewayLab, how_long: Duration, case: &str) {
+    let end = Instant::now() + how_long;
+    while Instant::now() < end {
+        let r = lab.in_rotation();
+        assert_eq!(r, [0, 1, 2], "{case}: the rotation lost a tunnel");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The far gateway's answers say what it can use only when it knows: an
+/// older peer answering without a view (its loader never wrote one: probes
+/// off, not started yet) or a peer saying "unknown" vetoes nothing; a view
+/// it has vetoes the tunnels it leaves out; its flags reach `status`.
+#[test]
+fn the_far_gateways_word_counts_only_when_it_has_one() {
+    use ovpn_lb_common::probe::flags;
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(200);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let says = |view: u64, word: u16| {
+        let mut far = lab.far.lock().unwrap();
+        far.view = view;
+        far.flags = word;
+    };
+    for (case, word) in [
+        ("an older peer without a view", 0),
+        ("a peer without a view yet", flags::PRESENT),
+    ] {
+        says(0, word);
+        rotation_stays_whole(&lab, Duration::from_secs(1), case);
+    }
+    // A view without tunnel 2: out here too, and back with it.
+    says(0b011, flags::PRESENT | flags::VIEW_KNOWN);
+    lab.wait_rotation(Duration::from_secs(1), |r| r == [0, 1]);
+    let json = status_json(&lab);
+    assert_eq!(json["tunnels"][2]["cause"], "probe", "{json}");
+    says(
+        u64::MAX,
+        flags::PRESENT | flags::VIEW_KNOWN | flags::LAN_DOWN,
+    );
+    lab.wait_rotation(Duration::from_secs(2), |r| r == [0, 1, 2]);
+    let flagged = wait_until(Duration::from_secs(2), Duration::from_millis(50), || {
+        status_json(&lab)["tunnels"][0]["peer_flags"] == serde_json::json!(["lan_down"])
+    });
+    assert!(flagged, "{}", status_json(&lab));
+    assert!(
+        loader
+            .log_text()
+            .contains("tunnel 0 (ovt0): the far gateway says: lan_down"),
+        "{}",
+        loader.log_text()
+    );
+    let json = status_json(&lab);
+    for k in 0..3 {
+        let left = json["tunnels"][k]["departures"]["probe"]
+            .as_u64()
+            .unwrap_or(0);
+        assert_eq!(left, u64::from(k == 2), "tunnel {k}: {json}");
+    }
+    lab.stop_and_detach(loader);
+}
+
+/// A plain peer on an echo-probed tunnel sending probes that say "no
+/// tunnel is usable" cannot speak for the far gateway, and a flood of
+/// probes on one tunnel cannot crowd out the others' answers: no tunnel
+/// leaves.
+#[test]
+fn a_plain_peer_cannot_veto_and_a_probe_flood_drowns_nothing() {
+    use ovpn_lb_common::probe::flags;
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::with_tunnels(200, |k, t| {
+        if k == 2 {
+            t.peer_translate.clear();
+            t.probe_target = Some("10.20.30.1".to_owned());
+        }
+    });
+    let loader = lab.start_loader(&[]);
+    lab.wait_rotation(Duration::from_secs(3), |r| r == [0, 1, 2]);
+    let answered = |json: &serde_json::Value, k: usize| {
+        json["tunnels"][k]["probe"]["answered"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("tunnel {k}: {json}"))
+    };
+    let probed = wait_until(Duration::from_secs(3), Duration::from_millis(100), || {
+        let json = status_json(&lab);
+        (0..3).all(|k| {
+            json["tunnels"][k]["probe"]["answered"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 5
+        })
+    });
+    assert!(probed, "{}", status_json(&lab));
+    let before = status_json(&lab);
+    let known = flags::PRESENT | flags::VIEW_KNOWN;
+    lab.far.lock().unwrap().probes = vec![None, Some((u64::MAX, known, 8)), Some((0, known, 1))];
+    rotation_stays_whole(&lab, Duration::from_secs(3), "a plain peer's veto, a flood");
+    lab.far.lock().unwrap().probes.clear();
+    let after = status_json(&lab);
+    // The flooded tunnel's own ring is full of its flood's answers, which
+    // loses its probes too: it stays in by its traffic. The others' answers
+    // all come.
+    for k in [0, 2] {
+        let grew = answered(&after, k) - answered(&before, k);
+        assert!(grew >= 20, "tunnel {k}: {grew} answers in 3 s: {after}");
+    }
+    for k in 0..3 {
+        assert_eq!(
+            after["tunnels"][k]["departures"],
+            serde_json::json!({}),
+            "{after}"
+        );
+    }
+    lab.stop_and_detach(loader);
+}
+
+/// Fills `iface`'s tcx ingress up to the kernel's limit of programs, each
+/// an instance of the benchmark's empty floor program, until one more is
+/// refused (ERANGE). They stay attached while the result lives.
+fn fill_tcx(lab: &GatewayLab, iface: &'static str) -> Vec<aya::Ebpf> {
+    let object = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bpfel-unknown-none/release/bench-floor");
+    lab.gw.enter(move || {
+        let mut attached = Vec::new();
+        loop {
+            let mut ebpf = aya::Ebpf::load_file(&object).unwrap_or_else(|e| {
+                panic!("{}: {e} (cargo xtask build makes it)", object.display())
+            });
+            let p: &mut SchedClassifier = ebpf
+                .program_mut("bench_floor")
+                .expect("the floor program")
+                .try_into()
+                .unwrap();
+            p.load().unwrap();
+            match p.attach(iface, TcAttachType::Ingress) {
+                Ok(_) => attached.push(ebpf),
+                Err(e) => {
+                    let full = format!("{e:?}").contains("Numerical result out of range");
+                    assert!(
+                        full && attached.len() > 8,
+                        "after {}: {e:?}",
+                        attached.len()
+                    );
+                    return attached;
+                }
+            }
+        }
+    })
+}
+
+/// ovpn-lb's policy rules (priorities 7599-7601 by default, or around
+/// `priority`), as `ip rule` lists them, both families.
+fn our_rules(lab: &GatewayLab, priority: u32) -> Vec<String> {
+    let band = [priority - 1, priority, priority + 1].map(|p| format!("{p}:"));
+    ["-4", "-6"]
+        .iter()
+        .flat_map(|family| {
+            run("ip", &["-n", lab.gw.name(), family, "rule", "show"])
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| band.iter().any(|b| l.starts_with(b.as_str())))
+        .collect()
+}
+
+/// IPv4 routes in table `table` of the gateway (its LAN is IPv4 only).
+fn table_routes(lab: &GatewayLab, table: u32) -> String {
+    let table = table.to_string();
+    run(
+        "ip",
+        &["-n", lab.gw.name(), "-4", "route", "show", "table", &table],
+    )
+}
+
+#[test]
+fn a_start_that_fails_leaves_nothing_behind() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(500);
+    // A LAN whose tcx ingress is full: the LAN program, attached last,
+    // is refused, after the kernel path's rules and the tunnels' programs.
+    let foreign = fill_tcx(&lab, "lan0");
+    let config = lab.config.display().to_string();
+    let out = lab.ovpn_lb(&["run", "--config", &config]);
+    let said = ovpn_lb_tests::process::all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("attaching lan_ingress to lan0") && said.contains("nothing it made is left"),
+        "{said}"
+    );
+    assert!(
+        said.contains("removed rule priority 7600 iif lan0"),
+        "{said}"
+    );
+    assert_eq!(our_rules(&lab, 7600), Vec::<String>::new(), "{said}");
+    assert_eq!(table_routes(&lab, 7600), "");
+    let layout = lab.scratch.layout();
+    assert!(!layout.pin_root.exists(), "pins left: {said}");
+    assert!(!layout.state_file().exists());
+    for dev in ["ovt0", "ovt1", "ovt2"] {
+        assert!(tcx_programs(&lab, dev).is_empty(), "{dev}: {said}");
+    }
+    // Room again: the next start attaches.
+    drop(foreign);
+    let loader = lab.start_loader(&[]);
+    assert_eq!(our_rules(&lab, 7600).len(), 2, "{}", rules(&lab));
+    lab.stop_and_detach(loader);
+}
+
+#[test]
+fn a_changed_kernel_route_takes_the_old_rules_and_routes_away() {
+    let Some(_alone) = root_alone() else { return };
+    let (lab, loader) = GatewayLab::running(500);
+    assert_eq!(our_rules(&lab, 7600).len(), 2, "{}", rules(&lab));
+    assert_ne!(table_routes(&lab, 7600), "");
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    let mut file = ovpn_lb::config::file::parse(&text).unwrap();
+    file.kernel_route.table = 7700;
+    file.kernel_route.priority = 7700;
+    std::fs::write(&lab.config, file.to_toml().unwrap()).unwrap();
+    let loader = lab.start_loader(&[]);
+    let log = loader.log_text();
+    assert_eq!(our_rules(&lab, 7600), Vec::<String>::new(), "{log}");
+    assert_eq!(table_routes(&lab, 7600), "", "{log}");
+    assert!(log.contains("(an earlier kernel_route)"), "{log}");
+    assert_eq!(our_rules(&lab, 7700).len(), 2, "{}", rules(&lab));
+    assert_ne!(table_routes(&lab, 7700), "");
+    lab.stop_and_detach(loader);
+    assert_eq!(our_rules(&lab, 7700), Vec::<String>::new());
+    assert_eq!(table_routes(&lab, 7700), "");
+}
+
+#[test]
+fn without_cap_net_raw_a_probing_loader_refuses_to_start() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(500);
+    let site = lab.site();
+    let layout = lab.scratch.layout();
+    // As a unit without CAP_NET_RAW in its bounding set would run it.
+    let out = ovpn_lb_tests::netns::command(lab.gw.name(), "timeout")
+        .args(["20", "setpriv", "--bounding-set", "-net_raw"])
+        .arg(&site.bin)
+        .arg("--pin-root")
+        .arg(&layout.pin_root)
+        .arg("--run-dir")
+        .arg(&layout.run_dir)
+        .arg("run")
+        .arg("--config")
+        .arg(&lab.config)
+        .output()
+        .unwrap();
+    let said = ovpn_lb_tests::process::all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("cannot open the probe sender")
+            && said.contains("CAP_NET_RAW")
+            && said.contains("probe_interval_ms = 0"),
+        "{said}"
+    );
+    assert_eq!(our_rules(&lab, 7600), Vec::<String>::new(), "{said}");
+    assert!(tcx_programs(&lab, "lan0").is_empty(), "{said}");
+}
+
+#[test]
+fn packet_spray_refuses_a_multi_queue_tun() {
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = GatewayLab::new(500);
+    // Tunnel 1's device goes with its responder, and comes back as a
+    // multi-queue tun: the ring accounting follows one ring per device.
+    lab.responders[1] = None;
+    let _queue = lab
+        .gw
+        .enter(|| ovpn_lb_tests::tun::open_multi_queue("ovt1"))
+        .unwrap();
+    let config = lab.config.display().to_string();
+    let out = lab.ovpn_lb(&["check", "--config", &config]);
+    let said = ovpn_lb_tests::process::all_output(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(
+            "tunnel[1].device = \"ovt1\" is a multi-queue tun device (one ring per queue): spray = \"packet\" cannot see its queue"
+        ),
+        "{said}"
+    );
+    // The same device under round robin, which reads no ring, is fine.
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    let mut file = ovpn_lb::config::file::parse(&text).unwrap();
+    file.spray = ovpn_lb::config::file::Spray::RoundRobin;
+    std::fs::write(&lab.config, file.to_toml().unwrap()).unwrap();
+    let out = lab.ovpn_lb(&["check", "--config", &config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        ovpn_lb_tests::process::all_output(&out)
+    );
 }

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 
 use ovpn_lb_tests::{
     lab::{Forwarding, HOST_B, HOST_B6, Lab, Options, Side},
-    netns, root_alone,
-    traffic::{ping, tcp_transfer},
+    netns,
+    ping::ping,
+    root_alone,
+    traffic::tcp_transfer,
 };
 
 /// Packets each of gateway A's tunnel devices has sent.

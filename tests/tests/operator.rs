@@ -11,7 +11,7 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 
 use ovpn_lb::generate::layout;
 use ovpn_lb_tests::{
-    lab::{HOST_A, HOST_B, LAN_DEV, Lab, Options, Side, WAN, growth},
+    lab::{HOST_A, HOST_B, LAN_DEV, Lab, Options, Side, WAN, WAN_DEV, growth},
     loader::loader_bin,
     process::{all_output, run, wait_until},
     root_alone,
@@ -28,6 +28,7 @@ fn generate(lab: &Lab, out: &std::path::Path) {
         .args(["--lan-a", "192.168.10.0/24,fd00:a::/64"])
         .args(["--lan-b", "192.168.20.0/24,fd00:b::/64"])
         .args(["--lan-interface-a", LAN_DEV, "--lan-interface-b", LAN_DEV])
+        .args(["--wan-interface-a", WAN_DEV, "--wan-interface-b", WAN_DEV])
         .args(["--tunnels", &TUNNELS.to_string(), "--management-password"])
         .args(["--root-a", &roots[0], "--root-b", &roots[1]])
         .arg("--out")
@@ -69,6 +70,12 @@ fn install(lab: &Lab, side: Side, out: &std::path::Path) {
         rp_filter.trim(),
         "2",
         "the drop-in sets loose reverse-path filtering"
+    );
+    let accept_ra = lab.exec(&gw, &["sysctl", "-n", "net.ipv6.conf.wan.accept_ra"]);
+    assert_eq!(
+        accept_ra.trim(),
+        "2",
+        "with IPv6 forwarding on, the WAN still takes router advertisements"
     );
     lab.ip(
         &gw,
@@ -171,6 +178,10 @@ fn generated_files_installed_as_an_operator_would_carry_one_flow_over_every_tunn
         let (doctor, said) = on_config(&lab, side, "doctor");
         assert_eq!(doctor.code(), Some(0), "doctor on {side}:\n{said}");
         assert!(said.contains("probes"), "{said}");
+        assert!(
+            said.contains("ok      wan          wan: guarded"),
+            "the generated wan.interfaces is guarded:\n{said}"
+        );
     }
 
     let before = lab.tunnel_stats(Side::A);

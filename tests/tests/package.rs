@@ -20,6 +20,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const BINARY: &str = "usr/sbin/ovpn-lb";
 const EXAMPLE: &str = "usr/share/doc/ovpn-lb/examples/ovpn-lb.example.toml";
 const MAN_DIR: &str = "usr/share/man/man1";
+const DOCS: &str = "usr/share/doc/ovpn-lb/docs";
 
 /// The package `cargo xtask deb` wrote for this version.
 fn package() -> PathBuf {
@@ -99,6 +100,32 @@ fn the_package_names_itself_and_what_it_needs() {
     assert_eq!(field(&deb, "Recommends"), "openvpn");
 }
 
+/// A control member of the package (`conffiles`, `prerm`, ...).
+fn control(deb: &Path, member: &str) -> String {
+    run("dpkg-deb", &["--info", &deb.to_string_lossy(), member])
+}
+
+#[test]
+fn the_example_is_a_conffile_and_the_maintainer_scripts_detach_and_restart() {
+    let deb = package();
+    assert_eq!(
+        control(&deb, "conffiles").trim(),
+        "/etc/ovpn-lb/ovpn-lb.example.toml",
+        "the one file under /etc, which dpkg keeps on removal and takes on purge"
+    );
+    let prerm = control(&deb, "prerm");
+    assert!(
+        prerm.contains("remove|deconfigure)") && prerm.contains("/usr/sbin/ovpn-lb detach"),
+        "{prerm}"
+    );
+    let postinst = control(&deb, "postinst");
+    assert!(
+        postinst.contains("systemctl restart ovpn-lb.service"),
+        "{postinst}"
+    );
+    assert!(control(&deb, "postrm").contains("purge)"));
+}
+
 #[test]
 fn the_unpacked_binary_is_this_version_and_its_doctor_names_the_examples_missing_devices() {
     let tree = Unpacked::new(&package(), "doctor");
@@ -176,4 +203,6 @@ fn every_man_page_is_gzipped_roff_and_the_unit_runs_the_packaged_binary() {
         "no {exec_start:?} in\n{unit}"
     );
     assert!(tree.path(EXAMPLE).exists());
+    // The README's links, and `ovpn-lb status --help`, lead here.
+    assert!(tree.path(DOCS).join("deploying.md").exists());
 }

@@ -21,9 +21,10 @@ use ovpn_lb_tests::{
     lab::{HOST_A, HOST_B, Lab, Options, Side},
     loader::loader_bin,
     netns::enter_named,
+    ping::ping_background,
     process::wait_gone,
     root_alone,
-    traffic::{Capture, ping_background, ping_summary, tcp_transfer},
+    traffic::{Capture, tcp_transfer},
 };
 
 fn lab(options: Options) -> Lab {
@@ -142,8 +143,7 @@ fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
         t.received_sha256, t.sent_sha256,
         "transfer across the failure"
     );
-    let out = pings.wait_with_output().unwrap();
-    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
+    let (sent, received) = pings.wait();
     eprintln!(
         "pings B -> A at 100/s across the failure: {} of {sent} lost",
         sent - received
@@ -214,21 +214,25 @@ fn a_silent_path_failure_leaves_both_rotations_and_comes_back() {
     assert!(took[9] <= Duration::from_millis(300), "{took:?}");
 }
 
-/// Sends `frame` (an IP datagram) from `ns`'s `lan` to `mac`, raw.
-fn send_ip_to(ns: &str, mac: [u8; 6], datagram: &[u8]) {
+/// Sends `datagram` (IPv4) out of device `dev` in namespace `ns`, raw: to
+/// `mac` on an Ethernet device, bare into a tun device.
+fn send_ip(ns: &str, dev: &str, mac: Option<[u8; 6]>, datagram: &[u8]) {
+    let dev = dev.to_owned();
     enter_named(ns, || {
         // SAFETY: plain socket calls on a descriptor closed below; the
         // address struct is zeroed and filled field by field.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0);
             assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-            let name = std::ffi::CString::new("lan").unwrap();
+            let name = std::ffi::CString::new(dev).unwrap();
             let mut to: libc::sockaddr_ll = std::mem::zeroed();
             to.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
             to.sll_protocol = 0x0800u16.to_be();
             to.sll_ifindex = i32::try_from(libc::if_nametoindex(name.as_ptr())).unwrap();
-            to.sll_halen = 6;
-            to.sll_addr[..6].copy_from_slice(&mac);
+            if let Some(mac) = mac {
+                to.sll_halen = 6;
+                to.sll_addr[..6].copy_from_slice(&mac);
+            }
             let sent = libc::sendto(
                 fd,
                 datagram.as_ptr().cast(),
@@ -241,6 +245,83 @@ fn send_ip_to(ns: &str, mac: [u8; 6], datagram: &[u8]) {
             libc::close(fd);
         }
     });
+}
+
+/// Probe-shaped packets from host A, as a probe and as an answer, for every
+/// tunnel id: dropped and counted at gateway A, never seen by gateway B.
+fn forged_probes_go_nowhere(lab: &Lab) {
+    let ga = lab.gw(Side::A);
+    // They carry sequence number 7 and send time 1 (the loaders' own carry
+    // a clock reading); gateway B's capture looks for them on arrival from
+    // its tunnels, where any that got sprayed would come out.
+    let before = [lab.counters(Side::A), lab.counters(Side::B)];
+    let captures: Vec<Capture> = (0..4)
+        .map(|k| {
+            let dev = lab.dev(k);
+            Capture::start(
+                &lab.gw(Side::B),
+                &dev,
+                &lab.dir.join(format!("gb-{dev}.pcap")),
+            )
+        })
+        .collect();
+    let gw_mac = mac_of(&ga, "lan");
+    for k in 0..4u16 {
+        let mut forged = Payload::probe(k, 7, 1, u64::MAX, 0);
+        send_ip(
+            &lab.host(Side::A),
+            "lan",
+            Some(gw_mac),
+            &probe::datagram(&forged),
+        );
+        forged.kind = probe::ANSWER;
+        send_ip(
+            &lab.host(Side::A),
+            "lan",
+            Some(gw_mac),
+            &probe::datagram(&forged),
+        );
+    }
+    thread::sleep(Duration::from_millis(300));
+    let after = [lab.counters(Side::A), lab.counters(Side::B)];
+    let delta = |s: usize, r: Reason| {
+        after[s].reasons[r as usize].packets - before[s].reasons[r as usize].packets
+    };
+    assert_eq!(delta(0, Reason::ProbeFromLan), 8, "{}", lab.diagnose());
+    // Nothing went into a tunnel (probes the loader sends are not counted
+    // as sprayed), so nothing reached gateway B to be reflected or refused.
+    let sprayed: u64 = (0..4)
+        .map(|k| after[0].tunnels[k].tx_packets - before[0].tunnels[k].tx_packets)
+        .sum();
+    assert_eq!(sprayed, 0);
+    assert_eq!(
+        delta(1, Reason::BadProbe) + delta(1, Reason::ProbeMisrouted),
+        0
+    );
+    // The control: one such probe (sequence number 99) written straight
+    // into gateway A's tun0 crosses, and B's capture sees it (arriving, and
+    // going back as B's answer).
+    let control = Payload::probe(0, 99, 1, u64::MAX, 0);
+    send_ip(&ga, "tun0", None, &probe::datagram(&control));
+    thread::sleep(Duration::from_millis(300));
+    let captures: Vec<_> = captures.into_iter().map(Capture::stop).collect();
+    let seen = |seq: u32| -> Vec<String> {
+        captures
+            .iter()
+            .flat_map(|c| {
+                c.read(&format!(
+                    "udp dst port {} and udp[16:4] = {seq} and udp[24:4] = 0 and udp[28:4] = 1",
+                    probe::PORT
+                ))
+            })
+            .collect()
+    };
+    assert!(!seen(99).is_empty(), "the capture misses what it looks for");
+    let forged = seen(7);
+    assert!(
+        forged.is_empty(),
+        "probe-shaped packets from the LAN crossed to gateway B: {forged:?}"
+    );
 }
 
 fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
@@ -264,39 +345,8 @@ fn probes_cannot_be_forged_from_a_lan_and_tunnels_report_their_own_rtt() {
         cpu_quota_percent: Some(15),
         ..Options::default()
     });
+    forged_probes_go_nowhere(&lab);
     let ga = lab.gw(Side::A);
-    // Probe-shaped packets from host A, as a probe and as an answer, for
-    // every tunnel id: dropped and counted at gateway A, never seen by B.
-    let before = [lab.counters(Side::A), lab.counters(Side::B)];
-    let capture = Capture::start(&lab.host(Side::B), "lan", &lab.dir.join("hb.pcap"));
-    let gw_mac = mac_of(&ga, "lan");
-    for k in 0..4u16 {
-        let mut forged = Payload::probe(k, 7, 1, u64::MAX);
-        send_ip_to(&lab.host(Side::A), gw_mac, &probe::datagram(&forged));
-        forged.kind = probe::ANSWER;
-        send_ip_to(&lab.host(Side::A), gw_mac, &probe::datagram(&forged));
-    }
-    thread::sleep(Duration::from_millis(300));
-    let after = [lab.counters(Side::A), lab.counters(Side::B)];
-    let delta = |s: usize, r: Reason| {
-        after[s].reasons[r as usize].packets - before[s].reasons[r as usize].packets
-    };
-    assert_eq!(delta(0, Reason::ProbeFromLan), 8, "{}", lab.diagnose());
-    // Nothing went into a tunnel (probes the loader sends are not counted
-    // as sprayed), so nothing reached gateway B to be reflected or refused.
-    let sprayed: u64 = (0..4)
-        .map(|k| after[0].tunnels[k].tx_packets - before[0].tunnels[k].tx_packets)
-        .sum();
-    assert_eq!(sprayed, 0);
-    assert_eq!(
-        delta(1, Reason::BadProbe) + delta(1, Reason::ProbeMisrouted),
-        0
-    );
-    let seen = capture.stop().read("net 127.0.0.0/8");
-    assert!(
-        seen.is_empty(),
-        "probe-shaped packets reached host B: {seen:?}"
-    );
 
     // Under load through CPU-capped OpenVPN processes, each tunnel reports
     // its own round trip.
@@ -349,16 +399,56 @@ fn probe_overhead_on_an_idle_wan() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v[0]["stats64"]["tx"]["bytes"].as_u64().unwrap()
     };
-    let (b0, t0) = (wan_bytes(), Instant::now());
+    let (b0, t0, c0) = (wan_bytes(), Instant::now(), lab.counters(Side::A));
     thread::sleep(Duration::from_secs(5));
     #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
     let rate = (wan_bytes() - b0) as f64 / t0.elapsed().as_secs_f64();
     let c = lab.counters(Side::A);
+    let grown = |r: Reason| c.reasons[r as usize].packets - c0.reasons[r as usize].packets;
+    let (answered, reflected) = (grown(Reason::ProbeAnswered), grown(Reason::ProbeReflected));
     eprintln!(
-        "gateway A's WAN, idle, 4 tunnels, probes every 100 ms: {rate:.0} B/s sent ({:.0} B/s per tunnel, OpenVPN's own pings included); probes answered {} reflected {}",
+        "gateway A's WAN, idle, 4 tunnels, probes every 100 ms: {rate:.0} B/s sent ({:.0} B/s per tunnel, OpenVPN's own pings included); in 5 s probes answered {answered}, reflected {reflected}",
         rate / 4.0,
-        c.reasons[Reason::ProbeAnswered as usize].packets,
-        c.reasons[Reason::ProbeReflected as usize].packets
+    );
+    // The bound means something only while probes flow: 10 a second per
+    // tunnel each way, 200 in 5 s; most of them.
+    assert!(
+        answered >= 160 && reflected >= 160,
+        "probes answered {answered}, reflected {reflected}"
     );
     assert!(rate / 4.0 < 5_000.0, "{rate} B/s");
+}
+
+/// Gateway B with `probe_interval_ms = 0` (documented: probes off on one
+/// side) still answers gateway A's probes, and now says what it can use:
+/// gateway A keeps every tunnel, and its pings all cross.
+#[test]
+fn one_side_without_probes_takes_no_tunnel_out() {
+    let Some(_alone) = root_alone() else { return };
+    let mut lab = lab(Options::default());
+    let all = [0, 1, 2, 3];
+    wait_rotation(&lab, Side::A, Instant::now(), Duration::from_secs(5), |r| {
+        r == all
+    });
+    let mut quiet = lab.loader_config(Side::B);
+    quiet.probe_interval_ms = 0;
+    let path = lab.dir.join("gateway-b-no-probes.toml");
+    std::fs::write(&path, quiet.to_toml().unwrap()).unwrap();
+    lab.start_loader_with(Side::B, &path);
+    let before = lab.departures(Side::A);
+    let pings = ping_background(&lab.host(Side::A), HOST_B, 300, "0.01");
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        assert_eq!(
+            rotation(&lab, Side::A),
+            all,
+            "gateway A lost a tunnel\n{}",
+            lab.diagnose()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let (sent, received) = pings.wait();
+    eprintln!("gateway B without probes: A -> B pings {received} of {sent}");
+    assert_eq!(received, sent);
+    assert_eq!(lab.departures(Side::A), before);
 }

@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing need (idempotent, quick when done).
+    /// Install what building and testing need (idempotent, quick when done),
+    /// as root also the Debian root the booted-systemd test's containers boot.
     Setup,
     /// Build the BPF object and the userspace binaries.
     Build,
@@ -74,7 +75,7 @@ enum LabAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::run().and_then(|()| setup::for_tests()),
         Command::Build => setup::run().and_then(|()| build::all()),
         Command::Inspect => setup::run().and_then(|()| inspect::run()),
         Command::Lint => setup::run().and_then(|()| build::lint()),

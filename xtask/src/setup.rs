@@ -1,6 +1,8 @@
 //! Prerequisites, each checked before it is installed so a second run is quick:
 //! Debian packages, `rust-src` for the nightly toolchain, a `bpf-linker`
-//! built against that nightly's own LLVM, and `cargo-deb` (`cargo xtask deb`).
+//! built against that nightly's own LLVM, `cargo-deb` (`cargo xtask deb`),
+//! and for the booted-systemd test the Debian 12 root its containers boot
+//! ([`container_root`]).
 
 use std::{
     fs,
@@ -29,7 +31,20 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "gnuplot-nox",
     "fonts-dejavu-core",
+    // The booted-systemd test: its gateways are systemd-nspawn containers on
+    // a Debian root that debootstrap makes.
+    "systemd-container",
+    "debootstrap",
 ];
+
+/// The Debian release the containers run, and what their root holds
+/// besides a minimal base: a booting systemd, and what the test runs in it.
+const CONTAINER_SUITE: &str = "bookworm";
+const CONTAINER_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,iputils-ping,procps";
+/// Downloaded into the root's apt cache, for `apt-get install` to find
+/// offline inside the containers (their network is the lab's).
+const CONTAINER_DOWNLOADS: &[&str] = &["openvpn"];
+const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// 3.8.0 declares rust-version 1.85, so the stable toolchain builds it.
@@ -160,6 +175,97 @@ fn cargo_install(name: &str, version: &str, extra: &[&str]) -> Command {
         .args([name, "--version", &format!("={version}")])
         .args(extra);
     c
+}
+
+/// What only the tests need besides [`run`]'s: the containers' root, as
+/// root (without root the tests that would use it skip).
+pub fn for_tests() -> Result<()> {
+    if is_root() {
+        container_root()?;
+    }
+    Ok(())
+}
+
+/// Where the containers' root lives: `cache_dir()/containers/debian-12`
+/// (the tests find it there, or at `$OVPN_LB_CONTAINER_ROOT`).
+pub fn container_root_dir() -> PathBuf {
+    cache_dir().join("containers/debian-12")
+}
+
+/// The Debian 12 root the booted-systemd test's containers boot: made once
+/// with debootstrap (about 250 MB, a minute or two), with `openvpn` and its
+/// dependencies in its apt cache. Each container runs on a throw-away
+/// overlay of it, so it stays as made; a stamp names what it holds, and a
+/// root whose stamp differs is made again.
+pub fn container_root() -> Result<PathBuf> {
+    let root = container_root_dir();
+    let stamp = format!(
+        "{CONTAINER_SUITE} {CONTAINER_PACKAGES} downloads:{}\n",
+        CONTAINER_DOWNLOADS.join(",")
+    );
+    let stamp_file = root.join("etc/ovpn-lb-test-root");
+    if fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return Ok(root);
+    }
+    if !is_root() {
+        bail!("making the containers' root needs root (debootstrap)");
+    }
+    eprintln!(
+        "setup: making the containers' Debian {CONTAINER_SUITE} root in {} (a minute or two, once)",
+        root.display()
+    );
+    // Made beside, then moved into place: an interrupted run leaves no half root.
+    let building = root.with_extension("building");
+    let _ = fs::remove_dir_all(&building);
+    fs::create_dir_all(building.parent().expect("has a parent"))?;
+    exec(
+        cmd("debootstrap")
+            .args([
+                "--variant=minbase",
+                &format!("--include={CONTAINER_PACKAGES}"),
+            ])
+            .args([CONTAINER_SUITE])
+            .arg(&building)
+            .arg(DEBIAN_MIRROR),
+    )?;
+    fs::write(
+        building.join("etc/apt/sources.list"),
+        format!(
+            "deb {DEBIAN_MIRROR} {CONTAINER_SUITE} main\n\
+             deb {DEBIAN_MIRROR} {CONTAINER_SUITE}-updates main\n\
+             deb http://deb.debian.org/debian-security {CONTAINER_SUITE}-security main\n"
+        ),
+    )?;
+    fs::copy("/etc/resolv.conf", building.join("etc/resolv.conf"))
+        .context("copying /etc/resolv.conf into the root for apt")?;
+    let chroot = |args: &[&str]| {
+        let mut c = cmd("chroot");
+        c.arg(&building)
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        exec(&mut c)
+    };
+    chroot(&["apt-get", "update", "-q"])?;
+    chroot(&["apt-get", "upgrade", "-y", "-q"])?;
+    // The cache keeps what the containers install, nothing else.
+    chroot(&["apt-get", "clean"])?;
+    let mut download = vec!["apt-get", "install", "-y", "-q", "--download-only"];
+    download.extend(CONTAINER_DOWNLOADS);
+    chroot(&download)?;
+    // Each container's own hostname (nspawn --hostname), not the host's.
+    let _ = fs::remove_file(building.join("etc/hostname"));
+    // No timer runs apt while a test runs.
+    for timer in ["apt-daily.timer", "apt-daily-upgrade.timer"] {
+        let mask = building.join("etc/systemd/system").join(timer);
+        let _ = fs::remove_file(&mask);
+        std::os::unix::fs::symlink("/dev/null", &mask)?;
+    }
+    fs::write(building.join("etc/ovpn-lb-test-root"), stamp)?;
+    let _ = fs::remove_dir_all(&root);
+    fs::rename(&building, &root)
+        .with_context(|| format!("moving {} into place", building.display()))?;
+    Ok(root)
 }
 
 /// Whether `binary --version` runs and names `version`.

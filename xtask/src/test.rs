@@ -1,5 +1,7 @@
-//! `cargo xtask test`: set-up, the BPF object, lint, the Debian package (its
-//! test installs it), then every test in the workspace.
+//! `cargo xtask test`: set-up, the BPF object, lint, the Debian packages
+//! (this build and the upgrade test's), the containers' Debian root, then
+//! every test in the workspace (the booted-systemd test installs the
+//! packages in containers).
 
 use anyhow::Result;
 
@@ -11,7 +13,12 @@ use crate::{
 pub fn run_all(extra: &[String]) -> Result<()> {
     // The loader tests run the real binary.
     exec(cmd("cargo").args(["build", "--package", "ovpn-lb-userspace", "--bins"]))?;
-    exec(cmd("cargo").args(["test", "--workspace"]).args(extra))
+    // Every test binary runs even after one fails: one run shows every failure.
+    exec(
+        cmd("cargo")
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(extra),
+    )
 }
 
 pub fn run(extra: &[String]) -> Result<()> {
@@ -19,14 +26,17 @@ pub fn run(extra: &[String]) -> Result<()> {
     build::ebpf()?;
     build::lint()?;
     let packaging = std::time::Instant::now();
+    // The upgrade test's build first: the release binary ends as it should.
+    deb::upgrade_package()?;
     deb::package()?;
     eprintln!(
-        "xtask test: release build and Debian package: {:.0} s",
+        "xtask test: release builds and Debian packages: {:.0} s",
         packaging.elapsed().as_secs_f64()
     );
+    setup::for_tests()?;
     if !is_root() {
         eprintln!(
-            "xtask test: not root: BPF and namespace tests will be skipped (CI=true makes that a failure)"
+            "xtask test: not root: BPF, namespace and container tests will be skipped (CI=true makes that a failure)"
         );
     }
     run_all(extra)

@@ -2,7 +2,7 @@
 
 use ovpn_lb_common::{
     SiteConfig, TunnelConfig,
-    maps::{family, framing, route},
+    maps::{family, framing, guard, route},
 };
 
 use super::{Config, Net, TunnelKind, TunnelSpec};
@@ -75,6 +75,47 @@ pub fn translation_entries(tunnels: &[TunnelSpec]) -> LpmEntries {
         if let Some(p) = t.xlat_v6 {
             e.push(&Net::V6(p), id);
         }
+    }
+    e
+}
+
+/// Every prefix whose addresses must never cross the WAN outside a tunnel,
+/// with its `guard::*` kind: our LAN, the remote prefixes, and both sides'
+/// translation prefixes (`tunnels`: the configuration's). The WAN guard's
+/// map and the kernel path's routes both come from this one list.
+#[must_use]
+pub fn guarded_prefixes(config: &Config, tunnels: &[TunnelSpec]) -> Vec<(Net, u32)> {
+    let mut out: Vec<(Net, u32)> = Vec::new();
+    let lan = [config.lan.v4.map(Net::V4), config.lan.v6.map(Net::V6)];
+    out.extend(lan.into_iter().flatten().map(|n| (n, guard::LAN)));
+    out.extend(config.remote.iter().map(|n| (*n, guard::REMOTE)));
+    for t in tunnels {
+        let ours = [t.xlat_v4.map(Net::V4), t.xlat_v6.map(Net::V6)];
+        out.extend(
+            ours.into_iter()
+                .flatten()
+                .map(|n| (n, guard::OURS_TRANSLATED)),
+        );
+        let peers = [
+            t.peer_v4.map(|(p, _)| Net::V4(p)),
+            t.peer_v6.map(|(p, _)| Net::V6(p)),
+        ];
+        out.extend(
+            peers
+                .into_iter()
+                .flatten()
+                .map(|n| (n, guard::PEER_TRANSLATED)),
+        );
+    }
+    out
+}
+
+/// `GUARD_V4`/`GUARD_V6`: [`guarded_prefixes`].
+#[must_use]
+pub fn guard_entries(config: &Config, tunnels: &[TunnelSpec]) -> LpmEntries {
+    let mut e = LpmEntries::default();
+    for (net, kind) in guarded_prefixes(config, tunnels) {
+        e.push(&net, kind);
     }
     e
 }
@@ -166,5 +207,20 @@ mod tests {
             translation_entries(&c.tunnels).v4[1],
             (24, [100, 64, 1, 0], 1)
         );
+        // Kept off the WAN: the LAN, the remote prefixes, both sides'
+        // translations (tunnel 1 has no peer translation).
+        let guarded = guard_entries(&c, &c.tunnels);
+        assert_eq!(
+            guarded.v4,
+            vec![
+                (24, [192, 168, 10, 0], guard::LAN),
+                (24, [10, 20, 30, 0], guard::REMOTE),
+                (24, [100, 64, 0, 0], guard::OURS_TRANSLATED),
+                (24, [100, 65, 0, 0], guard::PEER_TRANSLATED),
+                (24, [100, 64, 1, 0], guard::OURS_TRANSLATED),
+                (24, [100, 64, 2, 0], guard::OURS_TRANSLATED),
+            ]
+        );
+        assert_eq!(guarded.v6.len(), 6);
     }
 }

@@ -39,6 +39,10 @@ pub struct File {
     pub probe_misses: u32,
     // Tables after the plain values, as TOML writes them.
     pub lan: Lan,
+    /// The interfaces the tunnels' UDP leaves by; absent: the default
+    /// route's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan: Option<Wan>,
     #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]
@@ -60,6 +64,7 @@ impl Default for File {
             probe_interval_ms: DEFAULT_PROBE_INTERVAL_MS,
             probe_misses: DEFAULT_PROBE_MISSES,
             lan: Lan::default(),
+            wan: None,
             metrics: Metrics::default(),
             kernel_route: KernelRoute::default(),
             tunnels: Vec::new(),
@@ -94,6 +99,13 @@ fn default_probe_misses() -> u32 {
 pub struct Lan {
     pub interface: String,
     pub prefixes: Vec<String>,
+}
+
+/// The WAN side: where nothing of the LAN may leave outside the tunnels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wan {
+    pub interfaces: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -245,5 +257,11 @@ mod tests {
         assert_eq!(file.up_delay_ms, DEFAULT_UP_DELAY_MS);
         assert_eq!(file.kernel_route, KernelRoute::default());
         assert_eq!(file.tunnels.len(), 2);
+        assert_eq!(
+            file.wan,
+            Some(Wan {
+                interfaces: vec!["eth0".into()]
+            })
+        );
     }
 }

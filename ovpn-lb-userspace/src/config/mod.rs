@@ -18,7 +18,7 @@ use std::{
 pub use ovpn_lb_common::maps::Spray;
 use ovpn_lb_common::{Prefix4, Prefix6};
 
-pub use encode::{LpmEntries, LpmEntry, translation_entries};
+pub use encode::{LpmEntries, LpmEntry, guard_entries, guarded_prefixes, translation_entries};
 pub use validate::validate;
 
 use crate::facts::Facts;
@@ -193,6 +193,17 @@ pub struct Lan {
     pub v6: Option<Prefix6>,
 }
 
+/// Which interfaces the WAN guard watches: nothing with a LAN, remote or
+/// translated address leaves them (only the tunnels' own UDP does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wan {
+    /// `wan.interfaces`, by name: guarded whenever they exist.
+    Named(Vec<String>),
+    /// No `[wan]`: the interfaces the main table's default routes leave by,
+    /// as they are at each look.
+    DefaultRoute,
+}
+
 /// ovpn-lb's routing table and rule priority for the kernel path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelRouteSpec {
@@ -204,6 +215,7 @@ pub struct KernelRouteSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub lan: Lan,
+    pub wan: Wan,
     pub remote: Vec<Net>,
     pub exclude: Vec<Net>,
     pub spray: Spray,

@@ -8,7 +8,7 @@ use ovpn_lb_common::{MAX_TUNNELS, Prefix4, Prefix6};
 
 use super::{
     Config, ConfigErrors, KernelRouteSpec, Lan, Management, ManagementTarget, Net, Probing, Spray,
-    TunnelKind, TunnelSpec, Warning,
+    TunnelKind, TunnelSpec, Wan, Warning,
     file::{self, DEFAULT_METRICS_LISTEN, File},
     hook::{self, Requested},
 };
@@ -78,12 +78,18 @@ impl Validator<'_> {
         self.no_loopback(&remote);
         let exclude = self.exclusions(&file.exclude, &remote);
         let tunnels = self.tunnels(&file, lan_v4, lan_v6, &remote);
+        let wan = self.wan(file.wan.as_ref(), &file.lan.interface, &tunnels);
         self.overlaps();
         if let Some(lan) = &lan_link {
             self.lan_mtu(&file.lan.interface, lan.mtu, &tunnels);
         }
         let requested = self.requested_hook(file.hook.as_deref(), file.mode.as_deref());
         let hook = requested.and_then(|r| self.hook(r, &file.lan.interface, &tunnels));
+        if file.spray == file::Spray::Packet
+            && hook.as_ref().is_some_and(|h| h.hook == super::Hook::Tc)
+        {
+            self.rings(&tunnels);
+        }
         let metrics_listen = if let Ok(a) = file.metrics.listen.parse::<SocketAddr>() {
             Some(a)
         } else {
@@ -105,6 +111,7 @@ impl Validator<'_> {
                 v4: lan_v4,
                 v6: lan_v6,
             },
+            wan,
             remote,
             exclude,
             spray: match file.spray {
@@ -139,6 +146,39 @@ impl Validator<'_> {
             }
         }
         (v4, v6)
+    }
+
+    /// The WAN interfaces to guard: named ones must be neither the LAN nor a
+    /// tunnel; one missing is guarded once it appears.
+    fn wan(&mut self, wan: Option<&file::Wan>, lan: &str, tunnels: &[TunnelSpec]) -> Wan {
+        let Some(wan) = wan else {
+            return Wan::DefaultRoute;
+        };
+        if wan.interfaces.is_empty() {
+            self.errors.push(
+                "wan.interfaces is empty: name the interfaces the tunnels' UDP leaves by, or leave [wan] out to guard the default route's".to_owned(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in wan.interfaces.iter().enumerate() {
+            let field = format!("wan.interfaces[{i}] = \"{name}\"");
+            if !seen.insert(name.as_str()) {
+                self.errors.push(format!("{field} is listed twice"));
+            } else if name == lan {
+                self.errors.push(format!(
+                    "{field} is the LAN interface: the WAN is where the tunnels' UDP leaves"
+                ));
+            } else if tunnels.iter().any(|t| t.device == *name) {
+                self.errors.push(format!(
+                    "{field} is a tunnel device: the WAN is where the tunnels' UDP leaves, not a tunnel"
+                ));
+            } else if self.facts.link(name).is_none() {
+                self.warnings.push(Warning(format!(
+                    "{field} does not exist (yet): it is guarded once it appears"
+                )));
+            }
+        }
+        Wan::Named(wan.interfaces.clone())
     }
 
     /// Loopback destinations are how probes are told from traffic, and no
@@ -257,6 +297,25 @@ impl Validator<'_> {
             (Some(found), TunnelKind::Tap) => self.errors.push(format!(
                 "{field}.device = \"{device}\" is not an Ethernet (TAP) device ({found}): kind = \"tap\" needs the device OpenVPN creates with `dev tap`"
             )),
+        }
+    }
+
+    /// Packet spray under tc places packets by each tunnel's ring, which its
+    /// accounting follows only on single-queue tun and TAP devices of the
+    /// tun driver: another device would look idle for ever and take every
+    /// packet. One that does not exist yet is checked when it appears.
+    fn rings(&mut self, tunnels: &[TunnelSpec]) {
+        for (k, t) in tunnels.iter().enumerate() {
+            let why = self
+                .facts
+                .link(&t.device)
+                .and_then(|l| l.driver.why_no_ring());
+            if let Some(why) = why {
+                self.errors.push(format!(
+                    "tunnel[{k}].device = \"{}\" is {why}: spray = \"packet\" cannot see its queue; use the device OpenVPN makes without offload, or spray = \"round-robin\"",
+                    t.device
+                ));
+            }
         }
     }
 
@@ -601,7 +660,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         config::{Hook, parse},
-        netlink::LinkFacts,
+        netlink::{Driver, LinkFacts},
     };
 
     const ALL_XDP: u64 = netdev::BASIC | netdev::REDIRECT | netdev::NDO_XMIT;
@@ -615,6 +674,12 @@ pub(crate) mod tests {
             mac: [2, 0, 0, 0, 0, u8::try_from(ifindex).unwrap()],
             up: true,
             xdp_prog_id: 0,
+            // The made-up tunnels are the tun driver's.
+            driver: if name.starts_with("tun") || name.starts_with("tap") {
+                Driver::Tun { multi_queue: false }
+            } else {
+                Driver::Unknown
+            },
         }
     }
 
@@ -814,6 +879,43 @@ translate = ["100.64.0.0/24"]
     }
 
     #[test]
+    fn packet_spray_refuses_devices_whose_ring_it_cannot_follow() {
+        let text = GOOD.replace("spray = \"flow\"", "spray = \"packet\"");
+        assert!(parse(&text, &fake()).is_ok(), "{:?}", errors(&text));
+        for (driver, says) in [
+            (
+                Driver::Other("ovpn-dco".into()),
+                "OpenVPN data-channel offload device (ovpn-dco), with no tun ring; add `disable-dco`",
+            ),
+            (
+                Driver::Tun { multi_queue: true },
+                "a multi-queue tun device",
+            ),
+            (
+                Driver::Other("wireguard".into()),
+                "a wireguard device, not one of the tun driver",
+            ),
+        ] {
+            let mut facts = fake();
+            facts.links[1].driver = driver.clone();
+            let e = match parse(&text, &facts) {
+                Ok(_) => panic!("{driver:?} accepted"),
+                Err(e) => e.0,
+            };
+            assert!(
+                e.iter()
+                    .any(|e| e.starts_with("tunnel[0].device = \"tun0\" is ")
+                        && e.contains(says)
+                        && e.contains("spray = \"round-robin\"")),
+                "{e:?}"
+            );
+            // Round robin does not read the rings.
+            let rr = text.replace("spray = \"packet\"", "spray = \"round-robin\"");
+            assert!(parse(&rr, &facts).is_ok(), "{driver:?} under round robin");
+        }
+    }
+
+    #[test]
     fn mode_is_the_deprecated_name_of_hook() {
         let (c, warnings) =
             parse(&GOOD.replace("spray = \"flow\"", "mode = \"tc\""), &fake()).unwrap();
@@ -977,6 +1079,44 @@ translate = ["100.64.0.0/24"]
             &GOOD.replace("10.20.30.1/32", "10.99.0.1/32"),
             "exclude[0] = \"10.99.0.1/32\" is not inside any remote prefix",
         );
+    }
+
+    #[test]
+    fn the_wan_is_named_or_the_default_routes() {
+        let (c, _) = parse(GOOD, &fake()).unwrap();
+        assert_eq!(c.wan, Wan::DefaultRoute);
+        let named = |list: &str| {
+            GOOD.replacen(
+                "[[tunnel]]",
+                &format!("[wan]\ninterfaces = {list}\n\n[[tunnel]]"),
+                1,
+            )
+        };
+        let (c, warnings) = parse(&named("[\"eth0\"]"), &fake()).unwrap();
+        assert_eq!(c.wan, Wan::Named(vec!["eth0".into()]));
+        assert!(
+            warnings.iter().any(|w| w
+                .0
+                .contains("wan.interfaces[0] = \"eth0\" does not exist (yet)")),
+            "{warnings:?}"
+        );
+        for (list, needle) in [
+            ("[]", "wan.interfaces is empty"),
+            (
+                "[\"eth1\"]",
+                "wan.interfaces[0] = \"eth1\" is the LAN interface",
+            ),
+            (
+                "[\"tun1\"]",
+                "wan.interfaces[0] = \"tun1\" is a tunnel device",
+            ),
+            (
+                "[\"tap0\", \"tap0\"]",
+                "wan.interfaces[1] = \"tap0\" is listed twice",
+            ),
+        ] {
+            expect_error(&named(list), needle);
+        }
     }
 
     #[test]

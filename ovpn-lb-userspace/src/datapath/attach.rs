@@ -62,6 +62,20 @@ pub fn lan(hook: Hook) -> Vec<Attachment> {
     }]
 }
 
+/// The WAN guard on a WAN device's egress: framed for an Ethernet device,
+/// bare IP for one without a link-layer header (PPP, tun).
+#[must_use]
+pub fn wan(ethernet: bool) -> Vec<Attachment> {
+    vec![Attachment {
+        program: if ethernet {
+            programs::WAN_EGRESS_ETH
+        } else {
+            programs::WAN_EGRESS
+        },
+        point: Point::Egress,
+    }]
+}
+
 /// The programs on a tunnel device: the restore on ingress, and on egress
 /// the translation of what the kernel itself sends into the tunnel.
 #[must_use]
@@ -206,7 +220,8 @@ impl Datapath {
 }
 
 /// The program id behind the link pinned at `pin`, if any.
-fn pinned_program(pin: &Path) -> Option<u32> {
+#[must_use]
+pub fn pinned_program(pin: &Path) -> Option<u32> {
     PinnedLink::from_pin(pin)
         .ok()
         .and_then(|l| FdLink::from(l).info().ok())

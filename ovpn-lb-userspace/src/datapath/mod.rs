@@ -20,6 +20,7 @@ use aya::{
 use ovpn_lb_common::{
     Prefix4, Prefix6, Reason, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
     maps::{MAX_TUNNELS, SCHEDULE_BUFFERS, names, programs},
+    probe::LocalView,
     queue::KernelLayout,
 };
 
@@ -30,6 +31,90 @@ const RING_LAYOUT: &str = "RING_LAYOUT";
 
 /// The BPF object, embedded at build time by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ovpn-lb-ebpf.o"));
+
+/// Map sizes this build changes from the object's, for the upgrade test
+/// only: a build made with `OVPN_LB_UPGRADE_TEST_LAYOUT` set gives
+/// `PROBE_VIEW` a second (unused) entry, so its map layout differs from every
+/// other build's, as a real upgrade's may.
+const LAYOUT_OVERRIDES: &[(&str, u32)] = if option_env!("OVPN_LB_UPGRADE_TEST_LAYOUT").is_some() {
+    &[(names::PROBE_VIEW, 2)]
+} else {
+    &[]
+};
+
+/// `BPF_F_RDONLY_PROG` (`include/uapi/linux/bpf.h`).
+const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+
+/// The map layout this build creates: per pinned map, (type, key size,
+/// value size, entries, flags).
+fn object_layout() -> Result<Vec<(&'static str, [u32; 5])>> {
+    let object = aya_obj::Object::parse(OBJECT).context("parsing the embedded BPF object")?;
+    names::ALL
+        .iter()
+        .map(|&name| {
+            let m = object
+                .maps
+                .get(name)
+                .ok_or_else(|| anyhow!("the BPF object has no map named {name}"))?;
+            let entries = LAYOUT_OVERRIDES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(m.max_entries(), |&(_, e)| e);
+            Ok((
+                name,
+                [
+                    m.map_type(),
+                    m.key_size(),
+                    m.value_size(),
+                    entries,
+                    m.map_flags() & !BPF_F_RDONLY_PROG,
+                ],
+            ))
+        })
+        .collect()
+}
+
+/// How the maps pinned in `dir` differ from this build's, one line per map
+/// (empty when they fit, or nothing is pinned). A pin this build does not
+/// make, or one it makes that is missing beside others, differs too.
+fn pinned_layout_differences(dir: &Path) -> Result<Vec<String>> {
+    let pinned: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if pinned.is_empty() || OBJECT.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ours = object_layout()?;
+    let mut differences: Vec<String> = pinned
+        .iter()
+        .filter(|p| !ours.iter().any(|(n, _)| n == p))
+        .map(|p| format!("{p}: not in this build"))
+        .collect();
+    for (name, want) in &ours {
+        let Ok(info) = aya::maps::MapInfo::from_pin(dir.join(name)) else {
+            differences.push(format!("{name}: missing"));
+            continue;
+        };
+        let kind = info.map_type().map_or(u32::MAX, |t| t as u32);
+        // Device maps are read-only to programs: the kernel adds the flag.
+        let have = [
+            kind,
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags() & !BPF_F_RDONLY_PROG,
+        ];
+        if &have != want {
+            differences.push(format!(
+                "{name}: type, key, value, entries, flags {have:?}, this build {want:?}"
+            ));
+        }
+    }
+    Ok(differences)
+}
 
 /// A packet that read the active index just before a flip may still be walking
 /// the old buffer; it finishes within microseconds (programs run under RCU), so
@@ -69,33 +154,40 @@ impl Datapath {
 
     /// Like [`Datapath::load`], with every map pinned by name under
     /// `layout.maps()`: maps already pinned there (a previous run) are reused, so
-    /// counters, configuration and schedule carry over. `rings` is where the
-    /// ring accounting reads kernel memory (`rings::kernel_layout`), if it
-    /// is to run.
+    /// counters, configuration and schedule carry over. Maps an earlier build
+    /// of another layout pinned are replaced, all of them: the programs it
+    /// attached keep their maps until this run's programs replace them.
+    /// `rings` is where the ring accounting reads kernel memory
+    /// (`rings::kernel_layout`), if it is to run.
     ///
     /// # Errors
-    /// As [`Datapath::load`]; also if a pinned map does not fit this object.
+    /// As [`Datapath::load`]; also if an old pin cannot be removed.
     pub fn load_pinned(layout: &Layout, rings: Option<&KernelLayout>) -> Result<Self> {
         let dir = layout.maps();
-        for name in names::RETIRED {
-            let path = dir.join(name);
-            crate::pins::remove_if_present(&path)
-                .with_context(|| format!("removing {}", path.display()))?;
+        let differences = pinned_layout_differences(&dir)?;
+        if !differences.is_empty() {
+            log::warn!(
+                "the maps pinned under {} are of another build's layout ({}): replacing them (their counters start again from zero)",
+                dir.display(),
+                differences.join("; ")
+            );
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                crate::pins::remove_if_present(&entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
         }
         let paths: Vec<(&str, PathBuf)> = names::ALL.iter().map(|&n| (n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        Self::load_with(&mut loader, rings).with_context(|| {
-            format!(
-                "maps pinned under {} do not fit this build; `ovpn-lb detach` removes them",
-                dir.display()
-            )
-        })
+        Self::load_with(&mut loader, rings)
     }
 
     fn load_with<'a>(loader: &mut EbpfLoader<'a>, rings: Option<&'a KernelLayout>) -> Result<Self> {
+        for &(name, entries) in LAYOUT_OVERRIDES {
+            loader.map_max_entries(name, entries);
+        }
         if OBJECT.is_empty() {
             bail!("the BPF object was not built into this binary: build with `cargo xtask build`");
         }
@@ -150,17 +242,24 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the LPM maps hold exactly `remote` (`REMOTE_*`) and `ours`
-    /// (`OUR_XLAT_*`). New entries go in before stale ones come out, so no
-    /// packet falls between two configurations.
+    /// Makes the LPM maps hold exactly `remote` (`REMOTE_*`), `ours`
+    /// (`OUR_XLAT_*`) and `guarded` (`GUARD_*`). New entries go in before
+    /// stale ones come out, so no packet falls between two configurations.
     ///
     /// # Errors
     /// If the kernel refuses an update.
-    pub fn sync_prefixes(&mut self, remote: &LpmEntries, ours: &LpmEntries) -> Result<()> {
+    pub fn sync_prefixes(
+        &mut self,
+        remote: &LpmEntries,
+        ours: &LpmEntries,
+        guarded: &LpmEntries,
+    ) -> Result<()> {
         self.sync_lpm(names::REMOTE_V4, &remote.v4)?;
         self.sync_lpm(names::REMOTE_V6, &remote.v6)?;
         self.sync_lpm(names::OUR_XLAT_V4, &ours.v4)?;
-        self.sync_lpm(names::OUR_XLAT_V6, &ours.v6)
+        self.sync_lpm(names::OUR_XLAT_V6, &ours.v6)?;
+        self.sync_lpm(names::GUARD_V4, &guarded.v4)?;
+        self.sync_lpm(names::GUARD_V6, &guarded.v6)
     }
 
     /// Clears the entries of tunnel ids from `count` on (a configuration with
@@ -318,6 +417,21 @@ impl Datapath {
         )
     }
 
+    /// Keeps addresses in `prefix` off the WAN (`GUARD_V4`; `kind`: a
+    /// `guard::*` value).
+    ///
+    /// # Errors
+    /// If the kernel refuses the update.
+    pub fn set_guard_v4(&mut self, prefix: Prefix4, kind: u32) -> Result<()> {
+        self.lpm_insert(names::GUARD_V4, prefix.prefix_len(), prefix.octets(), kind)
+    }
+
+    /// # Errors
+    /// If the kernel refuses the update.
+    pub fn set_guard_v6(&mut self, prefix: Prefix6, kind: u32) -> Result<()> {
+        self.lpm_insert(names::GUARD_V6, prefix.prefix_len(), prefix.octets(), kind)
+    }
+
     /// Registers one of our translation prefixes, so replies to it are restored.
     ///
     /// # Errors
@@ -415,13 +529,13 @@ impl Datapath {
         Ok(())
     }
 
-    /// Our view of the tunnels (bit k: tunnel k usable), which the tunnel
-    /// programs write into the answers they reflect.
+    /// Our view of the tunnels (bit k: tunnel k usable) and our flags,
+    /// which the tunnel programs write into the answers they reflect.
     ///
     /// # Errors
     /// If the object has no `PROBE_VIEW` map or the kernel refuses.
-    pub fn set_probe_view(&mut self, view: u64) -> Result<()> {
-        let mut m: Array<_, u64> = map(&mut self.ebpf, names::PROBE_VIEW)?.try_into()?;
+    pub fn set_probe_view(&mut self, view: &LocalView) -> Result<()> {
+        let mut m: Array<_, LocalView> = map(&mut self.ebpf, names::PROBE_VIEW)?.try_into()?;
         m.set(0, view, 0).context("writing PROBE_VIEW")?;
         Ok(())
     }

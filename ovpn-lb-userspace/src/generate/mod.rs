@@ -9,11 +9,13 @@
 //!   `addressing`: the prefix arithmetic behind it;
 //! - `pki`: certificates and fingerprints; `openvpn`, `loader_config`,
 //!   `system`: the files' contents (`unit`: the one text of
-//!   `ovpn-lb.service`, the package's and each site's); `layout`: where they go.
+//!   `ovpn-lb.service`, the package's and each site's); `layout`: where they
+//!   go; `output`: writing them without following links.
 
 pub mod addressing;
 pub mod layout;
 mod openvpn;
+mod output;
 pub mod pki;
 pub mod plan;
 mod system;
@@ -21,8 +23,6 @@ pub mod unit;
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -39,6 +39,8 @@ use pki::Identity;
 /// Private keys and passwords: readable by root only.
 const SECRET: u32 = 0o600;
 const PUBLIC: u32 = 0o644;
+/// Every directory written.
+const DIRECTORY: u32 = 0o755;
 
 /// One file of a gateway's directory.
 #[derive(Clone, Debug)]
@@ -63,36 +65,24 @@ impl GatewayFiles {
         self.files.iter().find(|f| f.path == path.as_ref())
     }
 
-    /// Writes every file under `dir` (created), with its mode.
+    /// Writes every file under `dir` (created if missing), with its mode.
+    /// Below `dir` nothing is followed: a symbolic link where a directory or
+    /// file goes is an error, an existing file is replaced (unlinked, then
+    /// created afresh), and directories get mode 0755 and files their own
+    /// whatever the caller's umask. So a root `generate` into a directory
+    /// someone else can write cannot be turned onto other files.
     ///
     /// # Errors
-    /// If a directory or file cannot be written.
+    /// If a directory or file cannot be written, or a link is in the way.
     pub fn write_under(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        self.write_into(&output::Dir::open_or_create(dir)?)
+    }
+
+    fn write_into(&self, dir: &output::Dir) -> Result<Vec<PathBuf>> {
         let mut written = Vec::new();
         for file in &self.files {
-            let path = dir.join(&file.path);
-            if let Some(parent) = path.parent() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(file.mode)
-                .open(&path)
-                .and_then(|mut f| f.write_all(file.contents.as_bytes()))
-                .with_context(|| format!("writing {}", path.display()))?;
-            // The mode given to open() only applies to a new file.
-            fs::set_permissions(
-                &path,
-                std::os::unix::fs::PermissionsExt::from_mode(file.mode),
-            )
-            .with_context(|| format!("setting the mode of {}", path.display()))?;
-            written.push(path);
+            dir.write(&file.path, file.contents.as_bytes(), file.mode)?;
+            written.push(dir.path().join(&file.path));
         }
         Ok(written)
     }
@@ -220,6 +210,9 @@ pub fn loader_config(plan: &Plan, side: Side) -> file::File {
             interface: me.lan_interface.clone(),
             prefixes: strings(&me.lan),
         },
+        wan: me.wan_interface.as_ref().map(|w| file::Wan {
+            interfaces: vec![w.clone()],
+        }),
         tunnels: plan
             .tunnels
             .iter()
@@ -265,13 +258,18 @@ pub fn write(generated: &Generated, out: &Path, force: bool) -> Result<Vec<PathB
     if out.exists() && !out.is_dir() {
         bail!("{} exists and is not a directory", out.display());
     }
+    let out = output::Dir::open_or_create(out)?;
     let mut written = Vec::new();
     for gateway in &generated.gateways {
-        let dir = out.join(gateway.side.name());
-        if dir.exists() {
-            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        let name = gateway.side.name();
+        let dir = out.path().join(&name);
+        // `remove_dir_all` removes a link itself, not what it points to.
+        if fs::symlink_metadata(&dir).is_ok() {
+            fs::remove_dir_all(&dir)
+                .or_else(|_| fs::remove_file(&dir))
+                .with_context(|| format!("removing {}", dir.display()))?;
         }
-        written.extend(gateway.write_under(&dir)?);
+        written.extend(gateway.write_into(&out.child(std::ffi::OsStr::new(&name))?)?);
     }
     Ok(written)
 }
@@ -281,6 +279,7 @@ impl From<&GenerateArgs> for Request {
         Self {
             wan: [a.wan_a.clone(), a.wan_b.clone()],
             lan_interface: [a.lan_interface_a.clone(), a.lan_interface_b.clone()],
+            wan_interface: [a.wan_interface_a.clone(), a.wan_interface_b.clone()],
             lan: [a.lan_a.clone(), a.lan_b.clone()],
             tunnels: a.tunnels,
             first_port: a.port,

@@ -78,6 +78,12 @@ pub fn config(plan: &Plan, tunnel: &TunnelPlan, side: Side, peer_fingerprint: &s
     line(format!("sndbuf {SOCKET_BUFFER}"));
     line(format!("rcvbuf {SOCKET_BUFFER}"));
     line(format!("txqueuelen {TXQUEUELEN}"));
+    line(
+        "# A tun device of the tun driver, whose queue packet spray can see: data-channel"
+            .to_owned(),
+    );
+    line("# offload (DCO) would hand the packets to the kernel's ovpn device instead.".to_owned());
+    line("disable-dco".to_owned());
     if let Some(mtu) = plan.tun_mtu {
         line(
             "# Jumbo tunnel: fewer, larger packets through the single-threaded OpenVPN; the"

@@ -95,6 +95,10 @@ pub struct Request {
     pub wan: [String; 2],
     /// Each gateway's LAN interface.
     pub lan_interface: [String; 2],
+    /// Each gateway's WAN interface (the tunnels' UDP leaves by it), if
+    /// given: its `ovpn-lb.toml` guards it, and its sysctl drop-in lets it
+    /// keep taking router advertisements with IPv6 forwarding on.
+    pub wan_interface: [Option<String>; 2],
     /// Each gateway's LAN prefixes: one IPv4 and/or one IPv6.
     pub lan: [Vec<String>; 2],
     pub tunnels: usize,
@@ -124,6 +128,7 @@ impl Request {
         Self {
             wan: wan.map(str::to_owned),
             lan_interface: lan_interface.map(str::to_owned),
+            wan_interface: [None, None],
             lan: lan.map(owned),
             tunnels: 4,
             first_port: DEFAULT_FIRST_PORT,
@@ -145,6 +150,7 @@ impl Request {
 pub struct Site {
     pub wan: String,
     pub lan_interface: String,
+    pub wan_interface: Option<String>,
     /// IPv4 first when both families are there.
     pub lan: Vec<Net>,
     pub root: PathBuf,
@@ -337,16 +343,16 @@ impl Checker {
             ));
         }
         let interface = r.lan_interface[i].clone();
-        if interface.is_empty()
-            || interface.len() > MAX_IFNAME
-            || interface.contains(['/', ' ', '\t'])
-            || interface == "."
-            || interface == ".."
-        {
-            self.error(format!(
-                "--lan-interface-{} \"{interface}\" is not an interface name (1 to {MAX_IFNAME} bytes, no '/' or spaces)",
-                side.letter()
-            ));
+        self.interface_name("lan", side, &interface);
+        let wan_interface = r.wan_interface[i].clone();
+        if let Some(wan) = &wan_interface {
+            self.interface_name("wan", side, wan);
+            if *wan == interface {
+                self.error(format!(
+                    "--wan-interface-{} \"{wan}\" is also the LAN interface: the WAN is the interface the tunnels' UDP leaves by",
+                    side.letter()
+                ));
+            }
         }
         let option = format!("--lan-{}", side.letter());
         if r.lan[i].is_empty() {
@@ -378,8 +384,24 @@ impl Checker {
         Site {
             wan,
             lan_interface: interface,
+            wan_interface,
             lan,
             root: r.root[i].clone(),
+        }
+    }
+
+    /// `--{role}-interface-{side}` must name an interface the kernel could have.
+    fn interface_name(&mut self, role: &str, side: Side, name: &str) {
+        if name.is_empty()
+            || name.len() > MAX_IFNAME
+            || name.contains(['/', ' ', '\t'])
+            || name == "."
+            || name == ".."
+        {
+            self.error(format!(
+                "--{role}-interface-{} \"{name}\" is not an interface name (1 to {MAX_IFNAME} bytes, no '/' or spaces)",
+                side.letter()
+            ));
         }
     }
 

@@ -26,12 +26,28 @@ pub fn sysctl(plan: &Plan, side: Side) -> String {
     );
     if v6 {
         t.push_str("net.ipv6.conf.all.forwarding = 1\n");
+        // Forwarding makes every interface ignore router advertisements: a
+        // WAN whose address or default route comes from them (SLAAC) would
+        // lose both once they expire.
+        t.push_str(
+            "# With forwarding on, the kernel ignores router advertisements unless\n\
+             # accept_ra = 2: a WAN that takes its IPv6 address or default route from\n\
+             # them (SLAAC) needs it.\n",
+        );
+        match &plan.site(side).wan_interface {
+            Some(wan) => {
+                let _ = writeln!(t, "net.ipv6.conf.{wan}.accept_ra = 2");
+            }
+            None => t.push_str(
+                "# net.ipv6.conf.<WAN>.accept_ra = 2  (generate --wan-interface-a/-b writes it here)\n",
+            ),
+        }
     }
     let _ = write!(
         t,
         "# Loose reverse-path filtering: a restored source arrives on every tunnel,\n\
-         # so strict filtering (1) would drop it; loose (2) needs a route back (the\n\
-         # default route is enough).\n\
+         # so strict filtering (1) would drop it; loose (2) needs a route back\n\
+         # (ovpn-lb's own table has one through a tunnel).\n\
          net.ipv4.conf.all.rp_filter = 2\n\
          net.ipv4.conf.default.rp_filter = 2\n\
          # Let OpenVPN's sndbuf/rcvbuf ({SOCKET_BUFFER} bytes) take effect.\n\

@@ -7,7 +7,7 @@ use super::*;
 use crate::{
     config::{self, Spray},
     facts::Facts,
-    netlink::{LinkFacts, LinkKind, netdev},
+    netlink::{Driver, LinkFacts, LinkKind, netdev},
 };
 
 fn request() -> Request {
@@ -189,6 +189,7 @@ fn facts(plan: &Plan, side: Side, kind: LinkKind) -> Facts {
         mac: [2, 0, 0, 0, 0, 2],
         up: true,
         xdp_prog_id: 0,
+        driver: Driver::Unknown,
     }];
     for (i, t) in plan.tunnels.iter().enumerate() {
         let ifindex = 10 + u32::try_from(i).unwrap();
@@ -200,6 +201,7 @@ fn facts(plan: &Plan, side: Side, kind: LinkKind) -> Facts {
             mac: [0; 6],
             up: true,
             xdp_prog_id: 0,
+            driver: Driver::Tun { multi_queue: false },
         });
     }
     let xdp_features: HashMap<u32, u64> = links
@@ -311,6 +313,7 @@ fn openvpn_configs_pin_the_other_gateways_certificate() {
                 "sndbuf 4194304".to_owned(),
                 "rcvbuf 4194304".to_owned(),
                 "txqueuelen 1000".to_owned(),
+                "disable-dco".to_owned(),
             ] {
                 assert!(
                     has(&line),
@@ -364,7 +367,8 @@ fn roots_and_the_management_password_follow_into_every_file() {
             "ExecStart=/usr/sbin/ovpn-lb run --config /srv/a/etc/ovpn-lb/ovpn-lb.toml",
             "Wants=network-online.target openvpn@tun0.service openvpn@tun1.service openvpn@tun2.service openvpn@tun3.service",
             "Restart=on-failure",
-            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN",
+            "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_RAW CAP_SYSLOG",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET",
             "ReadWritePaths=/sys/fs/bpf -/srv/a/run/openvpn",
         ],
     );
@@ -402,6 +406,60 @@ fn the_output_directory_is_never_overwritten_without_force() {
     );
     assert!(out.join("keep").exists(), "and nothing else");
     fs::remove_dir_all(&out).unwrap();
+}
+
+/// Someone who can write into the output directory planted links where the
+/// files go: nothing is written through them, and the modes are the
+/// generator's whatever the umask.
+#[test]
+fn writing_follows_no_link_and_ignores_the_umask() {
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+    let base = std::env::temp_dir().join(format!("ovpnlb-links-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    fs::create_dir_all(base.join("elsewhere")).unwrap();
+    let victim = base.join("victim");
+    fs::write(&victim, "keep").unwrap();
+    let g = generate(&request()).unwrap();
+    let gateway = g.gateway(Side::A);
+
+    // A link where a file goes is replaced, not written through.
+    let root = base.join("root");
+    fs::create_dir_all(&root).unwrap();
+    symlink(&victim, root.join(layout::README)).unwrap();
+    // SAFETY: umask(2) cannot fail; the old mask is put back below.
+    let old = unsafe { libc::umask(0o077) };
+    let written = gateway.write_under(&root);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    written.unwrap();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+    let readme = fs::symlink_metadata(root.join(layout::README)).unwrap();
+    assert!(readme.is_file(), "the link was replaced by the file");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&root.join("etc/ovpn-lb")), 0o755, "umask 077 ignored");
+    assert_eq!(mode(&root.join(layout::LOADER_CONFIG)), 0o644);
+    assert_eq!(mode(&root.join(layout::private_key("gateway-a"))), 0o600);
+
+    // A link where a directory goes is refused, and nothing lands behind it.
+    let root = base.join("root2");
+    fs::create_dir_all(&root).unwrap();
+    symlink(base.join("elsewhere"), root.join("etc")).unwrap();
+    let err = format!("{:#}", gateway.write_under(&root).unwrap_err());
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(fs::read_dir(base.join("elsewhere")).unwrap().count(), 0);
+
+    // `--force` over a gateway directory that is a link removes the link.
+    let out = base.join("out");
+    fs::create_dir_all(&out).unwrap();
+    symlink(base.join("elsewhere"), out.join("gateway-a")).unwrap();
+    write(&g, &out, true).unwrap();
+    assert!(
+        fs::symlink_metadata(out.join("gateway-a"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(fs::read_dir(base.join("elsewhere")).unwrap().count(), 0);
+    fs::remove_dir_all(&base).unwrap();
 }
 
 #[test]

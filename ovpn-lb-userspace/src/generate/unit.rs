@@ -58,8 +58,11 @@ impl Unit<'_> {
              # drops nothing; `ovpn-lb detach` removes it.\n\
              Restart=on-failure\n\
              RestartSec=2s\n\
-             # Loading and attaching BPF programs, pinning on bpffs, netlink: nothing more.\n\
-             CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN\n\
+             # Loading and attaching BPF programs, netlink; the probes' packet and ICMP\n\
+             # sockets (CAP_NET_RAW); /proc/kallsyms for the ring accounting where\n\
+             # kernel.kptr_restrict hides it (CAP_SYSLOG). Not CAP_SYS_ADMIN: systemd\n\
+             # mounts bpffs, and other programs on the devices go unnamed in the log.\n\
+             CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_RAW CAP_SYSLOG\n\
              NoNewPrivileges=yes\n\
              ProtectSystem=strict\n\
              ReadWritePaths=/sys/fs/bpf -{sockets}\n\
@@ -78,7 +81,7 @@ impl Unit<'_> {
              LockPersonality=yes\n\
              MemoryDenyWriteExecute=yes\n\
              SystemCallArchitectures=native\n\
-             RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n\
+             RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET\n\
              UMask=0077\n\
              LimitMEMLOCK=infinity\n\
              \n\

@@ -4,17 +4,24 @@
 //! or make it grow: connections are capped, headers must arrive within a few
 //! seconds and fit in 8 KiB, bodies are never read, and when the cap is
 //! reached the oldest connection that is not being answered makes room, so
-//! a crowd of idle connections cannot lock Prometheus out.
+//! a crowd of idle connections cannot lock Prometheus out. A connection is
+//! being answered from its request's arrival until the whole answer has been
+//! handed to the socket (a large scrape to a slow reader takes a while);
+//! one stuck there longer than [`WRITE_TIMEOUT`] may be evicted too, so a
+//! crowd of readers that never read cannot lock it out either.
 
 use std::{
     collections::BTreeMap,
     convert::Infallible,
+    io,
     net::SocketAddr,
+    pin::Pin,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -27,7 +34,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -35,13 +45,109 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request head accepted (hyper's minimum buffer size).
 pub const MAX_HEAD_BYTES: usize = 8192;
+/// An answer still not handed to the socket after this long (its reader
+/// does not read) no longer protects its connection from eviction.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Produces the exposition text for one scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Whether a connection is answering a request, shared by its service
+/// (which starts the answer) and its socket (which sees it written).
+#[derive(Default)]
+struct Answering {
+    /// Milliseconds since [`epoch`] (plus one) when the request arrived;
+    /// 0 while idle.
+    since_ms: AtomicU64,
+    /// The service has produced the answer: the next completed flush means
+    /// it is all on the socket.
+    produced: AtomicBool,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
+impl Answering {
+    fn start(&self) {
+        self.produced.store(false, Ordering::Relaxed);
+        self.since_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long it has been answering, `None` while idle.
+    fn for_ms(&self) -> Option<u64> {
+        match self.since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(now_ms().saturating_sub(since)),
+        }
+    }
+
+    /// A flush completed: hyper flushes once it has written everything it
+    /// holds, so after the answer was produced the connection is idle again.
+    fn flushed(&self) {
+        if self.produced.swap(false, Ordering::Relaxed) {
+            self.since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The socket, telling its connection's [`Answering`] when a flush completes.
+struct Watched {
+    io: TokioIo<TcpStream>,
+    answering: Arc<Answering>,
+}
+
+impl hyper::rt::Read for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            self.answering.flushed();
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 struct Connection {
-    /// A request is being answered: not evictable.
-    busy: Arc<AtomicBool>,
+    answering: Arc<Answering>,
     evict: Arc<Notify>,
 }
 
@@ -53,31 +159,46 @@ struct Registry {
 }
 
 impl Registry {
-    /// Admits a connection, evicting the oldest idle one at the cap; `None`
-    /// when every slot is busy answering.
-    fn admit(&mut self) -> Option<(u64, Arc<AtomicBool>, Arc<Notify>)> {
-        if self.open.len() >= MAX_CONNECTIONS {
-            let idle = self
-                .open
+    /// The connection to evict at the cap: the oldest idle one, else the one
+    /// answering longest if that is past [`WRITE_TIMEOUT`].
+    fn victim(&self) -> Option<u64> {
+        let idle = self
+            .open
+            .iter()
+            .find(|(_, c)| c.answering.for_ms().is_none())
+            .map(|(&id, _)| id);
+        let limit = u64::try_from(WRITE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+        idle.or_else(|| {
+            self.open
                 .iter()
-                .find(|(_, c)| !c.busy.load(Ordering::Relaxed))
-                .map(|(&id, _)| id)?;
-            if let Some(c) = self.open.remove(&idle) {
+                .filter_map(|(&id, c)| Some((id, c.answering.for_ms()?)))
+                .filter(|&(_, ms)| ms > limit)
+                .max_by_key(|&(_, ms)| ms)
+                .map(|(id, _)| id)
+        })
+    }
+
+    /// Admits a connection, evicting one at the cap ([`Registry::victim`]);
+    /// `None` when every slot is busy answering.
+    fn admit(&mut self) -> Option<(u64, Arc<Answering>, Arc<Notify>)> {
+        if self.open.len() >= MAX_CONNECTIONS {
+            let victim = self.victim()?;
+            if let Some(c) = self.open.remove(&victim) {
                 c.evict.notify_one();
             }
         }
         let id = self.next;
         self.next += 1;
-        let busy = Arc::new(AtomicBool::new(false));
+        let answering = Arc::new(Answering::default());
         let evict = Arc::new(Notify::new());
         self.open.insert(
             id,
             Connection {
-                busy: busy.clone(),
+                answering: answering.clone(),
                 evict: evict.clone(),
             },
         );
-        Some((id, busy, evict))
+        Some((id, answering, evict))
     }
 }
 
@@ -101,19 +222,23 @@ pub async fn serve(listener: TcpListener, render: Render) {
             continue;
         };
         let admitted = registry.lock().ok().and_then(|mut r| r.admit());
-        let Some((id, busy, evict)) = admitted else {
+        let Some((id, answering, evict)) = admitted else {
             continue; // Every slot is answering a request: drop this one.
         };
         let render = render.clone();
         let registry = registry.clone();
         tokio::spawn(async move {
+            let io = Watched {
+                io: TokioIo::new(stream),
+                answering: answering.clone(),
+            };
             let service = service_fn(move |req: Request<Incoming>| {
                 let render = render.clone();
-                let busy = busy.clone();
+                let answering = answering.clone();
                 async move {
-                    busy.store(true, Ordering::Relaxed);
+                    answering.start();
                     let response = answer(&req, &render);
-                    busy.store(false, Ordering::Relaxed);
+                    answering.produced.store(true, Ordering::Relaxed);
                     Ok::<_, Infallible>(response)
                 }
             });
@@ -123,7 +248,7 @@ pub async fn serve(listener: TcpListener, render: Render) {
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .max_headers(64);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection(io, service);
             tokio::select! {
                 _ = connection => {}
                 () = evict.notified() => {}
@@ -163,5 +288,65 @@ fn answer(req: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>> {
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "ovpn-lb: metrics are at /metrics\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// Prometheus asks for a scrape larger than the socket buffers and reads
+    /// it slowly while a crowd of idle connections fills every slot: the
+    /// crowd makes room among itself, and the scrape arrives whole.
+    #[tokio::test]
+    async fn a_scrape_being_written_is_not_evicted() {
+        const BODY: usize = 16 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = "x".repeat(BODY);
+        tokio::spawn(serve(listener, Arc::new(move || body.clone())));
+        let mut scraper = TcpStream::connect(addr).await.unwrap();
+        scraper
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Its answer fills the socket buffers and waits.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut crowd = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 8 {
+            crowd.push(TcpStream::connect(addr).await.unwrap());
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = scraper.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let head = got.windows(4).position(|w| w == b"\r\n\r\n");
+                if head.is_some_and(|h| got.len() >= h + 4 + BODY) {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the scrape stalled after {} bytes", got.len());
+        let head = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        assert!(got.starts_with(b"HTTP/1.1 200"));
+        assert_eq!(
+            got.len() - head - 4,
+            BODY,
+            "the scrape was cut off: its connection was evicted"
+        );
+        drop(crowd);
     }
 }

@@ -1,7 +1,10 @@
 //! Links: what the kernel says about one network device.
 
 use futures::TryStreamExt as _;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage, LinkXdp};
+use netlink_packet_core::Nla as _;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage, LinkXdp,
+};
 
 use super::{Netlink, is_absent};
 
@@ -24,6 +27,68 @@ impl std::fmt::Display for LinkKind {
     }
 }
 
+/// The driver behind a device, from its link info.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Driver {
+    /// The tun driver (`/dev/net/tun`): a tun or TAP device, with its
+    /// queues if it was made multi-queue.
+    Tun { multi_queue: bool },
+    /// Another kind, as `ip -d link` names it (`veth`, `ovpn-dco`, ...).
+    Other(String),
+    /// No link info: a physical device.
+    #[default]
+    Unknown,
+}
+
+/// `IFLA_TUN_MULTI_QUEUE` (`include/uapi/linux/if_link.h`): a u8 flag.
+const IFLA_TUN_MULTI_QUEUE: u16 = 7;
+
+impl Driver {
+    /// Why packet spray's ring accounting cannot follow this device's
+    /// queue, or `None` when it can: it reads the one ring of a single-queue
+    /// tun or TAP device of the tun driver. An `OpenVPN` with data-channel
+    /// offload has no such ring (its packets go to the kernel's ovpn device).
+    #[must_use]
+    pub fn why_no_ring(&self) -> Option<String> {
+        match self {
+            Driver::Tun { multi_queue: false } => None,
+            Driver::Tun { multi_queue: true } => {
+                Some("a multi-queue tun device (one ring per queue)".to_owned())
+            }
+            Driver::Other(kind) if kind.starts_with("ovpn") => Some(format!(
+                "an OpenVPN data-channel offload device ({kind}), with no tun ring; add `disable-dco` to its OpenVPN configuration"
+            )),
+            Driver::Other(kind) => Some(format!("a {kind} device, not one of the tun driver")),
+            Driver::Unknown => Some("not a device of the tun driver".to_owned()),
+        }
+    }
+
+    fn of(infos: &[LinkInfo]) -> Self {
+        let mut driver = Driver::Unknown;
+        for info in infos {
+            match info {
+                // The data (multi-queue or not) may come first.
+                LinkInfo::Kind(InfoKind::Tun) if driver == Driver::Unknown => {
+                    driver = Driver::Tun { multi_queue: false };
+                }
+                LinkInfo::Kind(InfoKind::Tun) => {}
+                LinkInfo::Kind(InfoKind::Other(kind)) => driver = Driver::Other(kind.clone()),
+                LinkInfo::Kind(kind) => driver = Driver::Other(kind.to_string()),
+                LinkInfo::Data(InfoData::Tun(nlas)) => {
+                    let multi_queue = nlas.iter().any(|nla| {
+                        let mut value = vec![0u8; nla.value_len()];
+                        nla.emit_value(&mut value);
+                        nla.kind() == IFLA_TUN_MULTI_QUEUE && value.first().is_some_and(|&v| v != 0)
+                    });
+                    driver = Driver::Tun { multi_queue };
+                }
+                _ => {}
+            }
+        }
+        driver
+    }
+}
+
 /// One link as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkFacts {
@@ -37,6 +102,7 @@ pub struct LinkFacts {
     pub up: bool,
     /// Id of an XDP program attached to the link, 0 for none.
     pub xdp_prog_id: u32,
+    pub driver: Driver,
 }
 
 pub(super) fn name(m: &LinkMessage) -> Option<String> {
@@ -60,11 +126,13 @@ impl LinkFacts {
             mac: [0; 6],
             up: m.header.flags.contains(LinkFlags::Up | LinkFlags::Running),
             xdp_prog_id: 0,
+            driver: Driver::Unknown,
         };
         for a in &m.attributes {
             match a {
                 LinkAttribute::Mtu(mtu) => facts.mtu = *mtu,
                 LinkAttribute::Address(a) if a.len() == 6 => facts.mac.copy_from_slice(a),
+                LinkAttribute::LinkInfo(infos) => facts.driver = Driver::of(infos),
                 LinkAttribute::Xdp(xdp) => {
                     for x in xdp {
                         if let LinkXdp::ProgId(id) = x {

@@ -1,6 +1,6 @@
 //! Everything the loader says to and hears from the kernel over netlink: one
 //! rtnetlink connection for links, neighbours, policy rules and routes (also
-//! subscribed to link and neighbour notifications), and the `netdev`
+//! subscribed to link, neighbour and route notifications), and the `netdev`
 //! generic-netlink family for drivers' XDP features.
 //!
 //! Notifications are used as triggers only: whoever receives one asks the
@@ -21,9 +21,9 @@ use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc;
 
-pub use link::{LinkFacts, LinkKind};
+pub use link::{Driver, LinkFacts, LinkKind};
 pub use neighbour::Neighbour;
-pub use route::{Forwarding, KernelRoute, RouteTarget, Rule, RuleAction};
+pub use route::{Forwarding, KernelRoute, OWN_PROTOCOL, RouteTarget, Rule, RuleAction};
 
 /// A notification worth a fresh look.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub enum Event {
     Link { ifindex: u32, name: Option<String> },
     /// A neighbour entry on `ifindex` changed.
     Neighbour { ifindex: u32 },
+    /// A route changed (in any table): the default route's device may be
+    /// another now.
+    Route,
     /// Notifications were lost (the socket's buffer overflowed): look at
     /// everything again.
     Overrun,
@@ -44,15 +47,20 @@ pub struct Netlink {
 }
 
 impl Netlink {
-    /// Opens the connection, subscribed to link and neighbour notifications,
+    /// Opens the connection, subscribed to link, neighbour and route
+    /// notifications,
     /// and runs it on the current tokio runtime. Notifications arrive on the
     /// returned channel.
     ///
     /// # Errors
     /// If the socket cannot be made or bound.
     pub fn open() -> io::Result<(Self, mpsc::UnboundedReceiver<Event>)> {
-        let (connection, handle, mut messages) =
-            rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Neigh])?;
+        let (connection, handle, mut messages) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Neigh,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+        ])?;
         tokio::spawn(connection);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -93,6 +101,9 @@ fn event_of(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<Event> {
         ) => Some(Event::Neighbour {
             ifindex: n.header.ifindex,
         }),
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_),
+        ) => Some(Event::Route),
         _ => None,
     }
 }

@@ -8,7 +8,10 @@ use std::net::IpAddr;
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteVia},
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType, RouteVia,
+    },
     rule::{RuleAction as NlAction, RuleAttribute, RuleMessage},
 };
 use rtnetlink::{IpVersion, RouteMessageBuilder};
@@ -85,6 +88,13 @@ impl Rule {
     }
 }
 
+/// The routing protocol number ovpn-lb's own routes in shared tables carry
+/// (`ip route show proto 79`), so it finds them again and touches no other.
+pub const OWN_PROTOCOL: u8 = 79;
+/// Their metric: the last resort, behind any route of the same prefix that
+/// the operator keeps.
+pub const OWN_METRIC: u32 = u32::MAX;
+
 /// Where the default route of ovpn-lb's table leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteTarget {
@@ -107,6 +117,29 @@ fn family(addr: IpAddr) -> AddressFamily {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     }
+}
+
+fn route_address(a: IpAddr) -> RouteAddress {
+    match a {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+/// `unreachable ADDR/LEN proto OWN_PROTOCOL metric OWN_METRIC` in `table`.
+fn unreachable_route(table: u32, addr: IpAddr, len: u8) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(addr);
+    m.header.destination_prefix_length = len;
+    m.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    m.header.protocol = RouteProtocol::Other(OWN_PROTOCOL);
+    m.header.scope = RouteScope::Universe;
+    m.header.kind = RouteType::Unreachable;
+    m.attributes.push(RouteAttribute::Table(table));
+    m.attributes
+        .push(RouteAttribute::Destination(route_address(addr)));
+    m.attributes.push(RouteAttribute::Priority(OWN_METRIC));
+    m
 }
 
 fn default_route(table: u32, v6: bool, target: Option<RouteTarget>) -> RouteMessage {
@@ -135,7 +168,9 @@ fn default_route(table: u32, v6: bool, target: Option<RouteTarget>) -> RouteMess
                 (IpAddr::V6(a), false) => RouteAttribute::Via(RouteVia::Inet6(a)),
             });
         }
-        None => {}
+        // A deletion: any scope matches (the kernel compares the scope
+        // unless it is "nowhere"; a device route has scope link).
+        None => m.header.scope = RouteScope::NoWhere,
     }
     m
 }
@@ -221,6 +256,137 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Every route of one family, all tables.
+    async fn route_dump(&self, v6: bool) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        self.handle.route().get(m).execute().try_collect().await
+    }
+
+    /// The `unreachable` routes ovpn-lb keeps in `table` (its protocol
+    /// number), as (prefix address, length).
+    ///
+    /// # Errors
+    /// If the dump fails.
+    pub async fn own_unreachable_routes(
+        &self,
+        table: u32,
+        v6: bool,
+    ) -> Result<Vec<(IpAddr, u8)>, rtnetlink::Error> {
+        Ok(self
+            .route_dump(v6)
+            .await?
+            .iter()
+            .filter(|r| {
+                table_of(r) == table
+                    && r.header.protocol == RouteProtocol::Other(OWN_PROTOCOL)
+                    && r.header.kind == RouteType::Unreachable
+            })
+            .filter_map(|r| {
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                    _ => None,
+                })?;
+                Some((dst, r.header.destination_prefix_length))
+            })
+            .collect())
+    }
+
+    /// Adds ovpn-lb's `unreachable` route for `addr/len` to `table`; there
+    /// already is fine.
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub async fn add_unreachable(
+        &self,
+        table: u32,
+        addr: IpAddr,
+        len: u8,
+    ) -> Result<(), rtnetlink::Error> {
+        match self
+            .handle
+            .route()
+            .add(unreachable_route(table, addr, len))
+            .execute()
+            .await
+        {
+            Err(e) if is_exists(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes ovpn-lb's `unreachable` route for `addr/len` from `table`;
+    /// gone already is fine.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason.
+    pub async fn delete_unreachable(
+        &self,
+        table: u32,
+        addr: IpAddr,
+        len: u8,
+    ) -> Result<(), rtnetlink::Error> {
+        match self
+            .handle
+            .route()
+            .del(unreachable_route(table, addr, len))
+            .execute()
+            .await
+        {
+            Err(e) if is_absent(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The devices the main table's default routes (either family) leave
+    /// by: on a gateway, its WAN.
+    ///
+    /// # Errors
+    /// If a dump fails.
+    pub async fn default_route_devices(&self) -> Result<Vec<u32>, rtnetlink::Error> {
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            for r in self.route_dump(v6).await? {
+                if table_of(&r) != u32::from(RouteHeader::RT_TABLE_MAIN)
+                    || r.header.destination_prefix_length != 0
+                    || r.header.kind != RouteType::Unicast
+                {
+                    continue;
+                }
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Oif(i) => out.push(*i),
+                        RouteAttribute::MultiPath(hops) => {
+                            out.extend(hops.iter().map(|h| h.interface_index));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// A route's table: the attribute when there is one (tables above 255).
+fn table_of(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
 /// Where the kernel would forward a packet, by [`Netlink::route_lookup`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forwarding {
@@ -233,29 +399,29 @@ pub enum Forwarding {
 }
 
 impl Netlink {
-    /// The kernel's routing decision for a packet from `src` to `dst`
+    /// The kernel's routing decision for a packet to `dst`: from `src`
     /// arriving on `iif` (policy rules included), as `ip route get DST from
-    /// SRC iif IIF` shows it.
+    /// SRC iif IIF` shows it; or, with neither, one this host sends itself
+    /// (`ip route get DST`).
     ///
     /// # Errors
     /// If netlink fails in a way other than "no route".
     pub async fn route_lookup(
         &self,
         dst: IpAddr,
-        src: IpAddr,
-        iif: u32,
+        from: Option<(IpAddr, u32)>,
     ) -> Result<Forwarding, rtnetlink::Error> {
         let mut m = RouteMessage::default();
         m.header.address_family = family(dst);
         m.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
-        m.header.source_prefix_length = if src.is_ipv4() { 32 } else { 128 };
-        let addr = |a: IpAddr| match a {
-            IpAddr::V4(a) => RouteAddress::Inet(a),
-            IpAddr::V6(a) => RouteAddress::Inet6(a),
-        };
-        m.attributes.push(RouteAttribute::Destination(addr(dst)));
-        m.attributes.push(RouteAttribute::Source(addr(src)));
-        m.attributes.push(RouteAttribute::Iif(iif));
+        m.attributes
+            .push(RouteAttribute::Destination(route_address(dst)));
+        if let Some((src, iif)) = from {
+            m.header.source_prefix_length = if src.is_ipv4() { 32 } else { 128 };
+            m.attributes
+                .push(RouteAttribute::Source(route_address(src)));
+            m.attributes.push(RouteAttribute::Iif(iif));
+        }
         let mut answers = self.handle.route().get(m).execute();
         match answers.try_next().await {
             Ok(Some(r)) => Ok(forwarding_of(&r)),
@@ -263,7 +429,11 @@ impl Netlink {
             Err(rtnetlink::Error::NetlinkError(e))
                 if matches!(
                     e.raw_code().abs(),
-                    libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES | libc::EINVAL
+                    libc::ENETUNREACH
+                        | libc::EHOSTUNREACH
+                        | libc::EACCES
+                        | libc::EINVAL
+                        | libc::EXDEV
                 ) =>
             {
                 Ok(Forwarding::Refused)

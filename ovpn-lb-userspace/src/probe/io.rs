@@ -12,10 +12,14 @@ use std::{
     io, mem,
     net::IpAddr,
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
+    sync::Arc,
 };
 
 use aya::maps::{MapData, RingBuf};
-use ovpn_lb_common::probe::{self, Event, Payload};
+use ovpn_lb_common::{
+    echo,
+    probe::{self, Event, Payload},
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// `ETH_P_IP` in network order, for `sockaddr_ll`.
@@ -140,6 +144,39 @@ impl Events {
     }
 }
 
+/// A plain peer's echo probing: the socket, and the task that reads its
+/// replies. Dropping it (the device replaced, the tunnel no longer probed)
+/// ends the task, and with it the socket: one of each per tunnel, however
+/// often its OpenVPN restarts.
+pub struct Echo {
+    pub pinger: Arc<Pinger>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Echo {
+    /// Starts reading `pinger`'s replies on a task, handing each sequence
+    /// number to `on_reply` until it returns false; needs a tokio runtime.
+    pub fn start(pinger: Pinger, on_reply: impl Fn(u16) -> bool + Send + 'static) -> Self {
+        let pinger = Arc::new(pinger);
+        let reading = pinger.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(seq) = reading.reply().await {
+                if !on_reply(seq) {
+                    return;
+                }
+            }
+        })
+        .abort_handle();
+        Self { pinger, reader }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
 /// ICMP echo through one tunnel to an address behind it.
 pub struct Pinger {
     fd: AsyncFd<OwnedFd>,
@@ -176,26 +213,25 @@ impl Pinger {
         Ok(Self { fd, target, id })
     }
 
+    /// Whether echo probes to `target` can be sent at all: a raw ICMP
+    /// socket of its family opens.
+    ///
+    /// # Errors
+    /// Without `CAP_NET_RAW`, or where the family is not allowed.
+    pub fn check(target: IpAddr) -> io::Result<()> {
+        match target {
+            IpAddr::V4(_) => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+            IpAddr::V6(_) => socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
+        }
+        .map(drop)
+    }
+
     /// Sends echo request `seq`.
     ///
     /// # Errors
     /// If the kernel refuses.
     pub fn send(&self, seq: u16) -> io::Result<()> {
-        let v6 = self.target.is_ipv6();
-        let mut msg = [0u8; 16];
-        msg[0] = if v6 { 128 } else { 8 };
-        msg[4..6].copy_from_slice(&self.id.to_be_bytes());
-        msg[6..8].copy_from_slice(&seq.to_be_bytes());
-        msg[8..16].copy_from_slice(b"ovpn-lb\0");
-        if !v6 {
-            // ICMPv4 has its own checksum; ICMPv6's the kernel fills in.
-            let sum = ovpn_lb_common::checksum::fold(
-                msg.chunks(2)
-                    .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-                    .sum(),
-            );
-            msg[2..4].copy_from_slice(&(!sum).to_be_bytes());
-        }
+        let msg = echo::request(self.target.is_ipv6(), self.id, seq);
         match self.target {
             IpAddr::V4(a) => {
                 // SAFETY: a zeroed sockaddr_in is valid; fields set below.
@@ -234,20 +270,8 @@ impl Pinger {
             });
             let Ok(n) = got else { continue };
             let n = n?;
-            // IPv4 raw sockets include the IP header; IPv6 ones do not.
-            let icmp = match self.target {
-                IpAddr::V4(_) => {
-                    let ihl = usize::from(buf[0] & 0x0f) * 4;
-                    &buf[ihl.min(n)..n]
-                }
-                IpAddr::V6(_) => &buf[..n],
-            };
-            let echo_reply = if self.target.is_ipv6() { 129 } else { 0 };
-            if icmp.len() >= 8
-                && icmp[0] == echo_reply
-                && u16::from_be_bytes([icmp[4], icmp[5]]) == self.id
-            {
-                return Ok(u16::from_be_bytes([icmp[6], icmp[7]]));
+            if let Some(seq) = echo::reply_seq(self.target.is_ipv6(), &buf[..n], self.id) {
+                return Ok(seq);
             }
         }
     }

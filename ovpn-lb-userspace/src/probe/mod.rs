@@ -10,10 +10,27 @@
 //! by itself), so a failure only one side can see (its OpenVPN process died,
 //! its device went away) reaches the other side with the next probe on any
 //! tunnel that still works: the side that noticed sends one at once.
+//!
+//! Overload is not silence. Probes queue in the tunnel device's ring with
+//! the data, and a ring kept full by more traffic than the tunnel carries
+//! drops or delays them past the detection time (on either gateway, for
+//! probes and answers alike). So a tunnel that has answered, and whose far
+//! gateway has probed it, also stays alive while its device shows both
+//! directions working: packets arriving from the far end (the device's
+//! receive count grows: the far end's data, probes and answers) and its
+//! OpenVPN reading the ring (the transmit count, counted at each read,
+//! grows). A count that grew is taken to have grown at the reading before,
+//! so this evidence ends no later after the last packet than the answers
+//! do: a silent path failure is noticed as fast as without it. What it
+//! cannot see, packets of ours lost after our OpenVPN read them, the far
+//! gateway sees as silence on its side: it says so in its view, which
+//! vetoes the tunnel here.
 
 pub mod io;
 
 use std::{collections::VecDeque, time::Duration};
+
+use ovpn_lb_common::probe::Said;
 
 /// Round-trip time buckets of the Prometheus histogram, seconds.
 pub const RTT_BUCKETS: &[f64] = &[
@@ -116,6 +133,32 @@ pub struct Tracker {
     /// (receive time, offset) of the window's samples, offsets ascending:
     /// the front is the minimum (a monotonic queue).
     offsets: VecDeque<(u64, i64)>,
+    /// The far gateway has probed this tunnel since probing (re)started:
+    /// it runs ovpn-lb, probes, and reaches us by this very tunnel.
+    far_probed: bool,
+    /// The device's counters at the last look, and when each last grew.
+    traffic: Option<Traffic>,
+}
+
+/// What the loader reads of a tunnel device's traffic, each a count that
+/// only grows: its evidence of working while probes are lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets the device received (written in by our OpenVPN: the far
+    /// end's data, probes and answers).
+    pub rx: u64,
+    /// Packets our OpenVPN read out of the ring.
+    pub tx: u64,
+}
+
+/// The counters at the last reading, and when each was last seen to grow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Traffic {
+    last: Counters,
+    /// When they were read.
+    read_ns: u64,
+    /// When each grew (`rx`, `tx`), 0: not since probing started.
+    grew_ns: [u64; 2],
 }
 
 /// How far back the path's forward offset is the minimum of: long enough to
@@ -129,6 +172,8 @@ impl Tracker {
         self.history.clear();
         self.started_ns = Some(now);
         self.answered_at_ns = None;
+        self.far_probed = false;
+        self.traffic = None;
     }
 
     /// Stops probing (the device is gone).
@@ -136,11 +181,72 @@ impl Tracker {
         self.history.clear();
         self.started_ns = None;
         self.answered_at_ns = None;
+        self.far_probed = false;
+        self.traffic = None;
+    }
+
+    /// A probe of the far gateway arrived by this tunnel.
+    pub fn far_probe(&mut self) {
+        self.far_probed = self.started_ns.is_some();
+    }
+
+    /// The tunnel's counters read at `now`. A count that grew did so since
+    /// the last reading, and that is when it is taken to have grown: the
+    /// evidence never outlives the packets by more than the silence, as
+    /// answers do not.
+    pub fn counters(&mut self, now: Counters, at: u64) {
+        let Some(t) = &mut self.traffic else {
+            self.traffic = Some(Traffic {
+                last: now,
+                read_ns: at,
+                grew_ns: [0; 2],
+            });
+            return;
+        };
+        let pairs = [(now.rx, t.last.rx), (now.tx, t.last.tx)];
+        for (grew, (new, old)) in t.grew_ns.iter_mut().zip(pairs) {
+            if new > old {
+                *grew = t.read_ns;
+            }
+        }
+        (t.last, t.read_ns) = (now, at);
+    }
+
+    /// Until when the device's traffic keeps the tunnel alive: it has
+    /// answered and the far gateway has probed it (so the far gateway
+    /// follows our direction, and its view vetoes what we cannot see), and
+    /// both counts grew.
+    fn carried_until(&self, window: u64) -> Option<u64> {
+        let t = self
+            .traffic
+            .filter(|_| self.far_probed && self.answered_at_ns.is_some())?;
+        let since = t.grew_ns[0].min(t.grew_ns[1]);
+        (since > 0).then_some(since + window)
+    }
+
+    /// Alive by its traffic alone: no answer within the window, but both
+    /// directions of the device working (see the module's notes).
+    #[must_use]
+    pub fn kept_by_traffic(&self, now: u64, settings: &Settings) -> bool {
+        let window = nanos(settings.silence());
+        self.answered_at_ns.is_some_and(|t| now > t + window)
+            && self.carried_until(window).is_some_and(|until| now <= until)
     }
 
     #[must_use]
     pub fn probing(&self) -> bool {
         self.started_ns.is_some()
+    }
+
+    /// A round at `now` in which no probe could be sent at all (no socket
+    /// to send it with): nothing is counted as sent, and the silence so far
+    /// proves nothing, so the verdict waits for `misses` intervals of probes
+    /// that do leave. (A probe the kernel refused on its way into the
+    /// tunnel, a firewall or a full queue, is sent and lost: the tunnel's
+    /// path lost it.)
+    pub fn unsendable(&mut self, now: u64) {
+        self.started_ns = Some(now);
+        self.answered_at_ns = None;
     }
 
     /// The next probe's sequence number, noted as sent at `now`.
@@ -223,23 +329,54 @@ impl Tracker {
     }
 
     /// `Some(alive)` once the tunnel has had its chance to answer; `None`
-    /// while not probing, or within the first `misses` intervals.
+    /// while not probing, within the first `misses` intervals, and while
+    /// this loader itself has not probed on time (see [`Self::silence_from`]).
     #[must_use]
     pub fn alive(&self, now: u64, settings: &Settings) -> Option<bool> {
-        let window = u64::try_from(settings.silence().as_nanos()).unwrap_or(u64::MAX);
-        let started = self.started_ns?;
+        let window = nanos(settings.silence());
+        let from = self.silence_from(settings)?;
+        if self
+            .history
+            .back()
+            .is_some_and(|&(_, sent, _, _)| now > sent + stall(settings))
+        {
+            return None;
+        }
+        // The device's traffic (see the module's notes) keeps it alive too.
+        let carried = self.carried_until(window).is_some_and(|until| now <= until);
         match self.answered_at_ns {
-            Some(t) => Some(now <= t + window),
-            None if now > started + window => Some(false),
-            None => None,
+            Some(t) if t >= from => Some(now <= t + window || carried),
+            _ if now > from + window => Some(carried),
+            _ if self.answered_at_ns.is_some() => Some(true),
+            _ => None,
         }
     }
 
     /// When `alive` will turn false if nothing is heard, for the timer.
     #[must_use]
     pub fn deadline(&self, settings: &Settings) -> Option<u64> {
-        let window = u64::try_from(settings.silence().as_nanos()).unwrap_or(u64::MAX);
-        Some(self.answered_at_ns.or(self.started_ns)? + window + 1)
+        let window = nanos(settings.silence());
+        let heard = self.silence_from(settings)? + window;
+        Some(heard.max(self.carried_until(window).unwrap_or(0)) + 1)
+    }
+
+    /// Since when silence counts against the tunnel: the newest answer's
+    /// arrival (or the start), unless this loader stopped probing for a
+    /// while since then (stopped by a signal, starved of CPU on a busy
+    /// machine): then from its first probe after that pause. Silence nobody
+    /// asked to break says nothing about a path, and taking every tunnel
+    /// out at once for the loader's own pause would be an outage.
+    fn silence_from(&self, settings: &Settings) -> Option<u64> {
+        let mut from = self.answered_at_ns.or(self.started_ns)?;
+        let stall = stall(settings);
+        let mut previous: Option<u64> = None;
+        for &(_, sent, _, _) in &self.history {
+            if previous.is_some_and(|p| sent > from && sent - p > stall) {
+                from = sent;
+            }
+            previous = Some(sent);
+        }
+        Some(from)
     }
 
     /// Unanswered share of the recent probes whose answers are overdue
@@ -261,20 +398,49 @@ impl Tracker {
     }
 }
 
-/// What the far gateway last said about the tunnels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PeerView {
-    pub bits: u64,
+/// What the far gateway last said on one tunnel, and when we heard it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerWord {
+    pub said: Said,
+    /// Our `CLOCK_MONOTONIC` at arrival, ns.
     pub heard_ns: u64,
 }
 
-impl PeerView {
-    /// Whether the far gateway, heard recently, says tunnel `k` is unusable.
+impl PeerWord {
+    /// Heard within the detection time: what it says still counts.
     #[must_use]
-    pub fn says_down(&self, k: usize, now: u64, settings: &Settings) -> bool {
+    pub fn fresh(&self, now: u64, settings: &Settings) -> bool {
         let window = u64::try_from(settings.detection().as_nanos()).unwrap_or(u64::MAX);
-        self.heard_ns != 0 && now <= self.heard_ns + window && self.bits & (1 << k) == 0
+        now <= self.heard_ns.saturating_add(window)
     }
+
+    /// Keeps in `slot` the newer word by the far clock; one no longer fresh
+    /// (the far gateway may have rebooted, its clock started again) yields
+    /// to any.
+    pub fn keep_newest(slot: &mut Option<PeerWord>, word: PeerWord, settings: &Settings) {
+        let replace = slot.is_none_or(|kept| {
+            word.said.far_ns >= kept.said.far_ns || !kept.fresh(word.heard_ns, settings)
+        });
+        if replace {
+            *slot = Some(word);
+        }
+    }
+}
+
+/// The far gateway's newest view of the tunnels, by its own clock, among
+/// the words heard recently on any tunnel: `None` when there is none, or
+/// the newest says it has no view (probes off, its loader starting, an
+/// older peer without one), which then vetoes nothing.
+pub fn newest_view<'a>(
+    words: impl IntoIterator<Item = &'a PeerWord>,
+    now: u64,
+    settings: &Settings,
+) -> Option<u64> {
+    words
+        .into_iter()
+        .filter(|w| w.fresh(now, settings))
+        .max_by_key(|w| w.said.far_ns)
+        .and_then(|w| w.said.view)
 }
 
 /// Path delays are published in whole steps of this much (rounded down):
@@ -304,6 +470,17 @@ pub fn path_delays(offsets: &[Option<i64>]) -> Vec<u32> {
         .collect()
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A gap between two probes of one tunnel longer than this is a pause of
+/// the loader's, not of the path's: the silence window, and at least two
+/// intervals (one missed round is no pause).
+fn stall(settings: &Settings) -> u64 {
+    nanos(settings.silence()).max(nanos(settings.interval * 2))
+}
+
 /// `CLOCK_MONOTONIC` now, ns: the clock of `bpf_ktime_get_ns`.
 #[must_use]
 pub fn now_ns() -> u64 {
@@ -318,6 +495,31 @@ pub fn now_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn probes_that_cannot_be_sent_neither_count_nor_kill_the_tunnel() {
+        let settings = Settings {
+            interval: Duration::from_millis(100),
+            misses: 3,
+        };
+        let mut t = Tracker::default();
+        t.start(0);
+        for round in 1..=20 {
+            t.unsendable(round * 100 * MS);
+        }
+        assert_eq!(t.sent, 0, "nothing left, nothing counted");
+        assert_eq!(
+            t.alive(2_000 * MS, &settings),
+            None,
+            "no verdict without probes"
+        );
+        // Probes that leave and go unanswered do kill it, `misses` intervals on.
+        for round in 21..=24 {
+            t.send(round * 100 * MS);
+        }
+        assert_eq!(t.sent, 4);
+        assert_eq!(t.alive(2_400 * MS, &settings), Some(false));
+    }
+
     #[test]
     fn probes_queued_behind_traffic_are_no_path_samples() {
         let mut t = Tracker::default();
@@ -435,11 +637,39 @@ mod tests {
     fn never_answered_is_dead_after_its_chance() {
         let mut t = Tracker::default();
         t.start(0);
-        t.send(0);
+        for at in [0, 100, 200] {
+            t.send(at * MS);
+        }
         assert_eq!(t.alive(275 * MS, &S), None);
         assert_eq!(t.alive(276 * MS, &S), Some(false));
         t.stop();
         assert_eq!(t.alive(400 * MS, &S), None);
+    }
+
+    #[test]
+    fn a_pause_of_the_loader_is_no_silence_of_the_path() {
+        let mut t = Tracker::default();
+        t.start(0);
+        let seq = t.send(100 * MS);
+        assert!(t.answer(seq, 100 * MS, 0, 101 * MS));
+        // The loader stops at 150 ms (SIGSTOP, no CPU) and runs again at
+        // 2 s: before it probes, no verdict; once it has, a full window.
+        assert_eq!(t.alive(2_000 * MS, &S), None);
+        t.send(2_000 * MS);
+        assert_eq!(t.alive(2_000 * MS, &S), Some(true));
+        assert_eq!(t.deadline(&S), Some(2_275 * MS + 1));
+        t.send(2_100 * MS);
+        t.send(2_200 * MS);
+        assert_eq!(t.alive(2_275 * MS, &S), Some(true));
+        // Still no answer a window after it resumed: that is the path.
+        assert_eq!(t.alive(2_275 * MS + 1, &S), Some(false));
+        // A single missed round is no pause: detection is not delayed.
+        let mut t = Tracker::default();
+        t.start(0);
+        let seq = t.send(100 * MS);
+        assert!(t.answer(seq, 100 * MS, 0, 101 * MS));
+        t.send(300 * MS);
+        assert_eq!(t.alive(376 * MS + 1, &S), Some(false));
     }
 
     #[test]
@@ -476,18 +706,98 @@ mod tests {
         assert!((t.loss(1_000 * MS, 100 * MS) - 0.25).abs() < f64::EPSILON);
     }
 
+    fn word(view: Option<u64>, far_ms: u64, heard_ms: u64) -> PeerWord {
+        PeerWord {
+            said: Said {
+                view,
+                flags: 0,
+                far_ns: far_ms * MS,
+            },
+            heard_ns: heard_ms * MS,
+        }
+    }
+
     #[test]
-    fn the_peer_view_counts_only_while_fresh() {
-        let v = PeerView {
-            bits: 0b101,
-            heard_ns: 100 * MS,
-        };
-        assert!(v.says_down(1, 200 * MS, &S));
-        assert!(!v.says_down(0, 200 * MS, &S));
-        assert!(
-            !v.says_down(1, 401 * MS, &S),
-            "stale after the detection time"
+    fn the_peer_view_is_the_newest_by_the_far_clock_and_only_while_fresh() {
+        // Tunnel 0's word was said later by the far clock, though heard
+        // earlier (tunnel 1 is slower): tunnel 0's view counts.
+        let words = [word(Some(0b101), 1_050, 100), word(Some(0b111), 1_000, 120)];
+        assert_eq!(newest_view(&words, 200 * MS, &S), Some(0b101));
+        // After the detection time, nothing counts.
+        assert_eq!(
+            newest_view(&words, 401 * MS, &S),
+            Some(0b111),
+            "tunnel 0's word is stale"
         );
-        assert!(!PeerView::default().says_down(1, 0, &S));
+        assert_eq!(newest_view(&words, 421 * MS, &S), None);
+        // The newest saying "unknown" vetoes nothing.
+        let words = [word(Some(0), 1_000, 100), word(None, 1_050, 110)];
+        assert_eq!(newest_view(&words, 200 * MS, &S), None);
+    }
+
+    #[test]
+    fn a_tunnels_word_is_replaced_only_by_a_newer_one() {
+        let mut slot = None;
+        PeerWord::keep_newest(&mut slot, word(Some(1), 1_000, 100), &S);
+        // Said earlier, heard later (reordered): kept out.
+        PeerWord::keep_newest(&mut slot, word(Some(2), 990, 110), &S);
+        assert_eq!(slot.unwrap().said.view, Some(1));
+        // A far clock that started again (a reboot): taken once the kept
+        // word is stale.
+        PeerWord::keep_newest(&mut slot, word(Some(3), 5, 500), &S);
+        assert_eq!(slot.unwrap().said.view, Some(3));
+    }
+
+    /// Reads counters growing as `grow` says (rx, tx) every 50 ms from
+    /// `from` to `to` ms, and sends a probe (never answered) every 100 ms,
+    /// as the loader does; the counters read last.
+    fn read_every_50ms(
+        t: &mut Tracker,
+        mut c: Counters,
+        from: u64,
+        to: u64,
+        grow: [bool; 2],
+    ) -> Counters {
+        for at in (from..=to).step_by(50) {
+            c.rx += u64::from(grow[0]) * 5;
+            c.tx += u64::from(grow[1]) * 5;
+            t.counters(c, at * MS);
+            if at % 100 == 0 {
+                t.send(at * MS);
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn a_full_ring_is_not_silence_while_both_directions_carry() {
+        let mut t = Tracker::default();
+        t.start(0);
+        let seq = t.send(0);
+        assert!(t.answer(seq, 0, 1, MS));
+        // The far gateway has not probed this tunnel: its traffic is no
+        // evidence, the silence counts.
+        let c = read_every_50ms(&mut t, Counters::default(), 0, 300, [true; 2]);
+        assert_eq!(t.alive(300 * MS, &S), Some(false));
+        // It has: packets keep arriving and OpenVPN keeps reading, while
+        // every probe and answer is lost in a full ring.
+        t.far_probe();
+        let c = read_every_50ms(&mut t, c, 350, 3_000, [true; 2]);
+        assert_eq!(t.alive(3_010 * MS, &S), Some(true));
+        assert!(t.kept_by_traffic(3_010 * MS, &S));
+        // Grown since the reading before: taken as then.
+        assert_eq!(t.deadline(&S), Some(2_950 * MS + 275 * MS + 1));
+        // OpenVPN stops reading (or the far end stops sending): dead after
+        // the same silence, counted from the reading before the last growth.
+        for grow in [[true, false], [false, true]] {
+            let mut t2 = t.clone();
+            read_every_50ms(&mut t2, c, 3_050, 3_300, grow);
+            assert_eq!(t2.alive(2_950 * MS + 275 * MS, &S), Some(true));
+            assert_eq!(t2.alive(2_950 * MS + 276 * MS, &S), Some(false));
+        }
+        // A restart forgets it all.
+        t.start(6_000 * MS);
+        read_every_50ms(&mut t, c, 6_000, 6_300, [true; 2]);
+        assert_eq!(t.alive(6_300 * MS, &S), Some(false));
     }
 }

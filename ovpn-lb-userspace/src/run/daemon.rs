@@ -1,11 +1,15 @@
 //! The running loader: one record per tunnel, kept in step with the kernel
 //! (devices, neighbours, OpenVPN's state), and the datapath kept in step with
-//! the records (tunnel entries, schedule, the kernel path's route).
+//! the records (tunnel entries, schedule, the kernel path's route); the LAN
+//! and WAN devices followed alike (`edges`).
 //!
 //! Every handler's failure is logged and retried: a device that vanishes
 //! between an event and the attach, a map write the kernel refuses once,
 //! nothing of that stops the loader. Events are triggers; the state itself
 //! is always read fresh from the kernel (see `netlink`).
+
+mod edges;
+mod probing;
 
 use std::{
     collections::BTreeSet,
@@ -17,14 +21,13 @@ use anyhow::{Context as _, Result};
 use ovpn_lb_common::{
     SiteConfig,
     maps::{Spray, site_flags},
-    probe::{self as wire, Event, Payload},
     queue::RingHooks,
     schedule,
 };
 use tokio::sync::mpsc;
 
 use crate::{
-    config::{Config, Hook, Probing, TunnelKind},
+    config::{Config, Hook, TunnelKind},
     datapath::{
         Datapath,
         attach::{self, Attached, Attachment},
@@ -36,11 +39,7 @@ use crate::{
     metrics::{TunnelView, Views},
     netlink::{self, LinkFacts, Netlink, RouteTarget, netdev},
     pins::Layout,
-    probe::{
-        self, PeerView,
-        io::{Pinger, Sender},
-        now_ns,
-    },
+    probe::{self, io::Sender, now_ns},
     status::{ManagedNeighbour, ProbeState, State, TunnelState},
     tunnel::{Tunnel, TunnelId},
 };
@@ -63,6 +62,11 @@ pub struct Io {
     /// Why the ring accounting cannot know where kernel memory is, if it
     /// cannot (packet spray only: `rings::kernel_layout`).
     pub rings_unknown: Option<String>,
+    /// Writes the reflected probes; opened before anything was made, as a
+    /// probe sender that cannot open must stop the start.
+    pub sender: Option<Sender>,
+    /// What the previous `run` left on record: this one takes it over.
+    pub previous: Option<State>,
 }
 
 pub struct Daemon {
@@ -79,7 +83,11 @@ pub struct Daemon {
     /// The LAN driver's XDP features are followed (XDP hook only): the XDP
     /// restore may then forward straight to the LAN while it can transmit.
     lan_features_followed: bool,
+    /// What is attached to the LAN and WAN devices.
+    edges: edges::Edges,
     kernel: Owned,
+    /// Earlier configurations' kernel paths still to remove.
+    retiring: Vec<Owned>,
     routes: Option<(Option<RouteTarget>, Option<RouteTarget>)>,
     /// The live schedule's weights and path delays.
     published: Option<(Vec<u32>, Vec<u32>)>,
@@ -107,11 +115,12 @@ pub struct Daemon {
     probe: Option<probe::Settings>,
     /// Writes probes into the tunnel devices.
     sender: Option<Sender>,
-    /// The far gateway's view of the tunnels, as last heard.
-    peer: PeerView,
-    /// Our view as last told to the datapath and the far gateway.
-    announced: Option<u64>,
+    /// Our view and flags as last told to the datapath and the far gateway.
+    announced: Option<ovpn_lb_common::probe::LocalView>,
     next_probe: Instant,
+    /// When the tunnel devices' counters are read next (four times per probe
+    /// interval: overload evidence, see `probe`).
+    next_counters: Instant,
     /// Echo replies from the plain peers' pingers.
     echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
 }
@@ -131,6 +140,8 @@ impl Daemon {
             mounted_bpffs,
             echo_tx,
             rings_unknown,
+            sender,
+            previous,
         } = io;
         let probe = config.probe;
         let tunnels = std::mem::take(&mut config.tunnels)
@@ -139,6 +150,11 @@ impl Daemon {
             .map(|(k, spec)| Tunnel::new(TunnelId::new(k), spec))
             .collect();
         let kernel = Owned::of(&config);
+        let previous = previous.unwrap_or_default();
+        let mut retiring = previous.retiring_kernel_routes;
+        retiring.extend(previous.kernel_route);
+        retiring.retain(|old| old != &kernel);
+        retiring.dedup();
         Self {
             config,
             config_path: config_path.to_path_buf(),
@@ -149,14 +165,17 @@ impl Daemon {
             lan: None,
             site: SiteConfig::default(),
             lan_features_followed: false,
+            edges: edges::Edges::default(),
             kernel,
+            retiring,
             routes: None,
             published: None,
             rings: None,
             rings_unknown,
             views,
-            neighbours: Vec::new(),
-            mounted_bpffs,
+            // Kept on record until `detach`, whatever this configuration says.
+            neighbours: previous.neighbours,
+            mounted_bpffs: mounted_bpffs.or(previous.mounted_bpffs),
             dirty: BTreeSet::new(),
             failed: BTreeSet::new(),
             retry_at: None,
@@ -164,10 +183,10 @@ impl Daemon {
             written: None,
             written_at: Instant::now(),
             probe,
-            sender: None,
-            peer: PeerView::default(),
+            sender,
             announced: None,
             next_probe: Instant::now(),
+            next_counters: Instant::now(),
             echo_tx,
         }
     }
@@ -177,10 +196,12 @@ impl Daemon {
         &self.tunnels
     }
 
-    /// Writes the site and prefixes, takes every tunnel's device and far end
-    /// from the kernel, installs the kernel path, attaches, admits what is
-    /// healthy and publishes. Nothing here drops traffic on a restart: a
-    /// tunnel's entry keeps its far end's MAC while the device is the same.
+    /// Writes the site and prefixes, installs the kernel path (on record in
+    /// the state file first), takes every tunnel's device and far end from
+    /// the kernel and attaches to it, admits what is healthy, publishes, and
+    /// attaches the LAN program last. Nothing here drops traffic on a
+    /// restart: a tunnel's entry keeps its far end's MAC while the device is
+    /// the same.
     ///
     /// # Errors
     /// If the datapath cannot be configured or the LAN program attached.
@@ -200,28 +221,27 @@ impl Daemon {
         self.datapath.sync_prefixes(
             &self.config.remote_entries(),
             &crate::config::translation_entries(&specs),
+            &crate::config::guard_entries(&self.config, &specs),
         )?;
-        let wanted = kernel_path::rules(&self.config);
-        kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
-        if self
-            .tunnels
-            .iter()
-            .any(|t| t.spec.probing == Probing::Reflected)
-        {
-            match Sender::open() {
-                Ok(sender) => self.sender = Some(sender),
-                Err(e) => log::warn!("cannot send probes ({e}): tunnels are not probed"),
+        let wanted = kernel_path::wanted(&self.config, &specs);
+        // On record before it is made: a crash or a failure from here on
+        // leaves nothing the next `run` or `detach` does not know of.
+        self.record()?;
+        while let Some(old) = self.retiring.first().cloned() {
+            for line in kernel_path::retire(&self.netlink, &old, &self.kernel, &wanted.rules)
+                .await
+                .context("removing an earlier configuration's policy rules")?
+            {
+                log::info!("removed {line} (an earlier kernel_route)");
             }
+            self.retiring.remove(0);
+            self.record()?;
         }
+        kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
 
-        let lan = self.config.lan.interface.clone();
-        self.report_foreign(&lan, facts);
-        for (a, how) in self
-            .datapath
-            .attach(&self.layout, &lan, &attach::lan(self.config.hook))?
-        {
-            report(&a, &lan, how);
-        }
+        // The WAN guard as soon as the kernel path is there.
+        self.edges.wan_pending.dirty = true;
+        self.settle_edges().await;
         self.rings = self.account_rings();
         for k in 0..self.tunnels.len() {
             let link = facts.link(&self.tunnels[k].spec.device).cloned();
@@ -248,7 +268,19 @@ impl Daemon {
         for t in &mut self.tunnels {
             t.health.admit_now();
         }
+        self.announce();
         self.publish().await;
+        // The LAN program last, onto maps that hold everything it reads: a
+        // takeover of another build's maps sprays from its first packet.
+        let lan = self.config.lan.interface.clone();
+        self.report_foreign(&lan, facts);
+        for (a, how) in self
+            .datapath
+            .attach(&self.layout, &lan, &attach::lan(self.config.hook))?
+        {
+            report(&a, &lan, how);
+        }
+        self.edges.lan_attached = self.lan.as_ref().map_or(0, |l| l.ifindex);
         Ok(())
     }
 
@@ -340,8 +372,20 @@ impl Daemon {
                     l.kind,
                     self.tunnels[k].spec.kind.name()
                 );
+                return false;
             }
-            fits
+            // Packet spray would see an unfollowed queue as idle for ever.
+            if self.rings.is_some()
+                && let Some(why) = l.driver.why_no_ring()
+            {
+                log::warn!(
+                    "{}: {} is {why}: packet spray cannot see its queue; left out of the rotation",
+                    self.tunnels[k].label(),
+                    l.name
+                );
+                return false;
+            }
+            true
         });
         let old_ifindex = self.tunnels[k].ifindex();
         let new_ifindex = link.as_ref().map_or(0, |l| l.ifindex);
@@ -416,173 +460,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Starts probing a tunnel that can be probed, stops one that cannot;
-    /// `device_changed`: a new device, whose probing starts afresh.
-    fn follow_probes(&mut self, k: usize, device_changed: bool) {
-        if self.probe.is_none() {
-            return;
-        }
-        let ready = self.tunnels[k].probe_ready();
-        let t = &mut self.tunnels[k];
-        if !ready || t.spec.probing == Probing::Off {
-            t.tracker.stop();
-            t.pinger = None;
-            return;
-        }
-        if device_changed || !t.tracker.probing() {
-            t.tracker.start(now_ns());
-        }
-        if let Probing::Echo(target) = t.spec.probing
-            && (device_changed || t.pinger.is_none())
-        {
-            let id = 0x4f00 | u16::try_from(k).unwrap_or(0);
-            match Pinger::open(&t.spec.device, target, id) {
-                Ok(p) => {
-                    let p = std::sync::Arc::new(p);
-                    t.pinger = Some(p.clone());
-                    let (tx, tunnel) = (self.echo_tx.clone(), t.id);
-                    tokio::spawn(async move {
-                        while let Ok(seq) = p.reply().await {
-                            if tx.send((tunnel, seq, now_ns())).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-                Err(e) => log::warn!("{}: cannot ping {target}: {e}", t.label()),
-            }
-        }
-    }
-
-    /// Sends one probe into every probed tunnel.
-    fn probe_round(&mut self) {
-        let view = self.local_view();
-        for t in &mut self.tunnels {
-            if !t.tracker.probing() {
-                continue;
-            }
-            // The send time is in the probe and in the tracker: one reading.
-            let at = now_ns();
-            let seq = t.tracker.send(at);
-            // Behind traffic, a probe measures that wait, not the path.
-            if self.rings.is_some() && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at)) {
-                t.tracker.queued_behind_traffic();
-            }
-            let sent = match t.spec.probing {
-                Probing::Reflected => match &self.sender {
-                    Some(sender) => {
-                        let peer_mac = (t.spec.kind == TunnelKind::Tap).then_some(t.peer_mac);
-                        let id = u16::try_from(t.id.raw()).unwrap_or(u16::MAX);
-                        sender.send(t.ifindex(), peer_mac, &Payload::probe(id, seq, at, view))
-                    }
-                    None => Ok(()),
-                },
-                Probing::Echo(_) => match &t.pinger {
-                    Some(p) => p.send(u16::try_from(seq & 0xffff).unwrap_or(0)),
-                    None => Ok(()),
-                },
-                Probing::Off => Ok(()),
-            };
-            // A full queue or a vanishing device: the probe counts as sent
-            // and unanswered, which is what it is.
-            if let Err(e) = sent {
-                log::debug!("{}: probe not sent: {e}", t.label());
-            }
-        }
-    }
-
-    /// Tunnels usable as far as this gateway knows by itself (bit k: tunnel k).
-    fn local_view(&self) -> u64 {
-        self.tunnels
-            .iter()
-            .filter(|t| t.health.local_fault().is_none())
-            .fold(0, |bits, t| bits | (1 << t.id.raw()))
-    }
-
-    /// Reports of the tunnel programs: answers to our probes, and the far
-    /// gateway's probes they reflected.
-    pub fn on_probe_events(&mut self, events: &[Event]) {
-        for e in events {
-            let Some(t) = usize::try_from(e.tunnel)
-                .ok()
-                .and_then(|k| self.tunnels.get_mut(k))
-            else {
-                continue;
-            };
-            let p = e.payload.swapped();
-            match u8::try_from(e.kind).unwrap_or(0) {
-                wire::ANSWER
-                    if t.tracker
-                        .answer(p.seq, p.sent_ns, p.reflected_ns, e.received_ns) =>
-                {
-                    self.peer = PeerView {
-                        bits: p.reflector_view,
-                        heard_ns: e.received_ns,
-                    };
-                }
-                wire::PROBE => {
-                    self.peer = PeerView {
-                        bits: p.sender_view,
-                        heard_ns: e.received_ns,
-                    };
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// An echo reply from a plain peer's far end.
-    pub fn on_echo(&mut self, id: TunnelId, seq: u16, received_ns: u64) {
-        if let Some(t) = self.tunnels.get_mut(id.index()) {
-            t.tracker.echo_reply(seq, received_ns);
-        }
-    }
-
-    /// Probes' verdicts into health; our view to the datapath and, when it
-    /// changed, to the far gateway at once.
-    fn settle_probes(&mut self) {
-        let Some(settings) = self.probe else {
-            return;
-        };
-        let (now, instant) = (now_ns(), Instant::now());
-        for t in &mut self.tunnels {
-            let alive = t.tracker.alive(now, &settings);
-            let peer_down = t.spec.probing == Probing::Reflected
-                && self.peer.says_down(t.id.index(), now, &settings);
-            let was = t.health.fault();
-            t.health.set_probe(alive, peer_down, instant);
-            if t.health.fault() == Some(health::Cause::Probe) && was != Some(health::Cause::Probe) {
-                log::info!(
-                    "{}: {}",
-                    t.label(),
-                    if alive == Some(false) {
-                        format!(
-                            "no probe answered for {} ms",
-                            settings.silence().as_millis()
-                        )
-                    } else {
-                        "the far gateway cannot use it".to_owned()
-                    }
-                );
-            }
-        }
-        let view = self.local_view();
-        if self.announced != Some(view) {
-            if let Err(e) = self.datapath.set_probe_view(view) {
-                log::debug!("writing PROBE_VIEW: {e:#}");
-            }
-            if self.announced.is_some() {
-                // Tell the far gateway now, on every tunnel that still works.
-                self.probe_round();
-            }
-            self.announced = Some(view);
-        }
-        if instant >= self.next_probe {
-            self.probe_round();
-            self.next_probe = instant + settings.interval;
-        }
-    }
-
     fn write_entry(
         &mut self,
         k: usize,
@@ -606,13 +483,21 @@ impl Daemon {
     /// the far end some other way.
     async fn manage_neighbour(&mut self, k: usize, ifindex: u32, addr: std::net::IpAddr) {
         let device = self.tunnels[k].spec.device.clone();
-        match self.netlink.manage_neighbour(ifindex, addr).await {
-            Ok(true) => {
-                let n = ManagedNeighbour { device, addr };
-                if !self.neighbours.contains(&n) {
-                    self.neighbours.push(n);
-                }
+        let n = ManagedNeighbour { device, addr };
+        let recorded = self.neighbours.contains(&n);
+        if !recorded {
+            // On record first (`detach` leaves a permanent entry alone).
+            self.neighbours.push(n.clone());
+            if let Err(e) = self.record() {
+                log::warn!("{}: {}", self.tunnels[k].label(), short(&e));
             }
+        }
+        let made = self.netlink.manage_neighbour(ifindex, addr).await;
+        if !recorded && !matches!(made, Ok(true)) {
+            self.neighbours.retain(|m| m != &n);
+        }
+        match made {
+            Ok(true) => {}
             Ok(false) => log::info!(
                 "{}: {addr} has a permanent neighbour entry; using it",
                 self.tunnels[k].label()
@@ -641,7 +526,9 @@ impl Daemon {
                 log::warn!("netlink notifications were lost; reading every tunnel again");
                 self.mark_all();
             }
+            netlink::Event::Route => self.mark_edges(None),
             netlink::Event::Link { ifindex, name } => {
+                self.mark_edges(Some((*ifindex, name.as_deref())));
                 for t in &self.tunnels {
                     if name.as_deref() == Some(t.spec.device.as_str())
                         || (*ifindex != 0 && *ifindex == t.ifindex())
@@ -662,6 +549,7 @@ impl Daemon {
 
     fn mark_all(&mut self) {
         self.dirty.extend(self.tunnels.iter().map(|t| t.id));
+        self.edges.mark_all();
     }
 
     /// OpenVPN's management interface said something (`None`: lost it).
@@ -733,7 +621,7 @@ impl Daemon {
                 .iter()
                 .filter_map(move |t| t.tracker.deadline(&settings))
                 .map(move |at| instant + Duration::from_nanos(at.saturating_sub(now)))
-                .chain([self.next_probe])
+                .chain([self.next_probe, self.next_counters])
         });
         self.tunnels
             .iter()
@@ -757,7 +645,9 @@ impl Daemon {
             self.retry_at = None;
             let failed = std::mem::take(&mut self.failed);
             self.dirty.extend(failed);
+            self.edges.retry();
         }
+        self.settle_edges().await;
         for id in std::mem::take(&mut self.dirty) {
             if let Err(e) = self.reconcile(id.index()).await {
                 log::warn!(
@@ -770,6 +660,7 @@ impl Daemon {
             }
         }
         self.settle_probes();
+        self.announce();
         let up_delay = self.config.up_delay;
         for t in &mut self.tunnels {
             t.health.advance(Instant::now(), up_delay);
@@ -872,6 +763,15 @@ impl Daemon {
         }
     }
 
+    /// Writes the state file now: what is about to be made is on record.
+    fn record(&mut self) -> Result<()> {
+        let state = self.state(true, None);
+        state.write(&self.layout)?;
+        self.written = Some(state);
+        self.written_at = Instant::now();
+        Ok(())
+    }
+
     /// What `status` and `detach` read.
     #[must_use]
     pub fn state(&self, running: bool, exit_error: Option<String>) -> State {
@@ -885,7 +785,9 @@ impl Daemon {
             ring_accounting: self.rings.map(|h| h.name().to_owned()),
             neighbours: self.neighbours.clone(),
             lan_interface: self.config.lan.interface.clone(),
+            wan_guard: self.edges.wan.keys().cloned().collect(),
             kernel_route: Some(self.kernel.clone()),
+            retiring_kernel_routes: self.retiring.clone(),
             mounted_bpffs: self.mounted_bpffs.clone(),
             tunnels: self
                 .tunnels
@@ -914,6 +816,10 @@ impl Daemon {
                         .filter(|(_, n)| *n > 0)
                         .map(|(c, n)| (c.name().to_owned(), n))
                         .collect(),
+                    peer_flags: t
+                        .peer
+                        .map(|w| probing::flag_names(w.said.flags))
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -945,6 +851,7 @@ fn probe_state(t: &Tunnel) -> Option<ProbeState> {
         answered: t.tracker.answered,
         // Over the last probes whose answers are overdue: a second's grace.
         loss: t.tracker.loss(now_ns(), 1_000_000_000),
+        kept_by_traffic: t.kept_by_traffic,
     })
 }
 

@@ -26,7 +26,8 @@ use crate::{
     netlink::{self, Netlink, netdev},
     openvpn,
     pins::Layout,
-    probe::io::Events as ProbeEvents,
+    probe::io::{Events as ProbeEvents, Pinger, Sender},
+    status::State,
     tunnel::TunnelId,
 };
 use daemon::Daemon;
@@ -54,12 +55,113 @@ struct Sources {
 pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Result<()> {
     let (netlink, netlink_events) = Netlink::open().context("opening rtnetlink")?;
     let facts = Facts::gather(&netlink).await?;
-    let (mut config, warnings) = config::load(config_path, &facts)?;
+    let (config, warnings) = config::load(config_path, &facts)?;
     for w in warnings {
         log::warn!("{}", w.0);
     }
+    // Before anything is made: probes that cannot leave would declare every
+    // tunnel dead.
+    let sender = open_probe_sockets(&config)?;
     let mounted_bpffs = layout.prepare()?;
     let _lock = lock::acquire(layout, "run").await?;
+    let previous = State::read(layout).ok();
+    let had_datapath = datapath_attached(layout, &config.lan.interface);
+    let started = start(
+        config,
+        config_path,
+        layout,
+        netlink,
+        netlink_events,
+        sender,
+        previous,
+        mounted_bpffs,
+    )
+    .await;
+    let (mut daemon, sources) = match started {
+        Ok(s) => s,
+        Err(e) => return Err(abandon(layout, had_datapath, e).await),
+    };
+    let outcome = follow(&mut daemon, sources).await;
+    finish(daemon, layout, options, outcome).await
+}
+
+/// Whether a datapath is attached to `lan` (a link pinned by an earlier
+/// run): a start that fails then leaves it forwarding.
+fn datapath_attached(layout: &Layout, lan: &str) -> bool {
+    [layout.link(lan), layout.xdp_link(lan)]
+        .iter()
+        .any(|pin| aya::programs::links::PinnedLink::from_pin(pin).is_ok())
+}
+
+/// A start that failed: with no datapath before it, everything it made
+/// goes (a half-made gateway refuses LAN traffic for the remote prefixes);
+/// an earlier datapath stays attached, and the state file says why this
+/// start failed.
+async fn abandon(layout: &Layout, had_datapath: bool, e: anyhow::Error) -> anyhow::Error {
+    if had_datapath {
+        if let Ok(mut state) = State::read(layout) {
+            state.running = false;
+            state.exit_error = Some(format!("{e:#}"));
+            let _ = state.write(layout);
+        }
+        return e.context("the start failed; the datapath attached before it stays");
+    }
+    match detach::all(layout).await {
+        Ok(removed) => {
+            for line in &removed {
+                log::info!("removed {line}");
+            }
+            e.context("the start failed; nothing it made is left")
+        }
+        Err(undo) => e.context(format!("the start failed, and undoing it failed too ({undo:#}); `ovpn-lb detach` removes the rest")),
+    }
+}
+
+/// The probe sockets, opened before anything is made: the sender of the
+/// reflected probes (`AF_PACKET`), and a check that echo probes can be
+/// sent (raw ICMP). Both need `CAP_NET_RAW`.
+fn open_probe_sockets(config: &config::Config) -> Result<Option<Sender>> {
+    if config.probe.is_none() {
+        return Ok(None);
+    }
+    let how = "the loader needs CAP_NET_RAW and, under systemd, AF_PACKET in RestrictAddressFamilies; or set probe_interval_ms = 0 to run without probes";
+    for t in &config.tunnels {
+        if let config::Probing::Echo(target) = t.probing {
+            Pinger::check(target).with_context(|| {
+                format!(
+                    "{}: cannot open a raw ICMP socket for echo probes; {how}",
+                    t.device
+                )
+            })?;
+        }
+    }
+    if !config
+        .tunnels
+        .iter()
+        .any(|t| t.probing == config::Probing::Reflected)
+    {
+        return Ok(None);
+    }
+    Sender::open()
+        .map(Some)
+        .with_context(|| format!("cannot open the probe sender (an AF_PACKET socket); {how}"))
+}
+
+/// Everything from loading the datapath to the daemon's first publish.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the start's inputs, each used once"
+)]
+async fn start(
+    mut config: config::Config,
+    config_path: &Path,
+    layout: &Layout,
+    netlink: Netlink,
+    netlink_events: mpsc::UnboundedReceiver<netlink::Event>,
+    sender: Option<Sender>,
+    previous: Option<State>,
+    mounted_bpffs: Option<std::path::PathBuf>,
+) -> Result<(Daemon, Sources)> {
     let listener = metrics::server::bind(config.metrics_listen).await?;
     log::info!("hook: {}", config.hook_reason);
     // Packet spray's ring accounting reads kernel memory at offsets the
@@ -114,6 +216,8 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
         mounted_bpffs,
         echo_tx,
         rings_unknown,
+        sender,
+        previous,
     };
     let mut daemon = Daemon::new(config, config_path, layout, io);
     daemon.start(&facts, followed).await?;
@@ -125,8 +229,7 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
         probes,
         echoes,
     };
-    let outcome = follow(&mut daemon, sources).await;
-    finish(daemon, layout, options, outcome).await
+    Ok((daemon, sources))
 }
 
 /// The OpenVPN management watchers, one task per tunnel that has one.

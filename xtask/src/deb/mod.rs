@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     build, setup,
-    tools::{cmd, tools_bin, workspace_root},
+    tools::{cmd, exec, tools_bin, workspace_root},
 };
 
 /// Where the package's generated files are written. cargo-deb resolves
@@ -42,13 +42,20 @@ fn write_assets(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs cargo-deb on the release build as it is; returns the package's path.
-fn cargo_deb() -> Result<PathBuf> {
-    let out_dir = output_dir();
-    fs::create_dir_all(&out_dir)?;
+/// Where the upgrade test's package is written: the next revision, of a
+/// build whose map layout differs.
+pub fn upgrade_dir() -> PathBuf {
+    output_dir().join("upgrade")
+}
+
+/// Runs cargo-deb on the release build as it is into `out_dir`, with
+/// revision `revision`; returns the package's path.
+fn cargo_deb(out_dir: &Path, revision: &str) -> Result<PathBuf> {
+    fs::create_dir_all(out_dir)?;
     let mut c = cmd(tools_bin().join("cargo-deb"));
-    c.args(["--package", "ovpn-lb-userspace", "--no-build", "--output"])
-        .arg(&out_dir)
+    c.args(["--package", "ovpn-lb-userspace", "--no-build"])
+        .args(["--deb-revision", revision, "--output"])
+        .arg(out_dir)
         .stderr(Stdio::inherit());
     let out = c.output().with_context(|| format!("starting {c:?}"))?;
     if !out.status.success() {
@@ -69,8 +76,32 @@ fn cargo_deb() -> Result<PathBuf> {
 pub fn package() -> Result<PathBuf> {
     build::all()?;
     write_assets(&assets_dir())?;
-    let deb = cargo_deb()?;
+    let deb = cargo_deb(&output_dir(), "1")?;
     println!("package: {}", deb.display());
+    Ok(deb)
+}
+
+/// The booted-systemd test's upgrade: revision 2 of this version, built
+/// with `OVPN_LB_UPGRADE_TEST_LAYOUT` (one map one entry larger), so that
+/// installing it over revision 1 replaces a datapath of another layout.
+/// Built before [`package`], which then leaves the release binary as it
+/// should be.
+pub fn upgrade_package() -> Result<PathBuf> {
+    build::ebpf()?;
+    exec(
+        cmd("cargo")
+            .args([
+                "build",
+                "--package",
+                "ovpn-lb-userspace",
+                "--release",
+                "--bins",
+            ])
+            .env("OVPN_LB_UPGRADE_TEST_LAYOUT", "1"),
+    )?;
+    write_assets(&assets_dir())?;
+    let deb = cargo_deb(&upgrade_dir(), "2")?;
+    println!("upgrade test package: {}", deb.display());
     Ok(deb)
 }
 
