@@ -195,6 +195,13 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Host addresses.
 pub const HOST_A: &str = "192.168.10.5";
+/// Host A's address for the MPTCP path through tunnel `k` (`Lab::mptcp_paths`).
+#[must_use]
+pub fn mptcp_address(k: usize) -> String {
+    format!("192.168.10.{}", 100 + k)
+}
+/// The first of gateway A's routing tables for the MPTCP paths.
+const MPTCP_TABLE: usize = 300;
 pub const HOST_B: &str = "192.168.20.5";
 pub const HOST_A6: &str = "fd00:a::5";
 pub const HOST_B6: &str = "fd00:b::5";
@@ -488,6 +495,72 @@ impl Lab {
         for side in Side::BOTH {
             for prefix in LAN_PREFIXES[side.other().index()] {
                 self.route_through(side, prefix, k);
+            }
+        }
+    }
+
+    /// Without ovpn-lb: host A's MPTCP paths, one per tunnel of the first
+    /// `tunnels`, as a multipath user sets them up by changing the hosts:
+    /// host A has address [`mptcp_address`]`(k)` for each, gateway A routes
+    /// what comes from it into tunnel k (a rule and a table of its own),
+    /// gateway B routes what goes to it back through tunnel k, and host A
+    /// opens one subflow from each address but the first (the flow's own,
+    /// bound to address 0). Both hosts accept that many subflows. Other
+    /// traffic keeps host A's own address and the main tables' routes.
+    pub fn mptcp_paths(&self, tunnels: usize) {
+        let (ha, hb, ga, gb) = (
+            self.host(Side::A),
+            self.host(Side::B),
+            self.gw(Side::A),
+            self.gw(Side::B),
+        );
+        let limit = tunnels.to_string();
+        for host in [&ha, &hb] {
+            self.ip(host, &["mptcp", "endpoint", "flush"]);
+            self.ip(
+                host,
+                &[
+                    "mptcp",
+                    "limits",
+                    "set",
+                    "subflow",
+                    &limit,
+                    "add_addr_accepted",
+                    &limit,
+                ],
+            );
+        }
+        let far = LAN_PREFIXES[Side::B.index()][0];
+        for k in 0..tunnels {
+            let address = mptcp_address(k);
+            let table = (MPTCP_TABLE + k).to_string();
+            self.ip(
+                &ha,
+                &["addr", "replace", &format!("{address}/24"), "dev", LAN_DEV],
+            );
+            // Once per address, however often this runs.
+            let _ = std::process::Command::new("ip")
+                .args(["-n", &ga, "rule", "del", "from", &address])
+                .stderr(std::process::Stdio::null())
+                .status();
+            self.ip(&ga, &["rule", "add", "from", &address, "lookup", &table]);
+            let mut route: Vec<String> = ["route", "replace", far, "table", &table]
+                .map(str::to_owned)
+                .to_vec();
+            route.extend(self.through(Side::A, k, false));
+            self.ip(&ga, &route.iter().map(String::as_str).collect::<Vec<_>>());
+            let mut back: Vec<String> = ["route", "replace", &format!("{address}/32")]
+                .map(str::to_owned)
+                .to_vec();
+            back.extend(self.through(Side::B, k, false));
+            self.ip(&gb, &back.iter().map(String::as_str).collect::<Vec<_>>());
+            if k > 0 {
+                self.ip(
+                    &ha,
+                    &[
+                        "mptcp", "endpoint", "add", &address, "dev", LAN_DEV, "subflow",
+                    ],
+                );
             }
         }
     }

@@ -224,10 +224,16 @@ fn attach_then_detach_leaves_nothing() {
     // The foreign program hands packets on, so ours still sprays them.
     assert_eq!(lab.ping(9, "0.01").wait(), (9, 9));
     let ours = pinned_links(&lab);
+    let log = loader.log_text();
+    let hooks = RingHooks::ALL
+        .into_iter()
+        .find(|h| log.contains(&format!("rings accounted by {}", h.name())))
+        .unwrap_or_else(|| panic!("no ring hooks run:\n{log}"));
     assert_eq!(
         ours.len(),
-        10,
-        "LAN ingress, ingress and egress of 3 tunnels, the three ring accounting programs (packet spray, fexit hooks): {ours:?}"
+        7 + programs::rings(hooks).len(),
+        "LAN ingress, ingress and egress of 3 tunnels, the ring accounting programs of packet spray ({}): {ours:?}",
+        hooks.name()
     );
     // SIGTERM keeps the datapath (documented), and says so.
     assert_eq!(loader.stop(SIGTERM), Some(0));
@@ -1116,6 +1122,11 @@ fn fill_tcx(lab: &GatewayLab, iface: &'static str) -> Vec<aya::Ebpf> {
 
 /// ovpn-lb's policy rules (priorities 7599-7601 by default, or around
 /// `priority`), as `ip rule` lists them, both families.
+/// The kernel path's rules in the gateway lab: for the remote prefix and
+/// the peer's 3 translation prefixes, from the LAN and from the gateway
+/// itself (`iif lo`), one `lookup` and one `unreachable` each.
+const KERNEL_PATH_RULES: usize = 4 * 2 * 2;
+
 fn our_rules(lab: &GatewayLab, priority: u32) -> Vec<String> {
     let band = [priority - 1, priority, priority + 1].map(|p| format!("{p}:"));
     ["-4", "-6"]
@@ -1169,7 +1180,12 @@ fn a_start_that_fails_leaves_nothing_behind() {
     // Room again: the next start attaches.
     drop(foreign);
     let loader = lab.start_loader(&[]);
-    assert_eq!(our_rules(&lab, 7600).len(), 2, "{}", rules(&lab));
+    assert_eq!(
+        our_rules(&lab, 7600).len(),
+        KERNEL_PATH_RULES,
+        "{}",
+        rules(&lab)
+    );
     lab.stop_and_detach(loader);
 }
 
@@ -1177,7 +1193,12 @@ fn a_start_that_fails_leaves_nothing_behind() {
 fn a_changed_kernel_route_takes_the_old_rules_and_routes_away() {
     let Some(_alone) = root_alone() else { return };
     let (lab, loader) = GatewayLab::running(500);
-    assert_eq!(our_rules(&lab, 7600).len(), 2, "{}", rules(&lab));
+    assert_eq!(
+        our_rules(&lab, 7600).len(),
+        KERNEL_PATH_RULES,
+        "{}",
+        rules(&lab)
+    );
     assert_ne!(table_routes(&lab, 7600), "");
     assert_eq!(loader.stop(SIGTERM), Some(0));
     let text = std::fs::read_to_string(&lab.config).unwrap();
@@ -1190,7 +1211,12 @@ fn a_changed_kernel_route_takes_the_old_rules_and_routes_away() {
     assert_eq!(our_rules(&lab, 7600), Vec::<String>::new(), "{log}");
     assert_eq!(table_routes(&lab, 7600), "", "{log}");
     assert!(log.contains("(an earlier kernel_route)"), "{log}");
-    assert_eq!(our_rules(&lab, 7700).len(), 2, "{}", rules(&lab));
+    assert_eq!(
+        our_rules(&lab, 7700).len(),
+        KERNEL_PATH_RULES,
+        "{}",
+        rules(&lab)
+    );
     assert_ne!(table_routes(&lab, 7700), "");
     lab.stop_and_detach(loader);
     assert_eq!(our_rules(&lab, 7700), Vec::<String>::new());
