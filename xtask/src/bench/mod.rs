@@ -7,10 +7,12 @@
 //! through veth namespaces driven by trafgen, for plain routing, nftables and
 //! ovpn-lb, as ratios to plain routing.
 //!
-//! End to end (`end_to_end`): the goodput of one CUBIC flow through N real
+//! End to end (`end_to_end`): the goodput of one TCP flow through N real
 //! OpenVPN tunnels under conditions that limit them (CPU quota, equal and
-//! unequal shapers), for one tunnel and, at each N, ovpn-lb round robin,
-//! ovpn-lb packet mode and nftables numgen; efficiency = goodput / (N x one
+//! unequal shapers, unequal path delays), the hosts sending wire segments
+//! or GSO super-packets with CUBIC or BBR, for one tunnel and, at each N,
+//! ovpn-lb round robin, ovpn-lb packet mode, nftables numgen and MPTCP on
+//! the hosts; efficiency = goodput / (N x one
 //! tunnel), or / the sum of the single tunnels when they differ. Plus a
 //! trace of each tunnel's backlog under round robin and packet mode.
 //!

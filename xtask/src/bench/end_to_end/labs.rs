@@ -3,7 +3,7 @@
 //! through each tunnel in turn for the single-tunnel baselines, spray it
 //! with nftables numgen over the first N tunnels, or route host A's MPTCP
 //! subflows one per tunnel; and one ovpn-lb lab per N
-//! and spray mode. The hosts' LAN setting (wire segments or GSO aggregates)
+//! and spray mode. The hosts' LAN setting (wire segments or GSO super-packets)
 //! is switched per run.
 
 use std::{path::Path, thread};

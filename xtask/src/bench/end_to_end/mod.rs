@@ -1,11 +1,11 @@
-//! End to end: the goodput of one TCP flow (iperf3, CUBIC) from host A to
-//! host B through N real OpenVPN tunnels.
+//! End to end: the goodput of one TCP flow (iperf3, CUBIC or BBR) from
+//! host A to host B through N real OpenVPN tunnels.
 //!
 //! - `condition`: what limits the tunnels (CPU quota, equal or unequal
-//!   OpenVPN shapers);
+//!   OpenVPN shapers, unequal path delays);
 //! - `variant`: what is measured under each: one tunnel, and at each N
 //!   ovpn-lb round robin, ovpn-lb packet mode and nftables numgen, with
-//!   wire segments (and on GSO aggregates where the condition asks);
+//!   wire segments and GSO super-packets, and MPTCP on the hosts beside;
 //! - `labs`: the labs of a condition, built side by side;
 //! - `iperf`: one flow and its kernel counters;
 //! - `results`: runs per variant and round, ratios within a round;
