@@ -16,6 +16,7 @@
 //!   path);
 //! - `machine`: booted systemd containers joined to a lab's namespaces, for
 //!   the package's test;
+//! - `lag`: the machine's scheduling lag beside a timing check;
 //! - `traffic`: TCP, UDP, ping and captures between namespaces;
 //! - `packets` and `fixture`: packet builders and the `BPF_PROG_TEST_RUN`
 //!   harness.
@@ -28,6 +29,7 @@ pub mod bpffs;
 pub mod fixture;
 pub mod gateway;
 pub mod lab;
+pub mod lag;
 pub mod loader;
 pub mod machine;
 pub mod netns;

@@ -19,6 +19,7 @@ use ovpn_lb_common::{
 };
 use ovpn_lb_tests::{
     lab::{HOST_A, HOST_B, Lab, Options, Side},
+    lag::Lag,
     loader::loader_bin,
     netns::enter_named,
     ping::ping_background,
@@ -75,6 +76,34 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() - 1) * p / 100]
 }
 
+/// The detection time of the lab's probes (100 ms rounds, 3 missed) with
+/// the round that notices.
+const DETECTION: Duration = Duration::from_millis(300);
+
+/// Every try of `took` within [`DETECTION`] once the machine's own
+/// scheduling lag during that try (`late`, see [`Lag`]) is taken off: a
+/// loaded machine delays the loader's rounds as it delays the test. Both
+/// distributions are said.
+fn within_detection_time(what: &str, took: &[Duration], late: &[Duration]) {
+    let net: Vec<Duration> = took
+        .iter()
+        .zip(late)
+        .map(|(t, l)| t.saturating_sub(*l))
+        .collect();
+    let (mut raw, mut lag, mut sorted) = (took.to_vec(), late.to_vec(), net.clone());
+    eprintln!(
+        "{what}, {} tries: {}; the machine's scheduling lag meanwhile: {}",
+        took.len(),
+        distribution(&mut raw),
+        distribution(&mut lag)
+    );
+    assert!(
+        sorted.iter().all(|t| *t <= DETECTION),
+        "{what}: {took:?} less the lag {late:?} exceeds {DETECTION:?} ({})",
+        distribution(&mut sorted)
+    );
+}
+
 /// Waits until both gateways have every tunnel of `all` in rotation again.
 fn rejoined(lab: &Lab, all: &[usize], timeout: Duration) {
     for side in [Side::A, Side::B] {
@@ -107,29 +136,24 @@ fn a_one_sided_failure_leaves_the_far_rotation_within_the_detection_time() {
         r == all
     });
 
-    let mut took = Vec::new();
+    let (lag, mut took, mut late) = (Lag::watch(), Vec::new(), Vec::new());
     for round in 0..10 {
         let k = round % 4;
         thread::sleep(Duration::from_millis(200 + (37 * round as u64) % 100));
+        let _ = lag.take();
         let start = Instant::now();
         let pid = lab.kill_openvpn(Side::A, k).expect("OpenVPN runs");
-        took.push(wait_rotation(
-            &lab,
-            Side::B,
-            start,
-            Duration::from_secs(2),
-            |r| !r.contains(&k),
-        ));
+        let left = wait_rotation(&lab, Side::B, start, Duration::from_secs(2), |r| {
+            !r.contains(&k)
+        });
+        late.push(lag.take());
+        took.push(left);
         wait_gone(pid);
         lab.start_openvpn(Side::A, k);
         lab.wait_connected(Side::A, k, Duration::from_secs(20));
         rejoined(&lab, &all, Duration::from_secs(15));
     }
-    eprintln!(
-        "OpenVPN killed on A -> out of B's rotation, 10 tries: {}",
-        distribution(&mut took)
-    );
-    assert!(took[9] <= Duration::from_millis(300), "{took:?}");
+    within_detection_time("OpenVPN killed on A -> out of B's rotation", &took, &late);
 
     // Across one more such failure: pings from B lose little, and a TCP
     // transfer completes intact.
@@ -184,7 +208,7 @@ fn a_silent_path_failure_leaves_both_rotations_and_comes_back() {
     wait_rotation(&lab, Side::B, Instant::now(), Duration::from_secs(5), |r| {
         r == all
     });
-    let mut took = Vec::new();
+    let (lag, mut took, mut late) = (Lag::watch(), Vec::new(), Vec::new());
     let mut nft_took = Vec::new();
     for round in 0..10 {
         let k = round % 4;
@@ -192,6 +216,7 @@ fn a_silent_path_failure_leaves_both_rotations_and_comes_back() {
         thread::sleep(Duration::from_millis(200 + (37 * round as u64) % 100));
         // The rule takes effect while nft runs: time from when it returns
         // (how long nft itself took is reported beside).
+        let _ = lag.take();
         let asked = Instant::now();
         drop_tunnel_udp(&lab, k, true);
         let start = Instant::now();
@@ -202,16 +227,20 @@ fn a_silent_path_failure_leaves_both_rotations_and_comes_back() {
         let b = wait_rotation(&lab, Side::B, start, Duration::from_secs(2), |r| {
             !r.contains(&k)
         });
+        late.push(lag.take());
         took.push(a.max(b));
         drop_tunnel_udp(&lab, k, false);
         rejoined(&lab, &all, Duration::from_secs(10));
     }
     eprintln!(
-        "tunnel UDP dropped on the WAN -> out of both rotations, 10 tries: {} (nft itself took up to {:?})",
-        distribution(&mut took),
+        "(nft itself took up to {:?})",
         nft_took.iter().max().unwrap()
     );
-    assert!(took[9] <= Duration::from_millis(300), "{took:?}");
+    within_detection_time(
+        "tunnel UDP dropped on the WAN -> out of both rotations",
+        &took,
+        &late,
+    );
 }
 
 /// Sends `datagram` (IPv4) out of device `dev` in namespace `ns`, raw: to
