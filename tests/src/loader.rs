@@ -22,7 +22,7 @@ use crate::{
 /// kernel's BTF (for the ring accounting's offsets, aya's relocations and
 /// the tracing programs' targets) and has every program verified; on a
 /// 2-core machine at a load of 10 two e2e gateways took over 15 s.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// The `ovpn-lb` binary: `$OVPN_LB_BIN`, or the workspace's debug build.
 ///
