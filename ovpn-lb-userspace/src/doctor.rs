@@ -790,9 +790,9 @@ fn ring_reads_counted(before: &Counters, after: &Counters, k: usize) -> Option<b
 }
 
 /// The ring accounting is running (one set of hooks has all its links
-/// pinned), sees what the hook sprays, and counts: the tunnels that had
-/// traffic in the last [`RING_WATCH`] had reads counted.
-async fn rings_count(f: &mut Findings, config: &Config, layout: &Layout, state: &State) {
+/// pinned) and counts: the tunnels that had traffic in the last
+/// [`RING_WATCH`] had reads counted.
+async fn rings_count(f: &mut Findings, layout: &Layout, state: &State) {
     let running = RingHooks::ALL.into_iter().find(|&h| {
         programs::rings(h)
             .iter()
@@ -808,15 +808,6 @@ async fn rings_count(f: &mut Findings, config: &Config, layout: &Layout, state: 
         return;
     };
     let hooks = running.name();
-    if config.hook == config::Hook::Xdp && !running.sees_xdp() {
-        f.add(
-            "spray",
-            Severity::Warning,
-            format!("packet spray under the XDP hook is round robin: XDP frames enter the TAP devices' rings by tun_xdp_xmit, which only the fexit hooks see, and {hooks} runs here"),
-            "hook = \"tc\", or a kernel that traces tun_xdp_xmit (fexit: CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, tun built in or module BTF)",
-        );
-        return;
-    }
     let n = u32::try_from(state.tunnels.len()).unwrap_or(0);
     let Ok(before) = Counters::read(layout, n) else {
         return;
@@ -869,8 +860,15 @@ async fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
         return;
     }
     let lan = &config.lan.interface;
-    if let Some(state) = running_loader(layout) {
-        rings_count(f, config, layout, &state).await;
+    if config.hook == config::Hook::Xdp {
+        f.add(
+            "spray",
+            Severity::Warning,
+            "packet spray under the XDP hook is round robin: the XDP LAN program has no room on its stack for the comparison",
+            "hook = \"tc\" to place each packet by the tunnels' queues",
+        );
+    } else if let Some(state) = running_loader(layout) {
+        rings_count(f, layout, &state).await;
     }
     if crate::facts::gro_enabled(lan).unwrap_or(false) {
         f.add(

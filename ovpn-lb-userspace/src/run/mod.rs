@@ -162,6 +162,7 @@ async fn start(
     previous: Option<State>,
     mounted_bpffs: Option<std::path::PathBuf>,
 ) -> Result<(Daemon, Sources)> {
+    let started = std::time::Instant::now();
     let listener = metrics::server::bind(config.metrics_listen).await?;
     log::info!("hook: {}", config.hook_reason);
     // Packet spray's ring accounting reads kernel memory at offsets the
@@ -221,7 +222,10 @@ async fn start(
     };
     let mut daemon = Daemon::new(config, config_path, layout, io);
     daemon.start(&facts, followed).await?;
-    log::info!("{running}");
+    log::info!(
+        "{running} (started in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
     let sources = Sources {
         netlink: netlink_events,
         management,
