@@ -329,8 +329,11 @@ fn restarts_lose_no_pings() {
     let metrics = lab.scrape();
     for k in 0..3 {
         let s = lab.tunnel_stats(k);
+        // Every tunnel carried its part of the 500 (packet spray passes
+        // over a reader that stalls, as the responders do on a loaded
+        // machine, so the thirds are not exact).
         assert!(
-            s.tx_packets >= 150 && s.rx_packets >= 150,
+            s.tx_packets >= 100 && s.rx_packets >= 100,
             "tunnel {k}: {s:?}"
         );
         let series = format!("ovpnlb_tunnel_tx_packets_total{{device=\"ovt{k}\",tunnel=\"{k}\"}}");
