@@ -426,25 +426,21 @@ fn a_paused_openvpn_is_passed_over_before_the_probes_notice() {
     let at_stop = lab.tunnel_stats(Side::A)[2].tx_packets;
     // Until the probes notice (three missed answers) and the loader takes
     // the tunnel out, the datapath alone keeps traffic off it: a few
-    // packets at most, then nothing.
-    let mut settled = None;
+    // packets at most (a reader counts as stopped once two are queued and
+    // it has not read for 10 ms), however long the probes take; round
+    // robin would give it a quarter of the pings meanwhile.
     let noticed = process::wait_until(Duration::from_secs(3), Duration::from_millis(5), || {
-        if settled.is_none() && stopped.elapsed() >= Duration::from_millis(30) {
-            settled = Some(lab.tunnel_stats(Side::A)[2].tx_packets);
-        }
         lab.departures(Side::A)[2] > departed
     });
     let noticed_after = stopped.elapsed();
     let at_notice = lab.tunnel_stats(Side::A)[2].tx_packets;
     process::signal(pid, libc::SIGCONT);
     let (sent, received) = pings.wait();
-    let settled = settled.expect("sampled 30 ms after the pause");
     assert!(noticed, "the probes never noticed the paused tunnel");
     assert!(
-        settled - at_stop <= 3 && at_notice == settled,
-        "packets sprayed into the paused tunnel: {} in its first 30 ms, {} more until the probes noticed ({noticed_after:?}):\n{}",
-        settled - at_stop,
-        at_notice - settled,
+        at_notice - at_stop <= 3,
+        "{} packets sprayed into the paused tunnel until the probes noticed ({noticed_after:?}):\n{}",
+        at_notice - at_stop,
         lab.diagnose()
     );
     // The few stuck in its ring come out when it resumes: nothing lost.

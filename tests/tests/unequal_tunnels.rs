@@ -87,11 +87,17 @@ fn faster_tunnels_carry_more_and_the_transfer_arrives_intact() {
         }
         for (fast, &fast_rate) in SHAPERS.iter().enumerate() {
             for (slow, &slow_rate) in SHAPERS.iter().enumerate() {
-                // Nor does a slower tunnel carry too little: at most twice
-                // the ratio of the rates.
+                // Nor does a slower tunnel carry too little: with wire
+                // segments at most twice the ratio of the rates. A merged
+                // packet goes whole to one tunnel, and the pick keeps it
+                // off a slower one whose drain of it would come late, so
+                // with super-packets the slower tunnels carry less (4.3
+                // times seen at a 2:1 ratio); the fifth of a share above
+                // still fails a starved one.
                 #[expect(clippy::cast_precision_loss, reason = "byte counts")]
                 let ratio = bytes[fast] as f64 / bytes[slow] as f64;
-                let at_most = 2.0 * f64::from(fast_rate) / f64::from(slow_rate);
+                let slack = if segments { 2.0 } else { 4.0 };
+                let at_most = slack * f64::from(fast_rate) / f64::from(slow_rate);
                 assert!(
                     fast_rate <= slow_rate || (ratio >= AT_LEAST && ratio <= at_most),
                     "wire segments {segments}: tun{fast} ({fast_rate} B/s) carried {ratio:.2} times the bytes of tun{slow} ({slow_rate} B/s), want {AT_LEAST} to {at_most}: {bytes:?}"
