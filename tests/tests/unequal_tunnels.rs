@@ -73,7 +73,8 @@ fn faster_tunnels_carry_more_and_the_transfer_arrives_intact() {
         let Carried { bytes, departures } = transfer(&lab, segments);
         assert!(
             departures.iter().all(|&d| d == 0),
-            "tunnels left the rotation (probes unanswered behind full rings): {departures:?}; bytes {bytes:?}"
+            "wire segments {segments}: tunnels left the rotation (probes unanswered behind full rings): {departures:?}; bytes {bytes:?}\n{}",
+            lab.diagnose()
         );
         let total: u64 = bytes.iter().sum();
         for (k, &b) in bytes.iter().enumerate() {
