@@ -9,16 +9,16 @@ use std::{
 };
 
 use ovpn_lb::config::file::Spray;
-use ovpn_lb_common::{
-    Reason, TunnelStats,
-    queue::{Packets, unpack},
-};
+use ovpn_lb_common::{Reason, TunnelStats, queue::unpack};
 use ovpn_lb_tests::{
     lab::{CLEAR_TEXT, HOST_A, HOST_A6, HOST_B, HOST_B6, Lab, Options, Peer, Side, growth},
     ping::{ping, ping_background},
     process, root_alone,
     traffic::{Capture, tcp_transfer, udp_exchange},
 };
+
+/// A probe datagram in a tunnel's ring (IP, UDP and the 48-byte payload).
+const PROBE_BYTES: u64 = 76;
 
 fn lab(options: Options) -> Lab {
     Lab::for_test("oe", options)
@@ -137,10 +137,12 @@ fn fifty_megabytes_arrive_intact_over_every_tunnel() {
             read.packets >= t.tx_packets,
             "tunnel {k}: reads of sprayed packets went uncounted: {q:?} {t:?}"
         );
-        assert_eq!(
-            q.backlog(),
-            Packets::default(),
-            "tunnel {k}: a backlog left: {q:?}"
+        // Nothing of the transfer left; the probes go on, so one may be
+        // in a ring at the reading (seen on a loaded machine).
+        let left = q.backlog();
+        assert!(
+            left.packets <= 1 && left.bytes <= PROBE_BYTES,
+            "tunnel {k}: a backlog left: {left:?}, {q:?}"
         );
         assert!(
             q.deq.resync_bytes * 100 <= queued.bytes,
