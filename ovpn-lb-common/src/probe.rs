@@ -56,6 +56,26 @@ pub mod flags {
 
     /// The flags a gateway tells about itself, by name, for logs and status.
     pub const NAMED: &[(u16, &str)] = &[(DRAINING, "draining"), (LAN_DOWN, "lan_down")];
+
+    /// The far gateway's flags that take this gateway's announcement down
+    /// with it: what a router sends into this pair would reach a far end
+    /// that is leaving, or cannot deliver it.
+    pub const COUPLED: u16 = DRAINING | LAN_DOWN;
+
+    /// The word a gateway's loader tells the far gateway of its pair: its
+    /// view is known; it drains (withdrawn on purpose: a maintenance file,
+    /// a stop); its LAN device is down or missing.
+    #[must_use]
+    pub const fn own(draining: bool, lan_down: bool) -> u16 {
+        let mut word = VIEW_KNOWN;
+        if draining {
+            word |= DRAINING;
+        }
+        if lan_down {
+            word |= LAN_DOWN;
+        }
+        word
+    }
 }
 
 /// What this gateway tells the far gateway about itself: its view of the
@@ -141,6 +161,23 @@ pub struct Said {
     /// When it said so, by its own clock (`CLOCK_MONOTONIC`, ns): views
     /// heard on different tunnels are ordered by it.
     pub far_ns: u64,
+}
+
+impl Said {
+    /// The flags of [`flags::COUPLED`] it raises: nonzero, and a gateway
+    /// with an announcement withdraws it.
+    #[must_use]
+    pub fn coupled(&self) -> u16 {
+        self.flags & flags::COUPLED
+    }
+}
+
+/// What the far gateway says now: of the words heard on its tunnels (the
+/// caller passes those still fresh), the one it said last by its own clock.
+/// A word heard late on a slow tunnel does not undo a newer one.
+#[must_use]
+pub fn newest(words: impl IntoIterator<Item = Said>) -> Option<Said> {
+    words.into_iter().max_by_key(|w| w.far_ns)
 }
 
 impl Payload {
@@ -348,6 +385,51 @@ mod tests {
                 far_ns: 200
             })
         );
+    }
+
+    /// Gateway A1's loader, as gateway B1 hears it in A1's probes and in
+    /// A1's answers to B1's: the flags that make B1 withdraw, the newest
+    /// word winning whichever tunnel brought it, and an older peer never
+    /// taken to raise any.
+    #[test]
+    fn the_pair_is_coupled_through_the_flags_words() {
+        assert_eq!(flags::own(false, false), flags::VIEW_KNOWN);
+        // A1 drains: its probe on tunnel 0 says so.
+        let probe = Payload::probe(0, 1, 1_000, 0b11, flags::own(true, false)).swapped();
+        let draining = probe.said().unwrap();
+        assert_eq!(draining.coupled(), flags::DRAINING);
+        // A1's LAN goes down: its tunnel program writes it into its answer
+        // to B1's probe on tunnel 1 (the reflector's word).
+        let mut answer = Payload::probe(1, 5, 500, 0b11, flags::own(false, false)).swapped();
+        answer.kind = ANSWER;
+        answer.reflected_ns = 2_000;
+        answer.reflector_view = 0b11;
+        answer.reflector_flags = flags::PRESENT | flags::own(false, true);
+        let lan_down = answer.said().unwrap();
+        assert_eq!(lan_down.coupled(), flags::LAN_DOWN);
+        assert_eq!(lan_down.view, Some(0b11), "the view is beside it");
+        // B1's own word, reflected back to it, is never taken for A1's.
+        let mut mine = Payload::probe(1, 6, 600, 0b11, flags::own(true, true)).swapped();
+        mine.kind = ANSWER;
+        mine.reflected_ns = 2_100;
+        mine.reflector_flags = flags::PRESENT | flags::own(false, false);
+        assert_eq!(mine.said().unwrap().coupled(), 0);
+        // The newest by A1's clock wins, in whatever order they arrived.
+        assert_eq!(newest([lan_down, draining]), Some(lan_down));
+        assert_eq!(newest([draining, lan_down]), Some(lan_down));
+        // A1 back to health: a newer word without flags lifts them.
+        let well = Payload::probe(0, 2, 3_000, 0b11, flags::own(false, false)).swapped();
+        let well = well.said().unwrap();
+        assert_eq!(newest([draining, lan_down, well]).unwrap().coupled(), 0);
+        assert_eq!(newest([]), None, "nothing heard: nothing raised");
+        // An older peer (no PRESENT) raises nothing, whatever its padding
+        // held; unknown bits of a newer one do not couple either.
+        let mut old = first_version(PROBE, 0b11, 0);
+        old.sender_flags = flags::DRAINING | flags::LAN_DOWN;
+        assert_eq!(old.said().unwrap().coupled(), 0);
+        let mut newer = first_version(PROBE, 0b11, 0);
+        newer.sender_flags = flags::PRESENT | flags::VIEW_KNOWN | (1 << 9);
+        assert_eq!(newer.said().unwrap().coupled(), 0);
     }
 
     #[test]

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    generate::plan::{
-        DEFAULT_BINARY, DEFAULT_FIRST_PORT, DEFAULT_LINK_V4, DEFAULT_LINK_V6,
-        DEFAULT_TRANSLATE_POOL_V4, DEFAULT_TRANSLATE_POOL_V6,
+    generate::{
+        ha::{DEFAULT_GATEWAY_ASN, DEFAULT_ROUTER_ASN},
+        plan::{
+            DEFAULT_BINARY, DEFAULT_FIRST_PORT, DEFAULT_LINK_V4, DEFAULT_LINK_V6,
+            DEFAULT_TRANSLATE_POOL_V4, DEFAULT_TRANSLATE_POOL_V6,
+        },
     },
     pins::{DEFAULT_PIN_ROOT, DEFAULT_RUN_DIR},
 };
@@ -93,11 +96,18 @@ pub enum Command {
         json: bool,
     },
     /// Per-tunnel state, weight, counters and rates, and counts per reason, read
-    /// from the pinned maps while `run` is going.
+    /// from the pinned maps while `run` is going; with `[announce]`, whether
+    /// the gateway announces the remote prefixes, and why.
     ///
     /// Rates come from two samples --interval apart. --json prints a stable
     /// document (see docs/deploying.md), --watch redraws in place until interrupted.
+    /// --check prints one line and exits 0 while the gateway announces, 1
+    /// while it does not (or has no `[announce]`), 2 when no loader runs: for
+    /// keepalived's `track_script`.
     Status {
+        /// Exit code only (and one line): 0 announced, 1 withdrawn, 2 not running.
+        #[arg(long, conflicts_with_all = ["json", "watch", "all"])]
+        check: bool,
         /// The stable JSON document instead of a table.
         #[arg(long)]
         json: bool,
@@ -133,7 +143,28 @@ pub enum Command {
     /// the k-th prefix of its LAN's length in the pool's first half, gateway
     /// B's in the second (by default 100.64.k.0/24 and 100.65.k.0/24 for /24
     /// LANs).
+    ///
+    /// With --pairs K, K gateway pairs join the sites (gateway-a and
+    /// gateway-b, then gateway-a2 and gateway-b2, ...): pair p's tunnel k
+    /// takes slot (p-1) x N + k of the ports, links and translation
+    /// prefixes, so the first pair's are those of a one-pair site. With
+    /// --ha bgp (the default for K > 1) each gateway gets FRR's frr.conf and
+    /// daemons (eBGP with BFD to its site's router, announcing the far
+    /// site's prefixes while ovpn-lb says it is healthy) and each site a
+    /// directory with the router's part; with --ha vrrp each gateway gets a
+    /// keepalived.conf (the site's virtual address, tracking ovpn-lb's
+    /// health file). Either way ovpn-lb.toml gets an [announce] section.
     Generate(Box<GenerateArgs>),
+}
+
+/// How gateway pairs share a site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HaArg {
+    /// eBGP with BFD to the site router, which spreads flows by ECMP (FRR).
+    Bgp,
+    /// VRRP: the gateways share the LAN's next hop (keepalived), for sites
+    /// without a router.
+    Vrrp,
 }
 
 /// The kind of OpenVPN device.
@@ -148,12 +179,14 @@ pub enum DeviceKind {
 /// The answers `generate` needs.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Gateway A's WAN address or host name, as gateway B reaches it.
-    #[arg(long, value_name = "HOST")]
-    pub wan_a: String,
-    /// Gateway B's WAN address or host name, as gateway A reaches it.
-    #[arg(long, value_name = "HOST")]
-    pub wan_b: String,
+    /// Gateway A's WAN address or host name, as gateway B reaches it; with
+    /// --pairs, one per pair, comma-separated.
+    #[arg(long, value_name = "HOST", value_delimiter = ',', required = true)]
+    pub wan_a: Vec<String>,
+    /// Gateway B's WAN address or host name, as gateway A reaches it; one
+    /// per pair.
+    #[arg(long, value_name = "HOST", value_delimiter = ',', required = true)]
+    pub wan_b: Vec<String>,
     /// Gateway A's LAN prefixes: one IPv4 and/or one IPv6, comma-separated or repeated.
     #[arg(long, value_name = "PREFIX", value_delimiter = ',', required = true)]
     pub lan_a: Vec<String>,
@@ -208,16 +241,56 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "PATH", default_value = DEFAULT_BINARY)]
     pub binary: PathBuf,
     /// The directory gateway A's files are installed under: / on a real
-    /// gateway; another for a container or test bed. Paths in the files follow it.
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    pub root_a: PathBuf,
+    /// gateway; another for a container or test bed. Paths in the files
+    /// follow it. With --pairs, one for all or one per pair, comma-separated.
+    #[arg(long, value_name = "DIR", value_delimiter = ',', default_value = "/")]
+    pub root_a: Vec<PathBuf>,
     /// The directory gateway B's files are installed under.
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    pub root_b: PathBuf,
+    #[arg(long, value_name = "DIR", value_delimiter = ',', default_value = "/")]
+    pub root_b: Vec<PathBuf>,
+    /// Gateway pairs between the two sites, 1 to 16.
+    #[arg(long, default_value_t = 1)]
+    pub pairs: usize,
+    /// How the pairs share each site: bgp (a site router, ECMP; the default
+    /// with more than one pair) or vrrp (keepalived, no router).
+    #[arg(long, value_enum)]
+    pub ha: Option<HaArg>,
+    /// A site-A gateway's own address(es) on its LAN interface, one per LAN
+    /// address family, comma-separated; give it once per pair, in order.
+    #[arg(long, value_name = "ADDR[,ADDR6]")]
+    pub gateway_a: Vec<String>,
+    /// A site-B gateway's own address(es); once per pair.
+    #[arg(long, value_name = "ADDR[,ADDR6]")]
+    pub gateway_b: Vec<String>,
+    /// --ha bgp: site A's router's address(es) on the gateways' segment.
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub router_a: Vec<String>,
+    /// --ha bgp: site B's router's address(es).
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub router_b: Vec<String>,
+    /// --ha bgp: the AS of site A's gateways.
+    #[arg(long, default_value_t = DEFAULT_GATEWAY_ASN)]
+    pub asn_a: u32,
+    /// --ha bgp: the AS of site B's gateways.
+    #[arg(long, default_value_t = DEFAULT_GATEWAY_ASN)]
+    pub asn_b: u32,
+    /// --ha bgp: site A's router's AS.
+    #[arg(long, default_value_t = DEFAULT_ROUTER_ASN)]
+    pub router_asn_a: u32,
+    /// --ha bgp: site B's router's AS.
+    #[arg(long, default_value_t = DEFAULT_ROUTER_ASN)]
+    pub router_asn_b: u32,
+    /// --ha vrrp: the virtual address(es) site A's LAN routes the remote
+    /// prefixes through, one per family.
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub vip_a: Vec<String>,
+    /// --ha vrrp: site B's virtual address(es).
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub vip_b: Vec<String>,
     /// Output directory: gateway-a/ and gateway-b/ are written in it.
     #[arg(long, short, value_name = "DIR")]
     pub out: PathBuf,
-    /// Replace gateway-a/ and gateway-b/ in an existing --out.
+    /// Replace the gateway (and site) directories in an existing --out.
     #[arg(long)]
     pub force: bool,
 }

@@ -21,7 +21,7 @@ use crate::{
 /// removed.
 pub async fn stop_and_detach(layout: &Layout) -> Result<Vec<String>> {
     let lock = if layout.run_dir.exists() {
-        Some(lock::acquire(layout, "detach").await?)
+        Some(lock::acquire(layout, "detach", lock::Ask::Stop).await?)
     } else {
         None
     };
@@ -57,6 +57,24 @@ pub async fn all(layout: &Layout) -> Result<Vec<String>> {
                 .unwrap_or(false)
             {
                 removed.push(format!("managed neighbour {} on {}", n.addr, n.device));
+            }
+        }
+        if let Some(a) = &state.announce {
+            for route in netlink
+                .marker_routes(a.table, a.protocol)
+                .await
+                .context("listing marker routes")?
+            {
+                netlink
+                    .delete_marker_route(&route)
+                    .await
+                    .with_context(|| format!("removing the marker route for {route}"))?;
+                removed.push(format!("marker route {route}"));
+            }
+            if a.health_file.exists() {
+                remove_if_present(&a.health_file)
+                    .with_context(|| format!("removing {}", a.health_file.display()))?;
+                removed.push(format!("file {}", a.health_file.display()));
             }
         }
         for owned in state

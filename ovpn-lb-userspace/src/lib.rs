@@ -5,7 +5,8 @@
 //!   `status`, `detach`: the other commands;
 //! - `config`: the file (`file`), its meaning (`validate`, `hook`) and its
 //!   encoding for the maps (`encode`);
-//! - `tunnel` and `health`: one runtime record per tunnel;
+//! - `tunnel` and `health`: one runtime record per tunnel; `announce`:
+//!   whether this gateway may be sent traffic (marker routes, health file);
 //! - `datapath`: the BPF object, its maps and attaching (`attach`);
 //! - `kernel_path`: the policy rules and table for what the kernel forwards;
 //! - `netlink`: everything said to the kernel over netlink; `facts`: a
@@ -13,6 +14,7 @@
 //! - `metrics`: the Prometheus families and their HTTP server;
 //! - `generate`: both gateways' OpenVPN and ovpn-lb files from a few answers.
 
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod datapath;

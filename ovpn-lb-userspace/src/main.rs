@@ -58,11 +58,18 @@ fn main() -> ExitCode {
                 }
                 Ok(report.exit_code())
             }
+            Command::Status { check: true, .. } => {
+                let state = status::State::read(&layout).ok();
+                let (code, line) = status::check(state.as_ref());
+                println!("{line}");
+                Ok(code)
+            }
             Command::Status {
                 json,
                 interval,
                 watch,
                 all,
+                ..
             } => show_status(&layout, json, interval, watch, all)
                 .await
                 .map(|()| 0),

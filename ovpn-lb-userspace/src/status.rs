@@ -12,7 +12,10 @@ use ovpn_lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::pins::Layout;
+use crate::{
+    announce::{Block, Flags},
+    pins::Layout,
+};
 
 /// Written by `run` on every change; read by `status`, `detach` and the next
 /// `run`.
@@ -56,6 +59,38 @@ pub struct State {
     /// A bpffs `run` mounted itself; `detach` unmounts it, and no other.
     #[serde(default)]
     pub mounted_bpffs: Option<std::path::PathBuf>,
+    /// `[announce]`: whether this gateway announces, and why.
+    #[serde(default)]
+    pub announce: Option<AnnounceState>,
+}
+
+/// The announcement as the loader last decided it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AnnounceState {
+    pub announced: bool,
+    /// Why not, while withdrawn (empty while announced).
+    pub reasons: Vec<Block>,
+    /// The verdict and its reasons in words.
+    pub explanation: String,
+    pub in_rotation: usize,
+    pub min_tunnels: usize,
+    /// Changes since the loader started.
+    pub transitions: u64,
+    /// Unix time of the last change (or the start).
+    pub since: Option<f64>,
+    /// The prefixes the marker routes announce.
+    pub prefixes: Vec<String>,
+    pub table: u32,
+    pub protocol: u8,
+    pub metric: u32,
+    pub health_file: std::path::PathBuf,
+    pub maintenance_file: std::path::PathBuf,
+    /// How long a stop drains.
+    pub drain_ms: u64,
+    /// What this gateway tells the far one of its pair.
+    pub flags: Flags,
+    /// What the far gateway last said.
+    pub far_flags: Flags,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -221,6 +256,8 @@ pub struct Report {
     /// The WAN devices guarded (nothing of the LAN leaves them in the clear).
     pub wan_guard: Vec<String>,
     pub interval_seconds: f64,
+    /// `[announce]`: whether the gateway announces, and why; null without it.
+    pub announce: Option<AnnounceState>,
     pub tunnels: Vec<TunnelReport>,
     pub reasons: Vec<ReasonReport>,
 }
@@ -359,9 +396,36 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         lan_interface: state.lan_interface,
         wan_guard: state.wan_guard,
         interval_seconds: secs,
+        announce: state.announce,
         tunnels,
         reasons,
     })
+}
+
+/// `status --check`, for keepalived's `track_script`: 0 announced, 1
+/// withdrawn (or nothing to announce: no `[announce]`), 2 not running
+/// (no state, or the loader is gone); and one line saying so.
+#[must_use]
+pub fn check(state: Option<&State>) -> (u8, String) {
+    match state.filter(|s| s.loader_alive()) {
+        Some(s) => verdict(s),
+        None => (
+            2,
+            "not running: no ovpn-lb run follows this gateway's health".to_owned(),
+        ),
+    }
+}
+
+/// A running loader's announcement as `--check` reports it.
+fn verdict(state: &State) -> (u8, String) {
+    match &state.announce {
+        Some(a) if a.announced => (0, a.explanation.clone()),
+        Some(a) => (1, a.explanation.clone()),
+        None => (
+            1,
+            "nothing announced: the configuration has no [announce] section".to_owned(),
+        ),
+    }
 }
 
 /// `value` to three significant digits with an SI prefix and a space:
@@ -425,6 +489,7 @@ fn headline(r: &Report) -> String {
 pub fn render(r: &Report, all: bool) -> String {
     use std::fmt::Write as _;
     let mut out = headline(r);
+    render_announce(&mut out, r);
     let _ = writeln!(
         out,
         "{:>3} {:<10} {:<13} {:>6} {:>10} {:>10} {:>13} {:>10} {:>10} {:>13} {:>28} {:>6}  openvpn",
@@ -504,6 +569,28 @@ pub fn render(r: &Report, all: bool) -> String {
         );
     }
     out
+}
+
+/// The announcement's line, with `[announce]`.
+fn render_announce(out: &mut String, r: &Report) {
+    use std::fmt::Write as _;
+    if let Some(a) = &r.announce {
+        let verdict = if a.announced {
+            "ANNOUNCED"
+        } else {
+            "WITHDRAWN"
+        };
+        let why = a
+            .explanation
+            .split_once(": ")
+            .map_or(a.explanation.as_str(), |(_, why)| why);
+        let _ = writeln!(
+            out,
+            "announce: {verdict} {} ({why}); {} change(s) since start",
+            a.prefixes.join(" "),
+            a.transitions
+        );
+    }
 }
 
 /// What the table has no column for: a tunnel kept in by its traffic while
@@ -621,6 +708,7 @@ mod tests {
             lan_interface: "lan".to_owned(),
             wan_guard: vec!["eth0".to_owned()],
             interval_seconds: 1.0,
+            announce: None,
             tunnels: vec![tunnel(0, "up", None), tunnel(1, "down", Some("probe"))],
             reasons: Reason::ALL
                 .iter()
@@ -688,5 +776,59 @@ mod tests {
         measured.ring_accounting = None;
         let text = render(&measured, false);
         assert!(text.contains("rings not accounted: round robin"), "{text}");
+    }
+
+    #[test]
+    fn check_exit_codes_follow_the_announcement_and_the_loader() {
+        use crate::announce::{Announcer, Inputs};
+        let mut announcer = Announcer::new(1);
+        let inputs = Inputs {
+            in_rotation: 2,
+            lan_up: true,
+            maintenance: false,
+            stopping: false,
+            far: Flags::default(),
+        };
+        announcer.decide(inputs);
+        let state = |announcer: &Announcer| State {
+            // This test's own process: alive, but not named ovpn-lb.
+            pid: std::process::id(),
+            running: true,
+            announce: Some(AnnounceState {
+                announced: announcer.announced,
+                reasons: announcer.blocks.clone(),
+                explanation: announcer.explain(),
+                ..AnnounceState::default()
+            }),
+            ..State::default()
+        };
+        assert_eq!(check(None).0, 2);
+        // A PID that is not an ovpn-lb is a loader gone (killed, crashed).
+        assert_eq!(check(Some(&state(&announcer))).0, 2);
+        // The test cannot be named ovpn-lb: the verdict of a live loader.
+        let alive = |s: State| verdict(&s);
+        let (code, line) = alive(state(&announcer));
+        assert_eq!(code, 0, "{line}");
+        assert!(line.starts_with("announced"), "{line}");
+        announcer.decide(Inputs {
+            maintenance: true,
+            ..inputs
+        });
+        let (code, line) = alive(state(&announcer));
+        assert_eq!(code, 1);
+        assert!(line.contains("maintenance file"), "{line}");
+        let no_section = State {
+            announce: None,
+            ..state(&announcer)
+        };
+        assert_eq!(alive(no_section).0, 1);
+        let mut r = report();
+        r.announce = state(&announcer).announce;
+        r.announce.as_mut().unwrap().prefixes = vec!["10.2.0.0/24".to_owned()];
+        let text = render(&r, false);
+        assert!(
+            text.contains("announce: WITHDRAWN 10.2.0.0/24 (the maintenance file exists)"),
+            "{text}"
+        );
     }
 }

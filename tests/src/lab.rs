@@ -29,6 +29,21 @@
 //! gateways (gateway A .1, gateway B .2), and the configurations name the far
 //! end as each tunnel's `next_hop`.
 //!
+//! With `Options::pairs` above 1 (or `Options::ha`), the sites are joined by
+//! several gateway pairs, each with its own WAN veth and tunnels, and hosts
+//! have several addresses. Under BGP a router namespace per site sits
+//! between the hosts and its gateways (a bridge for the gateways' LANs),
+//! every router and gateway runs FRR from the generator's files (the
+//! gateways' `frr.conf`, the sites' router part), and the routers spread
+//! flows over the pairs that announce by ECMP. Under VRRP the site's
+//! namespace is a switch: hosts and gateways share the LAN, and the
+//! gateways run keepalived from their generated `keepalived.conf`.
+//!
+//! ```text
+//! host A ── router A ═╤═ gateway A  ══ pair 1 ══ gateway B  ═╤═ router B ── host B
+//! .5 .6 .7 .8         └─ gateway A2 ══ pair 2 ══ gateway B2 ─┘
+//! ```
+//!
 //! Everything the lab makes is written to `lab.json` in its directory before it
 //! is made, so `Lab::drop`, a failed test and `cargo xtask lab down` all tear
 //! down the same list: processes (by PID), namespaces, cgroups, mounts.
@@ -46,7 +61,7 @@ use std::{
 use ovpn_lb::{
     config::TunnelKind,
     config::file,
-    generate::{self, Generated, Request, layout},
+    generate::{self, Generated, Request, gateway_name, ha::HaKind, layout},
     pins::Layout,
     status::{Counters, State},
 };
@@ -56,6 +71,8 @@ use serde::{Deserialize, Serialize};
 pub use ovpn_lb::generate::Side;
 
 use crate::{
+    frr::Frr,
+    keepalived::Keepalived,
     loader, netns,
     numgen::{self, Numgen},
     openvpn::{self, OpenVpn},
@@ -89,6 +106,48 @@ pub enum Forwarding {
     Numgen,
 }
 
+/// One gateway of the lab: its pair (from 0) and its site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gw {
+    pub pair: usize,
+    pub side: Side,
+}
+
+impl From<Side> for Gw {
+    /// The first pair's gateway on `side`.
+    fn from(side: Side) -> Self {
+        Self { pair: 0, side }
+    }
+}
+
+impl Gw {
+    #[must_use]
+    pub fn new(pair: usize, side: Side) -> Self {
+        Self { pair, side }
+    }
+
+    /// `a`, `b` for the first pair, `a2`, `b2` for the second, ...
+    #[must_use]
+    pub fn tag(self) -> String {
+        match self.pair {
+            0 => self.side.letter().to_owned(),
+            p => format!("{}{}", self.side.letter(), p + 1),
+        }
+    }
+
+    /// As the generator names it: `gateway-a`, `gateway-a2`, ...
+    #[must_use]
+    pub fn name(self) -> String {
+        gateway_name(self.pair, self.side)
+    }
+
+    /// The other gateway of its pair.
+    #[must_use]
+    pub fn peer(self) -> Self {
+        Self::new(self.pair, self.side.other())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[expect(
     clippy::struct_excessive_bools,
@@ -96,6 +155,10 @@ pub enum Forwarding {
 )]
 pub struct Options {
     pub tunnels: usize,
+    /// Gateway pairs between the sites (tunnels each).
+    pub pairs: usize,
+    /// How the pairs share a site; `None`: a lone pair, or BGP for several.
+    pub ha: Option<HaKind>,
     /// Per-tunnel weights on gateway A (and B); default all 1.
     pub weights: Vec<u32>,
     pub peer: Peer,
@@ -149,10 +212,21 @@ pub struct Options {
     pub wan_mtu: u32,
 }
 
+impl Options {
+    /// How the pairs share a site, if they do (BGP where several are
+    /// asked for without saying).
+    #[must_use]
+    pub fn routing(&self) -> Option<HaKind> {
+        self.ha.or((self.pairs > 1).then_some(HaKind::Bgp))
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
             tunnels: 4,
+            pairs: 1,
+            ha: None,
             weights: Vec::new(),
             peer: Peer::OvpnLb,
             cpu_quota_percent: None,
@@ -188,6 +262,11 @@ pub struct Lab {
     nft_spray: Vec<Numgen>,
     /// The tunnels' path delays (`Options::path_delay_ms`).
     relays: Vec<Relay>,
+    /// When FRR or keepalived started (several pairs): the first instance,
+    /// and the last (the lab starts them one after another, where sites
+    /// start each gateway's on its own).
+    pub routing_started: Option<std::time::Instant>,
+    pub routing_all_started: Option<std::time::Instant>,
 }
 
 /// Numbers the labs of one test process.
@@ -205,8 +284,36 @@ const MPTCP_TABLE: usize = 300;
 pub const HOST_B: &str = "192.168.20.5";
 pub const HOST_A6: &str = "fd00:a::5";
 pub const HOST_B6: &str = "fd00:b::5";
-/// The gateways' WAN addresses, on the veth between them.
+/// The first pair's WAN addresses, on the veth between its gateways.
 pub const WAN: [&str; 2] = ["172.30.0.1", "172.30.0.2"];
+
+/// Pair `pair`'s WAN address on `side`: 172.30.<pair>.1 and .2.
+#[must_use]
+pub fn wan(gw: Gw) -> String {
+    format!("172.30.{}.{}", gw.pair, gw.side.index() + 1)
+}
+
+/// Under BGP, each site's segment between its router (.1) and its
+/// gateways (pair p: .2 + p), per family.
+const SEGMENTS: [[&str; 2]; 2] = [
+    ["192.168.110.", "fd00:a:1::"],
+    ["192.168.120.", "fd00:b:1::"],
+];
+/// Under VRRP the gateways sit on the LAN: the virtual address is .1 (the
+/// hosts' default route), pair p's gateway .2 + p.
+const LAN_BASES: [[&str; 2]; 2] = [["192.168.10.", "fd00:a::"], ["192.168.20.", "fd00:b::"]];
+/// Addresses per host with several pairs (.5 on): flows between different
+/// addresses hash onto different pairs.
+pub const HOST_ADDRESSES: usize = 4;
+
+/// Host `side`'s addresses with several pairs: (IPv4, IPv6), `.5` first.
+#[must_use]
+pub fn host_addresses(side: Side) -> Vec<(String, String)> {
+    let [v4, v6] = LAN_BASES[side.index()];
+    (0..HOST_ADDRESSES)
+        .map(|i| (format!("{v4}{}", 5 + i), format!("{v6}{:x}", 5 + i)))
+        .collect()
+}
 /// Each side's LAN: (host address with length, gateway address) per family.
 const LANS: [[topology::LanFamily; 2]; 2] = [
     [
@@ -264,13 +371,114 @@ impl Lab {
         lab.start_tunnels();
         lab.routes();
         if lab.options.forwarding == Forwarding::OvpnLb {
-            lab.start_loader(Side::A);
-            if lab.options.peer == Peer::OvpnLb {
-                lab.start_loader(Side::B);
+            for gw in lab.gateways() {
+                if gw.side == Side::A || lab.options.peer == Peer::OvpnLb {
+                    lab.start_loader(gw);
+                }
             }
         }
+        lab.start_routing();
         lab.wait_reachable();
         lab
+    }
+
+    /// With several pairs: FRR on the routers and every gateway (BGP), or
+    /// keepalived on every gateway (VRRP), from the generated files.
+    fn start_routing(&mut self) {
+        self.routing_started = Some(std::time::Instant::now());
+        match self.options.routing() {
+            Some(HaKind::Bgp) => {
+                for side in Side::BOTH {
+                    self.install_router(side);
+                    let frr = self.router_frr(side);
+                    self.start_frr(&frr);
+                }
+                for gw in self.gateways() {
+                    let frr = self.frr(gw);
+                    self.start_frr(&frr);
+                }
+            }
+            Some(HaKind::Vrrp) => {
+                for gw in self.gateways() {
+                    let k = self.keepalived(gw);
+                    for f in k.pid_files() {
+                        self.teardown.pid_file(&f);
+                    }
+                    k.start();
+                }
+            }
+            None => {}
+        }
+        self.routing_all_started = Some(std::time::Instant::now());
+    }
+
+    fn start_frr(&mut self, frr: &Frr) {
+        for f in frr.pid_files() {
+            self.teardown.pid_file(&f);
+        }
+        frr.start();
+    }
+
+    /// Site `side`'s router as an operator would set it up from the
+    /// generator's part for it: its FRR configuration (a hostname, then
+    /// `router-frr.conf` as written) with bgpd and bfdd, and
+    /// `router-sysctl.conf` applied.
+    fn install_router(&self, side: Side) {
+        let generated = self.dir.join(format!("site-{}", side.letter()));
+        let read = |name: &str| {
+            let path = generated.join(name);
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let frr = self.router_frr(side);
+        fs::create_dir_all(&frr.conf_dir).unwrap_or_else(|e| panic!("{e}"));
+        let conf = format!(
+            "frr defaults traditional\nhostname router-{}\n!\n{}",
+            side.letter(),
+            read(layout::ROUTER_FRR)
+        );
+        fs::write(frr.conf_dir.join("frr.conf"), conf).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(frr.conf_dir.join("daemons"), "bgpd=yes\nbfdd=yes\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sysctl = generated.join(layout::ROUTER_SYSCTL);
+        self.exec(
+            &self.router(side),
+            &["sysctl", "-q", "-p", &sysctl.display().to_string()],
+        );
+    }
+
+    /// Gateway `gw`'s FRR: its generated `/etc/frr`, its state under its root.
+    #[must_use]
+    pub fn frr(&self, gw: impl Into<Gw>) -> Frr {
+        let gw = gw.into();
+        let root = self.root(gw);
+        Frr {
+            ns: self.gw(gw),
+            conf_dir: root.join("etc/frr"),
+            run_dir: root.join("run/frr"),
+        }
+    }
+
+    /// Site `side`'s router's FRR.
+    #[must_use]
+    pub fn router_frr(&self, side: Side) -> Frr {
+        let root = self.dir.join(format!("router-{}", side.letter()));
+        Frr {
+            ns: self.router(side),
+            conf_dir: root.join("etc/frr"),
+            run_dir: root.join("run/frr"),
+        }
+    }
+
+    /// Gateway `gw`'s keepalived (VRRP), from its generated configuration.
+    #[must_use]
+    pub fn keepalived(&self, gw: impl Into<Gw>) -> Keepalived {
+        let gw = gw.into();
+        let root = self.root(gw);
+        Keepalived {
+            ns: self.gw(gw),
+            config: root.join(layout::KEEPALIVED_CONF),
+            dir: root.join("run/keepalived"),
+        }
     }
 
     /// A lab for an integration test: a directory of its own under the temp
@@ -304,25 +512,59 @@ impl Lab {
             generated: None,
             nft_spray: Vec::new(),
             relays: Vec::new(),
+            routing_started: None,
+            routing_all_started: None,
         };
-        for role in ["ha", "ga", "gb", "hb"] {
-            lab.teardown.namespace(&lab.ns(role));
+        for role in lab.roles() {
+            lab.teardown.namespace(&lab.ns(&role));
         }
-        lab.lans();
-        lab.wan();
+        if lab.options.routing().is_some() {
+            lab.site_networks();
+        } else {
+            lab.lans();
+        }
+        for pair in 0..lab.options.pairs.max(1) {
+            lab.wan(pair);
+        }
         lab.teardown.bpffs(&lab.dir.join("bpf"));
         lab
     }
 
-    /// Namespace name of a role: `ha`, `ga`, `gb`, `hb`.
+    /// Namespace name of a role: `ha`, `ga`, `gb`, `hb`; `ga2`, `gb2`, ...
+    /// for further pairs' gateways; `ra`, `rb` for the sites' routers.
     #[must_use]
     pub fn ns(&self, role: &str) -> String {
         format!("{}-{role}", self.tag)
     }
 
+    /// Every namespace role of this lab.
+    fn roles(&self) -> Vec<String> {
+        let mut roles = vec!["ha".to_owned(), "hb".to_owned()];
+        if self.options.routing().is_some() {
+            roles.extend(["ra".to_owned(), "rb".to_owned()]);
+        }
+        roles.extend(self.gateways().iter().map(|g| format!("g{}", g.tag())));
+        roles
+    }
+
+    /// Every gateway, pair by pair (A then B).
     #[must_use]
-    pub fn gw(&self, side: Side) -> String {
-        self.ns(&format!("g{}", side.letter()))
+    pub fn gateways(&self) -> Vec<Gw> {
+        (0..self.options.pairs.max(1))
+            .flat_map(|pair| Side::BOTH.map(|side| Gw::new(pair, side)))
+            .collect()
+    }
+
+    /// Gateway `gw`'s namespace.
+    #[must_use]
+    pub fn gw(&self, gw: impl Into<Gw>) -> String {
+        self.ns(&format!("g{}", gw.into().tag()))
+    }
+
+    /// Site `side`'s router (BGP) or switch (VRRP) namespace.
+    #[must_use]
+    pub fn router(&self, side: Side) -> String {
+        self.ns(&format!("r{}", side.letter()))
     }
 
     #[must_use]
@@ -337,10 +579,10 @@ impl Lab {
         format!("{}{k}", if self.options.tap { "tap" } else { "tun" })
     }
 
-    /// The directory gateway `side`'s files are installed under: its `/`.
+    /// The directory gateway `gw`'s files are installed under: its `/`.
     #[must_use]
-    pub fn root(&self, side: Side) -> PathBuf {
-        self.dir.join(side.name())
+    pub fn root(&self, gw: impl Into<Gw>) -> PathBuf {
+        self.dir.join(gw.into().name())
     }
 
     /// What the lab asks the generator for.
@@ -359,8 +601,28 @@ impl Lab {
         } else {
             TunnelKind::Tun
         };
-        r.root = Side::BOTH.map(|side| self.root(side));
+        let pairs = self.options.pairs.max(1);
+        r.pairs = pairs;
+        r.wan = Side::BOTH.map(|side| (0..pairs).map(|p| wan(Gw::new(p, side))).collect());
+        r.root = Side::BOTH.map(|side| (0..pairs).map(|p| self.root(Gw::new(p, side))).collect());
         r.tun_mtu = self.options.tun_mtu;
+        // What the files name as ovpn-lb (keepalived's check script) is
+        // the binary the lab runs.
+        r.binary.clone_from(&self.bin);
+        if let Some(kind) = self.options.routing() {
+            r.routing.ha = Some(kind);
+            let (router_or_vip, bases) = match kind {
+                HaKind::Bgp => (&mut r.routing.router, SEGMENTS),
+                HaKind::Vrrp => (&mut r.routing.vip, LAN_BASES),
+            };
+            for side in Side::BOTH {
+                let [v4, v6] = bases[side.index()];
+                router_or_vip[side.index()] = vec![format!("{v4}1"), format!("{v6}1")];
+                r.routing.gateways[side.index()] = (0..pairs)
+                    .map(|p| format!("{v4}{},{v6}{:x}", 2 + p, 2 + p))
+                    .collect();
+            }
+        }
         r
     }
 
@@ -371,12 +633,13 @@ impl Lab {
     pub fn generate(&mut self) {
         let generated = generate::generate(&self.request())
             .unwrap_or_else(|e| panic!("ovpn-lb generate: {e:#}"));
-        for side in Side::BOTH {
-            generated
-                .gateway(side)
-                .write_under(&self.root(side))
+        for files in generated.directories() {
+            files
+                .write_under(&self.dir.join(&files.name))
                 .unwrap_or_else(|e| panic!("{e:#}"));
-            self.make_run_dir(side);
+        }
+        for gw in self.gateways() {
+            self.make_run_dir(gw);
         }
         self.generated = Some(generated);
         if self.options.openvpn_defaults {
@@ -407,7 +670,7 @@ impl Lab {
             let Some(delay) = self.path_delay(k) else {
                 continue;
             };
-            let port = self.generated().plan.tunnels[k].port;
+            let port = self.generated().plan().tunnels[k].port;
             let relay_port = port + RELAY_PORT_OFFSET;
             let b_wan = WAN[Side::B.index()];
             edit_lines(&self.openvpn(Side::A, k).config, |l| {
@@ -443,14 +706,19 @@ impl Lab {
         });
     }
 
-    /// OpenVPN's runtime directory under `side`'s root, as Debian's
+    /// OpenVPN's runtime directory under `gw`'s root, as Debian's
     /// tmpfiles.d makes it: the management sockets go there.
-    pub fn make_run_dir(&self, side: Side) {
-        let run = self.root(side).join(layout::RUN_DIR);
+    pub fn make_run_dir(&self, gw: impl Into<Gw>) {
+        let run = self.root(gw).join(layout::RUN_DIR);
         fs::create_dir_all(&run).unwrap_or_else(|e| panic!("{}: {e}", run.display()));
     }
 
-    fn generated(&self) -> &Generated {
+    /// The generated files of every pair.
+    ///
+    /// # Panics
+    /// Before [`Lab::generate`].
+    #[must_use]
+    pub fn generated(&self) -> &Generated {
         self.generated
             .as_ref()
             .expect("the lab's files are generated first")
@@ -470,7 +738,7 @@ impl Lab {
         if !self.options.tap {
             return vec!["dev".into(), dev];
         }
-        let tunnel = &self.generated().plan.tunnels[k];
+        let tunnel = &self.generated().plan().tunnels[k];
         let via = if v6 {
             tunnel.link_address_v6(side.other())
         } else {
@@ -611,8 +879,14 @@ impl Lab {
     /// The lab is up once host B answers host A over both address families
     /// (neighbour discovery and OpenVPN's first exchanges take a moment).
     fn wait_reachable(&self) {
+        // BGP sessions come up after the tunnels.
+        let timeout = Duration::from_secs(if self.options.routing().is_some() {
+            30
+        } else {
+            15
+        });
         for target in [HOST_B, HOST_B6] {
-            let answered = process::wait_until(Duration::from_secs(15), Duration::ZERO, || {
+            let answered = process::wait_until(timeout, Duration::ZERO, || {
                 netns::command(&self.host(Side::A), "ping")
                     .args(["-n", "-q", "-c", "1", "-W", "1", target])
                     .stdout(Stdio::null())
@@ -654,6 +928,88 @@ impl Lab {
         }
     }
 
+    /// With several pairs: per site, the hosts (several addresses) behind
+    /// a router whose bridge joins the gateways' LANs (BGP), or on a switch
+    /// with the gateways (VRRP, the hosts routing through the virtual
+    /// address); forwarding on the gateways and the router.
+    fn site_networks(&self) {
+        let kind = self.options.routing().unwrap_or(HaKind::Bgp);
+        // Link-local addresses at once (BGP over IPv6 waits for them), and
+        // global ones kept across a link down and up.
+        for role in self.roles() {
+            self.exec(
+                &self.ns(&role),
+                &[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv6.conf.default.accept_dad=0",
+                    "net.ipv6.conf.all.keep_addr_on_down=1",
+                    "net.ipv6.conf.default.keep_addr_on_down=1",
+                ],
+            );
+        }
+        for side in Side::BOTH {
+            let (host, router) = (self.host(side), self.router(side));
+            let [lan4, lan6] = LAN_BASES[side.index()];
+            let mut host_addrs: Vec<String> = Vec::new();
+            for (v4, v6) in host_addresses(side) {
+                host_addrs.extend([format!("{v4}/24"), format!("{v6}/64")]);
+            }
+            let host_addrs: Vec<&str> = host_addrs.iter().map(String::as_str).collect();
+            let (bridge, segment) = match kind {
+                HaKind::Bgp => {
+                    let router_addrs = [format!("{lan4}1/24"), format!("{lan6}1/64")];
+                    let router_addrs: Vec<&str> = router_addrs.iter().map(String::as_str).collect();
+                    topology::veth(
+                        &topology::End::new(&host, LAN_DEV, &host_addrs),
+                        &topology::End::new(&router, "hosts", &router_addrs),
+                    );
+                    topology::router(&router, &[]);
+                    let [s4, s6] = SEGMENTS[side.index()];
+                    let seg = [format!("{s4}1/24"), format!("{s6}1/64")];
+                    let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+                    topology::bridge(&router, "gws", &seg);
+                    ("gws", SEGMENTS[side.index()])
+                }
+                HaKind::Vrrp => {
+                    topology::bridge(&router, "lan", &[]);
+                    topology::veth(
+                        &topology::End::new(&host, LAN_DEV, &host_addrs),
+                        &topology::End::new(&router, "hosts", &[]),
+                    );
+                    topology::plug(&router, "hosts", "lan");
+                    ("lan", LAN_BASES[side.index()])
+                }
+            };
+            // The router's address, or the virtual one: .1 either way.
+            for gateway in [format!("{lan4}1"), format!("{lan6}1")] {
+                let family = if gateway.contains(':') { "-6" } else { "-4" };
+                self.ip(&host, &[family, "route", "add", "default", "via", &gateway]);
+            }
+            for pair in 0..self.options.pairs.max(1) {
+                let gw = Gw::new(pair, side);
+                let ns = self.gw(gw);
+                let port = format!("to-g{}", gw.tag());
+                let [s4, s6] = segment;
+                let addrs = [
+                    format!("{s4}{}/24", 2 + pair),
+                    format!("{s6}{:x}/64", 2 + pair),
+                ];
+                let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+                topology::veth(
+                    &topology::End::new(&router, &port, &[]),
+                    &topology::End::new(&ns, LAN_DEV, &addrs),
+                );
+                topology::plug(&router, &port, bridge);
+                topology::router(&ns, &[]);
+            }
+        }
+        if self.options.wire_segments {
+            self.set_wire_segments(true);
+        }
+    }
+
     /// Deletes gateway `side`'s LAN device (its host's end goes with it, a
     /// veth pair) and, after `gap`, makes it again as it was: a new device,
     /// as when a bridge, bond or VLAN is recreated.
@@ -667,15 +1023,30 @@ impl Lab {
     /// [`Options::wire_segments`]); may change while the lab runs.
     pub fn set_wire_segments(&self, on: bool) {
         for side in Side::BOTH {
-            topology::wire_segments((&self.host(side), LAN_DEV), (&self.gw(side), LAN_DEV), on);
+            if self.options.routing().is_none() {
+                topology::wire_segments((&self.host(side), LAN_DEV), (&self.gw(side), LAN_DEV), on);
+                continue;
+            }
+            // The router would merge what the host cut: its end too.
+            topology::wire_segments(
+                (&self.host(side), LAN_DEV),
+                (&self.router(side), "hosts"),
+                on,
+            );
+            if on {
+                for pair in 0..self.options.pairs.max(1) {
+                    let ns = self.gw(Gw::new(pair, side));
+                    self.exec(&ns, &["ethtool", "-K", LAN_DEV, "gro", "off"]);
+                }
+            }
         }
     }
 
-    /// The veth between the gateways that OpenVPN runs over, with
-    /// `Options::wan_mtu`.
-    fn wan(&self) {
-        let (ga, gb) = (self.gw(Side::A), self.gw(Side::B));
-        let (a, b) = (format!("{}/30", WAN[0]), format!("{}/30", WAN[1]));
+    /// The veth between pair `pair`'s gateways that OpenVPN runs over,
+    /// with `Options::wan_mtu`.
+    fn wan(&self, pair: usize) {
+        let [ga, gb] = Side::BOTH.map(|side| self.gw(Gw::new(pair, side)));
+        let [a, b] = Side::BOTH.map(|side| format!("{}/30", wan(Gw::new(pair, side))));
         let end = |ns, addr| topology::End {
             mtu: Some(self.options.wan_mtu),
             ..topology::End::new(ns, WAN_DEV, addr)
@@ -707,7 +1078,7 @@ impl Lab {
             }
         }
         if self.options.peer == Peer::PlainRoutes {
-            for tunnel in &self.generated().plan.tunnels {
+            for tunnel in &self.generated().plan().tunnels {
                 for prefix in &tunnel.translate[Side::A.index()] {
                     self.route_through(Side::B, &prefix.to_string(), tunnel.index);
                 }
@@ -715,62 +1086,67 @@ impl Lab {
         }
     }
 
-    /// Gateway `side`'s OpenVPN for tunnel `k`, from its installed configuration.
+    /// Gateway `gw`'s OpenVPN for tunnel `k`, from its installed configuration.
     #[must_use]
-    pub fn openvpn(&self, side: Side, k: usize) -> OpenVpn {
-        let name = format!("openvpn-{}{k}", side.letter());
+    pub fn openvpn(&self, gw: impl Into<Gw>, k: usize) -> OpenVpn {
+        let gw = gw.into();
+        let name = format!("openvpn-{}{k}", gw.tag());
         OpenVpn {
-            ns: self.gw(side),
-            config: self.root(side).join(layout::openvpn_config(&self.dev(k))),
+            ns: self.gw(gw),
+            config: self.root(gw).join(layout::openvpn_config(&self.dev(k))),
             pid_file: self.dir.join(format!("{name}.pid")),
             log: self.dir.join(format!("{name}.log")),
         }
     }
 
-    /// Starts every tunnel, TLS servers (gateway B) first so that no
-    /// client's first handshake packet finds a closed port, and waits until
-    /// all are connected.
+    /// Starts every tunnel of every pair, TLS servers (gateway B) first so
+    /// that no client's first handshake packet finds a closed port, and
+    /// waits until all are connected.
     fn start_tunnels(&mut self) {
+        let gateways = self.gateways();
         for side in [Side::B, Side::A] {
-            for k in 0..self.options.tunnels {
-                self.start_openvpn(side, k);
+            for &gw in gateways.iter().filter(|g| g.side == side) {
+                for k in 0..self.options.tunnels {
+                    self.start_openvpn(gw, k);
+                }
             }
         }
-        for side in Side::BOTH {
+        for &gw in &gateways {
             for k in 0..self.options.tunnels {
-                self.wait_connected(side, k, Duration::from_secs(20));
+                self.wait_connected(gw, k, Duration::from_secs(20));
             }
         }
     }
 
-    /// Starts gateway `side`'s OpenVPN for tunnel `k` with the lab's options.
+    /// Starts gateway `gw`'s OpenVPN for tunnel `k` with the lab's options.
     ///
     /// # Panics
     /// If OpenVPN cannot start.
-    pub fn start_openvpn(&mut self, side: Side, k: usize) {
-        let openvpn = self.openvpn(side, k);
+    pub fn start_openvpn(&mut self, gw: impl Into<Gw>, k: usize) {
+        let gw = gw.into();
+        let openvpn = self.openvpn(gw, k);
         let mut extra = vec!["--keepalive", "1", "5", "--verb", "3"];
-        let shaper = self.shaper(side, k).map(|rate| rate.to_string());
+        let shaper = self.shaper(gw, k).map(|rate| rate.to_string());
         if let Some(rate) = &shaper {
             extra.extend(["--shaper", rate]);
         }
         self.start_tracked(&openvpn, &extra);
         if let Some(percent) = self.options.cpu_quota_percent
-            && (side == Side::A || !self.options.cpu_quota_a_only)
+            && (gw.side == Side::A || !self.options.cpu_quota_a_only)
         {
-            let group = openvpn::cpu_group(&format!("{}-{}{k}", self.tag, side.letter()));
+            let group = openvpn::cpu_group(&format!("{}-{}{k}", self.tag, gw.tag()));
             self.teardown.cgroup(&group);
             let pid = openvpn.pid().expect("OpenVPN PID");
             openvpn::cap_cpu(&group, pid, percent);
         }
     }
 
-    /// OpenVPN `--shaper` of gateway `side`'s tunnel `k` (bytes/s), if any:
+    /// OpenVPN `--shaper` of gateway `gw`'s tunnel `k` (bytes/s), if any:
     /// gateway A's, and gateway B's with `shaper_both`.
     #[must_use]
-    pub fn shaper(&self, side: Side, k: usize) -> Option<u32> {
+    pub fn shaper(&self, gw: impl Into<Gw>, k: usize) -> Option<u32> {
         let shaper = &self.options.shaper;
-        (side == Side::A || self.options.shaper_both)
+        (gw.into().side == Side::A || self.options.shaper_both)
             .then(|| shaper.get(k).or(shaper.last()).copied())
             .flatten()
     }
@@ -787,29 +1163,27 @@ impl Lab {
         openvpn.start(extra);
     }
 
-    /// Kills gateway `side`'s OpenVPN for tunnel `k` (by the PID it wrote);
+    /// Kills gateway `gw`'s OpenVPN for tunnel `k` (by the PID it wrote);
     /// returns that PID.
-    #[expect(
-        clippy::must_use_candidate,
-        reason = "most callers only kill; some wait for the PID to end"
-    )]
-    pub fn kill_openvpn(&self, side: Side, k: usize) -> Option<i32> {
-        self.openvpn(side, k).kill()
+    pub fn kill_openvpn(&self, gw: impl Into<Gw>, k: usize) -> Option<i32> {
+        self.openvpn(gw, k).kill()
     }
 
-    /// Waits until OpenVPN `side`/`k` has completed its initialisation.
+    /// Waits until OpenVPN `gw`/`k` has completed its initialisation.
     ///
     /// # Panics
     /// If it does not within `timeout`.
-    pub fn wait_connected(&self, side: Side, k: usize, timeout: Duration) {
-        self.openvpn(side, k).wait_connected(timeout);
+    pub fn wait_connected(&self, gw: impl Into<Gw>, k: usize, timeout: Duration) {
+        self.openvpn(gw, k).wait_connected(timeout);
     }
 
     /// The gateway's ovpn-lb configuration: the generated one with the lab's
     /// options on top.
     #[must_use]
-    pub fn loader_config(&self, side: Side) -> file::File {
-        let mut c = generate::loader_config(&self.generated().plan, side);
+    pub fn loader_config(&self, gw: impl Into<Gw>) -> file::File {
+        let gw = gw.into();
+        let side = gw.side;
+        let mut c = generate::loader_config(&self.generated().pairs[gw.pair].plan, side);
         c.spray = if self.options.peer == Peer::PlainRoutes {
             file::Spray::Flow
         } else {
@@ -830,127 +1204,129 @@ impl Lab {
 
     /// [`Lab::loader_config`] as the file the loader reads.
     #[must_use]
-    pub fn config_text(&self, side: Side) -> String {
+    pub fn config_text(&self, gw: impl Into<Gw>) -> String {
+        let gw = gw.into();
         let toml = self
-            .loader_config(side)
+            .loader_config(gw)
             .to_toml()
             .expect("a lab configuration is valid TOML");
         format!(
-            "# ovpn-lb on lab gateway {side}: generated, with the lab's options on top.\n{toml}"
+            "# ovpn-lb on lab {}: generated, with the lab's options on top.\n{toml}",
+            gw.name()
         )
     }
 
-    /// Where gateway `side`'s `ovpn-lb.toml` is installed.
+    /// Where gateway `gw`'s `ovpn-lb.toml` is installed.
     #[must_use]
-    pub fn config_path(&self, side: Side) -> PathBuf {
-        self.root(side).join(layout::LOADER_CONFIG)
+    pub fn config_path(&self, gw: impl Into<Gw>) -> PathBuf {
+        self.root(gw).join(layout::LOADER_CONFIG)
     }
 
-    /// Where gateway `side`'s loader pins and keeps its state.
+    /// Where gateway `gw`'s loader pins and keeps its state.
     #[must_use]
-    pub fn layout(&self, side: Side) -> Layout {
-        layout_in(&self.dir, side)
+    pub fn layout(&self, gw: impl Into<Gw>) -> Layout {
+        layout_in(&self.dir, gw.into())
     }
 
-    /// The loader of gateway `side`, as the lab runs it.
+    /// The loader of gateway `gw`, as the lab runs it.
     #[must_use]
-    pub fn loader(&self, side: Side) -> loader::Site {
-        Self::loader_at(&self.dir, &self.tag, &self.bin, side)
+    pub fn loader(&self, gw: impl Into<Gw>) -> loader::Site {
+        Self::loader_at(&self.dir, &self.tag, &self.bin, gw)
     }
 
-    /// The loader of gateway `side` of a lab built in `dir` under `tag`,
+    /// The loader of gateway `gw` of a lab built in `dir` under `tag`,
     /// for a process that did not build it (`cargo xtask lab status`).
     #[must_use]
-    pub fn loader_at(dir: &Path, tag: &str, bin: &Path, side: Side) -> loader::Site {
+    pub fn loader_at(dir: &Path, tag: &str, bin: &Path, gw: impl Into<Gw>) -> loader::Site {
+        let gw = gw.into();
         loader::Site {
-            ns: format!("{tag}-g{}", side.letter()),
+            ns: format!("{tag}-g{}", gw.tag()),
             bin: bin.to_path_buf(),
-            layout: layout_in(dir, side),
+            layout: layout_in(dir, gw),
         }
     }
 
-    fn loader_pid_file(&self, side: Side) -> PathBuf {
-        self.dir.join(format!("ovpn-lb-{}.pid", side.letter()))
+    fn loader_pid_file(&self, gw: Gw) -> PathBuf {
+        self.dir.join(format!("ovpn-lb-{}.pid", gw.tag()))
     }
 
-    /// The loader's log (every run on `side` appends to it).
+    /// The loader's log (every run on `gw` appends to it).
     #[must_use]
-    pub fn loader_log(&self, side: Side) -> PathBuf {
-        self.dir.join(format!("ovpn-lb-{}.log", side.letter()))
+    pub fn loader_log(&self, gw: impl Into<Gw>) -> PathBuf {
+        self.dir.join(format!("ovpn-lb-{}.log", gw.into().tag()))
     }
 
-    /// Writes the configuration and starts `ovpn-lb run` on `side`; waits
+    /// Writes the configuration and starts `ovpn-lb run` on `gw`; waits
     /// until it runs.
     ///
     /// # Panics
     /// If it does not start.
-    pub fn start_loader(&mut self, side: Side) {
-        let path = self.config_path(side);
-        fs::write(&path, self.config_text(side))
+    pub fn start_loader(&mut self, gw: impl Into<Gw>) {
+        let gw = gw.into();
+        let path = self.config_path(gw);
+        fs::write(&path, self.config_text(gw))
             .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        self.start_loader_with(side, &path);
+        self.start_loader_with(gw, &path);
     }
 
-    /// Starts `ovpn-lb run --config CONFIG` on `side`, tracked by its PID.
+    /// Starts `ovpn-lb run --config CONFIG` on `gw`, tracked by its PID.
     ///
     /// # Panics
     /// If it does not start.
-    pub fn start_loader_with(&mut self, side: Side, config: &Path) {
-        let pid_file = self.loader_pid_file(side);
+    pub fn start_loader_with(&mut self, gw: impl Into<Gw>, config: &Path) {
+        let gw = gw.into();
+        let pid_file = self.loader_pid_file(gw);
         self.teardown.pid_file(&pid_file);
         let loader = self
-            .loader(side)
-            .start(config, &[], &self.loader_log(side), false);
+            .loader(gw)
+            .start(config, &[], &self.loader_log(gw), false);
         let pid = loader.release();
         fs::write(&pid_file, pid.to_string())
             .unwrap_or_else(|e| panic!("writing {}: {e}", pid_file.display()));
     }
 
-    /// Kills the loader on `side` with SIGKILL (the datapath stays).
-    pub fn kill_loader(&self, side: Side) {
-        self.signal_loader(side, libc::SIGKILL);
+    /// Kills the loader on `gw` with SIGKILL (the datapath stays).
+    pub fn kill_loader(&self, gw: impl Into<Gw>) {
+        self.signal_loader(gw, libc::SIGKILL);
     }
 
-    /// Sends `signal` to the loader on `side` and forgets it; returns its PID.
-    #[expect(
-        clippy::must_use_candidate,
-        reason = "only callers that wait for the exit need the PID"
-    )]
-    pub fn signal_loader(&self, side: Side, signal: i32) -> Option<i32> {
-        let pid = pid_in(&self.loader_pid_file(side))?;
+    /// Sends `signal` to the loader on `gw` and forgets it; returns its PID.
+    pub fn signal_loader(&self, gw: impl Into<Gw>, signal: i32) -> Option<i32> {
+        let gw = gw.into();
+        let pid = pid_in(&self.loader_pid_file(gw))?;
         process::signal(pid, signal);
-        let _ = fs::remove_file(self.loader_pid_file(side));
+        let _ = fs::remove_file(self.loader_pid_file(gw));
         Some(pid)
     }
 
-    /// Per-tunnel counters of gateway `side`, from its pinned maps.
+    /// Per-tunnel counters of gateway `gw`, from its pinned maps.
     ///
     /// # Panics
     /// If the maps cannot be read.
     #[must_use]
-    pub fn tunnel_stats(&self, side: Side) -> Vec<TunnelStats> {
-        self.counters(side).tunnels
+    pub fn tunnel_stats(&self, gw: impl Into<Gw>) -> Vec<TunnelStats> {
+        self.counters(gw).tunnels
     }
 
-    /// Per-tunnel and per-reason counters of gateway `side`, from its pinned
+    /// Per-tunnel and per-reason counters of gateway `gw`, from its pinned
     /// maps (reasons indexed by `Reason as usize`).
     ///
     /// # Panics
     /// If the maps cannot be read.
     #[must_use]
-    pub fn counters(&self, side: Side) -> Counters {
+    pub fn counters(&self, gw: impl Into<Gw>) -> Counters {
         let n = u32::try_from(self.options.tunnels).unwrap();
-        Counters::read(&self.layout(side), n).expect("pinned counters")
+        Counters::read(&self.layout(gw), n).expect("pinned counters")
     }
 
-    /// Per tunnel, the times gateway `side`'s loader has taken it out of
+    /// Per tunnel, the times gateway `gw`'s loader has taken it out of
     /// the rotation, for any cause (its state file).
     ///
     /// # Panics
     /// If the state cannot be read.
     #[must_use]
-    pub fn departures(&self, side: Side) -> Vec<u64> {
-        let state = State::read(&self.layout(side)).expect("the loader's state");
+    pub fn departures(&self, gw: impl Into<Gw>) -> Vec<u64> {
+        let state = State::read(&self.layout(gw)).expect("the loader's state");
         state
             .tunnels
             .iter()
@@ -962,10 +1338,31 @@ impl Lab {
     #[must_use]
     pub fn diagnose(&self) -> String {
         let mut out = String::new();
-        for side in Side::BOTH {
+        if self.options.routing() == Some(HaKind::Bgp) {
+            for side in Side::BOTH {
+                let frr = self.router_frr(side);
+                let _ = writeln!(
+                    out,
+                    "--- router {side:?}:\n{}\n{}",
+                    frr.vtysh("show bgp summary"),
+                    self.exec(&self.router(side), &["ip", "route"])
+                );
+            }
+        }
+        for gw in self.gateways() {
+            let side = gw;
             let gw = self.gw(side);
             let log = fs::read_to_string(self.loader_log(side)).unwrap_or_default();
-            let _ = writeln!(out, "--- gateway {side:?} loader log:\n{log}");
+            let _ = writeln!(out, "--- {} loader log:\n{log}", side.name());
+            if self.options.routing().is_some() {
+                let health = self.root(side).join(layout::HEALTH);
+                let _ = writeln!(
+                    out,
+                    "health file {}: {:?}",
+                    health.display(),
+                    fs::read_to_string(&health).unwrap_or_default()
+                );
+            }
             let n = u32::try_from(self.options.tunnels).unwrap_or(0);
             if let Ok(c) = Counters::read(&self.layout(side), n) {
                 let _ = writeln!(out, "tunnels: {:?}", c.tunnels);
@@ -1029,10 +1426,10 @@ fn edit_lines(path: &Path, f: impl Fn(&str) -> Option<String>) {
     fs::write(path, out).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
-fn layout_in(dir: &Path, side: Side) -> Layout {
+fn layout_in(dir: &Path, gw: Gw) -> Layout {
     Layout {
-        pin_root: dir.join("bpf").join(side.letter()),
-        run_dir: dir.join(format!("run-{}", side.letter())),
+        pin_root: dir.join("bpf").join(gw.tag()),
+        run_dir: dir.join(format!("run-{}", gw.tag())),
     }
 }
 

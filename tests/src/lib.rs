@@ -9,6 +9,10 @@
 //! - `teardown`: the record of what a test bed made, torn down in one place;
 //! - `openvpn`: OpenVPN processes (and CPU quotas); `loader`: the `ovpn-lb`
 //!   binary; configuration comes from the generator (`ovpn_lb::generate`);
+//! - `frr`, `keepalived`: FRR instances and keepalived per namespace, for
+//!   gateway pairs behind a router (BGP) or sharing a LAN (VRRP);
+//!   `failover`: faults on such pairs and what they cost (routes, pings,
+//!   transfers);
 //! - `numgen`: nftables `numgen` per-packet spraying, the kernel's own way;
 //! - `lab`: two sites joined by real OpenVPN tunnels; `gateway`: one gateway
 //!   with tun devices held by the test, for the loader's tests;
@@ -26,8 +30,11 @@
 )]
 
 pub mod bpffs;
+pub mod failover;
 pub mod fixture;
+pub mod frr;
 pub mod gateway;
+pub mod keepalived;
 pub mod lab;
 pub mod lag;
 pub mod loader;

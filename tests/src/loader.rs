@@ -17,11 +17,9 @@ use crate::{
     process::{self, log_end, wait_until},
 };
 
-/// How long `run` may take to attach and say so: a bound for a hung start,
-/// not a speed test. The tests run the debug build, which reads the
-/// kernel's BTF (for the ring accounting's offsets, aya's relocations and
-/// the tracing programs' targets) and has every program verified; on a
-/// 2-core machine at a load of 10 two e2e gateways took over 15 s.
+/// How long `run` may take to attach and say so: a guard against a hang,
+/// not a measure (the verifier alone took over 15 s on two cores shared
+/// with other builds and a VM).
 const START_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// The `ovpn-lb` binary: `$OVPN_LB_BIN`, or the workspace's debug build.

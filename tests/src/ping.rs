@@ -58,7 +58,12 @@ impl Pings {
         longest
     }
 
-    fn answered(self) -> Vec<bool> {
+    /// Waits for the pings to end: each request, answered or not.
+    ///
+    /// # Panics
+    /// If the pinger failed.
+    #[must_use]
+    pub fn answered(self) -> Vec<bool> {
         self.0
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e))
@@ -81,6 +86,22 @@ pub fn ping(ns: &str, target: &str, count: u32, interval: &str) -> (u32, u32) {
 /// If the target or interval does not parse.
 #[must_use]
 pub fn ping_background(ns: &str, target: &str, count: u32, interval: &str) -> Pings {
+    ping_background_from(ns, None, target, count, interval)
+}
+
+/// [`ping_background`] from source address `from` (one of the namespace's),
+/// or the one the kernel picks.
+///
+/// # Panics
+/// If the target or interval does not parse.
+#[must_use]
+pub fn ping_background_from(
+    ns: &str,
+    from: Option<IpAddr>,
+    target: &str,
+    count: u32,
+    interval: &str,
+) -> Pings {
     let target: IpAddr = target
         .parse()
         .unwrap_or_else(|e| panic!("ping target {target}: {e}"));
@@ -94,12 +115,19 @@ pub fn ping_background(ns: &str, target: &str, count: u32, interval: &str) -> Pi
     let id = (std::process::id() as u16) ^ NEXT_ID.fetch_add(0x0101, Ordering::Relaxed);
     Pings(thread::spawn(move || {
         netns::join(&ns);
-        run(target, count, interval, id).unwrap_or_else(|e| panic!("ping {target} from {ns}: {e}"))
+        run(from, target, count, interval, id)
+            .unwrap_or_else(|e| panic!("ping {target} from {ns}: {e}"))
     }))
 }
 
 /// Each request sent, answered or not.
-fn run(target: IpAddr, count: u32, interval: Duration, id: u16) -> io::Result<Vec<bool>> {
+fn run(
+    from: Option<IpAddr>,
+    target: IpAddr,
+    count: u32,
+    interval: Duration,
+    id: u16,
+) -> io::Result<Vec<bool>> {
     let v6 = target.is_ipv6();
     let (domain, protocol) = if v6 {
         (Domain::IPV6, Protocol::ICMPV6)
@@ -107,6 +135,9 @@ fn run(target: IpAddr, count: u32, interval: Duration, id: u16) -> io::Result<Ve
         (Domain::IPV4, Protocol::ICMPV4)
     };
     let socket = Socket::new(domain, Type::RAW, Some(protocol))?;
+    if let Some(from) = from {
+        socket.bind(&SockAddr::from(SocketAddr::new(from, 0)))?;
+    }
     let to = SockAddr::from(SocketAddr::new(target, 0));
     let mut answered = vec![false; count as usize];
     let start = Instant::now();
@@ -124,7 +155,10 @@ fn run(target: IpAddr, count: u32, interval: Duration, id: u16) -> io::Result<Ve
         if (sent == count && answered.iter().all(|&a| a)) || now >= deadline {
             break;
         }
-        socket.set_read_timeout(Some(if sent < count { due } else { deadline } - now))?;
+        // At least a millisecond: a timeout under a microsecond reaches the
+        // kernel as 0, which means none (the read would wait for ever).
+        let wait = (if sent < count { due } else { deadline } - now).max(Duration::from_millis(1));
+        socket.set_read_timeout(Some(wait))?;
         let mut buf = [0u8; 1500];
         let n = match (&socket).read(&mut buf) {
             Ok(n) => n,

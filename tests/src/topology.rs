@@ -128,3 +128,27 @@ pub fn wire_segments(host: (&str, &str), gateway: (&str, &str), on: bool) {
         exec(gateway.0, &["ethtool", "-K", gateway.1, "gro", "off"]);
     }
 }
+
+/// A bridge `name` in `ns`, with `addrs`, up.
+///
+/// # Panics
+/// If `ip` refuses any step.
+pub fn bridge(ns: &str, name: &str, addrs: &[&str]) {
+    ip(ns, &["link", "add", name, "type", "bridge"]);
+    for addr in addrs {
+        let mut args = vec!["addr", "add", addr, "dev", name];
+        if addr.contains(':') {
+            args.push("nodad");
+        }
+        ip(ns, &args);
+    }
+    ip(ns, &["link", "set", name, "up"]);
+}
+
+/// Device `dev` of `ns` becomes a port of bridge `bridge` there.
+///
+/// # Panics
+/// If `ip` refuses.
+pub fn plug(ns: &str, dev: &str, bridge: &str) {
+    ip(ns, &["link", "set", dev, "master", bridge]);
+}

@@ -48,6 +48,10 @@ impl RandomData {
     }
 }
 
+/// How long a transfer may make no progress before it fails: TCP's own
+/// retransmissions get far longer, and a test waiting on them would hang.
+const STALL: Duration = Duration::from_mins(1);
+
 /// What a TCP transfer saw at both ends.
 #[derive(Debug)]
 pub struct Transfer {
@@ -71,6 +75,22 @@ pub fn tcp_transfer(
     bytes: usize,
     during: impl FnOnce(),
 ) -> Transfer {
+    tcp_transfer_at(from, to, listen, bytes, None, during)
+}
+
+/// [`tcp_transfer`], the sender writing at most `rate` bytes per second
+/// when given (an application-limited flow, which fills no queue).
+///
+/// # Panics
+/// If the connection fails.
+pub fn tcp_transfer_at(
+    from: &str,
+    to: &str,
+    listen: SocketAddr,
+    bytes: usize,
+    rate: Option<u64>,
+    during: impl FnOnce(),
+) -> Transfer {
     let (ready_tx, ready_rx) = mpsc::channel();
     let to = to.to_owned();
     let receiver = thread::spawn(move || {
@@ -78,6 +98,8 @@ pub fn tcp_transfer(
             let listener = TcpListener::bind(listen).unwrap();
             ready_tx.send(()).unwrap();
             let (mut conn, peer) = listener.accept().unwrap();
+            // A transfer that stalls for good fails instead of hanging.
+            conn.set_read_timeout(Some(STALL)).unwrap();
             let mut hash = Sha256::new();
             let mut buf = vec![0u8; 1 << 16];
             let mut total = 0;
@@ -98,9 +120,13 @@ pub fn tcp_transfer(
         enter_named(&from, || {
             let mut conn =
                 TcpStream::connect_timeout(&listen, Duration::from_secs(5)).expect("connect");
+            conn.set_write_timeout(Some(STALL)).unwrap();
+            conn.set_read_timeout(Some(STALL)).unwrap();
             let mut data = RandomData::new(0x5eed, bytes);
             let mut hash = Sha256::new();
             let mut buf = vec![0u8; 1 << 16];
+            let started = std::time::Instant::now();
+            let mut sent = 0u64;
             loop {
                 let n = data.fill(&mut buf);
                 if n == 0 {
@@ -108,6 +134,14 @@ pub fn tcp_transfer(
                 }
                 hash.update(&buf[..n]);
                 conn.write_all(&buf[..n]).expect("send");
+                sent += n as u64;
+                if let Some(rate) = rate {
+                    // Ahead of the rate: wait until it catches up.
+                    let due = Duration::from_micros(sent * 1_000_000 / rate.max(1));
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        thread::sleep(wait);
+                    }
+                }
             }
             conn.shutdown(std::net::Shutdown::Write).unwrap();
             // Wait for the receiver to finish reading before closing.

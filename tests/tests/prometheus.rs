@@ -3,6 +3,7 @@
 //! nothing to say about the exposition.
 
 use std::{
+    fmt::Write as _,
     fs,
     process::{Command, Stdio},
     thread,
@@ -109,7 +110,17 @@ fn bpftool_tx_packets(lab: &GatewayLab) -> Vec<(u64, u64)> {
 #[test]
 fn prometheus_scrapes_what_bpftool_shows() {
     let Some(_alone) = root_alone() else { return };
-    let (lab, loader) = GatewayLab::running(200);
+    // With [announce], so that its families have series too.
+    let lab = GatewayLab::new(200);
+    let mut config = std::fs::read_to_string(&lab.config).unwrap();
+    let maintenance = lab.scratch.dir.join("maintenance");
+    let _ = write!(
+        config,
+        "\n[announce]\ndrain_ms = 0\nmaintenance_file = \"{}\"\n",
+        maintenance.display()
+    );
+    std::fs::write(&lab.config, config).unwrap();
+    let loader = lab.start_loader(&[]);
     let _prometheus = start_prometheus(&lab);
 
     let pings = lab.ping(90, "0.01").wait();
@@ -149,6 +160,14 @@ fn prometheus_scrapes_what_bpftool_shows() {
     for s in query(&lab, "ovpnlb_tunnel_up") {
         assert_eq!(value(&s), 1, "{s}");
     }
+    let announced = query(&lab, "ovpnlb_announced");
+    assert_eq!(
+        announced.iter().map(value).collect::<Vec<_>>(),
+        [1],
+        "{announced:?}"
+    );
+    let in_rotation = query(&lab, "ovpnlb_tunnels_in_rotation");
+    assert_eq!(in_rotation.iter().map(value).collect::<Vec<_>>(), [3]);
     assert_eq!(query(&lab, "up").iter().map(value).collect::<Vec<_>>(), [1]);
     // Every exported family reached Prometheus.
     for name in metrics::series_names() {

@@ -5,10 +5,10 @@
 use std::{fs, path::PathBuf, sync::atomic::Ordering};
 
 use anyhow::{Result, bail};
-use ovpn_lb::config::file;
+use ovpn_lb::{config::file, generate::ha::HaKind};
 use ovpn_lb_common::TunnelStats;
 use ovpn_lb_tests::{
-    lab::{Forwarding, HOST_B, Lab, Options, Peer, Side, growth},
+    lab::{Forwarding, Gw, HOST_B, Lab, Options, Peer, Side, growth},
     netns,
     traffic::iperf3_server,
 };
@@ -80,6 +80,22 @@ pub struct LabArgs {
     /// tunnels only) or auto; the loader's default (auto) when not given.
     #[arg(long, alias = "mode", value_name = "HOOK", value_parser = ["tc", "xdp", "auto"])]
     pub hook: Option<String>,
+    /// Gateway pairs between the sites, each with --tunnels tunnels: with
+    /// more than one, a router per site runs FRR and spreads flows over the
+    /// pairs that announce (BGP, ECMP), every gateway running FRR too.
+    #[arg(long, default_value_t = 1)]
+    pub pairs: usize,
+    /// How the pairs share a site: bgp (the default with several pairs) or
+    /// vrrp (keepalived on the gateways, the hosts on their LAN).
+    #[arg(long, value_enum)]
+    pub ha: Option<HaArg>,
+}
+
+/// `--ha`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HaArg {
+    Bgp,
+    Vrrp,
 }
 
 /// `--spray`: an ovpn-lb spray mode, or nftables numgen instead of ovpn-lb.
@@ -98,6 +114,16 @@ pub enum QuotaOn {
 
 impl LabArgs {
     fn options(&self) -> Result<Options> {
+        if self.pairs > 1 || self.ha.is_some() {
+            if !matches!(self.spray, LabSpray::OvpnLb(_)) || self.one_sided || self.tap {
+                bail!(
+                    "--pairs and --ha run ovpn-lb on every gateway over tun tunnels: not with --spray numgen, --one-sided or --tap"
+                );
+            }
+            if !(1..=8).contains(&self.pairs) {
+                bail!("--pairs {}: the lab takes 1 to 8", self.pairs);
+            }
+        }
         let (forwarding, spray) = match self.spray {
             LabSpray::OvpnLb(spray) => (Forwarding::OvpnLb, spray),
             LabSpray::Numgen if self.one_sided => {
@@ -123,6 +149,11 @@ impl LabArgs {
             wire_segments: self.wire_segments,
             tap: self.tap,
             hook: self.hook.clone(),
+            pairs: self.pairs,
+            ha: self.ha.map(|h| match h {
+                HaArg::Bgp => HaKind::Bgp,
+                HaArg::Vrrp => HaKind::Vrrp,
+            }),
             ..Options::default()
         })
     }
@@ -169,15 +200,34 @@ fn prepare() -> Result<()> {
 
 fn describe(lab: &Lab) {
     println!("lab is up in {}", lab.dir.display());
+    let gateways: Vec<String> = lab
+        .gateways()
+        .iter()
+        .map(|&g| format!("{} ({})", lab.gw(g), g.name()))
+        .collect();
     println!(
-        "  namespaces: {} (host A), {} (gateway A), {} (gateway B), {} (host B)",
+        "  namespaces: {} (host A), {} (host B), gateways {}",
         lab.host(Side::A),
-        lab.gw(Side::A),
-        lab.gw(Side::B),
-        lab.host(Side::B)
+        lab.host(Side::B),
+        gateways.join(", ")
     );
+    match lab.options.routing() {
+        Some(HaKind::Bgp) => println!(
+            "  routers {} and {} run FRR (ECMP over the pairs that announce): ip netns exec {} vtysh --vty_socket {} -c 'show ip route'",
+            lab.router(Side::A),
+            lab.router(Side::B),
+            lab.router(Side::A),
+            lab.router_frr(Side::A).run_dir.display()
+        ),
+        Some(HaKind::Vrrp) => println!(
+            "  each site's hosts and gateways share a LAN ({} and {} are its switches); keepalived holds .1",
+            lab.router(Side::A),
+            lab.router(Side::B)
+        ),
+        None => {}
+    }
     println!(
-        "  {} OpenVPN {} tunnels ({}..) over the WAN veth (TLS, peer-fingerprint), hook {}, logs in {}",
+        "  {} OpenVPN {} tunnels per pair ({}..) over the WAN veth (TLS, peer-fingerprint), hook {}, logs in {}",
         lab.options.tunnels,
         if lab.options.tap { "tap" } else { "tun" },
         lab.dev(0),
@@ -192,27 +242,28 @@ fn describe(lab: &Lab) {
         );
         return;
     }
-    for side in [Side::A, Side::B] {
-        if side == Side::B && lab.options.peer == Peer::PlainRoutes {
+    for gw in lab.gateways() {
+        if gw.side == Side::B && lab.options.peer == Peer::PlainRoutes {
             println!("  gateway B: plain OpenVPN routes, no ovpn-lb");
             continue;
         }
-        let layout = lab.layout(side);
+        let layout = lab.layout(gw);
         println!(
-            "  gateway {side:?}: files under {} (config {})",
-            lab.root(side).display(),
-            lab.config_path(side).display()
+            "  {}: files under {} (config {})",
+            gw.name(),
+            lab.root(gw).display(),
+            lab.config_path(gw).display()
         );
         println!(
             "    status:  ip netns exec {} {} --pin-root {} --run-dir {} status",
-            lab.gw(side),
+            lab.gw(gw),
             release_loader().display(),
             layout.pin_root.display(),
             layout.run_dir.display()
         );
         println!(
             "    metrics: ip netns exec {} curl -s http://127.0.0.1:9477/metrics",
-            lab.gw(side)
+            lab.gw(gw)
         );
     }
     println!(
@@ -275,13 +326,17 @@ pub fn status() -> Result<()> {
         return Ok(());
     }
     println!("{}", fs::read_to_string(record)?);
-    for side in Side::BOTH {
-        let site = Lab::loader_at(&dir(), TAG, &release_loader(), side);
-        if !site.layout.run_dir.exists() {
-            continue;
+    // Every gateway the lab may have: those whose loader left a run directory.
+    for pair in 0..ovpn_lb::generate::plan::MAX_PAIRS {
+        for side in Side::BOTH {
+            let gw = Gw::new(pair, side);
+            let site = Lab::loader_at(&dir(), TAG, &release_loader(), gw);
+            if !site.layout.run_dir.exists() {
+                continue;
+            }
+            let out = site.ovpn_lb(&["status", "--interval", "0.5"]);
+            println!("{}:\n{}", gw.name(), String::from_utf8_lossy(&out.stdout));
         }
-        let out = site.ovpn_lb(&["status", "--interval", "0.5"]);
-        println!("gateway {side}:\n{}", String::from_utf8_lossy(&out.stdout));
     }
     Ok(())
 }

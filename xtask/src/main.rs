@@ -55,10 +55,13 @@ enum Command {
     },
     /// Benchmarks (root): ratios against a baseline in the same run.
     Bench(bench::BenchArgs),
-    /// The built-in lab, for manual work.
+    /// The built-in lab, for manual work (`lab --pairs 2` is `lab up --pairs 2`).
+    #[command(args_conflicts_with_subcommands = true)]
     Lab {
         #[command(subcommand)]
-        action: LabAction,
+        action: Option<LabAction>,
+        #[command(flatten)]
+        args: lab::LabArgs,
     },
 }
 
@@ -85,13 +88,17 @@ fn main() -> ExitCode {
         Command::Run { args, .. } => build::run_loader(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Lab {
-            action: LabAction::Up(args),
-        } => lab::up(&args),
+            action: Some(LabAction::Up(args)),
+            ..
+        }
+        | Command::Lab { action: None, args } => lab::up(&args),
         Command::Lab {
-            action: LabAction::Down,
+            action: Some(LabAction::Down),
+            ..
         } => lab::down(),
         Command::Lab {
-            action: LabAction::Status,
+            action: Some(LabAction::Status),
+            ..
         } => lab::status(),
     };
     match result {

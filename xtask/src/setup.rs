@@ -37,6 +37,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // a Debian root that debootstrap makes.
     "systemd-container",
     "debootstrap",
+    // Gateway pairs: FRR (bgpd, bfdd, staticd, vtysh) on the lab's routers
+    // and gateways, keepalived for the VRRP variant.
+    "frr",
+    "keepalived",
 ];
 
 /// The Debian release the containers run, and what their root holds
@@ -47,6 +51,11 @@ const CONTAINER_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,iputils-pin
 /// offline inside the containers (their network is the lab's).
 const CONTAINER_DOWNLOADS: &[&str] = &["openvpn"];
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Debian's way to keep a package's install from starting its service:
+/// FRR's and keepalived's would run on the machine itself, outside any lab
+/// namespace.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// 3.8.0 declares rust-version 1.85, so the stable toolchain builds it.
@@ -82,12 +91,28 @@ fn debian_packages() -> Result<()> {
         );
     }
     exec(cmd("apt-get").arg("update").arg("-q"))?;
-    exec(
+    // No service starts while we install (unless the machine already says so).
+    let ours = !Path::new(POLICY_RC_D).exists();
+    if ours {
+        fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# cargo xtask setup: no service starts during the install\nexit 101\n",
+        )?;
+        fs::set_permissions(
+            POLICY_RC_D,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+    }
+    let installed = exec(
         cmd("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    if ours {
+        fs::remove_file(POLICY_RC_D)?;
+    }
+    installed
 }
 
 fn rust_src() -> Result<()> {

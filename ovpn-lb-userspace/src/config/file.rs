@@ -13,6 +13,17 @@ pub const DEFAULT_KERNEL_TABLE: u32 = 7600;
 pub const DEFAULT_KERNEL_PRIORITY: u32 = 7600;
 pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 100;
 pub const DEFAULT_PROBE_MISSES: u32 = 3;
+/// `[announce]`: the marker routes' table (`main`), routing protocol number
+/// (one of ovpn-lb's own: no routing daemon claims 76) and metric (the
+/// largest but one: a marker never shadows a real route, and an
+/// `unreachable` guard route at the largest metric for the same prefix can
+/// sit beside it).
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 254;
+pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 76;
+pub const DEFAULT_ANNOUNCE_METRIC: u32 = u32::MAX - 1;
+pub const DEFAULT_MIN_TUNNELS: u32 = 1;
+pub const DEFAULT_DRAIN_MS: u64 = 2000;
+pub const DEFAULT_MAINTENANCE_FILE: &str = "/etc/ovpn-lb/maintenance";
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +58,10 @@ pub struct File {
     pub metrics: Metrics,
     #[serde(default)]
     pub kernel_route: KernelRoute,
+    /// Announce the remote prefixes (marker routes for a BGP daemon, a
+    /// health file for keepalived) while this gateway is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Announce>,
     #[serde(default, rename = "tunnel")]
     pub tunnels: Vec<Tunnel>,
 }
@@ -67,6 +82,7 @@ impl Default for File {
             wan: None,
             metrics: Metrics::default(),
             kernel_route: KernelRoute::default(),
+            announce: None,
             tunnels: Vec::new(),
         }
     }
@@ -173,6 +189,71 @@ fn default_priority() -> u32 {
     DEFAULT_KERNEL_PRIORITY
 }
 
+/// `[announce]`: when this gateway may be sent traffic, said through the
+/// kernel (marker routes a BGP daemon redistributes) and a file (keepalived).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announce {
+    /// Tunnels in the rotation below which the gateway withdraws.
+    #[serde(default = "default_min_tunnels")]
+    pub min_tunnels: u32,
+    /// Milliseconds between withdrawing on a stop and exiting.
+    #[serde(default = "default_drain_ms")]
+    pub drain_ms: u64,
+    /// While this file exists the gateway withdraws (and says it drains).
+    #[serde(default = "default_maintenance_file")]
+    pub maintenance_file: String,
+    /// `0` while announced, `1` while not (keepalived's `track_file`);
+    /// `health` in the run directory unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_file: Option<String>,
+    /// The marker routes' routing table, protocol number and metric.
+    #[serde(default = "default_announce_table")]
+    pub table: u32,
+    #[serde(default = "default_announce_protocol")]
+    pub protocol: u8,
+    #[serde(default = "default_announce_metric")]
+    pub metric: u32,
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Self {
+            min_tunnels: DEFAULT_MIN_TUNNELS,
+            drain_ms: DEFAULT_DRAIN_MS,
+            maintenance_file: DEFAULT_MAINTENANCE_FILE.to_owned(),
+            health_file: None,
+            table: DEFAULT_ANNOUNCE_TABLE,
+            protocol: DEFAULT_ANNOUNCE_PROTOCOL,
+            metric: DEFAULT_ANNOUNCE_METRIC,
+        }
+    }
+}
+
+fn default_min_tunnels() -> u32 {
+    DEFAULT_MIN_TUNNELS
+}
+
+fn default_drain_ms() -> u64 {
+    DEFAULT_DRAIN_MS
+}
+
+fn default_maintenance_file() -> String {
+    DEFAULT_MAINTENANCE_FILE.to_owned()
+}
+
+fn default_announce_table() -> u32 {
+    DEFAULT_ANNOUNCE_TABLE
+}
+
+fn default_announce_protocol() -> u8 {
+    DEFAULT_ANNOUNCE_PROTOCOL
+}
+
+fn default_announce_metric() -> u32 {
+    DEFAULT_ANNOUNCE_METRIC
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tunnel {
@@ -256,11 +337,36 @@ mod tests {
         assert_eq!(file.probe_misses, DEFAULT_PROBE_MISSES);
         assert_eq!(file.up_delay_ms, DEFAULT_UP_DELAY_MS);
         assert_eq!(file.kernel_route, KernelRoute::default());
+        assert_eq!(
+            file.announce, None,
+            "announcing is for pairs: commented out"
+        );
         assert_eq!(file.tunnels.len(), 2);
         assert_eq!(
             file.wan,
             Some(Wan {
                 interfaces: vec!["eth0".into()]
+            })
+        );
+        // Uncommented, the example's [announce] is the defaults, but for the
+        // health file, which defaults into the run directory.
+        let section = text
+            .lines()
+            .skip_while(|l| *l != "#[announce]")
+            .take_while(|l| l.starts_with('#'))
+            .filter(|l| !l.starts_with("##"))
+            .map(|l| &l[1..])
+            .collect::<Vec<_>>()
+            .join("\n");
+        let announce: File = toml::from_str(&format!(
+            "remote_prefixes = []\n[lan]\ninterface = \"x\"\nprefixes = []\n{section}"
+        ))
+        .unwrap();
+        assert_eq!(
+            announce.announce,
+            Some(Announce {
+                health_file: Some("/run/ovpn-lb/health".to_owned()),
+                ..Announce::default()
             })
         );
     }

@@ -76,6 +76,16 @@ impl Net {
         }
     }
 
+    /// True when `addr` lies in the prefix.
+    #[must_use]
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let host = match addr {
+            IpAddr::V4(a) => Net::V4(Prefix4::new(a.octets(), 32)),
+            IpAddr::V6(a) => Net::V6(Prefix6::new(a.octets(), 128)),
+        };
+        self.overlaps(&host)
+    }
+
     /// Parses "address/length" with host bits clear.
     ///
     /// # Errors
@@ -211,11 +221,27 @@ pub struct KernelRouteSpec {
     pub priority: u32,
 }
 
+/// `[announce]`, validated: when and how this gateway says it may be sent
+/// traffic (see `announce`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceSpec {
+    pub min_tunnels: usize,
+    pub drain: Duration,
+    pub maintenance_file: PathBuf,
+    /// `None`: `health` in the run directory.
+    pub health_file: Option<PathBuf>,
+    pub table: u32,
+    pub protocol: u8,
+    pub metric: u32,
+}
+
 /// A configuration that has passed validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub lan: Lan,
     pub wan: Wan,
+    /// The networks behind the tunnels: what is sprayed, and what the
+    /// marker routes announce.
     pub remote: Vec<Net>,
     pub exclude: Vec<Net>,
     pub spray: Spray,
@@ -227,6 +253,8 @@ pub struct Config {
     pub probe: Option<crate::probe::Settings>,
     pub metrics_listen: SocketAddr,
     pub kernel_route: KernelRouteSpec,
+    /// `None`: nothing is announced.
+    pub announce: Option<AnnounceSpec>,
     pub tunnels: Vec<TunnelSpec>,
 }
 

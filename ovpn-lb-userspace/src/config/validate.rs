@@ -7,8 +7,8 @@ use std::{collections::HashSet, net::IpAddr, net::SocketAddr, path::PathBuf, tim
 use ovpn_lb_common::{MAX_TUNNELS, Prefix4, Prefix6};
 
 use super::{
-    Config, ConfigErrors, KernelRouteSpec, Lan, Management, ManagementTarget, Net, Probing, Spray,
-    TunnelKind, TunnelSpec, Wan, Warning,
+    AnnounceSpec, Config, ConfigErrors, KernelRouteSpec, Lan, Management, ManagementTarget, Net,
+    Probing, Spray, TunnelKind, TunnelSpec, Wan, Warning,
     file::{self, DEFAULT_METRICS_LISTEN, File},
     hook::{self, Requested},
 };
@@ -16,6 +16,21 @@ use crate::{
     facts::Facts,
     netlink::{LinkKind, netdev},
 };
+
+/// Route protocol numbers that the kernel or a routing daemon owns: the
+/// kernel's own (0 to 4), zebra's and its daemons' (11, 186 to 197), BIRD's,
+/// keepalived's, babel's and Open/R's.
+fn claimed_protocol(n: u8) -> Option<&'static str> {
+    match n {
+        0..=4 => Some("the kernel"),
+        11 | 186..=197 => Some("FRR"),
+        12 => Some("BIRD"),
+        18 => Some("keepalived"),
+        42 => Some("babel"),
+        99 => Some("Open/R"),
+        _ => None,
+    }
+}
 
 /// What the tun driver's TAP devices can do with XDP; assumed for a TAP
 /// device that does not exist yet.
@@ -101,6 +116,10 @@ impl Validator<'_> {
         };
         let kernel_route = self.kernel_route(file.kernel_route);
         let probe = self.probe(file.probe_interval_ms, file.probe_misses);
+        let announce = file
+            .announce
+            .as_ref()
+            .map(|a| self.announce(a, tunnels.len(), kernel_route.table));
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
         }
@@ -125,6 +144,7 @@ impl Validator<'_> {
             probe,
             metrics_listen: metrics_listen.expect("no errors"),
             kernel_route,
+            announce,
             tunnels,
         };
         Ok((config, self.warnings))
@@ -554,6 +574,59 @@ impl Validator<'_> {
         }
     }
 
+    /// `[announce]`: a protocol number no routing daemon claims (zebra
+    /// would take the markers for its own and delete them), a table other
+    /// than ovpn-lb's kernel path (a marker there would shadow its route).
+    fn announce(&mut self, a: &file::Announce, tunnels: usize, kernel_table: u32) -> AnnounceSpec {
+        if a.min_tunnels == 0 || a.min_tunnels as usize > tunnels.max(1) {
+            self.errors.push(format!(
+                "announce.min_tunnels = {}: give 1 to {} (the tunnels configured)",
+                a.min_tunnels,
+                tunnels.max(1)
+            ));
+        }
+        if a.table == 0 || a.table == 255 || a.table == kernel_table {
+            self.errors.push(format!(
+                "announce.table = {}: the marker routes need a table that is not 0, local (255) or kernel_route.table; main ({}) is the usual one",
+                a.table,
+                file::DEFAULT_ANNOUNCE_TABLE
+            ));
+        }
+        if let Some(owner) = claimed_protocol(a.protocol) {
+            self.errors.push(format!(
+                "announce.protocol = {}: that number is {owner}'s; pick one of ovpn-lb's own, e.g. {}",
+                a.protocol,
+                file::DEFAULT_ANNOUNCE_PROTOCOL
+            ));
+        }
+        if a.drain_ms > 600_000 {
+            self.errors.push(format!(
+                "announce.drain_ms = {}: give at most 600000 (ten minutes)",
+                a.drain_ms
+            ));
+        }
+        for (field, text) in [
+            ("announce.maintenance_file", Some(&a.maintenance_file)),
+            ("announce.health_file", a.health_file.as_ref()),
+        ] {
+            if let Some(text) = text
+                && !std::path::Path::new(text).is_absolute()
+            {
+                self.errors
+                    .push(format!("{field} = \"{text}\": give an absolute path"));
+            }
+        }
+        AnnounceSpec {
+            min_tunnels: a.min_tunnels as usize,
+            drain: Duration::from_millis(a.drain_ms),
+            maintenance_file: PathBuf::from(&a.maintenance_file),
+            health_file: a.health_file.as_ref().map(PathBuf::from),
+            table: a.table,
+            protocol: a.protocol,
+            metric: a.metric,
+        }
+    }
+
     /// Our and the peer's translation prefixes of one tunnel.
     fn translations(
         &mut self,
@@ -734,6 +807,35 @@ weight = 3
             errs.iter().any(|e| e.contains(needle)),
             "no error containing {needle:?} in {errs:#?}"
         );
+    }
+
+    #[test]
+    fn announce_is_checked() {
+        let (c, _) = parse(&format!("{GOOD}\n[announce]\n"), &fake()).unwrap();
+        let a = c.announce.unwrap();
+        assert_eq!((a.min_tunnels, a.table, a.protocol), (1, 254, 76));
+        assert_eq!(a.drain, Duration::from_secs(2));
+        assert_eq!(a.health_file, None);
+        let announce = |body: &str| format!("{GOOD}\n[announce]\n{body}\n");
+        expect_error(
+            &announce("min_tunnels = 3"),
+            "announce.min_tunnels = 3: give 1 to 2",
+        );
+        expect_error(&announce("min_tunnels = 0"), "announce.min_tunnels = 0");
+        expect_error(
+            &announce("protocol = 186"),
+            "announce.protocol = 186: that number is FRR's",
+        );
+        expect_error(&announce("protocol = 2"), "the kernel's");
+        expect_error(&announce("table = 7600"), "announce.table = 7600");
+        expect_error(&announce("table = 255"), "announce.table = 255");
+        expect_error(
+            &announce("maintenance_file = \"maintenance\""),
+            "announce.maintenance_file = \"maintenance\": give an absolute path",
+        );
+        expect_error(&announce("health_file = \"h\""), "announce.health_file");
+        expect_error(&announce("drain_ms = 9000000"), "announce.drain_ms");
+        expect_error(&announce("min = 1"), "unknown field `min`");
     }
 
     #[test]

@@ -44,3 +44,18 @@ pub const LOADER_CONFIG: &str = "etc/ovpn-lb/ovpn-lb.toml";
 pub const SYSCTL: &str = "etc/sysctl.d/60-ovpn-lb.conf";
 pub const UNIT: &str = "etc/systemd/system/ovpn-lb.service";
 pub const README: &str = "README.txt";
+
+/// FRR's integrated configuration and the daemons it runs (`--ha bgp`).
+pub const FRR_CONF: &str = "etc/frr/frr.conf";
+pub const FRR_DAEMONS: &str = "etc/frr/daemons";
+/// keepalived's configuration (`--ha vrrp`).
+pub const KEEPALIVED_CONF: &str = "etc/keepalived/keepalived.conf";
+/// While this file exists the gateway withdraws (`announce.maintenance_file`).
+pub const MAINTENANCE: &str = "etc/ovpn-lb/maintenance";
+/// `0` while the gateway announces, `1` while not (`announce.health_file`).
+pub const HEALTH: &str = "run/ovpn-lb/health";
+
+/// Per site (`--ha bgp`): the router's part, to merge into its FRR
+/// configuration, and its sysctls; relative to the site's directory.
+pub const ROUTER_FRR: &str = "router-frr.conf";
+pub const ROUTER_SYSCTL: &str = "router-sysctl.conf";

@@ -1,18 +1,25 @@
 //! `ovpn-lb generate`: both gateways' side of N OpenVPN tunnels from a few
-//! answers. For each gateway, a directory that mirrors its file system:
-//! per tunnel an OpenVPN configuration (p2p, TLS with `peer-fingerprint`),
-//! the gateway's certificate and key, its `ovpn-lb.toml` (the translation
-//! prefixes of both gateways matching), a sysctl drop-in, the systemd unit
-//! and a README saying where each file goes.
+//! answers, for one gateway pair or several. For each gateway, a directory
+//! that mirrors its file system: per tunnel an OpenVPN configuration (p2p,
+//! TLS with `peer-fingerprint`), the gateway's certificate and key, its
+//! `ovpn-lb.toml` (the translation prefixes of both gateways matching), a
+//! sysctl drop-in, the systemd unit and a README saying where each file
+//! goes; with pairs behind a router (`--ha bgp`) FRR's `frr.conf` and
+//! `daemons`, and per site the router's part; with `--ha vrrp`
+//! `keepalived.conf`.
 //!
-//! - `plan`: the answers (`Request`) and their checked meaning (`Plan`);
-//!   `addressing`: the prefix arithmetic behind it;
+//! - `plan`: the answers (`Request`) and their checked meaning (a `Plan`
+//!   per pair); `addressing`: the prefix arithmetic behind it; `ha`: the
+//!   routing between the pairs;
 //! - `pki`: certificates and fingerprints; `openvpn`, `loader_config`,
-//!   `system`: the files' contents (`unit`: the one text of
-//!   `ovpn-lb.service`, the package's and each site's); `layout`: where they
-//!   go; `output`: writing them without following links.
+//!   `system`, `frr`, `keepalived`: the files' contents (`unit`: the one
+//!   text of `ovpn-lb.service`, the package's and each site's); `layout`:
+//!   where they go; `output`: writing them without following links.
 
 pub mod addressing;
+pub mod frr;
+pub mod ha;
+mod keepalived;
 pub mod layout;
 mod openvpn;
 mod output;
@@ -28,12 +35,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-pub use plan::{Plan, Request, Side, TunnelPlan};
+pub use plan::{Plan, Request, Side, TunnelPlan, gateway_name};
 
 use crate::{
-    cli::{DeviceKind, GenerateArgs},
+    cli::{DeviceKind, GenerateArgs, HaArg},
     config::{Net, TunnelKind, file},
 };
+use ha::{HaKind, Routing};
 use pki::Identity;
 
 /// Private keys and passwords: readable by root only.
@@ -51,10 +59,13 @@ pub struct OutputFile {
     pub mode: u32,
 }
 
-/// Everything one gateway gets.
+/// Everything one gateway gets (or, for a site's router, `files`
+/// relative to the site's directory).
 #[derive(Clone, Debug)]
 pub struct GatewayFiles {
     pub side: Side,
+    /// Its directory in the output: `gateway-a`, `gateway-a2`, `site-a`.
+    pub name: String,
     pub files: Vec<OutputFile>,
 }
 
@@ -88,33 +99,99 @@ impl GatewayFiles {
     }
 }
 
-/// A plan and both gateways' files.
+/// One pair's plan and both its gateways' files.
 #[derive(Clone, Debug)]
-pub struct Generated {
+pub struct Pair {
     pub plan: Plan,
     pub gateways: [GatewayFiles; 2],
     /// Each gateway's certificate fingerprint, as the other pins it.
     pub fingerprints: [String; 2],
 }
 
-impl Generated {
+impl Pair {
     #[must_use]
     pub fn gateway(&self, side: Side) -> &GatewayFiles {
         &self.gateways[side.index()]
     }
 }
 
-/// Checks `request`, makes both gateways' certificates and every file.
+/// Every pair's files, and each site router's (`--ha bgp`).
+#[derive(Clone, Debug)]
+pub struct Generated {
+    pub pairs: Vec<Pair>,
+    /// Per site, the router's part (`site-a`, `site-b`); empty unless BGP.
+    pub sites: Vec<GatewayFiles>,
+}
+
+impl Generated {
+    /// The first pair's plan (the only one of a site with one pair).
+    #[must_use]
+    pub fn plan(&self) -> &Plan {
+        &self.pairs[0].plan
+    }
+
+    /// The first pair's gateway on `side`.
+    #[must_use]
+    pub fn gateway(&self, side: Side) -> &GatewayFiles {
+        self.pairs[0].gateway(side)
+    }
+
+    /// Every directory written, gateways first.
+    pub fn directories(&self) -> impl Iterator<Item = &GatewayFiles> {
+        self.pairs
+            .iter()
+            .flat_map(|p| p.gateways.iter())
+            .chain(&self.sites)
+    }
+}
+
+/// Checks `request`, makes every gateway's certificate and every file.
 ///
 /// # Errors
 /// [`ConfigErrors`](crate::config::ConfigErrors) (one line per problem) if
 /// the answers do not add up,
 /// or a failure to make a key.
 pub fn generate(request: &Request) -> Result<Generated> {
-    let plan = request.plan()?;
+    let plans = request.plans()?;
+    let mut pairs = Vec::new();
+    for plan in plans {
+        pairs.push(pair_files(plan)?);
+    }
+    let sites = match pairs[0].plan.ha.as_ref() {
+        Some(ha) if ha.kind == HaKind::Bgp => {
+            let plans: Vec<Plan> = pairs.iter().map(|p| p.plan.clone()).collect();
+            Side::BOTH
+                .iter()
+                .map(|&side| GatewayFiles {
+                    side,
+                    name: format!("site-{}", side.letter()),
+                    files: vec![
+                        OutputFile {
+                            path: layout::ROUTER_FRR.into(),
+                            contents: frr::router_conf(&plans, side, &ha.sites[side.index()]),
+                            mode: PUBLIC,
+                        },
+                        OutputFile {
+                            path: layout::ROUTER_SYSCTL.into(),
+                            contents: frr::router_sysctl(side),
+                            mode: PUBLIC,
+                        },
+                    ],
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok(Generated { pairs, sites })
+}
+
+/// One pair: both gateways' certificates and files.
+fn pair_files(plan: Plan) -> Result<Pair> {
     let identities = [
-        Identity::generate(&Side::A.name()).context("making gateway A's certificate")?,
-        Identity::generate(&Side::B.name()).context("making gateway B's certificate")?,
+        Identity::generate(&plan.gateway_name(Side::A))
+            .context("making gateway A's certificate")?,
+        Identity::generate(&plan.gateway_name(Side::B))
+            .context("making gateway B's certificate")?,
     ];
     let passwords = if plan.management_password {
         Some([pki::password()?, pki::password()?])
@@ -131,7 +208,7 @@ pub fn generate(request: &Request) -> Result<Generated> {
         )
     });
     let gateways = [a?, b?];
-    Ok(Generated {
+    Ok(Pair {
         fingerprints: identities.map(|i| i.fingerprint),
         plan,
         gateways,
@@ -150,7 +227,7 @@ fn gateway_files(
         contents,
         mode,
     };
-    let name = side.name();
+    let name = plan.gateway_name(side);
     let mut files = vec![file(
         layout::README.into(),
         system::readme(plan, side),
@@ -178,7 +255,7 @@ fn gateway_files(
     }
     let here = plan.site(side);
     let header = format!(
-        "# ovpn-lb on gateway {side} ({}): written by `ovpn-lb generate`.\n\
+        "# ovpn-lb on {name} ({}): written by `ovpn-lb generate`.\n\
          # ovpn-lb.example.toml explains every key. Check it with\n\
          # `ovpn-lb check --config {}`.\n",
         here.wan,
@@ -194,12 +271,41 @@ fn gateway_files(
         PUBLIC,
     ));
     files.push(file(layout::UNIT.into(), system::unit(plan, side), PUBLIC));
-    Ok(GatewayFiles { side, files })
+    if let Some(ha) = &plan.ha {
+        let routing = &ha.sites[side.index()];
+        match ha.kind {
+            HaKind::Bgp => {
+                files.push(file(
+                    layout::FRR_CONF.into(),
+                    frr::gateway_conf(plan, side, routing),
+                    PUBLIC,
+                ));
+                files.push(file(
+                    layout::FRR_DAEMONS.into(),
+                    frr::daemons(plan, side),
+                    PUBLIC,
+                ));
+            }
+            HaKind::Vrrp => files.push(file(
+                layout::KEEPALIVED_CONF.into(),
+                keepalived::conf(
+                    plan,
+                    side,
+                    routing,
+                    &here.installed(layout::HEALTH),
+                    &plan.binary,
+                ),
+                PUBLIC,
+            )),
+        }
+    }
+    Ok(GatewayFiles { side, name, files })
 }
 
 /// Gateway `side`'s `ovpn-lb.toml` as data: its LAN, the other gateway's
 /// LAN as the remote prefixes, per tunnel both gateways' translation
-/// prefixes and the OpenVPN management socket.
+/// prefixes and the OpenVPN management socket; `[announce]` where pairs
+/// share a site (BGP or VRRP).
 #[must_use]
 pub fn loader_config(plan: &Plan, side: Side) -> file::File {
     let (me, peer) = (plan.site(side), plan.site(side.other()));
@@ -233,6 +339,11 @@ pub fn loader_config(plan: &Plan, side: Side) -> file::File {
                 ..file::Tunnel::new(&t.device, strings(&t.translate[side.index()]))
             })
             .collect(),
+        announce: plan.ha.as_ref().map(|_| file::Announce {
+            maintenance_file: path_text(&me.installed(layout::MAINTENANCE)),
+            health_file: Some(path_text(&me.installed(layout::HEALTH))),
+            ..file::Announce::default()
+        }),
         ..file::File::default()
     }
 }
@@ -241,9 +352,10 @@ fn path_text(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// Writes both gateways' directories into `out`, which must not exist or
-/// be empty unless `force` (then the two gateway directories are replaced;
-/// nothing else in `out` is touched). Returns the files written.
+/// Writes every gateway's directory (and each site's, with BGP) into `out`,
+/// which must not exist or be empty unless `force` (then those directories
+/// are replaced; nothing else in `out` is touched). Returns the files
+/// written.
 ///
 /// # Errors
 /// If `out` is in the way, or a file cannot be written.
@@ -251,7 +363,7 @@ pub fn write(generated: &Generated, out: &Path, force: bool) -> Result<Vec<PathB
     let occupied = fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some());
     if occupied && !force {
         bail!(
-            "{} exists and is not empty: choose another --out, or give --force to replace its gateway-a and gateway-b",
+            "{} exists and is not empty: choose another --out, or give --force to replace its gateway directories",
             out.display()
         );
     }
@@ -260,16 +372,16 @@ pub fn write(generated: &Generated, out: &Path, force: bool) -> Result<Vec<PathB
     }
     let out = output::Dir::open_or_create(out)?;
     let mut written = Vec::new();
-    for gateway in &generated.gateways {
-        let name = gateway.side.name();
-        let dir = out.path().join(&name);
+    for gateway in generated.directories() {
+        let name = &gateway.name;
+        let dir = out.path().join(name);
         // `remove_dir_all` removes a link itself, not what it points to.
         if fs::symlink_metadata(&dir).is_ok() {
             fs::remove_dir_all(&dir)
                 .or_else(|_| fs::remove_file(&dir))
                 .with_context(|| format!("removing {}", dir.display()))?;
         }
-        written.extend(gateway.write_into(&out.child(std::ffi::OsStr::new(&name))?)?);
+        written.extend(gateway.write_into(&out.child(std::ffi::OsStr::new(name))?)?);
     }
     Ok(written)
 }
@@ -277,6 +389,7 @@ pub fn write(generated: &Generated, out: &Path, force: bool) -> Result<Vec<PathB
 impl From<&GenerateArgs> for Request {
     fn from(a: &GenerateArgs) -> Self {
         Self {
+            pairs: a.pairs,
             wan: [a.wan_a.clone(), a.wan_b.clone()],
             lan_interface: [a.lan_interface_a.clone(), a.lan_interface_b.clone()],
             wan_interface: [a.wan_interface_a.clone(), a.wan_interface_b.clone()],
@@ -295,6 +408,17 @@ impl From<&GenerateArgs> for Request {
             root: [a.root_a.clone(), a.root_b.clone()],
             management_password: a.management_password,
             binary: a.binary.clone(),
+            routing: Routing {
+                ha: a.ha.map(|h| match h {
+                    HaArg::Bgp => HaKind::Bgp,
+                    HaArg::Vrrp => HaKind::Vrrp,
+                }),
+                gateways: [a.gateway_a.clone(), a.gateway_b.clone()],
+                router: [a.router_a.clone(), a.router_b.clone()],
+                asn: [a.asn_a, a.asn_b],
+                router_asn: [a.router_asn_a, a.router_asn_b],
+                vip: [a.vip_a.clone(), a.vip_b.clone()],
+            },
         }
     }
 }
@@ -307,12 +431,53 @@ impl From<&GenerateArgs> for Request {
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let generated = generate(&Request::from(args))?;
     let written = write(&generated, &args.out, args.force)?;
-    let plan = &generated.plan;
+    for pair in &generated.pairs {
+        print_pair(pair, &args.out);
+    }
+    if let Some(ha) = &generated.plan().ha {
+        println!(
+            "{}: {}",
+            ha.kind.name(),
+            match ha.kind {
+                HaKind::Bgp => format!(
+                    "each gateway announces the far site's prefixes to its site's router while healthy (frr.conf); the routers' part is in {}",
+                    generated
+                        .sites
+                        .iter()
+                        .map(|s| args.out.join(&s.name).display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+                HaKind::Vrrp =>
+                    "the gateways of each site share its virtual address(es) (keepalived.conf)"
+                        .to_owned(),
+            }
+        );
+    }
     println!(
-        "{} {} tunnels between gateway A ({}) and gateway B ({}):",
+        "{} files written; each gateway's README.txt says where they go.",
+        written.len()
+    );
+    Ok(())
+}
+
+/// One pair's tunnels and where its gateways' files are.
+fn print_pair(pair: &Pair, out: &Path) {
+    let plan = &pair.plan;
+    let gateways = Side::BOTH.map(|side| {
+        if plan.pairs == 1 {
+            format!("gateway {side}")
+        } else {
+            plan.gateway_name(side)
+        }
+    });
+    println!(
+        "{} {} tunnels between {} ({}) and {} ({}):",
         plan.tunnels.len(),
         plan.kind.name(),
+        gateways[0],
         plan.site(Side::A).wan,
+        gateways[1],
         plan.site(Side::B).wan
     );
     println!(
@@ -339,16 +504,12 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     for side in Side::BOTH {
         println!(
-            "gateway {side}: {} (certificate SHA-256 {})",
-            args.out.join(side.name()).display(),
-            generated.fingerprints[side.index()]
+            "{}: {} (certificate SHA-256 {})",
+            gateways[side.index()],
+            out.join(plan.gateway_name(side)).display(),
+            pair.fingerprints[side.index()]
         );
     }
-    println!(
-        "{} files written; each gateway's README.txt says where they go.",
-        written.len()
-    );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ pub fn config(plan: &Plan, tunnel: &TunnelPlan, side: Side, peer_fingerprint: &s
             line("dh none".to_owned());
         }
     }
-    let name = side.name();
+    let name = plan.gateway_name(side);
     line(format!(
         "cert {}",
         me.installed(layout::certificate(&name)).display()

@@ -1,7 +1,10 @@
 //! The operator's answers (`Request`) and what they mean once checked
-//! (`Plan`): per tunnel its device, UDP port, link addresses and both
-//! gateways' translation prefixes. Every problem is one line naming the
-//! option; all are reported at once.
+//! (`Plan`, one per gateway pair): per tunnel its device, UDP port, link
+//! addresses and both gateways' translation prefixes. With `pairs` K, the
+//! K pairs' tunnels are numbered one after the other (pair p's tunnel k is
+//! slot p x N + k): each pair has ports, links and translation prefixes of
+//! its own, and pair 1's are those of a site generated with one pair. Every
+//! problem is one line naming the option; all are reported at once.
 
 use std::{
     fmt,
@@ -12,7 +15,10 @@ use std::{
 use ovpn_lb_common::MAX_TUNNELS;
 use serde::{Deserialize, Serialize};
 
-use super::addressing::{capacity, half, host, subnet};
+use super::{
+    addressing::{capacity, half, host, subnet},
+    ha::{self, HaPlan, Routing},
+};
 use crate::config::{ConfigErrors, Net, TunnelKind};
 
 /// Where translation prefixes are taken from unless the operator says: the
@@ -30,6 +36,8 @@ pub const DEFAULT_BINARY: &str = "/usr/sbin/ovpn-lb";
 /// Tunnel MTUs OpenVPN and the kernel accept; IPv6 needs at least 1280.
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65_535;
 const IPV6_MIN_MTU: u32 = 1280;
+/// Gateway pairs a site may have.
+pub const MAX_PAIRS: usize = 16;
 /// Linux interface names are at most 15 bytes.
 const MAX_IFNAME: usize = 15;
 /// The link network is cut into at most this many blocks, one per tunnel,
@@ -72,7 +80,8 @@ impl Side {
         }
     }
 
-    /// The gateway's directory in the output, and its certificate's name.
+    /// The first pair's gateway's directory in the output, and its
+    /// certificate's name (see [`Plan::gateway_name`]).
     #[must_use]
     pub fn name(self) -> String {
         format!("gateway-{}", self.letter())
@@ -88,11 +97,14 @@ impl fmt::Display for Side {
     }
 }
 
-/// The operator's answers, as given (text is checked by [`Request::plan`]).
+/// The operator's answers, as given (text is checked by [`Request::plans`]).
 #[derive(Clone, Debug)]
 pub struct Request {
-    /// Each gateway's WAN address or host name, as the other reaches it.
-    pub wan: [String; 2],
+    /// Gateway pairs between the two sites.
+    pub pairs: usize,
+    /// Per site, each pair's gateway's WAN address or host name, as the
+    /// other gateway of the pair reaches it.
+    pub wan: [Vec<String>; 2],
     /// Each gateway's LAN interface.
     pub lan_interface: [String; 2],
     /// Each gateway's WAN interface (the tunnels' UDP leaves by it), if
@@ -111,13 +123,16 @@ pub struct Request {
     pub link_v6: String,
     pub translate_pool_v4: String,
     pub translate_pool_v6: String,
-    /// The directory each gateway's files are installed under: `/` on a
-    /// real gateway, a directory of its own in a test bed.
-    pub root: [PathBuf; 2],
+    /// Per site, the directory each pair's gateway's files are installed
+    /// under (one for all pairs, or one per pair): `/` on a real gateway, a
+    /// directory of its own in a test bed.
+    pub root: [Vec<PathBuf>; 2],
     /// Protect the management sockets with a password file as well.
     pub management_password: bool,
     /// Where the `ovpn-lb` binary is installed (for the systemd unit).
     pub binary: PathBuf,
+    /// How the pairs share a site: BGP to the site router, or VRRP.
+    pub routing: Routing,
 }
 
 impl Request {
@@ -126,7 +141,8 @@ impl Request {
     pub fn new(wan: [&str; 2], lan_interface: [&str; 2], lan: [&[&str]; 2]) -> Self {
         let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
         Self {
-            wan: wan.map(str::to_owned),
+            pairs: 1,
+            wan: wan.map(|w| vec![w.to_owned()]),
             lan_interface: lan_interface.map(str::to_owned),
             wan_interface: [None, None],
             lan: lan.map(owned),
@@ -138,14 +154,15 @@ impl Request {
             link_v6: DEFAULT_LINK_V6.to_owned(),
             translate_pool_v4: DEFAULT_TRANSLATE_POOL_V4.to_owned(),
             translate_pool_v6: DEFAULT_TRANSLATE_POOL_V6.to_owned(),
-            root: [PathBuf::from("/"), PathBuf::from("/")],
+            root: [vec![PathBuf::from("/")], vec![PathBuf::from("/")]],
             management_password: false,
             binary: PathBuf::from(DEFAULT_BINARY),
+            routing: Routing::default(),
         }
     }
 }
 
-/// One gateway as planned.
+/// One gateway (of one pair) as planned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Site {
     pub wan: String,
@@ -196,21 +213,46 @@ impl TunnelPlan {
     }
 }
 
-/// A checked request.
+/// A checked request: one pair's plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// Which pair, from 0.
+    pub pair: usize,
+    /// How many pairs the sites have.
+    pub pairs: usize,
     pub sites: [Site; 2],
+    /// This pair's tunnels: devices from `tun0` on, ports, links and
+    /// translation prefixes of its own.
     pub tunnels: Vec<TunnelPlan>,
     pub kind: TunnelKind,
     pub tun_mtu: Option<u32>,
     pub management_password: bool,
     pub binary: PathBuf,
+    /// BGP or VRRP between the pairs; `None`: a lone pair.
+    pub ha: Option<HaPlan>,
 }
 
 impl Plan {
     #[must_use]
     pub fn site(&self, side: Side) -> &Site {
         &self.sites[side.index()]
+    }
+
+    /// This pair's gateway on `side`: `gateway-a` for the first pair (as a
+    /// site of one pair calls it), `gateway-a2` for the second, ...: its
+    /// directory in the output and its certificate's name.
+    #[must_use]
+    pub fn gateway_name(&self, side: Side) -> String {
+        gateway_name(self.pair, side)
+    }
+}
+
+/// The name of pair `pair`'s gateway on `side` (see [`Plan::gateway_name`]).
+#[must_use]
+pub fn gateway_name(pair: usize, side: Side) -> String {
+    match pair {
+        0 => side.name(),
+        p => format!("{}{}", side.name(), p + 1),
     }
 }
 
@@ -223,14 +265,18 @@ struct Checker {
 }
 
 impl Request {
-    /// Checks the answers and works out every tunnel's addressing.
+    /// Checks the answers and works out every tunnel's addressing, pair by
+    /// pair.
     ///
     /// # Errors
     /// Every problem found, one line each, naming the option.
-    pub fn plan(&self) -> Result<Plan, ConfigErrors> {
+    pub fn plans(&self) -> Result<Vec<Plan>, ConfigErrors> {
         let mut c = Checker::default();
         c.counts(self);
-        let sites = Side::BOTH.map(|side| c.site(self, side));
+        let pairs = self.pairs.clamp(1, MAX_PAIRS);
+        let sites: Vec<[Site; 2]> = (0..pairs)
+            .map(|p| Side::BOTH.map(|side| c.site(self, side, p)))
+            .collect();
         let families = c.families(&sites);
         let link_v4 = c.prefix("--link-v4", &self.link_v4);
         let wants_v6_link = self.kind == TunnelKind::Tap && families.1;
@@ -252,41 +298,63 @@ impl Request {
         if let Some(mtu) = self.tun_mtu {
             c.mtu(mtu, families.1);
         }
+        let lans = [sites[0][0].lan.clone(), sites[0][1].lan.clone()];
+        let ha = ha::plan(&self.routing, pairs, &lans, &mut c.errors);
         c.disjoint();
-        let n = self.tunnels.clamp(1, MAX_TUNNELS);
+        let per_pair = self.tunnels.clamp(1, MAX_TUNNELS);
+        let n = per_pair * pairs;
         let links = link_v4.map(|l| c.links_v4(&l, n)).unwrap_or_default();
         let links6 = link_v6.map(|l| c.links_v6(&l, n)).unwrap_or_default();
         let pools = [pool_v4, pool_v6];
         let translations =
-            Side::BOTH.map(|side| c.translations(&pools, &sites[side.index()].lan, side, n));
+            Side::BOTH.map(|side| c.translations(&pools, &lans[side.index()], side, n));
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
-        // With no errors every list has one entry per tunnel.
-        let tunnels = links
+        // With no errors every list has one entry per tunnel slot.
+        let plans = sites
             .into_iter()
             .enumerate()
-            .map(|(k, link_v4)| TunnelPlan {
-                index: k,
-                device: format!("{}{k}", self.kind.name()),
-                port: self
-                    .first_port
-                    .saturating_add(u16::try_from(k).unwrap_or(u16::MAX)),
-                link_v4,
-                link_v6: links6.get(k).copied(),
-                translate: translations
-                    .each_ref()
-                    .map(|families| families.iter().filter_map(|f| f.get(k).copied()).collect()),
+            .map(|(pair, sites)| Plan {
+                pair,
+                pairs,
+                sites,
+                tunnels: (0..per_pair)
+                    .map(|k| {
+                        let slot = pair * per_pair + k;
+                        TunnelPlan {
+                            index: k,
+                            device: format!("{}{k}", self.kind.name()),
+                            port: self
+                                .first_port
+                                .saturating_add(u16::try_from(slot).unwrap_or(u16::MAX)),
+                            link_v4: links[slot],
+                            link_v6: links6.get(slot).copied(),
+                            translate: translations.each_ref().map(|families| {
+                                families
+                                    .iter()
+                                    .filter_map(|f| f.get(slot).copied())
+                                    .collect()
+                            }),
+                        }
+                    })
+                    .collect(),
+                kind: self.kind,
+                tun_mtu: self.tun_mtu,
+                management_password: self.management_password,
+                binary: self.binary.clone(),
+                ha: ha.clone(),
             })
             .collect();
-        Ok(Plan {
-            sites,
-            tunnels,
-            kind: self.kind,
-            tun_mtu: self.tun_mtu,
-            management_password: self.management_password,
-            binary: self.binary.clone(),
-        })
+        Ok(plans)
+    }
+
+    /// The first pair's plan (the only one of a site with one pair).
+    ///
+    /// # Errors
+    /// As [`Request::plans`].
+    pub fn plan(&self) -> Result<Plan, ConfigErrors> {
+        Ok(self.plans()?.remove(0))
     }
 }
 
@@ -316,13 +384,17 @@ impl Checker {
                 r.tunnels
             ));
         }
-        let last = usize::from(r.first_port) + r.tunnels.max(1) - 1;
+        if !(1..=MAX_PAIRS).contains(&r.pairs) {
+            self.error(format!("--pairs {}: give 1 to {MAX_PAIRS} pairs", r.pairs));
+        }
+        let slots = r.tunnels.max(1) * r.pairs.clamp(1, MAX_PAIRS);
+        let last = usize::from(r.first_port) + slots - 1;
         if r.first_port == 0 {
             self.error("--port 0: UDP ports start at 1".to_owned());
         } else if last > usize::from(u16::MAX) {
             self.error(format!(
-                "--port {}: {} tunnels use ports {}..={last}, past 65535; pick a lower first port",
-                r.first_port, r.tunnels, r.first_port
+                "--port {}: {slots} tunnels use ports {}..={last}, past 65535; pick a lower first port",
+                r.first_port, r.first_port
             ));
         }
         if !r.binary.is_absolute() {
@@ -333,15 +405,55 @@ impl Checker {
         }
     }
 
-    fn site(&mut self, r: &Request, side: Side) -> Site {
+    /// Pair `pair`'s gateway on `side`. The LAN is the site's; errors
+    /// about it are reported for the first pair only.
+    fn site(&mut self, r: &Request, side: Side, pair: usize) -> Site {
+        let wan = self.wan(r, side, pair);
         let i = side.index();
-        let wan = r.wan[i].trim().to_owned();
+        let root = r.root[i]
+            .get(pair)
+            .or(r.root[i].last())
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("/"));
+        if pair == 0 {
+            return self.lan_side(r, side, wan, root);
+        }
+        let first = self.errors.len();
+        let planned = self.lan_side(r, side, wan, root);
+        // The LAN's problems were said for the first pair.
+        self.errors.truncate(first);
+        self.prefixes
+            .retain(|(option, _)| !option.starts_with("--lan-"));
+        planned
+    }
+
+    /// Pair `pair`'s WAN address on `side`.
+    fn wan(&mut self, r: &Request, side: Side, pair: usize) -> String {
+        let given = &r.wan[side.index()];
+        let Some(w) = given.get(pair) else {
+            if pair == given.len() {
+                self.error(format!(
+                    "--wan-{}: {} given for {} pairs: give one per pair, comma-separated",
+                    side.letter(),
+                    given.len(),
+                    r.pairs
+                ));
+            }
+            return String::new();
+        };
+        let wan = w.trim().to_owned();
         if !is_address_or_host_name(&wan) {
             self.error(format!(
                 "--wan-{} \"{wan}\" is neither an IP address nor a host name",
                 side.letter()
             ));
         }
+        wan
+    }
+
+    /// The site's LAN side of a gateway, with `wan` and `root`.
+    fn lan_side(&mut self, r: &Request, side: Side, wan: String, root: PathBuf) -> Site {
+        let i = side.index();
         let interface = r.lan_interface[i].clone();
         self.interface_name("lan", side, &interface);
         let wan_interface = r.wan_interface[i].clone();
@@ -374,11 +486,11 @@ impl Checker {
             }
         }
         lan.sort_by_key(|n| matches!(n, Net::V6(_)));
-        if !r.root[i].is_absolute() {
+        if !root.is_absolute() {
             self.error(format!(
                 "--root-{} {}: give an absolute directory",
                 side.letter(),
-                r.root[i].display()
+                root.display()
             ));
         }
         Site {
@@ -386,7 +498,7 @@ impl Checker {
             lan_interface: interface,
             wan_interface,
             lan,
-            root: r.root[i].clone(),
+            root,
         }
     }
 
@@ -405,8 +517,31 @@ impl Checker {
         }
     }
 
-    /// (IPv4, IPv6) as both LANs have them; they must agree.
-    fn families(&mut self, sites: &[Site; 2]) -> (bool, bool) {
+    /// (IPv4, IPv6) as both LANs have them; they must agree. Every gateway
+    /// needs a WAN address of its own.
+    fn families(&mut self, pairs: &[[Site; 2]]) -> (bool, bool) {
+        let mut wans: Vec<&str> = Vec::new();
+        for pair in pairs {
+            if pair[0].wan == pair[1].wan && !pair[0].wan.is_empty() {
+                self.error(format!(
+                    "--wan-a and --wan-b are both \"{}\": the gateways need addresses of their own",
+                    pair[0].wan
+                ));
+            }
+            for site in pair {
+                if !site.wan.is_empty()
+                    && wans.contains(&site.wan.as_str())
+                    && pair[0].wan != pair[1].wan
+                {
+                    self.error(format!(
+                        "--wan \"{}\" is given to two pairs: every gateway needs an address of its own",
+                        site.wan
+                    ));
+                }
+                wans.push(&site.wan);
+            }
+        }
+        let sites = &pairs[0];
         let has = |s: &Site, v6: bool| s.lan.iter().any(|n| matches!(n, Net::V6(_)) == v6);
         let v4 = [has(&sites[0], false), has(&sites[1], false)];
         let v6 = [has(&sites[0], true), has(&sites[1], true)];
@@ -417,12 +552,6 @@ impl Checker {
                     "gateway {with}'s LAN has an {family} prefix and gateway {without}'s has none: both LANs need the same address families"
                 ));
             }
-        }
-        if sites[0].wan == sites[1].wan && !sites[0].wan.is_empty() {
-            self.error(format!(
-                "--wan-a and --wan-b are both \"{}\": the gateways need addresses of their own",
-                sites[0].wan
-            ));
         }
         (v4[0] && v4[1], v6[0] && v6[1])
     }

@@ -7,6 +7,7 @@ use std::{
 };
 
 use super::{
+    ha::HaKind,
     layout,
     openvpn::SOCKET_BUFFER,
     plan::{DEFAULT_BINARY, Plan, Side},
@@ -97,9 +98,9 @@ pub fn readme(plan: &Plan, side: Side) -> String {
     let n = plan.tunnels.len();
     let first = plan.tunnels.first().map_or(0, |t| t.port);
     let last = plan.tunnels.last().map_or(0, |t| t.port);
-    let name = side.name();
+    let name = plan.gateway_name(side);
     let mut t = format!(
-        "ovpn-lb gateway {side} ({}), LAN {} on {}\n\
+        "ovpn-lb {name} ({}), LAN {} on {}\n\
          {n} OpenVPN {} tunnels to gateway {} ({}), UDP ports {first}-{last}.\n\
          Written by `ovpn-lb generate`. This directory mirrors the gateway's file\n\
          system from / on: copy etc/ onto the gateway's /etc, keeping the modes\n\
@@ -150,6 +151,7 @@ pub fn readme(plan: &Plan, side: Side) -> String {
     if !plan.management_password {
         files.retain(|(path, _)| path != Path::new(layout::PASSWORD));
     }
+    files.extend(ha_files(plan));
     items.extend(
         files
             .into_iter()
@@ -188,6 +190,56 @@ pub fn readme(plan: &Plan, side: Side) -> String {
         bin = plan.binary.display(),
         first_dev = plan.tunnels.first().map_or("", |t| t.device.as_str()),
     );
+    t.push_str(&pair_note(plan, side));
+    t
+}
+
+/// The FRR or keepalived files of a gateway of several pairs.
+fn ha_files(plan: &Plan) -> Vec<(PathBuf, &'static str)> {
+    match plan.ha.as_ref().map(|h| h.kind) {
+        Some(HaKind::Bgp) => vec![
+            (
+                layout::FRR_CONF.into(),
+                "FRR: eBGP with BFD to the site router",
+            ),
+            (layout::FRR_DAEMONS.into(), "FRR: bgpd, bfdd, staticd"),
+        ],
+        Some(HaKind::Vrrp) => vec![(
+            layout::KEEPALIVED_CONF.into(),
+            "keepalived: the site's virtual address",
+        )],
+        None => Vec::new(),
+    }
+}
+
+/// With several pairs: what this gateway's pair does, and how to drain it.
+fn pair_note(plan: &Plan, side: Side) -> String {
+    let me = plan.site(side);
+    let mut t = String::new();
+    if let Some(ha) = &plan.ha {
+        let maintenance = me.installed(layout::MAINTENANCE);
+        let _ = write!(
+            t,
+            "\nThis is pair {} of {}. {}\n\
+             `{bin} status` shows whether this gateway announces and why; while\n\
+             {} exists it withdraws (drain it for maintenance: touch the file, wait\n\
+             until `{bin} status --check` exits 1 and the traffic has moved, then work).\n",
+            plan.pair + 1,
+            plan.pairs,
+            match ha.kind {
+                HaKind::Bgp =>
+                    "It announces the far site's prefixes to the site router over eBGP\n\
+                     (FRR) while healthy:\n\
+                     \n    apt-get install frr\n    systemctl restart frr\n    vtysh -c 'show bgp summary'\n",
+                HaKind::Vrrp =>
+                    "It shares the site's virtual address with the other pairs' gateways\n\
+                     (keepalived) while healthy:\n\
+                     \n    apt-get install keepalived\n    systemctl restart keepalived\n",
+            },
+            maintenance.display(),
+            bin = plan.binary.display(),
+        );
+    }
     t
 }
 

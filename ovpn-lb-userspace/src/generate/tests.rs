@@ -7,6 +7,7 @@ use super::*;
 use crate::{
     config::{self, Spray},
     facts::Facts,
+    generate::ha::HaKind,
     netlink::{Driver, LinkFacts, LinkKind, netdev},
 };
 
@@ -147,15 +148,15 @@ fn bad_answers_are_refused_one_line_each() {
         "--lan-a 10.0.0.0/8: only one LAN prefix per address family",
     );
     let mut r = request();
-    r.wan[1] = "gw_b!".into();
+    r.wan[1] = vec!["gw_b!".into()];
     expect_error(
         &r,
         "--wan-b \"gw_b!\" is neither an IP address nor a host name",
     );
-    r.wan[1] = "300.1.2.3".into();
+    r.wan[1] = vec!["300.1.2.3".into()];
     expect_error(&r, "--wan-b \"300.1.2.3\" is neither");
     let mut r = request();
-    r.wan[1] = "192.0.2.1".into();
+    r.wan[1] = vec!["192.0.2.1".into()];
     expect_error(&r, "--wan-a and --wan-b are both \"192.0.2.1\"");
     let mut r = request();
     r.lan_interface[0] = "a-very-long-interface".into();
@@ -175,7 +176,7 @@ fn bad_answers_are_refused_one_line_each() {
     // Every problem at once.
     let mut r = request();
     r.tunnels = 0;
-    r.wan[0] = String::new();
+    r.wan[0] = vec![String::new()];
     assert!(errors(&r).len() >= 2);
 }
 
@@ -232,7 +233,7 @@ fn each_ovpn_lb_toml_passes_the_loaders_own_checks_and_matches_the_other() {
     let mut parsed = Vec::new();
     for side in Side::BOTH {
         let toml = text(&g, side, layout::LOADER_CONFIG);
-        let (c, warnings) = config::parse(toml, &facts(&g.plan, side, LinkKind::L3PointToPoint))
+        let (c, warnings) = config::parse(toml, &facts(g.plan(), side, LinkKind::L3PointToPoint))
             .unwrap_or_else(|e| panic!("gateway {side}:\n{e}\n{toml}"));
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(c.spray, Spray::Packet);
@@ -263,7 +264,7 @@ fn tap_tunnels_name_the_far_end_as_next_hop() {
     r.tun_mtu = Some(9000);
     let g = generate(&r).unwrap();
     let toml = text(&g, Side::B, layout::LOADER_CONFIG);
-    let (c, _) = config::parse(toml, &facts(&g.plan, Side::B, LinkKind::Ethernet))
+    let (c, _) = config::parse(toml, &facts(g.plan(), Side::B, LinkKind::Ethernet))
         .unwrap_or_else(|e| panic!("{e}\n{toml}"));
     assert_eq!(c.tunnels[1].kind, TunnelKind::Tap);
     assert_eq!(
@@ -286,12 +287,12 @@ fn tap_tunnels_name_the_far_end_as_next_hop() {
 #[test]
 fn openvpn_configs_pin_the_other_gateways_certificate() {
     let g = generate(&request()).unwrap();
-    assert_ne!(g.fingerprints[0], g.fingerprints[1]);
+    assert_ne!(g.pairs[0].fingerprints[0], g.pairs[0].fingerprints[1]);
     for side in Side::BOTH {
-        for t in &g.plan.tunnels {
+        for t in &g.plan().tunnels {
             let conf = text(&g, side, layout::openvpn_config(&t.device));
             let has = |line: &str| conf.lines().any(|l| l == line);
-            let peer_port = format!("{} {}", g.plan.site(side.other()).wan, t.port);
+            let peer_port = format!("{} {}", g.plan().site(side.other()).wan, t.port);
             let name = side.name();
             for line in [
                 format!("dev {}", t.device),
@@ -306,7 +307,10 @@ fn openvpn_configs_pin_the_other_gateways_certificate() {
                 ),
                 format!("cert /etc/openvpn/ovpn-lb/{name}.crt"),
                 format!("key /etc/openvpn/ovpn-lb/{name}.key"),
-                format!("peer-fingerprint {}", g.fingerprints[side.other().index()]),
+                format!(
+                    "peer-fingerprint {}",
+                    g.pairs[0].fingerprints[side.other().index()]
+                ),
                 format!("management /run/openvpn/{}.sock unix", t.device),
                 "management-client-user root".to_owned(),
                 "keepalive 10 60".to_owned(),
@@ -347,7 +351,7 @@ fn openvpn_configs_pin_the_other_gateways_certificate() {
 #[test]
 fn roots_and_the_management_password_follow_into_every_file() {
     let mut r = request();
-    r.root = ["/srv/a".into(), "/srv/b".into()];
+    r.root = [vec!["/srv/a".into()], vec!["/srv/b".into()]];
     r.management_password = true;
     let g = generate(&r).unwrap();
     let conf = text(&g, Side::B, layout::openvpn_config("tun0"));
@@ -500,4 +504,293 @@ fn a_site_unit_differs_from_the_packaged_one_only_where_it_names_the_site() {
         site.lines().filter(|l| !l.starts_with('#')).count(),
         packaged.lines().filter(|l| !l.starts_with('#')).count()
     );
+}
+
+/// Two pairs behind a router per site, both families.
+fn pairs_request(ha: HaKind) -> Request {
+    let mut r = request();
+    r.pairs = 2;
+    r.tunnels = 2;
+    r.wan = [
+        vec!["192.0.2.1".into(), "192.0.2.2".into()],
+        vec!["198.51.100.1".into(), "198.51.100.2".into()],
+    ];
+    r.routing.ha = Some(ha);
+    match ha {
+        HaKind::Bgp => {
+            r.routing.router = [
+                vec!["10.1.255.1".into(), "fd00:1:ff::1".into()],
+                vec!["10.2.255.1".into(), "fd00:2:ff::1".into()],
+            ];
+            r.routing.gateways = [
+                vec![
+                    "10.1.255.2,fd00:1:ff::2".into(),
+                    "10.1.255.3,fd00:1:ff::3".into(),
+                ],
+                vec![
+                    "10.2.255.2,fd00:2:ff::2".into(),
+                    "10.2.255.3,fd00:2:ff::3".into(),
+                ],
+            ];
+        }
+        HaKind::Vrrp => {
+            r.routing.vip = [
+                vec!["192.168.10.1".into(), "fd00:a::1".into()],
+                vec!["192.168.20.1".into(), "fd00:b::1".into()],
+            ];
+            r.routing.gateways = [
+                vec![
+                    "192.168.10.2,fd00:a::2".into(),
+                    "192.168.10.3,fd00:a::3".into(),
+                ],
+                vec![
+                    "192.168.20.2,fd00:b::2".into(),
+                    "192.168.20.3,fd00:b::3".into(),
+                ],
+            ];
+        }
+    }
+    r
+}
+
+#[test]
+fn pairs_take_consecutive_slices_and_the_first_pair_is_a_lone_pairs() {
+    let plans = pairs_request(HaKind::Bgp).plans().unwrap();
+    assert_eq!(plans.len(), 2);
+    let mut lone = request();
+    lone.tunnels = 2;
+    let lone = lone.plan().unwrap();
+    assert_eq!(
+        plans[0].tunnels, lone.tunnels,
+        "pair 1 is what one pair was"
+    );
+    let t = &plans[1].tunnels[1];
+    assert_eq!((t.device.as_str(), t.port), ("tun1", 1197), "slot 3");
+    assert_eq!(t.link_v4.to_string(), "10.99.3.0/30");
+    assert_eq!(nets(&t.translate[0]), ["100.64.3.0/24", "fd64:0:0:3::/64"]);
+    assert_eq!(nets(&t.translate[1]), ["100.65.3.0/24", "fd65:0:0:3::/64"]);
+    assert_eq!(plans[1].gateway_name(Side::A), "gateway-a2");
+    assert_eq!(plans[0].gateway_name(Side::B), "gateway-b");
+    assert_eq!(plans[1].site(Side::B).wan, "198.51.100.2");
+}
+
+#[test]
+fn every_gateway_of_a_pairs_site_announces_and_its_toml_passes_the_loaders_checks() {
+    let mut r = pairs_request(HaKind::Bgp);
+    r.root = [
+        vec!["/srv/a1".into(), "/srv/a2".into()],
+        vec!["/srv/b".into()],
+    ];
+    let g = generate(&r).unwrap();
+    let names: Vec<&str> = g.directories().map(|d| d.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "gateway-a",
+            "gateway-b",
+            "gateway-a2",
+            "gateway-b2",
+            "site-a",
+            "site-b"
+        ]
+    );
+    let pair = &g.pairs[1];
+    let toml = &pair
+        .gateway(Side::A)
+        .file(layout::LOADER_CONFIG)
+        .unwrap()
+        .contents;
+    let (c, _) = config::parse(toml, &facts(&pair.plan, Side::A, LinkKind::L3PointToPoint))
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let a = c.announce.expect("[announce]");
+    assert_eq!(a.min_tunnels, 1);
+    assert_eq!(
+        a.maintenance_file,
+        Path::new("/srv/a2/etc/ovpn-lb/maintenance")
+    );
+    assert_eq!(
+        a.health_file.as_deref(),
+        Some(Path::new("/srv/a2/run/ovpn-lb/health"))
+    );
+    assert_eq!(
+        Net::V4(c.tunnels[0].xlat_v4.unwrap()).to_string(),
+        "100.64.2.0/24"
+    );
+    assert_eq!(
+        Net::V4(c.tunnels[0].peer_v4.unwrap().0).to_string(),
+        "100.65.2.0/24"
+    );
+    let conf = &pair
+        .gateway(Side::A)
+        .file(layout::openvpn_config("tun0"))
+        .unwrap()
+        .contents;
+    assert!(
+        conf.contains("cert /srv/a2/etc/openvpn/ovpn-lb/gateway-a2.crt\n"),
+        "{conf}"
+    );
+    assert!(conf.contains("remote 198.51.100.2 1196\n"), "{conf}");
+    // A lone pair announces nothing.
+    let lone = generate(&request()).unwrap();
+    assert!(!text(&lone, Side::A, layout::LOADER_CONFIG).contains("[announce]"));
+    assert!(lone.gateway(Side::A).file(layout::FRR_CONF).is_none());
+    assert!(lone.sites.is_empty());
+}
+
+#[test]
+fn frr_speaks_ebgp_with_bfd_and_announces_only_the_remote_prefixes() {
+    let g = generate(&pairs_request(HaKind::Bgp)).unwrap();
+    let frr = &g.pairs[1]
+        .gateway(Side::A)
+        .file(layout::FRR_CONF)
+        .unwrap()
+        .contents;
+    assert_lines(
+        frr,
+        &[
+            "hostname gateway-a2",
+            "ip route 192.168.10.0/24 10.1.255.1",
+            "ipv6 route fd00:a::/64 fd00:1:ff::1",
+            "ip prefix-list OVPNLB-REMOTE seq 5 permit 192.168.20.0/24",
+            "ipv6 prefix-list OVPNLB-REMOTE6 seq 10 permit fd00:b::/64",
+            "route-map OVPNLB-MARKERS permit 10",
+            "route-map OVPNLB-OUT permit 20",
+            " match ip address prefix-list OVPNLB-REMOTE",
+            " match ipv6 address prefix-list OVPNLB-REMOTE6",
+            " match metric 16777214",
+            " set metric 0",
+            "route-map OVPNLB-IN deny 10",
+            "router bgp 64513",
+            " bgp router-id 10.1.255.3",
+            " bgp graceful-restart-disable",
+            " neighbor 10.1.255.1 remote-as 64512",
+            " neighbor 10.1.255.1 bfd profile ovpnlb",
+            " neighbor fd00:1:ff::1 remote-as 64512",
+            " address-family ipv6 unicast",
+            "  redistribute kernel route-map OVPNLB-MARKERS",
+            "  neighbor fd00:1:ff::1 activate",
+            "  neighbor fd00:1:ff::1 route-map OVPNLB-OUT out",
+            "  neighbor 10.1.255.1 route-map OVPNLB-IN in",
+            " profile ovpnlb",
+            "  detect-multiplier 3",
+            "  receive-interval 100",
+            "  transmit-interval 100",
+        ],
+    );
+    assert!(
+        !frr.contains("192.168.10.0/24 permit"),
+        "our own LAN is never announced"
+    );
+    let daemons = &g.pairs[0]
+        .gateway(Side::B)
+        .file(layout::FRR_DAEMONS)
+        .unwrap()
+        .contents;
+    assert_lines(daemons, &["bgpd=yes", "bfdd=yes"]);
+    let site = g.sites.iter().find(|s| s.name == "site-b").unwrap();
+    let router = &site.file(layout::ROUTER_FRR).unwrap().contents;
+    assert_lines(
+        router,
+        &[
+            "router bgp 64512",
+            " bgp router-id 10.2.255.1",
+            " neighbor 10.2.255.2 remote-as 64513",
+            " neighbor 10.2.255.3 remote-as 64513",
+            " neighbor fd00:2:ff::3 bfd profile ovpnlb",
+            "  maximum-paths 16",
+            "  neighbor 10.2.255.3 route-map OVPNLB-FROM-GATEWAYS in",
+            "  neighbor fd00:2:ff::2 route-map OVPNLB-TO-GATEWAYS out",
+            "ip prefix-list OVPNLB-REMOTE seq 5 permit 192.168.10.0/24",
+            "route-map OVPNLB-TO-GATEWAYS deny 10",
+        ],
+    );
+    assert_lines(
+        &site.file(layout::ROUTER_SYSCTL).unwrap().contents,
+        &[
+            "net.ipv4.fib_multipath_hash_policy = 1",
+            "net.ipv6.fib_multipath_hash_policy = 1",
+            "net.ipv4.fib_multipath_use_neigh = 1",
+        ],
+    );
+}
+
+#[test]
+fn vrrp_shares_the_lans_next_hop_and_tracks_the_health_file() {
+    let mut r = pairs_request(HaKind::Vrrp);
+    r.root = [vec!["/srv/a1".into(), "/srv/a2".into()], vec!["/".into()]];
+    let g = generate(&r).unwrap();
+    assert!(g.sites.is_empty(), "no router");
+    let conf = |pair: usize, side| {
+        g.pairs[pair]
+            .gateway(side)
+            .file(layout::KEEPALIVED_CONF)
+            .unwrap()
+            .contents
+            .clone()
+    };
+    let a2 = conf(1, Side::A);
+    assert_lines(
+        &a2,
+        &[
+            "    router_id gateway-a2",
+            "    file \"/srv/a2/run/ovpn-lb/health\"",
+            "    weight 0",
+            "    interface eth1",
+            "    virtual_router_id 76",
+            "    priority 190",
+            "    advert_int 0.1",
+            "    unicast_src_ip 192.168.10.3",
+            "        192.168.10.2",
+            "        192.168.10.1/24 dev eth1",
+            "        fd00:a::1/64 dev eth1",
+            "        ovpnlb_health",
+            "    script \"/usr/sbin/ovpn-lb status --check\"",
+        ],
+    );
+    assert!(conf(0, Side::A).contains("    priority 200\n"));
+    assert!(conf(0, Side::B).contains("        192.168.20.3\n"));
+    assert!(g.pairs[0].gateway(Side::A).file(layout::FRR_CONF).is_none());
+}
+
+#[test]
+fn routing_answers_that_cannot_work_are_refused() {
+    let mut r = pairs_request(HaKind::Bgp);
+    r.routing.gateways[0].pop();
+    expect_error(&r, "--gateway-a: 1 given for 2 pair(s)");
+    let mut r = pairs_request(HaKind::Bgp);
+    r.routing.router[1].clear();
+    expect_error(&r, "--router-b is missing");
+    let mut r = pairs_request(HaKind::Bgp);
+    r.routing.router[0] = vec!["10.1.255.1".into()];
+    expect_error(&r, "--router-a \"10.1.255.1\": give an IPv6 address too");
+    let mut r = pairs_request(HaKind::Bgp);
+    r.routing.router_asn[0] = 64_513;
+    expect_error(&r, "--asn-a and --router-asn-a are both 64513");
+    let mut r = pairs_request(HaKind::Bgp);
+    r.routing.gateways[1][1] = "10.2.255.2,fd00:2:ff::9".into();
+    expect_error(&r, "--gateway-b 10.2.255.2 is given twice");
+    let mut r = pairs_request(HaKind::Vrrp);
+    r.routing.vip[0] = vec!["10.9.9.9".into(), "fd00:a::1".into()];
+    expect_error(
+        &r,
+        "10.9.9.9 (--vip-a or --gateway-a) is outside site A's LAN",
+    );
+    let mut r = pairs_request(HaKind::Bgp);
+    r.wan[0].pop();
+    expect_error(&r, "--wan-a: 1 given for 2 pairs");
+    let mut r = pairs_request(HaKind::Bgp);
+    r.wan[1][1] = "192.0.2.1".into();
+    expect_error(&r, "--wan \"192.0.2.1\" is given to two pairs");
+    let mut r = pairs_request(HaKind::Bgp);
+    r.pairs = 17;
+    expect_error(&r, "--pairs 17: give 1 to 16 pairs");
+    // Two pairs of 40 tunnels need 80 ports from 65500.
+    let mut r = pairs_request(HaKind::Bgp);
+    r.tunnels = 40;
+    r.first_port = 65_500;
+    expect_error(&r, "--port 65500: 80 tunnels use ports 65500..=65579");
+    // Several pairs without --ha are BGP pairs.
+    let mut r = pairs_request(HaKind::Bgp);
+    r.routing.ha = None;
+    assert_eq!(r.plans().unwrap()[0].ha.as_ref().unwrap().kind, HaKind::Bgp);
 }

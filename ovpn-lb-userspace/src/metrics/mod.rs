@@ -17,6 +17,7 @@ use std::{
 use ovpn_lb_common::{Reason, queue::TunnelQueue};
 
 use crate::{
+    announce::Block,
     health::Cause,
     pins::Layout,
     probe::{RTT_BUCKETS, Rtt},
@@ -38,13 +39,31 @@ pub struct TunnelView {
     pub departures: [u64; 4],
 }
 
+/// What the exporter knows of the announcement (`[announce]`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnnounceView {
+    pub announced: bool,
+    pub transitions: u64,
+    /// Why it is withdrawn (empty while announced).
+    pub blocks: Vec<Block>,
+}
+
+/// What the run loop shows the exporter besides the pinned counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    pub tunnels: Vec<TunnelView>,
+    /// `None` without `[announce]`.
+    pub announce: Option<AnnounceView>,
+}
+
 /// Shared between the run loop (writer) and the exporter (reader).
-pub type Views = Arc<Mutex<Vec<TunnelView>>>;
+pub type Views = Arc<Mutex<View>>;
 
 /// Everything one scrape shows.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub tunnels: Vec<TunnelView>,
+    pub announce: Option<AnnounceView>,
     /// `None` when the pinned maps cannot be read.
     pub counters: Option<Counters>,
     /// The hooks packet spray's ring accounting runs on, from the state
@@ -58,13 +77,14 @@ impl Snapshot {
     /// Reads the counters now.
     #[must_use]
     pub fn take(layout: &Layout, views: &Views) -> Self {
-        let tunnels = views.lock().map(|t| t.clone()).unwrap_or_default();
-        let counters = u32::try_from(tunnels.len())
+        let view = views.lock().map(|v| v.clone()).unwrap_or_default();
+        let counters = u32::try_from(view.tunnels.len())
             .ok()
             .and_then(|n| Counters::read(layout, n).ok());
         let ring_accounting = State::read(layout).ok().and_then(|s| s.ring_accounting);
         Self {
-            tunnels,
+            tunnels: view.tunnels,
+            announce: view.announce,
             counters,
             ring_accounting,
             now_ns: crate::probe::now_ns(),
@@ -360,6 +380,60 @@ pub const FAMILIES: &[Family] = &[
         samples: |s| per_reason(s, |r| r.bytes),
     },
     Family {
+        name: "ovpnlb_tunnels_in_rotation",
+        help: "Tunnels in the rotation now.",
+        kind: Kind::Gauge,
+        labels: &[],
+        samples: |s| {
+            let n = s.tunnels.iter().filter(|v| v.up).count();
+            vec![(Vec::new(), u64_value(n as u64))]
+        },
+    },
+    Family {
+        name: "ovpnlb_announced",
+        help: "1 while this gateway announces the remote prefixes ([announce]), else 0.",
+        kind: Kind::Gauge,
+        labels: &[],
+        samples: |s| {
+            s.announce
+                .iter()
+                .map(|a| (Vec::new(), f64::from(u8::from(a.announced))))
+                .collect()
+        },
+    },
+    Family {
+        name: "ovpnlb_announce_transitions_total",
+        help: "Times the announcement changed (announced or withdrawn) since the loader started.",
+        kind: Kind::Counter,
+        labels: &[],
+        samples: |s| {
+            s.announce
+                .iter()
+                .map(|a| (Vec::new(), u64_value(a.transitions)))
+                .collect()
+        },
+    },
+    Family {
+        name: "ovpnlb_announce_blocked",
+        help: "1 for each reason the announcement is withdrawn now, else 0.",
+        kind: Kind::Gauge,
+        labels: &["reason"],
+        samples: |s| {
+            let Some(a) = &s.announce else {
+                return Vec::new();
+            };
+            Block::ALL
+                .iter()
+                .map(|b| {
+                    (
+                        vec![b.name().to_owned()],
+                        f64::from(u8::from(a.blocks.contains(b))),
+                    )
+                })
+                .collect()
+        },
+    },
+    Family {
         name: "ovpnlb_build_info",
         help: "Always 1; labels say which build is running.",
         kind: Kind::Gauge,
@@ -424,7 +498,11 @@ pub fn encode(snapshot: &Snapshot) -> String {
                 .iter()
                 .map(|(l, v)| format!("{l}=\"{}\"", escape(v)))
                 .collect();
-            let _ = writeln!(out, "{}{suffix}{{{}}} {value}", f.name, labels.join(","));
+            if labels.is_empty() {
+                let _ = writeln!(out, "{}{suffix} {value}", f.name);
+            } else {
+                let _ = writeln!(out, "{}{suffix}{{{}}} {value}", f.name, labels.join(","));
+            }
         }
     }
     out
@@ -497,6 +575,11 @@ mod tests {
         };
         encode(&Snapshot {
             tunnels,
+            announce: Some(AnnounceView {
+                announced: false,
+                transitions: 3,
+                blocks: vec![Block::LanDown],
+            }),
             counters: Some(counters),
             ring_accounting: Some("fexit".to_owned()),
             now_ns: 0,
@@ -544,6 +627,11 @@ mod tests {
             "ovpnlb_tunnel_probe_rtt_seconds_count{device=\"tun0\",tunnel=\"0\"} 1".to_owned(),
             "ovpnlb_tunnel_departures_total{cause=\"probe\",device=\"tun0\",tunnel=\"0\"} 2"
                 .to_owned(),
+            "ovpnlb_tunnels_in_rotation 1".to_owned(),
+            "ovpnlb_announced 0".to_owned(),
+            "ovpnlb_announce_transitions_total 3".to_owned(),
+            "ovpnlb_announce_blocked{reason=\"lan_down\"} 1".to_owned(),
+            "ovpnlb_announce_blocked{reason=\"maintenance\"} 0".to_owned(),
             format!(
                 "ovpnlb_build_info{{version=\"{}\"}} 1",
                 env!("CARGO_PKG_VERSION")

@@ -23,7 +23,9 @@ use tokio::sync::mpsc;
 
 pub use link::{Driver, LinkFacts, LinkKind};
 pub use neighbour::Neighbour;
-pub use route::{Forwarding, KernelRoute, OWN_PROTOCOL, RouteTarget, Rule, RuleAction};
+pub use route::{
+    Forwarding, KernelRoute, MarkerRoute, OWN_PROTOCOL, RouteTarget, Rule, RuleAction,
+};
 
 /// A notification worth a fresh look.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -256,6 +256,70 @@ impl Netlink {
     }
 }
 
+/// A route that carries no traffic and only says "this gateway announces
+/// PREFIX" to a routing daemon reading the kernel's table:
+/// `unreachable DST/LEN proto PROTOCOL metric METRIC table TABLE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkerRoute {
+    pub dst: IpAddr,
+    pub len: u8,
+    pub table: u32,
+    pub protocol: u8,
+    pub metric: u32,
+}
+
+impl std::fmt::Display for MarkerRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.dst, self.len)
+    }
+}
+
+impl MarkerRoute {
+    fn message(&self) -> RouteMessage {
+        let mut m = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(self.dst, self.len)
+            .map_or_else(|_| RouteMessage::default(), RouteMessageBuilder::build);
+        m.header.address_family = family(self.dst);
+        m.header.destination_prefix_length = self.len;
+        m.header.kind = RouteType::Unreachable;
+        m.header.protocol = RouteProtocol::from(self.protocol);
+        m.header.scope = RouteScope::Universe;
+        m.header.table = u8::try_from(self.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        m.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Table(_)));
+        m.attributes.push(RouteAttribute::Table(self.table));
+        m.attributes.push(RouteAttribute::Priority(self.metric));
+        m
+    }
+
+    /// The marker route `m` is, if it is one of `table` and `protocol`.
+    fn of(m: &RouteMessage, table: u32, protocol: u8) -> Option<Self> {
+        if m.header.kind != RouteType::Unreachable
+            || m.header.protocol != RouteProtocol::from(protocol)
+        {
+            return None;
+        }
+        let mut in_table = u32::from(m.header.table);
+        let (mut dst, mut metric) = (None, 0);
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Table(t) => in_table = *t,
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
+                RouteAttribute::Priority(p) => metric = *p,
+                _ => {}
+            }
+        }
+        (in_table == table).then_some(Self {
+            dst: dst?,
+            len: m.header.destination_prefix_length,
+            table,
+            protocol,
+            metric,
+        })
+    }
+}
+
 impl Netlink {
     /// Every route of one family, all tables.
     async fn route_dump(&self, v6: bool) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
@@ -373,6 +437,67 @@ impl Netlink {
         out.sort_unstable();
         out.dedup();
         Ok(out)
+    }
+
+    /// The marker routes of `table` and `protocol`, both families.
+    ///
+    /// # Errors
+    /// If a dump fails.
+    pub async fn marker_routes(
+        &self,
+        table: u32,
+        protocol: u8,
+    ) -> Result<Vec<MarkerRoute>, rtnetlink::Error> {
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            let messages = self.route_dump(v6).await?;
+            out.extend(
+                messages
+                    .iter()
+                    .filter_map(|m| MarkerRoute::of(m, table, protocol)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether any route of IPv4, of IPv6, has several next hops (this
+    /// machine spreads traffic over them).
+    ///
+    /// # Errors
+    /// If a dump fails.
+    pub async fn multipath_families(&self) -> Result<(bool, bool), rtnetlink::Error> {
+        let mut out = [false, false];
+        for (i, v6) in [false, true].into_iter().enumerate() {
+            let messages = self.route_dump(v6).await?;
+            out[i] = messages.iter().any(|m| {
+                m.attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::MultiPath(hops) if hops.len() > 1))
+            });
+        }
+        Ok((out[0], out[1]))
+    }
+
+    /// Adds `route`; one that exists already is fine.
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub async fn add_marker_route(&self, route: &MarkerRoute) -> Result<(), rtnetlink::Error> {
+        match self.handle.route().add(route.message()).execute().await {
+            Err(e) if is_exists(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Deletes `route`; one that is gone already is fine.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason.
+    pub async fn delete_marker_route(&self, route: &MarkerRoute) -> Result<(), rtnetlink::Error> {
+        match self.handle.route().del(route.message()).execute().await {
+            Err(e) if is_absent(&e) => Ok(()),
+            other => other,
+        }
     }
 }
 

@@ -427,20 +427,48 @@ impl PeerWord {
     }
 }
 
-/// The far gateway's newest view of the tunnels, by its own clock, among
-/// the words heard recently on any tunnel: `None` when there is none, or
-/// the newest says it has no view (probes off, its loader starting, an
-/// older peer without one), which then vetoes nothing.
-pub fn newest_view<'a>(
+/// What the far gateway says now, by its own clock, among the words heard
+/// recently on any tunnel (`None`: none is fresh). Its view is `None` when
+/// it has none (probes off, its loader starting, an older peer without
+/// one), which then vetoes nothing; its flags couple the pair's
+/// announcements.
+pub fn newest_said<'a>(
     words: impl IntoIterator<Item = &'a PeerWord>,
     now: u64,
     settings: &Settings,
-) -> Option<u64> {
-    words
-        .into_iter()
-        .filter(|w| w.fresh(now, settings))
-        .max_by_key(|w| w.said.far_ns)
-        .and_then(|w| w.said.view)
+) -> Option<Said> {
+    ovpn_lb_common::probe::newest(
+        words
+            .into_iter()
+            .filter(|w| w.fresh(now, settings))
+            .map(|w| w.said),
+    )
+}
+
+/// The far gateway's [`flags::COUPLED`] bits, from each tunnel's word and
+/// whether the tunnel is in the rotation: what its newest fresh word says;
+/// with none fresh, its newest word on a tunnel still in the rotation (one
+/// kept in by its traffic while an overloaded ring loses its probes keeps
+/// what was said last, so a pair withdrawn together does not announce
+/// again for want of a probe); a word on a tunnel gone from the rotation
+/// counts for nothing once stale.
+///
+/// [`flags::COUPLED`]: ovpn_lb_common::probe::flags::COUPLED
+pub fn far_flags<'a>(
+    words: impl IntoIterator<Item = (&'a PeerWord, bool)> + Clone,
+    now: u64,
+    settings: &Settings,
+) -> u16 {
+    newest_said(words.clone().into_iter().map(|(w, _)| w), now, settings)
+        .or_else(|| {
+            ovpn_lb_common::probe::newest(
+                words
+                    .into_iter()
+                    .filter(|&(_, in_rotation)| in_rotation)
+                    .map(|(w, _)| w.said),
+            )
+        })
+        .map_or(0, |s| s.coupled())
 }
 
 /// Path delays are published in whole steps of this much (rounded down):
@@ -706,6 +734,10 @@ mod tests {
         assert!((t.loss(1_000 * MS, 100 * MS) - 0.25).abs() < f64::EPSILON);
     }
 
+    fn newest_view(words: &[PeerWord], now: u64, settings: &Settings) -> Option<u64> {
+        newest_said(words, now, settings).and_then(|s| s.view)
+    }
+
     fn word(view: Option<u64>, far_ms: u64, heard_ms: u64) -> PeerWord {
         PeerWord {
             said: Said {
@@ -733,6 +765,39 @@ mod tests {
         // The newest saying "unknown" vetoes nothing.
         let words = [word(Some(0), 1_000, 100), word(None, 1_050, 110)];
         assert_eq!(newest_view(&words, 200 * MS, &S), None);
+    }
+
+    #[test]
+    fn the_far_flags_outlast_lost_probes_only_on_tunnels_in_the_rotation() {
+        use ovpn_lb_common::probe::flags::{DRAINING, LAN_DOWN};
+        let flagged = |flags, far_ms, heard_ms| PeerWord {
+            said: Said {
+                view: Some(0b11),
+                flags,
+                far_ns: far_ms * MS,
+            },
+            heard_ns: heard_ms * MS,
+        };
+        let draining = flagged(DRAINING, 1_000, 100);
+        let well = flagged(0, 900, 90);
+        // Fresh: the newest by the far clock.
+        let words = [(&draining, true), (&well, true)];
+        assert_eq!(far_flags(words, 200 * MS, &S), DRAINING);
+        // Stale, its tunnel kept in the rotation by traffic: still draining
+        // (without this, the gateway announced again each time an
+        // overloaded ring lost a detection time's probes).
+        assert_eq!(far_flags(words, 2_000 * MS, &S), DRAINING);
+        // Stale, its tunnels out of the rotation: nothing.
+        let words = [(&draining, false), (&well, false)];
+        assert_eq!(far_flags(words, 2_000 * MS, &S), 0);
+        // A fresh word lifts a stale one whatever the clocks say (the far
+        // gateway restarted, its clock with it).
+        let rebooted = flagged(0, 5, 1_900);
+        let words = [(&draining, true), (&rebooted, true)];
+        assert_eq!(far_flags(words, 2_000 * MS, &S), 0);
+        let lan = flagged(LAN_DOWN | (1 << 9), 6, 1_950);
+        let words = [(&draining, true), (&rebooted, true), (&lan, true)];
+        assert_eq!(far_flags(words, 2_000 * MS, &S), LAN_DOWN);
     }
 
     #[test]

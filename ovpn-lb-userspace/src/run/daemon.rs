@@ -27,6 +27,7 @@ use ovpn_lb_common::{
 use tokio::sync::mpsc;
 
 use crate::{
+    announce::{self, kernel::Announcement},
     config::{Config, Hook, TunnelKind},
     datapath::{
         Datapath,
@@ -36,11 +37,11 @@ use crate::{
     facts::Facts,
     health::{self, Management},
     kernel_path::{self, Owned},
-    metrics::{TunnelView, Views},
+    metrics::{AnnounceView, TunnelView, Views},
     netlink::{self, LinkFacts, Netlink, RouteTarget, netdev},
     pins::Layout,
     probe::{self, io::Sender, now_ns},
-    status::{ManagedNeighbour, ProbeState, State, TunnelState},
+    status::{AnnounceState, ManagedNeighbour, ProbeState, State, TunnelState},
     tunnel::{Tunnel, TunnelId},
 };
 
@@ -48,6 +49,8 @@ use crate::{
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Every so often everything is read again, whatever the events said.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How soon a maintenance file is noticed (created or removed).
+const MAINTENANCE_POLL: Duration = Duration::from_millis(100);
 
 /// What the daemon works with besides its configuration.
 pub struct Io {
@@ -123,6 +126,13 @@ pub struct Daemon {
     next_counters: Instant,
     /// Echo replies from the plain peers' pingers.
     echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
+    /// `[announce]`: the marker routes and the health file, while healthy.
+    announcement: Option<Announcement>,
+    /// Stopping: withdrawn, draining until the loader exits.
+    stopping: bool,
+    /// What the far gateway of the pair says in its probes and answers
+    /// (the newest fresh word on any tunnel).
+    far_flags: announce::Flags,
 }
 
 fn short(e: &anyhow::Error) -> String {
@@ -150,6 +160,10 @@ impl Daemon {
             .map(|(k, spec)| Tunnel::new(TunnelId::new(k), spec))
             .collect();
         let kernel = Owned::of(&config);
+        let announcement = config
+            .announce
+            .clone()
+            .map(|spec| Announcement::new(spec, &config.remote, &layout.run_dir));
         let previous = previous.unwrap_or_default();
         let mut retiring = previous.retiring_kernel_routes;
         retiring.extend(previous.kernel_route);
@@ -188,6 +202,9 @@ impl Daemon {
             next_probe: Instant::now(),
             next_counters: Instant::now(),
             echo_tx,
+            announcement,
+            stopping: false,
+            far_flags: announce::Flags::default(),
         }
     }
 
@@ -267,6 +284,14 @@ impl Daemon {
             .retire_tunnels(self.tunnels.len(), &ifindexes)?;
         for t in &mut self.tunnels {
             t.health.admit_now();
+        }
+        // The first verdict waits until the probes could have taken out a
+        // tunnel that does not carry traffic.
+        if let (Some(a), Some(settings)) = (&mut self.announcement, self.probe) {
+            let at = Instant::now() + settings.detection() + settings.interval;
+            if let Err(e) = a.adopt(&self.netlink, at).await {
+                log::warn!("announcing: {}", short(&e));
+            }
         }
         self.announce();
         self.publish().await;
@@ -628,6 +653,17 @@ impl Daemon {
             .chain(self.retry_at)
             .chain(probes)
             .chain([self.next_reconcile])
+            // The maintenance file is looked for this often.
+            .chain(
+                self.announcement
+                    .as_ref()
+                    .map(|_| instant + MAINTENANCE_POLL),
+            )
+            .chain(
+                self.announcement
+                    .as_ref()
+                    .and_then(Announcement::held_until),
+            )
             .min()
             .unwrap_or(self.next_reconcile)
     }
@@ -637,6 +673,9 @@ impl Daemon {
         let now = Instant::now();
         if now >= self.next_reconcile {
             self.mark_all();
+            if let Some(a) = &mut self.announcement {
+                a.resync();
+            }
             self.next_reconcile = now + RECONCILE_EVERY;
         }
         // What failed waits for its retry; what events marked is read now.
@@ -716,8 +755,14 @@ impl Daemon {
                 }
             }
         }
+        self.follow_announcement().await;
         if let Ok(mut views) = self.views.lock() {
-            *views = self
+            views.announce = self.announcement.as_ref().map(|a| AnnounceView {
+                announced: a.announcer.announced,
+                transitions: a.announcer.transitions,
+                blocks: a.announcer.blocks.clone(),
+            });
+            views.tunnels = self
                 .tunnels
                 .iter()
                 .map(|t| TunnelView {
@@ -762,6 +807,59 @@ impl Daemon {
         }
     }
 
+    /// The announcement follows the rotation, the LAN, the maintenance
+    /// file, the stop and the far gateway's flags.
+    async fn follow_announcement(&mut self) {
+        let inputs = self.announce_inputs();
+        let Some(a) = &mut self.announcement else {
+            return;
+        };
+        match a.publish(&self.netlink, inputs).await {
+            Ok(true) => log::info!("{}", a.announcer.explain()),
+            Ok(false) => {}
+            Err(e) => {
+                log::warn!("announcing: {}; trying again", short(&e));
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
+            }
+        }
+    }
+
+    fn announce_inputs(&self) -> announce::Inputs {
+        announce::Inputs {
+            in_rotation: self.tunnels.iter().filter(|t| t.health.in_rotation).count(),
+            lan_up: self.lan.as_ref().is_some_and(|l| l.up),
+            maintenance: self
+                .announcement
+                .as_ref()
+                .is_some_and(Announcement::maintenance),
+            stopping: self.stopping,
+            far: self.far_flags,
+        }
+    }
+
+    /// What this gateway tells the far one of its pair: it drains
+    /// (maintenance file, stopping), its LAN is down.
+    #[must_use]
+    pub fn own_flags(&self) -> announce::Flags {
+        self.announce_inputs().own_flags()
+    }
+
+    /// Stopping: withdraws now (the far gateway hears that we drain); the
+    /// caller keeps the loop going for the drain time, then exits.
+    pub async fn begin_stop(&mut self) {
+        self.stopping = true;
+        // The far gateway hears it at once, in a round of probes.
+        self.announce();
+        self.publish().await;
+    }
+
+    /// How long a stop drains before the loader exits: `announce.drain_ms`,
+    /// none without `[announce]`.
+    #[must_use]
+    pub fn drain_time(&self) -> Option<Duration> {
+        self.announcement.as_ref().map(|a| a.spec.drain)
+    }
+
     /// Writes the state file now: what is about to be made is on record.
     fn record(&mut self) -> Result<()> {
         let state = self.state(true, None);
@@ -788,6 +886,33 @@ impl Daemon {
             kernel_route: Some(self.kernel.clone()),
             retiring_kernel_routes: self.retiring.clone(),
             mounted_bpffs: self.mounted_bpffs.clone(),
+            announce: self.announcement.as_ref().map(|a| AnnounceState {
+                announced: a.announcer.announced,
+                reasons: a.announcer.blocks.clone(),
+                explanation: a.announcer.explain(),
+                in_rotation: a.announcer.inputs.map_or(0, |i| i.in_rotation),
+                min_tunnels: a.spec.min_tunnels,
+                transitions: a.announcer.transitions,
+                since: a
+                    .announcer
+                    .since
+                    .duration_since(UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64()),
+                prefixes: a.routes.iter().map(ToString::to_string).collect(),
+                table: a.spec.table,
+                protocol: a.spec.protocol,
+                metric: a.spec.metric,
+                health_file: a.health_file.clone(),
+                maintenance_file: a.spec.maintenance_file.clone(),
+                drain_ms: u64::try_from(a.spec.drain.as_millis()).unwrap_or(u64::MAX),
+                flags: a
+                    .announcer
+                    .inputs
+                    .map(|i| i.own_flags())
+                    .unwrap_or_default(),
+                far_flags: self.far_flags,
+            }),
             tunnels: self
                 .tunnels
                 .iter()

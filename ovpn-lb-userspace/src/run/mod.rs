@@ -63,7 +63,9 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
     // tunnel dead.
     let sender = open_probe_sockets(&config)?;
     let mounted_bpffs = layout.prepare()?;
-    let _lock = lock::acquire(layout, "run").await?;
+    let _lock = lock::acquire(layout, "run", lock::Ask::HandOver).await?;
+    // Before the state file names us: a takeover's SIGUSR1 must find a handler.
+    let mut signals = Signals::new()?;
     let previous = State::read(layout).ok();
     let had_datapath = datapath_attached(layout, &config.lan.interface);
     let started = start(
@@ -77,11 +79,31 @@ pub async fn run(config_path: &Path, layout: &Layout, options: &Options) -> Resu
         mounted_bpffs,
     )
     .await;
-    let (mut daemon, sources) = match started {
+    let (mut daemon, mut sources) = match started {
         Ok(s) => s,
         Err(e) => return Err(abandon(layout, had_datapath, e).await),
     };
-    let outcome = follow(&mut daemon, sources).await;
+    let mut outcome = follow(&mut daemon, &mut sources, &mut signals, None).await;
+    if let (Ok(signal @ ("SIGINT" | "SIGTERM")), Some(drain)) = (&outcome, daemon.drain_time()) {
+        // Withdraw, and keep following health (and telling the far gateway
+        // that we drain) while the routers move the traffic away; a second
+        // signal cuts the drain short.
+        log::info!(
+            "{signal}: withdrawing; exiting in {} ms (announce.drain_ms)",
+            drain.as_millis()
+        );
+        daemon.begin_stop().await;
+        let drained = follow(
+            &mut daemon,
+            &mut sources,
+            &mut signals,
+            Some(tokio::time::Instant::now() + drain),
+        )
+        .await;
+        if let Err(e) = drained {
+            outcome = Err(e);
+        }
+    }
     finish(daemon, layout, options, outcome).await
 }
 
@@ -236,6 +258,24 @@ async fn start(
     Ok((daemon, sources))
 }
 
+/// SIGINT and SIGTERM (stop: withdraw, drain, exit), SIGUSR1 (a new
+/// `run` takes over: exit at once, leaving the announcement to it).
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hand_over: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hand_over: signal(SignalKind::user_defined1())?,
+        })
+    }
+}
+
 /// The OpenVPN management watchers, one task per tunnel that has one.
 fn watch_management(config: &config::Config) -> mpsc::UnboundedReceiver<openvpn::Report> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -255,15 +295,28 @@ fn serve_metrics(listener: tokio::net::TcpListener, layout: &Layout, views: &Vie
     ));
 }
 
-/// The event loop: until a signal (its name), or an event source failing.
-async fn follow(daemon: &mut Daemon, mut s: Sources) -> Result<&'static str> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+/// The event loop: until a signal (its name), `until` (the end of a
+/// drain), or an event source failing.
+async fn follow(
+    daemon: &mut Daemon,
+    s: &mut Sources,
+    signals: &mut Signals,
+    until: Option<tokio::time::Instant>,
+) -> Result<&'static str> {
+    let end = async {
+        match until {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
     loop {
         let wake = daemon.next_wakeup();
         tokio::select! {
-            _ = sigint.recv() => return Ok("SIGINT"),
-            _ = sigterm.recv() => return Ok("SIGTERM"),
+            _ = signals.interrupt.recv() => return Ok("SIGINT"),
+            _ = signals.terminate.recv() => return Ok("SIGTERM"),
+            _ = signals.hand_over.recv() => return Ok("SIGUSR1 (a new run takes over)"),
+            () = &mut end => return Ok("drained"),
             event = s.netlink.recv() => match event {
                 Some(e) => daemon.on_netlink(&e),
                 None => anyhow::bail!("the rtnetlink connection closed"),

@@ -16,6 +16,9 @@
 //! tunnel), or / the sum of the single tunnels when they differ. Plus a
 //! trace of each tunnel's backlog under round robin and packet mode.
 //!
+//! Scale-out (`scale_out`, with `--scale-out`): gateway pairs behind BGP
+//! routers and VRRP under faults, and one pair against two.
+//!
 //! The plots (`plot`) draw the ratios; the end-to-end figures their own.
 
 use std::{fs, process::Command, sync::atomic::Ordering, thread, time::Instant};
@@ -25,6 +28,7 @@ mod forwarding;
 mod jumbo;
 mod per_packet;
 mod plot;
+mod scale_out;
 
 use anyhow::{Result, bail, ensure};
 
@@ -36,7 +40,7 @@ use crate::{
 #[derive(clap::Args, Clone)]
 #[expect(
     clippy::struct_excessive_bools,
-    reason = "command-line switches, each its own flag"
+    reason = "command-line switches, one per optional part"
 )]
 pub struct BenchArgs {
     /// Tunnels in the N-tunnel variants.
@@ -123,6 +127,17 @@ pub struct BenchArgs {
     /// Also measure one tunnel at tun-mtu 1500 against 9000 (`jumbo`).
     #[arg(long)]
     pub jumbo: bool,
+    /// Also measure gateway pairs behind BGP routers and VRRP (`scale_out`):
+    /// faults and their cost, BFD under load, 16 flows over one pair
+    /// against two (at --cpu-quota, --seconds per run).
+    #[arg(long)]
+    pub scale_out: bool,
+    /// --scale-out: tries of each fault and rounds of the scale figure.
+    #[arg(long, default_value_t = 5)]
+    pub scale_out_tries: usize,
+    /// --scale-out: seconds of full load while BFD flaps are counted.
+    #[arg(long, default_value_t = 60)]
+    pub scale_out_load_seconds: u32,
 }
 
 /// How the hosts send (`--lan`).
@@ -281,6 +296,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.jumbo {
         ensure!(!interrupted.load(Ordering::Relaxed), "interrupted");
         jumbo::run(args, &interrupted, &results_dir)?;
+    }
+    if args.scale_out {
+        ensure!(!interrupted.load(Ordering::Relaxed), "interrupted");
+        scale_out::run(args, &interrupted, &results_dir)?;
     }
     println!(
         "total benchmark time: {:.0} s (`cargo xtask bench`)",

@@ -10,12 +10,13 @@ use ovpn_lb_common::probe::{self as wire, Event, LocalView, Payload, flags};
 
 use super::Daemon;
 use crate::{
+    announce,
     config::{Probing, TunnelKind},
     facts, health,
     probe::{
-        Counters, PeerWord,
+        Counters, PeerWord, far_flags,
         io::{Echo, Pinger},
-        newest_view, now_ns,
+        newest_said, now_ns,
     },
     tunnel::TunnelId,
 };
@@ -142,14 +143,9 @@ impl Daemon {
             .iter()
             .filter(|t| t.health.local_fault().is_none())
             .fold(0, |bits, t| bits | (1 << t.id.raw()));
-        let lan_up = self.lan.as_ref().is_some_and(|l| l.up);
-        let mut word = flags::VIEW_KNOWN;
-        if !lan_up {
-            word |= flags::LAN_DOWN;
-        }
         LocalView {
             view,
-            flags: word,
+            flags: self.own_flags().word(),
             pad: [0; 6],
         }
     }
@@ -222,11 +218,17 @@ impl Daemon {
             self.next_counters = Instant::now() + settings.interval / 4;
         }
         let (now, instant) = (now_ns(), Instant::now());
-        let view = newest_view(
+        let said = newest_said(
             self.tunnels.iter().filter_map(|t| t.peer.as_ref()),
             now,
             &settings,
         );
+        let view = said.and_then(|s| s.view);
+        let words = self
+            .tunnels
+            .iter()
+            .filter_map(|t| Some((t.peer.as_ref()?, t.health.in_rotation)));
+        self.far_flags = announce::Flags::from_word(far_flags(words, now, &settings));
         for t in &mut self.tunnels {
             let alive = t.tracker.alive(now, &settings);
             let peer_down = t.spec.probing == Probing::Reflected

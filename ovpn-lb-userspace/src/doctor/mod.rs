@@ -44,6 +44,8 @@ pub struct Finding {
     pub fix: String,
 }
 
+mod announce;
+
 #[derive(Default)]
 struct Findings(Vec<Finding>);
 
@@ -125,7 +127,7 @@ impl Report {
     }
 }
 
-fn sysctl(path: &str) -> Option<u32> {
+pub(crate) fn sysctl(path: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/sys/{path}"))
         .ok()?
         .trim()
@@ -173,6 +175,11 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
     management(&mut f, &config, layout).await;
     probes(&mut f, layout);
     spray(&mut f, &config, layout).await;
+    if let Some(spec) = &config.announce {
+        announce::markers(&mut f, &config, spec, layout, &netlink).await;
+        announce::reader(&mut f, &config);
+        announce::multipath(&mut f, &netlink).await;
+    }
     Ok(Report {
         config: config_path.display().to_string(),
         findings: f.0,
