@@ -492,15 +492,21 @@ impl Snapshot {
 /// The departure of a tunnel out of the pick: stopped, or not compared.
 pub const NEVER: u64 = u64::MAX;
 
-/// The tunnel the LAN program picks among candidates whose departures are
+/// The tunnel the LAN program picks among the first `candidates` of
 /// `departures` (ps, [`NEVER`] for none) for a packet the earliest of them
 /// would take `tie_ps` to drain: the first, from position `start` round,
 /// within `tie_ps` of the earliest. `None` when every one is [`NEVER`].
 /// Pure, for the BPF pick and its tests.
+///
+/// `candidates` apart from the slice's length: the BPF pick passes its
+/// whole array and the count read opaquely, so the index is checked
+/// against the array's constant length (Linux 6.1's verifier bounds a
+/// stack index only by a constant, not by another register).
 #[inline(always)]
 #[must_use]
 pub fn rotate_among_ties(
     departures: &[u64],
+    candidates: usize,
     earliest: u64,
     tie_ps: u64,
     start: usize,
@@ -508,15 +514,17 @@ pub fn rotate_among_ties(
     if earliest == NEVER {
         return None;
     }
-    let n = departures.len();
+    let n = candidates;
     let bound = earliest.saturating_add(tie_ps);
     let mut index = if start < n { start } else { 0 };
     for _ in 0..SCAN_TUNNELS {
         if index >= n {
             break;
         }
-        if departures[index] <= bound {
-            return Some(index);
+        match departures.get(index) {
+            Some(&d) if d <= bound => return Some(index),
+            Some(_) => {}
+            None => break,
         }
         index += 1;
         if index == n {
@@ -858,16 +866,19 @@ mod tests {
         let deps = [5_000_000, 5_500_000, 7_000_000, NEVER];
         // 0 and 1 tie; 2 is 2 µs behind; 3 is out.
         let picks: std::vec::Vec<_> = (0..4)
-            .map(|start| rotate_among_ties(&deps, 5_000_000, tie, start))
+            .map(|start| rotate_among_ties(&deps, 4, 5_000_000, tie, start))
             .collect();
         assert_eq!(picks, [Some(0), Some(1), Some(0), Some(0)]);
         // A merged packet of 3000 bytes: 2 is within its drain time too.
         let tie = queue(0, 1000).tie_ps(3000);
-        assert_eq!(rotate_among_ties(&deps, 5_000_000, tie, 2), Some(2));
+        assert_eq!(rotate_among_ties(&deps, 4, 5_000_000, tie, 2), Some(2));
         // None compared in: none.
-        assert_eq!(rotate_among_ties(&[NEVER; 3], NEVER, tie, 0), None);
+        assert_eq!(rotate_among_ties(&[NEVER; 3], 3, NEVER, tie, 0), None);
         // A start past the candidates starts over.
-        assert_eq!(rotate_among_ties(&deps[..2], 5_000_000, 0, 7), Some(0));
+        assert_eq!(rotate_among_ties(&deps, 2, 5_000_000, 0, 7), Some(0));
+        // A count past the slice reads nothing past it: the scan ends there.
+        assert_eq!(rotate_among_ties(&deps[..1], 4, 5_000_000, 0, 0), Some(0));
+        assert_eq!(rotate_among_ties(&deps[..1], 4, 5_000_000, 0, 1), None);
     }
 
     #[test]

@@ -218,8 +218,17 @@ pub extern "C" fn ovpn_lb_earliest(active: u32, len: u32, exclude: u32) -> u32 {
     let chosen = if members <= SCAN_TUNNELS {
         let mut departures = [NEVER; SCAN_TUNNELS];
         let (mut earliest, mut tie) = (NEVER, 0);
+        // Read opaquely: knowing `members <= SCAN_TUNNELS`, the compiler
+        // would otherwise loop to `members` alone and drop the index's
+        // mask, and Linux 6.1's verifier, which does not carry that bound
+        // to the loop, then walks the index past the array. A copy, so
+        // that `members` itself stays a value the compiler knows (in
+        // memory, the other branch's `% members` grew a division-by-zero
+        // panic the verifier refuses).
+        let scanned = members;
         for (index, departure) in departures.iter_mut().enumerate() {
-            if index >= members {
+            // SAFETY: a plain read of a local.
+            if index >= unsafe { core::ptr::read_volatile(&raw const scanned) } {
                 break;
             }
             let (d, t) = price(index);
@@ -232,12 +241,9 @@ pub extern "C" fn ovpn_lb_earliest(active: u32, len: u32, exclude: u32) -> u32 {
         // `members` by a compare (no division): ties take turns.
         let last = TIE_CURSOR.get(0).map_or(0, |&c| c as usize);
         let start = if last + 1 >= members { 0 } else { last + 1 };
-        let chosen = rotate_among_ties(
-            &departures[..members.min(SCAN_TUNNELS)],
-            earliest,
-            tie,
-            start,
-        );
+        // SAFETY: a plain read of a local.
+        let candidates = unsafe { core::ptr::read_volatile(&raw const scanned) };
+        let chosen = rotate_among_ties(&departures, candidates, earliest, tie, start);
         if let Some(index) = chosen {
             update_per_cpu(TIE_CURSOR.get_ptr_mut(0), |cursor| *cursor = index as u32);
         }

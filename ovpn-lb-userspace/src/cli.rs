@@ -121,6 +121,14 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// What this kernel offers ovpn-lb: loads every program (the verifier's
+    /// word; nothing is attached), then says how tc programs attach (tcx or
+    /// legacy tc), whether native XDP runs on a TAP device (tried on one in
+    /// a namespace of its own), which spray modes work (packet spray needs
+    /// its ring accounting), whether probes can be read, and how IPv6
+    /// checksums are changed. Exit code 1 when the kernel refuses the
+    /// programs (the reason names its version), 0 otherwise.
+    Kernel,
     /// Stop a running `run`, then remove every link, pin, policy rule,
     /// route, neighbour entry and file ovpn-lb created, and nothing else.
     Detach,

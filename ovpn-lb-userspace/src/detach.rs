@@ -89,6 +89,8 @@ pub async fn all(layout: &Layout) -> Result<Vec<String>> {
             );
         }
     }
+    // Legacy tc filters first: their pins say which filters are ours.
+    removed.extend(crate::datapath::attach::detach_legacy(layout)?);
     if let Ok(entries) = std::fs::read_dir(layout.links()) {
         for entry in entries.flatten() {
             let path = entry.path();

@@ -8,6 +8,7 @@
 //! - `tunnel` and `health`: one runtime record per tunnel; `announce`:
 //!   whether this gateway may be sent traffic (marker routes, health file);
 //! - `datapath`: the BPF object, its maps and attaching (`attach`);
+//! - `kernel`: what the running kernel offers, and the fallbacks;
 //! - `kernel_path`: the policy rules and table for what the kernel forwards;
 //! - `netlink`: everything said to the kernel over netlink; `facts`: a
 //!   snapshot of its devices; `openvpn`: the management client;
@@ -23,6 +24,7 @@ pub mod doctor;
 pub mod facts;
 pub mod generate;
 pub mod health;
+pub mod kernel;
 pub mod kernel_path;
 pub mod logging;
 pub mod metrics;

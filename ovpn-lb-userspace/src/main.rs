@@ -9,7 +9,7 @@ use ovpn_lb::{
     config::{self, ConfigErrors},
     detach, doctor,
     facts::Facts,
-    generate, logging,
+    generate, kernel, logging,
     netlink::Netlink,
     pins::Layout,
     run::{self, Options},
@@ -74,6 +74,11 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| 0),
             Command::Generate(args) => generate::run(&args).map(|()| 0),
+            Command::Kernel => {
+                let (text, works) = kernel::inspect();
+                print!("{text}");
+                Ok(u8::from(!works))
+            }
             Command::Detach => {
                 let removed = detach::stop_and_detach(&layout).await?;
                 for line in &removed {

@@ -168,6 +168,70 @@ pub fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
+/// What a bpffs pin holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pinned {
+    Link,
+    Program,
+    Map,
+}
+
+impl Pinned {
+    /// From the anonymous inode a BPF object's descriptor shows in
+    /// `/proc/self/fd` (`anon_inode:bpf_link`, `anon_inode:bpf-link` on
+    /// newer kernels (6.18 here), `anon_inode:bpf-prog`,
+    /// `anon_inode:bpf-map`).
+    #[must_use]
+    pub fn from_inode_name(name: &str) -> Option<Self> {
+        match name.strip_prefix("anon_inode:")? {
+            "bpf_link" | "bpf-link" => Some(Pinned::Link),
+            "bpf-prog" => Some(Pinned::Program),
+            "bpf-map" => Some(Pinned::Map),
+            _ => None,
+        }
+    }
+
+    /// What is pinned at `path`, if anything BPF is. The kernel answers an
+    /// info query on any BPF descriptor with the info of what it is, and
+    /// aya opens any pin as a link, so neither tells a link from a program
+    /// (a legacy tc filter's program is pinned where a tcx link would be).
+    #[must_use]
+    pub fn at(path: &Path) -> Option<Self> {
+        const BPF_OBJ_GET: libc::c_long = 7;
+        #[repr(C)]
+        struct ObjGet {
+            pathname: u64,
+            bpf_fd: u32,
+            file_flags: u32,
+        }
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+        let mut attr = ObjGet {
+            pathname: c.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+        };
+        // SAFETY: BPF_OBJ_GET reads the NUL-terminated path `attr` points
+        // to (alive across the call) and returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET,
+                &raw mut attr,
+                std::mem::size_of::<ObjGet>(),
+            )
+        };
+        let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+        // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let target = fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))
+        .ok()?;
+        Self::from_inode_name(&target.to_string_lossy())
+    }
+}
+
 /// Unpins the link pinned at `path`, which detaches it unless someone else
 /// holds it; a pin that is not a link is just removed. Absent is fine.
 ///
@@ -177,14 +241,34 @@ pub fn drop_link(path: &Path) -> Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
-    match aya::programs::links::PinnedLink::from_pin(path) {
-        Ok(link) => drop(
-            link.unpin()
-                .with_context(|| format!("unpinning {}", path.display()))?,
-        ),
-        Err(_) => {
-            remove_if_present(path).with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
+    // Removing the pin drops the pin's reference either way.
+    remove_if_present(path).with_context(|| format!("removing {}", path.display()))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_told_apart_by_their_descriptors_inode() {
+        assert_eq!(
+            Pinned::from_inode_name("anon_inode:bpf_link"),
+            Some(Pinned::Link)
+        );
+        assert_eq!(
+            Pinned::from_inode_name("anon_inode:bpf-link"),
+            Some(Pinned::Link)
+        );
+        assert_eq!(
+            Pinned::from_inode_name("anon_inode:bpf-prog"),
+            Some(Pinned::Program)
+        );
+        assert_eq!(
+            Pinned::from_inode_name("anon_inode:bpf-map"),
+            Some(Pinned::Map)
+        );
+        assert_eq!(Pinned::from_inode_name("/sys/fs/bpf/x"), None);
+        assert_eq!(Pinned::at(Path::new("/nonexistent/pin")), None);
+    }
 }

@@ -59,6 +59,9 @@ pub struct State {
     /// A bpffs `run` mounted itself; `detach` unmounts it, and no other.
     #[serde(default)]
     pub mounted_bpffs: Option<std::path::PathBuf>,
+    /// What the kernel offers and the fallbacks in force.
+    #[serde(default)]
+    pub kernel: Option<crate::kernel::Report>,
     /// `[announce]`: whether this gateway announces, and why.
     #[serde(default)]
     pub announce: Option<AnnounceState>,
@@ -256,6 +259,8 @@ pub struct Report {
     /// The WAN devices guarded (nothing of the LAN leaves them in the clear).
     pub wan_guard: Vec<String>,
     pub interval_seconds: f64,
+    /// The kernel, how tc programs attach, and the fallbacks in force.
+    pub kernel: Option<crate::kernel::Report>,
     /// `[announce]`: whether the gateway announces, and why; null without it.
     pub announce: Option<AnnounceState>,
     pub tunnels: Vec<TunnelReport>,
@@ -396,6 +401,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         lan_interface: state.lan_interface,
         wan_guard: state.wan_guard,
         interval_seconds: secs,
+        kernel: state.kernel,
         announce: state.announce,
         tunnels,
         reasons,
@@ -489,6 +495,7 @@ fn headline(r: &Report) -> String {
 pub fn render(r: &Report, all: bool) -> String {
     use std::fmt::Write as _;
     let mut out = headline(r);
+    render_kernel(&mut out, r);
     render_announce(&mut out, r);
     let _ = writeln!(
         out,
@@ -569,6 +576,21 @@ pub fn render(r: &Report, all: bool) -> String {
         );
     }
     out
+}
+
+/// The kernel and the fallbacks in force, if the loader said.
+fn render_kernel(out: &mut String, r: &Report) {
+    use std::fmt::Write as _;
+    if let Some(k) = &r.kernel {
+        let _ = writeln!(
+            out,
+            "kernel {}: tc programs attach through {}",
+            k.release, k.tc_hook
+        );
+        for f in &k.fallbacks {
+            let _ = writeln!(out, "  fallback: {}", f.what);
+        }
+    }
 }
 
 /// The announcement's line, with `[announce]`.
@@ -708,6 +730,15 @@ mod tests {
             lan_interface: "lan".to_owned(),
             wan_guard: vec!["eth0".to_owned()],
             interval_seconds: 1.0,
+            kernel: Some(crate::kernel::Report {
+                release: "6.1.0-57-amd64".to_owned(),
+                tc_hook: "legacy-tc".to_owned(),
+                ring_accounting: false,
+                fallbacks: vec![crate::kernel::Fallback {
+                    name: "legacy_tc".to_owned(),
+                    what: "tc programs attach as cls_bpf filters on a clsact qdisc".to_owned(),
+                }],
+            }),
             announce: None,
             tunnels: vec![tunnel(0, "up", None), tunnel(1, "down", Some("probe"))],
             reasons: Reason::ALL
@@ -726,6 +757,10 @@ mod tests {
     fn the_table_reads_in_human_units_and_hides_reasons_at_zero() {
         let r = report();
         let text = render(&r, false);
+        assert!(
+            text.contains("kernel 6.1.0-57-amd64: tc programs attach through legacy-tc\n  fallback: tc programs attach as cls_bpf filters on a clsact qdisc\n"),
+            "{text}"
+        );
         let row = text.lines().find(|l| l.contains("tun0")).unwrap();
         for want in [
             "1.5 M",

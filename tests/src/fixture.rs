@@ -377,6 +377,13 @@ impl Lab {
         })
     }
 
+    /// Why the XDP hook cannot run on this kernel (before Linux 6.3): its
+    /// programs are not loaded, and their rows cannot run here.
+    #[must_use]
+    pub fn xdp_unavailable(&self) -> Option<String> {
+        self.datapath.xdp_unavailable().map(str::to_owned)
+    }
+
     /// # Panics
     /// If a map cannot be read.
     #[must_use]

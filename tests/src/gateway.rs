@@ -272,6 +272,8 @@ fn loader_config(up_delay_ms: u64, per_tunnel: impl Fn(usize, &mut file::Tunnel)
     let plan = request.plan().expect("the test site's plan");
     let mut c = generate::loader_config(&plan, Side::A);
     c.up_delay_ms = up_delay_ms;
+    // On a slow machine the responders answer late: probes wait as long.
+    c.probe_interval_ms *= u64::from(crate::slowdown());
     for (k, t) in c.tunnels.iter_mut().enumerate() {
         t.device = format!("ovt{k}");
         t.management = None;
@@ -438,6 +440,7 @@ impl GatewayLab {
         timeout: Duration,
         pred: impl Fn(&[usize]) -> bool,
     ) -> Duration {
+        let timeout = crate::slowed(timeout);
         loop {
             let now = self.in_rotation();
             if pred(&now) {

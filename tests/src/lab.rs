@@ -1190,6 +1190,8 @@ impl Lab {
             self.options.spray
         };
         c.up_delay_ms = self.options.up_delay_ms;
+        // On a slow machine the far gateway answers late: probes wait as long.
+        c.probe_interval_ms *= u64::from(crate::slowdown());
         if let Some(hook) = &self.options.hook {
             c.hook = Some(hook.clone());
         }

@@ -57,6 +57,28 @@ use std::sync::{Mutex, MutexGuard};
 /// at a time even when the test harness runs threads in parallel.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Names the factor by which a slow machine stretches the test bed's time
+/// limits (a whole number; 1 when unset).
+pub const SLOWDOWN_ENV: &str = "OVPN_LB_TEST_SLOWDOWN";
+
+/// `limit` stretched by [`SLOWDOWN_ENV`]. `cargo xtask kernels` sets it in
+/// emulated guests, where everything runs several times slower; a native
+/// run leaves every limit as written.
+#[must_use]
+pub fn slowed(limit: std::time::Duration) -> std::time::Duration {
+    limit * slowdown()
+}
+
+/// The factor [`SLOWDOWN_ENV`] names.
+#[must_use]
+pub fn slowdown() -> u32 {
+    std::env::var(SLOWDOWN_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Holds the one-at-a-time lock for the caller's scope.
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL

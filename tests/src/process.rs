@@ -64,9 +64,10 @@ pub fn signal(pid: i32, signal: i32) {
     unsafe { libc::kill(pid, signal) };
 }
 
-/// Polls `done` every `every` until it holds or `timeout` passes; whether it held.
+/// Polls `done` every `every` until it holds or `timeout` (stretched on a
+/// slow machine, see [`crate::slowed`]) passes; whether it held.
 pub fn wait_until(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + crate::slowed(timeout);
     loop {
         if done() {
             return true;

@@ -1205,6 +1205,13 @@ fn fixture_table() {
         // tc rows run twice: as a plain skb and as a CHECKSUM_COMPLETE one,
         // whose `csum` the kernel re-checks after the run.
         for (hook, complete) in [(Hook::Tc, false), (Hook::Tc, true), (Hook::Xdp, false)] {
+            if hook == Hook::Xdp
+                && let Some(why) = lab.xdp_unavailable()
+            {
+                // ovpn-lb runs without the XDP hook here (reported as such).
+                eprintln!("fixture_table: XDP rows not run: {why}");
+                continue;
+            }
             let rows = rows
                 .iter()
                 .filter(|r| r.runs_on(hook) && (!complete || r.keeps_csum_complete()));
@@ -1413,25 +1420,31 @@ fn rare_paths_log_at_most_once_per_second_per_cpu() {
                 assert_eq!(lab.run(Program::Lan, &frame, 0).verdict, TC_ACT_SHOT);
             }
         };
-        burst(lab);
+        // At most one message per second the burst spans (one, natively;
+        // an emulated guest takes longer over 200 runs).
+        let timed_burst = |lab: &mut Lab| {
+            let start = std::time::Instant::now();
+            burst(lab);
+            usize::try_from(start.elapsed().as_secs()).unwrap() + 1
+        };
+        let most = timed_burst(lab);
         logger.flush();
         let first = capture.0.lock().unwrap().clone();
-        assert_eq!(
-            first.len(),
-            1,
-            "200 drops within a second, one message: {first:?}"
+        assert!(
+            !first.is_empty() && first.len() <= most,
+            "200 drops within {most} s, at most {most} messages: {first:?}"
         );
         assert!(
             first[0].contains("scheduled tunnel not ready") && first[0].contains("[3, 0]"),
             "{first:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        burst(lab);
+        let more = timed_burst(lab);
         logger.flush();
-        assert_eq!(
-            capture.0.lock().unwrap().len(),
-            2,
-            "one more after a second"
+        let total = capture.0.lock().unwrap().len();
+        assert!(
+            total > first.len() && total <= first.len() + more,
+            "after a second, one more per second of the burst ({more} s): {total} in all"
         );
     });
 }
@@ -1739,6 +1752,12 @@ fn probes_are_answered_reported_or_refused_on_the_tunnel_they_came_by() {
     ];
     with_lab(|lab| {
         for hook in [Hook::Tc, Hook::Xdp] {
+            if hook == Hook::Xdp
+                && let Some(why) = lab.xdp_unavailable()
+            {
+                eprintln!("probes: the XDP hook's cases not run: {why}");
+                continue;
+            }
             // The far gateway's probe goes back into tunnel 1, an answer now:
             // MACs swapped, our receive time written in, nothing else changed.
             let input = frame(far_probe);
@@ -1893,7 +1912,7 @@ fn answers_say_our_view_and_flags_and_reports_keep_to_a_budget() {
     with_lab(|lab| {
         let mut ring = lab.datapath.take_probe_events().unwrap();
         let mut drain = || {
-            let mut n = 0;
+            let mut n = 0u32;
             while ring.next().is_some() {
                 n += 1;
             }
@@ -1930,16 +1949,24 @@ fn answers_say_our_view_and_flags_and_reports_keep_to_a_budget() {
         drain();
         let before = lab.counters();
         let flood = eth4(&probe::datagram(&Payload::probe(2, 9, 123, 0, 0)));
+        let started = std::time::Instant::now();
         for _ in 0..200 {
             assert_eq!(
                 lab.run(Program::Tunnel(2), &flood, 0).verdict,
                 TC_ACT_REDIRECT
             );
         }
+        let took = started.elapsed();
         assert_eq!(grew(&before, &lab.counters(), Reason::ProbeReflected), 200);
         let reported = drain();
-        eprintln!("200 probes at once on one tunnel: {reported} reported");
-        assert!((4..=20).contains(&reported), "{reported} reported");
+        eprintln!("200 probes at once on one tunnel, in {took:?}: {reported} reported");
+        // The budget: 4 at once, then one per 5 ms the flood lasted (natively
+        // it lasts a few ms; in an emulated guest, most of a second).
+        let budget = 4 + took.as_millis() / 5 + 1;
+        assert!(
+            (4..=budget.max(20)).contains(&u128::from(reported)),
+            "{reported} reported in {took:?}"
+        );
         // Another tunnel still has its own budget.
         lab.run(Program::Tunnel(1), &input, 0);
         assert_eq!(drain(), 1, "tunnel 1's report");

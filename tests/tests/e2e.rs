@@ -102,6 +102,65 @@ fn connectivity_v4_v6_with_real_addresses_and_weighted_shares() {
     );
 }
 
+/// The lab flow `cargo xtask kernels` runs on every kernel: two gateways,
+/// two real OpenVPN tunnels, the default spray (round robin where the
+/// kernel cannot run packet spray's accounting), 10 MB each way of the
+/// families, every byte hashed at both ends.
+#[test]
+fn two_tunnels_carry_ten_megabytes_v4_and_v6() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = lab(Options {
+        tunnels: 2,
+        ..Options::default()
+    });
+    let (ha, hb) = (lab.host(Side::A), lab.host(Side::B));
+    for (listen, from) in [(addr(HOST_B, 5001), HOST_A), (addr(HOST_B6, 5002), HOST_A6)] {
+        let before = lab.tunnel_stats(Side::A);
+        let t = tcp_transfer(&ha, &hb, listen, 10 << 20, || {});
+        assert_eq!(t.received_bytes, 10 << 20, "{}", lab.diagnose());
+        assert_eq!(
+            t.received_sha256, t.sent_sha256,
+            "SHA-256 differs over {listen}"
+        );
+        assert_eq!(
+            t.peer.ip().to_string(),
+            from,
+            "the far host sees the real source"
+        );
+        let carried = tx_delta(&before, &lab.tunnel_stats(Side::A));
+        assert!(
+            carried.iter().all(|&c| c > 100),
+            "both tunnels carry the one connection over {listen}: {carried:?}"
+        );
+    }
+    // Where the loader runs packet spray's ring accounting, it follows both
+    // rings (where it could not, the loader must not run it): every packet
+    // sprayed into a tunnel counted in and, the traffic over, read out.
+    let state = ovpn_lb::status::State::read(&lab.layout(Side::A)).expect("the state file");
+    let kernel = state.kernel.expect("the loader reports the kernel");
+    if kernel.ring_accounting {
+        thread::sleep(Duration::from_millis(500));
+        let after = lab.counters(Side::A);
+        for (k, (q, t)) in after.queues.iter().zip(&after.tunnels).enumerate() {
+            assert!(
+                unpack(q.deq.read).packets >= t.tx_packets,
+                "tunnel {k}: reads of sprayed packets went uncounted: {q:?} {t:?}"
+            );
+            // The probes go on: one may be in a ring at the reading.
+            let left = q.backlog();
+            assert!(
+                left.packets <= 1 && left.bytes <= PROBE_BYTES,
+                "tunnel {k}: a backlog left: {left:?}, {q:?}"
+            );
+        }
+    } else {
+        assert!(
+            kernel.fallbacks.iter().any(|f| f.name == "round_robin"),
+            "no ring accounting, and no round-robin fallback stated: {kernel:?}"
+        );
+    }
+}
+
 #[test]
 fn fifty_megabytes_arrive_intact_over_every_tunnel() {
     let Some(_alone) = root_alone() else { return };

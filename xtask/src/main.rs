@@ -4,10 +4,12 @@ mod bench;
 mod build;
 mod deb;
 mod inspect;
+mod kernels;
 mod lab;
 mod setup;
 mod test;
 mod tools;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -53,6 +55,11 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Boot the kernels operators run (Debian 11, 12, 13) in QEMU guests over
+    /// this tree and run there what `ovpn-lb kernel` detects, the datapath
+    /// fixtures, the loader tests and a lab flow through real OpenVPN
+    /// tunnels; the running kernel runs the same in place. Prints the table.
+    Kernels(kernels::KernelsArgs),
     /// Benchmarks (root): ratios against a baseline in the same run.
     Bench(bench::BenchArgs),
     /// The built-in lab, for manual work (`lab --pairs 2` is `lab up --pairs 2`).
@@ -87,6 +94,7 @@ fn main() -> ExitCode {
         Command::Run { args, lab } if args.is_empty() => lab::demo(&lab),
         Command::Run { args, .. } => build::run_loader(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Kernels(args) => kernels::run(&args),
         Command::Lab {
             action: Some(LabAction::Up(args)),
             ..

@@ -62,15 +62,19 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn run() -> Result<()> {
-    debian_packages()?;
+    debian_packages(DEBIAN_PACKAGES)?;
     rust_src()?;
     bpf_linker()?;
     cargo_deb()?;
     Ok(())
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs those of `packages` that are missing (root only).
+///
+/// # Errors
+/// If one is missing and cannot be installed.
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -1,12 +1,14 @@
 //! `cargo xtask test`: set-up, the BPF object, lint, the Debian packages
-//! (this build and the upgrade test's), the containers' Debian root, then
-//! every test in the workspace (the booted-systemd test installs the
-//! packages in containers).
+//! (this build and the upgrade test's), the containers' Debian root, every
+//! test in the workspace (the booted-systemd test installs the packages in
+//! containers), then the kernels operators run, booted in QEMU guests
+//! (`kernels::for_tests`: all of `cargo xtask kernels` where KVM runs them,
+//! a named subset under emulation).
 
 use anyhow::Result;
 
 use crate::{
-    build, deb, setup,
+    build, deb, kernels, setup,
     tools::{cmd, exec, is_root},
 };
 
@@ -39,5 +41,18 @@ pub fn run(extra: &[String]) -> Result<()> {
             "xtask test: not root: BPF, namespace and container tests will be skipped (CI=true makes that a failure)"
         );
     }
-    run_all(extra)
+    run_all(extra)?;
+    if !is_root() {
+        eprintln!(
+            "xtask test: not root: the kernels operators run were not booted (`cargo xtask kernels` as root boots them)"
+        );
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    kernels::for_tests()?;
+    eprintln!(
+        "xtask test: the kernels operators run: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -124,6 +124,13 @@ const SCHEDULE_GRACE: Duration = Duration::from_millis(10);
 pub struct Datapath {
     ebpf: Ebpf,
     last_flip: Option<Instant>,
+    /// How tc programs attach here, chosen at load.
+    tc_hook: attach::TcHook,
+    /// Why that choice.
+    tc_hook_reason: String,
+    /// Why the XDP hook cannot run here, if it cannot (its programs are
+    /// then not loaded, and tc carries everything).
+    xdp_unavailable: Option<String>,
 }
 
 /// Program `name` of the object, as its type `P`.
@@ -200,18 +207,62 @@ impl Datapath {
             loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
         }
         let mut ebpf = loader.load(OBJECT).context("loading the BPF object")?;
+        // A kernel that refuses a program is refused, named, before anything
+        // is attached.
+        let refused = |name: &str, e: aya::programs::ProgramError| {
+            let detail = format!("{e:#}");
+            let reason = crate::kernel::refusal(name, &detail);
+            anyhow!(detail).context(reason)
+        };
         for &name in programs::TC {
             let result = typed::<SchedClassifier>(&mut ebpf, name)?.load();
-            result.with_context(|| format!("loading BPF program {name}"))?;
+            result.map_err(|e| refused(name, e))?;
         }
-        for &name in programs::XDP {
-            let result = typed::<Xdp>(&mut ebpf, name)?.load();
-            result.with_context(|| format!("loading BPF program {name}"))?;
+        // Without the drivers' XDP features (the `netdev` family) the XDP
+        // hook is never chosen, and its programs are not loaded (Linux 6.1's
+        // verifier works for minutes on `lan_ingress_xdp`, then refuses it).
+        let mut xdp_unavailable = (!crate::netlink::netdev::available()).then(|| {
+            format!(
+                "Linux {} has no netdev netlink family (6.3+), so no drivers' XDP features, which the XDP hook needs",
+                crate::kernel::release()
+            )
+        });
+        if xdp_unavailable.is_none() {
+            for &name in programs::XDP {
+                // The XDP hook is optional (tc carries everything): a
+                // verifier that refuses its programs (Ubuntu 24.04's 6.8
+                // refuses `lan_ingress_xdp`) leaves the hook out, stated.
+                if let Err(e) = typed::<Xdp>(&mut ebpf, name)?.load() {
+                    xdp_unavailable = Some(crate::kernel::xdp_refusal(name, &format!("{e:#}")));
+                    break;
+                }
+            }
         }
+        let (tc_hook, tc_hook_reason) = attach::TcHook::detect();
         Ok(Self {
             ebpf,
             last_flip: None,
+            tc_hook,
+            tc_hook_reason,
+            xdp_unavailable,
         })
+    }
+
+    /// What this kernel offers and the fallbacks in force (the ring
+    /// accounting's is added when it is tried).
+    #[must_use]
+    pub fn kernel_report(&self) -> crate::kernel::Report {
+        crate::kernel::Report::new(
+            self.tc_hook,
+            &self.tc_hook_reason,
+            self.xdp_unavailable.as_deref(),
+        )
+    }
+
+    /// Why the XDP hook cannot run here, if it cannot.
+    #[must_use]
+    pub fn xdp_unavailable(&self) -> Option<&str> {
+        self.xdp_unavailable.as_deref()
     }
 
     /// A loaded tc program, by name (see `ovpn_lb_common::maps::programs`).
@@ -236,9 +287,23 @@ impl Datapath {
     /// # Errors
     /// If there is no such program or interface, or the kernel refuses.
     pub fn attach_ingress(&mut self, name: &str, iface: &str) -> Result<()> {
-        self.program(name)?
-            .attach(iface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {name} to {iface} ingress"))?;
+        use aya::programs::tc::{NlOptions, TcAttachOptions, TcError, qdisc_add_clsact};
+        let program = typed::<SchedClassifier>(&mut self.ebpf, name)?;
+        if self.tc_hook == attach::TcHook::Legacy {
+            // A filter, on a clsact qdisc that must be there.
+            match qdisc_add_clsact(iface) {
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                other => other.with_context(|| format!("adding clsact to {iface}"))?,
+            }
+            program.attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )
+        } else {
+            program.attach(iface, TcAttachType::Ingress)
+        }
+        .with_context(|| format!("attaching {name} to {iface} ingress"))?;
         Ok(())
     }
 

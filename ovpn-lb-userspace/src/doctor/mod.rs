@@ -6,7 +6,7 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::Result;
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::TcAttachType;
 use serde::Serialize;
 
 use ovpn_lb_common::{
@@ -175,6 +175,7 @@ pub async fn check(config_path: &Path, layout: &Layout) -> Result<Report> {
     management(&mut f, &config, layout).await;
     probes(&mut f, layout);
     spray(&mut f, &config, layout).await;
+    kernel(&mut f, layout);
     if let Some(spec) = &config.announce {
         announce::markers(&mut f, &config, spec, layout, &netlink).await;
         announce::reader(&mut f, &config);
@@ -545,10 +546,21 @@ async fn wan_devices(config: &Config, facts: &Facts, netlink: &Netlink) -> Vec<L
     }
 }
 
-/// Program ids attached through tcx at `iface`'s `direction`.
-fn tcx_ids(iface: &str, direction: TcAttachType) -> Vec<u32> {
-    SchedClassifier::query_tcx(iface, direction)
-        .map(|(_, progs)| progs.iter().map(aya::programs::ProgramInfo::id).collect())
+/// The hook the loader attached tc programs through (as its state says;
+/// else as it would choose now).
+fn tc_hook(layout: &Layout) -> attach::TcHook {
+    match State::read(layout).ok().and_then(|s| s.kernel) {
+        Some(k) if k.tc_hook == attach::TcHook::Legacy.name() => attach::TcHook::Legacy,
+        Some(_) => attach::TcHook::Tcx,
+        None => attach::TcHook::detect().0,
+    }
+}
+
+/// Program ids attached at `iface`'s tc hook `direction`: tcx links, or
+/// legacy filters where the loader used them.
+fn tc_ids(layout: &Layout, iface: &str, direction: TcAttachType) -> Vec<u32> {
+    attach::tc_programs(tc_hook(layout), iface, direction)
+        .map(|progs| progs.into_iter().map(|(id, _)| id).collect())
         .unwrap_or_default()
 }
 
@@ -570,7 +582,7 @@ fn lan_program(f: &mut Findings, config: &Config, facts: &Facts, layout: &Layout
     };
     let attached = match config.hook {
         config::Hook::Tc => attach::pinned_program(&layout.link(name))
-            .is_some_and(|ours| tcx_ids(name, TcAttachType::Ingress).contains(&ours)),
+            .is_some_and(|ours| tc_ids(layout, name, TcAttachType::Ingress).contains(&ours)),
         config::Hook::Xdp => attach::pinned_program(&layout.xdp_link(name))
             .is_some_and(|ours| lan.xdp_prog_id == ours),
     };
@@ -612,7 +624,7 @@ fn wan_guard(f: &mut Findings, config: &Config, facts: &Facts, layout: &Layout, 
     }
     for l in wan {
         let guarded = attach::pinned_program(&layout.egress_link(&l.name))
-            .is_some_and(|ours| tcx_ids(&l.name, TcAttachType::Egress).contains(&ours));
+            .is_some_and(|ours| tc_ids(layout, &l.name, TcAttachType::Egress).contains(&ours));
         if guarded {
             f.ok(
                 "wan",
@@ -896,6 +908,42 @@ async fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
             ),
             "no more tunnels than cores; or try spray = \"round-robin\" and compare (docs/benchmarks.md shows both)",
         );
+    }
+}
+
+/// The kernel's fallbacks, as the loader found them (or as they would be:
+/// tc's hook and the checksum retry are found without loading anything).
+fn kernel(f: &mut Findings, layout: &Layout) {
+    let report = State::read(layout)
+        .ok()
+        .and_then(|s| s.kernel)
+        .unwrap_or_else(|| {
+            let (hook, why) = crate::datapath::attach::TcHook::detect();
+            crate::kernel::Report::new(hook, &why, None)
+        });
+    if report.fallbacks.is_empty() {
+        f.ok(
+            "kernel",
+            format!(
+                "Linux {}: tc programs attach through {}, no fallback in force",
+                report.release, report.tc_hook
+            ),
+        );
+    }
+    for fallback in &report.fallbacks {
+        let message = format!("Linux {}: {}", report.release, fallback.what);
+        if fallback.name == "round_robin" {
+            // Works, but not as well: packet spray is the default for a reason.
+            f.add(
+                "kernel",
+                Severity::Warning,
+                message,
+                "Linux 6.3 or later with BTF, run as root (see the log for the reason)",
+            );
+        } else {
+            // Same packets, another way of getting there.
+            f.ok("kernel", message);
+        }
     }
 }
 

@@ -176,7 +176,7 @@ pub fn readme(plan: &Plan, side: Side) -> String {
     };
     let _ = write!(
         t,
-        "\nThen, as root (Debian 12 or later, Linux 6.6 or later):\n\
+        "\nThen, as root (Debian 12 or later, Linux 6.1 or later):\n\
          \n    {install}\n\
          \x20   sysctl --system\n\
          \x20   systemctl daemon-reload\n\

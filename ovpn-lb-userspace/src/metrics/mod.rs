@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub ring_accounting: Option<String>,
     /// When the counters were read (monotonic ns).
     pub now_ns: u64,
+    /// The kernel and its fallbacks, as the loader's state file says.
+    pub kernel: Option<crate::kernel::Report>,
 }
 
 impl Snapshot {
@@ -81,13 +83,16 @@ impl Snapshot {
         let counters = u32::try_from(view.tunnels.len())
             .ok()
             .and_then(|n| Counters::read(layout, n).ok());
-        let ring_accounting = State::read(layout).ok().and_then(|s| s.ring_accounting);
+        let state = State::read(layout).ok();
+        let (ring_accounting, kernel) =
+            state.map_or((None, None), |s| (s.ring_accounting, s.kernel));
         Self {
             tunnels: view.tunnels,
             announce: view.announce,
             counters,
             ring_accounting,
             now_ns: crate::probe::now_ns(),
+            kernel,
         }
     }
 }
@@ -219,6 +224,31 @@ fn histogram(s: &Snapshot) -> Vec<Sample> {
 
 /// Every family the exporter emits, in order.
 pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "ovpnlb_kernel_info",
+        help: "1, labelled with the kernel's release and how tc programs attach (tcx or legacy-tc).",
+        kind: Kind::Gauge,
+        labels: &["release", "tc_hook"],
+        samples: |s| {
+            s.kernel
+                .iter()
+                .map(|k| (vec![k.release.clone(), k.tc_hook.clone()], 1.0))
+                .collect()
+        },
+    },
+    Family {
+        name: "ovpnlb_kernel_fallback",
+        help: "1 for each fallback in force for a feature the kernel lacks: legacy_tc, round_robin (packet spray without its ring accounting), csum_retry (IPv6 checksums without BPF_F_IPV6), no_xdp (the kernel does not report drivers' XDP features, so the XDP hook cannot run).",
+        kind: Kind::Gauge,
+        labels: &["fallback"],
+        samples: |s| {
+            s.kernel
+                .iter()
+                .flat_map(|k| &k.fallbacks)
+                .map(|f| (vec![f.name.clone()], 1.0))
+                .collect()
+        },
+    },
     Family {
         name: "ovpnlb_tunnel_tx_packets_total",
         help: "Packets sprayed into the tunnel.",
@@ -583,6 +613,15 @@ mod tests {
             counters: Some(counters),
             ring_accounting: Some("fexit".to_owned()),
             now_ns: 0,
+            kernel: Some(crate::kernel::Report {
+                release: "6.1.0-57-amd64".into(),
+                tc_hook: "legacy-tc".into(),
+                ring_accounting: false,
+                fallbacks: vec![crate::kernel::Fallback {
+                    name: "legacy_tc".into(),
+                    what: "tc programs attach as filters".into(),
+                }],
+            }),
         })
     }
 
@@ -614,6 +653,8 @@ mod tests {
             "ovpnlb_tunnel_ring_reader_stopped{device=\"tu\\\"n1\",tunnel=\"1\"} 0".to_owned(),
             "ovpnlb_ring_accounting_info{hooks=\"fexit\"} 1".to_owned(),
             format!("ovpnlb_packets_total{{outcome=\"dropped\",reason=\"no_tunnel\"}} {no_tunnel}"),
+            "ovpnlb_kernel_info{release=\"6.1.0-57-amd64\",tc_hook=\"legacy-tc\"} 1".to_owned(),
+            "ovpnlb_kernel_fallback{fallback=\"legacy_tc\"} 1".to_owned(),
             "# TYPE ovpnlb_tunnel_tx_packets_total counter".to_owned(),
             "# TYPE ovpnlb_tunnel_up gauge".to_owned(),
             "# TYPE ovpnlb_tunnel_probe_rtt_seconds histogram".to_owned(),

@@ -207,9 +207,23 @@ impl Registry {
 /// # Errors
 /// If the address cannot be bound.
 pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("serving metrics on {listen} (metrics.listen)"))
+    // A loader taken over releases its lock before its runtime, and with it
+    // the listening socket, is gone: wait that out, briefly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(listen).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => {
+                return result
+                    .with_context(|| format!("serving metrics on {listen} (metrics.listen)"));
+            }
+        }
+    }
 }
 
 /// Serves until the runtime ends.

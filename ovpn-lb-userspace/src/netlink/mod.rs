@@ -12,6 +12,7 @@ mod link;
 mod neighbour;
 pub mod netdev;
 mod route;
+pub mod tc;
 
 use std::io;
 

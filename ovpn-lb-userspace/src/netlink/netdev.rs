@@ -198,6 +198,13 @@ fn resolve(s: &Socket) -> io::Result<(u16, Option<u32>)> {
     Ok((id, group))
 }
 
+/// Whether the kernel reports drivers' XDP features: it has the `netdev`
+/// family (Linux 6.3+).
+#[must_use]
+pub fn available() -> bool {
+    socket().and_then(|s| resolve(&s)).is_ok()
+}
+
 /// The `NETDEV_XDP_ACT_*` bits of every device, by ifindex (empty before
 /// Linux 6.3).
 ///

@@ -99,6 +99,8 @@ pub struct Daemon {
     rings: Option<RingHooks>,
     /// Why the ring accounting cannot run, if it cannot.
     rings_unknown: Option<String>,
+    /// What the kernel offers and the fallbacks in force.
+    features: crate::kernel::Report,
     views: Views,
     neighbours: Vec<ManagedNeighbour>,
     mounted_bpffs: Option<PathBuf>,
@@ -186,6 +188,7 @@ impl Daemon {
             published: None,
             rings: None,
             rings_unknown,
+            features: crate::kernel::Report::default(),
             views,
             // Kept on record until `detach`, whatever this configuration says.
             neighbours: previous.neighbours,
@@ -256,10 +259,12 @@ impl Daemon {
         }
         kernel_path::install(&self.netlink, &self.kernel, &wanted).await?;
 
+        self.features = self.datapath.kernel_report();
         // The WAN guard as soon as the kernel path is there.
         self.edges.wan_pending.dirty = true;
         self.settle_edges().await;
         self.rings = self.account_rings();
+        self.features.log();
         for k in 0..self.tunnels.len() {
             let link = facts.link(&self.tunnels[k].spec.device).cloned();
             if let Some(l) = &link {
@@ -303,7 +308,7 @@ impl Daemon {
             .datapath
             .attach(&self.layout, &lan, &attach::lan(self.config.hook))?
         {
-            report(&a, &lan, how);
+            report(&a, &lan, how, self.datapath.tc_hook());
         }
         self.edges.lan_attached = self.lan.as_ref().map_or(0, |l| l.ifindex);
         Ok(())
@@ -312,35 +317,58 @@ impl Daemon {
     /// Switches the ring accounting on where packet spray can use it, on
     /// the best hooks the kernel takes, off elsewhere; which hooks run.
     /// Where it cannot run, packet spray walks the round-robin slots, and
-    /// says so.
+    /// says so (the kernel report names why).
     fn account_rings(&mut self) -> Option<RingHooks> {
-        let hooks = match (self.config.spray, &self.rings_unknown) {
+        if self.config.spray != Spray::Packet {
+            self.stop_accounting();
+            self.features.accounting(false, None);
+            return None;
+        }
+        if self.config.hook == Hook::Xdp {
             // The XDP LAN program walks the slots whatever is accounted:
-            // its stack leaves no room for the comparison.
-            (Spray::Packet, _) if self.config.hook == Hook::Xdp => Err(anyhow::anyhow!(
-                "under the XDP hook packet spray has no room for the comparison"
-            )),
-            (Spray::Packet, None) => rings::hooks_to_try(),
-            (Spray::Packet, Some(why)) => Err(anyhow::anyhow!("{why}")),
-            _ => Ok(Vec::new()),
+            // its stack leaves no room for the comparison. A choice of
+            // configuration, not a kernel's fallback.
+            log::warn!(
+                "spray = \"packet\" under the XDP hook sprays round robin: the XDP LAN program has no room for the comparison"
+            );
+            self.stop_accounting();
+            self.features.accounting(false, None);
+            return None;
+        }
+        let chosen = match &self.rings_unknown {
+            Some(why) => Err(anyhow::anyhow!("{why}")),
+            None => rings::hooks_to_try().and_then(|hooks| {
+                // Hooks this kernel lacks are not tried.
+                let (hooks, blocked): (Vec<_>, Vec<_>) = hooks
+                    .into_iter()
+                    .map(|h| (h, crate::kernel::ring_hooks_blocker(h)))
+                    .partition(|(_, why)| why.is_none());
+                let blocked: Vec<String> = blocked
+                    .into_iter()
+                    .map(|(h, why)| format!("{}: {}", h.name(), why.unwrap_or_default()))
+                    .collect();
+                for b in &blocked {
+                    log::info!("ring accounting: {b}; not tried");
+                }
+                let hooks: Vec<RingHooks> = hooks.into_iter().map(|(h, _)| h).collect();
+                if hooks.is_empty() {
+                    anyhow::bail!("{}", blocked.join("; "));
+                }
+                let (h, failed) = self.datapath.account_rings(&self.layout, &hooks)?;
+                for f in failed {
+                    log::info!("ring accounting: {f}; trying the next hooks");
+                }
+                Ok(h)
+            }),
         };
-        let chosen = hooks.and_then(|hooks| {
-            if hooks.is_empty() {
-                return Ok(None);
-            }
-            let (h, failed) = self.datapath.account_rings(&self.layout, &hooks)?;
-            for f in failed {
-                log::info!("ring accounting: {f}; trying the next hooks");
-            }
-            Ok(Some(h))
-        });
         match chosen {
-            Ok(Some(h)) => {
+            Ok(h) => {
                 log::info!(
                     "packet spray: each packet takes the tunnel it leaves by first; rings accounted by {} ({})",
                     h.name(),
                     describe_hooks(h)
                 );
+                self.features.accounting(true, None);
                 let lan = &self.config.lan.interface;
                 if crate::facts::gro_enabled(lan).unwrap_or(false) {
                     log::warn!(
@@ -349,16 +377,12 @@ impl Daemon {
                 }
                 Some(h)
             }
-            Ok(None) => {
-                self.stop_accounting();
-                None
-            }
             Err(e) => {
-                log::warn!(
-                    "packet spray cannot see the tunnels' rings ({}): spraying round robin",
-                    short(&e)
-                );
+                // Half attached would count enqueues without reads. The
+                // kernel report's fallback carries the warning.
                 self.stop_accounting();
+                let why = format!("it cannot see the tunnels' rings ({})", short(&e));
+                self.features.accounting(false, Some(&why));
                 None
             }
         }
@@ -372,7 +396,7 @@ impl Daemon {
 
     fn report_foreign(&self, iface: &str, facts: &Facts) {
         let xdp = facts.link(iface).map_or(0, |l| l.xdp_prog_id);
-        for foreign in attach::foreign_programs(iface, &self.layout, xdp) {
+        for foreign in attach::foreign_programs(iface, &self.layout, self.datapath.tc_hook(), xdp) {
             log::info!("{iface} also has {foreign}; left alone");
         }
     }
@@ -427,7 +451,7 @@ impl Daemon {
             match done {
                 Ok(done) => {
                     for (a, how) in done {
-                        report(&a, &device, how);
+                        report(&a, &device, how, self.datapath.tc_hook());
                     }
                 }
                 Err(e) => {
@@ -886,6 +910,7 @@ impl Daemon {
             kernel_route: Some(self.kernel.clone()),
             retiring_kernel_routes: self.retiring.clone(),
             mounted_bpffs: self.mounted_bpffs.clone(),
+            kernel: Some(self.features.clone()),
             announce: self.announcement.as_ref().map(|a| AnnounceState {
                 announced: a.announcer.announced,
                 reasons: a.announcer.blocks.clone(),
@@ -988,11 +1013,15 @@ fn describe_hooks(h: RingHooks) -> &'static str {
     }
 }
 
-fn report(a: &Attachment, iface: &str, how: Attached) {
+fn report(a: &Attachment, iface: &str, how: Attached, hook: attach::TcHook) {
+    let tc = match hook {
+        attach::TcHook::Tcx => "tcx",
+        attach::TcHook::Legacy => "tc",
+    };
     let point = match a.point {
-        attach::Point::Ingress => "tcx ingress",
-        attach::Point::Egress => "tcx egress",
-        attach::Point::Xdp => "native XDP",
+        attach::Point::Ingress => format!("{tc} ingress"),
+        attach::Point::Egress => format!("{tc} egress"),
+        attach::Point::Xdp => "native XDP".to_owned(),
     };
     log::info!(
         "{} on {iface} ({point}): {}",

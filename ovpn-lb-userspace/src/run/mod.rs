@@ -194,6 +194,11 @@ async fn start(
     let mut datapath =
         Datapath::load_pinned(layout, ring_layout.as_ref().and_then(|r| r.as_ref().ok()))?;
     let rings_unknown = ring_layout.and_then(Result::err).map(|e| format!("{e:#}"));
+    if config.hook == config::Hook::Xdp
+        && let Some(why) = datapath.xdp_unavailable()
+    {
+        anyhow::bail!("the XDP hook cannot run here: {why}; hook = \"tc\" does");
+    }
     forward_bpf_logs(&mut datapath);
 
     // Subscribed before the LAN's features are read at start, so no change

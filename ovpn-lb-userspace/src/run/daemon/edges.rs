@@ -12,7 +12,6 @@ use crate::{
     config::Wan,
     datapath::attach,
     netlink::{LinkFacts, LinkKind},
-    pins::drop_link,
 };
 
 /// When an edge is to be read again.
@@ -70,7 +69,7 @@ impl Daemon {
                     .attach(&self.layout, &name, &attach::lan(hook))
                     .with_context(|| format!("attaching to the LAN device {name}"))?
                 {
-                    report(&a, &name, how);
+                    report(&a, &name, how, self.datapath.tc_hook());
                 }
                 log::info!(
                     "LAN {name}: device is ifindex {}; its program attached in {} µs",
@@ -145,7 +144,7 @@ impl Daemon {
         for name in gone {
             self.edges.wan.remove(&name);
             if !wanted.iter().any(|l| l.name == name) {
-                drop_link(&self.layout.egress_link(&name))?;
+                self.datapath.detach_egress(&self.layout, &name)?;
                 log::warn!("WAN {name}: device gone; it is guarded again once it is back");
             }
         }
@@ -157,7 +156,7 @@ impl Daemon {
             match self.datapath.attach(&self.layout, &l.name, &what) {
                 Ok(done) => {
                     for (a, how) in done {
-                        report(&a, &l.name, how);
+                        report(&a, &l.name, how, self.datapath.tc_hook());
                     }
                     log::info!(
                         "WAN {}: guarded: nothing with a LAN, remote or translated address leaves it outside a tunnel",
