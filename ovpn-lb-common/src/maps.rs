@@ -38,10 +38,10 @@ pub mod names {
     /// Tunnel id -> its device (a device map): the kernel deletes an entry
     /// when its device goes away, loader running or not.
     pub const TUNNEL_DEVICES: &str = "TUNNEL_DEVICES";
-    /// Each tunnel ring's accounting (`queue::TunnelQueue`).
-    pub const TUNNEL_QUEUES: &str = "TUNNEL_QUEUES";
-    /// Where the tracing programs read kernel memory (`queue::KernelLayout`).
-    pub const KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
+    /// Every tunnel ring's accounting (`queue::Rings`, one value).
+    pub const RINGS: &str = "RINGS";
+    /// The ring accounting's device -> tunnel table (`queue::slot`).
+    pub const RING_SLOTS: &str = "RING_SLOTS";
     /// Every prefix whose addresses must never leave by the WAN outside a
     /// tunnel (value: a `guard::*` kind), for the WAN guard.
     pub const GUARD_V4: &str = "GUARD_V4";
@@ -62,8 +62,8 @@ pub mod names {
         REASON_STATS,
         PROBE_VIEW,
         TUNNEL_DEVICES,
-        TUNNEL_QUEUES,
-        KERNEL_LAYOUT,
+        RINGS,
+        RING_SLOTS,
         GUARD_V4,
         GUARD_V6,
     ];
@@ -71,6 +71,8 @@ pub mod names {
 
 /// Program names in the object.
 pub mod programs {
+    use crate::queue::RingHooks;
+
     pub const LAN_INGRESS: &str = "lan_ingress";
     pub const TUNNEL_INGRESS: &str = "tunnel_ingress";
     pub const TUNNEL_INGRESS_ETH: &str = "tunnel_ingress_eth";
@@ -98,15 +100,66 @@ pub mod programs {
     ];
     /// Native XDP programs, for TAP tunnels.
     pub const XDP: &[&str] = &[LAN_INGRESS_XDP, TUNNEL_INGRESS_XDP];
-    /// Raw tracepoint on `net_dev_xmit`: a packet queued into a tunnel's ring.
-    pub const TUNNEL_ENQUEUE: &str = "tunnel_enqueue";
-    /// Raw tracepoint on `consume_skb`: OpenVPN read a packet out of it.
-    pub const TUNNEL_DEQUEUE: &str = "tunnel_dequeue";
-    /// The ring accounting: (program, the raw tracepoint it attaches to).
-    pub const TRACING: &[(&str, &str)] = &[
-        (TUNNEL_ENQUEUE, "net_dev_xmit"),
-        (TUNNEL_DEQUEUE, "consume_skb"),
+    /// The ring accounting's programs (`crate::queue`), each with what it
+    /// attaches to.
+    pub const RING_ENQUEUE: Tracing =
+        Tracing::new("ring_enqueue", Kind::BtfTracepoint, "net_dev_xmit");
+    pub const RING_READ: Tracing = Tracing::new("ring_read", Kind::Fexit, "tun_do_read");
+    pub const RING_ENQUEUE_XDP: Tracing =
+        Tracing::new("ring_enqueue_xdp", Kind::Fexit, "tun_xdp_xmit");
+    pub const RING_READ_CONSUMED: Tracing =
+        Tracing::new("ring_read_consumed", Kind::BtfTracepoint, "consume_skb");
+    pub const RING_ENQUEUE_RAW: Tracing =
+        Tracing::new("ring_enqueue_raw", Kind::RawTracepoint, "net_dev_xmit");
+    pub const RING_READ_CONSUMED_RAW: Tracing =
+        Tracing::new("ring_read_consumed_raw", Kind::RawTracepoint, "consume_skb");
+    /// Every one of them.
+    pub const TRACING: &[Tracing] = &[
+        RING_ENQUEUE,
+        RING_READ,
+        RING_ENQUEUE_XDP,
+        RING_READ_CONSUMED,
+        RING_ENQUEUE_RAW,
+        RING_READ_CONSUMED_RAW,
     ];
+    /// Tracing programs of earlier versions, whose pinned links the loader
+    /// removes.
+    pub const RETIRED_TRACING: &[&str] = &["tunnel_enqueue", "tunnel_dequeue"];
+
+    /// The programs that account the rings with `hooks`.
+    #[must_use]
+    pub const fn rings(hooks: RingHooks) -> &'static [Tracing] {
+        match hooks {
+            RingHooks::Fexit => &[RING_ENQUEUE, RING_READ, RING_ENQUEUE_XDP],
+            RingHooks::BtfTracepoint => &[RING_ENQUEUE, RING_READ_CONSUMED],
+            RingHooks::RawTracepoint => &[RING_ENQUEUE_RAW, RING_READ_CONSUMED_RAW],
+        }
+    }
+
+    /// How a tracing program attaches.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        /// After a kernel function returns (`fexit/<function>`).
+        Fexit,
+        /// A tracepoint with typed arguments (`tp_btf/<tracepoint>`).
+        BtfTracepoint,
+        /// A raw tracepoint (`raw_tp/<tracepoint>`).
+        RawTracepoint,
+    }
+
+    /// A tracing program: its name, how it attaches, and to what.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Tracing {
+        pub name: &'static str,
+        pub kind: Kind,
+        pub target: &'static str,
+    }
+
+    impl Tracing {
+        const fn new(name: &'static str, kind: Kind, target: &'static str) -> Self {
+            Self { name, kind, target }
+        }
+    }
 }
 
 /// `families` bits in [`SiteConfig`] and [`TunnelConfig`].

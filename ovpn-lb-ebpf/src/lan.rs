@@ -7,7 +7,7 @@
 //! Only remote-bound packets are ever dropped here.
 
 use ovpn_lb_common::{
-    Reason, SiteConfig, TunnelConfig, checksum,
+    Reason, SiteConfig, checksum,
     flow::FlowHasher,
     maps::{family, route},
 };
@@ -16,7 +16,7 @@ use crate::{
     hook::Hook,
     layout::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr},
     log,
-    maps::{REMOTE_V4, REMOTE_V6, SITE, TUNNEL_DEVICES, TUNNELS, v4_key, v6_key},
+    maps::{REMOTE_V4, REMOTE_V6, SITE, v4_key, v6_key},
     offload,
     packet::{Mac, Packet},
     parse, probe, redirect, schedule, stats, translate, verdict,
@@ -89,7 +89,7 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
         return Err(Reason::TtlExpired);
     }
     let l4 = parse::l4_checksum(pkt, &ip)?;
-    let id = schedule::pick::<C>(site.spray, ip.len as u32, || {
+    let (id, tunnel) = schedule::pick::<C>(site.spray, ring_bytes(pkt, &ip), family::V4, || {
         FlowHasher::new()
             .word(src)
             .word(dst)
@@ -97,7 +97,6 @@ fn spray_v4<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
             .word(u32::from(ip.proto))
             .finish()
     })?;
-    let tunnel = ready_tunnel(id, family::V4)?;
     redirect::fits(pkt, tunnel, &ip)?;
     redirect::address(pkt, tunnel)?;
     offload::complete(pkt, &ip, l4.as_ref(), |len| {
@@ -128,7 +127,7 @@ fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
         return Err(Reason::TtlExpired);
     }
     let l4 = parse::l4_checksum(pkt, &ip)?;
-    let id = schedule::pick::<C>(site.spray, ip.len as u32, || {
+    let (id, tunnel) = schedule::pick::<C>(site.spray, ring_bytes(pkt, &ip), family::V6, || {
         FlowHasher::new()
             .word(src[0] ^ src[1] ^ src[2] ^ src[3])
             .word(dst[0] ^ dst[1] ^ dst[2] ^ dst[3])
@@ -136,7 +135,6 @@ fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
             .word(u32::from(ip.proto))
             .finish()
     })?;
-    let tunnel = ready_tunnel(id, family::V6)?;
     redirect::fits(pkt, tunnel, &ip)?;
     redirect::address(pkt, tunnel)?;
     offload::complete(pkt, &ip, l4.as_ref(), |len| {
@@ -148,23 +146,21 @@ fn spray_v6<C: Hook>(pkt: &Packet<C>, site: &SiteConfig) -> Result<u32, Reason> 
     Ok(tunnel.ifindex)
 }
 
-/// The scheduled tunnel, if it has a device and a translation for `family_bit`.
+/// What a packet becomes in a tunnel's ring, in bytes: a GSO packet is cut
+/// into its segments on the way in, each with its own headers.
 #[inline(always)]
-fn ready_tunnel(id: u32, family_bit: u32) -> Result<&'static TunnelConfig, Reason> {
-    let Some(tunnel) = TUNNELS.get(id) else {
-        log::tunnel_not_ready(id, 0);
-        return Err(Reason::TunnelGone);
+fn ring_bytes<C: Hook>(pkt: &Packet<C>, ip: &parse::Ip) -> u32 {
+    let len = ip.len as u32;
+    let gso_size = pkt.ctx().gso_size();
+    if gso_size == 0 {
+        return len;
+    }
+    let headers = parse::segment_len(pkt, ip, gso_size).saturating_sub(gso_size);
+    let payload = len.saturating_sub(headers);
+    let segs = match pkt.ctx().gso_segs() {
+        // Not counted by the kernel (a packet from an untrusted source).
+        0 => payload.div_ceil(gso_size),
+        segs => segs,
     };
-    if tunnel.ifindex == 0 || tunnel.families & family_bit == 0 {
-        log::tunnel_not_ready(id, tunnel.ifindex);
-        return Err(Reason::TunnelGone);
-    }
-    // The device itself: gone (or replaced) since the loader last wrote the
-    // entry, as when it is not running, a redirect would drop the packet
-    // unseen.
-    if TUNNEL_DEVICES.get_ifindex(id) != Some(tunnel.ifindex) {
-        log::tunnel_not_ready(id, tunnel.ifindex);
-        return Err(Reason::TunnelGone);
-    }
-    Ok(tunnel)
+    len + segs.saturating_sub(1) * headers
 }

@@ -11,7 +11,8 @@
 //!    `stats`, `verdict`;
 //! 5. pipelines: `lan` (spray), `tunnel` (restore on ingress, translate on
 //!    egress), `wan` (keep LAN traffic off the WAN), `queue` (account each
-//!    tunnel's ring, for `schedule`);
+//!    tunnel's ring, for `schedule`: typed tracing programs, or raw
+//!    tracepoints where those cannot run);
 //! 6. entry points, here.
 #![no_std]
 #![no_main]
@@ -52,8 +53,8 @@ mod verdict;
 mod wan;
 
 use aya_ebpf::{
-    macros::{classifier, raw_tracepoint, xdp},
-    programs::{RawTracePointContext, TcContext, XdpContext},
+    macros::{btf_tracepoint, classifier, fexit, raw_tracepoint, xdp},
+    programs::{BtfTracePointContext, FExitContext, RawTracePointContext, TcContext, XdpContext},
 };
 use ovpn_lb_common::Reason;
 
@@ -148,18 +149,51 @@ fn guard_tc<const L3: usize>(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Raw tracepoint after every device transmit: a packet queued into one of
-/// our tunnels' rings (or refused, the ring full).
-#[raw_tracepoint(tracepoint = "net_dev_xmit")]
-pub fn tunnel_enqueue(ctx: RawTracePointContext) -> i32 {
-    queue::enqueued(&ctx);
+// Ring accounting (`queue`), three sets of hooks, best first; the loader
+// attaches one set. Each entry point hands its arguments on.
+
+/// After every device transmit (typed): a packet queued into one of our
+/// tunnels' rings, or refused (the ring full).
+#[btf_tracepoint(function = "net_dev_xmit")]
+pub fn ring_enqueue(ctx: BtfTracePointContext) -> i32 {
+    queue::enqueued_typed(ctx.arg(2), ctx.arg(1), ctx.arg(3));
     0
 }
 
-/// Raw tracepoint on every freed packet: OpenVPN read one out of a ring.
+/// After OpenVPN's read from a tun ring: `tun_do_read(tun, tfile, to,
+/// noblock, ptr)` and its return value.
+#[fexit(function = "tun_do_read")]
+pub fn ring_read(ctx: FExitContext) -> i32 {
+    queue::read_fexit(ctx.arg(0), ctx.arg(1), ctx.arg(5));
+    0
+}
+
+/// After XDP frames were sent into a TAP device: `tun_xdp_xmit(dev, n,
+/// frames, flags)` and the number sent.
+#[fexit(function = "tun_xdp_xmit")]
+pub fn ring_enqueue_xdp(ctx: FExitContext) -> i32 {
+    queue::enqueued_xdp(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4));
+    0
+}
+
+/// Every freed packet (typed): OpenVPN's reads, where `fexit` cannot run.
+#[btf_tracepoint(function = "consume_skb")]
+pub fn ring_read_consumed(ctx: BtfTracePointContext) -> i32 {
+    queue::read_consumed_typed(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// `net_dev_xmit` as a raw tracepoint, where typed tracing cannot run.
+#[raw_tracepoint(tracepoint = "net_dev_xmit")]
+pub fn ring_enqueue_raw(ctx: RawTracePointContext) -> i32 {
+    queue::enqueued_raw(ctx.arg(2), ctx.arg(1), ctx.arg(3));
+    0
+}
+
+/// `consume_skb` as a raw tracepoint.
 #[raw_tracepoint(tracepoint = "consume_skb")]
-pub fn tunnel_dequeue(ctx: RawTracePointContext) -> i32 {
-    queue::dequeued(&ctx);
+pub fn ring_read_consumed_raw(ctx: RawTracePointContext) -> i32 {
+    queue::read_consumed_raw(ctx.arg(0), ctx.arg(1));
     0
 }
 

@@ -8,7 +8,7 @@ use ovpn_lb_common::{
     MAX_TUNNELS, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
     maps::{MAX_PREFIXES, SCHEDULE_BUFFERS},
     probe::{Event as ProbeEvent, LocalView},
-    queue::{KernelLayout, TunnelQueue},
+    queue::{Rings, slot},
     reason::REASON_COUNT,
 };
 
@@ -79,18 +79,29 @@ pub static ACTIVE_SCHED: Array<u32, 1> = Array::new();
 #[btf_map]
 pub static SPRAY_CURSOR: PerCpuArray<u32, 1> = PerCpuArray::new();
 
+/// Per CPU, packet mode: the member picked last, past which the rotation
+/// over tied tunnels starts next.
+#[btf_map]
+pub static TIE_CURSOR: PerCpuArray<u32, 1> = PerCpuArray::new();
+
 /// Per CPU, packet mode with more tunnels than it compares: the member
 /// index it picked last, compared again with the next packet.
 #[btf_map]
 pub static LAST_PICK: PerCpuArray<u32, 1> = PerCpuArray::new();
 
-/// Each tunnel ring's accounting, by tunnel id.
-#[btf_map]
-pub static TUNNEL_QUEUES: Array<TunnelQueue, MAX_TUNNELS> = Array::new();
+/// `BPF_F_MMAPABLE`: the array's data starts on a page, so each tunnel's
+/// enqueue and dequeue sides keep to their own cache lines.
+const MMAPABLE: usize = 1 << 10;
 
-/// Where the tracing programs read kernel memory; `netns` 0: off.
+/// Every tunnel ring's accounting, one value indexed by tunnel id inside.
 #[btf_map]
-pub static KERNEL_LAYOUT: Array<KernelLayout, 1> = Array::new();
+pub static RINGS: Array<Rings, 1, MMAPABLE> = Array::new();
+
+/// The enqueue programs' device -> tunnel table (`slot::entry`), at slot
+/// `ifindex % slot::SLOTS`; a slot two tunnels share sends them to
+/// `TUNNEL_BY_IF`.
+#[btf_map]
+pub static RING_SLOTS: Array<u64, { slot::SLOTS }> = Array::new();
 
 #[btf_map]
 pub static TUNNEL_STATS: PerCpuArray<TunnelStats, MAX_TUNNELS> = PerCpuArray::new();
@@ -107,6 +118,17 @@ pub fn update_per_cpu<T>(slot: Option<*mut T>, f: impl FnOnce(&mut T)) {
         // migration disabled and do not nest on a CPU for the same hook, so
         // nothing else writes it meanwhile, and no other reference exists.
         f(unsafe { &mut *slot });
+    }
+}
+
+/// Tunnel id of the tunnel device `ifindex` for the ring accounting: its
+/// slot, or where two tunnels share one, `TUNNEL_BY_IF`.
+#[inline(always)]
+pub fn ring_tunnel(ifindex: u32) -> Option<u32> {
+    let entry = RING_SLOTS.get(slot::of(ifindex) as u32)?;
+    match slot::id(*entry, ifindex)? {
+        slot::SHARED => tunnel_by_if(ifindex),
+        id => Some(id),
     }
 }
 

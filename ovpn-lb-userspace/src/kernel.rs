@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::xdp::XdpMode;
-use ovpn_lb_common::maps::programs;
+use ovpn_lb_common::{maps::programs, queue::RingHooks};
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::{Datapath, attach::TcHook, rings};
@@ -145,18 +145,24 @@ pub fn csum_ipv6_flag(release: &str) -> bool {
     version(release).is_some_and(|v| v >= CSUM_IPV6_FLAG)
 }
 
-/// Why packet spray's ring accounting cannot run here, if it cannot:
-/// its dequeue program tells OpenVPN's reads by `consume_skb`'s location
-/// argument (Linux 6.3+), and it reads kernel memory at offsets from BTF.
+/// Why packet spray's ring accounting cannot run here, if it cannot: it
+/// reads kernel memory at offsets from BTF and tells tun functions by
+/// their addresses. Which hooks run is known only once they are tried
+/// ([`ring_hooks_blocker`] names the sets this kernel lacks).
 #[must_use]
 pub fn ring_accounting_blocker() -> Option<String> {
-    let release = release();
-    if version(&release).is_some_and(|v| v < (6, 3)) {
-        return Some(format!(
-            "Linux {release}'s consume_skb tracepoint has no location argument (6.3+)"
-        ));
-    }
     rings::kernel_layout().err().map(|e| format!("{e:#}"))
+}
+
+/// Why ring hooks `h` cannot run on this kernel, if known before trying:
+/// the tracepoint sets tell OpenVPN's reads by `consume_skb`'s location
+/// argument (Linux 6.3+); `fexit` on `tun_do_read` needs none.
+#[must_use]
+pub fn ring_hooks_blocker(h: RingHooks) -> Option<String> {
+    let release = release();
+    (h != RingHooks::Fexit && version(&release).is_some_and(|v| v < (6, 3))).then(|| {
+        format!("Linux {release}'s consume_skb tracepoint has no location argument (6.3+)")
+    })
 }
 
 /// `ovpn-lb kernel`: the report as text, `name: value` lines, and whether
@@ -195,6 +201,14 @@ pub fn inspect() -> (String, bool) {
     match ring_accounting_blocker() {
         None => {
             let _ = writeln!(out, "spray: packet, round-robin, flow");
+            let hooks: Vec<String> = RingHooks::ALL
+                .into_iter()
+                .map(|h| match ring_hooks_blocker(h) {
+                    None => h.name().to_owned(),
+                    Some(why) => format!("not {} ({why})", h.name()),
+                })
+                .collect();
+            let _ = writeln!(out, "ring hooks to try: {}", hooks.join(", "));
         }
         Some(why) => {
             let _ = writeln!(out, "spray: round-robin, flow (packet sprays round robin)");

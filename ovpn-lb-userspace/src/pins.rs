@@ -61,7 +61,7 @@ impl Layout {
         self.links().join(format!("{iface}-xdp"))
     }
 
-    /// Pin of the raw tracepoint link of tracing program `program`.
+    /// Pin of the link of tracing program `program` (the ring accounting).
     #[must_use]
     pub fn tracing_link(&self, program: &str) -> PathBuf {
         self.links().join(format!("{program}-raw_tp"))

@@ -5,7 +5,11 @@ use std::{fs, io::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use ovpn_lb_common::{Reason, ReasonStats, TunnelStats, maps::names, queue::TunnelQueue};
+use ovpn_lb_common::{
+    Reason, ReasonStats, TunnelStats,
+    maps::names,
+    queue::{Rings, TunnelQueue},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -31,6 +35,10 @@ pub struct State {
     /// "tc" or "xdp".
     #[serde(default)]
     pub hook: String,
+    /// Packet spray's ring accounting: the hooks it runs on (`fexit`,
+    /// `tp_btf` or `raw_tp`), `None` while it is off.
+    #[serde(default)]
+    pub ring_accounting: Option<String>,
     pub lan_interface: String,
     /// The WAN devices guarded now (nothing of the LAN leaves them in the
     /// clear).
@@ -219,11 +227,12 @@ impl Counters {
         let tunnels = per_cpu(&maps.join(names::TUNNEL_STATS), n, TunnelStats::plus)?;
         let count = u32::try_from(Reason::ALL.len())?;
         let reasons = per_cpu(&maps.join(names::REASON_STATS), count, ReasonStats::plus)?;
-        let path = maps.join(names::TUNNEL_QUEUES);
+        let path = maps.join(names::RINGS);
         let data = MapData::from_pin(&path)
             .with_context(|| format!("opening pinned map {}", path.display()))?;
-        let map: Array<_, TunnelQueue> = Map::from_map_data(data)?.try_into()?;
-        let queues = (0..n).map(|i| Ok(map.get(&i, 0)?)).collect::<Result<_>>()?;
+        let map: Array<_, Rings> = Map::from_map_data(data)?.try_into()?;
+        let rings = map.get(&0, 0)?;
+        let queues = rings.tunnels.iter().take(n as usize).copied().collect();
         Ok(Self {
             tunnels,
             reasons,
@@ -243,6 +252,9 @@ pub struct Report {
     pub spray: String,
     /// "tc" or "xdp".
     pub hook: String,
+    /// Packet spray's ring accounting: `fexit`, `tp_btf`, `raw_tp`, or
+    /// null while off (packet spray is then round robin).
+    pub ring_accounting: Option<String>,
     pub lan_interface: String,
     /// The WAN devices guarded (nothing of the LAN leaves them in the clear).
     pub wan_guard: Vec<String>,
@@ -291,14 +303,21 @@ pub struct RingReport {
     pub drain_bytes_per_second: u64,
     /// Packets the kernel dropped because the ring was full.
     pub full_drops: u64,
+    /// OpenVPN stopped reading (packets wait, no read for 10 ms past the
+    /// one it holds) or the ring is full: packet spray passes the tunnel
+    /// over until it reads again.
+    pub reader_stopped: bool,
 }
 
-impl From<&TunnelQueue> for RingReport {
-    fn from(q: &TunnelQueue) -> Self {
+impl RingReport {
+    /// Tunnel `q`'s ring at `now` (monotonic ns).
+    #[must_use]
+    pub fn new(q: &TunnelQueue, now: u64) -> Self {
         Self {
-            backlog_bytes: q.enq_bytes.saturating_sub(q.deq_bytes),
-            drain_bytes_per_second: q.drain.bytes_per_second(),
-            full_drops: q.ring_full,
+            backlog_bytes: q.backlog().bytes,
+            drain_bytes_per_second: q.deq.drain.bytes_per_second(),
+            full_drops: q.enq.refused,
+            reader_stopped: q.snapshot().stopped(now),
         }
     }
 }
@@ -326,6 +345,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
     let before = Counters::read(layout, n)?;
     tokio::time::sleep(interval).await;
     let after = Counters::read(layout, n)?;
+    let now = crate::probe::now_ns();
     let secs = interval.as_secs_f64().max(1e-3);
     let tunnels = state
         .tunnels
@@ -350,7 +370,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
             tx_bits_per_second: 8.0 * rate(a.tx_bytes, b.tx_bytes, secs),
             rx_packets_per_second: rate(a.rx_packets, b.rx_packets, secs),
             rx_bits_per_second: 8.0 * rate(a.rx_bytes, b.rx_bytes, secs),
-            ring: RingReport::from(q),
+            ring: RingReport::new(q, now),
         })
         .collect();
     let reasons = Reason::ALL
@@ -377,6 +397,7 @@ pub async fn report(layout: &Layout, interval: Duration) -> Result<Report> {
         exit_error,
         spray: state.spray,
         hook: state.hook,
+        ring_accounting: state.ring_accounting,
         lan_interface: state.lan_interface,
         wan_guard: state.wan_guard,
         interval_seconds: secs,
@@ -443,12 +464,8 @@ fn bytes(n: u64) -> String {
     format!("{}B", si(n as f64))
 }
 
-/// `status` as a table. `all`: list every reason, not only those that
-/// counted something.
-#[must_use]
-pub fn render(r: &Report, all: bool) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
+/// The first line of `status`: the loader, how it sprays, where.
+fn headline(r: &Report) -> String {
     let loader = match (&r.running, &r.exit_error) {
         (true, _) => format!("running (pid {})", r.pid),
         (false, Some(e)) => {
@@ -456,16 +473,28 @@ pub fn render(r: &Report, all: bool) -> String {
         }
         (false, None) => "stopped (datapath still attached, health not followed)".to_owned(),
     };
+    let rings = match (&r.ring_accounting, r.spray.as_str()) {
+        (Some(hooks), _) => format!(" (rings accounted by {hooks})"),
+        (None, "packet") => " (rings not accounted: round robin)".to_owned(),
+        (None, _) => String::new(),
+    };
     let wan = if r.wan_guard.is_empty() {
         "none guarded".to_owned()
     } else {
         format!("{} guarded", r.wan_guard.join(", "))
     };
-    let _ = writeln!(
-        out,
-        "ovpn-lb: loader {loader}, spray {}, hook {}, LAN {}, WAN {wan}",
+    format!(
+        "ovpn-lb: loader {loader}, spray {}{rings}, hook {}, LAN {}, WAN {wan}\n",
         r.spray, r.hook, r.lan_interface
-    );
+    )
+}
+
+/// `status` as a table. `all`: list every reason, not only those that
+/// counted something.
+#[must_use]
+pub fn render(r: &Report, all: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = headline(r);
     render_kernel(&mut out, r);
     render_announce(&mut out, r);
     let _ = writeln!(
@@ -617,19 +646,24 @@ fn render_rings(out: &mut String, r: &Report) {
     }
     let _ = writeln!(
         out,
-        "\n{:>3} {:<10} {:>12} {:>14} {:>11}",
+        "\n{:>3} {:<10} {:>12} {:>14} {:>11}  reader",
         "id", "device", "ring backlog", "drain rate", "ring full"
     );
     #[expect(clippy::cast_precision_loss, reason = "for display")]
     for t in &r.tunnels {
         let _ = writeln!(
             out,
-            "{:>3} {:<10} {:>12} {:>14} {:>11}",
+            "{:>3} {:<10} {:>12} {:>14} {:>11}  {}",
             t.id,
             t.device,
             bytes(t.ring.backlog_bytes),
             format!("{}B/s", si(t.ring.drain_bytes_per_second as f64)),
             si(t.ring.full_drops as f64).trim_end(),
+            if t.ring.reader_stopped {
+                "STOPPED: passed over"
+            } else {
+                "reading"
+            },
         );
     }
 }
@@ -683,6 +717,7 @@ mod tests {
                 backlog_bytes: 0,
                 drain_bytes_per_second: 0,
                 full_drops: 0,
+                reader_stopped: false,
             },
         };
         Report {
@@ -691,6 +726,7 @@ mod tests {
             exit_error: None,
             spray: "packet".to_owned(),
             hook: "tc".to_owned(),
+            ring_accounting: Some("fexit".to_owned()),
             lan_interface: "lan".to_owned(),
             wan_guard: vec!["eth0".to_owned()],
             interval_seconds: 1.0,
@@ -761,9 +797,20 @@ mod tests {
         );
         // No ring table until the accounting has measured a drain rate.
         assert!(!text.contains("ring backlog"), "{text}");
+        assert!(
+            text.contains("spray packet (rings accounted by fexit)"),
+            "{text}"
+        );
         let mut measured = r;
         measured.tunnels[0].ring.drain_bytes_per_second = 1_250_000;
-        assert!(render(&measured, false).contains("1.25 MB/s"));
+        measured.tunnels[1].ring.reader_stopped = true;
+        let text = render(&measured, false);
+        assert!(text.contains("1.25 MB/s"), "{text}");
+        let stopped = text.lines().filter(|l| l.contains("STOPPED")).count();
+        assert_eq!(stopped, 1, "{text}");
+        measured.ring_accounting = None;
+        let text = render(&measured, false);
+        assert!(text.contains("rings not accounted: round robin"), "{text}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use ovpn_lb::{
     config::file,
     generate::{self, Request, Side},
     pins::Layout,
+    status::Counters,
 };
 use ovpn_lb_common::{Schedule, TunnelStats, maps::names};
 
@@ -379,11 +380,18 @@ impl GatewayLab {
     /// Starts `ovpn-lb run` and waits until it reports running.
     #[must_use]
     pub fn start_loader(&self, extra: &[&str]) -> Loader {
+        self.start_loader_with_env(extra, &[])
+    }
+
+    /// [`GatewayLab::start_loader`] with `env` set for the loader.
+    #[must_use]
+    pub fn start_loader_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Loader {
         let log = self.scratch.dir.join(format!(
             "loader-{}.log",
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        self.site().start(&self.config, extra, &log, false)
+        self.site()
+            .start_with_env(&self.config, extra, env, &log, false)
     }
 
     fn map<T>(&self, name: &str) -> T
@@ -461,6 +469,13 @@ impl GatewayLab {
             .unwrap()
             .iter()
             .fold(TunnelStats::default(), TunnelStats::plus)
+    }
+
+    /// Every tunnel's counters and ring accounting, from the pinned maps.
+    #[must_use]
+    pub fn counters(&self) -> Counters {
+        let n = u32::try_from(TUNNEL_COUNT).unwrap();
+        Counters::read(&self.scratch.layout(), n).expect("pinned counters")
     }
 
     /// `GET /metrics` from the loader's default endpoint inside the gateway.

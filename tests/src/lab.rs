@@ -51,6 +51,7 @@
 use std::{
     fmt::Write as _,
     fs,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     sync::atomic::{AtomicU32, Ordering},
@@ -76,6 +77,7 @@ use crate::{
     numgen::{self, Numgen},
     openvpn::{self, OpenVpn},
     process::{self, pid_in},
+    relay::Relay,
     teardown::{Record, Teardown},
     topology,
 };
@@ -147,6 +149,10 @@ impl Gw {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches of the lab, each its own setting"
+)]
 pub struct Options {
     pub tunnels: usize,
     /// Gateway pairs between the sites (tunnels each).
@@ -174,6 +180,18 @@ pub struct Options {
     /// Hold only gateway A's OpenVPN processes to `cpu_quota_percent`
     /// (gateway B's, which decrypt host A's data, run free).
     pub cpu_quota_a_only: bool,
+    /// `shaper` on gateway B's tunnels too (the same rate per tunnel), as
+    /// an operator who shapes a link shapes both of its ends.
+    pub shaper_both: bool,
+    /// One-way delay added to tunnel k's WAN path, ms: `path_delay_ms[k]`,
+    /// the last value for tunnels past the end; empty: none. A UDP relay
+    /// (see `relay`) in gateway B's namespace holds the tunnel's datagrams
+    /// that long each way.
+    pub path_delay_ms: Vec<u32>,
+    /// OpenVPN's own defaults for its queues: the generated `txqueuelen`,
+    /// `sndbuf` and `rcvbuf` lines are left out of both gateways'
+    /// configurations.
+    pub openvpn_defaults: bool,
     /// The hosts' LAN veths send segments (TSO and GSO off, the gateways'
     /// GRO off), as a real Ethernet LAN would, so that the gateway's program
     /// sees single packets rather than GSO super-packets.
@@ -217,6 +235,9 @@ impl Default for Options {
             spray: file::Spray::Packet,
             shaper: Vec::new(),
             cpu_quota_a_only: false,
+            shaper_both: false,
+            path_delay_ms: Vec::new(),
+            openvpn_defaults: false,
             wire_segments: false,
             tap: false,
             hook: None,
@@ -239,6 +260,8 @@ pub struct Lab {
     generated: Option<Generated>,
     /// nftables spraying installed at set-up (`Forwarding::Numgen`).
     nft_spray: Vec<Numgen>,
+    /// The tunnels' path delays (`Options::path_delay_ms`).
+    relays: Vec<Relay>,
     /// When FRR or keepalived started (several pairs): the first instance,
     /// and the last (the lab starts them one after another, where sites
     /// start each gateway's on its own).
@@ -251,6 +274,13 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Host addresses.
 pub const HOST_A: &str = "192.168.10.5";
+/// Host A's address for the MPTCP path through tunnel `k` (`Lab::mptcp_paths`).
+#[must_use]
+pub fn mptcp_address(k: usize) -> String {
+    format!("192.168.10.{}", 100 + k)
+}
+/// The first of gateway A's routing tables for the MPTCP paths.
+const MPTCP_TABLE: usize = 300;
 pub const HOST_B: &str = "192.168.20.5";
 pub const HOST_A6: &str = "fd00:a::5";
 pub const HOST_B6: &str = "fd00:b::5";
@@ -322,6 +352,8 @@ pub fn grown(before: &Counters, after: &Counters, reason: ovpn_lb_common::Reason
 
 /// The LAN device on hosts and gateways.
 pub const LAN_DEV: &str = "lan";
+/// A delayed tunnel's relay listens this far above the tunnel's port.
+const RELAY_PORT_OFFSET: u16 = 1000;
 /// The WAN device on both gateways.
 pub const WAN_DEV: &str = "wan";
 
@@ -335,6 +367,7 @@ impl Lab {
     pub fn up(dir: &Path, tag: &str, bin: &Path, options: Options) -> Self {
         let mut lab = Self::sites(dir, tag, bin, options);
         lab.generate();
+        lab.delay_paths();
         lab.start_tunnels();
         lab.routes();
         if lab.options.forwarding == Forwarding::OvpnLb {
@@ -478,6 +511,7 @@ impl Lab {
             bin: bin.to_path_buf(),
             generated: None,
             nft_spray: Vec::new(),
+            relays: Vec::new(),
             routing_started: None,
             routing_all_started: None,
         };
@@ -608,6 +642,68 @@ impl Lab {
             self.make_run_dir(gw);
         }
         self.generated = Some(generated);
+        if self.options.openvpn_defaults {
+            for side in Side::BOTH {
+                for k in 0..self.options.tunnels {
+                    Self::strip_queue_settings(&self.openvpn(side, k).config);
+                }
+            }
+        }
+    }
+
+    /// One-way delay of tunnel `k`'s WAN path, if any.
+    #[must_use]
+    pub fn path_delay(&self, k: usize) -> Option<Duration> {
+        let d = &self.options.path_delay_ms;
+        d.get(k)
+            .or(d.last())
+            .filter(|&&ms| ms > 0)
+            .map(|&ms| Duration::from_millis(u64::from(ms)))
+    }
+
+    /// Puts a relay on the WAN path of every tunnel with a path delay:
+    /// gateway A's OpenVPN sends to the relay's port instead of gateway B's
+    /// (the configuration's `remote`), and gateway B's OpenVPN answers
+    /// whoever sends (`float`).
+    fn delay_paths(&mut self) {
+        for k in 0..self.options.tunnels {
+            let Some(delay) = self.path_delay(k) else {
+                continue;
+            };
+            let port = self.generated().plan().tunnels[k].port;
+            let relay_port = port + RELAY_PORT_OFFSET;
+            let b_wan = WAN[Side::B.index()];
+            edit_lines(&self.openvpn(Side::A, k).config, |l| {
+                Some(if l.starts_with("remote ") {
+                    format!("remote {b_wan} {relay_port}")
+                } else {
+                    l.to_owned()
+                })
+            });
+            edit_lines(&self.openvpn(Side::B, k).config, |l| {
+                Some(if l.starts_with("remote ") {
+                    format!("{l}\nfloat")
+                } else {
+                    l.to_owned()
+                })
+            });
+            let at = |p: u16| SocketAddr::new(b_wan.parse().expect("an address"), p);
+            self.relays.push(Relay::start(
+                &self.gw(Side::B),
+                at(relay_port),
+                at(port),
+                delay,
+            ));
+        }
+    }
+
+    /// Leaves OpenVPN's own defaults for its queues in `config`: no
+    /// `txqueuelen`, `sndbuf` or `rcvbuf` line.
+    fn strip_queue_settings(config: &Path) {
+        edit_lines(config, |l| {
+            let key = l.split_whitespace().next().unwrap_or("");
+            (!matches!(key, "txqueuelen" | "sndbuf" | "rcvbuf")).then(|| l.to_owned())
+        });
     }
 
     /// OpenVPN's runtime directory under `gw`'s root, as Debian's
@@ -667,6 +763,72 @@ impl Lab {
         for side in Side::BOTH {
             for prefix in LAN_PREFIXES[side.other().index()] {
                 self.route_through(side, prefix, k);
+            }
+        }
+    }
+
+    /// Without ovpn-lb: host A's MPTCP paths, one per tunnel of the first
+    /// `tunnels`, as a multipath user sets them up by changing the hosts:
+    /// host A has address [`mptcp_address`]`(k)` for each, gateway A routes
+    /// what comes from it into tunnel k (a rule and a table of its own),
+    /// gateway B routes what goes to it back through tunnel k, and host A
+    /// opens one subflow from each address but the first (the flow's own,
+    /// bound to address 0). Both hosts accept that many subflows. Other
+    /// traffic keeps host A's own address and the main tables' routes.
+    pub fn mptcp_paths(&self, tunnels: usize) {
+        let (ha, hb, ga, gb) = (
+            self.host(Side::A),
+            self.host(Side::B),
+            self.gw(Side::A),
+            self.gw(Side::B),
+        );
+        let limit = tunnels.to_string();
+        for host in [&ha, &hb] {
+            self.ip(host, &["mptcp", "endpoint", "flush"]);
+            self.ip(
+                host,
+                &[
+                    "mptcp",
+                    "limits",
+                    "set",
+                    "subflow",
+                    &limit,
+                    "add_addr_accepted",
+                    &limit,
+                ],
+            );
+        }
+        let far = LAN_PREFIXES[Side::B.index()][0];
+        for k in 0..tunnels {
+            let address = mptcp_address(k);
+            let table = (MPTCP_TABLE + k).to_string();
+            self.ip(
+                &ha,
+                &["addr", "replace", &format!("{address}/24"), "dev", LAN_DEV],
+            );
+            // Once per address, however often this runs.
+            let _ = std::process::Command::new("ip")
+                .args(["-n", &ga, "rule", "del", "from", &address])
+                .stderr(std::process::Stdio::null())
+                .status();
+            self.ip(&ga, &["rule", "add", "from", &address, "lookup", &table]);
+            let mut route: Vec<String> = ["route", "replace", far, "table", &table]
+                .map(str::to_owned)
+                .to_vec();
+            route.extend(self.through(Side::A, k, false));
+            self.ip(&ga, &route.iter().map(String::as_str).collect::<Vec<_>>());
+            let mut back: Vec<String> = ["route", "replace", &format!("{address}/32")]
+                .map(str::to_owned)
+                .to_vec();
+            back.extend(self.through(Side::B, k, false));
+            self.ip(&gb, &back.iter().map(String::as_str).collect::<Vec<_>>());
+            if k > 0 {
+                self.ip(
+                    &ha,
+                    &[
+                        "mptcp", "endpoint", "add", &address, "dev", LAN_DEV, "subflow",
+                    ],
+                );
             }
         }
     }
@@ -979,11 +1141,12 @@ impl Lab {
         }
     }
 
-    /// OpenVPN `--shaper` of gateway `gw`'s tunnel `k` (bytes/s), if any.
+    /// OpenVPN `--shaper` of gateway `gw`'s tunnel `k` (bytes/s), if any:
+    /// gateway A's, and gateway B's with `shaper_both`.
     #[must_use]
     pub fn shaper(&self, gw: impl Into<Gw>, k: usize) -> Option<u32> {
         let shaper = &self.options.shaper;
-        (gw.into().side == Side::A)
+        (gw.into().side == Side::A || self.options.shaper_both)
             .then(|| shaper.get(k).or(shaper.last()).copied())
             .flatten()
     }
@@ -1249,6 +1412,22 @@ impl Lab {
     }
 }
 
+/// Rewrites the file at `path` line by line: `f` gives each line's
+/// replacement (several lines, or none).
+fn edit_lines(path: &Path, f: impl Fn(&str) -> Option<String>) {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let out = text
+        .lines()
+        .filter_map(f)
+        .fold(String::new(), |mut out, l| {
+            out.push_str(&l);
+            out.push('\n');
+            out
+        });
+    fs::write(path, out).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
 fn layout_in(dir: &Path, gw: Gw) -> Layout {
     Layout {
         pin_root: dir.join("bpf").join(gw.tag()),
@@ -1260,6 +1439,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if self.owned {
             self.nft_spray.clear();
+            self.relays.clear();
             self.teardown.tear_down();
             let _ = fs::remove_dir_all(&self.dir);
         }

@@ -16,6 +16,8 @@
 //! - `numgen`: nftables `numgen` per-packet spraying, the kernel's own way;
 //! - `lab`: two sites joined by real OpenVPN tunnels; `gateway`: one gateway
 //!   with tun devices held by the test, for the loader's tests;
+//! - `relay`: a UDP relay that delays a tunnel's datagrams (a longer WAN
+//!   path);
 //! - `machine`: booted systemd containers joined to a lab's namespaces, for
 //!   the package's test;
 //! - `lag`: the machine's scheduling lag beside a timing check;
@@ -43,6 +45,7 @@ pub mod openvpn;
 pub mod packets;
 pub mod ping;
 pub mod process;
+pub mod relay;
 pub mod teardown;
 pub mod topology;
 pub mod traffic;

@@ -100,6 +100,23 @@ impl Site {
     /// If it exits or does not start in time.
     #[must_use]
     pub fn start(&self, config: &Path, extra: &[&str], log: &Path, own_group: bool) -> Loader {
+        self.start_with_env(config, extra, &[], log, own_group)
+    }
+
+    /// [`Site::start`] with `env` set for the loader (its test settings,
+    /// such as the ring accounting's hooks).
+    ///
+    /// # Panics
+    /// As [`Site::start`].
+    #[must_use]
+    pub fn start_with_env(
+        &self,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+        own_group: bool,
+    ) -> Loader {
         let from = log_end(log);
         let stderr = fs::OpenOptions::new()
             .create(true)
@@ -109,6 +126,7 @@ impl Site {
         let mut command = self.command(&["run", "--config", &config.to_string_lossy()]);
         command
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

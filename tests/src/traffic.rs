@@ -220,7 +220,22 @@ pub fn udp_exchange(from: &str, to: &str, server: SocketAddr, count: usize) -> (
 /// If iperf3 cannot start.
 #[must_use]
 pub fn iperf3_server(ns: &str) -> Spawned {
-    let server = netns::command(ns, "iperf3")
+    iperf3_server_with(ns, &[])
+}
+
+/// [`iperf3_server`] with `wrapper` before iperf3 (for example
+/// `["mptcpize", "run"]`: the server accepts MPTCP).
+///
+/// # Panics
+/// If it cannot start.
+#[must_use]
+pub fn iperf3_server_with(ns: &str, wrapper: &[&str]) -> Spawned {
+    let (program, args) = match wrapper.split_first() {
+        Some((first, rest)) => (*first, [rest, &["iperf3"]].concat()),
+        None => ("iperf3", Vec::new()),
+    };
+    let server = netns::command(ns, program)
+        .args(args)
         .args(["-s", "-1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -3,11 +3,10 @@
 //! Expected packets are built by etherparse, and every forwarded packet's
 //! checksums are re-verified by etherparse, never by our own code.
 
-use aya::maps::Array;
 use ovpn_lb_common::{
     Reason,
-    maps::{Spray, names},
-    queue::{Drain, TunnelQueue},
+    maps::Spray,
+    queue::{Rings, TunnelQueue, count},
     schedule,
 };
 use ovpn_lb_tests::{
@@ -1450,33 +1449,28 @@ fn rare_paths_log_at_most_once_per_second_per_cpu() {
     });
 }
 
-/// A ring as the accounting would leave it: `backlog` bytes waiting, read at
-/// `ps_per_byte`, fed just now (never due a retry) unless `fed` is false.
-fn ring(backlog: u64, ps_per_byte: u64, fed: bool) -> TunnelQueue {
-    TunnelQueue {
-        enq_bytes: 1_000_000 + backlog,
-        deq_bytes: 1_000_000,
-        // In the future: "now" minus it saturates to 0, never a retry.
-        last_enq_ns: if fed { u64::MAX } else { 0 },
-        drain: Drain {
-            ps_per_byte,
-            ..Drain::default()
-        },
-        ..TunnelQueue::default()
+/// A ring as the accounting would leave it: `backlog` bytes waiting (in
+/// packets of up to 1000 bytes), read at `cost_ps` per byte, its reader
+/// reading (done with the packet it read, never taken for stopped).
+fn ring(backlog: u64, cost_ps: u64) -> TunnelQueue {
+    let mut q = TunnelQueue::default();
+    q.deq.read = 100 * count(1000);
+    q.enq.queued = q.deq.read;
+    let mut left = backlog;
+    while left > 0 {
+        q.enq.queued += count(left.min(1000));
+        left -= left.min(1000);
     }
+    q.deq.queued_at_read = q.enq.queued;
+    q.deq.cost_ps = cost_ps;
+    q.deq.stalled_after_ns = u64::MAX;
+    q
 }
 
 fn set_rings(lab: &mut Lab, rings: &[TunnelQueue]) {
-    let mut map: Array<_, TunnelQueue> = Array::try_from(
-        lab.datapath
-            .ebpf_mut()
-            .map_mut(names::TUNNEL_QUEUES)
-            .unwrap(),
-    )
-    .unwrap();
-    for (k, q) in rings.iter().enumerate() {
-        map.set(u32::try_from(k).unwrap(), *q, 0).unwrap();
-    }
+    let mut all = Rings::default();
+    all.tunnels[..rings.len()].copy_from_slice(rings);
+    lab.datapath.set_rings(&all).unwrap();
 }
 
 /// Packet spray over tunnels 0..3 with `members` compared and `path_ns`.
@@ -1502,59 +1496,126 @@ fn packet_spray_takes_the_tunnel_that_reads_the_packet_first() {
         // 2: an empty ring at 100 ns per byte = 104 µs.
         set_rings(
             lab,
-            &[
-                ring(30_000, 1000, true),
-                ring(10_000, 4000, true),
-                ring(0, 100_000, true),
-            ],
+            &[ring(30_000, 1000), ring(10_000, 4000), ring(0, 100_000)],
         );
         assert_eq!(spray_counts(lab, &frame, 5), [5, 0, 0, 0]);
         // Twice the backlog on 0 (61 µs): 1 is first now.
         set_rings(
             lab,
-            &[
-                ring(60_000, 1000, true),
-                ring(10_000, 4000, true),
-                ring(0, 100_000, true),
-            ],
+            &[ring(60_000, 1000), ring(10_000, 4000), ring(0, 100_000)],
         );
         assert_eq!(spray_counts(lab, &frame, 5), [0, 5, 0, 0]);
         // 1's path is 20 µs longer than the others' (64 µs): 0 again.
         packet_spray(lab, &[0, 1, 2], [0, 20_000, 0]);
         assert_eq!(spray_counts(lab, &frame, 5), [5, 0, 0, 0]);
-        // Nothing queued on 2 for long: the next packet tries it, whatever
-        // its estimate says.
+        packet_spray(lab, &[0, 1, 2], [0; 3]);
+        // A backlog counts however long ago anything was queued on it:
+        // 64 KB waiting on a slow reader that last read long ago (the
+        // readers here last read at 0) is never priced as free.
         set_rings(
             lab,
             &[
-                ring(0, 1000, true),
-                ring(0, 1000, true),
-                ring(1_000_000, 1_000_000, false),
+                ring(5_000, 1000),
+                ring(5_000, 1000),
+                ring(64_000, 1_000_000),
             ],
         );
-        assert_eq!(spray_counts(lab, &frame, 1), [0, 0, 1, 0]);
-        // Idle tunnels tie: the one queued to longest ago goes first (ties
-        // rotate, as the tracing programs stamp each pick's queue).
-        let idle_since = |at: u64| TunnelQueue {
-            last_enq_ns: at,
-            ..ring(0, 1000, false)
-        };
-        set_rings(lab, &[idle_since(3), idle_since(1), idle_since(2)]);
-        assert_eq!(spray_counts(lab, &frame, 1), [0, 1, 0, 0]);
-        set_rings(lab, &[idle_since(1), idle_since(3), idle_since(2)]);
-        assert_eq!(spray_counts(lab, &frame, 1), [1, 0, 0, 0]);
+        assert_eq!(spray_counts(lab, &frame, 4)[2], 0);
+        // Idle tunnels tie and take turns: each of three packets to another.
+        set_rings(lab, &[ring(0, 1000), ring(0, 1000), ring(0, 1000)]);
+        assert_eq!(spray_counts(lab, &frame, 3), [1, 1, 1, 0]);
+        // Within the packet's own drain time (1040 B at 1 ns: 1.04 µs) is a
+        // tie: 0 and 1 take turns, 2 (2 µs later) waits.
+        set_rings(lab, &[ring(1000, 1000), ring(1500, 1000), ring(3000, 1000)]);
+        assert_eq!(spray_counts(lab, &frame, 4), [2, 2, 0, 0]);
         // A tunnel out of the rotation is never compared.
         set_rings(
             lab,
-            &[
-                ring(50_000, 1000, true),
-                ring(0, 1000, true),
-                ring(50_000, 1000, true),
-            ],
+            &[ring(50_000, 1000), ring(0, 1000), ring(50_000, 1000)],
         );
         packet_spray(lab, &[0, 2], [0; 3]);
         assert_eq!(spray_counts(lab, &frame, 4).iter().sum::<u64>(), 4);
         assert_eq!(spray_counts(lab, &frame, 4)[1], 0);
+    });
+}
+
+#[test]
+fn packet_spray_passes_over_a_reader_that_stopped_or_a_full_ring() {
+    if !require_root("packet_spray_passes_over_a_reader_that_stopped_or_a_full_ring") {
+        return;
+    }
+    let frame = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(1000)).datagram());
+    with_lab(|lab| {
+        packet_spray(lab, &[0, 1, 2], [0; 3]);
+        // 1 is by far the cheapest, but its reader has not read since two
+        // packets were queued, and that was long ago (the clock of the
+        // test runs is past 1 ns): hung or paused. Passed over.
+        let mut stopped = ring(2_000, 10);
+        stopped.deq.queued_at_read = stopped.deq.read;
+        stopped.deq.stalled_after_ns = 1;
+        set_rings(lab, &[ring(30_000, 1000), stopped, ring(40_000, 1000)]);
+        assert_eq!(spray_counts(lab, &frame, 5), [5, 0, 0, 0]);
+        // Reading again (within its time): back in.
+        stopped.deq.stalled_after_ns = u64::MAX;
+        set_rings(lab, &[ring(30_000, 1000), stopped, ring(40_000, 1000)]);
+        assert_eq!(spray_counts(lab, &frame, 5), [0, 5, 0, 0]);
+        // Its ring refused a packet since its last read: full, passed over
+        // at once, until the reader reads again.
+        let mut full = ring(2_000, 10);
+        full.enq.refused = 1;
+        set_rings(lab, &[ring(30_000, 1000), full, ring(40_000, 1000)]);
+        assert_eq!(spray_counts(lab, &frame, 5), [5, 0, 0, 0]);
+        full.deq.refused_at_read = 1;
+        set_rings(lab, &[ring(30_000, 1000), full, ring(40_000, 1000)]);
+        assert_eq!(spray_counts(lab, &frame, 5), [0, 5, 0, 0]);
+        // Every tunnel stopped: round robin rather than nothing.
+        let mut refusing = ring(2_000, 10);
+        refusing.enq.refused = 1;
+        set_rings(lab, &[refusing, stopped_ring(), stopped_ring()]);
+        assert_eq!(spray_counts(lab, &frame, 6), [2, 2, 2, 0]);
+    });
+}
+
+/// A ring whose reader stopped long ago with packets waiting.
+fn stopped_ring() -> TunnelQueue {
+    let mut q = ring(2_000, 1000);
+    q.deq.queued_at_read = q.deq.read;
+    q.deq.stalled_after_ns = 1;
+    q
+}
+
+#[test]
+fn packet_spray_prices_a_gso_packet_as_the_segments_it_becomes() {
+    if !require_root("packet_spray_prices_a_gso_packet_as_the_segments_it_becomes") {
+        return;
+    }
+    // Segments of 1000 bytes: 3040 IP bytes as one packet, 3120 as the
+    // three 1040-byte packets the tunnel's ring gets (3160 as the harness
+    // counts segments, from the frame's length: 4).
+    let gso = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(3000)).datagram());
+    let sprayed = |lab: &mut Lab| {
+        let before = lab.counters();
+        for _ in 0..4 {
+            let run = lab.run(Program::Lan, &gso, 1000);
+            assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        }
+        let after = lab.counters();
+        (0..2)
+            .map(|k| after.tunnels[k].tx_packets - before.tunnels[k].tx_packets)
+            .collect::<Vec<u64>>()
+    };
+    // Tunnel 1 empty, tunnel 0 with `waiting` bytes, both at 1 ns per byte.
+    // The packet's own drain time is the tie allowance: 0 ties with 1 when
+    // `waiting` is at most what the packet is in the ring.
+    with_lab(|lab| {
+        packet_spray(lab, &[0, 1], [0; 3]);
+        // 3100 bytes: within 3160 (a tie: turns), beyond 3040 (priced as
+        // one packet, 1 would take all four).
+        set_rings(lab, &[ring(3100, 1000), ring(0, 1000)]);
+        assert_eq!(sprayed(lab), [2, 2]);
+        // 3200 bytes: beyond either, 1 takes all.
+        set_rings(lab, &[ring(3200, 1000), ring(0, 1000)]);
+        assert_eq!(sprayed(lab), [0, 4]);
     });
 }
 
@@ -1567,11 +1628,7 @@ fn packet_spray_without_ring_accounting_is_round_robin() {
     with_lab(|lab| {
         set_rings(
             lab,
-            &[
-                ring(0, 1000, true),
-                ring(90_000, 1000, true),
-                ring(90_000, 1000, true),
-            ],
+            &[ring(0, 1000), ring(90_000, 1000), ring(90_000, 1000)],
         );
         // The loader publishes no members when the accounting cannot run.
         packet_spray(lab, &[], [0; 3]);
@@ -1591,11 +1648,7 @@ fn packet_spray_over_many_tunnels_compares_two_and_remembers_the_best() {
         packet_spray(lab, &[0, 1, 0, 1, 2, 0, 1, 0, 1, 0], [0; 3]);
         set_rings(
             lab,
-            &[
-                ring(90_000, 1000, true),
-                ring(90_000, 1000, true),
-                ring(0, 1000, true),
-            ],
+            &[ring(90_000, 1000), ring(90_000, 1000), ring(0, 1000)],
         );
         let counts = spray_counts(lab, &frame, 200);
         assert_eq!(counts.iter().sum::<u64>(), 200);
@@ -1606,8 +1659,8 @@ fn packet_spray_over_many_tunnels_compares_two_and_remembers_the_best() {
 }
 
 #[test]
-fn a_tunnel_device_removed_behind_the_loaders_back_is_tunnel_gone_not_sprayed() {
-    if !require_root("a_tunnel_device_removed_behind_the_loaders_back_is_tunnel_gone_not_sprayed") {
+fn a_tunnel_device_removed_behind_the_loaders_back_is_passed_over_not_dropped() {
+    if !require_root("a_tunnel_device_removed_behind_the_loaders_back_is_passed_over_not_dropped") {
         return;
     }
     let frame = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(100)).datagram());
@@ -1620,18 +1673,39 @@ fn a_tunnel_device_removed_behind_the_loaders_back_is_tunnel_gone_not_sprayed() 
             .status()
             .unwrap();
         assert!(status.success());
-        let before = lab.counters();
-        let mut verdicts = Vec::new();
-        for _ in 0..30 {
-            verdicts.push(lab.run(Program::Lan, &frame, 0).verdict);
-        }
-        let after = lab.counters();
-        let grown =
-            |r: Reason| after.reasons[r as usize].packets - before.reasons[r as usize].packets;
-        assert_eq!(grown(Reason::TunnelGone), 10);
-        assert_eq!(grown(Reason::Sprayed), 20);
-        assert_eq!(after.tunnels[1].tx_packets, before.tunnels[1].tx_packets);
-        assert_eq!(verdicts.iter().filter(|&&v| v == TC_ACT_SHOT).count(), 10);
+        let sprayed_past = |lab: &mut Lab| {
+            let before = lab.counters();
+            let mut verdicts = Vec::new();
+            for _ in 0..30 {
+                verdicts.push(lab.run(Program::Lan, &frame, 0).verdict);
+            }
+            let after = lab.counters();
+            assert_eq!(grew(&before, &after, Reason::TunnelGone), 0);
+            assert_eq!(grew(&before, &after, Reason::Sprayed), 30);
+            assert_eq!(after.tunnels[1].tx_packets, before.tunnels[1].tx_packets);
+            let others: u64 = [0, 2]
+                .iter()
+                .map(|&k| after.tunnels[k].tx_packets - before.tunnels[k].tx_packets)
+                .sum();
+            assert_eq!(others, 30);
+            assert!(verdicts.iter().all(|&v| v == TC_ACT_REDIRECT));
+        };
+        // Round robin: its slots give their packets to the next slot's.
+        sprayed_past(lab);
+        // Packet spray, the gone tunnel the cheapest: the next best.
+        packet_spray(lab, &[0, 1, 2], [0; 3]);
+        set_rings(
+            lab,
+            &[ring(30_000, 1000), ring(0, 1000), ring(40_000, 1000)],
+        );
+        sprayed_past(lab);
+        // Flow mode, every flow on the gone tunnel: the next round-robin
+        // slot's.
+        let mut s = schedule::build(&[1, 1, 1]).unwrap();
+        s.flow = [1; ovpn_lb_common::FLOW_SLOTS];
+        lab.datapath.publish_schedule(&s).unwrap();
+        lab.set_spray(Spray::Flow);
+        sprayed_past(lab);
     });
 }
 

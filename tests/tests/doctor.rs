@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ovpn_lb_tests::{
     lab::{HOST_B, Lab, Options, Side, WAN},
-    ping::ping,
+    ping::{ping, ping_background},
     process::{all_output, wait_gone, wait_until},
     root_alone,
 };
@@ -265,26 +265,31 @@ fn lan_gro_on(lab: &Lab) {
     expect_healthy(lab, "GRO off again", Duration::from_secs(5));
 }
 
-/// The ring accounting's links all pinned, but the dequeue program looking
-/// for OpenVPN's reads in the wrong place: packets go into the rings and no
-/// read is counted, which doctor must see (the probes alone are traffic).
+/// The ring accounting's links all pinned, but its device table naming no
+/// tunnel (as a loader that lost track of a device would leave it): packets
+/// are sprayed into the tunnels and no read is counted, which doctor must
+/// see. (The table is cleared and put back here; nothing in the running
+/// lab rewrites it meanwhile.)
 fn ring_accounting_blind(lab: &Lab) {
     use aya::maps::{Array, Map, MapData};
-    use ovpn_lb_common::{maps::names, queue::KernelLayout};
-    let path = lab.layout(Side::A).maps().join(names::KERNEL_LAYOUT);
-    let open = || -> Array<MapData, KernelLayout> {
+    use ovpn_lb_common::maps::names;
+    let path = lab.layout(Side::A).maps().join(names::RING_SLOTS);
+    let open = || -> Array<MapData, u64> {
         Map::from_map_data(MapData::from_pin(&path).unwrap())
             .unwrap()
             .try_into()
             .unwrap()
     };
-    let kept = open().get(&0, 0).unwrap();
-    let blind = KernelLayout {
-        read_start: 1,
-        read_end: 2,
-        ..kept
-    };
-    open().set(0, blind, 0).unwrap();
+    let kept: Vec<(u32, u64)> = (0..open().len())
+        .map(|k| (k, open().get(&k, 0).unwrap()))
+        .filter(|&(_, entry)| entry != 0)
+        .collect();
+    assert!(!kept.is_empty(), "RING_SLOTS names no tunnel");
+    for &(k, _) in &kept {
+        open().set(k, 0, 0).unwrap();
+    }
+    // Traffic sprayed into both tunnels while doctor watches.
+    let pings = ping_background(&lab.host(Side::A), HOST_B, 400, "0.01");
     expect_problems(
         lab,
         "ring accounting counting no reads",
@@ -294,7 +299,10 @@ fn ring_accounting_blind(lab: &Lab) {
             "systemctl restart ovpn-lb",
         )],
     );
-    open().set(0, kept, 0).unwrap();
+    for &(k, entry) in &kept {
+        open().set(k, entry, 0).unwrap();
+    }
+    let _ = pings.wait();
     expect_healthy(lab, "ring accounting put right", Duration::from_secs(5));
 }
 

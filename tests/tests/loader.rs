@@ -15,8 +15,12 @@ use aya::programs::TcAttachType;
 use ovpn_lb::datapath::{
     Datapath,
     attach::{TcHook, tc_programs},
+    rings,
 };
-use ovpn_lb_common::maps::programs;
+use ovpn_lb_common::{
+    maps::programs,
+    queue::{RingHooks, TunnelQueue, unpack},
+};
 use ovpn_lb_tests::{
     gateway::{GatewayLab, Responder, TUNNEL_COUNT, http_get, sample},
     process::{run, wait_until},
@@ -250,6 +254,10 @@ fn attach_then_detach_leaves_nothing() {
     // The foreign program hands packets on, so ours still sprays them.
     assert_eq!(lab.ping(9, "0.01").wait(), (9, 9));
     let ours = pinned_links(&lab);
+    let log = loader.log_text();
+    let hooks = RingHooks::ALL
+        .into_iter()
+        .find(|h| log.contains(&format!("rings accounted by {}", h.name())));
     // SIGTERM keeps the datapath (documented), and says so.
     assert_eq!(loader.stop(SIGTERM), Some(0));
     assert_eq!(tc_names(&lab, "lan0"), ["lan_ingress", "tunnel_ingress_"]);
@@ -259,10 +267,12 @@ fn attach_then_detach_leaves_nothing() {
     assert_eq!(json["tunnels"].as_array().unwrap().len(), TUNNEL_COUNT);
     assert_eq!(json["kernel"]["tc_hook"], hook().name(), "{json}");
     let accounting = json["kernel"]["ring_accounting"] == true;
+    assert_eq!(accounting, hooks.is_some(), "{json}\n{log}");
     assert_eq!(
         ours.len(),
-        if accounting { 9 } else { 7 },
-        "LAN ingress, ingress and egress of 3 tunnels, and the two ring accounting programs where they run (packet spray): {ours:?}"
+        7 + hooks.map_or(0, |h| programs::rings(h).len()),
+        "LAN ingress, ingress and egress of 3 tunnels, and the ring accounting programs of packet spray where they run ({}): {ours:?}",
+        hooks.map_or("none", RingHooks::name)
     );
 
     let out = lab.ovpn_lb(&["detach"]);
@@ -354,8 +364,11 @@ fn restarts_lose_no_pings() {
     let metrics = lab.scrape();
     for k in 0..3 {
         let s = lab.tunnel_stats(k);
+        // Every tunnel carried its part of the 500 (packet spray passes
+        // over a reader that stalls, as the responders do on a loaded
+        // machine, so the thirds are not exact).
         assert!(
-            s.tx_packets >= 150 && s.rx_packets >= 150,
+            s.tx_packets >= 100 && s.rx_packets >= 100,
             "tunnel {k}: {s:?}"
         );
         let series = format!("ovpnlb_tunnel_tx_packets_total{{device=\"ovt{k}\",tunnel=\"{k}\"}}");
@@ -736,6 +749,89 @@ fn metrics_endpoint_survives_hostile_clients() {
 }
 
 /// `status --json` of the lab's loader.
+/// Each set of ring hooks, forced in turn (`OVPN_LB_RING_HOOKS`), runs and
+/// counts: the log, `status` and `doctor` name it, the metrics carry it,
+/// and pings through the tunnels are counted into and out of their rings.
+#[test]
+fn every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs() {
+    let Some(_alone) = root_alone() else { return };
+    let lab = GatewayLab::new(200);
+    for wanted in RingHooks::ALL {
+        let loader = lab.start_loader_with_env(&[], &[(rings::HOOKS_ENV, wanted.name())]);
+        let log = loader.log_text();
+        // A kernel may refuse a set (this machine refuses fexit programs
+        // at load, before verification: EPERM): the loader says why and
+        // takes the next.
+        let hooks = RingHooks::ALL
+            .into_iter()
+            .filter(|&h| h >= wanted)
+            .find(|h| log.contains(&format!("rings accounted by {}", h.name())))
+            .unwrap_or_else(|| panic!("{}: no hooks run:\n{log}", wanted.name()));
+        if hooks != wanted {
+            assert!(
+                log.contains(&format!("ring accounting: {}: ", wanted.name()))
+                    && (log.contains("trying the next hooks") || log.contains("not tried")),
+                "{log}"
+            );
+        }
+        // The set's links are pinned, and no other set's.
+        for t in programs::TRACING {
+            let pinned = lab.scratch.layout().tracing_link(t.name).exists();
+            let wanted = programs::rings(hooks).contains(t);
+            assert_eq!(
+                pinned,
+                wanted,
+                "{}: {} pinned {pinned}",
+                hooks.name(),
+                t.name
+            );
+        }
+        let before = lab.counters();
+        assert_eq!(lab.ping(30, "0.01").wait(), (30, 30));
+        thread::sleep(Duration::from_millis(100));
+        let after = lab.counters();
+        let grown = |f: fn(&TunnelQueue) -> u64| -> u64 {
+            after
+                .queues
+                .iter()
+                .zip(&before.queues)
+                .map(|(a, b)| f(a).wrapping_sub(f(b)))
+                .sum()
+        };
+        let queued = grown(|q| unpack(q.enq.queued).packets);
+        let read = grown(|q| unpack(q.deq.read).packets);
+        // 30 pings into the tunnels, and the probes.
+        assert!(queued >= 30, "{}: {queued} queued", hooks.name());
+        assert!(read >= 30, "{}: {read} read", hooks.name());
+        let json = status_json(&lab);
+        assert_eq!(json["ring_accounting"], hooks.name(), "{json}");
+        let doctor = lab.ovpn_lb(&["doctor", "--config", &lab.config.to_string_lossy()]);
+        let text = String::from_utf8_lossy(&doctor.stdout);
+        assert!(
+            text.contains(&format!("(hooks: {})", hooks.name())),
+            "{text}"
+        );
+        let metrics = lab.scrape();
+        let info = format!("ovpnlb_ring_accounting_info{{hooks=\"{}\"}}", hooks.name());
+        assert_eq!(sample(&metrics, &info), Some(1.0), "{metrics}");
+        assert_eq!(loader.stop(SIGTERM), Some(0));
+    }
+    // Hooks the variable does not know: refused with the names it takes,
+    // and packet spray walks the slots.
+    let loader = lab.start_loader_with_env(&[], &[(rings::HOOKS_ENV, "kprobe")]);
+    let log = loader.log_text();
+    assert!(
+        log.contains("expected fexit, tp_btf or raw_tp") && log.contains("sprays round robin"),
+        "{log}"
+    );
+    assert_eq!(
+        status_json(&lab)["ring_accounting"],
+        serde_json::Value::Null
+    );
+    assert_eq!(loader.stop(SIGTERM), Some(0));
+    assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
 fn status_json(lab: &GatewayLab) -> serde_json::Value {
     let out = lab.ovpn_lb(&["status", "--json", "--interval", "0.1"]);
     serde_json::from_slice(&out.stdout).unwrap()

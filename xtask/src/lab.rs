@@ -26,6 +26,10 @@ fn dir() -> PathBuf {
 }
 
 #[derive(clap::Args, Clone)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "command-line switches, each its own setting"
+)]
 pub struct LabArgs {
     /// Number of OpenVPN tunnels between the gateways.
     #[arg(long, default_value_t = 4)]
@@ -52,6 +56,19 @@ pub struct LabArgs {
     /// only up to about 1000000.
     #[arg(long, value_delimiter = ',', value_name = "BYTES_PER_S")]
     pub shaper: Vec<u32>,
+    /// --shaper on gateway B's tunnels too.
+    #[arg(long, requires = "shaper")]
+    pub shaper_both: bool,
+    /// One-way delay added to tunnel k's WAN path, ms, one per tunnel,
+    /// comma-separated (the last value for the rest): a UDP relay in
+    /// gateway B's namespace holds each tunnel's datagrams. Its threads run
+    /// in this process: with `lab up` they end when it returns.
+    #[arg(long, value_delimiter = ',', value_name = "MS")]
+    pub path_delay: Vec<u32>,
+    /// OpenVPN's own defaults for its queues: no `txqueuelen`, `sndbuf` or
+    /// `rcvbuf` in the generated configurations.
+    #[arg(long)]
+    pub openvpn_defaults: bool,
     /// The hosts' LAN veths send segments (TSO/GSO off), as on a real
     /// Ethernet LAN, rather than GSO super-packets.
     #[arg(long)]
@@ -126,6 +143,9 @@ impl LabArgs {
             cpu_quota_percent: self.cpu_quota,
             cpu_quota_a_only: self.cpu_quota_on == QuotaOn::A,
             shaper: self.shaper.clone(),
+            shaper_both: self.shaper_both,
+            path_delay_ms: self.path_delay.clone(),
+            openvpn_defaults: self.openvpn_defaults,
             wire_segments: self.wire_segments,
             tap: self.tap,
             hook: self.hook.clone(),

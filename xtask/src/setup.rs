@@ -31,6 +31,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "gnuplot-nox",
     "fonts-dejavu-core",
+    // The benchmark's MPTCP peer: hosts running iperf3 as MPTCP.
+    "mptcpize",
     // The booted-systemd test: its gateways are systemd-nspawn containers on
     // a Debian root that debootstrap makes.
     "systemd-container",

@@ -47,11 +47,11 @@ pub trait Hook {
     /// XDP frames have none and lose it on redirect, so their checksums are
     /// patched in place and partial ones completed before they leave.
     const KEEPS_CHECKSUM_STATE: bool;
-    /// True where what the program redirects into a tunnel is transmitted
-    /// through the device's ring, where the ring accounting sees it (an
-    /// skb). XDP frames go to a TAP device's XDP transmit, past it, so
-    /// packet spray under XDP walks the round-robin slots.
-    const RINGS_ACCOUNTED: bool;
+    /// True where packet spray picks by earliest departure. Under XDP it
+    /// walks the round-robin slots: the XDP LAN program's own stack leaves
+    /// no room for the comparison's subprograms under the verifier's 512
+    /// bytes.
+    const EARLIEST_DEPARTURE: bool;
 
     /// Start of the (linear) packet data.
     fn data(&self) -> usize;
@@ -73,6 +73,9 @@ pub trait Hook {
     fn to_this_host(&self) -> Option<bool>;
     /// Payload bytes per segment of a GSO packet, 0 for a plain one.
     fn gso_size(&self) -> u32;
+    /// Segments a GSO packet will be cut into, as the kernel counted them
+    /// (0 where it has not).
+    fn gso_segs(&self) -> u32;
     /// Adds the 32-bit difference `diff` to the L4 checksum at `offset` with
     /// the kernel helper (`csum::*` flags). Only where
     /// [`Hook::KEEPS_CHECKSUM_STATE`].

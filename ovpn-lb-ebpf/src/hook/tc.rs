@@ -29,7 +29,7 @@ fn skb(ctx: &TcContext) -> &__sk_buff {
 
 impl Hook for TcContext {
     const KEEPS_CHECKSUM_STATE: bool = true;
-    const RINGS_ACCOUNTED: bool = true;
+    const EARLIEST_DEPARTURE: bool = true;
 
     #[inline(always)]
     fn data(&self) -> usize {
@@ -74,6 +74,11 @@ impl Hook for TcContext {
     #[inline(always)]
     fn gso_size(&self) -> u32 {
         skb(self).gso_size
+    }
+
+    #[inline(always)]
+    fn gso_segs(&self) -> u32 {
+        skb(self).gso_segs
     }
 
     #[inline(always)]

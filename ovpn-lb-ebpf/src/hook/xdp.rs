@@ -13,7 +13,7 @@ use crate::log::{self, Helper};
 
 impl Hook for XdpContext {
     const KEEPS_CHECKSUM_STATE: bool = false;
-    const RINGS_ACCOUNTED: bool = false;
+    const EARLIEST_DEPARTURE: bool = false;
 
     #[inline(always)]
     fn data(&self) -> usize {
@@ -57,6 +57,11 @@ impl Hook for XdpContext {
     /// No GSO before a socket buffer exists: the frame is the packet.
     #[inline(always)]
     fn gso_size(&self) -> u32 {
+        0
+    }
+
+    #[inline(always)]
+    fn gso_segs(&self) -> u32 {
         0
     }
 

@@ -21,9 +21,13 @@ use ovpn_lb_common::{
     Prefix4, Prefix6, Reason, ReasonStats, Schedule, SiteConfig, TunnelConfig, TunnelStats,
     maps::{MAX_TUNNELS, SCHEDULE_BUFFERS, names, programs},
     probe::LocalView,
+    queue::KernelLayout,
 };
 
 use crate::{config::LpmEntries, pins::Layout};
+
+/// The ring accounting's kernel layout in the object's read-only data.
+const RING_LAYOUT: &str = "RING_LAYOUT";
 
 /// The BPF object, embedded at build time by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ovpn-lb-ebpf.o"));
@@ -152,7 +156,7 @@ impl Datapath {
     /// # Errors
     /// If the object was not built, or the kernel refuses a map or program.
     pub fn load() -> Result<Self> {
-        Self::load_with(&mut EbpfLoader::new())
+        Self::load_with(&mut EbpfLoader::new(), None)
     }
 
     /// Like [`Datapath::load`], with every map pinned by name under
@@ -160,10 +164,12 @@ impl Datapath {
     /// counters, configuration and schedule carry over. Maps an earlier build
     /// of another layout pinned are replaced, all of them: the programs it
     /// attached keep their maps until this run's programs replace them.
+    /// `rings` is where the ring accounting reads kernel memory
+    /// (`rings::kernel_layout`), if it is to run.
     ///
     /// # Errors
     /// As [`Datapath::load`]; also if an old pin cannot be removed.
-    pub fn load_pinned(layout: &Layout) -> Result<Self> {
+    pub fn load_pinned(layout: &Layout, rings: Option<&KernelLayout>) -> Result<Self> {
         let dir = layout.maps();
         let differences = pinned_layout_differences(&dir)?;
         if !differences.is_empty() {
@@ -182,15 +188,18 @@ impl Datapath {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        Self::load_with(&mut loader)
+        Self::load_with(&mut loader, rings)
     }
 
-    fn load_with(loader: &mut EbpfLoader) -> Result<Self> {
+    fn load_with<'a>(loader: &mut EbpfLoader<'a>, rings: Option<&'a KernelLayout>) -> Result<Self> {
         for &(name, entries) in LAYOUT_OVERRIDES {
             loader.map_max_entries(name, entries);
         }
         if OBJECT.is_empty() {
             bail!("the BPF object was not built into this binary: build with `cargo xtask build`");
+        }
+        if let Some(rings) = rings {
+            loader.override_global(RING_LAYOUT, rings, true);
         }
         // For whoever changes the programs: the verifier's whole walk in the
         // error when it refuses one.
@@ -344,7 +353,7 @@ impl Datapath {
         for k in stale {
             let _ = by_if.remove(&k);
         }
-        Ok(())
+        self.index_ring_devices()
     }
 
     /// The `TUNNELS` entry of `id` as the datapath holds it now.
@@ -437,7 +446,15 @@ impl Datapath {
         let mut tunnels: Array<_, TunnelConfig> =
             map(&mut self.ebpf, names::TUNNELS)?.try_into()?;
         tunnels.set(id, tunnel, 0).context("writing TUNNELS")?;
-        Ok(())
+        self.index_ring_devices()
+    }
+
+    /// `RING_SLOTS` after `TUNNEL_BY_IF`: the ring accounting's table of
+    /// our tunnel devices.
+    fn index_ring_devices(&mut self) -> Result<()> {
+        let by_if: HashMap<_, u32, u32> = self.map_ref(names::TUNNEL_BY_IF)?.try_into()?;
+        let devices: Vec<(u32, u32)> = by_if.iter().filter_map(Result::ok).collect();
+        self.sync_ring_slots(&devices)
     }
 
     /// Marks destinations in `prefix` as sprayed (`route::SPRAY`) or left to the

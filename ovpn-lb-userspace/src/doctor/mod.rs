@@ -9,7 +9,10 @@ use anyhow::Result;
 use aya::programs::TcAttachType;
 use serde::Serialize;
 
-use ovpn_lb_common::maps::{Spray, guard, programs};
+use ovpn_lb_common::{
+    maps::{Spray, guard, programs},
+    queue::{RingHooks, unpack},
+};
 
 use crate::{
     config::{self, Config, ManagementTarget, Net, guarded_prefixes},
@@ -800,17 +803,21 @@ const RING_WATCH: Duration = Duration::from_secs(1);
 fn ring_reads_counted(before: &Counters, after: &Counters, k: usize) -> Option<bool> {
     let (b, a) = (before.queues.get(k)?, after.queues.get(k)?);
     let sprayed = after.tunnels.get(k)?.tx_packets > before.tunnels.get(k)?.tx_packets;
-    let queued = a.enq_packets > b.enq_packets;
-    (sprayed || queued).then_some(a.deq_packets > b.deq_packets)
+    let packets = |c: u64| unpack(c).packets;
+    let queued = packets(a.enq.queued) != packets(b.enq.queued);
+    (sprayed || queued).then_some(packets(a.deq.read) != packets(b.deq.read))
 }
 
-/// The ring accounting is running (its links are pinned) and counts: the
-/// tunnels that had traffic in the last [`RING_WATCH`] had reads counted.
+/// The ring accounting is running (one set of hooks has all its links
+/// pinned) and counts: the tunnels that had traffic in the last
+/// [`RING_WATCH`] had reads counted.
 async fn rings_count(f: &mut Findings, layout: &Layout, state: &State) {
-    let accounted = programs::TRACING
-        .iter()
-        .all(|&(name, _)| layout.tracing_link(name).exists());
-    if !accounted {
+    let running = RingHooks::ALL.into_iter().find(|&h| {
+        programs::rings(h)
+            .iter()
+            .all(|t| layout.tracing_link(t.name).exists())
+    });
+    let Some(running) = running else {
         f.add(
             "spray",
             Severity::Warning,
@@ -818,7 +825,8 @@ async fn rings_count(f: &mut Findings, layout: &Layout, state: &State) {
             "the loader's log says why (a kernel without BTF, or /proc/kallsyms hidden from it)",
         );
         return;
-    }
+    };
+    let hooks = running.name();
     let n = u32::try_from(state.tunnels.len()).unwrap_or(0);
     let Ok(before) = Counters::read(layout, n) else {
         return;
@@ -840,7 +848,7 @@ async fn rings_count(f: &mut Findings, layout: &Layout, state: &State) {
             "spray",
             Severity::Problem,
             format!(
-                "packet spray's ring accounting counted no read on {} in the last {} s, though packets went in: its figures are wrong, and packet spray misplaces packets",
+                "packet spray's ring accounting (hooks: {hooks}) counted no read on {} in the last {} s, though packets went in: its figures are wrong, and packet spray misplaces packets",
                 uncounted.join(", "),
                 RING_WATCH.as_secs()
             ),
@@ -850,14 +858,14 @@ async fn rings_count(f: &mut Findings, layout: &Layout, state: &State) {
         f.add(
             "spray",
             Severity::Warning,
-            format!("no tunnel carried anything in the last {} s: whether packet spray's ring accounting counts is unknown", RING_WATCH.as_secs()),
+            format!("no tunnel carried anything in the last {} s: whether packet spray's ring accounting (hooks: {hooks}) counts is unknown", RING_WATCH.as_secs()),
             "run doctor again with traffic (or with probes on)",
         );
     } else {
         f.ok(
             "spray",
             format!(
-                "packet spray sees every tunnel's ring: reads counted on {}",
+                "packet spray sees every tunnel's ring (hooks: {hooks}): reads counted on {}",
                 counted.join(", ")
             ),
         );
@@ -875,7 +883,7 @@ async fn spray(f: &mut Findings, config: &Config, layout: &Layout) {
         f.add(
             "spray",
             Severity::Warning,
-            "packet spray under the XDP hook is round robin: XDP frames pass the TAP devices' rings, where the accounting cannot see them",
+            "packet spray under the XDP hook is round robin: the XDP LAN program has no room on its stack for the comparison",
             "hook = \"tc\" to place each packet by the tunnels' queues",
         );
     } else if let Some(state) = running_loader(layout) {
@@ -984,7 +992,10 @@ mod tests {
 
     #[test]
     fn ring_reads_count_only_when_packets_went_in() {
-        use ovpn_lb_common::{TunnelStats, queue::TunnelQueue};
+        use ovpn_lb_common::{
+            TunnelStats,
+            queue::{Dequeued, Enqueued, TunnelQueue, count},
+        };
         let counters = |tx: u64, enq: u64, deq: u64| Counters {
             tunnels: vec![TunnelStats {
                 tx_packets: tx,
@@ -992,9 +1003,14 @@ mod tests {
             }],
             reasons: Vec::new(),
             queues: vec![TunnelQueue {
-                enq_packets: enq,
-                deq_packets: deq,
-                ..TunnelQueue::default()
+                enq: Enqueued {
+                    queued: count(100) * enq,
+                    ..Enqueued::default()
+                },
+                deq: Dequeued {
+                    read: count(100) * deq,
+                    ..Dequeued::default()
+                },
             }],
         };
         let before = counters(10, 12, 12);

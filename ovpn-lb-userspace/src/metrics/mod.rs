@@ -21,7 +21,7 @@ use crate::{
     health::Cause,
     pins::Layout,
     probe::{RTT_BUCKETS, Rtt},
-    status::Counters,
+    status::{Counters, State},
 };
 
 /// What the exporter knows of each tunnel besides its counters.
@@ -66,6 +66,11 @@ pub struct Snapshot {
     pub announce: Option<AnnounceView>,
     /// `None` when the pinned maps cannot be read.
     pub counters: Option<Counters>,
+    /// The hooks packet spray's ring accounting runs on, from the state
+    /// file; `None` while it is off.
+    pub ring_accounting: Option<String>,
+    /// When the counters were read (monotonic ns).
+    pub now_ns: u64,
     /// The kernel and its fallbacks, as the loader's state file says.
     pub kernel: Option<crate::kernel::Report>,
 }
@@ -78,13 +83,15 @@ impl Snapshot {
         let counters = u32::try_from(view.tunnels.len())
             .ok()
             .and_then(|n| Counters::read(layout, n).ok());
-        let kernel = crate::status::State::read(layout)
-            .ok()
-            .and_then(|s| s.kernel);
+        let state = State::read(layout).ok();
+        let (ring_accounting, kernel) =
+            state.map_or((None, None), |s| (s.ring_accounting, s.kernel));
         Self {
             tunnels: view.tunnels,
             announce: view.announce,
             counters,
+            ring_accounting,
+            now_ns: crate::probe::now_ns(),
             kernel,
         }
     }
@@ -279,21 +286,40 @@ pub const FAMILIES: &[Family] = &[
         help: "Bytes queued in the tunnel device's ring, not yet read by OpenVPN (packet spray).",
         kind: Kind::Gauge,
         labels: TUNNEL,
-        samples: |s| per_tunnel_ring(s, |q| q.enq_bytes.saturating_sub(q.deq_bytes)),
+        samples: |s| per_tunnel_ring(s, |q| q.backlog().bytes),
     },
     Family {
         name: "ovpnlb_tunnel_ring_drain_bytes_per_second",
         help: "How fast OpenVPN reads the tunnel's ring while it has work (packet spray; 0 unmeasured).",
         kind: Kind::Gauge,
         labels: TUNNEL,
-        samples: |s| per_tunnel_ring(s, |q| q.drain.bytes_per_second()),
+        samples: |s| per_tunnel_ring(s, |q| q.deq.drain.bytes_per_second()),
+    },
+    Family {
+        name: "ovpnlb_tunnel_ring_reader_stopped",
+        help: "1 while OpenVPN has stopped reading the tunnel's ring (packets wait and no read for 10 ms past the one it holds, or the ring is full): packet spray passes the tunnel over.",
+        kind: Kind::Gauge,
+        labels: TUNNEL,
+        samples: |s| per_tunnel_ring(s, |q| u64::from(q.snapshot().stopped(s.now_ns))),
+    },
+    Family {
+        name: "ovpnlb_ring_accounting_info",
+        help: "The hooks packet spray's ring accounting runs on (fexit, tp_btf or raw_tp); absent while it is off.",
+        kind: Kind::Gauge,
+        labels: &["hooks"],
+        samples: |s| {
+            s.ring_accounting
+                .iter()
+                .map(|h| (vec![h.clone()], 1.0))
+                .collect()
+        },
     },
     Family {
         name: "ovpnlb_tunnel_ring_full_drops_total",
         help: "Packets the kernel dropped because the tunnel device's ring was full (packet spray).",
         kind: Kind::Counter,
         labels: TUNNEL,
-        samples: |s| per_tunnel_ring(s, |q| q.ring_full),
+        samples: |s| per_tunnel_ring(s, |q| q.enq.refused),
     },
     Family {
         name: "ovpnlb_tunnel_up",
@@ -518,7 +544,10 @@ pub fn encode(snapshot: &Snapshot) -> String {
 
 #[cfg(test)]
 mod tests {
-    use ovpn_lb_common::{ReasonStats, TunnelStats};
+    use ovpn_lb_common::{
+        ReasonStats, TunnelStats,
+        queue::{Dequeued, Enqueued, count},
+    };
 
     use super::*;
 
@@ -565,10 +594,15 @@ mod tests {
                 .collect(),
             queues: vec![
                 TunnelQueue {
-                    enq_bytes: 5000,
-                    deq_bytes: 3500,
-                    ring_full: 3,
-                    ..TunnelQueue::default()
+                    enq: Enqueued {
+                        queued: count(2000) + count(1500),
+                        refused: 3,
+                        ..Enqueued::default()
+                    },
+                    deq: Dequeued {
+                        read: count(2000),
+                        ..Dequeued::default()
+                    },
                 },
                 TunnelQueue::default(),
             ],
@@ -581,6 +615,8 @@ mod tests {
                 blocks: vec![Block::LanDown],
             }),
             counters: Some(counters),
+            ring_accounting: Some("fexit".to_owned()),
+            now_ns: 0,
             kernel: Some(crate::kernel::Report {
                 release: "6.1.0-57-amd64".into(),
                 tc_hook: "legacy-tc".into(),
@@ -616,6 +652,10 @@ mod tests {
             "ovpnlb_tunnel_weight{device=\"tun0\",tunnel=\"0\"} 2".to_owned(),
             "ovpnlb_tunnel_ring_backlog_bytes{device=\"tun0\",tunnel=\"0\"} 1500".to_owned(),
             "ovpnlb_tunnel_ring_full_drops_total{device=\"tun0\",tunnel=\"0\"} 3".to_owned(),
+            // Refused since its last read: passed over.
+            "ovpnlb_tunnel_ring_reader_stopped{device=\"tun0\",tunnel=\"0\"} 1".to_owned(),
+            "ovpnlb_tunnel_ring_reader_stopped{device=\"tu\\\"n1\",tunnel=\"1\"} 0".to_owned(),
+            "ovpnlb_ring_accounting_info{hooks=\"fexit\"} 1".to_owned(),
             format!("ovpnlb_packets_total{{outcome=\"dropped\",reason=\"no_tunnel\"}} {no_tunnel}"),
             "ovpnlb_kernel_info{release=\"6.1.0-57-amd64\",tc_hook=\"legacy-tc\"} 1".to_owned(),
             "ovpnlb_kernel_fallback{fallback=\"legacy_tc\"} 1".to_owned(),

@@ -21,6 +21,7 @@ use anyhow::{Context as _, Result};
 use ovpn_lb_common::{
     SiteConfig,
     maps::{Spray, site_flags},
+    queue::RingHooks,
     schedule,
 };
 use tokio::sync::mpsc;
@@ -61,6 +62,9 @@ pub struct Io {
     pub mounted_bpffs: Option<PathBuf>,
     /// Where the plain peers' pingers report echo replies.
     pub echo_tx: mpsc::UnboundedSender<(TunnelId, u16, u64)>,
+    /// Why the ring accounting cannot know where kernel memory is, if it
+    /// cannot (packet spray only: `rings::kernel_layout`).
+    pub rings_unknown: Option<String>,
     /// Writes the reflected probes; opened before anything was made, as a
     /// probe sender that cannot open must stop the start.
     pub sender: Option<Sender>,
@@ -90,8 +94,11 @@ pub struct Daemon {
     routes: Option<(Option<RouteTarget>, Option<RouteTarget>)>,
     /// The live schedule's weights and path delays.
     published: Option<(Vec<u32>, Vec<u32>)>,
-    /// Packet spray compares the tunnels' rings: their accounting runs.
-    rings: bool,
+    /// Packet spray compares the tunnels' rings: their accounting runs, on
+    /// these hooks.
+    rings: Option<RingHooks>,
+    /// Why the ring accounting cannot run, if it cannot.
+    rings_unknown: Option<String>,
     /// What the kernel offers and the fallbacks in force.
     features: crate::kernel::Report,
     views: Views,
@@ -144,6 +151,7 @@ impl Daemon {
             views,
             mounted_bpffs,
             echo_tx,
+            rings_unknown,
             sender,
             previous,
         } = io;
@@ -178,7 +186,8 @@ impl Daemon {
             retiring,
             routes: None,
             published: None,
-            rings: false,
+            rings: None,
+            rings_unknown,
             features: crate::kernel::Report::default(),
             views,
             // Kept on record until `detach`, whatever this configuration says.
@@ -305,31 +314,60 @@ impl Daemon {
         Ok(())
     }
 
-    /// Switches the ring accounting on where packet spray can use it (tc),
-    /// off elsewhere; true if it runs. Where it cannot run, packet spray
-    /// walks the round-robin slots, and says so.
-    fn account_rings(&mut self) -> bool {
-        let packet = self.config.spray == Spray::Packet;
-        if !packet || self.config.hook == Hook::Xdp {
-            if packet {
-                log::warn!(
-                    "spray = \"packet\" under the XDP hook sprays round robin: XDP frames pass a TAP device's ring unseen"
-                );
-            }
-            if let Err(e) = self.datapath.stop_accounting(&self.layout) {
-                log::warn!("switching the ring accounting off: {}", short(&e));
-            }
+    /// Switches the ring accounting on where packet spray can use it, on
+    /// the best hooks the kernel takes, off elsewhere; which hooks run.
+    /// Where it cannot run, packet spray walks the round-robin slots, and
+    /// says so (the kernel report names why).
+    fn account_rings(&mut self) -> Option<RingHooks> {
+        if self.config.spray != Spray::Packet {
+            self.stop_accounting();
             self.features.accounting(false, None);
-            return false;
+            return None;
         }
-        let attached = match crate::kernel::ring_accounting_blocker() {
-            Some(why) => Err(anyhow::anyhow!(why)),
-            None => rings::kernel_layout()
-                .and_then(|layout| self.datapath.account_rings(&self.layout, layout)),
+        if self.config.hook == Hook::Xdp {
+            // The XDP LAN program walks the slots whatever is accounted:
+            // its stack leaves no room for the comparison. A choice of
+            // configuration, not a kernel's fallback.
+            log::warn!(
+                "spray = \"packet\" under the XDP hook sprays round robin: the XDP LAN program has no room for the comparison"
+            );
+            self.stop_accounting();
+            self.features.accounting(false, None);
+            return None;
+        }
+        let chosen = match &self.rings_unknown {
+            Some(why) => Err(anyhow::anyhow!("{why}")),
+            None => rings::hooks_to_try().and_then(|hooks| {
+                // Hooks this kernel lacks are not tried.
+                let (hooks, blocked): (Vec<_>, Vec<_>) = hooks
+                    .into_iter()
+                    .map(|h| (h, crate::kernel::ring_hooks_blocker(h)))
+                    .partition(|(_, why)| why.is_none());
+                let blocked: Vec<String> = blocked
+                    .into_iter()
+                    .map(|(h, why)| format!("{}: {}", h.name(), why.unwrap_or_default()))
+                    .collect();
+                for b in &blocked {
+                    log::info!("ring accounting: {b}; not tried");
+                }
+                let hooks: Vec<RingHooks> = hooks.into_iter().map(|(h, _)| h).collect();
+                if hooks.is_empty() {
+                    anyhow::bail!("{}", blocked.join("; "));
+                }
+                let (h, failed) = self.datapath.account_rings(&self.layout, &hooks)?;
+                for f in failed {
+                    log::info!("ring accounting: {f}; trying the next hooks");
+                }
+                Ok(h)
+            }),
         };
-        match attached {
-            Ok(()) => {
-                log::info!("packet spray: each packet takes the tunnel it leaves by first");
+        match chosen {
+            Ok(h) => {
+                log::info!(
+                    "packet spray: each packet takes the tunnel it leaves by first; rings accounted by {} ({})",
+                    h.name(),
+                    describe_hooks(h)
+                );
                 self.features.accounting(true, None);
                 let lan = &self.config.lan.interface;
                 if crate::facts::gro_enabled(lan).unwrap_or(false) {
@@ -337,17 +375,22 @@ impl Daemon {
                         "{lan} merges received TCP segments (GRO): packet spray places each merged packet whole, which reorders; `ethtool -K {lan} gro off` lets it place every segment"
                     );
                 }
-                true
+                Some(h)
             }
             Err(e) => {
-                // Half attached would count enqueues without reads.
-                if let Err(stop) = self.datapath.stop_accounting(&self.layout) {
-                    log::warn!("switching the ring accounting off: {}", short(&stop));
-                }
+                // Half attached would count enqueues without reads. The
+                // kernel report's fallback carries the warning.
+                self.stop_accounting();
                 let why = format!("it cannot see the tunnels' rings ({})", short(&e));
                 self.features.accounting(false, Some(&why));
-                false
+                None
             }
+        }
+    }
+
+    fn stop_accounting(&mut self) {
+        if let Err(e) = self.datapath.stop_accounting(&self.layout) {
+            log::warn!("switching the ring accounting off: {}", short(&e));
         }
     }
 
@@ -380,7 +423,7 @@ impl Daemon {
                 return false;
             }
             // Packet spray would see an unfollowed queue as idle for ever.
-            if self.rings
+            if self.rings.is_some()
                 && let Some(why) = l.driver.why_no_ring()
             {
                 log::warn!(
@@ -427,7 +470,7 @@ impl Daemon {
                 .datapath
                 .tunnel(id)
                 .is_ok_and(|e| e.ifindex == new_ifindex);
-            if !same && let Err(e) = self.datapath.reset_queue(id) {
+            if !same && let Err(e) = self.datapath.reset_queue(id, now_ns()) {
                 log::warn!("{label}: {}", short(&e));
             }
         }
@@ -709,7 +752,7 @@ impl Daemon {
             match schedule::build(&weights)
                 .map_err(|e| anyhow::anyhow!("{e:?}"))
                 .and_then(|mut s| {
-                    if !self.rings {
+                    if self.rings.is_none() {
                         // Nothing to compare: round robin.
                         s.members_len = 0;
                     }
@@ -860,6 +903,7 @@ impl Daemon {
             config: self.config_path.display().to_string(),
             spray: self.config.spray.name().into(),
             hook: self.config.hook.name().into(),
+            ring_accounting: self.rings.map(|h| h.name().to_owned()),
             neighbours: self.neighbours.clone(),
             lan_interface: self.config.lan.interface.clone(),
             wan_guard: self.edges.wan.keys().cloned().collect(),
@@ -958,6 +1002,15 @@ fn probe_state(t: &Tunnel) -> Option<ProbeState> {
         loss: t.tracker.loss(now_ns(), 1_000_000_000),
         kept_by_traffic: t.kept_by_traffic,
     })
+}
+
+/// What each set of ring hooks is, for the log.
+fn describe_hooks(h: RingHooks) -> &'static str {
+    match h {
+        RingHooks::Fexit => "fexit on tun_do_read and tun_xdp_xmit, tp_btf on net_dev_xmit",
+        RingHooks::BtfTracepoint => "tp_btf on net_dev_xmit and consume_skb",
+        RingHooks::RawTracepoint => "raw tracepoints on net_dev_xmit and consume_skb",
+    }
 }
 
 fn report(a: &Attachment, iface: &str, how: Attached, hook: attach::TcHook) {

@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     config,
-    datapath::Datapath,
+    datapath::{Datapath, rings},
     detach,
     facts::Facts,
     metrics::{self, Snapshot, Views},
@@ -184,9 +184,16 @@ async fn start(
     previous: Option<State>,
     mounted_bpffs: Option<std::path::PathBuf>,
 ) -> Result<(Daemon, Sources)> {
+    let started = std::time::Instant::now();
     let listener = metrics::server::bind(config.metrics_listen).await?;
     log::info!("hook: {}", config.hook_reason);
-    let mut datapath = Datapath::load_pinned(layout)?;
+    // Packet spray's ring accounting reads kernel memory at offsets the
+    // object must carry when it loads.
+    let ring_layout =
+        (config.spray == ovpn_lb_common::maps::Spray::Packet).then(rings::kernel_layout);
+    let mut datapath =
+        Datapath::load_pinned(layout, ring_layout.as_ref().and_then(|r| r.as_ref().ok()))?;
+    let rings_unknown = ring_layout.and_then(Result::err).map(|e| format!("{e:#}"));
     if config.hook == config::Hook::Xdp
         && let Some(why) = datapath.xdp_unavailable()
     {
@@ -236,12 +243,16 @@ async fn start(
         views,
         mounted_bpffs,
         echo_tx,
+        rings_unknown,
         sender,
         previous,
     };
     let mut daemon = Daemon::new(config, config_path, layout, io);
     daemon.start(&facts, followed).await?;
-    log::info!("{running}");
+    log::info!(
+        "{running} (started in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
     let sources = Sources {
         netlink: netlink_events,
         management,

@@ -24,7 +24,10 @@ use ovpn_lb_tests::lab::{Lab, Options, Side};
 
 use super::{
     BenchArgs,
-    end_to_end::iperf::{Run, delta, iperf, nstat},
+    end_to_end::{
+        Congestion,
+        iperf::{Run, delta, iperf, nstat},
+    },
     machine_line, median, spread,
 };
 use crate::tools::{release_loader, workspace_root};
@@ -89,7 +92,7 @@ fn sample(lab: &Lab, seconds: u32) -> Result<Sample> {
     let fragments_before: Vec<_> = gateways.iter().map(|g| nstat(g)).collect();
     let cpu_before = openvpn_run_time_ns(lab);
     let started = Instant::now();
-    let run = iperf(lab, seconds)?;
+    let run = iperf(lab, seconds, Congestion::Cubic, false)?;
     let elapsed = started.elapsed().as_secs_f64();
     #[expect(
         clippy::cast_precision_loss,

@@ -7,10 +7,12 @@
 //! through veth namespaces driven by trafgen, for plain routing, nftables and
 //! ovpn-lb, as ratios to plain routing.
 //!
-//! End to end (`end_to_end`): the goodput of one CUBIC flow through N real
+//! End to end (`end_to_end`): the goodput of one TCP flow through N real
 //! OpenVPN tunnels under conditions that limit them (CPU quota, equal and
-//! unequal shapers), for one tunnel and, at each N, ovpn-lb round robin,
-//! ovpn-lb packet mode and nftables numgen; efficiency = goodput / (N x one
+//! unequal shapers, unequal path delays), the hosts sending wire segments
+//! or GSO super-packets with CUBIC or BBR, for one tunnel and, at each N,
+//! ovpn-lb round robin, ovpn-lb packet mode, nftables numgen and MPTCP on
+//! the hosts; efficiency = goodput / (N x one
 //! tunnel), or / the sum of the single tunnels when they differ. Plus a
 //! trace of each tunnel's backlog under round robin and packet mode.
 //!
@@ -49,7 +51,8 @@ pub struct BenchArgs {
     pub cpu_quota: u32,
     /// End-to-end conditions, comma-separated: quota (every OpenVPN at
     /// --cpu-quota), quota-a (gateway A's only), shaped (every tunnel at
-    /// --shaper), unequal (--unequal-shapers).
+    /// --shaper), unequal (--unequal-shapers), delay (--shaper, and
+    /// --path-delays). --matrix: all of them.
     #[arg(
         long,
         value_enum,
@@ -57,6 +60,35 @@ pub struct BenchArgs {
         default_value = "quota,shaped,unequal"
     )]
     pub conditions: Vec<end_to_end::Condition>,
+    /// How the hosts send, comma-separated: segments (wire segments), gso
+    /// (GSO super-packets). Every condition runs each.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "segments,gso"
+    )]
+    pub lan: Vec<Lan>,
+    /// The hosts' congestion control, comma-separated: cubic, bbr.
+    /// --matrix: both.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "cubic")]
+    pub congestion: Vec<end_to_end::Congestion>,
+    /// The whole end-to-end matrix: every condition, both ways of sending,
+    /// CUBIC and BBR (long: about 8 hours at the defaults on 2 cores).
+    #[arg(long)]
+    pub matrix: bool,
+    /// Condition delay: tunnel k's one-way WAN delay, ms, comma-separated
+    /// (N tunnels take the first N).
+    #[arg(long, value_delimiter = ',', default_value = "5,5,30,30")]
+    pub path_delays: Vec<u32>,
+    /// Shape only gateway A's OpenVPN (default: both gateways', as an
+    /// operator shapes both ends of a link).
+    #[arg(long)]
+    pub one_sided_shaping: bool,
+    /// Give OpenVPN the generator's txqueuelen, sndbuf and rcvbuf (default:
+    /// OpenVPN's own defaults, as an operator's existing configuration has).
+    #[arg(long)]
+    pub tuned_openvpn: bool,
     /// Condition shaped: each tunnel's OpenVPN --shaper, bytes/s (OpenVPN
     /// shapes only up to about 1000000).
     #[arg(long, default_value_t = 1_000_000)]
@@ -108,7 +140,41 @@ pub struct BenchArgs {
     pub scale_out_load_seconds: u32,
 }
 
+/// How the hosts send (`--lan`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lan {
+    /// Wire segments: TSO/GSO off at the hosts, GRO off at the gateways.
+    Segments,
+    /// GSO super-packets: the hosts' veths' defaults.
+    Gso,
+}
+
 impl BenchArgs {
+    /// `--matrix` applied: every condition, both ways of sending, both
+    /// congestion controls.
+    pub fn with_matrix(mut self) -> Self {
+        if self.matrix {
+            self.conditions = end_to_end::Condition::ALL.to_vec();
+            self.lan = vec![Lan::Segments, Lan::Gso];
+            self.congestion = vec![end_to_end::Congestion::Cubic, end_to_end::Congestion::Bbr];
+        }
+        self
+    }
+
+    /// Every hosts' setting each condition runs: `--congestion` x `--lan`.
+    pub fn hosts(&self) -> Vec<end_to_end::Hosts> {
+        let mut out = Vec::new();
+        for &congestion in &self.congestion {
+            for &lan in &self.lan {
+                out.push(end_to_end::Hosts {
+                    segments: lan == Lan::Segments,
+                    congestion,
+                });
+            }
+        }
+        out
+    }
+
     /// The tunnel counts measured, ascending, --tunnels among them.
     pub fn sweep(&self) -> Vec<usize> {
         let mut sweep = if self.sweep.is_empty() {
@@ -178,6 +244,7 @@ pub(super) fn machine() -> String {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let args = &args.clone().with_matrix();
     if !is_root() {
         bail!("the benchmark builds network namespaces: run as root");
     }

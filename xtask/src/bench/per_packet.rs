@@ -11,7 +11,6 @@ use std::{fmt::Write as _, path::Path, time::Instant};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::Array,
     programs::{
         Program, ProgramError, SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp,
     },
@@ -19,8 +18,8 @@ use aya::{
 use ovpn_lb::datapath::Datapath;
 use ovpn_lb_common::{
     Prefix4, Prefix6, TunnelConfig,
-    maps::{Spray, framing, names, programs, route},
-    queue::{Drain, TunnelQueue},
+    maps::{Spray, framing, programs, route},
+    queue::{Rings, count},
     schedule,
 };
 use ovpn_lb_tests::{
@@ -118,11 +117,13 @@ impl Bench {
             datapath.set_our_xlat_v4(t.xlat_v4, id)?;
         }
         let mut floor = Ebpf::load_file(floor_object).context("loading the floor program")?;
-        let prog: &mut SchedClassifier = floor
-            .program_mut("bench_floor")
-            .ok_or_else(|| anyhow!("no bench_floor"))?
-            .try_into()?;
-        prog.load()?;
+        for name in ["bench_floor", "bench_floor_clock"] {
+            let prog: &mut SchedClassifier = floor
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("no {name}"))?
+                .try_into()?;
+            prog.load()?;
+        }
         let prog: &mut Xdp = floor
             .program_mut("bench_floor_xdp")
             .ok_or_else(|| anyhow!("no bench_floor_xdp"))?
@@ -161,32 +162,19 @@ impl Bench {
     }
 
     /// Rings as the accounting leaves them under load, so that packet spray
-    /// prices every tunnel in full: fed just now (no retry shortcut), some
-    /// backlog, a measured drain rate, a packet being read.
+    /// prices every tunnel in full: some backlog, a measured drain rate, a
+    /// reader reading (never taken for stopped).
     fn fill_rings(&mut self, tunnels: usize) -> Result<()> {
-        let map = self
-            .datapath
-            .ebpf_mut()
-            .map_mut(names::TUNNEL_QUEUES)
-            .ok_or_else(|| anyhow!("no map {}", names::TUNNEL_QUEUES))?;
-        let mut rings: Array<_, TunnelQueue> = Array::try_from(map)?;
-        for k in 0..tunnels {
-            let id = u32::try_from(k)?;
-            let ring = TunnelQueue {
-                enq_bytes: 1_000_000 + 1500 * u64::from(id % 5),
-                deq_bytes: 1_000_000,
-                last_enq_ns: u64::MAX,
-                last_deq_ns: 0,
-                last_len: 1500,
-                drain: Drain {
-                    ps_per_byte: 1000 + u64::from(id) * 10,
-                    ..Drain::default()
-                },
-                ..TunnelQueue::default()
-            };
-            rings.set(id, ring, 0)?;
+        let mut rings = Rings::default();
+        for (k, q) in rings.tunnels.iter_mut().enumerate().take(tunnels) {
+            let id = u64::try_from(k)?;
+            q.deq.read = 1000 * count(1500);
+            q.enq.queued = q.deq.read + (id % 5 + 1) * count(1500);
+            q.deq.queued_at_read = q.enq.queued;
+            q.deq.cost_ps = 1000 + id * 10;
+            q.deq.stalled_after_ns = u64::MAX;
         }
-        Ok(())
+        self.datapath.set_rings(&rings)
     }
 
     /// An empty program of the floor object: `bench_floor` (tc) or
@@ -595,6 +583,22 @@ fn measure_with_floors(
     Ok((per_path, floor))
 }
 
+/// The floor with a clock read and the floor itself, interleaved over
+/// `rounds`: (median, median) ns/packet.
+fn clock_read(bench: &mut Bench, rounds: usize) -> Result<(f64, f64)> {
+    let (mut clock, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (name, out) in [
+            ("bench_floor_clock", &mut clock),
+            ("bench_floor", &mut floor),
+        ] {
+            let prog = Prog::Tc(bench.floor_program::<SchedClassifier>(name)?);
+            out.push(run_ns(prog, &[tcp4(40000)], 0)?);
+        }
+    }
+    Ok((median(clock), median(floor)))
+}
+
 fn info(bench: &mut Bench, program: &str) -> Result<(u32, u32)> {
     bench.info(program)
 }
@@ -621,6 +625,7 @@ pub fn run(floor_object: &Path, rounds: usize) -> Result<(String, Vec<(String, f
             let i = bench.floor_program::<SchedClassifier>("bench_floor")?.info()?;
             (i.size_translated().unwrap_or(0) / 8, i.size_jitted())
         };
+        let clock = clock_read(&mut bench, rounds)?;
         let mut md = String::new();
         let mut plot = Vec::new();
         let _ = writeln!(md, "Per packet through `BPF_PROG_TEST_RUN` (tc), {RUNS} single runs per path per round, {rounds} rounds interleaved, median (min-max). Floor: an empty tc program, {floor:.1} ns ({} insns, {} B jited).\n", floor_info.0, floor_info.1);
@@ -634,6 +639,7 @@ pub fn run(floor_object: &Path, rounds: usize) -> Result<(String, Vec<(String, f
             let _ = writeln!(md, "| {} | {m:.1} ({lo:.1}-{hi:.1}) | {:.1} | {:.2} | `{}` | {insns} | {jited} |", p.name, m - floor, median(ratios.clone()), p.program);
             plot.push((p.name.to_owned(), median(ratios)));
         }
+        let _ = writeln!(md, "\nFloor + clock read (the empty tc program with one `bpf_ktime_get_ns`, same method, interleaved with the floor): {:.1} ns, {:+.1} ns above the floor.", clock.0, clock.0 - clock.1);
         let _ = writeln!(md, "\nScaling (same method): the work per packet should not grow with tunnels or flows.\n");
         let _ = writeln!(md, "| case | ns/packet | above floor | vs the first row of its group |");
         let _ = writeln!(md, "| --- | ---: | ---: | ---: |");

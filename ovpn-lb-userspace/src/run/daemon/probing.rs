@@ -109,7 +109,8 @@ impl Daemon {
             }
             // Behind traffic, a probe measures that wait, not the path (read
             // before the probe itself joins the ring).
-            let behind = self.rings && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at));
+            let behind =
+                self.rings.is_some() && self.datapath.queue(t.id.raw()).is_ok_and(|q| !q.idle(at));
             let seq = t.tracker.send(at);
             if behind {
                 t.tracker.queued_behind_traffic();

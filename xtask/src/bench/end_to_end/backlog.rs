@@ -35,7 +35,10 @@ use ovpn_lb_tests::{
     netns,
 };
 
-use super::iperf::{Run, iperf};
+use super::{
+    iperf::{Run, iperf},
+    variant::Congestion,
+};
 
 /// Time between samples.
 pub const EVERY: Duration = Duration::from_millis(10);
@@ -161,7 +164,7 @@ fn backlog(rest: &Reading, drift: &[(f64, f64)], now: &Reading, t: f64) -> Sampl
 /// Probes (the loader's own, and the far gateway's reflected back) enter
 /// the rings without being counted as sprayed, at a steady rate; that rate
 /// is measured over [`CALIBRATION`] at rest before the flow and taken off.
-pub fn trace(lab: &Lab, seconds: f64) -> Result<Trace> {
+pub fn trace(lab: &Lab, seconds: f64, congestion: Congestion) -> Result<Trace> {
     let devices: Vec<String> = (0..lab.options.tunnels).map(|k| lab.dev(k)).collect();
     let gw = lab.gw(Side::A);
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -198,7 +201,7 @@ pub fn trace(lab: &Lab, seconds: f64) -> Result<Trace> {
             Ok(samples)
         });
         let _ = ready_rx.recv();
-        let run = iperf(lab, flow_seconds);
+        let run = iperf(lab, flow_seconds, congestion, false);
         let samples = sampling
             .join()
             .map_err(|_| anyhow!("the backlog sampler panicked"))?

@@ -1,18 +1,17 @@
-//! One measured TCP flow: iperf3 from host A to host B with CUBIC, and the
-//! kernel counters around it (nstat) on the hosts and on the far gateway.
+//! One measured TCP flow: iperf3 from host A to host B with the congestion
+//! control asked for (a namespace would inherit the host's default), and
+//! the kernel counters around it (nstat) on the hosts and on the far
+//! gateway.
 
 use std::collections::BTreeMap;
 
+use super::variant::Congestion;
 use anyhow::{Context as _, Result, bail};
 use ovpn_lb_tests::{
-    lab::{Forwarding, HOST_B, Lab, Side},
+    lab::{Forwarding, HOST_B, Lab, Side, mptcp_address},
     netns,
-    traffic::iperf3_server,
+    traffic::iperf3_server_with,
 };
-
-/// The congestion control every run asks for (a namespace inherits the
-/// host's default, which may be another).
-pub const CONGESTION_CONTROL: &str = "cubic";
 
 /// One iperf3 run's outcome.
 #[derive(Clone, Copy, Debug, Default)]
@@ -74,14 +73,26 @@ fn departures(lab: &Lab) -> u64 {
     }
 }
 
-/// One CUBIC flow from host A to host B for `seconds`.
-pub fn iperf(lab: &Lab, seconds: u32) -> Result<Run> {
+/// One flow from host A to host B for `seconds` under `congestion`; with
+/// `mptcp`, both ends run iperf3 under `mptcpize` and the client binds to
+/// host A's address for the first path (`Lab::mptcp_paths`).
+pub fn iperf(lab: &Lab, seconds: u32, congestion: Congestion, mptcp: bool) -> Result<Run> {
     let (ha, hb, gb) = (lab.host(Side::A), lab.host(Side::B), lab.gw(Side::B));
-    let server = iperf3_server(&hb);
+    let wrapper: &[&str] = if mptcp { &["mptcpize", "run"] } else { &[] };
+    let server = iperf3_server_with(&hb, wrapper);
     let (sa, sb, sg) = (nstat(&ha), nstat(&hb), nstat(&gb));
     let left = departures(lab);
-    let out = netns::command(&ha, "iperf3")
-        .args(["-J", "-c", HOST_B, "-C", CONGESTION_CONTROL])
+    let bind = mptcp_address(0);
+    let mut client = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = netns::command(&ha, program);
+            c.args(rest).arg("iperf3").args(["-B", &bind]);
+            c
+        }
+        None => netns::command(&ha, "iperf3"),
+    };
+    let out = client
+        .args(["-J", "-c", HOST_B, "-C", congestion.name()])
         .args(["-t", &seconds.to_string()])
         .output()
         .context("running iperf3")?;

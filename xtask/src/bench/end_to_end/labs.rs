@@ -1,8 +1,9 @@
 //! The labs of one condition, all up at once (idle ones only exchange
 //! OpenVPN pings): one without ovpn-lb, whose gateways route the far LAN
-//! through each tunnel in turn for the single-tunnel baselines and spray it
-//! with nftables numgen over the first N tunnels; and one ovpn-lb lab per N
-//! and spray mode. The hosts' LAN setting (wire segments or GSO aggregates)
+//! through each tunnel in turn for the single-tunnel baselines, spray it
+//! with nftables numgen over the first N tunnels, or route host A's MPTCP
+//! subflows one per tunnel; and one ovpn-lb lab per N
+//! and spray mode. The hosts' LAN setting (wire segments or GSO super-packets)
 //! is switched per run.
 
 use std::{path::Path, thread};
@@ -121,9 +122,9 @@ impl Labs {
             Mode::OvpnLb(spray) => self
                 .ovpn_lb(variant.tunnels, spray)
                 .expect("a lab for every ovpn-lb variant"),
-            Mode::Single(_) | Mode::Numgen => &self.kernel,
+            Mode::Single(_) | Mode::Numgen | Mode::Mptcp => &self.kernel,
         };
-        lab.set_wire_segments(variant.segments);
+        lab.set_wire_segments(variant.hosts.segments);
         let guards = match variant.mode {
             Mode::Single(_) => {
                 let k = variant.single_tunnel(round, self.max).unwrap_or(0);
@@ -133,6 +134,11 @@ impl Labs {
             Mode::Numgen => {
                 lab.route_all_through(0);
                 lab.numgen(variant.tunnels)
+            }
+            Mode::Mptcp => {
+                lab.route_all_through(0);
+                lab.mptcp_paths(variant.tunnels);
+                Vec::new()
             }
             Mode::OvpnLb(_) => Vec::new(),
         };

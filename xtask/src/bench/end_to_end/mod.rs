@@ -1,11 +1,11 @@
-//! End to end: the goodput of one TCP flow (iperf3, CUBIC) from host A to
-//! host B through N real OpenVPN tunnels.
+//! End to end: the goodput of one TCP flow (iperf3, CUBIC or BBR) from
+//! host A to host B through N real OpenVPN tunnels.
 //!
 //! - `condition`: what limits the tunnels (CPU quota, equal or unequal
-//!   OpenVPN shapers);
+//!   OpenVPN shapers, unequal path delays);
 //! - `variant`: what is measured under each: one tunnel, and at each N
 //!   ovpn-lb round robin, ovpn-lb packet mode and nftables numgen, with
-//!   wire segments (and on GSO aggregates where the condition asks);
+//!   wire segments and GSO super-packets, and MPTCP on the hosts beside;
 //! - `labs`: the labs of a condition, built side by side;
 //! - `iperf`: one flow and its kernel counters;
 //! - `results`: runs per variant and round, ratios within a round;
@@ -36,6 +36,7 @@ use anyhow::{Result, bail};
 use ovpn_lb::config::file::Spray;
 
 pub use condition::Condition;
+pub use variant::{Congestion, Hosts};
 
 use self::{
     labs::Labs,
@@ -97,7 +98,7 @@ fn one_condition(
 ) -> Result<Measured> {
     let started = Instant::now();
     let sweep = args.sweep();
-    let variants = variant::list(condition, &sweep);
+    let variants = variant::list(condition, &sweep, &args.hosts());
     println!(
         "bench: condition {}: {}; building its labs",
         condition.name(),
@@ -127,14 +128,15 @@ fn one_condition(
             stop_if(interrupted)?;
             let v = &variants[i];
             let (lab, numgen) = labs.prepare(v, round);
-            let r = iperf::iperf(lab, args.seconds)?;
+            let mptcp = v.mode == Mode::Mptcp;
+            let r = iperf::iperf(lab, args.seconds, v.hosts.congestion, mptcp)?;
             drop(numgen);
             println!(
                 "bench: {} round {}/{} {}: {:.2} Mbit/s, {} retransmits, {} reorder events, {} out-of-order segments, {} far-side UDP drops, {} tunnel departures",
                 condition.name(),
                 round + 1,
                 args.rounds,
-                progress_name(args, v, round, labs.max()),
+                progress_name(args, condition, v, round, labs.max()),
                 r.mbit_per_s,
                 r.retransmits,
                 r.reorder,
@@ -153,7 +155,7 @@ fn one_condition(
                 continue;
             };
             lab.set_wire_segments(true);
-            let t = backlog::trace(lab, args.trace_seconds)?;
+            let t = backlog::trace(lab, args.trace_seconds, args.hosts()[0].congestion)?;
             println!(
                 "bench: {} backlog trace, {n} tunnels, {}: {} samples, {:.2} Mbit/s",
                 condition.name(),
@@ -174,8 +176,14 @@ fn one_condition(
 }
 
 /// A variant's name in the progress lines: a single tunnel says which.
-fn progress_name(args: &BenchArgs, v: &Variant, round: usize, max: usize) -> String {
-    let label = v.label(args);
+fn progress_name(
+    args: &BenchArgs,
+    condition: Condition,
+    v: &Variant,
+    round: usize,
+    max: usize,
+) -> String {
+    let label = v.label(args, condition);
     match (v.mode, v.single_tunnel(round, max)) {
         (Mode::Single(None), Some(k)) => format!("{label} (tun{k})"),
         _ => label,

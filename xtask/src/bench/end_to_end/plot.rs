@@ -48,7 +48,7 @@ fn goodput_panel(dir: &Path, gp: &mut String, m: &Measured) -> Result<()> {
     for v in m.variants.iter().filter(|v| !v.is_baseline()) {
         if !series
             .iter()
-            .any(|s| s.mode == v.mode && s.segments == v.segments)
+            .any(|s| s.mode == v.mode && s.hosts == v.hosts)
         {
             series.push(*v);
         }
@@ -57,7 +57,7 @@ fn goodput_panel(dir: &Path, gp: &mut String, m: &Measured) -> Result<()> {
     for s in &series {
         for (i, v) in m.variants.iter().enumerate() {
             if v.mode == s.mode
-                && v.segments == s.segments
+                && v.hosts == s.hosts
                 && let Some(g) = m.stat(i, |r| r.mbit_per_s)
             {
                 let _ = writeln!(
@@ -71,14 +71,10 @@ fn goodput_panel(dir: &Path, gp: &mut String, m: &Measured) -> Result<()> {
     }
     let counts: BTreeSet<usize> = m.variants.iter().map(|v| v.tunnels).chain([1]).collect();
     // The ideal per LAN setting measured, each a gnuplot index after the series.
-    let lan: Vec<bool> = if m.condition.with_aggregates() {
-        vec![true, false]
-    } else {
-        vec![true]
-    };
-    for &segments in &lan {
+    let lan = m.hosts();
+    for &hosts in &lan {
         for &n in &counts {
-            if let Some(ideal) = m.ideal(n, segments) {
+            if let Some(ideal) = m.ideal(n, hosts) {
                 let _ = writeln!(dat, "{n}\t{ideal:.3}");
             }
         }
@@ -96,8 +92,8 @@ fn goodput_panel(dir: &Path, gp: &mut String, m: &Measured) -> Result<()> {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let colour = COLORS[i % 3];
-            let dash = if s.segments { 1 } else { 2 };
+            let colour = COLORS[i % COLORS.len()];
+            let dash = lan.iter().position(|&h| h == s.hosts).unwrap_or(0) + 1;
             format!(
                 "\"{}\" index {i} using 1:2:3:4 with yerrorlines lw 2 pt 7 dt {dash} lc rgb \"{colour}\" title \"{}\"",
                 file.display(),
@@ -110,12 +106,9 @@ fn goodput_panel(dir: &Path, gp: &mut String, m: &Measured) -> Result<()> {
     } else {
         "N x one tunnel"
     };
-    for (i, &segments) in lan.iter().enumerate() {
-        let (grey, what) = if segments {
-            ("gray40", "")
-        } else {
-            ("gray70", ", GSO aggregates")
-        };
+    for (i, &hosts) in lan.iter().enumerate() {
+        let grey = if i == 0 { "gray40" } else { "gray70" };
+        let what = hosts.suffix();
         plot.push(format!(
             "\"{}\" index {} using 1:2 with linespoints dt 3 lw 2 pt 4 lc rgb \"{grey}\" title \"{ideal}{what}\"",
             file.display(),

@@ -8,7 +8,6 @@ use ovpn_lb::config::file::Spray;
 use super::{
     backlog::{EVERY, Trace},
     condition::Condition,
-    iperf::CONGESTION_CONTROL,
     results::{Measured, Stat},
     variant::spray_label,
 };
@@ -33,20 +32,8 @@ pub fn condition(args: &BenchArgs, m: &Measured) -> String {
     };
     let _ = writeln!(
         t,
-        "One iperf3 {} flow host A -> host B, {} s per run, {} rounds interleaved, median (min-max). Wire segments on: the hosts' LAN veths send TCP segments (TSO/GSO off), as an Ethernet NIC puts them on the wire{}. Efficiency = goodput / {baseline}{}. \"vs round robin\" = goodput / ovpn-lb round robin's at the same N in the same round. Far gateway UDP drops: gateway B's `UdpRcvbufErrors` (its OpenVPN did not keep up). Tunnel departures: times gateway A's loader took a tunnel out of its rotation during the run (its probes unanswered, as behind a ring full of seconds of data).\n",
-        CONGESTION_CONTROL.to_uppercase(),
-        args.seconds,
-        args.rounds,
-        if c.with_aggregates() {
-            "; rows marked \"GSO aggregates\" leave TSO/GSO on, so that each GSO super-packet is sprayed whole"
-        } else {
-            ""
-        },
-        if c.with_aggregates() {
-            ", with the same LAN setting as the row"
-        } else {
-            ""
-        }
+        "One iperf3 flow host A -> host B (CUBIC unless the row says BBR), {} s per run, {} rounds interleaved, median (min-max). The hosts' LAN veths send TCP segments (TSO/GSO off, the gateways' GRO off), as an Ethernet NIC puts them on the wire, unless the row says \"GSO super-packets\" (TSO/GSO on: each super-packet reaches the gateway, and is sprayed, whole, as behind a virtual switch or a NIC with GRO). Efficiency = goodput / {baseline}, with the same hosts' setting as the row. \"vs round robin\" = goodput / ovpn-lb round robin's at the same N in the same round. Far gateway UDP drops: gateway B's `UdpRcvbufErrors` (its OpenVPN did not keep up). Tunnel departures: times gateway A's loader took a tunnel out of its rotation during the run (its probes unanswered, as behind a ring full of seconds of data).\n",
+        args.seconds, args.rounds,
     );
     let _ = writeln!(
         t,
@@ -73,7 +60,7 @@ pub fn condition(args: &BenchArgs, m: &Measured) -> String {
         let _ = writeln!(
             t,
             "| {} | {:.2} ({:.2}-{:.2}) | {efficiency} | {} | {} | {} | {} | {} | {} |",
-            v.label(args),
+            v.label(args, c),
             g.median,
             g.min,
             g.max,

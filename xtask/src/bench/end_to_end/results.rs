@@ -8,7 +8,7 @@ use super::{
     backlog::Trace,
     condition::Condition,
     iperf::Run,
-    variant::{Mode, Variant},
+    variant::{Hosts, Mode, Variant},
 };
 use crate::bench::{median, spread};
 
@@ -63,11 +63,10 @@ impl Measured {
 
     /// What `v`'s goodput in `round` is measured against: N x the round's
     /// single tunnel, or with unequal tunnels the sum of the round's single
-    /// goodputs of the N tunnels used; the same LAN setting (segments or
-    /// aggregates) throughout.
+    /// goodputs of the N tunnels used; the same hosts' setting throughout.
     pub fn baseline(&self, v: &Variant, round: usize) -> Option<f64> {
         let single = |k: Option<usize>| {
-            let i = self.find(|b| b.mode == Mode::Single(k) && b.segments == v.segments)?;
+            let i = self.find(|b| b.mode == Mode::Single(k) && b.hosts == v.hosts)?;
             self.goodput(i, round)
         };
         if self.condition.unequal() {
@@ -94,7 +93,7 @@ impl Measured {
         let Some(rr) = self.find(|b| {
             b.mode == Mode::OvpnLb(Spray::RoundRobin)
                 && b.tunnels == v.tunnels
-                && b.segments == v.segments
+                && b.hosts == v.hosts
         }) else {
             return Vec::new();
         };
@@ -110,12 +109,23 @@ impl Measured {
         Stat::of(&self.runs[i].iter().map(f).collect::<Vec<_>>())
     }
 
+    /// The hosts' settings measured, in order of first appearance.
+    pub fn hosts(&self) -> Vec<Hosts> {
+        let mut out: Vec<Hosts> = Vec::new();
+        for v in &self.variants {
+            if !out.contains(&v.hosts) {
+                out.push(v.hosts);
+            }
+        }
+        out
+    }
+
     /// The ideal goodput at N tunnels (the baseline's median over rounds).
-    pub fn ideal(&self, tunnels: usize, segments: bool) -> Option<f64> {
+    pub fn ideal(&self, tunnels: usize, hosts: Hosts) -> Option<f64> {
         let v = Variant {
             mode: Mode::Numgen,
             tunnels,
-            segments,
+            hosts,
         };
         let rounds = self.runs.iter().map(Vec::len).max().unwrap_or(0);
         let per_round: Vec<f64> = (0..rounds)

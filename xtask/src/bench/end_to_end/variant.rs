@@ -1,11 +1,12 @@
 //! What is measured under each condition: one tunnel, and at each N of the
-//! sweep ovpn-lb's round robin, ovpn-lb's packet mode and nftables numgen,
-//! with the hosts sending wire segments, and where the condition asks for
-//! it the same on GSO aggregates.
+//! sweep ovpn-lb's round robin, ovpn-lb's packet mode, nftables numgen and
+//! MPTCP on the hosts,
+//! for every setting of the hosts the run asks for (wire segments or GSO
+//! super-packets, CUBIC or BBR).
 
 use ovpn_lb::config::file::Spray;
 
-use super::condition::{Condition, thousands};
+use super::condition::Condition;
 use crate::bench::BenchArgs;
 
 /// How a flow crosses the tunnels.
@@ -18,6 +19,51 @@ pub enum Mode {
     OvpnLb(Spray),
     /// nftables `numgen inc mod N` on both gateways.
     Numgen,
+    /// No spray: the hosts run the flow as MPTCP, one subflow per tunnel
+    /// (`Lab::mptcp_paths`), what multipath users get by changing them.
+    Mptcp,
+}
+
+/// The hosts' congestion control.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Congestion {
+    Cubic,
+    Bbr,
+}
+
+impl Congestion {
+    /// As iperf3's `-C` and the report name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cubic => "cubic",
+            Self::Bbr => "bbr",
+        }
+    }
+}
+
+/// How the hosts send: what a variant's baseline must share with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hosts {
+    /// Wire segments (TSO/GSO off, the gateways' GRO off); false: GSO
+    /// super-packets, as hosts behind a virtual switch send them.
+    pub segments: bool,
+    pub congestion: Congestion,
+}
+
+impl Hosts {
+    /// For labels: `, GSO super-packets, BBR`; nothing for wire segments and
+    /// CUBIC.
+    pub fn suffix(self) -> String {
+        let mut s = String::new();
+        if !self.segments {
+            s.push_str(", GSO super-packets");
+        }
+        if self.congestion != Congestion::Cubic {
+            s.push_str(", ");
+            s.push_str(&self.congestion.name().to_uppercase());
+        }
+        s
+    }
 }
 
 /// One row of a condition's table.
@@ -26,15 +72,16 @@ pub struct Variant {
     pub mode: Mode,
     /// Tunnels sprayed over (1 for a single tunnel).
     pub tunnels: usize,
-    /// The hosts send wire segments (false: GSO aggregates).
-    pub segments: bool,
+    pub hosts: Hosts,
 }
 
-/// The sprayed modes, in table order.
-pub const SPRAYED: [Mode; 3] = [
+/// The modes over N tunnels, in table order: the sprayed ones and the
+/// MPTCP peer.
+pub const SPRAYED: [Mode; 4] = [
     Mode::OvpnLb(Spray::RoundRobin),
     Mode::OvpnLb(Spray::Packet),
     Mode::Numgen,
+    Mode::Mptcp,
 ];
 
 /// A spray mode as the report names it.
@@ -66,23 +113,16 @@ impl Variant {
             Mode::Single(_) => "plain routing".to_owned(),
             Mode::OvpnLb(spray) => format!("ovpn-lb {}", spray_label(spray)),
             Mode::Numgen => "nftables numgen".to_owned(),
+            Mode::Mptcp => "MPTCP (hosts changed)".to_owned(),
         };
-        if self.segments {
-            name
-        } else {
-            format!("{name}, GSO aggregates")
-        }
+        format!("{name}{}", self.hosts.suffix())
     }
 
     /// The row's label in the report.
-    pub fn label(&self, args: &BenchArgs) -> String {
+    pub fn label(&self, args: &BenchArgs, condition: Condition) -> String {
         let lead = match self.mode {
             Mode::Single(Some(k)) => {
-                let rate = args.unequal_shapers.get(k).or(args.unequal_shapers.last());
-                format!(
-                    "1 tunnel (tun{k}, {} B/s)",
-                    rate.map_or_else(|| "?".to_owned(), |&r| thousands(r))
-                )
+                format!("1 tunnel (tun{k}, {})", condition.tunnel_note(args, k))
             }
             Mode::Single(None) => "1 tunnel".to_owned(),
             _ => format!("{} tunnels", self.tunnels),
@@ -91,17 +131,12 @@ impl Variant {
     }
 }
 
-/// Every variant of `condition` for the tunnel counts in `sweep`: the
-/// baselines first.
-pub fn list(condition: Condition, sweep: &[usize]) -> Vec<Variant> {
+/// Every variant of `condition` for the tunnel counts in `sweep` and each
+/// of `hosts`: the baselines first.
+pub fn list(condition: Condition, sweep: &[usize], hosts: &[Hosts]) -> Vec<Variant> {
     let max = sweep.iter().copied().max().unwrap_or(1);
-    let lan = if condition.with_aggregates() {
-        vec![true, false]
-    } else {
-        vec![true]
-    };
     let mut v = Vec::new();
-    for &segments in &lan {
+    for &h in hosts {
         let singles: Vec<Mode> = if condition.unequal() {
             (0..max).map(|k| Mode::Single(Some(k))).collect()
         } else {
@@ -110,15 +145,15 @@ pub fn list(condition: Condition, sweep: &[usize]) -> Vec<Variant> {
         v.extend(singles.into_iter().map(|mode| Variant {
             mode,
             tunnels: 1,
-            segments,
+            hosts: h,
         }));
     }
-    for &segments in &lan {
+    for &h in hosts {
         for &tunnels in sweep {
             v.extend(SPRAYED.iter().map(|&mode| Variant {
                 mode,
                 tunnels,
-                segments,
+                hosts: h,
             }));
         }
     }
