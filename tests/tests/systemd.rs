@@ -20,7 +20,7 @@ use std::{
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ovpn_lb::{pins::Layout, status::Counters};
@@ -364,11 +364,20 @@ fn upgrade(lab: &Lab, a: &Machine) {
         silence <= 100,
         "{silence} pings (10 ms apart) unanswered across the upgrade"
     );
-    let journal = a.must("journalctl -u ovpn-lb --no-pager");
-    assert!(
-        journal.contains("of another build's layout"),
-        "the new loader did not replace the maps:\n{journal}"
-    );
+    // The new loader may still be starting (reading the kernel's BTF takes
+    // seconds on a loaded machine) when the ping window ends.
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let journal = a.must("journalctl -u ovpn-lb --no-pager");
+        if journal.contains("of another build's layout") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new loader did not replace the maps within 60 s:\n{journal}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     wait_all_up(a);
     eprintln!("upgrade: longest silence {silence} pings of 10 ms");
 }
