@@ -71,8 +71,6 @@ pub mod names {
 
 /// Program names in the object.
 pub mod programs {
-    use crate::queue::RingHooks;
-
     pub const LAN_INGRESS: &str = "lan_ingress";
     pub const TUNNEL_INGRESS: &str = "tunnel_ingress";
     pub const TUNNEL_INGRESS_ETH: &str = "tunnel_ingress_eth";
@@ -125,16 +123,6 @@ pub mod programs {
     /// Tracing programs of earlier versions, whose pinned links the loader
     /// removes.
     pub const RETIRED_TRACING: &[&str] = &["tunnel_enqueue", "tunnel_dequeue"];
-
-    /// The programs that account the rings with `hooks`.
-    #[must_use]
-    pub const fn rings(hooks: RingHooks) -> &'static [Tracing] {
-        match hooks {
-            RingHooks::Fexit => &[RING_ENQUEUE, RING_READ, RING_ENQUEUE_XDP],
-            RingHooks::BtfTracepoint => &[RING_ENQUEUE, RING_READ_CONSUMED],
-            RingHooks::RawTracepoint => &[RING_ENQUEUE_RAW, RING_READ_CONSUMED_RAW],
-        }
-    }
 
     /// How a tracing program attaches.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]

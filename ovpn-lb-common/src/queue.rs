@@ -36,7 +36,7 @@
 //! Everything here is pure arithmetic on one tunnel's figures, shared by the
 //! BPF programs (which own the state) and the loader (which reports it).
 
-use crate::maps::MAX_TUNNELS;
+use crate::maps::{MAX_TUNNELS, programs};
 
 /// A drain rate sample covers at least this much busy time: shorter windows
 /// measure the reader's burstiness, not its rate.
@@ -554,6 +554,20 @@ pub enum RingHooks {
 }
 
 impl RingHooks {
+    /// The programs that account the rings with this set.
+    #[must_use]
+    pub const fn programs(self) -> &'static [programs::Tracing] {
+        use programs::{
+            RING_ENQUEUE, RING_ENQUEUE_RAW, RING_ENQUEUE_XDP, RING_READ, RING_READ_CONSUMED,
+            RING_READ_CONSUMED_RAW,
+        };
+        match self {
+            RingHooks::Fexit => &[RING_ENQUEUE, RING_READ, RING_ENQUEUE_XDP],
+            RingHooks::BtfTracepoint => &[RING_ENQUEUE, RING_READ_CONSUMED],
+            RingHooks::RawTracepoint => &[RING_ENQUEUE_RAW, RING_READ_CONSUMED_RAW],
+        }
+    }
+
     /// Best first.
     pub const ALL: [Self; 3] = [Self::Fexit, Self::BtfTracepoint, Self::RawTracepoint];
 

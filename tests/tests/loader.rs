@@ -270,7 +270,7 @@ fn attach_then_detach_leaves_nothing() {
     assert_eq!(accounting, hooks.is_some(), "{json}\n{log}");
     assert_eq!(
         ours.len(),
-        7 + hooks.map_or(0, |h| programs::rings(h).len()),
+        7 + hooks.map_or(0, |h| h.programs().len()),
         "LAN ingress, ingress and egress of 3 tunnels, and the ring accounting programs of packet spray where they run ({}): {ours:?}",
         hooks.map_or("none", RingHooks::name)
     );
@@ -777,7 +777,7 @@ fn every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs() {
         // The set's links are pinned, and no other set's.
         for t in programs::TRACING {
             let pinned = lab.scratch.layout().tracing_link(t.name).exists();
-            let wanted = programs::rings(hooks).contains(t);
+            let wanted = hooks.programs().contains(t);
             assert_eq!(
                 pinned,
                 wanted,

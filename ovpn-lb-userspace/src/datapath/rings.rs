@@ -148,7 +148,7 @@ impl Datapath {
         let btf = KernelBtf::from_sys_fs().context("reading the kernel's BTF");
         for &h in hooks {
             let attached = match &btf {
-                Ok(btf) => self.attach_tracing(pins, programs::rings(h), btf),
+                Ok(btf) => self.attach_tracing(pins, h.programs(), btf),
                 Err(_) if h == RingHooks::RawTracepoint => self.attach_raw(pins),
                 Err(e) => Err(anyhow!("{e:#}")),
             };
@@ -165,7 +165,7 @@ impl Datapath {
     }
 
     fn attach_raw(&mut self, pins: &Layout) -> Result<()> {
-        for t in programs::rings(RingHooks::RawTracepoint) {
+        for t in RingHooks::RawTracepoint.programs() {
             let program = typed::<RawTracePoint>(&mut self.ebpf, t.name)?;
             if program.fd().is_err() {
                 program

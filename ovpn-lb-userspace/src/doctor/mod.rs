@@ -10,7 +10,7 @@ use aya::programs::TcAttachType;
 use serde::Serialize;
 
 use ovpn_lb_common::{
-    maps::{Spray, guard, programs},
+    maps::{Spray, guard},
     queue::{RingHooks, unpack},
 };
 
@@ -813,7 +813,7 @@ fn ring_reads_counted(before: &Counters, after: &Counters, k: usize) -> Option<b
 /// [`RING_WATCH`] had reads counted.
 async fn rings_count(f: &mut Findings, layout: &Layout, state: &State) {
     let running = RingHooks::ALL.into_iter().find(|&h| {
-        programs::rings(h)
+        h.programs()
             .iter()
             .all(|t| layout.tracing_link(t.name).exists())
     });
