@@ -7,8 +7,10 @@
 //!   encoding for the maps (`encode`);
 //! - `tunnel` and `health`: one runtime record per tunnel; `announce`:
 //!   whether this gateway may be sent traffic (marker routes, health file);
-//! - `datapath`: the BPF object, its maps and attaching (`attach`);
-//! - `kernel`: what the running kernel offers, and the fallbacks;
+//! - `datapath`: the BPF object, its maps and attaching (`attach`), and
+//!   what the running kernel offers it with the fallbacks (`kernel`);
+//! - `kernel`: the `ovpn-lb kernel` command; `tun`: tun/TAP devices made
+//!   by this process;
 //! - `kernel_path`: the policy rules and table for what the kernel forwards;
 //! - `netlink`: everything said to the kernel over netlink; `facts`: a
 //!   snapshot of its devices; `openvpn`: the management client;
@@ -34,4 +36,5 @@ pub mod pins;
 pub mod probe;
 pub mod run;
 pub mod status;
+pub mod tun;
 pub mod tunnel;

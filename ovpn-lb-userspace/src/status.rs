@@ -61,7 +61,7 @@ pub struct State {
     pub mounted_bpffs: Option<std::path::PathBuf>,
     /// What the kernel offers and the fallbacks in force.
     #[serde(default)]
-    pub kernel: Option<crate::kernel::Report>,
+    pub kernel: Option<crate::datapath::kernel::Report>,
     /// `[announce]`: whether this gateway announces, and why.
     #[serde(default)]
     pub announce: Option<AnnounceState>,
@@ -260,7 +260,7 @@ pub struct Report {
     pub wan_guard: Vec<String>,
     pub interval_seconds: f64,
     /// The kernel, how tc programs attach, and the fallbacks in force.
-    pub kernel: Option<crate::kernel::Report>,
+    pub kernel: Option<crate::datapath::kernel::Report>,
     /// `[announce]`: whether the gateway announces, and why; null without it.
     pub announce: Option<AnnounceState>,
     pub tunnels: Vec<TunnelReport>,
@@ -730,11 +730,11 @@ mod tests {
             lan_interface: "lan".to_owned(),
             wan_guard: vec!["eth0".to_owned()],
             interval_seconds: 1.0,
-            kernel: Some(crate::kernel::Report {
+            kernel: Some(crate::datapath::kernel::Report {
                 release: "6.1.0-57-amd64".to_owned(),
                 tc_hook: "legacy-tc".to_owned(),
                 ring_accounting: false,
-                fallbacks: vec![crate::kernel::Fallback {
+                fallbacks: vec![crate::datapath::kernel::Fallback {
                     name: "legacy_tc".to_owned(),
                     what: "tc programs attach as cls_bpf filters on a clsact qdisc".to_owned(),
                 }],

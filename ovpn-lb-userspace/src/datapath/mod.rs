@@ -1,8 +1,10 @@
 //! The loaded BPF object and typed writes to its maps: the only place userspace
-//! touches the datapath's state. Attaching programs is in `attach`.
+//! touches the datapath's state. Attaching programs is in `attach`; what the
+//! running kernel offers, and the fallbacks, in `kernel`.
 
 pub mod attach;
 mod btf;
+pub mod kernel;
 pub mod rings;
 
 use std::{
@@ -211,7 +213,7 @@ impl Datapath {
         // is attached.
         let refused = |name: &str, e: aya::programs::ProgramError| {
             let detail = format!("{e:#}");
-            let reason = crate::kernel::refusal(name, &detail);
+            let reason = kernel::refusal(name, &detail);
             anyhow!(detail).context(reason)
         };
         for &name in programs::TC {
@@ -224,7 +226,7 @@ impl Datapath {
         let mut xdp_unavailable = (!crate::netlink::netdev::available()).then(|| {
             format!(
                 "Linux {} has no netdev netlink family (6.3+), so no drivers' XDP features, which the XDP hook needs",
-                crate::kernel::release()
+                kernel::release()
             )
         });
         if xdp_unavailable.is_none() {
@@ -233,7 +235,7 @@ impl Datapath {
                 // verifier that refuses its programs (Ubuntu 24.04's 6.8
                 // refuses `lan_ingress_xdp`) leaves the hook out, stated.
                 if let Err(e) = typed::<Xdp>(&mut ebpf, name)?.load() {
-                    xdp_unavailable = Some(crate::kernel::xdp_refusal(name, &format!("{e:#}")));
+                    xdp_unavailable = Some(kernel::xdp_refusal(name, &format!("{e:#}")));
                     break;
                 }
             }
@@ -251,8 +253,8 @@ impl Datapath {
     /// What this kernel offers and the fallbacks in force (the ring
     /// accounting's is added when it is tried).
     #[must_use]
-    pub fn kernel_report(&self) -> crate::kernel::Report {
-        crate::kernel::Report::new(
+    pub fn kernel_report(&self) -> kernel::Report {
+        kernel::Report::new(
             self.tc_hook,
             &self.tc_hook_reason,
             self.xdp_unavailable.as_deref(),

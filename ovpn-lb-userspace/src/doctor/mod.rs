@@ -919,7 +919,7 @@ fn kernel(f: &mut Findings, layout: &Layout) {
         .and_then(|s| s.kernel)
         .unwrap_or_else(|| {
             let (hook, why) = crate::datapath::attach::TcHook::detect();
-            crate::kernel::Report::new(hook, &why, None)
+            crate::datapath::kernel::Report::new(hook, &why, None)
         });
     if report.fallbacks.is_empty() {
         f.ok(

@@ -72,7 +72,7 @@ pub struct Snapshot {
     /// When the counters were read (monotonic ns).
     pub now_ns: u64,
     /// The kernel and its fallbacks, as the loader's state file says.
-    pub kernel: Option<crate::kernel::Report>,
+    pub kernel: Option<crate::datapath::kernel::Report>,
 }
 
 impl Snapshot {
@@ -245,7 +245,7 @@ pub const FAMILIES: &[Family] = &[
             s.kernel
                 .iter()
                 .flat_map(|k| {
-                    crate::kernel::FALLBACKS.iter().map(|&name| {
+                    crate::datapath::kernel::FALLBACKS.iter().map(|&name| {
                         let on = k.fallbacks.iter().any(|f| f.name == name);
                         (vec![name.to_owned()], if on { 1.0 } else { 0.0 })
                     })
@@ -617,11 +617,11 @@ mod tests {
             counters: Some(counters),
             ring_accounting: Some("fexit".to_owned()),
             now_ns: 0,
-            kernel: Some(crate::kernel::Report {
+            kernel: Some(crate::datapath::kernel::Report {
                 release: "6.1.0-57-amd64".into(),
                 tc_hook: "legacy-tc".into(),
                 ring_accounting: false,
-                fallbacks: vec![crate::kernel::Fallback {
+                fallbacks: vec![crate::datapath::kernel::Fallback {
                     name: "legacy_tc".into(),
                     what: "tc programs attach as filters".into(),
                 }],

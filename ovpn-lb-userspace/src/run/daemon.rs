@@ -100,7 +100,7 @@ pub struct Daemon {
     /// Why the ring accounting cannot run, if it cannot.
     rings_unknown: Option<String>,
     /// What the kernel offers and the fallbacks in force.
-    features: crate::kernel::Report,
+    features: crate::datapath::kernel::Report,
     views: Views,
     neighbours: Vec<ManagedNeighbour>,
     mounted_bpffs: Option<PathBuf>,
@@ -188,7 +188,7 @@ impl Daemon {
             published: None,
             rings: None,
             rings_unknown,
-            features: crate::kernel::Report::default(),
+            features: crate::datapath::kernel::Report::default(),
             views,
             // Kept on record until `detach`, whatever this configuration says.
             neighbours: previous.neighbours,
@@ -341,7 +341,7 @@ impl Daemon {
                 // Hooks this kernel lacks are not tried.
                 let (hooks, blocked): (Vec<_>, Vec<_>) = hooks
                     .into_iter()
-                    .map(|h| (h, crate::kernel::ring_hooks_blocker(h)))
+                    .map(|h| (h, crate::datapath::kernel::ring_hooks_blocker(h)))
                     .partition(|(_, why)| why.is_none());
                 let blocked: Vec<String> = blocked
                     .into_iter()
