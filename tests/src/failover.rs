@@ -637,24 +637,9 @@ pub fn bystander_events(lab: &Lab, fault: Fault) -> u64 {
     );
     let host = 2 + faulty.pair;
     let (v4, v6) = (format!(".{host}"), format!("::{host:x}"));
-    let down: u64 = Side::BOTH
-        .iter()
-        .map(|&side| {
-            let v = lab.router_frr(side).json("show bfd peers counters json");
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| {
-                    let addr = p["peer"].as_str().unwrap_or_default();
-                    !(ends_session
-                        && side == faulty.side
-                        && (addr.ends_with(&v4) || addr.ends_with(&v6)))
-                })
-                // bfdd's own key (not `session-down-events`: no such key, always 0).
-                .filter_map(|p| p["session-down"].as_u64())
-                .sum::<u64>()
-        })
-        .sum();
+    let down = lab.bfd_session_downs(|side, peer| {
+        ends_session && side == faulty.side && (peer.ends_with(&v4) || peer.ends_with(&v6))
+    });
     transitions + down
 }
 

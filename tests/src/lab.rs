@@ -469,6 +469,25 @@ impl Lab {
         }
     }
 
+    /// BFD sessions gone down so far on both sites' routers, by bfdd's own
+    /// counters, but those of the peers `except` names (site, address).
+    #[must_use]
+    pub fn bfd_session_downs(&self, except: impl Fn(Side, &str) -> bool) -> u64 {
+        Side::BOTH
+            .iter()
+            .map(|&side| {
+                let v = self.router_frr(side).json("show bfd peers counters json");
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| !except(side, p["peer"].as_str().unwrap_or_default()))
+                    // bfdd's own key (not `session-down-events`: no such key, always 0).
+                    .filter_map(|p| p["session-down"].as_u64())
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Gateway `gw`'s keepalived (VRRP), from its generated configuration.
     #[must_use]
     pub fn keepalived(&self, gw: impl Into<Gw>) -> Keepalived {

@@ -62,6 +62,19 @@ pub struct Transfer {
     pub peer: SocketAddr,
 }
 
+impl Transfer {
+    /// Asserts that all `bytes` arrived, hash intact, from the real source
+    /// address `from` (no translation left over).
+    ///
+    /// # Panics
+    /// If any of these differs.
+    pub fn assert_intact(&self, bytes: usize, from: &str) {
+        assert_eq!(self.received_bytes, bytes, "bytes received");
+        assert_eq!(self.received_sha256, self.sent_sha256, "SHA-256 differs");
+        assert_eq!(self.peer.ip().to_string(), from, "the real source arrives");
+    }
+}
+
 /// Sends `bytes` of pseudo-random data over one TCP connection from namespace
 /// `from` to `listen` (an address inside namespace `to`), hashing both ends.
 /// `during` runs while the data flows.

@@ -90,6 +90,20 @@ fn route_map(t: &mut String, nets: &[Net], name: &str, marker: Option<u32>) {
     }
 }
 
+/// A `router bgp` block's opening: no graceful restart, since a withdrawn
+/// gateway must stop drawing traffic at once, not after a restart timer.
+fn router_bgp(t: &mut String, asn: u32, router_id: &str) {
+    let _ = write!(
+        t,
+        "!\n\
+         router bgp {asn}\n\
+         \x20bgp router-id {router_id}\n\
+         \x20bgp log-neighbor-changes\n\
+         \x20no bgp default ipv4-unicast\n\
+         \x20bgp graceful-restart-disable\n"
+    );
+}
+
 /// A BFD profile of 100 ms x 3.
 fn bfd_profile(t: &mut String) {
     let _ = write!(
@@ -202,17 +216,7 @@ pub fn gateway_conf(plan: &Plan, side: Side, routing: &SiteHa) -> String {
     );
     // The BFD profile before the sessions that name it.
     bfd_profile(&mut t);
-    let _ = write!(
-        t,
-        "!\n\
-         router bgp {}\n\
-         \x20bgp router-id {}\n\
-         \x20bgp log-neighbor-changes\n\
-         \x20no bgp default ipv4-unicast\n\
-         \x20bgp graceful-restart-disable\n",
-        routing.asn,
-        router_id(own),
-    );
+    router_bgp(&mut t, routing.asn, &router_id(own));
     for r in &routing.router {
         neighbor(
             &mut t,
@@ -290,18 +294,8 @@ pub fn router_conf(plans: &[Plan], side: Side, routing: &SiteHa) -> String {
         "! Out: nothing; the gateways need no routes from the router.\nroute-map OVPNLB-TO-GATEWAYS deny 10\nexit\n!"
     );
     bfd_profile(&mut t);
-    let _ = write!(
-        t,
-        "!\n\
-         router bgp {}\n\
-         \x20bgp router-id {}\n\
-         \x20bgp log-neighbor-changes\n\
-         \x20no bgp default ipv4-unicast\n\
-         \x20bgp graceful-restart-disable\n\
-         \x20bgp bestpath as-path multipath-relax\n",
-        routing.router_asn,
-        router_id(&routing.router),
-    );
+    router_bgp(&mut t, routing.router_asn, &router_id(&routing.router));
+    let _ = writeln!(t, " bgp bestpath as-path multipath-relax");
     let mut neighbors = Vec::new();
     for plan in plans {
         for a in &routing.gateways[plan.pair] {

@@ -217,20 +217,7 @@ fn gone(base: &Path, tries: usize, interrupted: &AtomicBool) -> Result<Tries> {
 /// BFD sessions that went down on both routers while `seconds` of full
 /// load ran (iperf3, 8 flows each way); (flaps, goodput Mbit/s).
 fn full_load(lab: &Lab, seconds: u32) -> Result<(u64, f64)> {
-    let down_events = |lab: &Lab| -> u64 {
-        Side::BOTH
-            .iter()
-            .map(|&side| {
-                let v = lab.router_frr(side).json("show bfd peers counters json");
-                v.as_array()
-                    .into_iter()
-                    .flatten()
-                    // bfdd's own key (not `session-down-events`: no such key, always 0).
-                    .filter_map(|p| p["session-down"].as_u64())
-                    .sum::<u64>()
-            })
-            .sum()
-    };
+    let down_events = |lab: &Lab| lab.bfd_session_downs(|_, _| false);
     let before = down_events(lab);
     let server = iperf3_server(&lab.host(Side::B));
     let out = netns::command(&lab.host(Side::A), "iperf3")
