@@ -223,8 +223,9 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
     let out = workspace_root().join("target/kernels");
     fs::create_dir_all(&out)?;
     // One snapshot per run: runs of other kernels may go on beside this one.
-    let snapshot_dir = out.join(format!("exe-{}", std::process::id()));
-    let executables = snapshot(&test_executables()?, &snapshot_dir)?;
+    sweep_snapshots(&out);
+    let snapshot_dir = RemovedOnDrop(out.join(format!("exe-{}", std::process::id())));
+    let executables = snapshot(&test_executables()?, &snapshot_dir.0)?;
     let loader = loader_binary(&executables);
     let wanted = |label: &str| args.only.is_empty() || args.only.iter().any(|o| o == label);
     let (accel, why) = Accel::choose();
@@ -291,9 +292,8 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
             trouble,
         });
     }
-    // The guests are gone; a copy left by a run that was killed is not
-    // worth hunting for (the next run with its process id empties it).
-    let _ = fs::remove_dir_all(&snapshot_dir);
+    // The guests are gone: their copies with them.
+    drop(snapshot_dir);
     let table = table(&rows);
     fs::write(out.join("report.md"), &table)?;
     eprintln!("\n{table}\n(kernels: {})", out.join("report.md").display());
@@ -437,6 +437,32 @@ fn running(
 
 /// Where the tests find the `ovpn-lb` binary they run.
 const LOADER_ENV: &str = "OVPN_LB_BIN";
+
+/// A directory removed when the run ends, by error or by success.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the snapshots (`exe-PID`) of runs whose process is gone: a run
+/// killed by a signal has no chance to remove its own.
+fn sweep_snapshots(out: &Path) {
+    let Ok(entries) = fs::read_dir(out) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("exe-")) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
 
 /// Copies of `executables` in `dir` (emptied first), which the steps run.
 /// A guest reads the host's tree over 9p with `cache=loose`: an executable
@@ -681,6 +707,26 @@ mod tests {
             )
         );
         assert_eq!(left_out(&KernelsArgs::default()), None);
+    }
+
+    #[test]
+    fn copies_of_killed_runs_are_swept_and_a_live_runs_kept() {
+        let root = std::env::temp_dir().join(format!("xtask-sweep-{}", std::process::id()));
+        let live = root.join(format!("exe-{}", std::process::id()));
+        // Above the kernel's pid_max (4194304 at most): no such process.
+        let killed = root.join("exe-4194305");
+        let other = root.join("debian-12");
+        for d in [&live, &killed, &other] {
+            fs::create_dir_all(d).unwrap();
+        }
+        sweep_snapshots(&root);
+        assert!(live.exists() && other.exists());
+        assert!(!killed.exists());
+        {
+            let _own = RemovedOnDrop(live.clone());
+        }
+        assert!(!live.exists());
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
