@@ -148,7 +148,8 @@ const STEPS: &[Step] = &[
     },
     // The loader tests that depend on the kernel: attaching and detaching
     // (tcx or legacy tc, nothing left behind), in-place replacement on
-    // restart, refusal before attaching. The rest test the daemon's own
+    // restart, refusal before attaching, the ring hooks that run (or the
+    // round-robin fallback). The rest test the daemon's own
     // timing (the 100 ms health bound, hostile metrics clients), which
     // emulation would only blur.
     Step {
@@ -158,6 +159,7 @@ const STEPS: &[Step] = &[
             "attach_then_detach_leaves_nothing",
             "restarts_lose_no_pings",
             "bad_configuration_is_refused_before_anything_is_attached",
+            "every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs",
             "--exact",
         ],
     },
