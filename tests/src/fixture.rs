@@ -384,6 +384,24 @@ impl Lab {
         self.datapath.xdp_unavailable().map(str::to_owned)
     }
 
+    /// Why this kernel's test runs cannot hand a program a
+    /// `CHECKSUM_COMPLETE` skb, if they cannot: the flag came with Linux
+    /// 6.11 and was backported to some stable kernels (Debian 12's 6.1 and
+    /// Ubuntu 24.04's 6.8 take it), not to Ubuntu 22.04's 5.15, whose test
+    /// run refuses it (EINVAL) while taking the same frame without it.
+    pub fn checksum_complete_unavailable(&mut self) -> Option<String> {
+        let frame = crate::packets::eth(crate::packets::ETH_P_ARP, &[0; 28]);
+        let plain = self.try_run(Hook::Tc, Program::Lan, &frame, 0, false);
+        let complete = self.try_run(Hook::Tc, Program::Lan, &frame, 0, true);
+        match (plain, complete) {
+            (Ok(_), Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => Some(format!(
+                "Linux {}'s BPF_PROG_TEST_RUN refuses BPF_F_TEST_SKB_CHECKSUM_COMPLETE ({e})",
+                ovpn_lb::datapath::kernel::release()
+            )),
+            _ => None,
+        }
+    }
+
     /// # Panics
     /// If a map cannot be read.
     #[must_use]

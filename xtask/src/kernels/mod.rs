@@ -35,7 +35,7 @@ const GUEST_CPUS: u32 = 2;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct KernelsArgs {
-    /// Only these kernels (labels: debian-11, debian-12, ubuntu-24.04,
+    /// Only these kernels (labels: debian-11, ubuntu-22.04, debian-12, ubuntu-24.04,
     /// debian-13, running).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -98,6 +98,13 @@ const TARGETS: &[Target] = &[
         archive: Distribution::Debian,
         suites: &["bullseye", "bullseye-security"],
         expect: Expect::Refused,
+    },
+    Target {
+        label: "ubuntu-22.04",
+        distribution: "Ubuntu 22.04 LTS (jammy)",
+        archive: Distribution::Ubuntu,
+        suites: &["jammy", "jammy-updates", "jammy-security"],
+        expect: Expect::Works,
     },
     Target {
         label: "debian-12",
