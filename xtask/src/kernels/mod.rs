@@ -168,6 +168,8 @@ const STEPS: &[Step] = &[
             "bad_configuration_is_refused_before_anything_is_attached",
             "every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs",
             "--exact",
+            // Its lines name the ring hooks that run on this kernel.
+            "--nocapture",
         ],
     },
     Step {
