@@ -775,7 +775,11 @@ fn every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs() {
             assert_eq!(loader.stop(SIGTERM), Some(0));
             continue;
         };
-        eprintln!("ring hooks from {} down: {} runs", wanted.name(), hooks.name());
+        eprintln!(
+            "ring hooks from {} down: {} runs",
+            wanted.name(),
+            hooks.name()
+        );
         if hooks != wanted {
             assert!(
                 log.contains(&format!("ring accounting: {}: ", wanted.name()))
