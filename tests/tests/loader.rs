@@ -364,11 +364,12 @@ fn restarts_lose_no_pings() {
     let metrics = lab.scrape();
     for k in 0..3 {
         let s = lab.tunnel_stats(k);
-        // Every tunnel carried its part of the 500 (packet spray passes
-        // over a reader that stalls, as the responders do on a loaded
-        // machine, so the thirds are not exact).
+        // Every tunnel carried part of the 500 across the restarts. Packet
+        // spray passes over a reader that stalls, as the responders do on
+        // a loaded machine, so the thirds are far from exact: 60 on one
+        // tunnel in an emulated 6.8 guest beside another guest.
         assert!(
-            s.tx_packets >= 100 && s.rx_packets >= 100,
+            s.tx_packets >= 25 && s.rx_packets >= 25,
             "tunnel {k}: {s:?}"
         );
         let series = format!("ovpnlb_tunnel_tx_packets_total{{device=\"ovt{k}\",tunnel=\"{k}\"}}");
