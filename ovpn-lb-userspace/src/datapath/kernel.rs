@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{attach::TcHook, rings};
 
 /// The oldest kernel ovpn-lb has been seen to work on (`cargo xtask kernels`).
-pub const OLDEST_WORKING: &str = "6.1";
+pub const OLDEST_WORKING: &str = "5.15";
 
 /// `BPF_F_IPV6` for `bpf_l4_csum_replace` came with this version.
 const CSUM_IPV6_FLAG: (u32, u32) = (6, 16);
@@ -267,7 +267,7 @@ mod tests {
             r.contains("refused BPF program lan_ingress: it lacks the helper bpf_check_mtu;"),
             "{r}"
         );
-        assert!(r.contains("runs on Linux 6.1 or later"), "{r}");
+        assert!(r.contains("runs on Linux 5.15 or later"), "{r}");
         assert!(!refusal("x", "something else").contains("lacks"));
         let old = "0: (85) call unknown#163\ninvalid func unknown#163\nprocessed 9 insns";
         assert!(
@@ -278,7 +278,7 @@ mod tests {
         let walked = "Verifier output: Validating f() func#2...\n1826: (0f) r1 += r9\n1827: (71) r1 = *(u8 *)(r1 +0)\ninvalid access to map value, value_size=4680 off=4680 size=1\nR1 min value is outside of the allowed memory range\nverification time 3079142 usec\nprocessed 28205 insns";
         let r = refusal("lan_ingress", walked);
         assert!(
-            r.ends_with("refused BPF program lan_ingress (verifier: invalid access to map value, value_size=4680 off=4680 size=1; R1 min value is outside of the allowed memory range); ovpn-lb runs on Linux 6.1 or later"),
+            r.ends_with("refused BPF program lan_ingress (verifier: invalid access to map value, value_size=4680 off=4680 size=1; R1 min value is outside of the allowed memory range); ovpn-lb runs on Linux 5.15 or later"),
             "{r}"
         );
     }
