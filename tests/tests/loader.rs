@@ -771,7 +771,12 @@ fn every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs() {
             .filter(|&h| h >= wanted)
             .find(|h| log.contains(&format!("rings accounted by {}", h.name())))
         else {
-            eprintln!("ring hooks from {} down: none runs", wanted.name());
+            let why = log
+                .lines()
+                .filter(|l| l.contains("ring accounting: "))
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!("ring hooks from {} down: none runs\n{why}", wanted.name());
             round_robin_stated_and_forwarding(&lab, &log, wanted.name());
             assert_eq!(loader.stop(SIGTERM), Some(0));
             continue;

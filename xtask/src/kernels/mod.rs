@@ -320,7 +320,7 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
 }
 
 /// The kernel `cargo xtask test` boots under emulation: Debian 12's, the
-/// oldest that works and the one that needs the legacy tc and round-robin
+/// oldest Debian kernel that works, and one that needs the legacy tc and round-robin
 /// fallbacks.
 const TEST_KERNEL: &str = "debian-12";
 /// Its steps there: the lab flow alone takes 7 minutes emulated.
