@@ -270,7 +270,7 @@ fn attach_then_detach_leaves_nothing() {
     assert_eq!(accounting, hooks.is_some(), "{json}\n{log}");
     assert_eq!(
         ours.len(),
-        7 + hooks.map_or(0, |h| h.programs().len()),
+        7 + hooks.map_or(0, |h| ring_programs_running(h, &log).len()),
         "LAN ingress, ingress and egress of 3 tunnels, and the ring accounting programs of packet spray where they run ({}): {ours:?}",
         hooks.map_or("none", RingHooks::name)
     );
@@ -793,10 +793,12 @@ fn every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs() {
                 "{log}"
             );
         }
-        // The set's links are pinned, and no other set's.
+        // The set's links are pinned (its extras where the kernel took
+        // them), and no other set's.
+        let running = ring_programs_running(hooks, &log);
         for t in programs::TRACING {
             let pinned = lab.scratch.layout().tracing_link(t.name).exists();
-            let wanted = hooks.programs().contains(t);
+            let wanted = running.contains(t);
             assert_eq!(
                 pinned,
                 wanted,
@@ -843,6 +845,19 @@ fn every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs() {
     round_robin_stated_and_forwarding(&lab, &log, "kprobe");
     assert_eq!(loader.stop(SIGTERM), Some(0));
     assert!(lab.ovpn_lb(&["detach"]).status.success());
+}
+
+/// The programs of ring hooks `hooks` that run, by the loader's `log`: the
+/// set's own, and each extra it did not say it runs without.
+fn ring_programs_running(hooks: RingHooks, log: &str) -> Vec<programs::Tracing> {
+    let without =
+        |t: &programs::Tracing| log.contains(&format!("{} without {}", hooks.name(), t.name));
+    hooks
+        .programs()
+        .iter()
+        .chain(hooks.extras().iter().filter(|t| !without(t)))
+        .copied()
+        .collect()
 }
 
 /// Packet spray without its ring accounting: the loader ran, says in its

@@ -148,7 +148,7 @@ impl Datapath {
         let btf = KernelBtf::from_sys_fs().context("reading the kernel's BTF");
         for &h in hooks {
             let attached = match &btf {
-                Ok(btf) => self.attach_tracing(pins, h.programs(), btf),
+                Ok(btf) => self.attach_tracing(pins, h, btf),
                 Err(_) if h == RingHooks::RawTracepoint => self.attach_raw(pins),
                 Err(e) => Err(anyhow!("{e:#}")),
             };
@@ -180,51 +180,70 @@ impl Datapath {
         Ok(())
     }
 
-    fn attach_tracing(&mut self, pins: &Layout, set: &[Tracing], btf: &KernelBtf) -> Result<()> {
+    fn attach_tracing(&mut self, pins: &Layout, hooks: RingHooks, btf: &KernelBtf) -> Result<()> {
         let retired = programs::RETIRED_TRACING
             .iter()
             .map(|n| pins.tracing_link(n));
         for path in retired {
             remove_if_present(&path).with_context(|| format!("removing {}", path.display()))?;
         }
-        for t in set {
-            let loading = |e| anyhow!("loading BPF program {} for {}: {e}", t.name, t.target);
-            let attaching = |e| anyhow!("attaching {} to {}: {e}", t.name, t.target);
-            let link = match t.kind {
-                Kind::Fexit => {
-                    let p = typed::<FExit>(&mut self.ebpf, t.name)?;
-                    if p.fd().is_err() {
-                        p.load(t.target, btf).map_err(loading)?;
-                    }
-                    let id = p.attach().map_err(attaching)?;
-                    FdLink::from(p.take_link(id)?)
-                }
-                Kind::BtfTracepoint => {
-                    let p = typed::<BtfTracePoint>(&mut self.ebpf, t.name)?;
-                    if p.fd().is_err() {
-                        p.load(t.target, btf).map_err(loading)?;
-                    }
-                    let id = p.attach().map_err(attaching)?;
-                    FdLink::from(p.take_link(id)?)
-                }
-                Kind::RawTracepoint => {
-                    let p = typed::<RawTracePoint>(&mut self.ebpf, t.name)?;
-                    if p.fd().is_err() {
-                        p.load().map_err(loading)?;
-                    }
-                    let id = p.attach(t.target).map_err(attaching)?;
-                    FdLink::from(p.take_link(id)?)
-                }
-            };
+        for t in hooks.programs() {
+            let link = self.attach_one(t, btf)?;
             pin(pins, t, link)?;
         }
-        // Another set's links (a previous run's choice) would count twice.
+        let mut running = hooks.programs().to_vec();
+        for t in hooks.extras() {
+            match self.attach_one(t, btf) {
+                Ok(link) => {
+                    pin(pins, t, link)?;
+                    running.push(*t);
+                }
+                Err(e) => log::info!(
+                    "ring accounting: {} without {}: {e:#}",
+                    hooks.name(),
+                    t.name
+                ),
+            }
+        }
+        // Another set's links (a previous run's choice), or an extra this
+        // run could not attach, would count twice or count stale.
         for t in programs::TRACING {
-            if !set.contains(t) {
+            if !running.contains(t) {
                 remove_if_present(&pins.tracing_link(t.name))?;
             }
         }
         Ok(())
+    }
+
+    fn attach_one(&mut self, t: &Tracing, btf: &KernelBtf) -> Result<FdLink> {
+        let loading = |e| anyhow!("loading BPF program {} for {}: {e}", t.name, t.target);
+        let attaching = |e| anyhow!("attaching {} to {}: {e}", t.name, t.target);
+        Ok(match t.kind {
+            Kind::Fexit => {
+                let p = typed::<FExit>(&mut self.ebpf, t.name)?;
+                if p.fd().is_err() {
+                    p.load(t.target, btf).map_err(loading)?;
+                }
+                let id = p.attach().map_err(attaching)?;
+                FdLink::from(p.take_link(id)?)
+            }
+            Kind::BtfTracepoint => {
+                let p = typed::<BtfTracePoint>(&mut self.ebpf, t.name)?;
+                if p.fd().is_err() {
+                    p.load(t.target, btf).map_err(loading)?;
+                }
+                let id = p.attach().map_err(attaching)?;
+                FdLink::from(p.take_link(id)?)
+            }
+            Kind::RawTracepoint => {
+                let p = typed::<RawTracePoint>(&mut self.ebpf, t.name)?;
+                if p.fd().is_err() {
+                    p.load().map_err(loading)?;
+                }
+                let id = p.attach(t.target).map_err(attaching)?;
+                FdLink::from(p.take_link(id)?)
+            }
+        })
     }
 
     /// Switches the ring accounting off: removes its pinned links, which

@@ -1007,7 +1007,9 @@ fn probe_state(t: &Tunnel) -> Option<ProbeState> {
 /// What each set of ring hooks is, for the log.
 fn describe_hooks(h: RingHooks) -> &'static str {
     match h {
-        RingHooks::Fexit => "fexit on tun_do_read and tun_xdp_xmit, tp_btf on net_dev_xmit",
+        RingHooks::Fexit => {
+            "fexit on tun_do_read (and tun_xdp_xmit where the kernel takes it), tp_btf on net_dev_xmit"
+        }
         RingHooks::BtfTracepoint => "tp_btf on net_dev_xmit and consume_skb",
         RingHooks::RawTracepoint => "raw tracepoints on net_dev_xmit and consume_skb",
     }
