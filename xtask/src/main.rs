@@ -55,7 +55,7 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Boot the kernels operators run (Debian 11, 12, 13) in QEMU guests over
+    /// Boot the kernels operators run (Debian 11, 12 and 13, Ubuntu 22.04 and 24.04) in QEMU guests over
     /// this tree and run there what `ovpn-lb kernel` detects, the datapath
     /// fixtures, the loader tests and a lab flow through real OpenVPN
     /// tunnels; the running kernel runs the same in place. Prints the table.
