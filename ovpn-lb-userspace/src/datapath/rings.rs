@@ -147,9 +147,11 @@ impl Datapath {
         let mut failed = Vec::new();
         let btf = KernelBtf::from_sys_fs().context("reading the kernel's BTF");
         for &h in hooks {
+            // Raw tracepoints read every field by offset: they alone run
+            // without the kernel's BTF.
             let attached = match &btf {
-                Ok(btf) => self.attach_tracing(pins, h, btf),
-                Err(_) if h == RingHooks::RawTracepoint => self.attach_raw(pins),
+                Ok(btf) => self.attach_tracing(pins, h, Some(btf)),
+                Err(_) if h == RingHooks::RawTracepoint => self.attach_tracing(pins, h, None),
                 Err(e) => Err(anyhow!("{e:#}")),
             };
             match attached {
@@ -164,23 +166,12 @@ impl Datapath {
         bail!("{}", failed.join("; "))
     }
 
-    fn attach_raw(&mut self, pins: &Layout) -> Result<()> {
-        for t in RingHooks::RawTracepoint.programs() {
-            let program = typed::<RawTracePoint>(&mut self.ebpf, t.name)?;
-            if program.fd().is_err() {
-                program
-                    .load()
-                    .with_context(|| format!("loading BPF program {}", t.name))?;
-            }
-            let id = program
-                .attach(t.target)
-                .with_context(|| format!("attaching {} to {}", t.name, t.target))?;
-            pin(pins, t, FdLink::from(program.take_link(id)?))?;
-        }
-        Ok(())
-    }
-
-    fn attach_tracing(&mut self, pins: &Layout, hooks: RingHooks, btf: &KernelBtf) -> Result<()> {
+    fn attach_tracing(
+        &mut self,
+        pins: &Layout,
+        hooks: RingHooks,
+        btf: Option<&KernelBtf>,
+    ) -> Result<()> {
         let retired = programs::RETIRED_TRACING
             .iter()
             .map(|n| pins.tracing_link(n));
@@ -215,14 +206,17 @@ impl Datapath {
         Ok(())
     }
 
-    fn attach_one(&mut self, t: &Tracing, btf: &KernelBtf) -> Result<FdLink> {
+    /// Loads (once) and attaches tracing program `t`; `btf` is needed by all
+    /// but raw tracepoints.
+    fn attach_one(&mut self, t: &Tracing, btf: Option<&KernelBtf>) -> Result<FdLink> {
         let loading = |e| anyhow!("loading BPF program {} for {}: {e}", t.name, t.target);
         let attaching = |e| anyhow!("attaching {} to {}: {e}", t.name, t.target);
+        let typed_btf = || btf.ok_or_else(|| anyhow!("{} needs the kernel's BTF", t.name));
         Ok(match t.kind {
             Kind::Fexit => {
                 let p = typed::<FExit>(&mut self.ebpf, t.name)?;
                 if p.fd().is_err() {
-                    p.load(t.target, btf).map_err(loading)?;
+                    p.load(t.target, typed_btf()?).map_err(loading)?;
                 }
                 let id = p.attach().map_err(attaching)?;
                 FdLink::from(p.take_link(id)?)
@@ -230,7 +224,7 @@ impl Datapath {
             Kind::BtfTracepoint => {
                 let p = typed::<BtfTracePoint>(&mut self.ebpf, t.name)?;
                 if p.fd().is_err() {
-                    p.load(t.target, btf).map_err(loading)?;
+                    p.load(t.target, typed_btf()?).map_err(loading)?;
                 }
                 let id = p.attach().map_err(attaching)?;
                 FdLink::from(p.take_link(id)?)
