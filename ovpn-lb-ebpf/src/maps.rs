@@ -75,14 +75,17 @@ pub static SCHEDULES: Array<Schedule, { SCHEDULE_BUFFERS as usize }> = Array::ne
 #[btf_map]
 pub static ACTIVE_SCHED: Array<u32, 1> = Array::new();
 
-/// Per-CPU round-robin position: no atomics shared between CPUs.
+/// Round-robin position, one for every CPU: a flow's packets leave from
+/// more than one CPU (its sender's and its ACKs'), and with a cursor per
+/// CPU consecutive packets went to the same tunnel in turn (GSO flows lost
+/// a third of their goodput). See [`update_shared`].
 #[btf_map]
-pub static SPRAY_CURSOR: PerCpuArray<u32, 1> = PerCpuArray::new();
+pub static SPRAY_CURSOR: Array<u32, 1> = Array::new();
 
-/// Per CPU, packet mode: the member picked last, past which the rotation
-/// over tied tunnels starts next.
+/// Packet mode: the member picked last, past which the rotation over tied
+/// tunnels starts next; shared by every CPU, as `SPRAY_CURSOR`.
 #[btf_map]
-pub static TIE_CURSOR: PerCpuArray<u32, 1> = PerCpuArray::new();
+pub static TIE_CURSOR: Array<u32, 1> = Array::new();
 
 /// Per CPU, packet mode with more tunnels than it compares: the member
 /// index it picked last, compared again with the next packet.
@@ -118,6 +121,24 @@ pub fn update_per_cpu<T>(slot: Option<*mut T>, f: impl FnOnce(&mut T)) {
         // migration disabled and do not nest on a CPU for the same hook, so
         // nothing else writes it meanwhile, and no other reference exists.
         f(unsafe { &mut *slot });
+    }
+}
+
+/// Runs `f` on a copy of a map slot every CPU shares, if there is one, and
+/// stores the result: a plain load and store, no atomic. Two CPUs at once
+/// may both take the same position, which repeats a tunnel once; the value
+/// is always one a CPU wrote, so never out of bounds of what `f` keeps.
+#[inline(always)]
+pub fn update_shared(slot: Option<*mut u32>, f: impl FnOnce(&mut u32)) {
+    if let Some(slot) = slot {
+        // SAFETY: `slot` points into an array map value, live for the
+        // program's run; aligned 4-byte loads and stores are single
+        // instructions, so other CPUs see one whole value or the other.
+        unsafe {
+            let mut value = core::ptr::read_volatile(slot);
+            f(&mut value);
+            core::ptr::write_volatile(slot, value);
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Pick the tunnel for a packet from the live schedule: packet mode takes
 //! the tunnel where the packet would be read first (`ovpn_lb_common::queue`),
-//! round robin walks the weighted slots with a per-CPU cursor, flow mode
+//! round robin walks the weighted slots with one cursor for every CPU, flow mode
 //! looks the flow hash up in the rendezvous-hashed flow table.
 //!
 //! The picked tunnel must be ready: an entry with a device that still
@@ -21,7 +21,7 @@ use crate::{
     log,
     maps::{
         ACTIVE_SCHED, LAST_PICK, RINGS, SCHEDULES, SPRAY_CURSOR, TIE_CURSOR, TUNNEL_DEVICES,
-        TUNNELS, update_per_cpu,
+        TUNNELS, update_per_cpu, update_shared,
     },
 };
 
@@ -157,10 +157,10 @@ fn ready(id: u32, family_bit: u32) -> bool {
 #[inline(always)]
 fn round_robin(schedule: &Schedule, len: u32, exclude: u32) -> u32 {
     let mut id = NONE;
-    // Per-CPU cursor: plain load and store, nothing shared between CPUs.
-    // It wraps at the table's length by a compare, not a division; a
-    // cursor past a table that shrank starts over.
-    update_per_cpu(SPRAY_CURSOR.get_ptr_mut(0), |cursor| {
+    // One cursor for every CPU (`update_shared`). It wraps at the table's
+    // length by a compare, not a division; a cursor past a table that
+    // shrank starts over.
+    update_shared(SPRAY_CURSOR.get_ptr_mut(0), |cursor| {
         for _ in 0..2 {
             let slot = if *cursor >= len { 0 } else { *cursor };
             *cursor = if slot + 1 >= len { 0 } else { slot + 1 };
@@ -237,7 +237,7 @@ pub extern "C" fn ovpn_lb_earliest(active: u32, len: u32, exclude: u32) -> u32 {
                 (earliest, tie) = (d, t);
             }
         }
-        // The rotation starts past this CPU's last pick, kept below
+        // The rotation starts past the last pick of any CPU, kept below
         // `members` by a compare (no division): ties take turns.
         let last = TIE_CURSOR.get(0).map_or(0, |&c| c as usize);
         let start = if last + 1 >= members { 0 } else { last + 1 };
@@ -245,7 +245,7 @@ pub extern "C" fn ovpn_lb_earliest(active: u32, len: u32, exclude: u32) -> u32 {
         let candidates = unsafe { core::ptr::read_volatile(&raw const scanned) };
         let chosen = rotate_among_ties(&departures, candidates, earliest, tie, start);
         if let Some(index) = chosen {
-            update_per_cpu(TIE_CURSOR.get_ptr_mut(0), |cursor| *cursor = index as u32);
+            update_shared(TIE_CURSOR.get_ptr_mut(0), |cursor| *cursor = index as u32);
         }
         chosen
     } else {

@@ -144,7 +144,8 @@ pub struct Lab {
 }
 
 /// Builds the fixture namespace and runs `f` inside it with a loaded datapath.
-/// The calling thread is pinned to one CPU so per-CPU cursors behave as one.
+/// The calling thread is pinned to one CPU, so that per-CPU counters sit in
+/// one slot.
 ///
 /// # Panics
 /// If the namespace, devices or datapath cannot be set up.

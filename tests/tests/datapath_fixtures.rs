@@ -18,6 +18,7 @@ use ovpn_lb_tests::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L4, LAN_HOST_MAC, V4, V6, eth, eth_between, eth4, eth6,
         payload, validate_checksums, with_partial_checksum,
     },
+    process::pin_thread,
     require_root,
 };
 
@@ -1622,6 +1623,51 @@ fn packet_spray_prices_a_gso_packet_as_the_segments_it_becomes() {
         // 3200 bytes: beyond either, 1 takes all.
         set_rings(lab, &[ring(3200, 1000), ring(0, 1000)]);
         assert_eq!(sprayed(lab), [0, 4]);
+    });
+}
+
+/// The tunnels `n` packets were sprayed into, in order, each sent from the
+/// other CPU than the one before (CPUs 0 and 1 in turn), as one flow's
+/// packets are: from its sender's CPU and from the one its ACKs arrive on.
+fn sprayed_from_both_cpus(lab: &mut Lab, frame: &[u8], n: usize) -> Vec<usize> {
+    let order = (0..n)
+        .map(|i| {
+            assert!(pin_thread(i % 2), "pinning to CPU {}", i % 2);
+            sprayed_to(lab, frame)
+        })
+        .collect();
+    assert!(pin_thread(0), "pinning back to CPU 0");
+    order
+}
+
+#[test]
+fn packets_from_two_cpus_take_turns_over_the_tunnels() {
+    if !require_root("packets_from_two_cpus_take_turns_over_the_tunnels") {
+        return;
+    }
+    assert!(
+        std::thread::available_parallelism().map_or(0, usize::from) >= 2,
+        "this test needs two CPUs"
+    );
+    let frame = eth4(&V4::new(LAN_HOST, FAR_HOST, L4::tcp(1000)).datagram());
+    with_lab(|lab| {
+        // One cursor for every CPU: a cursor per CPU gave 0 0 1 1 2 2, each
+        // tunnel two packets in a row.
+        let rr = sprayed_from_both_cpus(lab, &frame, 6);
+        assert!(
+            rr.windows(2).all(|w| w[0] != w[1]) && rr[..3] != [rr[0]; 3],
+            "round robin from two CPUs: {rr:?}"
+        );
+        assert_eq!(rr[..3], rr[3..], "round robin from two CPUs: {rr:?}");
+        // Idle tunnels tie in packet mode, and the ties take turns across
+        // CPUs as well.
+        packet_spray(lab, &[0, 1, 2], [0; 3]);
+        set_rings(lab, &[ring(0, 1000), ring(0, 1000), ring(0, 1000)]);
+        let ties = sprayed_from_both_cpus(lab, &frame, 6);
+        let mut first = ties[..3].to_vec();
+        first.sort_unstable();
+        assert_eq!(first, [0, 1, 2], "ties from two CPUs: {ties:?}");
+        assert_eq!(ties[..3], ties[3..], "ties from two CPUs: {ties:?}");
     });
 }
 
