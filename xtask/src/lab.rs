@@ -360,20 +360,23 @@ fn rates(lab: &Lab, side: Side) -> Option<String> {
     Some(line.join(" | "))
 }
 
-/// What the demo's flow did: iperf3's goodput and retransmits, and each
-/// tunnel's share of the packets gateway A sprayed meanwhile.
+/// What the demo's flow did: iperf3's goodput and retransmits, each
+/// tunnel's share of the packets gateway A sprayed meanwhile, and one
+/// tunnel's goodput alone, measured first in the same lab.
 struct FlowSummary {
     seconds: f64,
     mbit_per_s: f64,
     retransmits: u64,
     /// (device, percent of the sprayed packets).
     shares: Vec<(String, f64)>,
+    /// Mbit/s of one tunnel alone ([`one_tunnel`]), if measured.
+    alone: Option<f64>,
 }
 
 impl FlowSummary {
-    /// From iperf3's `-J` report and gateway A's tunnel counters before and
-    /// after the flow.
-    fn new(lab: &Lab, iperf3_json: &str, before: &[TunnelStats]) -> Self {
+    /// From iperf3's `-J` report, gateway A's tunnel counters before and
+    /// after the flow, and one tunnel's goodput alone.
+    fn new(lab: &Lab, iperf3_json: &str, before: &[TunnelStats], alone: Option<f64>) -> Self {
         let v: serde_json::Value = serde_json::from_str(iperf3_json).unwrap_or_default();
         let end = &v["end"];
         let sprayed = growth(before, &lab.tunnel_stats(Side::A), |t| t.tx_packets);
@@ -393,8 +396,36 @@ impl FlowSummary {
             mbit_per_s: received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
             retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
             shares,
+            alone,
         }
     }
+}
+
+/// Goodput in Mbit/s of one tunnel alone in `lab`, over [`BASELINE_SECONDS`]:
+/// host A to gateway B's own end of the first tunnel. That address is no
+/// remote prefix, so ovpn-lb leaves the flow to the kernel, which routes it
+/// through that tunnel alone, with the same OpenVPN settings as the flow
+/// the demo sprays. `None` when it could not be measured.
+fn one_tunnel(lab: &Lab) -> Option<f64> {
+    let far = lab
+        .generated()
+        .plan()
+        .tunnels
+        .first()?
+        .link_address(Side::B)
+        .to_string();
+    let server = iperf3_server(&lab.gw(Side::B));
+    let out = netns::command(&lab.host(Side::A), "iperf3")
+        .args(["-J", "-c", &far, "-t", &BASELINE_SECONDS.to_string()])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    drop(server);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .filter(|&bps| bps > 0.0)
+        .map(|bps| bps / 1e6)
 }
 
 impl std::fmt::Display for FlowSummary {
@@ -406,9 +437,22 @@ impl std::fmt::Display for FlowSummary {
             .collect();
         write!(
             f,
-            "flow done after {:.0} s: {:.1} Mbit/s goodput, {} retransmits; sprayed packets: {}",
-            self.seconds,
-            self.mbit_per_s,
+            "flow done after {:.0} s: {:.1} Mbit/s goodput",
+            self.seconds, self.mbit_per_s
+        )?;
+        #[expect(clippy::cast_precision_loss, reason = "a tunnel count, for a ratio")]
+        let n = self.shares.len().max(1) as f64;
+        match self.alone {
+            Some(alone) => write!(
+                f,
+                ", {:.2} of {n} x one tunnel ({alone:.1} Mbit/s alone, measured first)",
+                self.mbit_per_s / (n * alone)
+            )?,
+            None => write!(f, " (one tunnel alone could not be measured)")?,
+        }
+        write!(
+            f,
+            ", {} retransmits; sprayed packets: {}",
             self.retransmits,
             shares.join(", ")
         )
@@ -417,6 +461,8 @@ impl std::fmt::Display for FlowSummary {
 
 /// How long the demo's iperf3 flow runs.
 const DEMO_SECONDS: u64 = 20;
+/// How long the demo measures one tunnel alone before it.
+const BASELINE_SECONDS: u64 = 10;
 
 /// `cargo xtask run` with no arguments: bring the lab up, run an iperf3
 /// flow while printing live per-tunnel rates, sum it up in one line, then
@@ -427,6 +473,14 @@ pub fn demo(args: &LabArgs) -> Result<()> {
     let stop = stop_flag()?;
     let lab = Lab::up(&dir(), TAG, &release_loader(), options);
     describe(&lab);
+    println!(
+        "\nmeasuring one tunnel alone for {BASELINE_SECONDS} s (host A to gateway B's end of the first tunnel, which the kernel routes)"
+    );
+    let alone = one_tunnel(&lab);
+    match alone {
+        Some(mbit) => println!("one tunnel alone: {mbit:.1} Mbit/s"),
+        None => println!("one tunnel alone: not measured (iperf3 gave no result)"),
+    }
     println!(
         "\nrunning a {DEMO_SECONDS} s iperf3 TCP flow from host A to host B; Ctrl-C tears the lab down\n"
     );
@@ -446,7 +500,7 @@ pub fn demo(args: &LabArgs) -> Result<()> {
         }
         if client.try_wait()?.is_some() {
             let json = fs::read_to_string(&report).unwrap_or_default();
-            println!("{}", FlowSummary::new(&lab, &json, &before));
+            println!("{}", FlowSummary::new(&lab, &json, &before, alone));
             println!("the lab stays up for your own commands (above); Ctrl-C tears it down");
             break;
         }

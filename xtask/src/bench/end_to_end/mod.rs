@@ -155,15 +155,26 @@ fn one_condition(
                 continue;
             };
             lab.set_wire_segments(true);
-            let t = backlog::trace(lab, args.trace_seconds, args.hosts()[0].congestion)?;
-            println!(
-                "bench: {} backlog trace, {n} tunnels, {}: {} samples, {:.2} Mbit/s",
-                condition.name(),
-                variant::spray_label(spray),
-                t.samples.len(),
-                t.run.mbit_per_s
-            );
-            m.traces.push((spray, t));
+            // A trace is a diagnosis, not a figure: one that fails (a
+            // tunnel device gone meanwhile) is said, and the run's
+            // measurements are kept.
+            match backlog::trace(lab, args.trace_seconds, args.hosts()[0].congestion) {
+                Ok(t) => {
+                    println!(
+                        "bench: {} backlog trace, {n} tunnels, {}: {} samples, {:.2} Mbit/s",
+                        condition.name(),
+                        variant::spray_label(spray),
+                        t.samples.len(),
+                        t.run.mbit_per_s
+                    );
+                    m.traces.push((spray, t));
+                }
+                Err(e) => println!(
+                    "bench: {} backlog trace, {n} tunnels, {}: not taken: {e:#}",
+                    condition.name(),
+                    variant::spray_label(spray),
+                ),
+            }
         }
     }
     drop(labs);
