@@ -771,9 +771,12 @@ fn every_set_of_ring_hooks_accounts_the_rings_and_says_which_runs() {
             .filter(|&h| h >= wanted)
             .find(|h| log.contains(&format!("rings accounted by {}", h.name())))
         else {
+            // Each set's refusal, and the fallback's own line, which
+            // carries the last refusal (fexit's, where the others were
+            // not tried).
             let why = log
                 .lines()
-                .filter(|l| l.contains("ring accounting: "))
+                .filter(|l| l.contains("ring accounting: ") || l.contains("sprays round robin"))
                 .collect::<Vec<_>>()
                 .join("\n");
             eprintln!("ring hooks from {} down: none runs\n{why}", wanted.name());
