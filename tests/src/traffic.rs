@@ -227,6 +227,16 @@ pub fn udp_exchange(from: &str, to: &str, server: SocketAddr, count: usize) -> (
     (echoed, peer)
 }
 
+/// The goodput in Mbit/s of an `iperf3 -J` report: what the receiver got
+/// (0 when the report has none).
+#[must_use]
+pub fn iperf3_goodput_mbit(report: &serde_json::Value) -> f64 {
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e6
+}
+
 /// An `iperf3` server for one test in namespace `ns`, given a moment to listen.
 ///
 /// # Panics

@@ -10,7 +10,7 @@ use ovpn_lb_common::TunnelStats;
 use ovpn_lb_tests::{
     lab::{Forwarding, Gw, HOST_B, Lab, Options, Peer, Side, growth},
     netns,
-    traffic::iperf3_server,
+    traffic::{iperf3_goodput_mbit, iperf3_server},
 };
 
 use crate::{
@@ -393,7 +393,7 @@ impl FlowSummary {
         let received = &end["sum_received"];
         Self {
             seconds: received["seconds"].as_f64().unwrap_or(0.0),
-            mbit_per_s: received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+            mbit_per_s: iperf3_goodput_mbit(&v),
             retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
             shares,
             alone,
@@ -422,10 +422,7 @@ fn one_tunnel(lab: &Lab) -> Option<f64> {
         .ok()?;
     drop(server);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .filter(|&bps| bps > 0.0)
-        .map(|bps| bps / 1e6)
+    Some(iperf3_goodput_mbit(&v)).filter(|&mbit| mbit > 0.0)
 }
 
 impl std::fmt::Display for FlowSummary {

@@ -30,7 +30,7 @@ use ovpn_lb_tests::{
     failover::{self, Fault, Outcome, Rejoin, Trial, all_pairs, maintenance_file},
     lab::{Gw, HOST_B, Lab, Options, Side},
     netns,
-    traffic::iperf3_server,
+    traffic::{iperf3_goodput_mbit, iperf3_server},
 };
 
 use super::{BenchArgs, machine_line, median, spread};
@@ -235,10 +235,7 @@ fn full_load(lab: &Lab, seconds: u32) -> Result<(u64, f64)> {
         .context("iperf3")?;
     drop(server);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mbit = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e6;
+    let mbit = iperf3_goodput_mbit(&v);
     Ok((down_events(lab) - before, mbit))
 }
 
@@ -295,10 +292,7 @@ fn scale_round(lab: &Lab, seconds: u32) -> Result<Scale> {
     let bytes = [0, 1].map(|p| tx_bytes(lab, p) - bytes_before[p]);
     let sum = (bytes[0] + bytes[1]).max(1) as f64;
     Ok(Scale {
-        mbit_per_s: v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
-            / 1e6,
+        mbit_per_s: iperf3_goodput_mbit(&v),
         shares: bytes.map(|b| b as f64 / sum),
         idle: (idle_after - idle_before) as f64 / (total_after - total_before).max(1) as f64,
     })

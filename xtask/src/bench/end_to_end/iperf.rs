@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use ovpn_lb_tests::{
     lab::{Forwarding, HOST_B, Lab, Side, mptcp_address},
     netns,
-    traffic::iperf3_server_with,
+    traffic::{iperf3_goodput_mbit, iperf3_server_with},
 };
 
 /// One iperf3 run's outcome.
@@ -104,10 +104,7 @@ pub fn iperf(lab: &Lab, seconds: u32, congestion: Congestion, mptcp: bool) -> Re
         bail!("iperf3: {e}");
     }
     Ok(Run {
-        mbit_per_s: v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
-            / 1e6,
+        mbit_per_s: iperf3_goodput_mbit(&v),
         retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
         reorder: delta(&ea, &sa, REORDER_COUNTERS),
         ofo: delta(&eb, &sb, &["TcpExtTCPOFOQueue"]),
