@@ -135,6 +135,13 @@ pub fn wire_segments(host: (&str, &str), gateway: (&str, &str), on: bool) {
 /// If `ip` refuses any step.
 pub fn bridge(ns: &str, name: &str, addrs: &[&str]) {
     ip(ns, &["link", "add", name, "type", "bridge"]);
+    // A bridge whose address nobody set takes its lowest port's, and a new
+    // one when that port goes: neighbours still sending to the old address
+    // lose packets until they resolve it again (a gateway pulled off the
+    // segment cost the other pair's streams a ping). A router's interface
+    // keeps its address, so this one is set, to the random one it has.
+    let mac = bridge_address(ns, name);
+    ip(ns, &["link", "set", name, "address", &mac]);
     for addr in addrs {
         let mut args = vec!["addr", "add", addr, "dev", name];
         if addr.contains(':') {
@@ -151,4 +158,13 @@ pub fn bridge(ns: &str, name: &str, addrs: &[&str]) {
 /// If `ip` refuses.
 pub fn plug(ns: &str, dev: &str, bridge: &str) {
     ip(ns, &["link", "set", dev, "master", bridge]);
+}
+
+/// The link-layer address of device `dev` in `ns`.
+fn bridge_address(ns: &str, dev: &str) -> String {
+    let out = ip(ns, &["-br", "link", "show", "dev", dev]);
+    out.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no address in `ip -br link show dev {dev}`: {out}"))
+        .to_owned()
 }

@@ -12,7 +12,8 @@ use ovpn_lb_tests::{
     failover::{self, Fault, Outcome, Rejoin, Trial, next_hops, route_pairs},
     frr, keepalived,
     lab::{Gw, Lab, Options, Side},
-    root_alone,
+    netns::Netns,
+    root_alone, topology,
 };
 
 fn lab(ha: HaKind) -> Lab {
@@ -278,6 +279,35 @@ fn gateway_gone(lab: &mut Lab, trial: &Trial) {
     );
     check(out.worst_elsewhere() == 0, &out.details(), lab);
     check(out.transfers.iter().all(|t| t.1), &out.summary(), lab);
+}
+
+/// A site's segment (the router's bridge) keeps its address whichever
+/// gateway leaves it: a bridge left to pick its own takes its lowest port's
+/// and changes when that port goes, and the pair that stayed then sends to
+/// an address nobody has until it asks again (a ping lost on its streams).
+#[test]
+fn a_segment_keeps_its_address_when_a_gateway_leaves() {
+    let Some(_serial) = root_alone() else { return };
+    let router = Netns::new("seg");
+    let gateways = [Netns::new("seg"), Netns::new("seg")];
+    topology::bridge(router.name(), "gws", &[]);
+    for (i, gw) in gateways.iter().enumerate() {
+        let port = format!("to-g{i}");
+        topology::veth(
+            &topology::End::new(router.name(), &port, &[]),
+            &topology::End::new(gw.name(), "lan", &[]),
+        );
+        topology::plug(router.name(), &port, "gws");
+    }
+    let address = || {
+        let out = router.ip(&["-br", "link", "show", "dev", "gws"]);
+        out.split_whitespace().nth(2).map(str::to_owned)
+    };
+    let before = address();
+    for i in 0..gateways.len() {
+        router.ip(&["link", "del", &format!("to-g{i}")]);
+        assert_eq!(address(), before, "after to-g{i} left");
+    }
 }
 
 /// Polls for up to 5 s.
