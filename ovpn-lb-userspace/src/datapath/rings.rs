@@ -41,6 +41,18 @@ const XMIT_FUNCTION: &str = "tun_net_xmit";
 /// Environment: the best hooks the loader may try (`fexit`, `tp_btf` or
 /// `raw_tp`); each test of a fallback sets it.
 pub const HOOKS_ENV: &str = "OVPN_LB_RING_HOOKS";
+/// Environment: account the rings under any spray, not packet spray's
+/// alone (`1`). Round robin ignores the figures; the forwarding bench sets
+/// it to price the accounting apart from the pick.
+pub const ACCOUNT_ENV: &str = "OVPN_LB_ACCOUNT_RINGS";
+
+/// Whether the rings are accounted under `spray`: packet spray decides by
+/// them; the others only where [`ACCOUNT_ENV`] asks.
+#[must_use]
+pub fn accounted(spray: ovpn_lb_common::maps::Spray) -> bool {
+    spray == ovpn_lb_common::maps::Spray::Packet
+        || std::env::var(ACCOUNT_ENV).is_ok_and(|v| v == "1")
+}
 
 /// Where the ring accounting's programs find what they read, on this
 /// kernel, for the network namespace this process is in.

@@ -319,7 +319,7 @@ impl Daemon {
     /// Where it cannot run, packet spray walks the round-robin slots, and
     /// says so (the kernel report names why).
     fn account_rings(&mut self) -> Option<RingHooks> {
-        if self.config.spray != Spray::Packet {
+        if !rings::accounted(self.config.spray) {
             self.stop_accounting();
             self.features.accounting(false, None);
             return None;
@@ -362,6 +362,17 @@ impl Daemon {
             }),
         };
         match chosen {
+            Ok(h) if self.config.spray != Spray::Packet => {
+                log::warn!(
+                    "rings accounted by {} ({}) though spray = \"{}\" does not use them ({}=1)",
+                    h.name(),
+                    describe_hooks(h),
+                    self.config.spray.name(),
+                    rings::ACCOUNT_ENV
+                );
+                self.features.accounting(true, None);
+                Some(h)
+            }
             Ok(h) => {
                 log::info!(
                     "packet spray: each packet takes the tunnel it leaves by first; rings accounted by {} ({})",

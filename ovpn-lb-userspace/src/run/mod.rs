@@ -189,8 +189,7 @@ async fn start(
     log::info!("hook: {}", config.hook_reason);
     // Packet spray's ring accounting reads kernel memory at offsets the
     // object must carry when it loads.
-    let ring_layout =
-        (config.spray == ovpn_lb_common::maps::Spray::Packet).then(rings::kernel_layout);
+    let ring_layout = rings::accounted(config.spray).then(rings::kernel_layout);
     let mut datapath =
         Datapath::load_pinned(layout, ring_layout.as_ref().and_then(|r| r.as_ref().ok()))?;
     let rings_unknown = ring_layout.and_then(Result::err).map(|e| format!("{e:#}"));

@@ -60,6 +60,7 @@
 //! that once policy rules have existed in a namespace, its route lookups take
 //! the rules path for good (`fib_has_custom_rules` is never cleared).
 
+mod hook_cost;
 mod network;
 mod report;
 mod trafgen;
@@ -107,6 +108,8 @@ struct Sample {
     /// Per device: `tx_packets + tx_dropped`.
     devices: Vec<u64>,
     lan_rx: u64,
+    /// `tx_packets + tx_dropped` of the veth for traffic elsewhere.
+    elsewhere: u64,
     /// Run time of trafgen's worker and `ksoftirqd/0`, ns.
     runtime_ns: u64,
     drained: u64,
@@ -318,14 +321,17 @@ pub fn run(opts: &Options) -> Result<(String, Summary)> {
             drop(active);
         }
     }
-    Ok(table(&variants, &results, opts, started))
+    let (mut md, summary) = table(&variants, &results, opts, started);
+    md.push_str(&hook_cost::run(&variants, opts, &mut seq)?);
+    Ok((md, summary))
 }
 
 #[cfg(test)]
 mod tests {
+    use ovpn_lb::config::file;
     use ovpn_lb_tests::{loader::loader_bin, require_root, serial};
 
-    use super::{Active, Topology, variants};
+    use super::{Active, Setup, Topology, variants};
 
     /// Every variant's set-up and teardown, on a small topology, without
     /// trafgen: what the benchmark builds still builds.
@@ -341,6 +347,19 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: {e:#}", variant.name));
             let sample = topo.sample(&[std::process::id()]).unwrap();
             assert_eq!(sample.devices.len(), 2, "{}", variant.name);
+            // The rings are accounted where packet spray or the bench's
+            // setting asks, and only there.
+            if let Setup::OvpnLb { config, env } = &variant.setup {
+                let log = std::fs::read_to_string(topo.dir.join("ovpn-lb.log")).unwrap();
+                let wanted = config.hook.as_deref() != Some("xdp")
+                    && (config.spray == file::Spray::Packet || !env.is_empty());
+                assert_eq!(
+                    log.contains("rings accounted by"),
+                    wanted,
+                    "{}: the ring accounting\n{log}",
+                    variant.name
+                );
+            }
             drop(active);
         }
     }

@@ -34,6 +34,15 @@ pub(super) const LAN_V4: &str = "10.10.0.0/24";
 pub(super) const LAN_V6: &str = "fd10:a::/64";
 pub(super) const REMOTE_V4: &str = "10.20.0.0/16";
 pub(super) const REMOTE_V6: &str = "fd20::/48";
+/// Traffic elsewhere (the hook cost round): the first groups of prefixes
+/// that are neither LAN nor remote, which the gateway routes out of a
+/// veth.
+pub(super) const ELSEWHERE_V4: &str = "10.30";
+pub(super) const ELSEWHERE_V6: &str = "fd30:";
+pub(super) const ELSEWHERE_DEV: &str = "other0";
+const ELSEWHERE_PEER: &str = "other1";
+/// The next hop's address there: nobody's.
+const ELSEWHERE_MAC: &str = "02:0f:00:00:02:01";
 /// First routing table and rule priority of the fwmark variant.
 pub(super) const TABLE_BASE: usize = 100;
 pub(super) const RULE_PREF_BASE: usize = 1000;
@@ -331,6 +340,48 @@ impl Topology {
                 ]);
             }
         }
+        // Traffic elsewhere: out of a veth whose other end, in the same
+        // namespace, drops it on arrival (addressed to another host). This
+        // kernel has no dummy device.
+        topology::veth(
+            &End::new(&self.gw_ns, ELSEWHERE_DEV, &[]),
+            &End::new(&self.gw_ns, ELSEWHERE_PEER, &[]),
+        );
+        for (family, prefix, hop) in [
+            (
+                "-4",
+                format!("{ELSEWHERE_V4}.0.0/16"),
+                format!("{ELSEWHERE_V4}.255.254"),
+            ),
+            (
+                "-6",
+                format!("{ELSEWHERE_V6}:/48"),
+                format!("{ELSEWHERE_V6}:fffe"),
+            ),
+        ] {
+            self.gw(&[
+                "neigh",
+                "replace",
+                &hop,
+                "lladdr",
+                ELSEWHERE_MAC,
+                "dev",
+                ELSEWHERE_DEV,
+                "nud",
+                "permanent",
+            ]);
+            self.gw(&[
+                family,
+                "route",
+                "add",
+                &prefix,
+                "via",
+                &hop,
+                "dev",
+                ELSEWHERE_DEV,
+                "onlink",
+            ]);
+        }
         // Plain routing: the remote prefixes through device 0.
         let dev0 = self.device(0);
         for ((family, remote), hop) in [("-4", REMOTE_V4), ("-6", REMOTE_V6)]
@@ -407,6 +458,7 @@ impl Topology {
             .map(|d| find(d).map(|e| e.2).ok_or_else(|| anyhow!("{d} is gone")))
             .collect::<Result<Vec<u64>>>()?;
         let lan_rx = find(LAN_DEV).map_or(0, |e| e.1);
+        let elsewhere = find(ELSEWHERE_DEV).map_or(0, |e| e.2);
         let (mut drained, mut wrong) = (0, 0);
         for c in self.counts.iter() {
             drained += c.drained.load(Ordering::Relaxed);
@@ -416,6 +468,7 @@ impl Topology {
             at,
             devices,
             lan_rx,
+            elsewhere,
             runtime_ns,
             drained,
             wrong,

@@ -2,6 +2,8 @@
 
 use std::{fmt::Write as _, time::Instant};
 
+use ovpn_lb::config::file;
+
 use super::{
     super::{median, spread},
     FLOWS, GEN_CPU, Options, Results, machine_line,
@@ -199,8 +201,8 @@ pub(super) fn raw_tables(md: &mut String, variants: &[Variant], results: &Result
     );
 }
 
-/// The issues' targets: ovpn-lb tc on tun >= 1.3x plain routing and >= 1.5x
-/// nftables numgen; ovpn-lb XDP on TAP >= 2x plain routing; on gateway
+/// The issues' targets: ovpn-lb tc on tun >= 1.3x plain routing, >= 1.5x
+/// nftables numgen and >= 0.95x round robin; ovpn-lb XDP on TAP >= 2x plain routing; on gateway
 /// packets per CPU-second and, for reference, on packets/s with the
 /// generator on the same CPU.
 pub(super) fn targets(md: &mut String, variants: &[Variant], results: &Results) {
@@ -210,12 +212,19 @@ pub(super) fn targets(md: &mut String, variants: &[Variant], results: &Results) 
     let tc_tun = find(&|v| ovpn_lb(v) && v.device == DeviceKind::Tun);
     let xdp_tap = find(&|v| {
         ovpn_lb(v)
-            && matches!(&v.setup, Setup::OvpnLb { config } if config.hook.as_deref() == Some("xdp"))
+            && matches!(&v.setup, Setup::OvpnLb { config, .. } if config.hook.as_deref() == Some("xdp"))
     });
     let numgen = find(&|v| matches!(v.setup, Setup::NftNumgen));
+    // Round robin without the ring accounting: packet spray's pick and
+    // accounting together may cost it 5 % at most.
+    let round_robin = find(&|v| {
+        matches!(&v.setup, Setup::OvpnLb { config, env }
+            if config.spray == file::Spray::RoundRobin && env.is_empty())
+    });
     if let Some(lb) = tc_tun {
         let mut against = vec![(base, 1.3)];
         against.extend(numgen.map(|n| (n, 1.5)));
+        against.extend(round_robin.map(|r| (r, 0.95)));
         target(md, variants, results, lb, &against);
     }
     if let Some(lb) = xdp_tap {

@@ -15,7 +15,7 @@ use ovpn_lb_tests::netns;
 
 use super::{
     FLOWS,
-    network::{GEN_DEV, GEN_MAC, LAN_MAC, Topology},
+    network::{ELSEWHERE_V4, ELSEWHERE_V6, GEN_DEV, GEN_MAC, LAN_MAC, Topology},
 };
 
 /// One traffic mix.
@@ -24,6 +24,25 @@ pub(super) struct Mix {
     pub(super) v6: bool,
     /// Bytes handed to the veth (Ethernet header included, no FCS).
     pub(super) frame: usize,
+    pub(super) to: Destination,
+}
+
+/// Where the traffic goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Destination {
+    /// The remote prefixes: into the tunnels.
+    Tunnels,
+    /// A prefix the gateway routes out of a veth (the hook cost round).
+    Elsewhere,
+}
+
+impl Destination {
+    pub(super) fn describe(self) -> &'static str {
+        match self {
+            Self::Tunnels => "into the tunnels",
+            Self::Elsewhere => "elsewhere (a veth)",
+        }
+    }
 }
 
 impl Mix {
@@ -32,7 +51,12 @@ impl Mix {
     }
 
     pub(super) fn file(self) -> String {
-        format!("v{}-{}.cfg", if self.v6 { 6 } else { 4 }, self.frame)
+        let to = if self.to == Destination::Tunnels {
+            ""
+        } else {
+            "-elsewhere"
+        };
+        format!("v{}-{}{to}.cfg", if self.v6 { 6 } else { 4 }, self.frame)
     }
 }
 
@@ -40,18 +64,22 @@ pub(super) const MIXES: [Mix; 4] = [
     Mix {
         v6: false,
         frame: 64,
+        to: Destination::Tunnels,
     },
     Mix {
         v6: false,
         frame: 1400,
+        to: Destination::Tunnels,
     },
     Mix {
         v6: true,
         frame: 64,
+        to: Destination::Tunnels,
     },
     Mix {
         v6: true,
         frame: 1400,
+        to: Destination::Tunnels,
     },
 ];
 
@@ -68,16 +96,20 @@ pub(super) fn trafgen_config(mix: Mix) -> String {
     for i in 0..FLOWS {
         let host = 1 + i % 250;
         let (net, dst) = (i / 250, 1 + i % 250);
+        let (remote4, remote6) = match mix.to {
+            Destination::Tunnels => ("10.20", "fd20:"),
+            Destination::Elsewhere => (ELSEWHERE_V4, ELSEWHERE_V6),
+        };
         let (src, dst, ttl) = if mix.v6 {
             (
                 format!("fd10:a::{host:x}"),
-                format!("fd20::{net:x}:{dst:x}"),
+                format!("{remote6}:{net:x}:{dst:x}"),
                 "hoplimit",
             )
         } else {
             (
                 format!("10.10.0.{host}"),
-                format!("10.20.{net}.{dst}"),
+                format!("{remote4}.{net}.{dst}"),
                 "ttl",
             )
         };

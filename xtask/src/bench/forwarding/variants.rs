@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
-use ovpn_lb::{config::file, pins::Layout};
+use ovpn_lb::{config::file, datapath::rings::ACCOUNT_ENV, pins::Layout};
 use ovpn_lb_tests::{
     loader::{self, Loader},
     netns,
@@ -34,8 +34,12 @@ pub enum Setup {
     /// nftables netdev ingress on `lan0`: `numgen inc mod N`, the same
     /// stateless translation, `fwd ip to <next hop> device "devK"`.
     NftNetdevFwd,
-    /// `ovpn-lb run` with this configuration (see [`ovpn_lb_config`]).
-    OvpnLb { config: Box<file::File> },
+    /// `ovpn-lb run` with this configuration (see [`ovpn_lb_config`]) and
+    /// environment.
+    OvpnLb {
+        config: Box<file::File>,
+        env: &'static [(&'static str, &'static str)],
+    },
 }
 
 impl Setup {
@@ -71,6 +75,14 @@ pub fn variants(n: usize) -> Vec<Variant> {
     };
     let ovpn_lb = |device, hook| Setup::OvpnLb {
         config: Box::new(ovpn_lb_config(device, hook, n)),
+        env: &[],
+    };
+    let round_robin = |env| Setup::OvpnLb {
+        config: Box::new(file::File {
+            spray: file::Spray::RoundRobin,
+            ..ovpn_lb_config(DeviceKind::Tun, "tc", n)
+        }),
+        env,
     };
     let (tun, tap) = (DeviceKind::Tun, DeviceKind::Tap);
     vec![
@@ -108,14 +120,17 @@ pub fn variants(n: usize) -> Vec<Variant> {
             format!("ovpn-lb tc, {n} tun, round robin"),
             "ovpn-lb tc RR",
             tun,
-            // The baseline spray: no ring accounting (its tracepoints run
-            // for every packet a tun device queues and OpenVPN reads).
-            Setup::OvpnLb {
-                config: Box::new(file::File {
-                    spray: file::Spray::RoundRobin,
-                    ..ovpn_lb_config(tun, "tc", n)
-                }),
-            },
+            // The baseline spray: no ring accounting (its hooks run for
+            // every packet a tun device queues and OpenVPN reads).
+            round_robin(&[]),
+        ),
+        variant(
+            format!("ovpn-lb tc, {n} tun, round robin + accounting"),
+            "ovpn-lb tc RR+acct",
+            tun,
+            // Packet spray's hooks without its pick: what the accounting
+            // costs on its own.
+            round_robin(&[(ACCOUNT_ENV, "1")]),
         ),
         variant(
             format!("ovpn-lb tc, {n} tap"),
@@ -301,11 +316,16 @@ impl<'a> Active<'a> {
                 load_nft(topo, &nft_netdev_fwd(topo.kind, topo.n))?;
                 Ok(active)
             }
-            Setup::OvpnLb { config } => Self::loader(topo, config, bin),
+            Setup::OvpnLb { config, env } => Self::loader(topo, config, env, bin),
         }
     }
 
-    pub(super) fn loader(topo: &'a Topology, config: &file::File, bin: &Path) -> Result<Self> {
+    pub(super) fn loader(
+        topo: &'a Topology,
+        config: &file::File,
+        env: &[(&str, &str)],
+        bin: &Path,
+    ) -> Result<Self> {
         let config_path = topo.dir.join("ovpn-lb.toml");
         fs::write(&config_path, config.to_toml()?)?;
         let site = loader::Site {
@@ -317,7 +337,8 @@ impl<'a> Active<'a> {
             },
         };
         // Its own process group: Ctrl-C reaches the benchmark, which tears down.
-        let loader = site.start(&config_path, &[], &topo.dir.join("ovpn-lb.log"), true);
+        let loader =
+            site.start_with_env(&config_path, &[], env, &topo.dir.join("ovpn-lb.log"), true);
         Ok(Self::Loader {
             site,
             loader: Some(loader),
