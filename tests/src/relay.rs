@@ -69,14 +69,32 @@ impl Held {
     }
 }
 
-/// Receives into `buf` for at most `wait`; the length, or `None` on a timeout.
+/// Receives into `buf` for at most `wait`; the length, or `None` when
+/// nothing came.
+///
+/// A receive with a timeout is never restarted after a signal handler ran
+/// (signal(7)): `EINTR` whenever the process that made the lab handles a
+/// signal. And a datagram sent to a port nobody holds (an OpenVPN
+/// restarting) comes back as `ECONNREFUSED` on the next receive of the
+/// connected socket. Neither ends the relay: either once stopped a
+/// tunnel's path for good, mid-benchmark.
 fn receive(socket: &UdpSocket, buf: &mut [u8], wait: Duration) -> Option<(usize, SocketAddr)> {
     socket
         .set_read_timeout(Some(wait))
         .expect("a non-zero timeout");
     match socket.recv_from(buf) {
         Ok(got) => Some(got),
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::WouldBlock
+                    | ErrorKind::TimedOut
+                    | ErrorKind::Interrupted
+                    | ErrorKind::ConnectionRefused
+            ) =>
+        {
+            None
+        }
         Err(e) => panic!("relay receive: {e}"),
     }
 }
