@@ -140,7 +140,7 @@ pub fn bridge(ns: &str, name: &str, addrs: &[&str]) {
     // lose packets until they resolve it again (a gateway pulled off the
     // segment cost the other pair's streams a ping). A router's interface
     // keeps its address, so this one is set, to the random one it has.
-    let mac = bridge_address(ns, name);
+    let mac = link_address(ns, name);
     ip(ns, &["link", "set", name, "address", &mac]);
     for addr in addrs {
         let mut args = vec!["addr", "add", addr, "dev", name];
@@ -160,8 +160,12 @@ pub fn plug(ns: &str, dev: &str, bridge: &str) {
     ip(ns, &["link", "set", dev, "master", bridge]);
 }
 
-/// The link-layer address of device `dev` in `ns`.
-fn bridge_address(ns: &str, dev: &str) -> String {
+/// The link-layer address of device `dev` in `ns`, as `ip` writes it.
+///
+/// # Panics
+/// If `ip` refuses, or shows no address.
+#[must_use]
+pub fn link_address(ns: &str, dev: &str) -> String {
     let out = ip(ns, &["-br", "link", "show", "dev", dev]);
     out.split_whitespace()
         .nth(2)

@@ -24,7 +24,7 @@ use ovpn_lb_tests::{
     netns::enter_named,
     ping::ping_background,
     process::wait_gone,
-    root_alone,
+    root_alone, topology,
     traffic::{Capture, tcp_transfer},
 };
 
@@ -354,13 +354,7 @@ fn forged_probes_go_nowhere(lab: &Lab) {
 }
 
 fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-br", "link", "show", dev])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text.split_whitespace().nth(2).unwrap();
-    let bytes: Vec<u8> = mac
+    let bytes: Vec<u8> = topology::link_address(ns, dev)
         .split(':')
         .map(|b| u8::from_str_radix(b, 16).unwrap())
         .collect();

@@ -13,41 +13,41 @@ use ovpn_lb_tests::{netns::Netns, relay::Relay, root_alone};
 
 extern "C" fn ignore(_: libc::c_int) {}
 
-/// A handler for SIGUSR1 without `SA_RESTART`, as a Ctrl-C handler is.
-fn handle_sigusr1() {
+/// A handler for SIGUSR1 without `SA_RESTART`, as a Ctrl-C handler is;
+/// the one it replaces.
+fn handle_sigusr1() -> libc::sigaction {
     // SAFETY: a zeroed `sigaction` is a valid empty one; the handler does
-    // nothing, so it is async-signal-safe.
+    // nothing, so it is async-signal-safe; `old` is written by the call.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = ignore as *const () as libc::sighandler_t;
         libc::sigemptyset(&raw mut action.sa_mask);
+        let mut old: libc::sigaction = std::mem::zeroed();
         assert_eq!(
-            libc::sigaction(libc::SIGUSR1, &raw const action, std::ptr::null_mut()),
+            libc::sigaction(libc::SIGUSR1, &raw const action, &raw mut old),
             0
         );
+        old
     }
 }
 
-/// SIGUSR1 to every other thread of this process.
-fn signal_other_threads() -> usize {
-    // SAFETY: getpid(2) and gettid(2) cannot fail.
-    let (pid, me) = unsafe { (libc::getpid(), libc::gettid()) };
-    let mut sent = 0;
-    for entry in fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let Some(tid) = entry
-            .ok()
-            .and_then(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        else {
-            continue;
-        };
-        if tid != me {
-            // SAFETY: a signal this process handles, to its own thread.
-            if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) } == 0 {
-                sent += 1;
-            }
-        }
+/// This process's threads.
+fn threads() -> Vec<libc::pid_t> {
+    fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// SIGUSR1 to each of `threads`.
+fn signal(threads: &[libc::pid_t]) {
+    // SAFETY: getpid(2) cannot fail.
+    let pid = unsafe { libc::getpid() };
+    for &tid in threads {
+        // SAFETY: a signal this process handles, to its own thread.
+        let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
+        assert_eq!(sent, 0, "tgkill {tid}");
     }
-    sent
 }
 
 /// A datagram within a second, if any.
@@ -68,24 +68,33 @@ fn the_relay_outlives_a_refused_port_and_signals() {
     let ns = Netns::new("relay");
     let listen: SocketAddr = "127.0.0.1:41001".parse().expect("an address");
     let target: SocketAddr = "127.0.0.1:41002".parse().expect("an address");
-    handle_sigusr1();
-    let _relay = Relay::start(ns.name(), listen, target, Duration::from_millis(2));
+    let old = handle_sigusr1();
+    let before = threads();
+    let relay = Relay::start(ns.name(), listen, target, Duration::from_millis(2));
+    let relays: Vec<_> = threads()
+        .into_iter()
+        .filter(|t| !before.contains(t))
+        .collect();
+    assert_eq!(relays.len(), 2, "one thread each way");
     let near = ns.enter(|| UdpSocket::bind("127.0.0.1:0").expect("a socket"));
 
     // Nothing holds the target port: the relay's datagram is refused.
     near.send_to(b"refused", listen).expect("sent");
     std::thread::sleep(Duration::from_millis(100));
-    // Every receive the relay's threads are in is interrupted, over and over.
+    // The receives the relay's threads wait in, interrupted over and over.
     for _ in 0..50 {
-        assert!(signal_other_threads() > 0);
+        signal(&relays);
         std::thread::sleep(Duration::from_millis(2));
     }
 
     let far = ns.enter(|| UdpSocket::bind(target).expect("the target port"));
     near.send_to(b"there", listen).expect("sent");
-    let (got, relay) = receive(&far).expect("the relay passes datagrams on");
+    let (got, via) = receive(&far).expect("the relay passes datagrams on");
     assert_eq!(got, b"there");
-    far.send_to(b"back", relay).expect("sent");
+    far.send_to(b"back", via).expect("sent");
     let (got, from) = receive(&near).expect("the relay passes answers back");
     assert_eq!((got.as_slice(), from), (&b"back"[..], listen));
+    drop(relay);
+    // SAFETY: `old` is the action `handle_sigusr1` replaced.
+    unsafe { libc::sigaction(libc::SIGUSR1, &raw const old, std::ptr::null_mut()) };
 }

@@ -299,10 +299,7 @@ fn a_segment_keeps_its_address_when_a_gateway_leaves() {
         );
         topology::plug(router.name(), &port, "gws");
     }
-    let address = || {
-        let out = router.ip(&["-br", "link", "show", "dev", "gws"]);
-        out.split_whitespace().nth(2).map(str::to_owned)
-    };
+    let address = || topology::link_address(router.name(), "gws");
     let before = address();
     for i in 0..gateways.len() {
         router.ip(&["link", "del", &format!("to-g{i}")]);

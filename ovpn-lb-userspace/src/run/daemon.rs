@@ -324,13 +324,16 @@ impl Daemon {
             self.features.accounting(false, None);
             return None;
         }
+        let packet = self.config.spray == Spray::Packet;
         if self.config.hook == Hook::Xdp {
             // The XDP LAN program walks the slots whatever is accounted:
             // its stack leaves no room for the comparison. A choice of
             // configuration, not a kernel's fallback.
-            log::warn!(
-                "spray = \"packet\" under the XDP hook sprays round robin: the XDP LAN program has no room for the comparison"
-            );
+            if packet {
+                log::warn!(
+                    "spray = \"packet\" under the XDP hook sprays round robin: the XDP LAN program has no room for the comparison"
+                );
+            }
             self.stop_accounting();
             self.features.accounting(false, None);
             return None;
@@ -362,7 +365,7 @@ impl Daemon {
             }),
         };
         match chosen {
-            Ok(h) if self.config.spray != Spray::Packet => {
+            Ok(h) if !packet => {
                 log::warn!(
                     "rings accounted by {} ({}) though spray = \"{}\" does not use them ({}=1)",
                     h.name(),
@@ -390,10 +393,20 @@ impl Daemon {
             }
             Err(e) => {
                 // Half attached would count enqueues without reads. The
-                // kernel report's fallback carries the warning.
+                // kernel report's fallback carries the warning, where it
+                // is one: the other sprays never needed the rings.
                 self.stop_accounting();
-                let why = format!("it cannot see the tunnels' rings ({})", short(&e));
-                self.features.accounting(false, Some(&why));
+                if packet {
+                    let why = format!("it cannot see the tunnels' rings ({})", short(&e));
+                    self.features.accounting(false, Some(&why));
+                } else {
+                    log::warn!(
+                        "rings not accounted ({}=1): {}",
+                        rings::ACCOUNT_ENV,
+                        short(&e)
+                    );
+                    self.features.accounting(false, None);
+                }
                 None
             }
         }
@@ -435,6 +448,7 @@ impl Daemon {
             }
             // Packet spray would see an unfollowed queue as idle for ever.
             if self.rings.is_some()
+                && self.config.spray == Spray::Packet
                 && let Some(why) = l.driver.why_no_ring()
             {
                 log::warn!(

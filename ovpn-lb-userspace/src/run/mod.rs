@@ -187,8 +187,9 @@ async fn start(
     let started = std::time::Instant::now();
     let listener = metrics::server::bind(config.metrics_listen).await?;
     log::info!("hook: {}", config.hook_reason);
-    // Packet spray's ring accounting reads kernel memory at offsets the
-    // object must carry when it loads.
+    // The ring accounting (packet spray's, or any spray's where the
+    // environment asks) reads kernel memory at offsets the object must
+    // carry when it loads.
     let ring_layout = rings::accounted(config.spray).then(rings::kernel_layout);
     let mut datapath =
         Datapath::load_pinned(layout, ring_layout.as_ref().and_then(|r| r.as_ref().ok()))?;

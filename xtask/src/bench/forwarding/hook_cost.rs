@@ -13,21 +13,23 @@
 //! `run_time_ns` over `run_cnt`, the program alone, without the
 //! trampoline or tracepoint that calls it).
 
-use std::{collections::BTreeMap, fmt::Write as _, thread, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, fs, thread, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use aya::{
     programs::loaded_programs,
     sys::{Stats, enable_stats},
 };
+use ovpn_lb::{datapath::attach::pinned_program, pins::Layout};
 use ovpn_lb_common::maps::programs;
 
 use super::{
-    Options, WARM_UP,
+    Options,
     network::{DeviceKind, Topology},
     sleep_checked,
-    trafgen::{Destination, Mix, Trafgen},
+    trafgen::{Destination, Mix},
     variants::{Active, Setup, Variant},
+    warmed_up,
 };
 
 /// The traffic: IPv4 64-byte frames, where the per-packet cost shows most.
@@ -37,54 +39,69 @@ const MIX: Mix = Mix {
     to: Destination::Tunnels,
 };
 
-/// Per program: run count and run time, ns.
-type Counts = BTreeMap<String, (u64, u64)>;
-/// Per program: invocations per packet and ns per invocation.
+/// Per program id: its name, run count and run time, ns.
+type Counts = BTreeMap<u32, (String, u64, u64)>;
+/// Per program: name, invocations per packet and ns per invocation.
 type Costs = Vec<(String, f64, f64)>;
 
-/// Every ovpn-lb program's counts now, by name (as the kernel keeps it, cut
-/// to 15 bytes).
-fn counts() -> Counts {
-    let ours: Vec<String> = programs::TC
+/// The programs behind the links the loader of `layout` pinned (the
+/// tracing links' pins carry the full name; the kernel keeps 15 bytes).
+fn programs_of(layout: &Layout) -> Result<BTreeMap<u32, Option<String>>> {
+    let links = layout.links();
+    let mut ids = BTreeMap::new();
+    for entry in fs::read_dir(&links).with_context(|| format!("{}", links.display()))? {
+        let pin = entry?.path();
+        if let Some(id) = pinned_program(&pin) {
+            let name = pin
+                .file_name()
+                .and_then(|n| n.to_str()?.strip_suffix("-raw_tp"))
+                .map(str::to_owned);
+            ids.entry(id).or_insert(name);
+        }
+    }
+    Ok(ids)
+}
+
+/// The full name of a program the kernel names `short`, where only one
+/// of the object's programs starts so.
+fn full_name(short: &str) -> String {
+    let mut names = programs::TC
         .iter()
         .chain(programs::XDP)
         .copied()
         .chain(programs::TRACING.iter().map(|t| t.name))
-        .map(|n| n.chars().take(15).collect())
-        .collect();
-    let mut counts = Counts::new();
-    for info in loaded_programs().flatten() {
-        let Some(name) = info.name_as_str().map(str::to_owned) else {
-            continue;
-        };
-        if ours.contains(&name) {
-            let entry = counts.entry(name).or_default();
-            entry.0 += info.run_count();
-            entry.1 += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
-        }
+        .filter(|n| n.starts_with(short));
+    match (names.next(), names.next()) {
+        (Some(name), None) => name.to_owned(),
+        _ => short.to_owned(),
     }
-    counts
+}
+
+/// The counts of programs `ids` now.
+fn counts(ids: &BTreeMap<u32, Option<String>>) -> Counts {
+    loaded_programs()
+        .flatten()
+        .filter_map(|info| {
+            let name = ids
+                .get(&info.id())?
+                .clone()
+                .unwrap_or_else(|| full_name(info.name_as_str().unwrap_or("?")));
+            let ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            Some((info.id(), (name, info.run_count(), ns)))
+        })
+        .collect()
 }
 
 /// One variant, one kind of traffic: per program, (invocations per packet,
 /// ns per invocation), and the packets.
-fn measure(topo: &Topology, to: Destination, opts: &Options) -> Result<(Costs, u64)> {
-    let mix = Mix { to, ..MIX };
-    let secs = WARM_UP.as_secs_f64() + opts.seconds + 10.0;
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "a positive packet count well within u64"
-    )]
-    let count = (super::RATE_CEILING_PPS as f64 * secs) as u64;
-    let mut generator = Trafgen::start(topo, mix, count)?;
-    sleep_checked(WARM_UP, &opts.interrupted)?;
-    ensure!(
-        generator.running(),
-        "trafgen ended early:\n{}",
-        generator.output()
-    );
+fn measure(
+    topo: &Topology,
+    layout: &Layout,
+    to: Destination,
+    opts: &Options,
+) -> Result<(Costs, u64)> {
+    let ids = programs_of(layout)?;
+    let mut generator = warmed_up(topo, Mix { to, ..MIX }, opts)?;
     let sent = |topo: &Topology| -> Result<u64> {
         let sample = topo.sample(&[])?;
         Ok(match to {
@@ -92,17 +109,17 @@ fn measure(topo: &Topology, to: Destination, opts: &Options) -> Result<(Costs, u
             Destination::Elsewhere => sample.elsewhere,
         })
     };
-    let (p0, c0) = (sent(topo)?, counts());
+    let (p0, c0) = (sent(topo)?, counts(&ids));
     sleep_checked(Duration::from_secs_f64(opts.seconds), &opts.interrupted)?;
-    let (p1, c1) = (sent(topo)?, counts());
+    let (p1, c1) = (sent(topo)?, counts(&ids));
     generator.stop();
     let packets = p1.saturating_sub(p0);
     ensure!(packets > 0, "no packet went {}", to.describe());
     #[expect(clippy::cast_precision_loss, reason = "counters far below 2^52")]
     let rows = c1
         .iter()
-        .filter_map(|(name, &(runs, ns))| {
-            let (runs0, ns0) = c0.get(name).copied().unwrap_or_default();
+        .filter_map(|(id, (name, runs, ns))| {
+            let (_, runs0, ns0) = c0.get(id).cloned().unwrap_or_default();
             let runs = runs.saturating_sub(runs0);
             (runs > 0).then(|| {
                 (
@@ -137,7 +154,10 @@ pub(super) fn run(variants: &[Variant], opts: &Options, seq: &mut usize) -> Resu
                 .with_context(|| format!("setting up {}", variant.name))?;
             // The loader's start-up has settled (probes, first schedule).
             thread::sleep(Duration::from_millis(300));
-            let (rows, packets) = measure(&topo, to, opts)
+            let Active::Loader { site, .. } = &active else {
+                unreachable!("an ovpn-lb variant runs the loader")
+            };
+            let (rows, packets) = measure(&topo, &site.layout, to, opts)
                 .with_context(|| format!("hook cost: {}, {}", variant.name, to.describe()))?;
             drop(active);
             let total: f64 = rows.iter().map(|(_, per, ns)| per * ns).sum();

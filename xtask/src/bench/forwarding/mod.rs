@@ -67,6 +67,7 @@ mod trafgen;
 mod variants;
 
 use std::{
+    fmt::Write as _,
     fs,
     path::PathBuf,
     sync::{
@@ -212,13 +213,9 @@ fn sleep_checked(d: Duration, interrupted: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-fn measure(
-    topo: &Topology,
-    variant: &Variant,
-    mix: Mix,
-    opts: &Options,
-    ksoftirqd: u32,
-) -> Result<Window> {
+/// trafgen sending `mix`, past its warm-up, with packets for a window to
+/// spare.
+fn warmed_up(topo: &Topology, mix: Mix, opts: &Options) -> Result<Trafgen> {
     let secs = WARM_UP.as_secs_f64() + opts.seconds + 10.0;
     #[expect(
         clippy::cast_possible_truncation,
@@ -234,6 +231,17 @@ fn measure(
         "trafgen ended early:\n{}",
         generator.output()
     );
+    Ok(generator)
+}
+
+fn measure(
+    topo: &Topology,
+    variant: &Variant,
+    mix: Mix,
+    opts: &Options,
+    ksoftirqd: u32,
+) -> Result<Window> {
+    let mut generator = warmed_up(topo, mix, opts)?;
     let mut tasks = find_pids(Some(generator.child.id()), None);
     ensure!(
         !tasks.is_empty(),
@@ -322,13 +330,20 @@ pub fn run(opts: &Options) -> Result<(String, Summary)> {
         }
     }
     let (mut md, summary) = table(&variants, &results, opts, started);
-    md.push_str(&hook_cost::run(&variants, opts, &mut seq)?);
+    // A diagnostic: its failure costs its own section, not the timed rounds.
+    match hook_cost::run(&variants, opts, &mut seq) {
+        Ok(section) => md.push_str(&section),
+        Err(e) => {
+            eprintln!("warning: the hook cost round failed: {e:#}");
+            let _ = writeln!(md, "\nHook cost: not measured ({e:#}).");
+        }
+    }
     Ok((md, summary))
 }
 
 #[cfg(test)]
 mod tests {
-    use ovpn_lb::config::file;
+    use ovpn_lb::{config::file, datapath::rings::ACCOUNT_ENV};
     use ovpn_lb_tests::{loader::loader_bin, require_root, serial};
 
     use super::{Active, Setup, Topology, variants};
@@ -351,11 +366,18 @@ mod tests {
             // setting asks, and only there.
             if let Setup::OvpnLb { config, env } = &variant.setup {
                 let log = std::fs::read_to_string(topo.dir.join("ovpn-lb.log")).unwrap();
-                let wanted = config.hook.as_deref() != Some("xdp")
-                    && (config.spray == file::Spray::Packet || !env.is_empty());
-                assert_eq!(
-                    log.contains("rings accounted by"),
-                    wanted,
+                let asked = config.spray == file::Spray::Packet
+                    || env.iter().any(|&(k, v)| k == ACCOUNT_ENV && v == "1");
+                let accounted = log.contains("rings accounted by");
+                // A kernel without ring hooks says why instead.
+                let impossible = log.contains("cannot see the tunnels' rings")
+                    || log.contains("rings not accounted");
+                assert!(
+                    if asked && config.hook.as_deref() != Some("xdp") {
+                        accounted || impossible
+                    } else {
+                        !accounted
+                    },
                     "{}: the ring accounting\n{log}",
                     variant.name
                 );

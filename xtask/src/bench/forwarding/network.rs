@@ -340,13 +340,48 @@ impl Topology {
                 ]);
             }
         }
+        self.build_elsewhere();
+        // Plain routing: the remote prefixes through device 0.
+        let dev0 = self.device(0);
+        for ((family, remote), hop) in [("-4", REMOTE_V4), ("-6", REMOTE_V6)]
+            .into_iter()
+            .zip(next_hops(0))
+        {
+            self.gw(&[
+                family, "route", "add", remote, "via", &hop, "dev", &dev0, "onlink",
+            ]);
+        }
+    }
+
+    /// A route out of the gateway for traffic that never meets a tunnel
+    /// (the hook cost round).
+    fn build_elsewhere(&self) {
         // Traffic elsewhere: out of a veth whose other end, in the same
         // namespace, drops it on arrival (addressed to another host). This
-        // kernel has no dummy device.
-        topology::veth(
-            &End::new(&self.gw_ns, ELSEWHERE_DEV, &[]),
-            &End::new(&self.gw_ns, ELSEWHERE_PEER, &[]),
-        );
+        // kernel has no dummy device. Quiet like the tunnel devices: none
+        // of the kernel's own packets in its count.
+        self.gw(&[
+            "link",
+            "add",
+            ELSEWHERE_DEV,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ELSEWHERE_PEER,
+        ]);
+        for dev in [ELSEWHERE_DEV, ELSEWHERE_PEER] {
+            self.gw(&[
+                "link",
+                "set",
+                dev,
+                "addrgenmode",
+                "none",
+                "multicast",
+                "off",
+                "up",
+            ]);
+        }
         for (family, prefix, hop) in [
             (
                 "-4",
@@ -380,16 +415,6 @@ impl Topology {
                 "dev",
                 ELSEWHERE_DEV,
                 "onlink",
-            ]);
-        }
-        // Plain routing: the remote prefixes through device 0.
-        let dev0 = self.device(0);
-        for ((family, remote), hop) in [("-4", REMOTE_V4), ("-6", REMOTE_V6)]
-            .into_iter()
-            .zip(next_hops(0))
-        {
-            self.gw(&[
-                family, "route", "add", remote, "via", &hop, "dev", &dev0, "onlink",
             ]);
         }
     }

@@ -336,9 +336,15 @@ impl<'a> Active<'a> {
                 run_dir: topo.dir.join("run"),
             },
         };
+        // Said either way: the bench's own environment must not account
+        // the rings of a row that is priced without them.
+        let mut env = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == ACCOUNT_ENV) {
+            env.push((ACCOUNT_ENV, "0"));
+        }
         // Its own process group: Ctrl-C reaches the benchmark, which tears down.
         let loader =
-            site.start_with_env(&config_path, &[], env, &topo.dir.join("ovpn-lb.log"), true);
+            site.start_with_env(&config_path, &[], &env, &topo.dir.join("ovpn-lb.log"), true);
         Ok(Self::Loader {
             site,
             loader: Some(loader),
