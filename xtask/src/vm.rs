@@ -45,6 +45,20 @@ pub const PACKAGES: &[&str] = &[
 
 /// Where the run directory appears inside the guest.
 pub const GUEST_RUN_DIR: &str = "/run/vm";
+/// Directories a guest mounts afresh (tmpfs) over the host's tree: what
+/// the host has there, the guest does not see.
+const GUEST_OWN_DIRS: [&str; 2] = ["/run", "/tmp"];
+
+/// Whether the guest sees the host's `dir`; why not, if not.
+fn visible_in_guest(dir: &Path) -> Result<()> {
+    if let Some(own) = GUEST_OWN_DIRS.iter().find(|d| dir.starts_with(d)) {
+        bail!(
+            "{} is under {own}, which a guest mounts afresh (its own tmpfs), so the guest cannot run there: use a checkout outside {own}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
 
 /// Modules the initramfs loads (with their dependencies) when the kernel
 /// does not have them built in: the virtio transport, 9p and the overlay.
@@ -178,6 +192,7 @@ impl Guest<'_> {
     /// If the guest cannot be prepared or QEMU cannot start; a script that
     /// fails or a guest that dies is an [`Outcome`], not an error.
     pub fn run(&self, script: &str, mut echo: impl FnMut(&str)) -> Result<Outcome> {
+        visible_in_guest(&self.cwd)?;
         if self.dir.exists() {
             fs::remove_dir_all(&self.dir)
                 .with_context(|| format!("emptying {}", self.dir.display()))?;
@@ -463,6 +478,17 @@ impl Cpio {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_working_directory_the_guest_mounts_over_is_refused() {
+        for dir in ["/tmp/ci-1234", "/run/user/0/w"] {
+            let e = visible_in_guest(Path::new(dir)).unwrap_err().to_string();
+            assert!(e.contains("use a checkout outside"), "{dir}: {e}");
+        }
+        for dir in ["/work/main", "/tmpfoo/x", "/home/u/runner"] {
+            assert!(visible_in_guest(Path::new(dir)).is_ok(), "{dir}");
+        }
+    }
 
     #[test]
     fn cpio_entries_are_newc_and_aligned() {
