@@ -343,7 +343,7 @@ pub fn run(opts: &Options) -> Result<(String, Summary)> {
 
 #[cfg(test)]
 mod tests {
-    use ovpn_lb::{config::file, datapath::rings::ACCOUNT_ENV};
+    use ovpn_lb::config::file;
     use ovpn_lb_tests::{loader::loader_bin, require_root, serial};
 
     use super::{Active, Setup, Topology, variants};
@@ -364,10 +364,13 @@ mod tests {
             assert_eq!(sample.devices.len(), 2, "{}", variant.name);
             // The rings are accounted where packet spray or the bench's
             // setting asks, and only there.
-            if let Setup::OvpnLb { config, env } = &variant.setup {
+            if let Setup::OvpnLb {
+                config,
+                account_rings,
+            } = &variant.setup
+            {
                 let log = std::fs::read_to_string(topo.dir.join("ovpn-lb.log")).unwrap();
-                let asked = config.spray == file::Spray::Packet
-                    || env.iter().any(|&(k, v)| k == ACCOUNT_ENV && v == "1");
+                let asked = config.spray == file::Spray::Packet || *account_rings;
                 let accounted = log.contains("rings accounted by");
                 // A kernel without ring hooks says why instead.
                 let impossible = log.contains("cannot see the tunnels' rings")

@@ -218,8 +218,8 @@ pub(super) fn targets(md: &mut String, variants: &[Variant], results: &Results) 
     // Round robin without the ring accounting: packet spray's pick and
     // accounting together may cost it 5 % at most.
     let round_robin = find(&|v| {
-        matches!(&v.setup, Setup::OvpnLb { config, env }
-            if config.spray == file::Spray::RoundRobin && env.is_empty())
+        matches!(&v.setup, Setup::OvpnLb { config, account_rings }
+            if config.spray == file::Spray::RoundRobin && !account_rings)
     });
     if let Some(lb) = tc_tun {
         let mut against = vec![(base, 1.3)];

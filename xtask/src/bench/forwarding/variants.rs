@@ -34,11 +34,12 @@ pub enum Setup {
     /// nftables netdev ingress on `lan0`: `numgen inc mod N`, the same
     /// stateless translation, `fwd ip to <next hop> device "devK"`.
     NftNetdevFwd,
-    /// `ovpn-lb run` with this configuration (see [`ovpn_lb_config`]) and
-    /// environment.
+    /// `ovpn-lb run` with this configuration (see [`ovpn_lb_config`]);
+    /// `account_rings`: the ring accounting under any spray
+    /// ([`ACCOUNT_ENV`]), not packet spray's alone.
     OvpnLb {
         config: Box<file::File>,
-        env: &'static [(&'static str, &'static str)],
+        account_rings: bool,
     },
 }
 
@@ -75,14 +76,14 @@ pub fn variants(n: usize) -> Vec<Variant> {
     };
     let ovpn_lb = |device, hook| Setup::OvpnLb {
         config: Box::new(ovpn_lb_config(device, hook, n)),
-        env: &[],
+        account_rings: false,
     };
-    let round_robin = |env| Setup::OvpnLb {
+    let round_robin = |account_rings| Setup::OvpnLb {
         config: Box::new(file::File {
             spray: file::Spray::RoundRobin,
             ..ovpn_lb_config(DeviceKind::Tun, "tc", n)
         }),
-        env,
+        account_rings,
     };
     let (tun, tap) = (DeviceKind::Tun, DeviceKind::Tap);
     vec![
@@ -122,7 +123,7 @@ pub fn variants(n: usize) -> Vec<Variant> {
             tun,
             // The baseline spray: no ring accounting (its hooks run for
             // every packet a tun device queues and OpenVPN reads).
-            round_robin(&[]),
+            round_robin(false),
         ),
         variant(
             format!("ovpn-lb tc, {n} tun, round robin + accounting"),
@@ -130,7 +131,7 @@ pub fn variants(n: usize) -> Vec<Variant> {
             tun,
             // Packet spray's hooks without its pick: what the accounting
             // costs on its own.
-            round_robin(&[(ACCOUNT_ENV, "1")]),
+            round_robin(true),
         ),
         variant(
             format!("ovpn-lb tc, {n} tap"),
@@ -316,14 +317,17 @@ impl<'a> Active<'a> {
                 load_nft(topo, &nft_netdev_fwd(topo.kind, topo.n))?;
                 Ok(active)
             }
-            Setup::OvpnLb { config, env } => Self::loader(topo, config, env, bin),
+            Setup::OvpnLb {
+                config,
+                account_rings,
+            } => Self::loader(topo, config, *account_rings, bin),
         }
     }
 
     pub(super) fn loader(
         topo: &'a Topology,
         config: &file::File,
-        env: &[(&str, &str)],
+        account_rings: bool,
         bin: &Path,
     ) -> Result<Self> {
         let config_path = topo.dir.join("ovpn-lb.toml");
@@ -338,10 +342,7 @@ impl<'a> Active<'a> {
         };
         // Said either way: the bench's own environment must not account
         // the rings of a row that is priced without them.
-        let mut env = env.to_vec();
-        if !env.iter().any(|(k, _)| *k == ACCOUNT_ENV) {
-            env.push((ACCOUNT_ENV, "0"));
-        }
+        let env = [(ACCOUNT_ENV, if account_rings { "1" } else { "0" })];
         // Its own process group: Ctrl-C reaches the benchmark, which tears down.
         let loader =
             site.start_with_env(&config_path, &[], &env, &topo.dir.join("ovpn-lb.log"), true);
