@@ -448,10 +448,35 @@ impl GatewayLab {
             }
             assert!(
                 start.elapsed() < timeout,
-                "rotation stayed {now:?} for {timeout:?}"
+                "rotation stayed {now:?} for {timeout:?}\n{}",
+                self.loader_logs()
             );
             thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// The end of every loader log this lab wrote, for a failure's message.
+    fn loader_logs(&self) -> String {
+        let mut logs: Vec<_> = std::fs::read_dir(&self.scratch.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("loader-"))
+            })
+            .collect();
+        logs.sort();
+        logs.iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                format!("--- {} (last 40 lines)\n{tail}", p.display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Tunnel `k`'s entry in the pinned `TUNNELS` map.

@@ -600,16 +600,7 @@ fn lost_notifications_are_made_up_for() {
     let pid = libc::pid_t::try_from(loader.pid()).unwrap();
     // SAFETY: signals to the loader this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let batch = lab.scratch.dir.join("storm.batch");
-    let mut text = String::new();
-    for i in 0..400 {
-        let _ = writeln!(text, "link add st{i} type veth peer name sp{i}");
-    }
-    std::fs::write(&batch, text).unwrap();
-    run(
-        "ip",
-        &["-n", lab.gw.name(), "-batch", batch.to_str().unwrap()],
-    );
+    storm(&lab, 0, 400);
     lab.responders[1] = None;
     let start = Instant::now();
     // SAFETY: as above.
@@ -623,6 +614,46 @@ fn lost_notifications_are_made_up_for() {
         loader.log_text()
     );
     lab.stop_and_detach(loader);
+}
+
+#[test]
+fn a_storm_of_links_while_the_loader_reads_loses_no_removal() {
+    // Devices made by the hundred (containers starting) overflow
+    // the loader's notification socket while it is asking the kernel
+    // things: no question may wait for ever on a lost answer (it did, on
+    // one shared socket), and a tunnel removed in the storm must leave.
+    let Some(_alone) = root_alone() else { return };
+    let (mut lab, loader) = GatewayLab::running(200);
+    for round in 0..3 {
+        storm(&lab, round, 400);
+        lab.responders[1] = None;
+        let left = lab.wait_rotation(Duration::from_secs(10), |r| r == [0, 2]);
+        eprintln!("round {round}: the removed device left the rotation in {left:?}");
+        lab.responders[1] = Some(Responder::start(&lab.gw, "ovt1", 1));
+        lab.gw.ip(&["link", "set", "ovt1", "up"]);
+        lab.wait_rotation(Duration::from_secs(10), |r| r == [0, 1, 2]);
+    }
+    assert!(
+        loader.log_text().contains("notifications were lost"),
+        "no storm overflowed the socket: {}",
+        loader.log_text()
+    );
+    lab.stop_and_detach(loader);
+}
+
+/// Adds `pairs` veth pairs (named after `tag`) to the gateway's namespace in
+/// one batch: a burst of notifications. The namespace's end deletes them.
+fn storm(lab: &GatewayLab, tag: usize, pairs: usize) {
+    let batch = lab.scratch.dir.join(format!("storm-{tag}.batch"));
+    let mut text = String::new();
+    for i in 0..pairs {
+        let _ = writeln!(text, "link add s{tag}t{i} type veth peer name s{tag}p{i}");
+    }
+    std::fs::write(&batch, text).unwrap();
+    run(
+        "ip",
+        &["-n", lab.gw.name(), "-batch", batch.to_str().unwrap()],
+    );
 }
 
 #[test]

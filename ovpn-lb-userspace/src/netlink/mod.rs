@@ -1,7 +1,13 @@
 //! Everything the loader says to and hears from the kernel over netlink: one
-//! rtnetlink connection for links, neighbours, policy rules and routes (also
-//! subscribed to link, neighbour and route notifications), and the `netdev`
-//! generic-netlink family for drivers' XDP features.
+//! rtnetlink connection for requests about links, neighbours, policy rules
+//! and routes, another subscribed to link, neighbour and route
+//! notifications, and the `netdev` generic-netlink family for drivers' XDP
+//! features.
+//!
+//! Requests never share the notifications' socket: once a burst of
+//! notifications overflows a socket, the kernel drops every unicast answer
+//! to it (a reply, an acknowledgement) until its queue has been read empty,
+//! without another error, so a request there could wait for ever.
 //!
 //! Notifications are used as triggers only: whoever receives one asks the
 //! kernel for the current state of that link or neighbour table. A dump and
@@ -43,22 +49,24 @@ pub enum Event {
     Overrun,
 }
 
-/// The rtnetlink connection. Cheap to clone.
+/// The rtnetlink connection for requests. Cheap to clone.
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
 }
 
 impl Netlink {
-    /// Opens the connection, subscribed to link, neighbour and route
-    /// notifications,
-    /// and runs it on the current tokio runtime. Notifications arrive on the
-    /// returned channel.
+    /// Opens the request connection and, on a socket of its own, one
+    /// subscribed to link, neighbour and route notifications; runs both on
+    /// the current tokio runtime. Notifications arrive on the returned
+    /// channel.
     ///
     /// # Errors
-    /// If the socket cannot be made or bound.
+    /// If a socket cannot be made or bound.
     pub fn open() -> io::Result<(Self, mpsc::UnboundedReceiver<Event>)> {
-        let (connection, handle, mut messages) = rtnetlink::new_multicast_connection(&[
+        let requests = Self::requests_only()?;
+        // The handle is dropped: nothing is ever asked on this socket.
+        let (connection, _, mut messages) = rtnetlink::new_multicast_connection(&[
             MulticastGroup::Link,
             MulticastGroup::Neigh,
             MulticastGroup::Ipv4Route,
@@ -75,7 +83,7 @@ impl Netlink {
                 }
             }
         });
-        Ok((Self { handle }, rx))
+        Ok((requests, rx))
     }
 
     /// A connection for requests only (no notifications), e.g. for `check`

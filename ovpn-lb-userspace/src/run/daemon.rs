@@ -51,6 +51,22 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How soon a maintenance file is noticed (created or removed).
 const MAINTENANCE_POLL: Duration = Duration::from_millis(100);
+/// A read of the kernel's state that takes longer failed: health and the
+/// schedule must not wait on one lost answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// `read`, or an error if the kernel has not answered within
+/// [`ANSWER_WAIT`].
+async fn answered<T>(read: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(ANSWER_WAIT, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the kernel did not answer within {} s",
+                ANSWER_WAIT.as_secs()
+            ))
+        })
+}
 
 /// What the daemon works with besides its configuration.
 pub struct Io {
@@ -736,7 +752,7 @@ impl Daemon {
         }
         self.settle_edges().await;
         for id in std::mem::take(&mut self.dirty) {
-            if let Err(e) = self.reconcile(id.index()).await {
+            if let Err(e) = answered(self.reconcile(id.index())).await {
                 log::warn!(
                     "{}: {}; trying again",
                     self.tunnels[id.index()].label(),

@@ -218,7 +218,7 @@ impl Daemon {
     /// Reads the edges again if marked, keeping a failure for a retry.
     pub(super) async fn settle_edges(&mut self) {
         if std::mem::take(&mut self.edges.lan_pending.dirty)
-            && let Err(e) = self.reconcile_lan().await
+            && let Err(e) = super::answered(self.reconcile_lan()).await
         {
             log::warn!(
                 "LAN {}: {}; trying again",
@@ -229,7 +229,7 @@ impl Daemon {
             self.retry_at = Some(Instant::now() + RETRY_AFTER);
         }
         if std::mem::take(&mut self.edges.wan_pending.dirty)
-            && let Err(e) = self.reconcile_wan().await
+            && let Err(e) = super::answered(self.reconcile_wan()).await
         {
             log::warn!("WAN guard: {}; trying again", short(&e));
             self.edges.wan_pending.failed = true;
