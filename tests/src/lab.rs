@@ -188,6 +188,8 @@ pub struct Options {
     /// (see `relay`) in gateway B's namespace holds the tunnel's datagrams
     /// that long each way.
     pub path_delay_ms: Vec<u32>,
+    /// The loaders' `path_delay_max_ms`; `None`: the generated default.
+    pub path_delay_max_ms: Option<u64>,
     /// OpenVPN's own defaults for its queues: the generated `txqueuelen`,
     /// `sndbuf` and `rcvbuf` lines are left out of both gateways'
     /// configurations.
@@ -237,6 +239,7 @@ impl Default for Options {
             cpu_quota_a_only: false,
             shaper_both: false,
             path_delay_ms: Vec::new(),
+            path_delay_max_ms: None,
             openvpn_defaults: false,
             wire_segments: false,
             tap: false,
@@ -1209,6 +1212,9 @@ impl Lab {
             self.options.spray
         };
         c.up_delay_ms = self.options.up_delay_ms;
+        if let Some(max) = self.options.path_delay_max_ms {
+            c.path_delay_max_ms = max;
+        }
         // On a slow machine the far gateway answers late: probes wait as long.
         c.probe_interval_ms *= u64::from(crate::slowdown());
         if let Some(hook) = &self.options.hook {

@@ -65,6 +65,10 @@ pub struct LabArgs {
     /// in this process: with `lab up` they end when it returns.
     #[arg(long, value_delimiter = ',', value_name = "MS")]
     pub path_delay: Vec<u32>,
+    /// The loaders' `path_delay_max_ms`: how much of a longer path packet
+    /// spray counts (default: the loader's).
+    #[arg(long, value_name = "MS")]
+    pub path_delay_max_ms: Option<u64>,
     /// OpenVPN's own defaults for its queues: no `txqueuelen`, `sndbuf` or
     /// `rcvbuf` in the generated configurations.
     #[arg(long)]
@@ -145,6 +149,7 @@ impl LabArgs {
             shaper: self.shaper.clone(),
             shaper_both: self.shaper_both,
             path_delay_ms: self.path_delay.clone(),
+            path_delay_max_ms: self.path_delay_max_ms,
             openvpn_defaults: self.openvpn_defaults,
             wire_segments: self.wire_segments,
             tap: self.tap,

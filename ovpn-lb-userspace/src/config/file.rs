@@ -23,6 +23,9 @@ pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 76;
 pub const DEFAULT_ANNOUNCE_METRIC: u32 = u32::MAX - 1;
 pub const DEFAULT_MIN_TUNNELS: u32 = 1;
 pub const DEFAULT_DRAIN_MS: u64 = 2000;
+pub const DEFAULT_PATH_DELAY_MAX_MS: u64 = 100;
+/// The largest `path_delay_max_ms` (the schedule holds nanoseconds in 32 bits).
+pub const PATH_DELAY_MAX_LIMIT_MS: u64 = 1000;
 pub const DEFAULT_MAINTENANCE_FILE: &str = "/etc/ovpn-lb/maintenance";
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -48,6 +51,10 @@ pub struct File {
     /// Intervals without an answer before a tunnel leaves the rotation.
     #[serde(default = "default_probe_misses")]
     pub probe_misses: u32,
+    /// Packet spray counts a tunnel's longer path (from the probes) up to
+    /// this much: lower uses slower paths sooner, at the cost of order.
+    #[serde(default = "default_path_delay_max")]
+    pub path_delay_max_ms: u64,
     // Tables after the plain values, as TOML writes them.
     pub lan: Lan,
     /// The interfaces the tunnels' UDP leaves by; absent: the default
@@ -78,6 +85,7 @@ impl Default for File {
             up_delay_ms: DEFAULT_UP_DELAY_MS,
             probe_interval_ms: DEFAULT_PROBE_INTERVAL_MS,
             probe_misses: DEFAULT_PROBE_MISSES,
+            path_delay_max_ms: DEFAULT_PATH_DELAY_MAX_MS,
             lan: Lan::default(),
             wan: None,
             metrics: Metrics::default(),
@@ -108,6 +116,10 @@ fn default_probe_interval() -> u64 {
 
 fn default_probe_misses() -> u32 {
     DEFAULT_PROBE_MISSES
+}
+
+fn default_path_delay_max() -> u64 {
+    DEFAULT_PATH_DELAY_MAX_MS
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -251,6 +251,8 @@ pub struct Config {
     pub up_delay: Duration,
     /// `None`: probes are off.
     pub probe: Option<crate::probe::Settings>,
+    /// Packet spray counts a longer path up to this much.
+    pub path_delay_max: Duration,
     pub metrics_listen: SocketAddr,
     pub kernel_route: KernelRouteSpec,
     /// `None`: nothing is announced.

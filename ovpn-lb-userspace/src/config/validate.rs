@@ -116,6 +116,13 @@ impl Validator<'_> {
         };
         let kernel_route = self.kernel_route(file.kernel_route);
         let probe = self.probe(file.probe_interval_ms, file.probe_misses);
+        if file.path_delay_max_ms > file::PATH_DELAY_MAX_LIMIT_MS {
+            self.errors.push(format!(
+                "path_delay_max_ms = {} is over {}: a path that much longer is no path to spray over",
+                file.path_delay_max_ms,
+                file::PATH_DELAY_MAX_LIMIT_MS
+            ));
+        }
         let announce = file
             .announce
             .as_ref()
@@ -142,6 +149,7 @@ impl Validator<'_> {
             hook_reason: hook.reason,
             up_delay: Duration::from_millis(file.up_delay_ms),
             probe,
+            path_delay_max: Duration::from_millis(file.path_delay_max_ms),
             metrics_listen: metrics_listen.expect("no errors"),
             kernel_route,
             announce,
@@ -855,6 +863,21 @@ weight = 3
             ))
         );
         assert_eq!(c.exclude, vec![Net::V4(Prefix4::new([10, 20, 30, 1], 32))]);
+    }
+
+    #[test]
+    fn path_delay_max_defaults_to_100_ms_and_is_bounded() {
+        let (c, _) = parse(GOOD, &fake()).unwrap();
+        assert_eq!(c.path_delay_max, Duration::from_millis(100));
+        let with = |v: &str| {
+            GOOD.replace(
+                "up_delay_ms = 500",
+                &format!("up_delay_ms = 500\npath_delay_max_ms = {v}"),
+            )
+        };
+        let (c, _) = parse(&with("0"), &fake()).unwrap();
+        assert_eq!(c.path_delay_max, Duration::ZERO);
+        expect_error(&with("1001"), "path_delay_max_ms = 1001 is over 1000");
     }
 
     #[test]

@@ -475,23 +475,23 @@ pub fn far_flags<'a>(
 /// finer differences are noise of the OpenVPN processes' scheduling, and
 /// each change republishes the schedule.
 pub const PATH_QUANTUM_NS: i64 = 1_000_000;
-/// A path further behind than this is taken as this far: packet spray then
-/// uses it only when every other tunnel is that far backlogged.
-pub const PATH_MAX_NS: i64 = 100_000_000;
 
 /// How much longer each tunnel's forward path is than the fastest one's,
 /// from the probes' forward offsets (`None`: not known, taken as 0), in
-/// steps of [`PATH_QUANTUM_NS`]. Only differences between tunnels mean
-/// anything: the far clock's offset is common to all.
+/// steps of [`PATH_QUANTUM_NS`], and at most `max` (`path_delay_max_ms`: a
+/// path taken as that far is used once every other tunnel is that far
+/// backlogged). Only differences between tunnels mean anything: the far
+/// clock's offset is common to all.
 #[must_use]
-pub fn path_delays(offsets: &[Option<i64>]) -> Vec<u32> {
+pub fn path_delays(offsets: &[Option<i64>], max: Duration) -> Vec<u32> {
+    let max = i64::try_from(max.as_nanos()).unwrap_or(i64::MAX);
     let Some(fastest) = offsets.iter().flatten().min() else {
         return vec![0; offsets.len()];
     };
     offsets
         .iter()
         .map(|o| {
-            let extra = o.map_or(0, |o| o - fastest).min(PATH_MAX_NS);
+            let extra = o.map_or(0, |o| o - fastest).min(max);
             let steps = extra / PATH_QUANTUM_NS;
             u32::try_from(steps * PATH_QUANTUM_NS).unwrap_or(0)
         })
@@ -604,11 +604,17 @@ mod tests {
             Some(5_000 * ms + 900_000),
             Some(9_000 * ms),
         ];
+        let max = Duration::from_millis(100);
         assert_eq!(
-            path_delays(&offsets),
-            [0, 3_000_000, 0, 0, u32::try_from(PATH_MAX_NS).unwrap()]
+            path_delays(&offsets, max),
+            [0, 3_000_000, 0, 0, 100_000_000]
         );
-        assert_eq!(path_delays(&[None, None]), [0, 0]);
+        assert_eq!(path_delays(&[None, None], max), [0, 0]);
+        // A lower limit (path_delay_max_ms) holds every path to it; 0 sprays
+        // as if every path were as short as the shortest.
+        let two = Duration::from_millis(2);
+        assert_eq!(path_delays(&offsets, two), [0, 2_000_000, 0, 0, 2_000_000]);
+        assert_eq!(path_delays(&offsets, Duration::ZERO), [0; 5]);
     }
 
     use super::*;

@@ -787,7 +787,7 @@ impl Daemon {
                     .flatten()
             })
             .collect();
-        let paths = probe::path_delays(&offsets);
+        let paths = probe::path_delays(&offsets, self.config.path_delay_max);
         let rotation_changed = self.published.as_ref().map(|p| &p.0) != Some(&weights);
         if self.published.as_ref() != Some(&(weights.clone(), paths.clone())) {
             match schedule::build(&weights)

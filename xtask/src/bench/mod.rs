@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// (N tunnels take the first N).
     #[arg(long, value_delimiter = ',', default_value = "5,5,30,30")]
     pub path_delays: Vec<u32>,
+    /// The ovpn-lb labs' `path_delay_max_ms` (how much of a longer path
+    /// packet spray counts); default: the loader's.
+    #[arg(long)]
+    pub path_delay_max_ms: Option<u64>,
     /// Shape only gateway A's OpenVPN (default: both gateways', as an
     /// operator shapes both ends of a link).
     #[arg(long)]

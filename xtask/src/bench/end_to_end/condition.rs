@@ -91,9 +91,13 @@ impl Condition {
                 list(&args.unequal_shapers, thousands)
             ),
             Self::Delay => format!(
-                "each tunnel shaped to {} B/s, its WAN path delayed {} ms each way on tun0, tun1, ... (a UDP relay; at N tunnels, the first N)",
+                "each tunnel shaped to {} B/s, its WAN path delayed {} ms each way on tun0, tun1, ... (a UDP relay; at N tunnels, the first N); the loaders' path_delay_max_ms: {}",
                 thousands(args.shaper),
-                list(&args.path_delays, |d| d.to_string())
+                list(&args.path_delays, |d| d.to_string()),
+                args.path_delay_max_ms.map_or_else(
+                    || format!("{} (default)", ovpn_lb::config::file::DEFAULT_PATH_DELAY_MAX_MS),
+                    |m| m.to_string()
+                )
             ),
         }
     }
@@ -134,6 +138,7 @@ impl Condition {
             shaper,
             shaper_both: !args.one_sided_shaping,
             path_delay_ms: delays,
+            path_delay_max_ms: args.path_delay_max_ms,
             openvpn_defaults: !args.tuned_openvpn,
             wire_segments: true,
             ..Options::default()
