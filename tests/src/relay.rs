@@ -168,8 +168,25 @@ fn clone(socket: &UdpSocket) -> UdpSocket {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        let died: Vec<String> = self
+            .threads
+            .drain(..)
+            .filter_map(|t| t.join().err())
+            .map(|payload| {
+                payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        // A dead thread cut its tunnel's path for the rest of the run: what
+        // was measured through it is void, so say so (unless a panic is
+        // already unwinding, which a second one would abort).
+        assert!(
+            died.is_empty() || std::thread::panicking(),
+            "a relay thread died during the run: {}",
+            died.join("; ")
+        );
     }
 }
