@@ -23,7 +23,9 @@ pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 76;
 pub const DEFAULT_ANNOUNCE_METRIC: u32 = u32::MAX - 1;
 pub const DEFAULT_MIN_TUNNELS: u32 = 1;
 pub const DEFAULT_DRAIN_MS: u64 = 2000;
-pub const DEFAULT_PATH_DELAY_MAX_MS: u64 = 100;
+/// 0: one TCP flow goes faster over every tunnel, reordered, than in order
+/// over the shortest paths alone (docs/benchmarks.md, `delay`).
+pub const DEFAULT_PATH_DELAY_MAX_MS: u64 = 0;
 /// The largest `path_delay_max_ms` (the schedule holds nanoseconds in 32 bits).
 pub const PATH_DELAY_MAX_LIMIT_MS: u64 = 1000;
 pub const DEFAULT_MAINTENANCE_FILE: &str = "/etc/ovpn-lb/maintenance";

@@ -866,17 +866,17 @@ weight = 3
     }
 
     #[test]
-    fn path_delay_max_defaults_to_100_ms_and_is_bounded() {
+    fn path_delay_max_defaults_to_0_and_is_bounded() {
         let (c, _) = parse(GOOD, &fake()).unwrap();
-        assert_eq!(c.path_delay_max, Duration::from_millis(100));
+        assert_eq!(c.path_delay_max, Duration::ZERO);
         let with = |v: &str| {
             GOOD.replace(
                 "up_delay_ms = 500",
                 &format!("up_delay_ms = 500\npath_delay_max_ms = {v}"),
             )
         };
-        let (c, _) = parse(&with("0"), &fake()).unwrap();
-        assert_eq!(c.path_delay_max, Duration::ZERO);
+        let (c, _) = parse(&with("30"), &fake()).unwrap();
+        assert_eq!(c.path_delay_max, Duration::from_millis(30));
         expect_error(&with("1001"), "path_delay_max_ms = 1001 is over 1000");
     }
 
