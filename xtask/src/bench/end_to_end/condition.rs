@@ -95,7 +95,10 @@ impl Condition {
                 thousands(args.shaper),
                 list(&args.path_delays, |d| d.to_string()),
                 args.path_delay_max_ms.map_or_else(
-                    || format!("{} (default)", ovpn_lb::config::file::DEFAULT_PATH_DELAY_MAX_MS),
+                    || format!(
+                        "{} (default)",
+                        ovpn_lb::config::file::DEFAULT_PATH_DELAY_MAX_MS
+                    ),
                     |m| m.to_string()
                 )
             ),
