@@ -1361,6 +1361,32 @@ impl Lab {
             .collect()
     }
 
+    /// Waits until gateway `gw`'s loader has every tunnel in its rotation.
+    ///
+    /// # Panics
+    /// If that takes longer than `timeout` (slowed), with [`Lab::diagnose`].
+    pub fn wait_all_up(&self, gw: impl Into<Gw>, timeout: Duration) {
+        let gw = gw.into();
+        let states = || -> Vec<String> {
+            State::read(&self.layout(gw))
+                .expect("the loader's state")
+                .tunnels
+                .iter()
+                .map(|t| format!("{}={}", t.device, t.state))
+                .collect()
+        };
+        let all_up = crate::process::wait_until(timeout, Duration::from_millis(50), || {
+            states().iter().all(|s| s.ends_with("=up"))
+        });
+        assert!(
+            all_up,
+            "{} kept tunnels out for {timeout:?} (slowed): {:?}\n{}",
+            gw.name(),
+            states(),
+            self.diagnose()
+        );
+    }
+
     /// What to print when a check fails: loader logs, counters, routes.
     #[must_use]
     pub fn diagnose(&self) -> String {
