@@ -1367,22 +1367,22 @@ impl Lab {
     /// If that takes longer than `timeout` (slowed), with [`Lab::diagnose`].
     pub fn wait_all_up(&self, gw: impl Into<Gw>, timeout: Duration) {
         let gw = gw.into();
-        let states = || -> Vec<String> {
+        let tunnels = || {
             State::read(&self.layout(gw))
                 .expect("the loader's state")
                 .tunnels
-                .iter()
-                .map(|t| format!("{}={}", t.device, t.state))
-                .collect()
         };
         let all_up = crate::process::wait_until(timeout, Duration::from_millis(50), || {
-            states().iter().all(|s| s.ends_with("=up"))
+            tunnels().iter().all(|t| t.state == "up")
         });
         assert!(
             all_up,
             "{} kept tunnels out for {timeout:?} (slowed): {:?}\n{}",
             gw.name(),
-            states(),
+            tunnels()
+                .iter()
+                .map(|t| format!("{}={}", t.device, t.state))
+                .collect::<Vec<_>>(),
             self.diagnose()
         );
     }
