@@ -3,23 +3,31 @@
 //!
 //! A tun device queues in its ring (`tx_ring`, `txqueuelen` entries), which
 //! OpenVPN drains; the kernel exports no occupancy for it, and the qdisc in
-//! front stays empty (`tun_net_xmit` never stops the queue). Two counters
-//! bracket the ring instead: the loader's per-tunnel `tx_packets` and
-//! `tx_bytes` (`TUNNEL_STATS`, counted when the program sprays a packet into
-//! the tunnel) and the device's `tx_packets` and `tx_bytes` (counted when
-//! OpenVPN reads a packet) and `tx_dropped` (the ring was full). The backlog
-//! is sprayed - read - dropped, each counted from a reading with the tunnels
-//! idle. In bytes the two agree: the loader counts IP bytes and a tun
-//! device's `tx_bytes` are IP bytes too (OpenVPN's tun has no packet
-//! information header); dropped packets are counted at the mean size
-//! sprayed. With wire segments one sprayed packet is one ring entry (a GSO
-//! aggregate would count once at the loader and once per segment at the
-//! device). The loader's probes, and the far gateway's that gateway A
-//! reflects, enter the ring without being counted as sprayed: their steady
-//! rate is measured at rest before the flow and taken off (probes beyond it,
-//! a gateway announcing a change, are not: 76 B each). What OpenVPN has
-//! read and holds (encrypting, or waiting out its shaper) is not in the ring
-//! and not counted.
+//! front stays empty (`tun_net_xmit` never stops the queue). Two sources
+//! give it, the first where it can:
+//! - [`Source::Rings`]: the loader's ring accounting (`RINGS`: queued -
+//!   read, counted by the kernel hooks as packets enter and leave the ring).
+//!   It is exact, probes included, and counts a GSO packet as the segments
+//!   it becomes. Packet spray always accounts; round robin only with
+//!   `OVPN_LB_ACCOUNT_RINGS=1` in the bench's environment.
+//! - [`Source::Counters`]: two counters bracket the ring: the loader's
+//!   per-tunnel `tx_packets` and `tx_bytes` (`TUNNEL_STATS`, counted when
+//!   the program sprays a packet into the tunnel) and the device's
+//!   `tx_packets` and `tx_bytes` (counted when OpenVPN reads a packet) and
+//!   `tx_dropped` (the ring was full). The backlog is sprayed - read -
+//!   dropped, each counted from a reading with the tunnels idle. In bytes
+//!   the two agree: the loader counts IP bytes and a tun device's
+//!   `tx_bytes` are IP bytes too (OpenVPN's tun has no packet information
+//!   header); dropped packets are counted at the mean size sprayed. Only
+//!   wire segments can be traced so: a GSO packet counts once at the loader
+//!   and once per segment, with its headers, at the device. The loader's
+//!   probes, and the far gateway's that gateway A reflects, enter the ring
+//!   without being counted as sprayed: their steady rate is measured at
+//!   rest before the flow and taken off (probes beyond it, a gateway
+//!   announcing a change, are not: 76 B each).
+//!
+//! What OpenVPN has read and holds (encrypting, or waiting out its shaper)
+//! is in neither.
 
 use std::{
     fs,
@@ -28,8 +36,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow};
-use ovpn_lb::status::Counters;
+use anyhow::{Context as _, Result, anyhow, bail};
+use ovpn_lb::{
+    datapath::rings::ACCOUNT_ENV,
+    probe::now_ns,
+    status::{Counters, RingReport},
+};
+use ovpn_lb_common::queue::TunnelQueue;
 use ovpn_lb_tests::{
     lab::{Lab, Side},
     netns,
@@ -37,7 +50,7 @@ use ovpn_lb_tests::{
 
 use super::{
     iperf::{Run, iperf},
-    variant::Congestion,
+    variant::Hosts,
 };
 
 /// Time between samples.
@@ -53,6 +66,28 @@ pub struct Sample {
     pub t: f64,
     pub bytes: Vec<f64>,
     pub packets: Vec<f64>,
+    /// From the ring accounting only (else empty): per tunnel, the drain
+    /// rate packet spray plans with, bytes/s (0: not measured), and whether
+    /// it saw the reader stopped (passed over until it reads again).
+    pub drain: Vec<f64>,
+    pub stopped: Vec<bool>,
+}
+
+/// Where a trace's backlog comes from (the module's documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    #[default]
+    Rings,
+    Counters,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rings => "ring accounting",
+            Self::Counters => "sprayed - read",
+        }
+    }
 }
 
 /// A trace and the flow's outcome.
@@ -60,6 +95,10 @@ pub struct Sample {
 pub struct Trace {
     pub samples: Vec<Sample>,
     pub run: Run,
+    pub hosts: Option<Hosts>,
+    pub source: Source,
+    /// Per tunnel, its share of the bytes sprayed while sampling.
+    pub shares: Vec<f64>,
 }
 
 /// A tun device's transmit counters.
@@ -101,8 +140,11 @@ fn device_tx(devices: &[String]) -> Result<Vec<DeviceTx>> {
 }
 
 /// What both sides counted at one moment.
+#[derive(Clone)]
 struct Reading {
     at: Instant,
+    /// The same moment on the programs' clock.
+    mono_ns: u64,
     devices: Vec<DeviceTx>,
     loader: Counters,
 }
@@ -110,12 +152,13 @@ struct Reading {
 fn read(lab: &Lab, devices: &[String]) -> Result<Reading> {
     // The device first: a packet read before the loader's reading has been
     // sprayed before it too.
-    let at = Instant::now();
+    let (at, mono_ns) = (Instant::now(), now_ns());
     let devices = device_tx(devices)?;
     let n = u32::try_from(lab.options.tunnels)?;
     let loader = Counters::read(&lab.layout(Side::A), n)?;
     Ok(Reading {
         at,
+        mono_ns,
         devices,
         loader,
     })
@@ -155,16 +198,79 @@ fn backlog(rest: &Reading, drift: &[(f64, f64)], now: &Reading, t: f64) -> Sampl
         .zip(drift)
         .map(|((p, b), (dp, db))| (p - dp * since, b - db * since))
         .unzip();
-    Sample { t, bytes, packets }
+    Sample {
+        t,
+        bytes,
+        packets,
+        ..Sample::default()
+    }
 }
 
-/// Runs one flow on `lab` and samples gateway A's tunnels every [`EVERY`]
-/// for `seconds`, from [`WARM_UP`] after the flow starts.
+/// Where to read the backlog from, given the ring accounting at the start
+/// and the end of a second at rest: the accounting if it counted the probes
+/// that passed meanwhile (a map an earlier loader left holds counts that do
+/// not move), else the counters, which bracket wire segments only.
+fn source(before: &[TunnelQueue], after: &[TunnelQueue], segments: bool) -> Result<Source> {
+    if before
+        .iter()
+        .zip(after)
+        .any(|(b, a)| b.enq.queued != a.enq.queued)
+    {
+        Ok(Source::Rings)
+    } else if segments {
+        Ok(Source::Counters)
+    } else {
+        bail!(
+            "GSO super-packets are traced only from the ring accounting, which this loader does \
+             not run (round robin runs it with {ACCOUNT_ENV}=1 in the bench's environment)"
+        )
+    }
+}
+
+/// The backlog at `now` as the ring accounting counts it, with what packet
+/// spray makes of each ring.
+#[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+fn ring_backlog(now: &Reading, t: f64) -> Sample {
+    let mut sample = Sample {
+        t,
+        ..Sample::default()
+    };
+    for q in &now.loader.queues {
+        let ring = RingReport::new(q, now.mono_ns);
+        let b = q.backlog();
+        sample.packets.push(b.packets as f64);
+        sample.bytes.push(b.bytes as f64);
+        sample.drain.push(ring.drain_bytes_per_second as f64);
+        sample.stopped.push(ring.reader_stopped);
+    }
+    sample
+}
+
+/// Per tunnel, its share of the bytes sprayed between two readings.
+#[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+fn shares(from: &Reading, to: &Reading) -> Vec<f64> {
+    let sprayed: Vec<f64> = to
+        .loader
+        .tunnels
+        .iter()
+        .zip(&from.loader.tunnels)
+        .map(|(l, l0)| (l.tx_bytes - l0.tx_bytes) as f64)
+        .collect();
+    let all: f64 = sprayed.iter().sum();
+    sprayed
+        .iter()
+        .map(|b| if all > 0.0 { b / all } else { 0.0 })
+        .collect()
+}
+
+/// Runs one flow on `lab` (its hosts already set to `hosts`) and samples
+/// gateway A's tunnels every [`EVERY`] for `seconds`, from [`WARM_UP`]
+/// after the flow starts.
 ///
-/// Probes (the loader's own, and the far gateway's reflected back) enter
-/// the rings without being counted as sprayed, at a steady rate; that rate
-/// is measured over [`CALIBRATION`] at rest before the flow and taken off.
-pub fn trace(lab: &Lab, seconds: f64, congestion: Congestion) -> Result<Trace> {
+/// # Errors
+/// GSO super-packets where the rings are not accounted (the counters
+/// cannot bracket them), a counter that cannot be read, or the flow's.
+pub fn trace(lab: &Lab, seconds: f64, hosts: Hosts) -> Result<Trace> {
     let devices: Vec<String> = (0..lab.options.tunnels).map(|k| lab.dev(k)).collect();
     let gw = lab.gw(Side::A);
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -172,40 +278,156 @@ pub fn trace(lab: &Lab, seconds: f64, congestion: Congestion) -> Result<Trace> {
     let flow_seconds = Duration::from_secs_f64(seconds) + WARM_UP * 2;
     let flow_seconds = u32::try_from(flow_seconds.as_secs() + 1)?;
     thread::scope(|scope| {
-        let sampling = scope.spawn(|| -> Result<Vec<Sample>> {
+        let sampling = scope.spawn(|| -> Result<(Vec<Sample>, Source, Vec<f64>)> {
             netns::join(&gw);
             let calibrated = (|| -> Result<_> {
                 let first = read(lab, &devices)?;
                 thread::sleep(CALIBRATION);
                 let rest = read(lab, &devices)?;
+                let source = source(&first.loader.queues, &rest.loader.queues, hosts.segments)?;
                 let span = rest.at.duration_since(first.at).as_secs_f64();
                 let drift: Vec<(f64, f64)> = unread(&first, &rest)
                     .into_iter()
                     .map(|(p, b)| (p / span, b / span))
                     .collect();
-                Ok((rest, drift))
+                Ok((rest, drift, source))
             })();
-            let _ = ready_tx.send(());
-            let (rest, drift) = calibrated?;
+            let _ = ready_tx.send(calibrated.is_ok());
+            let (rest, drift, source) = calibrated?;
             thread::sleep(WARM_UP);
             let start = Instant::now();
             let mut samples = Vec::new();
             let mut next = start;
+            // The first and the last reading: the shares between them.
+            let mut span: Option<(Reading, Reading)> = None;
             while start.elapsed().as_secs_f64() < seconds {
                 let now = read(lab, &devices)?;
                 let t = now.at.duration_since(start).as_secs_f64();
-                samples.push(backlog(&rest, &drift, &now, t));
+                samples.push(match source {
+                    Source::Rings => ring_backlog(&now, t),
+                    Source::Counters => backlog(&rest, &drift, &now, t),
+                });
+                match &mut span {
+                    Some((_, last)) => *last = now,
+                    None => span = Some((now.clone(), now)),
+                }
                 next += EVERY;
                 thread::sleep(next.saturating_duration_since(Instant::now()));
             }
-            Ok(samples)
+            let shares = span.map_or_else(Vec::new, |(from, to)| shares(&from, &to));
+            Ok((samples, source, shares))
         });
-        let _ = ready_rx.recv();
-        let run = iperf(lab, flow_seconds, congestion, false);
-        let samples = sampling
+        let run = if ready_rx.recv().unwrap_or(false) {
+            Some(iperf(lab, flow_seconds, hosts.congestion, false))
+        } else {
+            None
+        };
+        let (samples, source, shares) = sampling
             .join()
             .map_err(|_| anyhow!("the backlog sampler panicked"))?
             .context("sampling the backlog")?;
-        Ok(Trace { samples, run: run? })
+        let run = run.ok_or_else(|| anyhow!("the flow did not run"))??;
+        Ok(Trace {
+            samples,
+            run,
+            hosts: Some(hosts),
+            source,
+            shares,
+        })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use ovpn_lb::config::file::Spray;
+    use ovpn_lb_common::queue::{TunnelQueue, count};
+    use ovpn_lb_tests::{
+        lab::{Lab, Options},
+        root_alone,
+    };
+
+    use super::{Source, source, trace};
+    use crate::bench::end_to_end::{Congestion, Hosts};
+
+    fn queued(packets: u64) -> TunnelQueue {
+        let mut q = TunnelQueue::default();
+        q.enq.queued = (0..packets).fold(0, |c, _| c + count(76));
+        q
+    }
+
+    #[test]
+    fn the_rings_are_read_only_where_their_accounting_moves() {
+        let (idle, moved) = ([queued(3), queued(5)], [queued(3), queued(9)]);
+        // Live accounting: whichever way the hosts send.
+        for segments in [true, false] {
+            assert_eq!(source(&idle, &moved, segments).unwrap(), Source::Rings);
+        }
+        // Counts an earlier loader left, or none: wire segments are
+        // bracketed by the counters, super-packets refused.
+        for before in [idle, [TunnelQueue::default(); 2]] {
+            assert_eq!(source(&before, &before, true).unwrap(), Source::Counters);
+            let refused = source(&before, &before, false).unwrap_err().to_string();
+            assert!(refused.contains("OVPN_LB_ACCOUNT_RINGS=1"), "{refused}");
+        }
+    }
+
+    /// One flow of GSO super-packets over two shaped tunnels under packet
+    /// spray: the trace reads the ring accounting, sees the rings hold a
+    /// backlog, counts it in segments (no entry larger than the tunnel's
+    /// MTU, as a super-packet of up to 64 KB would be), reads the drain
+    /// rates packet spray planned with, and both tunnels carry a share.
+    #[test]
+    fn a_trace_of_super_packets_counts_their_segments_in_the_rings() {
+        let Some(_alone) = root_alone() else { return };
+        let lab = Lab::for_test(
+            "bt",
+            Options {
+                tunnels: 2,
+                shaper: vec![1_000_000],
+                shaper_both: true,
+                spray: Spray::Packet,
+                ..Options::default()
+            },
+        );
+        let hosts = Hosts {
+            segments: false,
+            congestion: Congestion::Cubic,
+        };
+        lab.set_wire_segments(false);
+        let t = trace(&lab, 2.0, hosts).unwrap_or_else(|e| panic!("{e:#}\n{}", lab.diagnose()));
+        assert_eq!(t.source, Source::Rings);
+        assert!(t.samples.len() >= 100, "{} samples", t.samples.len());
+        assert!(t.run.mbit_per_s > 1.0, "{:.2} Mbit/s", t.run.mbit_per_s);
+        let largest = t
+            .samples
+            .iter()
+            .flat_map(|s| s.bytes.iter().copied())
+            .fold(0.0, f64::max);
+        assert!(largest > 3000.0, "the rings never held 3 KB: {largest} B");
+        for s in &t.samples {
+            for (bytes, packets) in s.bytes.iter().zip(&s.packets) {
+                assert!(
+                    *bytes <= packets * 1500.0,
+                    "at {:.2} s: {bytes} B in {packets} ring entries",
+                    s.t
+                );
+            }
+        }
+        // What packet spray planned with: every tunnel's reader measured.
+        for k in 0..2 {
+            assert!(
+                t.samples
+                    .iter()
+                    .all(|s| s.drain.len() == 2 && s.stopped.len() == 2),
+                "a sample without the rings' figures"
+            );
+            assert!(
+                t.samples.iter().any(|s| s.drain[k] > 0.0),
+                "tun{k}'s drain rate was never measured"
+            );
+        }
+        let all: f64 = t.shares.iter().sum();
+        assert!((all - 1.0).abs() < 1e-9, "shares {:?}", t.shares);
+        assert!(t.shares.iter().all(|&s| s > 0.1), "shares {:?}", t.shares);
+    }
 }

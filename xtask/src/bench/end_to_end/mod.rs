@@ -154,25 +154,31 @@ fn one_condition(
             let Some(lab) = labs.ovpn_lb(n, spray) else {
                 continue;
             };
-            lab.set_wire_segments(true);
+            // The first way the hosts send (`--lan`, `--congestion`).
+            let hosts = args.hosts()[0];
+            lab.set_wire_segments(hosts.segments);
             // A trace is a diagnosis, not a figure: one that fails (a
             // tunnel device gone meanwhile) is said, and the run's
             // measurements are kept.
-            match backlog::trace(lab, args.trace_seconds, args.hosts()[0].congestion) {
+            match backlog::trace(lab, args.trace_seconds, hosts) {
                 Ok(t) => {
                     println!(
-                        "bench: {} backlog trace, {n} tunnels, {}: {} samples, {:.2} Mbit/s",
+                        "bench: {} backlog trace, {n} tunnels, {}{}: {} samples ({}), {:.2} Mbit/s, {} retransmits",
                         condition.name(),
                         variant::spray_label(spray),
+                        hosts.suffix(),
                         t.samples.len(),
-                        t.run.mbit_per_s
+                        t.source.name(),
+                        t.run.mbit_per_s,
+                        t.run.retransmits
                     );
                     m.traces.push((spray, t));
                 }
                 Err(e) => println!(
-                    "bench: {} backlog trace, {n} tunnels, {}: not taken: {e:#}",
+                    "bench: {} backlog trace, {n} tunnels, {}{}: not taken: {e:#}",
                     condition.name(),
                     variant::spray_label(spray),
+                    hosts.suffix(),
                 ),
             }
         }

@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     results::Measured,
-    variant::{Variant, spray_label},
+    variant::{Hosts, Variant, spray_label},
 };
 use crate::{
     bench::plot::{COLORS, STYLE, multiplot, render},
@@ -157,8 +157,9 @@ pub fn backlog(dir: &Path, machine: &str, measured: &[Measured]) -> Result<Optio
             let tunnels = trace.samples.first().map_or(0, |s| s.bytes.len());
             let _ = writeln!(
                 gp,
-                "reset\n{STYLE}set title \"{}: ovpn-lb {name}, {tunnels} tunnels, {:.1} Mbit/s\"\nset xlabel \"time, s\"\nset ylabel \"backlog, KB\"\nset yrange [*:*]\nset key top right",
+                "reset\n{STYLE}set title \"{}: ovpn-lb {name}, {tunnels} tunnels, {}, {:.1} Mbit/s\"\nset xlabel \"time, s\"\nset ylabel \"backlog, KB\"\nset yrange [*:*]\nset key top right",
                 m.condition.name(),
+                trace.hosts.map_or_else(String::new, Hosts::describe),
                 trace.run.mbit_per_s
             );
             let lines: Vec<String> = (0..tunnels)

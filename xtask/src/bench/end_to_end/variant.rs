@@ -51,6 +51,19 @@ pub struct Hosts {
 }
 
 impl Hosts {
+    /// In full, for tables: `segments, CUBIC`, `GSO super-packets, BBR`.
+    pub fn describe(self) -> String {
+        format!(
+            "{}, {}",
+            if self.segments {
+                "segments"
+            } else {
+                "GSO super-packets"
+            },
+            self.congestion.name().to_uppercase()
+        )
+    }
+
     /// For labels: `, GSO super-packets, BBR`; nothing for wire segments and
     /// CUBIC.
     pub fn suffix(self) -> String {
