@@ -780,7 +780,6 @@ fn metrics_endpoint_survives_hostile_clients() {
     lab.stop_and_detach(loader);
 }
 
-/// `status --json` of the lab's loader.
 /// Each set of ring hooks, forced in turn (`OVPN_LB_RING_HOOKS`), runs and
 /// counts: the log, `status` and `doctor` name it, the metrics carry it,
 /// and pings through the tunnels are counted into and out of their rings.

@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     results::Measured,
-    variant::{Hosts, Variant, spray_label},
+    variant::{Variant, spray_label},
 };
 use crate::{
     bench::plot::{COLORS, STYLE, multiplot, render},
@@ -159,7 +159,7 @@ pub fn backlog(dir: &Path, machine: &str, measured: &[Measured]) -> Result<Optio
                 gp,
                 "reset\n{STYLE}set title \"{}: ovpn-lb {name}, {tunnels} tunnels, {}, {:.1} Mbit/s\"\nset xlabel \"time, s\"\nset ylabel \"backlog, KB\"\nset yrange [*:*]\nset key top right",
                 m.condition.name(),
-                trace.hosts.map_or_else(String::new, Hosts::describe),
+                trace.hosts.describe(),
                 trace.run.mbit_per_s
             );
             let lines: Vec<String> = (0..tunnels)

@@ -9,7 +9,7 @@ use super::{
     backlog::{EVERY, Trace},
     condition::Condition,
     results::{Measured, Stat},
-    variant::{Hosts, spray_label},
+    variant::spray_label,
 };
 use crate::bench::BenchArgs;
 
@@ -86,14 +86,14 @@ pub fn condition(args: &BenchArgs, m: &Measured) -> String {
 /// The method of the backlog traces, once per report.
 pub fn trace_method(seconds: f64) -> String {
     format!(
-        "Backlog traces (`backlog.png`): one flow at the largest N under ovpn-lb round robin and under packet mode, the hosts sending the first way asked (`--lan`, `--congestion`), gateway A's tunnels sampled every {} ms for {seconds} s from 1 s into the flow. A tun device queues in its ring, which OpenVPN drains and whose occupancy Linux does not export. Where the loader accounts its rings (packet spray always; round robin with `OVPN_LB_ACCOUNT_RINGS=1` in the bench's environment) the backlog is the ring accounting's own (`ring accounting`: queued - read, as the kernel hooks count packets into and out of the ring, probes included, a GSO packet as its segments). Otherwise (`sprayed - read`, wire segments only) it is read between two counters: the loader's per-tunnel tx counters (`TUNNEL_STATS`, counted when a packet is sprayed) minus the device's `tx_packets`/`tx_bytes` (counted when OpenVPN reads) and `tx_dropped` (ring full), from an idle reading. Both count IP bytes (a dropped packet at the mean size sprayed). Probes (the loader's own, and the far gateway's reflected back into the tunnel) enter the ring uncounted as sprayed, at a steady rate, which is measured over 1 s at rest before the flow and taken off; where single probes (76 B) land leaves a few packets of error either way, under 0.5 KB, and probes sent beyond the steady rate (a gateway announcing a change it noticed, such as a tunnel whose answers come late) are not taken off: they show as a negative backlog in packets, about 76 B each in bytes. A packet OpenVPN has read and holds (encrypting, or waiting out its shaper) is in neither. Each tunnel's share is of the bytes sprayed while sampling.\n",
+        "Backlog traces (`backlog.png`): one flow at the largest N under ovpn-lb round robin and under packet spray, the hosts sending the first way asked (`--lan`, `--congestion`), gateway A's tunnels sampled every {} ms for {seconds} s from 1 s into the flow. A tun device queues in its ring, which OpenVPN drains and whose occupancy Linux does not export. Where the loader accounts its rings (packet spray always; round robin with `OVPN_LB_ACCOUNT_RINGS=1` in the bench's environment) the backlog is the ring accounting's own (`ring accounting`: queued - read, as the kernel hooks count packets into and out of the ring, probes included, a GSO packet as its segments). Otherwise (`sprayed - read`, wire segments only) it is read between two counters: the loader's per-tunnel tx counters (`TUNNEL_STATS`, counted when a packet is sprayed) minus the device's `tx_packets`/`tx_bytes` (counted when OpenVPN reads) and `tx_dropped` (ring full), from an idle reading; both count IP bytes (a dropped packet at the mean size sprayed), and the probes, which enter the ring uncounted as sprayed, are taken off at the steady rate measured over 1 s at rest before the flow (single probes, 76 B, leave under 0.5 KB of error either way; probes beyond that rate, a gateway announcing a change, show as a negative backlog of about 76 B each). Either way, a packet OpenVPN has read and holds (encrypting, or waiting out its shaper) is not counted. Each tunnel's share is of the bytes sprayed while sampling.\n",
         EVERY.as_millis()
     )
 }
 
 fn traces(traces: &[(Spray, Trace)]) -> String {
     let mut t = String::from(
-        "Per tunnel during the trace: backlog, mean / largest, KB (packets); its share of the bytes sprayed; from the ring accounting also the drain rate packet spray planned with, mean (min-max) MB/s, and the share of samples in which it saw the reader stopped:\n\n| mode | hosts send | backlog from | goodput Mbit/s | retransmits |",
+        "Per tunnel during the trace: backlog, mean / largest, KB (packets); its share of the bytes sprayed; from the ring accounting also packet spray's drain estimate, mean (min-max) MB/s over the samples that had one, and the share of samples in which it would see the reader stopped:\n\n| mode | hosts send | backlog from | goodput Mbit/s | retransmits |",
     );
     let tunnels = traces
         .iter()
@@ -109,7 +109,7 @@ fn traces(traces: &[(Spray, Trace)]) -> String {
         " ---: |".repeat(tunnels)
     );
     for (spray, trace) in traces {
-        let hosts = trace.hosts.map_or_else(String::new, Hosts::describe);
+        let hosts = trace.hosts.describe();
         let _ = write!(
             t,
             "| {} | {hosts} | {} | {:.2} | {} |",
@@ -139,8 +139,9 @@ fn traces(traces: &[(Spray, Trace)]) -> String {
                 max(&packets),
                 trace.shares.get(k).copied().unwrap_or(0.0) * 100.0
             );
-            let drain = col(|s| &s.drain);
-            if !drain.is_empty() {
+            // 0: not measured yet.
+            let drain: Vec<f64> = col(|s| &s.drain).into_iter().filter(|&d| d > 0.0).collect();
+            if !trace.samples.iter().all(|s| s.drain.is_empty()) {
                 let stopped = trace
                     .samples
                     .iter()
@@ -152,7 +153,7 @@ fn traces(traces: &[(Spray, Trace)]) -> String {
                     t,
                     ", {:.2} MB/s ({:.2}-{:.2}), stopped {stopped:.0} %",
                     mean(&drain) / 1e6,
-                    drain.iter().copied().fold(f64::INFINITY, f64::min) / 1e6,
+                    drain.iter().copied().reduce(f64::min).unwrap_or(0.0) / 1e6,
                     max(&drain) / 1e6,
                 );
             }

@@ -51,15 +51,20 @@ pub struct Hosts {
 }
 
 impl Hosts {
-    /// In full, for tables: `segments, CUBIC`, `GSO super-packets, BBR`.
+    /// How the hosts send, in words.
+    fn sending(self) -> &'static str {
+        if self.segments {
+            "wire segments"
+        } else {
+            "GSO super-packets"
+        }
+    }
+
+    /// In full, for tables: `wire segments, CUBIC`, `GSO super-packets, BBR`.
     pub fn describe(self) -> String {
         format!(
             "{}, {}",
-            if self.segments {
-                "segments"
-            } else {
-                "GSO super-packets"
-            },
+            self.sending(),
             self.congestion.name().to_uppercase()
         )
     }
@@ -69,7 +74,8 @@ impl Hosts {
     pub fn suffix(self) -> String {
         let mut s = String::new();
         if !self.segments {
-            s.push_str(", GSO super-packets");
+            s.push_str(", ");
+            s.push_str(self.sending());
         }
         if self.congestion != Congestion::Cubic {
             s.push_str(", ");
