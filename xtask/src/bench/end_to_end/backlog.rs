@@ -60,17 +60,23 @@ const WARM_UP: Duration = Duration::from_secs(1);
 /// Time at rest over which the probes' share of the counters is measured.
 const CALIBRATION: Duration = Duration::from_secs(1);
 
-/// One sample: seconds since sampling began, and per tunnel the backlog.
+/// One sample: seconds since sampling began, and each tunnel's ring.
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
     pub t: f64,
-    pub bytes: Vec<f64>,
-    pub packets: Vec<f64>,
-    /// From the ring accounting only (else empty): per tunnel, packet
-    /// spray's drain estimate, bytes/s (0: not measured), and whether it
-    /// would see the reader stopped (passed over until it reads again).
-    pub drain: Vec<f64>,
-    pub stopped: Vec<bool>,
+    pub rings: Vec<Ring>,
+}
+
+/// One tunnel's ring in a sample.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ring {
+    pub bytes: f64,
+    pub packets: f64,
+    /// From the ring accounting only: packet spray's drain estimate,
+    /// bytes/s (`None`: not measured), and whether it would see the reader
+    /// stopped (passed over until it reads again).
+    pub drain: Option<f64>,
+    pub stopped: bool,
 }
 
 /// Where a trace's backlog comes from (the module's documentation).
@@ -194,17 +200,16 @@ fn unread(from: &Reading, to: &Reading) -> Vec<(f64, f64)> {
 /// `drift` (per tunnel, packets and bytes per second) for the time since.
 fn backlog(rest: &Reading, drift: &[(f64, f64)], now: &Reading, t: f64) -> Sample {
     let since = now.at.duration_since(rest.at).as_secs_f64();
-    let (packets, bytes) = unread(rest, now)
+    let rings = unread(rest, now)
         .iter()
         .zip(drift)
-        .map(|((p, b), (dp, db))| (p - dp * since, b - db * since))
-        .unzip();
-    Sample {
-        t,
-        bytes,
-        packets,
-        ..Sample::default()
-    }
+        .map(|((p, b), (dp, db))| Ring {
+            bytes: b - db * since,
+            packets: p - dp * since,
+            ..Ring::default()
+        })
+        .collect();
+    Sample { t, rings }
 }
 
 /// Where to read the backlog from, given the ring accounting at the start
@@ -232,19 +237,22 @@ fn pick_source(before: &[TunnelQueue], after: &[TunnelQueue], segments: bool) ->
 /// spray makes of each ring.
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
 fn ring_backlog(now: &Reading, t: f64) -> Sample {
-    let mut sample = Sample {
-        t,
-        ..Sample::default()
-    };
-    for q in &now.loader.queues {
-        let ring = RingReport::new(q, now.mono_ns);
-        let b = q.backlog();
-        sample.packets.push(b.packets as f64);
-        sample.bytes.push(b.bytes as f64);
-        sample.drain.push(ring.drain_bytes_per_second as f64);
-        sample.stopped.push(ring.reader_stopped);
-    }
-    sample
+    let rings = now
+        .loader
+        .queues
+        .iter()
+        .map(|q| {
+            let report = RingReport::new(q, now.mono_ns);
+            let b = q.backlog();
+            Ring {
+                bytes: b.bytes as f64,
+                packets: b.packets as f64,
+                drain: Some(report.drain_bytes_per_second as f64).filter(|&d| d > 0.0),
+                stopped: report.reader_stopped,
+            }
+        })
+        .collect();
+    Sample { t, rings }
 }
 
 /// Per tunnel, its share of the bytes sprayed between two readings.
@@ -264,7 +272,7 @@ fn byte_shares(from: &Reading, to: &Reading) -> Vec<f64> {
         .collect()
 }
 
-/// Runs one flow on `lab` (its hosts already set to `hosts`) and samples
+/// Runs one flow on `lab`, its hosts sending as `hosts` says, and samples
 /// gateway A's tunnels every [`EVERY`] for `seconds`, from [`WARM_UP`]
 /// after the flow starts.
 ///
@@ -272,6 +280,7 @@ fn byte_shares(from: &Reading, to: &Reading) -> Vec<f64> {
 /// GSO super-packets where the rings are not accounted (the counters
 /// cannot bracket them), a counter that cannot be read, or the flow's.
 pub fn trace(lab: &Lab, seconds: f64, hosts: Hosts) -> Result<Trace> {
+    lab.set_wire_segments(hosts.segments);
     let devices: Vec<String> = (0..lab.options.tunnels).map(|k| lab.dev(k)).collect();
     let gw = lab.gw(Side::A);
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -403,7 +412,6 @@ mod tests {
             segments: false,
             congestion: Congestion::Cubic,
         };
-        lab.set_wire_segments(false);
         let before = lab.tunnel_stats(Side::A);
         let t = trace(&lab, 2.0, hosts).unwrap_or_else(|e| panic!("{e:#}\n{}", lab.diagnose()));
         let after = lab.tunnel_stats(Side::A);
@@ -418,7 +426,7 @@ mod tests {
         let largest = t
             .samples
             .iter()
-            .flat_map(|s| s.bytes.iter().copied())
+            .flat_map(|s| s.rings.iter().map(|r| r.bytes))
             .fold(0.0, f64::max);
         eprintln!(
             "{:.2} Mbit/s, {bytes} B in {packets} sprayed packets, largest ring backlog {largest} B",
@@ -429,23 +437,23 @@ mod tests {
             "the rings never held a segment's worth: {largest} B"
         );
         for s in &t.samples {
-            for (bytes, packets) in s.bytes.iter().zip(&s.packets) {
+            for r in &s.rings {
                 assert!(
-                    *bytes <= packets * 1500.0,
-                    "at {:.2} s: {bytes} B in {packets} ring entries",
-                    s.t
+                    r.bytes <= r.packets * 1500.0,
+                    "at {:.2} s: {} B in {} ring entries",
+                    s.t,
+                    r.bytes,
+                    r.packets
                 );
             }
         }
         assert!(
-            t.samples
-                .iter()
-                .all(|s| s.drain.len() == 2 && s.stopped.len() == 2),
-            "a sample without the rings' figures"
+            t.samples.iter().all(|s| s.rings.len() == 2),
+            "a sample without both rings"
         );
         for k in 0..2 {
             assert!(
-                t.samples.iter().any(|s| s.drain[k] > 0.0),
+                t.samples.iter().any(|s| s.rings[k].drain.is_some()),
                 "tun{k}'s drain estimate was never measured"
             );
         }

@@ -156,7 +156,6 @@ fn one_condition(
             };
             // The first way the hosts send (`--lan`, `--congestion`).
             let hosts = args.hosts()[0];
-            lab.set_wire_segments(hosts.segments);
             // A trace is a diagnosis, not a figure: one that fails (a
             // tunnel device gone meanwhile) is said, and the run's
             // measurements are kept.

@@ -140,11 +140,11 @@ pub fn backlog(dir: &Path, machine: &str, measured: &[Measured]) -> Result<Optio
             let mut dat = String::new();
             for s in &trace.samples {
                 let _ = write!(dat, "{:.3}", s.t);
-                for b in &s.bytes {
-                    let _ = write!(dat, "\t{b:.0}");
+                for r in &s.rings {
+                    let _ = write!(dat, "\t{:.0}", r.bytes);
                 }
-                for p in &s.packets {
-                    let _ = write!(dat, "\t{p:.0}");
+                for r in &s.rings {
+                    let _ = write!(dat, "\t{:.0}", r.packets);
                 }
                 dat.push('\n');
             }
@@ -154,7 +154,7 @@ pub fn backlog(dir: &Path, machine: &str, measured: &[Measured]) -> Result<Optio
                 spray_name(*spray)
             ));
             fs::write(&file, dat)?;
-            let tunnels = trace.samples.first().map_or(0, |s| s.bytes.len());
+            let tunnels = trace.samples.first().map_or(0, |s| s.rings.len());
             let _ = writeln!(
                 gp,
                 "reset\n{STYLE}set title \"{}: ovpn-lb {name}, {tunnels} tunnels, {}, {:.1} Mbit/s\"\nset xlabel \"time, s\"\nset ylabel \"backlog, KB\"\nset yrange [*:*]\nset key top right",

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use ovpn_lb::config::file::Spray;
 
 use super::{
-    backlog::{EVERY, Trace},
+    backlog::{EVERY, Ring, Source, Trace},
     condition::Condition,
     results::{Measured, Stat},
     variant::spray_label,
@@ -97,7 +97,7 @@ fn traces(traces: &[(Spray, Trace)]) -> String {
     );
     let tunnels = traces
         .iter()
-        .map(|(_, tr)| tr.samples.first().map_or(0, |s| s.bytes.len()))
+        .map(|(_, tr)| tr.samples.first().map_or(0, |s| s.rings.len()))
         .max()
         .unwrap_or(0);
     for k in 0..tunnels {
@@ -119,14 +119,15 @@ fn traces(traces: &[(Spray, Trace)]) -> String {
             trace.run.retransmits
         );
         for k in 0..tunnels {
-            let col = |f: fn(&super::backlog::Sample) -> &Vec<f64>| -> Vec<f64> {
-                trace
-                    .samples
-                    .iter()
-                    .filter_map(|s| f(s).get(k).copied())
-                    .collect()
+            let rings: Vec<&Ring> = trace
+                .samples
+                .iter()
+                .filter_map(|s| s.rings.get(k))
+                .collect();
+            let col = |f: fn(&Ring) -> Option<f64>| -> Vec<f64> {
+                rings.iter().filter_map(|r| f(r)).collect()
             };
-            let (bytes, packets) = (col(|s| &s.bytes), col(|s| &s.packets));
+            let (bytes, packets) = (col(|r| Some(r.bytes)), col(|r| Some(r.packets)));
             #[expect(clippy::cast_precision_loss, reason = "sample counts")]
             let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
             let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
@@ -139,16 +140,11 @@ fn traces(traces: &[(Spray, Trace)]) -> String {
                 max(&packets),
                 trace.shares.get(k).copied().unwrap_or(0.0) * 100.0
             );
-            // 0: not measured yet.
-            let drain: Vec<f64> = col(|s| &s.drain).into_iter().filter(|&d| d > 0.0).collect();
-            if !trace.samples.iter().all(|s| s.drain.is_empty()) {
-                let stopped = trace
-                    .samples
-                    .iter()
-                    .filter(|s| s.stopped.get(k).copied().unwrap_or(false))
-                    .count();
+            if trace.source == Source::Rings {
+                let drain = col(|r| r.drain);
                 #[expect(clippy::cast_precision_loss, reason = "sample counts")]
-                let stopped = stopped as f64 * 100.0 / trace.samples.len().max(1) as f64;
+                let stopped = rings.iter().filter(|r| r.stopped).count() as f64 * 100.0
+                    / rings.len().max(1) as f64;
                 let _ = write!(
                     t,
                     ", {:.2} MB/s ({:.2}-{:.2}), stopped {stopped:.0} %",
